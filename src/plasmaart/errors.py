@@ -1,0 +1,62 @@
+"""Business failures: exception classes with a stable ``code`` and HTTP status.
+
+One handler in ``web`` turns them into problem+json; the CLI prints them. An
+expected refusal is never a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class DomainError(Exception):
+    code: ClassVar[str] = "invalid_input"
+    status: ClassVar[int] = 422
+    title: ClassVar[str] = "Invalid input"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class InvalidInput(DomainError):
+    code = "invalid_input"
+    status = 422
+    title = "Invalid input"
+
+    def __init__(self, detail: str, *, field: str | None = None, **extra: Any) -> None:
+        errors = [{"field": field or "body", "message": detail}]
+        super().__init__(detail, errors=extra.pop("errors", errors), **extra)
+
+
+class NotFound(DomainError):
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class Conflict(DomainError):
+    code = "conflict"
+    status = 409
+    title = "Conflict"
+
+
+class IdempotencyConflict(Conflict):
+    code = "idempotency_conflict"
+    title = "Idempotency key reused"
+
+
+class InsufficientCredits(DomainError):
+    code = "insufficient_credits"
+    status = 402
+    title = "Insufficient credits"
+
+    def __init__(self, required: int, available: int) -> None:
+        super().__init__(
+            f"this needs {required} credits and {available} are available",
+            required=required,
+            available=available,
+        )
+        self.required = required
+        self.available = available

@@ -1,0 +1,328 @@
+"""All SQL of the ledger (SQLAlchemy Core). Callers own the transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, bindparam, func, insert, select, update
+
+from plasmaart.clock import as_utc
+from plasmaart.db.tables import hold_lots, holds, journal_entries, ledger_operations, lots, wallets
+from plasmaart.ledger.rules import Allocation, LotView
+
+# A row of any shape (SQLAlchemy 2.1 types rows by their columns).
+AnyRow = Row[*tuple[Any, ...]]
+
+
+def insert_wallet(
+    conn: Connection, wallet_id: str, owner_kind: str, owner_id: str, now: datetime
+) -> None:
+    conn.execute(
+        insert(wallets).values(
+            id=wallet_id,
+            owner_kind=owner_kind,
+            owner_id=owner_id,
+            available=0,
+            held=0,
+            created_at=now,
+        )
+    )
+
+
+def wallet_of_owner(conn: Connection, owner_kind: str, owner_id: str) -> str | None:
+    return conn.execute(
+        select(wallets.c.id).where(
+            wallets.c.owner_kind == owner_kind, wallets.c.owner_id == owner_id
+        )
+    ).scalar_one_or_none()
+
+
+def lock_wallet(conn: Connection, wallet_id: str) -> tuple[int, int] | None:
+    """Lock the wallet row for this transaction: ``(available, held)`` or None.
+
+    Every ledger mutation takes this lock first, so that the lots, holds and
+    entries of one wallet are only ever changed by one transaction at a time.
+    """
+    row = conn.execute(
+        select(wallets.c.available, wallets.c.held)
+        .where(wallets.c.id == wallet_id)
+        .with_for_update()
+    ).one_or_none()
+    return None if row is None else (int(row.available), int(row.held))
+
+
+def read_wallet(conn: Connection, wallet_id: str) -> tuple[int, int] | None:
+    row = conn.execute(
+        select(wallets.c.available, wallets.c.held).where(wallets.c.id == wallet_id)
+    ).one_or_none()
+    return None if row is None else (int(row.available), int(row.held))
+
+
+def store_wallet(conn: Connection, wallet_id: str, available: int, held: int) -> None:
+    conn.execute(
+        update(wallets).where(wallets.c.id == wallet_id).values(available=available, held=held)
+    )
+
+
+def find_operation(conn: Connection, key: str) -> AnyRow | None:
+    return conn.execute(
+        select(
+            ledger_operations.c.operation,
+            ledger_operations.c.request_hash,
+            ledger_operations.c.result,
+        ).where(ledger_operations.c.idempotency_key == key)
+    ).one_or_none()
+
+
+def record_operation(
+    conn: Connection,
+    key: str,
+    operation: str,
+    request_hash: str,
+    result: dict[str, Any],
+    now: datetime,
+) -> None:
+    conn.execute(
+        insert(ledger_operations).values(
+            idempotency_key=key,
+            operation=operation,
+            request_hash=request_hash,
+            result=json.dumps(result, sort_keys=True),
+            created_at=now,
+        )
+    )
+
+
+def open_lots(conn: Connection, wallet_id: str) -> list[LotView]:
+    """The wallet's lots that still hold credits (expired or not)."""
+    rows = conn.execute(
+        select(
+            lots.c.id, lots.c.source, lots.c.remaining, lots.c.expires_at, lots.c.created_at
+        ).where(lots.c.wallet_id == wallet_id, lots.c.remaining > 0)
+    ).all()
+    return [
+        LotView(
+            id=row.id,
+            source=row.source,
+            remaining=int(row.remaining),
+            expires_at=None if row.expires_at is None else as_utc(row.expires_at),
+            created_at=as_utc(row.created_at),
+        )
+        for row in rows
+    ]
+
+
+def open_lot_rows(conn: Connection, wallet_id: str) -> list[AnyRow]:
+    return list(
+        conn.execute(select(lots).where(lots.c.wallet_id == wallet_id, lots.c.remaining > 0)).all()
+    )
+
+
+def insert_lot(
+    conn: Connection,
+    *,
+    lot_id: str,
+    wallet_id: str,
+    source: str,
+    credits: int,
+    expires_at: datetime | None,
+    reference: str | None,
+    now: datetime,
+) -> None:
+    conn.execute(
+        insert(lots).values(
+            id=lot_id,
+            wallet_id=wallet_id,
+            source=source,
+            granted=credits,
+            remaining=credits,
+            expired=0,
+            expires_at=expires_at,
+            reference=reference,
+            created_at=now,
+        )
+    )
+
+
+def take_from_lots(conn: Connection, taken: Sequence[tuple[str, int]]) -> None:
+    conn.execute(
+        update(lots)
+        .where(lots.c.id == bindparam("lot_id"))
+        .values(remaining=lots.c.remaining - bindparam("take")),
+        [{"lot_id": lot_id, "take": take} for lot_id, take in taken],
+    )
+
+
+def give_back_to_lot(conn: Connection, lot_id: str, credits: int) -> None:
+    conn.execute(
+        update(lots).where(lots.c.id == lot_id).values(remaining=lots.c.remaining + credits)
+    )
+
+
+def close_lot(conn: Connection, lot_id: str, *, reason: str, expired: int, now: datetime) -> None:
+    """Empty a lot for good: what it still held (or what comes back to it) is gone."""
+    conn.execute(
+        update(lots)
+        .where(lots.c.id == lot_id)
+        .values(
+            remaining=0,
+            expired=lots.c.expired + expired,
+            closed_at=func.coalesce(lots.c.closed_at, now),
+            closed_reason=func.coalesce(lots.c.closed_reason, reason),
+        )
+    )
+
+
+def get_lot(conn: Connection, lot_id: str) -> AnyRow | None:
+    return conn.execute(select(lots).where(lots.c.id == lot_id)).one_or_none()
+
+
+def lots_by_id(conn: Connection, lot_ids: Iterable[str]) -> dict[str, AnyRow]:
+    rows = conn.execute(select(lots).where(lots.c.id.in_(list(lot_ids)))).all()
+    return {row.id: row for row in rows}
+
+
+def period_lots(
+    conn: Connection, wallet_id: str, period_start: datetime, period_end: datetime
+) -> list[AnyRow]:
+    """The monthly (subscription and rollover) lots that end with this period."""
+    return list(
+        conn.execute(
+            select(lots).where(
+                lots.c.wallet_id == wallet_id,
+                lots.c.source.in_(("subscription", "rollover")),
+                lots.c.expires_at > period_start,
+                lots.c.expires_at <= period_end,
+            )
+        ).all()
+    )
+
+
+def due_lots(conn: Connection, now: datetime, limit: int) -> list[AnyRow]:
+    return list(
+        conn.execute(
+            select(lots.c.id, lots.c.wallet_id)
+            .where(lots.c.remaining > 0, lots.c.expires_at <= now)
+            .order_by(lots.c.wallet_id)
+            .limit(limit)
+        ).all()
+    )
+
+
+def insert_hold(
+    conn: Connection,
+    *,
+    hold_id: str,
+    wallet_id: str,
+    credits: int,
+    generation_id: str | None,
+    memo: str | None,
+    now: datetime,
+) -> None:
+    conn.execute(
+        insert(holds).values(
+            id=hold_id,
+            wallet_id=wallet_id,
+            amount=credits,
+            captured=0,
+            released=0,
+            status="pending",
+            generation_id=generation_id,
+            memo=memo,
+            created_at=now,
+        )
+    )
+
+
+def insert_hold_lots(conn: Connection, hold_id: str, taken: Sequence[tuple[str, int]]) -> None:
+    conn.execute(
+        insert(hold_lots),
+        [
+            {
+                "hold_id": hold_id,
+                "lot_id": lot_id,
+                "position": position,
+                "credits": credits,
+                "captured": 0,
+                "released": 0,
+            }
+            for position, (lot_id, credits) in enumerate(taken)
+        ],
+    )
+
+
+def hold_wallet(conn: Connection, hold_id: str) -> str | None:
+    return conn.execute(select(holds.c.wallet_id).where(holds.c.id == hold_id)).scalar_one_or_none()
+
+
+def get_hold(conn: Connection, hold_id: str) -> AnyRow | None:
+    return conn.execute(select(holds).where(holds.c.id == hold_id)).one_or_none()
+
+
+def hold_allocations(conn: Connection, hold_id: str) -> list[Allocation]:
+    rows = conn.execute(
+        select(hold_lots.c.lot_id, hold_lots.c.position, hold_lots.c.credits).where(
+            hold_lots.c.hold_id == hold_id
+        )
+    ).all()
+    return [Allocation(row.lot_id, int(row.position), int(row.credits)) for row in rows]
+
+
+def settle_hold_lots(
+    conn: Connection,
+    hold_id: str,
+    captured: Sequence[tuple[str, int]],
+    released: Sequence[tuple[str, int]],
+) -> None:
+    parts: dict[str, list[int]] = {}
+    for lot_id, credits in captured:
+        parts.setdefault(lot_id, [0, 0])[0] += credits
+    for lot_id, credits in released:
+        parts.setdefault(lot_id, [0, 0])[1] += credits
+    conn.execute(
+        update(hold_lots)
+        .where(and_(hold_lots.c.hold_id == hold_id, hold_lots.c.lot_id == bindparam("lot")))
+        .values(captured=bindparam("cap"), released=bindparam("rel")),
+        [{"lot": lot_id, "cap": cap, "rel": rel} for lot_id, (cap, rel) in parts.items()],
+    )
+
+
+def resolve_hold(
+    conn: Connection, hold_id: str, *, captured: int, released: int, now: datetime
+) -> None:
+    conn.execute(
+        update(holds)
+        .where(holds.c.id == hold_id, holds.c.status == "pending")
+        .values(
+            captured=captured,
+            released=released,
+            status="captured" if captured else "released",
+            resolved_at=now,
+        )
+    )
+
+
+def pending_on_lot(conn: Connection, lot_id: str) -> int:
+    value = conn.execute(
+        select(func.coalesce(func.sum(hold_lots.c.credits), 0))
+        .select_from(hold_lots.join(holds, holds.c.id == hold_lots.c.hold_id))
+        .where(hold_lots.c.lot_id == lot_id, holds.c.status == "pending")
+    ).scalar_one()
+    return int(value)
+
+
+def insert_entries(conn: Connection, entries: list[dict[str, Any]]) -> None:
+    if entries:
+        conn.execute(insert(journal_entries), entries)
+
+
+def list_entries(
+    conn: Connection, wallet_id: str, *, limit: int, before_id: int | None
+) -> list[AnyRow]:
+    query = select(journal_entries).where(journal_entries.c.wallet_id == wallet_id)
+    if before_id is not None:
+        query = query.where(journal_entries.c.id < before_id)
+    return list(conn.execute(query.order_by(journal_entries.c.id.desc()).limit(limit)).all())

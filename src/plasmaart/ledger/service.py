@@ -1,0 +1,755 @@
+"""The ledger's service API: what billing, generation and admin call.
+
+Every method takes the caller's ``Connection`` (the caller owns and commits
+the transaction) and, for every mutation, an idempotency key: the same key with
+the same arguments returns the first result and writes nothing; with other
+arguments it raises ``IdempotencyConflict``. A refusal raises a ``LedgerError``
+before anything is written, and the caller's rollback discards the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import Connection
+
+from plasmaart.clock import Clock, as_utc
+from plasmaart.db.tables import LOT_SOURCES
+from plasmaart.ids import new_id
+from plasmaart.ledger import repository as repo
+from plasmaart.ledger.errors import (
+    CaptureExceedsHold,
+    HoldAlreadyResolved,
+    HoldNotFound,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidAmount,
+    LotNotFound,
+    WalletNotFound,
+)
+from plasmaart.ledger.rules import LotView, allocate, burn_key, rollover_credits, split_capture
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class GrantResult:
+    lot_id: str
+    credits: int
+    balance_after: int
+
+
+@dataclass(frozen=True)
+class HoldResult:
+    hold_id: str
+    credits: int
+    balance_after: int
+    lots: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SettleResult:
+    """The outcome of a capture or a release."""
+
+    hold_id: str
+    captured: int
+    released: int
+    # Released credits whose lot had expired (or was clawed back) meanwhile.
+    expired: int
+    balance_after: int
+
+
+@dataclass(frozen=True)
+class RenewResult:
+    expired: int
+    rolled_over: int
+    granted: int
+    lot_id: str | None
+    balance_after: int
+
+
+@dataclass(frozen=True)
+class AdjustResult:
+    amount: int
+    lot_id: str | None
+    balance_after: int
+
+
+@dataclass(frozen=True)
+class ClawbackResult:
+    lot_id: str
+    clawed_back: int
+    # Of the lot's credits: already consumed, and held by running generations
+    # (those will be clawed back when released, or are consumed on capture).
+    spent: int
+    held: int
+    balance_after: int
+
+
+@dataclass(frozen=True)
+class ExpiryResult:
+    lots: int
+    credits: int
+
+
+@dataclass(frozen=True)
+class LotBalance:
+    id: str
+    source: str
+    granted: int
+    remaining: int
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Balance:
+    available: int
+    held: int
+    lots: list[LotBalance]
+    next_expiry: tuple[int, datetime] | None
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    created_at: datetime
+    kind: str
+    amount: int
+    credits: int
+    balance_after: int
+    held_after: int
+    lot_id: str | None
+    hold_id: str | None
+    generation_id: str | None
+    memo: str | None
+
+
+class _Wallet:
+    """The locked wallet's running balances while one operation writes entries."""
+
+    def __init__(self, wallet_id: str, available: int, held: int, now: datetime) -> None:
+        self.id = wallet_id
+        self.available = available
+        self.held = held
+        self.now = now
+        self.entries: list[dict[str, Any]] = []
+
+    def move(
+        self,
+        kind: str,
+        from_account: str,
+        to_account: str,
+        credits: int,
+        *,
+        lot_id: str | None = None,
+        hold_id: str | None = None,
+        generation_id: str | None = None,
+        memo: str | None = None,
+    ) -> None:
+        amount = credits if to_account == "wallet" else -credits if from_account == "wallet" else 0
+        held_change = (
+            credits if to_account == "holds" else -credits if from_account == "holds" else 0
+        )
+        self.available += amount
+        self.held += held_change
+        self.entries.append(
+            {
+                "wallet_id": self.id,
+                "kind": kind,
+                "from_account": from_account,
+                "to_account": to_account,
+                "credits": credits,
+                "amount": amount,
+                "balance_after": self.available,
+                "held_after": self.held,
+                "lot_id": lot_id,
+                "hold_id": hold_id,
+                "generation_id": generation_id,
+                "memo": memo,
+                "created_at": self.now,
+            }
+        )
+
+    def flush(self, conn: Connection) -> None:
+        repo.insert_entries(conn, self.entries)
+        repo.store_wallet(conn, self.id, self.available, self.held)
+        self.entries = []
+
+
+def _request_hash(operation: str, params: dict[str, Any]) -> str:
+    payload = json.dumps([operation, params], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class LedgerService:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    # -- wallets ---------------------------------------------------------
+
+    def open_wallet(self, conn: Connection, owner_kind: str, owner_id: str) -> str:
+        """The owner's wallet id, created on first use."""
+        existing = repo.wallet_of_owner(conn, owner_kind, owner_id)
+        if existing is not None:
+            return existing
+        wallet_id = new_id("wal")
+        repo.insert_wallet(conn, wallet_id, owner_kind, owner_id, self.clock.now())
+        return wallet_id
+
+    def wallet_of(self, conn: Connection, owner_kind: str, owner_id: str) -> str:
+        wallet_id = repo.wallet_of_owner(conn, owner_kind, owner_id)
+        if wallet_id is None:
+            raise WalletNotFound(f"{owner_kind}:{owner_id}")
+        return wallet_id
+
+    # -- mutations -------------------------------------------------------
+
+    def grant(
+        self,
+        conn: Connection,
+        wallet_id: str,
+        credits: int,
+        *,
+        source: str,
+        idempotency_key: str,
+        expires_at: datetime | None = None,
+        reference: str | None = None,
+        memo: str | None = None,
+        kind: str = "grant",
+    ) -> GrantResult:
+        """Add a lot of ``credits`` from ``source`` to the wallet."""
+        if credits <= 0:
+            raise InvalidAmount(
+                f"a grant needs a positive number of credits, not {credits}", field="credits"
+            )
+        if source not in LOT_SOURCES:
+            raise InvalidAmount(f"unknown lot source {source!r}", field="source")
+        now = self.clock.now()
+        if expires_at is not None and as_utc(expires_at) <= now:
+            raise InvalidAmount("a grant cannot expire in the past", field="expires_at")
+        params = {
+            "wallet": wallet_id,
+            "credits": credits,
+            "source": source,
+            "expires_at": expires_at,
+            "reference": reference,
+            "kind": kind,
+        }
+        wallet, replay = self._begin(conn, wallet_id, "grant", idempotency_key, params, now)
+        if replay is not None:
+            return _load(GrantResult, replay)
+        lot_id = self._new_lot(conn, wallet, source, credits, expires_at, reference, kind, memo)
+        result = GrantResult(lot_id=lot_id, credits=credits, balance_after=wallet.available)
+        return self._finish(conn, wallet, "grant", idempotency_key, params, result)
+
+    def hold(
+        self,
+        conn: Connection,
+        wallet_id: str,
+        credits: int,
+        *,
+        idempotency_key: str,
+        generation_id: str | None = None,
+        memo: str | None = None,
+    ) -> HoldResult:
+        """Move ``credits`` from the wallet's lots (in burn order) into a hold."""
+        if credits <= 0:
+            raise InvalidAmount(
+                f"a hold needs a positive number of credits, not {credits}", field="credits"
+            )
+        now = self.clock.now()
+        params = {"wallet": wallet_id, "credits": credits, "generation": generation_id}
+        wallet, replay = self._begin(conn, wallet_id, "hold", idempotency_key, params, now)
+        if replay is not None:
+            return _load(HoldResult, replay)
+        spendable = self._spendable_lots(conn, wallet)
+        if wallet.available < credits:
+            raise InsufficientCredits(required=credits, available=wallet.available)
+        taken = allocate(spendable, credits)
+        hold_id = new_id("hld")
+        repo.take_from_lots(conn, taken)
+        repo.insert_hold(
+            conn,
+            hold_id=hold_id,
+            wallet_id=wallet.id,
+            credits=credits,
+            generation_id=generation_id,
+            memo=memo,
+            now=now,
+        )
+        repo.insert_hold_lots(conn, hold_id, taken)
+        wallet.move(
+            "hold",
+            "wallet",
+            "holds",
+            credits,
+            hold_id=hold_id,
+            generation_id=generation_id,
+            memo=memo,
+        )
+        result = HoldResult(
+            hold_id=hold_id,
+            credits=credits,
+            balance_after=wallet.available,
+            lots=[(lot_id, take) for lot_id, take in taken],
+        )
+        return self._finish(conn, wallet, "hold", idempotency_key, params, result)
+
+    def capture(
+        self, conn: Connection, hold_id: str, credits: int, *, idempotency_key: str
+    ) -> SettleResult:
+        """Charge ``credits`` of the hold; the rest goes back to its lots."""
+        if credits < 0:
+            raise InvalidAmount(f"cannot capture a negative amount ({credits})", field="credits")
+        return self._settle(conn, hold_id, credits, idempotency_key, "capture")
+
+    def release(self, conn: Connection, hold_id: str, *, idempotency_key: str) -> SettleResult:
+        """Give every credit of the hold back to the lot it came from."""
+        return self._settle(conn, hold_id, 0, idempotency_key, "release")
+
+    def expire_due(self, conn: Connection, *, limit: int = 500) -> ExpiryResult:
+        """Expire up to ``limit`` lots past ``expires_at``.
+
+        Naturally idempotent (it only touches lots that still hold credits), so
+        it needs no key; the worker's clock calls it until it returns 0 lots.
+        """
+        now = self.clock.now()
+        by_wallet: dict[str, list[str]] = {}
+        for row in repo.due_lots(conn, now, limit):
+            by_wallet.setdefault(row.wallet_id, []).append(row.id)
+        expired_lots = expired_credits = 0
+        for wallet_id, lot_ids in by_wallet.items():
+            state = repo.lock_wallet(conn, wallet_id)
+            if state is None:  # pragma: no cover - lots always belong to a wallet
+                continue
+            wallet = _Wallet(wallet_id, *state, now)
+            for lot_id, lot in repo.lots_by_id(conn, lot_ids).items():
+                remaining = int(lot.remaining)
+                if remaining and as_utc(lot.expires_at) <= now:
+                    self._expire_lot(conn, wallet, lot_id, remaining, "expire", "expired")
+                    expired_lots += 1
+                    expired_credits += remaining
+            wallet.flush(conn)
+        return ExpiryResult(lots=expired_lots, credits=expired_credits)
+
+    def renew(
+        self,
+        conn: Connection,
+        wallet_id: str,
+        *,
+        period_start: datetime,
+        period_end: datetime,
+        next_period_end: datetime,
+        monthly_credits: int,
+        rollover_cap: int,
+        idempotency_key: str,
+        reference: str | None = None,
+    ) -> RenewResult:
+        """Close a subscription period and open the next.
+
+        The period's monthly credits (subscription and rollover lots ending at
+        ``period_end``) expire, except ``min(unused, rollover_cap)`` which
+        comes back as a rollover lot for the next period; then the new month's
+        allocation is granted. Purchased credits are untouched.
+        """
+        if monthly_credits < 0 or rollover_cap < 0:
+            raise InvalidAmount("monthly credits and rollover cap cannot be negative")
+        if not period_start < period_end < next_period_end:
+            raise InvalidAmount("periods must follow each other", field="period_end")
+        now = self.clock.now()
+        params = {
+            "wallet": wallet_id,
+            "start": period_start,
+            "end": period_end,
+            "next": next_period_end,
+            "monthly": monthly_credits,
+            "cap": rollover_cap,
+        }
+        wallet, replay = self._begin(conn, wallet_id, "renew", idempotency_key, params, now)
+        if replay is not None:
+            return _load(RenewResult, replay)
+        expired_now = unused = 0
+        for lot in repo.period_lots(conn, wallet.id, period_start, period_end):
+            remaining = int(lot.remaining)
+            if remaining:
+                self._expire_lot(
+                    conn,
+                    wallet,
+                    lot.id,
+                    remaining,
+                    "expire",
+                    "expired",
+                    memo="subscription period ended",
+                )
+                expired_now += remaining
+            unused += int(lot.expired) + remaining
+        carried = rollover_credits(unused, rollover_cap)
+        if carried:
+            rollover_lot = new_id("lot")
+            repo.insert_lot(
+                conn,
+                lot_id=rollover_lot,
+                wallet_id=wallet.id,
+                source="rollover",
+                credits=carried,
+                expires_at=next_period_end,
+                reference=reference,
+                now=now,
+            )
+            wallet.move(
+                "rollover",
+                "expired",
+                "wallet",
+                carried,
+                lot_id=rollover_lot,
+                memo="unused monthly credits carried over",
+            )
+        lot_id = None
+        if monthly_credits:
+            lot_id = self._new_lot(
+                conn,
+                wallet,
+                "subscription",
+                monthly_credits,
+                next_period_end,
+                reference,
+                "grant",
+                "monthly credits",
+            )
+        result = RenewResult(
+            expired=expired_now,
+            rolled_over=carried,
+            granted=monthly_credits,
+            lot_id=lot_id,
+            balance_after=wallet.available,
+        )
+        return self._finish(conn, wallet, "renew", idempotency_key, params, result)
+
+    def adjust(
+        self,
+        conn: Connection,
+        wallet_id: str,
+        amount: int,
+        *,
+        idempotency_key: str,
+        reason: str,
+        expires_at: datetime | None = None,
+    ) -> AdjustResult:
+        """An operator's correction: a grant (amount > 0) or a debit in burn order
+        (amount < 0) that can never take the balance below zero."""
+        if amount == 0:
+            raise InvalidAmount("an adjustment needs a non-zero amount", field="amount")
+        if not reason.strip():
+            raise InvalidAmount("an adjustment needs a reason", field="reason")
+        now = self.clock.now()
+        if expires_at is not None and as_utc(expires_at) <= now:
+            raise InvalidAmount("an adjustment cannot expire in the past", field="expires_at")
+        params = {"wallet": wallet_id, "amount": amount, "reason": reason, "expires_at": expires_at}
+        wallet, replay = self._begin(conn, wallet_id, "adjust", idempotency_key, params, now)
+        if replay is not None:
+            return _load(AdjustResult, replay)
+        lot_id = None
+        if amount > 0:
+            lot_id = self._new_lot(
+                conn, wallet, "adjustment", amount, expires_at, None, "adjustment", reason
+            )
+        else:
+            spendable = self._spendable_lots(conn, wallet)
+            if wallet.available < -amount:
+                raise InsufficientCredits(required=-amount, available=wallet.available)
+            taken = allocate(spendable, -amount)
+            repo.take_from_lots(conn, taken)
+            for taken_lot, credits in taken:
+                wallet.move(
+                    "adjustment", "wallet", "issuance", credits, lot_id=taken_lot, memo=reason
+                )
+        result = AdjustResult(amount=amount, lot_id=lot_id, balance_after=wallet.available)
+        return self._finish(conn, wallet, "adjust", idempotency_key, params, result)
+
+    def clawback(
+        self, conn: Connection, lot_id: str, *, idempotency_key: str, reason: str
+    ) -> ClawbackResult:
+        """Take back what remains of a lot (a refunded or disputed purchase).
+
+        The lot is closed, so credits of it that running generations hold are
+        clawed back too when they are released. ``spent > 0`` tells the caller
+        that some credits of the purchase were already used: flag the account.
+        """
+        lot = repo.get_lot(conn, lot_id)
+        if lot is None:
+            raise LotNotFound(lot_id)
+        now = self.clock.now()
+        params = {"lot": lot_id, "reason": reason}
+        wallet, replay = self._begin(conn, lot.wallet_id, "clawback", idempotency_key, params, now)
+        if replay is not None:
+            return _load(ClawbackResult, replay)
+        lot = repo.get_lot(conn, lot_id)  # re-read under the wallet's lock
+        if lot is None:  # pragma: no cover - lots are never deleted
+            raise LotNotFound(lot_id)
+        remaining = int(lot.remaining)
+        held = repo.pending_on_lot(conn, lot_id)
+        if remaining:
+            wallet.move("clawback", "wallet", "issuance", remaining, lot_id=lot_id, memo=reason)
+        repo.close_lot(conn, lot_id, reason="clawed_back", expired=remaining, now=now)
+        spent = int(lot.granted) - remaining - int(lot.expired) - held
+        result = ClawbackResult(
+            lot_id=lot_id,
+            clawed_back=remaining,
+            spent=max(spent, 0),
+            held=held,
+            balance_after=wallet.available,
+        )
+        return self._finish(conn, wallet, "clawback", idempotency_key, params, result)
+
+    # -- reads -----------------------------------------------------------
+
+    def balance(self, conn: Connection, wallet_id: str) -> Balance:
+        state = repo.read_wallet(conn, wallet_id)
+        if state is None:
+            raise WalletNotFound(wallet_id)
+        now = self.clock.now()
+        views: list[tuple[LotView, int]] = []
+        # Lots past expiry that the sweep has not reached yet are not spendable.
+        stale = 0
+        for row in repo.open_lot_rows(conn, wallet_id):
+            view = LotView(
+                row.id,
+                row.source,
+                int(row.remaining),
+                None if row.expires_at is None else as_utc(row.expires_at),
+                as_utc(row.created_at),
+            )
+            if view.expires_at is not None and view.expires_at <= now:
+                stale += view.remaining
+            else:
+                views.append((view, int(row.granted)))
+        views.sort(key=lambda pair: burn_key(pair[0]))
+        lots = [
+            LotBalance(view.id, view.source, granted, view.remaining, view.expires_at)
+            for view, granted in views
+        ]
+        next_expiry = None
+        expiring = [lot.expires_at for lot in lots if lot.expires_at is not None]
+        if expiring:
+            first = min(expiring)
+            credits = sum(lot.remaining for lot in lots if lot.expires_at == first)
+            next_expiry = (credits, first)
+        return Balance(
+            available=state[0] - stale, held=state[1], lots=lots, next_expiry=next_expiry
+        )
+
+    def entries(
+        self, conn: Connection, wallet_id: str, *, limit: int = 50, before_id: int | None = None
+    ) -> list[Entry]:
+        """The wallet's journal, newest first (keyset pagination on ``id``)."""
+        return [
+            Entry(
+                id=int(row.id),
+                created_at=as_utc(row.created_at),
+                kind=row.kind,
+                amount=int(row.amount),
+                credits=int(row.credits),
+                balance_after=int(row.balance_after),
+                held_after=int(row.held_after),
+                lot_id=row.lot_id,
+                hold_id=row.hold_id,
+                generation_id=row.generation_id,
+                memo=row.memo,
+            )
+            for row in repo.list_entries(conn, wallet_id, limit=limit, before_id=before_id)
+        ]
+
+    # -- internals -------------------------------------------------------
+
+    def _begin(
+        self,
+        conn: Connection,
+        wallet_id: str,
+        operation: str,
+        key: str,
+        params: dict[str, Any],
+        now: datetime,
+    ) -> tuple[_Wallet, dict[str, Any] | None]:
+        """Lock the wallet, then look the key up (under the lock, so that two
+        racing requests with one key see each other)."""
+        if not key:
+            raise InvalidAmount(
+                "every ledger mutation needs an idempotency key", field="idempotency_key"
+            )
+        state = repo.lock_wallet(conn, wallet_id)
+        if state is None:
+            raise WalletNotFound(wallet_id)
+        found = repo.find_operation(conn, key)
+        if found is not None:
+            if found.operation != operation or found.request_hash != _request_hash(
+                operation, params
+            ):
+                raise IdempotencyConflict(
+                    f"idempotency key {key!r} was used for another {found.operation} request"
+                )
+            return _Wallet(wallet_id, *state, now), json.loads(found.result)
+        return _Wallet(wallet_id, *state, now), None
+
+    def _finish(
+        self,
+        conn: Connection,
+        wallet: _Wallet,
+        operation: str,
+        key: str,
+        params: dict[str, Any],
+        result: R,
+    ) -> R:
+        wallet.flush(conn)
+        repo.record_operation(
+            conn,
+            key,
+            operation,
+            _request_hash(operation, params),
+            asdict(cast(Any, result)),
+            wallet.now,
+        )
+        return result
+
+    def _new_lot(
+        self,
+        conn: Connection,
+        wallet: _Wallet,
+        source: str,
+        credits: int,
+        expires_at: datetime | None,
+        reference: str | None,
+        kind: str,
+        memo: str | None,
+    ) -> str:
+        lot_id = new_id("lot")
+        repo.insert_lot(
+            conn,
+            lot_id=lot_id,
+            wallet_id=wallet.id,
+            source=source,
+            credits=credits,
+            expires_at=None if expires_at is None else as_utc(expires_at),
+            reference=reference,
+            now=wallet.now,
+        )
+        wallet.move(kind, "issuance", "wallet", credits, lot_id=lot_id, memo=memo)
+        return lot_id
+
+    def _spendable_lots(self, conn: Connection, wallet: _Wallet) -> list[LotView]:
+        """The wallet's lots that can be spent now. Lots past their expiry that
+        the sweep has not reached yet are expired first, in this transaction,
+        so an expired credit is never spent."""
+        spendable = []
+        for lot in repo.open_lots(conn, wallet.id):
+            if lot.expires_at is not None and lot.expires_at <= wallet.now:
+                self._expire_lot(conn, wallet, lot.id, lot.remaining, "expire", "expired")
+            else:
+                spendable.append(lot)
+        return spendable
+
+    def _expire_lot(
+        self,
+        conn: Connection,
+        wallet: _Wallet,
+        lot_id: str,
+        credits: int,
+        kind: str,
+        reason: str,
+        memo: str | None = None,
+    ) -> None:
+        to_account = "issuance" if kind == "clawback" else "expired"
+        wallet.move(kind, "wallet", to_account, credits, lot_id=lot_id, memo=memo)
+        repo.close_lot(conn, lot_id, reason=reason, expired=credits, now=wallet.now)
+
+    def _settle(
+        self, conn: Connection, hold_id: str, credits: int, key: str, operation: str
+    ) -> SettleResult:
+        wallet_id = repo.hold_wallet(conn, hold_id)
+        if wallet_id is None:
+            raise HoldNotFound(hold_id)
+        now = self.clock.now()
+        params = {"hold": hold_id, "credits": credits}
+        wallet, replay = self._begin(conn, wallet_id, operation, key, params, now)
+        if replay is not None:
+            return _load(SettleResult, replay)
+        hold = repo.get_hold(conn, hold_id)
+        if hold is None:  # pragma: no cover - holds are never deleted
+            raise HoldNotFound(hold_id)
+        if hold.status != "pending":
+            raise HoldAlreadyResolved(hold_id, hold.status)
+        amount = int(hold.amount)
+        if credits > amount:
+            raise CaptureExceedsHold(hold_id, credits, amount)
+        captured, released = split_capture(repo.hold_allocations(conn, hold_id), credits)
+        generation_id = hold.generation_id
+        if credits:
+            wallet.move(
+                "capture",
+                "holds",
+                "consumed",
+                credits,
+                hold_id=hold_id,
+                generation_id=generation_id,
+            )
+        released_total = sum(part for _, part in released)
+        expired_total = 0
+        if released_total:
+            wallet.move(
+                "release",
+                "holds",
+                "wallet",
+                released_total,
+                hold_id=hold_id,
+                generation_id=generation_id,
+            )
+            lots = repo.lots_by_id(conn, [lot_id for lot_id, _ in released])
+            for lot_id, part in released:
+                lot = lots[lot_id]
+                if lot.closed_reason == "clawed_back":
+                    self._expire_lot(
+                        conn,
+                        wallet,
+                        lot_id,
+                        part,
+                        "clawback",
+                        "clawed_back",
+                        memo="purchase refunded",
+                    )
+                    expired_total += part
+                elif lot.closed_reason is not None or (
+                    lot.expires_at is not None and as_utc(lot.expires_at) <= now
+                ):
+                    # The lot expired while its credits were held: they come
+                    # back and expire at once, as an explicit expiry entry.
+                    self._expire_lot(
+                        conn,
+                        wallet,
+                        lot_id,
+                        part,
+                        "expire",
+                        "expired",
+                        memo="released after its lot expired",
+                    )
+                    expired_total += part
+                else:
+                    repo.give_back_to_lot(conn, lot_id, part)
+        repo.settle_hold_lots(conn, hold_id, captured, released)
+        repo.resolve_hold(conn, hold_id, captured=credits, released=released_total, now=now)
+        result = SettleResult(
+            hold_id=hold_id,
+            captured=credits,
+            released=released_total,
+            expired=expired_total,
+            balance_after=wallet.available,
+        )
+        return self._finish(conn, wallet, operation, key, params, result)
+
+
+def _load(cls: type[R], data: dict[str, Any]) -> R:
+    if cls is HoldResult:
+        data = {**data, "lots": [tuple(pair) for pair in data.get("lots", [])]}
+    return cls(**data)

@@ -1,0 +1,116 @@
+"""Shared fixtures: a migrated database per test, on SQLite and on PostgreSQL.
+
+Each backend is migrated once per session into a template (a file for
+SQLite, a template database for PostgreSQL); every test gets a fresh copy, so
+tests are isolated and see the schema the migrations build.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from plasmaart.clock import ManualClock
+from plasmaart.db.engine import Database, create_database
+from plasmaart.db.migrate import upgrade
+from plasmaart.ledger.service import LedgerService
+from tests.support.pgserver import PgServer, start_server
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer | str]:
+    existing = os.environ.get("PLASMAART_TEST_PG_URL")
+    if existing:
+        yield existing
+        return
+    server = start_server(tmp_path_factory.mktemp("pg"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(pg_server: PgServer | str) -> str:
+    return pg_server if isinstance(pg_server, str) else pg_server.url
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_admin_url: str) -> str:
+    """A migrated template database that tests clone."""
+    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    name = f"plasmaart_template_{os.getpid()}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    database = create_database(pg_admin_url.rsplit("/", 1)[0] + f"/{name}")
+    upgrade(database)
+    database.dispose()
+    return name
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    database = create_database(f"sqlite:///{path}")
+    upgrade(database)
+    with database.engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    database.dispose()
+    return path
+
+
+def new_database_url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> str:
+    """A fresh, migrated database of ``backend`` for one test."""
+    if backend == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        target = tmp_path / f"plasmaart-{next(_counter)}.db"
+        shutil.copyfile(template, target)
+        return f"sqlite:///{target}"
+    admin_url: str = request.getfixturevalue("pg_admin_url")
+    template_name: str = request.getfixturevalue("pg_template")
+    name = f"t{os.getpid()}_{next(_counter)}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"'))
+    admin.dispose()
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> str:
+    return new_database_url(request, backend, tmp_path)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = create_database(database_url, busy_timeout_ms=30_000, pool_size=16)
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def ledger(clock: ManualClock) -> LedgerService:
+    return LedgerService(clock)
