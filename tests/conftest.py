@@ -10,16 +10,21 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
+from plasmaart.bootstrap import Platform, bootstrap
 from plasmaart.clock import ManualClock
+from plasmaart.config import Settings
 from plasmaart.db.engine import Database, create_database
 from plasmaart.db.migrate import upgrade
 from plasmaart.ledger.service import LedgerService
+from plasmaart.web.app import create_app
 from tests.support.pgserver import PgServer, start_server
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -27,16 +32,20 @@ _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer | str]:
+def pg_server() -> Iterator[PgServer | str]:
     existing = os.environ.get("PLASMAART_TEST_PG_URL")
     if existing:
         yield existing
         return
-    server = start_server(tmp_path_factory.mktemp("pg"))
+    # Not under pytest's basetemp: another pytest run on the machine rotates
+    # those folders away, data directory included.
+    base = Path(tempfile.mkdtemp(prefix="plasmaart-pg-"))
+    server = start_server(base)
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -114,3 +123,19 @@ def clock() -> ManualClock:
 @pytest.fixture
 def ledger(clock: ManualClock) -> LedgerService:
     return LedgerService(clock)
+
+
+@pytest.fixture
+def platform(database_url: str, clock: ManualClock, tmp_path: Path) -> Iterator[Platform]:
+    settings = Settings(database_url=database_url, var_dir=tmp_path / "var")
+    built = bootstrap(settings, clock=clock, migrate=False)
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+@pytest.fixture
+def client(platform: Platform) -> Iterator[TestClient]:
+    with TestClient(create_app(platform, embedded_worker=False)) as test_client:
+        yield test_client

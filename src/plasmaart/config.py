@@ -75,7 +75,9 @@ class Settings(BaseSettings):
     billing: Literal["sandbox", "stripe"] = "sandbox"
     storage_dir: Path | None = None
     embedded_worker: bool = True
-    auto_migrate: bool = True
+    # None: migrate at start-up on SQLite (the embedded setup), not on PostgreSQL,
+    # where operators run ``plasmaart migrate`` once per deploy.
+    auto_migrate: bool | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     support_email: str = "neonstudioscontact@gmail.com"
     # Purchased credits never expire unless the operator sets a lifetime.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 
@@ -206,6 +208,26 @@ ledger_operations = Table(
     Column("request_hash", String(64), nullable=False),
     Column("result", Text, nullable=False),
     Column("created_at", Timestamp, nullable=False),
+)
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("wallet_id", String(40), ForeignKey("wallets.id"), nullable=False, unique=True),
+    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    Column("plan_id", String(40), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("current_period_start", Timestamp, nullable=False),
+    Column("current_period_end", Timestamp, nullable=False),
+    Column("cancel_at_period_end", Boolean, nullable=False, server_default=false()),
+    Column("pending_plan", String(40)),
+    Column("backend", String(16), nullable=False),
+    Column("external_id", String(200)),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    CheckConstraint(_in("status", ("active", "past_due", "canceled")), name="status"),
+    CheckConstraint("current_period_end > current_period_start", name="period_order"),
 )
 
 audit_log = Table(

@@ -58,9 +58,7 @@ def check_ledger(conn: Connection) -> list[str]:
         sums[1] += int(part.captured)
         sums[2] += int(part.released)
     for lot_id, lot in lot_rows.items():
-        accounted = (
-            int(lot.remaining) + lot_out[lot_id] + int(lot.expired) + adjusted_down[lot_id]
-        )
+        accounted = int(lot.remaining) + lot_out[lot_id] + int(lot.expired) + adjusted_down[lot_id]
         if accounted != int(lot.granted):
             problems.append(f"lot {lot_id}: granted {lot.granted} but {accounted} accounted for")
 
@@ -90,7 +88,6 @@ def check_ledger(conn: Connection) -> list[str]:
             problems.append(f"wallet {wid}: available {available}, lots {lot_remaining[wid]}")
         if held != holds_sum[wid] or held != pending[wid]:
             problems.append(
-                f"wallet {wid}: held {held}, entries {holds_sum[wid]}, pending holds "
-                f"{pending[wid]}"
+                f"wallet {wid}: held {held}, entries {holds_sum[wid]}, pending holds {pending[wid]}"
             )
     return problems

@@ -229,8 +229,6 @@ class LedgerService:
         if source not in LOT_SOURCES:
             raise InvalidAmount(f"unknown lot source {source!r}", field="source")
         now = self.clock.now()
-        if expires_at is not None and as_utc(expires_at) <= now:
-            raise InvalidAmount("a grant cannot expire in the past", field="expires_at")
         params = {
             "wallet": wallet_id,
             "credits": credits,
@@ -242,6 +240,10 @@ class LedgerService:
         wallet, replay = self._begin(conn, wallet_id, "grant", idempotency_key, params, now)
         if replay is not None:
             return _load(GrantResult, replay)
+        # Checked after the replay: a retry must get its first answer even
+        # once time has moved past the expiry.
+        if expires_at is not None and as_utc(expires_at) <= now:
+            raise InvalidAmount("a grant cannot expire in the past", field="expires_at")
         lot_id = self._new_lot(conn, wallet, source, credits, expires_at, reference, kind, memo)
         result = GrantResult(lot_id=lot_id, credits=credits, balance_after=wallet.available)
         return self._finish(conn, wallet, "grant", idempotency_key, params, result)
@@ -446,12 +448,12 @@ class LedgerService:
         if not reason.strip():
             raise InvalidAmount("an adjustment needs a reason", field="reason")
         now = self.clock.now()
-        if expires_at is not None and as_utc(expires_at) <= now:
-            raise InvalidAmount("an adjustment cannot expire in the past", field="expires_at")
         params = {"wallet": wallet_id, "amount": amount, "reason": reason, "expires_at": expires_at}
         wallet, replay = self._begin(conn, wallet_id, "adjust", idempotency_key, params, now)
         if replay is not None:
             return _load(AdjustResult, replay)
+        if expires_at is not None and as_utc(expires_at) <= now:
+            raise InvalidAmount("an adjustment cannot expire in the past", field="expires_at")
         lot_id = None
         if amount > 0:
             lot_id = self._new_lot(

@@ -1,8 +1,8 @@
-"""initial schema: accounts, wallets and the credit ledger
+"""initial schema: accounts, wallets, the credit ledger, subscriptions
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 08:29:21.525947
+Create Date: 2026-11-26 08:36:46.986789
 """
 
 from __future__ import annotations
@@ -148,6 +148,36 @@ def upgrade() -> None:
         batch_op.create_index("ix_lots_wallet_open", ["wallet_id", "expires_at"], unique=False)
 
     op.create_table(
+        "subscriptions",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("wallet_id", sa.String(length=40), nullable=False),
+        sa.Column("user_id", sa.String(length=40), nullable=False),
+        sa.Column("plan_id", sa.String(length=40), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("current_period_start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("current_period_end", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("cancel_at_period_end", sa.Boolean(), server_default=sa.false(), nullable=False),
+        sa.Column("pending_plan", sa.String(length=40), nullable=True),
+        sa.Column("backend", sa.String(length=16), nullable=False),
+        sa.Column("external_id", sa.String(length=200), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint(
+            "status IN ('active', 'past_due', 'canceled')", name=op.f("ck_subscriptions_status")
+        ),
+        sa.CheckConstraint(
+            "current_period_end > current_period_start", name=op.f("ck_subscriptions_period_order")
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_subscriptions_user_id_users")
+        ),
+        sa.ForeignKeyConstraint(
+            ["wallet_id"], ["wallets.id"], name=op.f("fk_subscriptions_wallet_id_wallets")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_subscriptions")),
+        sa.UniqueConstraint("wallet_id", name=op.f("uq_subscriptions_wallet_id")),
+    )
+    op.create_table(
         "hold_lots",
         sa.Column("hold_id", sa.String(length=40), nullable=False),
         sa.Column("lot_id", sa.String(length=40), nullable=False),
@@ -234,6 +264,7 @@ def downgrade() -> None:
 
     op.drop_table("journal_entries")
     op.drop_table("hold_lots")
+    op.drop_table("subscriptions")
     with op.batch_alter_table("lots", schema=None) as batch_op:
         batch_op.drop_index("ix_lots_wallet_open")
         batch_op.drop_index("ix_lots_expiry")

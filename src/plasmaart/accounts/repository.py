@@ -1,0 +1,41 @@
+"""All SQL of accounts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, insert, select, update
+
+from plasmaart.db.tables import users
+
+AnyRow = Row[*tuple[Any, ...]]
+
+
+def insert_user(
+    conn: Connection, *, user_id: str, email: str, password_hash: str, role: str, now: datetime
+) -> None:
+    conn.execute(
+        insert(users).values(
+            id=user_id,
+            email=email,
+            password_hash=password_hash,
+            role=role,
+            status="active",
+            created_at=now,
+        )
+    )
+
+
+def user_by_email(conn: Connection, email: str) -> AnyRow | None:
+    return conn.execute(select(users).where(users.c.email == email)).one_or_none()
+
+
+def user_by_id(conn: Connection, user_id: str) -> AnyRow | None:
+    return conn.execute(select(users).where(users.c.id == user_id)).one_or_none()
+
+
+def set_status(conn: Connection, user_id: str, status: str, reason: str | None) -> None:
+    conn.execute(
+        update(users).where(users.c.id == user_id).values(status=status, status_reason=reason)
+    )

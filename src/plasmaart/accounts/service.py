@@ -1,0 +1,122 @@
+"""Creating users, and suspending and reinstating them (with the audit log)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection
+
+from plasmaart.accounts import audit
+from plasmaart.accounts import repository as repo
+from plasmaart.accounts.passwords import MIN_PASSWORD_LENGTH, hash_password
+from plasmaart.clock import Clock, as_utc
+from plasmaart.errors import Conflict, InvalidInput, NotFound
+from plasmaart.ids import new_id
+from plasmaart.ledger.service import LedgerService
+
+# Deliberately simple: one @, no spaces, a dot in the domain. Deliverability
+# is proven by e-mail, not by a regular expression.
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class EmailTaken(Conflict):
+    code = "email_taken"
+    title = "E-mail already registered"
+
+
+class UserNotFound(NotFound):
+    pass
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    email: str
+    role: str
+    status: str
+    created_at: datetime
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def validate_credentials(email: str, password: str) -> str:
+    address = normalise_email(email)
+    errors = []
+    if len(address) > 320 or not _EMAIL.match(address):
+        errors.append({"field": "email", "message": "not a valid e-mail address"})
+    if len(password) < MIN_PASSWORD_LENGTH:
+        errors.append(
+            {
+                "field": "password",
+                "message": f"must be at least {MIN_PASSWORD_LENGTH} characters",
+            }
+        )
+    if errors:
+        raise InvalidInput(errors[0]["message"], errors=errors)
+    return address
+
+
+class AccountService:
+    def __init__(self, clock: Clock, ledger: LedgerService) -> None:
+        self.clock = clock
+        self.ledger = ledger
+
+    def create_user(
+        self, conn: Connection, email: str, password: str, *, role: str = "user"
+    ) -> User:
+        """A new user with an empty wallet of their own."""
+        address = validate_credentials(email, password)
+        if role not in ("user", "admin"):
+            raise InvalidInput(f"unknown role {role!r}", field="role")
+        if repo.user_by_email(conn, address) is not None:
+            raise EmailTaken(f"{address} is already registered")
+        user_id = new_id("usr")
+        now = self.clock.now()
+        repo.insert_user(
+            conn,
+            user_id=user_id,
+            email=address,
+            password_hash=hash_password(password),
+            role=role,
+            now=now,
+        )
+        self.ledger.open_wallet(conn, "user", user_id)
+        return User(user_id, address, role, "active", now)
+
+    def get_by_email(self, conn: Connection, email: str) -> User:
+        row = repo.user_by_email(conn, normalise_email(email))
+        if row is None:
+            raise UserNotFound(f"no user with e-mail {normalise_email(email)}")
+        return _user(row)
+
+    def get(self, conn: Connection, user_id: str) -> User:
+        row = repo.user_by_id(conn, user_id)
+        if row is None:
+            raise UserNotFound(f"no user {user_id!r}")
+        return _user(row)
+
+    def set_status(
+        self, conn: Connection, user: User, status: str, *, actor: str, reason: str | None
+    ) -> User:
+        if status == "suspended" and not (reason and reason.strip()):
+            raise InvalidInput("a suspension needs a reason", field="reason")
+        repo.set_status(conn, user.id, status, reason)
+        action = "user.suspend" if status == "suspended" else "user.reinstate"
+        audit.record(
+            conn,
+            actor=actor,
+            action=action,
+            target=user.id,
+            reason=reason,
+            now=self.clock.now(),
+            data={"email": user.email},
+        )
+        return User(user.id, user.email, user.role, status, user.created_at)
+
+
+def _user(row: repo.AnyRow) -> User:
+    return User(row.id, row.email, row.role, row.status, as_utc(row.created_at))

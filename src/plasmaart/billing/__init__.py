@@ -1,0 +1,1 @@
+"""Subscriptions and payments: plans over time, and the credits they grant."""

@@ -1,0 +1,63 @@
+"""Wires the adapters chosen by the settings into the services, once per process."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from plasmaart.accounts.service import AccountService
+from plasmaart.billing.service import BillingService
+from plasmaart.catalog import Catalog, load_catalog
+from plasmaart.clock import Clock, SystemClock
+from plasmaart.config import Settings, load_settings
+from plasmaart.db.engine import Database, create_database
+from plasmaart.db.migrate import upgrade
+from plasmaart.ledger.service import LedgerService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    db: Database
+    catalog: Catalog
+    clock: Clock
+    ledger: LedgerService
+    accounts: AccountService
+    billing: BillingService
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def bootstrap(
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    migrate: bool | None = None,
+) -> Platform:
+    """Build the platform. Raises ``ConfigError`` or ``CatalogError`` with a
+    message that names what is wrong, before anything starts."""
+    settings = settings or load_settings()
+    catalog = load_catalog(settings.catalog_file)
+    db = create_database(
+        settings.database_url,
+        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+        pool_size=settings.db_pool_size,
+    )
+    if migrate is None:
+        migrate = settings.auto_migrate if settings.auto_migrate is not None else db.is_sqlite
+    if migrate:
+        upgrade(db)
+    clock = clock or SystemClock()
+    ledger = LedgerService(clock)
+    return Platform(
+        settings=settings,
+        db=db,
+        catalog=catalog,
+        clock=clock,
+        ledger=ledger,
+        accounts=AccountService(clock, ledger),
+        billing=BillingService(clock, catalog, ledger),
+    )

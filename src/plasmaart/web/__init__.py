@@ -1,0 +1,1 @@
+"""The HTTP edge: the app factory, the API routers and (later) the dashboard."""

@@ -1,0 +1,1 @@
+"""The public JSON API under ``/v1`` (see API.md)."""

@@ -1,0 +1,61 @@
+"""``/healthz``, ``/readyz`` and ``/metrics`` for load balancers and Prometheus."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from plasmaart.db.migrate import current_revision, head_revision
+from plasmaart.web.deps import PlatformDep
+from plasmaart.web.problems import problem
+
+router = APIRouter(tags=["operations"])
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    database: str
+    migration: str | None
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is up (it does not touch the database)."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"description": "Not ready"}})
+def readyz(platform: PlatformDep) -> Readiness | JSONResponse:
+    """The database answers and its schema is at the migrations' head."""
+    try:
+        with platform.db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            revision = current_revision(conn)
+    except SQLAlchemyError as exc:
+        return problem(503, "not_ready", "Not ready", f"database unreachable: {type(exc).__name__}")
+    head = head_revision()
+    if revision != head:
+        return problem(
+            503,
+            "not_ready",
+            "Not ready",
+            f"database schema at {revision or 'nothing'}, code needs {head}: "
+            "run `plasmaart migrate`",
+        )
+    return Readiness(status="ready", database=platform.db.dialect, migration=revision)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

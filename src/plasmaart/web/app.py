@@ -1,0 +1,56 @@
+"""The ASGI app factory: API routers, error handling, metrics, embedded worker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from plasmaart import __version__
+from plasmaart.bootstrap import Platform
+from plasmaart.web import problems
+from plasmaart.web.api import catalog, ops
+from plasmaart.web.metrics import HttpMetrics
+from plasmaart.worker import Worker
+
+
+class _Metrics:
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+        self.app = metrics.middleware(app)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> FastAPI:
+    """The app for ``platform``. With an embedded worker (the default on the
+    one-machine setup) the worker runs in a thread of the server process."""
+    if embedded_worker is None:
+        embedded_worker = platform.settings.embedded_worker
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        worker = Worker(platform) if embedded_worker else None
+        thread = worker.start_thread() if worker else None
+        try:
+            yield
+        finally:
+            if worker and thread:
+                worker.stop()
+                thread.join(timeout=30)
+
+    app = FastAPI(
+        title="PlasmaArt API",
+        version=__version__,
+        description="Generative AI for credits: text-to-image, text-to-video, image-to-video.",
+        lifespan=lifespan,
+    )
+    app.state.platform = platform
+    app.state.metrics = HttpMetrics()
+    app.add_middleware(_Metrics, metrics=app.state.metrics)
+    problems.install(app)
+    app.include_router(ops.router)
+    app.include_router(catalog.router)
+    return app

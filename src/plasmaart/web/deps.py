@@ -1,0 +1,19 @@
+"""Dependencies, declared once as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+
+from plasmaart.bootstrap import Platform
+
+
+def get_platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size (default 50, max 200)")]
+CursorQuery = Annotated[str | None, Query(description="Opaque cursor from next_cursor")]

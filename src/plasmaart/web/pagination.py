@@ -1,0 +1,45 @@
+"""Cursor pagination: ``?limit=&cursor=`` in, ``{data, next_cursor}`` out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel
+
+from plasmaart.errors import InvalidInput
+
+T = TypeVar("T")
+DEFAULT_LIMIT = 50
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    next_cursor: str | None
+
+
+def encode_cursor(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidInput("not a cursor this API handed out", field="cursor") from None
+
+
+def page_of(items: Sequence[T], keys: Sequence[str], limit: int, cursor: str | None) -> Page[T]:
+    """A page of a small in-memory list ordered by unique ``keys``: the cursor
+    is the key of the last item served, so pages stay stable as items change."""
+    start = 0
+    if cursor is not None:
+        after = decode_cursor(cursor)
+        if after not in keys:
+            raise InvalidInput("this cursor no longer points into the list", field="cursor")
+        start = keys.index(after) + 1
+    chunk = list(items[start : start + limit])
+    more = start + limit < len(items)
+    return Page[T](data=chunk, next_cursor=encode_cursor(keys[start + limit - 1]) if more else None)

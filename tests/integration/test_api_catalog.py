@@ -1,0 +1,157 @@
+"""The catalog and operations endpoints, exactly as API.md shows them."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from plasmaart.bootstrap import Platform
+
+PROBLEM = "application/problem+json"
+
+
+def test_healthz_and_readyz(client: TestClient, platform: Platform) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "database": platform.db.dialect, "migration": "0001"}
+
+
+def test_readyz_refuses_an_unmigrated_database(client: TestClient, platform: Platform) -> None:
+    with platform.db.write() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'old'")
+    answer = client.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.headers["content-type"] == PROBLEM
+    assert answer.json()["code"] == "not_ready"
+    assert "plasmaart migrate" in answer.json()["detail"]
+
+
+def test_models_list_the_policy_catalog(client: TestClient) -> None:
+    body = client.get("/v1/models").json()
+    assert body["next_cursor"] is None
+    models = {m["id"]: m for m in body["data"]}
+    assert len(models) == 19
+    schnell = models["flux-schnell"]
+    assert {k: schnell[k] for k in ("name", "kind", "credits", "max_outputs", "tier")} == {
+        "name": "Flux Schnell",
+        "kind": "text-to-image",
+        "credits": 1,
+        "max_outputs": 4,
+        "tier": "image",
+    }
+    # Without authentication, availability is the Free plan's.
+    assert schnell["available"] is True
+    assert schnell["required_plan"] == "free"
+    veo = models["veo3"]
+    assert (veo["credits"], veo["available"], veo["required_plan"]) == (800, False, "pro")
+    pixverse = models["pixverse-v4.5-i2v"]
+    assert (pixverse["kind"], pixverse["inputs"]["image"], pixverse["required_plan"]) == (
+        "image-to-video",
+        "required",
+        "starter",
+    )
+    for model in models.values():
+        assert set(model) >= {
+            "id",
+            "name",
+            "kind",
+            "credits",
+            "max_outputs",
+            "tier",
+            "inputs",
+            "available",
+            "required_plan",
+            "early_access",
+            "upcoming_change",
+        }
+
+
+def test_a_model_by_id_or_by_the_policy_spelling(client: TestClient) -> None:
+    assert client.get("/v1/models/kling-video-v2.1").json()["credits"] == 280
+    assert client.get("/v1/models/flux-scnell").json()["id"] == "flux-schnell"
+    missing = client.get("/v1/models/dall-e")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == PROBLEM
+    assert missing.json()["code"] == "not_found"
+
+
+def test_plans(client: TestClient) -> None:
+    plans = {p["id"]: p for p in client.get("/v1/plans").json()["data"]}
+    assert list(plans) == ["free", "starter", "pro", "studio"]
+    assert [(p["price_cents"], p["monthly_credits"]) for p in plans.values()] == [
+        (0, 0),
+        (1900, 2000),
+        (4900, 5000),
+        (9900, 11000),
+    ]
+    studio = plans["studio"]
+    assert studio["currency"] == "usd"
+    assert studio["team_seats"] == 5
+    assert studio["concurrency"] == {"jobs": 8, "video_jobs": 4}
+    assert studio["queue_class"] == "priority_gpu"
+    assert "Custom watermark removal option" in studio["features"]
+    assert plans["starter"]["model_tiers"] == ["image", "video-medium"]
+    assert all(p["rollover_cap"] == 0 for p in plans.values())
+
+
+def test_credit_packs(client: TestClient) -> None:
+    packs = client.get("/v1/credit-packs").json()["data"]
+    assert [(p["credits"], p["price_cents"], p["currency"]) for p in packs] == [
+        (1000, 1200, "usd"),
+        (3000, 3300, "usd"),
+        (10000, 10000, "usd"),
+    ]
+
+
+def test_cursor_pagination_walks_every_model_once(client: TestClient) -> None:
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        params: dict[str, str | int] = {"limit": 7}
+        if cursor:
+            params["cursor"] = cursor
+        page = client.get("/v1/models", params=params).json()
+        seen += [m["id"] for m in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 19
+
+
+def test_bad_query_is_invalid_input(client: TestClient) -> None:
+    answer = client.get("/v1/models", params={"limit": 500})
+    assert answer.status_code == 422
+    body = answer.json()
+    assert body["code"] == "invalid_input"
+    assert body["errors"][0]["field"] == "limit"
+    assert client.get("/v1/models", params={"cursor": "%%%"}).json()["code"] == "invalid_input"
+
+
+def test_unknown_path_and_method_are_problems(client: TestClient) -> None:
+    assert client.get("/v1/nothing").json()["code"] == "not_found"
+    wrong = client.post("/v1/models")
+    assert wrong.status_code == 405
+    assert wrong.headers["content-type"] == PROBLEM
+
+
+def test_metrics_count_requests_by_route(client: TestClient) -> None:
+    client.get("/v1/models/veo3")
+    text = client.get("/metrics").text
+    assert (
+        'plasmaart_http_requests_total{method="GET",route="/v1/models/{model_id}",status="200"} 1.0'
+        in text
+    )
+    assert "plasmaart_build_info" in text
+
+
+def test_openapi_documents_the_catalog(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {
+        "/v1/models",
+        "/v1/models/{model_id}",
+        "/v1/plans",
+        "/v1/credit-packs",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    } <= set(paths)
