@@ -21,6 +21,7 @@ from plasmaart.ledger.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidAmount,
+    LotNotFound,
     WalletNotFound,
 )
 from plasmaart.ledger.invariants import check_ledger
@@ -210,6 +211,48 @@ def test_refusals_write_nothing(db: Database, ledger: LedgerService, wallet: str
             lambda c: ledger.adjust(c, wallet, -91, reason="fix", idempotency_key="x"),
         ),
         (InvalidAmount, lambda c: ledger.adjust(c, wallet, 0, reason="fix", idempotency_key="x")),
+        (InvalidAmount, lambda c: ledger.adjust(c, wallet, 5, reason=" ", idempotency_key="x")),
+        (
+            InvalidAmount,
+            lambda c: ledger.adjust(
+                c, wallet, 5, reason="r", idempotency_key="x", expires_at=START - timedelta(days=1)
+            ),
+        ),
+        (
+            InvalidAmount,
+            lambda c: ledger.grant(
+                c, wallet, 5, source="promo", idempotency_key="x", expires_at=START
+            ),
+        ),
+        (InvalidAmount, lambda c: ledger.hold(c, wallet, 0, idempotency_key="x")),
+        (InvalidAmount, lambda c: ledger.hold(c, wallet, 5, idempotency_key="")),
+        (
+            InvalidAmount,
+            lambda c: ledger.renew(
+                c,
+                wallet,
+                period_start=START,
+                period_end=PERIOD_END,
+                next_period_end=NEXT_END,
+                monthly_credits=-1,
+                rollover_cap=0,
+                idempotency_key="x",
+            ),
+        ),
+        (
+            InvalidAmount,
+            lambda c: ledger.renew(
+                c,
+                wallet,
+                period_start=PERIOD_END,
+                period_end=START,
+                next_period_end=NEXT_END,
+                monthly_credits=1,
+                rollover_cap=0,
+                idempotency_key="x",
+            ),
+        ),
+        (LotNotFound, lambda c: ledger.clawback(c, "lot_nope", idempotency_key="x", reason="r")),
         (IdempotencyConflict, lambda c: ledger.hold(c, wallet, 11, idempotency_key="h")),
         (IdempotencyConflict, lambda c: ledger.release(c, hold.hold_id, idempotency_key="h")),
     ]
@@ -252,6 +295,19 @@ def test_replay_returns_the_first_result_and_writes_nothing(
     assert again == first
     assert replayed_grant.balance_after == 2000  # the first grant's answer
     assert count_rows(db) == before
+    # Every kind of mutation replays: adjustments and clawbacks too.
+    with db.write() as conn:
+        lot = ledger.grant(conn, wallet, 10, source="purchase", idempotency_key="p").lot_id
+        adjusted = ledger.adjust(conn, wallet, -5, reason="fix", idempotency_key="adj")
+        clawed = ledger.clawback(conn, lot, idempotency_key="claw", reason="refund")
+    before = count_rows(db)
+    with db.write() as conn:
+        assert ledger.adjust(conn, wallet, -5, reason="fix", idempotency_key="adj") == adjusted
+        assert ledger.clawback(conn, lot, idempotency_key="claw", reason="refund") == clawed
+        # A second clawback under another key finds nothing left to take.
+        second = ledger.clawback(conn, lot, idempotency_key="claw2", reason="dispute")
+    assert second.clawed_back == 0
+    assert count_rows(db) == {**before, "ledger_operations": before["ledger_operations"] + 1}
     books_balance(db)
 
 
@@ -405,6 +461,49 @@ def test_ledger_operations_are_recorded_once_per_key(
     with db.read() as conn:
         keys = conn.execute(select(func.count()).select_from(ledger_operations)).scalar_one()
     assert keys == 1
+
+
+def test_wallet_lookup(db: Database, ledger: LedgerService, wallet: str) -> None:
+    with db.write() as conn:
+        assert ledger.open_wallet(conn, "user", "usr_starter") == wallet
+        assert ledger.wallet_of(conn, "user", "usr_starter") == wallet
+        with pytest.raises(WalletNotFound):
+            ledger.wallet_of(conn, "user", "usr_nobody")
+        with pytest.raises(WalletNotFound):
+            ledger.balance(conn, "wal_nope")
+
+
+def test_check_ledger_finds_corrupted_books(
+    db: Database, ledger: LedgerService, wallet: str
+) -> None:
+    """The checker every other test relies on must be able to fail."""
+    subscribe(db, ledger, wallet, credits=100)
+    with db.write() as conn:
+        hold = ledger.hold(conn, wallet, 10, idempotency_key="h")
+        done = ledger.hold(conn, wallet, 5, idempotency_key="h2")
+        ledger.capture(conn, done.hold_id, 5, idempotency_key="c2")
+    corruptions = {
+        "UPDATE wallets SET available = available + 1": "available 86, entries 85",
+        "UPDATE wallets SET held = held + 1": "held 11",
+        "UPDATE lots SET remaining = remaining - 1": "granted 100 but 99 accounted for",
+        "UPDATE journal_entries SET balance_after = balance_after + 1 WHERE kind = 'grant'": "balance_after 101",
+        "UPDATE holds SET amount = 11 WHERE status = 'pending'": "amount 11 but lots give 10",
+        "UPDATE hold_lots SET captured = 4 WHERE captured = 5": "captured/released disagree",
+        "UPDATE holds SET status = 'released', released = amount, resolved_at = created_at"
+        " WHERE status = 'pending'": "pending holds 0",
+        "UPDATE holds SET captured = 4, released = 1 WHERE status = 'captured'": "consumed account 5 but holds captured 4",
+        # A transfer rewritten to come from elsewhere: the holds account no
+        # longer matches the wallet's held credits.
+        "UPDATE journal_entries SET from_account = 'issuance' WHERE kind = 'capture'": "held 10, entries 15",
+    }
+    for statement, symptom in corruptions.items():
+        with db.write() as conn:
+            conn.execute(text(statement))
+            problems = check_ledger(conn)
+            conn.rollback()
+        assert any(symptom in problem for problem in problems), (statement, problems)
+    assert hold.credits == 10
+    books_balance(db)
 
 
 def test_entries_page_newest_first(db: Database, ledger: LedgerService, wallet: str) -> None:

@@ -64,6 +64,28 @@ def test_worker_clock_expires_lots_that_fell_due(platform: Platform, clock: Manu
     assert (entries[0].kind, entries[0].amount, entries[0].balance_after) == ("expire", -2000, 1000)
 
 
+def test_expiry_runs_in_batches_until_done(
+    platform: Platform, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plasmaart.ledger import tasks
+
+    monkeypatch.setattr(tasks, "BATCH", 2)
+    _, wallet = new_user(platform)
+    with platform.db.write() as conn:
+        for n in range(5):
+            platform.ledger.grant(
+                conn,
+                wallet,
+                10,
+                source="promo",
+                idempotency_key=f"p{n}",
+                expires_at=clock.now() + timedelta(days=1),
+            )
+    clock.advance(timedelta(days=2))
+    result = tasks.expire_due_lots(platform.db, platform.ledger)
+    assert (result.lots, result.credits) == (5, 50)
+
+
 def test_worker_thread_stops_promptly(platform: Platform) -> None:
     worker = Worker(platform)
     thread = worker.start_thread()

@@ -47,7 +47,7 @@ def test_burn_order() -> None:
 
 
 def test_allocate_spans_lots_and_refuses_overdraft() -> None:
-    lots = [lot("a", "purchase", 3, None), lot("b", "subscription", 2, 5)]
+    lots = [lot("a", "purchase", 3, None), lot("b", "subscription", 2, 5), lot("c", "promo", 0, 1)]
     assert allocate(lots, 4) == [("b", 2), ("a", 2)]
     with pytest.raises(ValueError, match="5 credits, 6 asked"):
         allocate(lots, 6)

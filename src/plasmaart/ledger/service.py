@@ -331,7 +331,8 @@ class LedgerService:
             wallet = _Wallet(wallet_id, *state, now)
             for lot_id, lot in repo.lots_by_id(conn, lot_ids).items():
                 remaining = int(lot.remaining)
-                if remaining and as_utc(lot.expires_at) <= now:
+                # Re-checked under the lock: a hold may have emptied it meanwhile.
+                if remaining and as_utc(lot.expires_at) <= now:  # pragma: no branch
                     self._expire_lot(conn, wallet, lot_id, remaining, "expire", "expired")
                     expired_lots += 1
                     expired_credits += remaining
