@@ -482,21 +482,33 @@ def test_check_ledger_finds_corrupted_books(
         hold = ledger.hold(conn, wallet, 10, idempotency_key="h")
         done = ledger.hold(conn, wallet, 5, idempotency_key="h2")
         ledger.capture(conn, done.hold_id, 5, idempotency_key="c2")
-    corruptions = {
-        "UPDATE wallets SET available = available + 1": "available 86, entries 85",
-        "UPDATE wallets SET held = held + 1": "held 11",
-        "UPDATE lots SET remaining = remaining - 1": "granted 100 but 99 accounted for",
-        "UPDATE journal_entries SET balance_after = balance_after + 1 WHERE kind = 'grant'": "balance_after 101",
-        "UPDATE holds SET amount = 11 WHERE status = 'pending'": "amount 11 but lots give 10",
-        "UPDATE hold_lots SET captured = 4 WHERE captured = 5": "captured/released disagree",
-        "UPDATE holds SET status = 'released', released = amount, resolved_at = created_at"
-        " WHERE status = 'pending'": "pending holds 0",
-        "UPDATE holds SET captured = 4, released = 1 WHERE status = 'captured'": "consumed account 5 but holds captured 4",
+    corruptions = [
+        ("UPDATE wallets SET available = available + 1", "available 86, entries 85"),
+        ("UPDATE wallets SET held = held + 1", "held 11"),
+        ("UPDATE lots SET remaining = remaining - 1", "granted 100 but 99 accounted for"),
+        (
+            "UPDATE journal_entries SET balance_after = balance_after + 1 WHERE kind = 'grant'",
+            "balance_after 101",
+        ),
+        ("UPDATE holds SET amount = 11 WHERE status = 'pending'", "amount 11 but lots give 10"),
+        ("UPDATE hold_lots SET captured = 4 WHERE captured = 5", "captured/released disagree"),
+        (
+            "UPDATE holds SET status = 'released', released = amount, resolved_at = created_at"
+            " WHERE status = 'pending'",
+            "pending holds 0",
+        ),
+        (
+            "UPDATE holds SET captured = 4, released = 1 WHERE status = 'captured'",
+            "consumed account 5 but holds captured 4",
+        ),
         # A transfer rewritten to come from elsewhere: the holds account no
         # longer matches the wallet's held credits.
-        "UPDATE journal_entries SET from_account = 'issuance' WHERE kind = 'capture'": "held 10, entries 15",
-    }
-    for statement, symptom in corruptions.items():
+        (
+            "UPDATE journal_entries SET from_account = 'issuance' WHERE kind = 'capture'",
+            "held 10, entries 15",
+        ),
+    ]
+    for statement, symptom in corruptions:
         with db.write() as conn:
             conn.execute(text(statement))
             problems = check_ledger(conn)
