@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from plasmaart.accounts.credentials import CredentialService
 from plasmaart.accounts.service import AccountService
 from plasmaart.billing.service import BillingService
 from plasmaart.catalog import Catalog, load_catalog
@@ -25,6 +26,7 @@ class Platform:
     clock: Clock
     ledger: LedgerService
     accounts: AccountService
+    credentials: CredentialService
     billing: BillingService
 
     def close(self) -> None:
@@ -59,5 +61,6 @@ def bootstrap(
         clock=clock,
         ledger=ledger,
         accounts=AccountService(clock, ledger),
+        credentials=CredentialService(clock),
         billing=BillingService(clock, catalog, ledger),
     )

@@ -12,6 +12,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from plasmaart.accounts import audit
+from plasmaart.accounts.service import Status
 from plasmaart.bootstrap import Platform, bootstrap
 from plasmaart.catalog import CatalogError, load_catalog, render_catalog
 from plasmaart.config import ConfigError, load_settings
@@ -135,7 +136,7 @@ def users_create(
     typer.echo(f"created {user.role} {user.email} ({user.id})" + (f" on {plan}" if plan else ""))
 
 
-def _set_status(email: str, status: str, reason: str | None) -> None:
+def _set_status(email: str, status: Status, reason: str | None) -> None:
     with _platform() as platform, platform.db.write() as conn:
         user = platform.accounts.get_by_email(conn, email)
         platform.accounts.set_status(conn, user, status, actor=CLI_ACTOR, reason=reason)

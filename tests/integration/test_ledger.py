@@ -128,6 +128,57 @@ def test_a_month_of_a_starter_user(
     books_balance(db)
 
 
+def test_captures_roll_up_usage_by_day_and_model(
+    db: Database, ledger: LedgerService, clock: ManualClock, wallet: str
+) -> None:
+    from plasmaart.db.tables import usage_daily
+
+    subscribe(db, ledger, wallet)
+    with db.write() as conn:
+        for n, (model, credits, outputs) in enumerate(
+            [("flux-schnell", 4, 4), ("flux-schnell", 3, 3), ("pixverse-v4.5", 80, 1)]
+        ):
+            hold = ledger.hold(
+                conn,
+                wallet,
+                credits,
+                idempotency_key=f"h{n}",
+                model=model,
+                generation_id=f"gen_{n}",
+            )
+            ledger.capture(conn, hold.hold_id, credits, outputs=outputs, idempotency_key=f"c{n}")
+        failed = ledger.hold(conn, wallet, 8, idempotency_key="hf", model="flux-pro-v1.1")
+        ledger.release(conn, failed.hold_id, idempotency_key="rf")
+    clock.advance(timedelta(days=1))
+    with db.write() as conn:
+        hold = ledger.hold(conn, wallet, 1, idempotency_key="next", model="flux-schnell")
+        ledger.capture(conn, hold.hold_id, 1, outputs=1, idempotency_key="next-c")
+    with db.read() as conn:
+        rows = conn.execute(
+            select(
+                usage_daily.c.day,
+                usage_daily.c.model,
+                usage_daily.c.generations,
+                usage_daily.c.outputs,
+                usage_daily.c.credits,
+            ).order_by(usage_daily.c.day, usage_daily.c.model)
+        ).all()
+        capture = ledger.entries(conn, wallet, limit=1)[0]
+    day = START.date()
+    assert [tuple(row) for row in rows] == [
+        (day, "flux-schnell", 2, 7, 7),
+        (day, "pixverse-v4.5", 1, 1, 80),
+        (day + timedelta(days=1), "flux-schnell", 1, 1, 1),
+    ]
+    assert (capture.kind, capture.model, capture.outputs, capture.credits) == (
+        "capture",
+        "flux-schnell",
+        1,
+        1,
+    )
+    books_balance(db)
+
+
 def test_burn_order_earliest_expiry_then_source_then_age(
     db: Database, ledger: LedgerService, wallet: str
 ) -> None:
@@ -205,6 +256,10 @@ def test_refusals_write_nothing(db: Database, ledger: LedgerService, wallet: str
         (InsufficientCredits, lambda c: ledger.hold(c, wallet, 91, idempotency_key="x")),
         (CaptureExceedsHold, lambda c: ledger.capture(c, hold.hold_id, 11, idempotency_key="x")),
         (InvalidAmount, lambda c: ledger.capture(c, hold.hold_id, -1, idempotency_key="x")),
+        (
+            InvalidAmount,
+            lambda c: ledger.capture(c, hold.hold_id, 1, outputs=-1, idempotency_key="x"),
+        ),
         (HoldNotFound, lambda c: ledger.release(c, "hld_nope", idempotency_key="x")),
         (
             InsufficientCredits,
@@ -480,10 +535,11 @@ def test_check_ledger_finds_corrupted_books(
     subscribe(db, ledger, wallet, credits=100)
     with db.write() as conn:
         hold = ledger.hold(conn, wallet, 10, idempotency_key="h")
-        done = ledger.hold(conn, wallet, 5, idempotency_key="h2")
-        ledger.capture(conn, done.hold_id, 5, idempotency_key="c2")
+        done = ledger.hold(conn, wallet, 5, idempotency_key="h2", model="flux-dev")
+        ledger.capture(conn, done.hold_id, 5, outputs=1, idempotency_key="c2")
     corruptions = [
         ("UPDATE wallets SET available = available + 1", "available 86, entries 85"),
+        ("UPDATE usage_daily SET credits = credits + 1", "usage roll-up disagrees"),
         ("UPDATE wallets SET held = held + 1", "held 11"),
         ("UPDATE lots SET remaining = remaining - 1", "granted 100 but 99 accounted for"),
         (

@@ -39,3 +39,11 @@ def set_status(conn: Connection, user_id: str, status: str, reason: str | None) 
     conn.execute(
         update(users).where(users.c.id == user_id).values(status=status, status_reason=reason)
     )
+
+
+def set_password_hash(conn: Connection, user_id: str, password_hash: str) -> None:
+    conn.execute(update(users).where(users.c.id == user_id).values(password_hash=password_hash))
+
+
+def set_remove_watermark(conn: Connection, user_id: str, remove: bool) -> None:
+    conn.execute(update(users).where(users.c.id == user_id).values(remove_watermark=remove))

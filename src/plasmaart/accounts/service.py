@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import cache
+from typing import Literal
 
 from sqlalchemy import Connection
 
 from plasmaart.accounts import audit
 from plasmaart.accounts import repository as repo
-from plasmaart.accounts.passwords import MIN_PASSWORD_LENGTH, hash_password
+from plasmaart.accounts.passwords import (
+    MIN_PASSWORD_LENGTH,
+    hash_password,
+    needs_rehash,
+    verify_password,
+)
 from plasmaart.clock import Clock, as_utc
-from plasmaart.errors import Conflict, InvalidInput, NotFound
+from plasmaart.errors import Conflict, DomainError, InvalidInput, NotFound
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
 
 # Deliberately simple: one @, no spaces, a dot in the domain. Deliverability
 # is proven by e-mail, not by a regular expression.
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@cache
+def _dummy_hash() -> str:
+    """Verified against when the address is unknown, so both refusals cost the same."""
+    return hash_password("not the password of anybody")
 
 
 class EmailTaken(Conflict):
@@ -30,13 +43,24 @@ class UserNotFound(NotFound):
     pass
 
 
+class WrongCredentials(DomainError):
+    code = "unauthenticated"
+    status = 401
+    title = "Wrong e-mail or password"
+
+
+Role = Literal["user", "admin"]
+Status = Literal["active", "suspended"]
+
+
 @dataclass(frozen=True)
 class User:
     id: str
     email: str
-    role: str
-    status: str
+    role: Role
+    status: Status
     created_at: datetime
+    remove_watermark: bool = False
 
 
 def normalise_email(email: str) -> str:
@@ -66,7 +90,7 @@ class AccountService:
         self.ledger = ledger
 
     def create_user(
-        self, conn: Connection, email: str, password: str, *, role: str = "user"
+        self, conn: Connection, email: str, password: str, *, role: Role = "user"
     ) -> User:
         """A new user with an empty wallet of their own."""
         address = validate_credentials(email, password)
@@ -87,6 +111,19 @@ class AccountService:
         self.ledger.open_wallet(conn, "user", user_id)
         return User(user_id, address, role, "active", now)
 
+    def authenticate(self, conn: Connection, email: str, password: str) -> User:
+        """The user with these credentials. The same refusal, and about the same
+        time, whether the address is unknown or the password wrong."""
+        row = repo.user_by_email(conn, normalise_email(email))
+        if row is None:
+            verify_password(_dummy_hash(), password)
+            raise WrongCredentials("wrong e-mail or password")
+        if not verify_password(row.password_hash, password):
+            raise WrongCredentials("wrong e-mail or password")
+        if needs_rehash(row.password_hash):
+            repo.set_password_hash(conn, row.id, hash_password(password))
+        return _user(row)
+
     def get_by_email(self, conn: Connection, email: str) -> User:
         row = repo.user_by_email(conn, normalise_email(email))
         if row is None:
@@ -99,8 +136,12 @@ class AccountService:
             raise UserNotFound(f"no user {user_id!r}")
         return _user(row)
 
+    def set_remove_watermark(self, conn: Connection, user: User, remove: bool) -> User:
+        repo.set_remove_watermark(conn, user.id, remove)
+        return replace(user, remove_watermark=remove)
+
     def set_status(
-        self, conn: Connection, user: User, status: str, *, actor: str, reason: str | None
+        self, conn: Connection, user: User, status: Status, *, actor: str, reason: str | None
     ) -> User:
         if status == "suspended" and not (reason and reason.strip()):
             raise InvalidInput("a suspension needs a reason", field="reason")
@@ -115,8 +156,15 @@ class AccountService:
             now=self.clock.now(),
             data={"email": user.email},
         )
-        return User(user.id, user.email, user.role, status, user.created_at)
+        return replace(user, status=status)
 
 
 def _user(row: repo.AnyRow) -> User:
-    return User(row.id, row.email, row.role, row.status, as_utc(row.created_at))
+    return User(
+        row.id,
+        row.email,
+        row.role,
+        row.status,
+        as_utc(row.created_at),
+        bool(row.remove_watermark),
+    )

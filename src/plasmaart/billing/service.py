@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import Connection, insert, select
 
 from plasmaart.billing.periods import add_months
-from plasmaart.catalog import Catalog
+from plasmaart.catalog import Catalog, PlanSpec
 from plasmaart.clock import Clock, as_utc
 from plasmaart.db.tables import subscriptions
 from plasmaart.errors import Conflict, InvalidInput
@@ -54,6 +54,19 @@ class BillingService:
             cancel_at_period_end=bool(row.cancel_at_period_end),
             pending_plan=row.pending_plan,
         )
+
+    def current_plan(self, conn: Connection, wallet_id: str) -> PlanSpec:
+        """The plan whose benefits the wallet has now: its subscription's while
+        active or past due (within the grace period), else Free."""
+        subscription = self.subscription(conn, wallet_id)
+        if subscription is None or subscription.status == "canceled":
+            return self.catalog.default_plan
+        try:
+            return self.catalog.plan(subscription.plan)
+        except KeyError:
+            # A plan the operator removed from the catalog: its subscribers
+            # keep nothing they could not be sold today.
+            return self.catalog.default_plan
 
     def subscribe_paid(
         self, conn: Connection, *, user_id: str, wallet_id: str, plan_id: str, backend: str

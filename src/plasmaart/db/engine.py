@@ -11,7 +11,8 @@ Services never commit: whoever opens ``Database.write()`` owns the transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 _BEGIN_OPTION = "plasmaart_begin"
+_AFTER_COMMIT = "plasmaart_after_commit"
+log = logging.getLogger(__name__)
 
 
 def normalise_url(url: str) -> str:
@@ -48,6 +51,11 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
+    """Run ``callback`` after the transaction of ``conn`` commits (never if it rolls back)."""
+    conn.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
 class Database:
     """One engine and the transactions the rest of the code runs in."""
 
@@ -62,9 +70,26 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction: committed on success, rolled back on any error."""
-        with self._writer.begin() as conn:
-            yield conn
+        """A write transaction: committed on success, rolled back on any error.
+
+        Callbacks registered with ``after_commit(conn, fn)`` run once the commit
+        succeeded, and are dropped on rollback (events, notifications).
+        """
+        with self._writer.connect() as conn:
+            # conn.info outlives this checkout (it belongs to the pooled
+            # connection), so the callbacks are always taken out of it.
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                callbacks = conn.info.pop(_AFTER_COMMIT, [])
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                # The transaction is committed; a failed side effect must not
+                # turn it into an error for the caller.
+                log.exception("after-commit callback failed")
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -13,10 +13,12 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -70,6 +72,7 @@ users = Table(
     Column("role", String(16), nullable=False, server_default="user"),
     Column("status", String(16), nullable=False, server_default="active"),
     Column("status_reason", Text),
+    Column("remove_watermark", Boolean, nullable=False, server_default=false()),
     Column("created_at", Timestamp, nullable=False),
     CheckConstraint(_in("role", ("user", "admin")), name="role"),
     CheckConstraint(_in("status", ("active", "suspended")), name="status"),
@@ -129,6 +132,7 @@ holds = Table(
     Column("released", BigInteger, nullable=False, server_default="0"),
     Column("status", String(16), nullable=False, server_default="pending"),
     Column("generation_id", String(40)),
+    Column("model", String(80)),
     Column("memo", Text),
     Column("created_at", Timestamp, nullable=False),
     Column("resolved_at", Timestamp),
@@ -177,6 +181,9 @@ journal_entries = Table(
     Column("lot_id", String(40), ForeignKey("lots.id")),
     Column("hold_id", String(40), ForeignKey("holds.id")),
     Column("generation_id", String(40)),
+    # What a capture paid for: the model and the outputs delivered.
+    Column("model", String(80)),
+    Column("outputs", Integer),
     Column("memo", Text),
     Column("created_at", Timestamp, nullable=False),
     CheckConstraint("credits > 0", name="credits_positive"),
@@ -198,6 +205,20 @@ Index(
     journal_entries.c.wallet_id,
     journal_entries.c.kind,
     journal_entries.c.created_at,
+)
+
+# Usage rolled up per wallet, UTC day and model as captures happen, so that
+# usage over any range reads a few hundred rows whatever the journal's size.
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("wallet_id", String(40), ForeignKey("wallets.id"), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("model", String(80), primary_key=True),
+    Column("generations", BigInteger, nullable=False),
+    Column("outputs", BigInteger, nullable=False),
+    Column("credits", BigInteger, nullable=False),
+    CheckConstraint("generations >= 0 AND outputs >= 0 AND credits >= 0", name="not_negative"),
 )
 
 ledger_operations = Table(
@@ -242,3 +263,116 @@ audit_log = Table(
     Column("created_at", Timestamp, nullable=False),
 )
 Index("ix_audit_log_target", audit_log.c.target, audit_log.c.id)
+
+# Server-side sessions. The cookie carries a random token; only its SHA-256 is
+# stored, so a copy of the database cannot be used to log in.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+    Column("last_seen_at", Timestamp, nullable=False),
+)
+Index("ix_sessions_user", sessions.c.user_id)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    # The first characters of the key, shown in lists so users can tell keys apart.
+    Column("prefix", String(20), nullable=False),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("last_used_at", Timestamp),
+    Column("revoked_at", Timestamp),
+)
+Index("ix_api_keys_user", api_keys.c.user_id, api_keys.c.created_at)
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False),
+    Column("address", String(64), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+Index("ix_login_failures_email", login_failures.c.email, login_failures.c.created_at)
+Index("ix_login_failures_address", login_failures.c.address, login_failures.c.created_at)
+
+teams = Table(
+    "teams",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("owner_id", String(40), ForeignKey("users.id"), nullable=False),
+    # The owner's wallet: a team spends the Studio owner's credits.
+    Column("wallet_id", String(40), ForeignKey("wallets.id"), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+Index("ix_teams_owner", teams.c.owner_id)
+
+team_members = Table(
+    "team_members",
+    metadata,
+    Column("team_id", String(40), ForeignKey("teams.id"), primary_key=True),
+    Column("user_id", String(40), ForeignKey("users.id"), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("monthly_credit_cap", BigInteger),
+    Column("joined_at", Timestamp, nullable=False),
+    CheckConstraint(_in("role", ("owner", "member")), name="role"),
+    CheckConstraint("monthly_credit_cap IS NULL OR monthly_credit_cap >= 0", name="cap"),
+)
+Index("ix_team_members_user", team_members.c.user_id)
+
+invitations = Table(
+    "invitations",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("team_id", String(40), ForeignKey("teams.id"), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("invited_by", String(40), ForeignKey("users.id"), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+    Column("accepted_at", Timestamp),
+    Column("accepted_by", String(40), ForeignKey("users.id")),
+    Column("revoked_at", Timestamp),
+)
+Index("ix_invitations_team", invitations.c.team_id)
+
+# Responses to POSTs that carried an Idempotency-Key, replayed on a repeat.
+idempotency_records = Table(
+    "idempotency_records",
+    metadata,
+    Column("principal", String(80), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("method", String(8), nullable=False),
+    Column("path", String(500), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("response_status", Integer),
+    Column("response_headers", Text),
+    Column("response_body", LargeBinary),
+    Column("created_at", Timestamp, nullable=False),
+    CheckConstraint(_in("status", ("running", "done")), name="status"),
+)
+Index("ix_idempotency_records_created", idempotency_records.c.created_at)
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("data", Text, nullable=False, server_default=text("'{}'")),
+    Column("created_at", Timestamp, nullable=False),
+    Column("read_at", Timestamp),
+)
+Index("ix_notifications_user", notifications.c.user_id, notifications.c.id)

@@ -8,10 +8,12 @@ after every step; operators can run it with ``plasmaart ledger verify``.
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import date
 
 from sqlalchemy import Connection, select
 
-from plasmaart.db.tables import hold_lots, holds, journal_entries, lots, wallets
+from plasmaart.clock import as_utc
+from plasmaart.db.tables import hold_lots, holds, journal_entries, lots, usage_daily, wallets
 
 
 def check_ledger(conn: Connection) -> list[str]:
@@ -21,6 +23,7 @@ def check_ledger(conn: Connection) -> list[str]:
     holds_sum: dict[str, int] = defaultdict(int)
     chain: dict[str, int] = defaultdict(int)
     adjusted_down: dict[str, int] = defaultdict(int)
+    usage: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     for entry in conn.execute(select(journal_entries).order_by(journal_entries.c.id)):
         credits = int(entry.credits)
         account_totals[entry.from_account] -= credits
@@ -42,6 +45,12 @@ def check_ledger(conn: Connection) -> list[str]:
             )
         if entry.kind == "adjustment" and entry.from_account == "wallet" and entry.lot_id:
             adjusted_down[entry.lot_id] += credits
+        if entry.kind == "capture":
+            day = as_utc(entry.created_at).date()
+            sums = usage[(wallet_id, day, entry.model or "")]
+            sums[0] += 1
+            sums[1] += int(entry.outputs or 0)
+            sums[2] += credits
     # Each entry moves credits between two accounts, so this holds by
     # construction; it is checked anyway, as the accounting equation.
     if sum(account_totals.values()) != 0:  # pragma: no cover
@@ -92,4 +101,14 @@ def check_ledger(conn: Connection) -> list[str]:
             problems.append(
                 f"wallet {wid}: held {held}, entries {holds_sum[wid]}, pending holds {pending[wid]}"
             )
+    rolled_up = {
+        (row.wallet_id, row.day, row.model): [
+            int(row.generations),
+            int(row.outputs),
+            int(row.credits),
+        ]
+        for row in conn.execute(select(usage_daily))
+    }
+    if rolled_up != dict(usage):
+        problems.append("usage roll-up disagrees with the captures in the journal")
     return problems

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, and_, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from plasmaart.clock import as_utc
-from plasmaart.db.tables import hold_lots, holds, journal_entries, ledger_operations, lots, wallets
+from plasmaart.db.tables import (
+    hold_lots,
+    holds,
+    journal_entries,
+    ledger_operations,
+    lots,
+    usage_daily,
+    wallets,
+)
 from plasmaart.ledger.rules import Allocation, LotView
 
 # A row of any shape (SQLAlchemy 2.1 types rows by their columns).
@@ -219,6 +229,7 @@ def insert_hold(
     wallet_id: str,
     credits: int,
     generation_id: str | None,
+    model: str | None,
     memo: str | None,
     now: datetime,
 ) -> None:
@@ -231,6 +242,7 @@ def insert_hold(
             released=0,
             status="pending",
             generation_id=generation_id,
+            model=model,
             memo=memo,
             created_at=now,
         )
@@ -326,3 +338,29 @@ def list_entries(
     if before_id is not None:
         query = query.where(journal_entries.c.id < before_id)
     return list(conn.execute(query.order_by(journal_entries.c.id.desc()).limit(limit)).all())
+
+
+def add_usage(
+    conn: Connection, wallet_id: str, *, day: date, model: str, outputs: int, credits: int
+) -> None:
+    """Count one captured generation in the wallet's daily usage roll-up."""
+    values = {
+        "wallet_id": wallet_id,
+        "day": day,
+        "model": model,
+        "generations": 1,
+        "outputs": outputs,
+        "credits": credits,
+    }
+    statement = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(usage_daily)
+    excluded = statement.excluded
+    conn.execute(
+        statement.values(values).on_conflict_do_update(
+            index_elements=["wallet_id", "day", "model"],
+            set_={
+                "generations": usage_daily.c.generations + excluded.generations,
+                "outputs": usage_daily.c.outputs + excluded.outputs,
+                "credits": usage_daily.c.credits + excluded.credits,
+            },
+        )
+    )

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection
 
 from plasmaart.clock import Clock, as_utc
+from plasmaart.db.engine import after_commit
 from plasmaart.db.tables import LOT_SOURCES
 from plasmaart.ids import new_id
 from plasmaart.ledger import repository as repo
@@ -125,6 +128,8 @@ class Entry:
     lot_id: str | None
     hold_id: str | None
     generation_id: str | None
+    model: str | None
+    outputs: int | None
     memo: str | None
 
 
@@ -148,6 +153,8 @@ class _Wallet:
         lot_id: str | None = None,
         hold_id: str | None = None,
         generation_id: str | None = None,
+        model: str | None = None,
+        outputs: int | None = None,
         memo: str | None = None,
     ) -> None:
         amount = credits if to_account == "wallet" else -credits if from_account == "wallet" else 0
@@ -169,15 +176,21 @@ class _Wallet:
                 "lot_id": lot_id,
                 "hold_id": hold_id,
                 "generation_id": generation_id,
+                "model": model,
+                "outputs": outputs,
                 "memo": memo,
                 "created_at": self.now,
             }
         )
 
-    def flush(self, conn: Connection) -> None:
+    def flush(self, conn: Connection, listeners: list[BalanceListener]) -> None:
+        if not self.entries:
+            return
         repo.insert_entries(conn, self.entries)
         repo.store_wallet(conn, self.id, self.available, self.held)
         self.entries = []
+        for listener in listeners:
+            after_commit(conn, partial(listener, self.id, self.available, self.held))
 
 
 def _request_hash(operation: str, params: dict[str, Any]) -> str:
@@ -185,9 +198,15 @@ def _request_hash(operation: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+BalanceListener = Callable[[str, int, int], None]
+
+
 class LedgerService:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
+        # Called with (wallet_id, available, held) after a transaction that
+        # changed the wallet commits: the events stream listens here.
+        self.balance_listeners: list[BalanceListener] = []
 
     # -- wallets ---------------------------------------------------------
 
@@ -256,6 +275,7 @@ class LedgerService:
         *,
         idempotency_key: str,
         generation_id: str | None = None,
+        model: str | None = None,
         memo: str | None = None,
     ) -> HoldResult:
         """Move ``credits`` from the wallet's lots (in burn order) into a hold."""
@@ -264,7 +284,12 @@ class LedgerService:
                 f"a hold needs a positive number of credits, not {credits}", field="credits"
             )
         now = self.clock.now()
-        params = {"wallet": wallet_id, "credits": credits, "generation": generation_id}
+        params = {
+            "wallet": wallet_id,
+            "credits": credits,
+            "generation": generation_id,
+            "model": model,
+        }
         wallet, replay = self._begin(conn, wallet_id, "hold", idempotency_key, params, now)
         if replay is not None:
             return _load(HoldResult, replay)
@@ -280,6 +305,7 @@ class LedgerService:
             wallet_id=wallet.id,
             credits=credits,
             generation_id=generation_id,
+            model=model,
             memo=memo,
             now=now,
         )
@@ -291,6 +317,7 @@ class LedgerService:
             credits,
             hold_id=hold_id,
             generation_id=generation_id,
+            model=model,
             memo=memo,
         )
         result = HoldResult(
@@ -302,16 +329,25 @@ class LedgerService:
         return self._finish(conn, wallet, "hold", idempotency_key, params, result)
 
     def capture(
-        self, conn: Connection, hold_id: str, credits: int, *, idempotency_key: str
+        self,
+        conn: Connection,
+        hold_id: str,
+        credits: int,
+        *,
+        idempotency_key: str,
+        outputs: int | None = None,
     ) -> SettleResult:
-        """Charge ``credits`` of the hold; the rest goes back to its lots."""
+        """Charge ``credits`` of the hold (for ``outputs`` delivered outputs, when
+        known); the rest goes back to its lots."""
         if credits < 0:
             raise InvalidAmount(f"cannot capture a negative amount ({credits})", field="credits")
-        return self._settle(conn, hold_id, credits, idempotency_key, "capture")
+        if outputs is not None and outputs < 0:
+            raise InvalidAmount(f"cannot deliver {outputs} outputs", field="outputs")
+        return self._settle(conn, hold_id, credits, idempotency_key, "capture", outputs)
 
     def release(self, conn: Connection, hold_id: str, *, idempotency_key: str) -> SettleResult:
         """Give every credit of the hold back to the lot it came from."""
-        return self._settle(conn, hold_id, 0, idempotency_key, "release")
+        return self._settle(conn, hold_id, 0, idempotency_key, "release", None)
 
     def expire_due(self, conn: Connection, *, limit: int = 500) -> ExpiryResult:
         """Expire up to ``limit`` lots past ``expires_at``.
@@ -336,7 +372,7 @@ class LedgerService:
                     self._expire_lot(conn, wallet, lot_id, remaining, "expire", "expired")
                     expired_lots += 1
                     expired_credits += remaining
-            wallet.flush(conn)
+            wallet.flush(conn, self.balance_listeners)
         return ExpiryResult(lots=expired_lots, credits=expired_credits)
 
     def renew(
@@ -561,6 +597,8 @@ class LedgerService:
                 lot_id=row.lot_id,
                 hold_id=row.hold_id,
                 generation_id=row.generation_id,
+                model=row.model,
+                outputs=row.outputs,
                 memo=row.memo,
             )
             for row in repo.list_entries(conn, wallet_id, limit=limit, before_id=before_id)
@@ -606,7 +644,7 @@ class LedgerService:
         params: dict[str, Any],
         result: R,
     ) -> R:
-        wallet.flush(conn)
+        wallet.flush(conn, self.balance_listeners)
         repo.record_operation(
             conn,
             key,
@@ -669,13 +707,19 @@ class LedgerService:
         repo.close_lot(conn, lot_id, reason=reason, expired=credits, now=wallet.now)
 
     def _settle(
-        self, conn: Connection, hold_id: str, credits: int, key: str, operation: str
+        self,
+        conn: Connection,
+        hold_id: str,
+        credits: int,
+        key: str,
+        operation: str,
+        outputs: int | None,
     ) -> SettleResult:
         wallet_id = repo.hold_wallet(conn, hold_id)
         if wallet_id is None:
             raise HoldNotFound(hold_id)
         now = self.clock.now()
-        params = {"hold": hold_id, "credits": credits}
+        params = {"hold": hold_id, "credits": credits, "outputs": outputs}
         wallet, replay = self._begin(conn, wallet_id, operation, key, params, now)
         if replay is not None:
             return _load(SettleResult, replay)
@@ -688,7 +732,7 @@ class LedgerService:
         if credits > amount:
             raise CaptureExceedsHold(hold_id, credits, amount)
         captured, released = split_capture(repo.hold_allocations(conn, hold_id), credits)
-        generation_id = hold.generation_id
+        generation_id, model = hold.generation_id, hold.model
         if credits:
             wallet.move(
                 "capture",
@@ -697,6 +741,16 @@ class LedgerService:
                 credits,
                 hold_id=hold_id,
                 generation_id=generation_id,
+                model=model,
+                outputs=outputs,
+            )
+            repo.add_usage(
+                conn,
+                wallet.id,
+                day=now.date(),
+                model=model or "",
+                outputs=outputs or 0,
+                credits=credits,
             )
         released_total = sum(part for _, part in released)
         expired_total = 0
@@ -708,6 +762,7 @@ class LedgerService:
                 released_total,
                 hold_id=hold_id,
                 generation_id=generation_id,
+                model=model,
             )
             lots = repo.lots_by_id(conn, [lot_id for lot_id, _ in released])
             for lot_id, part in released:

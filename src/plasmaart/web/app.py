@@ -1,4 +1,4 @@
-"""The ASGI app factory: API routers, error handling, metrics, embedded worker."""
+"""The ASGI app factory: API routers, error handling, middleware, embedded worker."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from plasmaart import __version__
 from plasmaart.bootstrap import Platform
 from plasmaart.web import problems
-from plasmaart.web.api import catalog, ops
+from plasmaart.web.api import accounts, catalog, ops
+from plasmaart.web.edge import EdgeMiddleware
+from plasmaart.web.idempotency import IdempotencyMiddleware
 from plasmaart.web.metrics import HttpMetrics
 from plasmaart.worker import Worker
 
@@ -49,8 +51,16 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
     )
     app.state.platform = platform
     app.state.metrics = HttpMetrics()
+    # The last added runs first: edge (request id, body limit), metrics, idempotency.
+    app.add_middleware(IdempotencyMiddleware, platform=platform)
     app.add_middleware(_Metrics, metrics=app.state.metrics)
+    app.add_middleware(EdgeMiddleware)
     problems.install(app)
     app.include_router(ops.router)
     app.include_router(catalog.router)
+    app.include_router(accounts.router)
+    # routers: teams
+    # routers: credits
+    # routers: events
+    # routers: admin
     return app

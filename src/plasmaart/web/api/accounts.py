@@ -1,0 +1,301 @@
+"""Sign-up, login, logout, API keys, ``/v1/me`` and the account's settings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from plasmaart.accounts.credentials import ApiKey, NewSession
+from plasmaart.accounts.service import User
+from plasmaart.billing.service import Subscription
+from plasmaart.bootstrap import Platform
+from plasmaart.web.auth import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    AnyPrincipal,
+    CurrentPrincipal,
+    Forbidden,
+)
+from plasmaart.web.deps import PlatformDep
+
+router = APIRouter(prefix="/v1", tags=["accounts"])
+
+
+class StrictBody(BaseModel):
+    """Request bodies refuse fields they do not know."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Credentials(StrictBody):
+    email: Annotated[str, Field(max_length=320)]
+    password: Annotated[str, Field(max_length=1024)]
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str
+    role: Literal["user", "admin"]
+    status: Literal["active", "suspended"]
+    created_at: datetime
+
+
+class UserEnvelope(BaseModel):
+    user: UserOut
+
+
+class ApiKeyIn(StrictBody):
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class NewApiKeyOut(ApiKeyOut):
+    key: str = Field(description="The secret. Shown only in this response.")
+
+
+class ApiKeyList(BaseModel):
+    data: list[ApiKeyOut]
+    next_cursor: str | None = None
+
+
+class SubscriptionOut(BaseModel):
+    plan: str
+    status: Literal["none", "active", "past_due", "canceled"]
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    pending_plan: str | None
+
+
+class BalanceSummary(BaseModel):
+    available: int
+    held: int
+
+
+class TeamRef(BaseModel):
+    id: str
+    name: str
+    role: Literal["owner", "member"]
+
+
+class MeSettings(BaseModel):
+    remove_watermark: bool
+
+
+class MeOut(BaseModel):
+    id: str
+    email: str
+    role: Literal["user", "admin"]
+    status: Literal["active", "suspended"]
+    plan: str
+    subscription: SubscriptionOut
+    balance: BalanceSummary
+    teams: list[TeamRef]
+    settings: MeSettings
+
+
+class SettingsIn(StrictBody):
+    remove_watermark: bool | None = None
+
+
+def user_out(user: User) -> UserOut:
+    return UserOut(
+        id=user.id, email=user.email, role=user.role, status=user.status, created_at=user.created_at
+    )
+
+
+def api_key_out(key: ApiKey) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=key.id,
+        name=key.name,
+        prefix=key.prefix,
+        created_at=key.created_at,
+        last_used_at=key.last_used_at,
+        revoked_at=key.revoked_at,
+    )
+
+
+def _set_session_cookies(request: Request, response: Response, session: NewSession) -> None:
+    secure = request.url.scheme == "https"
+    max_age = int((session.expires_at - datetime.now(session.expires_at.tzinfo)).total_seconds())
+    response.set_cookie(
+        SESSION_COOKIE,
+        session.token,
+        max_age=max_age,
+        httponly=True,
+        samesite="lax",
+        secure=secure,
+        path="/",
+    )
+    # Readable by the dashboard's scripts, which echo it in X-CSRF-Token.
+    response.set_cookie(
+        CSRF_COOKIE,
+        session.csrf_token,
+        max_age=max_age,
+        httponly=False,
+        samesite="lax",
+        secure=secure,
+        path="/",
+    )
+
+
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+@router.post("/auth/signup", status_code=201, response_model=UserEnvelope)
+def signup(
+    body: Credentials, request: Request, response: Response, platform: PlatformDep
+) -> UserEnvelope:
+    """Create an account (on the Free plan) and log in."""
+    with platform.db.write() as conn:
+        user = platform.accounts.create_user(conn, body.email, body.password)
+        session = platform.credentials.open_session(conn, user.id)
+    _set_session_cookies(request, response, session)
+    return UserEnvelope(user=user_out(user))
+
+
+@router.post(
+    "/auth/login",
+    response_model=UserEnvelope,
+    responses={
+        401: {"description": "Wrong e-mail or password"},
+        429: {"description": "Too many failed logins"},
+    },
+)
+def login(
+    body: Credentials, request: Request, response: Response, platform: PlatformDep
+) -> UserEnvelope:
+    """Log in with e-mail and password; sets the session cookies."""
+    from plasmaart.accounts.service import WrongCredentials, normalise_email
+
+    email, address = normalise_email(body.email), _client_address(request)
+    with platform.db.read() as conn:
+        platform.credentials.check_login_allowed(conn, email, address)
+    try:
+        with platform.db.write() as conn:
+            user = platform.accounts.authenticate(conn, email, body.password)
+            platform.credentials.forget_login_failures(conn, email)
+            session = platform.credentials.open_session(conn, user.id)
+    except WrongCredentials:
+        with platform.db.write() as conn:
+            platform.credentials.record_login_failure(conn, email, address)
+        raise
+    _set_session_cookies(request, response, session)
+    return UserEnvelope(user=user_out(user))
+
+
+@router.post("/auth/logout", status_code=204)
+def logout(request: Request, principal: AnyPrincipal, platform: PlatformDep) -> Response:
+    """End the session (a bearer request has no session to end)."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if principal.via == "session" and token:
+        with platform.db.write() as conn:
+            platform.credentials.close_session(conn, token)
+    answer = Response(status_code=204)
+    answer.delete_cookie(SESSION_COOKIE, path="/")
+    answer.delete_cookie(CSRF_COOKIE, path="/")
+    return answer
+
+
+@router.post("/api-keys", status_code=201, response_model=NewApiKeyOut)
+def create_api_key(
+    body: ApiKeyIn, principal: CurrentPrincipal, platform: PlatformDep
+) -> NewApiKeyOut:
+    """A new API key; the secret is in ``key`` and never shown again."""
+    with platform.db.write() as conn:
+        created = platform.credentials.create_api_key(conn, principal.user.id, body.name)
+    return NewApiKeyOut(**api_key_out(created.key).model_dump(), key=created.secret)
+
+
+@router.get("/api-keys", response_model=ApiKeyList)
+def list_api_keys(principal: CurrentPrincipal, platform: PlatformDep) -> ApiKeyList:
+    """Your keys, newest first (never their secrets)."""
+    with platform.db.read() as conn:
+        keys = platform.credentials.list_api_keys(conn, principal.user.id)
+    return ApiKeyList(data=[api_key_out(key) for key in keys])
+
+
+@router.delete("/api-keys/{key_id}", response_model=ApiKeyOut)
+def revoke_api_key(key_id: str, principal: CurrentPrincipal, platform: PlatformDep) -> ApiKeyOut:
+    """Revoke a key at once; requests with it get 401 from now on."""
+    with platform.db.write() as conn:
+        key = platform.credentials.revoke_api_key(conn, principal.user.id, key_id)
+    return api_key_out(key)
+
+
+def me_out(platform: Platform, user: User) -> MeOut:
+    with platform.db.read() as conn:
+        wallet = platform.ledger.wallet_of(conn, "user", user.id)
+        balance = platform.ledger.balance(conn, wallet)
+        subscription = platform.billing.subscription(conn, wallet)
+        plan = platform.billing.current_plan(conn, wallet)
+        teams: list[TeamRef] = []
+    return MeOut(
+        id=user.id,
+        email=user.email,
+        role=user.role,
+        status=user.status,
+        plan=plan.id,
+        subscription=subscription_out(plan.id, subscription),
+        balance=BalanceSummary(available=balance.available, held=balance.held),
+        teams=teams,
+        settings=MeSettings(remove_watermark=user.remove_watermark),
+    )
+
+
+def subscription_out(plan_id: str, subscription: Subscription | None) -> SubscriptionOut:
+    if subscription is None:
+        return SubscriptionOut(
+            plan=plan_id,
+            status="none",
+            current_period_start=None,
+            current_period_end=None,
+            cancel_at_period_end=False,
+            pending_plan=None,
+        )
+    return SubscriptionOut(
+        plan=subscription.plan,
+        status=subscription.status,
+        current_period_start=subscription.current_period_start,
+        current_period_end=subscription.current_period_end,
+        cancel_at_period_end=subscription.cancel_at_period_end,
+        pending_plan=subscription.pending_plan,
+    )
+
+
+@router.get("/me", response_model=MeOut)
+def me(principal: CurrentPrincipal, platform: PlatformDep) -> MeOut:
+    """Who you are: role, status, plan and subscription, balance, teams."""
+    return me_out(platform, principal.user)
+
+
+@router.patch("/me/settings", response_model=MeOut)
+def update_settings(body: SettingsIn, principal: CurrentPrincipal, platform: PlatformDep) -> MeOut:
+    """Watermark removal: only where the plan allows it (Studio)."""
+    user = principal.user
+    if body.remove_watermark is not None:
+        with platform.db.write() as conn:
+            wallet = platform.ledger.wallet_of(conn, "user", user.id)
+            plan = platform.billing.current_plan(conn, wallet)
+            if body.remove_watermark and not plan.watermark_removable:
+                cheapest = next(
+                    p for p in platform.catalog.plans_by_price() if p.watermark_removable
+                )
+                raise Forbidden(
+                    f"watermark removal is not part of the {plan.name} plan",
+                    required_plan=cheapest.id,
+                )
+            user = platform.accounts.set_remove_watermark(conn, user, body.remove_watermark)
+    return me_out(platform, user)

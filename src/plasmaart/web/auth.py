@@ -1,0 +1,132 @@
+"""Who is calling: an API key (``Authorization: Bearer``) or the session cookie.
+
+Cookie-authenticated writes must echo the session's CSRF token in the
+``X-CSRF-Token`` header (or the ``csrf_token`` form field); bearer requests
+need none, since browsers never attach them on their own. A suspended account
+gets ``account_suspended`` on everything but logging out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request
+
+from plasmaart.accounts.service import User
+from plasmaart.bootstrap import Platform
+from plasmaart.errors import DomainError, NotFound
+from plasmaart.web.deps import PlatformDep
+
+SESSION_COOKIE = "pa_session"
+CSRF_COOKIE = "pa_csrf"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class Unauthenticated(DomainError):
+    code = "unauthenticated"
+    status = 401
+    title = "Authentication required"
+
+
+class Forbidden(DomainError):
+    code = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
+class AccountSuspended(DomainError):
+    code = "account_suspended"
+    status = 403
+    title = "Account suspended"
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: User
+    via: Literal["session", "api_key"]
+    credential_id: str  # the session token's hash prefix or the API key id
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("use 'Authorization: Bearer <api key>'")
+    return token.strip()
+
+
+def authenticate(request: Request, platform: Platform) -> Principal | None:
+    """The caller, or None when the request carries no credentials at all.
+    Bad credentials are refused rather than treated as anonymous."""
+    cached: Principal | None = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    token = _bearer(request)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if token is None and cookie is None:
+        return None
+    credentials, accounts = platform.credentials, platform.accounts
+    if token is not None:
+        with platform.db.read() as conn:
+            found = credentials.user_of_api_key(conn, token)
+            if found is None:
+                raise Unauthenticated("this API key is not valid (revoked or mistyped)")
+            user_id, key_id, stale = found
+            user = accounts.get(conn, user_id)
+        if stale:
+            with platform.db.write() as conn:
+                credentials.touch_api_key(conn, key_id)
+        principal = Principal(user, "api_key", key_id)
+    else:
+        cookie = cookie or ""  # not None here: one of the two was sent
+        with platform.db.read() as conn:
+            session = credentials.session(conn, cookie)
+            if session is None:
+                raise Unauthenticated("your session has ended; log in again")
+            user = accounts.get(conn, session.user_id)
+        if request.method not in SAFE_METHODS:
+            sent = request.headers.get(CSRF_HEADER) or getattr(request.state, "form_csrf", None)
+            if sent != session.csrf_token:
+                raise Forbidden("missing or wrong CSRF token (send X-CSRF-Token)")
+        principal = Principal(user, "session", cookie[:8])
+    request.state.principal = principal
+    return principal
+
+
+def optional_principal(request: Request, platform: PlatformDep) -> Principal | None:
+    principal = authenticate(request, platform)
+    if principal is not None and principal.user.status == "suspended":
+        raise AccountSuspended("this account is suspended; contact support")
+    return principal
+
+
+def require_principal(request: Request, platform: PlatformDep) -> Principal:
+    principal = optional_principal(request, platform)
+    if principal is None:
+        raise Unauthenticated("log in or send 'Authorization: Bearer <api key>'")
+    return principal
+
+
+def require_admin(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+    if principal.user.role != "admin":
+        # Admin endpoints do not exist for other users.
+        raise NotFound("not found")
+    return principal
+
+
+def allow_suspended(request: Request, platform: PlatformDep) -> Principal:
+    """For logging out: a suspended user may still end their session."""
+    principal = authenticate(request, platform)
+    if principal is None:
+        raise Unauthenticated("not logged in")
+    return principal
+
+
+OptionalPrincipal = Annotated[Principal | None, Depends(optional_principal)]
+CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
+AdminPrincipal = Annotated[Principal, Depends(require_admin)]
+AnyPrincipal = Annotated[Principal, Depends(allow_suspended)]
