@@ -8,6 +8,7 @@ enough — unlike passwords, which get argon2id).
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -225,7 +226,7 @@ class CredentialService:
             if len(times) >= limit:
                 oldest = as_utc(times[-1])
                 wait = (oldest + LOGIN_WINDOW - now).total_seconds()
-                raise LoginThrottled(max(1, int(wait) + 1))
+                raise LoginThrottled(max(1, math.ceil(wait)))
 
     def record_login_failure(self, conn: Connection, email: str, address: str) -> None:
         conn.execute(

@@ -33,6 +33,19 @@ class Subscription:
     pending_plan: str | None
 
 
+def effective_plan(catalog: Catalog, plan_id: str, status: str) -> PlanSpec:
+    """The plan a subscription in ``status`` gives: its own while active or past
+    due (the grace period), Free once canceled."""
+    if status == "canceled":
+        return catalog.default_plan
+    try:
+        return catalog.plan(plan_id)
+    except KeyError:
+        # A plan the operator removed from the catalog: its subscribers keep
+        # nothing they could not be sold today.
+        return catalog.default_plan
+
+
 class BillingService:
     def __init__(self, clock: Clock, catalog: Catalog, ledger: LedgerService) -> None:
         self.clock = clock
@@ -59,14 +72,9 @@ class BillingService:
         """The plan whose benefits the wallet has now: its subscription's while
         active or past due (within the grace period), else Free."""
         subscription = self.subscription(conn, wallet_id)
-        if subscription is None or subscription.status == "canceled":
+        if subscription is None:
             return self.catalog.default_plan
-        try:
-            return self.catalog.plan(subscription.plan)
-        except KeyError:
-            # A plan the operator removed from the catalog: its subscribers
-            # keep nothing they could not be sold today.
-            return self.catalog.default_plan
+        return effective_plan(self.catalog, subscription.plan, subscription.status)
 
     def subscribe_paid(
         self, conn: Connection, *, user_id: str, wallet_id: str, plan_id: str, backend: str

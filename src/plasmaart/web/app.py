@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from plasmaart import __version__
 from plasmaart.bootstrap import Platform
 from plasmaart.web import problems
-from plasmaart.web.api import accounts, catalog, ops
+from plasmaart.web.api import accounts, admin, catalog, ops
 from plasmaart.web.edge import EdgeMiddleware
 from plasmaart.web.idempotency import IdempotencyMiddleware
 from plasmaart.web.metrics import HttpMetrics
@@ -62,5 +62,5 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
     # routers: teams
     # routers: credits
     # routers: events
-    # routers: admin
+    app.include_router(admin.router)
     return app

@@ -57,7 +57,11 @@ def _field(loc: tuple[int | str, ...]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_request: Request, exc: DomainError) -> JSONResponse:
-        return problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
+        headers = None
+        retry_after = exc.extra.get("retry_after")
+        if retry_after is not None:
+            headers = {"Retry-After": str(int(retry_after))}
+        return problem(exc.status, exc.code, exc.title, exc.detail, headers, **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from plasmaart.accounts.credentials import ApiKey, NewSession
+from plasmaart.accounts.credentials import SESSION_LIFETIME, ApiKey, NewSession
 from plasmaart.accounts.service import User
 from plasmaart.billing.service import Subscription
 from plasmaart.bootstrap import Platform
@@ -128,7 +128,7 @@ def api_key_out(key: ApiKey) -> ApiKeyOut:
 
 def _set_session_cookies(request: Request, response: Response, session: NewSession) -> None:
     secure = request.url.scheme == "https"
-    max_age = int((session.expires_at - datetime.now(session.expires_at.tzinfo)).total_seconds())
+    max_age = int(SESSION_LIFETIME.total_seconds())
     response.set_cookie(
         SESSION_COOKIE,
         session.token,

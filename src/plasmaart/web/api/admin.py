@@ -1,0 +1,198 @@
+"""Admin endpoints over users: search, suspend, reinstate, grant or adjust credits.
+
+Every action is written to the audit log (who, what, when, why). Admin
+endpoints answer 404 to anyone who is not an admin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import Select, or_, select
+
+from plasmaart.accounts import audit
+from plasmaart.accounts.repository import AnyRow
+from plasmaart.billing.service import effective_plan
+from plasmaart.bootstrap import Platform
+from plasmaart.clock import as_utc
+from plasmaart.db.tables import subscriptions, users, wallets
+from plasmaart.errors import InvalidInput
+from plasmaart.web.api.accounts import StrictBody
+from plasmaart.web.auth import AdminPrincipal
+from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
+from plasmaart.web.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+class AdminUserOut(BaseModel):
+    id: str
+    email: str
+    role: Literal["user", "admin"]
+    status: Literal["active", "suspended"]
+    status_reason: str | None
+    plan: str
+    available: int
+    held: int
+    created_at: datetime
+
+
+class AdminUserPage(BaseModel):
+    data: list[AdminUserOut]
+    next_cursor: str | None
+
+
+class SuspendIn(StrictBody):
+    reason: Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+class CreditsIn(StrictBody):
+    amount: int = Field(description="> 0 grants, < 0 adjusts down (never below zero)")
+    reason: Annotated[str, Field(min_length=1, max_length=1000)]
+    expires_at: datetime | None = None
+
+
+class CreditsOut(BaseModel):
+    user_id: str
+    amount: int
+    available: int
+    lot_id: str | None
+
+
+def _users_query() -> Select[Any]:
+    """Users with their wallet's balances and subscription, in one query."""
+    return select(
+        users,
+        wallets.c.available,
+        wallets.c.held,
+        subscriptions.c.plan_id,
+        subscriptions.c.status.label("subscription_status"),
+    ).select_from(
+        users.outerjoin(
+            wallets, (wallets.c.owner_kind == "user") & (wallets.c.owner_id == users.c.id)
+        ).outerjoin(subscriptions, subscriptions.c.wallet_id == wallets.c.id)
+    )
+
+
+def _user_out(platform: Platform, row: AnyRow) -> AdminUserOut:
+    plan = platform.catalog.default_plan
+    if row.plan_id is not None:
+        plan = effective_plan(platform.catalog, row.plan_id, row.subscription_status)
+    return AdminUserOut(
+        id=row.id,
+        email=row.email,
+        role=row.role,
+        status=row.status,
+        status_reason=row.status_reason,
+        plan=plan.id,
+        available=int(row.available or 0),
+        held=int(row.held or 0),
+        created_at=as_utc(row.created_at),
+    )
+
+
+def _one_user(platform: Platform, user_id: str) -> AdminUserOut:
+    with platform.db.read() as conn:
+        row = conn.execute(_users_query().where(users.c.id == user_id)).one()
+    return _user_out(platform, row)
+
+
+@router.get("/users", response_model=AdminUserPage)
+def search_users(
+    _admin: AdminPrincipal,
+    platform: PlatformDep,
+    q: Annotated[
+        str | None, Query(max_length=320, description="Part of an e-mail, or an id")
+    ] = None,
+    status: Literal["active", "suspended"] | None = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> AdminUserPage:
+    """Users, newest first, optionally matching ``q`` in the e-mail or id."""
+    query = _users_query().order_by(users.c.id.desc()).limit(limit + 1)
+    if q:
+        pattern = (
+            "%"
+            + q.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            + "%"
+        )
+        query = query.where(or_(users.c.email.like(pattern, escape="\\"), users.c.id == q.strip()))
+    if status:
+        query = query.where(users.c.status == status)
+    if cursor:
+        query = query.where(users.c.id < decode_cursor(cursor))
+    with platform.db.read() as conn:
+        rows = list(conn.execute(query).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return AdminUserPage(
+        data=[_user_out(platform, row) for row in rows],
+        next_cursor=encode_cursor(rows[-1].id) if more else None,
+    )
+
+
+@router.post("/users/{user_id}/suspend", response_model=AdminUserOut)
+def suspend_user(
+    user_id: str, body: SuspendIn, admin: AdminPrincipal, platform: PlatformDep
+) -> AdminUserOut:
+    """Suspend: every request of the account gets ``account_suspended`` from now on."""
+    with platform.db.write() as conn:
+        user = platform.accounts.get(conn, user_id)
+        if user.id == admin.user.id:
+            raise InvalidInput("admins cannot suspend themselves", field="user_id")
+        platform.accounts.set_status(
+            conn, user, "suspended", actor=admin.user.id, reason=body.reason
+        )
+        platform.credentials.close_all_sessions(conn, user.id)
+    return _one_user(platform, user_id)
+
+
+@router.post("/users/{user_id}/reinstate", response_model=AdminUserOut)
+def reinstate_user(user_id: str, admin: AdminPrincipal, platform: PlatformDep) -> AdminUserOut:
+    with platform.db.write() as conn:
+        user = platform.accounts.get(conn, user_id)
+        platform.accounts.set_status(conn, user, "active", actor=admin.user.id, reason=None)
+    return _one_user(platform, user_id)
+
+
+@router.post("/users/{user_id}/credits", response_model=CreditsOut)
+def adjust_credits(
+    user_id: str, body: CreditsIn, request: Request, admin: AdminPrincipal, platform: PlatformDep
+) -> CreditsOut:
+    """Grant (amount > 0) or adjust down (amount < 0, never below zero)."""
+    expires_at = body.expires_at
+    if expires_at is not None and expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=UTC)
+    # The HTTP Idempotency-Key (when sent) makes the ledger movement itself
+    # idempotent; without one, every request is a new adjustment.
+    http_key = getattr(request.state, "idempotency_key", None)
+    digest = hashlib.sha256(f"{admin.user.id}:{http_key}".encode()).hexdigest()[:32]
+    key = f"admin:{digest}" if http_key else f"admin:{uuid.uuid4().hex}"
+    with platform.db.write() as conn:
+        user = platform.accounts.get(conn, user_id)
+        wallet = platform.ledger.wallet_of(conn, "user", user.id)
+        result = platform.ledger.adjust(
+            conn,
+            wallet,
+            body.amount,
+            reason=body.reason,
+            expires_at=expires_at,
+            idempotency_key=key,
+        )
+        audit.record(
+            conn,
+            actor=admin.user.id,
+            action="credits.adjust",
+            target=user.id,
+            reason=body.reason,
+            now=platform.clock.now(),
+            data={"amount": body.amount, "expires_at": expires_at},
+        )
+    return CreditsOut(
+        user_id=user_id, amount=body.amount, available=result.balance_after, lot_id=result.lot_id
+    )
