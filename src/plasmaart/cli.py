@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +10,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from plasmaart import logs
 from plasmaart.accounts import audit
 from plasmaart.accounts.service import Status
 from plasmaart.bootstrap import Platform, bootstrap
@@ -46,12 +46,7 @@ def _platform(*, migrate: bool | None = None) -> Iterator[Platform]:
     code 2 and the message, a refused operation with exit code 1."""
     try:
         settings = load_settings()
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        if settings.log_level != "DEBUG":
-            # Alembic tells every start-up which dialect it found; only news matters.
-            logging.getLogger("alembic").setLevel(logging.WARNING)
+        logs.configure(settings.log_level, json_lines=settings.log_format == "json")
         platform = bootstrap(settings, migrate=migrate)
     except (ConfigError, CatalogError) as exc:
         _fail(str(exc), code=2)
@@ -86,6 +81,7 @@ def serve(
             host=host or settings.host,
             port=port or settings.port,
             log_level=settings.log_level.lower(),
+            log_config=None,  # keep our structured logging
         )
 
 

@@ -26,9 +26,14 @@ class Worker:
         self.ticks = 0
 
     def run_once(self) -> None:
-        expired = expire_due_lots(self.platform.db, self.platform.ledger)
+        platform = self.platform
+        expired = expire_due_lots(platform.db, platform.ledger)
         if expired.lots:
             log.info("expired %d lots (%d credits)", expired.lots, expired.credits)
+        with platform.db.write() as conn:
+            platform.credentials.purge_expired_sessions(conn)
+            platform.credentials.purge_login_failures(conn)
+            platform.credentials.purge_idempotency_records(conn)
         self.ticks += 1
 
     def run(self) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 
 from plasmaart.accounts.repository import AnyRow
 from plasmaart.clock import Clock, as_utc
-from plasmaart.db.tables import api_keys, login_failures, sessions
+from plasmaart.db.tables import api_keys, idempotency_records, login_failures, sessions
 from plasmaart.errors import DomainError, InvalidInput, NotFound
 from plasmaart.ids import new_id
 
@@ -31,6 +31,8 @@ API_KEYS_PER_USER = 50
 LOGIN_WINDOW = timedelta(minutes=15)
 LOGIN_FAILURES_PER_EMAIL = 5
 LOGIN_FAILURES_PER_ADDRESS = 20
+# How long a response to a POST with an Idempotency-Key is replayed.
+IDEMPOTENCY_RETENTION = timedelta(hours=24)
 
 
 class LoginThrottled(DomainError):
@@ -235,6 +237,12 @@ class CredentialService:
 
     def forget_login_failures(self, conn: Connection, email: str) -> None:
         conn.execute(delete(login_failures).where(login_failures.c.email == email))
+
+    def purge_idempotency_records(self, conn: Connection) -> None:
+        """Forget replayable responses past their retention (24 hours promised;
+        kept twice as long)."""
+        cutoff = self.clock.now() - 2 * IDEMPOTENCY_RETENTION
+        conn.execute(delete(idempotency_records).where(idempotency_records.c.created_at < cutoff))
 
     def purge_login_failures(self, conn: Connection) -> None:
         cutoff = self.clock.now() - LOGIN_WINDOW

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from plasmaart.accounts.credentials import IDEMPOTENCY_RETENTION
 from plasmaart.accounts.repository import AnyRow
 from plasmaart.bootstrap import Platform
 from plasmaart.clock import as_utc
@@ -30,7 +31,6 @@ from plasmaart.db.tables import idempotency_records
 from plasmaart.web.problems import problem
 
 HEADER = b"idempotency-key"
-RETENTION = timedelta(hours=24)
 ABANDONED_AFTER = timedelta(minutes=10)
 MAX_KEY_LENGTH = 255
 
@@ -134,7 +134,7 @@ def _claim(
             row = conn.execute(select(table).where(*where)).one_or_none()
             if row is not None:
                 age = now - as_utc(row.created_at)
-                expired = age > RETENTION
+                expired = age > IDEMPOTENCY_RETENTION
                 abandoned = row.status == "running" and age > ABANDONED_AFTER
                 if not (expired or abandoned):
                     return _answer(row, path, fingerprint)
@@ -214,13 +214,3 @@ def _finish(
                 response_body=body,
             )
         )
-
-
-def purge_idempotency_records(platform: Platform) -> int:
-    """Forget records past their retention (kept twice as long as promised)."""
-    cutoff = platform.clock.now() - 2 * RETENTION
-    with platform.db.write() as conn:
-        result = conn.execute(
-            delete(idempotency_records).where(idempotency_records.c.created_at < cutoff)
-        )
-    return int(result.rowcount or 0)
