@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from plasmaart.accounts.credentials import CredentialService
 from plasmaart.accounts.service import AccountService
+from plasmaart.accounts.teams import TeamService
 from plasmaart.billing.service import BillingService
 from plasmaart.catalog import Catalog, load_catalog
 from plasmaart.clock import Clock, SystemClock
@@ -14,6 +15,8 @@ from plasmaart.config import Settings, load_settings
 from plasmaart.db.engine import Database, create_database
 from plasmaart.db.migrate import upgrade
 from plasmaart.ledger.service import LedgerService
+from plasmaart.notify.events import BalanceEvents, EventBus, create_event_bus
+from plasmaart.notify.notifications import NotificationService
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +31,12 @@ class Platform:
     accounts: AccountService
     credentials: CredentialService
     billing: BillingService
+    teams: TeamService
+    events: EventBus
+    notifications: NotificationService
 
     def close(self) -> None:
+        self.events.close()
         self.db.dispose()
 
 
@@ -54,6 +61,9 @@ def bootstrap(
         upgrade(db)
     clock = clock or SystemClock()
     ledger = LedgerService(clock)
+    events = create_event_bus(db)
+    ledger.balance_listeners.append(BalanceEvents(db, events))
+    billing = BillingService(clock, catalog, ledger)
     return Platform(
         settings=settings,
         db=db,
@@ -62,5 +72,8 @@ def bootstrap(
         ledger=ledger,
         accounts=AccountService(clock, ledger),
         credentials=CredentialService(clock),
-        billing=BillingService(clock, catalog, ledger),
+        billing=billing,
+        teams=TeamService(clock, catalog, ledger, billing),
+        events=events,
+        notifications=NotificationService(clock, events),
     )

@@ -82,6 +82,8 @@ def serve(
             port=port or settings.port,
             log_level=settings.log_level.lower(),
             log_config=None,  # keep our structured logging
+            # Open event streams would otherwise hold a SIGTERM shutdown forever.
+            timeout_graceful_shutdown=5,
         )
 
 

@@ -272,9 +272,17 @@ def test_idempotency_key_replays_and_conflicts(client: TestClient, platform: Pla
     first = client.post("/v1/api-keys", json={"name": "deploy"}, headers=headers)
     again = client.post("/v1/api-keys", json={"name": "deploy"}, headers=headers)
     assert first.status_code == again.status_code == 201
-    assert again.json() == first.json()
+    # The secret is shown once: a replay gives the same key object without it.
+    assert again.json() == {**first.json(), "key": None}
     assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["idempotent-secret-withheld"] == "true"
     assert "idempotent-replayed" not in first.headers
+    assert "x-secret-fields" not in first.headers
+    with platform.db.read() as conn:
+        stored = b"".join(
+            conn.execute(text("SELECT response_body FROM idempotency_records")).scalars()
+        )
+    assert first.json()["key"].encode() not in stored
     with platform.db.read() as conn:
         keys = conn.execute(select(func.count()).select_from(api_keys)).scalar_one()
     assert keys == 2  # the test key and one "deploy"
@@ -302,7 +310,8 @@ def test_idempotency_records_expire_after_a_day(
     headers = {**user.auth, "Idempotency-Key": "daily"}
     first = client.post("/v1/api-keys", json={"name": "a"}, headers=headers)
     clock.advance(timedelta(hours=23))
-    assert client.post("/v1/api-keys", json={"name": "a"}, headers=headers).json() == first.json()
+    replayed = client.post("/v1/api-keys", json={"name": "a"}, headers=headers)
+    assert replayed.json()["id"] == first.json()["id"]
     clock.advance(timedelta(hours=2))
     later = client.post("/v1/api-keys", json={"name": "a"}, headers=headers)
     assert later.status_code == 201

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,18 @@ from plasmaart.cli import app
 from plasmaart.db.engine import create_database
 from plasmaart.db.tables import audit_log, users
 from plasmaart.ledger.invariants import check_ledger
+
+
+@pytest.fixture(autouse=True)
+def keep_logging() -> Iterator[None]:
+    """The commands configure logging for a real process; give the test run
+    its own configuration back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("uvicorn.access").disabled = False
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from plasmaart.ledger.errors import (
     WalletNotFound,
 )
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.ledger.queries import ledger_page
 from plasmaart.ledger.service import LedgerService
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -163,7 +164,7 @@ def test_captures_roll_up_usage_by_day_and_model(
                 usage_daily.c.credits,
             ).order_by(usage_daily.c.day, usage_daily.c.model)
         ).all()
-        capture = ledger.entries(conn, wallet, limit=1)[0]
+        capture = ledger_page(conn, wallet, limit=1).lines[0]
     day = START.date()
     assert [tuple(row) for row in rows] == [
         (day, "flux-schnell", 2, 7, 7),
@@ -579,7 +580,7 @@ def test_entries_page_newest_first(db: Database, ledger: LedgerService, wallet: 
         for n in range(7):
             ledger.grant(conn, wallet, n + 1, source="promo", idempotency_key=f"g{n}")
     with db.read() as conn:
-        first = ledger.entries(conn, wallet, limit=4)
-        second = ledger.entries(conn, wallet, limit=4, before_id=first[-1].id)
+        first = ledger_page(conn, wallet, limit=4).lines
+        second = ledger_page(conn, wallet, limit=4, before=first[-1].position).lines
     assert [e.credits for e in first] == [7, 6, 5, 4]
     assert [e.credits for e in second] == [3, 2, 1]

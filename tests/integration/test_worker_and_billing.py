@@ -12,6 +12,7 @@ from plasmaart.bootstrap import Platform
 from plasmaart.clock import ManualClock
 from plasmaart.errors import InvalidInput
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.ledger.queries import ledger_page
 from plasmaart.worker import Worker
 
 
@@ -58,7 +59,7 @@ def test_worker_clock_expires_lots_that_fell_due(platform: Platform, clock: Manu
     clock.advance(timedelta(days=32))
     worker.run_once()
     with platform.db.read() as conn:
-        entries = platform.ledger.entries(conn, wallet, limit=1)
+        entries = ledger_page(conn, wallet, limit=1).lines
         assert platform.ledger.balance(conn, wallet).available == 1000
         assert check_ledger(conn) == []
     assert (entries[0].kind, entries[0].amount, entries[0].balance_after) == ("expire", -2000, 1000)

@@ -11,6 +11,8 @@ PASSWORD = "a long test password"
 
 @dataclass(frozen=True)
 class TestUser:
+    __test__ = False  # a fixture value, not a test class for pytest to collect
+
     id: str
     email: str
     wallet_id: str

@@ -200,6 +200,8 @@ journal_entries = Table(
 )
 # Keyset pagination of a wallet's history, newest first; and the usage views.
 Index("ix_journal_wallet_id", journal_entries.c.wallet_id, journal_entries.c.id)
+# A hold's entries (hold, capture, release), for the per-generation history.
+Index("ix_journal_hold", journal_entries.c.hold_id, journal_entries.c.kind)
 Index(
     "ix_journal_wallet_kind_created",
     journal_entries.c.wallet_id,
@@ -314,7 +316,8 @@ teams = Table(
     Column("wallet_id", String(40), ForeignKey("wallets.id"), nullable=False),
     Column("created_at", Timestamp, nullable=False),
 )
-Index("ix_teams_owner", teams.c.owner_id)
+# One team per owner (the service refuses a second with a clear error first).
+Index("ix_teams_owner", teams.c.owner_id, unique=True)
 
 team_members = Table(
     "team_members",

@@ -331,15 +331,6 @@ def insert_entries(conn: Connection, entries: list[dict[str, Any]]) -> None:
         conn.execute(insert(journal_entries), entries)
 
 
-def list_entries(
-    conn: Connection, wallet_id: str, *, limit: int, before_id: int | None
-) -> list[AnyRow]:
-    query = select(journal_entries).where(journal_entries.c.wallet_id == wallet_id)
-    if before_id is not None:
-        query = query.where(journal_entries.c.id < before_id)
-    return list(conn.execute(query.order_by(journal_entries.c.id.desc()).limit(limit)).all())
-
-
 def add_usage(
     conn: Connection, wallet_id: str, *, day: date, model: str, outputs: int, credits: int
 ) -> None:

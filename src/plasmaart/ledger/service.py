@@ -116,23 +116,6 @@ class Balance:
     next_expiry: tuple[int, datetime] | None
 
 
-@dataclass(frozen=True)
-class Entry:
-    id: int
-    created_at: datetime
-    kind: str
-    amount: int
-    credits: int
-    balance_after: int
-    held_after: int
-    lot_id: str | None
-    hold_id: str | None
-    generation_id: str | None
-    model: str | None
-    outputs: int | None
-    memo: str | None
-
-
 class _Wallet:
     """The locked wallet's running balances while one operation writes entries."""
 
@@ -580,29 +563,6 @@ class LedgerService:
         return Balance(
             available=state[0] - stale, held=state[1], lots=lots, next_expiry=next_expiry
         )
-
-    def entries(
-        self, conn: Connection, wallet_id: str, *, limit: int = 50, before_id: int | None = None
-    ) -> list[Entry]:
-        """The wallet's journal, newest first (keyset pagination on ``id``)."""
-        return [
-            Entry(
-                id=int(row.id),
-                created_at=as_utc(row.created_at),
-                kind=row.kind,
-                amount=int(row.amount),
-                credits=int(row.credits),
-                balance_after=int(row.balance_after),
-                held_after=int(row.held_after),
-                lot_id=row.lot_id,
-                hold_id=row.hold_id,
-                generation_id=row.generation_id,
-                model=row.model,
-                outputs=row.outputs,
-                memo=row.memo,
-            )
-            for row in repo.list_entries(conn, wallet_id, limit=limit, before_id=before_id)
-        ]
 
     # -- internals -------------------------------------------------------
 

@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from plasmaart import __version__
 from plasmaart.bootstrap import Platform
 from plasmaart.web import problems
-from plasmaart.web.api import accounts, admin, catalog, ops
+from plasmaart.web.api import accounts, admin, catalog, credits, events, ops, teams
 from plasmaart.web.edge import EdgeMiddleware
 from plasmaart.web.idempotency import IdempotencyMiddleware
 from plasmaart.web.metrics import HttpMetrics
@@ -36,9 +36,12 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         worker = Worker(platform) if embedded_worker else None
         thread = worker.start_thread() if worker else None
+        # Other processes' events (PostgreSQL): listen before serving streams.
+        platform.events.start()
         try:
             yield
         finally:
+            platform.events.close()
             if worker and thread:
                 worker.stop()
                 thread.join(timeout=30)
@@ -59,8 +62,8 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
     app.include_router(ops.router)
     app.include_router(catalog.router)
     app.include_router(accounts.router)
-    # routers: teams
-    # routers: credits
-    # routers: events
+    app.include_router(teams.router)
+    app.include_router(credits.router)
+    app.include_router(events.router)
     app.include_router(admin.router)
     return app

@@ -31,6 +31,10 @@ from plasmaart.db.tables import idempotency_records
 from plasmaart.web.problems import problem
 
 HEADER = b"idempotency-key"
+# Set by endpoints whose answer carries a secret shown only once (an API key,
+# an invitation token): the listed top-level JSON fields are stored as null,
+# so a replay says ``Idempotent-Secret-Withheld: true`` instead of the secret.
+SECRET_FIELDS_HEADER = "x-secret-fields"  # noqa: S105 - a header name
 ABANDONED_AFTER = timedelta(minutes=10)
 MAX_KEY_LENGTH = 255
 
@@ -94,6 +98,14 @@ class IdempotencyMiddleware:
             nonlocal start
             if message["type"] == "http.response.start":
                 start = message
+                message = {
+                    **message,
+                    "headers": [
+                        (name, value)
+                        for name, value in message.get("headers", [])
+                        if name.lower() != SECRET_FIELDS_HEADER.encode()
+                    ],
+                }
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
             await send(message)
@@ -195,6 +207,21 @@ def _finish(
         (name.decode("latin-1"), value.decode("latin-1"))
         for name, value in (start or {}).get("headers", [])
     ]
+    secret_fields = [
+        field.strip()
+        for name, value in headers
+        if name.lower() == SECRET_FIELDS_HEADER
+        for field in value.split(",")
+    ]
+    if secret_fields:
+        headers = [(n, v) for n, v in headers if n.lower() != SECRET_FIELDS_HEADER]
+        headers.append(("idempotent-secret-withheld", "true"))
+        document = json.loads(body)
+        for field in secret_fields:
+            if field in document:
+                document[field] = None
+        body = json.dumps(document).encode()
+        headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
     keep = (
         start is not None
         and int(start["status"]) < 500

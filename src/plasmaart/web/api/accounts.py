@@ -20,6 +20,7 @@ from plasmaart.web.auth import (
     Forbidden,
 )
 from plasmaart.web.deps import PlatformDep
+from plasmaart.web.idempotency import SECRET_FIELDS_HEADER
 
 router = APIRouter(prefix="/v1", tags=["accounts"])
 
@@ -211,9 +212,10 @@ def logout(request: Request, principal: AnyPrincipal, platform: PlatformDep) -> 
 
 @router.post("/api-keys", status_code=201, response_model=NewApiKeyOut)
 def create_api_key(
-    body: ApiKeyIn, principal: CurrentPrincipal, platform: PlatformDep
+    body: ApiKeyIn, response: Response, principal: CurrentPrincipal, platform: PlatformDep
 ) -> NewApiKeyOut:
     """A new API key; the secret is in ``key`` and never shown again."""
+    response.headers[SECRET_FIELDS_HEADER] = "key"
     with platform.db.write() as conn:
         created = platform.credentials.create_api_key(conn, principal.user.id, body.name)
     return NewApiKeyOut(**api_key_out(created.key).model_dump(), key=created.secret)
@@ -241,7 +243,10 @@ def me_out(platform: Platform, user: User) -> MeOut:
         balance = platform.ledger.balance(conn, wallet)
         subscription = platform.billing.subscription(conn, wallet)
         plan = platform.billing.current_plan(conn, wallet)
-        teams: list[TeamRef] = []
+        teams = [
+            TeamRef(id=m.team.id, name=m.team.name, role=m.role)
+            for m in platform.teams.teams_of(conn, user.id)
+        ]
     return MeOut(
         id=user.id,
         email=user.email,

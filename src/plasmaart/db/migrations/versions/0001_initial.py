@@ -280,7 +280,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_teams")),
     )
     with op.batch_alter_table("teams", schema=None) as batch_op:
-        batch_op.create_index("ix_teams_owner", ["owner_id"], unique=False)
+        batch_op.create_index("ix_teams_owner", ["owner_id"], unique=True)
 
     op.create_table(
         "usage_daily",
@@ -402,6 +402,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_journal_entries")),
     )
     with op.batch_alter_table("journal_entries", schema=None) as batch_op:
+        batch_op.create_index("ix_journal_hold", ["hold_id", "kind"], unique=False)
         batch_op.create_index("ix_journal_wallet_id", ["wallet_id", "id"], unique=False)
         batch_op.create_index(
             "ix_journal_wallet_kind_created", ["wallet_id", "kind", "created_at"], unique=False
@@ -439,6 +440,7 @@ def downgrade() -> None:
     with op.batch_alter_table("journal_entries", schema=None) as batch_op:
         batch_op.drop_index("ix_journal_wallet_kind_created")
         batch_op.drop_index("ix_journal_wallet_id")
+        batch_op.drop_index("ix_journal_hold")
 
     op.drop_table("journal_entries")
     with op.batch_alter_table("invitations", schema=None) as batch_op:

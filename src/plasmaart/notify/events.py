@@ -1,0 +1,426 @@
+"""The live event bus: small ``{type, data}`` events addressed to user ids.
+
+Anything may ``publish(user_ids, type, data)``, typically from an
+``after_commit`` callback, so that an event never announces a change that was
+rolled back. The web layer ``subscribe``s one queue per open ``/v1/events``
+stream and writes what arrives as Server-Sent Events.
+
+Two implementations, chosen by the database (``create_event_bus``):
+
+* ``InProcessEventBus`` (SQLite, the one-process setup): a publish fans out
+  at once to this process's subscribers.
+* ``PostgresEventBus``: a publish is a ``pg_notify`` on one channel, and one
+  listener connection per process (a daemon thread) fans what it hears out to
+  the local subscribers, so an event published by any API or worker process
+  reaches the streams of every process. Events published while the listener
+  is reconnecting are lost; subscribers then get a ``resync`` event telling
+  their client to fetch the current state again.
+
+Events are best effort and small: the durable record of anything important
+(balances, notifications, generations) stays in the database, and a client
+that gets ``resync`` re-reads it from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import psycopg
+from sqlalchemy import Connection, func, select
+
+from plasmaart.db.engine import Database
+from plasmaart.db.tables import teams, wallets
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "plasmaart_events"
+# PostgreSQL refuses a NOTIFY payload of 8000 bytes or more (default build).
+NOTIFY_LIMIT = 7900
+# An event's data must fit one NOTIFY together with some of its user ids; the
+# same limit holds in-process, so that SQLite tests catch an oversized event.
+MAX_DATA_BYTES = 6000
+# Events queued for one subscriber before the oldest are dropped: a client
+# that falls this far behind gets ``resync`` instead of an unbounded queue.
+SUBSCRIBER_CAPACITY = 256
+RESYNC = "resync"
+_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return iso_utc(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def iso_utc(value: datetime) -> str:
+    """A timestamp as the API writes it: ISO 8601 UTC with a ``Z``."""
+    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return aware.isoformat().replace("+00:00", "Z")
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), default=_json_default, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    # The event's data as JSON text: encoded once at publish, written as-is.
+    data_json: str
+
+    def data(self) -> Any:
+        return json.loads(self.data_json)
+
+    @classmethod
+    def resync(cls, reason: str, **extra: Any) -> Event:
+        return cls(RESYNC, _dumps({"reason": reason, **extra}))
+
+
+def make_event(type: str, data: Mapping[str, Any]) -> Event:
+    """Validate and encode an event; an oversized one becomes ``resync``."""
+    if not _TYPE.match(type):
+        raise ValueError(f"not an event type: {type!r}")
+    encoded = _dumps(dict(data))
+    if len(encoded.encode()) > MAX_DATA_BYTES:
+        # Events carry small state; the client can fetch a big one itself.
+        log.warning("event %s too large (%d bytes), sent as resync", type, len(encoded))
+        return Event.resync("event_too_large", type=type)
+    return Event(type, encoded)
+
+
+class Subscription:
+    """One subscriber's bounded queue, read on the event loop that created it.
+
+    Publishers on any thread hand events over with ``call_soon_threadsafe``;
+    only the loop's thread touches the queue itself.
+    """
+
+    def __init__(
+        self, user_id: str, loop: asyncio.AbstractEventLoop, capacity: int = SUBSCRIBER_CAPACITY
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("a subscription needs room for at least one event")
+        self.user_id = user_id
+        self.capacity = capacity
+        self._loop = loop
+        self._pending: deque[Event] = deque()
+        self._missed = 0
+        self._arrived = asyncio.Event()
+
+    def deliver(self, event: Event) -> bool:
+        """Queue ``event`` from any thread; False once the loop is gone."""
+        try:
+            self._loop.call_soon_threadsafe(self._offer, event)
+        except RuntimeError:  # the loop was closed: its stream is over
+            return False
+        return True
+
+    def _offer(self, event: Event) -> None:
+        if len(self._pending) >= self.capacity:
+            self._pending.popleft()
+            self._missed += 1
+        self._pending.append(event)
+        self._arrived.set()
+
+    async def next(self, timeout: float) -> Event | None:
+        """The next event, ``resync`` first if some were dropped, or None
+        when nothing arrived within ``timeout`` seconds."""
+        if not self._pending and not self._missed:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except TimeoutError:
+                return None
+        if self._missed:
+            missed, self._missed = self._missed, 0
+            return Event.resync("overflow", missed=missed)
+        return self._pending.popleft()
+
+
+class EventBus(Protocol):
+    def publish(self, user_ids: Iterable[str], type: str, data: Mapping[str, Any]) -> None:
+        """Send ``{type, data}`` to the subscribers of each of ``user_ids``, in
+        every process. Best effort: a transport failure is logged, not raised."""
+        ...
+
+    def subscribe(self, user_id: str, *, capacity: int = SUBSCRIBER_CAPACITY) -> Subscription:
+        """A queue of ``user_id``'s events; call on the event loop that reads it."""
+        ...
+
+    def unsubscribe(self, subscription: Subscription) -> None: ...
+
+    def subscriber_count(self, user_id: str | None = None) -> int: ...
+
+    def start(self, wait: float = 5.0) -> None:
+        """Start receiving other processes' events (a no-op in-process)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class InProcessEventBus:
+    """Fan-out to this process's subscribers, safe to publish from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: dict[str, set[Subscription]] = {}
+
+    # -- subscribers -------------------------------------------------------
+
+    def subscribe(self, user_id: str, *, capacity: int = SUBSCRIBER_CAPACITY) -> Subscription:
+        subscription = Subscription(user_id, asyncio.get_running_loop(), capacity)
+        with self._lock:
+            self._subscribers.setdefault(user_id, set()).add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            group = self._subscribers.get(subscription.user_id)
+            if group is None:
+                return
+            group.discard(subscription)
+            if not group:
+                del self._subscribers[subscription.user_id]
+
+    def subscriber_count(self, user_id: str | None = None) -> int:
+        with self._lock:
+            if user_id is not None:
+                return len(self._subscribers.get(user_id, ()))
+            return sum(len(group) for group in self._subscribers.values())
+
+    def _fan_out(self, user_ids: Iterable[str], event: Event) -> None:
+        with self._lock:
+            targets = [s for u in user_ids for s in self._subscribers.get(u, ())]
+        for subscription in targets:
+            if not subscription.deliver(event):
+                self.unsubscribe(subscription)
+
+    def _fan_out_to_all(self, event: Event) -> None:
+        with self._lock:
+            users = list(self._subscribers)
+        self._fan_out(users, event)
+
+    # -- publishing ----------------------------------------------------------
+
+    def publish(self, user_ids: Iterable[str], type: str, data: Mapping[str, Any]) -> None:
+        users = list(dict.fromkeys(user_ids))
+        if users:
+            self._fan_out(users, make_event(type, data))
+
+    def start(self, wait: float = 5.0) -> None:
+        """Nothing to start: every publisher is in this process."""
+
+    def close(self) -> None:
+        """Nothing to stop; open streams end with their connections."""
+
+
+def notify_payloads(users: list[str], event: Event) -> list[str]:
+    """NOTIFY payloads for ``event``, the user ids split so each fits."""
+    head = f'{{"t":{_dumps(event.type)},"d":{event.data_json},"u":['
+    payloads: list[str] = []
+    chunk: list[str] = []
+    size = len(head.encode()) + 2
+    for user in users:
+        encoded = _dumps(user)
+        extra = len(encoded.encode()) + 1
+        if chunk and size + extra > NOTIFY_LIMIT:
+            payloads.append(head + ",".join(chunk) + "]}")
+            chunk, size = [], len(head.encode()) + 2
+        chunk.append(encoded)
+        size += extra
+    if chunk:
+        payloads.append(head + ",".join(chunk) + "]}")
+    return payloads
+
+
+def listener_conninfo(db: Database) -> str:
+    """The database URL in the form psycopg itself accepts."""
+    url = db.engine.url.set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+class PostgresEventBus(InProcessEventBus):
+    """Publishes with ``pg_notify``; one listener thread per process delivers."""
+
+    POLL_S = 0.5  # how often the listener looks at its stop flag
+    PING_S = 30.0  # a quiet listener checks its connection this often
+    BACKOFF_S = (0.2, 30.0)  # first and longest wait between reconnects
+    APPLICATION_NAME = "plasmaart-events"
+
+    def __init__(self, db: Database) -> None:
+        super().__init__()
+        self._db = db
+        self._conninfo = listener_conninfo(db)
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._listening = threading.Event()
+        self._start_lock = threading.Lock()
+
+    @property
+    def listening(self) -> bool:
+        return self._listening.is_set()
+
+    def publish(self, user_ids: Iterable[str], type: str, data: Mapping[str, Any]) -> None:
+        users = list(dict.fromkeys(user_ids))
+        if not users:
+            return
+        payloads = notify_payloads(users, make_event(type, data))
+        try:
+            with self._db.engine.connect() as conn:
+                for payload in payloads:
+                    conn.execute(select(func.pg_notify(CHANNEL, payload)))
+                conn.commit()
+        except Exception:
+            # Events are best effort; the state they announce is committed.
+            log.exception("could not publish event %s", type)
+
+    def subscribe(self, user_id: str, *, capacity: int = SUBSCRIBER_CAPACITY) -> Subscription:
+        # Normally started with the app; never block the event loop here.
+        self.start(wait=0)
+        return super().subscribe(user_id, capacity=capacity)
+
+    def start(self, wait: float = 5.0) -> None:
+        """Start the listener thread (once) and wait up to ``wait`` seconds
+        for it to be listening. If the database is down it keeps retrying."""
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping = threading.Event()
+                self._thread = threading.Thread(
+                    target=self._listen, args=(self._stopping,), name=CHANNEL, daemon=True
+                )
+                self._thread.start()
+        if wait > 0:
+            self._listening.wait(wait)
+
+    def close(self) -> None:
+        with self._start_lock:
+            thread, self._thread = self._thread, None
+            self._stopping.set()
+        if thread is not None:
+            thread.join(timeout=10)
+
+    def _listen(self, stopping: threading.Event) -> None:
+        first_wait, longest_wait = self.BACKOFF_S
+        backoff = first_wait
+        # True once events may have been missed: a dropped connection, or a
+        # failed connect while subscribers waited.
+        gap = False
+        while not stopping.is_set():
+            try:
+                with psycopg.connect(
+                    self._conninfo,
+                    autocommit=True,
+                    connect_timeout=5,
+                    application_name=self.APPLICATION_NAME,
+                ) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._listening.set()
+                    backoff = first_wait
+                    if gap:
+                        self._fan_out_to_all(Event.resync("reconnected"))
+                        gap = False
+                    self._pump(conn, stopping)
+            except Exception as exc:
+                if stopping.is_set():
+                    break
+                log.warning(
+                    "event listener lost its connection, retrying in %.1fs: %s", backoff, exc
+                )
+            finally:
+                self._listening.clear()
+            gap = True
+            if stopping.wait(backoff):
+                break
+            backoff = min(backoff * 2, longest_wait)
+
+    def _pump(self, conn: psycopg.Connection[Any], stopping: threading.Event) -> None:
+        quiet = 0.0
+        while not stopping.is_set():
+            heard = False
+            for notify in conn.notifies(timeout=self.POLL_S):
+                heard = True
+                self._dispatch(notify.payload)
+            quiet = 0.0 if heard else quiet + self.POLL_S
+            if quiet >= self.PING_S:
+                # A silent connection may be a dead one (a half-open TCP
+                # socket never errors on its own): make it answer.
+                conn.execute("SELECT 1")
+                quiet = 0.0
+
+    def _dispatch(self, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+            event = Event(str(message["t"]), _dumps(message["d"]))
+            users = [str(user) for user in message["u"]]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed event payload: %.200s", payload)
+            return
+        self._fan_out(users, event)
+
+
+def create_event_bus(db: Database) -> EventBus:
+    """The bus for ``db``: LISTEN/NOTIFY on PostgreSQL, in-process on SQLite
+    (where API and worker share one process)."""
+    if db.is_sqlite:
+        return InProcessEventBus()
+    return PostgresEventBus(db)
+
+
+# -- balance.updated ----------------------------------------------------------
+
+
+def _owner_user(conn: Connection, wallet_id: str) -> str | None:
+    """The user who owns ``wallet_id``: its user, or its team's owner."""
+    row = conn.execute(
+        select(wallets.c.owner_kind, wallets.c.owner_id).where(wallets.c.id == wallet_id)
+    ).first()
+    if row is None:
+        return None
+    if row.owner_kind == "user":
+        return str(row.owner_id)
+    owner = conn.execute(select(teams.c.owner_id).where(teams.c.id == row.owner_id)).scalar()
+    return None if owner is None else str(owner)
+
+
+class BalanceEvents:
+    """A ledger balance listener: ``balance.updated`` to the wallet's owner.
+
+    Called after commit with ``(wallet_id, available, held)``. Wallets never
+    change owner, so owners are cached (bounded, most recently used kept).
+    """
+
+    CACHE_SIZE = 10_000
+
+    def __init__(self, db: Database, events: EventBus) -> None:
+        self._db = db
+        self._events = events
+        self._owners: OrderedDict[str, str | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def owner_of(self, wallet_id: str) -> str | None:
+        with self._lock:
+            if wallet_id in self._owners:
+                self._owners.move_to_end(wallet_id)
+                return self._owners[wallet_id]
+        with self._db.read() as conn:
+            owner = _owner_user(conn, wallet_id)
+        if owner is not None:  # an unknown wallet may yet be created: not cached
+            with self._lock:
+                self._owners[wallet_id] = owner
+                while len(self._owners) > self.CACHE_SIZE:
+                    self._owners.popitem(last=False)
+        return owner
+
+    def __call__(self, wallet_id: str, available: int, held: int) -> None:
+        owner = self.owner_of(wallet_id)
+        if owner is not None:
+            self._events.publish([owner], "balance.updated", {"available": available, "held": held})

@@ -1,0 +1,284 @@
+"""Studio teams: create, invite, accept, list, remove and cap members.
+
+Non-members get 404 for everything under a team; members who are not the
+owner get 403 ``forbidden`` on what only the owner may do.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, Field, StrictInt
+from sqlalchemy import Connection
+
+from plasmaart.accounts.teams import (
+    MAX_MONTHLY_CREDIT_CAP,
+    TEAM_NAME_MAX,
+    Invitation,
+    Member,
+    Team,
+)
+from plasmaart.bootstrap import Platform
+from plasmaart.errors import InvalidInput
+from plasmaart.web.api.accounts import StrictBody
+from plasmaart.web.auth import CurrentPrincipal
+from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
+from plasmaart.web.idempotency import SECRET_FIELDS_HEADER
+from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
+
+router = APIRouter(prefix="/v1", tags=["teams"])
+
+_OWNER_ONLY: dict[int | str, dict[str, Any]] = {
+    403: {"description": "A member who is not the owner"},
+    404: {"description": "No such team, or you are not a member"},
+}
+
+
+class TeamIn(StrictBody):
+    name: Annotated[str, Field(min_length=1, max_length=TEAM_NAME_MAX)]
+
+
+class InvitationIn(StrictBody):
+    email: Annotated[str, Field(max_length=320)]
+
+
+class MemberCapIn(StrictBody):
+    monthly_credit_cap: Annotated[StrictInt | None, Field(ge=0, le=MAX_MONTHLY_CREDIT_CAP)] = Field(
+        description="Credits the member may spend per month; null for no cap"
+    )
+
+
+class SeatsOut(BaseModel):
+    used: int = Field(description="Members plus pending invitations")
+    pending: int = Field(description="Pending invitations, each holding a seat")
+    total: int = Field(description="Seats of the owner's current plan")
+
+
+class TeamOut(BaseModel):
+    id: str
+    name: str
+    owner_id: str
+    created_at: datetime
+    seats: SeatsOut
+
+
+class InvitationOut(BaseModel):
+    id: str
+    team_id: str
+    email: str
+    created_at: datetime
+    expires_at: datetime
+
+
+class NewInvitationOut(InvitationOut):
+    token: str = Field(description="The secret to accept with. Shown only in this response.")
+
+
+class MemberOut(BaseModel):
+    user_id: str
+    email: str
+    role: Literal["owner", "member"]
+    monthly_credit_cap: int | None
+    joined_at: datetime
+
+
+class InvitationList(BaseModel):
+    data: list[InvitationOut]
+    next_cursor: str | None = None
+
+
+def _team_out(platform: Platform, conn: Connection, team: Team) -> TeamOut:
+    seats = platform.teams.seats(conn, team)
+    return TeamOut(
+        id=team.id,
+        name=team.name,
+        owner_id=team.owner_id,
+        created_at=team.created_at,
+        seats=SeatsOut(used=seats.used, pending=seats.pending, total=seats.total),
+    )
+
+
+def _member_out(member: Member) -> MemberOut:
+    return MemberOut(
+        user_id=member.user_id,
+        email=member.email,
+        role=member.role,
+        monthly_credit_cap=member.monthly_credit_cap,
+        joined_at=member.joined_at,
+    )
+
+
+def _invitation_out(invitation: Invitation) -> InvitationOut:
+    return InvitationOut(
+        id=invitation.id,
+        team_id=invitation.team_id,
+        email=invitation.email,
+        created_at=invitation.created_at,
+        expires_at=invitation.expires_at,
+    )
+
+
+def _member_cursor(member: Member) -> str:
+    return encode_cursor(f"{member.joined_at.isoformat()}|{member.user_id}")
+
+
+def _after(cursor: str | None) -> tuple[datetime, str] | None:
+    if cursor is None:
+        return None
+    joined_at, _, user_id = decode_cursor(cursor).partition("|")
+    try:
+        when = datetime.fromisoformat(joined_at)
+    except ValueError:
+        raise InvalidInput("not a cursor this API handed out", field="cursor") from None
+    if when.tzinfo is None or not user_id:
+        raise InvalidInput("not a cursor this API handed out", field="cursor")
+    return when, user_id
+
+
+@router.post(
+    "/teams",
+    status_code=201,
+    response_model=TeamOut,
+    responses={
+        403: {"description": "The plan has no team seats (`required_plan` says which has)"},
+        409: {"description": "`already_owns_team`: one team per owner"},
+    },
+)
+def create_team(body: TeamIn, principal: CurrentPrincipal, platform: PlatformDep) -> TeamOut:
+    """A team sharing your wallet; you are its owner. Plans with team seats only."""
+    with platform.db.write() as conn:
+        team = platform.teams.create_team(conn, principal.user, body.name)
+        return _team_out(platform, conn, team)
+
+
+@router.get(
+    "/teams/{team_id}",
+    response_model=TeamOut,
+    responses={404: {"description": "No such team, or you are not a member"}},
+)
+def get_team(team_id: str, principal: CurrentPrincipal, platform: PlatformDep) -> TeamOut:
+    """One of your teams, with its seats."""
+    with platform.db.read() as conn:
+        team = platform.teams.team_for_member(conn, team_id, principal.user.id)
+        return _team_out(platform, conn, team)
+
+
+@router.post(
+    "/teams/{team_id}/invitations",
+    status_code=201,
+    response_model=NewInvitationOut,
+    responses={
+        **_OWNER_ONLY,
+        409: {"description": "`seats_exhausted`, `already_member` or `already_invited`"},
+    },
+)
+def invite(
+    team_id: str,
+    body: InvitationIn,
+    response: Response,
+    principal: CurrentPrincipal,
+    platform: PlatformDep,
+) -> NewInvitationOut:
+    """Invite an e-mail address (owner only). The invitation holds a seat until
+    it is accepted, revoked or expires (7 days); its ``token`` is shown only here."""
+    response.headers[SECRET_FIELDS_HEADER] = "token"
+    with platform.db.write() as conn:
+        created = platform.teams.invite(conn, team_id, principal.user.id, body.email)
+    return NewInvitationOut(**_invitation_out(created.invitation).model_dump(), token=created.token)
+
+
+@router.get("/teams/{team_id}/invitations", response_model=InvitationList, responses=_OWNER_ONLY)
+def list_invitations(
+    team_id: str, principal: CurrentPrincipal, platform: PlatformDep
+) -> InvitationList:
+    """Pending invitations, oldest first (owner only; never their tokens)."""
+    with platform.db.read() as conn:
+        pending = platform.teams.pending_invitations(conn, team_id, principal.user.id)
+    return InvitationList(data=[_invitation_out(invitation) for invitation in pending])
+
+
+@router.delete(
+    "/teams/{team_id}/invitations/{invitation_id}", status_code=204, responses=_OWNER_ONLY
+)
+def revoke_invitation(
+    team_id: str, invitation_id: str, principal: CurrentPrincipal, platform: PlatformDep
+) -> Response:
+    """Withdraw a pending invitation (owner only); its seat is free at once."""
+    with platform.db.write() as conn:
+        platform.teams.revoke_invitation(conn, team_id, principal.user.id, invitation_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/invitations/{token}/accept",
+    response_model=TeamOut,
+    responses={
+        404: {"description": "Unknown, expired, revoked or used, or not addressed to you"},
+        409: {"description": "`seats_exhausted` or `already_member`"},
+    },
+)
+def accept_invitation(token: str, principal: CurrentPrincipal, platform: PlatformDep) -> TeamOut:
+    """Join the team; the invitation must be addressed to your e-mail."""
+    with platform.db.write() as conn:
+        team = platform.teams.accept_invitation(conn, token, principal.user)
+        return _team_out(platform, conn, team)
+
+
+@router.get(
+    "/teams/{team_id}/members",
+    response_model=Page[MemberOut],
+    responses={404: {"description": "No such team, or you are not a member"}},
+)
+def list_members(
+    team_id: str,
+    principal: CurrentPrincipal,
+    platform: PlatformDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> Page[MemberOut]:
+    """The team's members in the order they joined, the owner first."""
+    with platform.db.read() as conn:
+        members = platform.teams.members(
+            conn, team_id, principal.user.id, limit=limit + 1, after=_after(cursor)
+        )
+    more = len(members) > limit
+    members = members[:limit]
+    return Page[MemberOut](
+        data=[_member_out(member) for member in members],
+        next_cursor=_member_cursor(members[-1]) if more else None,
+    )
+
+
+@router.delete(
+    "/teams/{team_id}/members/{user_id}",
+    status_code=204,
+    responses={
+        **_OWNER_ONLY,
+        409: {"description": "`owner_not_removable`"},
+    },
+)
+def remove_member(
+    team_id: str, user_id: str, principal: CurrentPrincipal, platform: PlatformDep
+) -> Response:
+    """The owner removes a member, or a member leaves (their own user id)."""
+    with platform.db.write() as conn:
+        platform.teams.remove_member(conn, team_id, principal.user.id, user_id)
+    return Response(status_code=204)
+
+
+@router.patch("/teams/{team_id}/members/{user_id}", response_model=MemberOut, responses=_OWNER_ONLY)
+def set_member_cap(
+    team_id: str,
+    user_id: str,
+    body: MemberCapIn,
+    principal: CurrentPrincipal,
+    platform: PlatformDep,
+) -> MemberOut:
+    """Set or clear (null) a member's monthly credit cap (owner only)."""
+    with platform.db.write() as conn:
+        member = platform.teams.set_member_cap(
+            conn, team_id, principal.user.id, user_id, body.monthly_credit_cap
+        )
+    return _member_out(member)
