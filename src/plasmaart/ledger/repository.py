@@ -1,4 +1,9 @@
-"""All SQL of the ledger (SQLAlchemy Core). Callers own the transaction."""
+"""All SQL of the ledger (SQLAlchemy Core). Callers own the transaction.
+
+The statements of the hot path (hold, capture, release) are built once, at
+import, with bind parameters: building a Core statement costs more than
+executing a cached one, and these run for every generation.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -25,6 +30,101 @@ from plasmaart.ledger.rules import Allocation, LotView
 
 # A row of any shape (SQLAlchemy 2.1 types rows by their columns).
 AnyRow = Row[*tuple[Any, ...]]
+
+# Lock the wallet and look its idempotency key up in one round trip.
+_LOCK_WALLET = (
+    select(
+        wallets.c.available,
+        wallets.c.held,
+        ledger_operations.c.operation,
+        ledger_operations.c.request_hash,
+        ledger_operations.c.result,
+    )
+    .select_from(
+        wallets.outerjoin(
+            ledger_operations, ledger_operations.c.idempotency_key == bindparam("b_key")
+        )
+    )
+    .where(wallets.c.id == bindparam("b_wallet"))
+    .with_for_update(of=wallets)
+)
+_READ_WALLET = select(wallets.c.available, wallets.c.held).where(
+    wallets.c.id == bindparam("b_wallet")
+)
+_STORE_WALLET = (
+    update(wallets)
+    .where(wallets.c.id == bindparam("b_wallet"))
+    .values(available=bindparam("b_available"), held=bindparam("b_held"))
+)
+_RECORD_OPERATION = insert(ledger_operations)
+_OPEN_LOTS = select(
+    lots.c.id, lots.c.source, lots.c.remaining, lots.c.expires_at, lots.c.created_at
+).where(lots.c.wallet_id == bindparam("b_wallet"), lots.c.remaining > 0)
+_TAKE_FROM_LOT = (
+    update(lots)
+    .where(lots.c.id == bindparam("b_lot"))
+    .values(remaining=lots.c.remaining - bindparam("b_take"))
+)
+_GIVE_BACK_TO_LOT = (
+    update(lots)
+    .where(lots.c.id == bindparam("b_lot"))
+    .values(remaining=lots.c.remaining + bindparam("b_credits"))
+)
+_INSERT_HOLD = insert(holds)
+_INSERT_HOLD_LOTS = insert(hold_lots)
+_INSERT_ENTRIES = insert(journal_entries)
+_HOLD_WALLET = select(holds.c.wallet_id).where(holds.c.id == bindparam("b_hold"))
+# The hold and its allocations, one row per lot it drew from.
+_HOLD_WITH_LOTS = (
+    select(
+        holds.c.amount,
+        holds.c.status,
+        holds.c.generation_id,
+        holds.c.model,
+        hold_lots.c.lot_id,
+        hold_lots.c.position,
+        hold_lots.c.credits,
+        lots.c.expires_at,
+        lots.c.closed_reason,
+    )
+    .select_from(
+        holds.join(hold_lots, hold_lots.c.hold_id == holds.c.id).join(
+            lots, lots.c.id == hold_lots.c.lot_id
+        )
+    )
+    .where(holds.c.id == bindparam("b_hold"))
+)
+_SETTLE_HOLD_LOT = (
+    update(hold_lots)
+    .where(hold_lots.c.hold_id == bindparam("b_hold"), hold_lots.c.lot_id == bindparam("b_lot"))
+    .values(captured=bindparam("b_cap"), released=bindparam("b_rel"))
+)
+_RESOLVE_HOLD = (
+    update(holds)
+    .where(holds.c.id == bindparam("b_hold"), holds.c.status == "pending")
+    .values(
+        captured=bindparam("b_captured"),
+        released=bindparam("b_released"),
+        status=bindparam("b_status"),
+        resolved_at=bindparam("b_now"),
+    )
+)
+
+
+def _usage_upsert(dialect_insert: Any) -> Any:
+    statement = dialect_insert(usage_daily)
+    excluded = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=["wallet_id", "day", "model"],
+        set_={
+            "generations": usage_daily.c.generations + excluded.generations,
+            "outputs": usage_daily.c.outputs + excluded.outputs,
+            "credits": usage_daily.c.credits + excluded.credits,
+        },
+    )
+
+
+_ADD_USAGE = {"postgresql": _usage_upsert(pg_insert), "sqlite": _usage_upsert(sqlite_insert)}
 
 
 def insert_wallet(
@@ -50,41 +150,26 @@ def wallet_of_owner(conn: Connection, owner_kind: str, owner_id: str) -> str | N
     ).scalar_one_or_none()
 
 
-def lock_wallet(conn: Connection, wallet_id: str) -> tuple[int, int] | None:
-    """Lock the wallet row for this transaction: ``(available, held)`` or None.
+def lock_wallet(conn: Connection, wallet_id: str, key: str = "") -> AnyRow | None:
+    """Lock the wallet row for this transaction, and fetch the operation
+    recorded under ``key`` if any: ``(available, held, operation,
+    request_hash, result)``, or None when there is no such wallet.
 
     Every ledger mutation takes this lock first, so that the lots, holds and
-    entries of one wallet are only ever changed by one transaction at a time.
+    entries of one wallet are only ever changed by one transaction at a time;
+    reading the key under the lock lets two racing requests with one key see
+    each other.
     """
-    row = conn.execute(
-        select(wallets.c.available, wallets.c.held)
-        .where(wallets.c.id == wallet_id)
-        .with_for_update()
-    ).one_or_none()
-    return None if row is None else (int(row.available), int(row.held))
+    return conn.execute(_LOCK_WALLET, {"b_wallet": wallet_id, "b_key": key}).one_or_none()
 
 
 def read_wallet(conn: Connection, wallet_id: str) -> tuple[int, int] | None:
-    row = conn.execute(
-        select(wallets.c.available, wallets.c.held).where(wallets.c.id == wallet_id)
-    ).one_or_none()
+    row = conn.execute(_READ_WALLET, {"b_wallet": wallet_id}).one_or_none()
     return None if row is None else (int(row.available), int(row.held))
 
 
 def store_wallet(conn: Connection, wallet_id: str, available: int, held: int) -> None:
-    conn.execute(
-        update(wallets).where(wallets.c.id == wallet_id).values(available=available, held=held)
-    )
-
-
-def find_operation(conn: Connection, key: str) -> AnyRow | None:
-    return conn.execute(
-        select(
-            ledger_operations.c.operation,
-            ledger_operations.c.request_hash,
-            ledger_operations.c.result,
-        ).where(ledger_operations.c.idempotency_key == key)
-    ).one_or_none()
+    conn.execute(_STORE_WALLET, {"b_wallet": wallet_id, "b_available": available, "b_held": held})
 
 
 def record_operation(
@@ -96,23 +181,19 @@ def record_operation(
     now: datetime,
 ) -> None:
     conn.execute(
-        insert(ledger_operations).values(
-            idempotency_key=key,
-            operation=operation,
-            request_hash=request_hash,
-            result=json.dumps(result, sort_keys=True),
-            created_at=now,
-        )
+        _RECORD_OPERATION,
+        {
+            "idempotency_key": key,
+            "operation": operation,
+            "request_hash": request_hash,
+            "result": json.dumps(result, sort_keys=True),
+            "created_at": now,
+        },
     )
 
 
 def open_lots(conn: Connection, wallet_id: str) -> list[LotView]:
     """The wallet's lots that still hold credits (expired or not)."""
-    rows = conn.execute(
-        select(
-            lots.c.id, lots.c.source, lots.c.remaining, lots.c.expires_at, lots.c.created_at
-        ).where(lots.c.wallet_id == wallet_id, lots.c.remaining > 0)
-    ).all()
     return [
         LotView(
             id=row.id,
@@ -121,7 +202,7 @@ def open_lots(conn: Connection, wallet_id: str) -> list[LotView]:
             expires_at=None if row.expires_at is None else as_utc(row.expires_at),
             created_at=as_utc(row.created_at),
         )
-        for row in rows
+        for row in conn.execute(_OPEN_LOTS, {"b_wallet": wallet_id})
     ]
 
 
@@ -158,18 +239,11 @@ def insert_lot(
 
 
 def take_from_lots(conn: Connection, taken: Sequence[tuple[str, int]]) -> None:
-    conn.execute(
-        update(lots)
-        .where(lots.c.id == bindparam("lot_id"))
-        .values(remaining=lots.c.remaining - bindparam("take")),
-        [{"lot_id": lot_id, "take": take} for lot_id, take in taken],
-    )
+    conn.execute(_TAKE_FROM_LOT, [{"b_lot": lot_id, "b_take": take} for lot_id, take in taken])
 
 
 def give_back_to_lot(conn: Connection, lot_id: str, credits: int) -> None:
-    conn.execute(
-        update(lots).where(lots.c.id == lot_id).values(remaining=lots.c.remaining + credits)
-    )
+    conn.execute(_GIVE_BACK_TO_LOT, {"b_lot": lot_id, "b_credits": credits})
 
 
 def close_lot(conn: Connection, lot_id: str, *, reason: str, expired: int, now: datetime) -> None:
@@ -234,24 +308,25 @@ def insert_hold(
     now: datetime,
 ) -> None:
     conn.execute(
-        insert(holds).values(
-            id=hold_id,
-            wallet_id=wallet_id,
-            amount=credits,
-            captured=0,
-            released=0,
-            status="pending",
-            generation_id=generation_id,
-            model=model,
-            memo=memo,
-            created_at=now,
-        )
+        _INSERT_HOLD,
+        {
+            "id": hold_id,
+            "wallet_id": wallet_id,
+            "amount": credits,
+            "captured": 0,
+            "released": 0,
+            "status": "pending",
+            "generation_id": generation_id,
+            "model": model,
+            "memo": memo,
+            "created_at": now,
+        },
     )
 
 
 def insert_hold_lots(conn: Connection, hold_id: str, taken: Sequence[tuple[str, int]]) -> None:
     conn.execute(
-        insert(hold_lots),
+        _INSERT_HOLD_LOTS,
         [
             {
                 "hold_id": hold_id,
@@ -267,19 +342,16 @@ def insert_hold_lots(conn: Connection, hold_id: str, taken: Sequence[tuple[str, 
 
 
 def hold_wallet(conn: Connection, hold_id: str) -> str | None:
-    return conn.execute(select(holds.c.wallet_id).where(holds.c.id == hold_id)).scalar_one_or_none()
+    return conn.execute(_HOLD_WALLET, {"b_hold": hold_id}).scalar_one_or_none()
 
 
-def get_hold(conn: Connection, hold_id: str) -> AnyRow | None:
-    return conn.execute(select(holds).where(holds.c.id == hold_id)).one_or_none()
+def hold_with_lots(conn: Connection, hold_id: str) -> list[AnyRow]:
+    """The hold (amount, status, generation, model) repeated on one row per lot
+    it drew from, with that lot's allocation, expiry and closing reason."""
+    return list(conn.execute(_HOLD_WITH_LOTS, {"b_hold": hold_id}).all())
 
 
-def hold_allocations(conn: Connection, hold_id: str) -> list[Allocation]:
-    rows = conn.execute(
-        select(hold_lots.c.lot_id, hold_lots.c.position, hold_lots.c.credits).where(
-            hold_lots.c.hold_id == hold_id
-        )
-    ).all()
+def allocations(rows: Iterable[AnyRow]) -> list[Allocation]:
     return [Allocation(row.lot_id, int(row.position), int(row.credits)) for row in rows]
 
 
@@ -295,10 +367,11 @@ def settle_hold_lots(
     for lot_id, credits in released:
         parts.setdefault(lot_id, [0, 0])[1] += credits
     conn.execute(
-        update(hold_lots)
-        .where(and_(hold_lots.c.hold_id == hold_id, hold_lots.c.lot_id == bindparam("lot")))
-        .values(captured=bindparam("cap"), released=bindparam("rel")),
-        [{"lot": lot_id, "cap": cap, "rel": rel} for lot_id, (cap, rel) in parts.items()],
+        _SETTLE_HOLD_LOT,
+        [
+            {"b_hold": hold_id, "b_lot": lot_id, "b_cap": cap, "b_rel": rel}
+            for lot_id, (cap, rel) in parts.items()
+        ],
     )
 
 
@@ -306,14 +379,14 @@ def resolve_hold(
     conn: Connection, hold_id: str, *, captured: int, released: int, now: datetime
 ) -> None:
     conn.execute(
-        update(holds)
-        .where(holds.c.id == hold_id, holds.c.status == "pending")
-        .values(
-            captured=captured,
-            released=released,
-            status="captured" if captured else "released",
-            resolved_at=now,
-        )
+        _RESOLVE_HOLD,
+        {
+            "b_hold": hold_id,
+            "b_captured": captured,
+            "b_released": released,
+            "b_status": "captured" if captured else "released",
+            "b_now": now,
+        },
     )
 
 
@@ -328,30 +401,21 @@ def pending_on_lot(conn: Connection, lot_id: str) -> int:
 
 def insert_entries(conn: Connection, entries: list[dict[str, Any]]) -> None:
     if entries:
-        conn.execute(insert(journal_entries), entries)
+        conn.execute(_INSERT_ENTRIES, entries)
 
 
 def add_usage(
     conn: Connection, wallet_id: str, *, day: date, model: str, outputs: int, credits: int
 ) -> None:
     """Count one captured generation in the wallet's daily usage roll-up."""
-    values = {
-        "wallet_id": wallet_id,
-        "day": day,
-        "model": model,
-        "generations": 1,
-        "outputs": outputs,
-        "credits": credits,
-    }
-    statement = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(usage_daily)
-    excluded = statement.excluded
     conn.execute(
-        statement.values(values).on_conflict_do_update(
-            index_elements=["wallet_id", "day", "model"],
-            set_={
-                "generations": usage_daily.c.generations + excluded.generations,
-                "outputs": usage_daily.c.outputs + excluded.outputs,
-                "credits": usage_daily.c.credits + excluded.credits,
-            },
-        )
+        _ADD_USAGE[conn.dialect.name],
+        {
+            "wallet_id": wallet_id,
+            "day": day,
+            "model": model,
+            "generations": 1,
+            "outputs": outputs,
+            "credits": credits,
+        },
     )

@@ -347,7 +347,7 @@ class LedgerService:
             state = repo.lock_wallet(conn, wallet_id)
             if state is None:  # pragma: no cover - lots always belong to a wallet
                 continue
-            wallet = _Wallet(wallet_id, *state, now)
+            wallet = _Wallet(wallet_id, int(state.available), int(state.held), now)
             for lot_id, lot in repo.lots_by_id(conn, lot_ids).items():
                 remaining = int(lot.remaining)
                 # Re-checked under the lock: a hold may have emptied it meanwhile.
@@ -581,19 +581,17 @@ class LedgerService:
             raise InvalidAmount(
                 "every ledger mutation needs an idempotency key", field="idempotency_key"
             )
-        state = repo.lock_wallet(conn, wallet_id)
-        if state is None:
+        found = repo.lock_wallet(conn, wallet_id, key)
+        if found is None:
             raise WalletNotFound(wallet_id)
-        found = repo.find_operation(conn, key)
-        if found is not None:
-            if found.operation != operation or found.request_hash != _request_hash(
-                operation, params
-            ):
-                raise IdempotencyConflict(
-                    f"idempotency key {key!r} was used for another {found.operation} request"
-                )
-            return _Wallet(wallet_id, *state, now), json.loads(found.result)
-        return _Wallet(wallet_id, *state, now), None
+        wallet = _Wallet(wallet_id, int(found.available), int(found.held), now)
+        if found.operation is None:
+            return wallet, None
+        if found.operation != operation or found.request_hash != _request_hash(operation, params):
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} was used for another {found.operation} request"
+            )
+        return wallet, json.loads(found.result)
 
     def _finish(
         self,
@@ -683,15 +681,15 @@ class LedgerService:
         wallet, replay = self._begin(conn, wallet_id, operation, key, params, now)
         if replay is not None:
             return _load(SettleResult, replay)
-        hold = repo.get_hold(conn, hold_id)
-        if hold is None:  # pragma: no cover - holds are never deleted
-            raise HoldNotFound(hold_id)
+        # Re-read under the wallet's lock: the status may have changed.
+        rows = repo.hold_with_lots(conn, hold_id)
+        hold = rows[0]
         if hold.status != "pending":
             raise HoldAlreadyResolved(hold_id, hold.status)
         amount = int(hold.amount)
         if credits > amount:
             raise CaptureExceedsHold(hold_id, credits, amount)
-        captured, released = split_capture(repo.hold_allocations(conn, hold_id), credits)
+        captured, released = split_capture(repo.allocations(rows), credits)
         generation_id, model = hold.generation_id, hold.model
         if credits:
             wallet.move(
@@ -724,7 +722,7 @@ class LedgerService:
                 generation_id=generation_id,
                 model=model,
             )
-            lots = repo.lots_by_id(conn, [lot_id for lot_id, _ in released])
+            lots = {row.lot_id: row for row in rows}
             for lot_id, part in released:
                 lot = lots[lot_id]
                 if lot.closed_reason == "clawed_back":
