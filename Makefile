@@ -37,6 +37,7 @@ format: install
 
 bench: install
 	$(BIN)/python benchmarks/ledger_tps.py --write-docs
+	$(BIN)/python benchmarks/ledger_queries.py --write-docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -57,12 +57,15 @@ from plasmaart.ledger import queries
 from plasmaart.ledger.queries import JournalPosition
 
 REPO = Path(__file__).resolve().parent.parent
+SECTION_HEADING = "## Credits reads at scale (`benchmarks/ledger_queries.py`)"
 # The throwaway PostgreSQL server lives with the tests, which the virtualenv
 # does not install.
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.support.pgserver import PgServer, start_server  # noqa: E402
+
+from benchmarks.docs import write_section  # noqa: E402
 
 # "Now" in every built database: the history ends here.
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -635,11 +638,16 @@ def _ms(value: float) -> str:
     return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms"
 
 
-def report(results: list[Result], runs: int, versions: dict[str, str]) -> bool:
-    """Prints the Markdown report; True if every aim and plan check holds."""
+def report(results: list[Result], runs: int, versions: dict[str, str]) -> tuple[bool, str]:
+    """The Markdown report, and whether every aim and plan check holds."""
     ok = True
-    print("## Credits reads at scale (`benchmarks/ledger_queries.py`)\n")
-    print(
+    lines: list[str] = []
+
+    def out(text: str = "") -> None:
+        lines.append(text)
+
+    out(SECTION_HEADING + "\n")
+    out(
         f"One wallet with N journal entries ({len(NEIGHBOUR_IDS)} other wallets have N/10 between "
         "them, interleaved); "
         f"median of {runs} runs after a warm-up, server-side time of the functions of "
@@ -647,7 +655,7 @@ def report(results: list[Result], runs: int, versions: dict[str, str]) -> bool:
         "read of one journal entry measured in the same loop. "
         f"Aim: the ledger pages and the usage reads under {AIM_MS:.0f} ms at the largest size.\n"
     )
-    print(
+    out(
         f"Machine: {platform.machine()}, {platform.system()} {platform.release()}, "
         + ", ".join(f"{name} {version}" for name, version in versions.items())
         + ".\n"
@@ -657,10 +665,10 @@ def report(results: list[Result], runs: int, versions: dict[str, str]) -> bool:
         largest = mine[-1]
         names = list(largest.measurement.medians_ms)
         aimed = largest.measurement.aimed
-        print(f"### {backend}\n")
-        print("| query | " + " | ".join(f"{r.size:,} entries" for r in mine) + " | aim |")
-        print("|---|" + "---:|" * len(mine) + "---|")
-        print(
+        out(f"### {backend}\n")
+        out("| query | " + " | ".join(f"{r.size:,} entries" for r in mine) + " | aim |")
+        out("|---|" + "---:|" * len(mine) + "---|")
+        out(
             "| baseline: `SELECT … WHERE id = ?` | "
             + " | ".join(_ms(r.measurement.baseline_ms) for r in mine)
             + " | |"
@@ -675,29 +683,29 @@ def report(results: list[Result], runs: int, versions: dict[str, str]) -> bool:
                 met = largest.measurement.medians_ms[name] < AIM_MS
                 ok &= met
                 verdict = f"{'✓' if met else '✗'} < {AIM_MS:.0f} ms"
-            print(f"| {name} | " + " | ".join(cells) + f" | {verdict} |")
-        print(
+            out(f"| {name} | " + " | ".join(cells) + f" | {verdict} |")
+        out(
             "| build (generate + bulk insert) | "
             + " | ".join(f"{r.build_s:.0f} s" for r in mine)
             + " | |\n"
         )
-        print(f"Plans at {largest.size:,} entries:\n")
+        out(f"Plans at {largest.size:,} entries:\n")
         for name, plan in largest.measurement.plans.items():
-            print(f"- {name}:")
-            print("  ```")
+            out(f"- {name}:")
+            out("  ```")
             for line in plan:
-                print(f"  {line}")
-            print("  ```")
+                out(f"  {line}")
+            out("  ```")
         problems = largest.measurement.plan_problems
         if problems:
             ok = False
-            print("\n**Plans that scan or sort the whole range:**\n")
+            out("\n**Plans that scan or sort the whole range:**\n")
             for problem in problems:
-                print(f"- {problem}")
+                out(f"- {problem}")
         else:
-            print("\nNo plan scans a table or sorts a whole range.")
-        print()
-    return ok
+            out("\nNo plan scans a table or sorts a whole range.")
+        out()
+    return ok, "\n".join(lines)
 
 
 # -- main -----------------------------------------------------------------------------
@@ -708,6 +716,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="journal entries")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument(
+        "--write-docs", action="store_true", help="rewrite its section of docs/performance.md"
+    )
     args = parser.parse_args(argv)
     sizes = [int(size.replace("_", "")) for size in args.sizes.split(",")]
     backends = [backend.strip() for backend in args.backends.split(",")]
@@ -758,7 +769,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if server is not None:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if report(results, args.runs, versions) else 1
+    ok, markdown = report(results, args.runs, versions)
+    print(markdown)
+    if args.write_docs:
+        command = ".venv/bin/python benchmarks/ledger_queries.py --write-docs"
+        write_section(SECTION_HEADING, f"{markdown}\nCommand: `{command}`\n")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

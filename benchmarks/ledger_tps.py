@@ -77,15 +77,10 @@ if str(REPO) not in sys.path:
 
 from tests.support.pgserver import PgServer, pg_bindir, start_server  # noqa: E402
 
-DOC_PATH = REPO / "docs" / "performance.md"
-SECTION_HEADING = "## Ledger: hold + capture"
-DOC_INTRO = """# Performance
+from benchmarks.docs import PERFORMANCE_DOC as DOC_PATH  # noqa: E402
+from benchmarks.docs import write_section  # noqa: E402
 
-Throughput of PlasmaArt measured on one machine, each figure beside a baseline
-measured in the same run, so that the ratios mean more than the absolute
-numbers. `make bench` regenerates this file: each benchmark in `benchmarks/`
-(see `benchmarks/README.md`) rewrites its own section and leaves the others.
-"""
+SECTION_HEADING = "## Ledger: hold + capture"
 
 HOLD_CREDITS = 8
 # Enough for any run: never the reason a hold is refused.
@@ -919,24 +914,6 @@ The machine:
 """
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of the file, keeping the others."""
-    existing = path.read_text() if path.exists() else DOC_INTRO
-    lines = existing.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION_HEADING), None)
-    if start is None:
-        updated = existing.rstrip("\n") + "\n\n" + section
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-            len(lines),
-        )
-        tail = "".join(lines[end:])
-        updated = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(updated)
-
-
 # -- main ------------------------------------------------------------------
 
 
@@ -1034,7 +1011,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seconds,
             args.runs,
         )
-        write_section(DOC_PATH, section)
+        write_section(SECTION_HEADING, section, DOC_PATH)
         _progress(f"wrote {DOC_PATH.relative_to(REPO)}")
     _progress(f"done in {time.monotonic() - began:.0f} s")
     return 0
