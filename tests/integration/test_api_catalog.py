@@ -155,3 +155,25 @@ def test_openapi_documents_the_catalog(client: TestClient) -> None:
         "/readyz",
         "/metrics",
     } <= set(paths)
+
+
+def test_availability_follows_the_callers_plan(client: TestClient, platform: Platform) -> None:
+    from tests.support.accounts import make_user
+
+    starter = make_user(platform, "s@example.com", plan="starter")
+    pro = make_user(platform, "p@example.com", plan="pro")
+
+    def available(headers: dict[str, str]) -> set[str]:
+        models = client.get("/v1/models", headers=headers).json()["data"]
+        return {m["id"] for m in models if m["available"]}
+
+    free, starter_models, pro_models = available({}), available(starter.auth), available(pro.auth)
+    assert "flux-schnell" in free
+    assert "pixverse-v4.5" not in free
+    assert "pixverse-v4.5" in starter_models
+    assert "veo3" not in starter_models
+    assert "veo3" in pro_models
+    assert len(pro_models) == 19
+    assert client.get("/v1/models/veo3", headers=pro.auth).json()["available"] is True
+    bad = client.get("/v1/models", headers={"Authorization": "Bearer pa_live_wrong"})
+    assert bad.status_code == 401

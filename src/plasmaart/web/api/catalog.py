@@ -7,8 +7,10 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from plasmaart.bootstrap import Platform
 from plasmaart.catalog import Catalog, ModelSpec, PlanSpec, plan_allows_model, required_plan
 from plasmaart.errors import NotFound
+from plasmaart.web.auth import OptionalPrincipal, Principal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.pagination import DEFAULT_LIMIT, Page, page_of
 
@@ -126,26 +128,39 @@ def plan_out(catalog: Catalog, plan: PlanSpec) -> PlanOut:
     )
 
 
+def caller_plan(platform: Platform, principal: Principal | None) -> PlanSpec:
+    """The plan whose access ``available`` reports: the caller's, Free when anonymous."""
+    if principal is None:
+        return platform.catalog.default_plan
+    with platform.db.read() as conn:
+        wallet = platform.ledger.wallet_of(conn, "user", principal.user.id)
+        return platform.billing.current_plan(conn, wallet)
+
+
 @router.get("/models", response_model=Page[ModelOut])
 def list_models(
-    platform: PlatformDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
+    platform: PlatformDep,
+    principal: OptionalPrincipal,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
 ) -> Page[ModelOut]:
     """Every model with its credits per output; ``available`` is for the
     caller's plan (Free without authentication)."""
     catalog = platform.catalog
-    plan = catalog.default_plan
+    plan = caller_plan(platform, principal)
     models = [model_out(catalog, model, plan) for model in catalog.models]
     return page_of(models, [m.id for m in models], limit, cursor)
 
 
 @router.get("/models/{model_id}", response_model=ModelOut)
-def get_model(model_id: str, platform: PlatformDep) -> ModelOut:
+def get_model(model_id: str, platform: PlatformDep, principal: OptionalPrincipal) -> ModelOut:
+    """One model, by id or alias (the policy's "Flux Scnell" too)."""
     catalog = platform.catalog
     try:
         model = catalog.model(model_id)
     except KeyError:
         raise NotFound(f"no model {model_id!r}") from None
-    return model_out(catalog, model, catalog.default_plan)
+    return model_out(catalog, model, caller_plan(platform, principal))
 
 
 @router.get("/plans", response_model=Page[PlanOut])
