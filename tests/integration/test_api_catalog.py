@@ -177,3 +177,20 @@ def test_availability_follows_the_callers_plan(client: TestClient, platform: Pla
     assert client.get("/v1/models/veo3", headers=pro.auth).json()["available"] is True
     bad = client.get("/v1/models", headers={"Authorization": "Bearer pa_live_wrong"})
     assert bad.status_code == 401
+
+
+def test_openapi_documents_problem_responses(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas
+    assert schemas["Problem"]["required"] == ["type", "title", "status", "detail", "code"]
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    assert list(response["content"]) == ["application/problem+json"], (
+                        method, path, status)
+    me = document["paths"]["/v1/me"]["get"]["responses"]
+    assert {"200", "401", "403", "404", "422", "500"} <= set(me)
+    ready = document["paths"]["/readyz"]["get"]["responses"]
+    assert "503" in ready

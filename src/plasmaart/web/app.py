@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from plasmaart import __version__
 from plasmaart.bootstrap import Platform
-from plasmaart.web import problems
+from plasmaart.web import openapi, problems
 from plasmaart.web.api import accounts, admin, catalog, credits, events, ops, teams
 from plasmaart.web.edge import EdgeMiddleware
 from plasmaart.web.idempotency import IdempotencyMiddleware
@@ -59,6 +59,7 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
     app.add_middleware(_Metrics, metrics=app.state.metrics)
     app.add_middleware(EdgeMiddleware)
     problems.install(app)
+    openapi.install(app)
     app.include_router(ops.router)
     app.include_router(catalog.router)
     app.include_router(accounts.router)
