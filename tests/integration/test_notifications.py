@@ -18,8 +18,8 @@ from plasmaart.clock import ManualClock
 from plasmaart.db.tables import notifications
 from plasmaart.notify.events import Event
 from plasmaart.notify.notifications import Notification
-from tests.integration.test_events import WAIT_S, live_server, open_stream
 from tests.support.accounts import PASSWORD, TestUser, make_user
+from tests.support.live_server import WAIT_S, live_server, open_stream
 
 PROBLEM = "application/problem+json"
 

@@ -400,8 +400,8 @@ def pending_on_lot(conn: Connection, lot_id: str) -> int:
 
 
 def insert_entries(conn: Connection, entries: list[dict[str, Any]]) -> None:
-    if entries:
-        conn.execute(_INSERT_ENTRIES, entries)
+    """Insert a non-empty batch of journal entries (one executemany)."""
+    conn.execute(_INSERT_ENTRIES, entries)
 
 
 def add_usage(
