@@ -205,6 +205,9 @@ def test_suspended_accounts_get_account_suspended(client: TestClient, platform: 
     ):
         refused = call()
         assert (refused.status_code, refused.json()["code"]) == (403, "account_suspended")
+    login = client.post("/v1/auth/login", json={"email": user.email, "password": PASSWORD})
+    assert (login.status_code, login.json()["code"]) == (403, "account_suspended")
+    assert "pa_session" not in client.cookies
     client.post(f"/v1/admin/users/{user.id}/reinstate", headers=admin.auth)
     assert client.get("/v1/me", headers=user.auth).status_code == 200
 

@@ -113,8 +113,9 @@ def require_principal(request: Request, platform: PlatformDep) -> Principal:
 
 def require_admin(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
     if principal.user.role != "admin":
-        # Admin endpoints do not exist for other users.
-        raise NotFound("not found")
+        # Admin endpoints do not exist for other users: the same answer as
+        # for a path that does not exist.
+        raise NotFound("Not Found")
     return principal
 
 

@@ -15,6 +15,7 @@ from plasmaart.bootstrap import Platform
 from plasmaart.web.auth import (
     CSRF_COOKIE,
     SESSION_COOKIE,
+    AccountSuspended,
     AnyPrincipal,
     CurrentPrincipal,
     Forbidden,
@@ -187,6 +188,8 @@ def login(
     try:
         with platform.db.write() as conn:
             user = platform.accounts.authenticate(conn, email, body.password)
+            if user.status == "suspended":
+                raise AccountSuspended("this account is suspended; contact support")
             platform.credentials.forget_login_failures(conn, email)
             session = platform.credentials.open_session(conn, user.id)
     except WrongCredentials:
