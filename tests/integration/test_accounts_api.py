@@ -344,3 +344,21 @@ def test_request_ids_and_security_headers(client: TestClient) -> None:
     )
     assert answer.headers["x-content-type-options"] == "nosniff"
     assert answer.headers["x-frame-options"] == "DENY"
+
+
+def test_a_repeat_right_after_the_answer_is_replayed(
+    client: TestClient, platform: Platform
+) -> None:
+    """The record is stored before the answer's last byte leaves: a client that
+    repeats at once gets the replay, never "still running"."""
+    admin = make_user(platform, "root@example.com", admin=True)
+    user = make_user(platform, "now@example.com")
+    headers = {**admin.auth, "Idempotency-Key": "at-once"}
+    body = {"amount": 10, "reason": "goodwill"}
+    answers = [
+        client.post(f"/v1/admin/users/{user.id}/credits", json=body, headers=headers)
+        for _ in range(5)
+    ]
+    assert [a.status_code for a in answers] == [200] * 5
+    assert {a.json()["available"] for a in answers} == {10}
+    assert [a.headers.get("idempotent-replayed") for a in answers] == [None] + ["true"] * 4

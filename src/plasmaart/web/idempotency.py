@@ -94,8 +94,10 @@ class IdempotencyMiddleware:
         start: Message | None = None
         chunks: list[bytes] = []
 
+        finished = False
+
         async def capture(message: Message) -> None:
-            nonlocal start
+            nonlocal start, finished
             if message["type"] == "http.response.start":
                 start = message
                 message = {
@@ -108,6 +110,14 @@ class IdempotencyMiddleware:
                 }
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
+                if not message.get("more_body") and not finished:
+                    # Stored before the last byte goes out: a client that
+                    # repeats the request as soon as it has the answer must
+                    # get the replay, not "still running".
+                    finished = True
+                    await run_in_threadpool(
+                        _finish, self.platform, principal, key, start, b"".join(chunks)
+                    )
             await send(message)
 
         sent_body = False
@@ -122,7 +132,10 @@ class IdempotencyMiddleware:
         try:
             await self.app(scope, replay_body, capture)
         finally:
-            await run_in_threadpool(_finish, self.platform, principal, key, start, b"".join(chunks))
+            if not finished:
+                await run_in_threadpool(
+                    _finish, self.platform, principal, key, start, b"".join(chunks)
+                )
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -164,13 +177,19 @@ def _claim(
             )
     except IntegrityError:
         # Another request with this key claimed it between our read and insert.
-        return problem(
-            409,
-            "idempotency_conflict",
-            "Idempotency key in use",
-            "a request with this Idempotency-Key is still running",
-        )
+        return _in_progress()
     return None
+
+
+def _in_progress() -> ASGIApp:
+    return problem(
+        409,
+        "idempotency_conflict",
+        "Idempotency key in use",
+        "a request with this Idempotency-Key is still running; retry shortly",
+        {"Retry-After": "1"},
+        in_progress=True,
+    )
 
 
 def _answer(row: AnyRow, path: str, fingerprint: str) -> ASGIApp:
@@ -182,12 +201,7 @@ def _answer(row: AnyRow, path: str, fingerprint: str) -> ASGIApp:
             "this Idempotency-Key was used with a different request",
         )
     if row.status == "running":
-        return problem(
-            409,
-            "idempotency_conflict",
-            "Idempotency key in use",
-            "a request with this Idempotency-Key is still running",
-        )
+        return _in_progress()
     headers = dict(json.loads(row.response_headers or "[]"))
     headers["idempotent-replayed"] = "true"
     headers.pop("content-length", None)

@@ -1,0 +1,368 @@
+"""``AsyncClient``: the API over an ``httpx.AsyncClient``, the same methods
+as ``Client`` as coroutines (lists as async iterators). Each method sends
+one of the calls in ``calls``; retries, errors and parsing are shared."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from plasmaart.client import calls
+from plasmaart.client import models as m
+from plasmaart.client.calls import (
+    CSRF_COOKIE,
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    SESSION_COOKIE,
+    Call,
+    Instant,
+    PageCall,
+    Pager,
+)
+from plasmaart.client.downloads import Destination, open_destination
+from plasmaart.client.errors import AuthenticationError, TransportError
+from plasmaart.client.retries import RetryPolicy
+from plasmaart.client.sse import Reconnection
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """The PlasmaArt API, asynchronously. ``api_key`` authenticates every request; without
+    one, ``signup`` or ``login`` opens a cookie session instead (the CSRF
+    token is then sent on writes automatically). Use it as a context
+    manager (``async with``), or await ``aclose()``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        max_retry_after: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._policy = RetryPolicy(
+            max_retries=max_retries, backoff=backoff, max_retry_after=max_retry_after
+        )
+        self._sleep = sleep
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=calls.client_headers(api_key),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- sending ------------------------------------------------------------
+
+    async def _exchange(
+        self,
+        call: Call[Any],
+        *,
+        stream: bool = False,
+        headers: Mapping[str, str] | None = None,
+        read_timeout: float | None = None,
+    ) -> httpx.Response:
+        """A successful response (open, when ``stream``), after the retries."""
+        call = call.with_key()
+        request = calls.build_request(self._http, call, headers=headers, read_timeout=read_timeout)
+        attempt, unanswered = 0, False
+        while True:
+            outcome: httpx.Response | httpx.TransportError
+            try:
+                response = await self._http.send(request, stream=stream)
+                if response.is_success:
+                    return response
+                await response.aread()
+                outcome = response
+            except httpx.TransportError as error:
+                outcome = error
+            delay = None
+            if call.retry:
+                delay = self._policy.next_wait(attempt, outcome, unanswered_before=unanswered)
+            if delay is None:
+                raise calls.failure(call, outcome)
+            unanswered = unanswered or isinstance(outcome, httpx.TransportError)
+            await self._sleep(delay)
+            attempt += 1
+
+    async def _send(self, call: Call[T]) -> T:
+        return calls.read_answer(call, await self._exchange(call))
+
+    def _walk(self, make: PageCall[T], limit: int | None, page_size: int) -> AsyncIterator[T]:
+        pager = Pager(make, limit, page_size)  # checks its arguments now, not at first use
+        return self._pages(pager)
+
+    async def _pages(self, pager: Pager[T]) -> AsyncIterator[T]:
+        while (call := pager.next_call()) is not None:
+            for item in pager.take(await self._send(call)):
+                yield item
+
+    # -- operations -----------------------------------------------------------
+
+    async def healthz(self) -> m.Health:
+        """The process is up (never retried)."""
+        return await self._send(calls.healthz())
+
+    async def readyz(self) -> m.Readiness:
+        """The database answers and is migrated; 503 raises ServerError (never retried)."""
+        return await self._send(calls.readyz())
+
+    # -- catalog ----------------------------------------------------------------
+
+    async def models(self) -> list[m.Model]:
+        """Every model; ``available`` is for your plan (Free without credentials)."""
+        return [item async for item in self._walk(calls.models, None, MAX_PAGE_SIZE)]
+
+    async def model(self, model_id: str) -> m.Model:
+        return await self._send(calls.model(model_id))
+
+    async def plans(self) -> list[m.Plan]:
+        return [item async for item in self._walk(calls.plans, None, MAX_PAGE_SIZE)]
+
+    async def credit_packs(self) -> list[m.CreditPack]:
+        return [item async for item in self._walk(calls.credit_packs, None, MAX_PAGE_SIZE)]
+
+    # -- accounts -----------------------------------------------------------------
+
+    async def signup(
+        self, email: str, password: str, *, idempotency_key: str | None = None
+    ) -> m.User:
+        """Create an account and keep its session (cookies) for later calls."""
+        return await self._send(calls.signup(email, password, idempotency_key))
+
+    async def login(
+        self, email: str, password: str, *, idempotency_key: str | None = None
+    ) -> m.User:
+        """Open a session for later calls (an ``api_key``, when set, still wins)."""
+        return await self._send(calls.login(email, password, idempotency_key))
+
+    async def logout(self, *, idempotency_key: str | None = None) -> None:
+        """End the session; already ended is fine."""
+        with contextlib.suppress(AuthenticationError):
+            await self._send(calls.logout(idempotency_key))
+        for name in (SESSION_COOKIE, CSRF_COOKIE):
+            self._http.cookies.delete(name)
+
+    async def me(self) -> m.Me:
+        return await self._send(calls.me())
+
+    async def update_settings(self, *, remove_watermark: bool | None = None) -> m.Me:
+        return await self._send(calls.update_settings(remove_watermark))
+
+    async def create_api_key(self, name: str, *, idempotency_key: str | None = None) -> m.NewApiKey:
+        """A new key; its secret is in ``key``, shown only this once."""
+        return await self._send(calls.create_api_key(name, idempotency_key))
+
+    async def api_keys(self) -> list[m.ApiKey]:
+        return list((await self._send(calls.api_keys())).items)
+
+    async def revoke_api_key(self, key_id: str) -> m.ApiKey:
+        return await self._send(calls.revoke_api_key(key_id))
+
+    # -- credits ----------------------------------------------------------------------
+
+    async def balance(self) -> m.Balance:
+        return await self._send(calls.balance())
+
+    def ledger(
+        self,
+        *,
+        limit: int | None = None,
+        kind: str | None = None,
+        since: Instant | None = None,
+        until: Instant | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> AsyncIterator[m.LedgerEntry]:
+        """Journal entries, newest first (by time when ``kind`` is given), at
+        most ``limit`` of them; pages are fetched as the iteration needs them."""
+        return self._walk(calls.ledger(kind, since, until), limit, page_size)
+
+    async def usage(
+        self,
+        *,
+        since: Instant | None = None,
+        until: Instant | None = None,
+        group_by: str = "model",
+    ) -> list[m.UsageRow]:
+        """Generations, outputs and credits in ``[since, until)`` by model or day."""
+        return await self._send(calls.usage(since, until, group_by))
+
+    async def usage_csv(self, *, since: Instant | None = None, until: Instant | None = None) -> str:
+        """The generation history as CSV text."""
+        return (await self._exchange(calls.usage_csv(since, until))).text
+
+    async def download_usage_csv(
+        self,
+        destination: Destination,
+        *,
+        since: Instant | None = None,
+        until: Instant | None = None,
+    ) -> int:
+        """Stream the CSV into a path or a binary file; the bytes written."""
+        response = await self._exchange(calls.usage_csv(since, until), stream=True)
+        written = 0
+        try:
+            with open_destination(destination) as sink:
+                async for chunk in response.aiter_bytes():
+                    sink.write(chunk)
+                    written += len(chunk)
+        except httpx.TransportError as error:
+            raise TransportError(f"the CSV download broke off: {error!r}") from error
+        finally:
+            await response.aclose()
+        return written
+
+    # -- teams ----------------------------------------------------------------------------
+
+    async def create_team(self, name: str, *, idempotency_key: str | None = None) -> m.Team:
+        """A team sharing your wallet (plans with team seats only)."""
+        return await self._send(calls.create_team(name, idempotency_key))
+
+    async def team(self, team_id: str) -> m.Team:
+        return await self._send(calls.team(team_id))
+
+    async def invite(
+        self, team_id: str, email: str, *, idempotency_key: str | None = None
+    ) -> m.NewInvitation:
+        """Invite an address; the ``token`` to accept with is shown only this once."""
+        return await self._send(calls.invite(team_id, email, idempotency_key))
+
+    async def invitations(self, team_id: str) -> list[m.Invitation]:
+        return list((await self._send(calls.invitations(team_id))).items)
+
+    async def revoke_invitation(self, team_id: str, invitation_id: str) -> None:
+        await self._send(calls.revoke_invitation(team_id, invitation_id))
+
+    async def accept_invitation(self, token: str, *, idempotency_key: str | None = None) -> m.Team:
+        return await self._send(calls.accept_invitation(token, idempotency_key))
+
+    def members(
+        self, team_id: str, *, limit: int | None = None, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> AsyncIterator[m.TeamMember]:
+        """Members in the order they joined, the owner first."""
+        return self._walk(calls.members(team_id), limit, page_size)
+
+    async def remove_member(self, team_id: str, user_id: str) -> None:
+        """The owner removes a member, or a member leaves (their own id)."""
+        await self._send(calls.remove_member(team_id, user_id))
+
+    async def set_member_cap(
+        self, team_id: str, user_id: str, monthly_credit_cap: int | None
+    ) -> m.TeamMember:
+        """Credits the member may spend per month (None: no cap)."""
+        return await self._send(calls.set_member_cap(team_id, user_id, monthly_credit_cap))
+
+    # -- notifications ----------------------------------------------------------------------
+
+    def notifications(
+        self,
+        *,
+        unread: bool = False,
+        limit: int | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> AsyncIterator[m.Notification]:
+        """Your notifications, newest first."""
+        return self._walk(calls.notifications(unread), limit, page_size)
+
+    async def mark_notification_read(
+        self, notification_id: str, *, idempotency_key: str | None = None
+    ) -> m.Notification:
+        return await self._send(calls.mark_notification_read(notification_id, idempotency_key))
+
+    # -- admin ------------------------------------------------------------------------------
+
+    def admin_users(
+        self,
+        q: str | None = None,
+        *,
+        status: str | None = None,
+        limit: int | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> AsyncIterator[m.AdminUser]:
+        """Users, newest first, matching ``q`` in the e-mail or id (admins only)."""
+        return self._walk(calls.admin_users(q, status), limit, page_size)
+
+    async def suspend_user(
+        self, user_id: str, reason: str, *, idempotency_key: str | None = None
+    ) -> m.AdminUser:
+        return await self._send(calls.suspend_user(user_id, reason, idempotency_key))
+
+    async def reinstate_user(
+        self, user_id: str, *, idempotency_key: str | None = None
+    ) -> m.AdminUser:
+        return await self._send(calls.reinstate_user(user_id, idempotency_key))
+
+    async def adjust_credits(
+        self,
+        user_id: str,
+        amount: int,
+        reason: str,
+        *,
+        expires_at: Instant | None = None,
+        idempotency_key: str | None = None,
+    ) -> m.CreditAdjustment:
+        """Grant (``amount`` > 0) or take back (< 0, never below zero)."""
+        return await self._send(
+            calls.adjust_credits(user_id, amount, reason, expires_at, idempotency_key)
+        )
+
+    # -- events -------------------------------------------------------------------------------
+
+    def events(
+        self,
+        *,
+        last_event_id: str | None = None,
+        max_reconnects: int = 5,
+        read_timeout: float = 60.0,
+    ) -> AsyncGenerator[m.Event, None]:
+        """Your live events, as they come. A dropped connection is resumed
+        with ``Last-Event-ID`` (the server then sends ``resync``: fetch the
+        state again), up to ``max_reconnects`` times in a row. The server
+        sends a heartbeat every 15 s, so ``read_timeout`` only trips on a
+        dead connection. Close it with ``aclose()`` (or ``contextlib.aclosing``) to stop."""
+        return self._events(Reconnection(self._policy, max_reconnects, last_event_id), read_timeout)
+
+    async def _events(
+        self, reconnection: Reconnection, read_timeout: float
+    ) -> AsyncGenerator[m.Event, None]:
+        while True:
+            response = await self._exchange(
+                calls.events(),
+                stream=True,
+                headers=reconnection.headers(),
+                read_timeout=read_timeout,
+            )
+            dropped: httpx.TransportError | None = None
+            try:
+                async for line in response.aiter_lines():
+                    event = reconnection.feed(line)
+                    if event is not None:
+                        yield event
+            except httpx.TransportError as error:
+                dropped = error
+            finally:
+                await response.aclose()
+            await self._sleep(reconnection.after_drop(dropped))

@@ -1,0 +1,416 @@
+"""Every API call the client makes, described once as a ``Call``: method,
+path, query, body and how to read the answer. The sync and async clients
+only send them, so both speak exactly the same API."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from functools import partial
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from plasmaart import __version__
+from plasmaart.client import models as m
+from plasmaart.client.errors import (
+    PlasmaArtError,
+    TransportError,
+    UnexpectedResponse,
+    error_from_response,
+)
+
+T = TypeVar("T")
+
+# The API's page size limits (API.md: default 50, max 200).
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+
+CSRF_COOKIE = "pa_csrf"
+SESSION_COOKIE = "pa_session"
+
+Instant = datetime | date | str
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    method: str
+    path: str
+    read: Callable[[Any], T]  # from the decoded JSON body (None when empty)
+    params: Mapping[str, str] = field(default_factory=dict)
+    body: Any = None
+    idempotency_key: str | None = None
+    # Health checks answer now or never: a retry would only hide the answer.
+    retry: bool = True
+
+    def with_key(self) -> Call[T]:
+        """Every POST carries an Idempotency-Key, so a retry cannot act twice."""
+        if self.method != "POST" or self.idempotency_key is not None:
+            return self
+        return dataclasses.replace(self, idempotency_key=str(uuid.uuid4()))
+
+
+def client_headers(api_key: str | None) -> dict[str, str]:
+    """Sent with every request."""
+    headers = {"User-Agent": f"plasmaart-client/{__version__}", "Accept": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def csrf_token(cookies: httpx.Cookies) -> str | None:
+    """The session's CSRF token, which cookie-authenticated writes echo."""
+    found = [cookie.value for cookie in cookies.jar if cookie.name == CSRF_COOKIE]
+    return found[-1] if found else None
+
+
+def request_headers(call: Call[Any], *, csrf_token: str | None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if call.idempotency_key is not None:
+        headers["Idempotency-Key"] = call.idempotency_key
+    # Only cookie sessions check it; sending it with a bearer key is harmless.
+    if csrf_token is not None and call.method not in ("GET", "HEAD", "OPTIONS"):
+        headers["X-CSRF-Token"] = csrf_token
+    return headers
+
+
+def build_request(
+    http: httpx.Client | httpx.AsyncClient,
+    call: Call[Any],
+    *,
+    headers: Mapping[str, str] | None = None,
+    read_timeout: float | None = None,
+) -> httpx.Request:
+    """The request for ``call`` (which has its Idempotency-Key already): built
+    once and sent as is on every attempt."""
+    sent = request_headers(call, csrf_token=csrf_token(http.cookies))
+    sent.update(headers or {})
+    timeout: httpx.Timeout | None = None
+    if read_timeout is not None:
+        default = http.timeout
+        timeout = httpx.Timeout(
+            connect=default.connect, read=read_timeout, write=default.write, pool=default.pool
+        )
+    return http.build_request(
+        call.method,
+        call.path,
+        params=dict(call.params) or None,
+        json=call.body,
+        headers=sent,
+        timeout=timeout if timeout is not None else http.timeout,
+    )
+
+
+def failure(call: Call[Any], outcome: httpx.Response | httpx.TransportError) -> PlasmaArtError:
+    """What to raise when the last attempt of ``call`` ended in ``outcome``."""
+    if isinstance(outcome, httpx.TransportError):
+        error = TransportError(f"{call.method} {call.path}: {outcome!r}")
+        error.__cause__ = outcome
+        return error
+    return error_from_response(outcome)
+
+
+def read_answer(call: Call[T], response: httpx.Response) -> T:
+    """The typed answer of a successful (and read) response."""
+    if response.status_code == 204 or not response.content:
+        return call.read(None)
+    try:
+        body = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        raise UnexpectedResponse(
+            f"{call.method} {call.path} answered {response.status_code} without JSON"
+        ) from None
+    return call.read(body)
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _instant(value: Instant) -> str:
+    return value if isinstance(value, str) else value.isoformat()
+
+
+def _query(**values: Any) -> dict[str, str]:
+    """Query parameters, leaving out the unset ones."""
+    found: dict[str, str] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            found[name] = "true" if value else "false"
+        elif isinstance(value, datetime | date):
+            found[name] = _instant(value)
+        else:
+            found[name] = str(value)
+    return found
+
+
+def _nothing(_body: Any) -> None:
+    return None
+
+
+def _one(cls: type[T]) -> Callable[[Any], T]:
+    return partial(m.decode, cls)
+
+
+def _page(cls: type[T]) -> Callable[[Any], m.Page[T]]:
+    return partial(m.decode_page, cls)
+
+
+def _user(body: Any) -> m.User:
+    return m.decode(m.User, body.get("user") if isinstance(body, dict) else None, "user")
+
+
+# -- paging --------------------------------------------------------------------
+
+
+PageCall = Callable[[str | None, int], Call[m.Page[T]]]
+
+
+class Pager(Generic[T]):
+    """Walks a list's pages by ``next_cursor``, one request at a time, up to
+    ``limit`` items in all (None: every item)."""
+
+    def __init__(self, make: PageCall[T], limit: int | None, page_size: int) -> None:
+        if limit is not None and limit < 0:
+            raise ValueError("limit must be at least 0")
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1 to {MAX_PAGE_SIZE}")
+        self._make = make
+        self._left = limit
+        self._page_size = page_size
+        self._cursor: str | None = None
+        self._done = limit == 0
+
+    def next_call(self) -> Call[m.Page[T]] | None:
+        if self._done:
+            return None
+        size = self._page_size if self._left is None else min(self._page_size, self._left)
+        return self._make(self._cursor, size)
+
+    def take(self, page: m.Page[T]) -> tuple[T, ...]:
+        items = page.items
+        if self._left is not None:
+            items = items[: self._left]
+            self._left -= len(items)
+        self._cursor = page.next_cursor
+        self._done = page.next_cursor is None or self._left == 0 or not page.items
+        return items
+
+
+# -- operations ------------------------------------------------------------------
+
+
+def healthz() -> Call[m.Health]:
+    return Call("GET", "/healthz", _one(m.Health), retry=False)
+
+
+def readyz() -> Call[m.Readiness]:
+    return Call("GET", "/readyz", _one(m.Readiness), retry=False)
+
+
+# -- catalog -----------------------------------------------------------------------
+
+
+def models(cursor: str | None, size: int) -> Call[m.Page[m.Model]]:
+    return Call("GET", "/v1/models", _page(m.Model), _query(cursor=cursor, limit=size))
+
+
+def model(model_id: str) -> Call[m.Model]:
+    return Call("GET", f"/v1/models/{_segment(model_id)}", _one(m.Model))
+
+
+def plans(cursor: str | None, size: int) -> Call[m.Page[m.Plan]]:
+    return Call("GET", "/v1/plans", _page(m.Plan), _query(cursor=cursor, limit=size))
+
+
+def credit_packs(cursor: str | None, size: int) -> Call[m.Page[m.CreditPack]]:
+    return Call("GET", "/v1/credit-packs", _page(m.CreditPack), _query(cursor=cursor, limit=size))
+
+
+# -- accounts ----------------------------------------------------------------------
+
+
+def signup(email: str, password: str, key: str | None) -> Call[m.User]:
+    body = {"email": email, "password": password}
+    return Call("POST", "/v1/auth/signup", _user, body=body, idempotency_key=key)
+
+
+def login(email: str, password: str, key: str | None) -> Call[m.User]:
+    body = {"email": email, "password": password}
+    return Call("POST", "/v1/auth/login", _user, body=body, idempotency_key=key)
+
+
+def logout(key: str | None) -> Call[None]:
+    return Call("POST", "/v1/auth/logout", _nothing, idempotency_key=key)
+
+
+def me() -> Call[m.Me]:
+    return Call("GET", "/v1/me", _one(m.Me))
+
+
+def update_settings(remove_watermark: bool | None) -> Call[m.Me]:
+    body: dict[str, Any] = {}
+    if remove_watermark is not None:
+        body["remove_watermark"] = remove_watermark
+    return Call("PATCH", "/v1/me/settings", _one(m.Me), body=body)
+
+
+def create_api_key(name: str, key: str | None) -> Call[m.NewApiKey]:
+    return Call("POST", "/v1/api-keys", _one(m.NewApiKey), body={"name": name}, idempotency_key=key)
+
+
+def api_keys() -> Call[m.Page[m.ApiKey]]:
+    return Call("GET", "/v1/api-keys", _page(m.ApiKey))
+
+
+def revoke_api_key(key_id: str) -> Call[m.ApiKey]:
+    return Call("DELETE", f"/v1/api-keys/{_segment(key_id)}", _one(m.ApiKey))
+
+
+# -- credits -----------------------------------------------------------------------
+
+
+def balance() -> Call[m.Balance]:
+    return Call("GET", "/v1/balance", _one(m.Balance))
+
+
+def ledger(
+    kind: str | None, since: Instant | None, until: Instant | None
+) -> PageCall[m.LedgerEntry]:
+    def page(cursor: str | None, size: int) -> Call[m.Page[m.LedgerEntry]]:
+        query = _query(limit=size, cursor=cursor, kind=kind, since=since, until=until)
+        return Call("GET", "/v1/ledger", _page(m.LedgerEntry), query)
+
+    return page
+
+
+def _usage_rows(body: Any) -> list[m.UsageRow]:
+    return list(m.decode_page(m.UsageRow, body).items)
+
+
+def usage(since: Instant | None, until: Instant | None, group_by: str) -> Call[list[m.UsageRow]]:
+    query = _query(since=since, until=until, group_by=group_by)
+    return Call("GET", "/v1/usage", _usage_rows, query)
+
+
+def usage_csv(since: Instant | None, until: Instant | None) -> Call[None]:
+    """Read as a stream, not as JSON (the ``read`` is never used)."""
+    return Call("GET", "/v1/usage.csv", _nothing, _query(since=since, until=until))
+
+
+# -- teams -------------------------------------------------------------------------
+
+
+def create_team(name: str, key: str | None) -> Call[m.Team]:
+    return Call("POST", "/v1/teams", _one(m.Team), body={"name": name}, idempotency_key=key)
+
+
+def team(team_id: str) -> Call[m.Team]:
+    return Call("GET", f"/v1/teams/{_segment(team_id)}", _one(m.Team))
+
+
+def invite(team_id: str, email: str, key: str | None) -> Call[m.NewInvitation]:
+    return Call(
+        "POST",
+        f"/v1/teams/{_segment(team_id)}/invitations",
+        _one(m.NewInvitation),
+        body={"email": email},
+        idempotency_key=key,
+    )
+
+
+def invitations(team_id: str) -> Call[m.Page[m.Invitation]]:
+    return Call("GET", f"/v1/teams/{_segment(team_id)}/invitations", _page(m.Invitation))
+
+
+def revoke_invitation(team_id: str, invitation_id: str) -> Call[None]:
+    path = f"/v1/teams/{_segment(team_id)}/invitations/{_segment(invitation_id)}"
+    return Call("DELETE", path, _nothing)
+
+
+def accept_invitation(token: str, key: str | None) -> Call[m.Team]:
+    path = f"/v1/invitations/{_segment(token)}/accept"
+    return Call("POST", path, _one(m.Team), idempotency_key=key)
+
+
+def members(team_id: str) -> PageCall[m.TeamMember]:
+    def page(cursor: str | None, size: int) -> Call[m.Page[m.TeamMember]]:
+        path = f"/v1/teams/{_segment(team_id)}/members"
+        return Call("GET", path, _page(m.TeamMember), _query(limit=size, cursor=cursor))
+
+    return page
+
+
+def remove_member(team_id: str, user_id: str) -> Call[None]:
+    path = f"/v1/teams/{_segment(team_id)}/members/{_segment(user_id)}"
+    return Call("DELETE", path, _nothing)
+
+
+def set_member_cap(
+    team_id: str, user_id: str, monthly_credit_cap: int | None
+) -> Call[m.TeamMember]:
+    path = f"/v1/teams/{_segment(team_id)}/members/{_segment(user_id)}"
+    body = {"monthly_credit_cap": monthly_credit_cap}
+    return Call("PATCH", path, _one(m.TeamMember), body=body)
+
+
+# -- notifications -------------------------------------------------------------------
+
+
+def notifications(unread: bool) -> PageCall[m.Notification]:
+    def page(cursor: str | None, size: int) -> Call[m.Page[m.Notification]]:
+        query = _query(limit=size, cursor=cursor, unread=unread or None)
+        return Call("GET", "/v1/notifications", _page(m.Notification), query)
+
+    return page
+
+
+def mark_notification_read(notification_id: str, key: str | None) -> Call[m.Notification]:
+    path = f"/v1/notifications/{_segment(notification_id)}/read"
+    return Call("POST", path, _one(m.Notification), idempotency_key=key)
+
+
+# -- admin -----------------------------------------------------------------------------
+
+
+def admin_users(q: str | None, status: str | None) -> PageCall[m.AdminUser]:
+    def page(cursor: str | None, size: int) -> Call[m.Page[m.AdminUser]]:
+        query = _query(q=q, status=status, limit=size, cursor=cursor)
+        return Call("GET", "/v1/admin/users", _page(m.AdminUser), query)
+
+    return page
+
+
+def suspend_user(user_id: str, reason: str, key: str | None) -> Call[m.AdminUser]:
+    path = f"/v1/admin/users/{_segment(user_id)}/suspend"
+    return Call("POST", path, _one(m.AdminUser), body={"reason": reason}, idempotency_key=key)
+
+
+def reinstate_user(user_id: str, key: str | None) -> Call[m.AdminUser]:
+    path = f"/v1/admin/users/{_segment(user_id)}/reinstate"
+    return Call("POST", path, _one(m.AdminUser), idempotency_key=key)
+
+
+def adjust_credits(
+    user_id: str, amount: int, reason: str, expires_at: Instant | None, key: str | None
+) -> Call[m.CreditAdjustment]:
+    body: dict[str, Any] = {"amount": amount, "reason": reason}
+    if expires_at is not None:
+        body["expires_at"] = _instant(expires_at)
+    path = f"/v1/admin/users/{_segment(user_id)}/credits"
+    return Call("POST", path, _one(m.CreditAdjustment), body=body, idempotency_key=key)
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+def events() -> Call[None]:
+    """Read as a stream of Server-Sent Events (the ``read`` is never used)."""
+    return Call("GET", "/v1/events", _nothing)
