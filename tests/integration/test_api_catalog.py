@@ -189,7 +189,10 @@ def test_openapi_documents_problem_responses(client: TestClient) -> None:
             for status, response in operation["responses"].items():
                 if int(status) >= 400:
                     assert list(response["content"]) == ["application/problem+json"], (
-                        method, path, status)
+                        method,
+                        path,
+                        status,
+                    )
     me = document["paths"]["/v1/me"]["get"]["responses"]
     assert {"200", "401", "403", "404", "422", "500"} <= set(me)
     ready = document["paths"]["/readyz"]["get"]["responses"]
