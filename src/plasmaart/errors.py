@@ -30,6 +30,24 @@ class InvalidInput(DomainError):
         super().__init__(detail, errors=extra.pop("errors", errors), **extra)
 
 
+class Unauthenticated(DomainError):
+    code = "unauthenticated"
+    status = 401
+    title = "Authentication required"
+
+
+class Forbidden(DomainError):
+    code = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
+class AccountSuspended(DomainError):
+    code = "account_suspended"
+    status = 403
+    title = "Account suspended"
+
+
 class NotFound(DomainError):
     code = "not_found"
     status = 404

@@ -67,10 +67,15 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
+def is_valid_email(address: str) -> bool:
+    """The shape check for an already normalised address."""
+    return len(address) <= 320 and _EMAIL.match(address) is not None
+
+
 def validate_credentials(email: str, password: str) -> str:
     address = normalise_email(email)
     errors = []
-    if len(address) > 320 or not _EMAIL.match(address):
+    if not is_valid_email(address):
         errors.append({"field": "email", "message": "not a valid e-mail address"})
     if len(password) < MIN_PASSWORD_LENGTH:
         errors.append(

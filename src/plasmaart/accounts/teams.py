@@ -17,7 +17,6 @@ log with the acting user's id.
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,12 +28,12 @@ from sqlalchemy.sql.elements import ColumnElement
 from plasmaart.accounts import audit
 from plasmaart.accounts.credentials import digest
 from plasmaart.accounts.repository import AnyRow
-from plasmaart.accounts.service import User, normalise_email
+from plasmaart.accounts.service import User, is_valid_email, normalise_email
 from plasmaart.billing.service import BillingService
 from plasmaart.catalog import Catalog, PlanSpec
 from plasmaart.clock import Clock, as_utc
 from plasmaart.db.tables import invitations, team_members, teams, users
-from plasmaart.errors import Conflict, DomainError, InvalidInput, NotFound
+from plasmaart.errors import Conflict, Forbidden, InvalidInput, NotFound
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
 
@@ -45,8 +44,6 @@ TEAM_NAME_MAX = 100
 # Far below BIGINT's range, far above any month of spending.
 MAX_MONTHLY_CREDIT_CAP = 10**12
 
-# The same shape check as sign-up: deliverability is proven by accepting.
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 Role = Literal["owner", "member"]
 
@@ -64,12 +61,6 @@ class InvitationNotFound(NotFound):
 
 class MemberNotFound(NotFound):
     pass
-
-
-class TeamForbidden(DomainError):
-    code = "forbidden"
-    status = 403
-    title = "Forbidden"
 
 
 class AlreadyOwnsTeam(Conflict):
@@ -198,7 +189,8 @@ def team_name(raw: str) -> str:
 
 def invitation_email(raw: str) -> str:
     address = normalise_email(raw)
-    if len(address) > 320 or not _EMAIL.match(address):
+    # The same shape check as sign-up: deliverability is proven by accepting.
+    if not is_valid_email(address):
         raise InvalidInput("not a valid e-mail address", field="email")
     return address
 
@@ -332,7 +324,7 @@ class TeamService:
         if not plan_allows_teams(plan):
             cheapest = cheapest_team_plan(self.catalog)
             extra = {"required_plan": cheapest.id} if cheapest else {}
-            raise TeamForbidden(f"teams are not part of the {plan.name} plan", **extra)
+            raise Forbidden(f"teams are not part of the {plan.name} plan", **extra)
         # Two concurrent creations by one owner queue on the owner's row, so
         # the second sees the first's team (PostgreSQL; SQLite serialises writers).
         conn.execute(select(users.c.id).where(users.c.id == owner.id).with_for_update())
@@ -435,7 +427,7 @@ class TeamService:
         """The owner removes a member, or a member leaves. Nobody removes the owner."""
         team, actor_role = self._as_member(conn, team_id, actor_id, lock=True)
         if actor_role != "owner" and user_id != actor_id:
-            raise TeamForbidden("only the team's owner can remove other members")
+            raise Forbidden("only the team's owner can remove other members")
         target = self.membership(conn, team.id, user_id)
         if target is None:
             raise MemberNotFound(f"no member {user_id!r} in this team")
@@ -559,7 +551,7 @@ class TeamService:
     ) -> Team:
         team, role = self._as_member(conn, team_id, user_id, lock=lock)
         if role != "owner":
-            raise TeamForbidden("only the team's owner can do this")
+            raise Forbidden("only the team's owner can do this")
         return team
 
     def _require_seat(self, conn: Connection, team: Team) -> None:

@@ -8,6 +8,8 @@ and no journal entry can disagree with the accounts it moves between.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -43,7 +45,7 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 Timestamp = DateTime(timezone=True)
 
 LOT_SOURCES = ("promo", "subscription", "rollover", "adjustment", "purchase")
-ENTRY_KINDS = (
+EntryKind = Literal[
     "grant",
     "hold",
     "capture",
@@ -53,7 +55,8 @@ ENTRY_KINDS = (
     "refund",
     "clawback",
     "adjustment",
-)
+]
+ENTRY_KINDS: tuple[str, ...] = get_args(EntryKind)
 # The accounts of the double-entry journal. ``wallet`` and ``holds`` are the
 # wallet's own (its available and held credits); the others are the platform's.
 ACCOUNTS = ("wallet", "holds", "issuance", "consumed", "expired")

@@ -15,31 +15,24 @@ from fastapi import Depends, Request
 
 from plasmaart.accounts.service import User
 from plasmaart.bootstrap import Platform
-from plasmaart.errors import DomainError, NotFound
+from plasmaart.errors import AccountSuspended, Forbidden, NotFound, Unauthenticated
+
+__all__ = [
+    "AccountSuspended",
+    "AdminPrincipal",
+    "AnyPrincipal",
+    "CurrentPrincipal",
+    "Forbidden",
+    "OptionalPrincipal",
+    "Principal",
+    "Unauthenticated",
+]
 from plasmaart.web.deps import PlatformDep
 
 SESSION_COOKIE = "pa_session"
 CSRF_COOKIE = "pa_csrf"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-class Unauthenticated(DomainError):
-    code = "unauthenticated"
-    status = 401
-    title = "Authentication required"
-
-
-class Forbidden(DomainError):
-    code = "forbidden"
-    status = 403
-    title = "Forbidden"
-
-
-class AccountSuspended(DomainError):
-    code = "account_suspended"
-    status = 403
-    title = "Account suspended"
 
 
 @dataclass(frozen=True)

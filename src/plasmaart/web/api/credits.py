@@ -16,6 +16,7 @@ from sqlalchemy import Connection
 
 from plasmaart.bootstrap import Platform
 from plasmaart.clock import as_utc
+from plasmaart.db.tables import EntryKind
 from plasmaart.errors import InvalidInput
 from plasmaart.ledger import queries
 from plasmaart.web.auth import CurrentPrincipal, Principal
@@ -24,18 +25,6 @@ from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_
 
 router = APIRouter(prefix="/v1", tags=["credits"])
 
-# The journal's entry kinds (db.tables.ENTRY_KINDS), spelled out for OpenAPI.
-EntryKind = Literal[
-    "grant",
-    "hold",
-    "capture",
-    "release",
-    "expire",
-    "rollover",
-    "refund",
-    "clawback",
-    "adjustment",
-]
 DEFAULT_USAGE_RANGE = timedelta(days=30)
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(3000, 1, 1, tzinfo=UTC)
