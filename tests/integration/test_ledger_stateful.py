@@ -8,6 +8,7 @@ Runs on SQLite and PostgreSQL; each example uses a fresh wallet.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -86,7 +87,8 @@ def ledger_machine(db: Database) -> type[RuleBasedStateMachine]:
             self.keys = 0
             self.done: list[tuple[str, dict[str, Any], Any]] = []
             with db.write() as conn:
-                self.wallet = self.ledger.open_wallet(conn, "user", f"usr_{id(self)}")
+                # A fresh owner per example (id(self) can repeat once an old machine is freed).
+                self.wallet = self.ledger.open_wallet(conn, "user", f"usr_{uuid.uuid4().hex}")
 
         def key(self) -> str:
             self.keys += 1
