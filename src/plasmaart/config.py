@@ -13,7 +13,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -74,6 +81,17 @@ class Settings(BaseSettings):
     provider: Literal["sandbox", "fal"] = "sandbox"
     billing: Literal["sandbox", "stripe"] = "sandbox"
     storage_dir: Path | None = None
+    # Where media lives: the local folder (media_dir) or an S3-compatible bucket.
+    storage: Literal["local", "s3"] = "local"
+    # validate_default: the bucket check must run when the variable is unset.
+    s3_bucket: str | None = Field(default=None, validate_default=True)
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_prefix: str = ""
+    # Signs expiring download URLs. None: generated once and kept in
+    # <var_dir>/secret_key. plasmaart.media.signing.signing_secret checks the
+    # length, so that a refusal never echoes the secret as validation errors do.
+    secret_key: SecretStr | None = None
     embedded_worker: bool = True
     # None: migrate at start-up on SQLite (the embedded setup), not on PostgreSQL,
     # where operators run ``plasmaart migrate`` once per deploy.
@@ -96,6 +114,13 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str) -> str:
         if not value.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
             raise ValueError("must start with sqlite:// or postgresql://")
+        return value
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _s3_needs_a_bucket(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("storage") == "s3" and not value:
+            raise ValueError(f"required when {ENV_PREFIX}STORAGE=s3")
         return value
 
     @property
