@@ -1,0 +1,1 @@
+"""Where media is made: one ``Provider`` interface, a sandbox and fal.ai."""
