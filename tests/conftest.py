@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
@@ -28,6 +29,12 @@ from plasmaart.web.app import create_app
 from tests.support.pgserver import PgServer, start_server
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+# In CI the property tests draw the same examples every run, so a run is
+# repeatable (and coverage does not depend on luck); locally they explore.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 _counter = itertools.count()
 
 

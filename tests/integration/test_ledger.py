@@ -351,13 +351,15 @@ def test_replay_returns_the_first_result_and_writes_nothing(
     assert again == first
     assert replayed_grant.balance_after == 2000  # the first grant's answer
     assert count_rows(db) == before
-    # Every kind of mutation replays: adjustments and clawbacks too.
+    # Every kind of mutation replays: captures, adjustments and clawbacks too.
     with db.write() as conn:
+        captured = ledger.capture(conn, first.hold_id, 6, idempotency_key="gen_7:capture")
         lot = ledger.grant(conn, wallet, 10, source="purchase", idempotency_key="p").lot_id
         adjusted = ledger.adjust(conn, wallet, -5, reason="fix", idempotency_key="adj")
         clawed = ledger.clawback(conn, lot, idempotency_key="claw", reason="refund")
     before = count_rows(db)
     with db.write() as conn:
+        assert ledger.capture(conn, first.hold_id, 6, idempotency_key="gen_7:capture") == captured
         assert ledger.adjust(conn, wallet, -5, reason="fix", idempotency_key="adj") == adjusted
         assert ledger.clawback(conn, lot, idempotency_key="claw", reason="refund") == clawed
         # A second clawback under another key finds nothing left to take.
