@@ -14,6 +14,8 @@ from plasmaart.clock import Clock, SystemClock
 from plasmaart.config import Settings, load_settings
 from plasmaart.db.engine import Database, create_database
 from plasmaart.db.migrate import upgrade
+from plasmaart.generation.events import GenerationEvents
+from plasmaart.generation.service import GenerationService
 from plasmaart.ledger.service import LedgerService
 from plasmaart.notify.events import BalanceEvents, EventBus, create_event_bus
 from plasmaart.notify.notifications import NotificationService
@@ -34,6 +36,7 @@ class Platform:
     teams: TeamService
     events: EventBus
     notifications: NotificationService
+    generations: GenerationService
 
     def close(self) -> None:
         self.events.close()
@@ -64,6 +67,9 @@ def bootstrap(
     events = create_event_bus(db)
     ledger.balance_listeners.append(BalanceEvents(db, events))
     billing = BillingService(clock, catalog, ledger)
+    teams = TeamService(clock, catalog, ledger, billing)
+    generations = GenerationService(clock, catalog, ledger, billing, teams, settings.provider)
+    generations.listeners.append(GenerationEvents(events))
     return Platform(
         settings=settings,
         db=db,
@@ -73,7 +79,8 @@ def bootstrap(
         accounts=AccountService(clock, ledger),
         credentials=CredentialService(clock),
         billing=billing,
-        teams=TeamService(clock, catalog, ledger, billing),
+        teams=teams,
         events=events,
         notifications=NotificationService(clock, events),
+        generations=generations,
     )

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -382,3 +383,95 @@ notifications = Table(
     Column("read_at", Timestamp),
 )
 Index("ix_notifications_user", notifications.c.user_id, notifications.c.id)
+
+GENERATION_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    Column("storage_key", String(300), nullable=False),
+    Column("content_type", String(40), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+Index("ix_uploads_user", uploads.c.user_id, uploads.c.created_at)
+
+# A generation is a job of the queue: claimed with a lease and a fencing
+# token, ordered by its virtual start time (see generation/scheduling.py).
+generations = Table(
+    "generations",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    Column("wallet_id", String(40), ForeignKey("wallets.id"), nullable=False),
+    Column("team_id", String(40), ForeignKey("teams.id")),
+    Column("model", String(80), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("num_outputs", Integer, nullable=False),
+    Column("params", Text, nullable=False, server_default=text("'{}'")),
+    Column("sandbox", Text, nullable=False, server_default=text("'{}'")),
+    Column("upload_id", String(40), ForeignKey("uploads.id")),
+    Column("image_url", Text),
+    # The price quoted at submission: the job keeps it whatever changes later.
+    Column("credits_per_output", Integer, nullable=False),
+    Column("credits_held", BigInteger, nullable=False),
+    Column("credits_charged", BigInteger, nullable=False, server_default="0"),
+    Column("hold_id", String(40), ForeignKey("holds.id"), nullable=False),
+    Column("balance_after", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("queue_class", String(16), nullable=False),
+    Column("video", Boolean, nullable=False),
+    Column("license", String(16), nullable=False),
+    Column("watermark", Boolean, nullable=False),
+    Column("enqueued_at", Timestamp, nullable=False),
+    Column("virtual_start", Timestamp, nullable=False),
+    Column("provider", String(16), nullable=False),
+    Column("provider_request_id", String(200)),
+    Column("lease_owner", String(80)),
+    Column("lease_expires_at", Timestamp),
+    Column("fencing_token", BigInteger, nullable=False, server_default="0"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Timestamp),
+    Column("cancel_requested", Boolean, nullable=False, server_default=false()),
+    Column("error_code", String(40)),
+    Column("error_message", Text),
+    Column("idempotency_key", String(255)),
+    Column("created_at", Timestamp, nullable=False),
+    Column("started_at", Timestamp),
+    Column("finished_at", Timestamp),
+    CheckConstraint(_in("status", GENERATION_STATUSES), name="status"),
+    CheckConstraint("num_outputs >= 1", name="outputs_positive"),
+    CheckConstraint(
+        "credits_charged >= 0 AND credits_charged <= credits_held", name="charged_within_held"
+    ),
+    CheckConstraint(_in("license", ("personal", "commercial")), name="license"),
+    UniqueConstraint("user_id", "idempotency_key", name="uq_generations_user_key"),
+)
+Index("ix_generations_queue", generations.c.status, generations.c.virtual_start)
+Index("ix_generations_wallet_status", generations.c.wallet_id, generations.c.status)
+Index("ix_generations_user_created", generations.c.user_id, generations.c.created_at)
+Index("ix_generations_team_created", generations.c.team_id, generations.c.created_at)
+
+generation_outputs = Table(
+    "generation_outputs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("generation_id", String(40), ForeignKey("generations.id"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("storage_key", String(300), nullable=False),
+    Column("content_type", String(40), nullable=False),
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("duration_s", Float),
+    Column("size", BigInteger, nullable=False),
+    Column("watermarked", Boolean, nullable=False),
+    Column("license", String(16), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    UniqueConstraint("generation_id", "position", name="uq_generation_outputs_position"),
+)

@@ -1,0 +1,170 @@
+"""All SQL of generations: the jobs, their outputs, and the queue."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
+
+from plasmaart.db.tables import generation_outputs, generations, uploads
+
+AnyRow = Row[*tuple[Any, ...]]
+
+
+def by_idempotency_key(conn: Connection, user_id: str, key: str) -> str | None:
+    return conn.execute(
+        select(generations.c.id).where(
+            generations.c.user_id == user_id, generations.c.idempotency_key == key
+        )
+    ).scalar_one_or_none()
+
+
+def count_queued(conn: Connection, wallet_id: str) -> int:
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(generations)
+            .where(generations.c.wallet_id == wallet_id, generations.c.status == "queued")
+        ).scalar_one()
+    )
+
+
+def insert_generation(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(insert(generations).values(**values))
+
+
+def get_generation(conn: Connection, generation_id: str) -> AnyRow | None:
+    return conn.execute(select(generations).where(generations.c.id == generation_id)).one_or_none()
+
+
+def lock_generation(conn: Connection, generation_id: str) -> AnyRow | None:
+    return conn.execute(
+        select(generations).where(generations.c.id == generation_id).with_for_update()
+    ).one_or_none()
+
+
+def finish(
+    conn: Connection,
+    generation_id: str,
+    *,
+    status: str,
+    charged: int,
+    balance_after: int,
+    now: datetime,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> None:
+    """Move a job to a terminal state; only from queued or running (terminal
+    states never change)."""
+    conn.execute(
+        update(generations)
+        .where(generations.c.id == generation_id, generations.c.status.in_(("queued", "running")))
+        .values(
+            status=status,
+            credits_charged=charged,
+            balance_after=balance_after,
+            finished_at=now,
+            error_code=error_code,
+            error_message=error_message,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+
+
+def request_cancel(conn: Connection, generation_id: str) -> None:
+    conn.execute(
+        update(generations).where(generations.c.id == generation_id).values(cancel_requested=True)
+    )
+
+
+def list_ids(
+    conn: Connection,
+    user_id: str,
+    team_ids: list[str],
+    *,
+    limit: int,
+    before: str | None,
+    status: str | None,
+    model: str | None,
+    personal: bool,
+) -> list[str]:
+    """Newest first (ids are time-ordered): the user's own generations, and
+    those of the given teams."""
+    whose = []
+    if personal:
+        whose.append(and_(generations.c.user_id == user_id, generations.c.team_id.is_(None)))
+    if team_ids:
+        whose.append(generations.c.team_id.in_(team_ids))
+    if not whose:
+        return []
+    query = select(generations.c.id).where(or_(*whose))
+    if before is not None:
+        query = query.where(generations.c.id < before)
+    if status is not None:
+        query = query.where(generations.c.status == status)
+    if model is not None:
+        query = query.where(generations.c.model == model)
+    return list(conn.execute(query.order_by(generations.c.id.desc()).limit(limit)).scalars())
+
+
+def upload_of(conn: Connection, user_id: str, upload_id: str) -> bool:
+    return (
+        conn.execute(
+            select(uploads.c.id).where(uploads.c.id == upload_id, uploads.c.user_id == user_id)
+        ).scalar_one_or_none()
+        is not None
+    )
+
+
+def member_spend(conn: Connection, team_id: str, user_id: str, since: datetime) -> int:
+    """Credits a member spent (charged, or still held) in the team since ``since``."""
+    spent = conn.execute(
+        select(
+            func.coalesce(
+                func.sum(
+                    func.coalesce(
+                        func.nullif(generations.c.credits_charged, 0),
+                        generations.c.credits_held,
+                    )
+                ),
+                0,
+            )
+        ).where(
+            generations.c.team_id == team_id,
+            generations.c.user_id == user_id,
+            generations.c.created_at >= since,
+            generations.c.status.in_(("queued", "running", "succeeded")),
+        )
+    ).scalar_one()
+    return int(spent)
+
+
+def outputs_of(conn: Connection, generation_id: str) -> list[AnyRow]:
+    return list(
+        conn.execute(
+            select(generation_outputs)
+            .where(generation_outputs.c.generation_id == generation_id)
+            .order_by(generation_outputs.c.position)
+        ).all()
+    )
+
+
+def queue_position(conn: Connection, row: AnyRow) -> int:
+    """1 + the queued jobs ahead of this one in queue order."""
+    ahead = conn.execute(
+        select(func.count())
+        .select_from(generations)
+        .where(
+            generations.c.status == "queued",
+            or_(
+                generations.c.virtual_start < row.virtual_start,
+                and_(
+                    generations.c.virtual_start == row.virtual_start,
+                    generations.c.id < row.id,
+                ),
+            ),
+        )
+    ).scalar_one()
+    return int(ahead) + 1

@@ -1,0 +1,429 @@
+"""Submitting, quoting, cancelling and reading generations.
+
+A submission is validated against the model (kind, inputs, prompt, params,
+outputs), the paying wallet's plan (tier, early access) and fair use (queued
+jobs), quoted at the price in force, and then held and queued in ONE
+transaction: either the credits are held and the job exists, or neither.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from sqlalchemy import Connection
+
+from plasmaart.accounts.service import User
+from plasmaart.accounts.teams import TeamService, within_cap
+from plasmaart.billing.service import BillingService
+from plasmaart.catalog import (
+    Catalog,
+    ModelSpec,
+    PlanSpec,
+    param_errors,
+    plan_allows_model,
+    queue_boost_seconds,
+    quote_credits,
+    required_plan,
+)
+from plasmaart.clock import Clock, as_utc
+from plasmaart.db.engine import after_commit
+from plasmaart.errors import InvalidInput
+from plasmaart.generation import repository as repo
+from plasmaart.generation.errors import ConcurrencyLimit, GenerationNotFound, ModelNotInPlan
+from plasmaart.generation.scheduling import virtual_start
+from plasmaart.ids import new_id
+from plasmaart.ledger.service import LedgerService
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    model: str
+    prompt: str
+    num_outputs: int = 1
+    image_url: str | None = None
+    upload_id: str | None = None
+    team_id: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Output:
+    id: str
+    position: int
+    content_type: str
+    width: int | None
+    height: int | None
+    duration_s: float | None
+    watermarked: bool
+    license: str
+
+
+@dataclass(frozen=True)
+class Generation:
+    id: str
+    user_id: str
+    team_id: str | None
+    status: str
+    model: str
+    kind: str
+    prompt: str
+    num_outputs: int
+    credits_per_output: int
+    credits_held: int
+    credits_charged: int
+    balance_after: int
+    params: dict[str, Any]
+    outputs: tuple[Output, ...]
+    error_code: str | None
+    error_message: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queue_position: int | None
+    license: str
+    watermark: bool
+
+
+GenerationListener = Callable[[Generation], None]
+
+
+@dataclass(frozen=True)
+class Quote:
+    credits: int
+    available: int
+    available_after: int
+    allowed: bool
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class _Checked:
+    model: ModelSpec
+    plan: PlanSpec
+    wallet_id: str
+    credits: int
+    params: dict[str, Any]
+    sandbox: dict[str, Any]
+
+
+class GenerationService:
+    def __init__(
+        self,
+        clock: Clock,
+        catalog: Catalog,
+        ledger: LedgerService,
+        billing: BillingService,
+        teams: TeamService,
+        provider_name: str,
+    ) -> None:
+        self.clock = clock
+        self.catalog = catalog
+        self.ledger = ledger
+        self.billing = billing
+        self.teams = teams
+        self.provider_name = provider_name
+        # Called after commit with the generation whenever it changes.
+        self.listeners: list[GenerationListener] = []
+
+    # -- submission ------------------------------------------------------
+
+    def submit(
+        self,
+        conn: Connection,
+        user: User,
+        request: GenerationRequest,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Generation:
+        """Hold the credits and queue the job, in the caller's transaction."""
+        if idempotency_key:
+            existing = repo.by_idempotency_key(conn, user.id, idempotency_key)
+            if existing is not None:
+                return self._load(conn, existing)
+        checked = self._check(conn, user, request)
+        plan, model = checked.plan, checked.model
+        queued = repo.count_queued(conn, checked.wallet_id)
+        if queued >= plan.max_queued_jobs:
+            raise ConcurrencyLimit(
+                f"{queued} generations are already queued; the {plan.name} plan queues at most "
+                f"{plan.max_queued_jobs}",
+                limit=plan.max_queued_jobs,
+            )
+        generation_id = new_id("gen")
+        hold = self.ledger.hold(
+            conn,
+            checked.wallet_id,
+            checked.credits,
+            idempotency_key=f"generation:{generation_id}:hold",
+            generation_id=generation_id,
+            model=model.id,
+            memo=f"{model.name} x{request.num_outputs}",
+        )
+        now = self.clock.now()
+        repo.insert_generation(
+            conn,
+            {
+                "id": generation_id,
+                "user_id": user.id,
+                "wallet_id": checked.wallet_id,
+                "team_id": request.team_id,
+                "model": model.id,
+                "kind": model.kind,
+                "prompt": request.prompt,
+                "num_outputs": request.num_outputs,
+                "params": json.dumps(checked.params, sort_keys=True),
+                "sandbox": json.dumps(checked.sandbox, sort_keys=True),
+                "upload_id": request.upload_id,
+                "image_url": request.image_url,
+                "credits_per_output": model.credits,
+                "credits_held": checked.credits,
+                "credits_charged": 0,
+                "hold_id": hold.hold_id,
+                "balance_after": hold.balance_after,
+                "status": "queued",
+                "queue_class": plan.queue_class,
+                "video": model.kind != "text-to-image",
+                "license": "commercial" if plan.commercial_license else "personal",
+                "watermark": not (plan.watermark_removable and user.remove_watermark),
+                "enqueued_at": now,
+                "virtual_start": virtual_start(now, queue_boost_seconds(self.catalog, plan)),
+                "provider": self.provider_name,
+                "idempotency_key": idempotency_key,
+                "created_at": now,
+            },
+        )
+        generation = self._load(conn, generation_id)
+        self._announce(conn, generation)
+        return generation
+
+    def quote(self, conn: Connection, user: User, request: GenerationRequest) -> Quote:
+        """What the request would cost and whether it would be accepted; holds nothing."""
+        model = self._model(request)
+        credits = model.credits * max(request.num_outputs, 1)
+        try:
+            checked = self._check(conn, user, request)
+        except ModelNotInPlan as refused:
+            wallet = self._wallet(conn, user, request)
+            available = self.ledger.balance(conn, wallet).available
+            return Quote(credits, available, available - credits, False, refused.detail)
+        available = self.ledger.balance(conn, checked.wallet_id).available
+        allowed = available >= checked.credits
+        reason = (
+            None
+            if allowed
+            else (f"this needs {checked.credits} credits and {available} are available")
+        )
+        return Quote(checked.credits, available, available - checked.credits, allowed, reason)
+
+    # -- cancel and reads --------------------------------------------------
+
+    def cancel(self, conn: Connection, user: User, generation_id: str) -> Generation:
+        """Queued: canceled and released at once. Running: the worker asks the
+        provider to stop, and the job ends canceled, or succeeded (and charged)
+        if the provider had already delivered. Finished: unchanged."""
+        row = repo.lock_generation(conn, generation_id)
+        if row is None or not self._visible(conn, user, row):
+            raise GenerationNotFound(f"no generation {generation_id!r}")
+        if row.status == "queued":
+            settled = self.ledger.release(
+                conn, row.hold_id, idempotency_key=f"generation:{generation_id}:release"
+            )
+            repo.finish(
+                conn,
+                generation_id,
+                status="canceled",
+                charged=0,
+                balance_after=settled.balance_after,
+                now=self.clock.now(),
+                error_code="canceled",
+                error_message="canceled before it started",
+            )
+        elif row.status == "running":
+            repo.request_cancel(conn, generation_id)
+        generation = self._load(conn, generation_id)
+        if row.status in ("queued", "running"):
+            self._announce(conn, generation)
+        return generation
+
+    def get(self, conn: Connection, user: User, generation_id: str) -> Generation:
+        row = repo.get_generation(conn, generation_id)
+        if row is None or not self._visible(conn, user, row):
+            raise GenerationNotFound(f"no generation {generation_id!r}")
+        return self._load(conn, generation_id)
+
+    def list(
+        self,
+        conn: Connection,
+        user: User,
+        *,
+        limit: int,
+        before: str | None = None,
+        status: str | None = None,
+        model: str | None = None,
+        team_id: str | None = None,
+    ) -> list[Generation]:
+        """The user's own generations and their teams', newest first."""
+        team_ids = [membership.team.id for membership in self.teams.teams_of(conn, user.id)]
+        if team_id is not None:
+            if team_id not in team_ids:
+                raise GenerationNotFound(f"no team {team_id!r}")
+            team_ids = [team_id]
+        ids = repo.list_ids(
+            conn,
+            user.id,
+            team_ids,
+            limit=limit,
+            before=before,
+            status=status,
+            model=model,
+            personal=team_id is None,
+        )
+        return [self._load(conn, generation_id) for generation_id in ids]
+
+    # -- internals -----------------------------------------------------------
+
+    def _model(self, request: GenerationRequest) -> ModelSpec:
+        try:
+            return self.catalog.model(request.model)
+        except KeyError:
+            raise InvalidInput(f"no model {request.model!r}", field="model") from None
+
+    def _wallet(self, conn: Connection, user: User, request: GenerationRequest) -> str:
+        if request.team_id is None:
+            return self.ledger.wallet_of(conn, "user", user.id)
+        if self.teams.membership(conn, request.team_id, user.id) is None:
+            raise InvalidInput(f"you are not a member of team {request.team_id!r}", field="team_id")
+        return self.teams.team_wallet(conn, request.team_id)
+
+    def _check(self, conn: Connection, user: User, request: GenerationRequest) -> _Checked:
+        model = self._model(request)
+        errors: list[dict[str, str]] = []
+        prompt = request.prompt.strip()
+        if not prompt:
+            errors.append({"field": "prompt", "message": "a prompt is required"})
+        elif len(prompt) > model.max_prompt_chars:
+            errors.append(
+                {
+                    "field": "prompt",
+                    "message": f"at most {model.max_prompt_chars} characters for {model.id}",
+                }
+            )
+        if not 1 <= request.num_outputs <= model.max_outputs:
+            errors.append(
+                {
+                    "field": "num_outputs",
+                    "message": f"{model.id} makes 1 to {model.max_outputs} outputs per request",
+                }
+            )
+        has_image = request.upload_id is not None or request.image_url is not None
+        if request.upload_id is not None and request.image_url is not None:
+            errors.append(
+                {"field": "image_url", "message": "send image_url or upload_id, not both"}
+            )
+        if model.inputs.image == "required" and not has_image:
+            errors.append(
+                {
+                    "field": "upload_id",
+                    "message": f"{model.id} needs an input image (upload_id or image_url)",
+                }
+            )
+        if model.inputs.image == "none" and has_image:
+            errors.append({"field": "upload_id", "message": f"{model.id} takes no input image"})
+        if request.image_url is not None and not request.image_url.startswith("https://"):
+            errors.append({"field": "image_url", "message": "must be an https:// URL"})
+        if request.upload_id is not None and not repo.upload_of(conn, user.id, request.upload_id):
+            errors.append({"field": "upload_id", "message": "no such upload of yours"})
+        params = dict(request.params)
+        sandbox = params.pop("sandbox", {})
+        if not isinstance(sandbox, dict):
+            errors.append({"field": "params.sandbox", "message": "must be an object"})
+            sandbox = {}
+        errors += [{"field": f, "message": m} for f, m in param_errors(model, params)]
+        if errors:
+            raise InvalidInput(errors[0]["message"], errors=errors)
+        wallet = self._wallet(conn, user, request)
+        plan = self.billing.current_plan(conn, wallet)
+        if not plan_allows_model(plan, model):
+            cheapest = required_plan(self.catalog, model)
+            raise ModelNotInPlan(model.name, plan.name, cheapest.id if cheapest else None)
+        credits = quote_credits(model, request.num_outputs)
+        if request.team_id is not None:
+            member = self.teams.membership(conn, request.team_id, user.id)
+            spent = repo.member_spend(conn, request.team_id, user.id, _month_start(self.clock))
+            if member is not None and not within_cap(member.monthly_credit_cap, spent, credits):
+                raise InvalidInput(
+                    f"this would take your spending in this team to {spent + credits} credits "
+                    f"this month; your cap is {member.monthly_credit_cap}",
+                    field="team_id",
+                    cap=member.monthly_credit_cap,
+                    spent=spent,
+                )
+        return _Checked(model, plan, wallet, credits, params, dict(sandbox))
+
+    def _visible(self, conn: Connection, user: User, row: repo.AnyRow) -> bool:
+        if row.user_id == user.id:
+            return True
+        return row.team_id is not None and (
+            self.teams.membership(conn, row.team_id, user.id) is not None
+        )
+
+    def _load(self, conn: Connection, generation_id: str) -> Generation:
+        row = repo.get_generation(conn, generation_id)
+        if row is None:  # pragma: no cover - callers checked
+            raise GenerationNotFound(f"no generation {generation_id!r}")
+        outputs = tuple(
+            Output(
+                o.id,
+                int(o.position),
+                o.content_type,
+                o.width,
+                o.height,
+                o.duration_s,
+                bool(o.watermarked),
+                o.license,
+            )
+            for o in repo.outputs_of(conn, generation_id)
+        )
+        position = repo.queue_position(conn, row) if row.status == "queued" else None
+        return _generation(row, outputs, position)
+
+    def _announce(self, conn: Connection, generation: Generation) -> None:
+        for listener in self.listeners:
+            after_commit(conn, partial(listener, generation))
+
+
+def _month_start(clock: Clock) -> datetime:
+    now = clock.now()
+    return datetime(now.year, now.month, 1, tzinfo=UTC)
+
+
+def _generation(row: repo.AnyRow, outputs: tuple[Output, ...], position: int | None) -> Generation:
+    return Generation(
+        id=row.id,
+        user_id=row.user_id,
+        team_id=row.team_id,
+        status=row.status,
+        model=row.model,
+        kind=row.kind,
+        prompt=row.prompt,
+        num_outputs=int(row.num_outputs),
+        credits_per_output=int(row.credits_per_output),
+        credits_held=int(row.credits_held),
+        credits_charged=int(row.credits_charged),
+        balance_after=int(row.balance_after),
+        params=json.loads(row.params),
+        outputs=outputs,
+        error_code=row.error_code,
+        error_message=row.error_message,
+        created_at=as_utc(row.created_at),
+        started_at=None if row.started_at is None else as_utc(row.started_at),
+        finished_at=None if row.finished_at is None else as_utc(row.finished_at),
+        queue_position=position,
+        license=row.license,
+        watermark=bool(row.watermark),
+    )
