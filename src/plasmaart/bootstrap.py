@@ -15,8 +15,11 @@ from plasmaart.config import Settings, load_settings
 from plasmaart.db.engine import Database, create_database
 from plasmaart.db.migrate import upgrade
 from plasmaart.generation.events import GenerationEvents
+from plasmaart.generation.providers import create_provider
+from plasmaart.generation.providers.base import Provider
 from plasmaart.generation.service import GenerationService
 from plasmaart.ledger.service import LedgerService
+from plasmaart.media.storage import Storage, create_storage
 from plasmaart.notify.events import BalanceEvents, EventBus, create_event_bus
 from plasmaart.notify.notifications import NotificationService
 
@@ -37,6 +40,8 @@ class Platform:
     events: EventBus
     notifications: NotificationService
     generations: GenerationService
+    provider: Provider
+    storage: Storage
 
     def close(self) -> None:
         self.events.close()
@@ -83,4 +88,6 @@ def bootstrap(
         events=events,
         notifications=NotificationService(clock, events),
         generations=generations,
+        provider=create_provider(settings, clock),
+        storage=create_storage(settings),
     )

@@ -88,12 +88,17 @@ def serve(
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, max=256, help="Jobs at once (PLASMAART_WORKER_CONCURRENCY)"),
+    ] = None,
+) -> None:
     """Run a worker in the foreground until SIGTERM (any number may run)."""
     from plasmaart.worker import Worker
 
     with _platform() as platform:
-        Worker(platform).run_until_signalled()
+        Worker(platform, concurrency).run_until_signalled()
 
 
 @app.command()

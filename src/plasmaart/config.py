@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     # length, so that a refusal never echoes the secret as validation errors do.
     secret_key: SecretStr | None = None
     embedded_worker: bool = True
+    # Generation jobs one worker process runs at once.
+    worker_concurrency: int = Field(default=4, ge=1, le=256)
     # None: migrate at start-up on SQLite (the embedded setup), not on PostgreSQL,
     # where operators run ``plasmaart migrate`` once per deploy.
     auto_migrate: bool | None = None

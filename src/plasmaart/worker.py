@@ -1,29 +1,96 @@
 """The worker: a thin entry point that runs the platform's background work.
 
-Today that is the clock (expiring lots that fell due); generation jobs join it
-with the generation package. Several workers may run at once: every task is
-safe to run concurrently (row locks on PostgreSQL, the write lock on SQLite).
+It runs generation jobs (up to ``concurrency`` at once, claimed from the queue
+in the database) and the clock (expiring lots that fell due, purging stale
+sessions and records). Several workers may run at once: claims use ``FOR
+UPDATE SKIP LOCKED`` on PostgreSQL and the write lock on SQLite, and every job
+is leased with a fencing token.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import signal
+import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 from plasmaart.bootstrap import Platform
+from plasmaart.generation import queue
+from plasmaart.generation.queue import Claim
+from plasmaart.generation.runner import LEASE, JobRunner
 from plasmaart.ledger.tasks import expire_due_lots
 
 log = logging.getLogger(__name__)
+# How long an idle worker waits before looking at the queue again.
+CLAIM_IDLE_S = 0.2
 
 
 class Worker:
-    def __init__(self, platform: Platform) -> None:
+    def __init__(self, platform: Platform, concurrency: int | None = None) -> None:
         self.platform = platform
+        self.concurrency = concurrency or platform.settings.worker_concurrency
         self.stop_event = threading.Event()
         self.ticks = 0
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self.runner = JobRunner(
+            db=platform.db,
+            clock=platform.clock,
+            catalog=platform.catalog,
+            ledger=platform.ledger,
+            generations=platform.generations,
+            provider=platform.provider,
+            storage=platform.storage,
+            stopping=self.stop_event.is_set,
+        )
+
+    def claim(self) -> Claim | None:
+        """Claim the next job this worker may run, or None."""
+        platform = self.platform
+        with self._busy_lock:
+            busy = self._busy
+        if busy >= self.concurrency:
+            return None
+        with platform.db.write() as conn:
+            claimed = queue.claim(
+                conn,
+                worker_id=self.id,
+                now=platform.clock.now(),
+                lease=LEASE,
+                busy_slots=busy,
+                total_slots=self.concurrency,
+                catalog=platform.catalog,
+                billing=platform.billing,
+            )
+            if claimed is not None:
+                platform.generations.announce(conn, claimed.id)
+        return claimed
+
+    def drain(self) -> int:
+        """Run queued jobs in this thread, one after another, until none is
+        left that this worker may take; how many ran. (Tests and tools.)"""
+        ran = 0
+        while (claimed := self.claim()) is not None:
+            self.runner.run(claimed)
+            ran += 1
+        return ran
+
+    def _run_job(self, claimed: Claim) -> None:
+        try:
+            self.runner.run(claimed)
+        except Exception:
+            # The job stays leased; when the lease expires another claim
+            # resumes it from its provider request id.
+            log.exception("job %s failed in the worker", claimed.id)
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
 
     def run_once(self) -> None:
         platform = self.platform
@@ -38,16 +105,36 @@ class Worker:
 
     def run(self) -> None:
         interval = self.platform.settings.clock_interval_s
-        log.info("worker started (clock every %.1fs)", interval)
-        while not self.stop_event.is_set():
-            started = time.monotonic()
-            try:
-                self.run_once()
-            except Exception:
-                # One failed tick (database restarting, say) must not end the
-                # worker; the next tick retries.
-                log.exception("worker tick failed")
-            self.stop_event.wait(max(0.0, interval - (time.monotonic() - started)))
+        log.info(
+            "worker %s started (%d job slots, clock every %.1fs)",
+            self.id,
+            self.concurrency,
+            interval,
+        )
+        next_tick = 0.0
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="plasmaart-job") as pool:
+            while not self.stop_event.is_set():
+                if time.monotonic() >= next_tick:
+                    try:
+                        self.run_once()
+                    except Exception:
+                        # One failed tick (database restarting, say) must not
+                        # end the worker; the next tick retries.
+                        log.exception("worker tick failed")
+                    next_tick = time.monotonic() + interval
+                claimed = None
+                try:
+                    claimed = self.claim()
+                except Exception:
+                    log.exception("claiming a job failed")
+                if claimed is not None:
+                    with self._busy_lock:
+                        self._busy += 1
+                    pool.submit(self._run_job, claimed)
+                    continue
+                self.stop_event.wait(CLAIM_IDLE_S)
+            # Leaving the with-block waits for running jobs, which stop at
+            # their next poll and stay leased for whoever resumes them.
         log.info("worker stopped")
 
     def stop(self) -> None:

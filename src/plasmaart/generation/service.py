@@ -285,6 +285,10 @@ class GenerationService:
         )
         return [self._load(conn, generation_id) for generation_id in ids]
 
+    def announce(self, conn: Connection, generation_id: str) -> None:
+        """Tell the listeners about the generation's new state, after commit."""
+        self._announce(conn, self._load(conn, generation_id))
+
     # -- internals -----------------------------------------------------------
 
     def _model(self, request: GenerationRequest) -> ModelSpec:

@@ -1,1 +1,14 @@
 """Where media is made: one ``Provider`` interface, a sandbox and fal.ai."""
+
+from __future__ import annotations
+
+from plasmaart.clock import Clock
+from plasmaart.config import Settings
+from plasmaart.generation.providers.base import Provider
+
+
+def create_provider(settings: Settings, clock: Clock) -> Provider:
+    """The provider the settings choose (the sandbox by default)."""
+    from plasmaart.generation.providers.sandbox import SandboxProvider
+
+    return SandboxProvider(settings.var_dir / "sandbox", clock)
