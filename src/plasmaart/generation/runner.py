@@ -125,6 +125,14 @@ class JobRunner:
             except ProviderRejected as refused:
                 self._fail(claim, "provider_rejected", str(refused))
                 return
+            except ProviderUnavailable:
+                # Still down after the retries: keep the job (and its lease)
+                # until the deadline, then give up like any timeout.
+                if self.clock.now() >= deadline:
+                    self._fail(claim, "timeout", f"no result within {TIMEOUTS[model.kind]}")
+                    return
+                self.sleep(self.poll_interval_s)
+                continue
             if status.state == "succeeded":
                 self._deliver(claim, row, status)
                 return

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from plasmaart.clock import Clock
-from plasmaart.config import Settings
+from plasmaart.config import ConfigError, Settings
 from plasmaart.generation.providers.base import Provider
 
 
 def create_provider(settings: Settings, clock: Clock) -> Provider:
     """The provider the settings choose (the sandbox by default)."""
+    if settings.provider == "fal":
+        from plasmaart.generation.providers.fal import FalProvider
+
+        if not settings.fal_key:
+            raise ConfigError("FAL_KEY: required when PLASMAART_PROVIDER=fal")
+        return FalProvider(settings.fal_key)
     from plasmaart.generation.providers.sandbox import SandboxProvider
 
     return SandboxProvider(settings.var_dir / "sandbox", clock)
