@@ -143,6 +143,8 @@ def _set_status(email: str, status: Status, reason: str | None) -> None:
     with _platform() as platform, platform.db.write() as conn:
         user = platform.accounts.get_by_email(conn, email)
         platform.accounts.set_status(conn, user, status, actor=CLI_ACTOR, reason=reason)
+        if status == "suspended":
+            platform.generations.cancel_queued_of(conn, user.id, f"account suspended: {reason}")
     typer.echo(f"{user.email} is now {status}")
 
 

@@ -220,3 +220,26 @@ def test_provider_timeout_fails_and_releases(platform: Platform, clock: ManualCl
     with platform.db.read() as conn:
         assert platform.ledger.balance(conn, sam.wallet_id).available == 2000
         assert check_ledger(conn) == []
+
+
+def test_suspension_cancels_and_refunds_queued_jobs(platform: Platform) -> None:
+    spammer = make_user(platform, "spam@example.com", plan="starter")
+    jobs = [
+        submit(platform, "spam@example.com", GenerationRequest("flux-dev", f"spam {n}"))
+        for n in range(3)
+    ]
+    running = worker(platform).claim()
+    assert running is not None
+    with platform.db.write() as conn:
+        canceled = platform.generations.cancel_queued_of(conn, spammer.id, "prompt flood")
+    assert canceled == 2
+    states = {job.id: fetch(platform, "spam@example.com", job.id) for job in jobs}
+    assert sorted(g.status for g in states.values()) == ["canceled", "canceled", "running"]
+    assert all(
+        g.error_code == "account_suspended" for g in states.values() if g.status == "canceled"
+    )
+    with platform.db.read() as conn:
+        # Only the running job's 5 credits are still held.
+        balance = platform.ledger.balance(conn, spammer.wallet_id)
+        assert (balance.available, balance.held) == (1995, 5)
+        assert check_ledger(conn) == []

@@ -30,6 +30,16 @@ def count_queued(conn: Connection, wallet_id: str) -> int:
     )
 
 
+def queued_of_user(conn: Connection, user_id: str) -> list[str]:
+    return list(
+        conn.execute(
+            select(generations.c.id).where(
+                generations.c.user_id == user_id, generations.c.status == "queued"
+            )
+        ).scalars()
+    )
+
+
 def insert_generation(conn: Connection, values: dict[str, Any]) -> None:
     conn.execute(insert(generations).values(**values))
 

@@ -250,6 +250,31 @@ class GenerationService:
             self._announce(conn, generation)
         return generation
 
+    def cancel_queued_of(self, conn: Connection, user_id: str, reason: str) -> int:
+        """Cancel and refund every queued generation a user submitted (an
+        account suspension); running ones finish. How many were canceled."""
+        canceled = 0
+        for generation_id in repo.queued_of_user(conn, user_id):
+            row = repo.lock_generation(conn, generation_id)
+            if row is None or row.status != "queued":
+                continue
+            settled = self.ledger.release(
+                conn, row.hold_id, idempotency_key=f"generation:{generation_id}:release"
+            )
+            repo.finish(
+                conn,
+                generation_id,
+                status="canceled",
+                charged=0,
+                balance_after=settled.balance_after,
+                now=self.clock.now(),
+                error_code="account_suspended",
+                error_message=reason[:1000],
+            )
+            self.announce(conn, generation_id)
+            canceled += 1
+        return canceled
+
     def get(self, conn: Connection, user: User, generation_id: str) -> Generation:
         row = repo.get_generation(conn, generation_id)
         if row is None or not self._visible(conn, user, row):

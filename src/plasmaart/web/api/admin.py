@@ -149,6 +149,8 @@ def suspend_user(
             conn, user, "suspended", actor=admin.user.id, reason=body.reason
         )
         platform.credentials.close_all_sessions(conn, user.id)
+        # Queued generations are canceled and their credits released.
+        platform.generations.cancel_queued_of(conn, user.id, f"account suspended: {body.reason}")
     return _one_user(platform, user_id)
 
 
