@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from plasmaart.accounts.credentials import CredentialService
 from plasmaart.accounts.service import AccountService
 from plasmaart.accounts.teams import TeamService
+from plasmaart.billing import create_backends
+from plasmaart.billing.clock import SandboxTestClock
 from plasmaart.billing.service import BillingService
 from plasmaart.catalog import Catalog, load_catalog
 from plasmaart.clock import Clock, SystemClock
@@ -68,10 +70,24 @@ def bootstrap(
     if migrate:
         upgrade(db)
     clock = clock or SystemClock()
+    # Under sandbox billing the whole platform runs on the test clock, whose
+    # offset (moved by /v1/admin/clock/advance) every process reads from the
+    # database; tests can still move the clock passed in.
+    test_clock = SandboxTestClock(clock, db) if settings.billing == "sandbox" else None
+    clock = test_clock or clock
     ledger = LedgerService(clock)
     events = create_event_bus(db)
     ledger.balance_listeners.append(BalanceEvents(db, events))
-    billing = BillingService(clock, catalog, ledger)
+    billing = BillingService(
+        clock,
+        catalog,
+        ledger,
+        backends=create_backends(settings, clock),
+        default_backend=settings.billing,
+        grace_days=settings.payment_grace_days,
+        purchased_credits_expire_days=settings.purchased_credits_expire_days,
+        test_clock=test_clock,
+    )
     teams = TeamService(clock, catalog, ledger, billing)
     generations = GenerationService(clock, catalog, ledger, billing, teams, settings.provider)
     generations.listeners.append(GenerationEvents(events))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -15,6 +17,8 @@ from plasmaart.accounts import audit
 from plasmaart.accounts.service import Status
 from plasmaart.bootstrap import Platform, bootstrap
 from plasmaart.catalog import CatalogError, load_catalog, render_catalog
+from plasmaart.client import ApiError, Client, GenerationTimeout, InvalidInputError, PlasmaArtError
+from plasmaart.client.console import TextProgress, describe, parse_params
 from plasmaart.config import ConfigError, load_settings
 from plasmaart.errors import DomainError
 
@@ -225,6 +229,89 @@ def ledger_verify() -> None:
     if problems:
         raise typer.Exit(1)
     typer.echo("the books balance")
+
+
+@app.command()
+def generate(
+    model: Annotated[str, typer.Option(help="Model id, e.g. flux-schnell")],
+    prompt: Annotated[str, typer.Option(help="What to make")],
+    outputs: Annotated[int, typer.Option(min=1, help="How many outputs")] = 1,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help='Model parameter key=value, repeatable; JSON values (seed=7, x={"a":1})'),
+    ] = None,
+    team: Annotated[str | None, typer.Option(help="Team id: the team's wallet pays")] = None,
+    out: Annotated[
+        Path, typer.Option(file_okay=False, help="Folder for the files (made if missing)")
+    ] = Path(),
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Submit, print the id, exit")] = False,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait at most")] = 600.0,
+    url: Annotated[
+        str, typer.Option(envvar="PLASMAART_URL", help="The server")
+    ] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None, typer.Option(envvar="PLASMAART_API_KEY", help="Your API key")
+    ] = None,
+) -> None:
+    """Generate on a PlasmaArt server through its API, and download the outputs.
+
+    Progress goes to stderr; the summary and the files written to stdout. Exit
+    code 0: succeeded; 1: refused, failed, canceled or still running at
+    --timeout; 2: bad usage or configuration.
+    """
+    if not api_key:
+        _fail("no API key: pass --api-key or set PLASMAART_API_KEY", code=2)
+    if not url.startswith(("http://", "https://")):
+        _fail(f"--url must be an http:// or https:// address, not {url!r}", code=2)
+    try:
+        params = parse_params(param or [])
+    except ValueError as exc:
+        _fail(str(exc), code=2)
+    progress = TextProgress(sys.stderr)
+    try:
+        with Client(url, api_key) as client, progress:
+            generation = client.generate(
+                model,
+                prompt,
+                num_outputs=outputs,
+                team_id=team,
+                params=params or None,
+                wait=not no_wait,
+                timeout=timeout,
+                on_update=progress,
+            )
+            if no_wait:
+                typer.echo(generation.id)
+                return
+            if generation.status != "succeeded":
+                _fail(describe(generation))
+            saved = client.download_outputs(generation, out)
+    except GenerationTimeout as exc:
+        stuck = exc.generation
+        _fail(
+            f"{stuck.id} is still {stuck.status} after {timeout:g} s; it carries on on the server"
+        )
+    except ApiError as exc:
+        lines = [str(exc)]
+        if isinstance(exc, InvalidInputError):
+            lines += [f"  {problem.field}: {problem.message}" for problem in exc.errors]
+        if exc.request_id:
+            lines.append(f"  request id {exc.request_id}")
+        _fail("\n".join(lines))
+    except PlasmaArtError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        carries_on = f"; {progress.last.id} carries on on the server" if progress.last else ""
+        _fail(f"interrupted{carries_on}", code=130)
+    typer.echo(
+        f"{generation.id} succeeded: {generation.model}, "
+        f"{len(generation.outputs)} output{'s' if len(generation.outputs) != 1 else ''}"
+    )
+    typer.echo(
+        f"charged {generation.credits_charged} credits; balance {generation.balance_after} credits"
+    )
+    for path in saved:
+        typer.echo(f"saved {path}")
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
 """The worker: a thin entry point that runs the platform's background work.
 
 It runs generation jobs (up to ``concurrency`` at once, claimed from the queue
-in the database) and the clock (expiring lots that fell due, purging stale
-sessions and records). Several workers may run at once: claims use ``FOR
-UPDATE SKIP LOCKED`` on PostgreSQL and the write lock on SQLite, and every job
-is leased with a fencing token.
+in the database) and the clock (renewals, cancellations and grace periods that
+fell due, expiring lots, purging stale sessions and records). Several workers
+may run at once: claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and the
+write lock on SQLite, and every job is leased with a fencing token.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
+from plasmaart.billing.tasks import run_billing_clock
 from plasmaart.bootstrap import Platform
 from plasmaart.generation import queue
 from plasmaart.generation.queue import Claim
@@ -94,6 +95,11 @@ class Worker:
 
     def run_once(self) -> None:
         platform = self.platform
+        # Renewals first: they close each ended period through the ledger
+        # (rollover, then the new allocation); the sweep expires the rest.
+        billing = run_billing_clock(platform.db, platform.billing)
+        if billing.total:
+            log.info("billing clock: %s", dict(billing.steps))
         expired = expire_due_lots(platform.db, platform.ledger)
         if expired.lots:
             log.info("expired %d lots (%d credits)", expired.lots, expired.credits)

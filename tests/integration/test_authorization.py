@@ -5,13 +5,16 @@ owner's team, an admin), each getting exactly what ``ROWS`` says.
 The rules the table spells out:
 
 * anonymous gets 401 ``unauthenticated`` everywhere but the public routes
-  (operations, docs, catalog reads, sign-up, login);
+  (operations, docs, catalog reads, sign-up, login) and the file downloads,
+  which answer 404 without credentials or a valid signed link, and the file
+  to anybody holding one;
 * another user's resources answer 404 ``not_found``, never 403;
 * under a team, members may read; what only the owner may do is 403
   ``forbidden`` for a member and 404 for everyone outside the team;
 * admin routes are 404 for everybody but admins;
 * an admin acting on somebody's personal resources through the ordinary
-  routes (API keys, notifications, team membership) gets 404 like anyone.
+  routes (API keys, notifications, team membership, generations, uploads)
+  gets 404 like anyone; only generated outputs may an admin download.
 
 Every refusal is problem+json with the expected ``code``, names nothing of the
 owner's that the request did not already name, and changes no row of any
@@ -28,19 +31,30 @@ together.
 
 from __future__ import annotations
 
+import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from PIL import Image
 from sqlalchemy import select
 
 from plasmaart.bootstrap import Platform
 from plasmaart.catalog import PlanSpec, plan_allows_model
-from plasmaart.db.tables import api_keys, notifications, team_members
+from plasmaart.db.tables import (
+    api_keys,
+    generation_outputs,
+    generations,
+    notifications,
+    team_members,
+    uploads,
+)
+from plasmaart.generation.service import Generation, GenerationRequest
 from plasmaart.web.problems import PROBLEM_JSON
+from plasmaart.worker import Worker
 from tests.support.accounts import PASSWORD, TestUser, make_user
 from tests.support.matrix import (
     CALLERS,
@@ -61,6 +75,13 @@ SAFE_METHODS = frozenset({"GET", "HEAD"})
 PREMIUM_MODEL = "veo3"
 NEW_CAP = 100
 ADMIN_GRANT = 5
+# The world's finished generations: one Flux Schnell image each, at once
+# (16:9, the sandbox's smallest image, to keep building the world quick).
+WORLD_MODEL = "flux-schnell"
+AT_ONCE = {"sandbox": {"delay_s": 0}}
+WORLD_PARAMS = {"aspect_ratio": "16:9", **AT_ONCE}
+# A tiny real PNG (3x2, one frame) for the upload rows.
+UPLOAD_SIZE = (3, 2)
 
 
 @dataclass(frozen=True)
@@ -70,7 +91,12 @@ class World:
     unrelated ``other`` on Studio too, with a notification of their own;
     an ``admin``. Everybody holds some credits. Studio has 5 seats: the owner,
     the member and the two pending invitations leave one for the invitation
-    row to take."""
+    row to take.
+
+    The owner has also generated: a personal image and one for the team (both
+    succeeded, one output each, run by a worker), a personal job still queued
+    (to cancel), and an uploaded image. ``*_link`` are the signed download
+    URLs the API hands out, which work without authentication."""
 
     owner: TestUser
     other: TestUser
@@ -82,12 +108,27 @@ class World:
     invitation_id: str  # pending, for pending@example.com
     accept_token: str  # pending, for the invitee
     notification_id: str  # the owner's
+    generation_id: str  # the owner's, personal, succeeded
+    output_id: str  # its output
+    team_generation_id: str  # submitted by the owner under the team, succeeded
+    team_output_id: str  # its output
+    queued_generation_id: str  # the owner's, personal, still queued
+    upload_id: str  # the owner's
+    output_link: str  # signed URL of ``output_id``
+    upload_link: str  # signed URL of ``upload_id``
 
     def caller(self, caller: Caller, row: Row) -> TestUser | None:
         if caller == "anonymous":
             return None
         user: TestUser = getattr(self, row.owner_as if caller == "owner" else caller)
         return user
+
+    @property
+    def misdirected_link(self) -> str:
+        """The personal output's signature on the team output's path: a link
+        opens only the file it was signed for."""
+        query = self.output_link.partition("?")[2]
+        return f"/v1/outputs/{self.team_output_id}/content?{query}"
 
     def owner_markers(self) -> dict[str, str]:
         """What identifies the owner's personal data: nobody else may see it."""
@@ -97,10 +138,39 @@ class World:
             "owner wallet": self.owner.wallet_id,
             "owner spare key id": self.spare_key_id,
             "owner notification id": self.notification_id,
+            "owner generation id": self.generation_id,
+            "owner output id": self.output_id,
+            "owner queued generation id": self.queued_generation_id,
+            "owner upload id": self.upload_id,
         }
 
 
-def build_world(platform: Platform) -> World:
+def png(size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 40, 90)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def generate(platform: Platform, user: TestUser, team_id: str | None = None) -> Generation:
+    with platform.db.write() as conn:
+        return platform.generations.submit(
+            conn,
+            platform.accounts.get(conn, user.id),
+            GenerationRequest(WORLD_MODEL, "a lighthouse", team_id=team_id, params=WORLD_PARAMS),
+        )
+
+
+def output_of(platform: Platform, generation_id: str) -> str:
+    with platform.db.read() as conn:
+        found: str = conn.execute(
+            select(generation_outputs.c.id).where(
+                generation_outputs.c.generation_id == generation_id
+            )
+        ).scalar_one()
+    return found
+
+
+def build_world(platform: Platform, client: TestClient) -> World:
     owner = make_user(platform, "owner@example.com", plan="studio", credits=700)
     other = make_user(platform, "other@example.com", plan="studio", credits=11)
     member = make_user(platform, "member@example.com", credits=22)
@@ -117,6 +187,21 @@ def build_world(platform: Platform) -> World:
         notify.notify(conn, other.id, "catalog.change", "New model", "Try Wan Pro.")
     with platform.db.write() as conn:
         teams.accept_invitation(conn, joining.token, platform.accounts.get(conn, member.id))
+    personal = generate(platform, owner)
+    for_team = generate(platform, owner, team.id)
+    worker = Worker(platform, concurrency=2)
+    worker.runner.sleep = lambda _seconds: None
+    assert worker.drain() == 2
+    queued = generate(platform, owner)
+    output_id = output_of(platform, personal.id)
+    shown = client.get(f"/v1/generations/{personal.id}", headers=owner.auth)
+    uploaded = client.post(
+        "/v1/uploads",
+        headers=owner.auth,
+        files={"file": ("red.png", png(UPLOAD_SIZE), "image/png")},
+    )
+    assert (shown.status_code, uploaded.status_code) == (200, 201), (shown.text, uploaded.text)
+    assert shown.json()["status"] == "succeeded"
     return World(
         owner=owner,
         other=other,
@@ -128,16 +213,44 @@ def build_world(platform: Platform) -> World:
         invitation_id=pending.invitation.id,
         accept_token=accept.token,
         notification_id=mine.id,
+        generation_id=personal.id,
+        output_id=output_id,
+        team_generation_id=for_team.id,
+        team_output_id=output_of(platform, for_team.id),
+        queued_generation_id=queued.id,
+        upload_id=uploaded.json()["id"],
+        output_link=shown.json()["outputs"][0]["url"],
+        upload_link=uploaded.json()["url"],
     )
 
 
 @dataclass(frozen=True)
+class UploadRow(Row):
+    """A multipart request: ``files`` (field -> (name, bytes, type)) instead
+    of a JSON body."""
+
+    files: tuple[tuple[str, tuple[str, bytes, str]], ...] = field(default=())
+
+
+@dataclass(frozen=True)
 class Reply:
-    """What came back: for an event stream, only its first chunk."""
+    """What came back: for an event stream, only its first chunk. ``text`` is
+    the content as UTF-8, undecodable bytes (a PNG's) replaced."""
 
     status_code: int
     content_type: str
-    text: str
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    @property
+    def summary(self) -> str:
+        """The start of the answer, for a failure message (a file only by its size)."""
+        if self.content_type.startswith(("image/", "video/")):
+            return f"<{len(self.content)} bytes of {self.content_type}>"
+        return self.text[:300]
 
     def json(self) -> Any:
         return json.loads(self.text)
@@ -282,8 +395,12 @@ def own_ledger(answer: Answer) -> None:
     assert sum(entry["amount"] for entry in answer.body["data"]) == answer.available()
 
 
-def no_usage(answer: Answer) -> None:
-    assert answer.body == {"data": []}  # nobody generated anything
+def own_usage(answer: Answer) -> None:
+    # Only the owner's wallet paid for anything: the personal and the team
+    # image (a team spends its owner's wallet). Queued jobs are not usage.
+    paid = (2, 2, 2) if answer.me.id == answer.world.owner.id else None
+    rows = [(row["generations"], row["outputs"], row["credits"]) for row in answer.body["data"]]
+    assert rows == ([] if paid is None else [paid])
 
 
 def usage_csv(answer: Answer) -> None:
@@ -326,14 +443,151 @@ def owner_granted(answer: Answer) -> None:
     assert (answer.body["user_id"], answer.body["amount"]) == (answer.world.owner.id, ADMIN_GRANT)
 
 
+def visible_generations(answer: Answer) -> None:
+    # The caller's own and their teams' generations, and nobody else's.
+    world = answer.world
+    expected = {
+        world.owner.id: {world.generation_id, world.team_generation_id, world.queued_generation_id},
+        world.member.id: {world.team_generation_id},
+    }.get(answer.me.id, set())
+    assert {generation["id"] for generation in answer.body["data"]} == expected
+
+
+def the_generation(answer: Answer) -> None:
+    body = answer.body
+    assert (body["id"], body["status"], body["credits_charged"], body["team_id"]) == (
+        answer.world.generation_id,
+        "succeeded",
+        1,
+        None,
+    )
+    assert [output["id"] for output in body["outputs"]] == [answer.world.output_id]
+
+
+def the_team_generation(answer: Answer) -> None:
+    body = answer.body
+    assert (body["id"], body["status"], body["team_id"]) == (
+        answer.world.team_generation_id,
+        "succeeded",
+        answer.world.team_id,
+    )
+    assert [output["id"] for output in body["outputs"]] == [answer.world.team_output_id]
+
+
+def stored(answer: Answer, table: Any, row_id: str) -> bytes:
+    with answer.platform.db.read() as conn:
+        key = conn.execute(select(table.c.storage_key).where(table.c.id == row_id)).scalar_one()
+    return answer.platform.storage.get(key)
+
+
+def personal_output_file(answer: Answer) -> None:
+    assert answer.response.content_type == "image/png"
+    assert answer.response.content == stored(answer, generation_outputs, answer.world.output_id)
+
+
+def team_output_file(answer: Answer) -> None:
+    assert answer.response.content_type == "image/png"
+    wanted = stored(answer, generation_outputs, answer.world.team_output_id)
+    assert answer.response.content == wanted
+
+
+def upload_file(answer: Answer) -> None:
+    assert answer.response.content_type == "image/png"
+    assert answer.response.content == stored(answer, uploads, answer.world.upload_id)
+
+
+def quoted_without_hold(answer: Answer) -> None:
+    # One Flux Schnell image: 1 credit, and the balance is still what the quote saw.
+    available = answer.available()
+    assert answer.body == {
+        "credits": 1,
+        "available": available,
+        "available_after": available - 1,
+        "allowed": True,
+        "reason": None,
+    }
+
+
+def queued_for_caller(answer: Answer) -> None:
+    body = answer.body
+    assert (body["status"], body["credits_held"], body["balance_after"]) == (
+        "queued",
+        1,
+        answer.available(),
+    )
+    with answer.platform.db.read() as conn:
+        owner = conn.execute(
+            select(generations.c.user_id).where(generations.c.id == body["id"])
+        ).scalar_one()
+    assert owner == answer.me.id
+
+
+def uploaded_by_caller(answer: Answer) -> None:
+    body = answer.body
+    assert (body["content_type"], body["width"], body["height"]) == ("image/png", *UPLOAD_SIZE)
+    with answer.platform.db.read() as conn:
+        owner = conn.execute(
+            select(uploads.c.user_id).where(uploads.c.id == body["id"])
+        ).scalar_one()
+    assert owner == answer.me.id
+
+
+def queued_canceled(answer: Answer) -> None:
+    body = answer.body
+    assert (body["id"], body["status"], body["credits_charged"]) == (
+        answer.world.queued_generation_id,
+        "canceled",
+        0,
+    )
+
+
 def json_document(answer: Answer) -> None:
     assert answer.body["info"]["title"] == "PlasmaArt API"
+
+
+def own_subscription(answer: Answer) -> None:
+    with answer.platform.db.read() as conn:
+        mine = answer.platform.billing.subscription(conn, answer.me.wallet_id)
+    expected = ("free", "none") if mine is None else (mine.plan, mine.status)
+    assert (answer.body["plan"], answer.body["status"]) == expected
+
+
+def subscribed_to_starter(answer: Answer) -> None:
+    assert (answer.body["plan"], answer.body["status"]) == ("starter", "active")
+
+
+def pro_now_or_at_period_end(answer: Answer) -> None:
+    # Studio -> Pro is a downgrade (pending); Starter -> Pro an upgrade (at once).
+    assert "pro" in (answer.body["plan"], answer.body["pending_plan"])
+
+
+def canceling_at_period_end(answer: Answer) -> None:
+    assert answer.body["cancel_at_period_end"] is True
+
+
+def pack_bought(answer: Answer) -> None:
+    assert (answer.body["credits"], answer.body["balance"]) == (1000, answer.available())
+
+
+def own_payments(answer: Answer) -> None:
+    with answer.platform.db.read() as conn:
+        mine = answer.platform.billing.payments(conn, answer.me.id, limit=200)
+    assert {payment["id"] for payment in answer.body["data"]} == {payment.id for payment in mine}
+
+
+def owner_card_set(answer: Answer) -> None:
+    assert answer.body == {"user_id": answer.world.owner.id, "declines": False}
+
+
+def clock_moved_a_day(answer: Answer) -> None:
+    assert answer.body["offset_days"] == 1
 
 
 # -- the table ---------------------------------------------------------------
 
 U, F, N = UNAUTHENTICATED, FORBIDDEN, NOT_FOUND
 TEAM = "/v1/teams/{w.team_id}"
+ONE_IMAGE = {"model": WORLD_MODEL, "prompt": "a matrix", "params": AT_ONCE}
 
 # Columns: anonymous, owner, other user, team member, admin. Rows run in this
 # order within a column: what removes or revokes comes after what needs it.
@@ -392,6 +646,92 @@ ROWS: tuple[Row, ...] = (
         (U, 200, N, N, N),
         url="/v1/api-keys/{w.spare_key_id}",
         check=spare_key_revoked,
+    ),
+    # generations: the caller's own and their teams'; admins get nobody's
+    # here (they have the admin routes), and a member not the owner's own
+    Row(
+        "GET /v1/generations",
+        (U, 200, 200, 200, 200),
+        about_caller=True,
+        check=visible_generations,
+    ),
+    Row(
+        "GET /v1/generations/{generation_id}",
+        (U, 200, N, N, N),
+        url="/v1/generations/{w.generation_id}",
+        check=the_generation,
+    ),
+    Row(
+        "GET /v1/generations/{generation_id}",
+        (U, 200, N, 200, N),
+        url="/v1/generations/{w.team_generation_id}",
+        check=the_team_generation,
+    ),
+    # downloads: 404 without credentials or a valid signature; admins may
+    # fetch any output; a signed link opens its one file for anybody
+    Row(
+        "GET /v1/outputs/{output_id}/content",
+        (N, 200, N, N, 200),
+        url="/v1/outputs/{w.output_id}/content",
+        check=personal_output_file,
+    ),
+    Row(
+        "GET /v1/outputs/{output_id}/content",
+        (N, 200, N, 200, 200),
+        url="/v1/outputs/{w.team_output_id}/content",
+        check=team_output_file,
+    ),
+    Row(
+        "GET /v1/outputs/{output_id}/content",
+        (200, 200, 200, 200, 200),
+        url="{w.output_link}",
+        check=personal_output_file,
+    ),
+    Row(
+        "GET /v1/outputs/{output_id}/content",
+        (N, 200, N, 200, 200),
+        url="{w.misdirected_link}",
+        check=team_output_file,
+    ),
+    Row(
+        "GET /v1/uploads/{upload_id}/content",
+        (N, 200, N, N, N),
+        url="/v1/uploads/{w.upload_id}/content",
+        check=upload_file,
+    ),
+    Row(
+        "GET /v1/uploads/{upload_id}/content",
+        (200, 200, 200, 200, 200),
+        url="{w.upload_link}",
+        check=upload_file,
+    ),
+    # quoting holds nothing; submitting and uploading are the caller's own
+    Row(
+        "POST /v1/quotes",
+        (U, 200, 200, 200, 200),
+        body=ONE_IMAGE,
+        about_caller=True,
+        check=quoted_without_hold,
+    ),
+    Row(
+        "POST /v1/generations",
+        (U, 201, 201, 201, 201),
+        body=ONE_IMAGE,
+        about_caller=True,
+        check=queued_for_caller,
+    ),
+    UploadRow(
+        "POST /v1/uploads",
+        (U, 201, 201, 201, 201),
+        files=(("file", ("tiny.png", png(UPLOAD_SIZE), "image/png")),),
+        about_caller=True,
+        check=uploaded_by_caller,
+    ),
+    Row(
+        "POST /v1/generations/{generation_id}/cancel",
+        (U, 200, N, N, N),
+        url="/v1/generations/{w.queued_generation_id}/cancel",
+        check=queued_canceled,
     ),
     # teams: the owner already has one; Free plans have none (403 + required_plan)
     Row(
@@ -460,7 +800,7 @@ ROWS: tuple[Row, ...] = (
         (U, 200, 200, 200, 200),
         url="/v1/usage?group_by=day",
         about_caller=True,
-        check=no_usage,
+        check=own_usage,
     ),
     Row("GET /v1/usage.csv", (U, 200, 200, 200, 200), about_caller=True, check=usage_csv),
     # events and notifications: the caller's own
@@ -477,6 +817,48 @@ ROWS: tuple[Row, ...] = (
         url="/v1/notifications/{w.notification_id}/read",
         check=notification_read,
     ),
+    # billing: the caller's own subscription, purchases and payments. The
+    # owner and the other user are on Studio, the member and the admin on Free.
+    Row("GET /v1/subscription", (U, 200, 200, 200, 200), about_caller=True, check=own_subscription),
+    Row(
+        "POST /v1/subscription",
+        (U, Refusal(409, "already_subscribed"), Refusal(409, "already_subscribed"), 201, 201),
+        body={"plan": "starter"},
+        about_caller=True,
+        check=subscribed_to_starter,
+    ),
+    Row(
+        "PATCH /v1/subscription",
+        (U, 200, 200, 200, 200),
+        body={"plan": "pro"},
+        about_caller=True,
+        check=pro_now_or_at_period_end,
+    ),
+    # nobody is past due
+    Row(
+        "POST /v1/subscription/pay",
+        (
+            U,
+            Refusal(409, "nothing_to_pay"),
+            Refusal(409, "nothing_to_pay"),
+            Refusal(409, "nothing_to_pay"),
+            Refusal(409, "nothing_to_pay"),
+        ),
+    ),
+    Row(
+        "DELETE /v1/subscription",
+        (U, 200, 200, 200, 200),
+        about_caller=True,
+        check=canceling_at_period_end,
+    ),
+    Row(
+        "POST /v1/credit-purchases",
+        (U, 201, 201, 201, 201),
+        body={"pack": "pack-1000"},
+        about_caller=True,
+        check=pack_bought,
+    ),
+    Row("GET /v1/payments", (U, 200, 200, 200, 200), about_caller=True, check=own_payments),
     # admin: 404 for everybody else
     Row("GET /v1/admin/users", (U, N, N, N, 200), url="/v1/admin/users?q=owner", check=finds_owner),
     Row(
@@ -499,6 +881,20 @@ ROWS: tuple[Row, ...] = (
         body={"amount": ADMIN_GRANT, "reason": "authorization matrix"},
         check=owner_granted,
     ),
+    # the sandbox's controls; the clock moves last, as it moves time for every row
+    Row(
+        "POST /v1/admin/users/{user_id}/billing/sandbox-card",
+        (U, N, N, N, 200),
+        url="/v1/admin/users/{w.owner.id}/billing/sandbox-card",
+        body={"declines": False},
+        check=owner_card_set,
+    ),
+    Row(
+        "POST /v1/admin/clock/advance",
+        (U, N, N, N, 200),
+        body={"days": 1},
+        check=clock_moved_a_day,
+    ),
 )
 
 
@@ -508,14 +904,17 @@ ROWS: tuple[Row, ...] = (
 def call(client: TestClient, row: Row, url: str, headers: dict[str, str]) -> Reply:
     """The request, answered in full; an event stream only up to its first
     chunk (it never ends), then closed."""
+    files = dict(row.files) if isinstance(row, UploadRow) else None
     try:
-        with client.stream(row.method, url, headers=headers, json=row.body) as response:
+        with client.stream(
+            row.method, url, headers=headers, json=row.body, files=files
+        ) as response:
             if row.stream and response.status_code == 200:
                 content = next(response.iter_bytes())
             else:
                 content = response.read()
             content_type = response.headers.get("content-type", "")
-            return Reply(response.status_code, content_type, content.decode())
+            return Reply(response.status_code, content_type, content)
     finally:
         # Sign-up and login set session cookies: never let them authenticate
         # the next request (above all the anonymous caller's).
@@ -534,7 +933,7 @@ def judge(
     after = snapshot(platform)
     expected = row.expected(caller)
     text = response.text
-    said = f"{request} as {caller} -> {response.status_code} {text[:300]}"
+    said = f"{request} as {caller} -> {response.status_code} {response.summary}"
     wanted = expected.status if isinstance(expected, Refusal) else expected
     if response.status_code != wanted:
         return [f"{said}\n    expected {expected}"]
@@ -566,13 +965,13 @@ def judge(
 
 @pytest.mark.parametrize("caller", CALLERS)
 def test_matrix(caller: Caller, platform: Platform, client: TestClient) -> None:
-    world = build_world(platform)
+    world = build_world(platform, client)
     problems = [problem for row in ROWS for problem in judge(platform, world, caller, row, client)]
     assert not problems, f"{len(problems)} wrong answer(s) for {caller}:\n" + "\n".join(problems)
 
 
 def test_every_route_has_a_row(platform: Platform, client: TestClient) -> None:
-    world = build_world(platform)
+    world = build_world(platform, client)
     assert isinstance(client.app, FastAPI)
     problems = coverage_problems(client.app, ROWS, world)
     assert not problems, "the authorization matrix is incomplete:\n" + "\n".join(problems)
@@ -581,7 +980,7 @@ def test_every_route_has_a_row(platform: Platform, client: TestClient) -> None:
 def test_coverage_notices_a_new_route(platform: Platform, client: TestClient) -> None:
     """The completeness check itself: a route without a row, a row without a
     route, and a row whose request lands elsewhere are all reported."""
-    world = build_world(platform)
+    world = build_world(platform, client)
     app = client.app
     assert isinstance(app, FastAPI)
     app.add_api_route("/v1/matrix-probe", lambda: {}, methods=["GET"])

@@ -200,3 +200,17 @@ def test_others_cannot_see_a_generation(platform: Platform) -> None:
         assert platform.generations.list(conn, eve, limit=10) == []
         sam = platform.accounts.get_by_email(conn, "sam@example.com")
         assert [g.id for g in platform.generations.list(conn, sam, limit=10)] == [generation.id]
+
+
+def test_a_full_queue_is_refused_by_the_quote_too(platform: Platform) -> None:
+    make_user(platform, "bot@example.com", credits=100)  # Free: at most 10 queued
+    for n in range(10):
+        submit(platform, "bot@example.com", GenerationRequest("flux-schnell", f"spam {n}"))
+    with platform.db.read() as conn:
+        user = platform.accounts.get_by_email(conn, "bot@example.com")
+        quote = platform.generations.quote(conn, user, GenerationRequest("flux-schnell", "x"))
+    assert (quote.allowed, quote.credits) == (False, 1)
+    assert "queues at most 10" in (quote.reason or "")
+    with pytest.raises(ConcurrencyLimit) as refused:
+        submit(platform, "bot@example.com", GenerationRequest("flux-schnell", "one more"))
+    assert refused.value.extra["retry_after"] == 10

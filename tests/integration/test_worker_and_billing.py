@@ -52,6 +52,8 @@ def test_worker_clock_expires_lots_that_fell_due(platform: Platform, clock: Manu
             conn, user_id=user, wallet_id=wallet, plan_id="starter", backend="sandbox"
         )
         platform.ledger.grant(conn, wallet, 1000, source="purchase", idempotency_key="pack")
+        # Canceled at the period end, so nothing renews: the month just expires.
+        platform.billing.cancel(conn, platform.billing.customer(conn, user))
     worker = Worker(platform)
     worker.run_once()
     with platform.db.read() as conn:

@@ -1,36 +1,96 @@
-"""Subscribing to a plan. The period's allocation is granted through the
-ledger, in the caller's transaction, as a lot that expires at the period end."""
+"""Subscriptions, credit packs and payments: the plan lifecycle over time.
+
+Every credit movement goes through the ledger, in the caller's transaction,
+with an idempotency key derived from the subscription and its period (or the
+purchase), so that the clock running twice, or in two workers, grants once:
+
+* subscribe: ``active`` at once, the period's monthly credits granted as a lot
+  that expires at the period end;
+* upgrade (a pricier plan): at once; the difference in monthly credits is
+  granted until the period end, the price difference charged prorated by the
+  time left;
+* downgrade (a cheaper plan): ``pending_plan``, applied at the period end;
+* cancel: ``cancel_at_period_end``; at the period end, Free;
+* renewal at each period end (``ledger.renew``): the ended period's monthly
+  credits expire but for the plan's rollover cap, the new allocation is
+  granted; purchased credits are untouched;
+* a failed renewal payment: ``past_due``, no new allocation; paying restores
+  the subscription with its allocation; after the grace period, Free;
+* credit packs, on any plan: granted once paid, as their own lot whose
+  ``reference`` is the payment id.
+
+Which backend moves the money is ``backends.py``'s business; the methods under
+"what a backend reports" are what its webhooks (or the sandbox, at once) call.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection
 
-from plasmaart.billing.periods import add_months
-from plasmaart.catalog import Catalog, PlanSpec
-from plasmaart.clock import Clock, as_utc
-from plasmaart.db.tables import subscriptions
-from plasmaart.errors import Conflict, InvalidInput
+from plasmaart.billing import repository as repo
+from plasmaart.billing.backends import BillingBackend, Customer, Declined, Paid, Redirect
+from plasmaart.billing.clock import SandboxTestClock
+from plasmaart.billing.errors import (
+    AlreadySubscribed,
+    NoSubscription,
+    NothingToPay,
+    PaymentFailed,
+    RenewalPending,
+    SubscriptionPastDue,
+)
+from plasmaart.billing.periods import period_end_after
+from plasmaart.billing.repository import Payment, PaymentKind, Subscription
+from plasmaart.billing.rules import (
+    grace_ends_at,
+    is_upgrade,
+    pack_expires_at,
+    prorated_cents,
+    upgrade_credits,
+)
+from plasmaart.billing.sandbox import SandboxBackend
+from plasmaart.catalog import Catalog, CreditPack, PlanSpec
+from plasmaart.clock import Clock
+from plasmaart.errors import InvalidInput
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
 
+__all__ = [
+    "AlreadySubscribed",
+    "BillingService",
+    "Checkout",
+    "ClockStep",
+    "PackPurchase",
+    "Payment",
+    "Subscription",
+    "effective_plan",
+]
 
-class AlreadySubscribed(Conflict):
-    code = "already_subscribed"
-    title = "Already subscribed"
+# The shortest monthly period (February).
+MIN_PERIOD_DAYS = 28
+# What the clock did to one subscription in one step.
+ClockStep = Literal["renewed", "downgraded", "payment_failed", "canceled", "grace_ended"]
 
 
 @dataclass(frozen=True)
-class Subscription:
-    id: str
-    plan: str
-    status: str
-    current_period_start: datetime
-    current_period_end: datetime
-    cancel_at_period_end: bool
-    pending_plan: str | None
+class Checkout:
+    """The customer pays on the backend's page; the webhook finishes the job."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class PackPurchase:
+    payment_id: str
+    pack: str
+    credits: int
+    balance: int
+    lot_id: str | None
+    expires_at: datetime | None
 
 
 def effective_plan(catalog: Catalog, plan_id: str, status: str) -> PlanSpec:
@@ -46,81 +106,728 @@ def effective_plan(catalog: Catalog, plan_id: str, status: str) -> PlanSpec:
         return catalog.default_plan
 
 
+def _key_time(moment: datetime) -> str:
+    return moment.isoformat()
+
+
 class BillingService:
-    def __init__(self, clock: Clock, catalog: Catalog, ledger: LedgerService) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        catalog: Catalog,
+        ledger: LedgerService,
+        *,
+        backends: Mapping[str, BillingBackend] | None = None,
+        default_backend: str = "sandbox",
+        grace_days: int = 7,
+        purchased_credits_expire_days: int | None = None,
+        test_clock: SandboxTestClock | None = None,
+    ) -> None:
         self.clock = clock
         self.catalog = catalog
         self.ledger = ledger
+        # The sandbox is always there: ``plasmaart users create --plan``
+        # subscribes through it whatever backend sells to customers.
+        self.backends: dict[str, BillingBackend] = {"sandbox": SandboxBackend(clock)}
+        self.backends.update(backends or {})
+        # The backend new checkouts go through; a subscription keeps its own.
+        self.backend = self.backends[default_backend]
+        self.grace_days = grace_days
+        self.purchased_credits_expire_days = purchased_credits_expire_days
+        # Set when billing is the sandbox: what /v1/admin/clock/advance moves.
+        self.test_clock = test_clock
+
+    # -- reads -------------------------------------------------------------
 
     def subscription(self, conn: Connection, wallet_id: str) -> Subscription | None:
-        row = conn.execute(
-            select(subscriptions).where(subscriptions.c.wallet_id == wallet_id)
-        ).one_or_none()
-        if row is None:
-            return None
-        return Subscription(
-            id=row.id,
-            plan=row.plan_id,
-            status=row.status,
-            current_period_start=as_utc(row.current_period_start),
-            current_period_end=as_utc(row.current_period_end),
-            cancel_at_period_end=bool(row.cancel_at_period_end),
-            pending_plan=row.pending_plan,
-        )
+        return repo.subscription_of_wallet(conn, wallet_id)
 
     def current_plan(self, conn: Connection, wallet_id: str) -> PlanSpec:
         """The plan whose benefits the wallet has now: its subscription's while
-        active or past due (within the grace period), else Free."""
+        active or past due (within the grace period), else Free. A period end
+        the clock has not reached yet already counts: a canceled subscription
+        gives Free from its period end, a past-due one from its grace end."""
         subscription = self.subscription(conn, wallet_id)
         if subscription is None:
             return self.catalog.default_plan
-        return effective_plan(self.catalog, subscription.plan, subscription.status)
+        status = subscription.status
+        now = self.clock.now()
+        if status == "active" and subscription.cancel_at_period_end:
+            if now >= subscription.current_period_end:
+                status = "canceled"
+        elif status == "past_due" and now >= self.grace_ends_at(subscription):
+            status = "canceled"
+        return effective_plan(self.catalog, subscription.plan, status)
 
-    def subscribe_paid(
-        self, conn: Connection, *, user_id: str, wallet_id: str, plan_id: str, backend: str
-    ) -> Subscription:
-        """Start a subscription whose first payment has succeeded: active at
-        once, this period's monthly credits granted at once."""
-        try:
-            plan = self.catalog.plan(plan_id)
-        except KeyError:
-            raise InvalidInput(f"unknown plan {plan_id!r}", field="plan") from None
-        if plan.price_cents == 0:
-            raise InvalidInput(f"{plan.name} needs no subscription", field="plan")
-        existing = self.subscription(conn, wallet_id)
+    def grace_ends_at(self, subscription: Subscription) -> datetime:
+        """When a past-due ``subscription`` falls to Free if nobody pays."""
+        end = subscription.current_period_end
+        return grace_ends_at(end, self.grace_days, self._next_period_end(subscription))
+
+    def customer(self, conn: Connection, user_id: str) -> Customer:
+        wallet_id = self.ledger.wallet_of(conn, "user", user_id)
+        return Customer(user_id, wallet_id, repo.user_email(conn, user_id))
+
+    def payments(
+        self, conn: Connection, user_id: str, *, limit: int, before: str | None = None
+    ) -> list[Payment]:
+        """The user's payments, newest first; ``before``: a payment id (the cursor)."""
+        return repo.payments_of_user(conn, user_id, before=before, limit=limit)
+
+    # -- what customers ask for ---------------------------------------------
+
+    def subscribe(
+        self, conn: Connection, customer: Customer, plan_id: str
+    ) -> Subscription | Checkout:
+        """Subscribe to ``plan_id`` through the configured backend: the
+        subscription at once when it charges at once, else its checkout page."""
+        plan = self._paid_plan(plan_id)
+        existing = self._current(conn, customer.wallet_id)
         if existing is not None and existing.status != "canceled":
             raise AlreadySubscribed(
                 f"already subscribed to {existing.plan}; change the plan instead"
             )
         now = self.clock.now()
-        period_end = add_months(now)
-        subscription_id = existing.id if existing else new_id("sub")
-        if existing is not None:
-            conn.execute(subscriptions.delete().where(subscriptions.c.id == existing.id))
-        conn.execute(
-            insert(subscriptions).values(
-                id=subscription_id,
-                wallet_id=wallet_id,
-                user_id=user_id,
-                plan_id=plan.id,
-                status="active",
-                current_period_start=now,
-                current_period_end=period_end,
-                cancel_at_period_end=False,
-                backend=backend,
-                created_at=now,
-                updated_at=now,
-            )
+        outcome = self.backend.checkout_subscription(
+            conn,
+            customer=customer,
+            plan=plan,
+            idempotency_key=f"subscribe:{customer.wallet_id}:{_key_time(now)}",
         )
+        if isinstance(outcome, Redirect):
+            return Checkout(outcome.url)
+        if isinstance(outcome, Declined):
+            raise PaymentFailed(outcome.reason)
+        return self.subscribe_paid(
+            conn,
+            user_id=customer.user_id,
+            wallet_id=customer.wallet_id,
+            plan_id=plan.id,
+            backend=self.backend.name,
+            payment_external_id=outcome.external_id,
+        )
+
+    def change_plan(self, conn: Connection, customer: Customer, plan_id: str) -> Subscription:
+        """An upgrade at once (prorated), a downgrade at the period end. The
+        plan one is on withdraws a scheduled downgrade or cancellation."""
+        plan = self._paid_plan(
+            plan_id, free_hint="to go back to Free, cancel the subscription (DELETE)"
+        )
+        subscription = self._current(conn, customer.wallet_id)
+        if subscription is None or subscription.status == "canceled":
+            raise NoSubscription("you have no subscription; subscribe first")
+        if subscription.status == "past_due":
+            raise SubscriptionPastDue("the last renewal is unpaid: pay it before changing plans")
+        backend = self._backend_of(subscription)
+        now = self.clock.now()
+        if now >= subscription.current_period_end:
+            raise RenewalPending("the period has ended and its renewal is not confirmed yet")
+        if plan.id == subscription.plan:
+            if subscription.pending_plan is None and not subscription.cancel_at_period_end:
+                raise InvalidInput(f"you are already on {plan.name}", field="plan")
+            return self._schedule(conn, backend, customer, subscription, plan, pending=None)
+        current = effective_plan(self.catalog, subscription.plan, subscription.status)
+        if not is_upgrade(current, plan):
+            return self._schedule(conn, backend, customer, subscription, plan, pending=plan.id)
+        amount = prorated_cents(
+            plan.price_cents - current.price_cents,
+            subscription.current_period_start,
+            subscription.current_period_end,
+            now,
+        )
+        key = self._upgrade_key(subscription, plan)
+        outcome = backend.change_plan(
+            conn,
+            customer=customer,
+            subscription=subscription,
+            plan=plan,
+            effective="now",
+            amount_cents=amount,
+            idempotency_key=key,
+        )
+        if isinstance(outcome, Declined):
+            raise PaymentFailed(outcome.reason)
+        return self.upgrade_paid(
+            conn,
+            subscription.id,
+            plan_id=plan.id,
+            amount_cents=amount,
+            external_id=outcome.external_id,
+        )
+
+    def cancel(self, conn: Connection, customer: Customer) -> Subscription:
+        """Cancel at the period end (a past-due subscription: at once, its
+        period being over already). Canceling twice changes nothing."""
+        subscription = self._current(conn, customer.wallet_id)
+        if subscription is None or subscription.status == "canceled":
+            raise NoSubscription("you have no subscription to cancel")
+        if subscription.cancel_at_period_end:
+            return subscription
+        backend = self._backend_of(subscription)
+        backend.cancel(conn, customer=customer, subscription=subscription)
+        if subscription.status == "past_due":
+            return self.end_subscription(conn, subscription.id)
+        return self._update(conn, subscription, cancel_at_period_end=True, pending_plan=None)
+
+    def pay(self, conn: Connection, customer: Customer) -> Subscription:
+        """Pay the unpaid renewal of a past-due subscription: active again,
+        with the period's allocation."""
+        subscription = self._current(conn, customer.wallet_id)
+        if subscription is None or subscription.status == "canceled":
+            raise NoSubscription("you have no subscription")
+        if subscription.status != "past_due":
+            raise NothingToPay("your subscription is paid up")
+        plan = self._plan_or_none(subscription.plan)
+        if plan is None:  # withdrawn from the catalog while unpaid: nothing to renew
+            return self.end_subscription(conn, subscription.id)
+        outcome = self._backend_of(subscription).charge_renewal(
+            conn,
+            customer=customer,
+            subscription=subscription,
+            plan=plan,
+            amount_cents=plan.price_cents,
+            idempotency_key=self._renewal_key(subscription),
+        )
+        if isinstance(outcome, Declined):
+            raise PaymentFailed(outcome.reason)
+        return self.renewal_paid(
+            conn,
+            subscription.id,
+            period_end=subscription.current_period_end,
+            external_id=outcome.external_id,
+        )
+
+    def buy_pack(
+        self, conn: Connection, customer: Customer, pack_id: str, *, idempotency_key: str | None
+    ) -> PackPurchase | Checkout:
+        """Buy a credit pack through the configured backend. With an
+        ``idempotency_key`` (the client's), a repeat returns the first purchase."""
+        pack = self._pack(pack_id)
+        key = (
+            f"pack:{customer.user_id}:{idempotency_key}"
+            if idempotency_key
+            else f"pack:{new_id('buy')}"
+        )
+        done = repo.payment_by_key(conn, key)
+        if done is not None:
+            return self._pack_purchase(conn, done)
+        outcome = self.backend.checkout_pack(
+            conn, customer=customer, pack=pack, idempotency_key=key
+        )
+        if isinstance(outcome, Redirect):
+            return Checkout(outcome.url)
+        if isinstance(outcome, Declined):
+            raise PaymentFailed(outcome.reason)
+        return self.pack_paid(
+            conn,
+            user_id=customer.user_id,
+            wallet_id=customer.wallet_id,
+            pack_id=pack.id,
+            backend=self.backend.name,
+            idempotency_key=key,
+            external_id=outcome.external_id,
+        )
+
+    # -- what a backend reports (the sandbox at once, Stripe by webhook) ------
+
+    def subscribe_paid(
+        self,
+        conn: Connection,
+        *,
+        user_id: str,
+        wallet_id: str,
+        plan_id: str,
+        backend: str,
+        external_id: str | None = None,
+        payment_external_id: str | None = None,
+    ) -> Subscription:
+        """Start a subscription whose first payment has succeeded: active at
+        once, this period's monthly credits granted at once, the payment
+        recorded. A canceled subscription of the wallet starts again (its id
+        and history kept)."""
+        plan = self._paid_plan(plan_id)
+        existing = repo.subscription_of_wallet(conn, wallet_id, lock=True)
+        if existing is not None and existing.status != "canceled":
+            raise AlreadySubscribed(
+                f"already subscribed to {existing.plan}; change the plan instead"
+            )
+        now = self.clock.now()
+        period_end = period_end_after(now, now)
+        values: dict[str, Any] = {
+            "user_id": user_id,
+            "plan_id": plan.id,
+            "status": "active",
+            "current_period_start": now,
+            "current_period_end": period_end,
+            "cancel_at_period_end": False,
+            "pending_plan": None,
+            "backend": backend,
+            "external_id": external_id,
+            "billing_anchor": now,
+            "updated_at": now,
+        }
+        if existing is None:
+            subscription_id = new_id("sub")
+            repo.insert_subscription(
+                conn, id=subscription_id, wallet_id=wallet_id, created_at=now, **values
+            )
+        else:
+            subscription_id = existing.id
+            repo.update_subscription(conn, subscription_id, **values)
+        payment_id = new_id("pay")
+        lot_id = None
         if plan.monthly_credits:
-            self.ledger.grant(
+            lot_id = self.ledger.grant(
                 conn,
                 wallet_id,
                 plan.monthly_credits,
                 source="subscription",
                 expires_at=period_end,
-                reference=f"{subscription_id}:{now.isoformat()}",
+                reference=payment_id,
                 memo=f"{plan.name} monthly credits",
-                idempotency_key=f"subscription:{subscription_id}:{now.isoformat()}",
+                idempotency_key=f"subscription:{subscription_id}:{_key_time(now)}",
+            ).lot_id
+        self._record_payment(
+            conn,
+            payment_id=payment_id,
+            key=f"subscription:{subscription_id}:{_key_time(now)}",
+            user_id=user_id,
+            wallet_id=wallet_id,
+            subscription_id=subscription_id,
+            kind="subscription",
+            plan=plan,
+            amount_cents=plan.price_cents,
+            credits=plan.monthly_credits,
+            lot_id=lot_id,
+            period=(now, period_end),
+            backend=backend,
+            external_id=payment_external_id,
+        )
+        return self._reload(conn, subscription_id)
+
+    def upgrade_paid(
+        self,
+        conn: Connection,
+        subscription_id: str,
+        *,
+        plan_id: str,
+        amount_cents: int,
+        external_id: str | None = None,
+    ) -> Subscription:
+        """Apply a paid upgrade: the plan at once, the difference in monthly
+        credits until the period end, the prorated payment recorded. A repeat
+        for the same period and plan changes nothing."""
+        subscription = self._locked(conn, subscription_id)
+        plan = self._paid_plan(plan_id)
+        key = self._upgrade_key(subscription, plan)
+        if subscription.plan == plan.id or repo.payment_by_key(conn, key) is not None:
+            return subscription
+        current = effective_plan(self.catalog, subscription.plan, subscription.status)
+        credits = upgrade_credits(current, plan)
+        payment_id = new_id("pay")
+        lot_id = None
+        if credits:
+            lot_id = self.ledger.grant(
+                conn,
+                subscription.wallet_id,
+                credits,
+                source="subscription",
+                expires_at=subscription.current_period_end,
+                reference=payment_id,
+                memo=f"upgrade to {plan.name}: monthly credits for the rest of the period",
+                idempotency_key=key,
+            ).lot_id
+        self._record_payment(
+            conn,
+            payment_id=payment_id,
+            key=key,
+            user_id=subscription.user_id,
+            wallet_id=subscription.wallet_id,
+            subscription_id=subscription.id,
+            kind="upgrade",
+            plan=plan,
+            amount_cents=amount_cents,
+            credits=credits,
+            lot_id=lot_id,
+            period=(self.clock.now(), subscription.current_period_end),
+            backend=subscription.backend,
+            external_id=external_id,
+        )
+        return self._update(
+            conn, subscription, plan_id=plan.id, pending_plan=None, cancel_at_period_end=False
+        )
+
+    def renewal_paid(
+        self,
+        conn: Connection,
+        subscription_id: str,
+        *,
+        period_end: datetime,
+        external_id: str | None = None,
+    ) -> Subscription:
+        """The renewal at ``period_end`` was paid: the next period starts on
+        the pending plan if one was scheduled, the ended period's monthly
+        credits expire (but for the rollover cap) and the new allocation is
+        granted. A repeat (the period already renewed) changes nothing."""
+        subscription = self._locked(conn, subscription_id)
+        if subscription.current_period_end != period_end or subscription.status == "canceled":
+            return subscription
+        ending = effective_plan(self.catalog, subscription.plan, "active")
+        plan = self._plan_or_none(subscription.pending_plan or subscription.plan)
+        if plan is None:
+            return self.end_subscription(conn, subscription.id)
+        next_end = self._next_period_end(subscription)
+        payment_id = new_id("pay")
+        renewed = self.ledger.renew(
+            conn,
+            subscription.wallet_id,
+            period_start=subscription.current_period_start,
+            period_end=period_end,
+            next_period_end=next_end,
+            monthly_credits=plan.monthly_credits,
+            rollover_cap=ending.rollover_cap,
+            reference=payment_id,
+            idempotency_key=self._renewal_key(subscription),
+        )
+        self._record_payment(
+            conn,
+            payment_id=payment_id,
+            key=self._renewal_key(subscription),
+            user_id=subscription.user_id,
+            wallet_id=subscription.wallet_id,
+            subscription_id=subscription.id,
+            kind="renewal",
+            plan=plan,
+            amount_cents=plan.price_cents,
+            credits=renewed.granted,
+            lot_id=renewed.lot_id,
+            period=(period_end, next_end),
+            backend=subscription.backend,
+            external_id=external_id,
+        )
+        return self._update(
+            conn,
+            subscription,
+            plan_id=plan.id,
+            pending_plan=None,
+            status="active",
+            current_period_start=period_end,
+            current_period_end=next_end,
+        )
+
+    def renewal_failed(
+        self,
+        conn: Connection,
+        subscription_id: str,
+        *,
+        period_end: datetime,
+        reason: str,
+        external_id: str | None = None,
+    ) -> Subscription:
+        """The renewal at ``period_end`` was declined: ``past_due`` on the plan
+        of the unpaid period, no new allocation; the ended period's credits
+        expire with it. A repeat changes nothing."""
+        subscription = self._locked(conn, subscription_id)
+        if subscription.current_period_end != period_end or subscription.status != "active":
+            return subscription
+        plan = self._plan_or_none(subscription.pending_plan or subscription.plan)
+        if plan is None:
+            return self.end_subscription(conn, subscription.id)
+        self._record_payment(
+            conn,
+            payment_id=new_id("pay"),
+            key=f"renewal-failed:{subscription.id}:{_key_time(period_end)}",
+            user_id=subscription.user_id,
+            wallet_id=subscription.wallet_id,
+            subscription_id=subscription.id,
+            kind="renewal",
+            plan=plan,
+            amount_cents=plan.price_cents,
+            credits=0,
+            lot_id=None,
+            period=(period_end, self._next_period_end(subscription)),
+            backend=subscription.backend,
+            external_id=external_id,
+            failure_reason=reason,
+        )
+        return self._update(
+            conn, subscription, status="past_due", plan_id=plan.id, pending_plan=None
+        )
+
+    def end_subscription(self, conn: Connection, subscription_id: str) -> Subscription:
+        """The subscription is over (canceled at its period end, unpaid past
+        the grace period): Free from now on, no new allocation."""
+        subscription = self._locked(conn, subscription_id)
+        if subscription.status == "canceled":
+            return subscription
+        return self._update(
+            conn, subscription, status="canceled", pending_plan=None, cancel_at_period_end=False
+        )
+
+    def pack_paid(
+        self,
+        conn: Connection,
+        *,
+        user_id: str,
+        wallet_id: str,
+        pack_id: str,
+        backend: str,
+        idempotency_key: str,
+        external_id: str | None = None,
+    ) -> PackPurchase:
+        """A paid credit pack: its credits added to the balance as their own
+        lot (``reference`` = the payment id, for a refund's clawback), never
+        expiring unless configured. A repeat of the key returns the first."""
+        done = repo.payment_by_key(conn, idempotency_key)
+        if done is not None:
+            return self._pack_purchase(conn, done)
+        pack = self._pack(pack_id)
+        now = self.clock.now()
+        expires_at = pack_expires_at(pack, self.purchased_credits_expire_days, now)
+        payment_id = new_id("pay")
+        granted = self.ledger.grant(
+            conn,
+            wallet_id,
+            pack.credits,
+            source="purchase",
+            expires_at=expires_at,
+            reference=payment_id,
+            memo=f"credit pack {pack.id}",
+            idempotency_key=f"pack:{payment_id}",
+        )
+        self._record_payment(
+            conn,
+            payment_id=payment_id,
+            key=idempotency_key,
+            user_id=user_id,
+            wallet_id=wallet_id,
+            subscription_id=None,
+            kind="pack",
+            plan=None,
+            pack=pack,
+            amount_cents=pack.price_cents,
+            credits=pack.credits,
+            lot_id=granted.lot_id,
+            period=None,
+            backend=backend,
+            external_id=external_id,
+        )
+        return PackPurchase(
+            payment_id=payment_id,
+            pack=pack.id,
+            credits=pack.credits,
+            balance=granted.balance_after,
+            lot_id=granted.lot_id,
+            expires_at=expires_at,
+        )
+
+    # -- the clock ---------------------------------------------------------
+
+    def due_subscriptions(
+        self, conn: Connection, *, after: str = "", limit: int = 100
+    ) -> list[str]:
+        """Ids (after ``after``, in order) of the clock-driven subscriptions
+        whose period has ended: something may fall due for them."""
+        clock_driven = [name for name, backend in self.backends.items() if backend.renews_on_clock]
+        now = self.clock.now()
+        # A grace period lasts grace_days, but never past the unpaid period,
+        # which is at least 28 days long: no grace ends sooner than this.
+        shortest_grace = timedelta(days=min(self.grace_days, MIN_PERIOD_DAYS))
+        return repo.due_subscription_ids(
+            conn,
+            now=now,
+            past_due_before=now - shortest_grace,
+            backends=clock_driven,
+            after=after,
+            limit=limit,
+        )
+
+    def advance_subscription(self, conn: Connection, subscription_id: str) -> ClockStep | None:
+        """Do the one thing that fell due for the subscription, if any: end it
+        (canceled, or unpaid past the grace period), or charge its renewal.
+
+        The subscription's row is locked and its state read again first, so a
+        second worker doing the same finds nothing left to do. Call again
+        until None to catch up on several periods after downtime."""
+        subscription = repo.subscription_by_id(conn, subscription_id, lock=True)
+        if subscription is None or subscription.status == "canceled":
+            return None
+        backend = self.backends.get(subscription.backend)
+        if backend is None or not backend.renews_on_clock:
+            return None
+        now = self.clock.now()
+        if subscription.status == "past_due":
+            if now < self.grace_ends_at(subscription):
+                return None
+            self.end_subscription(conn, subscription.id)
+            return "grace_ended"
+        if now < subscription.current_period_end:
+            return None
+        plan = self._plan_or_none(subscription.pending_plan or subscription.plan)
+        if subscription.cancel_at_period_end or plan is None:
+            self.end_subscription(conn, subscription.id)
+            return "canceled"
+        customer = Customer(
+            subscription.user_id,
+            subscription.wallet_id,
+            repo.user_email(conn, subscription.user_id),
+        )
+        outcome = backend.charge_renewal(
+            conn,
+            customer=customer,
+            subscription=subscription,
+            plan=plan,
+            amount_cents=plan.price_cents,
+            idempotency_key=self._renewal_key(subscription),
+        )
+        period_end = subscription.current_period_end
+        if isinstance(outcome, Paid):
+            self.renewal_paid(
+                conn, subscription.id, period_end=period_end, external_id=outcome.external_id
             )
-        return Subscription(subscription_id, plan.id, "active", now, period_end, False, None)
+            return "downgraded" if subscription.pending_plan else "renewed"
+        self.renewal_failed(conn, subscription.id, period_end=period_end, reason=outcome.reason)
+        return "payment_failed"
+
+    # -- internals ---------------------------------------------------------
+
+    def _current(self, conn: Connection, wallet_id: str) -> Subscription | None:
+        """The wallet's subscription, locked, brought up to date first when
+        the clock drives it and something fell due that it has not run yet."""
+        subscription = repo.subscription_of_wallet(conn, wallet_id, lock=True)
+        if subscription is None:
+            return None
+        while self.advance_subscription(conn, subscription.id) is not None:
+            pass
+        return self._reload(conn, subscription.id)
+
+    def _schedule(
+        self,
+        conn: Connection,
+        backend: BillingBackend,
+        customer: Customer,
+        subscription: Subscription,
+        plan: PlanSpec,
+        *,
+        pending: str | None,
+    ) -> Subscription:
+        """Bill ``plan`` from the next period on (nothing charged now)."""
+        outcome = backend.change_plan(
+            conn,
+            customer=customer,
+            subscription=subscription,
+            plan=plan,
+            effective="period_end",
+            amount_cents=0,
+            idempotency_key=f"schedule:{subscription.id}:{_key_time(self.clock.now())}",
+        )
+        if isinstance(outcome, Declined):  # pragma: no cover - nothing was charged
+            raise PaymentFailed(outcome.reason)
+        return self._update(conn, subscription, pending_plan=pending, cancel_at_period_end=False)
+
+    def _record_payment(
+        self,
+        conn: Connection,
+        *,
+        payment_id: str,
+        key: str,
+        user_id: str,
+        wallet_id: str,
+        subscription_id: str | None,
+        kind: PaymentKind,
+        plan: PlanSpec | None,
+        amount_cents: int,
+        credits: int,
+        lot_id: str | None,
+        period: tuple[datetime, datetime] | None,
+        backend: str,
+        external_id: str | None,
+        pack: CreditPack | None = None,
+        failure_reason: str | None = None,
+    ) -> Payment:
+        return repo.insert_payment(
+            conn,
+            id=payment_id,
+            idempotency_key=key,
+            user_id=user_id,
+            wallet_id=wallet_id,
+            subscription_id=subscription_id,
+            kind=kind,
+            status="failed" if failure_reason else "succeeded",
+            plan_id=None if plan is None else plan.id,
+            pack_id=None if pack is None else pack.id,
+            amount_cents=amount_cents,
+            currency=self.catalog.currency,
+            credits=credits,
+            lot_id=lot_id,
+            period_start=None if period is None else period[0],
+            period_end=None if period is None else period[1],
+            backend=backend,
+            external_id=external_id,
+            failure_reason=failure_reason,
+            created_at=self.clock.now(),
+        )
+
+    def _pack_purchase(self, conn: Connection, payment: Payment) -> PackPurchase:
+        """A purchase made before, as it stands now."""
+        balance = self.ledger.balance(conn, payment.wallet_id)
+        lot = next((lot for lot in balance.lots if lot.id == payment.lot_id), None)
+        return PackPurchase(
+            payment_id=payment.id,
+            pack=payment.pack_id or "",
+            credits=payment.credits,
+            balance=balance.available,
+            lot_id=payment.lot_id,
+            expires_at=None if lot is None else lot.expires_at,
+        )
+
+    def _update(self, conn: Connection, subscription: Subscription, **values: Any) -> Subscription:
+        repo.update_subscription(conn, subscription.id, updated_at=self.clock.now(), **values)
+        return self._reload(conn, subscription.id)
+
+    def _reload(self, conn: Connection, subscription_id: str) -> Subscription:
+        found = repo.subscription_by_id(conn, subscription_id)
+        if found is None:  # pragma: no cover - subscriptions are never deleted
+            raise NoSubscription(subscription_id)
+        return found
+
+    def _locked(self, conn: Connection, subscription_id: str) -> Subscription:
+        found = repo.subscription_by_id(conn, subscription_id, lock=True)
+        if found is None:
+            raise NoSubscription(f"no subscription {subscription_id}")
+        return found
+
+    def _backend_of(self, subscription: Subscription) -> BillingBackend:
+        return self.backends.get(subscription.backend, self.backend)
+
+    def _next_period_end(self, subscription: Subscription) -> datetime:
+        anchor = subscription.billing_anchor or subscription.current_period_start
+        return period_end_after(anchor, subscription.current_period_end)
+
+    def _renewal_key(self, subscription: Subscription) -> str:
+        return f"renewal:{subscription.id}:{_key_time(subscription.current_period_end)}"
+
+    def _upgrade_key(self, subscription: Subscription, plan: PlanSpec) -> str:
+        end = _key_time(subscription.current_period_end)
+        return f"upgrade:{subscription.id}:{end}:{plan.id}"
+
+    def _paid_plan(self, plan_id: str, free_hint: str | None = None) -> PlanSpec:
+        try:
+            plan = self.catalog.plan(plan_id)
+        except KeyError:
+            raise InvalidInput(f"unknown plan {plan_id!r}", field="plan") from None
+        if plan.price_cents == 0:
+            raise InvalidInput(free_hint or f"{plan.name} needs no subscription", field="plan")
+        return plan
+
+    def _plan_or_none(self, plan_id: str) -> PlanSpec | None:
+        try:
+            return self.catalog.plan(plan_id)
+        except KeyError:
+            return None
+
+    def _pack(self, pack_id: str) -> CreditPack:
+        try:
+            return self.catalog.pack(pack_id)
+        except KeyError:
+            raise InvalidInput(f"unknown credit pack {pack_id!r}", field="pack") from None

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import os
+import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -24,10 +29,14 @@ from plasmaart.client.calls import (
     PageCall,
     Pager,
 )
-from plasmaart.client.downloads import Destination, open_destination
-from plasmaart.client.errors import AuthenticationError, TransportError
+from plasmaart.client.downloads import Destination, open_destination, output_filename
+from plasmaart.client.errors import AuthenticationError, PlasmaArtError, TransportError
 from plasmaart.client.retries import RetryPolicy
-from plasmaart.client.sse import Reconnection
+from plasmaart.client.sse import EventParser, Reconnection
+from plasmaart.client.waiting import RESYNC, STREAM_HEADERS, GenerationWatch, check_timeout
+
+# Called with each state seen; what it returns is awaited when awaitable.
+OnUpdate = Callable[[m.Generation], object]
 
 T = TypeVar("T")
 
@@ -222,7 +231,11 @@ class AsyncClient:
         until: Instant | None = None,
     ) -> int:
         """Stream the CSV into a path or a binary file; the bytes written."""
-        response = await self._exchange(calls.usage_csv(since, until), stream=True)
+        return await self._save(calls.usage_csv(since, until), destination, "the CSV")
+
+    async def _save(self, call: Call[None], destination: Destination, what: str) -> int:
+        """Stream ``call``'s answer into ``destination``; the bytes written."""
+        response = await self._exchange(call, stream=True)
         written = 0
         try:
             with open_destination(destination) as sink:
@@ -230,10 +243,227 @@ class AsyncClient:
                     sink.write(chunk)
                     written += len(chunk)
         except httpx.TransportError as error:
-            raise TransportError(f"the CSV download broke off: {error!r}") from error
+            raise TransportError(f"the download of {what} broke off: {error!r}") from error
         finally:
             await response.aclose()
         return written
+
+    # -- generations ------------------------------------------------------------------------
+
+    async def create_generation(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        num_outputs: int = 1,
+        image_url: str | None = None,
+        upload_id: str | None = None,
+        team_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> m.Generation:
+        """Submit a generation: its credits are held and it is queued (see
+        ``generate`` to also wait for it). Image-to-video models need
+        ``upload_id`` (see ``upload``) or an https ``image_url``."""
+        body = calls.generation_body(
+            model, prompt, num_outputs, image_url, upload_id, team_id, params
+        )
+        return await self._send(calls.create_generation(body, idempotency_key))
+
+    async def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        num_outputs: int = 1,
+        image_url: str | None = None,
+        upload_id: str | None = None,
+        team_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        wait: bool = True,
+        timeout: float = 600.0,
+        on_update: OnUpdate | None = None,
+    ) -> m.Generation:
+        """Submit a generation and, with ``wait``, wait until it succeeds,
+        fails or is canceled (check ``status``: a failed one is returned, not
+        raised). ``on_update(generation)`` hears of each state seen (awaited
+        if it is a coroutine function). Raises ``GenerationTimeout`` (with the
+        last state) when it is not finished ``timeout`` seconds after this
+        call began; it carries on regardless."""
+        started = time.monotonic()
+        check_timeout(timeout)
+        generation = await self.create_generation(
+            model,
+            prompt,
+            num_outputs=num_outputs,
+            image_url=image_url,
+            upload_id=upload_id,
+            team_id=team_id,
+            params=params,
+            idempotency_key=idempotency_key or str(uuid.uuid4()),
+        )
+        if not wait:
+            await _tell(on_update, generation)
+            return generation
+        return await self._wait(GenerationWatch(generation, timeout, started=started), on_update)
+
+    async def wait_for_generation(
+        self,
+        generation: m.Generation | str,
+        *,
+        timeout: float = 600.0,
+        on_update: OnUpdate | None = None,
+    ) -> m.Generation:
+        """Wait until a generation (or the one with this id) is finished, as
+        ``generate`` does."""
+        started = time.monotonic()
+        if isinstance(generation, str):
+            generation = await self.generation(generation)
+        return await self._wait(GenerationWatch(generation, timeout, started=started), on_update)
+
+    async def generation(self, generation_id: str) -> m.Generation:
+        """Yours, or your team's (another's id: ``NotFoundError``)."""
+        return await self._send(calls.generation(generation_id))
+
+    def generations(
+        self,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        team_id: str | None = None,
+        limit: int | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> AsyncIterator[m.Generation]:
+        """Your generations (with ``team_id``: that team's), newest first."""
+        return self._walk(calls.generations(status, model, team_id), limit, page_size)
+
+    async def cancel_generation(
+        self, generation_id: str, *, idempotency_key: str | None = None
+    ) -> m.Generation:
+        """A queued generation is canceled (and refunded) at once; a running
+        one comes back still ``running`` and ends ``canceled``, or
+        ``succeeded`` if the model had already delivered."""
+        return await self._send(calls.cancel_generation(generation_id, idempotency_key))
+
+    async def quote(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        num_outputs: int = 1,
+        image_url: str | None = None,
+        upload_id: str | None = None,
+        team_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> m.Quote:
+        """What the submission would cost and whether it would be accepted;
+        nothing is held."""
+        body = calls.generation_body(
+            model, prompt, num_outputs, image_url, upload_id, team_id, params
+        )
+        return await self._send(calls.quote(body, None))
+
+    async def upload(
+        self,
+        path_or_bytes: str | os.PathLike[str] | bytes,
+        content_type: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> m.Upload:
+        """Upload an input image (PNG, JPEG or WebP, at most 10 MB and 4096 px
+        a side); its ``id`` is the ``upload_id`` of image-to-video models."""
+        if isinstance(path_or_bytes, bytes):
+            content, name = path_or_bytes, "upload"
+        else:
+            path = Path(path_or_bytes)
+            content, name = path.read_bytes(), path.name
+        return await self._send(calls.upload(content, name, content_type, idempotency_key))
+
+    async def download_output(self, output: m.Output | str, path_or_file: Destination) -> int:
+        """Stream an output (or the output with this id) into a path (which
+        gets the whole file or nothing) or a binary file; the bytes written."""
+        return await self._save(calls.output_content(output), path_or_file, "the output")
+
+    async def download_outputs(
+        self, generation: m.Generation, folder: str | os.PathLike[str] = "."
+    ) -> list[Path]:
+        """Every output of ``generation`` into ``folder`` (made if missing),
+        as ``<generation id>-<n>.<ext>`` with n from 1; the paths written."""
+        target = Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        written = []
+        for number, output in enumerate(generation.outputs, start=1):
+            path = target / output_filename(generation.id, number, output.content_type)
+            await self.download_output(output, path)
+            written.append(path)
+        return written
+
+    async def _wait(self, watch: GenerationWatch, on_update: OnUpdate | None) -> m.Generation:
+        await self._observe(watch, watch.generation, on_update)
+        if not watch.done:
+            await self._follow_events(watch, on_update)
+        while not watch.done:
+            if watch.expired():
+                raise watch.timed_out()
+            await self._sleep(watch.poll_wait())
+            await self._observe(watch, await self.generation(watch.id), on_update)
+        return watch.generation
+
+    async def _observe(
+        self, watch: GenerationWatch, generation: m.Generation, on_update: OnUpdate | None
+    ) -> None:
+        if watch.see(generation):
+            await _tell(on_update, generation)
+
+    async def _follow_events(self, watch: GenerationWatch, on_update: OnUpdate | None) -> None:
+        """Follow the event stream until the generation is finished, or
+        return early for polling: the stream failed, ended or said resync,
+        or too little time is left to open one."""
+        while not watch.done:
+            read_timeout = watch.stream_read_timeout()
+            if read_timeout is None:
+                return
+            try:
+                response = await self._exchange(
+                    calls.events(), stream=True, headers=STREAM_HEADERS, read_timeout=read_timeout
+                )
+            except PlasmaArtError:
+                return
+            try:
+                if not await self._follow_connection(watch, on_update, response, read_timeout):
+                    return
+            finally:
+                await response.aclose()
+
+    async def _follow_connection(
+        self,
+        watch: GenerationWatch,
+        on_update: OnUpdate | None,
+        response: httpx.Response,
+        read_timeout: float,
+    ) -> bool:
+        """Read one stream connection; True to go on with a fresh one (this
+        one could read past the deadline), False to stop following."""
+        # Subscribed once the answer began: what happened before is in the generation.
+        await self._observe(watch, await self.generation(watch.id), on_update)
+        if watch.done:
+            return False
+        parser = EventParser()
+        try:
+            async for line in response.aiter_lines():
+                event = parser.feed(line)
+                if event is not None and event.type == RESYNC:
+                    return False
+                if event is not None and watch.concerns(event):
+                    await self._observe(watch, await self.generation(watch.id), on_update)
+                    if watch.done:
+                        return False
+                if watch.outlives_deadline(read_timeout):
+                    return True
+        except httpx.TransportError:
+            return False
+        return False
 
     # -- teams ----------------------------------------------------------------------------
 
@@ -366,3 +596,10 @@ class AsyncClient:
             finally:
                 await response.aclose()
             await self._sleep(reconnection.after_drop(dropped))
+
+
+async def _tell(on_update: OnUpdate | None, generation: m.Generation) -> None:
+    if on_update is not None:
+        answer = on_update(generation)
+        if inspect.isawaitable(answer):
+            await answer

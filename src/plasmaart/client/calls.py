@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import partial
 from typing import Any, Generic, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote as url_quote
 
 import httpx
 
@@ -44,6 +44,9 @@ class Call(Generic[T]):
     read: Callable[[Any], T]  # from the decoded JSON body (None when empty)
     params: Mapping[str, str] = field(default_factory=dict)
     body: Any = None
+    # Multipart form files, {field: (file name, content, content type)}, sent
+    # instead of a JSON body (uploads).
+    files: Mapping[str, tuple[str, bytes, str]] | None = None
     idempotency_key: str | None = None
     # Health checks answer now or never: a retry would only hide the answer.
     retry: bool = True
@@ -96,14 +99,25 @@ def build_request(
         timeout = httpx.Timeout(
             connect=default.connect, read=read_timeout, write=default.write, pool=default.pool
         )
-    return http.build_request(
+    request = http.build_request(
         call.method,
         call.path,
         params=dict(call.params) or None,
         json=call.body,
+        files=dict(call.files) if call.files is not None else None,
         headers=sent,
         timeout=timeout if timeout is not None else http.timeout,
     )
+    if not _same_origin(request.url, http.base_url):
+        # An absolute link elsewhere (a storage bucket's signed URL, say) is
+        # fetched without our credentials: the key is for our server only.
+        # (Cookies are already kept to their own domain by the cookie jar.)
+        request.headers.pop("Authorization", None)
+    return request
+
+
+def _same_origin(url: httpx.URL, base_url: httpx.URL) -> bool:
+    return (url.scheme, url.host, url.port) == (base_url.scheme, base_url.host, base_url.port)
 
 
 def failure(call: Call[Any], outcome: httpx.Response | httpx.TransportError) -> PlasmaArtError:
@@ -129,7 +143,7 @@ def read_answer(call: Call[T], response: httpx.Response) -> T:
 
 
 def _segment(value: str) -> str:
-    return quote(value, safe="")
+    return url_quote(value, safe="")
 
 
 def _instant(value: Instant) -> str:
@@ -414,3 +428,75 @@ def adjust_credits(
 def events() -> Call[None]:
     """Read as a stream of Server-Sent Events (the ``read`` is never used)."""
     return Call("GET", "/v1/events", _nothing)
+
+
+# -- generations --------------------------------------------------------------------------
+
+
+def generation_body(
+    model: str,
+    prompt: str,
+    num_outputs: int,
+    image_url: str | None,
+    upload_id: str | None,
+    team_id: str | None,
+    params: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The body of a submission and of its quote (unset fields left out, so
+    the server's defaults apply)."""
+    body: dict[str, Any] = {"model": model, "prompt": prompt, "num_outputs": num_outputs}
+    optional = {"image_url": image_url, "upload_id": upload_id, "team_id": team_id}
+    body.update({name: value for name, value in optional.items() if value is not None})
+    if params is not None:
+        body["params"] = dict(params)
+    return body
+
+
+def create_generation(body: Mapping[str, Any], key: str | None) -> Call[m.Generation]:
+    return Call("POST", "/v1/generations", _one(m.Generation), body=dict(body), idempotency_key=key)
+
+
+def quote(body: Mapping[str, Any], key: str | None) -> Call[m.Quote]:
+    return Call("POST", "/v1/quotes", _one(m.Quote), body=dict(body), idempotency_key=key)
+
+
+def generation(generation_id: str) -> Call[m.Generation]:
+    return Call("GET", f"/v1/generations/{_segment(generation_id)}", _one(m.Generation))
+
+
+def generations(
+    status: str | None, model: str | None, team_id: str | None
+) -> PageCall[m.Generation]:
+    def page(cursor: str | None, size: int) -> Call[m.Page[m.Generation]]:
+        query = _query(status=status, model=model, team_id=team_id, limit=size, cursor=cursor)
+        return Call("GET", "/v1/generations", _page(m.Generation), query)
+
+    return page
+
+
+def cancel_generation(generation_id: str, key: str | None) -> Call[m.Generation]:
+    path = f"/v1/generations/{_segment(generation_id)}/cancel"
+    return Call("POST", path, _one(m.Generation), idempotency_key=key)
+
+
+def upload(
+    content: bytes, filename: str, content_type: str | None, key: str | None
+) -> Call[m.Upload]:
+    # Without a declared type the server goes by the bytes alone (it never
+    # trusts a declared type, but refuses one that contradicts them).
+    declared = content_type or "application/octet-stream"
+    return Call(
+        "POST",
+        "/v1/uploads",
+        _one(m.Upload),
+        files={"file": (filename, content, declared)},
+        idempotency_key=key,
+    )
+
+
+def output_content(output: m.Output | str) -> Call[None]:
+    """An output's file: its signed ``url`` (relative ones are resolved against
+    the base URL), or by id with our credentials. Read as a stream."""
+    if isinstance(output, m.Output):
+        return Call("GET", output.url, _nothing)
+    return Call("GET", f"/v1/outputs/{_segment(output)}/content", _nothing)

@@ -4,6 +4,7 @@ the whole file or nothing (written beside it, renamed at the end)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,3 +26,22 @@ def open_destination(destination: Destination) -> Iterator[BinaryIO]:
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+# File name extensions of the media types the API serves.
+EXTENSIONS = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/webp": "webp",
+    "video/mp4": "mp4",
+}
+
+
+# The id comes from the server: it must not steer the file out of its folder.
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def output_filename(generation_id: str, number: int, content_type: str) -> str:
+    """``<generation id>-<number>.<ext>``; ``number`` counts from 1."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return f"{_UNSAFE.sub('_', generation_id)}-{number}.{EXTENSIONS.get(kind, 'bin')}"

@@ -8,9 +8,12 @@ import email.utils
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
+
+if TYPE_CHECKING:
+    from plasmaart.client.models import Generation
 
 # Fields of a problem+json body that are not "extra".
 _PROBLEM_FIELDS = frozenset({"type", "title", "status", "detail", "code"})
@@ -41,6 +44,19 @@ class TransportError(PlasmaArtError):
 
 class UnexpectedResponse(PlasmaArtError):
     """A successful answer the client cannot read (not the API's shape)."""
+
+
+class GenerationTimeout(PlasmaArtError, TimeoutError):
+    """Waiting for a generation gave up after ``timeout`` seconds. The server
+    carries on: ``generation`` is its last state seen (queued or running);
+    wait again, or cancel it."""
+
+    def __init__(self, generation: Generation, timeout: float) -> None:
+        super().__init__(
+            f"generation {generation.id} is still {generation.status} after {timeout:g} s"
+        )
+        self.generation = generation
+        self.timeout = timeout
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,16 @@ class PermissionDenied(ApiError):
 
 class AccountSuspendedError(PermissionDenied):
     """403 ``account_suspended``."""
+
+
+class ModelNotInPlanError(PermissionDenied):
+    """403 ``model_not_in_plan``: ``required_plan`` is the cheapest plan that
+    includes the model (None when no plan does)."""
+
+    @property
+    def required_plan(self) -> str | None:
+        found = self.extra.get("required_plan")
+        return found if isinstance(found, str) else None
 
 
 class NotFoundError(ApiError):
@@ -150,7 +176,10 @@ _BY_STATUS: dict[int, type[ApiError]] = {
     422: InvalidInputError,
     429: RateLimitedError,
 }
-_BY_CODE: dict[str, type[ApiError]] = {"account_suspended": AccountSuspendedError}
+_BY_CODE: dict[str, type[ApiError]] = {
+    "account_suspended": AccountSuspendedError,
+    "model_not_in_plan": ModelNotInPlanError,
+}
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -255,6 +255,80 @@ class NewInvitation(Invitation):
     token: str | None
 
 
+# -- generations -------------------------------------------------------------
+
+# A generation in one of these states changes no more.
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+
+
+@dataclass(frozen=True)
+class Output:
+    id: str
+    # A signed download link (valid about an hour), usually relative to the
+    # server: ``download_output`` resolves and streams it.
+    url: str
+    content_type: str  # image/png, image/jpeg, image/webp, video/mp4
+    width: int | None
+    height: int | None
+    duration_s: float | None
+    watermarked: bool
+    license: str  # personal | commercial
+
+
+@dataclass(frozen=True)
+class GenerationError:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Generation:
+    id: str
+    status: str  # queued | running | succeeded | failed | canceled
+    model: str
+    kind: str  # text-to-image | text-to-video | image-to-video
+    prompt: str
+    num_outputs: int
+    credits_per_output: int
+    credits_held: int
+    credits_charged: int
+    # The wallet's available balance right after this generation's last
+    # ledger movement (its hold, then its capture or release).
+    balance_after: int
+    outputs: tuple[Output, ...]
+    error: GenerationError | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queue_position: int | None
+    team_id: str | None = None
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    license: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Succeeded, failed or canceled: the status changes no more."""
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class Quote:
+    credits: int
+    available: int
+    available_after: int
+    allowed: bool
+    reason: str | None  # why not, when ``allowed`` is false
+
+
+@dataclass(frozen=True)
+class Upload:
+    id: str
+    url: str  # a signed link to the stored image
+    content_type: str  # as found in the bytes: image/png, image/jpeg or image/webp
+    width: int
+    height: int
+
+
 # -- notifications, admin, operations -----------------------------------------
 
 

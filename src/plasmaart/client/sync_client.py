@@ -5,8 +5,11 @@ the async client."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -24,10 +27,13 @@ from plasmaart.client.calls import (
     PageCall,
     Pager,
 )
-from plasmaart.client.downloads import Destination, open_destination
-from plasmaart.client.errors import AuthenticationError, TransportError
+from plasmaart.client.downloads import Destination, open_destination, output_filename
+from plasmaart.client.errors import AuthenticationError, PlasmaArtError, TransportError
 from plasmaart.client.retries import RetryPolicy
-from plasmaart.client.sse import Reconnection
+from plasmaart.client.sse import EventParser, Reconnection
+from plasmaart.client.waiting import RESYNC, STREAM_HEADERS, GenerationWatch, check_timeout
+
+OnUpdate = Callable[[m.Generation], object]
 
 T = TypeVar("T")
 
@@ -217,7 +223,11 @@ class Client:
         until: Instant | None = None,
     ) -> int:
         """Stream the CSV into a path or a binary file; the bytes written."""
-        response = self._exchange(calls.usage_csv(since, until), stream=True)
+        return self._save(calls.usage_csv(since, until), destination, "the CSV")
+
+    def _save(self, call: Call[None], destination: Destination, what: str) -> int:
+        """Stream ``call``'s answer into ``destination``; the bytes written."""
+        response = self._exchange(call, stream=True)
         written = 0
         try:
             with open_destination(destination) as sink:
@@ -225,10 +235,227 @@ class Client:
                     sink.write(chunk)
                     written += len(chunk)
         except httpx.TransportError as error:
-            raise TransportError(f"the CSV download broke off: {error!r}") from error
+            raise TransportError(f"the download of {what} broke off: {error!r}") from error
         finally:
             response.close()
         return written
+
+    # -- generations ------------------------------------------------------------------------
+
+    def create_generation(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        num_outputs: int = 1,
+        image_url: str | None = None,
+        upload_id: str | None = None,
+        team_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> m.Generation:
+        """Submit a generation: its credits are held and it is queued (see
+        ``generate`` to also wait for it). Image-to-video models need
+        ``upload_id`` (see ``upload``) or an https ``image_url``."""
+        body = calls.generation_body(
+            model, prompt, num_outputs, image_url, upload_id, team_id, params
+        )
+        return self._send(calls.create_generation(body, idempotency_key))
+
+    def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        num_outputs: int = 1,
+        image_url: str | None = None,
+        upload_id: str | None = None,
+        team_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        wait: bool = True,
+        timeout: float = 600.0,
+        on_update: OnUpdate | None = None,
+    ) -> m.Generation:
+        """Submit a generation and, with ``wait``, wait until it succeeds,
+        fails or is canceled (check ``status``: a failed one is returned, not
+        raised). ``on_update(generation)`` hears of each state seen. Raises
+        ``GenerationTimeout`` (with the last state) when it is not finished
+        ``timeout`` seconds after this call began; it carries on regardless."""
+        started = time.monotonic()
+        check_timeout(timeout)
+        generation = self.create_generation(
+            model,
+            prompt,
+            num_outputs=num_outputs,
+            image_url=image_url,
+            upload_id=upload_id,
+            team_id=team_id,
+            params=params,
+            idempotency_key=idempotency_key or str(uuid.uuid4()),
+        )
+        if not wait:
+            if on_update is not None:
+                on_update(generation)
+            return generation
+        return self._wait(GenerationWatch(generation, timeout, started=started), on_update)
+
+    def wait_for_generation(
+        self,
+        generation: m.Generation | str,
+        *,
+        timeout: float = 600.0,
+        on_update: OnUpdate | None = None,
+    ) -> m.Generation:
+        """Wait until a generation (or the one with this id) is finished, as
+        ``generate`` does."""
+        started = time.monotonic()
+        if isinstance(generation, str):
+            generation = self.generation(generation)
+        return self._wait(GenerationWatch(generation, timeout, started=started), on_update)
+
+    def generation(self, generation_id: str) -> m.Generation:
+        """Yours, or your team's (another's id: ``NotFoundError``)."""
+        return self._send(calls.generation(generation_id))
+
+    def generations(
+        self,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        team_id: str | None = None,
+        limit: int | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> Iterator[m.Generation]:
+        """Your generations (with ``team_id``: that team's), newest first."""
+        return self._walk(calls.generations(status, model, team_id), limit, page_size)
+
+    def cancel_generation(
+        self, generation_id: str, *, idempotency_key: str | None = None
+    ) -> m.Generation:
+        """A queued generation is canceled (and refunded) at once; a running
+        one comes back still ``running`` and ends ``canceled``, or
+        ``succeeded`` if the model had already delivered."""
+        return self._send(calls.cancel_generation(generation_id, idempotency_key))
+
+    def quote(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        num_outputs: int = 1,
+        image_url: str | None = None,
+        upload_id: str | None = None,
+        team_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> m.Quote:
+        """What the submission would cost and whether it would be accepted;
+        nothing is held."""
+        body = calls.generation_body(
+            model, prompt, num_outputs, image_url, upload_id, team_id, params
+        )
+        return self._send(calls.quote(body, None))
+
+    def upload(
+        self,
+        path_or_bytes: str | os.PathLike[str] | bytes,
+        content_type: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> m.Upload:
+        """Upload an input image (PNG, JPEG or WebP, at most 10 MB and 4096 px
+        a side); its ``id`` is the ``upload_id`` of image-to-video models."""
+        if isinstance(path_or_bytes, bytes):
+            content, name = path_or_bytes, "upload"
+        else:
+            path = Path(path_or_bytes)
+            content, name = path.read_bytes(), path.name
+        return self._send(calls.upload(content, name, content_type, idempotency_key))
+
+    def download_output(self, output: m.Output | str, path_or_file: Destination) -> int:
+        """Stream an output (or the output with this id) into a path (which
+        gets the whole file or nothing) or a binary file; the bytes written."""
+        return self._save(calls.output_content(output), path_or_file, "the output")
+
+    def download_outputs(
+        self, generation: m.Generation, folder: str | os.PathLike[str] = "."
+    ) -> list[Path]:
+        """Every output of ``generation`` into ``folder`` (made if missing),
+        as ``<generation id>-<n>.<ext>`` with n from 1; the paths written."""
+        target = Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        written = []
+        for number, output in enumerate(generation.outputs, start=1):
+            path = target / output_filename(generation.id, number, output.content_type)
+            self.download_output(output, path)
+            written.append(path)
+        return written
+
+    def _wait(self, watch: GenerationWatch, on_update: OnUpdate | None) -> m.Generation:
+        self._observe(watch, watch.generation, on_update)
+        if not watch.done:
+            self._follow_events(watch, on_update)
+        while not watch.done:
+            if watch.expired():
+                raise watch.timed_out()
+            self._sleep(watch.poll_wait())
+            self._observe(watch, self.generation(watch.id), on_update)
+        return watch.generation
+
+    def _observe(
+        self, watch: GenerationWatch, generation: m.Generation, on_update: OnUpdate | None
+    ) -> None:
+        if watch.see(generation) and on_update is not None:
+            on_update(generation)
+
+    def _follow_events(self, watch: GenerationWatch, on_update: OnUpdate | None) -> None:
+        """Follow the event stream until the generation is finished, or
+        return early for polling: the stream failed, ended or said resync,
+        or too little time is left to open one."""
+        while not watch.done:
+            read_timeout = watch.stream_read_timeout()
+            if read_timeout is None:
+                return
+            try:
+                response = self._exchange(
+                    calls.events(), stream=True, headers=STREAM_HEADERS, read_timeout=read_timeout
+                )
+            except PlasmaArtError:
+                return
+            try:
+                if not self._follow_connection(watch, on_update, response, read_timeout):
+                    return
+            finally:
+                response.close()
+
+    def _follow_connection(
+        self,
+        watch: GenerationWatch,
+        on_update: OnUpdate | None,
+        response: httpx.Response,
+        read_timeout: float,
+    ) -> bool:
+        """Read one stream connection; True to go on with a fresh one (this
+        one could read past the deadline), False to stop following."""
+        # Subscribed once the answer began: what happened before is in the generation.
+        self._observe(watch, self.generation(watch.id), on_update)
+        if watch.done:
+            return False
+        parser = EventParser()
+        try:
+            for line in response.iter_lines():
+                event = parser.feed(line)
+                if event is not None and event.type == RESYNC:
+                    return False
+                if event is not None and watch.concerns(event):
+                    self._observe(watch, self.generation(watch.id), on_update)
+                    if watch.done:
+                        return False
+                if watch.outlives_deadline(read_timeout):
+                    return True
+        except httpx.TransportError:
+            return False
+        return False
 
     # -- teams ----------------------------------------------------------------------------
 

@@ -253,9 +253,15 @@ subscriptions = Table(
     Column("external_id", String(200)),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+    # The instant monthly periods count from, so that a subscription started on
+    # the 31st renews on the last day of shorter months and on the 31st again
+    # after them. Null for rows from before it existed: the period start then.
+    Column("billing_anchor", Timestamp),
     CheckConstraint(_in("status", ("active", "past_due", "canceled")), name="status"),
     CheckConstraint("current_period_end > current_period_start", name="period_order"),
 )
+# The clock's look-up of subscriptions whose period ended.
+Index("ix_subscriptions_period_end", subscriptions.c.current_period_end)
 
 audit_log = Table(
     "audit_log",
@@ -474,4 +480,61 @@ generation_outputs = Table(
     Column("license", String(16), nullable=False),
     Column("created_at", Timestamp, nullable=False),
     UniqueConstraint("generation_id", "position", name="uq_generation_outputs_position"),
+)
+
+PAYMENT_KINDS = ("subscription", "renewal", "upgrade", "pack")
+
+# Every charge of a billing backend, succeeded or failed: what was paid, when,
+# for what, and the credits it granted (the lot, so a refund can claw it back).
+payments = Table(
+    "payments",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    Column("wallet_id", String(40), ForeignKey("wallets.id"), nullable=False),
+    Column("subscription_id", String(40), ForeignKey("subscriptions.id")),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("plan_id", String(40)),
+    Column("pack_id", String(64)),
+    Column("amount_cents", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("credits", BigInteger, nullable=False, server_default="0"),
+    Column("lot_id", String(40), ForeignKey("lots.id")),
+    Column("period_start", Timestamp),
+    Column("period_end", Timestamp),
+    Column("backend", String(16), nullable=False),
+    Column("external_id", String(200)),
+    # One charge per key (a subscription's period, an HTTP Idempotency-Key):
+    # the clock running twice, or in two workers, cannot charge twice.
+    Column("idempotency_key", String(200), nullable=False, unique=True),
+    Column("failure_reason", Text),
+    Column("created_at", Timestamp, nullable=False),
+    CheckConstraint(_in("kind", PAYMENT_KINDS), name="kind"),
+    CheckConstraint(_in("status", ("succeeded", "failed")), name="status"),
+    CheckConstraint("amount_cents >= 0 AND credits >= 0", name="not_negative"),
+    CheckConstraint("status = 'succeeded' OR credits = 0", name="failed_grants_nothing"),
+)
+Index("ix_payments_user", payments.c.user_id, payments.c.id)
+
+# The sandbox billing backend's test clock: one row, the offset every process
+# adds to the system clock (moved forward only, by the admin endpoint).
+test_clock = Table(
+    "test_clock",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("offset_seconds", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", Timestamp),
+    CheckConstraint("id = 1", name="single_row"),
+    CheckConstraint("offset_seconds >= 0", name="forward_only"),
+)
+
+# The sandbox backend's stand-in for a customer's card: while ``declines`` is
+# set every sandbox charge of the user fails, like Stripe's declining test cards.
+sandbox_cards = Table(
+    "sandbox_cards",
+    metadata,
+    Column("user_id", String(40), ForeignKey("users.id"), primary_key=True),
+    Column("declines", Boolean, nullable=False, server_default=false()),
+    Column("updated_at", Timestamp, nullable=False),
 )

@@ -39,6 +39,8 @@ from plasmaart.generation.scheduling import virtual_start
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
 
+QUEUE_FULL_RETRY_AFTER_S = 10
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -87,6 +89,7 @@ class Generation:
     queue_position: int | None
     license: str
     watermark: bool
+    cancel_requested: bool = False
 
 
 GenerationListener = Callable[[Generation], None]
@@ -153,6 +156,8 @@ class GenerationService:
                 f"{queued} generations are already queued; the {plan.name} plan queues at most "
                 f"{plan.max_queued_jobs}",
                 limit=plan.max_queued_jobs,
+                # Queued jobs start within seconds to minutes; try again then.
+                retry_after=QUEUE_FULL_RETRY_AFTER_S,
             )
         generation_id = new_id("gen")
         hold = self.ledger.hold(
@@ -212,12 +217,16 @@ class GenerationService:
             available = self.ledger.balance(conn, wallet).available
             return Quote(credits, available, available - credits, False, refused.detail)
         available = self.ledger.balance(conn, checked.wallet_id).available
-        allowed = available >= checked.credits
-        reason = (
-            None
-            if allowed
-            else (f"this needs {checked.credits} credits and {available} are available")
-        )
+        allowed, reason = available >= checked.credits, None
+        if not allowed:
+            reason = f"this needs {checked.credits} credits and {available} are available"
+        queued = repo.count_queued(conn, checked.wallet_id)
+        if queued >= checked.plan.max_queued_jobs:
+            allowed = False
+            reason = (
+                f"{queued} generations are already queued; the {checked.plan.name} plan "
+                f"queues at most {checked.plan.max_queued_jobs}"
+            )
         return Quote(checked.credits, available, available - checked.credits, allowed, reason)
 
     # -- cancel and reads --------------------------------------------------
@@ -455,4 +464,5 @@ def _generation(row: repo.AnyRow, outputs: tuple[Output, ...], position: int | N
         queue_position=position,
         license=row.license,
         watermark=bool(row.watermark),
+        cancel_requested=bool(row.cancel_requested),
     )

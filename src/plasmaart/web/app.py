@@ -11,7 +11,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from plasmaart import __version__
 from plasmaart.bootstrap import Platform
 from plasmaart.web import openapi, problems
-from plasmaart.web.api import accounts, admin, catalog, credits, events, ops, teams
+from plasmaart.web.api import (
+    accounts,
+    admin,
+    billing,
+    catalog,
+    credits,
+    events,
+    generations,
+    ops,
+    teams,
+)
 from plasmaart.web.edge import EdgeMiddleware
 from plasmaart.web.idempotency import IdempotencyMiddleware
 from plasmaart.web.metrics import HttpMetrics
@@ -67,4 +77,6 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
     app.include_router(credits.router)
     app.include_router(events.router)
     app.include_router(admin.router)
+    app.include_router(billing.router)
+    app.include_router(generations.router)
     return app

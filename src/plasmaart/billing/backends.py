@@ -1,0 +1,127 @@
+"""Where money comes from: the interface every billing backend implements.
+
+A backend only moves money; it never touches subscriptions or credits. The
+``BillingService`` validates a request, asks the backend, and applies the
+outcome through the same methods whatever the backend:
+
+* ``Paid`` — the money moved now (the sandbox; Stripe charging a saved card):
+  the service applies it in the same transaction.
+* ``Declined`` — nothing is applied; a customer's request gets 402
+  ``payment_failed``, a renewal puts the subscription ``past_due``.
+* ``Redirect`` — the customer pays on the provider's page (Stripe Checkout).
+  Nothing is applied now; the provider's webhook later calls
+  ``BillingService.subscribe_paid`` / ``pack_paid`` / ``upgrade_paid`` /
+  ``renewal_paid`` / ``renewal_failed`` / ``end_subscription``, which are
+  idempotent per subscription period or idempotency key.
+
+``renews_on_clock`` says who drives subscription periods: the worker's clock
+(the sandbox: it charges each renewal through ``charge_renewal``), or the
+provider (Stripe: renewals, failures and the end of a subscription arrive as
+webhooks, and the clock leaves its subscriptions alone).
+
+Each method receives the caller's connection, inside the transaction that
+applies the outcome, and an idempotency key that is stable for the operation
+(a subscription period, an HTTP ``Idempotency-Key``), to hand to the
+provider's own idempotency so that a retried request never charges twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from sqlalchemy import Connection
+
+from plasmaart.billing.repository import Subscription
+from plasmaart.catalog import CreditPack, PlanSpec
+
+
+@dataclass(frozen=True)
+class Customer:
+    """Who pays: the user, the wallet their credits go to, and their e-mail
+    (for the provider's receipts and its customer record)."""
+
+    user_id: str
+    wallet_id: str
+    email: str
+
+
+@dataclass(frozen=True)
+class Paid:
+    """The money moved. ``external_id``: the provider's id of the charge
+    (invoice, payment intent), kept with the payment for refunds."""
+
+    external_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Declined:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Send the customer to ``url`` to pay; the webhook completes the purchase."""
+
+    url: str
+
+
+ChargeOutcome = Paid | Declined
+CheckoutOutcome = Paid | Declined | Redirect
+# When a plan change takes effect: at once (an upgrade, charged prorated now),
+# or at the period end (a downgrade, or withdrawing a scheduled change).
+Effective = Literal["now", "period_end"]
+
+
+class BillingBackend(Protocol):
+    # Stored with each subscription and payment: the backend that handles them.
+    name: str
+    renews_on_clock: bool
+
+    def checkout_subscription(
+        self, conn: Connection, *, customer: Customer, plan: PlanSpec, idempotency_key: str
+    ) -> CheckoutOutcome:
+        """Start a subscription to ``plan`` at ``plan.price_cents`` a month."""
+        ...
+
+    def checkout_pack(
+        self, conn: Connection, *, customer: Customer, pack: CreditPack, idempotency_key: str
+    ) -> CheckoutOutcome:
+        """Sell ``pack`` once, at ``pack.price_cents``."""
+        ...
+
+    def change_plan(
+        self,
+        conn: Connection,
+        *,
+        customer: Customer,
+        subscription: Subscription,
+        plan: PlanSpec,
+        effective: Effective,
+        amount_cents: int,
+        idempotency_key: str,
+    ) -> ChargeOutcome:
+        """Move ``subscription`` to ``plan``: ``now`` charges ``amount_cents``
+        (the prorated difference) at once; ``period_end`` charges nothing now
+        and bills ``plan`` from the next period on, clearing any scheduled
+        cancellation."""
+        ...
+
+    def cancel(self, conn: Connection, *, customer: Customer, subscription: Subscription) -> None:
+        """Stop renewing ``subscription`` after its current period."""
+        ...
+
+    def charge_renewal(
+        self,
+        conn: Connection,
+        *,
+        customer: Customer,
+        subscription: Subscription,
+        plan: PlanSpec,
+        amount_cents: int,
+        idempotency_key: str,
+    ) -> ChargeOutcome:
+        """Collect the next period of ``subscription`` on ``plan`` (by the
+        clock when ``renews_on_clock``; and when the customer pays a past-due
+        subscription)."""
+        ...

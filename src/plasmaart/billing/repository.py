@@ -1,0 +1,242 @@
+"""Billing's SQL: subscriptions, payments, the test clock's offset and the
+sandbox cards. Rows come back as the frozen records below."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, cast
+
+from sqlalchemy import Connection, insert, or_, select, update
+
+from plasmaart.accounts.repository import AnyRow
+from plasmaart.clock import as_utc
+from plasmaart.db.tables import payments, sandbox_cards, subscriptions, test_clock, users
+
+
+@dataclass(frozen=True)
+class Subscription:
+    id: str
+    plan: str
+    status: str
+    current_period_start: datetime
+    current_period_end: datetime
+    cancel_at_period_end: bool
+    pending_plan: str | None
+    user_id: str = ""
+    wallet_id: str = ""
+    backend: str = "sandbox"
+    external_id: str | None = None
+    # Periods count from here (see ``periods.period_end_after``).
+    billing_anchor: datetime | None = None
+
+
+PaymentKind = Literal["subscription", "renewal", "upgrade", "pack"]
+PaymentStatus = Literal["succeeded", "failed"]
+
+
+@dataclass(frozen=True)
+class Payment:
+    id: str
+    user_id: str
+    wallet_id: str
+    subscription_id: str | None
+    kind: PaymentKind
+    status: PaymentStatus
+    plan_id: str | None
+    pack_id: str | None
+    amount_cents: int
+    currency: str
+    credits: int
+    lot_id: str | None
+    period_start: datetime | None
+    period_end: datetime | None
+    backend: str
+    external_id: str | None
+    failure_reason: str | None
+    created_at: datetime
+
+
+def _maybe_utc(value: datetime | None) -> datetime | None:
+    return None if value is None else as_utc(value)
+
+
+def _subscription(row: AnyRow) -> Subscription:
+    return Subscription(
+        id=row.id,
+        plan=row.plan_id,
+        status=row.status,
+        current_period_start=as_utc(row.current_period_start),
+        current_period_end=as_utc(row.current_period_end),
+        cancel_at_period_end=bool(row.cancel_at_period_end),
+        pending_plan=row.pending_plan,
+        user_id=row.user_id,
+        wallet_id=row.wallet_id,
+        backend=row.backend,
+        external_id=row.external_id,
+        billing_anchor=as_utc(row.billing_anchor or row.current_period_start),
+    )
+
+
+def _payment(row: AnyRow) -> Payment:
+    return Payment(
+        id=row.id,
+        user_id=row.user_id,
+        wallet_id=row.wallet_id,
+        subscription_id=row.subscription_id,
+        # The table's CHECK constraints allow only these.
+        kind=cast(PaymentKind, row.kind),
+        status=cast(PaymentStatus, row.status),
+        plan_id=row.plan_id,
+        pack_id=row.pack_id,
+        amount_cents=int(row.amount_cents),
+        currency=row.currency,
+        credits=int(row.credits),
+        lot_id=row.lot_id,
+        period_start=_maybe_utc(row.period_start),
+        period_end=_maybe_utc(row.period_end),
+        backend=row.backend,
+        external_id=row.external_id,
+        failure_reason=row.failure_reason,
+        created_at=as_utc(row.created_at),
+    )
+
+
+# -- subscriptions -------------------------------------------------------
+
+
+def subscription_of_wallet(
+    conn: Connection, wallet_id: str, *, lock: bool = False
+) -> Subscription | None:
+    query = select(subscriptions).where(subscriptions.c.wallet_id == wallet_id)
+    if lock:
+        query = query.with_for_update()
+    row = conn.execute(query).one_or_none()
+    return None if row is None else _subscription(row)
+
+
+def subscription_by_id(
+    conn: Connection, subscription_id: str, *, lock: bool = False
+) -> Subscription | None:
+    query = select(subscriptions).where(subscriptions.c.id == subscription_id)
+    if lock:
+        query = query.with_for_update()
+    row = conn.execute(query).one_or_none()
+    return None if row is None else _subscription(row)
+
+
+def insert_subscription(conn: Connection, **values: Any) -> None:
+    conn.execute(insert(subscriptions).values(**values))
+
+
+def update_subscription(conn: Connection, subscription_id: str, **values: Any) -> None:
+    conn.execute(
+        update(subscriptions).where(subscriptions.c.id == subscription_id).values(**values)
+    )
+
+
+def due_subscription_ids(
+    conn: Connection,
+    *,
+    now: datetime,
+    past_due_before: datetime,
+    backends: Iterable[str],
+    after: str,
+    limit: int,
+) -> list[str]:
+    """Subscriptions of ``backends`` with something to look at, in id order
+    after ``after``: active ones whose period has ended, past-due ones whose
+    period ended before ``past_due_before`` (their grace may be over)."""
+    period_end = subscriptions.c.current_period_end
+    status = subscriptions.c.status
+    rows = conn.execute(
+        select(subscriptions.c.id)
+        .where(
+            period_end <= now,
+            or_(
+                status == "active",
+                (status == "past_due") & (period_end <= past_due_before),
+            ),
+            subscriptions.c.backend.in_(list(backends)),
+            subscriptions.c.id > after,
+        )
+        .order_by(subscriptions.c.id)
+        .limit(limit)
+    )
+    return [row.id for row in rows]
+
+
+def user_email(conn: Connection, user_id: str) -> str:
+    email: str = conn.execute(select(users.c.email).where(users.c.id == user_id)).scalar_one()
+    return email
+
+
+# -- payments ------------------------------------------------------------
+
+
+def insert_payment(conn: Connection, **values: Any) -> Payment:
+    conn.execute(insert(payments).values(**values))
+    found = payment_by_key(conn, values["idempotency_key"])
+    if found is None:  # pragma: no cover - just inserted
+        raise RuntimeError("payment vanished after insert")
+    return found
+
+
+def payment_by_key(conn: Connection, key: str) -> Payment | None:
+    row = conn.execute(select(payments).where(payments.c.idempotency_key == key)).one_or_none()
+    return None if row is None else _payment(row)
+
+
+def payments_of_user(
+    conn: Connection, user_id: str, *, before: str | None, limit: int
+) -> list[Payment]:
+    """The user's payments, newest first (ids are time-ordered)."""
+    query = select(payments).where(payments.c.user_id == user_id)
+    if before is not None:
+        query = query.where(payments.c.id < before)
+    rows = conn.execute(query.order_by(payments.c.id.desc()).limit(limit))
+    return [_payment(row) for row in rows]
+
+
+# -- the sandbox: test clock and cards ------------------------------------
+
+
+def clock_offset_seconds(conn: Connection) -> int:
+    """The test clock's offset in seconds (0 before it was ever moved)."""
+    seconds = conn.execute(
+        select(test_clock.c.offset_seconds).where(test_clock.c.id == 1)
+    ).scalar_one_or_none()
+    return int(seconds or 0)
+
+
+def advance_test_clock(conn: Connection, seconds: int, now: datetime) -> int:
+    """Add ``seconds`` to the offset in one atomic UPDATE; the new offset."""
+    result = conn.execute(
+        update(test_clock)
+        .where(test_clock.c.id == 1)
+        .values(offset_seconds=test_clock.c.offset_seconds + seconds, updated_at=now)
+    )
+    if result.rowcount == 0:
+        # The migration inserts the row; a database restored without it gets it back.
+        conn.execute(insert(test_clock).values(id=1, offset_seconds=seconds, updated_at=now))
+    return clock_offset_seconds(conn)
+
+
+def card_declines(conn: Connection, user_id: str) -> bool:
+    declines = conn.execute(
+        select(sandbox_cards.c.declines).where(sandbox_cards.c.user_id == user_id)
+    ).scalar_one_or_none()
+    return bool(declines)
+
+
+def set_card(conn: Connection, user_id: str, *, declines: bool, now: datetime) -> None:
+    result = conn.execute(
+        update(sandbox_cards)
+        .where(sandbox_cards.c.user_id == user_id)
+        .values(declines=declines, updated_at=now)
+    )
+    if result.rowcount == 0:
+        conn.execute(
+            insert(sandbox_cards).values(user_id=user_id, declines=declines, updated_at=now)
+        )

@@ -1,0 +1,104 @@
+"""The sandbox billing backend: payments succeed at once, offline.
+
+Like Stripe's test mode it has a test clock (``SandboxTestClock``, moved by
+``POST /v1/admin/clock/advance``) and cards that can be made to decline
+(``POST /v1/admin/users/{id}/billing/sandbox-card {"declines": true}``): while
+a user's card declines, every sandbox charge of theirs fails, so renewals put
+the subscription past due and purchases answer 402 ``payment_failed``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection
+
+from plasmaart.billing import repository as repo
+from plasmaart.billing.backends import (
+    ChargeOutcome,
+    CheckoutOutcome,
+    Customer,
+    Declined,
+    Effective,
+    Paid,
+)
+from plasmaart.billing.repository import Subscription
+from plasmaart.catalog import CreditPack, PlanSpec
+from plasmaart.clock import Clock
+
+DECLINED = "the sandbox card declines (an admin set it to)"
+
+
+class SandboxBackend:
+    name = "sandbox"
+    renews_on_clock = True
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def checkout_subscription(
+        self,
+        conn: Connection,
+        *,
+        customer: Customer,
+        plan: PlanSpec,
+        idempotency_key: str,  # noqa: ARG002 - nothing external to deduplicate
+    ) -> CheckoutOutcome:
+        return self._charge(conn, customer, plan.price_cents)
+
+    def checkout_pack(
+        self,
+        conn: Connection,
+        *,
+        customer: Customer,
+        pack: CreditPack,
+        idempotency_key: str,  # noqa: ARG002
+    ) -> CheckoutOutcome:
+        return self._charge(conn, customer, pack.price_cents)
+
+    def change_plan(
+        self,
+        conn: Connection,
+        *,
+        customer: Customer,
+        subscription: Subscription,  # noqa: ARG002 - the service keeps its state
+        plan: PlanSpec,  # noqa: ARG002
+        effective: Effective,  # noqa: ARG002
+        amount_cents: int,
+        idempotency_key: str,  # noqa: ARG002
+    ) -> ChargeOutcome:
+        return self._charge(conn, customer, amount_cents)
+
+    def cancel(
+        self,
+        conn: Connection,  # noqa: ARG002
+        *,
+        customer: Customer,  # noqa: ARG002
+        subscription: Subscription,  # noqa: ARG002
+    ) -> None:
+        # Nothing to tell anyone: the clock ends the subscription at its period end.
+        return None
+
+    def charge_renewal(
+        self,
+        conn: Connection,
+        *,
+        customer: Customer,
+        subscription: Subscription,  # noqa: ARG002
+        plan: PlanSpec,  # noqa: ARG002
+        amount_cents: int,
+        idempotency_key: str,  # noqa: ARG002
+    ) -> ChargeOutcome:
+        return self._charge(conn, customer, amount_cents)
+
+    # -- the sandbox's own controls ------------------------------------------
+
+    def card_declines(self, conn: Connection, user_id: str) -> bool:
+        return repo.card_declines(conn, user_id)
+
+    def set_card(self, conn: Connection, user_id: str, *, declines: bool) -> None:
+        """Make every charge of ``user_id`` decline (or succeed again)."""
+        repo.set_card(conn, user_id, declines=declines, now=self.clock.now())
+
+    def _charge(self, conn: Connection, customer: Customer, amount_cents: int) -> Paid | Declined:
+        if amount_cents and repo.card_declines(conn, customer.user_id):
+            return Declined(DECLINED)
+        return Paid()

@@ -1,0 +1,353 @@
+"""Billing endpoints: the caller's subscription, credit purchases and payments;
+the sandbox's admin controls (the test clock, declining cards).
+
+Under the sandbox backend a subscription or purchase is paid and applied in
+the request; a backend with a hosted checkout answers ``{checkout_url}`` and
+its webhook applies the purchase later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+
+from plasmaart.accounts import audit
+from plasmaart.billing.repository import Payment, PaymentKind, PaymentStatus, Subscription
+from plasmaart.billing.sandbox import SandboxBackend
+from plasmaart.billing.service import Checkout, PackPurchase
+from plasmaart.billing.tasks import run_billing_clock
+from plasmaart.bootstrap import Platform
+from plasmaart.catalog import Catalog
+from plasmaart.errors import NotFound
+from plasmaart.ledger.tasks import expire_due_lots
+from plasmaart.web.api.accounts import StrictBody, SubscriptionOut, subscription_out
+from plasmaart.web.auth import AdminPrincipal, CurrentPrincipal
+from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
+from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
+
+router = APIRouter(prefix="/v1", tags=["billing"])
+
+# The longest single move of the test clock: ten years of renewals.
+MAX_CLOCK_DAYS = 3660
+
+
+class PlanIn(StrictBody):
+    plan: Annotated[str, Field(min_length=1, max_length=64, examples=["starter"])]
+
+
+class PackIn(StrictBody):
+    pack: Annotated[str, Field(min_length=1, max_length=64, examples=["pack-1000"])]
+
+
+class SubscriptionState(SubscriptionOut):
+    grace_ends_at: datetime | None = Field(
+        description="While past due: when the account falls to Free unless the renewal is paid"
+    )
+
+
+class CheckoutOut(BaseModel):
+    checkout_url: str
+
+
+class CreditPurchaseOut(BaseModel):
+    payment_id: str
+    pack: str
+    credits: int
+    balance: int = Field(description="Available credits right after the purchase")
+    expires_at: datetime | None
+
+
+class PaymentOut(BaseModel):
+    id: str
+    created_at: datetime
+    kind: PaymentKind
+    status: PaymentStatus
+    description: str
+    plan: str | None
+    pack: str | None
+    amount_cents: int
+    currency: str
+    credits: int = Field(description="Credits this payment granted")
+    period_start: datetime | None
+    period_end: datetime | None
+    failure_reason: str | None
+
+
+class ClockAdvanceIn(StrictBody):
+    days: Annotated[int, Field(ge=1, le=MAX_CLOCK_DAYS)]
+
+
+class ClockOut(BaseModel):
+    now: datetime
+    offset_days: float
+    renewed: int
+    downgraded: int
+    payment_failed: int
+    canceled: int
+    grace_ended: int
+    expired_lots: int
+    expired_credits: int
+
+
+class SandboxCardIn(StrictBody):
+    declines: bool
+
+
+class SandboxCardOut(BaseModel):
+    user_id: str
+    declines: bool
+
+
+def _state(platform: Platform, subscription: Subscription | None) -> SubscriptionState:
+    plan_id = platform.catalog.default_plan.id if subscription is None else subscription.plan
+    base = subscription_out(plan_id, subscription)
+    grace = None
+    if subscription is not None and subscription.status == "past_due":
+        grace = platform.billing.grace_ends_at(subscription)
+    return SubscriptionState(**base.model_dump(), grace_ends_at=grace)
+
+
+def _day(moment: datetime) -> str:
+    return moment.date().isoformat()
+
+
+def describe(catalog: Catalog, payment: Payment) -> str:
+    """What the payment was for, in words."""
+    if payment.kind == "pack":
+        return f"{payment.credits:,} credits ({payment.pack_id})"
+    try:
+        name = catalog.plan(payment.plan_id or "").name
+    except KeyError:
+        name = payment.plan_id or "a plan"
+    period = ""
+    if payment.period_start is not None and payment.period_end is not None:
+        period = f", {_day(payment.period_start)} to {_day(payment.period_end)}"
+    what = {
+        "subscription": f"{name} plan",
+        "renewal": f"{name} plan renewal",
+        "upgrade": f"upgrade to {name}, prorated",
+    }[payment.kind]
+    return what + period
+
+
+def _payment_out(catalog: Catalog, payment: Payment) -> PaymentOut:
+    return PaymentOut(
+        id=payment.id,
+        created_at=payment.created_at,
+        kind=payment.kind,
+        status=payment.status,
+        description=describe(catalog, payment),
+        plan=payment.plan_id,
+        pack=payment.pack_id,
+        amount_cents=payment.amount_cents,
+        currency=payment.currency,
+        credits=payment.credits,
+        period_start=payment.period_start,
+        period_end=payment.period_end,
+        failure_reason=payment.failure_reason,
+    )
+
+
+Responses = dict[int | str, dict[str, Any]]
+_NO_SUBSCRIPTION: Responses = {404: {"description": "You have no subscription (`not_found`)"}}
+_PAYMENT: Responses = {402: {"description": "The payment was declined (`payment_failed`)"}}
+
+
+@router.get("/subscription", response_model=SubscriptionState)
+def get_subscription(principal: CurrentPrincipal, platform: PlatformDep) -> SubscriptionState:
+    """Your subscription (``status: none`` without one)."""
+    with platform.db.read() as conn:
+        wallet = platform.ledger.wallet_of(conn, "user", principal.user.id)
+        return _state(platform, platform.billing.subscription(conn, wallet))
+
+
+@router.post(
+    "/subscription",
+    status_code=201,
+    response_model=SubscriptionState | CheckoutOut,
+    responses={
+        **_PAYMENT,
+        409: {"description": "`already_subscribed`: change the plan instead"},
+        200: {"description": "A hosted checkout: pay at `checkout_url`"},
+    },
+)
+def subscribe(
+    body: PlanIn, response: Response, principal: CurrentPrincipal, platform: PlatformDep
+) -> SubscriptionState | CheckoutOut:
+    """Subscribe to a paid plan. Sandbox: active at once, the month's credits granted."""
+    with platform.db.write() as conn:
+        customer = platform.billing.customer(conn, principal.user.id)
+        result = platform.billing.subscribe(conn, customer, body.plan)
+        if isinstance(result, Checkout):
+            response.status_code = 200
+            return CheckoutOut(checkout_url=result.url)
+        return _state(platform, result)
+
+
+@router.patch(
+    "/subscription",
+    response_model=SubscriptionState,
+    responses={
+        **_NO_SUBSCRIPTION,
+        **_PAYMENT,
+        409: {"description": "`subscription_past_due`: pay first"},
+    },
+)
+def change_plan(
+    body: PlanIn, principal: CurrentPrincipal, platform: PlatformDep
+) -> SubscriptionState:
+    """Upgrade at once (the difference in monthly credits granted, the price
+    prorated), or downgrade at the period end (``pending_plan``). Your current
+    plan withdraws a scheduled downgrade or cancellation."""
+    with platform.db.write() as conn:
+        customer = platform.billing.customer(conn, principal.user.id)
+        return _state(platform, platform.billing.change_plan(conn, customer, body.plan))
+
+
+@router.delete("/subscription", response_model=SubscriptionState, responses=_NO_SUBSCRIPTION)
+def cancel_subscription(principal: CurrentPrincipal, platform: PlatformDep) -> SubscriptionState:
+    """Cancel at the period end; then Free. Credits already granted stay until they expire."""
+    with platform.db.write() as conn:
+        customer = platform.billing.customer(conn, principal.user.id)
+        return _state(platform, platform.billing.cancel(conn, customer))
+
+
+@router.post(
+    "/subscription/pay",
+    response_model=SubscriptionState,
+    responses={
+        **_NO_SUBSCRIPTION,
+        **_PAYMENT,
+        409: {"description": "`nothing_to_pay`: the subscription is not past due"},
+    },
+)
+def pay_subscription(principal: CurrentPrincipal, platform: PlatformDep) -> SubscriptionState:
+    """Pay the failed renewal of a past-due subscription: active again, with
+    the period's credits."""
+    with platform.db.write() as conn:
+        customer = platform.billing.customer(conn, principal.user.id)
+        return _state(platform, platform.billing.pay(conn, customer))
+
+
+@router.post(
+    "/credit-purchases",
+    status_code=201,
+    response_model=CreditPurchaseOut | CheckoutOut,
+    responses={**_PAYMENT, 200: {"description": "A hosted checkout: pay at `checkout_url`"}},
+)
+def buy_credits(
+    body: PackIn,
+    request: Request,
+    response: Response,
+    principal: CurrentPrincipal,
+    platform: PlatformDep,
+) -> CreditPurchaseOut | CheckoutOut:
+    """Buy a credit pack, on any plan: added to your balance once paid; never
+    expires unless the operator configured a lifetime."""
+    # With an Idempotency-Key the purchase itself is idempotent: a retry after
+    # a lost answer never charges twice, even if the first run was cut short.
+    http_key = getattr(request.state, "idempotency_key", None)
+    key = hashlib.sha256(http_key.encode()).hexdigest()[:32] if http_key else None
+    with platform.db.write() as conn:
+        customer = platform.billing.customer(conn, principal.user.id)
+        result = platform.billing.buy_pack(conn, customer, body.pack, idempotency_key=key)
+    if isinstance(result, Checkout):
+        response.status_code = 200
+        return CheckoutOut(checkout_url=result.url)
+    return _purchase_out(result)
+
+
+def _purchase_out(purchase: PackPurchase) -> CreditPurchaseOut:
+    return CreditPurchaseOut(
+        payment_id=purchase.payment_id,
+        pack=purchase.pack,
+        credits=purchase.credits,
+        balance=purchase.balance,
+        expires_at=purchase.expires_at,
+    )
+
+
+@router.get("/payments", response_model=Page[PaymentOut])
+def list_payments(
+    principal: CurrentPrincipal,
+    platform: PlatformDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> Page[PaymentOut]:
+    """What you paid, when, for what, and the credits it granted; newest first."""
+    before = decode_cursor(cursor) if cursor else None
+    with platform.db.read() as conn:
+        found = platform.billing.payments(conn, principal.user.id, limit=limit + 1, before=before)
+    more = len(found) > limit
+    found = found[:limit]
+    return Page[PaymentOut](
+        data=[_payment_out(platform.catalog, payment) for payment in found],
+        next_cursor=encode_cursor(found[-1].id) if more else None,
+    )
+
+
+# -- the sandbox's admin controls (404 unless billing is the sandbox) ---------
+
+
+@router.post("/admin/clock/advance", response_model=ClockOut, tags=["admin"])
+def advance_clock(body: ClockAdvanceIn, admin: AdminPrincipal, platform: PlatformDep) -> ClockOut:
+    """Move the sandbox test clock forward for every process, then run what
+    fell due at once: renewals, failed payments, downgrades and cancellations
+    at period ends, grace periods, expiries."""
+    test_clock = platform.billing.test_clock
+    if test_clock is None:
+        raise NotFound("Not Found")
+    with platform.db.write() as conn:
+        offset = test_clock.advance(conn, timedelta(days=body.days))
+        audit.record(
+            conn,
+            actor=admin.user.id,
+            action="billing.clock_advance",
+            target="test_clock",
+            reason=None,
+            now=platform.clock.now(),
+            data={"days": body.days, "offset_seconds": int(offset.total_seconds())},
+        )
+    report = run_billing_clock(platform.db, platform.billing)
+    expired = expire_due_lots(platform.db, platform.ledger)
+    return ClockOut(
+        now=platform.clock.now(),
+        offset_days=offset / timedelta(days=1),
+        renewed=report["renewed"],
+        downgraded=report["downgraded"],
+        payment_failed=report["payment_failed"],
+        canceled=report["canceled"],
+        grace_ended=report["grace_ended"],
+        expired_lots=expired.lots,
+        expired_credits=expired.credits,
+    )
+
+
+@router.post(
+    "/admin/users/{user_id}/billing/sandbox-card", response_model=SandboxCardOut, tags=["admin"]
+)
+def set_sandbox_card(
+    user_id: str, body: SandboxCardIn, admin: AdminPrincipal, platform: PlatformDep
+) -> SandboxCardOut:
+    """Make the user's sandbox card decline every charge (renewals go past
+    due, purchases answer 402), or succeed again."""
+    sandbox = platform.billing.backend
+    if not isinstance(sandbox, SandboxBackend):
+        raise NotFound("Not Found")
+    with platform.db.write() as conn:
+        user = platform.accounts.get(conn, user_id)
+        sandbox.set_card(conn, user.id, declines=body.declines)
+        audit.record(
+            conn,
+            actor=admin.user.id,
+            action="billing.sandbox_card",
+            target=user.id,
+            reason=None,
+            now=platform.clock.now(),
+            data={"declines": body.declines},
+        )
+    return SandboxCardOut(user_id=user.id, declines=body.declines)

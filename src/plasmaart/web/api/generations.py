@@ -1,0 +1,346 @@
+"""``/v1/generations``, ``/v1/quotes``, ``/v1/uploads`` and output downloads."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import insert, select
+
+from plasmaart.bootstrap import Platform
+from plasmaart.db.tables import generation_outputs, generations, uploads
+from plasmaart.errors import NotFound
+from plasmaart.generation.service import Generation, GenerationRequest
+from plasmaart.ids import new_id
+from plasmaart.media.signing import sign_url, signing_secret, verify
+from plasmaart.media.uploads import MAX_UPLOAD_BYTES, inspect_upload
+from plasmaart.web.api.accounts import StrictBody
+from plasmaart.web.auth import CurrentPrincipal, OptionalPrincipal
+from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
+from plasmaart.web.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+
+router = APIRouter(prefix="/v1", tags=["generations"])
+
+# How long a download link in a generation object works.
+DOWNLOAD_LINK_LIFETIME = timedelta(hours=1)
+
+
+class GenerationIn(StrictBody):
+    model: Annotated[str, Field(min_length=1, max_length=100)]
+    prompt: Annotated[str, Field(max_length=20_000)]
+    num_outputs: Annotated[int, Field(ge=1, le=16)] = 1
+    image_url: Annotated[str | None, Field(max_length=2000)] = None
+    upload_id: Annotated[str | None, Field(max_length=40)] = None
+    team_id: Annotated[str | None, Field(max_length=40)] = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    def request(self) -> GenerationRequest:
+        return GenerationRequest(
+            model=self.model,
+            prompt=self.prompt,
+            num_outputs=self.num_outputs,
+            image_url=self.image_url,
+            upload_id=self.upload_id,
+            team_id=self.team_id,
+            params=self.params,
+        )
+
+
+class OutputOut(BaseModel):
+    id: str
+    url: str
+    content_type: str
+    width: int | None
+    height: int | None
+    duration_s: float | None
+    watermarked: bool
+    license: Literal["personal", "commercial"]
+
+
+class ErrorOut(BaseModel):
+    code: str
+    message: str
+
+
+class GenerationOut(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    model: str
+    kind: str
+    prompt: str
+    num_outputs: int
+    team_id: str | None
+    params: dict[str, Any]
+    credits_per_output: int
+    credits_held: int
+    credits_charged: int
+    balance_after: int
+    outputs: list[OutputOut]
+    error: ErrorOut | None
+    license: Literal["personal", "commercial"]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queue_position: int | None
+    # A running job asked to stop: it ends canceled, or succeeded if the
+    # provider had already delivered.
+    cancel_requested: bool
+
+
+class GenerationPage(BaseModel):
+    data: list[GenerationOut]
+    next_cursor: str | None
+
+
+class QuoteOut(BaseModel):
+    credits: int
+    available: int
+    available_after: int
+    allowed: bool
+    reason: str | None
+
+
+class UploadOut(BaseModel):
+    id: str
+    url: str
+    content_type: str
+    width: int
+    height: int
+
+
+def _signed(platform: Platform, path: str) -> str:
+    secret = signing_secret(platform.settings)
+    return sign_url(path, platform.clock.now() + DOWNLOAD_LINK_LIFETIME, secret)
+
+
+def generation_out(platform: Platform, generation: Generation) -> GenerationOut:
+    return GenerationOut(
+        id=generation.id,
+        status=generation.status,
+        model=generation.model,
+        kind=generation.kind,
+        prompt=generation.prompt,
+        num_outputs=generation.num_outputs,
+        team_id=generation.team_id,
+        params=generation.params,
+        credits_per_output=generation.credits_per_output,
+        credits_held=generation.credits_held,
+        credits_charged=generation.credits_charged,
+        balance_after=generation.balance_after,
+        outputs=[
+            OutputOut(
+                id=output.id,
+                url=_signed(platform, f"/v1/outputs/{output.id}/content"),
+                content_type=output.content_type,
+                width=output.width,
+                height=output.height,
+                duration_s=output.duration_s,
+                watermarked=output.watermarked,
+                license=output.license,
+            )
+            for output in generation.outputs
+        ],
+        error=None
+        if generation.error_code is None
+        else ErrorOut(code=generation.error_code, message=generation.error_message or ""),
+        license=generation.license,
+        created_at=generation.created_at,
+        started_at=generation.started_at,
+        finished_at=generation.finished_at,
+        queue_position=generation.queue_position,
+        cancel_requested=generation.cancel_requested,
+    )
+
+
+@router.post("/generations", status_code=201, response_model=GenerationOut)
+def create_generation(
+    body: GenerationIn, request: Request, principal: CurrentPrincipal, platform: PlatformDep
+) -> GenerationOut:
+    """Hold credits x outputs and queue the job; 201 with the generation."""
+    # The HTTP Idempotency-Key, scoped like the middleware scopes it (per
+    # credential), makes the job itself unique: a re-run after a crash finds it.
+    http_key = getattr(request.state, "idempotency_key", None)
+    key = None
+    if http_key:
+        key = hashlib.sha256(f"{principal.credential_id}\n{http_key}".encode()).hexdigest()
+    with platform.db.write() as conn:
+        generation = platform.generations.submit(
+            conn, principal.user, body.request(), idempotency_key=key
+        )
+    return generation_out(platform, generation)
+
+
+@router.post("/quotes", response_model=QuoteOut)
+def quote(body: GenerationIn, principal: CurrentPrincipal, platform: PlatformDep) -> QuoteOut:
+    """What the request would cost and whether it would be accepted; nothing is held."""
+    with platform.db.read() as conn:
+        answer = platform.generations.quote(conn, principal.user, body.request())
+    return QuoteOut(
+        credits=answer.credits,
+        available=answer.available,
+        available_after=answer.available_after,
+        allowed=answer.allowed,
+        reason=answer.reason,
+    )
+
+
+@router.get("/generations", response_model=GenerationPage)
+def list_generations(
+    principal: CurrentPrincipal,
+    platform: PlatformDep,
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"] | None = None,
+    model: Annotated[str | None, Query(max_length=100)] = None,
+    team_id: Annotated[str | None, Query(max_length=40)] = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> GenerationPage:
+    """Your generations (and your teams'), newest first."""
+    before = decode_cursor(cursor) if cursor else None
+    with platform.db.read() as conn:
+        found = platform.generations.list(
+            conn,
+            principal.user,
+            limit=limit + 1,
+            before=before,
+            status=status,
+            model=model,
+            team_id=team_id,
+        )
+    more = len(found) > limit
+    found = found[:limit]
+    return GenerationPage(
+        data=[generation_out(platform, g) for g in found],
+        next_cursor=encode_cursor(found[-1].id) if more else None,
+    )
+
+
+@router.get("/generations/{generation_id}", response_model=GenerationOut)
+def get_generation(
+    generation_id: str, principal: CurrentPrincipal, platform: PlatformDep
+) -> GenerationOut:
+    with platform.db.read() as conn:
+        generation = platform.generations.get(conn, principal.user, generation_id)
+    return generation_out(platform, generation)
+
+
+@router.post("/generations/{generation_id}/cancel", response_model=GenerationOut)
+def cancel_generation(
+    generation_id: str, principal: CurrentPrincipal, platform: PlatformDep
+) -> GenerationOut:
+    """Queued: canceled and refunded at once. Running: canceled at the provider,
+    unless it had already delivered (then it succeeds and is charged)."""
+    with platform.db.write() as conn:
+        generation = platform.generations.cancel(conn, principal.user, generation_id)
+    return generation_out(platform, generation)
+
+
+@router.post("/uploads", status_code=201, response_model=UploadOut)
+def upload(
+    file: Annotated[UploadFile, File(description="PNG, JPEG or WebP; 10 MB; 4096 px a side")],
+    principal: CurrentPrincipal,
+    platform: PlatformDep,
+) -> UploadOut:
+    """An input image for image-to-video (or image editing)."""
+    data = file.file.read(MAX_UPLOAD_BYTES + 1)
+    info = inspect_upload(data, file.content_type)
+    upload_id = new_id("upl")
+    extension = info.content_type.split("/")[1]
+    key = f"uploads/{principal.user.id}/{upload_id}.{extension}"
+    platform.storage.put(key, data, info.content_type)
+    with platform.db.write() as conn:
+        conn.execute(
+            insert(uploads).values(
+                id=upload_id,
+                user_id=principal.user.id,
+                storage_key=key,
+                content_type=info.content_type,
+                width=info.width,
+                height=info.height,
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                created_at=platform.clock.now(),
+            )
+        )
+    return UploadOut(
+        id=upload_id,
+        url=_signed(platform, f"/v1/uploads/{upload_id}/content"),
+        content_type=info.content_type,
+        width=info.width,
+        height=info.height,
+    )
+
+
+def _stream(platform: Platform, key: str) -> Iterator[bytes]:
+    stream = platform.storage.open_stream(key)
+    try:
+        yield from stream
+    finally:
+        stream.close()
+
+
+def _download(
+    platform: Platform, request: Request, key: str, content_type: str, allowed: bool
+) -> StreamingResponse:
+    expires, signature = request.query_params.get("expires"), request.query_params.get("signature")
+    signed = (
+        expires is not None
+        and signature is not None
+        and verify(
+            request.url.path,
+            expires,
+            signature,
+            signing_secret(platform.settings),
+            platform.clock.now(),
+        )
+    )
+    if not (signed or allowed):
+        raise NotFound("not found")
+    return StreamingResponse(
+        _stream(platform, key),
+        media_type=content_type,
+        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.get("/outputs/{output_id}/content", response_class=StreamingResponse)
+def output_content(
+    output_id: str, request: Request, principal: OptionalPrincipal, platform: PlatformDep
+) -> StreamingResponse:
+    """The file: for its owner, the team, an admin, or anyone with a signed URL."""
+    with platform.db.read() as conn:
+        row = conn.execute(
+            select(generation_outputs, generations.c.id.label("gen_id"))
+            .join(generations, generations.c.id == generation_outputs.c.generation_id)
+            .where(generation_outputs.c.id == output_id)
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"no output {output_id!r}")
+        allowed = False
+        if principal is not None:
+            if principal.user.role == "admin":
+                allowed = True
+            else:
+                try:
+                    platform.generations.get(conn, principal.user, row.gen_id)
+                    allowed = True
+                except NotFound:
+                    allowed = False
+    return _download(platform, request, row.storage_key, row.content_type, allowed)
+
+
+@router.get("/uploads/{upload_id}/content", response_class=StreamingResponse)
+def upload_content(
+    upload_id: str, request: Request, principal: OptionalPrincipal, platform: PlatformDep
+) -> StreamingResponse:
+    """An uploaded image: for its owner, or with a signed URL."""
+    with platform.db.read() as conn:
+        row = conn.execute(select(uploads).where(uploads.c.id == upload_id)).one_or_none()
+    if row is None:
+        raise NotFound(f"no upload {upload_id!r}")
+    allowed = principal is not None and principal.user.id == row.user_id
+    return _download(platform, request, row.storage_key, row.content_type, allowed)

@@ -1,0 +1,275 @@
+"""The Billing endpoints over HTTP on the sandbox backend: the subscription's
+lifecycle, refusals, credit purchases, payments, and the admin controls (the
+test clock, declining cards)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from plasmaart.bootstrap import Platform
+from plasmaart.clock import ManualClock
+from plasmaart.ledger.invariants import check_ledger
+from tests.support.accounts import TestUser, make_user
+
+JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)
+FEB_1 = datetime(2026, 2, 1, tzinfo=UTC)
+PROBLEM = "application/problem+json"
+
+
+def at(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def books_balance(platform: Platform) -> None:
+    with platform.db.read() as conn:
+        assert check_ledger(conn) == []
+
+
+def available(client: TestClient, user: TestUser) -> int:
+    found: int = client.get("/v1/balance", headers=user.auth).json()["available"]
+    return found
+
+
+def refused(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert (response.status_code, response.headers["content-type"]) == (status, PROBLEM), (
+        response.text
+    )
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code
+    return body
+
+
+def models_available(client: TestClient, user: TestUser) -> set[str]:
+    models = client.get("/v1/models?limit=200", headers=user.auth).json()["data"]
+    return {model["id"] for model in models if model["available"]}
+
+
+def test_subscription_lifecycle(platform: Platform, client: TestClient, clock: ManualClock) -> None:
+    kai = make_user(platform, "kai@example.com")
+    admin = make_user(platform, "root@example.com", admin=True)
+    none = client.get("/v1/subscription", headers=kai.auth).json()
+    assert (none["plan"], none["status"], none["current_period_end"]) == ("free", "none", None)
+    assert "wan-pro" not in models_available(client, kai)
+    created = client.post("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert (body["plan"], body["status"], at(body["current_period_end"])) == (
+        "starter",
+        "active",
+        FEB_1,
+    )
+    assert available(client, kai) == 2000
+    assert "wan-pro" in models_available(client, kai)  # Starter has medium video
+    twice = client.post("/v1/subscription", json={"plan": "pro"}, headers=kai.auth)
+    refused(twice, 409, "already_subscribed")
+    # Upgrade on Jan 16: the difference in credits now, the price prorated.
+    clock.set(JAN_1 + timedelta(days=15))
+    upgraded = client.patch("/v1/subscription", json={"plan": "pro"}, headers=kai.auth)
+    assert upgraded.status_code == 200, upgraded.text
+    assert (upgraded.json()["plan"], upgraded.json()["pending_plan"]) == ("pro", None)
+    assert available(client, kai) == 5000
+    assert "veo3" in models_available(client, kai)
+    # Downgrade: at the period end. Then cancel instead: Free at the period end.
+    later = client.patch("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
+    assert (later.json()["plan"], later.json()["pending_plan"]) == ("pro", "starter")
+    canceled = client.delete("/v1/subscription", headers=kai.auth)
+    assert canceled.status_code == 200, canceled.text
+    assert (canceled.json()["cancel_at_period_end"], canceled.json()["pending_plan"]) == (
+        True,
+        None,
+    )
+    moved = client.post("/v1/admin/clock/advance", json={"days": 16}, headers=admin.auth)
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["canceled"], moved.json()["expired_credits"]) == (1, 5000)
+    assert at(moved.json()["now"]) == FEB_1
+    ended = client.get("/v1/subscription", headers=kai.auth).json()
+    assert (ended["status"], ended["cancel_at_period_end"]) == ("canceled", False)
+    me = client.get("/v1/me", headers=kai.auth).json()
+    assert (me["plan"], me["balance"]["available"]) == ("free", 0)
+    assert not models_available(client, kai) & {"wan-pro", "veo3"}
+    books_balance(platform)
+    # What was paid, newest first, a page at a time.
+    first = client.get("/v1/payments?limit=1", headers=kai.auth).json()
+    rest = client.get(
+        f"/v1/payments?limit=5&cursor={first['next_cursor']}", headers=kai.auth
+    ).json()
+    assert rest["next_cursor"] is None
+    listed = first["data"] + rest["data"]
+    assert [(p["kind"], p["amount_cents"], p["credits"], p["currency"]) for p in listed] == [
+        ("upgrade", 1548, 3000, "usd"),
+        ("subscription", 1900, 2000, "usd"),
+    ]
+    assert listed[0]["description"] == "upgrade to Pro, prorated, 2026-01-16 to 2026-02-01"
+    assert listed[1]["description"] == "Starter plan, 2026-01-01 to 2026-02-01"
+    assert client.get("/v1/payments", headers=admin.auth).json() == {
+        "data": [],
+        "next_cursor": None,
+    }
+
+
+def test_refusals_write_nothing(platform: Platform, client: TestClient) -> None:
+    kai = make_user(platform, "kai@example.com")
+    for plan, message in (("gold", "unknown plan"), ("free", "needs no subscription")):
+        body = refused(
+            client.post("/v1/subscription", json={"plan": plan}, headers=kai.auth),
+            422,
+            "invalid_input",
+        )
+        assert body["errors"][0]["field"] == "plan"
+        assert message in body["detail"]
+    extra = client.post("/v1/subscription", json={"plan": "pro", "x": 1}, headers=kai.auth)
+    refused(extra, 422, "invalid_input")
+    refused(
+        client.patch("/v1/subscription", json={"plan": "pro"}, headers=kai.auth), 404, "not_found"
+    )
+    refused(client.delete("/v1/subscription", headers=kai.auth), 404, "not_found")
+    refused(client.post("/v1/subscription/pay", headers=kai.auth), 404, "not_found")
+    pack = client.post("/v1/credit-purchases", json={"pack": "pack-7"}, headers=kai.auth)
+    assert refused(pack, 422, "invalid_input")["errors"][0]["field"] == "pack"
+    assert client.get("/v1/payments", headers=kai.auth).json()["data"] == []
+    assert available(client, kai) == 0
+    # Subscribed: the same plan, Free, and paying what is paid are refused too.
+    assert (
+        client.post("/v1/subscription", json={"plan": "pro"}, headers=kai.auth).status_code == 201
+    )
+    same = client.patch("/v1/subscription", json={"plan": "pro"}, headers=kai.auth)
+    assert "already on Pro" in refused(same, 422, "invalid_input")["detail"]
+    to_free = client.patch("/v1/subscription", json={"plan": "free"}, headers=kai.auth)
+    assert "cancel" in refused(to_free, 422, "invalid_input")["detail"]
+    refused(client.post("/v1/subscription/pay", headers=kai.auth), 409, "nothing_to_pay")
+    assert len(client.get("/v1/payments", headers=kai.auth).json()["data"]) == 1
+    assert available(client, kai) == 5000
+    refused(client.get("/v1/subscription"), 401, "unauthenticated")
+
+
+def test_credit_packs(platform: Platform, client: TestClient) -> None:
+    kai = make_user(platform, "kai@example.com", plan="starter")
+    key = {"Idempotency-Key": "pack-once"}
+    bought = client.post(
+        "/v1/credit-purchases", json={"pack": "pack-3000"}, headers={**kai.auth, **key}
+    )
+    assert bought.status_code == 201, bought.text
+    assert (bought.json()["credits"], bought.json()["balance"], bought.json()["expires_at"]) == (
+        3000,
+        5000,
+        None,
+    )
+    again = client.post(
+        "/v1/credit-purchases", json={"pack": "pack-3000"}, headers={**kai.auth, **key}
+    )
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.json() == bought.json()
+    assert available(client, kai) == 5000
+    lots = client.get("/v1/balance", headers=kai.auth).json()["lots"]
+    assert {(lot["source"], lot["granted"], lot["expires_at"]) for lot in lots} == {
+        ("subscription", 2000, "2026-02-01T00:00:00Z"),
+        ("purchase", 3000, None),
+    }
+    kinds = [p["kind"] for p in client.get("/v1/payments", headers=kai.auth).json()["data"]]
+    assert kinds == ["pack", "subscription"]
+    books_balance(platform)
+
+
+def test_declined_renewal_past_due_then_paid(platform: Platform, client: TestClient) -> None:
+    kai = make_user(platform, "kai@example.com", plan="starter")
+    admin = make_user(platform, "root@example.com", admin=True)
+    card = f"/v1/admin/users/{kai.id}/billing/sandbox-card"
+    declining = client.post(card, json={"declines": True}, headers=admin.auth)
+    assert declining.json() == {"user_id": kai.id, "declines": True}
+    moved = client.post("/v1/admin/clock/advance", json={"days": 31}, headers=admin.auth)
+    assert (moved.json()["payment_failed"], moved.json()["renewed"]) == (1, 0)
+    due = client.get("/v1/subscription", headers=kai.auth).json()
+    assert (due["status"], at(due["grace_ends_at"])) == ("past_due", FEB_1 + timedelta(days=7))
+    assert available(client, kai) == 0
+    refused(client.post("/v1/subscription/pay", headers=kai.auth), 402, "payment_failed")
+    refused(
+        client.patch("/v1/subscription", json={"plan": "pro"}, headers=kai.auth),
+        409,
+        "subscription_past_due",
+    )
+    bought = client.post("/v1/credit-purchases", json={"pack": "pack-1000"}, headers=kai.auth)
+    refused(bought, 402, "payment_failed")
+    # Declined at the checkout: no subscription, no credits, no payment.
+    lee = make_user(platform, "lee@example.com")
+    client.post(
+        f"/v1/admin/users/{lee.id}/billing/sandbox-card",
+        json={"declines": True},
+        headers=admin.auth,
+    )
+    refused(
+        client.post("/v1/subscription", json={"plan": "starter"}, headers=lee.auth),
+        402,
+        "payment_failed",
+    )
+    assert client.get("/v1/subscription", headers=lee.auth).json()["status"] == "none"
+    assert client.get("/v1/payments", headers=lee.auth).json()["data"] == []
+    client.post(card, json={"declines": False}, headers=admin.auth)
+    paid = client.post("/v1/subscription/pay", headers=kai.auth)
+    assert paid.status_code == 200, paid.text
+    assert (paid.json()["status"], paid.json()["grace_ends_at"]) == ("active", None)
+    assert available(client, kai) == 2000
+    statuses = [
+        (p["kind"], p["status"])
+        for p in client.get("/v1/payments", headers=kai.auth).json()["data"]
+    ]
+    assert statuses == [
+        ("renewal", "succeeded"),
+        ("renewal", "failed"),
+        ("subscription", "succeeded"),
+    ]
+    books_balance(platform)
+
+
+def test_grace_ends_in_free_on_the_test_clock(platform: Platform, client: TestClient) -> None:
+    kai = make_user(platform, "kai@example.com", plan="pro")
+    admin = make_user(platform, "root@example.com", admin=True)
+    client.post(
+        f"/v1/admin/users/{kai.id}/billing/sandbox-card",
+        json={"declines": True},
+        headers=admin.auth,
+    )
+    client.post("/v1/admin/clock/advance", json={"days": 31}, headers=admin.auth)
+    assert client.get("/v1/me", headers=kai.auth).json()["plan"] == "pro"  # in grace
+    moved = client.post("/v1/admin/clock/advance", json={"days": 7}, headers=admin.auth)
+    assert (moved.json()["grace_ended"], moved.json()["offset_days"]) == (1, 38)
+    assert client.get("/v1/me", headers=kai.auth).json()["plan"] == "free"
+    assert "veo3" not in models_available(client, kai)
+
+
+def test_admin_clock_is_sandbox_and_admin_only(
+    platform: Platform, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kai = make_user(platform, "kai@example.com")
+    admin = make_user(platform, "root@example.com", admin=True)
+    refused(
+        client.post("/v1/admin/clock/advance", json={"days": 1}, headers=kai.auth), 404, "not_found"
+    )
+    for days in (0, -1, 10_000):
+        bad = client.post("/v1/admin/clock/advance", json={"days": days}, headers=admin.auth)
+        refused(bad, 422, "invalid_input")
+    unknown = client.post(
+        "/v1/admin/users/usr_nobody/billing/sandbox-card",
+        json={"declines": True},
+        headers=admin.auth,
+    )
+    refused(unknown, 404, "not_found")
+    assert platform.clock.now() == JAN_1
+    # Billing that is not the sandbox has no test clock and no sandbox cards.
+    monkeypatch.setattr(platform.billing, "test_clock", None)
+    monkeypatch.setattr(platform.billing, "backend", object())
+    refused(
+        client.post("/v1/admin/clock/advance", json={"days": 1}, headers=admin.auth),
+        404,
+        "not_found",
+    )
+    card = client.post(
+        f"/v1/admin/users/{kai.id}/billing/sandbox-card",
+        json={"declines": True},
+        headers=admin.auth,
+    )
+    refused(card, 404, "not_found")
+    assert platform.clock.now() == JAN_1

@@ -1,0 +1,647 @@
+"""The Generations API over HTTP (``/v1/generations``, ``/v1/quotes``,
+``/v1/uploads``, output downloads), on SQLite and PostgreSQL, with the worker
+drained in the test's thread: the policy's story of a Starter user, refunds,
+refusals that write nothing, idempotent submission, the list, uploads and
+image-to-video, and the live ``generation.updated`` events."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import func, select
+
+from plasmaart.bootstrap import Platform
+from plasmaart.clock import ManualClock
+from plasmaart.db.tables import generations, holds, uploads
+from plasmaart.ledger.invariants import check_ledger
+from plasmaart.media.metadata import probe_mp4, read_png_metadata
+from plasmaart.web.api import events as events_api
+from plasmaart.web.problems import PROBLEM_JSON
+from plasmaart.worker import Worker
+from tests.support.accounts import TestUser, make_user
+from tests.support.live_server import live_server, open_stream
+from tests.support.matrix import changes, snapshot
+
+AT_ONCE = {"delay_s": 0}
+STARTER_CREDITS = 2000
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+class HttpAnswer(Protocol):
+    """What the helpers read of a response (the test client's or httpx's)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def json(self) -> Any: ...
+
+
+def drain(platform: Platform) -> int:
+    """Run every queued job to its end in this thread; how many ran."""
+    worker = Worker(platform, concurrency=4)
+    worker.runner.sleep = lambda _seconds: None
+    return worker.drain()
+
+
+def create(
+    client: TestClient, user: TestUser, model: str, prompt: str = "a red fox in snow", **body: Any
+) -> HttpAnswer:
+    params = body.pop("params", {})
+    sandbox = body.pop("sandbox", AT_ONCE)
+    payload = {"model": model, "prompt": prompt, "params": {**params, "sandbox": sandbox}, **body}
+    return client.post("/v1/generations", json=payload, headers=user.auth)
+
+
+def created(client: TestClient, user: TestUser, model: str, **body: Any) -> dict[str, Any]:
+    answer = create(client, user, model, **body)
+    assert answer.status_code == 201, answer.text
+    generation: dict[str, Any] = answer.json()
+    return generation
+
+
+def fetch(client: TestClient, user: TestUser, generation_id: str) -> dict[str, Any]:
+    answer = client.get(f"/v1/generations/{generation_id}", headers=user.auth)
+    assert answer.status_code == 200, answer.text
+    generation: dict[str, Any] = answer.json()
+    return generation
+
+
+def balance(client: TestClient, user: TestUser) -> tuple[int, int]:
+    answer = client.get("/v1/balance", headers=user.auth).json()
+    return answer["available"], answer["held"]
+
+
+def ledger_of(client: TestClient, user: TestUser, generation_id: str) -> list[tuple[str, int]]:
+    """(kind, amount) of the generation's ledger entries, oldest first."""
+    entries = client.get("/v1/ledger", headers=user.auth).json()["data"]
+    return [
+        (e["kind"], e["amount"]) for e in reversed(entries) if e["generation_id"] == generation_id
+    ]
+
+
+def assert_problem(answer: HttpAnswer, status: int, code: str) -> dict[str, Any]:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == PROBLEM_JSON
+    body: dict[str, Any] = answer.json()
+    assert body["code"] == code, body
+    return body
+
+
+@pytest.fixture(autouse=True)
+def ledger_stays_consistent(platform: Platform) -> Iterator[None]:
+    """Every test ends with the ledger's invariants intact (accepted,
+    refused, refunded or replayed alike)."""
+    yield
+    with platform.db.read() as conn:
+        assert check_ledger(conn) == []
+
+
+def png(size: tuple[int, int], colour: tuple[int, int, int] = (30, 120, 200)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def gif(size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (250, 200, 0)).save(out, format="GIF")
+    return out.getvalue()
+
+
+def huge_png_header() -> bytes:
+    """A small PNG whose header claims 5000 x 5000 px (over 4096 a side)."""
+    data = bytearray(png((2, 2)))
+    data[16:24] = (5000).to_bytes(4, "big") * 2
+    return bytes(data)
+
+
+def upload(client: TestClient, user: TestUser, data: bytes, name: str, kind: str) -> HttpAnswer:
+    return client.post("/v1/uploads", files={"file": (name, data, kind)}, headers=user.auth)
+
+
+def stored_uploads(platform: Platform) -> list[Path]:
+    folder = platform.settings.media_dir / "uploads"
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def count(platform: Platform, table: Any) -> int:
+    with platform.db.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+# -- the policy's story ----------------------------------------------------------
+
+
+def test_a_starter_user_generates_four_images(
+    client: TestClient, platform: Platform, clock: ManualClock
+) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    queued = created(
+        client,
+        sam,
+        "flux-schnell",
+        num_outputs=4,
+        params={"seed": 7, "aspect_ratio": "1:1"},
+    )
+    assert {
+        key: queued[key]
+        for key in (
+            "status",
+            "model",
+            "kind",
+            "num_outputs",
+            "credits_per_output",
+            "credits_held",
+            "credits_charged",
+            "balance_after",
+            "outputs",
+            "error",
+            "queue_position",
+            "license",
+        )
+    } == {
+        "status": "queued",
+        "model": "flux-schnell",
+        "kind": "text-to-image",
+        "num_outputs": 4,
+        "credits_per_output": 1,
+        "credits_held": 4,
+        "credits_charged": 0,
+        "balance_after": 1996,
+        "outputs": [],
+        "error": None,
+        "queue_position": 1,
+        "license": "personal",
+    }
+    assert queued["id"].startswith("gen_")
+    assert balance(client, sam) == (1996, 4)
+
+    assert drain(platform) == 1
+    done = fetch(client, sam, queued["id"])
+    assert (done["status"], done["credits_charged"], done["balance_after"]) == (
+        "succeeded",
+        4,
+        1996,
+    )
+    assert (done["queue_position"], done["error"]) == (None, None)
+    assert done["started_at"] is not None
+    assert done["finished_at"] is not None
+    assert len(done["outputs"]) == 4
+    assert len({output["id"] for output in done["outputs"]}) == 4
+    for output in done["outputs"]:
+        assert {k: v for k, v in output.items() if k not in ("id", "url")} == {
+            "content_type": "image/png",
+            "width": 1024,
+            "height": 1024,
+            "duration_s": None,
+            "watermarked": True,
+            "license": "personal",
+        }
+        # The signed URL is the file, for anyone holding it.
+        signed = client.get(output["url"])
+        assert signed.status_code == 200, signed.text
+        assert signed.headers["content-type"] == "image/png"
+        with Image.open(io.BytesIO(signed.content)) as image:
+            assert (image.format, image.size) == ("PNG", (1024, 1024))
+        assert read_png_metadata(signed.content)["license"] == "personal"
+        # The bare path needs the owner's credentials.
+        path = output["url"].split("?", 1)[0]
+        assert path == f"/v1/outputs/{output['id']}/content"
+        assert_problem(client.get(path), 404, "not_found")
+        own = client.get(path, headers=sam.auth)
+        assert (own.status_code, own.content) == (200, signed.content)
+    assert balance(client, sam) == (1996, 0)
+    assert ledger_of(client, sam, queued["id"]) == [("hold", -4), ("capture", 0)]
+
+    # Somebody else gets nothing of it, and a link stops working when it expires.
+    eve = make_user(platform, "eve@example.com", plan="starter")
+    link = done["outputs"][0]["url"]
+    assert_problem(client.get(link.split("?", 1)[0], headers=eve.auth), 404, "not_found")
+    assert_problem(
+        client.get(f"/v1/generations/{queued['id']}", headers=eve.auth), 404, "not_found"
+    )
+    clock.advance(timedelta(hours=1, seconds=1))
+    assert_problem(client.get(link), 404, "not_found")
+
+
+def test_a_video_is_an_mp4_charged_eighty(client: TestClient, platform: Platform) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    queued = created(client, sam, "pixverse-v4.5", prompt="waves at dusk", params={"duration_s": 5})
+    assert (queued["kind"], queued["credits_held"], queued["balance_after"]) == (
+        "text-to-video",
+        80,
+        1920,
+    )
+    assert drain(platform) == 1
+    done = fetch(client, sam, queued["id"])
+    assert (done["status"], done["credits_charged"], done["balance_after"]) == (
+        "succeeded",
+        80,
+        1920,
+    )
+    [output] = done["outputs"]
+    assert (output["content_type"], output["width"], output["height"]) == ("video/mp4", 1280, 720)
+    assert output["duration_s"] == 5
+    answer = client.get(output["url"])
+    assert (answer.status_code, answer.headers["content-type"]) == (200, "video/mp4")
+    video = probe_mp4(answer.content)
+    assert (video.codec, video.width, video.height) == ("h264", 1280, 720)
+    assert balance(client, sam) == (1920, 0)
+
+
+def test_a_failed_generation_is_refunded(client: TestClient, platform: Platform) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    queued = created(client, sam, "flux-dev", sandbox={"fail": True, "delay_s": 0})
+    assert (queued["credits_held"], queued["balance_after"]) == (5, 1995)
+    assert drain(platform) == 1
+    done = fetch(client, sam, queued["id"])
+    assert (done["status"], done["credits_charged"], done["balance_after"]) == ("failed", 0, 2000)
+    assert done["error"]["code"] == "generation_failed"
+    assert done["error"]["message"]
+    assert done["outputs"] == []
+    assert balance(client, sam) == (STARTER_CREDITS, 0)
+    assert ledger_of(client, sam, queued["id"]) == [("hold", -5), ("release", 5)]
+
+
+def test_a_queued_generation_canceled_is_refunded(client: TestClient, platform: Platform) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    queued = created(client, sam, "flux-schnell", num_outputs=3)
+    answer = client.post(f"/v1/generations/{queued['id']}/cancel", headers=sam.auth)
+    assert answer.status_code == 200, answer.text
+    canceled = answer.json()
+    assert (canceled["status"], canceled["credits_charged"], canceled["balance_after"]) == (
+        "canceled",
+        0,
+        STARTER_CREDITS,
+    )
+    assert canceled["error"]["code"] == "canceled"
+    assert canceled["queue_position"] is None
+    assert balance(client, sam) == (STARTER_CREDITS, 0)
+    # Nothing left to run, and canceling again changes nothing.
+    assert drain(platform) == 0
+    before = snapshot(platform)
+    again = client.post(f"/v1/generations/{queued['id']}/cancel", headers=sam.auth)
+    assert (again.status_code, again.json()["status"]) == (200, "canceled")
+    assert changes(before, snapshot(platform)) == []
+    assert ledger_of(client, sam, queued["id"]) == [("hold", -3), ("release", 3)]
+    assert fetch(client, sam, queued["id"])["status"] == "canceled"
+
+
+def test_cancel_of_someone_elses_generation_is_not_found(
+    client: TestClient, platform: Platform
+) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    eve = make_user(platform, "eve@example.com", plan="starter")
+    queued = created(client, sam, "flux-schnell")
+    before = snapshot(platform)
+    refused = client.post(f"/v1/generations/{queued['id']}/cancel", headers=eve.auth)
+    body = assert_problem(refused, 404, "not_found")
+    assert sam.id not in refused.text
+    assert sam.email not in refused.text
+    assert body["status"] == 404
+    assert changes(before, snapshot(platform)) == []
+    assert fetch(client, sam, queued["id"])["status"] == "queued"
+
+
+# -- refusals --------------------------------------------------------------------
+
+
+def test_veo3_is_not_in_the_starter_plan(client: TestClient, platform: Platform) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    before = snapshot(platform)
+    refused = create(client, sam, "veo3", prompt="a comet", params={"duration_s": 8})
+    body = assert_problem(refused, 403, "model_not_in_plan")
+    assert body["required_plan"] == "pro"
+    assert changes(before, snapshot(platform)) == []
+    quote = client.post(
+        "/v1/quotes", json={"model": "veo3", "prompt": "a comet"}, headers=sam.auth
+    ).json()
+    assert (quote["credits"], quote["available"], quote["allowed"]) == (800, 2000, False)
+    assert re.search(r"\bpro\b", quote["reason"]), quote["reason"]
+    assert balance(client, sam) == (STARTER_CREDITS, 0)
+
+
+def test_insufficient_credits_is_402_and_writes_nothing(
+    client: TestClient, platform: Platform
+) -> None:
+    fay = make_user(platform, "fay@example.com", credits=3)  # Free, 3 credits
+    before = snapshot(platform)
+    refused = create(client, fay, "flux-dev")
+    body = assert_problem(refused, 402, "insufficient_credits")
+    assert (body["required"], body["available"]) == (5, 3)
+    assert changes(before, snapshot(platform)) == []
+    quote = client.post(
+        "/v1/quotes", json={"model": "flux-dev", "prompt": "x"}, headers=fay.auth
+    ).json()
+    assert (quote["credits"], quote["available"], quote["available_after"]) == (5, 3, -2)
+    assert quote["allowed"] is False
+    assert quote["reason"]
+    assert balance(client, fay) == (3, 0)
+
+
+def other_users_upload(client: TestClient, platform: Platform) -> str:
+    eve = make_user(platform, "eve@example.com")
+    answer = upload(client, eve, png((64, 64)), "eve.png", "image/png")
+    assert answer.status_code == 201, answer.text
+    upload_id: str = answer.json()["id"]
+    return upload_id
+
+
+INVALID = [
+    pytest.param({"model": "no-such-model"}, "model", id="unknown-model"),
+    pytest.param({"model": "flux-schnell", "num_outputs": 5}, "num_outputs", id="too-many"),
+    pytest.param({"model": "flux-schnell", "num_outputs": 0}, "num_outputs", id="no-outputs"),
+    pytest.param(
+        {"model": "flux-schnell", "params": {"duration_s": 5}},
+        "params.duration_s",
+        id="param-unknown-to-the-model",
+    ),
+    pytest.param(
+        {"model": "flux-schnell", "params": {"aspect_ratio": "2:1"}},
+        "params.aspect_ratio",
+        id="param-out-of-range",
+    ),
+    pytest.param({"model": "pixverse-v4.5-i2v"}, "upload_id", id="image-missing"),
+    pytest.param(
+        {"model": "pixverse-v4.5-i2v", "upload_id": "OTHER"}, "upload_id", id="others-upload"
+    ),
+    pytest.param({"model": "flux-schnell", "colour": "red"}, "colour", id="unknown-field"),
+    pytest.param({"model": "flux-schnell", "prompt": "   "}, "prompt", id="blank-prompt"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), INVALID)
+def test_invalid_input_is_422_and_writes_nothing(
+    client: TestClient, platform: Platform, body: dict[str, Any], field: str
+) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    if body.get("upload_id") == "OTHER":
+        body = {**body, "upload_id": other_users_upload(client, platform)}
+    payload = {"prompt": "a red fox", **body}
+    before = snapshot(platform)
+    refused = client.post("/v1/generations", json=payload, headers=sam.auth)
+    problem = assert_problem(refused, 422, "invalid_input")
+    assert field in [error["field"] for error in problem["errors"]], problem
+    assert all(error["message"] for error in problem["errors"])
+    assert changes(before, snapshot(platform)) == []
+    assert balance(client, sam) == (STARTER_CREDITS, 0)
+
+
+# -- idempotency, quotes, the list ---------------------------------------------------
+
+
+def test_an_idempotency_key_replays_and_holds_once(client: TestClient, platform: Platform) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    payload = {"model": "flux-schnell", "prompt": "a kite", "num_outputs": 2}
+    headers = {**sam.auth, "Idempotency-Key": "kite-1"}
+    first = client.post("/v1/generations", json=payload, headers=headers)
+    assert first.status_code == 201, first.text
+    assert "idempotent-replayed" not in first.headers
+    again = client.post("/v1/generations", json=payload, headers=headers)
+    assert again.status_code == 201, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert (count(platform, generations), count(platform, holds)) == (1, 1)
+    assert balance(client, sam) == (1998, 2)
+    # The same key with another body is a conflict, and holds nothing more.
+    other = client.post("/v1/generations", json={**payload, "num_outputs": 3}, headers=headers)
+    assert_problem(other, 409, "idempotency_conflict")
+    # Another key is another generation.
+    fresh = client.post(
+        "/v1/generations", json=payload, headers={**sam.auth, "Idempotency-Key": "kite-2"}
+    )
+    assert fresh.status_code == 201
+    assert fresh.json()["id"] != first.json()["id"]
+    assert balance(client, sam) == (1996, 4)
+
+
+def test_a_key_reused_from_another_api_key_never_answers_for_another_request(
+    client: TestClient, platform: Platform
+) -> None:
+    """The middleware scopes keys by credential; the submission also looks the
+    key up per user. Whichever scope wins, a request must never be answered
+    with the generation of a *different* request: either it is a conflict
+    (409, API.md: same key, another body) or it is a generation of its own."""
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    with platform.db.write() as conn:
+        laptop = platform.credentials.create_api_key(conn, sam.id, "laptop")
+    first = client.post(
+        "/v1/generations",
+        json={"model": "flux-schnell", "prompt": "a kite"},
+        headers={**sam.auth, "Idempotency-Key": "shared"},
+    )
+    assert first.status_code == 201, first.text
+    other_body = {"model": "flux-dev", "prompt": "a boat", "num_outputs": 2}
+    second = client.post(
+        "/v1/generations",
+        json=other_body,
+        headers={"Authorization": f"Bearer {laptop.secret}", "Idempotency-Key": "shared"},
+    )
+    if second.status_code == 409:
+        assert_problem(second, 409, "idempotency_conflict")
+        assert balance(client, sam) == (1999, 1)
+        return
+    assert second.status_code == 201, second.text
+    answered = second.json()
+    assert (answered["model"], answered["prompt"], answered["num_outputs"]) == (
+        "flux-dev",
+        "a boat",
+        2,
+    ), f"answered with generation {answered['id']} of another request (first: {first.json()['id']})"
+    assert balance(client, sam) == (1989, 11)
+
+
+def test_a_quote_holds_nothing(client: TestClient, platform: Platform) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    before = snapshot(platform)
+    answer = client.post(
+        "/v1/quotes",
+        json={"model": "flux-schnell", "prompt": "a fox", "num_outputs": 4, "params": {"seed": 1}},
+        headers=sam.auth,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "credits": 4,
+        "available": 2000,
+        "available_after": 1996,
+        "allowed": True,
+        "reason": None,
+    }
+    assert changes(before, snapshot(platform)) == []
+    assert balance(client, sam) == (STARTER_CREDITS, 0)
+    # A quote validates like a submission.
+    refused = client.post(
+        "/v1/quotes",
+        json={"model": "flux-schnell", "prompt": "a fox", "params": {"fps": 30}},
+        headers=sam.auth,
+    )
+    problem = assert_problem(refused, 422, "invalid_input")
+    assert [error["field"] for error in problem["errors"]] == ["params.fps"]
+
+
+def test_the_list_is_newest_first_with_cursor_and_filters(
+    client: TestClient, platform: Platform
+) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    eve = make_user(platform, "eve@example.com", plan="starter")
+    first = created(client, sam, "flux-schnell", prompt="first")
+    failing = created(
+        client, sam, "flux-dev", prompt="second", sandbox={"fail": True, "delay_s": 0}
+    )
+    assert drain(platform) == 2
+    last = created(client, sam, "flux-schnell", prompt="third")
+    created(client, eve, "flux-schnell", prompt="eve's")
+
+    def ids(query: str, user: TestUser = sam) -> tuple[list[str], str | None]:
+        answer = client.get(f"/v1/generations{query}", headers=user.auth)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        return [g["id"] for g in body["data"]], body["next_cursor"]
+
+    page, cursor = ids("?limit=2")
+    assert page == [last["id"], failing["id"]]
+    assert cursor is not None
+    assert ids(f"?limit=2&cursor={cursor}") == ([first["id"]], None)
+    assert ids("") == ([last["id"], failing["id"], first["id"]], None)
+    assert ids("?status=failed") == ([failing["id"]], None)
+    assert ids("?status=succeeded") == ([first["id"]], None)
+    assert ids("?status=queued") == ([last["id"]], None)
+    assert ids("?model=flux-schnell") == ([last["id"], first["id"]], None)
+    assert ids("?model=flux-dev&status=queued") == ([], None)
+    assert len(ids("", eve)[0]) == 1
+    listed = client.get("/v1/generations?status=succeeded", headers=sam.auth).json()["data"]
+    assert listed[0]["outputs"][0]["url"].startswith(f"/v1/outputs/{listed[0]['outputs'][0]['id']}")
+    assert_problem(
+        client.get("/v1/generations?status=done", headers=sam.auth), 422, "invalid_input"
+    )
+
+
+# -- uploads and image-to-video -------------------------------------------------------
+
+
+def test_a_png_upload_is_accepted(client: TestClient, platform: Platform) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    data = png((40, 30))
+    answer = upload(client, sam, data, "photo.png", "image/png")
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert body["id"].startswith("upl_")
+    assert (body["content_type"], body["width"], body["height"]) == ("image/png", 40, 30)
+    fetched = client.get(body["url"])
+    assert (fetched.status_code, fetched.headers["content-type"]) == (200, "image/png")
+    assert fetched.content == data
+    path = body["url"].split("?", 1)[0]
+    assert path == f"/v1/uploads/{body['id']}/content"
+    assert_problem(client.get(path), 404, "not_found")
+    assert client.get(path, headers=sam.auth).content == data
+    assert count(platform, uploads) == 1
+
+
+HTML_PAGE = b"<!doctype html><html><script>alert(1)</script></html>"
+REFUSED_UPLOADS = [
+    # (the file, its name, the type it is sent as, what the refusal says)
+    pytest.param(lambda: gif((8, 8)), "anim.gif", "image/gif", "PNG, JPEG and WebP", id="gif"),
+    pytest.param(
+        lambda: HTML_PAGE, "pretty.png", "image/png", "PNG, JPEG and WebP", id="html-as-png"
+    ),
+    pytest.param(huge_png_header, "huge.png", "image/png", "4096", id="oversized-png-header"),
+]
+
+
+@pytest.mark.parametrize(("make", "name", "kind", "says"), REFUSED_UPLOADS)
+def test_refused_uploads_are_422_and_write_nothing(
+    client: TestClient, platform: Platform, make: Any, name: str, kind: str, says: str
+) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    before = snapshot(platform)
+    refused = upload(client, sam, make(), name, kind)
+    problem = assert_problem(refused, 422, "invalid_input")
+    assert [error["field"] for error in problem["errors"]] == ["file"]
+    assert says in problem["errors"][0]["message"]
+    assert changes(before, snapshot(platform)) == []
+    assert stored_uploads(platform) == []
+
+
+def test_image_to_video_from_an_upload(client: TestClient, platform: Platform) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    portrait = upload(client, sam, png((360, 640), (200, 90, 20)), "tall.png", "image/png")
+    assert portrait.status_code == 201, portrait.text
+    queued = created(
+        client,
+        sam,
+        "pixverse-v4.5-i2v",
+        prompt="the leaves start to move",
+        upload_id=portrait.json()["id"],
+        params={"duration_s": 5},
+    )
+    assert (queued["kind"], queued["credits_held"], queued["balance_after"]) == (
+        "image-to-video",
+        80,
+        1920,
+    )
+    assert drain(platform) == 1
+    done = fetch(client, sam, queued["id"])
+    assert (done["status"], done["credits_charged"]) == ("succeeded", 80), done["error"]
+    [output] = done["outputs"]
+    # The video takes the upload's (portrait) orientation.
+    assert (output["content_type"], output["width"], output["height"]) == ("video/mp4", 720, 1280)
+    video = probe_mp4(client.get(output["url"]).content)
+    assert (video.codec, video.width, video.height) == ("h264", 720, 1280)
+    assert balance(client, sam) == (1920, 0)
+
+
+# -- live events -------------------------------------------------------------------
+
+
+@pytest.fixture
+def server(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setattr(events_api, "HEARTBEAT_S", 0.2)
+    with live_server(platform) as base_url:
+        yield base_url
+
+
+def test_generation_updated_events_follow_the_job(platform: Platform, server: str) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    with open_stream(server, sam.auth) as stream, httpx.Client(base_url=server) as http:
+        answer = http.post(
+            "/v1/generations",
+            json={"model": "flux-schnell", "prompt": "a heron", "params": {"sandbox": AT_ONCE}},
+            headers=sam.auth,
+        )
+        assert answer.status_code == 201, answer.text
+        generation_id = answer.json()["id"]
+        seen: list[dict[str, Any]] = []
+
+        def next_update() -> dict[str, Any]:
+            while True:
+                event = stream.next_event()
+                if event.event == "generation.updated":
+                    data: dict[str, Any] = event.data
+                    seen.append(data)
+                    return data
+
+        assert next_update()["status"] == "queued"
+        assert drain(platform) == 1
+        while seen[-1]["status"] != "succeeded":
+            next_update()
+    assert {update["id"] for update in seen} == {generation_id}
+    assert [update["status"] for update in seen] == ["queued", "running", "succeeded"]
+    assert (seen[0]["credits_held"], seen[0]["queue_position"]) == (1, 1)
+    assert (seen[-1]["credits_charged"], seen[-1]["balance_after"]) == (1, 1999)
