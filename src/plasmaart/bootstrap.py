@@ -46,6 +46,8 @@ class Platform:
     storage: Storage
 
     def close(self) -> None:
+        if isinstance(self.clock, SandboxTestClock):
+            self.clock.close()
         self.events.close()
         self.db.dispose()
 
@@ -74,6 +76,8 @@ def bootstrap(
     # offset (moved by /v1/admin/clock/advance) every process reads from the
     # database; tests can still move the clock passed in.
     test_clock = SandboxTestClock(clock, db) if settings.billing == "sandbox" else None
+    if test_clock is not None:
+        test_clock.now()  # the first read of its offset, outside any transaction
     clock = test_clock or clock
     ledger = LedgerService(clock)
     events = create_event_bus(db)

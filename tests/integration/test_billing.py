@@ -8,6 +8,7 @@ rules (periods, proration, grace, pack lifetimes)."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -393,13 +394,21 @@ def test_every_process_sees_the_test_clock(platform: Platform, clock: ManualCloc
     test_clock = platform.billing.test_clock
     assert test_clock is not None
     # Another process: its own clock object over the same database.
-    elsewhere = SandboxTestClock(clock, platform.db, refresh_s=0)
-    assert elsewhere.now() == platform.clock.now() == JAN_1
-    with platform.db.write() as conn:
-        test_clock.advance(conn, timedelta(days=31))
-    assert platform.clock.now() == elsewhere.now() == FEB_1
-    clock.advance(timedelta(hours=1))  # tests still move the base clock
-    assert elsewhere.now() == FEB_1 + timedelta(hours=1)
+    elsewhere = SandboxTestClock(clock, platform.db, refresh_s=0.05)
+    try:
+        assert elsewhere.now() == platform.clock.now() == JAN_1
+        with platform.db.write() as conn:
+            test_clock.advance(conn, timedelta(days=31))
+        # The process that moved it sees it at once; the others within refresh_s.
+        assert platform.clock.now() == FEB_1
+        deadline = time.monotonic() + 5
+        while elsewhere.now() != FEB_1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert elsewhere.now() == FEB_1
+        clock.advance(timedelta(hours=1))  # tests still move the base clock
+        assert elsewhere.now() == FEB_1 + timedelta(hours=1)
+    finally:
+        elsewhere.close()
 
 
 # -- a hosted checkout (what Stripe is) -----------------------------------------

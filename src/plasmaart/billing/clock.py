@@ -36,14 +36,16 @@ class SandboxTestClock:
         self._refresh_s = refresh_s
         self._read_at: float | None = None
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
 
     def now(self) -> datetime:
-        self._refresh()
+        self._ensure_reader()
         return self._clock.now()
 
     @property
     def offset(self) -> timedelta:
-        self._refresh()
+        self._ensure_reader()
         return self._clock.offset
 
     def advance(self, conn: Connection, delta: timedelta) -> timedelta:
@@ -60,27 +62,35 @@ class SandboxTestClock:
         self._clock.offset = offset
         self._read_at = time.monotonic()
 
-    def _fresh(self) -> bool:
-        read_at = self._read_at
-        return read_at is not None and time.monotonic() - read_at < self._refresh_s
-
-    def _refresh(self) -> None:
-        if self._fresh():
+    def _ensure_reader(self) -> None:
+        """Start the thread that keeps the offset current. ``now()`` itself never
+        touches the database: it is called inside transactions, and a second
+        connection taken there can deadlock a busy pool (every thread holding one
+        connection and waiting for another)."""
+        if self._reader is not None:
             return
-        # Only the first read waits; later, while one thread reads, the others
-        # use the offset they have rather than queue for a connection.
-        if not self._lock.acquire(blocking=self._read_at is None):
-            return
-        try:
-            if self._fresh():
+        with self._lock:
+            if self._reader is not None:
                 return
-            try:
-                with self._db.read() as conn:
-                    self._clock.offset = timedelta(seconds=repo.clock_offset_seconds(conn))
-            except SQLAlchemyError:
-                # The clock must not fail because the database hiccupped (or is
-                # not migrated yet): keep the last offset, retry after refresh_s.
-                log.warning("could not read the test clock's offset", exc_info=True)
-            self._read_at = time.monotonic()
-        finally:
-            self._lock.release()
+            self._read_offset()
+            self._reader = threading.Thread(
+                target=self._keep_reading, name="plasmaart-test-clock", daemon=True
+            )
+            self._reader.start()
+
+    def _keep_reading(self) -> None:
+        while not self._stop.wait(max(self._refresh_s, 0.01)):
+            self._read_offset()
+
+    def _read_offset(self) -> None:
+        try:
+            with self._db.read() as conn:
+                self._clock.offset = timedelta(seconds=repo.clock_offset_seconds(conn))
+        except SQLAlchemyError:
+            # The clock must not fail because the database hiccupped (or is
+            # not migrated yet): keep the last offset, retry after refresh_s.
+            log.warning("could not read the test clock's offset", exc_info=True)
+        self._read_at = time.monotonic()
+
+    def close(self) -> None:
+        self._stop.set()
