@@ -1,0 +1,1876 @@
+"""Generations: submissions through the HTTP API and jobs through the queue, beside baselines.
+
+Two measurements, each PlasmaArt and its baseline alternately, several times:
+
+* Submission. The real app (``create_app(bootstrap(settings),
+  embedded_worker=False)``, as ``plasmaart serve --no-worker`` runs it) under
+  uvicorn in its own process, on a copy of a prepared database (``--users``
+  Studio users with plenty of credits and an API key each; Studio's bound on
+  queued jobs raised by a catalog file so that it never refuses). A load
+  generator in another process (``wrk``; ``--load-generator httpx`` uses
+  ``benchmarks/http_load.py`` instead) keeps ``--connections`` connections
+  busy for ``--seconds`` with ``POST /v1/generations`` (flux-schnell, the
+  sandbox provider at zero delay), the API keys taken in turn, ``--runs``
+  times. Baseline: a
+  bare FastAPI endpoint (``benchmarks/generation_servers.py``) doing one
+  INSERT into a table of a copy of the same database with the same engine
+  settings, under the same uvicorn options, driven the same way. On SQLite,
+  then on PostgreSQL. Requests per second and latency p50/p99; aim: PlasmaArt
+  at least half the bare endpoint's requests per second.
+* Queue. On a throwaway PostgreSQL server (``tests/support/pgserver.py``),
+  ``--jobs`` jobs queued through ``GenerationService.submit`` (spread over
+  the users), then ``--workers`` worker processes, each a ``Worker(platform,
+  --concurrency)`` (its job slots are threads) driving a no-op provider that
+  answers at once with one 1x1 PNG, and a storage that discards what it is
+  given (Studio users with watermark removal on: no watermarking). Jobs per
+  second from the first claim to the last job finished, from the jobs' own
+  timestamps. Baseline: PgQueuer (the ``bench`` extra) on the same server,
+  the same number of worker processes, ``--jobs`` jobs enqueued, a no-op
+  async entrypoint, dequeuing ``--concurrency`` jobs at a time; from the first
+  pick to the last completion logged; ``--queue-runs`` times. Aim: at least
+  PgQueuer's jobs per second.
+
+Before measuring, one PlasmaArt server and one bare server are profiled with
+cProfile on thread CPU time across all their threads, and during an extra
+queue run one PlasmaArt worker process is; ``--profile`` prints the top
+functions. Every server, worker and database is removed at the end, also on
+errors.
+
+Run from the repository root: ``.venv/bin/python benchmarks/generations.py``;
+``--write-docs`` rewrites this benchmark's section of ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import importlib.util
+import io
+import json
+import multiprocessing
+import os
+import platform
+import pstats
+import queue
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import traceback
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from multiprocessing.context import ForkContext
+from multiprocessing.process import BaseProcess
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import psycopg
+import sqlalchemy
+from PIL import Image
+
+from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.catalog import ModelSpec, load_catalog
+from plasmaart.catalog.loader import DEFAULT_CATALOG_PATH
+from plasmaart.config import load_settings
+from plasmaart.generation.providers.base import ProviderOutput, ProviderRequest, ProviderStatus
+from plasmaart.generation.service import GenerationRequest
+from plasmaart.media.storage import NO_METADATA, ByteStream, StorageNotFound, StoredObject
+from plasmaart.worker import CLAIM_IDLE_S, Worker
+
+REPO = Path(__file__).resolve().parent.parent
+# The throwaway PostgreSQL server lives with the tests; they are not a package
+# that the virtualenv installs.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.support.pgserver import PgServer, free_port, start_server  # noqa: E402
+
+from benchmarks.docs import PERFORMANCE_DOC as DOC_PATH  # noqa: E402
+from benchmarks.docs import write_section  # noqa: E402
+from benchmarks.generation_servers import (  # noqa: E402
+    AllThreadsProfile,
+    SqlCounter,
+    create_bare_table,
+    write_profile,
+)
+
+SECTION_HEADING = "## Generations: submission and queue"
+SERVERS = REPO / "benchmarks" / "generation_servers.py"
+HTTP_LOAD = REPO / "benchmarks" / "http_load.py"
+
+SUBMISSION_AIM = 0.5
+QUEUE_AIM = 1.0
+
+MODEL = "flux-schnell"
+SUBMISSION = {"model": MODEL, "prompt": "bench", "params": {"sandbox": {"delay_s": 0}}}
+PLAN = "studio"
+# Studio queues at most 100 jobs per wallet; a run queues thousands.
+QUEUED_JOBS_CAP = 10_000_000
+FUNDS = 10**12
+# Users log in with API keys here; the password only has to be valid.
+PASSWORD = secrets.token_urlsafe(16)
+# Jobs queued per transaction while preparing the queue's database.
+SUBMIT_BATCH = 200
+PGQUEUER_ENTRYPOINT = "noop"
+
+WARMUP_SECONDS = 1
+SERVER_START_TIMEOUT = 60.0
+# uvicorn's graceful shutdown takes up to 5 s, then the profile is written.
+SERVER_STOP_TIMEOUT = 15.0
+SETUP_TIMEOUT = 120.0
+# A queue run gives up when the jobs are not done after this plus 0.1 s a job.
+QUEUE_GRACE = 60.0
+POLL_INTERVAL = 0.02
+PROFILE_TOP = 15
+# A profiled server that stalls (answers nothing in the run) says nothing about
+# the cost of a request: try again, so many times at most.
+PROFILE_ATTEMPTS = 3
+
+_STARTED = time.monotonic()
+
+
+def _progress(message: str) -> None:
+    print(f"[{time.monotonic() - _STARTED:4.0f} s] {message}", file=sys.stderr, flush=True)
+
+
+# -- the catalog and the users ---------------------------------------------------
+
+
+def bench_catalog(workdir: Path) -> Path:
+    """The shipped catalog, with Studio's bound on queued jobs raised so that a
+    run's backlog never refuses a submission."""
+    text = DEFAULT_CATALOG_PATH.read_text()
+    start = text.index(f'id = "{PLAN}"')
+    tail, replaced = re.subn(
+        r"^max_queued_jobs = \d+$",
+        f"max_queued_jobs = {QUEUED_JOBS_CAP}",
+        text[start:],
+        count=1,
+        flags=re.MULTILINE,
+    )
+    if replaced != 1:
+        raise RuntimeError(f"no max_queued_jobs line for the {PLAN} plan in the catalog")
+    path = workdir / "catalog.toml"
+    path.write_text(text[:start] + tail)
+    if load_catalog(path).plan(PLAN).max_queued_jobs != QUEUED_JOBS_CAP:
+        raise RuntimeError("the benchmark catalog did not take")
+    return path
+
+
+@dataclass(frozen=True)
+class Context:
+    workdir: Path
+    catalog: Path
+
+    def settings(self, url: str, **overrides: Any) -> dict[str, Any]:
+        return {
+            "database_url": url,
+            "var_dir": self.workdir / "var",
+            "catalog_file": self.catalog,
+            "embedded_worker": False,
+            "auto_migrate": False,
+            **overrides,
+        }
+
+    def platform(self, url: str, *, migrate: bool = False) -> Platform:
+        return bootstrap(load_settings(**self.settings(url)), migrate=migrate)
+
+
+def make_users(platform: Platform, count: int) -> list[str]:
+    """``count`` Studio users with plenty of credits and watermark removal on;
+    the API key of each."""
+    keys = []
+    with platform.db.write() as conn:
+        for index in range(count):
+            user = platform.accounts.create_user(conn, f"bench{index}@example.com", PASSWORD)
+            wallet = platform.ledger.wallet_of(conn, "user", user.id)
+            platform.billing.subscribe_paid(
+                conn, user_id=user.id, wallet_id=wallet, plan_id=PLAN, backend="sandbox"
+            )
+            platform.ledger.grant(
+                conn, wallet, FUNDS, source="purchase", idempotency_key=f"bench:funds:{user.id}"
+            )
+            platform.accounts.set_remove_watermark(conn, user, True)
+            keys.append(platform.credentials.create_api_key(conn, user.id, "bench").secret)
+    return keys
+
+
+# -- PostgreSQL databases ------------------------------------------------------------
+
+
+def pg_url(server: PgServer, database: str) -> str:
+    """SQLAlchemy's URL of ``database`` on ``server``."""
+    return server.url.rsplit("/", 1)[0] + f"/{database}"
+
+
+def pg_dsn(server: PgServer, database: str) -> str:
+    """libpq's URL of ``database`` on ``server``."""
+    return pg_url(server, database).replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def _admin(server: PgServer, *statements: str) -> None:
+    with psycopg.connect(pg_dsn(server, "postgres"), autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement.encode())
+
+
+def create_pg_database(server: PgServer, name: str, template: str | None = None) -> str:
+    from_template = f' TEMPLATE "{template}"' if template else ""
+    _admin(
+        server,
+        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+        f'CREATE DATABASE "{name}"{from_template}',
+    )
+    return pg_url(server, name)
+
+
+def drop_pg_database(server: PgServer, name: str) -> None:
+    _admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_version(server: PgServer) -> str:
+    with psycopg.connect(pg_dsn(server, "postgres")) as conn:
+        row = conn.execute(b"SHOW server_version").fetchone()
+    return str(row[0]) if row else "unknown"
+
+
+@contextmanager
+def postgres_server(workdir: Path) -> Iterator[PgServer]:
+    server = start_server(workdir / "pg")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- submission: servers and load -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Load:
+    requests: int  # answered (201) within the run
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    # Transport errors and timeouts (10 s): a server that stalls, not one that refuses.
+    lost: int = 0
+    # Where the server's threads were after a run that answered nothing.
+    stuck_in: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.seconds
+
+
+@dataclass(frozen=True)
+class Database:
+    """A prepared database that each run copies, with its backend's helpers."""
+
+    backend: str  # "SQLite" or "PostgreSQL"
+    template: str  # a file path (SQLite) or a database name (PostgreSQL)
+    server: PgServer | None
+
+    @contextmanager
+    def copy(self, name: str) -> Iterator[str]:
+        if self.server is None:
+            path = Path(self.template).with_name(f"{name}.db")
+            shutil.copyfile(self.template, path)
+            try:
+                yield f"sqlite:///{path}"
+            finally:
+                for suffix in ("", "-wal", "-shm"):
+                    with suppress(FileNotFoundError):
+                        Path(f"{path}{suffix}").unlink()
+        else:
+            url = create_pg_database(self.server, name, self.template)
+            try:
+                yield url
+            finally:
+                drop_pg_database(self.server, name)
+
+
+def prepare_submission_database(
+    context: Context, backend: str, server: PgServer | None, users: int
+) -> tuple[Database, list[str]]:
+    """Migrated, with ``users`` users and the bare endpoint's table; each run copies it."""
+    if server is None:
+        path = context.workdir / "submission-template.db"
+        url = f"sqlite:///{path}"
+        template = str(path)
+    else:
+        template = "submission_template"
+        url = create_pg_database(server, template)
+    made = context.platform(url, migrate=True)
+    try:
+        keys = make_users(made, users)
+    finally:
+        made.close()
+    create_bare_table(url)
+    if server is None:
+        # The copies take the main file only: fold the write-ahead log into it.
+        with sqlite3.connect(template) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+    return Database(backend, template, server), keys
+
+
+@dataclass(frozen=True)
+class Server:
+    base: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stuck_in(self) -> Counter[str]:
+        """Where the server's threads are, by the innermost PlasmaArt frame of
+        each: the server dumps its threads' stacks on SIGUSR1 (faulthandler)."""
+        start = self.log_path.stat().st_size
+        self.process.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        with self.log_path.open("rb") as log:
+            log.seek(start)
+            dump = log.read().decode(errors="replace")
+        places: Counter[str] = Counter()
+        for thread in re.split(r"^(?:Current thread|Thread) 0x", dump, flags=re.MULTILINE)[1:]:
+            # Most recent call first: the innermost PlasmaArt frames come first.
+            frames = [
+                f"{path.removeprefix('plasmaart/')}:{line} ({function})"
+                for path, line, function in re.findall(
+                    r'File ".*?/src/(plasmaart/[^"]+)", line (\d+) in (\w+)', thread
+                )
+            ]
+            if not frames:
+                continue
+            # The database layer's frame says what it waits for (a connection,
+            # the write lock), its caller who waits.
+            caller = next((f for f in frames if not f.startswith("db/")), None)
+            if frames[0].startswith("db/") and caller is not None:
+                places[f"{caller} → {frames[0]}"] += 1
+            else:
+                places[frames[0]] += 1
+        return places
+
+
+@contextmanager
+def serve(
+    context: Context, app: str, url: str, profile_out: Path | None = None
+) -> Iterator[Server]:
+    """Run ``app`` in its own process on a free port."""
+    port = free_port()
+    log_path = context.workdir / f"server-{app}-{port}.log"
+    command = [
+        sys.executable,
+        str(SERVERS),
+        app,
+        "--database-url",
+        url,
+        "--port",
+        str(port),
+        "--var-dir",
+        str(context.workdir / "var"),
+        "--catalog-file",
+        str(context.catalog),
+    ]
+    if profile_out is not None:
+        command += ["--profile-out", str(profile_out)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_until_ready(base, process, log_path)
+        yield Server(base, process, log_path)
+    finally:
+        killed = _stop_server(process)
+    if killed:
+        _progress(f"  the {app} server did not stop within {SERVER_STOP_TIMEOUT:g} s: killed")
+    elif process.returncode not in (0, -signal.SIGINT):
+        raise RuntimeError(f"the {app} server exited with {process.returncode}:\n{_tail(log_path)}")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _wait_until_ready(base: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    give_up = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < give_up:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"the server exited with {process.returncode} at start:\n{_tail(log_path)}"
+            )
+        with suppress(httpx.HTTPError):
+            if httpx.get(base + "/healthz", timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"the server was not ready after {SERVER_START_TIMEOUT:.0f} s")
+
+
+def _stop_server(process: subprocess.Popen[bytes]) -> bool:
+    """Stop the server; whether it had to be killed."""
+    if process.poll() is not None:
+        return False
+    # SIGINT: uvicorn's graceful shutdown, after which a profile is written.
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=SERVER_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return True
+    return False
+
+
+WRK_SCRIPT = """\
+local keys = KEYS
+local body = [==[BODY]==]
+local turn = 0
+function request()
+  turn = turn + 1
+  local headers = {}
+  headers["Content-Type"] = "application/json"
+  headers["Authorization"] = "Bearer " .. keys[turn % #keys + 1]
+  return wrk.format("POST", nil, headers, body)
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_RESULT {"requests": %d, "seconds": %f, "p50_us": %d, "p99_us": %d, '
+      .. '"status_errors": %d, "transport_errors": %d}\\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
+    e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+@dataclass(frozen=True)
+class LoadGenerator:
+    kind: str  # "wrk" or "httpx"
+    workdir: Path
+    keys: Sequence[str]
+    connections: int
+
+    @property
+    def description(self) -> str:
+        if self.kind == "wrk":
+            return f"wrk {_wrk_version()} ({self.connections} connections, 2 threads)"
+        return f"benchmarks/http_load.py on httpx {httpx.__version__} ({self.connections} tasks)"
+
+    def run(self, url: str, seconds: float) -> Load:
+        body = json.dumps(SUBMISSION)
+        if self.kind == "wrk":
+            script = self.workdir / "load.lua"
+            lua_keys = "{" + ", ".join(f'"{key}"' for key in self.keys) + "}"
+            script.write_text(WRK_SCRIPT.replace("KEYS", lua_keys).replace("BODY", body))
+            command = [
+                _wrk(),
+                "-t",
+                "2",
+                "-c",
+                str(self.connections),
+                "-d",
+                f"{max(1, round(seconds))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                url,
+            ]
+        else:
+            keys_file = self.workdir / "keys.txt"
+            keys_file.write_text("\n".join(self.keys) + "\n")
+            command = [
+                sys.executable,
+                str(HTTP_LOAD),
+                "--url",
+                url,
+                "--keys-file",
+                str(keys_file),
+                "--body",
+                body,
+                "--connections",
+                str(self.connections),
+                "--seconds",
+                str(seconds),
+            ]
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=seconds + 60, check=False
+        )
+        found = re.search(r"^BENCH_RESULT (.+)$", done.stdout, re.MULTILINE)
+        if done.returncode or found is None:
+            raise RuntimeError(f"{shlex.join(command)} failed:\n{done.stdout}{done.stderr}")
+        result = json.loads(found.group(1))
+        refused = int(result["status_errors"])
+        if refused:
+            # A refusal means the benchmark is set up wrong (a plan limit, a
+            # bad key), not that the server is slow: stop rather than report.
+            raise RuntimeError(f"{refused} of {result['requests']} requests to {url} refused")
+        return Load(
+            requests=int(result["requests"]),
+            seconds=float(result["seconds"]),
+            p50_ms=float(result["p50_us"]) / 1e3,
+            p99_ms=float(result["p99_us"]) / 1e3,
+            lost=int(result["transport_errors"]),
+        )
+
+
+def _wrk() -> str:
+    found = shutil.which("wrk")
+    if found is None:
+        raise RuntimeError("wrk not found")
+    return found
+
+
+def _wrk_version() -> str:
+    done = subprocess.run([_wrk(), "-v"], capture_output=True, text=True, check=False)
+    found = re.search(r"wrk (\S+)", done.stdout + done.stderr)
+    return found.group(1) if found else "unknown"
+
+
+def _rows(url: str, table: str) -> int:
+    engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sqlalchemy.text(f"SELECT count(*) FROM {table}")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def measure_once(
+    context: Context,
+    database: Database,
+    load: LoadGenerator,
+    app: str,
+    name: str,
+    seconds: float,
+    profile_out: Path | None = None,
+) -> Load:
+    path, table = (
+        ("/v1/generations", "generations") if app == "plasmaart" else ("/insert", "bench_inserts")
+    )
+    with database.copy(name) as url:
+        with serve(context, app, url, profile_out) as server:
+            load.run(server.base + path, WARMUP_SECONDS)
+            measured = load.run(server.base + path, seconds)
+            if measured.requests == 0:
+                measured = replace(measured, stuck_in=server.stuck_in())
+        # Every answered request was a 201 with its row committed.
+        stored = _rows(url, table)
+    if stored < measured.requests:
+        raise RuntimeError(f"{app}: {measured.requests} requests answered, {stored} rows stored")
+    return measured
+
+
+@dataclass
+class SubmissionComparison:
+    backend: str  # "SQLite" or "PostgreSQL"
+    plasmaart: list[Load] = field(default_factory=list)
+    bare: list[Load] = field(default_factory=list)
+
+    @staticmethod
+    def _median(loads: Sequence[Load], value: Callable[[Load], float]) -> float:
+        return statistics.median(value(load) for load in loads)
+
+    def rps(self, side: Sequence[Load]) -> float:
+        return self._median(side, lambda load: load.per_second)
+
+    def p50(self, side: Sequence[Load]) -> float:
+        return self._median(side, lambda load: load.p50_ms)
+
+    def p99(self, side: Sequence[Load]) -> float:
+        return self._median(side, lambda load: load.p99_ms)
+
+    @property
+    def ratio(self) -> float:
+        return self.rps(self.plasmaart) / self.rps(self.bare)
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= SUBMISSION_AIM
+
+
+def measure_submission(
+    context: Context, database: Database, load: LoadGenerator, args: argparse.Namespace
+) -> SubmissionComparison:
+    backend = database.backend
+    comparison = SubmissionComparison(backend)
+    for run in range(args.runs):
+        comparison.plasmaart.append(
+            measure_once(context, database, load, "plasmaart", f"run_{run}_plasmaart", args.seconds)
+        )
+        comparison.bare.append(
+            measure_once(context, database, load, "bare", f"run_{run}_bare", args.seconds)
+        )
+        plasma, bare = comparison.plasmaart[-1], comparison.bare[-1]
+        _progress(
+            f"  {backend} run {run + 1}: PlasmaArt {plasma.per_second:7.1f} req/s "
+            f"(p50 {plasma.p50_ms:.1f} ms, p99 {plasma.p99_ms:.1f} ms), "
+            f"bare {bare.per_second:7.1f} req/s "
+            f"(p50 {bare.p50_ms:.1f} ms, p99 {bare.p99_ms:.1f} ms)"
+        )
+    return comparison
+
+
+# -- queue: the no-op provider and storage -------------------------------------------
+
+
+def _tiny_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1), (255, 0, 255)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+TINY_PNG = _tiny_png()
+
+
+class NoopProvider:
+    """Answers at once: every request has succeeded with one 1x1 PNG."""
+
+    name = "noop"
+
+    def submit(self, request: ProviderRequest) -> str:
+        return f"noop-{request.generation_id}"
+
+    def status(self, model: ModelSpec, request_id: str) -> ProviderStatus:  # noqa: ARG002
+        output = ProviderOutput("image/png", data=TINY_PNG, width=1, height=1)
+        return ProviderStatus("succeeded", outputs=(output,))
+
+    def cancel(self, model: ModelSpec, request_id: str) -> bool:  # noqa: ARG002
+        return False
+
+    def download(self, output: ProviderOutput) -> bytes:
+        return output.data or b""
+
+
+class DiscardStorage:
+    """Takes every object and keeps none: the queue, not media I/O, is measured."""
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        metadata: Mapping[str, str] = NO_METADATA,
+    ) -> StoredObject:
+        return StoredObject(
+            key, len(data), content_type, hashlib.sha256(data).hexdigest(), dict(metadata)
+        )
+
+    def get(self, key: str) -> bytes:
+        raise StorageNotFound(key)
+
+    def open_stream(self, key: str, chunk_size: int = 0) -> ByteStream:  # noqa: ARG002
+        raise StorageNotFound(key)
+
+    def stat(self, key: str) -> StoredObject:
+        raise StorageNotFound(key)
+
+    def size(self, key: str) -> int:
+        raise StorageNotFound(key)
+
+    def exists(self, key: str) -> bool:  # noqa: ARG002
+        return False
+
+    def delete(self, key: str) -> None:
+        """Nothing is kept, so nothing to delete."""
+
+
+# -- queue: preparing the databases ---------------------------------------------------
+
+PLASMAART_QUEUE_TEMPLATE = "queue_plasmaart_template"
+PGQUEUER_TEMPLATE = "queue_pgqueuer_template"
+
+
+def prepare_plasmaart_queue(context: Context, server: PgServer, users: int, jobs: int) -> None:
+    """Users, and ``jobs`` jobs queued through the service, round-robin over them."""
+    url = create_pg_database(server, PLASMAART_QUEUE_TEMPLATE)
+    made = context.platform(url, migrate=True)
+    try:
+        make_users(made, users)
+        with made.db.read() as conn:
+            people = [
+                made.accounts.get_by_email(conn, f"bench{index}@example.com")
+                for index in range(users)
+            ]
+        request = GenerationRequest(MODEL, "bench")
+        for start in range(0, jobs, SUBMIT_BATCH):
+            with made.db.write() as conn:
+                for number in range(start, min(start + SUBMIT_BATCH, jobs)):
+                    made.generations.submit(conn, people[number % users], request)
+    finally:
+        made.close()
+
+
+def prepare_pgqueuer(server: PgServer, jobs: int) -> None:
+    create_pg_database(server, PGQUEUER_TEMPLATE)
+
+    async def install_and_enqueue() -> None:
+        from pgqueuer import PsycopgDriver, Queries
+
+        conn = await psycopg.AsyncConnection.connect(
+            pg_dsn(server, PGQUEUER_TEMPLATE), autocommit=True
+        )
+        try:
+            queries = Queries(PsycopgDriver(conn))
+            await queries.install()
+            await queries.enqueue([PGQUEUER_ENTRYPOINT] * jobs, [b"bench"] * jobs, [0] * jobs)
+        finally:
+            await conn.close()
+
+    asyncio.run(install_and_enqueue())
+
+
+# -- queue: worker processes -----------------------------------------------------------
+
+
+def _plasmaart_worker(
+    index: int,
+    settings: dict[str, Any],
+    concurrency: int,
+    channel: Queue[tuple[Any, ...]],
+    go: Event,
+    stop: Event,
+    profile_out: Path | None,
+) -> None:
+    try:
+        made = bootstrap(load_settings(**settings), migrate=False)
+        made.provider = NoopProvider()
+        made.storage = DiscardStorage()
+        worker = Worker(made, concurrency)
+        counter = SqlCounter(made.db.engine) if profile_out else None
+        profile = AllThreadsProfile() if profile_out else None
+        channel.put(("ready", index))
+        if not go.wait(SETUP_TIMEOUT):
+            raise RuntimeError("no start signal")
+        started = time.monotonic()
+        if profile is not None:
+            profile.start()
+        thread = worker.start_thread()
+        stop.wait()
+        worker.stop()
+        thread.join(timeout=60)
+        if profile_out is not None and profile is not None and counter is not None:
+            write_profile(profile_out, profile, counter, time.monotonic() - started)
+        made.close()
+        channel.put(("done", index))
+    except BaseException:
+        channel.put(("error", index, traceback.format_exc()))
+
+
+def _pgqueuer_worker(
+    index: int,
+    dsn: str,
+    batch_size: int,
+    channel: Queue[tuple[Any, ...]],
+    go: Event,
+    stop: Event,
+) -> None:
+    async def main() -> None:
+        from pgqueuer import PsycopgDriver, Queries, QueueManager
+        from pgqueuer.models import Job
+
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        try:
+            manager = QueueManager(Queries(PsycopgDriver(conn)))
+
+            @manager.entrypoint(PGQUEUER_ENTRYPOINT)
+            async def noop(job: Job) -> None:
+                """Nothing: the queue alone is measured."""
+
+            loop = asyncio.get_running_loop()
+            channel.put(("ready", index))
+            if not await loop.run_in_executor(None, go.wait, SETUP_TIMEOUT):
+                raise RuntimeError("no start signal")
+            running = asyncio.create_task(manager.run(batch_size=batch_size))
+            await loop.run_in_executor(None, stop.wait)
+            manager.shutdown.set()
+            await asyncio.wait_for(running, timeout=60)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(main())
+        channel.put(("done", index))
+    except BaseException:
+        channel.put(("error", index, traceback.format_exc()))
+
+
+def _collect(
+    channel: Queue[tuple[Any, ...]],
+    processes: Sequence[BaseProcess],
+    kind: str,
+    timeout: float,
+) -> None:
+    """Wait for one ``kind`` message per process; any failure raises."""
+    got = 0
+    give_up = time.monotonic() + timeout
+    while got < len(processes):
+        try:
+            message = channel.get(timeout=0.5)
+        except queue.Empty:
+            dead = [p for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(
+                    f"a worker process died (exit code {dead[0].exitcode})"
+                ) from None
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"workers not {kind} after {timeout:.0f} s") from None
+            continue
+        if message[0] == "error":
+            raise RuntimeError(f"worker {message[1]} failed:\n{message[2]}")
+        if message[0] != kind:
+            raise RuntimeError(f"unexpected message from a worker: {message!r}")
+        got += 1
+
+
+def _end(processes: Sequence[BaseProcess]) -> None:
+    for process in processes:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+@dataclass(frozen=True)
+class QueueRun:
+    jobs: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.jobs / self.seconds
+
+
+def _wait_until(
+    dsn: str, remaining_sql: bytes, processes: Sequence[BaseProcess], timeout: float
+) -> None:
+    """Poll until ``remaining_sql`` counts nothing left; raise if a worker dies."""
+    give_up = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            row = conn.execute(remaining_sql).fetchone()
+            if row is not None and int(row[0]) == 0:
+                return
+            dead = [p for p in processes if p.exitcode is not None]
+            if dead:
+                raise RuntimeError(f"a worker process ended early (exit code {dead[0].exitcode})")
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"{row[0] if row else '?'} jobs not done after {timeout:.0f} s")
+            time.sleep(POLL_INTERVAL)
+
+
+def run_workers(
+    ctx: ForkContext,
+    targets: Sequence[Callable[[Event, Event, Queue[tuple[Any, ...]]], BaseProcess]],
+    dsn: str,
+    remaining_sql: bytes,
+    jobs: int,
+) -> None:
+    """Start the worker processes, let them go together, wait for the queue to empty."""
+    channel: Queue[tuple[Any, ...]] = ctx.Queue()
+    go, stop = ctx.Event(), ctx.Event()
+    processes: list[BaseProcess] = []
+    try:
+        for target in targets:
+            process = target(go, stop, channel)
+            process.start()
+            processes.append(process)
+        _collect(channel, processes, "ready", SETUP_TIMEOUT)
+        go.set()
+        _wait_until(dsn, remaining_sql, processes, QUEUE_GRACE + jobs / 10)
+        stop.set()
+        _collect(channel, processes, "done", SETUP_TIMEOUT)
+    finally:
+        go.set()
+        stop.set()
+        _end(processes)
+        channel.close()
+
+
+def run_plasmaart_queue(
+    ctx: ForkContext,
+    context: Context,
+    server: PgServer,
+    args: argparse.Namespace,
+    name: str,
+    profile_out: Path | None = None,
+) -> QueueRun:
+    url = create_pg_database(server, name, PLASMAART_QUEUE_TEMPLATE)
+    try:
+        settings = context.settings(url, worker_concurrency=args.concurrency)
+
+        def target(
+            index: int,
+        ) -> Callable[[Event, Event, Queue[tuple[Any, ...]]], BaseProcess]:
+            return lambda go, stop, channel: ctx.Process(
+                target=_plasmaart_worker,
+                args=(
+                    index,
+                    settings,
+                    args.concurrency,
+                    channel,
+                    go,
+                    stop,
+                    profile_out if index == 0 else None,
+                ),
+                daemon=True,
+            )
+
+        dsn = pg_dsn(server, name)
+        run_workers(
+            ctx,
+            [target(index) for index in range(args.workers)],
+            dsn,
+            b"SELECT count(*) FROM generations WHERE status IN ('queued', 'running')",
+            args.jobs,
+        )
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                b"SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*),"
+                b" min(started_at), max(finished_at) FROM generations"
+            ).fetchone()
+    finally:
+        drop_pg_database(server, name)
+    if row is None or row[0] != args.jobs or row[1] != args.jobs:
+        raise RuntimeError(f"PlasmaArt: {row and row[0]} of {args.jobs} jobs succeeded")
+    return QueueRun(args.jobs, (row[3] - row[2]).total_seconds())
+
+
+def run_pgqueuer(
+    ctx: ForkContext, server: PgServer, args: argparse.Namespace, name: str
+) -> QueueRun:
+    create_pg_database(server, name, PGQUEUER_TEMPLATE)
+    dsn = pg_dsn(server, name)
+    try:
+
+        def target(index: int) -> Callable[[Event, Event, Queue[tuple[Any, ...]]], BaseProcess]:
+            return lambda go, stop, channel: ctx.Process(
+                target=_pgqueuer_worker,
+                args=(index, dsn, args.concurrency, channel, go, stop),
+                daemon=True,
+            )
+
+        run_workers(
+            ctx,
+            [target(index) for index in range(args.workers)],
+            dsn,
+            b"SELECT count(*) FROM pgqueuer",
+            args.jobs,
+        )
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                b"SELECT count(*) FILTER (WHERE status = 'successful'),"
+                b" min(created) FILTER (WHERE status = 'picked'),"
+                b" max(created) FILTER (WHERE status = 'successful') FROM pgqueuer_log"
+            ).fetchone()
+    finally:
+        drop_pg_database(server, name)
+    if row is None or row[0] != args.jobs:
+        raise RuntimeError(f"PgQueuer: {row and row[0]} of {args.jobs} jobs logged successful")
+    return QueueRun(args.jobs, (row[2] - row[1]).total_seconds())
+
+
+@dataclass
+class QueueComparison:
+    workers: int
+    concurrency: int
+    jobs: int
+    plasmaart: list[QueueRun] = field(default_factory=list)
+    pgqueuer: list[QueueRun] = field(default_factory=list)
+
+    @property
+    def plasmaart_jps(self) -> float:
+        return statistics.median(run.per_second for run in self.plasmaart)
+
+    @property
+    def pgqueuer_jps(self) -> float:
+        return statistics.median(run.per_second for run in self.pgqueuer)
+
+    @property
+    def ratio(self) -> float:
+        return self.plasmaart_jps / self.pgqueuer_jps
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= QUEUE_AIM
+
+
+def measure_queue(
+    ctx: ForkContext, context: Context, server: PgServer, args: argparse.Namespace
+) -> tuple[QueueComparison, Profile]:
+    _progress(f"queue: queuing {args.jobs} jobs for each side")
+    prepare_plasmaart_queue(context, server, args.users, args.jobs)
+    prepare_pgqueuer(server, args.jobs)
+    comparison = QueueComparison(args.workers, args.concurrency, args.jobs)
+    profile_out = context.workdir / "worker.prof"
+    _progress("queue: profiling PlasmaArt's worker 0 during an extra run")
+    profiled = run_plasmaart_queue(ctx, context, server, args, "queue_profiled", profile_out)
+    profile = load_profile(profile_out, "jobs")
+    profile.units = _calls(profile.raw, "generation/runner.py", "run")
+    profile.wall_rate = profiled.per_second
+    for run in range(args.queue_runs):
+        comparison.plasmaart.append(
+            run_plasmaart_queue(ctx, context, server, args, f"queue_run_{run}_plasmaart")
+        )
+        comparison.pgqueuer.append(run_pgqueuer(ctx, server, args, f"queue_run_{run}_pgqueuer"))
+        _progress(
+            f"  queue run {run + 1}: PlasmaArt {comparison.plasmaart[-1].per_second:7.1f} jobs/s, "
+            f"PgQueuer {comparison.pgqueuer[-1].per_second:7.1f} jobs/s"
+        )
+    return comparison, profile
+
+
+# -- profiles --------------------------------------------------------------------------
+
+# cProfile's key for a function and the values it keeps for it.
+FuncKey = tuple[str, int, str]
+FuncStats = tuple[int, int, float, float, dict[FuncKey, tuple[int, int, float, float]]]
+
+BUCKETS = (
+    "HTTP server: uvicorn, h11, asyncio",
+    "FastAPI, Starlette, anyio",
+    "pydantic",
+    "SQLAlchemy: building statements",
+    "SQLAlchemy: compiling and cache keys",
+    "SQLAlchemy: executing, results, pool, events",
+    "database driver (sqlite3 and SQLite, psycopg)",
+    "logging (JSON access log)",
+    "PlasmaArt: ledger",
+    "PlasmaArt: generations, worker",
+    "PlasmaArt: other",
+    "stdlib and other",
+)
+_PATH_BUCKETS = (
+    (("/uvicorn/", "/h11/", "/asyncio/", "/selectors.py"), BUCKETS[0]),
+    (("/fastapi/", "/starlette/", "/anyio/"), BUCKETS[1]),
+    (("/pydantic/", "/pydantic_core/"), BUCKETS[2]),
+    (("/psycopg/", "/psycopg_binary/", "/psycopg_pool/"), BUCKETS[6]),
+    (("/logging/", "/plasmaart/logs.py", "/plasmaart/web/edge.py"), BUCKETS[7]),
+    (("/plasmaart/ledger/",), BUCKETS[8]),
+    (("/plasmaart/generation/", "/plasmaart/worker.py"), BUCKETS[9]),
+    (("/plasmaart/",), BUCKETS[10]),
+)
+
+
+def _bucket(key: FuncKey) -> str:
+    path, _, name = key
+    if path == "~":
+        if "sqlite3" in name or "psycopg" in name:
+            return BUCKETS[6]
+        if "pydantic_core" in name:
+            return BUCKETS[2]
+        if "epoll" in name:
+            return BUCKETS[0]
+        return ""
+    if "/sqlalchemy/" in path:
+        inner = path.rsplit("/sqlalchemy/", 1)[1]
+        if inner in ("sql/compiler.py", "sql/crud.py", "sql/cache_key.py", "sql/traversals.py"):
+            return BUCKETS[4]
+        if inner.startswith("sql/"):
+            return BUCKETS[3]
+        return BUCKETS[5]
+    for markers, bucket in _PATH_BUCKETS:
+        if any(marker in path for marker in markers):
+            return bucket
+    return BUCKETS[11]
+
+
+def _short(key: FuncKey) -> str:
+    path, line, name = key
+    if path == "~":
+        return name
+    for marker in ("/site-packages/", "/src/", "/benchmarks/", "/lib/python3."):
+        if marker in path:
+            path = path.rsplit(marker, 1)[1]
+            if marker == "/lib/python3.":
+                path = path.split("/", 1)[1]
+            break
+    else:
+        path = Path(path).name
+    return f"{path}:{line}({name})"
+
+
+def _calls(raw: Mapping[FuncKey, FuncStats], path_end: str, name: str) -> int:
+    return sum(
+        stats[1] for key, stats in raw.items() if key[0].endswith(path_end) and key[2] == name
+    )
+
+
+def _calls_from(
+    raw: Mapping[FuncKey, FuncStats], name: str, caller_path_end: str, caller: str
+) -> int:
+    """Calls of the functions named ``name`` made by ``caller``."""
+    total = 0
+    for key, (_, _, _, _, callers) in raw.items():
+        if key[2] != name:
+            continue
+        for (path, _, function), (calls, _, _, _) in callers.items():
+            if path.endswith(caller_path_end) and function == caller:
+                total += calls
+    return total
+
+
+@dataclass
+class Profile:
+    """CPU time of one profiled process, all its threads, by where it went."""
+
+    what: str  # "requests" or "jobs"
+    seconds: float  # wall time the profile covered
+    statements: int
+    transactions: int
+    raw: dict[FuncKey, FuncStats]
+    buckets: dict[str, float]
+    main_thread: float = 0.0  # CPU time of the main thread (a server's event loop)
+    units: int = 0  # requests or jobs served while profiled
+    wall_rate: float = 0.0  # their rate under the profiler
+    attempts: int = 1  # profiled runs it took to get one that did not stall
+    total: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total = sum(self.buckets.values())
+
+    def share(self, bucket: str) -> float:
+        return self.buckets.get(bucket, 0.0) / self.total if self.total else 0.0
+
+    def per_unit_ms(self) -> float:
+        return 1e3 * self.total / max(self.units, 1)
+
+    def top(self, by: int, count: int = PROFILE_TOP) -> list[tuple[FuncKey, FuncStats]]:
+        return sorted(self.raw.items(), key=lambda item: item[1][by], reverse=True)[:count]
+
+    def table(self, title: str) -> str:
+        lines = [f"{title}: {self.units} {self.what}, {self.per_unit_ms():.2f} ms CPU each"]
+        for by, heading in ((3, "cumulative"), (2, "self")):
+            lines.append(f"  by {heading} CPU time")
+            lines.append(f"  {'calls':>9} {'self s':>8} {'cum s':>8}  function")
+            for key, (_, calls, self_time, cumulative, _) in self.top(by):
+                lines.append(f"  {calls:>9} {self_time:>8.3f} {cumulative:>8.3f}  {_short(key)}")
+        return "\n".join(lines)
+
+
+def load_profile(path: Path, what: str) -> Profile:
+    counts = json.loads(path.with_suffix(".json").read_text())
+    raw = cast(dict[FuncKey, FuncStats], pstats.Stats(str(path)).stats)
+    buckets: dict[str, float] = defaultdict(float)
+    for key, (_, _, self_time, _, callers) in raw.items():
+        bucket = _bucket(key)
+        if bucket:
+            buckets[bucket] += self_time
+            continue
+        # A builtin (isinstance, dict.get, ...) is the cost of whoever calls it,
+        # shared in proportion to the calls.
+        calls = sum(stats[0] for stats in callers.values()) or 1
+        for caller, stats in callers.items():
+            buckets[_bucket(caller) or BUCKETS[11]] += self_time * stats[0] / calls
+    return Profile(
+        what=what,
+        seconds=float(counts["seconds"]),
+        statements=int(counts["statements"]),
+        transactions=int(counts["transactions"]),
+        main_thread=float(counts["main_thread_seconds"]),
+        raw=raw,
+        buckets=dict(buckets),
+    )
+
+
+# Where each server's endpoint function is: its calls are the requests served.
+ENDPOINTS = {
+    "plasmaart": ("plasmaart/web/api/generations.py", "create_generation"),
+    "bare": ("benchmarks/generation_servers.py", "insert_row"),
+}
+
+
+def profile_servers(
+    context: Context, database: Database, load: LoadGenerator, seconds: float
+) -> dict[str, Profile]:
+    profiles = {}
+    for app in ("plasmaart", "bare"):
+        for attempt in range(PROFILE_ATTEMPTS):
+            out = context.workdir / f"{app}-{attempt}.prof"
+            name = f"profile_{app}_{attempt}"
+            measured = measure_once(context, database, load, app, name, seconds, out)
+            profile = load_profile(out, "requests")
+            # Every request the server answered, the warm-up's included.
+            endpoint = ENDPOINTS[app]
+            profile.units = _calls(profile.raw, endpoint[0], endpoint[1])
+            profile.wall_rate = measured.per_second
+            profile.attempts = attempt + 1
+            profiles[app] = profile
+            if measured.requests:
+                break
+            _progress(f"  the profiled {app} server answered nothing (attempt {attempt + 1})")
+    return profiles
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def _prose(*sentences: str) -> str:
+    """One Markdown paragraph, wrapped so that the file diffs well between runs."""
+    return textwrap.fill(
+        " ".join(sentence for sentence in sentences if sentence), width=80, break_on_hyphens=False
+    )
+
+
+def submission_table(comparisons: Sequence[SubmissionComparison]) -> str:
+    lines = [
+        "| database | PlasmaArt req/s | p50 | p99 | bare req/s | p50 | p99 | ratio | aim | met? |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in comparisons:
+        lines.append(
+            f"| {c.backend} | {c.rps(c.plasmaart):,.0f} | {c.p50(c.plasmaart):.0f} ms "
+            f"| {c.p99(c.plasmaart):.0f} ms | {c.rps(c.bare):,.0f} | {c.p50(c.bare):.0f} ms "
+            f"| {c.p99(c.bare):.0f} ms | {c.ratio:.1%} | ≥ {SUBMISSION_AIM:.0%} "
+            f"| {'yes' if c.met else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def queue_table(c: QueueComparison) -> str:
+    return "\n".join(
+        [
+            "| database | workers x slots | jobs | PlasmaArt jobs/s | PgQueuer jobs/s | ratio "
+            "| aim | met? |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+            f"| PostgreSQL | {c.workers} x {c.concurrency} | {c.jobs:,} "
+            f"| {c.plasmaart_jps:,.0f} | {c.pgqueuer_jps:,.0f} | {c.ratio:.1%} "
+            f"| ≥ {QUEUE_AIM:.0%} | {'yes' if c.met else 'no'} |",
+        ]
+    )
+
+
+def runs_detail(
+    submissions: Sequence[SubmissionComparison], queue_comparison: QueueComparison | None
+) -> str:
+    lines = []
+    for c in submissions:
+        for side, loads in (("PlasmaArt", c.plasmaart), ("bare", c.bare)):
+            runs = ", ".join(_load_detail(load) for load in loads)
+            lines.append(f"{c.backend}, {side} req/s (p50/p99 ms): {runs}")
+    if queue_comparison is not None:
+        for side, queue_runs in (
+            ("PlasmaArt", queue_comparison.plasmaart),
+            ("PgQueuer", queue_comparison.pgqueuer),
+        ):
+            runs = ", ".join(f"{run.per_second:.0f}" for run in queue_runs)
+            lines.append(f"queue, {side} jobs/s: {runs}")
+    return "\n".join(lines)
+
+
+def _load_detail(load: Load) -> str:
+    lost = f", {load.lost} lost" if load.lost else ""
+    return f"{load.per_second:.0f} ({load.p50_ms:.0f}/{load.p99_ms:.0f}{lost})"
+
+
+def profile_shares(profiles: Mapping[str, Profile]) -> str:
+    names = list(profiles)
+    lines = [
+        "| where | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for bucket in BUCKETS:
+        if all(profile.share(bucket) < 0.005 for profile in profiles.values()):
+            continue
+        cells = " | ".join(f"{profiles[name].share(bucket):.0%}" for name in names)
+        lines.append(f"| {bucket} | {cells} |")
+    cells = " | ".join(f"{profiles[name].per_unit_ms():.2f} ms" for name in names)
+    lines.append(f"| **CPU per request or job** | {cells} |")
+    return "\n".join(lines)
+
+
+def _top_self(profile: Profile, count: int = 5) -> str:
+    return ", ".join(f"`{_short(key)}`" for key, _ in profile.top(2, count))
+
+
+def _statement_line(profile: Profile) -> str:
+    units = max(profile.units, 1)
+    return (
+        f"{profile.statements / units:.1f} SQL statements in "
+        f"{profile.transactions / units:.1f} transactions"
+    )
+
+
+def _stall_note(profile: Profile) -> str:
+    if profile.wall_rate == 0:
+        return (
+            f"The PlasmaArt server stalled in all {profile.attempts} profiled runs, so"
+            " there is no profile of a submission below;"
+        )
+    if profile.attempts > 1:
+        return f"The PlasmaArt server stalled in {profile.attempts - 1} profiled run(s) first."
+    return ""
+
+
+def _loop_share(profile: Profile) -> float:
+    return profile.main_thread / profile.total if profile.total else 0.0
+
+
+def _is_middleware(key: FuncKey) -> bool:
+    # An ASGI middleware's time is the whole event loop's work below it.
+    return "/plasmaart/web/" in key[0] and key[2] in ("__call__", "wrapped")
+
+
+def own_functions(profile: Profile, count: int = 8) -> list[tuple[FuncKey, float, float]]:
+    """PlasmaArt's functions by cumulative CPU time: (function, share of all
+    CPU time, calls per request or job). A function that spends nearly all its
+    time in one PlasmaArt callee (a wrapper: the endpoint around the service,
+    the worker's loops) is left out for that callee."""
+    own = {
+        key: stats
+        for key, stats in profile.raw.items()
+        if "/plasmaart/" in key[0] and not _is_middleware(key)
+    }
+
+    def wrapper(key: FuncKey) -> bool:
+        cumulative = own[key][3]
+        return any(
+            other != key and key in stats[4] and stats[3] >= 0.85 * cumulative
+            for other, stats in own.items()
+        )
+
+    rows = [
+        (key, stats[3] / profile.total, stats[1] / max(profile.units, 1))
+        for key, stats in own.items()
+        if profile.total and not wrapper(key)
+    ]
+    rows.sort(key=lambda row: row[1], reverse=True)
+    return rows[:count]
+
+
+def own_functions_table(profile: Profile) -> str:
+    lines = [
+        f"| function | share of CPU (cumulative) | calls per {profile.what[:-1]} |",
+        "|---|---:|---:|",
+    ]
+    for key, share, per_unit in own_functions(profile):
+        lines.append(f"| `{_short(key)}` | {share:.0%} | {per_unit:.1f} |")
+    return "\n".join(lines)
+
+
+def profile_text(servers: Mapping[str, Profile], worker: Profile | None) -> str:
+    parts = []
+    profiles: dict[str, Profile] = {}
+    if servers:
+        plasma, bare = servers["plasmaart"], servers["bare"]
+        # A stalled server's profile is of its stall, not of a submission.
+        if plasma.wall_rate:
+            profiles["PlasmaArt server"] = plasma
+        profiles["bare server"] = bare
+        if plasma.wall_rate:
+            plasma_figures = [
+                f"PlasmaArt served {plasma.units:,} submissions ({plasma.wall_rate:,.0f} req/s",
+                f"under the profiler), each {plasma.per_unit_ms():.2f} ms of CPU and",
+                f"{_statement_line(plasma)};",
+            ]
+            loop = [
+                "The event loop's thread (HTTP, middleware, routing, validation,",
+                f"serialisation) took {_loop_share(plasma):.0%} of PlasmaArt's CPU time",
+                f"and {_loop_share(bare):.0%} of the bare server's; the threads running",
+                "the sync endpoints the rest.",
+            ]
+        else:
+            plasma_figures, loop = [], []
+        parts.append(
+            _prose(
+                "One PlasmaArt server and one bare server on SQLite, each under the same",
+                "load as in the measurements, profiled with cProfile in every thread (the",
+                "event loop and the threads that run sync endpoints) on thread CPU time,",
+                "so waiting costs nothing: a thread waiting for the SQLite write lock or",
+                "for work is not counted.",
+                _stall_note(plasma),
+                *plasma_figures,
+                f"the bare endpoint served {bare.units:,} requests ({bare.wall_rate:,.0f}",
+                f"req/s), each {bare.per_unit_ms():.2f} ms of CPU and",
+                f"{_statement_line(bare)} (on SQLite, `BEGIN` counts as a statement).",
+                "The profiler slows Python code more than C code, so the Python shares",
+                "are inflated, the ratios between the two servers less so. One server",
+                "process runs its Python on one core at a time (the GIL), so CPU per",
+                "request bounds its requests per second.",
+                *loop,
+            )
+        )
+    if worker is not None:
+        profiles["PlasmaArt worker"] = worker
+        waits = _calls_from(worker.raw, "wait", "plasmaart/worker.py", "run")
+        claims = _calls(worker.raw, "plasmaart/worker.py", "claim")
+        parts.append(
+            _prose(
+                "Worker 0 of an extra queue run (not one of the measured runs), profiled",
+                f"the same way: it ran {worker.units:,} jobs, each {worker.per_unit_ms():.2f}",
+                f"ms of CPU and {_statement_line(worker)} (the claim, the runner's",
+                "steps, the capture, the events), and used",
+                f"{worker.total:.1f} s of CPU in {worker.seconds:.1f} s; the run went at",
+                f"{worker.wall_rate:,.0f} jobs/s. Its claim loop called `Worker.claim`",
+                f"{claims:,} times and slept {waits:,} times for up to",
+                f"{CLAIM_IDLE_S:g} s (`CLAIM_IDLE_S`), when every slot was busy or no",
+                "job could be claimed.",
+            )
+        )
+    parts.append("Where the CPU time went (self time; a builtin counts for its callers):")
+    parts.append(profile_shares(profiles))
+    tops = [f"{name}: {_top_self(profile)}." for name, profile in profiles.items()]
+    parts.append(_prose("The functions with the most self time.", *tops))
+    for name, profile in profiles.items():
+        if name.startswith("PlasmaArt"):
+            parts.append(f"PlasmaArt's own functions in the {name}:")
+            parts.append(own_functions_table(profile))
+    parts.append(f"`--profile` prints the top {PROFILE_TOP} functions of each profile.")
+    return "\n\n".join(parts) + "\n"
+
+
+def _command_line() -> str:
+    python = Path(sys.executable)
+    script = Path(sys.argv[0]).resolve()
+    shown = [
+        str(python.relative_to(REPO)) if python.is_relative_to(REPO) else python.name,
+        str(script.relative_to(REPO)) if script.is_relative_to(REPO) else str(script),
+        *sys.argv[1:],
+    ]
+    return shlex.join(shown)
+
+
+def _load_average() -> str:
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def _code_version() -> str:
+    git = shutil.which("git")
+    if git is None:
+        return "unknown"
+    head = subprocess.run(
+        [git, "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    dirty = subprocess.run(
+        [git, "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if head.returncode:
+        return "unknown"
+    commit = f"commit {head.stdout.strip()}"
+    # Figures from a work tree with edits belong to no commit: say so.
+    return f"{commit} with uncommitted changes" if dirty.stdout.strip() else commit
+
+
+def machine_facts(code: str, load_start: str, pg_version: str, load: str) -> list[tuple[str, str]]:
+    model = "unknown"
+    memory = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
+        model = found.group(1).strip() if found else model
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        found = re.search(r"^MemTotal:\s*(\d+) kB", meminfo.read_text(), re.MULTILINE)
+        memory = f"{int(found.group(1)) / 1024**2:.1f} GiB" if found else memory
+    versions = {}
+    for package in ("fastapi", "starlette", "uvicorn", "pydantic", "pgqueuer"):
+        with suppress(Exception):
+            from importlib.metadata import version
+
+            versions[package] = version(package)
+    return [
+        ("PlasmaArt", code),
+        ("CPUs", str(os.cpu_count())),
+        ("CPU model", model),
+        ("memory", memory),
+        # Other work on a shared machine skews figures; these say whether there was any.
+        ("load average (1, 5, 15 min) at start", load_start),
+        ("load average (1, 5, 15 min) at end", _load_average()),
+        ("OS", platform.platform()),
+        ("Python", platform.python_version()),
+        ("SQLite", sqlite3.sqlite_version),
+        ("PostgreSQL", pg_version),
+        ("SQLAlchemy", sqlalchemy.__version__),
+        ("psycopg", psycopg.__version__),
+        *((name, value) for name, value in versions.items()),
+        ("load generator", load),
+    ]
+
+
+HOW_TO_READ = "\n\n".join(
+    [
+        _prose(
+            "Each ratio is the median of PlasmaArt's runs over the median of the",
+            "baseline's, the two measured alternately on the same machine, so that",
+            "machine noise (this may be a shared machine) hits both sides alike:",
+            "compare ratios between runs and machines, not absolute figures.",
+        ),
+        _prose(
+            "The sides do not do the same work. A PlasmaArt submission authenticates an",
+            "API key, checks the model, the plan and the wallet's queued jobs, holds",
+            "the credits (a full ledger operation), inserts the job, reads it back with",
+            "its queue position, announces it, and answers with the generation; its",
+            "middleware adds a request id, an access log line and the idempotency",
+            "check. The bare endpoint validates the same body and inserts one row.",
+            "A PlasmaArt job is a claim under the scheduling rules (wallet caps,",
+            "reserved slots), a lease, the provider's request id stored, the provider",
+            "asked for its status, the output stamped with its license and stored, the",
+            "credits captured and the job finished, each change announced; a PgQueuer",
+            "job is a row picked and, once its coroutine returns, moved to the log.",
+        ),
+        _prose(
+            "Latencies are measured by the load generator from send to answer, with",
+            "every connection always busy (a closed loop), so they are mostly",
+            "queueing: at saturation p50 is close to connections ÷ requests per second.",
+            "On SQLite, writers wait for the one write lock in SQLite's busy handler,",
+            "which sleeps and retries rather than queueing them in order, so p99 is",
+            "many times p50 on both sides.",
+            "Submissions queue up (no worker runs), so the queue grows during a run",
+            "and each run starts from a fresh copy of the prepared database.",
+        ),
+        _prose(
+            "Durability is relaxed alike on both sides of each comparison: SQLite runs",
+            "in WAL mode with `synchronous=NORMAL` and the throwaway PostgreSQL server",
+            "with `fsync=off` and `synchronous_commit=off`, so these figures measure",
+            "CPU and round trips, not disks. The load generator, the servers, the",
+            "workers and PostgreSQL share the machine's CPUs.",
+        ),
+    ]
+)
+
+
+def render_section(
+    submissions: Sequence[SubmissionComparison],
+    queue_comparison: QueueComparison,
+    servers: Mapping[str, Profile],
+    worker: Profile,
+    facts: Sequence[tuple[str, str]],
+    command: str,
+    args: argparse.Namespace,
+) -> str:
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    machine = "\n".join(f"| {name} | {value} |" for name, value in facts)
+    submission_method = _prose(
+        f"**Submission.** {args.runs} runs of {args.seconds:g} s on each side, after a",
+        f"{WARMUP_SECONDS} s warm-up, each on a fresh copy of a database prepared with",
+        f"{args.users} Studio users (credits enough for any run; Studio's bound on",
+        "queued jobs raised by a catalog file); PlasmaArt and the bare endpoint",
+        "alternately, each in its own uvicorn process (asyncio loop, h11), the load",
+        f"generator in another, {args.connections} connections, the API keys in turn.",
+        "PlasmaArt runs with its default settings: INFO logs, so a JSON access",
+        "line per request.",
+    )
+    queue_method = _prose(
+        f"**Queue.** {args.queue_runs} runs on each side of {args.jobs:,} jobs queued",
+        f"before the workers start, spread over {args.users} Studio users (the",
+        "plan's cap of 8 running jobs per wallet never binds), and",
+        f"{args.workers} worker processes of {args.concurrency} slots, let go",
+        "together. PlasmaArt: `Worker(platform, concurrency)`, a no-op provider",
+        "that answers at once with one 1x1 PNG, a storage that discards it, no",
+        "watermark; jobs per second from the first claim to the last finish",
+        "(the jobs' `started_at` and `finished_at`). PgQueuer: a no-op async",
+        f"entrypoint, `QueueManager.run(batch_size={args.concurrency})` over",
+        "psycopg; from the first pick to the last completion in `pgqueuer_log`.",
+    )
+    return f"""{SECTION_HEADING}
+
+Measured {when} by `benchmarks/generations.py`, from the repository root:
+
+```sh
+{command}
+```
+
+{submission_method}
+
+{submission_table(submissions)}
+
+{queue_method}
+
+{queue_table(queue_comparison)}
+
+All runs:
+
+```text
+{runs_detail(submissions, queue_comparison)}
+```
+
+The machine:
+
+| | |
+|---|---|
+{machine}
+
+### Profiles
+
+{profile_text(servers, worker)}
+### What stands in the way
+
+{obstacles(submissions, queue_comparison, servers, worker)}
+### How to read the figures
+
+{HOW_TO_READ}
+"""
+
+
+def _heaviest(profile: Profile, count: int = 4) -> str:
+    """The heaviest functions below the top-level ones (the service call, the
+    claim, the runner), where a change would show."""
+    rows = [row for row in own_functions(profile, 16) if row[1] < 0.35][:count]
+    return ", ".join(
+        f"`{_short(key).split(':')[0].removeprefix('plasmaart/')}:{key[2]}` {share:.0%}"
+        f" ({per_unit:.1f} calls)"
+        for key, share, per_unit in rows
+    )
+
+
+def obstacles(
+    submissions: Sequence[SubmissionComparison],
+    queue_comparison: QueueComparison,
+    servers: Mapping[str, Profile],
+    worker: Profile,
+) -> str:
+    parts = []
+    for c in submissions:
+        stalled = [load for load in c.plasmaart if load.requests == 0]
+        if stalled:
+            places: Counter[str] = Counter()
+            for load in stalled:
+                places.update(load.stuck_in)
+            where = ", ".join(
+                f"`{place}` {count / len(stalled):.0f}" for place, count in places.most_common(8)
+            )
+            parts.append(
+                _prose(
+                    f"**Stalls.** On {c.backend}, {len(stalled)} of PlasmaArt's",
+                    f"{len(c.plasmaart)} runs answered no request at all: the server",
+                    "stalled, its requests waiting on each other, not on the CPU. At",
+                    "the end of such a run its threads were, by their innermost",
+                    f"PlasmaArt frame (threads per run): {where or 'unknown'}.",
+                )
+            )
+    missed = [c for c in submissions if not c.met]
+    if missed and servers and servers["plasmaart"].wall_rate == 0:
+        parts.append(
+            _prose(
+                "**Submission** is below its aim on",
+                " and ".join(c.backend for c in missed) + ";",
+                f"the profiled PlasmaArt server stalled {PROFILE_ATTEMPTS} times in a",
+                "row, so there is no profile of a submission's cost to show.",
+            )
+        )
+    elif missed and servers:
+        plasma, bare = servers["plasmaart"], servers["bare"]
+        largest = sorted(BUCKETS, key=plasma.share, reverse=True)[:3]
+        shares = ", ".join(f"{name} {plasma.share(name):.0%}" for name in largest)
+        parts.append(
+            _prose(
+                "**Submission** is below its aim on",
+                " and ".join(c.backend for c in missed) + ".",
+                f"A submission costs {plasma.per_unit_ms():.1f} ms of CPU in the server",
+                f"against {bare.per_unit_ms():.1f} ms for the bare insert",
+                f"({plasma.per_unit_ms() / max(bare.per_unit_ms(), 1e-9):.1f} times as much,",
+                "under the profiler), and",
+                f"{plasma.statements / max(plasma.units, 1):.0f} statements in",
+                f"{plasma.transactions / max(plasma.units, 1):.1f} transactions against",
+                f"{bare.statements / max(bare.units, 1):.0f} in",
+                f"{bare.transactions / max(bare.units, 1):.0f}; on PostgreSQL each",
+                "statement is also a round trip. The largest shares of its CPU time:",
+                f"{shares}. PlasmaArt's heaviest functions (cumulative share, calls",
+                f"per request): {_heaviest(plasma)}.",
+            )
+        )
+    elif not missed:
+        parts.append(_prose("Submission meets its aim on every database measured."))
+    if not queue_comparison.met:
+        waits = _calls_from(worker.raw, "wait", "plasmaart/worker.py", "run")
+        largest = sorted(BUCKETS, key=worker.share, reverse=True)[:3]
+        shares = ", ".join(f"{name} {worker.share(name):.0%}" for name in largest)
+        parts.append(
+            _prose(
+                f"**The queue** is below its aim: {queue_comparison.plasmaart_jps:,.0f} jobs/s",
+                f"against PgQueuer's {queue_comparison.pgqueuer_jps:,.0f}. A job costs",
+                f"{worker.per_unit_ms():.1f} ms of CPU in the worker (under the profiler)",
+                f"and {worker.statements / max(worker.units, 1):.0f} statements in",
+                f"{worker.transactions / max(worker.units, 1):.0f} transactions, where",
+                "PgQueuer spends one statement per batch of picks and one per batch of",
+                f"completions. The largest shares of its CPU time: {shares}.",
+                "PlasmaArt's heaviest functions (cumulative share, calls per job):",
+                f"{_heaviest(worker)}. Besides, the claim loop sleeps",
+                f"{CLAIM_IDLE_S:g} s whenever its slots are full rather than waking when",
+                f"a slot frees: {waits:,} sleeps in the profiled worker, up to",
+                f"{waits * CLAIM_IDLE_S:.1f} s of its {worker.seconds:.1f} s, while it used",
+                f"{worker.total:.1f} s of CPU; and each claim locks up to 64 queued rows",
+                "to take one.",
+            )
+        )
+    else:
+        parts.append(_prose("The queue meets its aim."))
+    return "\n\n".join(parts) + "\n"
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        number = kind(value)
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {value}")
+        return number
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--seconds", type=_positive(float), default=5.0, help="one submission run (default 5)"
+    )
+    parser.add_argument(
+        "--runs", type=_positive(int), default=5, help="submission runs per side (default 5)"
+    )
+    parser.add_argument(
+        "--queue-runs", type=_positive(int), default=3, help="queue runs per side (default 3)"
+    )
+    parser.add_argument(
+        "--jobs", type=_positive(int), default=1000, help="jobs per queue run (default 1000)"
+    )
+    parser.add_argument(
+        "--workers", type=_positive(int), default=4, help="worker processes (default 4)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_positive(int),
+        default=4,
+        help="job slots per PlasmaArt worker, jobs per PgQueuer dequeue (default 4)",
+    )
+    parser.add_argument(
+        "--users", type=_positive(int), default=16, help="users the work is spread over (16)"
+    )
+    parser.add_argument(
+        "--connections", type=_positive(int), default=64, help="HTTP connections (default 64)"
+    )
+    parser.add_argument(
+        "--load-generator",
+        choices=("wrk", "httpx"),
+        default="wrk",
+        help="wrk (the default), or benchmarks/http_load.py, which on a small machine "
+        "cannot keep up with the bare endpoint",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("submission", "queue"),
+        help="one measurement only (not with --write-docs)",
+    )
+    parser.add_argument("--sqlite-only", action="store_true", help="submission on SQLite only")
+    parser.add_argument(
+        "--profile", action="store_true", help=f"print the top {PROFILE_TOP} functions"
+    )
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help=f"rewrite the '{SECTION_HEADING[3:]}' section of docs/performance.md",
+    )
+    args = parser.parse_args(argv)
+    if args.write_docs and (args.only or args.sqlite_only):
+        parser.error("--write-docs needs every measurement: drop --only and --sqlite-only")
+    args.load_kind = args.load_generator
+    if args.load_kind == "wrk" and args.only != "queue" and not shutil.which("wrk"):
+        parser.error(
+            "wrk is not installed (apt-get install wrk); --load-generator httpx works "
+            "without it, but one Python process cannot keep up with the bare endpoint"
+        )
+    if args.only != "submission" and importlib.util.find_spec("pgqueuer") is None:
+        parser.error("PgQueuer is not installed: .venv/bin/pip install -e '.[bench]'")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    began = time.monotonic()
+    # Read before measuring: the work tree may move on while the benchmark runs.
+    code = _code_version()
+    load_start = _load_average()
+    # fork starts workers in milliseconds, with the modules already imported.
+    ctx = multiprocessing.get_context("fork")
+    workdir = Path(tempfile.mkdtemp(prefix="plasmaart-bench-generations-"))
+    context = Context(workdir, bench_catalog(workdir))
+    submissions: list[SubmissionComparison] = []
+    queue_comparison: QueueComparison | None = None
+    servers: dict[str, Profile] = {}
+    worker: Profile | None = None
+    load_description = "none"
+    pg_version = "not used"
+    try:
+        if args.only != "queue":
+            _progress("submission on SQLite: profiling both servers")
+            database, keys = prepare_submission_database(context, "SQLite", None, args.users)
+            load = LoadGenerator(args.load_kind, workdir, keys, args.connections)
+            load_description = load.description
+            servers = profile_servers(context, database, load, args.seconds)
+            _progress("submission on SQLite")
+            submissions.append(measure_submission(context, database, load, args))
+        postgres_submission = args.only != "queue" and not args.sqlite_only
+        if postgres_submission or args.only != "submission":
+            with postgres_server(workdir) as server:
+                pg_version = postgres_version(server)
+                if postgres_submission:
+                    _progress("submission on PostgreSQL")
+                    database, keys = prepare_submission_database(
+                        context, "PostgreSQL", server, args.users
+                    )
+                    load = LoadGenerator(args.load_kind, workdir, keys, args.connections)
+                    submissions.append(measure_submission(context, database, load, args))
+                if args.only != "submission":
+                    queue_comparison, worker = measure_queue(ctx, context, server, args)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.profile:
+        for name, profile in servers.items():
+            print(profile.table(f"{name} server"))
+            print()
+        if worker is not None:
+            print(worker.table("PlasmaArt worker 0"))
+            print()
+    if submissions:
+        print(submission_table(submissions))
+        print()
+    if queue_comparison is not None:
+        print(queue_table(queue_comparison))
+        print()
+    print(runs_detail(submissions, queue_comparison))
+    if args.write_docs and queue_comparison is not None and worker is not None:
+        section = render_section(
+            submissions,
+            queue_comparison,
+            servers,
+            worker,
+            machine_facts(code, load_start, pg_version, load_description),
+            _command_line(),
+            args,
+        )
+        write_section(SECTION_HEADING, section, DOC_PATH)
+        _progress(f"wrote {DOC_PATH.relative_to(REPO)}")
+    _progress(f"done in {time.monotonic() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
