@@ -35,9 +35,12 @@ format: install
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
+# Also needs the PostgreSQL server binaries, pgbench and wrk (Debian packages).
 bench: install
+	$(BIN)/python -m pip install --quiet --editable '.[test,dev,bench]'
 	$(BIN)/python benchmarks/ledger_tps.py --write-docs
 	$(BIN)/python benchmarks/ledger_queries.py --write-docs
+	$(BIN)/python benchmarks/generations.py --write-docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
