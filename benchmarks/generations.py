@@ -1654,7 +1654,8 @@ def obstacles(
             for load in stalled:
                 places.update(load.stuck_in)
             where = ", ".join(
-                f"`{place}` {count / len(stalled):.0f}" for place, count in places.most_common(8)
+                f"`{place}` {round(count / len(stalled), 1):g}"
+                for place, count in places.most_common(8)
             )
             parts.append(
                 _prose(
