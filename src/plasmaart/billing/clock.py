@@ -93,4 +93,9 @@ class SandboxTestClock:
         self._read_at = time.monotonic()
 
     def close(self) -> None:
+        """Stop the reader and wait for it, so that it never holds a connection
+        of a pool that is being disposed."""
         self._stop.set()
+        reader = self._reader
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout=10)
