@@ -12,18 +12,24 @@ from plasmaart.billing import create_backends
 from plasmaart.billing.clock import SandboxTestClock
 from plasmaart.billing.service import BillingService
 from plasmaart.catalog import Catalog, load_catalog
+from plasmaart.catalog.service import CatalogChangeService
 from plasmaart.clock import Clock, SystemClock
 from plasmaart.config import Settings, load_settings
 from plasmaart.db.engine import Database, create_database
 from plasmaart.db.migrate import upgrade
+from plasmaart.fairuse.ratelimits import RequestLimiter
+from plasmaart.fairuse.service import FairUsePolicy, FairUseService
 from plasmaart.generation.events import GenerationEvents
 from plasmaart.generation.providers import create_provider
 from plasmaart.generation.providers.base import Provider
 from plasmaart.generation.service import GenerationService
+from plasmaart.generation.wakeups import PollWakeups
 from plasmaart.ledger.service import LedgerService
 from plasmaart.media.storage import Storage, create_storage
+from plasmaart.notify.email import Mailer, create_mailer
 from plasmaart.notify.events import BalanceEvents, EventBus, create_event_bus
 from plasmaart.notify.notifications import NotificationService
+from plasmaart.notify.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +50,17 @@ class Platform:
     generations: GenerationService
     provider: Provider
     storage: Storage
+    fairuse: FairUseService
+    outbox: Outbox
+    catalog_changes: CatalogChangeService
+    mailer: Mailer | None
+    # Webhooks wake the worker polling a job (generation/wakeups.py).
+    wakeups: PollWakeups
 
     def close(self) -> None:
         if isinstance(self.clock, SandboxTestClock):
             self.clock.close()
+        self.wakeups.close()
         self.events.close()
         self.db.dispose()
 
@@ -86,7 +99,7 @@ def bootstrap(
         clock,
         catalog,
         ledger,
-        backends=create_backends(settings, clock),
+        backends=create_backends(settings, clock, currency=catalog.currency),
         default_backend=settings.billing,
         grace_days=settings.payment_grace_days,
         purchased_credits_expire_days=settings.purchased_credits_expire_days,
@@ -95,14 +108,36 @@ def bootstrap(
     teams = TeamService(clock, catalog, ledger, billing)
     generations = GenerationService(clock, catalog, ledger, billing, teams, settings.provider)
     generations.listeners.append(GenerationEvents(events))
+    accounts = AccountService(clock, ledger)
+    credentials = CredentialService(clock)
+    fairuse = FairUseService(
+        clock,
+        FairUsePolicy.from_settings(settings),
+        RequestLimiter(settings.redis_url),
+        ledger=ledger,
+        billing=billing,
+        teams=teams,
+        accounts=accounts,
+        credentials=credentials,
+        generations=generations,
+    )
+    billing.clawback_listeners.append(fairuse.on_clawback)
+    # Announced catalog changes and the notification outbox: the services
+    # that cause notifications queue them in the transaction of their cause.
+    outbox = Outbox(clock)
+    billing.outbox = outbox
+    accounts.outbox = outbox
+    catalog_changes = CatalogChangeService(
+        clock, billing.in_force, billing, teams, outbox, notice_days=settings.notice_days
+    )
     return Platform(
         settings=settings,
         db=db,
         catalog=catalog,
         clock=clock,
         ledger=ledger,
-        accounts=AccountService(clock, ledger),
-        credentials=CredentialService(clock),
+        accounts=accounts,
+        credentials=credentials,
         billing=billing,
         teams=teams,
         events=events,
@@ -110,4 +145,9 @@ def bootstrap(
         generations=generations,
         provider=create_provider(settings, clock),
         storage=create_storage(settings),
+        fairuse=fairuse,
+        outbox=outbox,
+        catalog_changes=catalog_changes,
+        mailer=create_mailer(settings),
+        wakeups=PollWakeups(events),
     )

@@ -149,6 +149,9 @@ def _set_status(email: str, status: Status, reason: str | None) -> None:
         platform.accounts.set_status(conn, user, status, actor=CLI_ACTOR, reason=reason)
         if status == "suspended":
             platform.generations.cancel_queued_of(conn, user.id, f"account suspended: {reason}")
+        else:
+            # The review is over, as when an admin reinstates through the API.
+            platform.fairuse.resolve_flags(conn, user.id, actor=CLI_ACTOR)
     typer.echo(f"{user.email} is now {status}")
 
 

@@ -79,7 +79,21 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     catalog_file: Path | None = None
     provider: Literal["sandbox", "fal"] = "sandbox"
+    # fal's queue API and the keys its webhooks are signed with (tests point
+    # both at a local fake).
+    fal_base_url: str = "https://queue.fal.run"
+    fal_jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+    # This server's public address of POST /v1/webhooks/fal. Set, fal calls it
+    # when a request finishes and the worker polls at once; between webhooks it
+    # polls every fal_poll_interval_s instead of every 0.25 s.
+    fal_webhook_url: str | None = None
+    fal_poll_interval_s: float = Field(default=5.0, gt=0, le=300)
     billing: Literal["sandbox", "stripe"] = "sandbox"
+    # Where the Stripe client sends its API calls (tests point it at a local fake).
+    stripe_api_base: str = "https://api.stripe.com"
+    # Where Stripe sends the customer back after Checkout or the customer
+    # portal. None: this server's own address (host and port).
+    stripe_return_url: str | None = None
     storage_dir: Path | None = None
     # Where media lives: the local folder (media_dir) or an S3-compatible bucket.
     storage: Literal["local", "s3"] = "local"
@@ -106,9 +120,41 @@ class Settings(BaseSettings):
     purchased_credits_expire_days: int | None = Field(default=None, ge=1)
     payment_grace_days: int = Field(default=7, ge=0)
     notice_days: int = Field(default=14, ge=0)
+    # Notifications (docs/notifications.md): e-mail goes out over SMTP when
+    # smtp_host is set; otherwise notifications are in-app only.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    # None: the support address.
+    smtp_from: str | None = None
+    smtp_starttls: bool = True
+    # A balance falling below this many credits is notified (once per crossing); 0: never.
+    low_balance_credits: int = Field(default=50, ge=0)
+    # Lots expiring within this many days are notified (once per lot).
+    expiry_notice_days: int = Field(default=3, ge=1)
     # How often the worker's clock looks for lots past their expiry.
     clock_interval_s: float = Field(default=30.0, gt=0)
+    # An Idempotency-Key whose first request is still "running" after this long
+    # was left by a process that died; a retry then runs again (handlers that
+    # write key their rows by it too, so the re-run cannot do the work twice).
+    idempotency_takeover_s: float = Field(default=30.0, gt=0)
+    # A worker renews the lease of each running job while it polls the
+    # provider; a job whose lease ran out (its worker died) is taken over.
+    job_lease_s: float = Field(default=60.0, ge=2)
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
+    # Fair use (docs/fair-use.md): an abuse score at or over the first flags
+    # the account for review, at or over the second suspends it.
+    fairuse_flag_score: int = Field(default=30, ge=1)
+    fairuse_suspend_score: int = Field(default=100, ge=1)
+    # A rate-limit refusal becomes an abuse signal at most this often per
+    # account, so that a flood of refused requests is not a flood of writes.
+    fairuse_rate_limit_signal_interval_s: int = Field(default=10, ge=0)
+    # A generation canceled this soon after its submission counts as churn.
+    fairuse_churn_cancel_within_s: int = Field(default=60, ge=0)
+    # Copies of one prompt an account may submit within 10 minutes before
+    # each further copy counts as a flood.
+    fairuse_identical_prompts_allowed: int = Field(default=20, ge=1)
     db_pool_size: int = Field(default=10, ge=1)
 
     @field_validator("database_url")
@@ -116,6 +162,22 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str) -> str:
         if not value.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
             raise ValueError("must start with sqlite:// or postgresql://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis(cls, value: str | None) -> str | None:
+        # The rate-limit store (limits' storage_from_string) speaks these.
+        if value is not None and not value.startswith(("redis://", "rediss://", "redis+unix://")):
+            raise ValueError("must start with redis://, rediss:// or redis+unix://")
+        return value
+
+    @field_validator("fairuse_suspend_score")
+    @classmethod
+    def _suspend_over_flag(cls, value: int, info: ValidationInfo) -> int:
+        flag = info.data.get("fairuse_flag_score")
+        if flag is not None and value < flag:
+            raise ValueError(f"must be at least {ENV_PREFIX}FAIRUSE_FLAG_SCORE ({flag})")
         return value
 
     @field_validator("s3_bucket")

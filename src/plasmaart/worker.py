@@ -17,14 +17,16 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from types import FrameType
 
 from plasmaart.billing.tasks import run_billing_clock
 from plasmaart.bootstrap import Platform
 from plasmaart.generation import queue
 from plasmaart.generation.queue import Claim
-from plasmaart.generation.runner import LEASE, JobRunner
+from plasmaart.generation.runner import JobRunner
 from plasmaart.ledger.tasks import expire_due_lots
+from plasmaart.notify.tasks import run_notifications
 
 log = logging.getLogger(__name__)
 # How long an idle worker waits before looking at the queue again.
@@ -49,7 +51,15 @@ class Worker:
             provider=platform.provider,
             storage=platform.storage,
             stopping=self.stop_event.is_set,
+            lease=timedelta(seconds=platform.settings.job_lease_s),
         )
+        settings = platform.settings
+        if settings.provider == "fal" and settings.fal_webhook_url:
+            # fal calls back when a job finishes, waking its poll: polls between
+            # are only a fallback for a lost webhook.
+            self.runner.webhook_url = settings.fal_webhook_url
+            self.runner.wakeups = platform.wakeups
+            self.runner.poll_interval_s = settings.fal_poll_interval_s
 
     def claim(self) -> Claim | None:
         """Claim the next job this worker may run, or None."""
@@ -63,7 +73,7 @@ class Worker:
                 conn,
                 worker_id=self.id,
                 now=platform.clock.now(),
-                lease=LEASE,
+                lease=self.runner.lease,
                 busy_slots=busy,
                 total_slots=self.concurrency,
                 catalog=platform.catalog,
@@ -92,6 +102,7 @@ class Worker:
         finally:
             with self._busy_lock:
                 self._busy -= 1
+            self.platform.wakeups.claimable.set()  # a slot is free: claim now
 
     def run_once(self) -> None:
         platform = self.platform
@@ -103,6 +114,10 @@ class Worker:
         expired = expire_due_lots(platform.db, platform.ledger)
         if expired.lots:
             log.info("expired %d lots (%d credits)", expired.lots, expired.credits)
+        # After renewals and expiry, whose notices it then delivers.
+        notified = run_notifications(platform, self.id)
+        if notified.queued or notified.delivery.claimed:
+            log.info("notifications: %d queued, %s", notified.queued, notified.delivery)
         with platform.db.write() as conn:
             platform.credentials.purge_expired_sessions(conn)
             platform.credentials.purge_login_failures(conn)
@@ -118,6 +133,11 @@ class Worker:
             interval,
         )
         next_tick = 0.0
+        # Queued jobs and freed slots wake the loop at once; CLAIM_IDLE_S is
+        # only the fallback (an event lost, or SQLite with the API in another
+        # process, whose events stay there).
+        claimable = self.platform.wakeups.claimable
+        self.platform.wakeups.start()
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="plasmaart-job") as pool:
             while not self.stop_event.is_set():
                 if time.monotonic() >= next_tick:
@@ -129,6 +149,7 @@ class Worker:
                         log.exception("worker tick failed")
                     next_tick = time.monotonic() + interval
                 claimed = None
+                claimable.clear()
                 try:
                     claimed = self.claim()
                 except Exception:
@@ -138,13 +159,15 @@ class Worker:
                         self._busy += 1
                     pool.submit(self._run_job, claimed)
                     continue
-                self.stop_event.wait(CLAIM_IDLE_S)
+                claimable.wait(CLAIM_IDLE_S)
             # Leaving the with-block waits for running jobs, which stop at
             # their next poll and stay leased for whoever resumes them.
         log.info("worker stopped")
 
     def stop(self) -> None:
         self.stop_event.set()
+        # Jobs waiting for a webhook between polls see the stop now.
+        self.platform.wakeups.wake_all()
 
     def start_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, name="plasmaart-worker", daemon=True)

@@ -4,10 +4,11 @@ resume from the stored provider request id, never a second charge).
 
 Real processes and real time: ``plasmaart worker --concurrency 3`` runs a
 dozen sandbox jobs (1 to 3 s each) until it is killed with SIGKILL while jobs
-are in flight, and a second worker process takes over. The lease is 60 s
-(``runner.LEASE``, not configurable), longer than a test may wait, so once the
-replacement worker runs the test moves the dead worker's leases into the past:
-that UPDATE stands for the lease running out, and changes nothing else. Then
+are in flight, and a second worker process takes over. The lease is the
+default 60 s (``PLASMAART_JOB_LEASE_S``), longer than a test may wait, so once
+the replacement worker runs the test moves the dead worker's leases into the
+past: that UPDATE stands for the lease running out, and changes nothing else
+(the bank test, tests/chaos/test_bank.py, runs with a short lease instead). Then
 every job must end, each charged exactly for the outputs it delivered, each
 hold resolved once, the provider asked once per job, the wallets and the
 books balanced, and the second worker must stop cleanly on SIGTERM.
@@ -19,14 +20,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import func, select, update
@@ -38,6 +38,7 @@ from plasmaart.db.tables import generation_outputs, generations, holds, journal_
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
 from tests.support.accounts import make_user
+from tests.support.processes import WorkerProcess, child_env
 
 T = TypeVar("T")
 
@@ -51,8 +52,6 @@ POLL_S = 0.05
 # Job slots per worker process: the kill waits until all of them are busy.
 CONCURRENCY = 3
 TERMINAL = ("succeeded", "failed", "canceled")
-# Variables that would point a worker elsewhere than this test's database.
-FOREIGN_ENV = ("DATABASE_URL", "REDIS_URL", "FAL_KEY", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET")
 
 USERS = {"sia@example.com": "studio", "sol@example.com": "studio", "pat@example.com": "pro"}
 
@@ -84,53 +83,6 @@ JOBS = (
     Job("sol@example.com", "flux-schnell", 1, 2),
     Job("pat@example.com", "flux-schnell", 1, 1),
 )
-
-
-class WorkerProcess:
-    """``plasmaart worker --concurrency N`` as a child process, its output in a file."""
-
-    def __init__(self, name: str, env: Mapping[str, str], cwd: Path) -> None:
-        self.name = name
-        self.log_path = cwd / f"{name}.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "plasmaart.cli", "worker", "--concurrency", str(CONCURRENCY)],
-            env=dict(env),
-            cwd=cwd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=STOP_WITHIN_S)
-        self._log.close()
-
-
-def worker_env(database_url: str, var_dir: Path) -> dict[str, str]:
-    """The test's database and var folder (the sandbox's jobs and the media
-    live there, so the second worker sees what the first left)."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("PLASMAART_") and name not in FOREIGN_ENV
-    }
-    env.update(
-        DATABASE_URL=database_url,
-        PLASMAART_VAR_DIR=str(var_dir),
-        PLASMAART_CLOCK_INTERVAL_S="1",
-        PLASMAART_AUTO_MIGRATE="false",
-        PLASMAART_LOG_FORMAT="text",
-    )
-    return env
 
 
 def jobs_now(db: Database) -> dict[str, Any]:
@@ -204,8 +156,8 @@ def test_a_killed_workers_jobs_finish_charged_once(
             spec_of[queued.id] = job
             prompt_of[queued.id] = prompt
 
-        env = worker_env(database_url, var_dir)
-        first = WorkerProcess("first", env, tmp_path)
+        env = child_env(database_url, var_dir)
+        first = WorkerProcess("first", env, tmp_path, CONCURRENCY)
         workers.append(first)
 
         def in_flight_with_some_done() -> dict[str, Any] | None:
@@ -238,7 +190,7 @@ def test_a_killed_workers_jobs_finish_charged_once(
         dead_owners = {row.lease_owner for row in in_flight.values()}
         assert all(f":{first.pid}:" in str(owner) for owner in dead_owners), dead_owners
 
-        second = WorkerProcess("second", env, tmp_path)
+        second = WorkerProcess("second", env, tmp_path, CONCURRENCY)
         workers.append(second)
         # The lease running out (60 s in production), compressed: only the dead
         # worker's leases move, and only their expiry.

@@ -13,7 +13,7 @@ def test_healthz_and_readyz(client: TestClient, platform: Platform) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "database": platform.db.dialect, "migration": "0003"}
+    assert ready.json() == {"status": "ready", "database": platform.db.dialect, "migration": "0007"}
 
 
 def test_readyz_refuses_an_unmigrated_database(client: TestClient, platform: Platform) -> None:

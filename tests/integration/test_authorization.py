@@ -240,6 +240,7 @@ class Reply:
     status_code: int
     content_type: str
     content: bytes
+    location: str = ""  # where a redirect points (redirects are not followed)
 
     @property
     def text(self) -> str:
@@ -431,6 +432,10 @@ def finds_owner(answer: Answer) -> None:
     assert answer.world.owner.id in {user["id"] for user in answer.body["data"]}
 
 
+def lists_abuse_flags(answer: Answer) -> None:
+    assert answer.body == {"data": [], "next_cursor": None}
+
+
 def owner_suspended(answer: Answer) -> None:
     assert (answer.body["id"], answer.body["status"]) == (answer.world.owner.id, "suspended")
 
@@ -579,6 +584,40 @@ def owner_card_set(answer: Answer) -> None:
     assert answer.body == {"user_id": answer.world.owner.id, "declines": False}
 
 
+def dashboard_page(answer: Answer) -> None:
+    # The dashboard's pages: anonymous visitors are sent to log in (and back);
+    # anybody else gets the page, about themselves.
+    if answer.caller is None:
+        assert answer.response.location.startswith("/login?next=%2F"), answer.response.location
+        return
+    assert answer.response.content_type.startswith("text/html")
+    assert answer.me.email in answer.response.text
+
+
+def admin_page_or_none(answer: Answer) -> None:
+    # Like the admin API: the page does not exist for anybody but admins.
+    if answer.caller is None or answer.response.status_code == 200:
+        dashboard_page(answer)
+    else:
+        assert answer.response.status_code == 404
+        assert "Page not found" in answer.response.text
+
+
+def sign_in_page(answer: Answer) -> None:
+    # Signed-in callers go straight on (to /, as no next= was given).
+    if answer.caller is None:
+        assert 'data-auth="' in answer.response.text
+    else:
+        assert answer.response.location == "/"
+
+
+def queue_and_credit_stats(answer: Answer) -> None:
+    body = answer.body
+    assert body["queue_depth"] == body["jobs_by_state"]["queued"] >= 1
+    assert body["credits_consumed"] >= 2  # the world's two images
+    assert body["credits_granted"] > 0
+
+
 def clock_moved_a_day(answer: Answer) -> None:
     assert answer.body["offset_days"] == 1
 
@@ -609,6 +648,7 @@ ROWS: tuple[Row, ...] = (
         check=models_for_callers_plan,
     ),
     Row("GET /v1/plans", (200, 200, 200, 200, 200)),
+    Row("GET /v1/catalog/changes", (200, 200, 200, 200, 200)),
     Row("GET /v1/credit-packs", (200, 200, 200, 200, 200)),
     # sign-up and login: public (they answer about the body, not the caller)
     Row(
@@ -859,6 +899,41 @@ ROWS: tuple[Row, ...] = (
         check=pack_bought,
     ),
     Row("GET /v1/payments", (U, 200, 200, 200, 200), about_caller=True, check=own_payments),
+    # Stripe's: the portal is refused under sandbox billing, whoever asks;
+    # the webhook is public (its signature authenticates it) and absent here.
+    Row(
+        "POST /v1/billing/portal",
+        (
+            U,
+            Refusal(409, "billing_portal_unavailable"),
+            Refusal(409, "billing_portal_unavailable"),
+            Refusal(409, "billing_portal_unavailable"),
+            Refusal(409, "billing_portal_unavailable"),
+        ),
+    ),
+    Row("POST /v1/webhooks/stripe", (N, N, N, N, N), body={"id": "evt_matrix"}),
+    # fal's webhook: public too (fal's signature authenticates it), and
+    # absent unless the provider is fal.
+    Row("POST /v1/webhooks/fal", (N, N, N, N, N), body={"request_id": "req_matrix"}),
+    # the dashboard's pages: 303 to /login for anonymous visitors, the page
+    # (about the caller) for everybody else; /admin is 404 but for admins;
+    # the team page lists the team's members, so it is not about the caller
+    *(
+        Row(f"GET {path}", (303, 200, 200, 200, 200), about_caller=True, check=dashboard_page)
+        for path in (
+            "/",
+            "/create",
+            "/generations",
+            "/usage",
+            "/billing",
+            "/settings",
+            "/notifications",
+        )
+    ),
+    Row("GET /team", (303, 200, 200, 200, 200), check=dashboard_page),
+    Row("GET /admin", (303, 404, 404, 404, 200), check=admin_page_or_none),
+    Row("GET /login", (200, 303, 303, 303, 303), check=sign_in_page),
+    Row("GET /signup", (200, 303, 303, 303, 303), check=sign_in_page),
     # admin: 404 for everybody else
     Row("GET /v1/admin/users", (U, N, N, N, 200), url="/v1/admin/users?q=owner", check=finds_owner),
     Row(
@@ -881,6 +956,27 @@ ROWS: tuple[Row, ...] = (
         body={"amount": ADMIN_GRANT, "reason": "authorization matrix"},
         check=owner_granted,
     ),
+    Row("GET /v1/admin/abuse", (U, N, N, N, 200), check=lists_abuse_flags),
+    # announced catalog changes (the world's clock is at 2026-01-01)
+    Row(
+        "POST /v1/admin/catalog/changes",
+        (U, N, N, N, 201),
+        body={
+            "target": "model",
+            "id": "flux-dev",
+            "field": "credits",
+            "value": 6,
+            "effective_at": "2026-03-01T00:00:00Z",
+        },
+    ),
+    Row("GET /v1/admin/catalog/changes", (U, N, N, N, 200)),
+    # an unknown change: 404 for the admin too, for the others as for any admin route
+    Row(
+        "DELETE /v1/admin/catalog/changes/{change_id}",
+        (U, N, N, N, N),
+        url="/v1/admin/catalog/changes/chg_unknown",
+    ),
+    Row("GET /v1/admin/stats", (U, N, N, N, 200), check=queue_and_credit_stats),
     # the sandbox's controls; the clock moves last, as it moves time for every row
     Row(
         "POST /v1/admin/users/{user_id}/billing/sandbox-card",
@@ -907,14 +1003,15 @@ def call(client: TestClient, row: Row, url: str, headers: dict[str, str]) -> Rep
     files = dict(row.files) if isinstance(row, UploadRow) else None
     try:
         with client.stream(
-            row.method, url, headers=headers, json=row.body, files=files
+            row.method, url, headers=headers, json=row.body, files=files, follow_redirects=False
         ) as response:
             if row.stream and response.status_code == 200:
                 content = next(response.iter_bytes())
             else:
                 content = response.read()
             content_type = response.headers.get("content-type", "")
-            return Reply(response.status_code, content_type, content)
+            location = response.headers.get("location", "")
+            return Reply(response.status_code, content_type, content, location)
     finally:
         # Sign-up and login set session cookies: never let them authenticate
         # the next request (above all the anonymous caller's).

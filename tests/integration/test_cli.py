@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from typer.testing import CliRunner
 
 from plasmaart.cli import app
 from plasmaart.db.engine import create_database
-from plasmaart.db.tables import audit_log, users
+from plasmaart.db.tables import abuse_flags, audit_log, users
 from plasmaart.ledger.invariants import check_ledger
 
 
@@ -105,9 +106,26 @@ def test_suspend_and_reinstate(run: CliRunner, database_url: str) -> None:
     with db.read() as conn:
         row = conn.execute(select(users.c.status, users.c.status_reason, users.c.role)).one()
     assert tuple(row) == ("suspended", "spam flood", "admin")
+    # The suspension came with an abuse flag; reinstating resolves it.
+    now = datetime.now(UTC)
+    with db.write() as conn:
+        user_id = conn.execute(select(users.c.id)).scalar_one()
+        conn.execute(
+            insert(abuse_flags).values(
+                id="flag_cli",
+                user_id=user_id,
+                status="suspended",
+                score=120,
+                created_at=now,
+                updated_at=now,
+            )
+        )
     assert invoke(run, "users", "reinstate", "eve@example.com")[0] == 0
     with db.read() as conn:
         assert conn.execute(select(users.c.status)).scalar_one() == "active"
+        flag = conn.execute(select(abuse_flags.c.status, abuse_flags.c.resolved_by)).one()
+    assert flag.status == "resolved"
+    assert flag.resolved_by
     db.dispose()
     assert invoke(run, "users", "suspend", "nobody@example.com", "--reason", "x")[0] == 1
 

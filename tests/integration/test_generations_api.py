@@ -17,11 +17,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from plasmaart.bootstrap import Platform
 from plasmaart.clock import ManualClock
-from plasmaart.db.tables import generations, holds, uploads
+from plasmaart.db.tables import generations, holds, idempotency_records, uploads
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.media.metadata import probe_mp4, read_png_metadata
 from plasmaart.web.api import events as events_api
@@ -430,6 +430,35 @@ def test_an_idempotency_key_replays_and_holds_once(client: TestClient, platform:
     assert fresh.status_code == 201
     assert fresh.json()["id"] != first.json()["id"]
     assert balance(client, sam) == (1996, 4)
+
+
+def test_a_key_left_running_by_a_dead_process_is_taken_over_without_a_second_job(
+    client: TestClient, platform: Platform, clock: ManualClock
+) -> None:
+    """The crash window: the generation was committed, then the process died
+    before storing the answer, so the key's record still says "running". A
+    retry is refused (409, retry shortly) until the takeover time, then runs
+    again and answers the same generation, holding nothing more."""
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    payload = {"model": "flux-schnell", "prompt": "a kite", "num_outputs": 2}
+    headers = {**sam.auth, "Idempotency-Key": "kite-crash"}
+    first = client.post("/v1/generations", json=payload, headers=headers)
+    assert first.status_code == 201, first.text
+    with platform.db.write() as conn:
+        conn.execute(
+            update(idempotency_records)
+            .where(idempotency_records.c.key == "kite-crash")
+            .values(status="running", response_status=None, response_body=None)
+        )
+    refused = client.post("/v1/generations", json=payload, headers=headers)
+    assert_problem(refused, 409, "idempotency_conflict")
+    assert refused.headers["retry-after"] == "1"
+    clock.advance(timedelta(seconds=platform.settings.idempotency_takeover_s + 1))
+    again = client.post("/v1/generations", json=payload, headers=headers)
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] == first.json()["id"]
+    assert (count(platform, generations), count(platform, holds)) == (1, 1)
+    assert balance(client, sam) == (1998, 2)
 
 
 def test_a_key_reused_from_another_api_key_never_answers_for_another_request(

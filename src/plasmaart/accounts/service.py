@@ -22,6 +22,7 @@ from plasmaart.clock import Clock, as_utc
 from plasmaart.errors import Conflict, DomainError, InvalidInput, NotFound
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
+from plasmaart.notify.outbox import Outbox
 
 # Deliberately simple: one @, no spaces, a dot in the domain. Deliverability
 # is proven by e-mail, not by a regular expression.
@@ -93,6 +94,8 @@ class AccountService:
     def __init__(self, clock: Clock, ledger: LedgerService) -> None:
         self.clock = clock
         self.ledger = ledger
+        # Where suspension and reinstatement notices are queued, if anywhere.
+        self.outbox: Outbox | None = None
 
     def create_user(
         self, conn: Connection, email: str, password: str, *, role: Role = "user"
@@ -152,6 +155,8 @@ class AccountService:
             raise InvalidInput("a suspension needs a reason", field="reason")
         repo.set_status(conn, user.id, status, reason)
         action = "user.suspend" if status == "suspended" else "user.reinstate"
+        if self.outbox is not None and user.status != status:
+            _queue_status_notice(self.outbox, conn, user, status, reason)
         audit.record(
             conn,
             actor=actor,
@@ -162,6 +167,36 @@ class AccountService:
             data={"email": user.email},
         )
         return replace(user, status=status)
+
+
+def _queue_status_notice(
+    outbox: Outbox,
+    conn: Connection,
+    user: User,
+    status: Status,
+    reason: str | None,
+) -> None:
+    if status == "suspended":
+        title = "Your account is suspended"
+        body = (
+            f"Your account was suspended: {reason}. New requests are refused and "
+            "queued generations were canceled with their credits released. "
+            "Contact support if you think this is a mistake."
+        )
+    else:
+        title = "Your account is reinstated"
+        body = "Your account is active again; you can generate as before."
+    outbox.enqueue(
+        conn,
+        # Each suspension and each reinstatement is its own cause, queued in
+        # the transaction that makes it: no other code path can repeat it.
+        cause_key=f"account.{status}:{user.id}:{new_id('evt')}",
+        user_id=user.id,
+        kind="account.suspended" if status == "suspended" else "account.reinstated",
+        title=title,
+        body=body,
+        data={"status": status},
+    )
 
 
 def _user(row: repo.AnyRow) -> User:

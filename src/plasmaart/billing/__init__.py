@@ -3,8 +3,9 @@
 ``service.py`` is the plan lifecycle and the credit packs (every credit moved
 through the ledger); ``backends.py`` the interface of where money comes from,
 ``sandbox.py`` its offline implementation, ``clock.py`` the sandbox's test
-clock, ``tasks.py`` the worker's clock job, ``rules.py`` and ``periods.py``
-the pure rules. ``docs/billing.md`` walks through it.
+clock, ``stripe/`` the Stripe implementation (Checkout, portal, webhooks),
+``tasks.py`` the worker's clock job, ``rules.py`` and ``periods.py`` the pure
+rules. ``docs/billing.md`` walks through it.
 """
 
 from __future__ import annotations
@@ -14,14 +15,28 @@ from plasmaart.clock import Clock
 from plasmaart.config import ConfigError, Settings
 
 
-def create_backends(settings: Settings, clock: Clock) -> dict[str, BillingBackend]:
+def create_backends(
+    settings: Settings, clock: Clock, *, currency: str = "usd"
+) -> dict[str, BillingBackend]:
     """The billing backends by name: the sandbox always (the CLI subscribes
-    through it), and the one the settings choose."""
+    through it), and the one the settings choose. Stripe needs both of its
+    secrets: without them no checkout could be paid or confirmed."""
     from plasmaart.billing.sandbox import SandboxBackend
 
     backends: dict[str, BillingBackend] = {"sandbox": SandboxBackend(clock)}
-    if settings.billing != "sandbox":
-        raise ConfigError(
-            f"PLASMAART_BILLING={settings.billing}: this build has only the sandbox billing backend"
+    if settings.billing == "stripe":
+        from plasmaart.billing.stripe import StripeBackend
+
+        secret_key = settings.stripe_secret_key
+        if not secret_key:
+            raise ConfigError("STRIPE_SECRET_KEY: required when PLASMAART_BILLING=stripe")
+        if not settings.stripe_webhook_secret:
+            raise ConfigError("STRIPE_WEBHOOK_SECRET: required when PLASMAART_BILLING=stripe")
+        backends["stripe"] = StripeBackend(
+            clock,
+            secret_key=secret_key,
+            api_base=settings.stripe_api_base,
+            return_url=settings.stripe_return_url or f"http://{settings.host}:{settings.port}/",
+            currency=currency,
         )
     return backends

@@ -116,6 +116,17 @@ def subscription_of_wallet(
     return None if row is None else _subscription(row)
 
 
+def subscriptions_of_wallets(
+    conn: Connection, wallet_ids: Iterable[str]
+) -> dict[str, Subscription]:
+    """The subscription of each of ``wallet_ids`` that has one, in one query."""
+    wanted = list(wallet_ids)
+    if not wanted:
+        return {}
+    rows = conn.execute(select(subscriptions).where(subscriptions.c.wallet_id.in_(wanted))).all()
+    return {row.wallet_id: _subscription(row) for row in rows}
+
+
 def subscription_by_id(
     conn: Connection, subscription_id: str, *, lock: bool = False
 ) -> Subscription | None:

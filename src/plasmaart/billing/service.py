@@ -25,13 +25,14 @@ Which backend moves the money is ``backends.py``'s business; the methods under
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Connection
 
+from plasmaart.accounts import audit
 from plasmaart.billing import repository as repo
 from plasmaart.billing.backends import BillingBackend, Customer, Declined, Paid, Redirect
 from plasmaart.billing.clock import SandboxTestClock
@@ -54,15 +55,19 @@ from plasmaart.billing.rules import (
 )
 from plasmaart.billing.sandbox import SandboxBackend
 from plasmaart.catalog import Catalog, CreditPack, PlanSpec
+from plasmaart.catalog.in_force import CatalogInForce
 from plasmaart.clock import Clock
 from plasmaart.errors import InvalidInput
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
+from plasmaart.notify.outbox import Outbox
 
 __all__ = [
     "AlreadySubscribed",
     "BillingService",
     "Checkout",
+    "ClawbackListener",
+    "ClawbackOutcome",
     "ClockStep",
     "PackPurchase",
     "Payment",
@@ -91,6 +96,33 @@ class PackPurchase:
     balance: int
     lot_id: str | None
     expires_at: datetime | None
+
+
+ClawbackReason = Literal["refund", "dispute"]
+
+
+@dataclass(frozen=True)
+class ClawbackOutcome:
+    """A paid purchase taken back by a refund or a dispute: ``clawed_back``
+    credits of it removed from the wallet, ``spent`` credits of it already
+    consumed (and ``held`` by running generations). ``spent > 0`` is what the
+    policy's review flag is about."""
+
+    user_id: str
+    wallet_id: str
+    payment_id: str
+    clawed_back: int
+    spent: int
+    held: int
+    reason: ClawbackReason
+
+    @property
+    def needs_review(self) -> bool:
+        return self.spent > 0
+
+
+# Told of every clawback inside its transaction (fair use flags the account).
+ClawbackListener = Callable[[Connection, ClawbackOutcome], None]
 
 
 def effective_plan(catalog: Catalog, plan_id: str, status: str) -> PlanSpec:
@@ -122,6 +154,8 @@ class BillingService:
         grace_days: int = 7,
         purchased_credits_expire_days: int | None = None,
         test_clock: SandboxTestClock | None = None,
+        in_force: CatalogInForce | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.clock = clock
         self.catalog = catalog
@@ -136,6 +170,12 @@ class BillingService:
         self.purchased_credits_expire_days = purchased_credits_expire_days
         # Set when billing is the sandbox: what /v1/admin/clock/advance moves.
         self.test_clock = test_clock
+        # The catalog with the announced changes due by a moment: a period is
+        # priced and granted by the catalog in force when it starts.
+        self.in_force = in_force or CatalogInForce(catalog)
+        # Where renewal and failed-payment notices are queued, if anywhere.
+        self.outbox = outbox
+        self.clawback_listeners: list[ClawbackListener] = []
 
     # -- reads -------------------------------------------------------------
 
@@ -149,7 +189,7 @@ class BillingService:
         gives Free from its period end, a past-due one from its grace end."""
         subscription = self.subscription(conn, wallet_id)
         if subscription is None:
-            return self.catalog.default_plan
+            return self._catalog_at(conn).default_plan
         status = subscription.status
         now = self.clock.now()
         if status == "active" and subscription.cancel_at_period_end:
@@ -157,7 +197,9 @@ class BillingService:
                 status = "canceled"
         elif status == "past_due" and now >= self.grace_ends_at(subscription):
             status = "canceled"
-        return effective_plan(self.catalog, subscription.plan, status)
+        # A period keeps the terms it started with; Free is Free as of now.
+        at = now if status == "canceled" else subscription.current_period_start
+        return effective_plan(self._catalog_at(conn, at), subscription.plan, status)
 
     def grace_ends_at(self, subscription: Subscription) -> datetime:
         """When a past-due ``subscription`` falls to Free if nobody pays."""
@@ -181,7 +223,7 @@ class BillingService:
     ) -> Subscription | Checkout:
         """Subscribe to ``plan_id`` through the configured backend: the
         subscription at once when it charges at once, else its checkout page."""
-        plan = self._paid_plan(plan_id)
+        plan = self._paid_plan(plan_id, catalog=self._catalog_at(conn))
         existing = self._current(conn, customer.wallet_id)
         if existing is not None and existing.status != "canceled":
             raise AlreadySubscribed(
@@ -211,7 +253,9 @@ class BillingService:
         """An upgrade at once (prorated), a downgrade at the period end. The
         plan one is on withdraws a scheduled downgrade or cancellation."""
         plan = self._paid_plan(
-            plan_id, free_hint="to go back to Free, cancel the subscription (DELETE)"
+            plan_id,
+            free_hint="to go back to Free, cancel the subscription (DELETE)",
+            catalog=self._catalog_at(conn),
         )
         subscription = self._current(conn, customer.wallet_id)
         if subscription is None or subscription.status == "canceled":
@@ -226,7 +270,11 @@ class BillingService:
             if subscription.pending_plan is None and not subscription.cancel_at_period_end:
                 raise InvalidInput(f"you are already on {plan.name}", field="plan")
             return self._schedule(conn, backend, customer, subscription, plan, pending=None)
-        current = effective_plan(self.catalog, subscription.plan, subscription.status)
+        current = effective_plan(
+            self._catalog_at(conn, subscription.current_period_start),
+            subscription.plan,
+            subscription.status,
+        )
         if not is_upgrade(current, plan):
             return self._schedule(conn, backend, customer, subscription, plan, pending=plan.id)
         amount = prorated_cents(
@@ -277,7 +325,9 @@ class BillingService:
             raise NoSubscription("you have no subscription")
         if subscription.status != "past_due":
             raise NothingToPay("your subscription is paid up")
-        plan = self._plan_or_none(subscription.plan)
+        plan = self._plan_or_none(
+            subscription.plan, self._catalog_at(conn, subscription.current_period_end)
+        )
         if plan is None:  # withdrawn from the catalog while unpaid: nothing to renew
             return self.end_subscription(conn, subscription.id)
         outcome = self._backend_of(subscription).charge_renewal(
@@ -340,18 +390,21 @@ class BillingService:
         backend: str,
         external_id: str | None = None,
         payment_external_id: str | None = None,
+        period_start: datetime | None = None,
     ) -> Subscription:
         """Start a subscription whose first payment has succeeded: active at
         once, this period's monthly credits granted at once, the payment
         recorded. A canceled subscription of the wallet starts again (its id
-        and history kept)."""
-        plan = self._paid_plan(plan_id)
+        and history kept). ``period_start``: when the provider started the
+        period (Stripe), so that its renewals fall on our period ends; now by
+        default."""
+        plan = self._paid_plan(plan_id, catalog=self._catalog_at(conn, period_start))
         existing = repo.subscription_of_wallet(conn, wallet_id, lock=True)
         if existing is not None and existing.status != "canceled":
             raise AlreadySubscribed(
                 f"already subscribed to {existing.plan}; change the plan instead"
             )
-        now = self.clock.now()
+        now = self.clock.now() if period_start is None else period_start
         period_end = period_end_after(now, now)
         values: dict[str, Any] = {
             "user_id": user_id,
@@ -418,11 +471,15 @@ class BillingService:
         credits until the period end, the prorated payment recorded. A repeat
         for the same period and plan changes nothing."""
         subscription = self._locked(conn, subscription_id)
-        plan = self._paid_plan(plan_id)
+        plan = self._paid_plan(plan_id, catalog=self._catalog_at(conn))
         key = self._upgrade_key(subscription, plan)
         if subscription.plan == plan.id or repo.payment_by_key(conn, key) is not None:
             return subscription
-        current = effective_plan(self.catalog, subscription.plan, subscription.status)
+        current = effective_plan(
+            self._catalog_at(conn, subscription.current_period_start),
+            subscription.plan,
+            subscription.status,
+        )
         credits = upgrade_credits(current, plan)
         payment_id = new_id("pay")
         lot_id = None
@@ -472,8 +529,13 @@ class BillingService:
         subscription = self._locked(conn, subscription_id)
         if subscription.current_period_end != period_end or subscription.status == "canceled":
             return subscription
-        ending = effective_plan(self.catalog, subscription.plan, "active")
-        plan = self._plan_or_none(subscription.pending_plan or subscription.plan)
+        ending = effective_plan(
+            self._catalog_at(conn, subscription.current_period_start), subscription.plan, "active"
+        )
+        # The new period starts at period_end, on the terms in force then.
+        plan = self._plan_or_none(
+            subscription.pending_plan or subscription.plan, self._catalog_at(conn, period_end)
+        )
         if plan is None:
             return self.end_subscription(conn, subscription.id)
         next_end = self._next_period_end(subscription)
@@ -505,6 +567,24 @@ class BillingService:
             backend=subscription.backend,
             external_id=external_id,
         )
+        if self.outbox is not None:
+            self.outbox.enqueue(
+                conn,
+                cause_key=f"renewal:{subscription.id}:{_key_time(period_end)}",
+                user_id=subscription.user_id,
+                kind="billing.renewed",
+                title=f"Your {plan.name} subscription renewed",
+                body=(
+                    f"{renewed.granted} credits were added for the period ending "
+                    f"{next_end:%Y-%m-%d}; {plan.price_cents / 100:.2f} "
+                    f"{self.catalog.currency.upper()} was charged."
+                ),
+                data={
+                    "subscription_id": subscription.id,
+                    "plan": plan.id,
+                    "payment_id": payment_id,
+                },
+            )
         return self._update(
             conn,
             subscription,
@@ -530,7 +610,9 @@ class BillingService:
         subscription = self._locked(conn, subscription_id)
         if subscription.current_period_end != period_end or subscription.status != "active":
             return subscription
-        plan = self._plan_or_none(subscription.pending_plan or subscription.plan)
+        plan = self._plan_or_none(
+            subscription.pending_plan or subscription.plan, self._catalog_at(conn, period_end)
+        )
         if plan is None:
             return self.end_subscription(conn, subscription.id)
         self._record_payment(
@@ -550,6 +632,20 @@ class BillingService:
             external_id=external_id,
             failure_reason=reason,
         )
+        if self.outbox is not None:
+            self.outbox.enqueue(
+                conn,
+                cause_key=f"payment_failed:{subscription.id}:{_key_time(period_end)}",
+                user_id=subscription.user_id,
+                kind="billing.payment_failed",
+                title=f"Payment for your {plan.name} subscription failed",
+                body=(
+                    f"The renewal payment was declined ({reason}). Pay within "
+                    f"{self.grace_days} days to keep your plan; no new monthly credits "
+                    "are granted until then."
+                ),
+                data={"subscription_id": subscription.id, "plan": plan.id},
+            )
         return self._update(
             conn, subscription, status="past_due", plan_id=plan.id, pending_plan=None
         )
@@ -621,6 +717,84 @@ class BillingService:
             expires_at=expires_at,
         )
 
+    def provider_changed(
+        self,
+        conn: Connection,
+        subscription_id: str,
+        *,
+        pending_plan: str | None,
+        cancel_at_period_end: bool,
+    ) -> Subscription:
+        """The customer changed what happens at the period end on the
+        provider's own page (Stripe's customer portal): a plan scheduled for
+        the next period, or a cancellation set or withdrawn. A plan no longer
+        in the catalog is not scheduled."""
+        subscription = self._locked(conn, subscription_id)
+        if subscription.status == "canceled":
+            return subscription
+        if pending_plan is not None and (
+            pending_plan == subscription.plan or self._plan_or_none(pending_plan) is None
+        ):
+            pending_plan = None
+        if cancel_at_period_end:
+            pending_plan = None
+        if (
+            subscription.pending_plan == pending_plan
+            and subscription.cancel_at_period_end == cancel_at_period_end
+        ):
+            return subscription
+        return self._update(
+            conn,
+            subscription,
+            pending_plan=pending_plan,
+            cancel_at_period_end=cancel_at_period_end,
+        )
+
+    def claw_back(
+        self, conn: Connection, payment: Payment, *, reason: ClawbackReason, actor: str
+    ) -> ClawbackOutcome:
+        """Take back what remains of ``payment``'s credits (a refund or a
+        dispute), write it to the audit log and tell the clawback listeners.
+        The caller applies each reversal once (the ledger's key makes a repeat
+        with the same reason a no-op, but the listeners would hear it again)."""
+        clawed_back = spent = held = 0
+        if payment.lot_id is not None:
+            result = self.ledger.clawback(
+                conn,
+                payment.lot_id,
+                idempotency_key=f"clawback:{payment.id}:{reason}",
+                reason=f"{reason} of payment {payment.id}",
+            )
+            clawed_back, spent, held = result.clawed_back, result.spent, result.held
+        outcome = ClawbackOutcome(
+            user_id=payment.user_id,
+            wallet_id=payment.wallet_id,
+            payment_id=payment.id,
+            clawed_back=clawed_back,
+            spent=spent,
+            held=held,
+            reason=reason,
+        )
+        audit.record(
+            conn,
+            actor=actor,
+            action=f"billing.{reason}_clawback",
+            target=payment.user_id,
+            reason=f"{reason} of payment {payment.id}",
+            now=self.clock.now(),
+            data={
+                "payment_id": payment.id,
+                "wallet_id": payment.wallet_id,
+                "clawed_back": clawed_back,
+                "spent": spent,
+                "held": held,
+                "needs_review": outcome.needs_review,
+            },
+        )
+        for listener in self.clawback_listeners:
+            listener(conn, outcome)
+        return outcome
+
     # -- the clock ---------------------------------------------------------
 
     def due_subscriptions(
@@ -663,7 +837,10 @@ class BillingService:
             return "grace_ended"
         if now < subscription.current_period_end:
             return None
-        plan = self._plan_or_none(subscription.pending_plan or subscription.plan)
+        plan = self._plan_or_none(
+            subscription.pending_plan or subscription.plan,
+            self._catalog_at(conn, subscription.current_period_end),
+        )
         if subscription.cancel_at_period_end or plan is None:
             self.end_subscription(conn, subscription.id)
             return "canceled"
@@ -811,18 +988,24 @@ class BillingService:
         end = _key_time(subscription.current_period_end)
         return f"upgrade:{subscription.id}:{end}:{plan.id}"
 
-    def _paid_plan(self, plan_id: str, free_hint: str | None = None) -> PlanSpec:
+    def _catalog_at(self, conn: Connection, at: datetime | None = None) -> Catalog:
+        """The catalog in force at ``at`` (now by default)."""
+        return self.in_force.at(conn, self.clock.now() if at is None else at)
+
+    def _paid_plan(
+        self, plan_id: str, free_hint: str | None = None, *, catalog: Catalog | None = None
+    ) -> PlanSpec:
         try:
-            plan = self.catalog.plan(plan_id)
+            plan = (catalog or self.catalog).plan(plan_id)
         except KeyError:
             raise InvalidInput(f"unknown plan {plan_id!r}", field="plan") from None
         if plan.price_cents == 0:
             raise InvalidInput(free_hint or f"{plan.name} needs no subscription", field="plan")
         return plan
 
-    def _plan_or_none(self, plan_id: str) -> PlanSpec | None:
+    def _plan_or_none(self, plan_id: str, catalog: Catalog | None = None) -> PlanSpec | None:
         try:
-            return self.catalog.plan(plan_id)
+            return (catalog or self.catalog).plan(plan_id)
         except KeyError:
             return None
 

@@ -538,3 +538,220 @@ sandbox_cards = Table(
     Column("declines", Boolean, nullable=False, server_default=false()),
     Column("updated_at", Timestamp, nullable=False),
 )
+
+# --- Stripe (migration 0004) ---
+
+# The Stripe customer of each user who ever went to Checkout (one per user,
+# created before the first checkout so that every webhook names a customer
+# we know).
+stripe_customers = Table(
+    "stripe_customers",
+    metadata,
+    Column("user_id", String(40), ForeignKey("users.id"), primary_key=True),
+    Column("customer_id", String(255), nullable=False, unique=True),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+# Stripe subscriptions and ours. ``last_event_created`` is the ``created`` of
+# the newest customer.subscription.* event applied: an older one arriving
+# later (Stripe does not keep order) is recorded and ignored.
+stripe_subscriptions = Table(
+    "stripe_subscriptions",
+    metadata,
+    Column("stripe_subscription_id", String(255), primary_key=True),
+    Column(
+        "subscription_id", String(40), ForeignKey("subscriptions.id"), nullable=False, unique=True
+    ),
+    Column("customer_id", String(255), nullable=False),
+    Column("last_event_created", Timestamp),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)
+
+# Every webhook event applied, by Stripe's event id: inserted in the same
+# transaction as the event's effects, so an event is applied exactly once
+# however often it is delivered.
+stripe_events = Table(
+    "stripe_events",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("type", String(100), nullable=False),
+    # The event's own ``created`` (Stripe's clock), and when we applied it.
+    Column("created", Timestamp, nullable=False),
+    Column("processed_at", Timestamp, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text),
+    CheckConstraint(_in("outcome", ("applied", "ignored", "unknown_customer")), name="outcome"),
+)
+
+# A payment whose credits were clawed back (a refund or a dispute): once per
+# payment, whichever of the two comes first.
+stripe_clawbacks = Table(
+    "stripe_clawbacks",
+    metadata,
+    Column("payment_id", String(40), ForeignKey("payments.id"), primary_key=True),
+    Column("reason", String(16), nullable=False),
+    Column("event_id", String(255), nullable=False),
+    Column("credits", BigInteger, nullable=False),
+    Column("spent", BigInteger, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    CheckConstraint(_in("reason", ("refund", "dispute")), name="reason"),
+    CheckConstraint("credits >= 0 AND spent >= 0", name="not_negative"),
+)
+# A charge's refund or dispute finds its payment by the Stripe id kept with it.
+Index("ix_payments_external_id", payments.c.external_id)
+
+# --- Fair use (migration 0005) ---
+
+ABUSE_SIGNAL_KINDS = (
+    "rate_limited",
+    "submit_cancel",
+    "identical_prompt",
+    "invalid_input",
+    "clawback",
+)
+ABUSE_FLAG_STATUSES = ("open", "suspended", "resolved")
+
+# Suspicious events per account, scored over sliding windows by
+# fairuse/rules.py. ``subject`` names the cause (a generation, a payment) so
+# that one cause is counted once however often it is reported.
+abuse_signals = Table(
+    "abuse_signals",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("subject", String(80)),
+    Column("evidence", Text, nullable=False, server_default=text("'{}'")),
+    Column("created_at", Timestamp, nullable=False),
+    CheckConstraint(_in("kind", ABUSE_SIGNAL_KINDS), name="kind"),
+    UniqueConstraint("user_id", "kind", "subject", name="uq_abuse_signals_cause"),
+)
+Index("ix_abuse_signals_user_created", abuse_signals.c.user_id, abuse_signals.c.created_at)
+
+# An account over the flag threshold, for an admin to review: at most one
+# unresolved (open or suspended) flag per account, kept up to date with the
+# score and its evidence; reinstating the account resolves it.
+abuse_flags = Table(
+    "abuse_flags",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("score", Integer, nullable=False),
+    Column("evidence", Text, nullable=False, server_default=text("'{}'")),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("resolved_at", Timestamp),
+    Column("resolved_by", String(340)),
+    CheckConstraint(_in("status", ABUSE_FLAG_STATUSES), name="status"),
+    CheckConstraint("score >= 0", name="score_not_negative"),
+)
+Index("ix_abuse_flags_user_status", abuse_flags.c.user_id, abuse_flags.c.status)
+Index("ix_abuse_flags_status", abuse_flags.c.status, abuse_flags.c.id)
+
+# --- Announced changes and the notification outbox (migration 0006) ---
+
+CHANGE_TARGETS = ("model", "plan")
+
+# A change to the catalog announced ahead of time (the policy's "notified in
+# advance of any material changes"). The catalog file stays the base; the
+# catalog in force at a moment is the file with the changes due by then
+# applied, so every process sees a change take effect at the same instant.
+catalog_changes = Table(
+    "catalog_changes",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("target", String(8), nullable=False),
+    Column("target_id", String(64), nullable=False),
+    Column("field", String(40), nullable=False),
+    # The new value, as JSON.
+    Column("value", Text, nullable=False),
+    Column("effective_at", Timestamp, nullable=False),
+    Column("created_by", String(40), ForeignKey("users.id"), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    # Withdrawn before it took effect; kept for the record.
+    Column("canceled_at", Timestamp),
+    # When every affected user's notice was queued in the outbox: at
+    # scheduling, and again a day before the change takes effect.
+    Column("announced_at", Timestamp),
+    Column("reminded_at", Timestamp),
+    # The last user id a stage in progress has queued notices for: the
+    # worker works through the users a batch per transaction.
+    Column("notice_cursor", String(40)),
+    CheckConstraint(_in("target", CHANGE_TARGETS), name="target"),
+)
+Index("ix_catalog_changes_effective_at", catalog_changes.c.effective_at)
+
+EMAIL_STATUSES = ("pending", "sent", "skipped", "failed")
+
+# The notification outbox: written in the transaction of its cause and
+# delivered by the worker (in-app, and by e-mail when SMTP is configured).
+# ``cause_key`` is unique, so a cause notifies each user at most once however
+# often the code that notices it runs, in however many workers.
+notification_outbox = Table(
+    "notification_outbox",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("cause_key", String(200), nullable=False, unique=True),
+    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("data", Text, nullable=False, server_default=text("'{}'")),
+    Column("created_at", Timestamp, nullable=False),
+    # The in-app notification once written (set in the same transaction, so
+    # a redelivery after a crash never writes a second one).
+    Column("notification_id", String(40)),
+    Column("email_status", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Timestamp, nullable=False),
+    # The lease of the worker delivering it; an expired lease is up for grabs.
+    Column("claimed_by", String(80)),
+    Column("claim_expires_at", Timestamp),
+    Column("delivered_at", Timestamp),
+    Column("last_error", Text),
+    CheckConstraint(_in("email_status", EMAIL_STATUSES), name="email_status"),
+    CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+)
+Index(
+    "ix_notification_outbox_due",
+    notification_outbox.c.delivered_at,
+    notification_outbox.c.next_attempt_at,
+)
+
+# Low-balance notices fire once per crossing: a wallet is armed once its
+# balance is at or above the threshold and fires when it drops below.
+balance_alerts = Table(
+    "balance_alerts",
+    metadata,
+    Column("wallet_id", String(40), ForeignKey("wallets.id"), primary_key=True),
+    Column("below", Boolean, nullable=False, server_default=false()),
+    # How many times it fell below: the cause key of each crossing's notice.
+    Column("crossings", Integer, nullable=False, server_default="0"),
+    Column("changed_at", Timestamp, nullable=False),
+)
+
+# --- fal webhooks (migration 0007) ---
+
+FAL_WEBHOOK_RESULTS = ("succeeded", "failed", "payload_error")
+FAL_WEBHOOK_OUTCOMES = ("woken", "finished", "unknown_request")
+
+# Every signed webhook fal delivered, by fal's request id (the signed
+# ``X-Fal-Webhook-Request-Id``): inserted once, so a redelivery is recognised
+# and changes nothing. ``result`` is what the body said (the worker still
+# reads the outcome from fal's API); ``generation_id`` is null for a request
+# id we do not know, which is recorded so that fal is not made to retry it.
+fal_webhooks = Table(
+    "fal_webhooks",
+    metadata,
+    Column("request_id", String(200), primary_key=True),
+    Column("generation_id", String(40), ForeignKey("generations.id")),
+    Column("result", String(16), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("received_at", Timestamp, nullable=False),
+    CheckConstraint(_in("result", FAL_WEBHOOK_RESULTS), name="result"),
+    CheckConstraint(_in("outcome", FAL_WEBHOOK_OUTCOMES), name="outcome"),
+)
+# A webhook names fal's request id; this finds its generation.
+Index("ix_generations_provider_request_id", generations.c.provider_request_id)

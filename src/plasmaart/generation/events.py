@@ -1,8 +1,10 @@
-"""``generation.updated`` events: a generation's state, to its submitter."""
+"""``generation.updated`` events: a generation's state, to its submitter (and,
+when it is queued, to the workers, which claim it at once)."""
 
 from __future__ import annotations
 
 from plasmaart.generation.service import Generation
+from plasmaart.generation.wakeups import WAKEUP_ADDRESS
 from plasmaart.notify.events import EventBus
 
 
@@ -11,8 +13,13 @@ class GenerationEvents:
         self.events = events
 
     def __call__(self, generation: Generation) -> None:
+        # A newly queued job also wakes idle workers (generation/wakeups.py),
+        # in the same message: no extra NOTIFY on the submission's path.
+        addresses = [generation.user_id]
+        if generation.status == "queued":
+            addresses.append(WAKEUP_ADDRESS)
         self.events.publish(
-            [generation.user_id],
+            addresses,
             "generation.updated",
             {
                 "id": generation.id,

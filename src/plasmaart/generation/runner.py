@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from plasmaart.generation.providers.base import (
     ProviderUnavailable,
 )
 from plasmaart.generation.service import GenerationService
+from plasmaart.generation.wakeups import PollWakeups
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
 from plasmaart.media import metadata, watermark
@@ -46,6 +48,7 @@ from plasmaart.media.storage import Storage
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# The default; ``Settings.job_lease_s`` sets it.
 LEASE = timedelta(seconds=60)
 # Longest a job may run, by kind of model, before it is failed and released.
 TIMEOUTS = {
@@ -70,15 +73,49 @@ class JobRunner:
     provider: Provider
     storage: Storage
     poll_interval_s: float = 0.25
+    lease: timedelta = LEASE
     retry_delays_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
     sleep: Callable[[float], None] = time.sleep
     stopping: Callable[[], bool] = lambda: False
+    # With provider webhooks (PLASMAART_FAL_WEBHOOK_URL): the URL the provider
+    # calls when a job finishes, and the wake-ups that end the wait between
+    # two polls of that job early. Without, polls keep to the interval.
+    webhook_url: str | None = None
+    wakeups: PollWakeups | None = None
 
     def run(self, claim: queue.Claim) -> None:
+        # The lease is renewed in the background for as long as the job runs,
+        # whatever step it is in: copying large outputs or waiting out provider
+        # retries can take longer than a lease, and a job whose lease ran out
+        # mid-step would be taken over, and its step started again, forever.
+        keeper = threading.Event()
+        renewing = threading.Thread(
+            target=self._keep_lease, args=(claim, keeper), name=f"lease-{claim.id}", daemon=True
+        )
+        renewing.start()
+        if self.wakeups is not None:
+            self.wakeups.watch(claim.id)
         try:
             self._run(claim)
         except LeaseLost:
             log.warning("lost the lease of %s; another worker has it", claim.id)
+        finally:
+            if self.wakeups is not None:
+                self.wakeups.unwatch(claim.id)
+            keeper.set()
+            renewing.join()
+
+    def _keep_lease(self, claim: queue.Claim, done: threading.Event) -> None:
+        every = self.lease.total_seconds() / 3
+        while not done.wait(every):
+            try:
+                with self.db.write() as conn:
+                    kept = queue.renew(conn, claim.id, claim.token, self.clock.now() + self.lease)
+            except Exception:  # the next renewal tries again; the lease is 3 periods long
+                log.exception("could not renew the lease of %s", claim.id)
+                continue
+            if not kept:  # finished, or another worker has it: the job's own writes will see
+                return
 
     # -- the steps -----------------------------------------------------------
 
@@ -114,7 +151,7 @@ class JobRunner:
                 current = repo.lock_generation(conn, claim.id)
                 if current is None or int(current.fencing_token) != claim.token:
                     raise LeaseLost
-                queue.renew(conn, claim.id, claim.token, self.clock.now() + LEASE)
+                queue.renew(conn, claim.id, claim.token, self.clock.now() + self.lease)
             if current.cancel_requested and self._with_retries(
                 lambda: self.provider.cancel(model, request_id)
             ):
@@ -131,7 +168,7 @@ class JobRunner:
                 if self.clock.now() >= deadline:
                     self._fail(claim, "timeout", f"no result within {TIMEOUTS[model.kind]}")
                     return
-                self.sleep(self.poll_interval_s)
+                self._pause(claim.id)
                 continue
             if status.state == "succeeded":
                 self._deliver(claim, row, status)
@@ -146,7 +183,15 @@ class JobRunner:
                 self._with_retries(lambda: self.provider.cancel(model, request_id))
                 self._fail(claim, "timeout", f"no result within {TIMEOUTS[model.kind]}")
                 return
+            self._pause(claim.id)
+
+    def _pause(self, generation_id: str) -> None:
+        """Wait until the next poll: the interval, or less if a webhook about
+        the job wakes it."""
+        if self.wakeups is None:
             self.sleep(self.poll_interval_s)
+        else:
+            self.wakeups.wait(generation_id, self.poll_interval_s)
 
     def _request(self, row: repo.AnyRow, model: ModelSpec) -> ProviderRequest:
         image = None
@@ -163,6 +208,7 @@ class JobRunner:
             image_url=row.image_url,
             image=image,
             sandbox=json.loads(row.sandbox),
+            webhook_url=self.webhook_url,
         )
 
     def _deliver(self, claim: queue.Claim, row: repo.AnyRow, status: ProviderStatus) -> None:

@@ -208,7 +208,7 @@ class GenerationService:
 
     def quote(self, conn: Connection, user: User, request: GenerationRequest) -> Quote:
         """What the request would cost and whether it would be accepted; holds nothing."""
-        model = self._model(request)
+        model = self._model(conn, request)
         credits = model.credits * max(request.num_outputs, 1)
         try:
             checked = self._check(conn, user, request)
@@ -325,9 +325,14 @@ class GenerationService:
 
     # -- internals -----------------------------------------------------------
 
-    def _model(self, request: GenerationRequest) -> ModelSpec:
+    def _catalog_now(self, conn: Connection) -> Catalog:
+        """The catalog with the announced changes in force now: a request is
+        priced and gated by it, and the job keeps that price to the end."""
+        return self.billing.in_force.at(conn, self.clock.now())
+
+    def _model(self, conn: Connection, request: GenerationRequest) -> ModelSpec:
         try:
-            return self.catalog.model(request.model)
+            return self._catalog_now(conn).model(request.model)
         except KeyError:
             raise InvalidInput(f"no model {request.model!r}", field="model") from None
 
@@ -339,7 +344,7 @@ class GenerationService:
         return self.teams.team_wallet(conn, request.team_id)
 
     def _check(self, conn: Connection, user: User, request: GenerationRequest) -> _Checked:
-        model = self._model(request)
+        model = self._model(conn, request)
         errors: list[dict[str, str]] = []
         prompt = request.prompt.strip()
         if not prompt:
@@ -387,7 +392,7 @@ class GenerationService:
         wallet = self._wallet(conn, user, request)
         plan = self.billing.current_plan(conn, wallet)
         if not plan_allows_model(plan, model):
-            cheapest = required_plan(self.catalog, model)
+            cheapest = required_plan(self._catalog_now(conn), model)
             raise ModelNotInPlan(model.name, plan.name, cheapest.id if cheapest else None)
         credits = quote_credits(model, request.num_outputs)
         if request.team_id is not None:

@@ -10,21 +10,26 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from plasmaart import __version__
 from plasmaart.bootstrap import Platform
-from plasmaart.web import openapi, problems
+from plasmaart.web import dashboard, openapi, problems
 from plasmaart.web.api import (
     accounts,
     admin,
     billing,
     catalog,
+    catalog_changes,
     credits,
     events,
+    fairuse,
+    fal_webhooks,
     generations,
     ops,
+    stripe_billing,
     teams,
 )
 from plasmaart.web.edge import EdgeMiddleware
 from plasmaart.web.idempotency import IdempotencyMiddleware
 from plasmaart.web.metrics import HttpMetrics
+from plasmaart.web.ratelimits import RateLimitHeaders
 from plasmaart.worker import Worker
 
 
@@ -68,6 +73,7 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
     app.add_middleware(IdempotencyMiddleware, platform=platform)
     app.add_middleware(_Metrics, metrics=app.state.metrics)
     app.add_middleware(EdgeMiddleware)
+    app.add_middleware(RateLimitHeaders, platform=platform)
     problems.install(app)
     openapi.install(app)
     app.include_router(ops.router)
@@ -79,4 +85,9 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
     app.include_router(admin.router)
     app.include_router(billing.router)
     app.include_router(generations.router)
+    app.include_router(stripe_billing.router)
+    app.include_router(fal_webhooks.router)
+    app.include_router(fairuse.router)
+    app.include_router(catalog_changes.router)
+    dashboard.install(app)
     return app

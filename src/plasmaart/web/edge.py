@@ -20,6 +20,20 @@ MAX_BODY = 1024 * 1024  # JSON bodies
 MAX_UPLOAD_BODY = 11 * 1024 * 1024  # uploads: 10 MB of file plus the multipart envelope
 UPLOAD_PATHS = ("/v1/uploads",)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+# A secret that travels in a path (an invitation token; an API key pasted by
+# mistake) is logged by its first characters only, never whole.
+_PATH_SECRET = re.compile(r"(pa_(?:inv|live)_[A-Za-z0-9_-]{4})[A-Za-z0-9_-]*")
+
+
+def _has_nul(scope: Scope) -> bool:
+    query: bytes = scope.get("query_string", b"")
+    return "\x00" in scope["path"] or b"%00" in query or b"\x00" in query
+
+
+def loggable_path(path: str) -> str:
+    return _PATH_SECRET.sub(r"\1...", path)
+
+
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -73,6 +87,18 @@ class EdgeMiddleware:
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 raise BodyTooLarge
+            if _has_nul(scope):
+                # No path or query value has a use for a NUL character, and
+                # PostgreSQL cannot compare text with one: refuse it here.
+                response = problem(
+                    422,
+                    "invalid_input",
+                    "Invalid input",
+                    "the path and the query must not contain NUL characters",
+                    errors=[{"field": "query", "message": "must not contain NUL characters"}],
+                )
+                await response(scope, receive, send_with_headers)
+                return
             await self.app(scope, limited_receive, send_with_headers)
         except BodyTooLarge:
             response = problem(
@@ -83,14 +109,15 @@ class EdgeMiddleware:
             )
             await response(scope, receive, send_with_headers)
         finally:
+            path = loggable_path(scope["path"])
             log.info(
                 "%s %s %d",
                 scope["method"],
-                scope["path"],
+                path,
                 status,
                 extra={
                     "method": scope["method"],
-                    "path": scope["path"],
+                    "path": path,
                     "status": status,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 },

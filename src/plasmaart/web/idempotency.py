@@ -5,9 +5,9 @@ still running, gets 409 ``idempotency_conflict``. Records are kept 24 hours.
 Keys are scoped to the credential that sent them (API key or session), so one
 client's key never meets another's. Responses that set cookies (sign-up,
 login) are not stored: session tokens live only as hashes; repeating such a
-request runs it again. A 5xx is not stored either, so a retry runs again. A
+request runs it again. A 5xx or a 429 is not stored either, so a retry runs again. A
 record left "running" by a process that died is taken over after
-``ABANDONED_AFTER``; handlers that write can read the key from
+``Settings.idempotency_takeover_s`` (30 s); handlers that write can read the key from
 ``request.state.idempotency_key`` to make the re-run a no-op.
 """
 
@@ -35,7 +35,6 @@ HEADER = b"idempotency-key"
 # an invitation token): the listed top-level JSON fields are stored as null,
 # so a replay says ``Idempotent-Secret-Withheld: true`` instead of the secret.
 SECRET_FIELDS_HEADER = "x-secret-fields"  # noqa: S105 - a header name
-ABANDONED_AFTER = timedelta(minutes=10)
 MAX_KEY_LENGTH = 255
 
 
@@ -160,7 +159,8 @@ def _claim(
             if row is not None:
                 age = now - as_utc(row.created_at)
                 expired = age > IDEMPOTENCY_RETENTION
-                abandoned = row.status == "running" and age > ABANDONED_AFTER
+                takeover = timedelta(seconds=platform.settings.idempotency_takeover_s)
+                abandoned = row.status == "running" and age > takeover
                 if not (expired or abandoned):
                     return _answer(row, path, fingerprint)
                 conn.execute(delete(table).where(*where))
@@ -236,9 +236,12 @@ def _finish(
                 document[field] = None
         body = json.dumps(document).encode()
         headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+    # A 429 (rate_limited, concurrency_limit) says "try again later": stored,
+    # the retry the client makes after Retry-After would replay the refusal.
     keep = (
         start is not None
         and int(start["status"]) < 500
+        and int(start["status"]) != 429
         and not any(name.lower() == "set-cookie" for name, _ in headers)
     )
     with platform.db.write() as conn:

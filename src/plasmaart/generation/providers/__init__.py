@@ -14,7 +14,9 @@ def create_provider(settings: Settings, clock: Clock) -> Provider:
 
         if not settings.fal_key:
             raise ConfigError("FAL_KEY: required when PLASMAART_PROVIDER=fal")
-        return FalProvider(settings.fal_key)
+        return FalProvider(
+            settings.fal_key, base_url=settings.fal_base_url, jwks_url=settings.fal_jwks_url
+        )
     from plasmaart.generation.providers.sandbox import SandboxProvider
 
     return SandboxProvider(settings.var_dir / "sandbox", clock)

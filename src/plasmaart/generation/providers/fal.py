@@ -27,7 +27,8 @@ Webhooks are signed with ED25519: the message is the request id, the user id,
 the timestamp and the SHA-256 hex of the raw body, one per line, checked
 against the public keys fal publishes as a JWKS document, within five minutes
 of the timestamp. ``verify_webhook`` is the pure check; ``JwksCache`` keeps the
-keys for a day. Deduplicating repeated deliveries is the worker's job.
+keys for a day. Recording each delivery once, and what it does, is
+``plasmaart.generation.webhooks``' job.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from plasmaart.accounts.credentials import SESSION_LIFETIME, ApiKey, NewSession
 from plasmaart.accounts.service import User
@@ -26,10 +26,28 @@ from plasmaart.web.idempotency import SECRET_FIELDS_HEADER
 router = APIRouter(prefix="/v1", tags=["accounts"])
 
 
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
 class StrictBody(BaseModel):
-    """Request bodies refuse fields they do not know."""
+    """Request bodies refuse fields they do not know, and NUL characters
+    anywhere (PostgreSQL cannot store them in text, and no field needs one)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        if _has_nul(value):
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class Credentials(StrictBody):

@@ -22,6 +22,7 @@ from plasmaart.bootstrap import Platform
 from plasmaart.clock import as_utc
 from plasmaart.db.tables import subscriptions, users, wallets
 from plasmaart.errors import InvalidInput
+from plasmaart.stats import platform_stats
 from plasmaart.web.api.accounts import StrictBody
 from plasmaart.web.auth import AdminPrincipal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
@@ -159,6 +160,8 @@ def reinstate_user(user_id: str, admin: AdminPrincipal, platform: PlatformDep) -
     with platform.db.write() as conn:
         user = platform.accounts.get(conn, user_id)
         platform.accounts.set_status(conn, user, "active", actor=admin.user.id, reason=None)
+        # The review is over: the account's abuse flags are resolved.
+        platform.fairuse.resolve_flags(conn, user.id, actor=admin.user.id)
     return _one_user(platform, user_id)
 
 
@@ -197,4 +200,26 @@ def adjust_credits(
         )
     return CreditsOut(
         user_id=user_id, amount=body.amount, available=result.balance_after, lot_id=result.lot_id
+    )
+
+
+class AdminStatsOut(BaseModel):
+    queue_depth: int = Field(description="Generations waiting for a worker")
+    jobs_by_state: dict[str, int]
+    credits_granted: int = Field(description="Granted or rolled over into wallets, all time")
+    credits_consumed: int = Field(description="Captured by generations, all time")
+    credits_expired: int = Field(description="Expired unspent, all time")
+
+
+@router.get("/stats", response_model=AdminStatsOut)
+def stats(_admin: AdminPrincipal, platform: PlatformDep) -> AdminStatsOut:
+    """Queue depth, jobs by state, and credits granted, consumed and expired."""
+    with platform.db.read() as conn:
+        found = platform_stats(conn)
+    return AdminStatsOut(
+        queue_depth=found.queue_depth,
+        jobs_by_state=found.jobs_by_state,
+        credits_granted=found.credits_granted,
+        credits_consumed=found.credits_consumed,
+        credits_expired=found.credits_expired,
     )

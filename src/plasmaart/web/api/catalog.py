@@ -80,7 +80,12 @@ class CreditPackOut(BaseModel):
     expires_after_days: int | None
 
 
-def model_out(catalog: Catalog, model: ModelSpec, plan: PlanSpec) -> ModelOut:
+def model_out(
+    catalog: Catalog,
+    model: ModelSpec,
+    plan: PlanSpec,
+    upcoming: dict[str, dict[str, Any]] | None = None,
+) -> ModelOut:
     cheapest = required_plan(catalog, model)
     return ModelOut(
         id=model.id,
@@ -100,7 +105,7 @@ def model_out(catalog: Catalog, model: ModelSpec, plan: PlanSpec) -> ModelOut:
         available=plan_allows_model(plan, model),
         required_plan=cheapest.id if cheapest else None,
         early_access=model.early_access,
-        upcoming_change=None,
+        upcoming_change=(upcoming or {}).get(model.id),
         aliases=list(model.aliases),
     )
 
@@ -128,10 +133,30 @@ def plan_out(catalog: Catalog, plan: PlanSpec) -> PlanOut:
     )
 
 
+def upcoming_changes(platform: Platform) -> tuple[Catalog, dict[str, dict[str, Any]]]:
+    """The catalog in force now, and each model's next announced change
+    (``GET /v1/catalog/changes`` has them all)."""
+    with platform.db.read() as conn:
+        catalog = platform.catalog_changes.catalog_now(conn)
+        upcoming = platform.catalog_changes.upcoming(conn)
+    first: dict[str, dict[str, Any]] = {}
+    for change in upcoming:
+        if change.target == "model" and change.target_id not in first:
+            first[change.target_id] = {
+                "id": change.id,
+                "field": change.field,
+                "from": change.previous,
+                "to": change.value,
+                "effective_at": change.effective_at.isoformat(),
+            }
+    return catalog, first
+
+
 def caller_plan(platform: Platform, principal: Principal | None) -> PlanSpec:
     """The plan whose access ``available`` reports: the caller's, Free when anonymous."""
     if principal is None:
-        return platform.catalog.default_plan
+        with platform.db.read() as conn:
+            return platform.catalog_changes.catalog_now(conn).default_plan
     with platform.db.read() as conn:
         wallet = platform.ledger.wallet_of(conn, "user", principal.user.id)
         return platform.billing.current_plan(conn, wallet)
@@ -146,28 +171,29 @@ def list_models(
 ) -> Page[ModelOut]:
     """Every model with its credits per output; ``available`` is for the
     caller's plan (Free without authentication)."""
-    catalog = platform.catalog
+    catalog, upcoming = upcoming_changes(platform)
     plan = caller_plan(platform, principal)
-    models = [model_out(catalog, model, plan) for model in catalog.models]
+    models = [model_out(catalog, model, plan, upcoming) for model in catalog.models]
     return page_of(models, [m.id for m in models], limit, cursor)
 
 
 @router.get("/models/{model_id}", response_model=ModelOut)
 def get_model(model_id: str, platform: PlatformDep, principal: OptionalPrincipal) -> ModelOut:
     """One model, by id or alias (the policy's "Flux Scnell" too)."""
-    catalog = platform.catalog
+    catalog, upcoming = upcoming_changes(platform)
     try:
         model = catalog.model(model_id)
     except KeyError:
         raise NotFound(f"no model {model_id!r}") from None
-    return model_out(catalog, model, caller_plan(platform, principal))
+    return model_out(catalog, model, caller_plan(platform, principal), upcoming)
 
 
 @router.get("/plans", response_model=Page[PlanOut])
 def list_plans(
     platform: PlatformDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
 ) -> Page[PlanOut]:
-    catalog = platform.catalog
+    with platform.db.read() as conn:
+        catalog = platform.catalog_changes.catalog_now(conn)
     plans = [plan_out(catalog, plan) for plan in catalog.plans_by_price()]
     return page_of(plans, [p.id for p in plans], limit, cursor)
 

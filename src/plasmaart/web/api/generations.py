@@ -23,6 +23,7 @@ from plasmaart.web.api.accounts import StrictBody
 from plasmaart.web.auth import CurrentPrincipal, OptionalPrincipal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from plasmaart.web.ratelimits import RATE_LIMITED, GenerationRateLimit, QuoteRateLimit
 
 router = APIRouter(prefix="/v1", tags=["generations"])
 
@@ -157,7 +158,13 @@ def generation_out(platform: Platform, generation: Generation) -> GenerationOut:
     )
 
 
-@router.post("/generations", status_code=201, response_model=GenerationOut)
+@router.post(
+    "/generations",
+    status_code=201,
+    response_model=GenerationOut,
+    dependencies=[GenerationRateLimit],
+    responses=RATE_LIMITED,
+)
 def create_generation(
     body: GenerationIn, request: Request, principal: CurrentPrincipal, platform: PlatformDep
 ) -> GenerationOut:
@@ -169,13 +176,21 @@ def create_generation(
     if http_key:
         key = hashlib.sha256(f"{principal.credential_id}\n{http_key}".encode()).hexdigest()
     with platform.db.write() as conn:
+        platform.fairuse.lock_account(conn, principal.user.id)
         generation = platform.generations.submit(
             conn, principal.user, body.request(), idempotency_key=key
         )
+        # Fair use: a flood of one prompt is an abuse signal; if it suspends
+        # the account, this job was canceled with its other queued ones.
+        assessment = platform.fairuse.after_submit(conn, principal.user, generation)
+        if assessment is not None and assessment.suspended_now:
+            generation = platform.generations.get(conn, principal.user, generation.id)
     return generation_out(platform, generation)
 
 
-@router.post("/quotes", response_model=QuoteOut)
+@router.post(
+    "/quotes", response_model=QuoteOut, dependencies=[QuoteRateLimit], responses=RATE_LIMITED
+)
 def quote(body: GenerationIn, principal: CurrentPrincipal, platform: PlatformDep) -> QuoteOut:
     """What the request would cost and whether it would be accepted; nothing is held."""
     with platform.db.read() as conn:
@@ -228,18 +243,32 @@ def get_generation(
     return generation_out(platform, generation)
 
 
-@router.post("/generations/{generation_id}/cancel", response_model=GenerationOut)
+@router.post(
+    "/generations/{generation_id}/cancel",
+    response_model=GenerationOut,
+    dependencies=[GenerationRateLimit],
+    responses=RATE_LIMITED,
+)
 def cancel_generation(
     generation_id: str, principal: CurrentPrincipal, platform: PlatformDep
 ) -> GenerationOut:
     """Queued: canceled and refunded at once. Running: canceled at the provider,
     unless it had already delivered (then it succeeds and is charged)."""
     with platform.db.write() as conn:
+        platform.fairuse.lock_account(conn, principal.user.id)
         generation = platform.generations.cancel(conn, principal.user, generation_id)
+        # Fair use: a cancel right after the submission is churn.
+        platform.fairuse.after_cancel(conn, principal.user, generation)
     return generation_out(platform, generation)
 
 
-@router.post("/uploads", status_code=201, response_model=UploadOut)
+@router.post(
+    "/uploads",
+    status_code=201,
+    response_model=UploadOut,
+    dependencies=[GenerationRateLimit],
+    responses=RATE_LIMITED,
+)
 def upload(
     file: Annotated[UploadFile, File(description="PNG, JPEG or WebP; 10 MB; 4096 px a side")],
     principal: CurrentPrincipal,

@@ -1,0 +1,440 @@
+"""The Stripe billing backend: where customers pay (Checkout), and what we
+ask of Stripe when they change plans, cancel or pay a past-due renewal.
+
+Prices are never created in the Stripe dashboard: every Checkout session and
+subscription change carries its price inline (``price_data``), from the
+catalog, against one Stripe product per plan whose id we choose
+(``plasmaart_plan_<plan>``), so that a subscription item says which plan it
+is. Every request carries an idempotency key derived from ours, so a retried
+request never charges twice. Renewals, failures and the end of a
+subscription are Stripe's to drive (``renews_on_clock = False``); its
+webhooks report them (``webhooks.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import stripe
+from sqlalchemy import Connection
+
+from plasmaart.billing.backends import (
+    ChargeOutcome,
+    CheckoutOutcome,
+    Customer,
+    Declined,
+    Effective,
+    Paid,
+    Redirect,
+)
+from plasmaart.billing.repository import Subscription
+from plasmaart.billing.stripe import repository as repo
+from plasmaart.billing.stripe.errors import BillingPortalUnavailable, BillingProviderError
+from plasmaart.catalog import CreditPack, PlanSpec
+from plasmaart.clock import Clock
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PLAN_PRODUCT_PREFIX = "plasmaart_plan_"
+# Our ids ride along in Stripe's metadata (on the session, the subscription
+# and the payment intent), so a webhook can tell whose purchase it reports.
+META_USER = "plasmaart_user"
+META_WALLET = "plasmaart_wallet"
+META_KIND = "plasmaart_kind"
+META_PLAN = "plasmaart_plan"
+META_PACK = "plasmaart_pack"
+META_KEY = "plasmaart_key"
+# Stripe answers in well under a second; a stuck connection must not hold
+# the request's database transaction for long.
+TIMEOUT_S = 20.0
+MAX_NETWORK_RETRIES = 2
+
+
+def plan_product_id(plan_id: str) -> str:
+    return PLAN_PRODUCT_PREFIX + plan_id
+
+
+def plan_of_product(product_id: str) -> str | None:
+    """Our plan id from a subscription item's product, or None for a
+    product that is not one of ours."""
+    if product_id.startswith(PLAN_PRODUCT_PREFIX):
+        return product_id[len(PLAN_PRODUCT_PREFIX) :]
+    return None
+
+
+def stripe_time(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+@dataclass(frozen=True)
+class StripeSubscriptionState:
+    """What a Stripe subscription object says, in our words."""
+
+    id: str
+    customer_id: str
+    status: str
+    plan: str | None
+    current_period_start: datetime
+    current_period_end: datetime
+    cancel_at_period_end: bool
+    metadata: Mapping[str, str]
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> StripeSubscriptionState:
+        """From a subscription object (an API answer or an event's object).
+        Since the 2025-03-31 API the period lives on the subscription's items."""
+        items = data.get("items", {}).get("data") or [{}]
+        item = items[0]
+        price = item.get("price") or {}
+        product = price.get("product") or ""
+        if isinstance(product, Mapping):
+            product = product.get("id", "")
+        start = item.get("current_period_start") or data.get("current_period_start") or 0
+        end = item.get("current_period_end") or data.get("current_period_end") or 0
+        customer = data.get("customer") or ""
+        if isinstance(customer, Mapping):
+            customer = customer.get("id", "")
+        return cls(
+            id=str(data["id"]),
+            customer_id=str(customer),
+            status=str(data.get("status") or ""),
+            plan=plan_of_product(str(product)),
+            current_period_start=stripe_time(int(start)),
+            current_period_end=stripe_time(int(end)),
+            cancel_at_period_end=bool(data.get("cancel_at_period_end")),
+            metadata=dict(data.get("metadata") or {}),
+        )
+
+
+class StripeBackend:
+    name = "stripe"
+    renews_on_clock = False
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        secret_key: str,
+        api_base: str,
+        return_url: str,
+        currency: str,
+    ) -> None:
+        self.clock = clock
+        self.client = stripe.StripeClient(
+            secret_key,
+            base_addresses={"api": api_base},
+            http_client=stripe.RequestsClient(timeout=TIMEOUT_S),
+            max_network_retries=MAX_NETWORK_RETRIES,
+        )
+        self.return_url = return_url
+        self.currency = currency.lower()
+        # Plan products known to exist at Stripe (created once, then cached).
+        self._products: set[str] = set()
+
+    # -- BillingBackend ---------------------------------------------------------
+
+    def checkout_subscription(
+        self, conn: Connection, *, customer: Customer, plan: PlanSpec, idempotency_key: str
+    ) -> CheckoutOutcome:
+        customer_id = self.customer_id(conn, customer)
+        metadata = {
+            META_USER: customer.user_id,
+            META_WALLET: customer.wallet_id,
+            META_KIND: "subscription",
+            META_PLAN: plan.id,
+            META_KEY: idempotency_key,
+        }
+        product = self._plan_product(plan)
+        session = self._call(
+            lambda: self.client.v1.checkout.sessions.create(
+                params={
+                    "mode": "subscription",
+                    "customer": customer_id,
+                    "client_reference_id": customer.user_id,
+                    "line_items": [
+                        {
+                            "quantity": 1,
+                            "price_data": {
+                                "currency": self.currency,
+                                "product": product,
+                                "unit_amount": plan.price_cents,
+                                "recurring": {"interval": "month"},
+                            },
+                        }
+                    ],
+                    "metadata": metadata,
+                    "subscription_data": {"metadata": metadata},
+                    "success_url": self._return("checkout=success"),
+                    "cancel_url": self._return("checkout=canceled"),
+                },
+                options={"idempotency_key": f"checkout:{idempotency_key}"},
+            )
+        )
+        return Redirect(str(session.url))
+
+    def checkout_pack(
+        self, conn: Connection, *, customer: Customer, pack: CreditPack, idempotency_key: str
+    ) -> CheckoutOutcome:
+        customer_id = self.customer_id(conn, customer)
+        metadata = {
+            META_USER: customer.user_id,
+            META_WALLET: customer.wallet_id,
+            META_KIND: "pack",
+            META_PACK: pack.id,
+            META_KEY: idempotency_key,
+        }
+        session = self._call(
+            lambda: self.client.v1.checkout.sessions.create(
+                params={
+                    "mode": "payment",
+                    "customer": customer_id,
+                    "client_reference_id": customer.user_id,
+                    "line_items": [
+                        {
+                            "quantity": 1,
+                            "price_data": {
+                                "currency": self.currency,
+                                "product_data": {
+                                    "name": f"{pack.credits:,} PlasmaArt credits",
+                                    "metadata": {META_PACK: pack.id},
+                                },
+                                "unit_amount": pack.price_cents,
+                            },
+                        }
+                    ],
+                    "metadata": metadata,
+                    "payment_intent_data": {"metadata": metadata},
+                    "success_url": self._return("checkout=success"),
+                    "cancel_url": self._return("checkout=canceled"),
+                },
+                options={"idempotency_key": f"checkout:{idempotency_key}"},
+            )
+        )
+        return Redirect(str(session.url))
+
+    def change_plan(
+        self,
+        conn: Connection,  # noqa: ARG002 - Stripe keeps the subscription's state
+        *,
+        customer: Customer,  # noqa: ARG002
+        subscription: Subscription,
+        plan: PlanSpec,
+        effective: Effective,
+        amount_cents: int,  # noqa: ARG002 - Stripe prorates by its own reckoning
+        idempotency_key: str,
+    ) -> ChargeOutcome:
+        """``now`` (an upgrade): the new price at once, the proration
+        invoiced and charged now; a declined card refuses the change.
+        ``period_end`` (a downgrade, or withdrawing one): the new price with
+        no proration, so Stripe bills it from the next period on."""
+        stripe_id = self._stripe_id(subscription)
+        current = self._call(lambda: self.client.v1.subscriptions.retrieve(stripe_id))
+        item_id = str(current["items"].data[0].id)
+        product = self._plan_product(plan)
+        now = effective == "now"
+        try:
+            updated = self.client.v1.subscriptions.update(
+                stripe_id,
+                params={
+                    "items": [
+                        {
+                            "id": item_id,
+                            "price_data": {
+                                "currency": self.currency,
+                                "product": product,
+                                "unit_amount": plan.price_cents,
+                                "recurring": {"interval": "month"},
+                            },
+                        }
+                    ],
+                    "proration_behavior": "always_invoice" if now else "none",
+                    "payment_behavior": "error_if_incomplete",
+                    "cancel_at_period_end": False,
+                    "metadata": {META_PLAN: plan.id},
+                },
+                options={"idempotency_key": self._attempt_key("change", idempotency_key)},
+            )
+        except stripe.CardError as exc:
+            return Declined(exc.user_message or "the card was declined")
+        except stripe.StripeError as exc:
+            raise self._unavailable(exc) from exc
+        invoice = updated.latest_invoice if now else None
+        if isinstance(invoice, Mapping):
+            invoice = invoice.get("id")
+        return Paid(None if invoice is None else str(invoice))
+
+    def cancel(self, conn: Connection, *, customer: Customer, subscription: Subscription) -> None:  # noqa: ARG002
+        """At the period end; a past-due subscription at once (its period is
+        over and unpaid)."""
+        stripe_id = self._stripe_id(subscription)
+        end = int(subscription.current_period_end.timestamp())
+        key = f"cancel:{subscription.id}:{end}"
+        if subscription.status == "past_due":
+            self._call(
+                lambda: self.client.v1.subscriptions.cancel(
+                    stripe_id, options={"idempotency_key": key}
+                )
+            )
+            return
+        self._call(
+            lambda: self.client.v1.subscriptions.update(
+                stripe_id,
+                params={"cancel_at_period_end": True},
+                options={"idempotency_key": key},
+            )
+        )
+
+    def charge_renewal(
+        self,
+        conn: Connection,  # noqa: ARG002
+        *,
+        customer: Customer,  # noqa: ARG002
+        subscription: Subscription,
+        plan: PlanSpec,  # noqa: ARG002 - the open invoice has the price
+        amount_cents: int,  # noqa: ARG002
+        idempotency_key: str,
+    ) -> ChargeOutcome:
+        """Pay the subscription's open invoice now (the customer paying a
+        past-due subscription; Stripe renews on its own otherwise)."""
+        stripe_id = self._stripe_id(subscription)
+        invoices = self._call(
+            lambda: self.client.v1.invoices.list(params={"subscription": stripe_id, "limit": 1})
+        )
+        if not invoices.data:
+            return Declined("Stripe has no invoice to pay for this subscription")
+        invoice = invoices.data[0]
+        if invoice.status == "paid":
+            return Paid(str(invoice.id))
+        if invoice.status != "open":
+            return Declined(f"the last invoice is {invoice.status}, not open")
+        invoice_id = str(invoice.id)
+        try:
+            self.client.v1.invoices.pay(
+                invoice_id, options={"idempotency_key": self._attempt_key("pay", idempotency_key)}
+            )
+        except stripe.CardError as exc:
+            return Declined(exc.user_message or "the card was declined")
+        except stripe.StripeError as exc:
+            raise self._unavailable(exc) from exc
+        return Paid(invoice_id)
+
+    # -- Stripe's own ------------------------------------------------------------
+
+    def portal_url(self, conn: Connection, user_id: str) -> str:
+        """A customer portal session of the user's (cards, invoices, plan)."""
+        customer_id = repo.customer_id_of_user(conn, user_id)
+        if customer_id is None:
+            raise BillingPortalUnavailable(
+                "you have not paid through Stripe yet: subscribe or buy credits first"
+            )
+        session = self._call(
+            lambda: self.client.v1.billing_portal.sessions.create(
+                params={"customer": customer_id, "return_url": self.return_url}
+            )
+        )
+        return str(session.url)
+
+    def subscription_state(self, stripe_subscription_id: str) -> StripeSubscriptionState | None:
+        """The subscription as Stripe has it now; None if Stripe has no such
+        subscription (an event of another account's, or made up)."""
+        try:
+            found = self.client.v1.subscriptions.retrieve(stripe_subscription_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                return None
+            raise self._unavailable(exc) from exc
+        except stripe.StripeError as exc:
+            raise self._unavailable(exc) from exc
+        return StripeSubscriptionState.parse(found.to_dict())
+
+    def invoice_of_payment_intent(self, payment_intent_id: str) -> str | None:
+        """The invoice a payment intent paid (a subscription's charge), if any."""
+        found = self._call(
+            lambda: self.client.v1.invoice_payments.list(
+                params={
+                    "payment": {"type": "payment_intent", "payment_intent": payment_intent_id},
+                    "limit": 1,
+                }
+            )
+        )
+        if not found.data:
+            return None
+        invoice = found.data[0].invoice
+        return str(invoice if isinstance(invoice, str) else invoice.id)
+
+    def customer_id(self, conn: Connection, customer: Customer) -> str:
+        """The user's Stripe customer, created on their first checkout."""
+        known = repo.customer_id_of_user(conn, customer.user_id)
+        if known is not None:
+            return known
+        created = self._call(
+            lambda: self.client.v1.customers.create(
+                params={"email": customer.email, "metadata": {META_USER: customer.user_id}},
+                options={"idempotency_key": f"customer:{customer.user_id}"},
+            )
+        )
+        repo.insert_customer(
+            conn, user_id=customer.user_id, customer_id=str(created.id), now=self.clock.now()
+        )
+        return str(created.id)
+
+    # -- internals -------------------------------------------------------------
+
+    def _plan_product(self, plan: PlanSpec) -> str:
+        product_id = plan_product_id(plan.id)
+        if product_id in self._products:
+            return product_id
+        try:
+            self.client.v1.products.create(
+                params={
+                    "id": product_id,
+                    "name": f"PlasmaArt {plan.name}",
+                    "metadata": {META_PLAN: plan.id},
+                }
+            )
+        except stripe.InvalidRequestError as exc:
+            if exc.code != "resource_already_exists":
+                raise self._unavailable(exc) from exc
+        except stripe.StripeError as exc:
+            raise self._unavailable(exc) from exc
+        self._products.add(product_id)
+        return product_id
+
+    def _attempt_key(self, action: str, idempotency_key: str) -> str:
+        """A key for one attempt at a charge. Stripe replays a declined
+        answer for the key it was given, so a customer retrying with a new
+        card needs a new key; within the second, a retried request (a lost
+        answer, a double click) still charges once. Our own state refuses a
+        second upgrade, and Stripe a second payment of a paid invoice."""
+        return f"{action}:{idempotency_key}:{int(self.clock.now().timestamp())}"
+
+    def _return(self, query: str) -> str:
+        separator = "&" if "?" in self.return_url else "?"
+        return f"{self.return_url}{separator}{query}"
+
+    @staticmethod
+    def _stripe_id(subscription: Subscription) -> str:
+        if not subscription.external_id:
+            raise BillingProviderError(
+                f"subscription {subscription.id} has no Stripe subscription id"
+            )
+        return subscription.external_id
+
+    @staticmethod
+    def _call(request: Callable[[], T]) -> T:
+        try:
+            return request()
+        except stripe.StripeError as exc:
+            raise StripeBackend._unavailable(exc) from exc
+
+    @staticmethod
+    def _unavailable(exc: stripe.StripeError) -> BillingProviderError:
+        log.warning("stripe request failed: %s", exc)
+        return BillingProviderError(
+            f"Stripe refused or could not be reached ({type(exc).__name__}); try again"
+        )

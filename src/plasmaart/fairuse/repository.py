@@ -1,0 +1,186 @@
+"""All SQL of fair use: abuse signals, flags, and the reads scoring needs."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, func, insert, select, update
+
+from plasmaart.db.tables import abuse_flags, abuse_signals, audit_log, generations, users
+from plasmaart.fairuse.rules import Signal, SignalKind
+
+AnyRow = Row[Any]
+UNRESOLVED = ("open", "suspended")
+
+
+def lock_user(conn: Connection, user_id: str) -> AnyRow | None:
+    """The user's row, locked: one account's signals are scored one at a time,
+    so two requests cannot both open a flag (SQLite's write transactions are
+    serial already)."""
+    return conn.execute(select(users).where(users.c.id == user_id).with_for_update()).one_or_none()
+
+
+def signal_exists(conn: Connection, user_id: str, kind: str, subject: str) -> bool:
+    found = conn.execute(
+        select(abuse_signals.c.id).where(
+            abuse_signals.c.user_id == user_id,
+            abuse_signals.c.kind == kind,
+            abuse_signals.c.subject == subject,
+        )
+    ).first()
+    return found is not None
+
+
+def insert_signal(
+    conn: Connection,
+    *,
+    user_id: str,
+    kind: str,
+    subject: str | None,
+    evidence: dict[str, Any],
+    now: datetime,
+) -> None:
+    conn.execute(
+        insert(abuse_signals).values(
+            user_id=user_id,
+            kind=kind,
+            subject=subject,
+            evidence=json.dumps(evidence, sort_keys=True, default=str),
+            created_at=now,
+        )
+    )
+
+
+def signals_since(conn: Connection, user_id: str, since: datetime) -> list[AnyRow]:
+    """The user's signals after ``since``, newest first."""
+    return list(
+        conn.execute(
+            select(abuse_signals)
+            .where(abuse_signals.c.user_id == user_id, abuse_signals.c.created_at > since)
+            .order_by(abuse_signals.c.created_at.desc(), abuse_signals.c.id.desc())
+        ).all()
+    )
+
+
+def as_signal(row: AnyRow, at: datetime) -> Signal:
+    kind: SignalKind = row.kind
+    return Signal(kind, at)
+
+
+def last_reinstated_at(conn: Connection, user_id: str) -> datetime | None:
+    """When an admin last reinstated the user (the audit log knows, whichever
+    door they used: the API or the command line)."""
+    value: datetime | None = conn.execute(
+        select(func.max(audit_log.c.created_at)).where(
+            audit_log.c.target == user_id, audit_log.c.action == "user.reinstate"
+        )
+    ).scalar_one_or_none()
+    return value
+
+
+def unresolved_flag(conn: Connection, user_id: str) -> AnyRow | None:
+    return conn.execute(
+        select(abuse_flags)
+        .where(abuse_flags.c.user_id == user_id, abuse_flags.c.status.in_(UNRESOLVED))
+        .order_by(abuse_flags.c.id.desc())
+        .limit(1)
+    ).one_or_none()
+
+
+def insert_flag(
+    conn: Connection,
+    *,
+    flag_id: str,
+    user_id: str,
+    status: str,
+    score: int,
+    evidence: dict[str, Any],
+    now: datetime,
+) -> None:
+    conn.execute(
+        insert(abuse_flags).values(
+            id=flag_id,
+            user_id=user_id,
+            status=status,
+            score=score,
+            evidence=json.dumps(evidence, sort_keys=True, default=str),
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def update_flag(
+    conn: Connection,
+    flag_id: str,
+    *,
+    status: str,
+    score: int,
+    evidence: dict[str, Any],
+    now: datetime,
+) -> None:
+    conn.execute(
+        update(abuse_flags)
+        .where(abuse_flags.c.id == flag_id)
+        .values(
+            status=status,
+            score=score,
+            evidence=json.dumps(evidence, sort_keys=True, default=str),
+            updated_at=now,
+        )
+    )
+
+
+def resolve_flags(conn: Connection, user_id: str, *, actor: str, now: datetime) -> list[str]:
+    """Resolve the user's unresolved flags; their ids."""
+    ids = list(
+        conn.execute(
+            select(abuse_flags.c.id).where(
+                abuse_flags.c.user_id == user_id, abuse_flags.c.status.in_(UNRESOLVED)
+            )
+        ).scalars()
+    )
+    if ids:
+        conn.execute(
+            update(abuse_flags)
+            .where(abuse_flags.c.id.in_(ids))
+            .values(status="resolved", resolved_at=now, resolved_by=actor, updated_at=now)
+        )
+    return ids
+
+
+def list_flags(
+    conn: Connection, *, statuses: tuple[str, ...], limit: int, before: str | None
+) -> list[AnyRow]:
+    """Flags with their user's e-mail and status, newest first."""
+    query = (
+        select(abuse_flags, users.c.email, users.c.status.label("user_status"))
+        .select_from(abuse_flags.join(users, users.c.id == abuse_flags.c.user_id))
+        .where(abuse_flags.c.status.in_(statuses))
+        .order_by(abuse_flags.c.id.desc())
+        .limit(limit)
+    )
+    if before is not None:
+        query = query.where(abuse_flags.c.id < before)
+    return list(conn.execute(query).all())
+
+
+def copies_of_prompt(
+    conn: Connection, user_id: str, prompt: str, since: datetime, until: datetime
+) -> int:
+    """Generations the user submitted with exactly this prompt in the window."""
+    count: int = conn.execute(
+        select(func.count())
+        .select_from(generations)
+        .where(
+            and_(
+                generations.c.user_id == user_id,
+                generations.c.created_at > since,
+                generations.c.created_at <= until,
+                generations.c.prompt == prompt,
+            )
+        )
+    ).scalar_one()
+    return count

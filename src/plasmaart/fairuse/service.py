@@ -1,0 +1,456 @@
+"""Fair use: rate limits per plan, abuse signals, flags and automatic suspension.
+
+The web layer counts each generation request against the account's plan
+(``requests_per_minute`` and ``count_request``) and reports what it sees;
+every signal goes through ``record_signal``, which scores the account's
+recent signals with the pure rules of ``fairuse.rules`` and acts on the
+verdict, in the caller's transaction:
+
+- flag: an abuse flag (one unresolved per account) holds the score and the
+  evidence for an admin to review (``GET /v1/admin/abuse``);
+- suspend: the account is suspended through ``AccountService`` like an
+  admin's suspension: its sessions end, its queued generations are canceled
+  and their credits released, running ones finish (and are charged only for
+  what they deliver). Admins are flagged but never suspended automatically, so
+  the platform cannot lock out the people who would undo a mistake.
+
+Every decision is written to the audit log. Reinstating an account resolves
+its flags, and its earlier signals no longer count.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Connection
+
+from plasmaart.accounts import audit
+from plasmaart.accounts.credentials import CredentialService
+from plasmaart.accounts.service import AccountService, User, UserNotFound
+from plasmaart.accounts.teams import TeamService
+from plasmaart.billing.service import BillingService, ClawbackOutcome
+from plasmaart.clock import Clock, as_utc
+from plasmaart.config import Settings
+from plasmaart.fairuse import repository as repo
+from plasmaart.fairuse.ratelimits import RateWindow, RequestLimiter
+from plasmaart.fairuse.rules import (
+    DEFAULT_RULES,
+    IDENTICAL_PROMPT_WINDOW,
+    INVALID_INPUT_WINDOW,
+    INVALID_INPUTS_FREE,
+    Budget,
+    Score,
+    SignalKind,
+    SignalRule,
+    Verdict,
+    budget_per_minute,
+    identical_prompt_flood,
+    is_churn,
+    longest_window,
+    prompt_fingerprint,
+    score,
+    verdict,
+)
+from plasmaart.generation.service import Generation, GenerationService
+from plasmaart.ids import new_id
+from plasmaart.ledger.service import LedgerService
+
+SYSTEM_ACTOR = "system:fairuse"
+# The most recent signals a flag keeps as evidence.
+EVIDENCE_SIGNALS = 50
+FlagStatus = Literal["open", "suspended", "resolved"]
+
+
+@dataclass(frozen=True)
+class FairUsePolicy:
+    flag_at: int = 30
+    suspend_at: int = 100
+    rules: Mapping[SignalKind, SignalRule] = field(default_factory=lambda: dict(DEFAULT_RULES))
+    rate_limit_signal_interval_s: int = 10
+    churn_within: timedelta = timedelta(seconds=60)
+    identical_prompts_allowed: int = 20
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FairUsePolicy:
+        return cls(
+            flag_at=settings.fairuse_flag_score,
+            suspend_at=settings.fairuse_suspend_score,
+            rate_limit_signal_interval_s=settings.fairuse_rate_limit_signal_interval_s,
+            churn_within=timedelta(seconds=settings.fairuse_churn_cancel_within_s),
+            identical_prompts_allowed=settings.fairuse_identical_prompts_allowed,
+        )
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What recording a signal led to."""
+
+    user_id: str
+    recorded: bool  # False: this cause had been counted already
+    score: Score
+    verdict: Verdict
+    flag_id: str | None
+    suspended_now: bool
+    queued_canceled: int = 0
+
+
+@dataclass(frozen=True)
+class AbuseFlag:
+    id: str
+    user_id: str
+    email: str
+    user_status: str
+    status: FlagStatus
+    score: int
+    evidence: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None
+    resolved_by: str | None
+
+
+class FairUseService:
+    def __init__(
+        self,
+        clock: Clock,
+        policy: FairUsePolicy,
+        limiter: RequestLimiter,
+        *,
+        ledger: LedgerService,
+        billing: BillingService,
+        teams: TeamService,
+        accounts: AccountService,
+        credentials: CredentialService,
+        generations: GenerationService,
+    ) -> None:
+        self.clock = clock
+        self.policy = policy
+        self.limiter = limiter
+        self.ledger = ledger
+        self.billing = billing
+        self.teams = teams
+        self.accounts = accounts
+        self.credentials = credentials
+        self.generations = generations
+
+    # -- rate limits -------------------------------------------------------
+
+    def requests_per_minute(self, conn: Connection, user: User, budget: Budget) -> int:
+        """The account's limit in ``budget``, from the best of its own plan and
+        the plans of the teams it belongs to (a Studio team's member works at
+        Studio's pace).
+        Counted per user, not per API key or wallet: rotating keys does not
+        reset it, and one busy member does not use up a whole team's budget."""
+        wallets = [self.ledger.wallet_of(conn, "user", user.id)]
+        wallets += [membership.team.wallet_id for membership in self.teams.teams_of(conn, user.id)]
+        plan_limit = max(
+            self.billing.current_plan(conn, wallet).requests_per_minute for wallet in wallets
+        )
+        return budget_per_minute(plan_limit, budget)
+
+    def count_request(self, user: User, per_minute: int, budget: Budget) -> RateWindow | None:
+        """Count one generation request; None when the counter store is down
+        (the request goes on: see fairuse.ratelimits)."""
+        return self.limiter.hit(user.id, per_minute, budget)
+
+    def should_record_rate_limit_hit(self, user: User) -> bool:
+        """At most one ``rate_limited`` signal per account per interval."""
+        return self.limiter.once_per(
+            f"rate_limited:{user.id}", self.policy.rate_limit_signal_interval_s
+        )
+
+    def should_record_invalid_input(self, user_id: str) -> bool:
+        """Whether a 422 of the account is one beyond the free ones of the hour
+        (counted in the rate-limit store; see rules.INVALID_INPUTS_FREE)."""
+        within = self.limiter.within(
+            f"invalid_input:{user_id}",
+            INVALID_INPUTS_FREE,
+            int(INVALID_INPUT_WINDOW.total_seconds()),
+        )
+        return within is False
+
+    # -- signals -----------------------------------------------------------
+
+    def lock_account(self, conn: Connection, user_id: str) -> None:
+        """Lock the account's row first in a transaction that may record a
+        signal after moving credits (a submission, a cancel): a suspension
+        locks the account, then its wallets; taking them in the same order
+        keeps PostgreSQL from finding the two in a deadlock."""
+        repo.lock_user(conn, user_id)
+
+    def record_signal(
+        self,
+        conn: Connection,
+        user_id: str,
+        kind: SignalKind,
+        evidence: Mapping[str, Any],
+        *,
+        subject: str | None = None,
+    ) -> Assessment:
+        """Record a signal about the account, score it and act on the verdict,
+        in the caller's transaction. ``subject`` names the cause (a
+        generation, a payment): a cause already recorded is not counted again."""
+        if kind not in self.policy.rules:
+            raise ValueError(f"unknown abuse signal {kind!r}")
+        user = repo.lock_user(conn, user_id)
+        if user is None:
+            raise UserNotFound(f"no user {user_id!r}")
+        now = self.clock.now()
+        recorded = subject is None or not repo.signal_exists(conn, user_id, kind, subject)
+        if recorded:
+            repo.insert_signal(
+                conn, user_id=user_id, kind=kind, subject=subject, evidence=dict(evidence), now=now
+            )
+        return self._assess(conn, user, now, recorded=recorded)
+
+    def after_submit(
+        self, conn: Connection, user: User, generation: Generation
+    ) -> Assessment | None:
+        """A submission: one copy too many of a prompt is a signal."""
+        now = self.clock.now()
+        copies = repo.copies_of_prompt(
+            conn, user.id, generation.prompt, now - IDENTICAL_PROMPT_WINDOW, now
+        )
+        if not identical_prompt_flood(copies, self.policy.identical_prompts_allowed):
+            return None
+        return self.record_signal(
+            conn,
+            user.id,
+            "identical_prompt",
+            {
+                "generation_id": generation.id,
+                "prompt_sha256": prompt_fingerprint(generation.prompt),
+                "prompt": generation.prompt[:200],
+                "copies_in_window": copies,
+                "window_s": int(IDENTICAL_PROMPT_WINDOW.total_seconds()),
+            },
+            subject=generation.id,
+        )
+
+    def after_cancel(
+        self, conn: Connection, user: User, generation: Generation
+    ) -> Assessment | None:
+        """A cancel soon after the submission is churn."""
+        canceled = generation.status == "canceled" or generation.cancel_requested
+        now = self.clock.now()
+        if not canceled or not is_churn(generation.created_at, now, self.policy.churn_within):
+            return None
+        return self.record_signal(
+            conn,
+            user.id,
+            "submit_cancel",
+            {
+                "generation_id": generation.id,
+                "model": generation.model,
+                "seconds_after_submit": round((now - generation.created_at).total_seconds(), 3),
+            },
+            subject=generation.id,
+        )
+
+    def record_clawback(
+        self,
+        conn: Connection,
+        user_id: str,
+        *,
+        payment_id: str,
+        credits_clawed_back: int,
+        credits_spent: int,
+        reason: str,
+    ) -> Assessment:
+        """A purchase refunded or disputed after its credits were spent (the
+        billing side calls this inside the clawback's transaction)."""
+        return self.record_signal(
+            conn,
+            user_id,
+            "clawback",
+            {
+                "payment_id": payment_id,
+                "credits_clawed_back": credits_clawed_back,
+                "credits_spent": credits_spent,
+                "reason": reason,
+            },
+            subject=payment_id,
+        )
+
+    def on_clawback(self, conn: Connection, outcome: ClawbackOutcome) -> None:
+        """The billing's clawback listener: a purchase taken back after some
+        of its credits were spent is a signal; one taken back unspent is not."""
+        if outcome.needs_review:
+            self.record_clawback(
+                conn,
+                outcome.user_id,
+                payment_id=outcome.payment_id,
+                credits_clawed_back=outcome.clawed_back,
+                credits_spent=outcome.spent,
+                reason=outcome.reason,
+            )
+
+    # -- flags -------------------------------------------------------------
+
+    def flags(
+        self,
+        conn: Connection,
+        *,
+        statuses: tuple[FlagStatus, ...] = ("open", "suspended"),
+        limit: int,
+        before: str | None = None,
+    ) -> list[AbuseFlag]:
+        """Flags, newest first, with their evidence."""
+        rows = repo.list_flags(conn, statuses=statuses, limit=limit, before=before)
+        return [
+            AbuseFlag(
+                id=row.id,
+                user_id=row.user_id,
+                email=row.email,
+                user_status=row.user_status,
+                status=row.status,
+                score=int(row.score),
+                evidence=json.loads(row.evidence),
+                created_at=as_utc(row.created_at),
+                updated_at=as_utc(row.updated_at),
+                resolved_at=None if row.resolved_at is None else as_utc(row.resolved_at),
+                resolved_by=row.resolved_by,
+            )
+            for row in rows
+        ]
+
+    def resolve_flags(self, conn: Connection, user_id: str, *, actor: str) -> list[str]:
+        """Resolve the account's unresolved flags (an admin reinstated it or
+        cleared it after review); each resolution is audited."""
+        now = self.clock.now()
+        resolved = repo.resolve_flags(conn, user_id, actor=actor, now=now)
+        for flag_id in resolved:
+            audit.record(
+                conn,
+                actor=actor,
+                action="abuse.resolve",
+                target=user_id,
+                reason=None,
+                now=now,
+                data={"flag_id": flag_id},
+            )
+        return resolved
+
+    # -- internals ---------------------------------------------------------
+
+    def _assess(
+        self, conn: Connection, user: repo.AnyRow, now: datetime, *, recorded: bool
+    ) -> Assessment:
+        reinstated = repo.last_reinstated_at(conn, user.id)
+        reinstated = None if reinstated is None else as_utc(reinstated)
+        since = now - longest_window(self.policy.rules)
+        if reinstated is not None and reinstated > since:
+            since = reinstated
+        rows = repo.signals_since(conn, user.id, since)
+        current = score(
+            [repo.as_signal(row, as_utc(row.created_at)) for row in rows],
+            now,
+            self.policy.rules,
+            since=reinstated,
+        )
+        found = verdict(
+            current.total, flag_at=self.policy.flag_at, suspend_at=self.policy.suspend_at
+        )
+        flag = repo.unresolved_flag(conn, user.id)
+        if not recorded:
+            # A cause counted before: nothing new to decide, nothing to write.
+            return Assessment(
+                user.id, recorded, current, found, None if flag is None else flag.id, False
+            )
+        if flag is not None and reinstated is not None and as_utc(flag.created_at) <= reinstated:
+            # Reinstated since the flag was raised (e.g. from the command line).
+            self.resolve_flags(conn, user.id, actor="reinstatement")
+            flag = None
+        if found == "clear" and flag is None:
+            return Assessment(user.id, recorded, current, found, None, suspended_now=False)
+
+        suspend = found == "suspend" and user.status == "active" and user.role != "admin"
+        status: FlagStatus = "suspended" if suspend or user.status == "suspended" else "open"
+        evidence = self._evidence(current, rows, user.role)
+        if flag is None:
+            flag_id = new_id("abf")
+            repo.insert_flag(
+                conn,
+                flag_id=flag_id,
+                user_id=user.id,
+                status=status,
+                score=current.total,
+                evidence=evidence,
+                now=now,
+            )
+            audit.record(
+                conn,
+                actor=SYSTEM_ACTOR,
+                action="abuse.flag",
+                target=user.id,
+                reason=f"abuse score {current.total} >= {self.policy.flag_at}: {current.summary()}",
+                now=now,
+                data={"flag_id": flag_id, "score": current.total, "by_kind": evidence["by_kind"]},
+            )
+        else:
+            flag_id = flag.id
+            if flag.status == "suspended":
+                status = "suspended"
+            repo.update_flag(
+                conn, flag_id, status=status, score=current.total, evidence=evidence, now=now
+            )
+        canceled = self._suspend(conn, user.id, current, flag_id, now) if suspend else 0
+        return Assessment(
+            user.id,
+            recorded,
+            current,
+            found,
+            flag_id,
+            suspended_now=suspend,
+            queued_canceled=canceled,
+        )
+
+    def _suspend(
+        self, conn: Connection, user_id: str, current: Score, flag_id: str, now: datetime
+    ) -> int:
+        """Suspend like an admin would; how many queued generations were canceled."""
+        user = self.accounts.get(conn, user_id)
+        reason = (
+            f"automatic: abuse score {current.total} >= {self.policy.suspend_at} "
+            f"({current.summary()})"
+        )
+        self.accounts.set_status(conn, user, "suspended", actor=SYSTEM_ACTOR, reason=reason)
+        self.credentials.close_all_sessions(conn, user.id)
+        canceled = self.generations.cancel_queued_of(conn, user.id, f"account suspended: {reason}")
+        audit.record(
+            conn,
+            actor=SYSTEM_ACTOR,
+            action="abuse.suspend",
+            target=user.id,
+            reason=reason,
+            now=now,
+            data={"flag_id": flag_id, "score": current.total, "queued_canceled": canceled},
+        )
+        return canceled
+
+    def _evidence(self, current: Score, rows: list[repo.AnyRow], role: str) -> dict[str, Any]:
+        evidence: dict[str, Any] = {
+            "score": current.total,
+            "flag_score": self.policy.flag_at,
+            "suspend_score": self.policy.suspend_at,
+            "by_kind": {
+                kind: {"count": part.count, "points": part.points}
+                for kind, part in sorted(current.by_kind.items())
+                if part.count
+            },
+            "signals": [
+                {
+                    "kind": row.kind,
+                    "at": as_utc(row.created_at).isoformat(),
+                    "evidence": json.loads(row.evidence),
+                }
+                for row in rows[:EVIDENCE_SIGNALS]
+            ],
+        }
+        if role == "admin":
+            evidence["note"] = "admins are flagged, never suspended automatically"
+        return evidence

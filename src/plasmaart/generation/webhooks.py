@@ -1,0 +1,148 @@
+"""fal's webhooks: verify the signature, record each delivery once, wake the job.
+
+fal calls ``POST /v1/webhooks/fal`` when a request finishes (the worker asks
+for it with ``fal_webhook`` when ``PLASMAART_FAL_WEBHOOK_URL`` is set). The
+delivery is checked against fal's published keys (``verify``), then recorded
+by fal's request id in ``fal_webhooks`` (``record``): a redelivery finds the
+row and changes nothing; two racing each other collide on the primary key.
+
+The effect is only a wake-up: the worker running the generation polls fal now
+instead of at its next interval, and reads the result from fal's API as it
+always does. The body is never trusted for outputs, so a delivery that passed
+the check but should not have could at most make one poll happen sooner.
+
+A request id we do not know (an old job, another deployment sharing the fal
+account) is recorded and acknowledged: answering it with an error would only
+make fal deliver it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import Connection, insert, select
+
+from plasmaart.clock import Clock
+from plasmaart.db.tables import fal_webhooks, generations
+from plasmaart.errors import DomainError, InvalidInput
+from plasmaart.generation.providers.base import ProviderUnavailable
+from plasmaart.generation.providers.fal import WEBHOOK_HEADERS, FalProvider, parse_webhook
+from plasmaart.generation.wakeups import PollWakeups
+
+WebhookResult = Literal["succeeded", "failed", "payload_error"]
+WebhookOutcome = Literal["woken", "finished", "unknown_request"]
+# The states in which a worker may be waiting on the job.
+WAITING_STATES = frozenset({"queued", "running"})
+
+
+class InvalidSignature(DomainError):
+    """A webhook whose ``X-Fal-Webhook-*`` headers are missing, forged, stale,
+    or signed by a key fal does not publish."""
+
+    code = "invalid_signature"
+    status = 400
+    title = "Invalid signature"
+
+
+class WebhookKeysUnavailable(DomainError):
+    """fal's public keys could not be fetched (and none are held), so no
+    signature can be checked: nothing was written, and fal delivers again."""
+
+    code = "provider_unavailable"
+    status = 503
+    title = "Provider unavailable"
+
+
+@dataclass(frozen=True)
+class FalWebhook:
+    """A delivery whose signature checked out."""
+
+    request_id: str
+    result: WebhookResult
+
+
+@dataclass(frozen=True)
+class Recorded:
+    request_id: str
+    # None: a repeat of a delivery already recorded, which changed nothing.
+    outcome: WebhookOutcome | None
+    generation_id: str | None = None
+
+
+class FalWebhooks:
+    def __init__(self, clock: Clock, provider: FalProvider, wakeups: PollWakeups) -> None:
+        self.clock = clock
+        self.provider = provider
+        self.wakeups = wakeups
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> FalWebhook:
+        """The delivery, if fal signed ``body`` (the raw bytes) and ``headers``
+        within the tolerance of our clock."""
+        headers = {name.lower(): value for name, value in headers.items()}
+        try:
+            genuine = self.provider.webhook_verified(headers, body, self.clock.now())
+        except ProviderUnavailable as exc:
+            raise WebhookKeysUnavailable(
+                f"fal's webhook keys could not be fetched: {exc}"
+            ) from None
+        if not genuine:
+            missing = [name for name in WEBHOOK_HEADERS if not headers.get(name)]
+            raise InvalidSignature(
+                f"missing {', '.join(missing)}"
+                if missing
+                else "the signature is not fal's, or its timestamp is more than 5 minutes away"
+            )
+        request_id = headers[WEBHOOK_HEADERS[0]]
+        try:
+            parsed = parse_webhook(body)
+        except ProviderUnavailable:
+            # fal could not include the result; the worker's poll fetches it.
+            return FalWebhook(request_id, "payload_error")
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field="body") from None
+        if parsed.request_id != request_id:
+            raise InvalidInput(
+                "the body's request_id is not the signed X-Fal-Webhook-Request-Id", field="body"
+            )
+        succeeded = parsed.status.state == "succeeded"
+        return FalWebhook(request_id, "succeeded" if succeeded else "failed")
+
+    def seen(self, conn: Connection, webhook: FalWebhook) -> bool:
+        found = conn.execute(
+            select(fal_webhooks.c.request_id).where(fal_webhooks.c.request_id == webhook.request_id)
+        ).first()
+        return found is not None
+
+    def record(self, conn: Connection, webhook: FalWebhook) -> Recorded:
+        """Record ``webhook`` and wake the worker waiting on its generation
+        (after commit). A repeat changes nothing; one racing this write makes
+        the insert fail with ``IntegrityError``, and the caller answers as for
+        a repeat."""
+        if self.seen(conn, webhook):
+            return Recorded(webhook.request_id, None)
+        row = conn.execute(
+            select(generations.c.id, generations.c.status).where(
+                generations.c.provider == self.provider.name,
+                generations.c.provider_request_id == webhook.request_id,
+            )
+        ).first()
+        outcome: WebhookOutcome
+        if row is None:
+            outcome = "unknown_request"
+        elif row.status in WAITING_STATES:
+            outcome = "woken"
+            self.wakeups.request_poll(conn, row.id)
+        else:
+            outcome = "finished"  # its worker already read the result
+        conn.execute(
+            insert(fal_webhooks).values(
+                request_id=webhook.request_id,
+                generation_id=None if row is None else row.id,
+                result=webhook.result,
+                outcome=outcome,
+                received_at=self.clock.now(),
+            )
+        )
+        return Recorded(webhook.request_id, outcome, None if row is None else str(row.id))

@@ -1,0 +1,308 @@
+"""The dashboard's page routes: GET only. Every action a page offers is a call
+to the JSON API from the page's scripts (with the session's CSRF token), so
+the pages themselves never write.
+
+Anonymous visitors (or an ended session) are sent to ``/login?next=<path>``;
+``next`` is only ever followed to a path of this site. ``/admin`` answers 404
+to everyone but admins, like the admin API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode, urlsplit
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import Connection
+from starlette.templating import Jinja2Templates
+
+from plasmaart import __version__
+from plasmaart.accounts.passwords import MIN_PASSWORD_LENGTH
+from plasmaart.bootstrap import Platform
+from plasmaart.errors import Unauthenticated
+from plasmaart.web.api.admin import search_users
+from plasmaart.web.auth import Principal, authenticate
+from plasmaart.web.dashboard import views
+from plasmaart.web.deps import PlatformDep
+
+HERE = Path(__file__).parent
+STATIC_DIR = HERE / "static"
+TEMPLATE_DIR = HERE / "templates"
+
+# Pages send only what the app serves: scripts and styles from /assets (no
+# inline script or style), media from the API, live events from /v1/events.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    # Pages show a person's balance and history: never from a shared cache.
+    "Cache-Control": "no-store",
+}
+SafeText = Annotated[str | None, Query(max_length=2000)]
+
+router = APIRouter(include_in_schema=False)
+
+
+def _when(value: datetime | None, style: str = "datetime") -> str:
+    if value is None:
+        return "—"
+    if style == "date":
+        return value.strftime("%b %d, %Y")
+    return value.strftime("%b %d, %Y %H:%M UTC")
+
+
+def _money(cents: int, currency: str = "USD") -> str:
+    symbol = "$" if currency.upper() == "USD" else currency.upper() + " "
+    return f"{symbol}{cents / 100:,.0f}" if cents % 100 == 0 else f"{symbol}{cents / 100:,.2f}"
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATE_DIR),
+        autoescape=select_autoescape(("html", "svg")),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["when"] = _when
+    env.filters["money"] = _money
+    env.filters["credits"] = lambda n: f"{int(n):,}"
+    env.globals["version"] = __version__
+    return env
+
+
+templates = Jinja2Templates(env=_environment())
+
+
+def safe_next(value: str | None) -> str:
+    """``value`` if it is a path on this site, else ``/``: a login link must
+    never send anybody elsewhere (``//evil.example``, ``https://…``, ``/\\…``)."""
+    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
+        return "/"
+    if any(ord(ch) < 0x20 or ch == "\\" for ch in value):
+        return "/"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return "/"
+    return value
+
+
+def _login_redirect(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+
+
+def _viewer(request: Request, platform: Platform) -> Principal | None:
+    """The signed-in caller, or None (no session, or one that ended)."""
+    try:
+        return authenticate(request, platform)
+    except Unauthenticated:
+        return None
+
+
+def render(
+    request: Request, template: str, context: dict[str, Any], status_code: int = 200
+) -> HTMLResponse:
+    response = templates.TemplateResponse(
+        request, template, context, status_code=status_code, headers=PAGE_HEADERS
+    )
+    return response
+
+
+Build = Callable[[Connection, views.Frame], dict[str, Any]]
+
+
+def page(
+    request: Request,
+    platform: Platform,
+    template: str,
+    build: Build,
+    *,
+    active: str,
+    title: str,
+    admin_only: bool = False,
+) -> Response:
+    """A signed-in page: everything it shows read in one transaction."""
+    principal = _viewer(request, platform)
+    if principal is None:
+        return _login_redirect(request)
+    user = principal.user
+    if user.status == "suspended":
+        suspended = {"title": "Account suspended", "support_email": platform.settings.support_email}
+        return render(request, "suspended.html", suspended, status_code=403)
+    if admin_only and user.role != "admin":
+        # As for the admin API: the page does not exist for other users.
+        return render(request, "not_found.html", {"title": "Not found"}, status_code=404)
+    with platform.db.read() as conn:
+        frame = views.frame(conn, platform, user)
+        context = build(conn, frame)
+    context.update(frame=frame, active=active, title=title)
+    return render(request, template, context)
+
+
+# -- signing in ----------------------------------------------------------------
+
+
+def _auth_page(request: Request, platform: Platform, mode: str, next_path: str | None) -> Response:
+    target = safe_next(next_path)
+    if urlsplit(target).path in ("/login", "/signup"):
+        target = "/"  # back to the login page would go round in circles
+    principal = _viewer(request, platform)
+    if principal is not None and principal.user.status == "active":
+        return RedirectResponse(target, status_code=303)
+    title = "Log in" if mode == "login" else "Create your account"
+    context = {"mode": mode, "next": target, "title": title, "min_password": MIN_PASSWORD_LENGTH}
+    return render(request, "auth.html", context)
+
+
+@router.get("/login")
+def login_page(request: Request, platform: PlatformDep, next: SafeText = None) -> Response:
+    return _auth_page(request, platform, "login", next)
+
+
+@router.get("/signup")
+def signup_page(request: Request, platform: PlatformDep, next: SafeText = None) -> Response:
+    return _auth_page(request, platform, "signup", next)
+
+
+# -- the pages -----------------------------------------------------------------
+
+
+@router.get("/")
+def home_page(request: Request, platform: PlatformDep) -> Response:
+    return page(
+        request,
+        platform,
+        "home.html",
+        lambda conn, frame: views.home(conn, platform, frame),
+        active="home",
+        title="Home",
+    )
+
+
+@router.get("/create")
+def create_page(request: Request, platform: PlatformDep) -> Response:
+    return page(
+        request,
+        platform,
+        "create.html",
+        lambda conn, frame: views.create(conn, platform, frame),
+        active="create",
+        title="Create",
+    )
+
+
+@router.get("/generations")
+def generations_page(
+    request: Request,
+    platform: PlatformDep,
+    before: SafeText = None,
+    status: SafeText = None,
+) -> Response:
+    wanted = status if status in ("queued", "running", "succeeded", "failed", "canceled") else None
+    return page(
+        request,
+        platform,
+        "generations.html",
+        lambda conn, frame: views.gallery(conn, platform, frame, before=before, status=wanted),
+        active="generations",
+        title="Generations",
+    )
+
+
+@router.get("/usage")
+def usage_page(
+    request: Request,
+    platform: PlatformDep,
+    since: SafeText = None,
+    until: SafeText = None,
+    model: SafeText = None,
+    cursor: SafeText = None,
+) -> Response:
+    wanted = views.usage_filter(platform, since, until, model)
+    return page(
+        request,
+        platform,
+        "usage.html",
+        lambda conn, frame: views.usage(conn, frame, wanted, cursor),
+        active="usage",
+        title="Usage",
+    )
+
+
+@router.get("/billing")
+def billing_page(request: Request, platform: PlatformDep) -> Response:
+    return page(
+        request,
+        platform,
+        "billing.html",
+        lambda conn, frame: views.billing(conn, platform, frame),
+        active="billing",
+        title="Plan & billing",
+    )
+
+
+@router.get("/team")
+def team_page(request: Request, platform: PlatformDep) -> Response:
+    return page(
+        request,
+        platform,
+        "team.html",
+        lambda conn, frame: views.team(conn, platform, frame),
+        active="team",
+        title="Team",
+    )
+
+
+@router.get("/settings")
+def settings_page(request: Request, platform: PlatformDep) -> Response:
+    return page(
+        request,
+        platform,
+        "settings.html",
+        lambda conn, frame: views.settings(conn, platform, frame),
+        active="settings",
+        title="Settings",
+    )
+
+
+@router.get("/notifications")
+def notifications_page(
+    request: Request, platform: PlatformDep, cursor: SafeText = None
+) -> Response:
+    return page(
+        request,
+        platform,
+        "notifications.html",
+        lambda conn, frame: views.notifications(conn, platform, frame, cursor),
+        active="notifications",
+        title="Notifications",
+    )
+
+
+@router.get("/admin")
+def admin_page(
+    request: Request, platform: PlatformDep, q: SafeText = None, status: SafeText = None
+) -> Response:
+    def build(conn: Connection, frame: views.Frame) -> dict[str, Any]:
+        context = views.admin(conn, platform)
+        principal = _viewer(request, platform)
+        if principal is None:  # page() lets only admins this far
+            raise Unauthenticated("log in")
+        wanted: Literal["active", "suspended"] | None = (
+            "active" if status == "active" else "suspended" if status == "suspended" else None
+        )
+        found = search_users(principal, platform, q=q, status=wanted, limit=50, cursor=None)
+        context.update(users=found.data, q=q or "", status=wanted, me=frame.user.id)
+        return context
+
+    return page(
+        request, platform, "admin.html", build, active="admin", title="Admin", admin_only=True
+    )

@@ -1,0 +1,379 @@
+"""What each page shows, read from the services inside the caller's one read
+transaction. Plain data for the templates: no request, no response here."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import Connection
+
+from plasmaart.accounts.service import User
+from plasmaart.accounts.teams import Invitation, Member, Membership, Seats
+from plasmaart.billing.repository import Payment, Subscription
+from plasmaart.bootstrap import Platform
+from plasmaart.catalog import Catalog, ModelSpec, PlanSpec, plan_allows_model, required_plan
+from plasmaart.clock import as_utc
+from plasmaart.ledger import queries
+from plasmaart.ledger.service import Balance
+from plasmaart.notify.notifications import Notification
+from plasmaart.stats import PlatformStats, platform_stats
+from plasmaart.web.api.billing import describe
+from plasmaart.web.dashboard import sections
+from plasmaart.web.dashboard.charts import Chart, credits_chart
+
+KIND_TITLES = {
+    "text-to-image": "Text to image",
+    "text-to-video": "Text to video",
+    "image-to-video": "Image to video",
+}
+RECENT_GENERATIONS = 6
+GALLERY_PAGE = 24
+HISTORY_PAGE = 25
+# Reading the history for a model filter: batches of this size, at most this
+# many of them per page, so a rare model cannot make one page scan forever.
+HISTORY_BATCH = 200
+HISTORY_BATCHES = 10
+DEFAULT_RANGE_DAYS = 30
+MAX_CHART_DAYS = 92
+
+
+@dataclass(frozen=True)
+class Frame:
+    """What every signed-in page shows around its content."""
+
+    user: User
+    wallet_id: str
+    catalog: Catalog  # in force now, scheduled changes that took effect included
+    plan: PlanSpec
+    balance: Balance
+    unread: int
+    banner: list[sections.ScheduledChange]
+    support_email: str
+    sandbox_billing: bool
+
+
+def frame(conn: Connection, platform: Platform, user: User) -> Frame:
+    wallet_id = platform.ledger.wallet_of(conn, "user", user.id)
+    unread = platform.notifications.list(conn, user.id, limit=99, unread_only=True)
+    return Frame(
+        user=user,
+        wallet_id=wallet_id,
+        catalog=platform.catalog_changes.catalog_now(conn),
+        plan=platform.billing.current_plan(conn, wallet_id),
+        balance=platform.ledger.balance(conn, wallet_id),
+        unread=len(unread.items),
+        banner=sections.scheduled_changes(conn, platform),
+        support_email=platform.settings.support_email,
+        sandbox_billing=platform.settings.billing == "sandbox",
+    )
+
+
+# -- home ---------------------------------------------------------------------
+
+
+def home(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
+    subscription = platform.billing.subscription(conn, page.wallet_id)
+    recent = platform.generations.list(conn, page.user, limit=RECENT_GENERATIONS)
+    return {
+        "subscription": subscription,
+        "renewal": renewal_text(subscription),
+        "generations": recent,
+        "lots": [lot for lot in page.balance.lots if lot.remaining > 0],
+        "names": {m.id: m.name for m in page.catalog.models},
+    }
+
+
+def renewal_text(subscription: Subscription | None) -> str:
+    """What happens at the end of the period, in words."""
+    if subscription is None:
+        return "No subscription: the Free plan, with credit packs when you need more."
+    end = subscription.current_period_end.strftime("%B %d, %Y")
+    if subscription.status == "past_due":
+        return f"Payment failed: pay the renewal to keep your plan (period ended {end})."
+    if subscription.status == "canceled":
+        return "Canceled: you are on the Free plan."
+    if subscription.cancel_at_period_end:
+        return f"Ends on {end}; then the Free plan."
+    if subscription.pending_plan:
+        return f"Changes to {subscription.pending_plan.title()} on {end}."
+    return f"Renews on {end}."
+
+
+# -- create -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    spec: ModelSpec
+    allowed: bool
+    unlocked_by: PlanSpec | None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The model's request params as JSON data, for the form's script."""
+        return {
+            name: spec.model_dump(mode="json", exclude_none=True)
+            for name, spec in self.spec.params.items()
+        }
+
+
+def create(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
+    groups: dict[str, list[ModelChoice]] = {kind: [] for kind in KIND_TITLES}
+    for model in page.catalog.models:
+        if not model.available:
+            continue
+        groups[model.kind].append(
+            ModelChoice(
+                spec=model,
+                allowed=plan_allows_model(page.plan, model),
+                unlocked_by=required_plan(page.catalog, model),
+            )
+        )
+    first = next(
+        (choice for choices in groups.values() for choice in choices if choice.allowed), None
+    )
+    return {
+        "groups": [(KIND_TITLES[kind], choices) for kind, choices in groups.items() if choices],
+        "selected": first,
+        "teams": platform.teams.teams_of(conn, page.user.id),
+        "sandbox_provider": platform.settings.provider == "sandbox",
+    }
+
+
+# -- generations --------------------------------------------------------------
+
+
+def gallery(
+    conn: Connection, platform: Platform, page: Frame, *, before: str | None, status: str | None
+) -> dict[str, Any]:
+    found = platform.generations.list(
+        conn, page.user, limit=GALLERY_PAGE + 1, before=before, status=status
+    )
+    return {
+        "generations": found[:GALLERY_PAGE],
+        "next_before": found[GALLERY_PAGE - 1].id if len(found) > GALLERY_PAGE else None,
+        "status": status,
+        "statuses": ("queued", "running", "succeeded", "failed", "canceled"),
+        "names": {m.id: m.name for m in page.catalog.models},
+        "now": platform.clock.now(),
+    }
+
+
+# -- usage --------------------------------------------------------------------
+
+
+@dataclass
+class UsageFilter:
+    since: date
+    until: date  # inclusive, as people read a date range
+    model: str | None
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def start(self) -> datetime:
+        return datetime.combine(self.since, time(0), tzinfo=UTC)
+
+    @property
+    def end(self) -> datetime:
+        return datetime.combine(self.until + timedelta(1), time(0), tzinfo=UTC)
+
+    def query(self, **extra: str) -> dict[str, str]:
+        params = {"since": self.since.isoformat(), "until": self.until.isoformat()}
+        if self.model:
+            params["model"] = self.model
+        return {**params, **extra}
+
+
+def _day(value: str | None, name: str, default: date, errors: dict[str, str]) -> date:
+    if not value:
+        return default
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        errors[name] = f"{value!r} is not a date (YYYY-MM-DD)"
+        return default
+
+
+def usage_filter(
+    platform: Platform, since: str | None, until: str | None, model: str | None
+) -> UsageFilter:
+    today = platform.clock.now().date()
+    errors: dict[str, str] = {}
+    last = _day(until, "until", today, errors)
+    first = _day(since, "since", last - timedelta(DEFAULT_RANGE_DAYS - 1), errors)
+    if first > last:
+        errors["until"] = "the end date must not come before the start date"
+        first, last = last - timedelta(DEFAULT_RANGE_DAYS - 1), last
+    known = {m.id for m in platform.catalog.models}
+    if model and model not in known:
+        errors["model"] = f"no model {model!r}"
+        model = None
+    return UsageFilter(since=first, until=last, model=model or None, errors=errors)
+
+
+def _position(cursor: str | None) -> queries.JournalPosition | None:
+    if not cursor:
+        return None
+    entry_id, _, created_at = cursor.partition("|")
+    try:
+        return queries.JournalPosition(int(entry_id), as_utc(datetime.fromisoformat(created_at)))
+    except ValueError:
+        return None
+
+
+def cursor_of(position: queries.JournalPosition) -> str:
+    return f"{position.id}|{position.created_at.isoformat()}"
+
+
+def history_page(
+    conn: Connection, wallet_id: str, wanted: UsageFilter, cursor: str | None
+) -> tuple[list[queries.GenerationLine], str | None]:
+    """One page of the generation history, newest first, and the cursor of
+    the next page (None on the last)."""
+    rows: list[queries.GenerationLine] = []
+    before = _position(cursor)
+    for _ in range(HISTORY_BATCHES):
+        batch = queries.generation_history(
+            conn, wallet_id, wanted.start, wanted.end, limit=HISTORY_BATCH, before=before
+        )
+        rows += [line for line in batch if wanted.model in (None, line.model)]
+        if len(rows) > HISTORY_PAGE or len(batch) < HISTORY_BATCH:
+            break
+        before = batch[-1].position
+    else:
+        # Batches ran out before the page filled: continue from the last one read.
+        return rows[:HISTORY_PAGE], cursor_of(before) if before else None
+    more = len(rows) > HISTORY_PAGE
+    rows = rows[:HISTORY_PAGE]
+    return rows, cursor_of(rows[-1].position) if more and rows else None
+
+
+def usage_chart(conn: Connection, wallet_id: str, wanted: UsageFilter) -> Chart:
+    """Credits per day by model over the filter's range (its last 92 days)."""
+    first = max(wanted.since, wanted.until - timedelta(MAX_CHART_DAYS - 1))
+    days = (wanted.until - first).days + 1
+    credits: dict[tuple[date, str], int] = defaultdict(int)
+    for offset in range(days):
+        day = first + timedelta(offset)
+        start = datetime.combine(day, time(0), tzinfo=UTC)
+        for row in queries.usage(conn, wallet_id, start, start + timedelta(1), group_by="model"):
+            if wanted.model in (None, row.key):
+                credits[(day, row.key or "unknown")] += row.credits
+    return credits_chart(first, days, dict(credits))
+
+
+def usage(conn: Connection, page: Frame, wanted: UsageFilter, cursor: str | None) -> dict[str, Any]:
+    rows, next_cursor = history_page(conn, page.wallet_id, wanted, cursor)
+    return {
+        "filter": wanted,
+        "rows": rows,
+        "next_cursor": next_cursor,
+        "chart": usage_chart(conn, page.wallet_id, wanted),
+        "models": [(m.id, m.name) for m in page.catalog.models],
+        "names": {m.id: m.name for m in page.catalog.models},
+        "csv_query": {
+            "since": wanted.since.isoformat(),
+            "until": (wanted.until + timedelta(1)).isoformat(),
+        },
+    }
+
+
+# -- billing ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PaymentLine:
+    payment: Payment
+    description: str
+
+
+def billing(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
+    subscription = platform.billing.subscription(conn, page.wallet_id)
+    payments = platform.billing.payments(conn, page.user.id, limit=50)
+    return {
+        "plans": page.catalog.plans_by_price(),
+        "packs": page.catalog.credit_packs,
+        "currency": page.catalog.currency.upper(),
+        "subscription": subscription,
+        "renewal": renewal_text(subscription),
+        "subscribed": subscription is not None and subscription.status != "canceled",
+        "payments": [PaymentLine(p, describe(page.catalog, p)) for p in payments],
+    }
+
+
+# -- team ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TeamView:
+    membership: Membership
+    members: list[Member]
+    seats: Seats
+    invitations: list[Invitation]  # only the owner sees them
+
+
+def team(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
+    views = []
+    for membership in platform.teams.teams_of(conn, page.user.id):
+        team_id = membership.team.id
+        owner = membership.role == "owner"
+        views.append(
+            TeamView(
+                membership=membership,
+                members=platform.teams.members(conn, team_id, page.user.id, limit=200),
+                seats=platform.teams.seats(conn, membership.team),
+                invitations=(
+                    platform.teams.pending_invitations(conn, team_id, page.user.id) if owner else []
+                ),
+            )
+        )
+    studio = next((p for p in page.catalog.plans_by_price() if p.team_seats > 1), None)
+    return {
+        "teams": views,
+        "owns_team": any(view.membership.role == "owner" for view in views),
+        "can_create": page.plan.team_seats > 1,
+        "team_plan": studio,
+    }
+
+
+# -- settings -----------------------------------------------------------------
+
+
+def settings(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
+    keys = platform.credentials.list_api_keys(conn, page.user.id)
+    watermark_plan = next((p for p in page.catalog.plans_by_price() if p.watermark_removable), None)
+    return {
+        "keys": keys,
+        "watermark_allowed": page.plan.watermark_removable,
+        "watermark_plan": watermark_plan,
+    }
+
+
+# -- notifications ------------------------------------------------------------
+
+
+def notifications(
+    conn: Connection, platform: Platform, page: Frame, cursor: str | None
+) -> dict[str, Any]:
+    found = platform.notifications.list(conn, page.user.id, limit=50, cursor=cursor)
+    items: list[Notification] = found.items
+    return {"notifications": items, "next_cursor": found.next_cursor}
+
+
+# -- admin --------------------------------------------------------------------
+
+
+def admin(conn: Connection, platform: Platform) -> dict[str, Any]:
+    stats: PlatformStats = platform_stats(conn)
+    catalog = platform.catalog_changes.catalog_now(conn)
+    return {
+        "stats": stats,
+        "models": catalog.models,
+        "plans": catalog.plans_by_price(),
+        "unlocked_by": {m.id: required_plan(catalog, m) for m in catalog.models},
+        "catalog_changes": sections.admin_catalog_changes(conn, platform),
+        "abuse": sections.abuse_flags(conn, platform),
+    }

@@ -1,0 +1,93 @@
+"""Browser tests: the dashboard served for real (uvicorn, a worker thread, the
+sandbox provider, SQLite) and driven by Debian's headless Chromium through
+Playwright's sync API. Nothing is downloaded.
+
+One server and one browser serve the whole module; each test gets its own
+browser context (cookies) and its own users. Screenshots land in
+``screenshots/`` at the repository root (ignored by git).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.config import Settings
+from plasmaart.worker import Worker
+from tests.support.live_server import live_server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "screenshots"
+# The longest the page may take to show what the server did (a job of the
+# sandbox at no delay takes well under a second).
+LIVE_TIMEOUT_MS = 15_000
+expect.set_options(timeout=LIVE_TIMEOUT_MS)
+
+
+@pytest.fixture(scope="module")
+def dashboard_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    folder = tmp_path_factory.mktemp("dashboard")
+    settings = Settings(
+        database_url=f"sqlite:///{folder / 'plasmaart.db'}",
+        var_dir=folder / "var",
+        clock_interval_s=0.5,
+    )
+    platform = bootstrap(settings, migrate=True)
+    try:
+        yield platform
+    finally:
+        platform.close()
+
+
+@pytest.fixture(scope="module")
+def base_url(dashboard_platform: Platform) -> Iterator[str]:
+    worker = Worker(dashboard_platform, concurrency=4)
+    thread: threading.Thread = worker.start_thread()
+    try:
+        with live_server(dashboard_platform) as url:
+            yield url
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def context(browser: Browser, base_url: str) -> Iterator[BrowserContext]:
+    made = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
+    made.set_default_timeout(LIVE_TIMEOUT_MS)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Page:
+    return context.new_page()
+
+
+def screenshot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)

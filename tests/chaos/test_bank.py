@@ -1,0 +1,468 @@
+"""The bank test, after Jepsen's: the whole platform under concurrent clients
+and crashes, with the ledger's invariants checked while it runs and at the
+end, on SQLite and PostgreSQL.
+
+Two ``plasmaart serve --no-worker`` processes and two ``plasmaart worker``
+processes share one database. Client threads, each a creator with a seeded
+random generator, submit generations (a fifth of them told to fail by the
+sandbox provider, some with a delay), cancel their jobs, buy credit packs,
+change plans, and advance the sandbox test clock a day at a time (which runs
+renewals and expiries), on either API process, retrying a request that got no
+answer with the same ``Idempotency-Key`` and sometimes sending one twice on
+purpose. Meanwhile a worker is killed with SIGKILL every few seconds and
+started again (the job lease is short, so its jobs are taken over while the
+test runs), and once, mid-burst, an API process.
+
+Checked at checkpoints (in one snapshot) and at the end: the journal sums to
+zero, every wallet's balance equals its entries and its lots, nothing is
+negative (``check_ledger``). At the end, once every job has finished: every
+hold belongs to a job and is resolved exactly once, for what the job was
+charged; the credits charged equal the credits of the outputs delivered;
+every 201 has its job, one per key; a refused submission left no job; every
+pack purchase was paid once per key. On PostgreSQL the processes also share
+a real Redis (rate limits) and each creator holds an event stream on an API
+process: it must carry only their own generations, and the final state of
+every one of them, sent by worker processes through LISTEN/NOTIFY. A report
+of what was done and injected is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Connection, func, select
+
+from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.config import Settings
+from plasmaart.db.engine import Database
+from plasmaart.db.tables import generation_outputs, generations, holds, payments
+from plasmaart.ledger.invariants import check_ledger
+from tests.support.accounts import TestUser, make_user
+from tests.support.processes import ServerProcess, WorkerProcess, child_env
+from tests.support.redis_server import redis_server
+
+SEED = 7_2026
+RUN_S = 20.0  # the chaos phase
+FINISH_WITHIN_S = 90.0  # then every job must end
+CHECKPOINT_EVERY_S = 4.0
+WORKER_KILL_EVERY_S = (2.0, 4.0)
+CONCURRENCY = 3
+REQUEST_TIMEOUT_S = 10.0
+TERMINAL = ("succeeded", "failed", "canceled")
+PLANS = ("starter", "pro", "studio")
+PACKS = ("pack-1000", "pack-3000")
+# (model, outputs allowed) a Starter plan can run: images, cheap.
+MODELS = (("flux-schnell", 4), ("flux-dev", 2), ("sd3-medium", 2))
+
+
+@dataclass
+class Creator:
+    user: TestUser
+    name: str
+    seed: int
+    admin_auth: dict[str, str]
+    ops: Counter[str] = field(default_factory=Counter)
+    accepted: dict[str, str] = field(default_factory=dict)  # key -> generation id
+    refused: dict[str, int] = field(default_factory=dict)  # submission key -> status
+    packs: set[str] = field(default_factory=set)  # pack keys answered 201
+    unanswered: int = 0
+    violations: list[str] = field(default_factory=list)
+
+    def call(
+        self,
+        servers: list[ServerProcess],
+        pick: random.Random,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        key: str | None = None,
+        auth: dict[str, str] | None = None,
+        deadline: float,
+    ) -> httpx.Response | None:
+        """One request on a random API process; one that gets no answer is
+        sent again (with the same key) until it does or the deadline passes."""
+        headers = dict(auth or self.user.auth)
+        if key:
+            headers["Idempotency-Key"] = key
+        while time.monotonic() < deadline:
+            server = pick.choice(servers)
+            try:
+                response = httpx.request(
+                    method,
+                    f"{server.url}{path}",
+                    json=body,
+                    headers=headers,
+                    timeout=REQUEST_TIMEOUT_S,
+                )
+            except httpx.TransportError:
+                self.unanswered += 1
+                time.sleep(0.05)
+                continue
+            if response.status_code == 409 and response.json().get("in_progress"):
+                time.sleep(0.1)  # the key's first request died with its server
+                continue
+            if response.status_code >= 500:
+                self.violations.append(f"{method} {path}: {response.status_code} {response.text}")
+            return response
+        return None
+
+    def run(self, servers: list[ServerProcess], stop: threading.Event, deadline: float) -> None:
+        pick = random.Random(self.seed)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            roll = pick.random()
+            if roll < 0.6:
+                self.submit(servers, pick, f"{self.name}-g{n}", deadline)
+            elif roll < 0.75 and self.accepted:
+                generation_id = pick.choice(sorted(self.accepted.values()))
+                self.ops["cancel"] += 1
+                self.call(
+                    servers,
+                    pick,
+                    "POST",
+                    f"/v1/generations/{generation_id}/cancel",
+                    deadline=deadline,
+                )
+            elif roll < 0.85:
+                key = f"{self.name}-p{n}"
+                self.ops["buy pack"] += 1
+                response = self.call(
+                    servers,
+                    pick,
+                    "POST",
+                    "/v1/credit-purchases",
+                    body={"pack": pick.choice(PACKS)},
+                    key=key,
+                    deadline=deadline,
+                )
+                if response is not None and response.status_code == 201:
+                    self.packs.add(key)
+            elif roll < 0.95:
+                self.ops["change plan"] += 1
+                self.call(
+                    servers,
+                    pick,
+                    "PATCH",
+                    "/v1/subscription",
+                    body={"plan": pick.choice(PLANS)},
+                    key=f"{self.name}-s{n}",
+                    deadline=deadline,
+                )
+            else:
+                self.ops["advance clock"] += 1
+                self.call(
+                    servers,
+                    pick,
+                    "POST",
+                    "/v1/admin/clock/advance",
+                    body={"days": 1},
+                    auth=self.admin_auth,
+                    key=f"{self.name}-c{n}",
+                    deadline=deadline,
+                )
+
+    def submit(
+        self, servers: list[ServerProcess], pick: random.Random, key: str, deadline: float
+    ) -> None:
+        model, most = pick.choice(MODELS)
+        body = {
+            "model": model,
+            "prompt": f"{key}: a lighthouse in a storm",
+            "num_outputs": pick.randint(1, most),
+            "params": {
+                "sandbox": {"fail": pick.random() < 0.2, "delay_s": pick.choice((0, 0, 1, 2))}
+            },
+        }
+        self.ops["submit"] += 1
+        for attempt in range(2 if pick.random() < 0.1 else 1):
+            if attempt:
+                self.ops["deliberate retry"] += 1
+            response = self.call(
+                servers, pick, "POST", "/v1/generations", body=body, key=key, deadline=deadline
+            )
+            if response is None:
+                return
+            if response.status_code == 201:
+                generation_id = response.json()["id"]
+                if self.accepted.setdefault(key, generation_id) != generation_id:
+                    self.violations.append(f"{key}: answered with two different jobs")
+            elif response.status_code < 500:
+                self.refused[key] = response.status_code
+
+
+class Listener(threading.Thread):
+    """One creator's ``/v1/events`` stream on an API process: the
+    ``generation.updated`` events it receives, as (generation id, status)."""
+
+    def __init__(self, server: ServerProcess, creator: Creator) -> None:
+        super().__init__(name=f"events-{creator.name}", daemon=True)
+        self.url = f"{server.url}/v1/events"
+        self.creator = creator
+        self.events: list[tuple[str, str]] = []
+        self.connected = threading.Event()
+        self.http = httpx.Client(timeout=httpx.Timeout(10.0, read=None))
+
+    def run(self) -> None:
+        event = None
+        try:
+            with self.http.stream("GET", self.url, headers=self.creator.user.auth) as response:
+                self.connected.set()
+                for line in response.iter_lines():
+                    if line.startswith("event:"):
+                        event = line.removeprefix("event:").strip()
+                    elif line.startswith("data:") and event == "generation.updated":
+                        data = json.loads(line.removeprefix("data:"))
+                        self.events.append((data["id"], data["status"]))
+                    elif not line:
+                        event = None
+        except httpx.HTTPError:
+            pass  # closed by the test at the end
+
+    def close(self) -> None:
+        self.http.close()
+        self.join(timeout=10)
+
+
+def read_snapshot(db: Database, check: Callable[[Connection], list[str]]) -> list[str]:
+    """Run ``check`` on one consistent snapshot of a database that others
+    are writing (REPEATABLE READ on PostgreSQL; a read transaction under WAL
+    on SQLite is one snapshot already)."""
+    with db.engine.connect() as conn:
+        if db.dialect == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            return check(conn)
+
+
+def final_problems(conn: Connection, creators: list[Creator]) -> list[str]:
+    problems = check_ledger(conn)
+    jobs = {row.id: row for row in conn.execute(select(generations))}
+    delivered = dict(
+        conn.execute(
+            select(generation_outputs.c.generation_id, func.count()).group_by(
+                generation_outputs.c.generation_id
+            )
+        ).all()
+    )
+    by_hold = {job.hold_id: job for job in jobs.values()}
+    for hold in conn.execute(select(holds)):
+        job = by_hold.get(hold.id)
+        if job is None:
+            problems.append(f"hold {hold.id}: no job")
+            continue
+        if job.status in TERMINAL:
+            parts = (hold.status, int(hold.captured), int(hold.released))
+            charged = int(job.credits_charged)
+            expected_status = "captured" if charged else "released"
+            if parts != (expected_status, charged, int(job.credits_held) - charged):
+                problems.append(f"{job.id} {job.status} charged {charged}: hold {parts}")
+        elif hold.status != "pending":
+            problems.append(f"{job.id} {job.status}: hold already {hold.status}")
+    for job in jobs.values():
+        outputs = int(delivered.get(job.id, 0))
+        if job.status not in TERMINAL:
+            problems.append(f"{job.id}: still {job.status}")
+        if int(job.credits_charged) != outputs * int(job.credits_per_output):
+            problems.append(f"{job.id} {job.status}: charged {job.credits_charged}, {outputs} out")
+        if job.status == "succeeded" and outputs != int(job.num_outputs):
+            problems.append(f"{job.id}: succeeded with {outputs}/{job.num_outputs} outputs")
+    per_key = Counter((job.user_id, job.idempotency_key) for job in jobs.values())
+    problems += [f"{key}: {n} jobs" for key, n in per_key.items() if n > 1]
+    for creator in creators:
+        for key, generation_id in creator.accepted.items():
+            if generation_id not in jobs:
+                problems.append(f"{key}: answered 201 as {generation_id}, no job")
+        for key in creator.refused:
+            if per_key[(creator.user.id, key)]:
+                problems.append(f"{key}: refused, yet a job exists")
+        paid = conn.execute(
+            select(func.count()).where(
+                payments.c.user_id == creator.user.id,
+                payments.c.kind == "pack",
+                payments.c.status == "succeeded",
+            )
+        ).scalar_one()
+        if paid != len(creator.packs):
+            problems.append(f"{creator.name}: {paid} pack payments for {len(creator.packs)} keys")
+    return problems
+
+
+def event_problems(conn: Connection, listeners: list[Listener]) -> list[str]:
+    """Each creator's stream carried only their own generations, and the final
+    state of every one of them (from worker processes, through PostgreSQL
+    LISTEN/NOTIFY to the API process holding the stream)."""
+    problems: list[str] = []
+    for listener in listeners:
+        user_id = listener.creator.user.id
+        own = {
+            row.id: row.status
+            for row in conn.execute(
+                select(generations.c.id, generations.c.status).where(
+                    generations.c.user_id == user_id
+                )
+            )
+        }
+        seen = set(listener.events)
+        problems += [f"{listener.name}: got {gid}, not theirs" for gid, _ in seen if gid not in own]
+        problems += [
+            f"{listener.name}: no {status} event for {gid}"
+            for gid, status in own.items()
+            if (gid, status) not in seen
+        ]
+    return problems
+
+
+def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    started = time.monotonic()
+    var_dir = tmp_path / "var"
+    platform: Platform = bootstrap(
+        Settings(database_url=database_url, var_dir=var_dir), migrate=False
+    )
+    env = child_env(database_url, var_dir)
+    env.update(PLASMAART_JOB_LEASE_S="3", PLASMAART_IDEMPOTENCY_TAKEOVER_S="2")
+    resources = ExitStack()
+    # The multi-node setup: on PostgreSQL the API processes share their rate
+    # limits through Redis and receive the workers' events through
+    # LISTEN/NOTIFY. (On SQLite, events stay in the process that made them.)
+    multi_node = platform.db.dialect == "postgresql"
+    if multi_node:
+        env["REDIS_URL"] = resources.enter_context(redis_server())
+    servers = [ServerProcess(f"api{n}", env, tmp_path) for n in range(2)]
+    workers: list[WorkerProcess] = []
+    listeners: list[Listener] = []
+    faults: Counter[str] = Counter()
+    checkpoints = 0
+    checkpoint_problems: list[str] = []
+    try:
+        admin = make_user(platform, "bank-admin@example.com", admin=True)
+        creators = [
+            Creator(
+                make_user(platform, f"bank{n}@example.com", plan=plan, credits=2_000),
+                f"c{n}",
+                SEED + n,
+                admin.auth,
+            )
+            for n, plan in enumerate(("starter", "pro", "studio", "studio"))
+        ]
+        for server in servers:
+            server.start()
+        workers = [WorkerProcess(f"worker{n}", env, tmp_path, CONCURRENCY) for n in range(2)]
+        if multi_node:
+            # On the API process that is never killed, so no event is missed.
+            listeners = [Listener(servers[1], creator) for creator in creators]
+            for listener in listeners:
+                listener.start()
+                assert listener.connected.wait(30), f"{listener.name} did not connect"
+        stop = threading.Event()
+        deadline = time.monotonic() + RUN_S + 30
+        threads = [
+            threading.Thread(target=c.run, args=(servers, stop, deadline), name=c.name)
+            for c in creators
+        ]
+        for thread in threads:
+            thread.start()
+        checker_stop = threading.Event()
+
+        def checkpoint() -> None:
+            nonlocal checkpoints
+            while not checker_stop.wait(CHECKPOINT_EVERY_S):
+                checkpoint_problems.extend(read_snapshot(platform.db, check_ledger))
+                checkpoints += 1
+
+        checker = threading.Thread(target=checkpoint, name="checkpoints")
+        checker.start()
+        chaos = random.Random(SEED)
+        chaos_ends = time.monotonic() + RUN_S
+        next_kill = time.monotonic() + chaos.uniform(*WORKER_KILL_EVERY_S)
+        api_killed = False
+        restarting: threading.Thread | None = None
+        while time.monotonic() < chaos_ends:
+            time.sleep(0.05)
+            now = time.monotonic()
+            if now >= next_kill:
+                victim = chaos.randrange(len(workers))
+                workers[victim].close()
+                faults["worker SIGKILL"] += 1
+                workers[victim] = WorkerProcess(
+                    f"worker{victim}-{faults['worker SIGKILL']}", env, tmp_path, CONCURRENCY
+                )
+                next_kill = now + chaos.uniform(*WORKER_KILL_EVERY_S)
+            if not api_killed and now >= chaos_ends - RUN_S / 2:
+                servers[0].kill()
+                faults["API SIGKILL"] += 1
+                api_killed = True
+                # Started again beside the chaos (its start-up takes seconds);
+                # meanwhile the clients use the other API process.
+                restarting = threading.Thread(target=servers[0].start, name="api0-restart")
+                restarting.start()
+        if restarting is not None:
+            restarting.join(timeout=90)
+        stop.set()
+        checker_stop.set()
+        checker.join(timeout=60)
+        for thread in threads:
+            thread.join(timeout=max(deadline - time.monotonic(), 1))
+            assert not thread.is_alive(), f"{thread.name} did not stop"
+
+        def unfinished(conn: Connection) -> int:
+            return int(
+                conn.execute(
+                    select(func.count()).where(generations.c.status.not_in(TERMINAL))
+                ).scalar_one()
+            )
+
+        finish_by = time.monotonic() + FINISH_WITHIN_S
+        while read_snapshot(platform.db, lambda conn: [str(unfinished(conn))]) != ["0"]:
+            for worker in workers:
+                assert worker.process.poll() is None, f"{worker.name} exited:\n{worker.log()}"
+            if time.monotonic() > finish_by:
+                break
+            time.sleep(0.2)
+
+        problems = checkpoint_problems + [v for c in creators for v in c.violations]
+        problems += read_snapshot(platform.db, lambda conn: final_problems(conn, creators))
+        if listeners:
+            time.sleep(2)  # the last jobs' events are on their way
+            for listener in listeners:
+                listener.close()
+            problems += read_snapshot(platform.db, lambda conn: event_problems(conn, listeners))
+        ops = sum((c.ops for c in creators), Counter())
+        with platform.db.read() as conn:
+            statuses = Counter(row[0] for row in conn.execute(select(generations.c.status)))
+        with capsys.disabled():
+            print(  # noqa: T201 - the bank report is meant to be read
+                f"\nbank ({platform.db.dialect}): operations {dict(ops)}; "
+                f"jobs {dict(statuses)}; faults {dict(faults)}, "
+                f"{sum(c.unanswered for c in creators)} requests without an answer; "
+                f"{checkpoints} checkpoints; "
+                f"{sum(len(listener.events) for listener in listeners)} events checked; "
+                f"violations: {len(problems)}; "
+                f"{time.monotonic() - started:.1f} s"
+            )
+        logs = "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in [*servers, *workers])
+        assert not problems, "\n".join(problems[:50]) + "\n" + logs
+        assert ops["submit"] > 20
+        assert faults["worker SIGKILL"] >= 3
+        assert checkpoints >= 3
+        assert statuses["succeeded"] > 0, statuses
+        assert statuses["failed"] > 0, statuses
+    finally:
+        for listener in listeners:
+            listener.close()
+        for process in [*workers, *servers]:
+            process.close()
+        platform.close()
+        resources.close()

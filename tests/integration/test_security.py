@@ -1,0 +1,157 @@
+"""Secrets stay secret, on SQLite and PostgreSQL.
+
+* Every secret a user or operator hands the platform or receives from it (a
+  password, an API key, a session token, an invitation token, the webhook
+  secret) is absent from every log line the platform writes while it is used,
+  formatted the way production formats them (JSON lines).
+* Passwords, API keys, session tokens and invitation tokens are stored only
+  as hashes: none of them appears in any column of any table.
+* Every answer, JSON or HTML, success or refusal, carries the security headers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import LargeBinary, String, Text, select
+
+from plasmaart.bootstrap import Platform
+from plasmaart.db.tables import metadata
+from plasmaart.logs import JsonFormatter
+from tests.support.accounts import make_user
+
+PASSWORD = "correct horse battery staple 42"
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "strict-origin-when-cross-origin",
+}
+
+
+class Captured(logging.Handler):
+    """Every record of every logger, formatted as production formats it."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # The test's own HTTP client logs the URLs it calls; it is not the platform.
+        if not record.name.startswith("httpx"):
+            self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def logged() -> Iterator[Captured]:
+    handler = Captured()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def use_every_secret(client: TestClient, platform: Platform) -> list[str]:
+    """Sign up, log in, make and use an API key, invite a team member; return
+    every secret that crossed the wire."""
+    signup = client.post("/v1/auth/signup", json={"email": "sec@example.com", "password": PASSWORD})
+    assert signup.status_code == 201, signup.text
+    client.post("/v1/auth/logout", headers={"X-CSRF-Token": client.cookies["pa_csrf"]})
+    wrong = client.post(
+        "/v1/auth/login", json={"email": "sec@example.com", "password": "nope-nope"}
+    )
+    assert wrong.status_code == 401
+    login = client.post("/v1/auth/login", json={"email": "sec@example.com", "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    session = client.cookies["pa_session"]
+    csrf = {"X-CSRF-Token": client.cookies["pa_csrf"]}
+    created = client.post("/v1/api-keys", json={"name": "laptop"}, headers=csrf)
+    assert created.status_code == 201, created.text
+    key = created.json()["key"]
+    client.cookies.clear()
+    assert client.get("/v1/me", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    # A wrong key is logged as refused, never echoed.
+    wrong_key = key[:-4] + "zzzz"
+    assert client.get("/v1/me", headers={"Authorization": f"Bearer {wrong_key}"}).status_code == 401
+    owner = make_user(platform, "studio-owner@example.com", plan="studio")
+    team = client.post("/v1/teams", json={"name": "Night Shift"}, headers=owner.auth)
+    assert team.status_code == 201, team.text
+    invited = client.post(
+        f"/v1/teams/{team.json()['id']}/invitations",
+        json={"email": "sec@example.com"},
+        headers=owner.auth,
+    )
+    assert invited.status_code == 201, invited.text
+    token = invited.json()["token"]
+    accepted = client.post(
+        f"/v1/invitations/{token}/accept", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert accepted.status_code == 200, accepted.text
+    return [PASSWORD, session, key, wrong_key, owner.api_key, token]
+
+
+def test_no_secret_reaches_the_logs(
+    client: TestClient, platform: Platform, logged: Captured
+) -> None:
+    secrets = use_every_secret(client, platform)
+    webhook_secret = platform.settings.stripe_webhook_secret
+    if webhook_secret is not None:
+        secrets.append(webhook_secret.get_secret_value())
+    assert len(logged.lines) >= 10  # the requests were logged, so the check can fail
+    leaks = [
+        (secret[:6] + "…", line)
+        for line in logged.lines
+        for secret in secrets
+        # The key's public prefix is meant to be logged; the rest is not.
+        if secret in line or (len(secret) > 24 and secret[16:] in line)
+    ]
+    assert leaks == []
+
+
+def test_credentials_are_stored_only_as_hashes(client: TestClient, platform: Platform) -> None:
+    secrets = use_every_secret(client, platform)
+    found: list[str] = []
+    scanned = 0
+    with platform.db.read() as conn:
+        for table in metadata.sorted_tables:
+            columns = [
+                column
+                for column in table.columns
+                if isinstance(column.type, String | Text | LargeBinary)
+            ]
+            if not columns:
+                continue
+            for row in conn.execute(select(*columns)):
+                for column, value in zip(columns, row, strict=True):
+                    if value is None:
+                        continue
+                    text = value.decode(errors="replace") if isinstance(value, bytes) else value
+                    scanned += 1
+                    found += [f"{table.name}.{column.name}" for secret in secrets if secret in text]
+    assert scanned > 50
+    assert found == []
+
+
+def test_every_answer_carries_the_security_headers(client: TestClient, platform: Platform) -> None:
+    user = make_user(platform, "headers@example.com", plan="pro")
+    answers = {
+        "json": client.get("/v1/me", headers=user.auth),
+        "public": client.get("/v1/models"),
+        "refusal": client.get("/v1/me"),
+        "not found": client.get("/v1/generations/gen_nope", headers=user.auth),
+        "invalid": client.post("/v1/generations", json={"model": 3}, headers=user.auth),
+        "html": client.get("/login"),
+        "docs": client.get("/docs"),
+        "ops": client.get("/healthz"),
+    }
+    for what, answer in answers.items():
+        for name, value in SECURITY_HEADERS.items():
+            assert answer.headers.get(name) == value, (what, answer.status_code, name)

@@ -1,0 +1,590 @@
+"""A local stand-in for Stripe's API, served on 127.0.0.1 in a thread, and the
+events Stripe would send, signed as Stripe signs them.
+
+The API part answers the calls ``plasmaart.billing.stripe.StripeBackend``
+makes, in Stripe's JSON shapes (the 2025-03-31+ API: periods on subscription
+items, ``invoice.parent.subscription_details``), form-encoded requests with
+bracketed keys decoded as Stripe does:
+
+* ``POST /v1/customers``, ``POST /v1/products`` (a taken ``id``: 400
+  ``resource_already_exists``), ``POST /v1/checkout/sessions``,
+  ``POST /v1/billing_portal/sessions``;
+* ``GET|POST|DELETE /v1/subscriptions/{id}`` (an update with
+  ``proration_behavior=always_invoice`` to a pricier price invoices and
+  charges the proration; a declining card: 402 ``card_error``);
+* ``GET /v1/invoices?subscription=``, ``POST /v1/invoices/{id}/pay``,
+  ``GET /v1/invoice_payments?payment[payment_intent]=``.
+
+Every request is recorded with its ``Idempotency-Key``; a key seen before
+replays the first answer, as Stripe does. ``Authorization: Bearer`` must be
+the fake's secret key.
+
+The simulation part (``pay_checkout``, ``renew``, ``end``, ``portal``,
+``refund``, ``dispute``) moves the fake's state as Stripe would and returns
+the events Stripe would send; ``signed`` signs one for the webhook.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from plasmaart.billing.periods import period_end_after
+from plasmaart.clock import Clock
+
+SECRET_KEY = "sk_test_fake_stripe"
+WEBHOOK_SECRET = "whsec_test_fake_stripe"
+WAIT_S = 5.0
+_ids = itertools.count(1)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_fake{next(_ids):06d}"
+
+
+@dataclass(frozen=True)
+class Call:
+    """A request the fake received."""
+
+    method: str
+    path: str
+    params: dict[str, Any]
+    idempotency_key: str | None
+
+
+def decode_form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Stripe's bracketed form keys (``a[b][0][c]=v``) as nested dicts and lists."""
+    root: dict[str, Any] = {}
+    for key, value in pairs:
+        parts = re.findall(r"[^\[\]]+", key)
+        node = root
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return _lists(root)
+
+
+def _lists(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _lists(value) for key, value in node.items()}
+    if converted and all(key.isdigit() for key in converted):
+        return [converted[key] for key in sorted(converted, key=int)]
+    return converted
+
+
+def _error(status: int, kind: str, message: str, code: str | None = None) -> tuple[int, Any]:
+    error: dict[str, Any] = {"type": kind, "message": message}
+    if code is not None:
+        error["code"] = code
+    if kind == "card_error":
+        error["decline_code"] = "generic_decline"
+    return status, {"error": error}
+
+
+class FakeStripe:
+    """The fake server and Stripe's side of the story; use as a context manager."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.calls: list[Call] = []
+        self.customers: dict[str, dict[str, Any]] = {}
+        self.products: dict[str, dict[str, Any]] = {}
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.invoices: dict[str, dict[str, Any]] = {}
+        self.anchors: dict[str, datetime] = {}
+        # Customers whose card declines every charge.
+        self.declining: set[str] = set()
+        # Ids of the events a test delivered (the test's own bookkeeping).
+        self.delivered: set[str] = set()
+        # While set, every API call answers 500 (Stripe having a bad day).
+        self.outage = False
+        self._replies: dict[str, tuple[int, Any]] = {}
+        self._lock = threading.RLock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.02,), name="fake-stripe", daemon=True
+        )
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FakeStripe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=WAIT_S)
+
+    # -- the API -----------------------------------------------------------------
+
+    def handle(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, Any]:
+        url = urlsplit(target)
+        pairs = parse_qsl(url.query) + parse_qsl(body.decode())
+        params = decode_form(pairs)
+        key = headers.get("idempotency-key")
+        with self._lock:
+            self.calls.append(Call(method, url.path, params, key))
+            if headers.get("authorization") != f"Bearer {SECRET_KEY}":
+                return _error(401, "invalid_request_error", "Invalid API Key provided")
+            if self.outage:
+                return _error(500, "api_error", "Something went wrong on Stripe's end.")
+            if key is not None and key in self._replies:
+                return self._replies[key]
+            reply = self._route(method, url.path, params)
+            if key is not None and method == "POST" and reply[0] < 500:
+                self._replies[key] = reply
+            return reply
+
+    def _route(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, Any]:
+        parts = path.strip("/").split("/")[1:]  # without "v1"
+        if method == "POST" and parts == ["customers"]:
+            return 200, self._create_customer(params)
+        if method == "POST" and parts == ["products"]:
+            if params["id"] in self.products:
+                return _error(
+                    400,
+                    "invalid_request_error",
+                    f"Product already exists: {params['id']}",
+                    "resource_already_exists",
+                )
+            self.products[params["id"]] = {"object": "product", **params}
+            return 200, self.products[params["id"]]
+        if method == "POST" and parts == ["checkout", "sessions"]:
+            return 200, self._create_session(params)
+        if method == "POST" and parts == ["billing_portal", "sessions"]:
+            if params.get("customer") not in self.customers:
+                return _error(400, "invalid_request_error", "No such customer")
+            portal_id = new_id("bps")
+            return 200, {
+                "id": portal_id,
+                "object": "billing_portal.session",
+                "customer": params["customer"],
+                "return_url": params.get("return_url"),
+                "url": f"{self.url}/portal/{portal_id}",
+            }
+        if parts[:1] == ["subscriptions"] and len(parts) == 2:
+            subscription = self.subscriptions.get(parts[1])
+            if subscription is None:
+                return _error(
+                    404, "invalid_request_error", "No such subscription", "resource_missing"
+                )
+            if method == "GET":
+                return 200, subscription
+            if method == "DELETE":
+                subscription["status"] = "canceled"
+                return 200, subscription
+            return self._update_subscription(subscription, params)
+        if method == "GET" and parts == ["invoices"]:
+            found = [
+                invoice
+                for invoice in self.invoices.values()
+                if self._invoice_subscription(invoice) == params.get("subscription")
+            ]
+            found.sort(key=lambda invoice: invoice["created"], reverse=True)
+            return 200, self._list(found[: int(params.get("limit", 10))], "/v1/invoices")
+        if method == "POST" and parts[:1] == ["invoices"] and parts[2:] == ["pay"]:
+            invoice = self.invoices[parts[1]]
+            if invoice["customer"] in self.declining:
+                return _error(402, "card_error", "Your card was declined.", "card_declined")
+            self._mark_paid(invoice)
+            subscription = self.subscriptions[self._invoice_subscription(invoice) or ""]
+            subscription["status"] = "active"
+            return 200, invoice
+        if method == "GET" and parts == ["invoice_payments"]:
+            intent = params.get("payment", {}).get("payment_intent")
+            found = [
+                {
+                    "id": new_id("inpay"),
+                    "object": "invoice_payment",
+                    "invoice": invoice["id"],
+                    "payment": {"type": "payment_intent", "payment_intent": intent},
+                    "status": "paid",
+                }
+                for invoice in self.invoices.values()
+                if invoice.get("payment_intent") == intent
+            ]
+            return 200, self._list(found, "/v1/invoice_payments")
+        return _error(404, "invalid_request_error", f"Unrecognized request URL ({method} {path})")
+
+    def _create_customer(self, params: dict[str, Any]) -> dict[str, Any]:
+        customer = {
+            "id": new_id("cus"),
+            "object": "customer",
+            "email": params.get("email"),
+            "metadata": params.get("metadata", {}),
+        }
+        self.customers[customer["id"]] = customer
+        return customer
+
+    def _create_session(self, params: dict[str, Any]) -> dict[str, Any]:
+        session_id = new_id("cs_test")
+        session = {
+            "id": session_id,
+            "object": "checkout.session",
+            "mode": params["mode"],
+            "customer": params.get("customer"),
+            "client_reference_id": params.get("client_reference_id"),
+            "metadata": params.get("metadata", {}),
+            "status": "open",
+            "payment_status": "unpaid",
+            "subscription": None,
+            "invoice": None,
+            "payment_intent": None,
+            "url": f"{self.url}/checkout/{session_id}",
+            "success_url": params.get("success_url"),
+            "cancel_url": params.get("cancel_url"),
+            "created": self._now(),
+            # Kept to build the subscription or the payment from.
+            "line_items_params": params["line_items"],
+            "subscription_data": params.get("subscription_data", {}),
+            "payment_intent_data": params.get("payment_intent_data", {}),
+        }
+        self.sessions[session_id] = session
+        return session
+
+    def _update_subscription(
+        self, subscription: dict[str, Any], params: dict[str, Any]
+    ) -> tuple[int, Any]:
+        item = subscription["items"]["data"][0]
+        if "items" in params:
+            price = params["items"][0]["price_data"]
+            amount = int(price["unit_amount"])
+            old = int(item["price"]["unit_amount"])
+            if params.get("proration_behavior") == "always_invoice" and amount > old:
+                if subscription["customer"] in self.declining:
+                    return _error(402, "card_error", "Your card was declined.", "card_declined")
+                invoice = self._invoice(
+                    subscription, "subscription_update", amount - old, paid=True
+                )
+                subscription["latest_invoice"] = invoice["id"]
+            item["price"] = self._price(price["product"], amount)
+        if "cancel_at_period_end" in params:
+            subscription["cancel_at_period_end"] = params["cancel_at_period_end"] == "true"
+        subscription["metadata"].update(params.get("metadata", {}))
+        return 200, subscription
+
+    # -- Stripe's side of the story -----------------------------------------------
+
+    def pay_checkout(self, session_id: str) -> list[dict[str, Any]]:
+        """The customer pays on the Checkout page: the events Stripe sends
+        (a subscription's first ``invoice.paid`` among them)."""
+        with self._lock:
+            session = self.sessions[session_id]
+            line = session["line_items_params"][0]["price_data"]
+            session["status"] = "complete"
+            session["payment_status"] = "paid"
+            events = []
+            if session["mode"] == "subscription":
+                subscription = self._create_subscription(session, line)
+                invoice = self.invoices[subscription["latest_invoice"]]
+                session["subscription"] = subscription["id"]
+                session["invoice"] = invoice["id"]
+                events.append(self.event("customer.subscription.created", subscription))
+                events.append(self.event("invoice.paid", invoice))
+            else:
+                session["payment_intent"] = new_id("pi")
+            events.insert(0, self.event("checkout.session.completed", session))
+            return events
+
+    def renew(self, subscription_id: str, *, paid: bool = True) -> list[dict[str, Any]]:
+        """The period ends: Stripe starts the next one and invoices it;
+        ``paid=False``: the card declines (past due, the invoice left open)."""
+        with self._lock:
+            subscription = self.subscriptions[subscription_id]
+            item = subscription["items"]["data"][0]
+            start = datetime.fromtimestamp(item["current_period_end"], UTC)
+            end = period_end_after(self.anchors[subscription_id], start)
+            item["current_period_start"] = int(start.timestamp())
+            item["current_period_end"] = int(end.timestamp())
+            invoice = self._invoice(
+                subscription,
+                "subscription_cycle",
+                int(item["price"]["unit_amount"]),
+                paid=paid and subscription["customer"] not in self.declining,
+            )
+            subscription["latest_invoice"] = invoice["id"]
+            subscription["status"] = "active" if invoice["status"] == "paid" else "past_due"
+            kind = "invoice.paid" if invoice["status"] == "paid" else "invoice.payment_failed"
+            return [
+                self.event("customer.subscription.updated", subscription),
+                self.event(kind, invoice),
+            ]
+
+    def retry(self, invoice_id: str) -> list[dict[str, Any]]:
+        """Stripe's automatic retry of an open invoice succeeds."""
+        with self._lock:
+            invoice = self.invoices[invoice_id]
+            self._mark_paid(invoice)
+            subscription = self.subscriptions[self._invoice_subscription(invoice) or ""]
+            subscription["status"] = "active"
+            return [self.event("invoice.paid", invoice)]
+
+    def end(self, subscription_id: str) -> list[dict[str, Any]]:
+        """The subscription ends (canceled at its period end, or unpaid)."""
+        with self._lock:
+            subscription = self.subscriptions[subscription_id]
+            subscription["status"] = "canceled"
+            return [self.event("customer.subscription.deleted", subscription)]
+
+    def portal(
+        self,
+        subscription_id: str,
+        *,
+        plan: str | None = None,
+        amount: int | None = None,
+        cancel_at_period_end: bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """The customer changes the subscription in the customer portal."""
+        with self._lock:
+            subscription = self.subscriptions[subscription_id]
+            item = subscription["items"]["data"][0]
+            if plan is not None and amount is not None:
+                item["price"] = self._price(f"plasmaart_plan_{plan}", amount)
+            if cancel_at_period_end is not None:
+                subscription["cancel_at_period_end"] = cancel_at_period_end
+            return [self.event("customer.subscription.updated", subscription)]
+
+    def refund(self, payment_intent: str, *, partial: bool = False) -> list[dict[str, Any]]:
+        with self._lock:
+            charge = self._charge(payment_intent)
+            charge["refunded"] = not partial
+            charge["amount_refunded"] = charge["amount"] // 2 if partial else charge["amount"]
+            return [self.event("charge.refunded", charge)]
+
+    def dispute(self, payment_intent: str) -> list[dict[str, Any]]:
+        with self._lock:
+            charge = self._charge(payment_intent)
+            dispute = {
+                "id": new_id("dp"),
+                "object": "dispute",
+                "amount": charge["amount"],
+                "charge": charge["id"],
+                "payment_intent": payment_intent,
+                "reason": "fraudulent",
+                "status": "needs_response",
+                "metadata": {},
+                "created": self._now(),
+            }
+            return [self.event("charge.dispute.created", dispute)]
+
+    def event(self, kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """An event as Stripe sends it: a snapshot of ``obj`` now."""
+        return {
+            "id": new_id("evt"),
+            "object": "event",
+            "api_version": "2026-10-28.endive",
+            "created": self._now(),
+            "livemode": False,
+            "pending_webhooks": 1,
+            "type": kind,
+            "data": {"object": json.loads(json.dumps(obj))},
+        }
+
+    def signed(
+        self,
+        event: Mapping[str, Any],
+        *,
+        secret: str = WEBHOOK_SECRET,
+        timestamp: int | None = None,
+    ) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of the webhook delivery of ``event``."""
+        payload = json.dumps(event).encode()
+        stamp = self._now() if timestamp is None else timestamp
+        digest = hmac.new(
+            secret.encode(), f"{stamp}.".encode() + payload, hashlib.sha256
+        ).hexdigest()
+        return payload, {
+            "Stripe-Signature": f"t={stamp},v1={digest}",
+            "Content-Type": "application/json; charset=utf-8",
+        }
+
+    # -- what tests look at ----------------------------------------------------------
+
+    def calls_to(self, method: str, path_prefix: str) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if c.method == method and c.path.startswith(path_prefix)]
+
+    def subscription_of(self, session_id: str) -> str:
+        return str(self.sessions[session_id]["subscription"])
+
+    def latest_invoice(self, subscription_id: str) -> dict[str, Any]:
+        return self.invoices[self.subscriptions[subscription_id]["latest_invoice"]]
+
+    # -- internals -------------------------------------------------------------------
+
+    def _now(self) -> int:
+        return int(self.clock.now().timestamp())
+
+    def _price(self, product: str, amount: int) -> dict[str, Any]:
+        return {
+            "id": new_id("price"),
+            "object": "price",
+            "product": product,
+            "unit_amount": amount,
+            "currency": "usd",
+            "recurring": {"interval": "month", "interval_count": 1},
+        }
+
+    def _create_subscription(self, session: dict[str, Any], line: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock.now()
+        subscription_id = new_id("sub")
+        self.anchors[subscription_id] = now
+        end = period_end_after(now, now)
+        subscription: dict[str, Any] = {
+            "id": subscription_id,
+            "object": "subscription",
+            "customer": session["customer"],
+            "status": "active",
+            "cancel_at_period_end": False,
+            "metadata": dict(session["subscription_data"].get("metadata", {})),
+            "created": self._now(),
+            "latest_invoice": None,
+            "items": {
+                "object": "list",
+                "data": [
+                    {
+                        "id": new_id("si"),
+                        "object": "subscription_item",
+                        "subscription": subscription_id,
+                        "price": self._price(line["product"], int(line["unit_amount"])),
+                        "quantity": 1,
+                        "current_period_start": int(now.timestamp()),
+                        "current_period_end": int(end.timestamp()),
+                    }
+                ],
+                "has_more": False,
+                "url": f"/v1/subscription_items?subscription={subscription_id}",
+            },
+        }
+        self.subscriptions[subscription_id] = subscription
+        invoice = self._invoice(
+            subscription, "subscription_create", int(line["unit_amount"]), paid=True
+        )
+        subscription["latest_invoice"] = invoice["id"]
+        return subscription
+
+    def _invoice(
+        self, subscription: dict[str, Any], reason: str, amount: int, *, paid: bool
+    ) -> dict[str, Any]:
+        item = subscription["items"]["data"][0]
+        invoice_id = new_id("in")
+        invoice: dict[str, Any] = {
+            "id": invoice_id,
+            "object": "invoice",
+            "customer": subscription["customer"],
+            "billing_reason": reason,
+            "status": "open",
+            "amount_due": amount,
+            "amount_paid": 0,
+            "currency": "usd",
+            "created": self._now(),
+            "payment_intent": new_id("pi"),
+            "parent": {
+                "type": "subscription_details",
+                "subscription_details": {
+                    "subscription": subscription["id"],
+                    "metadata": dict(subscription["metadata"]),
+                },
+            },
+            "lines": {
+                "object": "list",
+                "data": [
+                    {
+                        "id": new_id("il"),
+                        "object": "line_item",
+                        "amount": amount,
+                        "period": {
+                            "start": item["current_period_start"],
+                            "end": item["current_period_end"],
+                        },
+                    }
+                ],
+                "has_more": False,
+            },
+        }
+        self.invoices[invoice_id] = invoice
+        if paid:
+            self._mark_paid(invoice)
+        return invoice
+
+    @staticmethod
+    def _mark_paid(invoice: dict[str, Any]) -> None:
+        invoice["status"] = "paid"
+        invoice["amount_paid"] = invoice["amount_due"]
+
+    @staticmethod
+    def _invoice_subscription(invoice: Mapping[str, Any]) -> str | None:
+        details = (invoice.get("parent") or {}).get("subscription_details") or {}
+        found = details.get("subscription")
+        return None if found is None else str(found)
+
+    def _charge(self, payment_intent: str) -> dict[str, Any]:
+        customer = None
+        amount = 0
+        for session in self.sessions.values():
+            if session.get("payment_intent") == payment_intent:
+                customer = session["customer"]
+                amount = int(session["line_items_params"][0]["price_data"]["unit_amount"])
+        for invoice in self.invoices.values():
+            if invoice.get("payment_intent") == payment_intent:
+                customer = invoice["customer"]
+                amount = int(invoice["amount_paid"])
+        return {
+            "id": new_id("ch"),
+            "object": "charge",
+            "amount": amount,
+            "amount_refunded": 0,
+            "customer": customer,
+            "payment_intent": payment_intent,
+            "refunded": False,
+            "metadata": {},
+            "created": self._now(),
+        }
+
+    def _list(self, data: list[dict[str, Any]], url: str) -> dict[str, Any]:
+        return {"object": "list", "data": data, "has_more": False, "url": url}
+
+
+def _handler_for(fake: FakeStripe) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            status, answer = fake.handle(self.command, self.path, headers, body)
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Request-Id", new_id("req"))
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._serve()
+
+        def do_POST(self) -> None:
+            self._serve()
+
+        def do_DELETE(self) -> None:
+            self._serve()
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet: pytest shows failures, not access logs."""
+
+    return Handler
