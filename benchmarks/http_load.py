@@ -3,12 +3,14 @@ where ``wrk`` cannot be installed. One Python process makes far fewer requests
 per second than wrk: on a small machine it measures itself, not the server.
 
 ``--connections`` tasks share one ``httpx.AsyncClient`` with as many keep-alive
-connections; each sends ``POST <url>`` with the JSON body, the next Bearer key
-of ``--keys-file`` (one a line) in turn, waits for the answer and sends the
-next, until ``--seconds`` have passed or ``--max-requests`` were sent. It
-prints one line, ``BENCH_RESULT {json}``: requests answered in the time, the
-seconds, latency p50 and p99 in microseconds, and the failures (transport
-errors and statuses other than ``--expect``).
+connections; each sends ``--method`` to ``--url`` (POST with the JSON body by
+default, or GET), with the next Bearer key of ``--keys-file`` (one a line) in
+turn, waits for the answer and sends the next, until ``--seconds`` have
+passed or ``--max-requests`` were sent. It prints one line,
+``BENCH_RESULT {json}``: requests answered in the time, the seconds, latency
+p50 and p99 in microseconds, and the failures (transport errors and statuses
+other than ``--expect``). ``--slot`` in the body becomes a number unique to
+each request (prompts differ, as real ones do).
 """
 
 from __future__ import annotations
@@ -51,14 +53,19 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             turn = index
             while time.perf_counter() < deadline and sent < args.max_requests:
                 sent += 1
-                headers = {
-                    "Content-Type": "application/json",
-                    "Authorization": f"Bearer {keys[turn % len(keys)]}",
-                }
+                headers = {"Authorization": f"Bearer {keys[turn % len(keys)]}"}
+                if args.method != "GET":
+                    headers["Content-Type"] = "application/json"
                 turn += args.connections
                 began = time.perf_counter()
+                numbered = body.replace(args.slot.encode(), f"{index}-{turn}".encode())
                 try:
-                    response = await client.post(args.url, content=body, headers=headers)
+                    response = await client.request(
+                        args.method,
+                        args.url,
+                        content=None if args.method == "GET" else numbered,
+                        headers=headers,
+                    )
                 except httpx.HTTPError:
                     failures["transport"] += 1
                     continue
@@ -84,7 +91,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--url", required=True)
     parser.add_argument("--keys-file", required=True)
-    parser.add_argument("--body", required=True)
+    parser.add_argument("--method", default="POST", choices=("GET", "POST"))
+    parser.add_argument("--body", default="")
+    parser.add_argument(
+        "--slot", default="#N#", help="replaced in the body by a number unique to the request"
+    )
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--max-requests", type=int, default=1_000_000)

@@ -65,7 +65,14 @@ if str(REPO) not in sys.path:
 
 from tests.support.pgserver import PgServer, start_server  # noqa: E402
 
-from benchmarks.docs import write_section  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    code_version,
+    command_line,
+    load_average,
+    machine_facts,
+    machine_table,
+)
+from benchmarks.docs import SummaryRow, write_section, write_summary  # noqa: E402
 
 # "Now" in every built database: the history ends here.
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -584,34 +591,58 @@ def explain(database: Database, all_cases: list[Case]) -> tuple[dict[str, list[s
     def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_rest: Any) -> None:
         statements.append((statement, parameters))
 
-    with database.read() as conn:
-        for case in all_cases:
-            statements.clear()
-            event.listen(database.engine, "before_cursor_execute", record)
-            try:
-                case.run(conn)
-            finally:
-                event.remove(database.engine, "before_cursor_execute", record)
-            blocks: list[str] = []
-            for statement, parameters in list(statements):
-                if database.is_sqlite:
-                    rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
-                    plan = [str(row[3]) for row in rows]
-                    bad = [line for line in plan if line.startswith("SCAN ")]
-                    if case.ordered:
-                        bad += [line for line in plan if "FOR ORDER BY" in line]
-                else:
-                    rows = conn.exec_driver_sql("EXPLAIN " + statement, parameters)
-                    plan = [str(row[0]) for row in rows]
-                    bad = [line.strip() for line in plan if "Seq Scan" in line]
-                    if case.ordered:
-                        bad += [line.strip() for line in plan if _big_sort(line)]
-                if blocks:
-                    blocks.append("--")
-                blocks.extend(plan)
-                problems.extend(f"{case.name}: {line}" for line in bad)
-            plans[case.name] = blocks
+    # Listening before the connection is opened: a connection takes the
+    # engine's listeners when it is made, not the ones added later.
+    recording = [False]
+
+    def maybe_record(*args: Any) -> None:
+        if recording[0]:
+            record(*args)
+
+    event.listen(database.engine, "before_cursor_execute", maybe_record)
+    try:
+        with database.read() as conn:
+            for case in all_cases:
+                statements.clear()
+                recording[0] = True
+                try:
+                    case.run(conn)
+                finally:
+                    recording[0] = False
+                plans[case.name] = _plans_of(database, conn, case, list(statements), problems)
+    finally:
+        event.remove(database.engine, "before_cursor_execute", maybe_record)
     return plans, problems
+
+
+def _plans_of(
+    database: Database,
+    conn: Connection,
+    case: Case,
+    statements: list[tuple[str, Any]],
+    problems: list[str],
+) -> list[str]:
+    """The plan of each of ``case``'s statements, ``--`` between them; what
+    is wrong with them goes into ``problems``."""
+    blocks: list[str] = []
+    for statement, parameters in statements:
+        if database.is_sqlite:
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            plan = [str(row[3]) for row in rows]
+            bad = [line for line in plan if line.startswith("SCAN ")]
+            if case.ordered:
+                bad += [line for line in plan if "FOR ORDER BY" in line]
+        else:
+            rows = conn.exec_driver_sql("EXPLAIN " + statement, parameters)
+            plan = [str(row[0]) for row in rows]
+            bad = [line.strip() for line in plan if "Seq Scan" in line]
+            if case.ordered:
+                bad += [line.strip() for line in plan if _big_sort(line)]
+        if blocks:
+            blocks.append("--")
+        blocks.extend(plan)
+        problems.extend(f"{case.name}: {line}" for line in bad)
+    return blocks
 
 
 def _big_sort(line: str) -> bool:
@@ -708,6 +739,27 @@ def report(results: list[Result], runs: int, versions: dict[str, str]) -> tuple[
     return ok, "\n".join(lines)
 
 
+def summary_rows(results: list[Result]) -> list[SummaryRow]:
+    """Per database, the slowest of the reads held to the aim at the largest size."""
+    rows = []
+    for backend in dict.fromkeys(result.backend for result in results):
+        largest = [result for result in results if result.backend == backend][-1]
+        measured = largest.measurement
+        slowest = max(measured.aimed, key=lambda name: measured.medians_ms[name])
+        worst = measured.medians_ms[slowest]
+        rows.append(
+            SummaryRow(
+                f"ledger pages and usage, {backend}, {largest.size:,} entries (slowest: {slowest})",
+                _ms(worst),
+                f"{_ms(measured.baseline_ms)} (primary-key read)",
+                _ms(worst),
+                f"< {AIM_MS:.0f} ms",
+                worst < AIM_MS,
+            )
+        )
+    return rows
+
+
 # -- main -----------------------------------------------------------------------------
 
 
@@ -725,6 +777,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(backends) - {"sqlite", "postgres"}
     if unknown:
         parser.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
+    # Read before measuring: the work tree may move on while the benchmark runs.
+    code = code_version()
+    load_start = load_average()
     workdir = Path(tempfile.mkdtemp(prefix="plasmaart-bench-queries-"))
     server: PgServer | None = None
     results: list[Result] = []
@@ -772,8 +827,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok, markdown = report(results, args.runs, versions)
     print(markdown)
     if args.write_docs:
-        command = ".venv/bin/python benchmarks/ledger_queries.py --write-docs"
-        write_section(SECTION_HEADING, f"{markdown}\nCommand: `{command}`\n")
+        when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        facts = machine_facts(code, load_start, versions.get("PostgreSQL", "not used"))
+        write_section(
+            SECTION_HEADING,
+            f"{markdown}\nMeasured {when} from the repository root with:\n\n"
+            f"```sh\n{command_line()}\n```\n\nThe machine:\n\n{machine_table(facts)}\n",
+        )
+        write_summary("ledger_queries.py", summary_rows(results), when)
     return 0 if ok else 1
 
 

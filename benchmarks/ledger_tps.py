@@ -34,8 +34,6 @@ import cProfile
 import functools
 import itertools
 import multiprocessing
-import os
-import platform
 import queue
 import re
 import secrets
@@ -46,12 +44,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import traceback
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing.context import ForkContext
@@ -60,9 +55,7 @@ from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-import psycopg
-import sqlalchemy
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import event
 
 from plasmaart.clock import SystemClock
 from plasmaart.db.engine import create_database
@@ -75,10 +68,28 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.support.pgserver import PgServer, pg_bindir, start_server  # noqa: E402
+from tests.support.pgserver import PgServer, pg_bindir  # noqa: E402
 
+from benchmarks.common import (  # noqa: E402
+    FuncKey,
+    FuncStats,
+    code_version,
+    command_line,
+    counts,
+    create_pg_database,
+    load_average,
+    machine_facts,
+    machine_table,
+    positive,
+    postgres_server,
+    postgres_version,
+    progress,
+    prose,
+    self_time_by_bucket,
+    short_name,
+)
 from benchmarks.docs import PERFORMANCE_DOC as DOC_PATH  # noqa: E402
-from benchmarks.docs import write_section  # noqa: E402
+from benchmarks.docs import SummaryRow, write_section, write_summary  # noqa: E402
 
 SECTION_HEADING = "## Ledger: hold + capture"
 
@@ -376,30 +387,6 @@ def prepare_raw_sqlite(path: Path, clients: int) -> list[int]:
         conn.close()
 
 
-def database_url(server: PgServer, name: str) -> str:
-    return server.url.rsplit("/", 1)[0] + f"/{name}"
-
-
-def create_pg_database(server: PgServer, name: str) -> str:
-    admin = create_engine(server.url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return database_url(server, name)
-
-
-def postgres_version(server: PgServer) -> str:
-    engine = create_engine(server.url)
-    try:
-        with engine.connect() as conn:
-            return str(conn.execute(text("SHOW server_version")).scalar_one())
-    finally:
-        engine.dispose()
-
-
 def pgbench_binary() -> str:
     beside_initdb = pg_bindir() / "pgbench"
     if beside_initdb.exists():
@@ -456,10 +443,6 @@ def pgbench_run(server: PgServer, database: str, clients: int, seconds: float) -
 
 # -- profile ---------------------------------------------------------------
 
-# cProfile's key for a function and the values it keeps for it.
-FuncKey = tuple[str, int, str]
-FuncStats = tuple[int, int, float, float, dict[FuncKey, tuple[int, int, float, float]]]
-
 BUCKETS = (
     "sqlite3 driver and SQLite itself",
     "SQLAlchemy: building statements",
@@ -489,19 +472,6 @@ def _bucket(key: FuncKey) -> str:
     return BUCKETS[6]
 
 
-def _short(key: FuncKey) -> str:
-    path, line, name = key
-    if path == "~":
-        return name
-    for marker in ("/site-packages/", "/src/", "/benchmarks/"):
-        if marker in path:
-            path = path.rsplit(marker, 1)[1]
-            break
-    else:
-        path = Path(path).name
-    return f"{path}:{line}({name})"
-
-
 @dataclass
 class Profile:
     seconds: float
@@ -529,7 +499,7 @@ class Profile:
         for key, (_, calls, self_time, cumulative, _) in rows:
             lines.append(
                 f"{calls:>9} {self_time:>8.3f} {cumulative:>8.3f}"
-                f" {cumulative * per_pair:>11.0f}  {_short(key)}"
+                f" {cumulative * per_pair:>11.0f}  {short_name(key)}"
             )
         return "\n".join(lines)
 
@@ -582,15 +552,7 @@ def profile_sqlite(workdir: Path, seconds: float) -> Profile:
         client.close()
     profiler.create_stats()
     raw = cast(dict[FuncKey, FuncStats], profiler.stats)
-    buckets: dict[str, float] = defaultdict(float)
-    for key, (_, _, self_time, _, callers) in raw.items():
-        bucket = _bucket(key)
-        if bucket:
-            buckets[bucket] += self_time
-            continue
-        # A builtin (isinstance, dict.get, ...) is the cost of whoever calls it.
-        for caller, (_, _, caller_self, _) in callers.items():
-            buckets[_bucket(caller) or BUCKETS[6]] += caller_self
+    buckets = self_time_by_bucket(raw, _bucket, BUCKETS[6])
     ordered = sorted(raw.items(), key=lambda item: item[1][3], reverse=True)
     by_self = sorted(raw.items(), key=lambda item: item[1][2], reverse=True)
     return Profile(
@@ -598,7 +560,7 @@ def profile_sqlite(workdir: Path, seconds: float) -> Profile:
         pairs=pairs,
         hold_statements=hold_statements,
         capture_statements=capture_statements,
-        buckets=dict(buckets),
+        buckets=buckets,
         top_cumulative=ordered[:PROFILE_TOP],
         top_self=by_self[:PROFILE_TOP],
     )
@@ -637,13 +599,9 @@ class Comparison:
         return self.ratio >= self.aim
 
 
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _log_run(comparison: Comparison, run: int) -> None:
     plasma = comparison.plasmaart[-1]
-    _progress(
+    progress(
         f"  {comparison.backend} c={comparison.clients} run {run + 1}: "
         f"PlasmaArt {plasma.tps:8.1f} tx/s ({plasma.steps_per_second:.1f} pairs/s), "
         f"{comparison.baseline_name} {comparison.baseline[-1]:8.1f} tx/s"
@@ -684,15 +642,6 @@ def measure_postgres(
     return comparison
 
 
-@contextmanager
-def postgres_server(workdir: Path) -> Iterator[PgServer]:
-    server = start_server(workdir / "pg")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 # -- report ----------------------------------------------------------------
 
 
@@ -722,90 +671,13 @@ def runs_detail(comparisons: Sequence[Comparison]) -> str:
     return "\n".join(lines)
 
 
-def _command_line() -> str:
-    python = Path(sys.executable)
-    script = Path(sys.argv[0]).resolve()
-    shown = [
-        str(python.relative_to(REPO)) if python.is_relative_to(REPO) else python.name,
-        str(script.relative_to(REPO)) if script.is_relative_to(REPO) else str(script),
-        *sys.argv[1:],
-    ]
-    return shlex.join(shown)
-
-
-def machine_facts(code: str, load_start: str, pg_version: str) -> list[tuple[str, str]]:
-    nproc = shutil.which("nproc")
-    cores = (
-        subprocess.run([nproc], capture_output=True, text=True, check=True).stdout.strip()
-        if nproc
-        else str(os.cpu_count())
-    )
-    model = "unknown"
-    memory = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
-        model = found.group(1).strip() if found else model
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        found = re.search(r"^MemTotal:\s*(\d+) kB", meminfo.read_text(), re.MULTILINE)
-        memory = f"{int(found.group(1)) / 1024**2:.1f} GiB" if found else memory
-    return [
-        ("PlasmaArt", code),
-        ("CPUs (nproc)", cores),
-        ("CPU model", model),
-        ("memory", memory),
-        # Other work on a shared machine skews figures; these say whether there was any.
-        ("load average (1, 5, 15 min) at start", load_start),
-        ("load average (1, 5, 15 min) at end", _load_average()),
-        ("OS", platform.platform()),
-        ("Python", platform.python_version()),
-        ("SQLite", sqlite3.sqlite_version),
-        ("PostgreSQL", pg_version),
-        ("SQLAlchemy", sqlalchemy.__version__),
-        ("psycopg", psycopg.__version__),
-    ]
-
-
-def _load_average() -> str:
-    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
-def _code_version() -> str:
-    git = shutil.which("git")
-    if git is None:
-        return "unknown"
-    head = subprocess.run(
-        [git, "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    dirty = subprocess.run(
-        [git, "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if head.returncode:
-        return "unknown"
-    commit = f"commit {head.stdout.strip()}"
-    # Figures from a work tree with edits belong to no commit: say so.
-    return f"{commit} with uncommitted changes" if dirty.stdout.strip() else commit
-
-
-def _prose(*sentences: str) -> str:
-    """One Markdown paragraph, wrapped so that the file diffs well between runs."""
-    return textwrap.fill(" ".join(sentences), width=80, break_on_hyphens=False)
-
-
 def profile_text(profile: Profile) -> str:
     per_pair = 1e3 * profile.seconds / max(profile.pairs, 1)
     largest = max(BUCKETS, key=profile.share)
     sqlalchemy_share = sum(profile.share(name) for name in BUCKETS if "SQLAlchemy" in name)
-    top = ", ".join(f"`{_short(key)}`" for key, _ in profile.top_self[:4])
+    top = ", ".join(f"`{short_name(key)}`" for key, _ in profile.top_self[:4])
     shares = "\n".join(f"| {name} | {profile.share(name):.0%} |" for name in BUCKETS)
-    intro = _prose(
+    intro = prose(
         f"One PlasmaArt client on SQLite, profiled with cProfile for {profile.seconds:.1f} s",
         f"just before the measurements: {profile.pairs} hold + capture pairs,",
         f"{per_pair:.2f} ms per pair under the profiler (which slows Python code more",
@@ -816,7 +688,7 @@ def profile_text(profile: Profile) -> str:
         "Where the time went (self time; a builtin such as `isinstance` counts for",
         "the code that calls it):",
     )
-    outro = _prose(
+    outro = prose(
         f"The largest share is {largest} ({profile.share(largest):.0%});",
         f"SQLAlchemy as a whole took {sqlalchemy_share:.0%} and SQLite itself",
         f"{profile.share(BUCKETS[0]):.0%}.",
@@ -826,15 +698,66 @@ def profile_text(profile: Profile) -> str:
     return f"{intro}\n\n| where | share |\n|---|---:|\n{shares}\n\n{outro}\n"
 
 
+def obstacles(comparisons: Sequence[Comparison], profile: Profile) -> str:
+    missed = [c for c in comparisons if not c.met]
+    if not missed:
+        return prose("Every ledger figure meets its aim.") + "\n"
+    sqlalchemy_share = sum(profile.share(name) for name in BUCKETS if "SQLAlchemy" in name)
+    per_pair = profile.hold_statements + profile.capture_statements
+    growth = "; ".join(
+        f"{backend}: "
+        + ", ".join(
+            f"{c.plasmaart_tps:,.0f} tx/s at {c.clients}"
+            for c in comparisons
+            if c.backend == backend
+        )
+        for backend in dict.fromkeys(c.backend for c in comparisons)
+    )
+    own = ", ".join(
+        f"`{short_name(key).removeprefix('plasmaart/')}`"
+        for key, _ in profile.top_cumulative
+        if "/plasmaart/" in key[0]
+    )
+    return (
+        prose(
+            "**Hold + capture** is below its aim on",
+            ", ".join(
+                f"{c.backend} at {c.clients} client{'s' if c.clients != 1 else ''} ({c.ratio:.1%})"
+                for c in missed
+            )
+            + ".",
+            f"A pair sends {per_pair} statements where two baseline transactions send 8",
+            "(raw sqlite3) and each goes through SQLAlchemy Core: in the profile",
+            f"SQLAlchemy took {sqlalchemy_share:.0%} of the CPU time, SQLite itself",
+            f"{profile.share(BUCKETS[0]):.0%} and PlasmaArt's own code",
+            f"{profile.share(BUCKETS[5]):.0%}. The cost is the Python above the",
+            "driver, per statement, not the database's work; fewer statements per",
+            "operation (the idempotency lookup and the recorded result, the lots and",
+            "the hold rows, read and written in fewer round trips) would move it most.",
+            "PlasmaArt's functions among the heaviest by cumulative time:",
+            f"{own or 'none in the top functions'}.",
+        )
+        + "\n\n"
+        + prose(
+            "More clients add little: on SQLite every writer waits for the one write",
+            "lock, held from `BEGIN IMMEDIATE` to the commit with the Python work",
+            "inside it; on PostgreSQL each statement is a round trip, and with more",
+            "client processes than CPUs the clients, the server and pgbench share two",
+            f"cores. PlasmaArt by client count: {growth}.",
+        )
+        + "\n"
+    )
+
+
 HOW_TO_READ = "\n\n".join(
     [
-        _prose(
+        prose(
             "Each ratio is the median of PlasmaArt's runs over the median of the",
             "baseline's runs, the two measured alternately in the same run on the same",
             "machine, so that machine noise (this may be a shared machine) hits both",
             "sides alike: compare ratios between runs and machines, not absolute figures.",
         ),
-        _prose(
+        prose(
             "The two sides do not do the same work, so 100 % is not the goal.",
             "One PlasmaArt transaction is one hold or one capture, each a full ledger",
             "operation: it locks the wallet, looks its idempotency key up, reads the",
@@ -847,7 +770,7 @@ HOW_TO_READ = "\n\n".join(
             "sqlite3, PostgreSQL ≥ 50 % of pgbench) say how much the ledger's",
             "bookkeeping and the Python above the driver may cost.",
         ),
-        _prose(
+        prose(
             "Each client is a process with its own wallet, so clients never wait for",
             "each other's rows. On SQLite all writers still queue for the one database",
             "write lock, which a PlasmaArt transaction holds from `BEGIN IMMEDIATE` to",
@@ -855,7 +778,7 @@ HOW_TO_READ = "\n\n".join(
             "clients, the PostgreSQL server and pgbench share the CPUs, so those rows",
             "measure the machine under contention, not parallel speed-up.",
         ),
-        _prose(
+        prose(
             "Durability is relaxed alike on both sides of each comparison: SQLite runs",
             "in WAL mode with `synchronous=NORMAL` (no fsync at commit) and the",
             "throwaway PostgreSQL server with `fsync=off` and `synchronous_commit=off`,",
@@ -874,8 +797,7 @@ def render_section(
     runs: int,
 ) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    machine = "\n".join(f"| {name} | {value} |" for name, value in facts)
-    method = _prose(
+    method = prose(
         f"Each measurement ran {runs} time{'s' if runs != 1 else ''} for {seconds:g} s,",
         "PlasmaArt and its",
         "baseline alternately; the table shows the medians in transactions per",
@@ -901,59 +823,58 @@ All runs:
 
 The machine:
 
-| | |
-|---|---|
-{machine}
+{machine_table(facts)}
 
 ### Profile
 
 {profile_text(profile)}
+### What stands in the way
+
+{obstacles(comparisons, profile)}
 ### How to read the ratios
 
 {HOW_TO_READ}
 """
 
 
+def summary_rows(comparisons: Sequence[Comparison]) -> list[SummaryRow]:
+    return [
+        SummaryRow(
+            f"hold + capture, {c.backend}, {c.clients} client{'s' if c.clients != 1 else ''}",
+            f"{c.plasmaart_tps:,.0f} tx/s",
+            f"{c.baseline_tps:,.0f} tx/s ({c.baseline_name})",
+            f"{c.ratio:.1%}",
+            f"≥ {c.aim:.0%}",
+            c.met,
+        )
+        for c in comparisons
+    ]
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 # -- main ------------------------------------------------------------------
-
-
-def _client_counts(value: str) -> list[int]:
-    try:
-        counts = [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of client counts: {value!r}") from None
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError("client counts are positive integers")
-    return counts
-
-
-def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
-    def parse(value: str) -> Any:
-        number = kind(value)
-        if number <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive: {value}")
-        return number
-
-    return parse
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument(
         "--seconds",
-        type=_positive(float),
+        type=positive(float),
         default=5.0,
         help="length of one measurement; pgbench rounds it to whole seconds (default 5)",
     )
     parser.add_argument(
         "--runs",
-        type=_positive(int),
+        type=positive(int),
         default=5,
         help="measurements of each side per client count; the median is reported (default 5)",
     )
     parser.add_argument(
         "--clients",
-        type=_client_counts,
+        type=counts,
         default=[1, 8],
         help="comma-separated client process counts (default 1,8)",
     )
@@ -974,28 +895,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.monotonic()
     # Read before measuring: the work tree may move on while the benchmark runs.
-    code = _code_version()
-    load_start = _load_average()
+    code = code_version()
+    load_start = load_average()
     # fork starts clients in milliseconds, with the modules already imported.
     ctx = multiprocessing.get_context("fork")
     workdir = Path(tempfile.mkdtemp(prefix="plasmaart-bench-"))
     comparisons: list[Comparison] = []
     try:
-        _progress(f"profiling one SQLite client for {PROFILE_SECONDS:g} s")
+        progress(f"profiling one SQLite client for {PROFILE_SECONDS:g} s")
         profile = profile_sqlite(workdir, PROFILE_SECONDS)
         if args.profile:
             print(profile.table(profile.top_cumulative, "Top functions by cumulative time"))
             print()
             print(profile.table(profile.top_self, "Top functions by self time"))
             print()
-        _progress(profile.summary())
+        progress(profile.summary())
         for clients in args.clients:
-            _progress(f"SQLite, {clients} client(s)")
+            progress(f"SQLite, {clients} client(s)")
             comparisons.append(measure_sqlite(ctx, workdir, clients, args.runs, args.seconds))
         with postgres_server(workdir) as server:
             pg_version = postgres_version(server)
             for clients in args.clients:
-                _progress(f"PostgreSQL, {clients} client(s)")
+                progress(f"PostgreSQL, {clients} client(s)")
                 comparisons.append(measure_postgres(ctx, server, clients, args.runs, args.seconds))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -1007,13 +928,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             comparisons,
             profile,
             machine_facts(code, load_start, pg_version),
-            _command_line(),
+            command_line(),
             args.seconds,
             args.runs,
         )
         write_section(SECTION_HEADING, section, DOC_PATH)
-        _progress(f"wrote {DOC_PATH.relative_to(REPO)}")
-    _progress(f"done in {time.monotonic() - began:.0f} s")
+        write_summary("ledger_tps.py", summary_rows(comparisons), _now())
+        progress(f"wrote {DOC_PATH.relative_to(REPO)}")
+    progress(f"done in {time.monotonic() - began:.0f} s")
     return 0
 
 
