@@ -86,22 +86,32 @@ def fuzz_every_operation(platform: Platform, caller: TestUser) -> FuzzRun:
         except (Exception, BaseExceptionGroup) as error:
             failures.append(f"{operation.label}: {error}")
     assert not failures, "\n\n".join(failures)
-    # The report docs/reliability.md quotes (pytest -s shows it).
-    print(  # noqa: T201 - the fuzzing report is meant to be read
-        f"fuzzed {fuzz.operations} operations, {fuzz.cases} cases, statuses {dict(fuzz.statuses)}"
-    )
     return fuzz
 
 
-def test_every_operation_as_a_creator(platform: Platform, creator: TestUser) -> None:
+def report(capsys: pytest.CaptureFixture[str], who: str, platform: Platform, fuzz: FuzzRun) -> None:
+    with capsys.disabled():
+        print(  # noqa: T201 - the fuzzing report is meant to be read
+            f"\nfuzzing as {who} ({platform.db.dialect}): {fuzz.operations} operations, "
+            f"{fuzz.cases} cases, statuses {dict(sorted(fuzz.statuses.items()))}, violations: 0"
+        )
+
+
+def test_every_operation_as_a_creator(
+    platform: Platform, creator: TestUser, capsys: pytest.CaptureFixture[str]
+) -> None:
     fuzz = fuzz_every_operation(platform, creator)
+    report(capsys, "a creator", platform, fuzz)
     assert fuzz.operations >= 50
     assert fuzz.cases >= fuzz.operations * 5
     # The creator's calls do succeed somewhere, so the fuzzing reaches past auth.
     assert sum(n for status, n in fuzz.statuses.items() if status < 300) > 0
 
 
-def test_every_operation_as_an_admin(platform: Platform, admin: TestUser) -> None:
+def test_every_operation_as_an_admin(
+    platform: Platform, admin: TestUser, capsys: pytest.CaptureFixture[str]
+) -> None:
     fuzz = fuzz_every_operation(platform, admin)
+    report(capsys, "an admin", platform, fuzz)
     assert fuzz.operations >= 50
     assert fuzz.cases >= fuzz.operations * 5

@@ -16,10 +16,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, and_, case, func, or_, select, update
 
-from plasmaart.billing import repository as billing_repo
-from plasmaart.billing.service import BillingService, effective_plan
+from plasmaart.billing.service import BillingService
 from plasmaart.catalog import Catalog
-from plasmaart.catalog import repository as catalog_repo
 from plasmaart.db.tables import generations
 from plasmaart.generation.scheduling import QueuedJob, Running, WalletLimits, pick_next
 
@@ -99,39 +97,13 @@ def claim(
 def _wallet_limits(
     conn: Connection, wallets: set[str], billing: BillingService
 ) -> dict[str, WalletLimits]:
-    """Each wallet's concurrency caps under the plan ``BillingService.current_plan``
-    gives it. A claim looks at up to ``CLAIM_WINDOW`` wallets, so their
-    subscriptions and the announced catalog changes come in one query each
-    rather than two per wallet (the largest cost of a claim). The two common
-    cases follow ``current_plan``'s rules here: no subscription has Free as of
-    now; an active one that is not canceling has its plan on the terms in
-    force when its period started. Any other (past due, canceling, canceled)
-    still goes through ``current_plan``, which knows grace periods and period
-    ends; a change to its rules must be made here too."""
-    found = billing_repo.subscriptions_of_wallets(conn, wallets)
-    changes = catalog_repo.active_changes(conn)
-    catalogs: dict[datetime, Catalog] = {}
-
-    def catalog_at(moment: datetime) -> Catalog:
-        # What ``billing.in_force.at(conn, moment)`` reads, from the one query.
-        if moment not in catalogs:
-            catalogs[moment] = billing.in_force.applying(
-                [change for change in changes if change.effective_at <= moment]
-            )
-        return catalogs[moment]
-
-    limits = {}
-    for wallet_id in wallets:
-        subscription = found.get(wallet_id)
-        if subscription is None:
-            plan = catalog_at(billing.clock.now()).default_plan
-        elif subscription.status == "active" and not subscription.cancel_at_period_end:
-            at = subscription.current_period_start
-            plan = effective_plan(catalog_at(at), subscription.plan, subscription.status)
-        else:
-            plan = billing.current_plan(conn, wallet_id)
-        limits[wallet_id] = WalletLimits(plan.concurrency.jobs, plan.concurrency.video_jobs)
-    return limits
+    """Each wallet's concurrency caps under its current plan. A claim weighs
+    up to ``CLAIM_WINDOW`` wallets: their plans come in one batch (the largest
+    cost of a claim when it was one lookup per wallet)."""
+    return {
+        wallet_id: WalletLimits(plan.concurrency.jobs, plan.concurrency.video_jobs)
+        for wallet_id, plan in billing.current_plans(conn, wallets).items()
+    }
 
 
 def _running(conn: Connection, wallets: set[str], now: datetime) -> dict[str, Running]:
