@@ -1357,9 +1357,9 @@ def profile_text(servers: Mapping[str, Profile], worker: Profile | None) -> str:
                 "steps, the capture, the events), and used",
                 f"{worker.total:.1f} s of CPU in {worker.seconds:.1f} s; the run went at",
                 f"{worker.wall_rate:,.0f} jobs/s. Its claim loop called `Worker.claim`",
-                f"{claims:,} times and slept {waits:,} times for up to",
-                f"{CLAIM_IDLE_S:g} s (`CLAIM_IDLE_S`), when every slot was busy or no",
-                "job could be claimed.",
+                f"{claims:,} times and waited {waits:,} times, each up to",
+                f"{CLAIM_IDLE_S:g} s (`CLAIM_IDLE_S`) or until a job was queued or a slot",
+                "freed, when every slot was busy or no job could be claimed.",
             )
         )
     parts.append("Where the CPU time went (self time; a builtin counts for its callers):")
@@ -1581,12 +1581,9 @@ def obstacles(
                 f"{args.workers} workers of {args.concurrency} slots on",
                 f"{os.cpu_count()} CPUs, at {worker.per_unit_ms():.0f} ms of worker CPU",
                 "a job (less without the profiler) and PostgreSQL's own work per",
-                "statement, the CPUs run out near the measured rate. The claim loop",
-                f"sleeps {CLAIM_IDLE_S:g} s whenever its slots are full rather than",
-                f"waking when a slot frees ({waits:,} sleeps in the profiled worker, up",
-                f"to {waits * CLAIM_IDLE_S:.1f} s of its {worker.seconds:.1f} s), but in",
-                "a trial run with the loop polling every 5 ms the rate did not change;",
-                "that sleep is what the end-to-end overhead of `api_costs.py` pays. A",
+                "statement, the CPUs run out near the measured rate (the claim loop",
+                "wakes when a job is queued or a slot frees, so it does not wait idle",
+                f"while jobs are there; it waited {waits:,} times in the profiled worker). A",
                 "claim reads the plans of all its candidate wallets in two queries (their",
                 "subscriptions and the announced catalog changes); with a plan lookup per",
                 "wallet, as before, the worker spent about twice the CPU per job and a",
