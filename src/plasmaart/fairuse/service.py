@@ -148,7 +148,7 @@ class FairUseService:
         wallets = [self.ledger.wallet_of(conn, "user", user.id)]
         wallets += [membership.team.wallet_id for membership in self.teams.teams_of(conn, user.id)]
         plan_limit = max(
-            self.billing.current_plan(conn, wallet).requests_per_minute for wallet in wallets
+            plan.requests_per_minute for plan in self.billing.current_plans(conn, wallets).values()
         )
         return budget_per_minute(plan_limit, budget)
 
