@@ -512,6 +512,49 @@ def test_database_constraints_stop_a_negative_balance(db: Database, wallet: str)
         )
 
 
+# A hold of 10 in each state, and a direct edit that would leave its status
+# and its amounts disagreeing; the CHECK constraint that refuses it.
+UNTIED_HOLD_EDITS = [
+    ("pending", "status = 'captured', resolved_at = created_at", "captured_parts"),
+    ("pending", "status = 'released', resolved_at = created_at", "released_parts"),
+    ("pending", "captured = 10", "pending_parts"),
+    ("pending", "released = 10, resolved_at = created_at", "pending_parts"),
+    ("captured", "status = 'released'", "released_parts"),
+    ("captured", "status = 'pending', resolved_at = NULL", "pending_parts"),
+    ("captured", "captured = 0, released = 10", "captured_parts"),
+    ("captured", "captured = 9", "captured_parts"),
+    ("partial", "status = 'released'", "released_parts"),
+    ("partial", "captured = 4, released = 5", "captured_parts"),
+    ("released", "status = 'captured'", "captured_parts"),
+    ("released", "captured = 10, released = 0", "released_parts"),
+    ("released", "resolved_at = NULL", "released_parts"),
+]
+
+
+@pytest.mark.parametrize(("state", "edit", "constraint"), UNTIED_HOLD_EDITS)
+def test_database_ties_a_holds_status_to_its_amounts(
+    db: Database, ledger: LedgerService, wallet: str, state: str, edit: str, constraint: str
+) -> None:
+    """A status flipped without its amounts, or amounts changed under the
+    status, is refused by the database itself, whatever code runs the SQL."""
+    from sqlalchemy.exc import IntegrityError
+
+    subscribe(db, ledger, wallet, credits=100)
+    with db.write() as conn:
+        hold = ledger.hold(conn, wallet, 10, idempotency_key="h").hold_id
+        if state == "captured":
+            ledger.capture(conn, hold, 10, idempotency_key="c")
+        elif state == "partial":
+            ledger.capture(conn, hold, 6, idempotency_key="c")
+        elif state == "released":
+            ledger.release(conn, hold, idempotency_key="r")
+    before = count_rows(db)
+    with pytest.raises(IntegrityError, match=f"ck_holds_{constraint}"), db.write() as conn:
+        conn.execute(text(f"UPDATE holds SET {edit} WHERE id = :id"), {"id": hold})
+    assert count_rows(db) == before
+    books_balance(db)
+
+
 def test_ledger_operations_are_recorded_once_per_key(
     db: Database, ledger: LedgerService, wallet: str
 ) -> None:

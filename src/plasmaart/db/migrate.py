@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -38,11 +40,42 @@ def is_up_to_date(db: Database) -> bool:
         return current_revision(conn) == head_revision()
 
 
+@contextmanager
+def _migrating(db: Database) -> Iterator[Connection]:
+    """The one transaction a migration run takes.
+
+    On PostgreSQL an advisory lock makes other processes wait; on SQLite the
+    first write lock does. SQLite also has foreign keys switched off for the
+    run, as its manual prescribes for schema changes: a batch migration copies
+    a table to a new one and drops the old, which rows of other tables refer
+    to. Every reference is checked before the commit instead.
+    """
+    with db.engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # Outside any transaction (SQLite ignores the pragma inside one).
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # type: ignore[union-attr]
+        try:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7355608)")
+                yield conn
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"the migration broke foreign keys: {broken[:10]}")
+        finally:
+            if sqlite:
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys = ON")  # type: ignore[union-attr]
+
+
 def upgrade(db: Database, revision: str = "head") -> None:
-    """Apply migrations up to ``revision``. Safe to run from several processes:
-    on PostgreSQL an advisory lock makes the others wait, on SQLite the first
-    write lock does."""
-    with db.engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7355608)")
+    """Apply migrations up to ``revision``. Safe to run from several processes."""
+    with _migrating(db) as conn:
         command.upgrade(alembic_config(conn), revision)
+
+
+def downgrade(db: Database, revision: str) -> None:
+    """Undo migrations down to ``revision`` (for an operator rolling back a release)."""
+    with _migrating(db) as conn:
+        command.downgrade(alembic_config(conn), revision)

@@ -143,11 +143,23 @@ holds = Table(
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("captured >= 0 AND released >= 0", name="parts_not_negative"),
     CheckConstraint(_in("status", ("pending", "captured", "released")), name="status"),
-    # A hold resolves exactly once, and when it does every credit is accounted for.
+    # A hold resolves exactly once, every credit accounted for, and its status
+    # says how: the status can only change together with the amounts that
+    # justify it. Pending: nothing captured or released yet. Captured: some
+    # credits captured (all, or part and the rest released). Released:
+    # nothing captured, everything given back.
     CheckConstraint(
-        "(status = 'pending' AND captured = 0 AND released = 0 AND resolved_at IS NULL)"
-        " OR (status <> 'pending' AND captured + released = amount AND resolved_at IS NOT NULL)",
-        name="resolution",
+        "status <> 'pending' OR (captured = 0 AND released = 0 AND resolved_at IS NULL)",
+        name="pending_parts",
+    ),
+    CheckConstraint(
+        "status <> 'captured' OR (captured > 0 AND captured + released = amount"
+        " AND resolved_at IS NOT NULL)",
+        name="captured_parts",
+    ),
+    CheckConstraint(
+        "status <> 'released' OR (captured = 0 AND released = amount AND resolved_at IS NOT NULL)",
+        name="released_parts",
     ),
 )
 Index("ix_holds_wallet_status", holds.c.wallet_id, holds.c.status)
@@ -274,7 +286,12 @@ audit_log = Table(
     Column("data", Text, nullable=False, server_default=text("'{}'")),
     Column("created_at", Timestamp, nullable=False),
 )
-Index("ix_audit_log_target", audit_log.c.target, audit_log.c.id)
+# The admin's audit log reads newest first, by time alone or for one actor,
+# subject (target) or action: each filter has its index in that order.
+Index("ix_audit_log_created_at", audit_log.c.created_at, audit_log.c.id)
+Index("ix_audit_log_actor", audit_log.c.actor, audit_log.c.created_at, audit_log.c.id)
+Index("ix_audit_log_target", audit_log.c.target, audit_log.c.created_at, audit_log.c.id)
+Index("ix_audit_log_action", audit_log.c.action, audit_log.c.created_at, audit_log.c.id)
 
 # Server-side sessions. The cookie carries a random token; only its SHA-256 is
 # stored, so a copy of the database cannot be used to log in.
