@@ -618,6 +618,16 @@ def queue_and_credit_stats(answer: Answer) -> None:
     assert body["credits_granted"] > 0
 
 
+def audits_the_grant(answer: Answer) -> None:
+    # The admin's grant of an earlier row, newest first.
+    entry = answer.body["data"][0]
+    assert (entry["actor"], entry["action"], entry["subject"]) == (
+        answer.me.id,
+        "credits.adjust",
+        answer.world.owner.id,
+    )
+
+
 def clock_moved_a_day(answer: Answer) -> None:
     assert answer.body["offset_days"] == 1
 
@@ -977,6 +987,13 @@ ROWS: tuple[Row, ...] = (
         url="/v1/admin/catalog/changes/chg_unknown",
     ),
     Row("GET /v1/admin/stats", (U, N, N, N, 200), check=queue_and_credit_stats),
+    Row(
+        "GET /v1/admin/audit",
+        (U, N, N, N, 200),
+        url="/v1/admin/audit?action=credits.adjust",
+        check=audits_the_grant,
+    ),
+    Row("GET /admin/audit", (303, 404, 404, 404, 200), check=admin_page_or_none),
     # the sandbox's controls; the clock moves last, as it moves time for every row
     Row(
         "POST /v1/admin/users/{user_id}/billing/sandbox-card",

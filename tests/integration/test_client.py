@@ -331,6 +331,19 @@ def test_admin_searches_suspends_reinstates_and_adjusts(platform: Platform, serv
         with pytest.raises(NotFoundError):
             list(target_client.admin_users())
 
+        # The audit log of all that, newest first, across pages of one.
+        log = list(admin_client.admin_audit(subject=target.id, page_size=1))
+        assert [(e.actor, e.action, e.reason) for e in log] == [
+            (admin.id, "credits.adjust", "goodwill"),
+            (admin.id, "user.reinstate", None),
+            (admin.id, "user.suspend", "spam"),
+        ]
+        assert log[0].data["amount"] == 50
+        assert [e.id for e in admin_client.admin_audit(action="user.suspend")] == [log[2].id]
+        assert list(admin_client.admin_audit(since=log[0].created_at, actor="cli")) == []
+        with pytest.raises(NotFoundError):
+            list(target_client.admin_audit())
+
 
 # -- events --------------------------------------------------------------------------------
 

@@ -11,11 +11,12 @@ from datetime import timedelta
 import pytest
 from fastapi.testclient import TestClient
 
+from plasmaart.accounts import audit
 from plasmaart.bootstrap import Platform
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.stats import platform_stats
 from plasmaart.web.dashboard.pages import safe_next
-from plasmaart.web.dashboard.views import HISTORY_PAGE
+from plasmaart.web.dashboard.views import AUDIT_PAGE, HISTORY_PAGE
 from plasmaart.worker import Worker
 from tests.support.accounts import make_user
 
@@ -32,7 +33,7 @@ PAGES = (
 
 
 def test_anonymous_visitors_are_sent_to_log_in_and_back(client: TestClient) -> None:
-    for path in (*PAGES, "/admin"):
+    for path in (*PAGES, "/admin", "/admin/audit"):
         response = client.get(path, follow_redirects=False)
         assert response.status_code == 303, path
         assert response.headers["location"].startswith("/login?next=%2F"), path
@@ -223,3 +224,83 @@ def test_usage_history_pages_and_filters_by_model(client: TestClient, platform: 
     assert dev.count("<tr>") == 1 + 3
     assert dev.count(">Flux Dev</td>") == 3
     assert ">Flux Schnell</td>" not in dev
+
+
+def test_admin_audit_page_filters_and_pages_the_log(client: TestClient, platform: Platform) -> None:
+    admin = make_user(platform, "admin@example.com", admin=True)
+    carol = make_user(platform, "carol@example.com")
+    start = platform.clock.now()
+    with platform.db.write() as conn:
+        audit.record(
+            conn,
+            actor=admin.id,
+            action="user.suspend",
+            target=carol.id,
+            reason="<b>spam</b>",
+            now=start,
+            data={"email": "carol@example.com"},
+        )
+        for index in range(AUDIT_PAGE + 5):
+            audit.record(
+                conn,
+                actor="cli",
+                action="credits.adjust",
+                target=carol.id,
+                reason=None,
+                now=start + timedelta(minutes=1 + index),
+                data={"amount": index, "lots": {"a": 1}},
+            )
+    # Newest first: a full page of the CLI's grants, then the rest.
+    first = client.get("/admin/audit", headers=admin.auth)
+    assert first.status_code == 200
+    assert "content-security-policy" in first.headers
+    assert "<script>" not in first.text  # scripts only come from /assets
+    assert first.text.count("data-audit-id=") == AUDIT_PAGE
+    assert "amount:</span> 54" in first.text  # the newest
+    assert "lots:</span> {&#34;a&#34;: 1}" in first.text
+    assert "<code>user.suspend</code>" not in first.text
+    older = re.search(r'href="(/admin/audit\?[^"]*cursor=[^"]+)"', first.text)
+    assert older is not None
+    second = client.get(html.unescape(older.group(1)), headers=admin.auth).text
+    assert second.count("data-audit-id=") == 6
+    assert "cursor=" not in second.split('aria-label="Audit log pages"')[1]  # the last page
+    # The admin's suspension, with who it was by and about, its reason escaped.
+    assert "&lt;b&gt;spam&lt;/b&gt;" in second
+    assert (
+        f'?actor={admin.id}" title="Only entries with this actor">admin@example.com</a>' in second
+    )
+    assert 'title="Only entries with this subject">carol@example.com</a>' in second
+    # Filters, as the form sends them (empty fields filter nothing).
+    by_admin = client.get(
+        f"/admin/audit?actor={admin.id}&subject=&action=&since=&until=", headers=admin.auth
+    ).text
+    assert by_admin.count("data-audit-id=") == 1
+    assert "<code>user.suspend</code>" in by_admin
+    window = client.get(
+        "/admin/audit",
+        params={
+            "action": "credits.adjust",
+            "since": (start + timedelta(minutes=3)).strftime("%Y-%m-%dT%H:%M"),
+            "until": (start + timedelta(minutes=6)).strftime("%Y-%m-%dT%H:%M"),
+        },
+        headers=admin.auth,
+    ).text
+    assert window.count("data-audit-id=") == 3  # minutes 3, 4 and 5: amounts 2, 3, 4
+    assert [int(n) for n in re.findall(r"amount:</span> (\d+)", window)] == [4, 3, 2]
+    none = client.get("/admin/audit?subject=usr_nobody", headers=admin.auth).text
+    assert "No entry matches" in none
+    # A filter that cannot be read is said beside its field; the rest still applies.
+    bad = client.get(f"/admin/audit?since=someday&actor={admin.id}", headers=admin.auth)
+    assert bad.status_code == 200
+    assert "&#39;someday&#39; is not a date or time" in bad.text
+    assert bad.text.count("data-audit-id=") == 1
+    far = client.get("/admin/audit?until=0001-01-01T00:00%2B05:00", headers=admin.auth)
+    assert far.status_code == 200
+    assert "is out of range" in far.text
+    # Not there for anybody else: the dashboard's not-found page.
+    hidden = client.get("/admin/audit", headers=carol.auth)
+    assert hidden.status_code == 404
+    assert "Page not found" in hidden.text
+    assert "spam" not in hidden.text
+    # The admin page links to it.
+    assert 'href="/admin/audit"' in client.get("/admin", headers=admin.auth).text

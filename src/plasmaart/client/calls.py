@@ -402,6 +402,28 @@ def admin_users(q: str | None, status: str | None) -> PageCall[m.AdminUser]:
     return page
 
 
+def admin_audit(
+    actor: str | None,
+    subject: str | None,
+    action: str | None,
+    since: Instant | None,
+    until: Instant | None,
+) -> PageCall[m.AuditEntry]:
+    def page(cursor: str | None, size: int) -> Call[m.Page[m.AuditEntry]]:
+        query = _query(
+            actor=actor,
+            subject=subject,
+            action=action,
+            since=since,
+            until=until,
+            limit=size,
+            cursor=cursor,
+        )
+        return Call("GET", "/v1/admin/audit", _page(m.AuditEntry), query)
+
+    return page
+
+
 def suspend_user(user_id: str, reason: str, key: str | None) -> Call[m.AdminUser]:
     path = f"/v1/admin/users/{_segment(user_id)}/suspend"
     return Call("POST", path, _one(m.AdminUser), body={"reason": reason}, idempotency_key=key)

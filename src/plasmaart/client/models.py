@@ -357,6 +357,20 @@ class AdminUser:
 
 
 @dataclass(frozen=True)
+class AuditEntry:
+    """One entry of the audit log: who (``actor``) did what (``action``) to
+    whom (``subject``), when and why."""
+
+    id: int
+    created_at: datetime
+    actor: str
+    action: str
+    subject: str
+    reason: str | None
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class CreditAdjustment:
     user_id: str
     amount: int

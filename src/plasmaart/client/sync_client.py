@@ -527,6 +527,22 @@ class Client:
         """Users, newest first, matching ``q`` in the e-mail or id (admins only)."""
         return self._walk(calls.admin_users(q, status), limit, page_size)
 
+    def admin_audit(
+        self,
+        *,
+        actor: str | None = None,
+        subject: str | None = None,
+        action: str | None = None,
+        since: Instant | None = None,
+        until: Instant | None = None,
+        limit: int | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> Iterator[m.AuditEntry]:
+        """The audit log, newest first (admins only): entries by ``actor``,
+        about ``subject``, of ``action``, at or after ``since`` and before
+        ``until`` (each optional)."""
+        return self._walk(calls.admin_audit(actor, subject, action, since, until), limit, page_size)
+
     def suspend_user(
         self, user_id: str, reason: str, *, idempotency_key: str | None = None
     ) -> m.AdminUser:

@@ -1,7 +1,9 @@
-"""Admin endpoints over users: search, suspend, reinstate, grant or adjust credits.
+"""Admin endpoints over users: search, suspend, reinstate, grant or adjust
+credits; the platform's statistics; and the audit log.
 
-Every action is written to the audit log (who, what, when, why). Admin
-endpoints answer 404 to anyone who is not an admin.
+Every action is written to the audit log (who, what, when, why), which
+``GET /v1/admin/audit`` reads. Admin endpoints answer 404 to anyone who is not
+an admin.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from plasmaart.stats import platform_stats
 from plasmaart.web.api.accounts import StrictBody
 from plasmaart.web.auth import AdminPrincipal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
-from plasmaart.web.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -222,4 +224,104 @@ def stats(_admin: AdminPrincipal, platform: PlatformDep) -> AdminStatsOut:
         credits_granted=found.credits_granted,
         credits_consumed=found.credits_consumed,
         credits_expired=found.credits_expired,
+    )
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    created_at: datetime
+    actor: str = Field(
+        description="Who acted: a user id, or `cli`, `stripe`, `system:…` for the platform"
+    )
+    action: str = Field(description="What was done, e.g. `user.suspend`, `credits.adjust`")
+    subject: str = Field(
+        description="What it was done to: a user or team id, `model:…`, `plan:…`, `test_clock`"
+    )
+    reason: str | None
+    data: dict[str, Any] = Field(description="The action's details")
+
+
+def audit_cursor(position: audit.AuditPosition) -> str:
+    return encode_cursor(f"{position.id}|{position.created_at.isoformat()}")
+
+
+def audit_position(cursor: str) -> audit.AuditPosition:
+    entry_id, _, created_at = decode_cursor(cursor).partition("|")
+    try:
+        return audit.AuditPosition(int(entry_id), as_utc(datetime.fromisoformat(created_at)))
+    except (ValueError, OverflowError):
+        raise InvalidInput("not a cursor this API handed out", field="cursor") from None
+
+
+def _utc(value: datetime | None, field: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return as_utc(value)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is in no UTC year Python knows
+        raise InvalidInput(f"{value.isoformat()} is out of range", field=field) from None
+
+
+def _audit_filter(
+    actor: str | None,
+    subject: str | None,
+    action: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> audit.AuditFilter:
+    """The filter of a query; empty values filter nothing (as a form sends them)."""
+    start = _utc(since, "since")
+    end = _utc(until, "until")
+    if start is not None and end is not None and end <= start:
+        raise InvalidInput("until must come after since", field="until")
+    return audit.AuditFilter(
+        actor=actor or None,
+        target=subject or None,
+        action=action or None,
+        since=start,
+        until=end,
+    )
+
+
+@router.get("/audit", response_model=Page[AuditEntryOut])
+def audit_log(
+    _admin: AdminPrincipal,
+    platform: PlatformDep,
+    actor: Annotated[
+        str | None, Query(max_length=340, description="Only entries by this actor (a user id…)")
+    ] = None,
+    subject: Annotated[
+        str | None,
+        Query(max_length=340, description="Only entries about this user, team or other subject"),
+    ] = None,
+    action: Annotated[
+        str | None, Query(max_length=64, description="Only entries of this action")
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        Query(description="RFC 3339 time; entries at or after it (a time without offset is UTC)"),
+    ] = None,
+    until: Annotated[datetime | None, Query(description="RFC 3339 time; entries before it")] = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> Page[AuditEntryOut]:
+    """The audit log, newest first: who did what to whom, when and why."""
+    wanted = _audit_filter(actor, subject, action, since, until)
+    before = None if cursor is None else audit_position(cursor)
+    with platform.db.read() as conn:
+        found = audit.page(conn, wanted, limit=limit, before=before)
+    return Page[AuditEntryOut](
+        data=[
+            AuditEntryOut(
+                id=entry.id,
+                created_at=entry.created_at,
+                actor=entry.actor,
+                action=entry.action,
+                subject=entry.target,
+                reason=entry.reason,
+                data=entry.data,
+            )
+            for entry in found.entries
+        ],
+        next_cursor=audit_cursor(found.entries[-1].position) if found.more else None,
     )

@@ -3,8 +3,8 @@ to the JSON API from the page's scripts (with the session's CSRF token), so
 the pages themselves never write.
 
 Anonymous visitors (or an ended session) are sent to ``/login?next=<path>``;
-``next`` is only ever followed to a path of this site. ``/admin`` answers 404
-to everyone but admins, like the admin API.
+``next`` is only ever followed to a path of this site. ``/admin`` and
+``/admin/audit`` answer 404 to everyone but admins, like the admin API.
 """
 
 from __future__ import annotations
@@ -305,4 +305,27 @@ def admin_page(
 
     return page(
         request, platform, "admin.html", build, active="admin", title="Admin", admin_only=True
+    )
+
+
+@router.get("/admin/audit")
+def admin_audit_page(
+    request: Request,
+    platform: PlatformDep,
+    actor: SafeText = None,
+    subject: SafeText = None,
+    action: SafeText = None,
+    since: SafeText = None,
+    until: SafeText = None,
+    cursor: SafeText = None,
+) -> Response:
+    form = views.audit_form(actor, subject, action, since, until)
+    return page(
+        request,
+        platform,
+        "admin_audit.html",
+        lambda conn, _frame: views.admin_audit(conn, form, cursor),
+        active="admin",
+        title="Audit log",
+        admin_only=True,
     )

@@ -3,6 +3,7 @@ transaction. Plain data for the templates: no request, no response here."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -10,16 +11,19 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from plasmaart.accounts import audit
 from plasmaart.accounts.service import User
 from plasmaart.accounts.teams import Invitation, Member, Membership, Seats
 from plasmaart.billing.repository import Payment, Subscription
 from plasmaart.bootstrap import Platform
 from plasmaart.catalog import Catalog, ModelSpec, PlanSpec, plan_allows_model, required_plan
 from plasmaart.clock import as_utc
+from plasmaart.errors import InvalidInput
 from plasmaart.ledger import queries
 from plasmaart.ledger.service import Balance
 from plasmaart.notify.notifications import Notification
 from plasmaart.stats import PlatformStats, platform_stats
+from plasmaart.web.api.admin import audit_cursor, audit_position
 from plasmaart.web.api.billing import describe
 from plasmaart.web.dashboard import sections
 from plasmaart.web.dashboard.charts import Chart, credits_chart
@@ -38,6 +42,7 @@ HISTORY_BATCH = 200
 HISTORY_BATCHES = 10
 DEFAULT_RANGE_DAYS = 30
 MAX_CHART_DAYS = 92
+AUDIT_PAGE = 50
 
 
 @dataclass(frozen=True)
@@ -376,4 +381,101 @@ def admin(conn: Connection, platform: Platform) -> dict[str, Any]:
         "unlocked_by": {m.id: required_plan(catalog, m) for m in catalog.models},
         "catalog_changes": sections.admin_catalog_changes(conn, platform),
         "abuse": sections.abuse_flags(conn, platform),
+    }
+
+
+# -- admin: the audit log -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditForm:
+    """The audit page's filter form: what was typed (shown back as typed), the
+    filter it makes, and a message per field that could not be read."""
+
+    values: dict[str, str]
+    wanted: audit.AuditFilter
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def query(self, **extra: str) -> dict[str, str]:
+        return {**{k: v for k, v in self.values.items() if v}, **extra}
+
+
+def _moment(value: str, name: str, errors: dict[str, str]) -> datetime | None:
+    if not value:
+        return None
+    try:
+        # A date is its midnight; a time without offset (as datetime-local
+        # inputs send it) is UTC.
+        return as_utc(datetime.fromisoformat(value))
+    except ValueError:
+        errors[name] = f"{value!r} is not a date or time (YYYY-MM-DD or YYYY-MM-DDTHH:MM)"
+    except OverflowError:
+        errors[name] = f"{value!r} is out of range"
+    return None
+
+
+def audit_form(
+    actor: str | None,
+    subject: str | None,
+    action: str | None,
+    since: str | None,
+    until: str | None,
+) -> AuditForm:
+    values = {
+        "actor": (actor or "").strip(),
+        "subject": (subject or "").strip(),
+        "action": (action or "").strip(),
+        "since": (since or "").strip(),
+        "until": (until or "").strip(),
+    }
+    errors: dict[str, str] = {}
+    start = _moment(values["since"], "since", errors)
+    end = _moment(values["until"], "until", errors)
+    if start is not None and end is not None and end <= start:
+        errors["until"] = "the end must come after the start"
+        end = None
+    wanted = audit.AuditFilter(
+        actor=values["actor"] or None,
+        target=values["subject"] or None,
+        action=values["action"] or None,
+        since=start,
+        until=end,
+    )
+    return AuditForm(values=values, wanted=wanted, errors=errors)
+
+
+@dataclass(frozen=True)
+class AuditLine:
+    entry: audit.AuditEntry
+    actor_label: str | None  # the e-mail or team name behind the id, when known
+    subject_label: str | None
+    details: list[tuple[str, str]]
+
+
+def _detail(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def admin_audit(conn: Connection, form: AuditForm, cursor: str | None) -> dict[str, Any]:
+    """One page of the audit log, newest first, and the cursor of the next."""
+    try:
+        before = audit_position(cursor) if cursor else None
+    except InvalidInput:
+        before = None  # a mangled link: start from the newest entry
+    found = audit.page(conn, form.wanted, limit=AUDIT_PAGE, before=before)
+    names = audit.labels(conn, [e.actor for e in found.entries] + [e.target for e in found.entries])
+    lines = [
+        AuditLine(
+            entry=entry,
+            actor_label=names.get(entry.actor),
+            subject_label=names.get(entry.target),
+            details=[(key, _detail(value)) for key, value in sorted(entry.data.items())],
+        )
+        for entry in found.entries
+    ]
+    return {
+        "form": form,
+        "lines": lines,
+        "next_cursor": audit_cursor(found.entries[-1].position) if found.more else None,
+        "paged": before is not None,
     }
