@@ -436,3 +436,28 @@ def test_a_worker_stuck_past_the_deadline_loses_the_job_to_one_that_ends_it(
     with platform.db.read() as conn:
         assert platform.ledger.balance(conn, sam.wallet_id).available == 2000
         assert check_ledger(conn) == []
+
+
+def test_a_file_that_is_not_the_image_it_claims_is_left_out(platform: Platform) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    job = submit(
+        platform,
+        "sam@example.com",
+        GenerationRequest("flux-schnell", "x", num_outputs=2, params=FAST),
+    )
+
+    def garbled(output: Any) -> bytes:
+        if str(output.url).endswith("/1"):
+            return b"<html>an error page served with status 200</html>"
+        data: bytes = platform.provider.download(output)
+        return data
+
+    runner = worker(platform)
+    runner.runner.provider = Wrapped(platform.provider, download=garbled)
+    assert runner.drain() == 1
+    done = fetch(platform, "sam@example.com", job.id)
+    assert (done.status, done.credits_charged, len(done.outputs)) == ("succeeded", 1, 1)
+    assert done.error_code == "output_unavailable"
+    with platform.db.read() as conn:
+        assert platform.ledger.balance(conn, sam.wallet_id).available == 1999
+        assert check_ledger(conn) == []
