@@ -157,14 +157,14 @@ class JobRunner:
     def _run(self, claim: queue.Claim, row: repo.AnyRow, deadline: datetime) -> None:
         if int(row.fencing_token) != claim.token or row.status != "running":
             raise LeaseLost
-        model = self.catalog.model(row.model)
         request_id = row.provider_request_id
         attempts = int(row.attempts)
-        # Bounds that hold however often the job is claimed again.
+        # Bounds that hold however often the job is claimed again, checked
+        # before anything that could fail on every attempt.
         if attempts > self.max_attempts:
             self._give_up(
                 claim,
-                model,
+                row,
                 request_id,
                 "attempts_exhausted",
                 f"the job was started {attempts - 1} times without finishing "
@@ -174,12 +174,13 @@ class JobRunner:
         if self._now() >= deadline:
             self._give_up(
                 claim,
-                model,
+                row,
                 request_id,
                 "timeout",
-                f"not finished within {bounds.job_timeout(model.kind)}",
+                f"not finished within {bounds.job_timeout(row.kind)}",
             )
             return
+        model = self.catalog.model(row.model)
         wait_until = bounds.wait_deadline(model.kind, deadline)
         if request_id is None:
             try:
@@ -251,7 +252,7 @@ class JobRunner:
                 self._end(claim, "canceled", "canceled", "canceled at the provider")
                 return
             if self._now() >= wait_until:
-                self._cancel_quietly(model, known_request)
+                self._cancel_quietly(lambda: model, known_request)
                 self._fail(claim, "timeout", f"no result within {TIMEOUTS[model.kind]}")
                 return
             self._pause(claim.id)
@@ -387,7 +388,7 @@ class JobRunner:
     def _give_up(
         self,
         claim: queue.Claim,
-        model: ModelSpec,
+        row: repo.AnyRow,
         request_id: str | None,
         code: str,
         message: str,
@@ -395,12 +396,12 @@ class JobRunner:
         """End a job past one of its bounds: stop it at the provider if it can
         still be stopped (once, no retries), keep what was stored."""
         if request_id is not None:
-            self._cancel_quietly(model, request_id)
+            self._cancel_quietly(lambda: self.catalog.model(row.model), request_id)
         self._end(claim, "failed", code, message)
 
-    def _cancel_quietly(self, model: ModelSpec, request_id: str) -> None:
+    def _cancel_quietly(self, model: Callable[[], ModelSpec], request_id: str) -> None:
         try:
-            self.provider.cancel(model, request_id)
+            self.provider.cancel(model(), request_id)
         except Exception:  # best effort: the job ends whatever the provider says
             log.warning("could not cancel %s at the provider", request_id, exc_info=True)
 
