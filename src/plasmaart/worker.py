@@ -101,7 +101,8 @@ class Worker:
             self.runner.run(claimed)
         except Exception:
             # The job stays leased; when the lease expires another claim
-            # resumes it from its provider request id.
+            # resumes it from its provider request id. Each claim counts one
+            # of its attempts: past the cap (or its deadline) a claim ends it.
             log.exception("job %s failed in the worker", claimed.id)
         finally:
             with self._busy_lock:
