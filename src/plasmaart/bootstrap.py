@@ -40,6 +40,10 @@ class Platform:
     db: Database
     catalog: Catalog
     clock: Clock
+    # Real elapsed time (the clock passed in, without the sandbox test clock's
+    # offset): job leases and deadlines, provider delays, webhook freshness.
+    # Billing time (``clock``) may jump; this one never does.
+    job_clock: Clock
     ledger: LedgerService
     accounts: AccountService
     credentials: CredentialService
@@ -85,6 +89,7 @@ def bootstrap(
     if migrate:
         upgrade(db)
     clock = clock or SystemClock()
+    job_clock = clock
     # Under sandbox billing the whole platform runs on the test clock, whose
     # offset (moved by /v1/admin/clock/advance) every process reads from the
     # database; tests can still move the clock passed in.
@@ -135,6 +140,7 @@ def bootstrap(
         db=db,
         catalog=catalog,
         clock=clock,
+        job_clock=job_clock,
         ledger=ledger,
         accounts=accounts,
         credentials=credentials,
@@ -143,7 +149,7 @@ def bootstrap(
         events=events,
         notifications=NotificationService(clock, events),
         generations=generations,
-        provider=create_provider(settings, clock),
+        provider=create_provider(settings, job_clock),
         storage=create_storage(settings),
         fairuse=fairuse,
         outbox=outbox,

@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     # A worker renews the lease of each running job while it polls the
     # provider; a job whose lease ran out (its worker died) is taken over.
     job_lease_s: float = Field(default=60.0, ge=2)
+    # A job claimed more often than this (its workers kept dying or failing
+    # on it) is ended, charged only for the outputs already stored.
+    max_job_attempts: int = Field(default=5, ge=1, le=100)
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
     # Fair use (docs/fair-use.md): an abuse score at or over the first flags
     # the account for review, at or over the second suspends it.

@@ -52,6 +52,8 @@ class Worker:
             storage=platform.storage,
             stopping=self.stop_event.is_set,
             lease=timedelta(seconds=platform.settings.job_lease_s),
+            job_clock=platform.job_clock,
+            max_attempts=platform.settings.max_job_attempts,
         )
         settings = platform.settings
         if settings.provider == "fal" and settings.fal_webhook_url:
@@ -72,7 +74,9 @@ class Worker:
             claimed = queue.claim(
                 conn,
                 worker_id=self.id,
-                now=platform.clock.now(),
+                # Leases and deadlines run on real time, not the billing test clock.
+                now=platform.job_clock.now(),
+                recorded_at=platform.clock.now(),
                 lease=self.runner.lease,
                 busy_slots=busy,
                 total_slots=self.concurrency,
@@ -97,7 +101,8 @@ class Worker:
             self.runner.run(claimed)
         except Exception:
             # The job stays leased; when the lease expires another claim
-            # resumes it from its provider request id.
+            # resumes it from its provider request id. Each claim counts one
+            # of its attempts: past the cap (or its deadline) a claim ends it.
             log.exception("job %s failed in the worker", claimed.id)
         finally:
             with self._busy_lock:

@@ -353,6 +353,24 @@ def test_download_of_a_missing_file_is_rejected(fal: FalProvider, fake: FakeFal)
         fal.download(ProviderOutput("image/png", url=f"{fake.url}/media/nope/0.png"))
 
 
+def test_download_of_a_file_fal_refuses(fal: FalProvider, fake: FakeFal) -> None:
+    fake.script(
+        Behaviour(
+            download_error=FalError(404, {"detail": "File expired"}), download_error_for=(1,)
+        ),
+        Behaviour(download_error=FalError.server(503)),
+    )
+    expired = fal.submit(request("flux-schnell", num_outputs=2))
+    done = poll_until_done(fal, "flux-schnell", expired)[-1]
+    assert fal.download(done.outputs[0]).startswith(b"\x89PNG")
+    with pytest.raises(ProviderRejected, match="HTTP 404: File expired"):
+        fal.download(done.outputs[1])
+    down = fal.submit(request("flux-schnell"))
+    done = poll_until_done(fal, "flux-schnell", down)[-1]
+    with pytest.raises(ProviderUnavailable, match="HTTP 503"):
+        fal.download(done.outputs[0])
+
+
 def test_download_of_an_inline_data_uri(fal: FalProvider) -> None:
     output = ProviderOutput("image/png", url="data:image/png;base64,iVBORw0KGgo=")
     assert fal.download(output) == b"\x89PNG\r\n\x1a\n"

@@ -242,6 +242,22 @@ def test_an_unknown_request_id_is_recorded_and_acknowledged(
     assert (row.generation_id, row.result, row.outcome) == (None, "succeeded", "unknown_request")
 
 
+def test_a_test_clock_jump_does_not_make_fals_signatures_stale(
+    fal_platform: Platform, fal_client: TestClient, fake: FakeFal, clock: ManualClock
+) -> None:
+    """fal stamps its webhooks with real time; the sandbox test clock moves
+    billing time only, so a delivery signed now is fresh after a jump."""
+    test_clock = fal_platform.billing.test_clock
+    assert test_clock is not None
+    with fal_platform.db.write() as conn:
+        test_clock.advance(conn, timedelta(days=2))
+    assert fal_platform.clock.now() - clock.now() >= timedelta(days=2)
+    headers, body = signed_body(fake, "req-after-the-jump")
+    answer = fal_client.post(URL, content=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outcome"] == "unknown_request"
+
+
 def test_an_error_or_payload_error_delivery_is_recorded_with_its_result(
     fal_platform: Platform, fal_client: TestClient, fake: FakeFal
 ) -> None:

@@ -5,13 +5,20 @@ fail or are canceled, never charged twice when a worker dies."""
 from __future__ import annotations
 
 import io
+import threading
+import time
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
+import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from plasmaart.bootstrap import Platform
+from plasmaart.bootstrap import Platform, bootstrap
 from plasmaart.clock import ManualClock
+from plasmaart.config import Settings
 from plasmaart.db.tables import generations
 from plasmaart.generation.runner import LEASE
 from plasmaart.generation.service import Generation, GenerationRequest
@@ -19,6 +26,7 @@ from plasmaart.ledger.invariants import check_ledger
 from plasmaart.media.metadata import probe_mp4, read_png_metadata
 from plasmaart.worker import Worker
 from tests.support.accounts import make_user
+from tests.support.fake_fal import Behaviour, FakeFal, FalError
 
 FAST = {"sandbox": {"delay_s": 0}}
 
@@ -242,4 +250,214 @@ def test_suspension_cancels_and_refunds_queued_jobs(platform: Platform) -> None:
         # Only the running job's 5 credits are still held.
         balance = platform.ledger.balance(conn, spammer.wallet_id)
         assert (balance.available, balance.held) == (1995, 5)
+        assert check_ledger(conn) == []
+
+
+# -- fal: a result whose files cannot be fetched ---------------------------------
+
+
+@pytest.fixture
+def fake_fal(clock: ManualClock) -> Iterator[FakeFal]:
+    with FakeFal(clock) as server:
+        yield server
+
+
+@pytest.fixture
+def fal_platform(
+    database_url: str, clock: ManualClock, tmp_path: Path, fake_fal: FakeFal
+) -> Iterator[Platform]:
+    settings = Settings(
+        database_url=database_url,
+        var_dir=tmp_path / "fal-var",
+        provider="fal",
+        fal_key=fake_fal.key,
+        fal_base_url=fake_fal.url,
+        fal_jwks_url=fake_fal.jwks_url,
+    )
+    built = bootstrap(settings, clock=clock, migrate=False)
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+def test_fal_files_answering_404_are_left_out_and_not_charged(
+    fal_platform: Platform, fake_fal: FakeFal
+) -> None:
+    sam = make_user(fal_platform, "sam@example.com", plan="starter")
+    # The second and third files expired before the worker fetched them.
+    fake_fal.script(
+        Behaviour(
+            download_error=FalError(404, {"detail": "File not found"}), download_error_for=(1, 2)
+        )
+    )
+    job = submit(
+        fal_platform,
+        "sam@example.com",
+        GenerationRequest("flux-schnell", "a heron", num_outputs=3, params={"seed": 3}),
+    )
+    assert worker(fal_platform).drain() == 1
+    done = fetch(fal_platform, "sam@example.com", job.id)
+    assert (done.status, done.credits_charged, len(done.outputs)) == ("succeeded", 1, 1)
+    assert done.error_code == "output_unavailable"
+    assert done.error_message is not None
+    assert "2 of 3 outputs" in done.error_message
+    assert "HTTP 404" in done.error_message
+    with fal_platform.db.read() as conn:
+        balance = fal_platform.ledger.balance(conn, sam.wallet_id)
+        assert (balance.available, balance.held) == (1999, 0)
+        assert check_ledger(conn) == []
+    # A 404 is not retried: one request per file.
+    assert len(fake_fal.media_headers) == 3
+
+
+def test_fal_files_failing_with_5xx_are_retried_then_the_job_fails_free(
+    fal_platform: Platform, fake_fal: FakeFal
+) -> None:
+    sam = make_user(fal_platform, "sam@example.com", plan="starter")
+    fake_fal.script(Behaviour(download_error=FalError.server(502)))
+    job = submit(
+        fal_platform,
+        "sam@example.com",
+        GenerationRequest("flux-schnell", "a heron", num_outputs=2, params={"seed": 3}),
+    )
+    runner = worker(fal_platform)
+    assert runner.drain() == 1
+    done = fetch(fal_platform, "sam@example.com", job.id)
+    assert (done.status, done.credits_charged, done.outputs) == ("failed", 0, ())
+    assert done.error_code == "output_unavailable"
+    with fal_platform.db.read() as conn:
+        balance = fal_platform.ledger.balance(conn, sam.wallet_id)
+        assert (balance.available, balance.held) == (2000, 0)
+        assert check_ledger(conn) == []
+    # Each file: the first try and one retry per backoff step, then given up.
+    tries = 1 + len(runner.runner.retry_delays_s)
+    assert len(fake_fal.media_headers) == 2 * tries
+
+
+# -- bounds that hold however the worker fails --------------------------------------
+
+
+class Wrapped:
+    """The platform's provider, with one method replaced by a test."""
+
+    def __init__(self, provider: Any, **replaced: Any) -> None:
+        self.provider = provider
+        self.name = provider.name
+        self.__dict__.update(replaced)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.provider, name)
+
+
+def test_the_deadline_ends_a_job_whose_worker_keeps_crashing(
+    platform: Platform, clock: ManualClock
+) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    job = submit(
+        platform,
+        "sam@example.com",
+        GenerationRequest("flux-dev", "x", params={"sandbox": {"delay_s": 0}}),
+    )
+
+    def crash(*_args: object) -> None:
+        raise RuntimeError("the worker dies polling this job")
+
+    runner = worker(platform)
+    runner.runner.max_attempts = 1000  # only the deadline can end it
+    runner.runner.provider = Wrapped(platform.provider, status=crash)
+    claimed = runner.claim()
+    assert claimed is not None
+    with pytest.raises(RuntimeError):
+        runner.runner.run(claimed)
+    # Claimed again and again, minutes apart, until past the deadline.
+    for _ in range(8):
+        clock.advance(timedelta(minutes=1, seconds=1))
+        again = runner.claim()
+        assert again is not None
+        try:
+            runner.runner.run(again)
+        except RuntimeError:
+            continue
+        break
+    done = fetch(platform, "sam@example.com", job.id)
+    assert (done.status, done.error_code, done.credits_charged) == ("failed", "timeout", 0)
+    with platform.db.read() as conn:
+        assert platform.ledger.balance(conn, sam.wallet_id).available == 2000
+        assert check_ledger(conn) == []
+
+
+def test_a_worker_stuck_past_the_deadline_loses_the_job_to_one_that_ends_it(
+    platform: Platform, clock: ManualClock
+) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    job = submit(
+        platform,
+        "sam@example.com",
+        GenerationRequest("flux-dev", "x", params={"sandbox": {"delay_s": 0}}),
+    )
+    entered, release = threading.Event(), threading.Event()
+
+    def hang(output: Any) -> bytes:
+        entered.set()
+        release.wait(30)
+        data: bytes = platform.provider.download(output)
+        return data
+
+    stuck = worker(platform)
+    stuck.runner.lease = timedelta(seconds=0.3)  # renewed every 0.1 s
+    stuck.runner.provider = Wrapped(platform.provider, download=hang)
+    claimed = stuck.claim()
+    assert claimed is not None
+    thread = threading.Thread(target=stuck.runner.run, args=(claimed,), daemon=True)
+    thread.start()
+    try:
+        assert entered.wait(10), "the job never reached its download"
+        clock.advance(timedelta(minutes=8))  # past the 7 min of an image job
+        time.sleep(0.6)  # several renewal periods: none may move the lease past the deadline
+        other = worker(platform)
+        taken = other.claim()
+        assert taken is not None
+        assert (taken.id, taken.resumed) == (job.id, True)
+        other.runner.run(taken)
+    finally:
+        release.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    # The stuck worker woke up and stored its output: its token is stale, so
+    # the job stays as the other ended it.
+    done = fetch(platform, "sam@example.com", job.id)
+    assert (done.status, done.error_code, done.credits_charged, done.outputs) == (
+        "failed",
+        "timeout",
+        0,
+        (),
+    )
+    with platform.db.read() as conn:
+        assert platform.ledger.balance(conn, sam.wallet_id).available == 2000
+        assert check_ledger(conn) == []
+
+
+def test_a_file_that_is_not_the_image_it_claims_is_left_out(platform: Platform) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    job = submit(
+        platform,
+        "sam@example.com",
+        GenerationRequest("flux-schnell", "x", num_outputs=2, params=FAST),
+    )
+
+    def garbled(output: Any) -> bytes:
+        if str(output.url).endswith("/1"):
+            return b"<html>an error page served with status 200</html>"
+        data: bytes = platform.provider.download(output)
+        return data
+
+    runner = worker(platform)
+    runner.runner.provider = Wrapped(platform.provider, download=garbled)
+    assert runner.drain() == 1
+    done = fetch(platform, "sam@example.com", job.id)
+    assert (done.status, done.credits_charged, len(done.outputs)) == ("succeeded", 1, 1)
+    assert done.error_code == "output_unavailable"
+    with platform.db.read() as conn:
+        assert platform.ledger.balance(conn, sam.wallet_id).available == 1999
         assert check_ledger(conn) == []

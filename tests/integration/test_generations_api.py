@@ -280,6 +280,197 @@ def test_a_failed_generation_is_refunded(client: TestClient, platform: Platform)
     assert ledger_of(client, sam, queued["id"]) == [("hold", -5), ("release", 5)]
 
 
+def unfinished(platform: Platform) -> list[str]:
+    with platform.db.read() as conn:
+        return list(
+            conn.execute(
+                select(generations.c.id).where(generations.c.status.in_(("queued", "running")))
+            ).scalars()
+        )
+
+
+def test_a_partial_batch_is_charged_for_the_outputs_that_arrived(
+    client: TestClient, platform: Platform
+) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    queued = created(client, sam, "flux-dev", num_outputs=2, sandbox={"delay_s": 0, "deliver": 1})
+    assert (queued["credits_held"], queued["balance_after"]) == (10, 1990)
+    assert drain(platform) == 1
+    done = fetch(client, sam, queued["id"])
+    assert (done["status"], done["credits_charged"], done["balance_after"]) == (
+        "succeeded",
+        5,
+        1995,
+    )
+    assert done["error"] is None
+    [output] = done["outputs"]
+    assert client.get(output["url"]).status_code == 200
+    assert balance(client, sam) == (1995, 0)
+    # 1 x 5 credits consumed, the other 5 back in the wallet.
+    assert ledger_of(client, sam, queued["id"]) == [("hold", -10), ("capture", 0), ("release", 5)]
+    assert unfinished(platform) == []
+
+
+def test_a_result_whose_downloads_are_refused_fails_and_costs_nothing(
+    client: TestClient, platform: Platform
+) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    queued = created(
+        client, sam, "flux-schnell", num_outputs=3, sandbox={"delay_s": 0, "fail_download": True}
+    )
+    assert drain(platform) == 1
+    done = fetch(client, sam, queued["id"])
+    assert (done["status"], done["credits_charged"], done["balance_after"]) == (
+        "failed",
+        0,
+        STARTER_CREDITS,
+    )
+    assert done["error"]["code"] == "output_unavailable"
+    assert "3 of 3 outputs" in done["error"]["message"]
+    assert done["outputs"] == []
+    assert balance(client, sam) == (STARTER_CREDITS, 0)
+    assert ledger_of(client, sam, queued["id"]) == [("hold", -3), ("release", 3)]
+    assert unfinished(platform) == []
+    # The Free plan's one job at a time is free again.
+    fay = make_user(platform, "fay@example.com", credits=10)
+    stuck = created(client, fay, "flux-schnell", sandbox={"delay_s": 0, "fail_download": True})
+    after = created(client, fay, "flux-schnell")
+    assert drain(platform) == 2
+    assert fetch(client, fay, stuck["id"])["status"] == "failed"
+    assert fetch(client, fay, after["id"])["status"] == "succeeded"
+    assert balance(client, fay) == (9, 0)
+
+
+class CrashingDownloads:
+    """The provider, but downloading output ``crash_at`` raises what no
+    provider error is (a bug, a worker dying mid-copy): the exception leaves
+    the runner and the job stays leased until its lease runs out."""
+
+    def __init__(self, provider: Any, crash_at: int) -> None:
+        self.provider = provider
+        self.crash_at = crash_at
+        self.name = provider.name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.provider, name)
+
+    def download(self, output: Any) -> bytes:
+        if str(output.url).endswith(f"/{self.crash_at}"):
+            raise RuntimeError("the worker died while copying this output")
+        data: bytes = self.provider.download(output)
+        return data
+
+
+def test_a_job_whose_worker_keeps_crashing_ends_at_the_attempts_cap(
+    client: TestClient, platform: Platform, clock: ManualClock
+) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    queued = created(client, sam, "flux-dev", num_outputs=2)
+    worker = Worker(platform, concurrency=1)
+    worker.runner.sleep = lambda _seconds: None
+    worker.runner.lease = timedelta(seconds=5)
+    worker.runner.provider = CrashingDownloads(platform.provider, crash_at=1)  # type: ignore[assignment]
+    crashes = 0
+    for _ in range(8):
+        claimed = worker.claim()
+        if claimed is None:
+            break
+        try:
+            worker.runner.run(claimed)
+        except RuntimeError:
+            crashes += 1
+        clock.advance(timedelta(seconds=6))  # the crashed worker's lease runs out
+    assert crashes == 5  # the default cap (PLASMAART_MAX_JOB_ATTEMPTS)
+    done = fetch(client, sam, queued["id"])
+    # The first output was stored on the first attempt: it is delivered and
+    # charged; the one that never arrived is released.
+    assert (done["status"], done["credits_charged"], len(done["outputs"])) == ("succeeded", 5, 1)
+    assert done["error"]["code"] == "attempts_exhausted"
+    assert balance(client, sam) == (1995, 0)
+    assert ledger_of(client, sam, queued["id"]) == [("hold", -10), ("capture", 0), ("release", 5)]
+    assert unfinished(platform) == []
+    with platform.db.read() as conn:
+        row = conn.execute(select(generations).where(generations.c.id == queued["id"])).one()
+    assert row.attempts == 6
+
+
+def test_cancel_ends_a_job_whose_downloads_keep_failing(
+    client: TestClient, platform: Platform
+) -> None:
+    from plasmaart.generation.providers.base import ProviderUnavailable
+
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    queued = created(client, sam, "flux-schnell", num_outputs=2)
+
+    class Unreachable(CrashingDownloads):
+        def download(self, output: Any) -> bytes:
+            raise ProviderUnavailable(f"{output.url}: HTTP 503")
+
+    canceled: list[int] = []
+
+    def sleep(_seconds: float) -> None:
+        # The user gives up on the job while the worker is retrying.
+        if not canceled:
+            answer = client.post(f"/v1/generations/{queued['id']}/cancel", headers=sam.auth)
+            canceled.append(answer.status_code)
+            assert answer.json()["status"] == "running"
+
+    worker = Worker(platform, concurrency=1)
+    worker.runner.sleep = sleep
+    worker.runner.provider = Unreachable(platform.provider, crash_at=-1)  # type: ignore[assignment]
+    claimed = worker.claim()
+    assert claimed is not None
+    worker.runner.run(claimed)
+    assert canceled == [200]
+    done = fetch(client, sam, queued["id"])
+    assert (done["status"], done["credits_charged"], done["outputs"]) == ("canceled", 0, [])
+    assert done["error"]["code"] == "canceled"
+    assert balance(client, sam) == (STARTER_CREDITS, 0)
+    assert ledger_of(client, sam, queued["id"]) == [("hold", -2), ("release", 2)]
+    assert unfinished(platform) == []
+
+
+def test_a_test_clock_jump_neither_times_out_running_jobs_nor_frees_their_leases(
+    client: TestClient, platform: Platform, clock: ManualClock
+) -> None:
+    """Billing time jumps three days; the job's deadline and lease measure
+    real time, so it runs on, on the same worker, and succeeds."""
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    root = make_user(platform, "root@example.com", admin=True)
+    queued = created(client, sam, "flux-dev", sandbox={"delay_s": 30})
+    first = Worker(platform, concurrency=1)
+    first.runner.sleep = lambda _seconds: None
+    claimed = first.claim()
+    assert claimed is not None
+
+    def polls(count: int) -> None:
+        """Run the job for ``count`` polls of the provider, then leave it."""
+        ticks = iter([False] * count)
+        first.runner.stopping = lambda: next(ticks, True)
+        first.runner.run(claimed)
+
+    polls(1)  # submitted to the provider, still generating
+    jumped = client.post("/v1/admin/clock/advance", json={"days": 3}, headers=root.auth)
+    assert jumped.status_code == 200, jumped.text
+    assert platform.clock.now() >= clock.now() + timedelta(days=3)
+    # The lease has not run out: no other worker may take the job.
+    assert Worker(platform, concurrency=1).claim() is None
+    polls(1)
+    assert fetch(client, sam, queued["id"])["status"] == "running"
+    clock.advance(timedelta(seconds=31))  # the provider finishes
+    polls(2)
+    done = fetch(client, sam, queued["id"])
+    assert (done["status"], done["credits_charged"], done["error"]) == ("succeeded", 5, None)
+    # What users see stays on billing time: it ended three days after it began.
+    started = done["created_at"]
+    finished = done["finished_at"]
+    from datetime import datetime
+
+    assert datetime.fromisoformat(finished) - datetime.fromisoformat(started) >= timedelta(days=3)
+    assert balance(client, sam) == (1995, 0)
+    assert unfinished(platform) == []
+
+
 def test_a_queued_generation_canceled_is_refunded(client: TestClient, platform: Platform) -> None:
     sam = make_user(platform, "sam@example.com", plan="starter")
     queued = created(client, sam, "flux-schnell", num_outputs=3)
@@ -384,6 +575,42 @@ INVALID = [
     ),
     pytest.param({"model": "flux-schnell", "colour": "red"}, "colour", id="unknown-field"),
     pytest.param({"model": "flux-schnell", "prompt": "   "}, "prompt", id="blank-prompt"),
+    # The sandbox's fault injection is checked at submission, not by the worker.
+    pytest.param(
+        {"model": "flux-schnell", "num_outputs": 2, "params": {"sandbox": {"deliver": 2}}},
+        "params.sandbox.deliver",
+        id="deliver-every-output",
+    ),
+    pytest.param(
+        {"model": "flux-schnell", "num_outputs": 3, "params": {"sandbox": {"deliver": 0}}},
+        "params.sandbox.deliver",
+        id="deliver-none",
+    ),
+    pytest.param(
+        {"model": "flux-schnell", "num_outputs": 3, "params": {"sandbox": {"deliver": "2"}}},
+        "params.sandbox.deliver",
+        id="deliver-not-a-number",
+    ),
+    pytest.param(
+        {"model": "flux-schnell", "params": {"sandbox": {"deliver": 1}}},
+        "params.sandbox.deliver",
+        id="deliver-of-one-output",
+    ),
+    pytest.param(
+        {"model": "flux-schnell", "params": {"sandbox": {"fail_download": "yes"}}},
+        "params.sandbox.fail_download",
+        id="fail-download-not-a-flag",
+    ),
+    pytest.param(
+        {"model": "flux-schnell", "params": {"sandbox": {"delay_s": 601}}},
+        "params.sandbox.delay_s",
+        id="delay-too-long",
+    ),
+    pytest.param(
+        {"model": "flux-schnell", "params": {"sandbox": {"explode": True}}},
+        "params.sandbox.explode",
+        id="sandbox-unknown-key",
+    ),
 ]
 
 

@@ -56,7 +56,7 @@ def test_migrated_check_constraints_match_tables(db: Database) -> None:
 
 def test_database_is_at_head(db: Database) -> None:
     assert is_up_to_date(db)
-    assert head_revision() == "0008"
+    assert head_revision() == "0009"
 
 
 # -- upgrading a database that holds data ---------------------------------------
@@ -121,7 +121,7 @@ def test_upgrade_keeps_holds_in_every_state_and_mends_a_flipped_status(
     upgrade(empty_db)
 
     with empty_db.engine.connect() as conn:
-        assert current_revision(conn) == "0008"
+        assert current_revision(conn) == head_revision()
     after = _holds(empty_db)
     assert after == {**before, made["flipped"]: ("released", 0, 10)}
     assert {made[state]: after[made[state]] for state in made} == {

@@ -23,7 +23,8 @@ It speaks the protocol the fal provider relies on:
 Each submitted request takes the next scripted ``Behaviour`` (``script``), or
 ``default``: how many polls it stays queued and running, stuck in the queue,
 errors at submit, status or result (422 with a ``detail`` list, 5xx with or
-without ``X-Fal-Retryable``), flagged outputs, duplicate webhook delivery. A
+without ``X-Fal-Retryable``), output files refused (a 404 for a file past its
+expiry, a 5xx that persists), flagged outputs, duplicate webhook delivery. A
 request completes after its polls, or when a test calls ``complete``; on
 completion its webhook is POSTed, signed like fal's.
 """
@@ -121,6 +122,10 @@ class Behaviour:
     status_error: FalError | None = None
     result_error: FalError | None = None
     nsfw: tuple[bool, ...] = ()  # has_nsfw_concepts, one flag per image
+    # Downloads of the output files answered with this error: those of the
+    # indexes in ``download_error_for``, or of every file when it is empty.
+    download_error: FalError | None = None
+    download_error_for: tuple[int, ...] = ()
     webhook_deliveries: int = 1  # 2: the same webhook is delivered twice
 
 
@@ -456,6 +461,9 @@ class FakeFal:
             request = self.requests.get(request_id)
             if request is None or index not in request.media:
                 return 404, {"detail": "No such file"}, {}
+            refused = request.behaviour.download_error
+            if refused is not None and index in (request.behaviour.download_error_for or (index,)):
+                return _error(refused)
             content_type, data = request.media[index]
         return 200, data, {"Content-Type": content_type}
 

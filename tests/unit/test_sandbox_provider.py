@@ -14,7 +14,7 @@ from PIL import Image
 from plasmaart.catalog import load_catalog
 from plasmaart.clock import ManualClock
 from plasmaart.generation.providers.base import ProviderRejected, ProviderRequest
-from plasmaart.generation.providers.sandbox import SandboxProvider
+from plasmaart.generation.providers.sandbox import SandboxProvider, sandbox_errors
 from plasmaart.media.metadata import probe_mp4
 from plasmaart.media.render import render_image
 
@@ -82,6 +82,63 @@ def test_failures_on_request(sandbox: SandboxProvider, clock: ManualClock) -> No
             sandbox.submit(request("flux-dev", sandbox=bad))
     with pytest.raises(ProviderRejected):
         sandbox.submit(request("wan-pro-i2v"))  # needs an input image
+
+
+def test_deliver_makes_only_some_of_the_outputs_arrive(
+    sandbox: SandboxProvider, clock: ManualClock
+) -> None:
+    model = CATALOG.model("flux-schnell")
+    request_id = sandbox.submit(
+        request("flux-schnell", num_outputs=4, sandbox={"delay_s": 0, "deliver": 3})
+    )
+    done = sandbox.status(model, request_id)
+    assert done.state == "succeeded"
+    assert [output.url for output in done.outputs] == [
+        f"sandbox://{request_id}/{index}" for index in range(3)
+    ]
+    assert all(sandbox.download(output) for output in done.outputs)
+
+
+def test_fail_download_reports_success_and_refuses_every_file(
+    sandbox: SandboxProvider, clock: ManualClock
+) -> None:
+    model = CATALOG.model("flux-schnell")
+    request_id = sandbox.submit(
+        request("flux-schnell", num_outputs=2, sandbox={"delay_s": 0, "fail_download": True})
+    )
+    done = sandbox.status(model, request_id)
+    assert (done.state, len(done.outputs)) == ("succeeded", 2)
+    for output in done.outputs:
+        # As fal answers for an expired file: refused, not worth retrying.
+        with pytest.raises(ProviderRejected, match="HTTP 404"):
+            sandbox.download(output)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "sandbox_params", "field"),
+    [
+        (2, {"deliver": 2}, "params.sandbox.deliver"),
+        (2, {"deliver": 0}, "params.sandbox.deliver"),
+        (3, {"deliver": True}, "params.sandbox.deliver"),
+        (3, {"deliver": 1.5}, "params.sandbox.deliver"),
+        (1, {"deliver": 1}, "params.sandbox.deliver"),
+        (1, {"fail_download": 1}, "params.sandbox.fail_download"),
+        (1, {"fail": "yes"}, "params.sandbox.fail"),
+        (1, {"delay_s": -1}, "params.sandbox.delay_s"),
+        (1, {"explode": True}, "params.sandbox.explode"),
+    ],
+)
+def test_sandbox_params_out_of_range_are_named(
+    sandbox: SandboxProvider, outputs: int, sandbox_params: dict[str, object], field: str
+) -> None:
+    assert [f for f, _ in sandbox_errors(sandbox_params, outputs)] == [field]
+    with pytest.raises(ProviderRejected, match=field):
+        sandbox.submit(request("flux-schnell", num_outputs=outputs, sandbox=sandbox_params))
+
+
+def test_sandbox_params_in_range_are_taken() -> None:
+    assert sandbox_errors({"deliver": 1, "fail": False, "delay_s": 0.5}, 2) == []
+    assert sandbox_errors({"deliver": 3, "fail_download": True}, 4) == []
 
 
 def test_cancel_until_done(sandbox: SandboxProvider, clock: ManualClock) -> None:

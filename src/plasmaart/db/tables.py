@@ -458,6 +458,9 @@ generations = Table(
     Column("provider_request_id", String(200)),
     Column("lease_owner", String(80)),
     Column("lease_expires_at", Timestamp),
+    # Set by the first claim, in real time like the lease (never the billing
+    # test clock): past it, whoever holds the job ends it (generation/bounds.py).
+    Column("deadline_at", Timestamp),
     Column("fencing_token", BigInteger, nullable=False, server_default="0"),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", Timestamp),

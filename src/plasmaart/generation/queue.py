@@ -7,6 +7,10 @@ write lock of ``BEGIN IMMEDIATE`` on SQLite), applies the scheduling rules
 the chosen job running with a lease and a new fencing token. Every later write
 of the worker is conditional on that token, so a worker whose lease expired
 (and whose job another worker took over) can no longer change it.
+
+Leases and deadlines are in real time (the platform's job clock), never the
+billing test clock: ``now`` is that clock; ``recorded_at``, the time shown to
+users (``started_at``), is the platform's clock.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from sqlalchemy import Connection, and_, case, func, or_, select, update
 from plasmaart.billing.service import BillingService
 from plasmaart.catalog import Catalog
 from plasmaart.db.tables import generations
+from plasmaart.generation.bounds import deadline_for
 from plasmaart.generation.scheduling import QueuedJob, Running, WalletLimits, pick_next
 
 # How far down the queue one claim looks for a job whose wallet is under its caps.
@@ -42,12 +47,22 @@ def claim(
     total_slots: int,
     catalog: Catalog,
     billing: BillingService,
+    recorded_at: datetime | None = None,
 ) -> Claim | None:
     g = generations
     expired = and_(g.c.status == "running", g.c.lease_expires_at < now)
     # Jobs whose worker died come first: they are already under way.
     candidates = conn.execute(
-        select(g.c.id, g.c.wallet_id, g.c.queue_class, g.c.enqueued_at, g.c.video, g.c.status)
+        select(
+            g.c.id,
+            g.c.wallet_id,
+            g.c.queue_class,
+            g.c.enqueued_at,
+            g.c.video,
+            g.c.status,
+            g.c.kind,
+            g.c.deadline_at,
+        )
         .where(or_(g.c.status == "queued", expired))
         .order_by((g.c.status == "queued").asc(), g.c.virtual_start, g.c.enqueued_at, g.c.id)
         .limit(CLAIM_WINDOW)
@@ -56,6 +71,7 @@ def claim(
     if not candidates:
         return None
     resumable = [row for row in candidates if row.status == "running"]
+    by_id = {row.id: row for row in candidates}
     if resumable:
         chosen_id, resumed = resumable[0].id, True
     else:
@@ -78,6 +94,9 @@ def claim(
         if chosen is None:
             return None
         chosen_id, resumed = chosen.id, False
+    row = by_id[chosen_id]
+    # The hard deadline is set once, by the first claim; a resumed job keeps it.
+    deadline = row.deadline_at if row.deadline_at is not None else deadline_for(row.kind, now)
     token = conn.execute(
         update(g)
         .where(g.c.id == chosen_id)
@@ -86,7 +105,8 @@ def claim(
             lease_owner=worker_id,
             lease_expires_at=now + lease,
             fencing_token=g.c.fencing_token + 1,
-            started_at=func.coalesce(g.c.started_at, now),
+            started_at=func.coalesce(g.c.started_at, recorded_at or now),
+            deadline_at=deadline,
             attempts=g.c.attempts + 1,
         )
         .returning(g.c.fencing_token)
@@ -139,6 +159,23 @@ def set_provider_request(conn: Connection, generation_id: str, token: int, reque
         update(generations)
         .where(generations.c.id == generation_id, generations.c.fencing_token == token)
         .values(provider_request_id=request_id)
+    )
+    return bool(result.rowcount)
+
+
+def hand_back(conn: Connection, generation_id: str, token: int) -> bool:
+    """A worker stopping gracefully leaves its job (leased, at the provider)
+    for whoever claims it next: a clean hand-over does not count as one of
+    the job's attempts."""
+    result = conn.execute(
+        update(generations)
+        .where(
+            generations.c.id == generation_id,
+            generations.c.fencing_token == token,
+            generations.c.status == "running",
+            generations.c.attempts > 0,
+        )
+        .values(attempts=generations.c.attempts - 1)
     )
     return bool(result.rowcount)
 

@@ -161,6 +161,23 @@ def outputs_of(conn: Connection, generation_id: str) -> list[AnyRow]:
     )
 
 
+def output_positions(conn: Connection, generation_id: str) -> set[int]:
+    """The positions of the outputs already in our storage (a job stores each
+    as it arrives, so a job resumed after a crash fetches only the rest)."""
+    return {
+        int(position)
+        for position in conn.execute(
+            select(generation_outputs.c.position).where(
+                generation_outputs.c.generation_id == generation_id
+            )
+        ).scalars()
+    }
+
+
+def insert_output(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(insert(generation_outputs).values(**values))
+
+
 def queue_position(conn: Connection, row: AnyRow) -> int:
     """1 + the queued jobs ahead of this one in queue order."""
     ahead = conn.execute(

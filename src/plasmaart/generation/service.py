@@ -35,6 +35,7 @@ from plasmaart.db.engine import after_commit
 from plasmaart.errors import InvalidInput
 from plasmaart.generation import repository as repo
 from plasmaart.generation.errors import ConcurrencyLimit, GenerationNotFound, ModelNotInPlan
+from plasmaart.generation.providers.sandbox import sandbox_errors
 from plasmaart.generation.scheduling import virtual_start
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
@@ -386,6 +387,11 @@ class GenerationService:
         if not isinstance(sandbox, dict):
             errors.append({"field": "params.sandbox", "message": "must be an object"})
             sandbox = {}
+        # Checked at submission whichever provider runs, so that a job the
+        # sandbox would refuse is refused before anything is held.
+        errors += [
+            {"field": f, "message": m} for f, m in sandbox_errors(sandbox, request.num_outputs)
+        ]
         errors += [{"field": f, "message": m} for f, m in param_errors(model, params)]
         if errors:
             raise InvalidInput(errors[0]["message"], errors=errors)

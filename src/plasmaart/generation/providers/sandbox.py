@@ -2,9 +2,16 @@
 
 Like Stripe's test mode it behaves as a real provider would — a request id at
 once, a realistic delay, outputs to download — and honours ``params.sandbox``
-(``{"fail": true}``, ``{"delay_s": 5}``) so that tests and demos can drive
-failures. Its jobs live as small JSON files under one folder, so a worker that
-dies can resume a job from its request id, from any process on the machine.
+so that tests and demos can drive failures: ``{"fail": true}`` (the model
+fails), ``{"delay_s": 5}`` (it takes that long), ``{"deliver": 2}`` (only 2 of
+the requested outputs arrive) and ``{"fail_download": true}`` (it reports
+success, but every download of an output is refused, as fal answers 404 for a
+file that expired). ``sandbox_errors`` checks them; the submission runs it, so
+a request the sandbox would refuse is refused before anything is held.
+
+Its jobs live as small JSON files under one folder, so a worker that dies can
+resume a job from its request id, from any process on the machine. Its delays
+are real time (the platform's job clock), not the billing test clock.
 Outputs are rendered when downloaded, deterministically from the prompt, the
 seed and the output's index (``plasmaart.media.render``).
 """
@@ -15,6 +22,7 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -35,6 +43,41 @@ from plasmaart.media import render
 DEFAULT_DELAY_S = {"text-to-image": 2.0, "text-to-video": 6.0, "image-to-video": 6.0}
 MAX_DELAY_S = 600.0
 URL_SCHEME = "sandbox://"
+KEYS = ("fail", "delay_s", "deliver", "fail_download")
+
+
+def sandbox_errors(sandbox: Mapping[str, object], num_outputs: int) -> list[tuple[str, str]]:
+    """What is wrong with ``params.sandbox`` for a request of ``num_outputs``
+    outputs, as (field, message) pairs; none if the sandbox would take it."""
+    errors: list[tuple[str, str]] = []
+    for key in sorted(set(sandbox) - set(KEYS)):
+        errors.append((f"params.sandbox.{key}", f"unknown; the sandbox takes {', '.join(KEYS)}"))
+    for flag in ("fail", "fail_download"):
+        if flag in sandbox and not isinstance(sandbox[flag], bool):
+            errors.append((f"params.sandbox.{flag}", "must be true or false"))
+    if "delay_s" in sandbox:
+        delay = sandbox["delay_s"]
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not (0 <= delay <= MAX_DELAY_S)
+        ):
+            errors.append(("params.sandbox.delay_s", f"must be 0 to {MAX_DELAY_S:g} seconds"))
+    if "deliver" in sandbox:
+        deliver = sandbox["deliver"]
+        if num_outputs < 2:
+            errors.append(
+                ("params.sandbox.deliver", "needs num_outputs of 2 or more (some arrive, not all)")
+            )
+        elif (
+            isinstance(deliver, bool)
+            or not isinstance(deliver, int)
+            or not (1 <= deliver < num_outputs)
+        ):
+            errors.append(
+                ("params.sandbox.deliver", f"must be a whole number from 1 to {num_outputs - 1}")
+            )
+    return errors
 
 
 @dataclass(frozen=True)
@@ -50,6 +93,8 @@ class _Job:
     ready_at: datetime
     canceled: bool
     has_image: bool
+    deliver: int  # outputs that arrive: num_outputs unless params.sandbox.deliver
+    fail_download: bool
 
 
 class SandboxProvider:
@@ -64,19 +109,12 @@ class SandboxProvider:
 
     def submit(self, request: ProviderRequest) -> str:
         sandbox = dict(request.sandbox)
-        unknown = set(sandbox) - {"fail", "delay_s"}
-        if unknown:
-            raise ProviderRejected(f"params.sandbox: unknown keys {sorted(unknown)}")
+        problems = sandbox_errors(sandbox, request.num_outputs)
+        if problems:
+            raise ProviderRejected("; ".join(f"{field}: {message}" for field, message in problems))
         delay = sandbox.get("delay_s", DEFAULT_DELAY_S[request.model.kind])
-        if (
-            isinstance(delay, bool)
-            or not isinstance(delay, int | float)
-            or not (0 <= delay <= MAX_DELAY_S)
-        ):
-            raise ProviderRejected(f"params.sandbox.delay_s must be 0 to {MAX_DELAY_S:g} seconds")
-        fail = sandbox.get("fail", False)
-        if not isinstance(fail, bool):
-            raise ProviderRejected("params.sandbox.fail must be true or false")
+        delay_s = float(delay) if isinstance(delay, int | float) else 0.0  # checked above
+        deliver = sandbox.get("deliver", request.num_outputs)
         if request.model.kind == "image-to-video" and request.image is None:
             raise ProviderRejected(f"{request.model.id} needs an input image")
         request_id = "sbx_" + secrets.token_hex(12)
@@ -89,9 +127,11 @@ class SandboxProvider:
             "num_outputs": request.num_outputs,
             "aspect_ratio": str(request.params.get("aspect_ratio", "16:9")),
             "duration_s": int(request.params.get("duration_s", 5)),  # type: ignore[call-overload]
-            "fail": fail,
+            "fail": bool(sandbox.get("fail", False)),
+            "deliver": deliver,
+            "fail_download": bool(sandbox.get("fail_download", False)),
             "submitted_at": now.isoformat(),
-            "ready_at": (now + timedelta(seconds=float(delay))).isoformat(),
+            "ready_at": (now + timedelta(seconds=delay_s)).isoformat(),
             "canceled": False,
             "has_image": request.image is not None,
         }
@@ -132,6 +172,12 @@ class SandboxProvider:
             raise ProviderRejected(f"not a sandbox output: {output.url!r}")
         request_id, _, index_text = output.url.removeprefix(URL_SCHEME).partition("/")
         job = self._load(request_id)
+        if job.fail_download:
+            # As fal answers for a file past its expiry: refused, not worth a retry.
+            raise ProviderRejected(
+                f"sandbox download {output.url}: HTTP 404: the file is gone "
+                "(params.sandbox.fail_download)"
+            )
         index = int(index_text)
         seed = job.seed + index
         if job.kind == "text-to-image":
@@ -164,6 +210,8 @@ class SandboxProvider:
             ready_at=datetime.fromisoformat(data["ready_at"]),
             canceled=bool(data["canceled"]),
             has_image=bool(data.get("has_image", False)),
+            deliver=int(data.get("deliver", data["num_outputs"])),
+            fail_download=bool(data.get("fail_download", False)),
         )
 
     def _source(self, request_id: str, job: _Job) -> bytes | None:
@@ -176,7 +224,7 @@ class SandboxProvider:
                 ProviderOutput(
                     "image/png", url=f"{URL_SCHEME}{request_id}/{index}", width=width, height=height
                 )
-                for index in range(job.num_outputs)
+                for index in range(job.deliver)
             )
         width, height = _video_size(job, self._source(request_id, job))
         return tuple(
@@ -187,7 +235,7 @@ class SandboxProvider:
                 height=height,
                 duration_s=float(job.duration_s),
             )
-            for index in range(job.num_outputs)
+            for index in range(job.deliver)
         )
 
 
