@@ -142,7 +142,8 @@ def test_upgrade_is_immediate_and_prorated(platform: Platform, clock: ManualCloc
     kai = customer(platform)
     subscribe(platform, kai, "starter")
     spend(platform, kai, 300, "early")
-    # 16 of January's 31 days are left: (4900 - 1900) * 16 / 31 = 1548.39 cents.
+    # 16 of January's 31 days are left: (4900 - 1900) * 16 / 31 = 1548.39 cents,
+    # and (5000 - 2000) * 16 / 31 = 1548.39 credits, rounded alike.
     clock.set(JAN_1 + timedelta(days=15))
     with platform.db.write() as conn:
         upgraded = platform.billing.change_plan(conn, kai, "pro")
@@ -152,11 +153,11 @@ def test_upgrade_is_immediate_and_prorated(platform: Platform, clock: ManualCloc
         FEB_1,
     )
     available, plan, _ = state(platform, kai)
-    assert (available, plan) == (1700 + 3000, "pro")
-    assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 1548, 3000)
+    assert (available, plan) == (1700 + 1548, "pro")
+    assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 1548, 1548)
     with platform.db.read() as conn:
         lot = next(
-            lot for lot in platform.ledger.balance(conn, kai.wallet_id).lots if lot.granted == 3000
+            lot for lot in platform.ledger.balance(conn, kai.wallet_id).lots if lot.granted == 1548
         )
     assert lot.expires_at == FEB_1
     # Renewal on Pro: every monthly credit of January expires, 5000 granted.

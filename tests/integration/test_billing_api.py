@@ -66,12 +66,13 @@ def test_subscription_lifecycle(platform: Platform, client: TestClient, clock: M
     assert "wan-pro" in models_available(client, kai)  # Starter has medium video
     twice = client.post("/v1/subscription", json={"plan": "pro"}, headers=kai.auth)
     refused(twice, 409, "already_subscribed")
-    # Upgrade on Jan 16: the difference in credits now, the price prorated.
+    # Upgrade on Jan 16: the differences in credits and in price, both
+    # prorated by the 16 of January's 31 days left: 3000 * 16 / 31 = 1548.39.
     clock.set(JAN_1 + timedelta(days=15))
     upgraded = client.patch("/v1/subscription", json={"plan": "pro"}, headers=kai.auth)
     assert upgraded.status_code == 200, upgraded.text
     assert (upgraded.json()["plan"], upgraded.json()["pending_plan"]) == ("pro", None)
-    assert available(client, kai) == 5000
+    assert available(client, kai) == 2000 + 1548
     assert "veo3" in models_available(client, kai)
     # Downgrade: at the period end. Then cancel instead: Free at the period end.
     later = client.patch("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
@@ -84,7 +85,7 @@ def test_subscription_lifecycle(platform: Platform, client: TestClient, clock: M
     )
     moved = client.post("/v1/admin/clock/advance", json={"days": 16}, headers=admin.auth)
     assert moved.status_code == 200, moved.text
-    assert (moved.json()["canceled"], moved.json()["expired_credits"]) == (1, 5000)
+    assert (moved.json()["canceled"], moved.json()["expired_credits"]) == (1, 3548)
     assert at(moved.json()["now"]) == FEB_1
     ended = client.get("/v1/subscription", headers=kai.auth).json()
     assert (ended["status"], ended["cancel_at_period_end"]) == ("canceled", False)
@@ -100,7 +101,7 @@ def test_subscription_lifecycle(platform: Platform, client: TestClient, clock: M
     assert rest["next_cursor"] is None
     listed = first["data"] + rest["data"]
     assert [(p["kind"], p["amount_cents"], p["credits"], p["currency"]) for p in listed] == [
-        ("upgrade", 1548, 3000, "usd"),
+        ("upgrade", 1548, 1548, "usd"),
         ("subscription", 1900, 2000, "usd"),
     ]
     assert listed[0]["description"] == "upgrade to Pro, prorated, 2026-01-16 to 2026-02-01"
@@ -273,3 +274,36 @@ def test_admin_clock_is_sandbox_and_admin_only(
     )
     refused(card, 404, "not_found")
     assert platform.clock.now() == JAN_1
+
+
+def test_a_late_upgrade_buys_credits_at_the_plan_price(
+    platform: Platform, client: TestClient
+) -> None:
+    """Issue 13, item 1: Starter, 30 days on the test clock, Studio, back to
+    Starter, 2 more days. The upgrade used to charge $2.58 for Studio's last
+    day and grant all 9,000 extra credits; credits and price are now both
+    prorated by the same fraction (1 day of January's 31)."""
+    kai = make_user(platform, "kai@example.com")
+    admin = make_user(platform, "root@example.com", admin=True)
+    subscribed = client.post("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
+    assert subscribed.status_code == 201, subscribed.text
+    moved = client.post("/v1/admin/clock/advance", json={"days": 30}, headers=admin.auth)
+    assert at(moved.json()["now"]) == FEB_1 - timedelta(days=1)
+    upgraded = client.patch("/v1/subscription", json={"plan": "studio"}, headers=kai.auth)
+    assert (upgraded.status_code, upgraded.json()["plan"]) == (200, "studio"), upgraded.text
+    # 9,000 × 1/31 = 290.3 credits and $80 × 1/31 = $2.58, rounded alike.
+    assert available(client, kai) == 2000 + 290
+    back = client.patch("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
+    assert (back.json()["plan"], back.json()["pending_plan"]) == ("studio", "starter")
+    moved = client.post("/v1/admin/clock/advance", json={"days": 2}, headers=admin.auth)
+    assert moved.json()["downgraded"] == 1
+    assert available(client, kai) == 2000
+    listed = client.get("/v1/payments", headers=kai.auth).json()["data"]
+    assert [(p["kind"], p["plan"], p["amount_cents"], p["credits"]) for p in listed] == [
+        ("renewal", "starter", 1900, 2000),
+        ("upgrade", "studio", 258, 290),
+        ("subscription", "starter", 1900, 2000),
+    ]
+    lots = client.get("/v1/balance", headers=kai.auth).json()["lots"]
+    assert [(lot["source"], lot["remaining"]) for lot in lots] == [("subscription", 2000)]
+    books_balance(platform)
