@@ -291,7 +291,7 @@ def test_a_late_upgrade_buys_credits_at_the_plan_price(
     assert at(moved.json()["now"]) == FEB_1 - timedelta(days=1)
     upgraded = client.patch("/v1/subscription", json={"plan": "studio"}, headers=kai.auth)
     assert (upgraded.status_code, upgraded.json()["plan"]) == (200, "studio"), upgraded.text
-    # 9,000 × 1/31 = 290.3 credits and $80 × 1/31 = $2.58, rounded alike.
+    # 9,000 * 1/31 = 290.3 credits and $80 * 1/31 = $2.58, rounded alike.
     assert available(client, kai) == 2000 + 290
     back = client.patch("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
     assert (back.json()["plan"], back.json()["pending_plan"]) == ("studio", "starter")
