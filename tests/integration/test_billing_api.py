@@ -307,3 +307,122 @@ def test_a_late_upgrade_buys_credits_at_the_plan_price(
     lots = client.get("/v1/balance", headers=kai.auth).json()["lots"]
     assert [(lot["source"], lot["remaining"]) for lot in lots] == [("subscription", 2000)]
     books_balance(platform)
+
+
+def preview(client: TestClient, user: TestUser, plan: str) -> dict[str, Any]:
+    response = client.post("/v1/subscription/preview", json={"plan": plan}, headers=user.auth)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_the_preview_shows_what_the_change_then_does(
+    platform: Platform, client: TestClient, clock: ManualClock
+) -> None:
+    kai = make_user(platform, "kai@example.com")
+    first = preview(client, kai, "starter")
+    assert first == {
+        "plan": "starter",
+        "change": "subscribe",
+        "amount_cents": 1900,
+        "currency": "usd",
+        "credits_now": 2000,
+        "takes_effect": "now",
+        "renews_at": "2026-02-01T00:00:00Z",
+        "renews_amount_cents": 1900,
+        "prorated_at": None,
+    }
+    assert client.get("/v1/payments", headers=kai.auth).json()["data"] == []  # nothing charged
+    client.post("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
+    # Jan 20, 10:17:33.5: 999,747 of January's 2,678,400 seconds are left
+    # from the whole second: $80 * that = 2986.1 cents, 9000 * that = 3359.4.
+    clock.set(datetime(2026, 1, 20, 10, 17, 33, 500_000, tzinfo=UTC))
+    shown = preview(client, kai, "studio")
+    assert shown == {
+        "plan": "studio",
+        "change": "upgrade",
+        "amount_cents": 2986,
+        "currency": "usd",
+        "credits_now": 3359,
+        "takes_effect": "now",
+        "renews_at": "2026-02-01T00:00:00Z",
+        "renews_amount_cents": 9900,
+        "prorated_at": "2026-01-20T10:17:33Z",
+    }
+    # The customer reads it for ten minutes (by now it would be 2984 and
+    # 3357), then confirms: the change applies what was shown.
+    clock.advance(timedelta(minutes=10))
+    before = available(client, kai)
+    changed = client.patch(
+        "/v1/subscription",
+        json={"plan": "studio", "prorate_at": shown["prorated_at"]},
+        headers=kai.auth,
+    )
+    assert changed.status_code == 200, changed.text
+    upgrade = client.get("/v1/payments", headers=kai.auth).json()["data"][0]
+    assert (upgrade["kind"], upgrade["amount_cents"], upgrade["credits"]) == (
+        "upgrade",
+        shown["amount_cents"],
+        shown["credits_now"],
+    )
+    assert at(upgrade["period_start"]) == at(shown["prorated_at"])
+    assert available(client, kai) - before == shown["credits_now"]
+    # A downgrade: nothing now, the cheaper plan from the renewal on; then
+    # back to the plan one is on: nothing now either.
+    down = preview(client, kai, "starter")
+    assert (down["change"], down["amount_cents"], down["credits_now"]) == ("downgrade", 0, 0)
+    assert (down["takes_effect"], down["renews_amount_cents"]) == ("period_end", 1900)
+    client.patch("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
+    resume = preview(client, kai, "studio")
+    assert (resume["change"], resume["amount_cents"], resume["credits_now"]) == ("resume", 0, 0)
+    assert resume["renews_amount_cents"] == 9900
+    books_balance(platform)
+
+
+def test_a_preview_moment_is_honoured_only_while_fresh(
+    platform: Platform, client: TestClient, clock: ManualClock
+) -> None:
+    kai = make_user(platform, "kai@example.com", plan="starter")
+    clock.set(datetime(2026, 1, 10, tzinfo=UTC))
+    stale = preview(client, kai, "pro")["prorated_at"]
+    clock.advance(timedelta(minutes=16))
+    ahead = (clock.now() + timedelta(minutes=1)).isoformat()
+    for moment in (stale, ahead, "2026-01-10T00:20:00"):  # old, future, no zone
+        refusal = refused(
+            client.patch(
+                "/v1/subscription", json={"plan": "pro", "prorate_at": moment}, headers=kai.auth
+            ),
+            422,
+            "invalid_input",
+        )
+        assert refusal["errors"][0]["field"] == "prorate_at"
+    assert client.get("/v1/subscription", headers=kai.auth).json()["plan"] == "starter"
+    assert len(client.get("/v1/payments", headers=kai.auth).json()["data"]) == 1
+    # A moment before the period's last upgrade would prorate the next one
+    # over time already upgraded: refused.
+    quote = preview(client, kai, "studio")["prorated_at"]
+    clock.advance(timedelta(minutes=2))
+    client.patch("/v1/subscription", json={"plan": "pro"}, headers=kai.auth)
+    clock.advance(timedelta(minutes=2))
+    late = client.patch(
+        "/v1/subscription", json={"plan": "studio", "prorate_at": quote}, headers=kai.auth
+    )
+    assert refused(late, 422, "invalid_input")["errors"][0]["field"] == "prorate_at"
+    fresh = preview(client, kai, "studio")["prorated_at"]
+    done = client.patch(
+        "/v1/subscription", json={"plan": "studio", "prorate_at": fresh}, headers=kai.auth
+    )
+    assert done.status_code == 200, done.text
+    # Past due: previews are refused like the change.
+    admin = make_user(platform, "root@example.com", admin=True)
+    client.post(
+        f"/v1/admin/users/{kai.id}/billing/sandbox-card",
+        json={"declines": True},
+        headers=admin.auth,
+    )
+    client.post("/v1/admin/clock/advance", json={"days": 22}, headers=admin.auth)
+    due = client.post("/v1/subscription/preview", json={"plan": "pro"}, headers=kai.auth)
+    refused(due, 409, "subscription_past_due")
+    unknown = client.post("/v1/subscription/preview", json={"plan": "gold"}, headers=kai.auth)
+    refused(unknown, 422, "invalid_input")
+    books_balance(platform)

@@ -797,3 +797,40 @@ def test_stripe_billing_needs_both_secrets(
     assert isinstance(backends["stripe"], StripeBackend)
     assert backends["stripe"].renews_on_clock is False
     assert backends["stripe"].return_url == "http://127.0.0.1:8000/"
+
+
+def test_an_upgrade_records_the_invoice_stripe_charged(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "starter")
+    clock.set(datetime(2026, 1, 21, 6, tzinfo=UTC))
+    response = client.patch("/v1/subscription", json={"plan": "pro"}, headers=kai.auth)
+    assert response.status_code == 200, response.text
+    invoice = fake.latest_invoice(stripe_sub)
+    assert invoice["billing_reason"] == "subscription_update"
+    with platform.db.read() as conn:
+        upgrade = platform.billing.payments(conn, kai.id, limit=1)[0]
+    # 10.75 of 31 days: $30 * that = 1040.3 cents, 3000 * that = 1040.3 credits.
+    assert (upgrade.kind, upgrade.amount_cents, upgrade.credits) == ("upgrade", 1040, 1040)
+    assert (upgrade.external_id, invoice["amount_paid"]) == (invoice["id"], 1040)
+
+
+def test_an_upgrade_over_a_scheduled_downgrade_is_prorated_from_the_plan_held(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    """Pro with Starter scheduled (Stripe already bills Starter next), then
+    Studio: Stripe must prorate from Pro, the plan paid for, not Starter."""
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "pro")
+    clock.set(datetime(2026, 1, 5, tzinfo=UTC))
+    down = client.patch("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
+    assert down.json()["pending_plan"] == "starter"
+    clock.set(datetime(2026, 1, 16, tzinfo=UTC))
+    up = client.patch("/v1/subscription", json={"plan": "studio"}, headers=kai.auth)
+    assert (up.json()["plan"], up.json()["pending_plan"]) == ("studio", None)
+    # 16 of 31 days: $50 * that = 2580.6 cents, 6000 * that = 3096.8 credits.
+    assert fake.latest_invoice(stripe_sub)["amount_paid"] == 2581
+    assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 2581, 3097)
+    item = fake.subscriptions[stripe_sub]["items"]["data"][0]
+    assert item["price"]["unit_amount"] == 9900

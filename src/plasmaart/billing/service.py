@@ -365,6 +365,13 @@ class BillingService:
         if not is_upgrade(current, plan):
             return self._schedule(conn, backend, customer, subscription, plan, pending=plan.id)
         proration = self._prorate(conn, subscription, current, plan, prorate_at)
+        if subscription.pending_plan is not None:
+            # Withdraw the scheduled plan first: a provider already billing it
+            # for the next period (Stripe) prorates from the price it bills,
+            # and the upgrade is from the plan held.
+            subscription = self._schedule(
+                conn, backend, customer, subscription, current, pending=None
+            )
         outcome = backend.change_plan(
             conn,
             customer=customer,

@@ -273,13 +273,14 @@ class StripeBackend:
             return Declined(exc.user_message or "the card was declined")
         except stripe.StripeError as exc:
             raise self._unavailable(exc) from exc
-        invoice = updated.latest_invoice if now else None
-        charged = None
-        if isinstance(invoice, Mapping):
-            paid = invoice.get("amount_paid")
-            charged = None if paid is None else int(paid)
-            invoice = invoice.get("id")
-        return Paid(None if invoice is None else str(invoice), amount_cents=charged)
+        if not now:
+            return Paid(None)
+        # Expanded (as asked) the invoice is an object, else its id.
+        invoice = updated.to_dict().get("latest_invoice")
+        if not isinstance(invoice, Mapping):
+            return Paid(None if invoice is None else str(invoice))
+        paid = invoice.get("amount_paid")
+        return Paid(str(invoice["id"]), amount_cents=None if paid is None else int(paid))
 
     def cancel(self, conn: Connection, *, customer: Customer, subscription: Subscription) -> None:  # noqa: ARG002
         """At the period end; a past-due subscription at once (its period is
