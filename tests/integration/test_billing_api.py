@@ -4,7 +4,7 @@ test clock, declining cards)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -409,10 +409,14 @@ def test_a_preview_moment_is_honoured_only_while_fresh(
     )
     assert refused(late, 422, "invalid_input")["errors"][0]["field"] == "prorate_at"
     fresh = preview(client, kai, "studio")["prorated_at"]
+    # The same moment written in another time zone is the same moment.
+    local = at(fresh).astimezone(timezone(timedelta(hours=2))).isoformat()
     done = client.patch(
-        "/v1/subscription", json={"plan": "studio", "prorate_at": fresh}, headers=kai.auth
+        "/v1/subscription", json={"plan": "studio", "prorate_at": local}, headers=kai.auth
     )
     assert done.status_code == 200, done.text
+    studio = client.get("/v1/payments", headers=kai.auth).json()["data"][0]
+    assert (studio["plan"], studio["period_start"]) == ("studio", fresh)
     # Past due: previews are refused like the change.
     admin = make_user(platform, "root@example.com", admin=True)
     client.post(

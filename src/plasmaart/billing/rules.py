@@ -25,8 +25,10 @@ class Proration:
     (DESIGN.md §5): the differences in monthly price and in monthly credits,
     both multiplied by the same exact fraction of the period left
     (``left``) and both rounded the same way, to the nearest unit, halves up.
-    So an upgrade's credits always cost what the new plan charges for the
-    time they cover, and no sequence of plan changes buys them cheaper."""
+    The credits an upgrade adds cover the same time as the money it
+    charges: a late upgrade buys a late share of the month, never a whole
+    month's difference, so no sequence of plan changes buys credits cheaper
+    than the plans held, each for the time it was held."""
 
     at: datetime
     period_start: datetime

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Connection
@@ -1032,7 +1032,7 @@ class BillingService:
                     "plan change): preview the change again",
                     field="prorate_at",
                 )
-            at = _to_second(prorate_at)
+            at = _to_second(prorate_at.astimezone(UTC))
         return prorate_upgrade(
             current, plan, subscription.current_period_start, subscription.current_period_end, at
         )
