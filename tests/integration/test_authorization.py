@@ -557,6 +557,14 @@ def own_subscription(answer: Answer) -> None:
     assert (answer.body["plan"], answer.body["status"]) == expected
 
 
+def previews_pro(answer: Answer) -> None:
+    # Studio -> Pro: at the period end, nothing now; Free: subscribing, at once.
+    expected = {"studio": ("downgrade", 0), "free": ("subscribe", 4900)}
+    with answer.platform.db.read() as conn:
+        plan = answer.platform.billing.current_plan(conn, answer.me.wallet_id).id
+    assert (answer.body["change"], answer.body["amount_cents"]) == expected[plan]
+
+
 def subscribed_to_starter(answer: Answer) -> None:
     assert (answer.body["plan"], answer.body["status"]) == ("starter", "active")
 
@@ -870,6 +878,13 @@ ROWS: tuple[Row, ...] = (
     # billing: the caller's own subscription, purchases and payments. The
     # owner and the other user are on Studio, the member and the admin on Free.
     Row("GET /v1/subscription", (U, 200, 200, 200, 200), about_caller=True, check=own_subscription),
+    Row(
+        "POST /v1/subscription/preview",
+        (U, 200, 200, 200, 200),
+        body={"plan": "pro"},
+        about_caller=True,
+        check=previews_pro,
+    ),
     Row(
         "POST /v1/subscription",
         (U, Refusal(409, "already_subscribed"), Refusal(409, "already_subscribed"), 201, 201),

@@ -142,7 +142,8 @@ def test_upgrade_is_immediate_and_prorated(platform: Platform, clock: ManualCloc
     kai = customer(platform)
     subscribe(platform, kai, "starter")
     spend(platform, kai, 300, "early")
-    # 16 of January's 31 days are left: (4900 - 1900) * 16 / 31 = 1548.39 cents.
+    # 16 of January's 31 days are left: (4900 - 1900) * 16 / 31 = 1548.39 cents,
+    # and (5000 - 2000) * 16 / 31 = 1548.39 credits, rounded alike.
     clock.set(JAN_1 + timedelta(days=15))
     with platform.db.write() as conn:
         upgraded = platform.billing.change_plan(conn, kai, "pro")
@@ -152,11 +153,11 @@ def test_upgrade_is_immediate_and_prorated(platform: Platform, clock: ManualCloc
         FEB_1,
     )
     available, plan, _ = state(platform, kai)
-    assert (available, plan) == (1700 + 3000, "pro")
-    assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 1548, 3000)
+    assert (available, plan) == (1700 + 1548, "pro")
+    assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 1548, 1548)
     with platform.db.read() as conn:
         lot = next(
-            lot for lot in platform.ledger.balance(conn, kai.wallet_id).lots if lot.granted == 3000
+            lot for lot in platform.ledger.balance(conn, kai.wallet_id).lots if lot.granted == 1548
         )
     assert lot.expires_at == FEB_1
     # Renewal on Pro: every monthly credit of January expires, 5000 granted.
@@ -164,6 +165,51 @@ def test_upgrade_is_immediate_and_prorated(platform: Platform, clock: ManualCloc
     tick(platform)
     assert state(platform, kai)[:2] == (5000, "pro")
     assert paid(platform, kai)[-1] == ("renewal", "succeeded", 4900, 5000)
+
+
+def test_each_step_up_is_prorated_from_the_plan_before_it(
+    platform: Platform, clock: ManualClock
+) -> None:
+    """Starter, Pro on Jan 10 (22 of 31 days left), Studio on Jan 25 at noon
+    (6.5 days left): each upgrade grants and charges its own step, prorated
+    by its own time left."""
+    kai = customer(platform)
+    subscribe(platform, kai, "starter")
+    clock.set(datetime(2026, 1, 10, tzinfo=UTC))
+    with platform.db.write() as conn:
+        platform.billing.change_plan(conn, kai, "pro")
+    # 3000 * 22 / 31 = 2129.03 cents and credits.
+    assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 2129, 2129)
+    clock.set(datetime(2026, 1, 25, 12, tzinfo=UTC))
+    with platform.db.write() as conn:
+        platform.billing.change_plan(conn, kai, "studio")
+    # $50 * 6.5 / 31 = 1048.39 cents; 6000 * 6.5 / 31 = 1258.06 credits.
+    assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 1048, 1258)
+    assert state(platform, kai)[:2] == (2000 + 2129 + 1258, "studio")
+
+
+def test_up_down_up_within_a_period_grants_once(platform: Platform, clock: ManualClock) -> None:
+    """Starter -> Studio, Starter scheduled, Studio again: the last change
+    only withdraws the scheduled downgrade; nothing is charged or granted
+    twice, and Starter -> Studio cannot be bought a second time."""
+    kai = customer(platform)
+    subscribe(platform, kai, "starter")
+    clock.set(JAN_1 + timedelta(days=30))
+    with platform.db.write() as conn:
+        platform.billing.change_plan(conn, kai, "studio")
+    granted = state(platform, kai)[0]
+    for step in ("starter", "studio", "starter", "studio"):
+        clock.advance(timedelta(hours=1))
+        with platform.db.write() as conn:
+            changed = platform.billing.change_plan(conn, kai, step)
+        assert (changed.plan, changed.pending_plan) == (
+            "studio",
+            "starter" if step == "starter" else None,
+        )
+    assert state(platform, kai)[:2] == (granted, "studio")
+    assert [kind for kind, *_ in paid(platform, kai)] == ["subscription", "upgrade"]
+    # 9000 and $80 for 1 of 31 days: 290.3 credits, 258.1 cents.
+    assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 258, 290)
 
 
 def test_downgrade_waits_for_the_period_end(platform: Platform, clock: ManualClock) -> None:

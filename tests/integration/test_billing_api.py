@@ -4,7 +4,7 @@ test clock, declining cards)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -66,12 +66,13 @@ def test_subscription_lifecycle(platform: Platform, client: TestClient, clock: M
     assert "wan-pro" in models_available(client, kai)  # Starter has medium video
     twice = client.post("/v1/subscription", json={"plan": "pro"}, headers=kai.auth)
     refused(twice, 409, "already_subscribed")
-    # Upgrade on Jan 16: the difference in credits now, the price prorated.
+    # Upgrade on Jan 16: the differences in credits and in price, both
+    # prorated by the 16 of January's 31 days left: 3000 * 16 / 31 = 1548.39.
     clock.set(JAN_1 + timedelta(days=15))
     upgraded = client.patch("/v1/subscription", json={"plan": "pro"}, headers=kai.auth)
     assert upgraded.status_code == 200, upgraded.text
     assert (upgraded.json()["plan"], upgraded.json()["pending_plan"]) == ("pro", None)
-    assert available(client, kai) == 5000
+    assert available(client, kai) == 2000 + 1548
     assert "veo3" in models_available(client, kai)
     # Downgrade: at the period end. Then cancel instead: Free at the period end.
     later = client.patch("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
@@ -84,7 +85,7 @@ def test_subscription_lifecycle(platform: Platform, client: TestClient, clock: M
     )
     moved = client.post("/v1/admin/clock/advance", json={"days": 16}, headers=admin.auth)
     assert moved.status_code == 200, moved.text
-    assert (moved.json()["canceled"], moved.json()["expired_credits"]) == (1, 5000)
+    assert (moved.json()["canceled"], moved.json()["expired_credits"]) == (1, 3548)
     assert at(moved.json()["now"]) == FEB_1
     ended = client.get("/v1/subscription", headers=kai.auth).json()
     assert (ended["status"], ended["cancel_at_period_end"]) == ("canceled", False)
@@ -100,7 +101,7 @@ def test_subscription_lifecycle(platform: Platform, client: TestClient, clock: M
     assert rest["next_cursor"] is None
     listed = first["data"] + rest["data"]
     assert [(p["kind"], p["amount_cents"], p["credits"], p["currency"]) for p in listed] == [
-        ("upgrade", 1548, 3000, "usd"),
+        ("upgrade", 1548, 1548, "usd"),
         ("subscription", 1900, 2000, "usd"),
     ]
     assert listed[0]["description"] == "upgrade to Pro, prorated, 2026-01-16 to 2026-02-01"
@@ -273,3 +274,159 @@ def test_admin_clock_is_sandbox_and_admin_only(
     )
     refused(card, 404, "not_found")
     assert platform.clock.now() == JAN_1
+
+
+def test_a_late_upgrade_buys_credits_at_the_plan_price(
+    platform: Platform, client: TestClient
+) -> None:
+    """Issue 13, item 1: Starter, 30 days on the test clock, Studio, back to
+    Starter, 2 more days. The upgrade used to charge $2.58 for Studio's last
+    day and grant all 9,000 extra credits; credits and price are now both
+    prorated by the same fraction (1 day of January's 31)."""
+    kai = make_user(platform, "kai@example.com")
+    admin = make_user(platform, "root@example.com", admin=True)
+    subscribed = client.post("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
+    assert subscribed.status_code == 201, subscribed.text
+    moved = client.post("/v1/admin/clock/advance", json={"days": 30}, headers=admin.auth)
+    assert at(moved.json()["now"]) == FEB_1 - timedelta(days=1)
+    upgraded = client.patch("/v1/subscription", json={"plan": "studio"}, headers=kai.auth)
+    assert (upgraded.status_code, upgraded.json()["plan"]) == (200, "studio"), upgraded.text
+    # 9,000 * 1/31 = 290.3 credits and $80 * 1/31 = $2.58, rounded alike.
+    assert available(client, kai) == 2000 + 290
+    back = client.patch("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
+    assert (back.json()["plan"], back.json()["pending_plan"]) == ("studio", "starter")
+    moved = client.post("/v1/admin/clock/advance", json={"days": 2}, headers=admin.auth)
+    assert moved.json()["downgraded"] == 1
+    assert available(client, kai) == 2000
+    listed = client.get("/v1/payments", headers=kai.auth).json()["data"]
+    assert [(p["kind"], p["plan"], p["amount_cents"], p["credits"]) for p in listed] == [
+        ("renewal", "starter", 1900, 2000),
+        ("upgrade", "studio", 258, 290),
+        ("subscription", "starter", 1900, 2000),
+    ]
+    lots = client.get("/v1/balance", headers=kai.auth).json()["lots"]
+    assert [(lot["source"], lot["remaining"]) for lot in lots] == [("subscription", 2000)]
+    books_balance(platform)
+
+
+def preview(client: TestClient, user: TestUser, plan: str) -> dict[str, Any]:
+    response = client.post("/v1/subscription/preview", json={"plan": plan}, headers=user.auth)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_the_preview_shows_what_the_change_then_does(
+    platform: Platform, client: TestClient, clock: ManualClock
+) -> None:
+    kai = make_user(platform, "kai@example.com")
+    first = preview(client, kai, "starter")
+    assert first == {
+        "plan": "starter",
+        "change": "subscribe",
+        "amount_cents": 1900,
+        "currency": "usd",
+        "credits_now": 2000,
+        "takes_effect": "now",
+        "renews_at": "2026-02-01T00:00:00Z",
+        "renews_amount_cents": 1900,
+        "prorated_at": None,
+    }
+    assert client.get("/v1/payments", headers=kai.auth).json()["data"] == []  # nothing charged
+    client.post("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
+    # Jan 20, 10:17:33.5: 999,747 of January's 2,678,400 seconds are left
+    # from the whole second: $80 * that = 2986.1 cents, 9000 * that = 3359.4.
+    clock.set(datetime(2026, 1, 20, 10, 17, 33, 500_000, tzinfo=UTC))
+    shown = preview(client, kai, "studio")
+    assert shown == {
+        "plan": "studio",
+        "change": "upgrade",
+        "amount_cents": 2986,
+        "currency": "usd",
+        "credits_now": 3359,
+        "takes_effect": "now",
+        "renews_at": "2026-02-01T00:00:00Z",
+        "renews_amount_cents": 9900,
+        "prorated_at": "2026-01-20T10:17:33Z",
+    }
+    # The customer reads it for ten minutes (by now it would be 2984 and
+    # 3357), then confirms: the change applies what was shown.
+    clock.advance(timedelta(minutes=10))
+    before = available(client, kai)
+    changed = client.patch(
+        "/v1/subscription",
+        json={"plan": "studio", "prorate_at": shown["prorated_at"]},
+        headers=kai.auth,
+    )
+    assert changed.status_code == 200, changed.text
+    upgrade = client.get("/v1/payments", headers=kai.auth).json()["data"][0]
+    assert (upgrade["kind"], upgrade["amount_cents"], upgrade["credits"]) == (
+        "upgrade",
+        shown["amount_cents"],
+        shown["credits_now"],
+    )
+    assert at(upgrade["period_start"]) == at(shown["prorated_at"])
+    assert available(client, kai) - before == shown["credits_now"]
+    # A downgrade: nothing now, the cheaper plan from the renewal on; then
+    # back to the plan one is on: nothing now either.
+    down = preview(client, kai, "starter")
+    assert (down["change"], down["amount_cents"], down["credits_now"]) == ("downgrade", 0, 0)
+    assert (down["takes_effect"], down["renews_amount_cents"]) == ("period_end", 1900)
+    client.patch("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
+    resume = preview(client, kai, "studio")
+    assert (resume["change"], resume["amount_cents"], resume["credits_now"]) == ("resume", 0, 0)
+    assert resume["renews_amount_cents"] == 9900
+    books_balance(platform)
+
+
+def test_a_preview_moment_is_honoured_only_while_fresh(
+    platform: Platform, client: TestClient, clock: ManualClock
+) -> None:
+    kai = make_user(platform, "kai@example.com", plan="starter")
+    clock.set(datetime(2026, 1, 10, tzinfo=UTC))
+    stale = preview(client, kai, "pro")["prorated_at"]
+    clock.advance(timedelta(minutes=16))
+    ahead = (clock.now() + timedelta(minutes=1)).isoformat()
+    for moment in (stale, ahead, "2026-01-10T00:20:00"):  # old, future, no zone
+        refusal = refused(
+            client.patch(
+                "/v1/subscription", json={"plan": "pro", "prorate_at": moment}, headers=kai.auth
+            ),
+            422,
+            "invalid_input",
+        )
+        assert refusal["errors"][0]["field"] == "prorate_at"
+    assert client.get("/v1/subscription", headers=kai.auth).json()["plan"] == "starter"
+    assert len(client.get("/v1/payments", headers=kai.auth).json()["data"]) == 1
+    # A moment before the period's last upgrade would prorate the next one
+    # over time already upgraded: refused.
+    quote = preview(client, kai, "studio")["prorated_at"]
+    clock.advance(timedelta(minutes=2))
+    client.patch("/v1/subscription", json={"plan": "pro"}, headers=kai.auth)
+    clock.advance(timedelta(minutes=2))
+    late = client.patch(
+        "/v1/subscription", json={"plan": "studio", "prorate_at": quote}, headers=kai.auth
+    )
+    assert refused(late, 422, "invalid_input")["errors"][0]["field"] == "prorate_at"
+    fresh = preview(client, kai, "studio")["prorated_at"]
+    # The same moment written in another time zone is the same moment.
+    local = at(fresh).astimezone(timezone(timedelta(hours=2))).isoformat()
+    done = client.patch(
+        "/v1/subscription", json={"plan": "studio", "prorate_at": local}, headers=kai.auth
+    )
+    assert done.status_code == 200, done.text
+    studio = client.get("/v1/payments", headers=kai.auth).json()["data"][0]
+    assert (studio["plan"], studio["period_start"]) == ("studio", fresh)
+    # Past due: previews are refused like the change.
+    admin = make_user(platform, "root@example.com", admin=True)
+    client.post(
+        f"/v1/admin/users/{kai.id}/billing/sandbox-card",
+        json={"declines": True},
+        headers=admin.auth,
+    )
+    client.post("/v1/admin/clock/advance", json={"days": 22}, headers=admin.auth)
+    due = client.post("/v1/subscription/preview", json={"plan": "pro"}, headers=kai.auth)
+    refused(due, 409, "subscription_past_due")
+    unknown = client.post("/v1/subscription/preview", json={"plan": "gold"}, headers=kai.auth)
+    refused(unknown, 422, "invalid_input")
+    books_balance(platform)

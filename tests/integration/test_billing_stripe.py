@@ -199,21 +199,25 @@ def test_a_year_on_stripe(
     assert outcome(client, fake, pack_events[0]) == "duplicate"
     assert state(platform, kai)[0] == 3000
     spend(platform, kai, 1500, "january")
-    # Jan 16: upgrade to Pro at once: Stripe invoices the proration now; the
-    # difference in monthly credits is granted. Stripe's echoes change nothing.
+    # Jan 16: upgrade to Pro at once: Stripe invoices the proration from the
+    # moment we name (proration_date) now; the difference in monthly credits
+    # is prorated from the same moment, rounded alike: 16 of January's 31
+    # days, 3000 * 16 / 31 = 1548.39. Stripe's echoes change nothing.
     clock.set(datetime(2026, 1, 16, tzinfo=UTC))
     response = client.patch("/v1/subscription", json={"plan": "pro"}, headers=kai.auth)
     assert response.status_code == 200, response.text
     update = fake.calls_to("POST", f"/v1/subscriptions/{stripe_sub}")[-1]
     assert update.params["proration_behavior"] == "always_invoice"
+    assert update.params["proration_date"] == str(int(clock.now().timestamp()))
     assert update.params["items"][0]["price_data"]["unit_amount"] == "4900"
     assert update.idempotency_key is not None
-    assert state(platform, kai)[:2] == (4500, "pro")
+    assert fake.latest_invoice(stripe_sub)["amount_paid"] == 1548
+    assert state(platform, kai)[:2] == (1500 + 1548, "pro")
     echo = fake.event("customer.subscription.updated", fake.subscriptions[stripe_sub])
     assert outcome(client, fake, echo) == "ignored"
     proration = fake.event("invoice.paid", fake.latest_invoice(stripe_sub))
     assert outcome(client, fake, proration) == "ignored"
-    assert state(platform, kai)[:2] == (4500, "pro")
+    assert state(platform, kai)[:2] == (1500 + 1548, "pro")
     # Feb 1: Stripe renews. The unused monthly credits expire, 5,000 new ones.
     clock.set(datetime(2026, 2, 1, tzinfo=UTC))
     renewal = fake.renew(stripe_sub)
@@ -317,7 +321,7 @@ def test_a_year_on_stripe(
     assert paid(platform, kai) == [
         ("subscription", "succeeded", 1900, 2000),
         ("pack", "succeeded", 1200, 1000),
-        ("upgrade", "succeeded", 1548, 3000),  # $30 for 16 of January's 31 days
+        ("upgrade", "succeeded", 1548, 1548),  # 16 of January's 31 days of Pro's extra
         ("renewal", "succeeded", 4900, 5000),
         ("renewal", "succeeded", 1900, 2000),
         ("pack", "succeeded", 3300, 3000),
@@ -571,8 +575,15 @@ def test_changes_made_in_the_portal_apply_in_any_order(
     clock.advance(timedelta(minutes=1))
     upgrade = fake.portal(stripe_sub, plan="studio", amount=9900)[0]
     assert outcome(client, fake, upgrade) == "applied"
+    # Prorated from the change at Stripe (the event, Jan 16 00:02), not from
+    # when the event arrived: 6000 credits and $50 for 1,382,280 of the
+    # period's 2,678,400 seconds: 3096.5 credits, 2580.4 cents.
+    clock.advance(timedelta(days=3))
+    again = fake.portal(stripe_sub, plan="studio", amount=9900)[0]
+    assert outcome(client, fake, again) == "ignored"
     available, plan, sub = state(platform, kai)
-    assert (available, plan) == (11000, "studio")
+    assert (available, plan) == (5000 + 3097, "studio")
+    assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 2580, 3097)
     clock.advance(timedelta(minutes=1))
     older = fake.portal(stripe_sub, plan="starter", amount=1900)[0]
     clock.advance(timedelta(minutes=1))
@@ -609,7 +620,11 @@ def test_a_declined_upgrade_changes_nothing(
     clock.advance(timedelta(seconds=5))
     response = client.patch("/v1/subscription", json={"plan": "studio"}, headers=kai.auth)
     assert response.status_code == 200, response.text
-    assert state(platform, kai)[:2] == (11000, "studio")
+    # 22 days and 5 seconds before Feb 1: 1,900,795 of 2,678,400 seconds
+    # left, 9000 credits * that = 6386.98, $80 * that = 5677.3 cents.
+    assert state(platform, kai)[:2] == (2000 + 6387, "studio")
+    assert fake.latest_invoice(stripe_sub)["amount_paid"] == 5677
+    assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 5677, 6387)
 
 
 def test_a_second_paid_checkout_does_not_subscribe_twice(
@@ -782,3 +797,40 @@ def test_stripe_billing_needs_both_secrets(
     assert isinstance(backends["stripe"], StripeBackend)
     assert backends["stripe"].renews_on_clock is False
     assert backends["stripe"].return_url == "http://127.0.0.1:8000/"
+
+
+def test_an_upgrade_records_the_invoice_stripe_charged(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "starter")
+    clock.set(datetime(2026, 1, 21, 6, tzinfo=UTC))
+    response = client.patch("/v1/subscription", json={"plan": "pro"}, headers=kai.auth)
+    assert response.status_code == 200, response.text
+    invoice = fake.latest_invoice(stripe_sub)
+    assert invoice["billing_reason"] == "subscription_update"
+    with platform.db.read() as conn:
+        upgrade = platform.billing.payments(conn, kai.id, limit=1)[0]
+    # 10.75 of 31 days: $30 * that = 1040.3 cents, 3000 * that = 1040.3 credits.
+    assert (upgrade.kind, upgrade.amount_cents, upgrade.credits) == ("upgrade", 1040, 1040)
+    assert (upgrade.external_id, invoice["amount_paid"]) == (invoice["id"], 1040)
+
+
+def test_an_upgrade_over_a_scheduled_downgrade_is_prorated_from_the_plan_held(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    """Pro with Starter scheduled (Stripe already bills Starter next), then
+    Studio: Stripe must prorate from Pro, the plan paid for, not Starter."""
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "pro")
+    clock.set(datetime(2026, 1, 5, tzinfo=UTC))
+    down = client.patch("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
+    assert down.json()["pending_plan"] == "starter"
+    clock.set(datetime(2026, 1, 16, tzinfo=UTC))
+    up = client.patch("/v1/subscription", json={"plan": "studio"}, headers=kai.auth)
+    assert (up.json()["plan"], up.json()["pending_plan"]) == ("studio", None)
+    # 16 of 31 days: $50 * that = 2580.6 cents, 6000 * that = 3096.8 credits.
+    assert fake.latest_invoice(stripe_sub)["amount_paid"] == 2581
+    assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 2581, 3097)
+    item = fake.subscriptions[stripe_sub]["items"]["data"][0]
+    assert item["price"]["unit_amount"] == 9900

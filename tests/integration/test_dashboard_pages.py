@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import html
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
 from plasmaart.accounts import audit
 from plasmaart.bootstrap import Platform
+from plasmaart.clock import ManualClock
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.stats import platform_stats
 from plasmaart.web.dashboard.pages import safe_next
@@ -304,3 +305,48 @@ def test_admin_audit_page_filters_and_pages_the_log(client: TestClient, platform
     assert "spam" not in hidden.text
     # The admin page links to it.
     assert 'href="/admin/audit"' in client.get("/admin", headers=admin.auth).text
+
+
+def plan_card(page: str, plan: str) -> str:
+    found = re.search(rf'aria-labelledby="plan-{plan}">(.*?)</article>', page, re.S)
+    assert found is not None, plan
+    return html.unescape(found.group(1))
+
+
+def test_the_plan_page_shows_what_an_upgrade_charges_and_grants_before_it_is_confirmed(
+    client: TestClient, platform: Platform, clock: ManualClock
+) -> None:
+    """The issue's customer: Starter, one day before the period ends. The
+    Studio card says what upgrading pays and grants now, and confirming it
+    (the card's form, minutes later) applies exactly those numbers."""
+    kai = make_user(platform, "kai@example.com", plan="starter")
+    clock.set(datetime(2026, 1, 31, tzinfo=UTC))
+    page = client.get("/billing", headers=kai.auth).text
+    studio = plan_card(page, "studio")
+    # $80 and 9000 credits for 1 of January's 31 days: 258.06 cents, 290.3 credits.
+    assert "You pay $2.58 now and get 290 credits now" in studio
+    assert 'data-confirm="Upgrade to Studio now? You pay $2.58 now and get 290 credits now."' in (
+        studio
+    )
+    assert "then $99 a month" in studio
+    pro = plan_card(page, "pro")
+    assert "You pay $0.97 now and get 97 credits now" in pro  # 3000 / 31 = 96.8
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', studio))
+    assert fields == {"plan": "studio", "prorate_at": "2026-01-31T00:00:00+00:00"}
+    clock.advance(timedelta(minutes=5))
+    before = platform_available(platform, kai.wallet_id)
+    confirmed = client.patch("/v1/subscription", json=fields, headers=kai.auth)
+    assert confirmed.status_code == 200, confirmed.text
+    upgrade = client.get("/v1/payments", headers=kai.auth).json()["data"][0]
+    assert (upgrade["kind"], upgrade["amount_cents"], upgrade["credits"]) == ("upgrade", 258, 290)
+    assert platform_available(platform, kai.wallet_id) - before == 290
+    # On Studio now: the cheaper plans take effect at the period end, for nothing now.
+    after = client.get("/billing", headers=kai.auth).text
+    starter = plan_card(after, "starter")
+    assert "Nothing to pay now: Starter from Feb 01, 2026, at $19 a month." in starter
+    assert "prorate_at" not in starter
+
+
+def platform_available(platform: Platform, wallet_id: str) -> int:
+    with platform.db.read() as conn:
+        return platform.ledger.balance(conn, wallet_id).available

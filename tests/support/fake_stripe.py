@@ -11,7 +11,9 @@ bracketed keys decoded as Stripe does:
   ``POST /v1/billing_portal/sessions``;
 * ``GET|POST|DELETE /v1/subscriptions/{id}`` (an update with
   ``proration_behavior=always_invoice`` to a pricier price invoices and
-  charges the proration; a declining card: 402 ``card_error``);
+  charges the difference prorated by the seconds left from
+  ``proration_date`` (now by default), to the nearest cent; a declining
+  card: 402 ``card_error``; ``expand[]=latest_invoice`` expands it);
 * ``GET /v1/invoices?subscription=``, ``POST /v1/invoices/{id}/pay``,
   ``GET /v1/invoice_payments?payment[payment_intent]=``.
 
@@ -268,14 +270,25 @@ class FakeStripe:
             if params.get("proration_behavior") == "always_invoice" and amount > old:
                 if subscription["customer"] in self.declining:
                     return _error(402, "card_error", "Your card was declined.", "card_declined")
+                start, end = item["current_period_start"], item["current_period_end"]
+                since = min(max(int(params.get("proration_date", self._now())), start), end)
+                # The difference for the seconds left, to the nearest cent.
+                prorated = (2 * (amount - old) * (end - since) + (end - start)) // (
+                    2 * (end - start)
+                )
                 invoice = self._invoice(
-                    subscription, "subscription_update", amount - old, paid=True
+                    subscription, "subscription_update", prorated, paid=True, since=since
                 )
                 subscription["latest_invoice"] = invoice["id"]
             item["price"] = self._price(price["product"], amount)
         if "cancel_at_period_end" in params:
             subscription["cancel_at_period_end"] = params["cancel_at_period_end"] == "true"
         subscription["metadata"].update(params.get("metadata", {}))
+        if "latest_invoice" in params.get("expand", []) and subscription["latest_invoice"]:
+            return 200, {
+                **subscription,
+                "latest_invoice": self.invoices[subscription["latest_invoice"]],
+            }
         return 200, subscription
 
     # -- Stripe's side of the story -----------------------------------------------
@@ -479,7 +492,13 @@ class FakeStripe:
         return subscription
 
     def _invoice(
-        self, subscription: dict[str, Any], reason: str, amount: int, *, paid: bool
+        self,
+        subscription: dict[str, Any],
+        reason: str,
+        amount: int,
+        *,
+        paid: bool,
+        since: int | None = None,
     ) -> dict[str, Any]:
         item = subscription["items"]["data"][0]
         invoice_id = new_id("in")
@@ -509,7 +528,7 @@ class FakeStripe:
                         "object": "line_item",
                         "amount": amount,
                         "period": {
-                            "start": item["current_period_start"],
+                            "start": item["current_period_start"] if since is None else since,
                             "end": item["current_period_end"],
                         },
                     }

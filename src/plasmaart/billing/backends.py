@@ -28,6 +28,7 @@ provider's own idempotency so that a retried request never charges twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal, Protocol
 
 from sqlalchemy import Connection
@@ -49,9 +50,12 @@ class Customer:
 @dataclass(frozen=True)
 class Paid:
     """The money moved. ``external_id``: the provider's id of the charge
-    (invoice, payment intent), kept with the payment for refunds."""
+    (invoice, payment intent), kept with the payment for refunds;
+    ``amount_cents``: what the provider charged, when it reckoned the amount
+    itself (Stripe's proration invoice), else the amount asked for."""
 
     external_id: str | None = None
+    amount_cents: int | None = None
 
 
 @dataclass(frozen=True)
@@ -100,11 +104,13 @@ class BillingBackend(Protocol):
         effective: Effective,
         amount_cents: int,
         idempotency_key: str,
+        prorate_at: datetime | None = None,
     ) -> ChargeOutcome:
         """Move ``subscription`` to ``plan``: ``now`` charges ``amount_cents``
-        (the prorated difference) at once; ``period_end`` charges nothing now
-        and bills ``plan`` from the next period on, clearing any scheduled
-        cancellation."""
+        (the difference in price prorated from ``prorate_at``, a whole
+        second, to the period end) at once; ``period_end`` charges nothing
+        now and bills ``plan`` from the next period on, clearing any
+        scheduled cancellation."""
         ...
 
     def cancel(self, conn: Connection, *, customer: Customer, subscription: Subscription) -> None:

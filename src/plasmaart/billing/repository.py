@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy import Connection, func, insert, or_, select, update
 
 from plasmaart.accounts.repository import AnyRow
 from plasmaart.clock import as_utc
@@ -197,6 +197,22 @@ def insert_payment(conn: Connection, **values: Any) -> Payment:
 def payment_by_key(conn: Connection, key: str) -> Payment | None:
     row = conn.execute(select(payments).where(payments.c.idempotency_key == key)).one_or_none()
     return None if row is None else _payment(row)
+
+
+def last_upgrade_at(
+    conn: Connection, subscription_id: str, period_end: datetime
+) -> datetime | None:
+    """When the last upgrade of the period ending at ``period_end`` was
+    prorated from (its payment's ``period_start``), if there was one."""
+    found = conn.execute(
+        select(func.max(payments.c.period_start)).where(
+            payments.c.subscription_id == subscription_id,
+            payments.c.kind == "upgrade",
+            payments.c.status == "succeeded",
+            payments.c.period_end == period_end,
+        )
+    ).scalar_one_or_none()
+    return _maybe_utc(found)
 
 
 def payments_of_user(

@@ -1,10 +1,12 @@
 """The billing rules as plain functions: which plan change is an upgrade, what
-an upgrade costs for the rest of the period, when a grace period ends, when
-purchased credits expire."""
+an upgrade costs and grants for the rest of the period, when a grace period
+ends, when purchased credits expire."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from fractions import Fraction
 
 from plasmaart.catalog import CreditPack, PlanSpec
 
@@ -17,10 +19,56 @@ def is_upgrade(current: PlanSpec, new: PlanSpec) -> bool:
     return new.price_cents > current.price_cents
 
 
-def upgrade_credits(current: PlanSpec, new: PlanSpec) -> int:
-    """The monthly credits an upgrade adds for the rest of the period: the
-    whole difference, as the policy sells credits per month, not per day."""
-    return max(new.monthly_credits - current.monthly_credits, 0)
+@dataclass(frozen=True)
+class Proration:
+    """What an upgrade at ``at`` costs and grants for the rest of its period
+    (DESIGN.md §5): the differences in monthly price and in monthly credits,
+    both multiplied by the same exact fraction of the period left
+    (``left``) and both rounded the same way, to the nearest unit, halves up.
+    The credits an upgrade adds cover the same time as the money it
+    charges: a late upgrade buys a late share of the month, never a whole
+    month's difference, so no sequence of plan changes buys credits cheaper
+    than the plans held, each for the time it was held."""
+
+    at: datetime
+    period_start: datetime
+    period_end: datetime
+    left: Fraction
+    amount_cents: int
+    credits: int
+
+
+def period_left(period_start: datetime, period_end: datetime, at: datetime) -> Fraction:
+    """The share of the period still ahead at ``at``, exactly: microseconds
+    left over microseconds in the period, between 0 and 1."""
+    total = (period_end - period_start) // _MICROSECOND
+    if total <= 0:
+        raise ValueError("a period must end after it starts")
+    left = min(max((period_end - at) // _MICROSECOND, 0), total)
+    return Fraction(left, total)
+
+
+def prorate(amount: int, left: Fraction) -> int:
+    """``amount * left`` to the nearest unit, halves up (amounts are never
+    negative: a difference that would be is 0)."""
+    if amount <= 0:
+        return 0
+    return (2 * amount * left.numerator + left.denominator) // (2 * left.denominator)
+
+
+def prorate_upgrade(
+    current: PlanSpec, new: PlanSpec, period_start: datetime, period_end: datetime, at: datetime
+) -> Proration:
+    """The one rule of an upgrade's price and credits (see ``Proration``)."""
+    left = period_left(period_start, period_end, at)
+    return Proration(
+        at=at,
+        period_start=period_start,
+        period_end=period_end,
+        left=left,
+        amount_cents=prorate(new.price_cents - current.price_cents, left),
+        credits=prorate(new.monthly_credits - current.monthly_credits, left),
+    )
 
 
 def prorated_cents(
@@ -28,11 +76,7 @@ def prorated_cents(
 ) -> int:
     """``amount_cents`` for the part of the period still ahead at ``now``,
     rounded to the nearest cent (halves up)."""
-    total = (period_end - period_start) // _MICROSECOND
-    if total <= 0:
-        raise ValueError("a period must end after it starts")
-    left = min(max((period_end - now) // _MICROSECOND, 0), total)
-    return (2 * amount_cents * left + total) // (2 * total)
+    return prorate(amount_cents, period_left(period_start, period_end, now))
 
 
 def grace_ends_at(period_end: datetime, grace_days: int, next_period_end: datetime) -> datetime:

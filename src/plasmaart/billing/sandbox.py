@@ -9,6 +9,8 @@ the subscription past due and purchases answer 402 ``payment_failed``.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import Connection
 
 from plasmaart.billing import repository as repo
@@ -64,6 +66,7 @@ class SandboxBackend:
         effective: Effective,  # noqa: ARG002
         amount_cents: int,
         idempotency_key: str,  # noqa: ARG002
+        prorate_at: datetime | None = None,  # noqa: ARG002 - amount_cents is prorated
     ) -> ChargeOutcome:
         return self._charge(conn, customer, amount_cents)
 

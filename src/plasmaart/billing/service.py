@@ -6,9 +6,10 @@ purchase), so that the clock running twice, or in two workers, grants once:
 
 * subscribe: ``active`` at once, the period's monthly credits granted as a lot
   that expires at the period end;
-* upgrade (a pricier plan): at once; the difference in monthly credits is
-  granted until the period end, the price difference charged prorated by the
-  time left;
+* upgrade (a pricier plan): at once; the differences in monthly credits
+  and in price are both prorated by the same fraction of the period left
+  (``rules.prorate_upgrade``), the credits granted until the period end, the
+  price charged now; ``preview`` shows both before the customer confirms;
 * downgrade (a cheaper plan): ``pending_plan``, applied at the period end;
 * cancel: ``cancel_at_period_end``; at the period end, Free;
 * renewal at each period end (``ledger.renew``): the ended period's monthly
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Connection
@@ -47,11 +48,11 @@ from plasmaart.billing.errors import (
 from plasmaart.billing.periods import period_end_after
 from plasmaart.billing.repository import Payment, PaymentKind, Subscription
 from plasmaart.billing.rules import (
+    Proration,
     grace_ends_at,
     is_upgrade,
     pack_expires_at,
-    prorated_cents,
-    upgrade_credits,
+    prorate_upgrade,
 )
 from plasmaart.billing.sandbox import SandboxBackend
 from plasmaart.catalog import Catalog, CreditPack, PlanSpec
@@ -72,6 +73,7 @@ __all__ = [
     "ClockStep",
     "PackPurchase",
     "Payment",
+    "PlanChangePreview",
     "Subscription",
     "effective_plan",
 ]
@@ -80,6 +82,12 @@ __all__ = [
 MIN_PERIOD_DAYS = 28
 # What the clock did to one subscription in one step.
 ClockStep = Literal["renewed", "downgraded", "payment_failed", "canceled", "grace_ended"]
+# How long a preview's proration moment (``prorated_at``) may be handed back
+# to ``change_plan`` as ``prorate_at``: the customer reading the numbers and
+# confirming them; and how far ahead of this process's clock it may be
+# (another process may have re-read the sandbox test clock a moment sooner).
+QUOTE_VALID = timedelta(minutes=15)
+QUOTE_CLOCK_SKEW = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,24 @@ class Checkout:
     """The customer pays on the backend's page; the webhook finishes the job."""
 
     url: str
+
+
+@dataclass(frozen=True)
+class PlanChangePreview:
+    """What subscribing or changing to ``plan`` would do, charging nothing:
+    ``amount_cents`` charged and ``credits_now`` granted at once (an upgrade:
+    both prorated from ``prorated_at``, which ``change_plan`` accepts back
+    as ``prorate_at`` so that it applies these very numbers), and what the
+    renewal at ``renews_at`` will charge."""
+
+    plan: str
+    change: Literal["subscribe", "upgrade", "downgrade", "resume"]
+    amount_cents: int
+    credits_now: int
+    takes_effect: Literal["now", "period_end"]
+    renews_at: datetime
+    renews_amount_cents: int
+    prorated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +167,12 @@ def effective_plan(catalog: Catalog, plan_id: str, status: str) -> PlanSpec:
 
 def _key_time(moment: datetime) -> str:
     return moment.isoformat()
+
+
+def _to_second(moment: datetime) -> datetime:
+    """Upgrades are prorated from a whole second, as Stripe's
+    ``proration_date`` is, so both backends reckon from the same moment."""
+    return moment.replace(microsecond=0)
 
 
 class BillingService:
@@ -268,49 +300,87 @@ class BillingService:
             payment_external_id=outcome.external_id,
         )
 
-    def change_plan(self, conn: Connection, customer: Customer, plan_id: str) -> Subscription:
-        """An upgrade at once (prorated), a downgrade at the period end. The
-        plan one is on withdraws a scheduled downgrade or cancellation."""
-        plan = self._paid_plan(
-            plan_id,
-            free_hint="to go back to Free, cancel the subscription (DELETE)",
-            catalog=self._catalog_at(conn),
+    def preview(self, conn: Connection, customer: Customer, plan_id: str) -> PlanChangePreview:
+        """What ``subscribe`` (without a subscription) or ``change_plan``
+        (with one) to ``plan_id`` would charge and grant now, refused as they
+        would refuse it; reads only."""
+        now = self.clock.now()
+        subscription = repo.subscription_of_wallet(conn, customer.wallet_id)
+        if subscription is None or subscription.status == "canceled":
+            plan = self._paid_plan(plan_id, catalog=self._catalog_at(conn))
+            return PlanChangePreview(
+                plan=plan.id,
+                change="subscribe",
+                amount_cents=plan.price_cents,
+                credits_now=plan.monthly_credits,
+                takes_effect="now",
+                renews_at=period_end_after(now, now),
+                renews_amount_cents=plan.price_cents,
+            )
+        plan, current = self._plan_change(conn, subscription, plan_id)
+        end = subscription.current_period_end
+        renews = self._plan_or_none(plan.id, self._catalog_at(conn, end)) or plan
+        if current is None or not is_upgrade(current, plan):
+            return PlanChangePreview(
+                plan=plan.id,
+                change="resume" if current is None else "downgrade",
+                amount_cents=0,
+                credits_now=0,
+                takes_effect="period_end",
+                renews_at=end,
+                renews_amount_cents=renews.price_cents,
+            )
+        proration = self._prorate(conn, subscription, current, plan, None)
+        return PlanChangePreview(
+            plan=plan.id,
+            change="upgrade",
+            amount_cents=proration.amount_cents,
+            credits_now=proration.credits,
+            takes_effect="now",
+            renews_at=end,
+            renews_amount_cents=renews.price_cents,
+            prorated_at=proration.at,
         )
+
+    def change_plan(
+        self,
+        conn: Connection,
+        customer: Customer,
+        plan_id: str,
+        *,
+        prorate_at: datetime | None = None,
+    ) -> Subscription:
+        """An upgrade at once (prorated), a downgrade at the period end. The
+        plan one is on withdraws a scheduled downgrade or cancellation.
+        ``prorate_at``: a preview's ``prorated_at`` (at most ``QUOTE_VALID``
+        old), so that the upgrade charges and grants what the preview showed;
+        now by default."""
         subscription = self._current(conn, customer.wallet_id)
         if subscription is None or subscription.status == "canceled":
             raise NoSubscription("you have no subscription; subscribe first")
-        if subscription.status == "past_due":
-            raise SubscriptionPastDue("the last renewal is unpaid: pay it before changing plans")
+        plan, current = self._plan_change(conn, subscription, plan_id)
         backend = self._backend_of(subscription)
-        now = self.clock.now()
-        if now >= subscription.current_period_end:
-            raise RenewalPending("the period has ended and its renewal is not confirmed yet")
-        if plan.id == subscription.plan:
-            if subscription.pending_plan is None and not subscription.cancel_at_period_end:
-                raise InvalidInput(f"you are already on {plan.name}", field="plan")
+        if current is None:
             return self._schedule(conn, backend, customer, subscription, plan, pending=None)
-        current = effective_plan(
-            self._catalog_at(conn, subscription.current_period_start),
-            subscription.plan,
-            subscription.status,
-        )
         if not is_upgrade(current, plan):
             return self._schedule(conn, backend, customer, subscription, plan, pending=plan.id)
-        amount = prorated_cents(
-            plan.price_cents - current.price_cents,
-            subscription.current_period_start,
-            subscription.current_period_end,
-            now,
-        )
-        key = self._upgrade_key(subscription, plan)
+        proration = self._prorate(conn, subscription, current, plan, prorate_at)
+        if subscription.pending_plan is not None:
+            # Withdraw the scheduled plan first: a provider already billing it
+            # for the next period (Stripe) prorates from the price it bills,
+            # and the upgrade is from the plan held.
+            subscription = self._schedule(
+                conn, backend, customer, subscription, current, pending=None
+            )
         outcome = backend.change_plan(
             conn,
             customer=customer,
             subscription=subscription,
             plan=plan,
             effective="now",
-            amount_cents=amount,
-            idempotency_key=key,
+            amount_cents=proration.amount_cents,
+            prorate_at=proration.at,
+            idempotency_key=self._upgrade_key(subscription, plan),
         )
         if isinstance(outcome, Declined):
             raise PaymentFailed(outcome.reason)
@@ -318,7 +388,8 @@ class BillingService:
             conn,
             subscription.id,
             plan_id=plan.id,
-            amount_cents=amount,
+            prorated_at=proration.at,
+            amount_cents=outcome.amount_cents,
             external_id=outcome.external_id,
         )
 
@@ -483,12 +554,17 @@ class BillingService:
         subscription_id: str,
         *,
         plan_id: str,
-        amount_cents: int,
+        prorated_at: datetime | None = None,
+        amount_cents: int | None = None,
         external_id: str | None = None,
     ) -> Subscription:
-        """Apply a paid upgrade: the plan at once, the difference in monthly
-        credits until the period end, the prorated payment recorded. A repeat
-        for the same period and plan changes nothing."""
+        """Apply a paid upgrade: the plan at once, and the difference in
+        monthly credits prorated from ``prorated_at`` (the moment the price
+        was prorated from; now by default) to the period end by the same rule
+        as the price, granted until the period end. The payment records
+        ``amount_cents`` when the provider reckoned the charge itself
+        (Stripe's invoice), else the rule's amount. A repeat for the same
+        period and plan changes nothing."""
         subscription = self._locked(conn, subscription_id)
         plan = self._paid_plan(plan_id, catalog=self._catalog_at(conn))
         key = self._upgrade_key(subscription, plan)
@@ -499,7 +575,11 @@ class BillingService:
             subscription.plan,
             subscription.status,
         )
-        credits = upgrade_credits(current, plan)
+        at = _to_second(self.clock.now() if prorated_at is None else prorated_at)
+        proration = prorate_upgrade(
+            current, plan, subscription.current_period_start, subscription.current_period_end, at
+        )
+        credits = proration.credits
         payment_id = new_id("pay")
         lot_id = None
         if credits:
@@ -510,7 +590,7 @@ class BillingService:
                 source="subscription",
                 expires_at=subscription.current_period_end,
                 reference=payment_id,
-                memo=f"upgrade to {plan.name}: monthly credits for the rest of the period",
+                memo=f"upgrade to {plan.name}: monthly credits prorated to the period end",
                 idempotency_key=key,
             ).lot_id
         self._record_payment(
@@ -522,10 +602,10 @@ class BillingService:
             subscription_id=subscription.id,
             kind="upgrade",
             plan=plan,
-            amount_cents=amount_cents,
+            amount_cents=proration.amount_cents if amount_cents is None else amount_cents,
             credits=credits,
             lot_id=lot_id,
-            period=(self.clock.now(), subscription.current_period_end),
+            period=(at, subscription.current_period_end),
             backend=subscription.backend,
             external_id=external_id,
         )
@@ -896,6 +976,66 @@ class BillingService:
         while self.advance_subscription(conn, subscription.id) is not None:
             pass
         return self._reload(conn, subscription.id)
+
+    def _plan_change(
+        self, conn: Connection, subscription: Subscription, plan_id: str
+    ) -> tuple[PlanSpec, PlanSpec | None]:
+        """Check that the live ``subscription`` may change to ``plan_id``:
+        the plan, and the plan the period is on (None when ``plan_id`` is
+        that plan, which withdraws a scheduled change)."""
+        plan = self._paid_plan(
+            plan_id,
+            free_hint="to go back to Free, cancel the subscription (DELETE)",
+            catalog=self._catalog_at(conn),
+        )
+        if subscription.status == "past_due":
+            raise SubscriptionPastDue("the last renewal is unpaid: pay it before changing plans")
+        if self.clock.now() >= subscription.current_period_end:
+            raise RenewalPending("the period has ended and its renewal is not confirmed yet")
+        if plan.id == subscription.plan:
+            if subscription.pending_plan is None and not subscription.cancel_at_period_end:
+                raise InvalidInput(f"you are already on {plan.name}", field="plan")
+            return plan, None
+        current = effective_plan(
+            self._catalog_at(conn, subscription.current_period_start),
+            subscription.plan,
+            subscription.status,
+        )
+        return plan, current
+
+    def _prorate(
+        self,
+        conn: Connection,
+        subscription: Subscription,
+        current: PlanSpec,
+        plan: PlanSpec,
+        prorate_at: datetime | None,
+    ) -> Proration:
+        """The upgrade from ``current`` to ``plan`` prorated from now (to the
+        second, as Stripe's ``proration_date``), or from a preview's moment
+        if it is recent and not before the period's last plan change."""
+        now = self.clock.now()
+        at = _to_second(now)
+        if prorate_at is not None:
+            earliest = _to_second(
+                max(
+                    now - QUOTE_VALID,
+                    subscription.current_period_start,
+                    repo.last_upgrade_at(conn, subscription.id, subscription.current_period_end)
+                    or subscription.current_period_start,
+                )
+            )
+            if prorate_at.tzinfo is None or not earliest <= prorate_at <= now + QUOTE_CLOCK_SKEW:
+                raise InvalidInput(
+                    "the preview's prorated_at is out of date (older than "
+                    f"{int(QUOTE_VALID.total_seconds() // 60)} minutes, or before the last "
+                    "plan change): preview the change again",
+                    field="prorate_at",
+                )
+            at = _to_second(prorate_at.astimezone(UTC))
+        return prorate_upgrade(
+            current, plan, subscription.current_period_start, subscription.current_period_end, at
+        )
 
     def _schedule(
         self,

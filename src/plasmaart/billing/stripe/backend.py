@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import stripe
 from sqlalchemy import Connection
+from stripe.params import SubscriptionUpdateParams
 
 from plasmaart.billing.backends import (
     ChargeOutcome,
@@ -227,9 +228,12 @@ class StripeBackend:
         effective: Effective,
         amount_cents: int,  # noqa: ARG002 - Stripe prorates by its own reckoning
         idempotency_key: str,
+        prorate_at: datetime | None = None,
     ) -> ChargeOutcome:
-        """``now`` (an upgrade): the new price at once, the proration
-        invoiced and charged now; a declined card refuses the change.
+        """``now`` (an upgrade): the new price at once, the proration from
+        ``prorate_at`` (Stripe's ``proration_date``, the moment our credits
+        are prorated from too) invoiced and charged now, and what the invoice
+        charged reported; a declined card refuses the change.
         ``period_end`` (a downgrade, or withdrawing one): the new price with
         no proration, so Stripe bills it from the next period on."""
         stripe_id = self._stripe_id(subscription)
@@ -237,36 +241,46 @@ class StripeBackend:
         item_id = str(current["items"].data[0].id)
         product = self._plan_product(plan)
         now = effective == "now"
+        params: SubscriptionUpdateParams = {
+            "items": [
+                {
+                    "id": item_id,
+                    "price_data": {
+                        "currency": self.currency,
+                        "product": product,
+                        "unit_amount": plan.price_cents,
+                        "recurring": {"interval": "month"},
+                    },
+                }
+            ],
+            "proration_behavior": "always_invoice" if now else "none",
+            "payment_behavior": "error_if_incomplete",
+            "cancel_at_period_end": False,
+            "metadata": {META_PLAN: plan.id},
+        }
+        if now:
+            # The invoice expanded: what it charged is what the payment records.
+            params["expand"] = ["latest_invoice"]
+            if prorate_at is not None:
+                params["proration_date"] = int(prorate_at.timestamp())
         try:
             updated = self.client.v1.subscriptions.update(
                 stripe_id,
-                params={
-                    "items": [
-                        {
-                            "id": item_id,
-                            "price_data": {
-                                "currency": self.currency,
-                                "product": product,
-                                "unit_amount": plan.price_cents,
-                                "recurring": {"interval": "month"},
-                            },
-                        }
-                    ],
-                    "proration_behavior": "always_invoice" if now else "none",
-                    "payment_behavior": "error_if_incomplete",
-                    "cancel_at_period_end": False,
-                    "metadata": {META_PLAN: plan.id},
-                },
+                params=params,
                 options={"idempotency_key": self._attempt_key("change", idempotency_key)},
             )
         except stripe.CardError as exc:
             return Declined(exc.user_message or "the card was declined")
         except stripe.StripeError as exc:
             raise self._unavailable(exc) from exc
-        invoice = updated.latest_invoice if now else None
-        if isinstance(invoice, Mapping):
-            invoice = invoice.get("id")
-        return Paid(None if invoice is None else str(invoice))
+        if not now:
+            return Paid(None)
+        # Expanded (as asked) the invoice is an object, else its id.
+        invoice = updated.to_dict().get("latest_invoice")
+        if not isinstance(invoice, Mapping):
+            return Paid(None if invoice is None else str(invoice))
+        paid = invoice.get("amount_paid")
+        return Paid(str(invoice["id"]), amount_cents=None if paid is None else int(paid))
 
     def cancel(self, conn: Connection, *, customer: Customer, subscription: Subscription) -> None:  # noqa: ARG002
         """At the period end; a past-due subscription at once (its period is

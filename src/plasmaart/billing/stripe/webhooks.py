@@ -46,7 +46,7 @@ from sqlalchemy import Connection
 from plasmaart.billing import repository as billing_repo
 from plasmaart.billing.errors import AlreadySubscribed
 from plasmaart.billing.repository import Payment, Subscription
-from plasmaart.billing.rules import is_upgrade, prorated_cents
+from plasmaart.billing.rules import is_upgrade
 from plasmaart.billing.service import BillingService, ClawbackReason, effective_plan
 from plasmaart.billing.stripe import repository as repo
 from plasmaart.billing.stripe.backend import (
@@ -416,14 +416,16 @@ class StripeWebhooks:
             except KeyError:
                 return False
             if is_upgrade(current, new) and subscription.status == "active":
-                amount = prorated_cents(
-                    new.price_cents - current.price_cents,
-                    subscription.current_period_start,
+                # Stripe prorated the portal's change from when it was made,
+                # which is when the event was created, not when it reached
+                # us: the credits are prorated from that moment by the same
+                # rule as the price (``rules.prorate_upgrade``).
+                changed_at = min(
+                    max(event.created, subscription.current_period_start),
                     subscription.current_period_end,
-                    min(self.clock.now(), subscription.current_period_end),
                 )
                 self.billing.upgrade_paid(
-                    conn, subscription.id, plan_id=new.id, amount_cents=amount
+                    conn, subscription.id, plan_id=new.id, prorated_at=changed_at
                 )
                 subscription = self._subscription(conn, state.id)
                 pending = None

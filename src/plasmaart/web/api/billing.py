@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
@@ -37,6 +37,38 @@ MAX_CLOCK_DAYS = 3660
 
 class PlanIn(StrictBody):
     plan: Annotated[str, Field(min_length=1, max_length=64, examples=["starter"])]
+
+
+class PlanChangeIn(PlanIn):
+    prorate_at: datetime | None = Field(
+        default=None,
+        description=(
+            "An upgrade: the `prorated_at` of a preview at most 15 minutes old, so that "
+            "the upgrade charges and grants exactly what the preview showed; now by default"
+        ),
+    )
+
+
+class SubscriptionPreviewOut(BaseModel):
+    plan: str
+    change: Literal["subscribe", "upgrade", "downgrade", "resume"] = Field(
+        description="`resume`: the plan you are on, withdrawing a scheduled change"
+    )
+    amount_cents: int = Field(description="Charged now")
+    currency: str
+    credits_now: int = Field(
+        description="Credits granted now (an upgrade's expire at the period end)"
+    )
+    takes_effect: Literal["now", "period_end"]
+    renews_at: datetime = Field(description="When the next renewal is charged")
+    renews_amount_cents: int = Field(description="What that renewal charges")
+    prorated_at: datetime | None = Field(
+        description=(
+            "An upgrade: the moment both amounts are prorated from (the fraction of the "
+            "period left then); send it as `prorate_at` with the change to be charged "
+            "exactly these amounts"
+        )
+    )
 
 
 class PackIn(StrictBody):
@@ -198,14 +230,45 @@ def subscribe(
     },
 )
 def change_plan(
-    body: PlanIn, principal: CurrentPrincipal, platform: PlatformDep
+    body: PlanChangeIn, principal: CurrentPrincipal, platform: PlatformDep
 ) -> SubscriptionState:
-    """Upgrade at once (the difference in monthly credits granted, the price
-    prorated), or downgrade at the period end (``pending_plan``). Your current
-    plan withdraws a scheduled downgrade or cancellation."""
+    """Upgrade at once (the differences in monthly credits and in price both
+    prorated by the fraction of the period left), or downgrade at the period
+    end (``pending_plan``). Your current plan withdraws a scheduled downgrade
+    or cancellation. ``POST /v1/subscription/preview`` shows the amounts first."""
     with platform.db.write() as conn:
         customer = platform.billing.customer(conn, principal.user.id)
-        return _state(platform, platform.billing.change_plan(conn, customer, body.plan))
+        changed = platform.billing.change_plan(
+            conn, customer, body.plan, prorate_at=body.prorate_at
+        )
+        return _state(platform, changed)
+
+
+@router.post(
+    "/subscription/preview",
+    response_model=SubscriptionPreviewOut,
+    responses={409: {"description": "`subscription_past_due`: pay first"}},
+)
+def preview_subscription(
+    body: PlanIn, principal: CurrentPrincipal, platform: PlatformDep
+) -> SubscriptionPreviewOut:
+    """What subscribing (without a subscription) or changing to ``plan``
+    would charge and grant now, and what the next renewal charges; nothing
+    is charged or written. Refused as the change itself would be."""
+    with platform.db.read() as conn:
+        customer = platform.billing.customer(conn, principal.user.id)
+        preview = platform.billing.preview(conn, customer, body.plan)
+    return SubscriptionPreviewOut(
+        plan=preview.plan,
+        change=preview.change,
+        amount_cents=preview.amount_cents,
+        currency=platform.catalog.currency,
+        credits_now=preview.credits_now,
+        takes_effect=preview.takes_effect,
+        renews_at=preview.renews_at,
+        renews_amount_cents=preview.renews_amount_cents,
+        prorated_at=preview.prorated_at,
+    )
 
 
 @router.delete("/subscription", response_model=SubscriptionState, responses=_NO_SUBSCRIPTION)

@@ -15,10 +15,11 @@ from plasmaart.accounts import audit
 from plasmaart.accounts.service import User
 from plasmaart.accounts.teams import Invitation, Member, Membership, Seats
 from plasmaart.billing.repository import Payment, Subscription
+from plasmaart.billing.service import PlanChangePreview
 from plasmaart.bootstrap import Platform
 from plasmaart.catalog import Catalog, ModelSpec, PlanSpec, plan_allows_model, required_plan
 from plasmaart.clock import as_utc
-from plasmaart.errors import InvalidInput
+from plasmaart.errors import DomainError, InvalidInput
 from plasmaart.ledger import queries
 from plasmaart.ledger.service import Balance
 from plasmaart.notify.notifications import Notification
@@ -295,10 +296,32 @@ class PaymentLine:
     description: str
 
 
+def plan_previews(
+    conn: Connection, platform: Platform, page: Frame, subscription: Subscription | None
+) -> dict[str, PlanChangePreview]:
+    """What choosing each plan would charge and grant now, exactly as the
+    change would apply it (``BillingService.preview``): the numbers the plan
+    cards show before the customer confirms. A plan the change would refuse
+    (the plan one is on, anything while past due) has none."""
+    if subscription is not None and subscription.status == "past_due":
+        return {}
+    customer = platform.billing.customer(conn, page.user.id)
+    previews: dict[str, PlanChangePreview] = {}
+    for plan in page.catalog.plans_by_price():
+        if plan.price_cents == 0:
+            continue
+        try:
+            previews[plan.id] = platform.billing.preview(conn, customer, plan.id)
+        except DomainError:
+            continue
+    return previews
+
+
 def billing(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
     subscription = platform.billing.subscription(conn, page.wallet_id)
     payments = platform.billing.payments(conn, page.user.id, limit=50)
     return {
+        "previews": plan_previews(conn, platform, page, subscription),
         "plans": page.catalog.plans_by_price(),
         "packs": page.catalog.credit_packs,
         "currency": page.catalog.currency.upper(),
