@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from plasmaart.bootstrap import Platform
+from plasmaart.catalog import plan_models
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.stats import platform_stats
 from plasmaart.web.dashboard.pages import safe_next
@@ -223,3 +224,35 @@ def test_usage_history_pages_and_filters_by_model(client: TestClient, platform: 
     assert dev.count("<tr>") == 1 + 3
     assert dev.count(">Flux Dev</td>") == 3
     assert ">Flux Schnell</td>" not in dev
+
+
+def plan_card(page: str, plan_id: str) -> str:
+    found = re.search(
+        rf'<article class="plan card[^"]*" aria-labelledby="plan-{plan_id}">(.*?)</article>',
+        page,
+        re.S,
+    )
+    assert found is not None, plan_id
+    return found.group(1)
+
+
+def test_plan_cards_list_the_models_each_plan_includes(
+    client: TestClient, platform: Platform
+) -> None:
+    user = make_user(platform, "cards@example.com", plan="starter")
+    page = client.get("/billing", headers=user.auth).text
+    with platform.db.read() as conn:
+        catalog = platform.catalog_changes.catalog_now(conn)
+    for plan in catalog.plans_by_price():
+        card = plan_card(page, plan.id)
+        listed = re.findall(r'data-plan-model="([^"]+)"', card)
+        assert listed == [m.id for m in plan_models(catalog, plan)], plan.id
+        # The policy's words stay, beside the list.
+        for feature in plan.features:
+            assert html.escape(feature) in card, (plan.id, feature)
+    starter = plan_card(page, "starter")
+    assert "Access: All models" in starter
+    assert ">Pixverse v4.5<" in starter
+    assert ">Veo3<" not in starter
+    assert "Text to video (4)" in starter
+    assert ">Veo3<" in plan_card(page, "pro")

@@ -153,6 +153,9 @@ class Plan:
     watermark_removable: bool = False
     max_queued_jobs: int | None = None
     requests_per_minute: int | None = None
+    # The ids of every model the plan includes (what a submission accepts);
+    # ``features`` are the policy's words for it. Empty from an older server.
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
