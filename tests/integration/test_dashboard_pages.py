@@ -256,3 +256,33 @@ def test_plan_cards_list_the_models_each_plan_includes(
     assert ">Veo3<" not in starter
     assert "Text to video (4)" in starter
     assert ">Veo3<" in plan_card(page, "pro")
+
+
+def test_team_members_see_a_cancel_button_only_where_they_may_cancel(
+    client: TestClient, platform: Platform
+) -> None:
+    owner = make_user(platform, "owner@example.com", plan="studio")
+    ann = make_user(platform, "ann@example.com")
+    ben = make_user(platform, "ben@example.com")
+    teams = platform.teams
+    with platform.db.write() as conn:
+        team = teams.create_team(conn, platform.accounts.get(conn, owner.id), "Night Shift")
+        invitations = [teams.invite(conn, team.id, owner.id, u.email) for u in (ann, ben)]
+    for user, invitation in zip((ann, ben), invitations, strict=True):
+        with platform.db.write() as conn:
+            teams.accept_invitation(conn, invitation.token, platform.accounts.get(conn, user.id))
+    with platform.db.write() as conn:
+        by_ann = platform.generations.submit(
+            conn,
+            platform.accounts.get(conn, ann.id),
+            GenerationRequest("flux-schnell", "ann's heron", team_id=team.id),
+        ).id
+
+    def cancel_buttons(user_auth: dict[str, str]) -> list[str]:
+        page = client.get("/generations", headers=user_auth).text
+        assert f'data-generation-id="{by_ann}"' in page
+        return re.findall(r'data-url="/v1/generations/([^"/]+)/cancel"', page)
+
+    assert cancel_buttons(ann.auth) == [by_ann]
+    assert cancel_buttons(owner.auth) == [by_ann]
+    assert cancel_buttons(ben.auth) == []

@@ -307,6 +307,9 @@ class Generation:
     team_id: str | None = None
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     license: str | None = None
+    # Whether you may cancel it now (queued or running, and yours or your
+    # team's as its owner); None from a server that does not say.
+    can_cancel: bool | None = None
 
     @property
     def finished(self) -> bool:

@@ -23,6 +23,7 @@ from plasmaart.catalog import (
     required_plan,
 )
 from plasmaart.clock import as_utc
+from plasmaart.generation.service import may_cancel
 from plasmaart.ledger import queries
 from plasmaart.ledger.service import Balance
 from plasmaart.notify.notifications import Notification
@@ -159,8 +160,14 @@ def gallery(
     found = platform.generations.list(
         conn, page.user, limit=GALLERY_PAGE + 1, before=before, status=status
     )
+    shown = found[:GALLERY_PAGE]
+    managed = platform.generations.teams_managed_by(conn, page.user)
     return {
-        "generations": found[:GALLERY_PAGE],
+        "generations": shown,
+        # Other members' team generations are the submitter's and the owner's to cancel.
+        "cancelable": {
+            g.id for g in shown if may_cancel(page.user.id, g.user_id, g.team_id, managed)
+        },
         "next_before": found[GALLERY_PAGE - 1].id if len(found) > GALLERY_PAGE else None,
         "status": status,
         "statuses": ("queued", "running", "succeeded", "failed", "canceled"),
