@@ -112,7 +112,7 @@ def bootstrap(
     )
     teams = TeamService(clock, catalog, ledger, billing)
     generations = GenerationService(clock, catalog, ledger, billing, teams, settings.provider)
-    generations.listeners.append(GenerationEvents(events))
+    generations.listeners.append(GenerationEvents(events, db, teams))
     accounts = AccountService(clock, ledger)
     credentials = CredentialService(clock)
     fairuse = FairUseService(

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+from uuid import uuid4
+
 from fastapi.testclient import TestClient
 
 from plasmaart.bootstrap import Platform
+from plasmaart.catalog import Catalog
+from plasmaart.clock import ManualClock
+from plasmaart.generation.errors import ModelNotInPlan
+from plasmaart.generation.service import GenerationRequest
+from tests.support.accounts import make_user
 
 PROBLEM = "application/problem+json"
 
@@ -158,8 +167,6 @@ def test_openapi_documents_the_catalog(client: TestClient) -> None:
 
 
 def test_availability_follows_the_callers_plan(client: TestClient, platform: Platform) -> None:
-    from tests.support.accounts import make_user
-
     starter = make_user(platform, "s@example.com", plan="starter")
     pro = make_user(platform, "p@example.com", plan="pro")
 
@@ -197,3 +204,77 @@ def test_openapi_documents_problem_responses(client: TestClient) -> None:
     assert {"200", "401", "403", "404", "422", "500"} <= set(me)
     ready = document["paths"]["/readyz"]["get"]["responses"]
     assert "503" in ready
+
+
+# -- plan cards: what a plan lists is what a submission accepts ------------------
+
+
+def accepted_models(platform: Platform, plan: dict[str, Any], catalog: Catalog) -> list[str]:
+    """Every model of ``catalog`` that a submission by a fresh subscriber of
+    ``plan`` accepts, in catalog order (a refusal must be ``model_not_in_plan``)."""
+    user = make_user(
+        platform,
+        f"{plan['id']}-{uuid4().hex[:8]}@example.com",
+        plan=plan["id"] if plan["price_cents"] else None,
+        credits=100_000,
+    )
+    accepted: list[str] = []
+    for model in catalog.models:
+        image = "https://example.com/input.png" if model.inputs.image == "required" else None
+        request = GenerationRequest(model.id, "a lighthouse at dusk", image_url=image)
+        try:
+            with platform.db.write() as conn:
+                platform.generations.submit(conn, platform.accounts.get(conn, user.id), request)
+        except ModelNotInPlan:
+            continue
+        accepted.append(model.id)
+    return accepted
+
+
+def test_each_plan_lists_exactly_the_models_a_submission_accepts(
+    client: TestClient, platform: Platform
+) -> None:
+    plans = client.get("/v1/plans").json()["data"]
+    with platform.db.read() as conn:
+        catalog = platform.catalog_changes.catalog_now(conn)
+    for plan in plans:
+        assert plan["models"] == accepted_models(platform, plan, catalog), plan["id"]
+    listed = {plan["id"]: plan for plan in plans}
+    # Starter's own words promise "All models"; its list says which, and keeps
+    # the words beside it.
+    starter = listed["starter"]
+    assert "Access: All models" in starter["features"]
+    assert "pixverse-v4.5" in starter["models"]
+    assert {"veo3", "google-veo3", "kling-video-v2.1"}.isdisjoint(starter["models"])
+    assert len(listed["free"]["models"]) == 7
+    assert len(listed["pro"]["models"]) == len(listed["studio"]["models"]) == 19
+
+
+def test_plan_lists_follow_the_catalog_in_force(
+    client: TestClient, platform: Platform, clock: ManualClock
+) -> None:
+    admin = make_user(platform, "admin@example.com", admin=True)
+    effective = clock.now() + timedelta(days=15)
+    for change in (
+        {"target": "model", "id": "wan-pro", "field": "available", "value": False},
+        {"target": "plan", "id": "starter", "field": "model_tiers", "value": ["image"]},
+    ):
+        made = client.post(
+            "/v1/admin/catalog/changes",
+            json={**change, "effective_at": effective.isoformat()},
+            headers=admin.auth,
+        )
+        assert made.status_code == 201, made.text
+    before = {p["id"]: p["models"] for p in client.get("/v1/plans").json()["data"]}
+    assert "wan-pro" in before["pro"]
+    assert "pixverse-v4.5" in before["starter"]
+
+    clock.set(effective + timedelta(hours=1))
+    plans = client.get("/v1/plans").json()["data"]
+    with platform.db.read() as conn:
+        catalog = platform.catalog_changes.catalog_now(conn)
+    for plan in plans:
+        assert plan["models"] == accepted_models(platform, plan, catalog), plan["id"]
+    after = {plan["id"]: plan["models"] for plan in plans}
+    assert all("wan-pro" not in models for models in after.values())
+    assert after["starter"] == after["free"]

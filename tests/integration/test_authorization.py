@@ -95,7 +95,8 @@ class World:
 
     The owner has also generated: a personal image and one for the team (both
     succeeded, one output each, run by a worker), a personal job still queued
-    (to cancel), and an uploaded image. ``*_link`` are the signed download
+    (to cancel), a team job still queued (which the member may read but not
+    cancel), and an uploaded image. ``*_link`` are the signed download
     URLs the API hands out, which work without authentication."""
 
     owner: TestUser
@@ -113,6 +114,7 @@ class World:
     team_generation_id: str  # submitted by the owner under the team, succeeded
     team_output_id: str  # its output
     queued_generation_id: str  # the owner's, personal, still queued
+    team_queued_generation_id: str  # submitted by the owner under the team, still queued
     upload_id: str  # the owner's
     output_link: str  # signed URL of ``output_id``
     upload_link: str  # signed URL of ``upload_id``
@@ -193,6 +195,7 @@ def build_world(platform: Platform, client: TestClient) -> World:
     worker.runner.sleep = lambda _seconds: None
     assert worker.drain() == 2
     queued = generate(platform, owner)
+    team_queued = generate(platform, owner, team.id)
     output_id = output_of(platform, personal.id)
     shown = client.get(f"/v1/generations/{personal.id}", headers=owner.auth)
     uploaded = client.post(
@@ -218,6 +221,7 @@ def build_world(platform: Platform, client: TestClient) -> World:
         team_generation_id=for_team.id,
         team_output_id=output_of(platform, for_team.id),
         queued_generation_id=queued.id,
+        team_queued_generation_id=team_queued.id,
         upload_id=uploaded.json()["id"],
         output_link=shown.json()["outputs"][0]["url"],
         upload_link=uploaded.json()["url"],
@@ -452,8 +456,13 @@ def visible_generations(answer: Answer) -> None:
     # The caller's own and their teams' generations, and nobody else's.
     world = answer.world
     expected = {
-        world.owner.id: {world.generation_id, world.team_generation_id, world.queued_generation_id},
-        world.member.id: {world.team_generation_id},
+        world.owner.id: {
+            world.generation_id,
+            world.team_generation_id,
+            world.queued_generation_id,
+            world.team_queued_generation_id,
+        },
+        world.member.id: {world.team_generation_id, world.team_queued_generation_id},
     }.get(answer.me.id, set())
     assert {generation["id"] for generation in answer.body["data"]} == expected
 
@@ -543,6 +552,15 @@ def queued_canceled(answer: Answer) -> None:
         answer.world.queued_generation_id,
         "canceled",
         0,
+    )
+
+
+def team_queued_canceled(answer: Answer) -> None:
+    body = answer.body
+    assert (body["id"], body["status"], body["team_id"]) == (
+        answer.world.team_queued_generation_id,
+        "canceled",
+        answer.world.team_id,
     )
 
 
@@ -790,6 +808,14 @@ ROWS: tuple[Row, ...] = (
         (U, 200, N, N, N),
         url="/v1/generations/{w.queued_generation_id}/cancel",
         check=queued_canceled,
+    ),
+    # a team's job: its submitter and the team's owner cancel it, a member
+    # (who reads it) may not
+    Row(
+        "POST /v1/generations/{generation_id}/cancel",
+        (U, 200, N, F, N),
+        url="/v1/generations/{w.team_queued_generation_id}/cancel",
+        check=team_queued_canceled,
     ),
     # teams: the owner already has one; Free plans have none (403 + required_plan)
     Row(

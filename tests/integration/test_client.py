@@ -88,6 +88,9 @@ def test_health_and_catalog_without_credentials(platform: Platform, server: str)
         studio = plans[-1]
         assert (studio.team_seats, studio.watermark_removable) == (5, True)
         assert studio.concurrency.jobs == 8
+        assert "veo3" in studio.models
+        assert "veo3" not in plans[1].models
+        assert "pixverse-v4.5" in plans[1].models
         packs = client.credit_packs()
         assert sorted(p.credits for p in packs) == [1000, 3000, 10000]
         assert {p.currency for p in packs} == {plans[0].currency}

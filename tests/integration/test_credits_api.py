@@ -16,10 +16,12 @@ from sqlalchemy import func, select, update
 from plasmaart.bootstrap import Platform
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import ENTRY_KINDS, journal_entries, usage_daily
+from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger import queries
 from plasmaart.ledger.queries import UsageSpans, usage_spans
 from plasmaart.web.api import credits
 from plasmaart.web.pagination import encode_cursor
+from plasmaart.worker import Worker
 from tests.support import accounts
 from tests.support.accounts import make_user
 
@@ -513,7 +515,7 @@ def test_usage_csv_lists_generations_newest_first(
             "0",
             "0",
             "990",
-            "failed_or_canceled",
+            "released",
         ],
         ["2026-01-02T20:00:00Z", "gen_pair_ok", "flux-schnell", "4", "4", "982", "succeeded"],
         [
@@ -523,7 +525,7 @@ def test_usage_csv_lists_generations_newest_first(
             "0",
             "0",
             "994",
-            "failed_or_canceled",
+            "released",
         ],
         ["2026-01-02T09:00:00Z", f"{prefix}_020900", "flux-schnell", "2", "2", "994", "succeeded"],
         ["2026-01-01T10:00:00Z", f"{prefix}_011000", "flux-schnell", "4", "4", "996", "succeeded"],
@@ -564,6 +566,46 @@ def test_usage_csv_streams_in_batches_without_losing_a_row(
         f"gen_{user.id[-6:]}_021000",
         *(f"gen_same_{n}" for n in reversed(range(5))),
     ]
+
+
+def test_usage_csv_keeps_failed_and_canceled_apart(
+    client: TestClient, platform: Platform, clock: ManualClock
+) -> None:
+    user = make_user(platform, "ada@example.com", credits=1000)
+    with platform.db.read() as conn:
+        account = platform.accounts.get(conn, user.id)
+
+    def submit(prompt: str, **sandbox: Any) -> str:
+        clock.advance(timedelta(minutes=1))
+        request = GenerationRequest(
+            "flux-schnell", prompt, params={"sandbox": {"delay_s": 0, **sandbox}}
+        )
+        with platform.db.write() as conn:
+            return platform.generations.submit(conn, account, request).id
+
+    clock.set(at(2, 9))
+    delivered = submit("a heron")
+    broken = submit("a heron that fails", fail=True)
+    withdrawn = submit("a heron nobody wants")
+    with platform.db.write() as conn:
+        platform.generations.cancel(conn, account, withdrawn)
+    worker = Worker(platform, concurrency=1)
+    worker.runner.sleep = lambda _seconds: None
+    assert worker.drain() == 2
+    waiting = submit("a heron still queued")
+
+    day = {"since": "2026-01-02", "until": "2026-01-03"}
+    rows = read_csv(client.get("/v1/usage.csv", params=day, headers=user.auth))
+    assert [(row[1], row[4], row[6]) for row in rows[1:]] == [
+        (waiting, "0", "queued"),
+        (withdrawn, "0", "canceled"),
+        (broken, "0", "failed"),
+        (delivered, "1", "succeeded"),
+    ]
+    # The dashboard's history is the same rows.
+    page = client.get("/usage", params={"since": "2026-01-02"}, headers=user.auth).text
+    for status in ("queued", "canceled", "failed", "succeeded"):
+        assert f'class="status status-{status}">{status}<' in page, status
 
 
 def test_usage_csv_defuses_spreadsheet_formulas(

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from plasmaart.accounts import audit
 from plasmaart.bootstrap import Platform
+from plasmaart.catalog import plan_models
 from plasmaart.clock import ManualClock
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.stats import platform_stats
@@ -350,3 +351,55 @@ def test_the_plan_page_shows_what_an_upgrade_charges_and_grants_before_it_is_con
 def platform_available(platform: Platform, wallet_id: str) -> int:
     with platform.db.read() as conn:
         return platform.ledger.balance(conn, wallet_id).available
+
+
+def test_plan_cards_list_the_models_each_plan_includes(
+    client: TestClient, platform: Platform
+) -> None:
+    user = make_user(platform, "cards@example.com", plan="starter")
+    page = client.get("/billing", headers=user.auth).text
+    with platform.db.read() as conn:
+        catalog = platform.catalog_changes.catalog_now(conn)
+    for plan in catalog.plans_by_price():
+        card = plan_card(page, plan.id)
+        listed = re.findall(r'data-plan-model="([^"]+)"', card)
+        assert listed == [m.id for m in plan_models(catalog, plan)], plan.id
+        # The policy's words stay, beside the list.
+        for feature in plan.features:
+            assert html.escape(feature) in card, (plan.id, feature)
+    starter = plan_card(page, "starter")
+    assert "Access: All models" in starter
+    assert ">Pixverse v4.5<" in starter
+    assert ">Veo3<" not in starter
+    assert "Text to video (4)" in starter
+    assert ">Veo3<" in plan_card(page, "pro")
+
+
+def test_team_members_see_a_cancel_button_only_where_they_may_cancel(
+    client: TestClient, platform: Platform
+) -> None:
+    owner = make_user(platform, "owner@example.com", plan="studio")
+    ann = make_user(platform, "ann@example.com")
+    ben = make_user(platform, "ben@example.com")
+    teams = platform.teams
+    with platform.db.write() as conn:
+        team = teams.create_team(conn, platform.accounts.get(conn, owner.id), "Night Shift")
+        invitations = [teams.invite(conn, team.id, owner.id, u.email) for u in (ann, ben)]
+    for user, invitation in zip((ann, ben), invitations, strict=True):
+        with platform.db.write() as conn:
+            teams.accept_invitation(conn, invitation.token, platform.accounts.get(conn, user.id))
+    with platform.db.write() as conn:
+        by_ann = platform.generations.submit(
+            conn,
+            platform.accounts.get(conn, ann.id),
+            GenerationRequest("flux-schnell", "ann's heron", team_id=team.id),
+        ).id
+
+    def cancel_buttons(user_auth: dict[str, str]) -> list[str]:
+        page = client.get("/generations", headers=user_auth).text
+        assert f'data-generation-id="{by_ann}"' in page
+        return re.findall(r'data-url="/v1/generations/([^"/]+)/cancel"', page)
+
+    assert cancel_buttons(ann.auth) == [by_ann]
+    assert cancel_buttons(owner.auth) == [by_ann]
+    assert cancel_buttons(ben.auth) == []

@@ -19,6 +19,7 @@ from plasmaart.bootstrap import Platform, bootstrap
 from plasmaart.clock import ManualClock
 from plasmaart.config import Settings
 from plasmaart.db.engine import normalise_url
+from plasmaart.generation.service import GenerationRequest
 from plasmaart.notify import events as bus_module
 from plasmaart.notify.events import (
     NOTIFY_LIMIT,
@@ -30,7 +31,7 @@ from plasmaart.notify.events import (
 )
 from plasmaart.web.api import events as events_api
 from tests.support.accounts import TestUser, make_user
-from tests.support.live_server import WAIT_S, live_server, open_stream
+from tests.support.live_server import WAIT_S, EventStream, live_server, open_stream
 
 HEARTBEAT_S = 0.2
 
@@ -147,6 +148,66 @@ def test_events_from_another_process_reach_the_stream(
         publisher.events.publish([bob.id, alice.id], "generation.updated", generation)
         event = stream.next_event()
         assert (event.id, event.event, event.data) == ("2", "generation.updated", generation)
+
+
+def next_generation_update(stream: EventStream) -> dict[str, Any]:
+    """The data of the stream's next ``generation.updated`` (other events skipped)."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        event = stream.next_event()
+        if event.event == "generation.updated":
+            data: dict[str, Any] = event.data
+            return data
+    raise AssertionError("no generation.updated in time")
+
+
+def generation_updates(stream: EventStream, seconds: float) -> list[dict[str, Any]]:
+    return [e.data for e in stream.events_during(seconds) if e.event == "generation.updated"]
+
+
+def test_team_generation_events_reach_every_current_member_and_nobody_else(
+    platform: Platform, publisher: Platform, server: str
+) -> None:
+    owner = make_user(platform, "owner@example.com", plan="studio")
+    member = make_user(platform, "member@example.com")
+    former = make_user(platform, "former@example.com")
+    outsider = make_user(platform, "outsider@example.com", plan="studio")
+    teams = platform.teams
+    with platform.db.write() as conn:
+        team = teams.create_team(conn, platform.accounts.get(conn, owner.id), "Night Shift")
+        invitations = [teams.invite(conn, team.id, owner.id, u.email) for u in (member, former)]
+    for user, invitation in zip((member, former), invitations, strict=True):
+        with platform.db.write() as conn:
+            teams.accept_invitation(conn, invitation.token, platform.accounts.get(conn, user.id))
+    with platform.db.write() as conn:
+        teams.remove_member(conn, team.id, owner.id, former.id)
+
+    def submit(user: TestUser, team_id: str | None) -> str:
+        # From the other "process" on PostgreSQL: the event crosses LISTEN/NOTIFY.
+        with publisher.db.write() as conn:
+            request = GenerationRequest("flux-schnell", "a heron", team_id=team_id)
+            account = publisher.accounts.get(conn, user.id)
+            return publisher.generations.submit(conn, account, request).id
+
+    with (
+        open_stream(server, owner.auth) as owner_events,
+        open_stream(server, member.auth) as member_events,
+        open_stream(server, former.auth) as former_events,
+        open_stream(server, outsider.auth) as outsider_events,
+    ):
+        by_member = submit(member, team.id)
+        for stream in (owner_events, member_events):
+            update = next_generation_update(stream)
+            assert (update["id"], update["status"]) == (by_member, "queued")
+        by_owner = submit(owner, team.id)
+        assert next_generation_update(member_events)["id"] == by_owner
+        assert next_generation_update(owner_events)["id"] == by_owner
+        # The owner's personal generations stay the owner's.
+        personal = submit(owner, None)
+        assert next_generation_update(owner_events)["id"] == personal
+        assert generation_updates(member_events, 4 * HEARTBEAT_S) == []
+        assert generation_updates(former_events, HEARTBEAT_S) == []
+        assert generation_updates(outsider_events, HEARTBEAT_S) == []
 
 
 def test_a_reconnecting_client_is_told_to_resync(platform: Platform, server: str) -> None:

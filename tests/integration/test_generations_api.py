@@ -511,6 +511,83 @@ def test_cancel_of_someone_elses_generation_is_not_found(
     assert fetch(client, sam, queued["id"])["status"] == "queued"
 
 
+def studio_team(client: TestClient, platform: Platform) -> tuple[TestUser, list[TestUser], str]:
+    """A Studio owner's team with two members who joined; the team's id."""
+    owner = make_user(platform, "owner@example.com", plan="studio")
+    team = client.post("/v1/teams", json={"name": "Night Shift"}, headers=owner.auth).json()
+    members = []
+    for name in ("ann", "ben"):
+        member = make_user(platform, f"{name}@example.com")
+        invitation = client.post(
+            f"/v1/teams/{team['id']}/invitations", json={"email": member.email}, headers=owner.auth
+        ).json()
+        joined = client.post(f"/v1/invitations/{invitation['token']}/accept", headers=member.auth)
+        assert joined.status_code == 200, joined.text
+        members.append(member)
+    return owner, members, team["id"]
+
+
+def test_in_a_team_only_the_submitter_and_the_owner_may_cancel(
+    client: TestClient, platform: Platform
+) -> None:
+    owner, (ann, ben), team_id = studio_team(client, platform)
+    outsider = make_user(platform, "eve@example.com", plan="studio")
+    by_ann = created(client, ann, "flux-schnell", team_id=team_id)
+    by_owner = created(client, owner, "flux-schnell", team_id=team_id)
+    assert (by_ann["can_cancel"], by_owner["can_cancel"]) == (True, True)
+    # Every member reads both; only the submitter and the owner may cancel.
+    may = {
+        (who.email, generation["id"]): fetch(client, who, generation["id"])["can_cancel"]
+        for who in (owner, ann, ben)
+        for generation in (by_ann, by_owner)
+    }
+    assert may == {
+        ("owner@example.com", by_ann["id"]): True,
+        ("owner@example.com", by_owner["id"]): True,
+        ("ann@example.com", by_ann["id"]): True,
+        ("ann@example.com", by_owner["id"]): False,
+        ("ben@example.com", by_ann["id"]): False,
+        ("ben@example.com", by_owner["id"]): False,
+    }
+    listed = client.get("/v1/generations", params={"team_id": team_id}, headers=ben.auth).json()
+    assert {(g["id"], g["can_cancel"]) for g in listed["data"]} == {
+        (by_ann["id"], False),
+        (by_owner["id"], False),
+    }
+
+    # Another member: 403 forbidden (they can read it), and nothing written.
+    for caller, generation in ((ben, by_ann), (ann, by_owner)):
+        before = snapshot(platform)
+        refused = client.post(f"/v1/generations/{generation['id']}/cancel", headers=caller.auth)
+        body = assert_problem(refused, 403, "forbidden")
+        assert "owner" in body["detail"]
+        assert changes(before, snapshot(platform)) == []
+    # Outside the team it does not exist.
+    before = snapshot(platform)
+    refused = client.post(f"/v1/generations/{by_ann['id']}/cancel", headers=outsider.auth)
+    assert_problem(refused, 404, "not_found")
+    assert changes(before, snapshot(platform)) == []
+    assert fetch(client, owner, by_ann["id"])["status"] == "queued"
+
+    # The owner cancels a member's job; the submitter cancels their own.
+    answer = client.post(f"/v1/generations/{by_ann['id']}/cancel", headers=owner.auth)
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["status"], answer.json()["can_cancel"]) == ("canceled", False)
+    by_ann_again = created(client, ann, "flux-schnell", team_id=team_id)
+    answer = client.post(f"/v1/generations/{by_ann_again['id']}/cancel", headers=ann.auth)
+    assert (answer.status_code, answer.json()["status"]) == (200, "canceled")
+    # A finished one is refused to other members all the same.
+    refused = client.post(f"/v1/generations/{by_ann['id']}/cancel", headers=ben.auth)
+    assert_problem(refused, 403, "forbidden")
+    # A member who leaves may still cancel what they submitted.
+    by_ben = created(client, ben, "flux-schnell", team_id=team_id)
+    left = client.delete(f"/v1/teams/{team_id}/members/{ben.id}", headers=ben.auth)
+    assert left.status_code in (200, 204), left.text
+    answer = client.post(f"/v1/generations/{by_ben['id']}/cancel", headers=ben.auth)
+    assert (answer.status_code, answer.json()["status"]) == (200, "canceled")
+    assert balance(client, owner)[1] == by_owner["credits_held"]
+
+
 # -- refusals --------------------------------------------------------------------
 
 

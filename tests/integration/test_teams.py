@@ -28,6 +28,7 @@ from plasmaart.catalog import load_catalog
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import audit_log, invitations, subscriptions
 from plasmaart.errors import InvalidInput
+from plasmaart.generation.service import TEAM_CANCEL_ROLES, may_cancel
 from tests.support.accounts import TestUser as Caller
 from tests.support.accounts import make_user
 
@@ -601,3 +602,14 @@ def test_names_addresses_and_which_plans_have_teams() -> None:
     cheapest = cheapest_team_plan(catalog)
     assert cheapest is not None
     assert cheapest.id == "studio"
+
+
+def test_who_may_cancel_a_generation() -> None:
+    # The submitter always; in a team, also whoever runs it (the owner); no one else.
+    assert may_cancel("usr_ann", "usr_ann", None, frozenset())
+    assert may_cancel("usr_ann", "usr_ann", "team_a", frozenset())
+    assert may_cancel("usr_own", "usr_ann", "team_a", frozenset({"team_a"}))
+    assert not may_cancel("usr_ben", "usr_ann", "team_a", frozenset())
+    assert not may_cancel("usr_own", "usr_ann", "team_a", frozenset({"team_b"}))
+    assert not may_cancel("usr_own", "usr_ann", None, frozenset({"team_a"}))
+    assert frozenset({"owner"}) == TEAM_CANCEL_ROLES

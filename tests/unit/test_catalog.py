@@ -20,6 +20,7 @@ from plasmaart.catalog import (
     load_catalog,
     param_errors,
     plan_allows_model,
+    plan_models,
     queue_boost_seconds,
     quote_credits,
     render_catalog,
@@ -302,6 +303,26 @@ def test_unavailable_model_is_allowed_by_no_plan(catalog: Catalog) -> None:
     withdrawn = catalog.model("flux-dev").model_copy(update={"available": False})
     assert not any(plan_allows_model(plan, withdrawn) for plan in catalog.plans)
     assert required_plan(catalog, withdrawn) is None
+
+
+def test_plan_models_are_exactly_what_the_access_rule_allows(catalog: Catalog) -> None:
+    # "Access: All models" is Starter's wording; its list is image and medium video.
+    starter = [m.id for m in plan_models(catalog, catalog.plan("starter"))]
+    assert starter == [m.id for m in catalog.models if m.tier in ("image", "video-medium")]
+    assert "veo3" not in starter
+    assert "kling-video-v2.1" not in starter
+    data = catalog.model_dump()
+    for model in data["models"]:
+        if model["id"] in ("flux-dev", "wan-pro"):
+            model["available"] = False
+        if model["id"] == "seedream-v3":
+            model["early_access"] = True
+    changed = catalog_from_dict(data)
+    for plan in changed.plans:
+        listed = plan_models(changed, plan)
+        assert list(listed) == [m for m in changed.models if plan_allows_model(plan, m)]
+        assert {"flux-dev", "wan-pro"}.isdisjoint(m.id for m in listed)
+        assert ("seedream-v3" in {m.id for m in listed}) == plan.early_access
 
 
 # ---------------------------------------------------------------- pricing and params

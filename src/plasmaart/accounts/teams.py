@@ -236,6 +236,15 @@ class TeamService:
         ).one_or_none()
         return None if row is None else _member(row)
 
+    def member_ids(self, conn: Connection, team_id: str) -> list[str]:
+        """The ids of everyone in the team now, its owner included."""
+        rows = conn.execute(
+            select(team_members.c.user_id)
+            .where(team_members.c.team_id == team_id)
+            .order_by(team_members.c.user_id)
+        )
+        return [str(user_id) for user_id in rows.scalars()]
+
     def team_wallet(self, conn: Connection, team_id: str) -> str:
         """The wallet the team's generations spend: its owner's."""
         wallet_id = conn.execute(

@@ -21,6 +21,7 @@ from plasmaart.catalog.render import render_catalog
 from plasmaart.catalog.rules import (
     param_errors,
     plan_allows_model,
+    plan_models,
     queue_boost_seconds,
     quote_credits,
     required_plan,
@@ -67,6 +68,7 @@ __all__ = [
     "load_catalog",
     "param_errors",
     "plan_allows_model",
+    "plan_models",
     "queue_boost_seconds",
     "quote_credits",
     "render_catalog",

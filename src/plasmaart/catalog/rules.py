@@ -21,6 +21,13 @@ def plan_allows_model(plan: PlanSpec, model: ModelSpec) -> bool:
     return model.tier in plan.model_tiers
 
 
+def plan_models(catalog: Catalog, plan: PlanSpec) -> tuple[ModelSpec, ...]:
+    """Every model of ``catalog`` that subscribers of ``plan`` may generate
+    with, in catalog order: exactly those ``plan_allows_model`` lets through,
+    so what a plan card lists is what a submission accepts."""
+    return tuple(model for model in catalog.models if plan_allows_model(plan, model))
+
+
 def required_plan(catalog: Catalog, model: ModelSpec) -> PlanSpec | None:
     """The cheapest plan that allows ``model``; ``None`` if no plan does."""
     for plan in catalog.plans_by_price():

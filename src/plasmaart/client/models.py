@@ -153,6 +153,9 @@ class Plan:
     watermark_removable: bool = False
     max_queued_jobs: int | None = None
     requests_per_minute: int | None = None
+    # The ids of every model the plan includes (what a submission accepts);
+    # ``features`` are the policy's words for it. Empty from an older server.
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -304,6 +307,9 @@ class Generation:
     team_id: str | None = None
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     license: str | None = None
+    # Whether you may cancel it now (queued or running, and yours or your
+    # team's as its owner); None from a server that does not say.
+    can_cancel: bool | None = None
 
     @property
     def finished(self) -> bool:

@@ -32,7 +32,7 @@ from plasmaart.catalog import (
 )
 from plasmaart.clock import Clock, as_utc
 from plasmaart.db.engine import after_commit
-from plasmaart.errors import InvalidInput
+from plasmaart.errors import Forbidden, InvalidInput
 from plasmaart.generation import repository as repo
 from plasmaart.generation.errors import ConcurrencyLimit, GenerationNotFound, ModelNotInPlan
 from plasmaart.generation.providers.sandbox import sandbox_errors
@@ -41,6 +41,9 @@ from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
 
 QUEUE_FULL_RETRY_AFTER_S = 10
+# Who may cancel a team's generation besides its submitter: the roles that
+# run the team. Teams have one such role, their owner's.
+TEAM_CANCEL_ROLES = frozenset({"owner"})
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,12 @@ class GenerationService:
         row = repo.lock_generation(conn, generation_id)
         if row is None or not self._visible(conn, user, row):
             raise GenerationNotFound(f"no generation {generation_id!r}")
+        if not may_cancel(user.id, row.user_id, row.team_id, self._managed_team(conn, user, row)):
+            # Every member reads the team's generations; stopping another
+            # member's job is for its submitter and the team's owner.
+            raise Forbidden(
+                "only its submitter and the team's owner can cancel another member's generation"
+            )
         if row.status == "queued":
             settled = self.ledger.release(
                 conn, row.hold_id, idempotency_key=f"generation:{generation_id}:release"
@@ -319,6 +328,14 @@ class GenerationService:
             personal=team_id is None,
         )
         return [self._load(conn, generation_id) for generation_id in ids]
+
+    def teams_managed_by(self, conn: Connection, user: User) -> frozenset[str]:
+        """The teams whose every generation ``user`` may cancel (as their owner)."""
+        return frozenset(
+            membership.team.id
+            for membership in self.teams.teams_of(conn, user.id)
+            if membership.role in TEAM_CANCEL_ROLES
+        )
 
     def announce(self, conn: Connection, generation_id: str) -> None:
         """Tell the listeners about the generation's new state, after commit."""
@@ -414,6 +431,16 @@ class GenerationService:
                 )
         return _Checked(model, plan, wallet, credits, params, dict(sandbox))
 
+    def _managed_team(self, conn: Connection, user: User, row: repo.AnyRow) -> frozenset[str]:
+        """``row``'s team if ``user`` runs it, else nothing: what ``may_cancel``
+        needs for this one generation, in one lookup (none for one's own)."""
+        if row.team_id is None or row.user_id == user.id:
+            return frozenset()
+        member = self.teams.membership(conn, row.team_id, user.id)
+        if member is None or member.role not in TEAM_CANCEL_ROLES:
+            return frozenset()
+        return frozenset({row.team_id})
+
     def _visible(self, conn: Connection, user: User, row: repo.AnyRow) -> bool:
         if row.user_id == user.id:
             return True
@@ -444,6 +471,15 @@ class GenerationService:
     def _announce(self, conn: Connection, generation: Generation) -> None:
         for listener in self.listeners:
             after_commit(conn, partial(listener, generation))
+
+
+def may_cancel(
+    user_id: str, submitter_id: str, team_id: str | None, managed_teams: frozenset[str]
+) -> bool:
+    """Whether ``user_id`` may cancel a generation ``submitter_id`` made (for
+    ``team_id``, if any): its submitter may, and so may whoever runs its team
+    (``managed_teams``: the teams the user owns); other members may not."""
+    return user_id == submitter_id or (team_id is not None and team_id in managed_teams)
 
 
 def _month_start(clock: Clock) -> datetime:

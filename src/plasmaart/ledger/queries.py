@@ -11,8 +11,9 @@ million (``benchmarks/ledger_queries.py`` measures them):
   and the capture entries (``ix_journal_wallet_kind_created``) only for the
   partial first and last day, so any datetime range is exact;
 * the generation history (one row per hold) walks the wallet's hold entries by
-  time on the same index, and finds each hold's capture and release on
-  ``ix_journal_hold`` (hold id, kind).
+  time on the same index, finds each hold's capture and release on
+  ``ix_journal_hold`` (hold id, kind), and its generation's status by the
+  generation's primary key.
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Connection, Select, and_, func, or_, select
 
 from plasmaart.clock import as_utc
-from plasmaart.db.tables import holds, journal_entries, usage_daily
+from plasmaart.db.tables import generations, holds, journal_entries, usage_daily
 from plasmaart.errors import InvalidInput
 
 UsageGrouping = Literal["model", "day"]
 
-# How the dashboard names the state of a generation from its hold's status.
+# The history shows a generation's own status (queued, running, succeeded,
+# failed, canceled): a released hold alone cannot tell a failure from a
+# cancellation. A hold no generation records (only the ledger's own tests
+# make one) is named from the hold.
 HISTORY_STATUS = {
     "captured": "succeeded",
-    "released": "failed_or_canceled",
+    "released": "released",
     "pending": "running",
 }
 
@@ -98,7 +102,7 @@ class GenerationLine:
     outputs: int
     credits_consumed: int
     remaining_balance: int
-    status: str
+    status: str  # the generation's: queued, running, succeeded, failed, canceled
 
     @property
     def created_at(self) -> datetime:
@@ -311,6 +315,7 @@ def generation_history(
             holds.c.generation_id,
             holds.c.model,
             holds.c.status,
+            generations.c.status.label("generation_status"),
             holds.c.captured,
             func.coalesce(capture.c.outputs, 0).label("outputs"),
             # The generation's last entry: a release follows its capture.
@@ -322,6 +327,7 @@ def generation_history(
             j.join(holds, holds.c.id == j.c.hold_id)
             .outerjoin(capture, settled_by(capture, "capture"))
             .outerjoin(release, settled_by(release, "release"))
+            .outerjoin(generations, generations.c.id == holds.c.generation_id)
         )
         .where(
             j.c.wallet_id == wallet_id,
@@ -338,7 +344,7 @@ def generation_history(
             outputs=int(row.outputs),
             credits_consumed=int(row.captured),
             remaining_balance=int(row.remaining_balance),
-            status=HISTORY_STATUS[row.status],
+            status=row.generation_status or HISTORY_STATUS[row.status],
         )
         for row in conn.execute(query.limit(limit)).all()
     ]

@@ -5,10 +5,17 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from plasmaart.bootstrap import Platform
-from plasmaart.catalog import Catalog, ModelSpec, PlanSpec, plan_allows_model, required_plan
+from plasmaart.catalog import (
+    Catalog,
+    ModelSpec,
+    PlanSpec,
+    plan_allows_model,
+    plan_models,
+    required_plan,
+)
 from plasmaart.errors import NotFound
 from plasmaart.web.auth import OptionalPrincipal, Principal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
@@ -61,8 +68,14 @@ class PlanOut(BaseModel):
     monthly_credits: int
     rollover_cap: int
     model_tiers: list[str]
+    models: list[str] = Field(
+        description="The ids of every model the plan includes, in catalog order: exactly "
+        "the models a subscriber's submission accepts (the catalog in force now)"
+    )
     queue_class: str
-    features: list[str]
+    features: list[str] = Field(
+        description="The plan's benefits in the policy's words; `models` is what access is"
+    )
     team_seats: int
     concurrency: ConcurrencyOut
     early_access: bool
@@ -119,6 +132,7 @@ def plan_out(catalog: Catalog, plan: PlanSpec) -> PlanOut:
         monthly_credits=plan.monthly_credits,
         rollover_cap=plan.rollover_cap,
         model_tiers=list(plan.model_tiers),
+        models=[model.id for model in plan_models(catalog, plan)],
         queue_class=plan.queue_class,
         features=list(plan.features),
         team_seats=plan.team_seats,
@@ -192,6 +206,9 @@ def get_model(model_id: str, platform: PlatformDep, principal: OptionalPrincipal
 def list_plans(
     platform: PlatformDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
 ) -> Page[PlanOut]:
+    """Every plan, cheapest first, as sold now: ``models`` lists what each
+    includes, by the rule that gates submissions, beside the policy's words
+    (``features``)."""
     with platform.db.read() as conn:
         catalog = platform.catalog_changes.catalog_now(conn)
     plans = [plan_out(catalog, plan) for plan in catalog.plans_by_price()]

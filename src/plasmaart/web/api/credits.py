@@ -280,8 +280,8 @@ def usage_csv(
 ) -> StreamingResponse:
     """The dashboard's generation history in ``[since, until)`` (by default
     the last 30 days), newest first: ``time, generation_id, model, outputs,
-    credits_consumed, remaining_balance, status`` (succeeded,
-    failed_or_canceled or running)."""
+    credits_consumed, remaining_balance, status`` (the generation's:
+    queued, running, succeeded, failed or canceled)."""
     start, end = _range(platform, since, until)
     with platform.db.read() as conn:
         wallet_id = _own_wallet(conn, platform, principal)

@@ -35,7 +35,8 @@ _STREAM_DESCRIPTION = f"""Server-Sent Events for the caller, starting with `retr
 Each event is `id: <n>`, `event: <type>`, `data: <json>`. Types:
 `balance.updated` (`{{available, held}}`), `notification` (the notification
 object), `generation.updated` (a generation's id, status, credits, `balance_after`,
-`queue_position` and error: fetch the generation for its outputs), and `resync`: events
+`queue_position` and error: fetch the generation for its outputs; the caller's own,
+and every generation of the caller's teams), and `resync`: events
 may have been missed (a slow client, a reconnect), so fetch the current state
 again. A `: ping` comment comes every {HEARTBEAT_S:g} seconds."""
 

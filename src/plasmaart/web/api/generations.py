@@ -15,7 +15,7 @@ from sqlalchemy import insert, select
 from plasmaart.bootstrap import Platform
 from plasmaart.db.tables import generation_outputs, generations, uploads
 from plasmaart.errors import NotFound
-from plasmaart.generation.service import Generation, GenerationRequest
+from plasmaart.generation.service import Generation, GenerationRequest, may_cancel
 from plasmaart.ids import new_id
 from plasmaart.media.signing import sign_url, signing_secret, verify
 from plasmaart.media.uploads import MAX_UPLOAD_BYTES, inspect_upload
@@ -91,6 +91,10 @@ class GenerationOut(BaseModel):
     # A running job asked to stop: it ends canceled, or succeeded if the
     # provider had already delivered.
     cancel_requested: bool
+    can_cancel: bool = Field(
+        description="Whether the caller may cancel it now: it is queued or running and the "
+        "caller submitted it or owns its team (other members of the team may not)"
+    )
 
 
 class GenerationPage(BaseModel):
@@ -119,7 +123,12 @@ def _signed(platform: Platform, path: str) -> str:
     return sign_url(path, platform.clock.now() + DOWNLOAD_LINK_LIFETIME, secret)
 
 
-def generation_out(platform: Platform, generation: Generation) -> GenerationOut:
+def generation_out(
+    platform: Platform, generation: Generation, *, caller_may_cancel: bool = True
+) -> GenerationOut:
+    """The generation as the caller sees it. ``caller_may_cancel`` holds for
+    its submitter and whoever was just let cancel it; reads of other members'
+    team generations pass what ``may_cancel`` says."""
     return GenerationOut(
         id=generation.id,
         status=generation.status,
@@ -155,6 +164,7 @@ def generation_out(platform: Platform, generation: Generation) -> GenerationOut:
         finished_at=generation.finished_at,
         queue_position=generation.queue_position,
         cancel_requested=generation.cancel_requested,
+        can_cancel=caller_may_cancel and generation.status in ("queued", "running"),
     )
 
 
@@ -226,10 +236,20 @@ def list_generations(
             model=model,
             team_id=team_id,
         )
+        others = any(g.team_id and g.user_id != principal.user.id for g in found)
+        managed = (
+            platform.generations.teams_managed_by(conn, principal.user) if others else frozenset()
+        )
     more = len(found) > limit
     found = found[:limit]
+    me = principal.user.id
     return GenerationPage(
-        data=[generation_out(platform, g) for g in found],
+        data=[
+            generation_out(
+                platform, g, caller_may_cancel=may_cancel(me, g.user_id, g.team_id, managed)
+            )
+            for g in found
+        ],
         next_cursor=encode_cursor(found[-1].id) if more else None,
     )
 
@@ -240,7 +260,12 @@ def get_generation(
 ) -> GenerationOut:
     with platform.db.read() as conn:
         generation = platform.generations.get(conn, principal.user, generation_id)
-    return generation_out(platform, generation)
+        others = generation.team_id is not None and generation.user_id != principal.user.id
+        managed = (
+            platform.generations.teams_managed_by(conn, principal.user) if others else frozenset()
+        )
+    allowed = may_cancel(principal.user.id, generation.user_id, generation.team_id, managed)
+    return generation_out(platform, generation, caller_may_cancel=allowed)
 
 
 @router.post(

@@ -17,9 +17,17 @@ from plasmaart.accounts.teams import Invitation, Member, Membership, Seats
 from plasmaart.billing.repository import Payment, Subscription
 from plasmaart.billing.service import PlanChangePreview
 from plasmaart.bootstrap import Platform
-from plasmaart.catalog import Catalog, ModelSpec, PlanSpec, plan_allows_model, required_plan
+from plasmaart.catalog import (
+    Catalog,
+    ModelSpec,
+    PlanSpec,
+    plan_allows_model,
+    plan_models,
+    required_plan,
+)
 from plasmaart.clock import as_utc
 from plasmaart.errors import DomainError, InvalidInput
+from plasmaart.generation.service import may_cancel
 from plasmaart.ledger import queries
 from plasmaart.ledger.service import Balance
 from plasmaart.notify.notifications import Notification
@@ -158,8 +166,14 @@ def gallery(
     found = platform.generations.list(
         conn, page.user, limit=GALLERY_PAGE + 1, before=before, status=status
     )
+    shown = found[:GALLERY_PAGE]
+    managed = platform.generations.teams_managed_by(conn, page.user)
     return {
-        "generations": found[:GALLERY_PAGE],
+        "generations": shown,
+        # Other members' team generations are the submitter's and the owner's to cancel.
+        "cancelable": {
+            g.id for g in shown if may_cancel(page.user.id, g.user_id, g.team_id, managed)
+        },
         "next_before": found[GALLERY_PAGE - 1].id if len(found) > GALLERY_PAGE else None,
         "status": status,
         "statuses": ("queued", "running", "succeeded", "failed", "canceled"),
@@ -317,12 +331,28 @@ def plan_previews(
     return previews
 
 
+def included_models(catalog: Catalog, plan: PlanSpec) -> list[tuple[str, list[ModelSpec]]]:
+    """The models ``plan`` includes, by the rule that gates submissions,
+    grouped by kind (titled) in catalog order; kinds it has none of are left out."""
+    groups: dict[str, list[ModelSpec]] = {kind: [] for kind in KIND_TITLES}
+    for model in plan_models(catalog, plan):
+        groups[model.kind].append(model)
+    return [(KIND_TITLES[kind], models) for kind, models in groups.items() if models]
+
+
 def billing(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
     subscription = platform.billing.subscription(conn, page.wallet_id)
     payments = platform.billing.payments(conn, page.user.id, limit=50)
+    plans = page.catalog.plans_by_price()
     return {
         "previews": plan_previews(conn, platform, page, subscription),
-        "plans": page.catalog.plans_by_price(),
+        "plans": plans,
+        # The caller's own card lists what their plan gives them now (a period
+        # keeps the terms it started with); the others, what subscribing gives.
+        "included": {
+            plan.id: included_models(page.catalog, page.plan if plan.id == page.plan.id else plan)
+            for plan in plans
+        },
         "packs": page.catalog.credit_packs,
         "currency": page.catalog.currency.upper(),
         "subscription": subscription,

@@ -57,7 +57,9 @@
     field(card, "credits").textContent = g.status === "succeeded" ? number.format(g.credits_charged) + " charged"
       : (g.status === "failed" || g.status === "canceled") ? "0 charged" : number.format(g.credits_held) + " held";
     field(card, "balance_after").textContent = number.format(g.balance_after);
-    field(card, "actions").hidden = TERMINAL.includes(g.status);
+    // Cards of other members' team generations have no cancel button.
+    const actions = field(card, "actions");
+    if (actions) actions.hidden = TERMINAL.includes(g.status);
     const error = field(card, "error");
     error.hidden = g.status !== "failed";
     if (g.status === "failed" && g.error) field(card, "error_message").textContent = g.error.message || g.error.code;
@@ -83,11 +85,12 @@
       '<p class="gen-error" data-field="error" hidden><span data-field="error_message"></span> <strong>No credits were charged.</strong></p>' +
       '<p class="gen-canceled" data-field="canceled_note" hidden>Canceled. No credits were charged.</p>' +
       '<dl class="gen-facts"><div><dt>Outputs</dt><dd data-field="num_outputs"></dd></div><div><dt>Credits</dt><dd data-field="credits"></dd></div><div><dt>Balance after</dt><dd data-field="balance_after"></dd></div></dl>' +
-      '<div class="gen-actions" data-field="actions"><form class="js-api" data-method="POST" data-success="generation"><button type="submit" class="button danger small">Cancel</button><p class="form-error" data-error-for="body" hidden></p></form></div>';
+      (g.can_cancel ? '<div class="gen-actions" data-field="actions"><form class="js-api" data-method="POST" data-success="generation"><button type="submit" class="button danger small">Cancel</button><p class="form-error" data-error-for="body" hidden></p></form></div>' : "");
     card.querySelector(".gen-model").textContent = g.model;
     card.querySelector(".gen-prompt").textContent = g.prompt;
     field(card, "num_outputs").textContent = String(g.num_outputs);
-    card.querySelector("form").dataset.url = "/v1/generations/" + encodeURIComponent(g.id) + "/cancel";
+    const form = card.querySelector("form");
+    if (form) form.dataset.url = "/v1/generations/" + encodeURIComponent(g.id) + "/cancel";
     return card;
   }
 
