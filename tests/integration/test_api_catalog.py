@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from plasmaart.bootstrap import Platform
 from plasmaart.catalog import Catalog
 from plasmaart.clock import ManualClock
+from plasmaart.db.migrate import head_revision
 from plasmaart.generation.errors import ModelNotInPlan
 from plasmaart.generation.service import GenerationRequest
 from tests.support.accounts import make_user
@@ -22,7 +23,11 @@ def test_healthz_and_readyz(client: TestClient, platform: Platform) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "database": platform.db.dialect, "migration": "0007"}
+    assert ready.json() == {
+        "status": "ready",
+        "database": platform.db.dialect,
+        "migration": head_revision(),
+    }
 
 
 def test_readyz_refuses_an_unmigrated_database(client: TestClient, platform: Platform) -> None:
