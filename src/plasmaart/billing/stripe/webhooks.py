@@ -433,17 +433,17 @@ class StripeWebhooks:
         elif state.plan == subscription.plan:
             # Back on the plan it is on: a scheduled downgrade was withdrawn.
             pending = None
-        if state.cancel_at_period_end:
+        cancel = state.cancel_at_period_end
+        if subscription.stops_for_suspension:
+            # While the account is suspended, Stripe's cancel_at_period_end is
+            # the suspension's (the customer cannot reach the portal), not a
+            # cancellation of the customer's that reinstating should keep.
+            cancel = subscription.cancel_at_period_end
+        if cancel:
             pending = None  # nothing is scheduled after the end
-        if (pending, state.cancel_at_period_end) != (
-            subscription.pending_plan,
-            subscription.cancel_at_period_end,
-        ):
+        if (pending, cancel) != (subscription.pending_plan, subscription.cancel_at_period_end):
             self.billing.provider_changed(
-                conn,
-                subscription.id,
-                pending_plan=pending,
-                cancel_at_period_end=state.cancel_at_period_end,
+                conn, subscription.id, pending_plan=pending, cancel_at_period_end=cancel
             )
             changed = True
         return changed
