@@ -1194,11 +1194,13 @@ def test_matrix_suspended(platform: Platform, client: TestClient) -> None:
     """The table as the owner once suspended (the invitee too, for the
     invitation's row): a suspended account is read-only."""
     world = build_world(platform, client)
-    with platform.db.write() as conn:
-        for user in (world.owner, world.invitee):
-            platform.suspensions.suspend(
-                conn, platform.accounts.get(conn, user.id), actor="matrix", reason="matrix"
-            )
+    for user in (world.owner, world.invitee):
+        suspended = client.post(
+            f"/v1/admin/users/{user.id}/suspend",
+            json={"reason": "authorization matrix"},
+            headers=world.admin.auth,
+        )
+        assert suspended.status_code == 200, suspended.text
     problems = [
         problem
         for row in ROWS

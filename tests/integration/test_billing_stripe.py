@@ -782,3 +782,120 @@ def test_stripe_billing_needs_both_secrets(
     assert isinstance(backends["stripe"], StripeBackend)
     assert backends["stripe"].renews_on_clock is False
     assert backends["stripe"].return_url == "http://127.0.0.1:8000/"
+
+
+# -- suspension ----------------------------------------------------------------
+
+
+def suspension(client: TestClient, admin: TestUser, who: TestUser, action: str) -> None:
+    body = {"reason": "chargebacks"} if action == "suspend" else None
+    path = f"/v1/admin/users/{who.id}/{action}"
+    answer = client.post(path, json=body, headers=admin.auth)
+    assert answer.status_code == 200, answer.text
+
+
+def stripe_cancels(fake: FakeStripe, stripe_sub: str) -> bool:
+    return bool(fake.subscriptions[stripe_sub]["cancel_at_period_end"])
+
+
+def updated(client: TestClient, fake: FakeStripe, stripe_sub: str) -> str:
+    """Stripe's ``customer.subscription.updated`` after a change we asked for."""
+    event = fake.event("customer.subscription.updated", fake.subscriptions[stripe_sub])
+    return outcome(client, fake, event)
+
+
+def test_suspension_stops_the_stripe_renewal_and_reinstating_resumes_it(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    admin = make_user(platform, "root@example.com", admin=True)
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "starter")
+    clock.set(datetime(2026, 1, 10, tzinfo=UTC))
+    suspension(client, admin, kai, "suspend")
+    # Stripe renews by itself: it is told to end the subscription instead.
+    assert stripe_cancels(fake, stripe_sub)
+    # Its webhook says so; that is the suspension's doing, not a
+    # cancellation of the customer's.
+    assert updated(client, fake, stripe_sub) == "ignored"
+    sub = state(platform, kai)[2]
+    assert sub is not None
+    assert (sub.cancel_at_period_end, sub.stops_for_suspension) == (False, True)
+    shown = client.get("/v1/subscription", headers=kai.auth).json()
+    assert (shown["cancel_at_period_end"], shown["cancel_reason"]) == (True, "account_suspended")
+    # Reinstated before the period end: Stripe renews again, and charges.
+    clock.set(datetime(2026, 1, 20, tzinfo=UTC))
+    suspension(client, admin, kai, "reinstate")
+    assert not stripe_cancels(fake, stripe_sub)
+    assert updated(client, fake, stripe_sub) == "ignored"
+    sub = state(platform, kai)[2]
+    assert sub is not None
+    assert (sub.cancel_at_period_end, sub.stops_for_suspension) == (False, False)
+    clock.set(datetime(2026, 2, 1, 1, tzinfo=UTC))
+    for event in fake.period_ends(stripe_sub):
+        deliver(client, fake, event)
+    assert state(platform, kai)[1:2] == ("starter",)
+    assert [kind for kind, *_ in paid(platform, kai)] == ["subscription", "renewal"]
+
+
+def test_a_suspended_stripe_subscription_ends_at_its_period_end(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    admin = make_user(platform, "root@example.com", admin=True)
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "starter")
+    suspension(client, admin, kai, "suspend")
+    clock.set(datetime(2026, 2, 1, 1, tzinfo=UTC))
+    for event in fake.period_ends(stripe_sub):
+        assert outcome(client, fake, event) == "applied"
+    available, plan, sub = state(platform, kai)
+    assert sub is not None
+    assert (plan, sub.status, sub.stops_for_suspension) == ("free", "canceled", False)
+    assert paid(platform, kai) == [("subscription", "succeeded", 1900, 2000)]
+    # Reinstated after the end: nothing to resume at Stripe.
+    before = len(fake.calls_to("POST", f"/v1/subscriptions/{stripe_sub}"))
+    suspension(client, admin, kai, "reinstate")
+    assert len(fake.calls_to("POST", f"/v1/subscriptions/{stripe_sub}")) == before
+    assert available == 0
+
+
+def test_reinstating_keeps_a_stripe_cancellation_the_customer_made(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    admin = make_user(platform, "root@example.com", admin=True)
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "starter")
+    clock.set(datetime(2026, 1, 10, tzinfo=UTC))
+    suspension(client, admin, kai, "suspend")
+    # Suspended, the customer cancels themselves (the one billing write left).
+    canceled = client.delete("/v1/subscription", headers=kai.auth)
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["cancel_reason"] == "requested"
+    assert updated(client, fake, stripe_sub) == "ignored"
+    suspension(client, admin, kai, "reinstate")
+    assert stripe_cancels(fake, stripe_sub)  # not withdrawn by the reinstatement
+    assert updated(client, fake, stripe_sub) == "ignored"
+    sub = state(platform, kai)[2]
+    assert sub is not None
+    assert (sub.cancel_at_period_end, sub.stops_for_suspension) == (True, False)
+    clock.set(datetime(2026, 2, 1, 1, tzinfo=UTC))
+    for event in fake.period_ends(stripe_sub):
+        deliver(client, fake, event)
+    assert state(platform, kai)[1] == "free"
+    assert [kind for kind, *_ in paid(platform, kai)] == ["subscription"]
+
+
+def test_a_customer_who_canceled_before_the_suspension_stays_canceled_at_stripe(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    admin = make_user(platform, "root@example.com", admin=True)
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "starter")
+    assert client.delete("/v1/subscription", headers=kai.auth).status_code == 200
+    asked = len(fake.calls_to("POST", f"/v1/subscriptions/{stripe_sub}"))
+    suspension(client, admin, kai, "suspend")
+    suspension(client, admin, kai, "reinstate")
+    # Stripe was going to end it anyway: neither step asked it anything.
+    assert len(fake.calls_to("POST", f"/v1/subscriptions/{stripe_sub}")) == asked
+    assert stripe_cancels(fake, stripe_sub)
+    shown = client.get("/v1/subscription", headers=kai.auth).json()
+    assert (shown["cancel_at_period_end"], shown["cancel_reason"]) == (True, "requested")
