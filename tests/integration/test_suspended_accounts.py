@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
@@ -27,9 +28,10 @@ from plasmaart.clock import ManualClock
 from plasmaart.db.tables import generation_outputs, notification_outbox
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.web.auth import SUSPENDED_MAY_WRITE
 from plasmaart.worker import Worker
 from tests.support.accounts import PASSWORD, TestUser, make_user
-from tests.support.matrix import changes, snapshot
+from tests.support.matrix import app_routes, changes, snapshot
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)
 FEB_1 = datetime(2026, 2, 1, tzinfo=UTC)
@@ -505,3 +507,15 @@ def test_the_dashboard_of_a_suspended_account_is_read_only(
     page = client.get("/create").text
     assert 'id="suspended-note"' not in page
     assert not any("disabled" in tag for tag in buttons(page, "Generate"))
+
+
+def test_the_writes_a_suspended_account_may_make_are_routes_of_the_app(
+    client: TestClient,
+) -> None:
+    """``SUSPENDED_MAY_WRITE`` names routes by their path: a renamed route
+    must not silently drop out of it (nor a typo go unnoticed)."""
+    app = client.app
+    assert isinstance(app, FastAPI)
+    routes = {route.key for route in app_routes(app)}
+    assert sorted(SUSPENDED_MAY_WRITE - routes) == []
+    assert all(key.split(" ", 1)[0] not in {"GET", "HEAD"} for key in SUSPENDED_MAY_WRITE)

@@ -20,7 +20,9 @@ is trusted to say what the state is now.
   only to the period the subscription is at, so an old invoice changes
   nothing, and a newer one first catches up on the periods before it.
 * ``customer.subscription.updated`` reconciles with the subscription fetched
-  from Stripe now, not with the (possibly stale) copy in the event.
+  from Stripe now, not with the (possibly stale) copy in the event. While the
+  account is suspended, Stripe's ``cancel_at_period_end`` is the suspension's
+  (``StripeBackend.stop_renewal``), not recorded as the customer's own.
 * ``customer.subscription.deleted`` ends the subscription (Free).
 * ``charge.refunded`` (in full) and ``charge.dispute.created`` claw back what
   remains of the purchase, once per payment (``stripe_clawbacks``), through
