@@ -899,3 +899,43 @@ def test_a_customer_who_canceled_before_the_suspension_stays_canceled_at_stripe(
     assert stripe_cancels(fake, stripe_sub)
     shown = client.get("/v1/subscription", headers=kai.auth).json()
     assert (shown["cancel_at_period_end"], shown["cancel_reason"]) == (True, "requested")
+
+
+def test_a_dispute_that_suspends_the_account_waits_for_stripe_to_be_reachable(
+    platform: Platform, client: TestClient, fake: FakeStripe
+) -> None:
+    """Fair use suspends on the third clawback, and the suspension tells
+    Stripe to stop renewing: if Stripe cannot be reached, the event is not
+    applied (nor its clawback lost as a refusal) but delivered again."""
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "starter")
+    pack = checkout(client, fake, "/v1/credit-purchases", {"pack": "pack-1000"}, kai)
+    for event in fake.pay_checkout(pack):
+        assert outcome(client, fake, event) == "applied"
+    spend(platform, kai, 2100, "most")  # the month's 2000, then 100 of the pack
+    with platform.db.write() as conn:
+        for n in range(2):
+            earlier = platform.fairuse.record_clawback(
+                conn,
+                kai.id,
+                payment_id=f"pay_earlier_{n}",
+                credits_clawed_back=10,
+                credits_spent=5,
+                reason="dispute",
+            )
+    assert not earlier.suspended_now
+    dispute = fake.dispute(fake.sessions[pack]["payment_intent"])[0]
+    fake.outage = True
+    before = snapshot(platform)
+    response = deliver(client, fake, dispute)
+    assert (response.status_code, response.json()["code"]) == (503, "billing_provider_error")
+    assert changes(before, snapshot(platform)) == []
+    fake.outage = False
+    assert outcome(client, fake, dispute) == "applied"
+    with platform.db.read() as conn:
+        assert platform.accounts.get(conn, kai.id).status == "suspended"
+    assert state(platform, kai)[0] == 0  # the pack's 900 left were clawed back
+    assert stripe_cancels(fake, stripe_sub)
+    sub = state(platform, kai)[2]
+    assert sub is not None
+    assert (sub.cancel_at_period_end, sub.stops_for_suspension) == (False, True)

@@ -62,7 +62,7 @@ from plasmaart.billing.stripe.backend import (
     StripeSubscriptionState,
     stripe_time,
 )
-from plasmaart.billing.stripe.errors import InvalidSignature
+from plasmaart.billing.stripe.errors import BillingProviderError, InvalidSignature
 from plasmaart.billing.stripe.repository import EventOutcome
 from plasmaart.clock import Clock
 from plasmaart.errors import DomainError, InvalidInput
@@ -223,6 +223,12 @@ class StripeWebhooks:
         try:
             with conn.begin_nested():
                 outcome, detail = self._dispatch(conn, event, prefetched)
+        except BillingProviderError:
+            # Applying it needed Stripe, which could not be reached (a
+            # dispute that suspends the account tells Stripe to stop its
+            # renewal): nothing is recorded, the caller answers 503 and
+            # Stripe delivers the event again.
+            raise
         except DomainError as exc:
             # A refusal of ours (an unknown plan, a second subscription) is
             # final: retrying the event would be refused again. Its partial
