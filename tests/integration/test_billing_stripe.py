@@ -939,3 +939,21 @@ def test_a_dispute_that_suspends_the_account_waits_for_stripe_to_be_reachable(
     sub = state(platform, kai)[2]
     assert sub is not None
     assert (sub.cancel_at_period_end, sub.stops_for_suspension) == (False, True)
+
+
+def test_a_suspension_stripe_cannot_hear_of_writes_nothing(
+    platform: Platform, client: TestClient, fake: FakeStripe
+) -> None:
+    admin = make_user(platform, "root@example.com", admin=True)
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "starter")
+    fake.outage = True
+    before = snapshot(platform)
+    response = client.post(
+        f"/v1/admin/users/{kai.id}/suspend", json={"reason": "chargebacks"}, headers=admin.auth
+    )
+    assert (response.status_code, response.json()["code"]) == (503, "billing_provider_error")
+    assert changes(before, snapshot(platform)) == []
+    fake.outage = False
+    suspension(client, admin, kai, "suspend")
+    assert stripe_cancels(fake, stripe_sub)
