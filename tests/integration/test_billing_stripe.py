@@ -957,3 +957,29 @@ def test_a_suspension_stripe_cannot_hear_of_writes_nothing(
     fake.outage = False
     suspension(client, admin, kai, "suspend")
     assert stripe_cancels(fake, stripe_sub)
+
+
+def test_a_checkout_paid_after_the_suspension_does_not_renew(
+    platform: Platform, client: TestClient, fake: FakeStripe
+) -> None:
+    """A checkout started before the suspension and paid after it: the paid
+    period starts, its renewal is stopped at Stripe at once."""
+    admin = make_user(platform, "root@example.com", admin=True)
+    kai = make_user(platform, "kai@example.com")
+    session = checkout(client, fake, "/v1/subscription", {"plan": "starter"}, kai)
+    suspension(client, admin, kai, "suspend")
+    for event in fake.pay_checkout(session):
+        deliver(client, fake, event)
+    stripe_sub = fake.subscription_of(session)
+    available, plan, sub = state(platform, kai)
+    assert sub is not None
+    assert (available, plan, sub.status, sub.stops_for_suspension) == (
+        2000,
+        "starter",
+        "active",
+        True,
+    )
+    assert stripe_cancels(fake, stripe_sub)
+    assert updated(client, fake, stripe_sub) == "ignored"
+    suspension(client, admin, kai, "reinstate")
+    assert not stripe_cancels(fake, stripe_sub)

@@ -187,6 +187,11 @@ def due_subscription_ids(
     return [row.id for row in rows]
 
 
+def user_is_suspended(conn: Connection, user_id: str) -> bool:
+    status: str = conn.execute(select(users.c.status).where(users.c.id == user_id)).scalar_one()
+    return status == "suspended"
+
+
 def user_email(conn: Connection, user_id: str) -> str:
     email: str = conn.execute(select(users.c.email).where(users.c.id == user_id)).scalar_one()
     return email

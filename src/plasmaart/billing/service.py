@@ -520,6 +520,10 @@ class BillingService:
             backend=backend,
             external_id=payment_external_id,
         )
+        if repo.user_is_suspended(conn, user_id):
+            # A checkout paid after the account was suspended (it started
+            # before): the period is theirs, the renewal is not charged.
+            return self.stop_for_suspension(conn, user_id) or self._reload(conn, subscription_id)
         return self._reload(conn, subscription_id)
 
     def upgrade_paid(
