@@ -19,6 +19,7 @@ from plasmaart.db.engine import Database, create_database
 from plasmaart.db.migrate import upgrade
 from plasmaart.fairuse.ratelimits import RequestLimiter
 from plasmaart.fairuse.service import FairUsePolicy, FairUseService
+from plasmaart.fairuse.suspension import SuspensionService
 from plasmaart.generation.events import GenerationEvents
 from plasmaart.generation.providers import create_provider
 from plasmaart.generation.providers.base import Provider
@@ -60,6 +61,8 @@ class Platform:
     mailer: Mailer | None
     # Webhooks wake the worker polling a job (generation/wakeups.py).
     wakeups: PollWakeups
+    # Suspending and reinstating accounts (fairuse/suspension.py).
+    suspensions: SuspensionService
 
     def close(self) -> None:
         if isinstance(self.clock, SandboxTestClock):
@@ -156,4 +159,5 @@ def bootstrap(
         catalog_changes=catalog_changes,
         mailer=create_mailer(settings),
         wakeups=PollWakeups(events),
+        suspensions=fairuse.suspensions,
     )

@@ -146,10 +146,10 @@ def users_create(
 def _set_status(email: str, status: Status, reason: str | None) -> None:
     with _platform() as platform, platform.db.write() as conn:
         user = platform.accounts.get_by_email(conn, email)
-        platform.accounts.set_status(conn, user, status, actor=CLI_ACTOR, reason=reason)
         if status == "suspended":
-            platform.generations.cancel_queued_of(conn, user.id, f"account suspended: {reason}")
+            platform.suspensions.suspend(conn, user, actor=CLI_ACTOR, reason=reason or "")
         else:
+            platform.suspensions.reinstate(conn, user, actor=CLI_ACTOR)
             # The review is over, as when an admin reinstates through the API.
             platform.fairuse.resolve_flags(conn, user.id, actor=CLI_ACTOR)
     typer.echo(f"{user.email} is now {status}")

@@ -192,24 +192,34 @@ def test_watermark_removal_only_where_the_plan_allows(
     assert flags == {"s@example.com": False, "t@example.com": True}
 
 
-def test_suspended_accounts_get_account_suspended(client: TestClient, platform: Platform) -> None:
+def test_suspended_accounts_are_read_only(client: TestClient, platform: Platform) -> None:
     admin = make_user(platform, "root@example.com", admin=True)
     user = make_user(platform, "spam@example.com")
     answer = client.post(
         f"/v1/admin/users/{user.id}/suspend", json={"reason": "prompt flood"}, headers=admin.auth
     )
     assert answer.json()["status"] == "suspended"
-    for call in (
-        lambda: client.get("/v1/me", headers=user.auth),
-        lambda: client.post("/v1/api-keys", json={"name": "x"}, headers=user.auth),
-    ):
-        refused = call()
-        assert (refused.status_code, refused.json()["code"]) == (403, "account_suspended")
+    me = client.get("/v1/me", headers=user.auth)
+    assert (me.status_code, me.json()["status"], me.json()["status_reason"]) == (
+        200,
+        "suspended",
+        "prompt flood",
+    )
+    refused = client.post("/v1/api-keys", json={"name": "x"}, headers=user.auth)
+    assert (refused.status_code, refused.json()["code"]) == (403, "account_suspended")
+    assert count(platform, "api_keys") == 2  # the two users' own
+    # A suspended user logs in, to a read-only account.
     login = client.post("/v1/auth/login", json={"email": user.email, "password": PASSWORD})
-    assert (login.status_code, login.json()["code"]) == (403, "account_suspended")
-    assert "pa_session" not in client.cookies
+    assert (login.status_code, login.json()["user"]["status"]) == (200, "suspended")
+    assert "pa_session" in client.cookies
+    csrf = {"X-CSRF-Token": client.cookies["pa_csrf"]}
+    settings = client.patch("/v1/me/settings", json={"remove_watermark": False}, headers=csrf)
+    assert (settings.status_code, settings.json()["code"]) == (403, "account_suspended")
+    assert client.post("/v1/auth/logout", headers=csrf).status_code == 204
     client.post(f"/v1/admin/users/{user.id}/reinstate", headers=admin.auth)
-    assert client.get("/v1/me", headers=user.auth).status_code == 200
+    me = client.get("/v1/me", headers=user.auth).json()
+    assert (me["status"], me["status_reason"]) == ("active", None)
+    assert client.post("/v1/api-keys", json={"name": "x"}, headers=user.auth).status_code == 201
 
 
 def test_admin_endpoints(client: TestClient, platform: Platform) -> None:

@@ -14,7 +14,11 @@ The rules the table spells out:
 * admin routes are 404 for everybody but admins;
 * an admin acting on somebody's personal resources through the ordinary
   routes (API keys, notifications, team membership, generations, uploads)
-  gets 404 like anyone; only generated outputs may an admin download.
+  gets 404 like anyone; only generated outputs may an admin download;
+* a suspended account is read-only (``SUSPENDED``, the owner suspended): it
+  reads and downloads as the owner would, logs in and out and cancels its
+  subscription; every other write is 403 ``account_suspended``; admin routes
+  stay 404 for it and public routes answer it as anybody.
 
 Every refusal is problem+json with the expected ``code``, names nothing of the
 owner's that the request did not already name, and changes no row of any
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -62,6 +66,7 @@ from tests.support.matrix import (
     NOT_FOUND,
     UNAUTHENTICATED,
     Caller,
+    Expect,
     Refusal,
     Row,
     changes,
@@ -1052,6 +1057,124 @@ ROWS: tuple[Row, ...] = (
 )
 
 
+# -- a suspended caller -------------------------------------------------------
+
+S = Refusal(403, "account_suspended")
+
+
+def label(row: Row) -> str:
+    """What tells a row from the others of its route: the URL it calls."""
+    return row.route if row.url is None else f"{row.route} {row.url}"
+
+
+# What the owner gets once suspended (and the invitee, for the invitation's
+# row), row by row (keyed by ``label``): every row of ``ROWS`` has exactly one
+# entry (``test_every_row_has_a_suspended_expectation``).
+SUSPENDED: dict[str, Expect] = {
+    "GET /healthz": 200,
+    "GET /readyz": 200,
+    "GET /metrics": 200,
+    "GET /openapi.json": 200,
+    "GET /docs": 200,
+    "GET /docs/oauth2-redirect": 200,
+    "GET /redoc": 200,
+    "GET /v1/models": 200,
+    f"GET /v1/models/{{model_id}} /v1/models/{PREMIUM_MODEL}": 200,
+    "GET /v1/plans": 200,
+    "GET /v1/catalog/changes": 200,
+    "GET /v1/credit-packs": 200,
+    # public: they answer about the body; logging in now works when suspended
+    "POST /v1/auth/signup": 201,
+    "POST /v1/auth/login": 200,
+    "POST /v1/auth/logout": 204,
+    "GET /v1/me": 200,
+    "PATCH /v1/me/settings": S,
+    "POST /v1/api-keys": S,
+    "GET /v1/api-keys": 200,
+    "DELETE /v1/api-keys/{key_id} /v1/api-keys/{w.spare_key_id}": S,
+    "GET /v1/generations": 200,
+    "GET /v1/generations/{generation_id} /v1/generations/{w.generation_id}": 200,
+    "GET /v1/generations/{generation_id} /v1/generations/{w.team_generation_id}": 200,
+    # downloads: what was paid for stays the owner's to download
+    "GET /v1/outputs/{output_id}/content /v1/outputs/{w.output_id}/content": 200,
+    "GET /v1/outputs/{output_id}/content /v1/outputs/{w.team_output_id}/content": 200,
+    "GET /v1/outputs/{output_id}/content {w.output_link}": 200,
+    "GET /v1/outputs/{output_id}/content {w.misdirected_link}": 200,
+    "GET /v1/uploads/{upload_id}/content /v1/uploads/{w.upload_id}/content": 200,
+    "GET /v1/uploads/{upload_id}/content {w.upload_link}": 200,
+    "POST /v1/quotes": S,
+    "POST /v1/generations": S,
+    "POST /v1/uploads": S,
+    "POST /v1/generations/{generation_id}/cancel /v1/generations/{w.queued_generation_id}/cancel": (
+        S
+    ),
+    "POST /v1/teams": S,
+    "GET /v1/teams/{team_id} " + TEAM: 200,
+    "POST /v1/teams/{team_id}/invitations " + TEAM + "/invitations": S,
+    "GET /v1/teams/{team_id}/invitations " + TEAM + "/invitations": 200,
+    "DELETE /v1/teams/{team_id}/invitations/{invitation_id} "
+    + TEAM
+    + "/invitations/{w.invitation_id}": S,
+    "POST /v1/invitations/{token}/accept /v1/invitations/{w.accept_token}/accept": S,
+    "GET /v1/teams/{team_id}/members " + TEAM + "/members": 200,
+    "PATCH /v1/teams/{team_id}/members/{user_id} " + TEAM + "/members/{w.member.id}": S,
+    "DELETE /v1/teams/{team_id}/members/{user_id} " + TEAM + "/members/{w.owner.id}": S,
+    "DELETE /v1/teams/{team_id}/members/{user_id} " + TEAM + "/members/{w.member.id}": S,
+    "GET /v1/balance": 200,
+    "GET /v1/ledger": 200,
+    "GET /v1/usage /v1/usage?group_by=day": 200,
+    "GET /v1/usage.csv": 200,
+    "GET /v1/events": 200,
+    "GET /v1/notifications": 200,
+    "POST /v1/notifications/{notification_id}/read /v1/notifications/{w.notification_id}/read": S,
+    "GET /v1/subscription": 200,
+    "POST /v1/subscription": S,
+    "PATCH /v1/subscription": S,
+    "POST /v1/subscription/pay": S,
+    # the one write of the account's billing it keeps: ending its subscription
+    "DELETE /v1/subscription": 200,
+    "POST /v1/credit-purchases": S,
+    "GET /v1/payments": 200,
+    # the portal could change the plan or withdraw the stop: refused first
+    "POST /v1/billing/portal": S,
+    "POST /v1/webhooks/stripe": N,
+    "POST /v1/webhooks/fal": N,
+    # the dashboard: every page, read-only (its banner says why)
+    "GET /": 200,
+    "GET /create": 200,
+    "GET /generations": 200,
+    "GET /usage": 200,
+    "GET /billing": 200,
+    "GET /settings": 200,
+    "GET /notifications": 200,
+    "GET /team": 200,
+    "GET /admin": 404,
+    "GET /login": 303,
+    "GET /signup": 303,
+    # admin routes do not exist for it, suspended or not
+    "GET /v1/admin/users /v1/admin/users?q=owner": N,
+    "POST /v1/admin/users/{user_id}/suspend /v1/admin/users/{w.owner.id}/suspend": N,
+    "POST /v1/admin/users/{user_id}/reinstate /v1/admin/users/{w.owner.id}/reinstate": N,
+    "POST /v1/admin/users/{user_id}/credits /v1/admin/users/{w.owner.id}/credits": N,
+    "GET /v1/admin/abuse": N,
+    "POST /v1/admin/catalog/changes": N,
+    "GET /v1/admin/catalog/changes": N,
+    "DELETE /v1/admin/catalog/changes/{change_id} /v1/admin/catalog/changes/chg_unknown": N,
+    "GET /v1/admin/stats": N,
+    "POST /v1/admin/users/{user_id}/billing/sandbox-card "
+    "/v1/admin/users/{w.owner.id}/billing/sandbox-card": N,
+    "POST /v1/admin/clock/advance": N,
+}
+
+
+def as_suspended(row: Row) -> Row:
+    """``row`` with the owner's column holding what the suspended owner gets."""
+    owner = CALLERS.index("owner")
+    expect = list(row.expect)
+    expect[owner] = SUSPENDED[label(row)]
+    return replace(row, expect=(expect[0], expect[1], expect[2], expect[3], expect[4]))
+
+
 # -- running it --------------------------------------------------------------
 
 
@@ -1123,6 +1246,32 @@ def test_matrix(caller: Caller, platform: Platform, client: TestClient) -> None:
     world = build_world(platform, client)
     problems = [problem for row in ROWS for problem in judge(platform, world, caller, row, client)]
     assert not problems, f"{len(problems)} wrong answer(s) for {caller}:\n" + "\n".join(problems)
+
+
+def test_matrix_suspended(platform: Platform, client: TestClient) -> None:
+    """The table as the owner once suspended (the invitee too, for the
+    invitation's row): a suspended account is read-only."""
+    world = build_world(platform, client)
+    for user in (world.owner, world.invitee):
+        suspended = client.post(
+            f"/v1/admin/users/{user.id}/suspend",
+            json={"reason": "authorization matrix"},
+            headers=world.admin.auth,
+        )
+        assert suspended.status_code == 200, suspended.text
+    problems = [
+        problem
+        for row in ROWS
+        for problem in judge(platform, world, "owner", as_suspended(row), client)
+    ]
+    assert not problems, f"{len(problems)} wrong answer(s) for suspended:\n" + "\n".join(problems)
+
+
+def test_every_row_has_a_suspended_expectation() -> None:
+    labels = [label(row) for row in ROWS]
+    assert len(labels) == len(set(labels)), "two rows call the same URL: tell them apart"
+    assert sorted(set(labels) - set(SUSPENDED)) == [], "rows without a SUSPENDED expectation"
+    assert sorted(set(SUSPENDED) - set(labels)) == [], "SUSPENDED names rows that do not exist"
 
 
 def test_every_route_has_a_row(platform: Platform, client: TestClient) -> None:

@@ -834,3 +834,204 @@ def test_an_upgrade_over_a_scheduled_downgrade_is_prorated_from_the_plan_held(
     assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 2581, 3097)
     item = fake.subscriptions[stripe_sub]["items"]["data"][0]
     assert item["price"]["unit_amount"] == 9900
+
+
+# -- suspension ----------------------------------------------------------------
+
+
+def suspension(client: TestClient, admin: TestUser, who: TestUser, action: str) -> None:
+    body = {"reason": "chargebacks"} if action == "suspend" else None
+    path = f"/v1/admin/users/{who.id}/{action}"
+    answer = client.post(path, json=body, headers=admin.auth)
+    assert answer.status_code == 200, answer.text
+
+
+def stripe_cancels(fake: FakeStripe, stripe_sub: str) -> bool:
+    return bool(fake.subscriptions[stripe_sub]["cancel_at_period_end"])
+
+
+def updated(client: TestClient, fake: FakeStripe, stripe_sub: str) -> str:
+    """Stripe's ``customer.subscription.updated`` after a change we asked for."""
+    event = fake.event("customer.subscription.updated", fake.subscriptions[stripe_sub])
+    return outcome(client, fake, event)
+
+
+def test_suspension_stops_the_stripe_renewal_and_reinstating_resumes_it(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    admin = make_user(platform, "root@example.com", admin=True)
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "starter")
+    clock.set(datetime(2026, 1, 10, tzinfo=UTC))
+    suspension(client, admin, kai, "suspend")
+    # Stripe renews by itself: it is told to end the subscription instead.
+    assert stripe_cancels(fake, stripe_sub)
+    # Its webhook says so; that is the suspension's doing, not a
+    # cancellation of the customer's.
+    assert updated(client, fake, stripe_sub) == "ignored"
+    sub = state(platform, kai)[2]
+    assert sub is not None
+    assert (sub.cancel_at_period_end, sub.stops_for_suspension) == (False, True)
+    shown = client.get("/v1/subscription", headers=kai.auth).json()
+    assert (shown["cancel_at_period_end"], shown["cancel_reason"]) == (True, "account_suspended")
+    # Reinstated before the period end: Stripe renews again, and charges.
+    clock.set(datetime(2026, 1, 20, tzinfo=UTC))
+    suspension(client, admin, kai, "reinstate")
+    assert not stripe_cancels(fake, stripe_sub)
+    assert updated(client, fake, stripe_sub) == "ignored"
+    sub = state(platform, kai)[2]
+    assert sub is not None
+    assert (sub.cancel_at_period_end, sub.stops_for_suspension) == (False, False)
+    clock.set(datetime(2026, 2, 1, 1, tzinfo=UTC))
+    for event in fake.period_ends(stripe_sub):
+        deliver(client, fake, event)
+    assert state(platform, kai)[1:2] == ("starter",)
+    assert [kind for kind, *_ in paid(platform, kai)] == ["subscription", "renewal"]
+
+
+def test_a_suspended_stripe_subscription_ends_at_its_period_end(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    admin = make_user(platform, "root@example.com", admin=True)
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "starter")
+    suspension(client, admin, kai, "suspend")
+    clock.set(datetime(2026, 2, 1, 1, tzinfo=UTC))
+    for event in fake.period_ends(stripe_sub):
+        assert outcome(client, fake, event) == "applied"
+    available, plan, sub = state(platform, kai)
+    assert sub is not None
+    assert (plan, sub.status, sub.stops_for_suspension) == ("free", "canceled", False)
+    assert paid(platform, kai) == [("subscription", "succeeded", 1900, 2000)]
+    # Reinstated after the end: nothing to resume at Stripe.
+    before = len(fake.calls_to("POST", f"/v1/subscriptions/{stripe_sub}"))
+    suspension(client, admin, kai, "reinstate")
+    assert len(fake.calls_to("POST", f"/v1/subscriptions/{stripe_sub}")) == before
+    assert available == 0
+
+
+def test_reinstating_keeps_a_stripe_cancellation_the_customer_made(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    admin = make_user(platform, "root@example.com", admin=True)
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "starter")
+    clock.set(datetime(2026, 1, 10, tzinfo=UTC))
+    suspension(client, admin, kai, "suspend")
+    # Suspended, the customer cancels themselves (the one billing write left).
+    canceled = client.delete("/v1/subscription", headers=kai.auth)
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["cancel_reason"] == "requested"
+    assert updated(client, fake, stripe_sub) == "ignored"
+    suspension(client, admin, kai, "reinstate")
+    assert stripe_cancels(fake, stripe_sub)  # not withdrawn by the reinstatement
+    assert updated(client, fake, stripe_sub) == "ignored"
+    sub = state(platform, kai)[2]
+    assert sub is not None
+    assert (sub.cancel_at_period_end, sub.stops_for_suspension) == (True, False)
+    clock.set(datetime(2026, 2, 1, 1, tzinfo=UTC))
+    for event in fake.period_ends(stripe_sub):
+        deliver(client, fake, event)
+    assert state(platform, kai)[1] == "free"
+    assert [kind for kind, *_ in paid(platform, kai)] == ["subscription"]
+
+
+def test_a_customer_who_canceled_before_the_suspension_stays_canceled_at_stripe(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    admin = make_user(platform, "root@example.com", admin=True)
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "starter")
+    assert client.delete("/v1/subscription", headers=kai.auth).status_code == 200
+    asked = len(fake.calls_to("POST", f"/v1/subscriptions/{stripe_sub}"))
+    suspension(client, admin, kai, "suspend")
+    suspension(client, admin, kai, "reinstate")
+    # Stripe was going to end it anyway: neither step asked it anything.
+    assert len(fake.calls_to("POST", f"/v1/subscriptions/{stripe_sub}")) == asked
+    assert stripe_cancels(fake, stripe_sub)
+    shown = client.get("/v1/subscription", headers=kai.auth).json()
+    assert (shown["cancel_at_period_end"], shown["cancel_reason"]) == (True, "requested")
+
+
+def test_a_dispute_that_suspends_the_account_waits_for_stripe_to_be_reachable(
+    platform: Platform, client: TestClient, fake: FakeStripe
+) -> None:
+    """Fair use suspends on the third clawback, and the suspension tells
+    Stripe to stop renewing: if Stripe cannot be reached, the event is not
+    applied (nor its clawback lost as a refusal) but delivered again."""
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "starter")
+    pack = checkout(client, fake, "/v1/credit-purchases", {"pack": "pack-1000"}, kai)
+    for event in fake.pay_checkout(pack):
+        assert outcome(client, fake, event) == "applied"
+    spend(platform, kai, 2100, "most")  # the month's 2000, then 100 of the pack
+    with platform.db.write() as conn:
+        for n in range(2):
+            earlier = platform.fairuse.record_clawback(
+                conn,
+                kai.id,
+                payment_id=f"pay_earlier_{n}",
+                credits_clawed_back=10,
+                credits_spent=5,
+                reason="dispute",
+            )
+    assert not earlier.suspended_now
+    dispute = fake.dispute(fake.sessions[pack]["payment_intent"])[0]
+    fake.outage = True
+    before = snapshot(platform)
+    response = deliver(client, fake, dispute)
+    assert (response.status_code, response.json()["code"]) == (503, "billing_provider_error")
+    assert changes(before, snapshot(platform)) == []
+    fake.outage = False
+    assert outcome(client, fake, dispute) == "applied"
+    with platform.db.read() as conn:
+        assert platform.accounts.get(conn, kai.id).status == "suspended"
+    assert state(platform, kai)[0] == 0  # the pack's 900 left were clawed back
+    assert stripe_cancels(fake, stripe_sub)
+    sub = state(platform, kai)[2]
+    assert sub is not None
+    assert (sub.cancel_at_period_end, sub.stops_for_suspension) == (False, True)
+
+
+def test_a_suspension_stripe_cannot_hear_of_writes_nothing(
+    platform: Platform, client: TestClient, fake: FakeStripe
+) -> None:
+    admin = make_user(platform, "root@example.com", admin=True)
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "starter")
+    fake.outage = True
+    before = snapshot(platform)
+    response = client.post(
+        f"/v1/admin/users/{kai.id}/suspend", json={"reason": "chargebacks"}, headers=admin.auth
+    )
+    assert (response.status_code, response.json()["code"]) == (503, "billing_provider_error")
+    assert changes(before, snapshot(platform)) == []
+    fake.outage = False
+    suspension(client, admin, kai, "suspend")
+    assert stripe_cancels(fake, stripe_sub)
+
+
+def test_a_checkout_paid_after_the_suspension_does_not_renew(
+    platform: Platform, client: TestClient, fake: FakeStripe
+) -> None:
+    """A checkout started before the suspension and paid after it: the paid
+    period starts, its renewal is stopped at Stripe at once."""
+    admin = make_user(platform, "root@example.com", admin=True)
+    kai = make_user(platform, "kai@example.com")
+    session = checkout(client, fake, "/v1/subscription", {"plan": "starter"}, kai)
+    suspension(client, admin, kai, "suspend")
+    for event in fake.pay_checkout(session):
+        deliver(client, fake, event)
+    stripe_sub = fake.subscription_of(session)
+    available, plan, sub = state(platform, kai)
+    assert sub is not None
+    assert (available, plan, sub.status, sub.stops_for_suspension) == (
+        2000,
+        "starter",
+        "active",
+        True,
+    )
+    assert stripe_cancels(fake, stripe_sub)
+    assert updated(client, fake, stripe_sub) == "ignored"
+    suspension(client, admin, kai, "reinstate")
+    assert not stripe_cancels(fake, stripe_sub)

@@ -316,8 +316,11 @@ def test_admin_searches_suspends_reinstates_and_adjusts(platform: Platform, serv
 
         suspended = admin_client.suspend_user(target.id, "spam")
         assert (suspended.status, suspended.status_reason) == ("suspended", "spam")
+        # Read-only: it reads (and sees why), but may not write.
+        me = target_client.me()
+        assert (me.status, me.status_reason) == ("suspended", "spam")
         with pytest.raises(AccountSuspendedError) as refused:
-            target_client.me()
+            target_client.create_api_key("another")
         assert isinstance(refused.value, PermissionDenied)
         assert refused.value.code == "account_suspended"
         assert [u.id for u in admin_client.admin_users(status="suspended")] == [target.id]

@@ -127,10 +127,13 @@ def test_a_suspended_account_sees_why(client: TestClient, platform: Platform) ->
     with platform.db.write() as conn:
         found = platform.accounts.get(conn, user.id)
         platform.accounts.set_status(conn, found, "suspended", actor="usr_admin", reason="spam")
+    # Read-only, not locked out: the page, under a banner saying why and
+    # whom to write to.
     response = client.get("/", headers=user.auth)
-    assert response.status_code == 403
-    assert "suspended" in response.text
-    assert platform.settings.support_email in response.text
+    assert response.status_code == 200
+    assert "Your account is suspended." in response.text
+    assert "Reason: spam." in response.text
+    assert f"mailto:{platform.settings.support_email}" in response.text
 
 
 def test_usage_filter_errors_are_shown_beside_the_field(

@@ -338,6 +338,13 @@ class FakeStripe:
                 self.event(kind, invoice),
             ]
 
+    def period_ends(self, subscription_id: str) -> list[dict[str, Any]]:
+        """What Stripe does by itself at the period end: end a subscription
+        set to cancel at its period end, renew (and charge) any other."""
+        with self._lock:
+            ending = bool(self.subscriptions[subscription_id]["cancel_at_period_end"])
+        return self.end(subscription_id) if ending else self.renew(subscription_id)
+
     def retry(self, invoice_id: str) -> list[dict[str, Any]]:
         """Stripe's automatic retry of an open invoice succeeds."""
         with self._lock:

@@ -62,6 +62,8 @@ class User:
     status: Status
     created_at: datetime
     remove_watermark: bool = False
+    # Why the account is suspended (None while active), as shown to the user.
+    status_reason: str | None = None
 
 
 def normalise_email(email: str) -> str:
@@ -166,7 +168,7 @@ class AccountService:
             now=self.clock.now(),
             data={"email": user.email},
         )
-        return replace(user, status=status)
+        return replace(user, status=status, status_reason=reason)
 
 
 def _queue_status_notice(
@@ -179,13 +181,19 @@ def _queue_status_notice(
     if status == "suspended":
         title = "Your account is suspended"
         body = (
-            f"Your account was suspended: {reason}. New requests are refused and "
-            "queued generations were canceled with their credits released. "
+            f"Your account was suspended: {reason}. It is read-only: you can still "
+            "log in, see your balance, payments and generations, download your "
+            "outputs and cancel your subscription, but not generate or buy. Queued "
+            "generations were canceled with their credits released, and your "
+            "subscription will not renew while the account is suspended. "
             "Contact support if you think this is a mistake."
         )
     else:
         title = "Your account is reinstated"
-        body = "Your account is active again; you can generate as before."
+        body = (
+            "Your account is active again; you can generate as before. A "
+            "subscription still in its period renews as usual, unless you canceled it."
+        )
     outbox.enqueue(
         conn,
         # Each suspension and each reinstatement is its own cause, queued in
@@ -207,4 +215,5 @@ def _user(row: repo.AnyRow) -> User:
         row.status,
         as_utc(row.created_at),
         bool(row.remove_watermark),
+        row.status_reason,
     )

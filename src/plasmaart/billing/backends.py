@@ -117,6 +117,21 @@ class BillingBackend(Protocol):
         """Stop renewing ``subscription`` after its current period."""
         ...
 
+    def stop_renewal(
+        self, conn: Connection, *, customer: Customer, subscription: Subscription
+    ) -> None:
+        """The account is suspended: charge no renewal of ``subscription``,
+        which ends at its current period end unless ``resume_renewal`` comes
+        first. Not the customer's cancellation: the service keeps the two apart."""
+        ...
+
+    def resume_renewal(
+        self, conn: Connection, *, customer: Customer, subscription: Subscription
+    ) -> None:
+        """The account is reinstated before the period end: renew
+        ``subscription`` as before (never called when the customer canceled)."""
+        ...
+
     def charge_renewal(
         self,
         conn: Connection,

@@ -30,6 +30,14 @@ class Subscription:
     external_id: str | None = None
     # Periods count from here (see ``periods.period_end_after``).
     billing_anchor: datetime | None = None
+    # The account is suspended: the subscription ends at its period end
+    # (``cancel_at_period_end`` stays the customer's own cancellation).
+    stops_for_suspension: bool = False
+
+    @property
+    def ends_at_period_end(self) -> bool:
+        """Whether the subscription ends at its period end instead of renewing."""
+        return self.cancel_at_period_end or self.stops_for_suspension
 
 
 PaymentKind = Literal["subscription", "renewal", "upgrade", "pack"]
@@ -76,6 +84,7 @@ def _subscription(row: AnyRow) -> Subscription:
         backend=row.backend,
         external_id=row.external_id,
         billing_anchor=as_utc(row.billing_anchor or row.current_period_start),
+        stops_for_suspension=bool(row.stops_for_suspension),
     )
 
 
@@ -176,6 +185,11 @@ def due_subscription_ids(
         .limit(limit)
     )
     return [row.id for row in rows]
+
+
+def user_is_suspended(conn: Connection, user_id: str) -> bool:
+    status: str = conn.execute(select(users.c.status).where(users.c.id == user_id)).scalar_one()
+    return status == "suspended"
 
 
 def user_email(conn: Connection, user_id: str) -> str:

@@ -80,6 +80,25 @@ class SandboxBackend:
         # Nothing to tell anyone: the clock ends the subscription at its period end.
         return None
 
+    def stop_renewal(
+        self,
+        conn: Connection,  # noqa: ARG002
+        *,
+        customer: Customer,  # noqa: ARG002
+        subscription: Subscription,  # noqa: ARG002
+    ) -> None:
+        # The clock reads ``stops_for_suspension`` and charges nothing.
+        return None
+
+    def resume_renewal(
+        self,
+        conn: Connection,  # noqa: ARG002
+        *,
+        customer: Customer,  # noqa: ARG002
+        subscription: Subscription,  # noqa: ARG002
+    ) -> None:
+        return None
+
     def charge_renewal(
         self,
         conn: Connection,

@@ -12,6 +12,9 @@ purchase), so that the clock running twice, or in two workers, grants once:
   price charged now; ``preview`` shows both before the customer confirms;
 * downgrade (a cheaper plan): ``pending_plan``, applied at the period end;
 * cancel: ``cancel_at_period_end``; at the period end, Free;
+* suspension of the account: ``stops_for_suspension``; no renewal is charged,
+  the subscription ends at its period end unless the account is reinstated
+  first (the customer's own cancellation is kept apart, and survives);
 * renewal at each period end (``ledger.renew``): the ended period's monthly
   credits expire but for the plan's rollover cap, the new allocation is
   granted; purchased credits are untouched;
@@ -242,7 +245,7 @@ class BillingService:
                 plans[wallet_id] = catalog_at(now).default_plan
                 continue
             status = subscription.status
-            if status == "active" and subscription.cancel_at_period_end:
+            if status == "active" and subscription.ends_at_period_end:
                 if now >= subscription.current_period_end:
                     status = "canceled"
             elif status == "past_due" and now >= self.grace_ends_at(subscription):
@@ -468,6 +471,47 @@ class BillingService:
             external_id=outcome.external_id,
         )
 
+    # -- what suspending an account does to its subscription ------------------
+
+    def stop_for_suspension(self, conn: Connection, user_id: str) -> Subscription | None:
+        """The user's account is being suspended: no renewal is charged from
+        now on. An active subscription ends at its period end unless
+        ``resume_after_suspension`` comes first; a past-due one (whose unpaid
+        renewal is the next period's) ends now. The customer's own
+        cancellation, if any, is left as it is."""
+        subscription = self._current(conn, self.ledger.wallet_of(conn, "user", user_id))
+        if subscription is None or subscription.status == "canceled":
+            return subscription
+        customer = self._customer_of(conn, subscription)
+        backend = self._backend_of(subscription)
+        if subscription.status == "past_due":
+            backend.cancel(conn, customer=customer, subscription=subscription)
+            return self.end_subscription(conn, subscription.id)
+        if subscription.stops_for_suspension:
+            return subscription
+        if not subscription.cancel_at_period_end:
+            backend.stop_renewal(conn, customer=customer, subscription=subscription)
+        return self._update(conn, subscription, stops_for_suspension=True)
+
+    def resume_after_suspension(self, conn: Connection, user_id: str) -> Subscription | None:
+        """The user's account is reinstated: a subscription stopped by the
+        suspension renews again, if its period has not ended meanwhile (then
+        it ended, and stays ended) and the customer did not cancel it."""
+        # Brought up to date first, the stop still in force: a period that
+        # ended while suspended ends the subscription, it does not renew it.
+        subscription = self._current(conn, self.ledger.wallet_of(conn, "user", user_id))
+        if subscription is None or not subscription.stops_for_suspension:
+            return subscription
+        if self.clock.now() >= subscription.current_period_end:
+            # Over already (the provider ends it, and reports it): too late to renew.
+            return subscription
+        if not subscription.cancel_at_period_end:
+            customer = self._customer_of(conn, subscription)
+            self._backend_of(subscription).resume_renewal(
+                conn, customer=customer, subscription=subscription
+            )
+        return self._update(conn, subscription, stops_for_suspension=False)
+
     # -- what a backend reports (the sandbox at once, Stripe by webhook) ------
 
     def subscribe_paid(
@@ -503,6 +547,7 @@ class BillingService:
             "current_period_start": now,
             "current_period_end": period_end,
             "cancel_at_period_end": False,
+            "stops_for_suspension": False,
             "pending_plan": None,
             "backend": backend,
             "external_id": external_id,
@@ -546,6 +591,10 @@ class BillingService:
             backend=backend,
             external_id=payment_external_id,
         )
+        if repo.user_is_suspended(conn, user_id):
+            # A checkout paid after the account was suspended (it started
+            # before): the period is theirs, the renewal is not charged.
+            return self.stop_for_suspension(conn, user_id) or self._reload(conn, subscription_id)
         return self._reload(conn, subscription_id)
 
     def upgrade_paid(
@@ -756,7 +805,12 @@ class BillingService:
         if subscription.status == "canceled":
             return subscription
         return self._update(
-            conn, subscription, status="canceled", pending_plan=None, cancel_at_period_end=False
+            conn,
+            subscription,
+            status="canceled",
+            pending_plan=None,
+            cancel_at_period_end=False,
+            stops_for_suspension=False,
         )
 
     def pack_paid(
@@ -940,14 +994,10 @@ class BillingService:
             subscription.pending_plan or subscription.plan,
             self._catalog_at(conn, subscription.current_period_end),
         )
-        if subscription.cancel_at_period_end or plan is None:
+        if subscription.ends_at_period_end or plan is None:
             self.end_subscription(conn, subscription.id)
             return "canceled"
-        customer = Customer(
-            subscription.user_id,
-            subscription.wallet_id,
-            repo.user_email(conn, subscription.user_id),
-        )
+        customer = self._customer_of(conn, subscription)
         outcome = backend.charge_renewal(
             conn,
             customer=customer,
@@ -1035,6 +1085,13 @@ class BillingService:
             at = _to_second(prorate_at.astimezone(UTC))
         return prorate_upgrade(
             current, plan, subscription.current_period_start, subscription.current_period_end, at
+        )
+
+    def _customer_of(self, conn: Connection, subscription: Subscription) -> Customer:
+        return Customer(
+            subscription.user_id,
+            subscription.wallet_id,
+            repo.user_email(conn, subscription.user_id),
         )
 
     def _schedule(

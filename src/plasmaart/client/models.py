@@ -39,8 +39,9 @@ class Subscription:
     status: str  # none | active | past_due | canceled
     current_period_start: datetime | None
     current_period_end: datetime | None
-    cancel_at_period_end: bool
+    cancel_at_period_end: bool  # ends at the period end instead of renewing
     pending_plan: str | None
+    cancel_reason: str | None = None  # requested | account_suspended
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class Me:
     balance: BalanceSummary
     teams: tuple[TeamRef, ...]
     settings: AccountSettings
+    status_reason: str | None = None  # why the account is suspended
+    support_email: str | None = None
 
 
 @dataclass(frozen=True)

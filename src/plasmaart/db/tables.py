@@ -259,6 +259,7 @@ subscriptions = Table(
     Column("status", String(16), nullable=False),
     Column("current_period_start", Timestamp, nullable=False),
     Column("current_period_end", Timestamp, nullable=False),
+    # The customer's own cancellation (or the provider portal's).
     Column("cancel_at_period_end", Boolean, nullable=False, server_default=false()),
     Column("pending_plan", String(40)),
     Column("backend", String(16), nullable=False),
@@ -269,6 +270,11 @@ subscriptions = Table(
     # the 31st renews on the last day of shorter months and on the 31st again
     # after them. Null for rows from before it existed: the period start then.
     Column("billing_anchor", Timestamp),
+    # Set while the account is suspended: the subscription ends at its period
+    # end instead of renewing, unless the account is reinstated first. Kept
+    # apart from cancel_at_period_end so that reinstating never withdraws a
+    # cancellation the customer made.
+    Column("stops_for_suspension", Boolean, nullable=False, server_default=false()),
     CheckConstraint(_in("status", ("active", "past_due", "canceled")), name="status"),
     CheckConstraint("current_period_end > current_period_start", name="period_order"),
 )

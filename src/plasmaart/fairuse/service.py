@@ -55,6 +55,7 @@ from plasmaart.fairuse.rules import (
     score,
     verdict,
 )
+from plasmaart.fairuse.suspension import SuspensionService
 from plasmaart.generation.service import Generation, GenerationService
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
@@ -136,6 +137,8 @@ class FairUseService:
         self.accounts = accounts
         self.credentials = credentials
         self.generations = generations
+        # What a suspension does (whoever decides it): fairuse/suspension.py.
+        self.suspensions = SuspensionService(accounts, credentials, generations, billing)
 
     # -- rate limits -------------------------------------------------------
 
@@ -418,9 +421,9 @@ class FairUseService:
             f"automatic: abuse score {current.total} >= {self.policy.suspend_at} "
             f"({current.summary()})"
         )
-        self.accounts.set_status(conn, user, "suspended", actor=SYSTEM_ACTOR, reason=reason)
-        self.credentials.close_all_sessions(conn, user.id)
-        canceled = self.generations.cancel_queued_of(conn, user.id, f"account suspended: {reason}")
+        canceled = self.suspensions.suspend(
+            conn, user, actor=SYSTEM_ACTOR, reason=reason
+        ).queued_canceled
         audit.record(
             conn,
             actor=SYSTEM_ACTOR,

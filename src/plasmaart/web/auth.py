@@ -2,8 +2,13 @@
 
 Cookie-authenticated writes must echo the session's CSRF token in the
 ``X-CSRF-Token`` header (or the ``csrf_token`` form field); bearer requests
-need none, since browsers never attach them on their own. A suspended account
-gets ``account_suspended`` on everything but logging out.
+need none, since browsers never attach them on their own.
+
+A suspended account is read-only (DESIGN.md §5, API.md): every dependency
+below that names the caller lets it read (GET, HEAD) and make the few writes
+of ``SUSPENDED_MAY_WRITE``, and refuses any other write with
+``account_suspended``, before the route runs, so nothing is written. The rule
+lives here and nowhere else; routes only declare whose they are.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from plasmaart.errors import AccountSuspended, Forbidden, NotFound, Unauthentica
 __all__ = [
     "AccountSuspended",
     "AdminPrincipal",
-    "AnyPrincipal",
     "CurrentPrincipal",
     "Forbidden",
     "OptionalPrincipal",
@@ -33,6 +37,10 @@ SESSION_COOKIE = "pa_session"
 CSRF_COOKIE = "pa_csrf"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The writes a suspended account may still make, as "METHOD /route/{path}":
+# ending its subscription (no renewal is charged anyway; this makes the end
+# its own, so that a reinstatement does not undo it) and logging out.
+SUSPENDED_MAY_WRITE = frozenset({"DELETE /v1/subscription", "POST /v1/auth/logout"})
 
 
 @dataclass(frozen=True)
@@ -90,10 +98,33 @@ def authenticate(request: Request, platform: Platform) -> Principal | None:
     return principal
 
 
+def route_key(request: Request) -> str:
+    """``METHOD /path/{param}``: the route the request was routed to."""
+    route = request.scope.get("route")
+    path = getattr(route, "path_format", None) or request.url.path
+    return f"{request.method} {path}"
+
+
+def is_read_only_allowed(request: Request) -> bool:
+    """Whether a suspended account may make this request: a read, or one of
+    the writes of ``SUSPENDED_MAY_WRITE``."""
+    return request.method in SAFE_METHODS or route_key(request) in SUSPENDED_MAY_WRITE
+
+
+def refuse_if_suspended(request: Request, platform: Platform, principal: Principal) -> None:
+    if principal.user.status == "suspended" and not is_read_only_allowed(request):
+        support = platform.settings.support_email
+        raise AccountSuspended(
+            "this account is suspended and read-only: it can read and download, "
+            f"cancel its subscription and log out; write to {support} about it",
+            support_email=support,
+        )
+
+
 def optional_principal(request: Request, platform: PlatformDep) -> Principal | None:
     principal = authenticate(request, platform)
-    if principal is not None and principal.user.status == "suspended":
-        raise AccountSuspended("this account is suspended; contact support")
+    if principal is not None:
+        refuse_if_suspended(request, platform, principal)
     return principal
 
 
@@ -104,23 +135,18 @@ def require_principal(request: Request, platform: PlatformDep) -> Principal:
     return principal
 
 
-def require_admin(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
-    if principal.user.role != "admin":
-        # Admin endpoints do not exist for other users: the same answer as
-        # for a path that does not exist.
-        raise NotFound("Not Found")
-    return principal
-
-
-def allow_suspended(request: Request, platform: PlatformDep) -> Principal:
-    """For logging out: a suspended user may still end their session."""
+def require_admin(request: Request, platform: PlatformDep) -> Principal:
     principal = authenticate(request, platform)
     if principal is None:
-        raise Unauthenticated("not logged in")
+        raise Unauthenticated("log in or send 'Authorization: Bearer <api key>'")
+    if principal.user.role != "admin":
+        # Admin endpoints do not exist for other users: the same answer as
+        # for a path that does not exist (suspended or not).
+        raise NotFound("Not Found")
+    refuse_if_suspended(request, platform, principal)
     return principal
 
 
 OptionalPrincipal = Annotated[Principal | None, Depends(optional_principal)]
 CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
 AdminPrincipal = Annotated[Principal, Depends(require_admin)]
-AnyPrincipal = Annotated[Principal, Depends(allow_suspended)]

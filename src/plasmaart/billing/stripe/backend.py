@@ -303,6 +303,27 @@ class StripeBackend:
             )
         )
 
+    def stop_renewal(
+        self,
+        conn: Connection,  # noqa: ARG002
+        *,
+        customer: Customer,  # noqa: ARG002
+        subscription: Subscription,
+    ) -> None:
+        """Stripe renews by itself: it is told to end the subscription at the
+        period end (the webhook that follows is recognised as ours, not the
+        customer's: ``webhooks._reconcile``)."""
+        self._set_cancel_at_period_end(subscription, True, "suspend")
+
+    def resume_renewal(
+        self,
+        conn: Connection,  # noqa: ARG002
+        *,
+        customer: Customer,  # noqa: ARG002
+        subscription: Subscription,
+    ) -> None:
+        self._set_cancel_at_period_end(subscription, False, "reinstate")
+
     def charge_renewal(
         self,
         conn: Connection,  # noqa: ARG002
@@ -418,6 +439,22 @@ class StripeBackend:
             raise self._unavailable(exc) from exc
         self._products.add(product_id)
         return product_id
+
+    def _set_cancel_at_period_end(
+        self, subscription: Subscription, cancel: bool, action: str
+    ) -> None:
+        stripe_id = self._stripe_id(subscription)
+        end = int(subscription.current_period_end.timestamp())
+        # Per attempt: a suspension, a reinstatement and a second suspension
+        # in one period are three requests, none a replay of another.
+        key = self._attempt_key(action, f"{subscription.id}:{end}")
+        self._call(
+            lambda: self.client.v1.subscriptions.update(
+                stripe_id,
+                params={"cancel_at_period_end": cancel},
+                options={"idempotency_key": key},
+            )
+        )
 
     def _attempt_key(self, action: str, idempotency_key: str) -> str:
         """A key for one attempt at a charge. Stripe replays a declined

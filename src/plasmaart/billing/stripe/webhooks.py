@@ -20,7 +20,9 @@ is trusted to say what the state is now.
   only to the period the subscription is at, so an old invoice changes
   nothing, and a newer one first catches up on the periods before it.
 * ``customer.subscription.updated`` reconciles with the subscription fetched
-  from Stripe now, not with the (possibly stale) copy in the event.
+  from Stripe now, not with the (possibly stale) copy in the event. While the
+  account is suspended, Stripe's ``cancel_at_period_end`` is the suspension's
+  (``StripeBackend.stop_renewal``), not recorded as the customer's own.
 * ``customer.subscription.deleted`` ends the subscription (Free).
 * ``charge.refunded`` (in full) and ``charge.dispute.created`` claw back what
   remains of the purchase, once per payment (``stripe_clawbacks``), through
@@ -60,7 +62,7 @@ from plasmaart.billing.stripe.backend import (
     StripeSubscriptionState,
     stripe_time,
 )
-from plasmaart.billing.stripe.errors import InvalidSignature
+from plasmaart.billing.stripe.errors import BillingProviderError, InvalidSignature
 from plasmaart.billing.stripe.repository import EventOutcome
 from plasmaart.clock import Clock
 from plasmaart.errors import DomainError, InvalidInput
@@ -221,6 +223,12 @@ class StripeWebhooks:
         try:
             with conn.begin_nested():
                 outcome, detail = self._dispatch(conn, event, prefetched)
+        except BillingProviderError:
+            # Applying it needed Stripe, which could not be reached (a
+            # dispute that suspends the account tells Stripe to stop its
+            # renewal): nothing is recorded, the caller answers 503 and
+            # Stripe delivers the event again.
+            raise
         except DomainError as exc:
             # A refusal of ours (an unknown plan, a second subscription) is
             # final: retrying the event would be refused again. Its partial
@@ -435,17 +443,17 @@ class StripeWebhooks:
         elif state.plan == subscription.plan:
             # Back on the plan it is on: a scheduled downgrade was withdrawn.
             pending = None
-        if state.cancel_at_period_end:
+        cancel = state.cancel_at_period_end
+        if subscription.stops_for_suspension:
+            # While the account is suspended, Stripe's cancel_at_period_end is
+            # the suspension's (the customer cannot reach the portal), not a
+            # cancellation of the customer's that reinstating should keep.
+            cancel = subscription.cancel_at_period_end
+        if cancel:
             pending = None  # nothing is scheduled after the end
-        if (pending, state.cancel_at_period_end) != (
-            subscription.pending_plan,
-            subscription.cancel_at_period_end,
-        ):
+        if (pending, cancel) != (subscription.pending_plan, subscription.cancel_at_period_end):
             self.billing.provider_changed(
-                conn,
-                subscription.id,
-                pending_plan=pending,
-                cancel_at_period_end=state.cancel_at_period_end,
+                conn, subscription.id, pending_plan=pending, cancel_at_period_end=cancel
             )
             changed = True
         return changed

@@ -15,8 +15,6 @@ from plasmaart.bootstrap import Platform
 from plasmaart.web.auth import (
     CSRF_COOKIE,
     SESSION_COOKIE,
-    AccountSuspended,
-    AnyPrincipal,
     CurrentPrincipal,
     Forbidden,
 )
@@ -94,7 +92,13 @@ class SubscriptionOut(BaseModel):
     status: Literal["none", "active", "past_due", "canceled"]
     current_period_start: datetime | None
     current_period_end: datetime | None
-    cancel_at_period_end: bool
+    cancel_at_period_end: bool = Field(
+        description="The subscription ends at its period end instead of renewing"
+    )
+    cancel_reason: Literal["requested", "account_suspended"] | None = Field(
+        description="Why it ends: you canceled it (`requested`), or the account is "
+        "suspended (`account_suspended`: reinstating it before the period end renews it)"
+    )
     pending_plan: str | None
 
 
@@ -118,6 +122,10 @@ class MeOut(BaseModel):
     email: str
     role: Literal["user", "admin"]
     status: Literal["active", "suspended"]
+    status_reason: str | None = Field(
+        description="Why the account is suspended (null while active)"
+    )
+    support_email: str = Field(description="Where to write about the account or billing")
     plan: str
     subscription: SubscriptionOut
     balance: BalanceSummary
@@ -205,9 +213,8 @@ def login(
         platform.credentials.check_login_allowed(conn, email, address)
     try:
         with platform.db.write() as conn:
+            # A suspended account logs in too: to a read-only account.
             user = platform.accounts.authenticate(conn, email, body.password)
-            if user.status == "suspended":
-                raise AccountSuspended("this account is suspended; contact support")
             platform.credentials.forget_login_failures(conn, email)
             session = platform.credentials.open_session(conn, user.id)
     except WrongCredentials:
@@ -219,7 +226,7 @@ def login(
 
 
 @router.post("/auth/logout", status_code=204)
-def logout(request: Request, principal: AnyPrincipal, platform: PlatformDep) -> Response:
+def logout(request: Request, principal: CurrentPrincipal, platform: PlatformDep) -> Response:
     """End the session (a bearer request has no session to end)."""
     token = request.cookies.get(SESSION_COOKIE)
     if principal.via == "session" and token:
@@ -273,6 +280,8 @@ def me_out(platform: Platform, user: User) -> MeOut:
         email=user.email,
         role=user.role,
         status=user.status,
+        status_reason=user.status_reason if user.status == "suspended" else None,
+        support_email=platform.settings.support_email,
         plan=plan.id,
         subscription=subscription_out(plan.id, subscription),
         balance=BalanceSummary(available=balance.available, held=balance.held),
@@ -289,6 +298,7 @@ def subscription_out(plan_id: str, subscription: Subscription | None) -> Subscri
             current_period_start=None,
             current_period_end=None,
             cancel_at_period_end=False,
+            cancel_reason=None,
             pending_plan=None,
         )
     return SubscriptionOut(
@@ -296,7 +306,14 @@ def subscription_out(plan_id: str, subscription: Subscription | None) -> Subscri
         status=subscription.status,
         current_period_start=subscription.current_period_start,
         current_period_end=subscription.current_period_end,
-        cancel_at_period_end=subscription.cancel_at_period_end,
+        cancel_at_period_end=subscription.ends_at_period_end,
+        cancel_reason=(
+            "requested"
+            if subscription.cancel_at_period_end
+            else "account_suspended"
+            if subscription.stops_for_suspension
+            else None
+        ),
         pending_plan=subscription.pending_plan,
     )
 

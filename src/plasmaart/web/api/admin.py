@@ -143,17 +143,14 @@ def search_users(
 def suspend_user(
     user_id: str, body: SuspendIn, admin: AdminPrincipal, platform: PlatformDep
 ) -> AdminUserOut:
-    """Suspend: every request of the account gets ``account_suspended`` from now on."""
+    """Suspend: the account is read-only from now on (its writes get
+    ``account_suspended``), its queued generations are canceled and released,
+    and its subscription ends at the period end instead of renewing."""
     with platform.db.write() as conn:
         user = platform.accounts.get(conn, user_id)
         if user.id == admin.user.id:
             raise InvalidInput("admins cannot suspend themselves", field="user_id")
-        platform.accounts.set_status(
-            conn, user, "suspended", actor=admin.user.id, reason=body.reason
-        )
-        platform.credentials.close_all_sessions(conn, user.id)
-        # Queued generations are canceled and their credits released.
-        platform.generations.cancel_queued_of(conn, user.id, f"account suspended: {body.reason}")
+        platform.suspensions.suspend(conn, user, actor=admin.user.id, reason=body.reason)
     return _one_user(platform, user_id)
 
 
@@ -161,7 +158,7 @@ def suspend_user(
 def reinstate_user(user_id: str, admin: AdminPrincipal, platform: PlatformDep) -> AdminUserOut:
     with platform.db.write() as conn:
         user = platform.accounts.get(conn, user_id)
-        platform.accounts.set_status(conn, user, "active", actor=admin.user.id, reason=None)
+        platform.suspensions.reinstate(conn, user, actor=admin.user.id)
         # The review is over: the account's abuse flags are resolved.
         platform.fairuse.resolve_flags(conn, user.id, actor=admin.user.id)
     return _one_user(platform, user_id)

@@ -2,6 +2,10 @@
 to the JSON API from the page's scripts (with the session's CSRF token), so
 the pages themselves never write.
 
+A suspended account sees every page, under a banner that says why it is
+suspended and how to reach support; the writes it may not make (all but
+canceling its subscription and logging out) are shown disabled (``locked``).
+
 Anonymous visitors (or an ended session) are sent to ``/login?next=<path>``;
 ``next`` is only ever followed to a path of this site. ``/admin`` and
 ``/admin/audit`` answer 404 to everyone but admins, like the admin API.
@@ -18,6 +22,7 @@ from urllib.parse import urlencode, urlsplit
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from sqlalchemy import Connection
 from starlette.templating import Jinja2Templates
 
@@ -75,7 +80,16 @@ def _environment() -> Environment:
     env.filters["money"] = _money
     env.filters["credits"] = lambda n: f"{int(n):,}"
     env.globals["version"] = __version__
+    env.globals["locked"] = _locked
     return env
+
+
+def _locked(frame: views.Frame) -> Markup:
+    """The attributes of a write's button on a read-only (suspended)
+    account's page: disabled, and pointing at the banner that says why."""
+    if frame.read_only:
+        return Markup(' disabled aria-describedby="suspended-note"')
+    return Markup("")
 
 
 templates = Jinja2Templates(env=_environment())
@@ -134,9 +148,6 @@ def page(
     if principal is None:
         return _login_redirect(request)
     user = principal.user
-    if user.status == "suspended":
-        suspended = {"title": "Account suspended", "support_email": platform.settings.support_email}
-        return render(request, "suspended.html", suspended, status_code=403)
     if admin_only and user.role != "admin":
         # As for the admin API: the page does not exist for other users.
         return render(request, "not_found.html", {"title": "Not found"}, status_code=404)
@@ -155,7 +166,7 @@ def _auth_page(request: Request, platform: Platform, mode: str, next_path: str |
     if urlsplit(target).path in ("/login", "/signup"):
         target = "/"  # back to the login page would go round in circles
     principal = _viewer(request, platform)
-    if principal is not None and principal.user.status == "active":
+    if principal is not None:
         return RedirectResponse(target, status_code=303)
     title = "Log in" if mode == "login" else "Create your account"
     context = {"mode": mode, "next": target, "title": title, "min_password": MIN_PASSWORD_LENGTH}

@@ -68,6 +68,12 @@ class Frame:
     support_email: str
     sandbox_billing: bool
 
+    @property
+    def read_only(self) -> bool:
+        """A suspended account: its pages show everything, and offer no write
+        but canceling the subscription and logging out (web/auth.py)."""
+        return self.user.status == "suspended"
+
 
 def frame(conn: Connection, platform: Platform, user: User) -> Frame:
     wallet_id = platform.ledger.wallet_of(conn, "user", user.id)
@@ -111,6 +117,11 @@ def renewal_text(subscription: Subscription | None) -> str:
         return "Canceled: you are on the Free plan."
     if subscription.cancel_at_period_end:
         return f"Ends on {end}; then the Free plan."
+    if subscription.stops_for_suspension:
+        return (
+            f"Ends on {end} without renewing, as the account is suspended; "
+            "it renews as usual if the account is reinstated before then."
+        )
     if subscription.pending_plan:
         return f"Changes to {subscription.pending_plan.title()} on {end}."
     return f"Renews on {end}."
