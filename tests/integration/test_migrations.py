@@ -19,4 +19,4 @@ def test_migrated_schema_matches_tables(db: Database) -> None:
 
 def test_database_is_at_head(db: Database) -> None:
     assert is_up_to_date(db)
-    assert head_revision() == "0007"
+    assert head_revision() == "0008"
