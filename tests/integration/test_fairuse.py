@@ -697,3 +697,29 @@ def test_upgrade_downgrade_cycling_flags_then_suspends(build: Build, clock: Manu
     (flag,) = flags(platform, cycler)
     assert flag.status == "suspended"
     assert '"plan_cycling"' in flag.evidence
+
+
+def test_a_purchase_taken_back_no_longer_makes_an_account_paying(
+    build: Build, clock: ManualClock, tmp_path: Path
+) -> None:
+    platform, client = build(
+        **LOW, fairuse_identical_prompts_allowed=1, catalog_file=roomy_free_plan(tmp_path)
+    )
+    kept = make_user(platform, "kept@example.com")
+    refunded = make_user(platform, "refunded@example.com")
+    for user in (kept, refunded):
+        bought = client.post("/v1/credit-purchases", json={"pack": "pack-1000"}, headers=user.auth)
+        assert bought.status_code == 201, bought.text
+    with platform.db.write() as conn:
+        (payment,) = platform.billing.payments(conn, refunded.id, limit=5)
+        # Refunded before anything was spent: no signal, but no longer paid.
+        platform.billing.claw_back(conn, payment, reason="refund", actor="test")
+    with platform.db.write() as conn:
+        platform.ledger.grant(conn, refunded.wallet_id, 100, source="promo", idempotency_key="p")
+    for user in (kept, refunded):
+        for _ in range(7):  # 6 copies too many: 24 points, over the suspension score
+            made = client.post("/v1/generations", json=ONE_IMAGE, headers=user.auth)
+            assert made.status_code in (201, 403), made.text
+            clock.advance(timedelta(seconds=2))
+    assert (user_of(platform, kept).status, flags(platform, kept)[0].status) == ("active", "open")
+    assert user_of(platform, refunded).status == "suspended"

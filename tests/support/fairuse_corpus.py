@@ -364,7 +364,7 @@ def identical_flood(paid: bool) -> Scenario:
         s.add(1, "bot", "submit", FLOOD)
         if n % 30 == 29:
             s.work()
-    who = "a Studio account" if paid else "a Free account (promo credits)"
+    who = "a Studio account" if paid else "a Free account on promo credits"
     return Scenario(
         f"identical_flood_{'paid' if paid else 'free'}",
         "abuse",
@@ -384,7 +384,7 @@ def submit_cancel_churn(paid: bool) -> Scenario:
     for _ in range(120):
         ref = s.submit(4, "bot", "flux-schnell", "probe", seed=rng.randrange(2**32))
         s.add(2, "bot", "cancel", {"ref": ref})
-    who = "a Studio account" if paid else "a Free account (promo credits)"
+    who = "a Studio account" if paid else "a Free account on promo credits"
     return Scenario(
         f"submit_cancel_churn_{'paid' if paid else 'free'}",
         "abuse",

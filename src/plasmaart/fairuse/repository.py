@@ -13,6 +13,7 @@ from plasmaart.db.tables import (
     abuse_signals,
     audit_log,
     generations,
+    lots,
     payments,
     stripe_clawbacks,
     team_members,
@@ -221,7 +222,12 @@ def has_paid(conn: Connection, user_id: str) -> bool:
         .select_from(teams.join(team_members, team_members.c.team_id == teams.c.id))
         .where(team_members.c.user_id == user_id)
     )
+    # Taken back: by Stripe's record of the refund or dispute, or by the
+    # purchase's lot, closed by a clawback whatever asked for it.
     taken_back = exists().where(stripe_clawbacks.c.payment_id == payments.c.id)
+    lot_taken_back = exists().where(
+        lots.c.id == payments.c.lot_id, lots.c.closed_reason == "clawed_back"
+    )
     found = conn.execute(
         select(payments.c.id)
         .where(
@@ -229,6 +235,7 @@ def has_paid(conn: Connection, user_id: str) -> bool:
             payments.c.amount_cents > 0,
             or_(payments.c.user_id == user_id, payments.c.wallet_id.in_(their_teams)),
             ~taken_back,
+            ~lot_taken_back,
         )
         .limit(1)
     ).first()
