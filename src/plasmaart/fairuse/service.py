@@ -9,12 +9,13 @@ verdict, in the caller's transaction:
 - flag: an abuse flag (one unresolved per account) holds the score and the
   evidence for an admin to review (``GET /v1/admin/abuse``);
 - suspend (``rules.decide``: an account that paid only for exploitation
-  signals — clawbacks, declined-payment bursts, plan-change cycling —, one
-  that never paid for any): the account is suspended through ``AccountService`` like an
-  admin's suspension: its sessions end, its queued generations are canceled
-  and their credits released, running ones finish (and are charged only for
-  what they deliver). Admins are flagged but never suspended automatically, so
-  the platform cannot lock out the people who would undo a mistake.
+  signals — clawbacks, declined-payment bursts, plan-change cycling —; one
+  that never paid for any): the account is suspended through
+  ``AccountService`` like an admin's suspension: its sessions end, its
+  queued generations are canceled and their credits released, running ones
+  finish (and are charged only for what they deliver). Admins are flagged
+  but never suspended automatically, so the platform cannot lock out the
+  people who would undo a mistake.
 
 Every decision is written to the audit log. Reinstating an account resolves
 its flags, and its earlier signals no longer count.
