@@ -72,7 +72,6 @@ __all__ = [
     "ClockStep",
     "PackPurchase",
     "Payment",
-    "PaymentListener",
     "Subscription",
     "effective_plan",
 ]
