@@ -130,6 +130,7 @@ def bootstrap(
         generations=generations,
     )
     billing.clawback_listeners.append(fairuse.on_clawback)
+    billing.payment_listeners.append(fairuse.on_payment)
     # Announced catalog changes and the notification outbox: the services
     # that cause notifications queue them in the transaction of their cause.
     outbox = Outbox(clock)

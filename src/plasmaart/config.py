@@ -147,7 +147,8 @@ class Settings(BaseSettings):
     max_job_attempts: int = Field(default=5, ge=1, le=100)
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
     # Fair use (docs/fair-use.md): an abuse score at or over the first flags
-    # the account for review, at or over the second suspends it.
+    # the account for review, at or over the second suspends it (an account
+    # that paid: only its exploitation score suspends it).
     fairuse_flag_score: int = Field(default=30, ge=1)
     fairuse_suspend_score: int = Field(default=100, ge=1)
     # A rate-limit refusal becomes an abuse signal at most this often per
@@ -155,8 +156,9 @@ class Settings(BaseSettings):
     fairuse_rate_limit_signal_interval_s: int = Field(default=10, ge=0)
     # A generation canceled this soon after its submission counts as churn.
     fairuse_churn_cancel_within_s: int = Field(default=60, ge=0)
-    # Copies of one prompt an account may submit within 10 minutes before
-    # each further copy counts as a flood.
+    # Copies of one request (model, prompt, params with the seed, outputs,
+    # input image) an account may submit within 10 minutes before each
+    # further copy counts as a flood; a seed sweep is not copies.
     fairuse_identical_prompts_allowed: int = Field(default=20, ge=1)
     db_pool_size: int = Field(default=10, ge=1)
 

@@ -613,7 +613,9 @@ def test_a_declined_upgrade_changes_nothing(
     before = snapshot(platform)
     response = client.patch("/v1/subscription", json={"plan": "studio"}, headers=kai.auth)
     assert (response.status_code, response.json()["code"]) == (402, "payment_failed")
-    assert changes(before, snapshot(platform)) == []
+    # Nothing but the decline's fair-use signal (card testing; docs/fair-use.md).
+    written = changes(before, snapshot(platform))
+    assert [change.split(":")[0] for change in written] == ["abuse_signals"], written
     assert fake.subscriptions[stripe_sub]["items"]["data"][0]["price"]["unit_amount"] == 1900
     # With a working card, the same request goes through (a new attempt key).
     fake.declining.clear()

@@ -19,6 +19,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from plasmaart.accounts.service import User
+from plasmaart.billing.tasks import run_billing_clock
 from plasmaart.bootstrap import Platform, bootstrap
 from plasmaart.catalog.loader import DEFAULT_CATALOG_PATH
 from plasmaart.clock import ManualClock
@@ -41,6 +42,8 @@ from tests.support.pgserver import free_port
 ONE_IMAGE = {"model": "flux-schnell", "prompt": "a red fox in snow"}
 # Low thresholds, so that a test reaches them in a few dozen requests.
 LOW = {"fairuse_flag_score": 10, "fairuse_suspend_score": 20}
+# Credits for an account that never paid (granted by hand, no payment).
+UNPAID_CREDITS = 11_000
 
 Build = Callable[..., tuple[Platform, TestClient]]
 
@@ -76,6 +79,19 @@ def assert_problem(answer: Any, status: int, code: str) -> dict[str, Any]:
     return body
 
 
+def roomy_free_plan(tmp_path: Path) -> Path:
+    """Operator data: a catalog whose Free plan allows 120 generation
+    requests a minute and 100 queued jobs (Studio's), so that a test can send
+    dozens in a row from an account that never paid."""
+    catalog = tmp_path / "roomy-catalog.toml"
+    text = DEFAULT_CATALOG_PATH.read_text()
+    for line in ("requests_per_minute = 10\n", "max_queued_jobs = 10\n"):
+        assert text.count(line) == 1
+        text = text.replace(line, line.replace("10", "120" if "requests" in line else "100"))
+    catalog.write_text(text)
+    return catalog
+
+
 def user_of(platform: Platform, user: TestUser) -> User:
     with platform.db.read() as conn:
         return platform.accounts.get(conn, user.id)
@@ -90,6 +106,16 @@ def queue_jobs(platform: Platform, user: TestUser, count: int) -> list[str]:
             request = GenerationRequest("flux-schnell", f"keeper {n}", num_outputs=2)
             ids.append(platform.generations.submit(conn, account, request).id)
     return ids
+
+
+def queued_ids(platform: Platform, user: TestUser) -> list[str]:
+    with platform.db.read() as conn:
+        rows = conn.execute(
+            select(generations.c.id).where(
+                generations.c.user_id == user.id, generations.c.status == "queued"
+            )
+        )
+        return [row.id for row in rows]
 
 
 def wallet(platform: Platform, user: TestUser) -> tuple[int, int]:
@@ -349,9 +375,11 @@ def test_repeated_rate_limit_hits_flag_then_suspend(build: Build) -> None:
     )
 
 
-def test_submit_then_cancel_churn_flags_then_suspends(build: Build, clock: ManualClock) -> None:
-    platform, client = build(**LOW)
-    bot = make_user(platform, "bot@example.com", plan="studio")  # 120 a minute, 11,000 credits
+def test_submit_then_cancel_churn_flags_then_suspends(
+    build: Build, clock: ManualClock, tmp_path: Path
+) -> None:
+    platform, client = build(**LOW, catalog_file=roomy_free_plan(tmp_path))
+    bot = make_user(platform, "bot@example.com", credits=UNPAID_CREDITS)  # never paid
     keepers = queue_jobs(platform, bot, 3)
 
     def churn() -> str:
@@ -381,16 +409,33 @@ def test_submit_then_cancel_churn_flags_then_suspends(build: Build, clock: Manua
     made = client.post("/v1/generations", json=ONE_IMAGE, headers=bot.auth).json()
     client.post(f"/v1/generations/{made['id']}/cancel", headers=bot.auth)
     assert user_of(platform, bot).status == "suspended"
-    assert_suspended_with_jobs_released(platform, client, bot, keepers, 11_000)
+    assert_suspended_with_jobs_released(platform, client, bot, keepers, UNPAID_CREDITS)
     with platform.db.read() as conn:
         kinds = [row.kind for row in conn.execute(select(abuse_signals))]
     assert kinds == ["submit_cancel"] * 17
 
 
-def test_identical_prompt_floods_flag_then_suspend(build: Build) -> None:
-    platform, client = build(**LOW, fairuse_identical_prompts_allowed=2)
-    bot = make_user(platform, "bot@example.com", plan="studio")
-    ids = []
+def test_identical_prompt_floods_flag_then_suspend(build: Build, tmp_path: Path) -> None:
+    platform, client = build(
+        **LOW, fairuse_identical_prompts_allowed=2, catalog_file=roomy_free_plan(tmp_path)
+    )
+    bot = make_user(platform, "bot@example.com", credits=UNPAID_CREDITS)
+    # Not copies: the same prompt with another seed, another model, another
+    # number of outputs, or a seed against none.
+    for variant in (
+        {**ONE_IMAGE, "params": {"seed": 1}},
+        {**ONE_IMAGE, "params": {"seed": 2}},
+        {**ONE_IMAGE, "params": {"seed": 3}},
+        {**ONE_IMAGE, "model": "flux-dev"},
+        {**ONE_IMAGE, "model": "seedream-v3"},
+        {**ONE_IMAGE, "num_outputs": 2},
+        {**ONE_IMAGE, "num_outputs": 3},
+    ):
+        made = client.post("/v1/generations", json=variant, headers=bot.auth)
+        assert made.status_code == 201, made.text
+    with platform.db.read() as conn:
+        assert conn.execute(select(abuse_signals)).all() == []
+    ids = queued_ids(platform, bot)
     # The 3rd copy in 10 minutes is the first signal (4 points): the 5th
     # copy flags (12) and the 7th suspends (20).
     for copy in range(1, 8):
@@ -404,14 +449,14 @@ def test_identical_prompt_floods_flag_then_suspend(build: Build) -> None:
         "canceled",
         "account_suspended",
     )
-    assert_suspended_with_jobs_released(platform, client, bot, ids, 11_000)
+    assert_suspended_with_jobs_released(platform, client, bot, ids, UNPAID_CREDITS)
     (flag,) = flags(platform, bot)
     assert '"identical_prompt"' in flag.evidence
 
 
-def test_bursts_of_invalid_input_flag_then_suspend(build: Build) -> None:
-    platform, client = build(**LOW)
-    bot = make_user(platform, "bot@example.com", plan="studio")
+def test_bursts_of_invalid_input_flag_then_suspend(build: Build, tmp_path: Path) -> None:
+    platform, client = build(**LOW, catalog_file=roomy_free_plan(tmp_path))
+    bot = make_user(platform, "bot@example.com", credits=UNPAID_CREDITS)
     keepers = queue_jobs(platform, bot, 2)
     bad_bodies = [
         {"model": "flux-schnell", "prompt": ""},  # refused by the service
@@ -431,7 +476,7 @@ def test_bursts_of_invalid_input_flag_then_suspend(build: Build) -> None:
     assert (flag.status, flag.score) == ("open", 10)
     for n in range(10):
         client.post("/v1/generations", json=bad_bodies[n % 3], headers=bot.auth)
-    assert_suspended_with_jobs_released(platform, client, bot, keepers, 11_000)
+    assert_suspended_with_jobs_released(platform, client, bot, keepers, UNPAID_CREDITS)
 
 
 def test_refunds_after_spending_flag_then_suspend(build: Build) -> None:
@@ -478,11 +523,13 @@ def test_refunds_after_spending_flag_then_suspend(build: Build) -> None:
 
 
 def test_reinstatement_resolves_the_flag_and_wipes_the_slate(
-    build: Build, clock: ManualClock
+    build: Build, clock: ManualClock, tmp_path: Path
 ) -> None:
-    platform, client = build(**LOW, fairuse_identical_prompts_allowed=1)
+    platform, client = build(
+        **LOW, fairuse_identical_prompts_allowed=1, catalog_file=roomy_free_plan(tmp_path)
+    )
     admin = make_user(platform, "admin@example.com", admin=True)
-    bot = make_user(platform, "bot@example.com", plan="studio")
+    bot = make_user(platform, "bot@example.com", credits=UNPAID_CREDITS)
     for _ in range(6):  # 5 copies too many: 20 points, suspended
         client.post("/v1/generations", json=ONE_IMAGE, headers=bot.auth)
     assert user_of(platform, bot).status == "suspended"
@@ -511,3 +558,168 @@ def test_admins_are_flagged_but_never_suspended_automatically(build: Build) -> N
     (flag,) = admin_view(client, admin)
     assert (flag["status"], flag["score"]) == ("open", 28)
     assert "never suspended" in flag["evidence"]["note"]
+
+
+# -- paying accounts: volume flags, exploitation suspends ---------------------------
+
+
+def test_a_seed_sweep_of_a_paying_studio_account_is_no_abuse(
+    build: Build, clock: ManualClock
+) -> None:
+    """Issue 13, item 4: 45 submissions of one prompt within ten minutes, with
+    different seeds or models, suspended a paying Studio account. With the
+    default settings they are not even a signal: each is another request."""
+    platform, client = build()
+    creator = make_user(platform, "creator@example.com", plan="studio")
+    prompt = "a lighthouse on a basalt cliff at dusk, volumetric fog, 35mm"
+    models = ["flux-schnell", "flux-dev", "seedream-v3", "flux-pro-v1.1", "imagen4-preview"]
+    for n in range(45):
+        body = {"model": models[n % 5] if n >= 30 else "flux-dev", "prompt": prompt}
+        body["params"] = {"seed": 1000 + n, "aspect_ratio": "1:1"}
+        made = client.post("/v1/generations", json=body, headers=creator.auth)
+        assert made.status_code == 201, made.text
+        assert made.json()["status"] == "queued"
+        clock.advance(timedelta(seconds=13))  # 45 in 9 minutes 45 seconds
+    assert user_of(platform, creator).status == "active"
+    assert flags(platform, creator) == []
+    with platform.db.read() as conn:
+        assert conn.execute(select(abuse_signals)).all() == []
+
+
+def test_a_paying_account_is_flagged_for_volume_never_suspended(
+    build: Build, clock: ManualClock
+) -> None:
+    platform, client = build(**LOW, fairuse_identical_prompts_allowed=1)
+    admin = make_user(platform, "admin@example.com", admin=True)
+    heavy = make_user(platform, "heavy@example.com", plan="studio")
+    keepers = queue_jobs(platform, heavy, 2)
+    # 12 copies too many: 48 points, more than twice the suspension score.
+    for _ in range(13):
+        made = client.post("/v1/generations", json=ONE_IMAGE, headers=heavy.auth)
+        assert made.status_code == 201, made.text
+        assert made.json()["status"] == "queued"
+        clock.advance(timedelta(seconds=2))
+    assert user_of(platform, heavy).status == "active"
+    (flag,) = admin_view(client, admin)
+    assert (flag["user_id"], flag["status"], flag["score"]) == (heavy.id, "open", 48)
+    assert flag["evidence"]["exploit_score"] == 0
+    assert "only exploitation signals" in flag["evidence"]["note"]
+    assert set(keepers) <= set(queued_ids(platform, heavy))
+    assert "user.suspend" not in audit_actions(platform, heavy)
+
+
+def test_a_team_member_counts_as_paying_through_the_team(build: Build, clock: ManualClock) -> None:
+    platform, client = build(**LOW, fairuse_identical_prompts_allowed=1)
+    owner = make_user(platform, "owner@example.com", plan="studio")
+    member = make_user(platform, "member@example.com")  # Free, never paid
+    loner = make_user(platform, "loner@example.com", credits=100)  # Free, never paid
+    with platform.db.write() as conn:
+        team = platform.teams.create_team(conn, user_of_conn(platform, conn, owner), "Studio A")
+        invitation = platform.teams.invite(conn, team.id, owner.id, member.email)
+        platform.teams.accept_invitation(
+            conn, invitation.token, user_of_conn(platform, conn, member)
+        )
+    team_id = team.id
+    for user, body in ((member, {**ONE_IMAGE, "team_id": team_id}), (loner, ONE_IMAGE)):
+        for _ in range(7):  # 6 copies too many: 24 points, over the suspension score
+            client.post("/v1/generations", json=body, headers=user.auth)
+            clock.advance(timedelta(seconds=2))
+    assert user_of(platform, member).status == "active"
+    assert [flag.status for flag in flags(platform, member)] == ["open"]
+    assert user_of(platform, loner).status == "suspended"
+
+
+def test_card_testing_on_packs_flags_then_suspends_even_a_paying_account(
+    build: Build, clock: ManualClock
+) -> None:
+    platform, client = build()
+    admin = make_user(platform, "admin@example.com", admin=True)
+    tester = make_user(platform, "tester@example.com", plan="starter")
+    card = f"/v1/admin/users/{tester.id}/billing/sandbox-card"
+    assert client.post(card, json={"declines": True}, headers=admin.auth).status_code == 200
+
+    def buy() -> Any:
+        clock.advance(timedelta(seconds=20))
+        return client.post("/v1/credit-purchases", json={"pack": "pack-1000"}, headers=tester.auth)
+
+    # A declined card now and then is ordinary: three an hour are free and
+    # write nothing but their signal.
+    before = snapshot(platform)
+    for _ in range(3):
+        assert_problem(buy(), 402, "payment_failed")
+    written = changes(before, snapshot(platform))
+    assert [change.split(":")[0] for change in written] == ["abuse_signals"], written
+    assert flags(platform, tester) == []
+    # 34 points for each further one in the hour: the 4th flags, the 6th suspends.
+    assert_problem(buy(), 402, "payment_failed")
+    assert [flag.status for flag in flags(platform, tester)] == ["open"]
+    assert_problem(buy(), 402, "payment_failed")
+    assert user_of(platform, tester).status == "active"
+    assert_problem(buy(), 402, "payment_failed")
+    assert user_of(platform, tester).status == "suspended"
+    (flag,) = admin_view(client, admin)
+    assert flag["evidence"]["by_kind"] == {"payment_declined": {"count": 6, "points": 102}}
+    assert flag["evidence"]["signals"][0]["evidence"]["what"] == "pack"
+    with platform.db.read() as conn:
+        assert len(platform.billing.payments(conn, tester.id, limit=10)) == 1  # the plan
+
+
+def test_upgrade_downgrade_cycling_flags_then_suspends(build: Build, clock: ManualClock) -> None:
+    platform, client = build()
+    cycler = make_user(platform, "cycler@example.com", plan="starter")
+
+    def cycle() -> None:
+        with platform.db.read() as conn:
+            subscription = platform.billing.subscription(conn, cycler.wallet_id)
+        assert subscription is not None
+        # Up to Studio two days before the period ends, back to Starter at once.
+        clock.set(subscription.current_period_end - timedelta(days=2))
+        for plan in ("studio", "starter"):
+            changed = client.patch("/v1/subscription", json={"plan": plan}, headers=cycler.auth)
+            assert changed.status_code == 200, changed.text
+        clock.set(subscription.current_period_end + timedelta(minutes=1))
+        assert run_billing_clock(platform.db, platform.billing)["downgraded"] == 1
+
+    # Two cycles in 90 days may be a busy month or two: nothing.
+    for _ in range(2):
+        cycle()
+    assert flags(platform, cycler) == []
+    # The upgrade that starts a third flags, the one that starts a fourth suspends.
+    cycle()
+    assert [flag.status for flag in flags(platform, cycler)] == ["open"]
+    with platform.db.read() as conn:
+        subscription = platform.billing.subscription(conn, cycler.wallet_id)
+    assert subscription is not None
+    clock.set(subscription.current_period_end - timedelta(days=2))
+    upgraded = client.patch("/v1/subscription", json={"plan": "studio"}, headers=cycler.auth)
+    assert upgraded.status_code == 200, upgraded.text
+    assert user_of(platform, cycler).status == "suspended"
+    (flag,) = flags(platform, cycler)
+    assert flag.status == "suspended"
+    assert '"plan_cycling"' in flag.evidence
+
+
+def test_a_purchase_taken_back_no_longer_makes_an_account_paying(
+    build: Build, clock: ManualClock, tmp_path: Path
+) -> None:
+    platform, client = build(
+        **LOW, fairuse_identical_prompts_allowed=1, catalog_file=roomy_free_plan(tmp_path)
+    )
+    kept = make_user(platform, "kept@example.com")
+    refunded = make_user(platform, "refunded@example.com")
+    for user in (kept, refunded):
+        bought = client.post("/v1/credit-purchases", json={"pack": "pack-1000"}, headers=user.auth)
+        assert bought.status_code == 201, bought.text
+    with platform.db.write() as conn:
+        (payment,) = platform.billing.payments(conn, refunded.id, limit=5)
+        # Refunded before anything was spent: no signal, but no longer paid.
+        platform.billing.claw_back(conn, payment, reason="refund", actor="test")
+    with platform.db.write() as conn:
+        platform.ledger.grant(conn, refunded.wallet_id, 100, source="promo", idempotency_key="p")
+    for user in (kept, refunded):
+        for _ in range(7):  # 6 copies too many: 24 points, over the suspension score
+            made = client.post("/v1/generations", json=ONE_IMAGE, headers=user.auth)
+            assert made.status_code in (201, 403), made.text
+            clock.advance(timedelta(seconds=2))
+    assert (user_of(platform, kept).status, flags(platform, kept)[0].status) == ("active", "open")
+    assert user_of(platform, refunded).status == "suspended"

@@ -11,13 +11,17 @@ from hypothesis import strategies as st
 from plasmaart.fairuse.rules import (
     DEFAULT_RULES,
     SIGNAL_KINDS,
+    PlanPayment,
+    Score,
     Signal,
     SignalKind,
     SignalRule,
     budget_per_minute,
+    decide,
     identical_prompt_flood,
     is_churn,
     longest_window,
+    plan_cycles,
     prompt_fingerprint,
     retry_after_seconds,
     score,
@@ -30,7 +34,9 @@ RULES: dict[SignalKind, SignalRule] = {
     "submit_cancel": SignalRule(weight=3, window=timedelta(hours=1), allowance=10),
     "identical_prompt": SignalRule(weight=4, window=timedelta(hours=1)),
     "invalid_input": SignalRule(weight=1, window=timedelta(minutes=10), allowance=20),
-    "clawback": SignalRule(weight=40, window=timedelta(days=180)),
+    "clawback": SignalRule(weight=40, window=timedelta(days=180), exploit=True),
+    "payment_declined": SignalRule(weight=34, window=timedelta(hours=1), allowance=3, exploit=True),
+    "plan_cycling": SignalRule(weight=50, window=timedelta(days=180), exploit=True),
 }
 
 
@@ -89,6 +95,81 @@ def test_verdict(total: int, expected: str) -> None:
     assert verdict(total, flag_at=30, suspend_at=100) == expected
 
 
+def test_exploitation_points_are_counted_apart() -> None:
+    found = score(
+        signals("rate_limited", 60) + signals("payment_declined", 5) + signals("clawback", 1),
+        NOW,
+        RULES,
+    )
+    assert found.total == 55 * 2 + 2 * 34 + 40
+    assert found.exploit == 2 * 34 + 40
+
+
+def points(total: int, exploit: int) -> Score:
+    return Score(total, {}, exploit)
+
+
+@pytest.mark.parametrize(
+    ("current", "paid", "expected"),
+    [
+        # Never paid: the whole score decides, as before.
+        (points(29, 0), False, "clear"),
+        (points(30, 0), False, "flag"),
+        (points(500, 0), False, "suspend"),
+        # Paid: volume alone, however much, only flags for review ...
+        (points(29, 0), True, "clear"),
+        (points(30, 0), True, "flag"),
+        (points(500, 99), True, "flag"),
+        # ... exploitation suspends.
+        (points(100, 100), True, "suspend"),
+        (points(500, 140), True, "suspend"),
+    ],
+)
+def test_a_paying_account_is_suspended_only_for_exploitation(
+    current: Score, paid: bool, expected: str
+) -> None:
+    assert decide(current, paid=paid, flag_at=30, suspend_at=100) == expected
+
+
+def day(n: int) -> datetime:
+    return NOW + timedelta(days=n)
+
+
+def test_plan_cycles_count_upgrades_followed_by_a_cheaper_plan() -> None:
+    starter, pro, studio = 1900, 4900, 9900
+    # Upgrading and staying is no cycle; nor is an upgrade still in force.
+    stays = [
+        PlanPayment("subscription", starter, day(0)),
+        PlanPayment("upgrade", pro, day(10)),
+        PlanPayment("renewal", pro, day(30)),
+        PlanPayment("upgrade", studio, day(40)),
+    ]
+    assert plan_cycles(stays) == 0
+    # Up late in each period and back down at its end: one cycle a period,
+    # however many upgrades the period had.
+    cycling = [PlanPayment("subscription", starter, day(0))]
+    for period in range(3):
+        cycling += [
+            PlanPayment("upgrade", pro, day(30 * period + 26)),
+            PlanPayment("upgrade", studio, day(30 * period + 27)),
+            PlanPayment("renewal", starter, day(30 * period + 30)),
+        ]
+    assert plan_cycles(cycling) == 3
+    # Back to a plan cheaper than the peak but dearer than the start counts;
+    # a new subscription after cancelling counts like a renewal; order is by time.
+    assert (
+        plan_cycles(
+            [
+                PlanPayment("renewal", pro, day(30)),
+                PlanPayment("upgrade", studio, day(20)),
+                PlanPayment("subscription", starter, day(0)),
+            ]
+        )
+        == 1
+    )
+    assert plan_cycles([]) == 0
+
+
 def test_churn_is_a_cancel_soon_after_the_submission() -> None:
     within = timedelta(seconds=60)
     assert is_churn(NOW, NOW + timedelta(seconds=60), within)
@@ -132,14 +213,19 @@ signal_lists = st.lists(st.tuples(kinds, ages), max_size=80).map(
 def test_score_is_monotone_in_signals(
     existing: list[Signal], kind: SignalKind, age: timedelta
 ) -> None:
-    """One more signal never lowers the score (nor the verdict)."""
+    """One more signal never lowers the score (nor the verdict, paid or not)."""
     before = score(existing, NOW)
     after = score([*existing, Signal(kind, NOW - age)], NOW)
     assert after.total >= before.total
+    assert after.exploit >= before.exploit
     order = ["clear", "flag", "suspend"]
     assert order.index(verdict(after.total, flag_at=30, suspend_at=100)) >= order.index(
         verdict(before.total, flag_at=30, suspend_at=100)
     )
+    for paid in (False, True):
+        assert order.index(decide(after, paid=paid, flag_at=30, suspend_at=100)) >= order.index(
+            decide(before, paid=paid, flag_at=30, suspend_at=100)
+        )
 
 
 @given(signal_lists, st.integers(min_value=0, max_value=400 * 24 * 3600))
@@ -157,3 +243,6 @@ def test_score_is_the_sum_of_its_parts(existing: list[Signal]) -> None:
     found = score(existing, NOW)
     assert found.total == sum(part.points for part in found.by_kind.values())
     assert all(part.points >= 0 for part in found.by_kind.values())
+    exploit = {kind for kind, rule in DEFAULT_RULES.items() if rule.exploit}
+    assert exploit == {"clawback", "payment_declined", "plan_cycling"}
+    assert found.exploit == sum(found.by_kind[kind].points for kind in exploit)

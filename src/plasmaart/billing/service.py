@@ -153,6 +153,9 @@ class ClawbackOutcome:
 
 # Told of every clawback inside its transaction (fair use flags the account).
 ClawbackListener = Callable[[Connection, ClawbackOutcome], None]
+# Told of every payment recorded, inside its transaction (fair use watches
+# upgrades for plan-change cycling).
+PaymentListener = Callable[[Connection, Payment], None]
 
 
 def effective_plan(catalog: Catalog, plan_id: str, status: str) -> PlanSpec:
@@ -212,6 +215,7 @@ class BillingService:
         # Where renewal and failed-payment notices are queued, if anywhere.
         self.outbox = outbox
         self.clawback_listeners: list[ClawbackListener] = []
+        self.payment_listeners: list[PaymentListener] = []
 
     # -- reads -------------------------------------------------------------
 
@@ -1138,7 +1142,7 @@ class BillingService:
         pack: CreditPack | None = None,
         failure_reason: str | None = None,
     ) -> Payment:
-        return repo.insert_payment(
+        payment = repo.insert_payment(
             conn,
             id=payment_id,
             idempotency_key=key,
@@ -1160,6 +1164,9 @@ class BillingService:
             failure_reason=failure_reason,
             created_at=self.clock.now(),
         )
+        for listener in self.payment_listeners:
+            listener(conn, payment)
+        return payment
 
     def _pack_purchase(self, conn: Connection, payment: Payment) -> PackPurchase:
         """A purchase made before, as it stands now."""

@@ -635,6 +635,9 @@ ABUSE_SIGNAL_KINDS = (
     "identical_prompt",
     "invalid_input",
     "clawback",
+    # Migration 0008: card testing and plan-change cycling.
+    "payment_declined",
+    "plan_cycling",
 )
 ABUSE_FLAG_STATUSES = ("open", "suspended", "resolved")
 

@@ -6,9 +6,20 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, exists, func, insert, or_, select, update
 
-from plasmaart.db.tables import abuse_flags, abuse_signals, audit_log, generations, users
+from plasmaart.db.tables import (
+    abuse_flags,
+    abuse_signals,
+    audit_log,
+    generations,
+    lots,
+    payments,
+    stripe_clawbacks,
+    team_members,
+    teams,
+    users,
+)
 from plasmaart.fairuse.rules import Signal, SignalKind
 
 AnyRow = Row[Any]
@@ -167,20 +178,83 @@ def list_flags(
     return list(conn.execute(query).all())
 
 
-def copies_of_prompt(
-    conn: Connection, user_id: str, prompt: str, since: datetime, until: datetime
+def copies_of_request(
+    conn: Connection,
+    user_id: str,
+    generation_id: str,
+    since: datetime,
+    until: datetime,
 ) -> int:
-    """Generations the user submitted with exactly this prompt in the window."""
+    """Generations the user submitted in the window that are the same request
+    as ``generation_id`` (itself included): the same model, prompt, number
+    of outputs, params (the seed among them, or no seed in both), sandbox
+    params and input image. ``params`` is stored as canonical JSON (sorted
+    keys), so equal params are equal text."""
+    this = generations.alias("this")
     count: int = conn.execute(
         select(func.count())
-        .select_from(generations)
+        .select_from(generations.join(this, this.c.id == generation_id))
         .where(
             and_(
                 generations.c.user_id == user_id,
                 generations.c.created_at > since,
                 generations.c.created_at <= until,
-                generations.c.prompt == prompt,
+                generations.c.model == this.c.model,
+                generations.c.prompt == this.c.prompt,
+                generations.c.num_outputs == this.c.num_outputs,
+                generations.c.params == this.c.params,
+                generations.c.sandbox == this.c.sandbox,
+                generations.c.upload_id.is_not_distinct_from(this.c.upload_id),
+                generations.c.image_url.is_not_distinct_from(this.c.image_url),
             )
         )
     ).scalar_one()
     return count
+
+
+def has_paid(conn: Connection, user_id: str) -> bool:
+    """Whether money reached us for the user: a succeeded payment of theirs
+    (a subscription now or before, a renewal, an upgrade, a credit pack), or
+    of a team they belong to (its plan counts for its members), that was not
+    refunded or disputed since."""
+    their_teams = (
+        select(teams.c.wallet_id)
+        .select_from(teams.join(team_members, team_members.c.team_id == teams.c.id))
+        .where(team_members.c.user_id == user_id)
+    )
+    # Taken back: by Stripe's record of the refund or dispute, or by the
+    # purchase's lot, closed by a clawback whatever asked for it.
+    taken_back = exists().where(stripe_clawbacks.c.payment_id == payments.c.id)
+    lot_taken_back = exists().where(
+        lots.c.id == payments.c.lot_id, lots.c.closed_reason == "clawed_back"
+    )
+    found = conn.execute(
+        select(payments.c.id)
+        .where(
+            payments.c.status == "succeeded",
+            payments.c.amount_cents > 0,
+            or_(payments.c.user_id == user_id, payments.c.wallet_id.in_(their_teams)),
+            ~taken_back,
+            ~lot_taken_back,
+        )
+        .limit(1)
+    ).first()
+    return found is not None
+
+
+def plan_payments(
+    conn: Connection, wallet_id: str, since: datetime
+) -> list[tuple[str, str, datetime]]:
+    """The wallet's succeeded plan payments (subscription, renewal, upgrade)
+    after ``since``: (kind, plan id, created_at), oldest first."""
+    rows = conn.execute(
+        select(payments.c.kind, payments.c.plan_id, payments.c.created_at)
+        .where(
+            payments.c.wallet_id == wallet_id,
+            payments.c.status == "succeeded",
+            payments.c.kind.in_(("subscription", "renewal", "upgrade")),
+            payments.c.created_at > since,
+        )
+        .order_by(payments.c.created_at, payments.c.id)
+    ).all()
+    return [(row.kind, row.plan_id or "", row.created_at) for row in rows]

@@ -1,17 +1,27 @@
 """Abuse scoring: plain functions over plain data, tested without a database.
 
-An account's recent *signals* (each a suspicious event: a request refused by
-the rate limit, a generation canceled right after it was submitted, one more
-copy of a prompt already flooding the queue, a request with invalid input, a
-payment clawed back after its credits were spent) are counted per kind over
-that kind's sliding window. Each kind lets a few signals through for free,
-because honest use produces some of them too (a typo, a changed mind); every
+An account's recent *signals* are counted per kind over that kind's sliding
+window. Each kind lets a few signals through for free, because honest use
+produces some of them too (a typo, a changed mind, a declined card); every
 signal beyond that allowance adds the kind's weight to the score. The score
 is compared with two thresholds from the settings: over the first the account
 is flagged for review, over the second it is suspended.
 
-Adding a signal never lowers the score, and a signal older than its window
-no longer counts: both are properties the tests check.
+Two families of signals, because they mean different things:
+
+- *volume* signals (a request refused by the rate limit, a generation
+  canceled right after it was submitted, one more copy of a request already
+  flooding the queue, a request with invalid input) say an account uses a
+  lot, fast; heavy honest use can look like that;
+- *exploitation* signals (a purchase clawed back after its credits were
+  spent, a burst of declined payments — card testing —, upgrade/downgrade
+  cycling) say someone is after credits they did not pay for.
+
+An account that paid (see ``decide``) is never suspended by volume alone:
+volume flags it for a human to review; only exploitation suspends it.
+
+Adding a signal never lowers the score (nor the verdict), and a signal older
+than its window no longer counts: properties the tests check.
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ SignalKind = Literal[
     "identical_prompt",
     "invalid_input",
     "clawback",
+    "payment_declined",
+    "plan_cycling",
 ]
 SIGNAL_KINDS: tuple[SignalKind, ...] = get_args(SignalKind)
 # The rate-limit budgets of an account: submissions, uploads and cancels
@@ -47,6 +59,9 @@ class SignalRule:
     weight: int
     window: timedelta
     allowance: int = 0
+    # An exploitation signal (see the module's docstring): the only kind that
+    # may suspend an account that paid.
+    exploit: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,8 @@ class KindScore:
 class Score:
     total: int
     by_kind: Mapping[SignalKind, KindScore]
+    # The points of exploitation signals alone (part of ``total``).
+    exploit: int = 0
 
     def summary(self) -> str:
         """``rate_limited 12 (14 points), ...`` for reasons and audit entries."""
@@ -79,18 +96,31 @@ class Score:
 # The defaults. A rate-limit hit is recorded at most once per interval (see
 # Settings.fairuse_rate_limit_signal_interval_s), so 2 points each means
 # minutes of ignoring Retry-After before anything happens; a clawed-back
-# purchase alone flags the account for review, as DESIGN.md §3 asks.
+# purchase alone flags the account for review, as DESIGN.md §3 asks. With the
+# default thresholds (flag 30, suspend 100): the 4th declined payment in an
+# hour flags and the 6th suspends; the first upgrade that starts a third
+# upgrade-and-downgrade-back cycle in 90 days flags, the next suspends.
 DEFAULT_RULES: Mapping[SignalKind, SignalRule] = {
     "rate_limited": SignalRule(weight=2, window=timedelta(hours=1), allowance=5),
     "submit_cancel": SignalRule(weight=3, window=timedelta(hours=1), allowance=10),
     "identical_prompt": SignalRule(weight=4, window=timedelta(hours=1)),
     # Its allowance is applied before the database (INVALID_INPUTS_FREE).
     "invalid_input": SignalRule(weight=1, window=timedelta(hours=1)),
-    "clawback": SignalRule(weight=40, window=timedelta(days=180)),
+    "clawback": SignalRule(weight=40, window=timedelta(days=180), exploit=True),
+    # A card that declines now and then is ordinary (an expired card, a bank's
+    # fraud check, a retry or two): three an hour are free.
+    "payment_declined": SignalRule(weight=34, window=timedelta(hours=1), allowance=3, exploit=True),
+    # Recorded only for an upgrade that follows PLAN_CYCLES_ALLOWED completed
+    # cycles (see plan_cycles), so every one counts.
+    "plan_cycling": SignalRule(weight=50, window=timedelta(days=180), exploit=True),
 }
 
-# Identical prompts are compared over this window (see identical_prompt_flood).
+# Identical requests are compared over this window (see identical_prompt_flood).
 IDENTICAL_PROMPT_WINDOW = timedelta(minutes=10)
+# Upgrade-then-back-down cycles are counted over this window; this many are
+# ordinary (a busy month or two a season); an upgrade after more is a signal.
+PLAN_CYCLE_WINDOW = timedelta(days=90)
+PLAN_CYCLES_ALLOWED = 2
 # Invalid input is common in honest use (a typo, a model's limits not known
 # yet): the first this many an hour per account are only counted in the
 # rate-limit store, so that an ordinary 422 writes nothing; each further one
@@ -126,7 +156,8 @@ def score(
         kind: KindScore(count, rules[kind].weight * max(0, count - rules[kind].allowance))
         for kind, count in counts.items()
     }
-    return Score(sum(part.points for part in by_kind.values()), by_kind)
+    exploit = sum(part.points for kind, part in by_kind.items() if rules[kind].exploit)
+    return Score(sum(part.points for part in by_kind.values()), by_kind, exploit)
 
 
 def verdict(total: int, *, flag_at: int, suspend_at: int) -> Verdict:
@@ -137,6 +168,17 @@ def verdict(total: int, *, flag_at: int, suspend_at: int) -> Verdict:
     if total >= flag_at:
         return "flag"
     return "clear"
+
+
+def decide(current: Score, *, paid: bool, flag_at: int, suspend_at: int) -> Verdict:
+    """The verdict on an account. One that paid (a paid plan now or before,
+    a purchase, or a paid team it belongs to) is suspended only by its
+    exploitation points; volume beyond the suspension threshold flags it for
+    review. An account that never paid is judged on its whole score."""
+    found = verdict(current.total, flag_at=flag_at, suspend_at=suspend_at)
+    if found == "suspend" and paid and current.exploit < suspend_at:
+        return "flag"
+    return found
 
 
 def is_churn(submitted_at: datetime, canceled_at: datetime, within: timedelta) -> bool:
@@ -151,12 +193,39 @@ def prompt_fingerprint(prompt: str) -> str:
     return hashlib.sha256(prompt.encode()).hexdigest()[:16]
 
 
-def identical_prompt_flood(same_prompt_in_window: int, allowed: int) -> bool:
-    """Whether a submission is one too many copies of its prompt:
-    ``same_prompt_in_window`` counts it and the earlier ones in
-    IDENTICAL_PROMPT_WINDOW; up to ``allowed`` copies are fine (variations by
-    seed are normal use)."""
-    return same_prompt_in_window > allowed
+def identical_prompt_flood(same_request_in_window: int, allowed: int) -> bool:
+    """Whether a submission is one too many copies of its request:
+    ``same_request_in_window`` counts it and the earlier identical ones in
+    IDENTICAL_PROMPT_WINDOW; up to ``allowed`` copies are fine. Identical
+    means the whole request (model, prompt, params with the seed, outputs,
+    input image): a seed sweep or a comparison of models is not a copy."""
+    return same_request_in_window > allowed
+
+
+@dataclass(frozen=True)
+class PlanPayment:
+    """A payment that put a wallet on a plan: ``kind`` subscription, renewal
+    or upgrade, the plan's monthly ``price_cents``, and when."""
+
+    kind: str
+    price_cents: int
+    at: datetime
+
+
+def plan_cycles(payments: Iterable[PlanPayment]) -> int:
+    """How many times the wallet upgraded and then went back to a cheaper
+    plan (a renewal or a new subscription on a plan cheaper than the highest
+    it upgraded to). Several upgrades before going back count once."""
+    cycles = 0
+    peak: int | None = None
+    for payment in sorted(payments, key=lambda p: p.at):
+        if payment.kind == "upgrade":
+            peak = payment.price_cents if peak is None else max(peak, payment.price_cents)
+            continue
+        if peak is not None and payment.price_cents < peak:
+            cycles += 1
+        peak = None
+    return cycles
 
 
 def budget_per_minute(plan_requests_per_minute: int, budget: Budget) -> int:

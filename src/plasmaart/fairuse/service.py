@@ -8,11 +8,14 @@ verdict, in the caller's transaction:
 
 - flag: an abuse flag (one unresolved per account) holds the score and the
   evidence for an admin to review (``GET /v1/admin/abuse``);
-- suspend: the account is suspended through ``AccountService`` like an
-  admin's suspension: its sessions end, its queued generations are canceled
-  and their credits released, running ones finish (and are charged only for
-  what they deliver). Admins are flagged but never suspended automatically, so
-  the platform cannot lock out the people who would undo a mistake.
+- suspend (``rules.decide``: an account that paid only for exploitation
+  signals — clawbacks, declined-payment bursts, plan-change cycling —; one
+  that never paid for any): the account is suspended through
+  ``AccountService`` like an admin's suspension: its sessions end, its
+  queued generations are canceled and their credits released, running ones
+  finish (and are charged only for what they deliver). Admins are flagged
+  but never suspended automatically, so the platform cannot lock out the
+  people who would undo a mistake.
 
 Every decision is written to the audit log. Reinstating an account resolves
 its flags, and its earlier signals no longer count.
@@ -32,7 +35,7 @@ from plasmaart.accounts import audit
 from plasmaart.accounts.credentials import CredentialService
 from plasmaart.accounts.service import AccountService, User, UserNotFound
 from plasmaart.accounts.teams import TeamService
-from plasmaart.billing.service import BillingService, ClawbackOutcome
+from plasmaart.billing.service import BillingService, ClawbackOutcome, Payment
 from plasmaart.clock import Clock, as_utc
 from plasmaart.config import Settings
 from plasmaart.fairuse import repository as repo
@@ -42,15 +45,20 @@ from plasmaart.fairuse.rules import (
     IDENTICAL_PROMPT_WINDOW,
     INVALID_INPUT_WINDOW,
     INVALID_INPUTS_FREE,
+    PLAN_CYCLE_WINDOW,
+    PLAN_CYCLES_ALLOWED,
     Budget,
+    PlanPayment,
     Score,
     SignalKind,
     SignalRule,
     Verdict,
     budget_per_minute,
+    decide,
     identical_prompt_flood,
     is_churn,
     longest_window,
+    plan_cycles,
     prompt_fingerprint,
     score,
     verdict,
@@ -213,10 +221,12 @@ class FairUseService:
     def after_submit(
         self, conn: Connection, user: User, generation: Generation
     ) -> Assessment | None:
-        """A submission: one copy too many of a prompt is a signal."""
+        """A submission: one copy too many of a request is a signal. A copy
+        is the whole request again (model, prompt, params with the seed,
+        outputs, input image): a seed sweep or a comparison of models is not."""
         now = self.clock.now()
-        copies = repo.copies_of_prompt(
-            conn, user.id, generation.prompt, now - IDENTICAL_PROMPT_WINDOW, now
+        copies = repo.copies_of_request(
+            conn, user.id, generation.id, now - IDENTICAL_PROMPT_WINDOW, now
         )
         if not identical_prompt_flood(copies, self.policy.identical_prompts_allowed):
             return None
@@ -226,8 +236,11 @@ class FairUseService:
             "identical_prompt",
             {
                 "generation_id": generation.id,
+                "model": generation.model,
                 "prompt_sha256": prompt_fingerprint(generation.prompt),
                 "prompt": generation.prompt[:200],
+                "num_outputs": generation.num_outputs,
+                "seed": generation.params.get("seed"),
                 "copies_in_window": copies,
                 "window_s": int(IDENTICAL_PROMPT_WINDOW.total_seconds()),
             },
@@ -291,6 +304,54 @@ class FairUseService:
                 credits_spent=outcome.spent,
                 reason=outcome.reason,
             )
+
+    def record_declined_payment(
+        self, conn: Connection, user_id: str, *, what: str, item: str, reason: str
+    ) -> Assessment:
+        """A payment the customer asked for (a credit pack, a subscription, an
+        upgrade, paying a past-due renewal) was declined. Called in a
+        transaction of its own after the refused request rolled back: the
+        refusal itself writes nothing else. A burst of them is card testing."""
+        return self.record_signal(
+            conn,
+            user_id,
+            "payment_declined",
+            {"what": what, "item": item, "reason": reason[:200]},
+        )
+
+    def on_payment(self, conn: Connection, payment: Payment) -> None:
+        """The billing's payment listener: an upgrade after
+        PLAN_CYCLES_ALLOWED completed upgrade-then-back-down cycles in
+        PLAN_CYCLE_WINDOW is plan-change cycling (buying a period's credits at
+        a better rate than the plan's; see DESIGN.md §5)."""
+        if payment.kind != "upgrade" or payment.status != "succeeded":
+            return
+        now = self.clock.now()
+        history = [
+            PlanPayment(kind, price, as_utc(at))
+            for kind, plan_id, at in repo.plan_payments(
+                conn, payment.wallet_id, now - PLAN_CYCLE_WINDOW
+            )
+            if (price := self._plan_price(plan_id)) is not None
+        ]
+        cycles = plan_cycles(history)
+        if cycles < PLAN_CYCLES_ALLOWED:
+            return
+        self.record_signal(
+            conn,
+            payment.user_id,
+            "plan_cycling",
+            {
+                "payment_id": payment.id,
+                "wallet_id": payment.wallet_id,
+                "upgrade_to": payment.plan_id,
+                "amount_cents": payment.amount_cents,
+                "credits": payment.credits,
+                "cycles_before": cycles,
+                "window_days": PLAN_CYCLE_WINDOW.days,
+            },
+            subject=payment.id,
+        )
 
     # -- flags -------------------------------------------------------------
 
@@ -358,6 +419,11 @@ class FairUseService:
         found = verdict(
             current.total, flag_at=self.policy.flag_at, suspend_at=self.policy.suspend_at
         )
+        # Whether the account paid matters only when the score could suspend it.
+        paid = found == "suspend" and repo.has_paid(conn, user.id)
+        found = decide(
+            current, paid=paid, flag_at=self.policy.flag_at, suspend_at=self.policy.suspend_at
+        )
         flag = repo.unresolved_flag(conn, user.id)
         if not recorded:
             # A cause counted before: nothing new to decide, nothing to write.
@@ -373,7 +439,7 @@ class FairUseService:
 
         suspend = found == "suspend" and user.status == "active" and user.role != "admin"
         status: FlagStatus = "suspended" if suspend or user.status == "suspended" else "open"
-        evidence = self._evidence(current, rows, user.role)
+        evidence = self._evidence(current, rows, user.role, paid=paid)
         if flag is None:
             flag_id = new_id("abf")
             repo.insert_flag(
@@ -435,9 +501,18 @@ class FairUseService:
         )
         return canceled
 
-    def _evidence(self, current: Score, rows: list[repo.AnyRow], role: str) -> dict[str, Any]:
+    def _plan_price(self, plan_id: str) -> int | None:
+        try:
+            return self.billing.catalog.plan(plan_id).price_cents
+        except KeyError:
+            return None
+
+    def _evidence(
+        self, current: Score, rows: list[repo.AnyRow], role: str, *, paid: bool
+    ) -> dict[str, Any]:
         evidence: dict[str, Any] = {
             "score": current.total,
+            "exploit_score": current.exploit,
             "flag_score": self.policy.flag_at,
             "suspend_score": self.policy.suspend_at,
             "by_kind": {
@@ -456,4 +531,9 @@ class FairUseService:
         }
         if role == "admin":
             evidence["note"] = "admins are flagged, never suspended automatically"
+        elif paid and current.exploit < self.policy.suspend_at:
+            evidence["note"] = (
+                "a paying account: volume signals flag it for review; only exploitation "
+                "signals (clawback, payment_declined, plan_cycling) suspend it"
+            )
         return evidence

@@ -4,11 +4,17 @@ the sandbox's admin controls (the test clock, declining cards).
 Under the sandbox backend a subscription or purchase is paid and applied in
 the request; a backend with a hosted checkout answers ``{checkout_url}`` and
 its webhook applies the purchase later.
+
+A declined payment (402 ``payment_failed``) writes nothing but one fair-use
+signal, in a transaction of its own: a burst of declines is card testing
+(docs/fair-use.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -16,6 +22,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from plasmaart.accounts import audit
+from plasmaart.billing.errors import PaymentFailed
 from plasmaart.billing.repository import Payment, PaymentKind, PaymentStatus, Subscription
 from plasmaart.billing.sandbox import SandboxBackend
 from plasmaart.billing.service import Checkout, PackPurchase
@@ -25,7 +32,7 @@ from plasmaart.catalog import Catalog
 from plasmaart.errors import NotFound
 from plasmaart.ledger.tasks import expire_due_lots
 from plasmaart.web.api.accounts import StrictBody, SubscriptionOut, subscription_out
-from plasmaart.web.auth import AdminPrincipal, CurrentPrincipal
+from plasmaart.web.auth import AdminPrincipal, CurrentPrincipal, Principal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
 
@@ -143,6 +150,22 @@ def _state(platform: Platform, subscription: Subscription | None) -> Subscriptio
     return SubscriptionState(**base.model_dump(), grace_ends_at=grace)
 
 
+@contextmanager
+def declines_counted(
+    platform: Platform, principal: Principal, *, what: str, item: str
+) -> Iterator[None]:
+    """Let a declined payment through as 402, after counting it for fair use
+    in a transaction of its own (the request's own rolled back)."""
+    try:
+        yield
+    except PaymentFailed as declined:
+        with platform.db.write() as conn:
+            platform.fairuse.record_declined_payment(
+                conn, principal.user.id, what=what, item=item, reason=declined.detail
+            )
+        raise
+
+
 def _day(moment: datetime) -> str:
     return moment.date().isoformat()
 
@@ -211,7 +234,8 @@ def subscribe(
     body: PlanIn, response: Response, principal: CurrentPrincipal, platform: PlatformDep
 ) -> SubscriptionState | CheckoutOut:
     """Subscribe to a paid plan. Sandbox: active at once, the month's credits granted."""
-    with platform.db.write() as conn:
+    declines = declines_counted(platform, principal, what="subscription", item=body.plan)
+    with declines, platform.db.write() as conn:
         customer = platform.billing.customer(conn, principal.user.id)
         result = platform.billing.subscribe(conn, customer, body.plan)
         if isinstance(result, Checkout):
@@ -236,7 +260,11 @@ def change_plan(
     prorated by the fraction of the period left), or downgrade at the period
     end (``pending_plan``). Your current plan withdraws a scheduled downgrade
     or cancellation. ``POST /v1/subscription/preview`` shows the amounts first."""
-    with platform.db.write() as conn:
+    declines = declines_counted(platform, principal, what="upgrade", item=body.plan)
+    with declines, platform.db.write() as conn:
+        # An upgrade may record a fair-use signal (plan-change cycling): the
+        # account's row first, in the order a suspension takes its locks.
+        platform.fairuse.lock_account(conn, principal.user.id)
         customer = platform.billing.customer(conn, principal.user.id)
         changed = platform.billing.change_plan(
             conn, customer, body.plan, prorate_at=body.prorate_at
@@ -291,7 +319,8 @@ def cancel_subscription(principal: CurrentPrincipal, platform: PlatformDep) -> S
 def pay_subscription(principal: CurrentPrincipal, platform: PlatformDep) -> SubscriptionState:
     """Pay the failed renewal of a past-due subscription: active again, with
     the period's credits."""
-    with platform.db.write() as conn:
+    declines = declines_counted(platform, principal, what="renewal", item="past_due")
+    with declines, platform.db.write() as conn:
         customer = platform.billing.customer(conn, principal.user.id)
         return _state(platform, platform.billing.pay(conn, customer))
 
@@ -315,7 +344,8 @@ def buy_credits(
     # a lost answer never charges twice, even if the first run was cut short.
     http_key = getattr(request.state, "idempotency_key", None)
     key = hashlib.sha256(http_key.encode()).hexdigest()[:32] if http_key else None
-    with platform.db.write() as conn:
+    declines = declines_counted(platform, principal, what="pack", item=body.pack)
+    with declines, platform.db.write() as conn:
         customer = platform.billing.customer(conn, principal.user.id)
         result = platform.billing.buy_pack(conn, customer, body.pack, idempotency_key=key)
     if isinstance(result, Checkout):
