@@ -1108,6 +1108,8 @@ SUSPENDED: dict[str, Expect] = {
     "POST /v1/generations/{generation_id}/cancel /v1/generations/{w.queued_generation_id}/cancel": (
         S
     ),
+    "POST /v1/generations/{generation_id}/cancel "
+    "/v1/generations/{w.team_queued_generation_id}/cancel": S,
     "POST /v1/teams": S,
     "GET /v1/teams/{team_id} " + TEAM: 200,
     "POST /v1/teams/{team_id}/invitations " + TEAM + "/invitations": S,
@@ -1131,6 +1133,8 @@ SUSPENDED: dict[str, Expect] = {
     "POST /v1/subscription": S,
     "PATCH /v1/subscription": S,
     "POST /v1/subscription/pay": S,
+    # a suspended account changes no plan: nothing to preview
+    "POST /v1/subscription/preview": S,
     # the one write of the account's billing it keeps: ending its subscription
     "DELETE /v1/subscription": 200,
     "POST /v1/credit-purchases": S,
@@ -1161,6 +1165,8 @@ SUSPENDED: dict[str, Expect] = {
     "GET /v1/admin/catalog/changes": N,
     "DELETE /v1/admin/catalog/changes/{change_id} /v1/admin/catalog/changes/chg_unknown": N,
     "GET /v1/admin/stats": N,
+    "GET /v1/admin/audit /v1/admin/audit?action=credits.adjust": N,
+    "GET /admin/audit": 404,
     "POST /v1/admin/users/{user_id}/billing/sandbox-card "
     "/v1/admin/users/{w.owner.id}/billing/sandbox-card": N,
     "POST /v1/admin/clock/advance": N,
