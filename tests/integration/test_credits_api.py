@@ -648,6 +648,9 @@ def test_every_credits_endpoint_needs_authentication(client: TestClient, path: s
         ("/v1/ledger", {"cursor": "!!not base64!!"}, "cursor"),
         ("/v1/ledger", {"cursor": encode_cursor("12|yesterday")}, "cursor"),
         ("/v1/ledger", {"cursor": encode_cursor("twelve")}, "cursor"),
+        # a time in no UTC year Python knows
+        ("/v1/ledger", {"cursor": encode_cursor("12|9999-12-31T23:00-05:00")}, "cursor"),
+        ("/v1/ledger", {"kind": "grant", "until": "9999-12-31T23:00-05:00"}, "until"),
         ("/v1/ledger", {"limit": "0"}, "limit"),
         ("/v1/ledger", {"limit": "201"}, "limit"),
         ("/v1/ledger", {"kind": "gift"}, "kind"),

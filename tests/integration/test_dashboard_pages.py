@@ -224,6 +224,10 @@ def test_usage_history_pages_and_filters_by_model(client: TestClient, platform: 
     second = client.get(html.unescape(older.group(1)), headers=user.auth).text
     assert second.count("<tr>") == 1 + 28 - HISTORY_PAGE
     assert "cursor=" not in second
+    # A cursor no page handed out (a time in no UTC year) starts from the newest.
+    odd = client.get("/usage?cursor=12|9999-12-31T23:00-05:00", headers=user.auth)
+    assert odd.status_code == 200
+    assert odd.text.count("<tr>") == 1 + HISTORY_PAGE
     # Three of them were Flux Dev: 5 credits each, the newest first.
     dev = client.get("/usage?model=flux-dev", headers=user.auth).text
     assert dev.count("<tr>") == 1 + 3

@@ -112,6 +112,10 @@ def _instant(value: str | None, field: str) -> datetime | None:
     try:
         # Python 3.11 reads both dates ("2026-01-31": its midnight) and datetimes.
         moment = as_utc(datetime.fromisoformat(value))
+    except OverflowError:  # 9999-12-31T23:00-05:00 is in no UTC year Python knows
+        raise InvalidInput(
+            f"{value!r} is out of range ({EARLIEST.year} to {LATEST.year - 1})", field=field
+        ) from None
     except ValueError:
         raise InvalidInput(
             f"{value!r} is not an ISO 8601 date or datetime (e.g. 2026-01-31 or "
@@ -145,7 +149,7 @@ def _ledger_position(cursor: str) -> queries.JournalPosition:
     entry_id, _, created_at = decode_cursor(cursor).partition("|")
     try:
         return queries.JournalPosition(int(entry_id), as_utc(datetime.fromisoformat(created_at)))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidInput("not a cursor this API handed out", field="cursor") from None
 
 

@@ -251,7 +251,7 @@ def _position(cursor: str | None) -> queries.JournalPosition | None:
     entry_id, _, created_at = cursor.partition("|")
     try:
         return queries.JournalPosition(int(entry_id), as_utc(datetime.fromisoformat(created_at)))
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 
