@@ -31,6 +31,16 @@ def user_by_email(conn: Connection, email: str) -> AnyRow | None:
     return conn.execute(select(users).where(users.c.email == email)).one_or_none()
 
 
+def lock_user(conn: Connection, user_id: str) -> AnyRow | None:
+    """The user's row, locked (PostgreSQL; SQLite's write transactions are
+    serial already). A transaction that may both move an account's credits
+    and score a fair-use signal about it locks the account first, then its
+    wallets, the order a suspension takes them in: two such transactions
+    never wait on each other in a deadlock, and one account's signals are
+    scored one at a time, so two requests cannot both open a flag."""
+    return conn.execute(select(users).where(users.c.id == user_id).with_for_update()).one_or_none()
+
+
 def user_by_id(conn: Connection, user_id: str) -> AnyRow | None:
     return conn.execute(select(users).where(users.c.id == user_id)).one_or_none()
 

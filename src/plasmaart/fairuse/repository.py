@@ -26,13 +26,6 @@ AnyRow = Row[Any]
 UNRESOLVED = ("open", "suspended")
 
 
-def lock_user(conn: Connection, user_id: str) -> AnyRow | None:
-    """The user's row, locked: one account's signals are scored one at a time,
-    so two requests cannot both open a flag (SQLite's write transactions are
-    serial already)."""
-    return conn.execute(select(users).where(users.c.id == user_id).with_for_update()).one_or_none()
-
-
 def signal_exists(conn: Connection, user_id: str, kind: str, subject: str) -> bool:
     found = conn.execute(
         select(abuse_signals.c.id).where(

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection
 
 from plasmaart.accounts import audit
+from plasmaart.accounts import repository as accounts_repo
 from plasmaart.accounts.credentials import CredentialService
 from plasmaart.accounts.service import AccountService, User, UserNotFound
 from plasmaart.accounts.teams import TeamService
@@ -191,7 +192,7 @@ class FairUseService:
         signal after moving credits (a submission, a cancel): a suspension
         locks the account, then its wallets; taking them in the same order
         keeps PostgreSQL from finding the two in a deadlock."""
-        repo.lock_user(conn, user_id)
+        accounts_repo.lock_user(conn, user_id)
 
     def record_signal(
         self,
@@ -207,7 +208,7 @@ class FairUseService:
         generation, a payment): a cause already recorded is not counted again."""
         if kind not in self.policy.rules:
             raise ValueError(f"unknown abuse signal {kind!r}")
-        user = repo.lock_user(conn, user_id)
+        user = accounts_repo.lock_user(conn, user_id)
         if user is None:
             raise UserNotFound(f"no user {user_id!r}")
         now = self.clock.now()

@@ -45,6 +45,7 @@ from typing import Any
 import stripe
 from sqlalchemy import Connection
 
+from plasmaart.accounts import repository as accounts_repo
 from plasmaart.billing import repository as billing_repo
 from plasmaart.billing.errors import AlreadySubscribed
 from plasmaart.billing.repository import Payment, Subscription
@@ -219,6 +220,7 @@ class StripeWebhooks:
             detail=None,
             now=now,
         )
+        self._lock_account(conn, event, prefetched)
         outcome: EventOutcome
         try:
             with conn.begin_nested():
@@ -525,6 +527,19 @@ class StripeWebhooks:
         return "applied", None
 
     # -- lookups ---------------------------------------------------------------
+
+    def _lock_account(self, conn: Connection, event: Event, prefetched: Prefetched) -> None:
+        """Lock the account the event is about before any of its wallets: a
+        clawback or an upgrade may score a fair-use signal after moving
+        credits, and a submission or a suspension takes the account first,
+        then the wallets (``accounts.repository.lock_user``)."""
+        customer = _id(event.object.get("customer"))
+        user_id = repo.user_of_customer(conn, customer) if customer is not None else None
+        if user_id is None and event.type in ("charge.refunded", "charge.dispute.created"):
+            payment = self._reversed_payment(conn, event.object, prefetched)
+            user_id = payment.user_id if payment is not None else None
+        if user_id is not None:
+            accounts_repo.lock_user(conn, user_id)
 
     def _reversed_payment(
         self, conn: Connection, obj: Mapping[str, Any], prefetched: Prefetched
