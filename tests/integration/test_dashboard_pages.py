@@ -410,3 +410,35 @@ def test_team_members_see_a_cancel_button_only_where_they_may_cancel(
     assert cancel_buttons(ann.auth) == [by_ann]
     assert cancel_buttons(owner.auth) == [by_ann]
     assert cancel_buttons(ben.auth) == []
+
+
+def test_a_partly_delivered_batch_says_what_arrived_and_what_was_charged(
+    client: TestClient, platform: Platform
+) -> None:
+    user = make_user(platform, "batch@example.com", plan="starter")
+    params = {"aspect_ratio": "1:1", "sandbox": {"delay_s": 0, "deliver": 1}}
+    full = {"aspect_ratio": "1:1", "sandbox": {"delay_s": 0}}
+    with platform.db.write() as conn:
+        account = platform.accounts.get(conn, user.id)
+        partial = platform.generations.submit(
+            conn, account, GenerationRequest("flux-dev", "two cats", num_outputs=2, params=params)
+        )
+        whole = platform.generations.submit(
+            conn, account, GenerationRequest("flux-dev", "two dogs", num_outputs=2, params=full)
+        )
+    worker = Worker(platform, concurrency=1)
+    worker.runner.sleep = lambda _seconds: None
+    assert worker.drain() == 2
+    page = client.get("/generations", headers=user.auth).text
+
+    def card(generation_id: str) -> str:
+        found = re.search(rf'data-generation-id="{generation_id}"(.*?)</article>', page, re.S)
+        assert found is not None
+        return found.group(1)
+
+    note = re.search(r'data-field="partial_note"\s*>(.*?)</p>', card(partial.id), re.S)
+    assert note is not None  # shown: no ``hidden`` before the ``>``
+    assert "1 of 2 outputs arrived" in note.group(1)
+    assert "5 charged" in card(partial.id)  # Flux Dev: 5 credits, one output
+    assert re.search(r'data-field="partial_note" hidden>', card(whole.id)) is not None
+    assert "10 charged" in card(whole.id)

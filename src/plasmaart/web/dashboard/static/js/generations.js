@@ -64,6 +64,15 @@
     error.hidden = g.status !== "failed";
     if (g.status === "failed" && g.error) field(card, "error_message").textContent = g.error.message || g.error.code;
     field(card, "canceled_note").hidden = g.status !== "canceled";
+    // Succeeded with fewer outputs than asked (some could not be fetched):
+    // charged for those that arrived only.
+    const arrived = (g.outputs || []).length;
+    const partial = g.status === "succeeded" && arrived < g.num_outputs;
+    field(card, "partial_note").hidden = !partial;
+    if (partial) {
+      const why = g.error ? " (" + (g.error.message || g.error.code) + ")" : "";
+      field(card, "partial_message").textContent = arrived + " of " + g.num_outputs + " outputs arrived" + why + ".";
+    }
   }
 
   async function fetchGeneration(id) {
@@ -84,6 +93,7 @@
       '<div class="gen-outputs" data-field="outputs"></div>' +
       '<p class="gen-error" data-field="error" hidden><span data-field="error_message"></span> <strong>No credits were charged.</strong></p>' +
       '<p class="gen-canceled" data-field="canceled_note" hidden>Canceled. No credits were charged.</p>' +
+      '<p class="gen-partial" data-field="partial_note" hidden><span data-field="partial_message"></span> <strong>Only those were charged; the rest went back to your balance.</strong></p>' +
       '<dl class="gen-facts"><div><dt>Outputs</dt><dd data-field="num_outputs"></dd></div><div><dt>Credits</dt><dd data-field="credits"></dd></div><div><dt>Balance after</dt><dd data-field="balance_after"></dd></div></dl>' +
       (g.can_cancel ? '<div class="gen-actions" data-field="actions"><form class="js-api" data-method="POST" data-success="generation"><button type="submit" class="button danger small">Cancel</button><p class="form-error" data-error-for="body" hidden></p></form></div>' : "");
     card.querySelector(".gen-model").textContent = g.model;
