@@ -2,35 +2,122 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+from typer.models import CommandFunctionType
 
 from plasmaart import logs
 from plasmaart.accounts import audit
-from plasmaart.accounts.service import Status
+from plasmaart.accounts.service import EmailTaken, Role, Status
 from plasmaart.bootstrap import Platform, bootstrap
 from plasmaart.catalog import CatalogError, load_catalog, render_catalog
-from plasmaart.client import ApiError, Client, GenerationTimeout, InvalidInputError, PlasmaArtError
-from plasmaart.client.console import TextProgress, describe, parse_params
+from plasmaart.client import (
+    ApiError,
+    Client,
+    GenerationTimeout,
+    InvalidInputError,
+    PlasmaArtError,
+    TransportError,
+)
+from plasmaart.client.console import TextProgress, describe, describe_unreachable, parse_params
 from plasmaart.config import ConfigError, load_settings
 from plasmaart.errors import DomainError
 
-app = typer.Typer(
+
+def _plain_help(params: list[Any]) -> None:
+    """Help as an operator reads it: a flag shows no value to give (Typer
+    prints ``<bool>`` beside it), an argument is named in capitals (EMAIL, as
+    in the docs, not ``{email}``)."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+        elif isinstance(param, TyperArgument) and param.metavar is None and param.name:
+            param.metavar = param.name.upper()
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        _plain_help(params)
+        return params
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.display_name_raw + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+_NEGATIVE_NUMBER = re.compile(r"-\d+")
+
+
+class _SignedArguments(_Command):
+    """A command whose last argument may be a negative number, written as is
+    (``credits grant EMAIL -50``): the parser would read ``-50`` as the short
+    options -5 and -0, so such a number is passed after ``--`` for it, unless
+    it is the value of an option or the command line already has ``--``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if "--" not in args:
+            takes_value = {
+                name
+                for param in self.params
+                if isinstance(param, TyperOption) and not param.is_flag
+                for name in param.opts
+            }
+            kept: list[str] = []
+            numbers: list[str] = []
+            for index, arg in enumerate(args):
+                value_of_option = index > 0 and args[index - 1] in takes_value
+                if _NEGATIVE_NUMBER.fullmatch(arg) and not value_of_option:
+                    numbers.append(arg)
+                else:
+                    kept.append(arg)
+            if numbers:
+                args = [*kept, "--", *numbers]
+        rest: list[str] = super().parse_args(ctx, args)
+        return rest
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        _plain_help(params)
+        return params
+
+
+class _Typer(typer.Typer):
+    """A Typer whose commands and groups print the help above."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=_Group, **kwargs)
+
+    def command(
+        self, name: str | None = None, *, cls: type[TyperCommand] | None = None, **kwargs: Any
+    ) -> Callable[[CommandFunctionType], CommandFunctionType]:
+        return super().command(name, cls=cls or _Command, **kwargs)
+
+
+app = _Typer(
     help="PlasmaArt: generative AI for credits.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
-credits_app = typer.Typer(help="Move credits.", no_args_is_help=True)
-catalog_app = typer.Typer(help="The catalog of models, plans and packs.", no_args_is_help=True)
-ledger_app = typer.Typer(help="The credit ledger.", no_args_is_help=True)
+users_app = _Typer(help="Manage users.", no_args_is_help=True)
+credits_app = _Typer(help="Move credits.", no_args_is_help=True)
+catalog_app = _Typer(help="The catalog of models, plans and packs.", no_args_is_help=True)
+ledger_app = _Typer(help="The credit ledger.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(credits_app, name="credits")
 app.add_typer(catalog_app, name="catalog")
@@ -112,20 +199,36 @@ def migrate() -> None:
         typer.echo(f"database migrated ({platform.db.dialect})")
 
 
+# Asked for (twice, hidden) when not given, so it stays out of the shell's history.
+PasswordOption = Annotated[
+    str | None,
+    typer.Option(
+        help="At least 10 characters; asked for (twice) if not given",
+        prompt=True,
+        confirmation_prompt=True,
+        hide_input=True,
+    ),
+]
+
+
 @users_app.command("create")
 def users_create(
     email: Annotated[str, typer.Option(help="E-mail address")],
-    password: Annotated[
-        str, typer.Option(help="At least 10 characters", prompt=True, hide_input=True)
-    ],
+    password: PasswordOption = None,
     admin: Annotated[bool, typer.Option("--admin", help="Give the admin role")] = False,
     plan: Annotated[str | None, typer.Option(help="Subscribe (sandbox billing) to PLAN")] = None,
 ) -> None:
-    """Create a user; --plan subscribes them so the plan's credits are granted."""
+    """Create a user; --plan subscribes them so the plan's credits are granted.
+
+    To make an existing user an admin: plasmaart users set-role EMAIL admin
+    """
+    role: Role = "admin" if admin else "user"
     with _platform() as platform, platform.db.write() as conn:
-        user = platform.accounts.create_user(
-            conn, email, password, role="admin" if admin else "user"
-        )
+        try:
+            user = platform.accounts.create_user(conn, email, password or "", role=role)
+        except EmailTaken as taken:
+            hint = f"; to change their role: plasmaart users set-role {email} {role}"
+            _fail(taken.detail + hint)
         if plan:
             wallet = platform.ledger.wallet_of(conn, "user", user.id)
             platform.billing.subscribe_paid(
@@ -169,7 +272,37 @@ def users_reinstate(email: str) -> None:
     _set_status(email, "active", None)
 
 
-@credits_app.command("grant")
+@users_app.command("set-role")
+def users_set_role(
+    email: str,
+    role: Annotated[Literal["admin", "user"], typer.Argument(help="admin or user")],
+) -> None:
+    """Give an existing user the admin role, or take it back (audit-logged).
+
+    Example: plasmaart users set-role ada@example.com admin
+    """
+    with _platform() as platform, platform.db.write() as conn:
+        user = platform.accounts.get_by_email(conn, email)
+        was = user.role
+        platform.accounts.set_role(conn, user, role, actor=CLI_ACTOR)
+    typer.echo(f"{user.email} is now {role}" + (" (unchanged)" if was == role else ""))
+
+
+@users_app.command("set-password")
+def users_set_password(email: str, password: PasswordOption = None) -> None:
+    """Set a user's password (asked for twice) and end their sessions.
+
+    Signed-in browsers must log in again; API keys keep working (revoke them
+    from the dashboard if they may have leaked too).
+    """
+    with _platform() as platform, platform.db.write() as conn:
+        user = platform.accounts.get_by_email(conn, email)
+        platform.accounts.set_password(conn, user, password or "", actor=CLI_ACTOR)
+        platform.credentials.close_all_sessions(conn, user.id)
+    typer.echo(f"password of {user.email} changed; their sessions are ended")
+
+
+@credits_app.command("grant", cls=_SignedArguments)
 def credits_grant(
     email: str,
     amount: int,
@@ -179,10 +312,10 @@ def credits_grant(
     ] = None,
     key: Annotated[str | None, typer.Option(help="Idempotency key, to retry safely")] = None,
 ) -> None:
-    """Grant AMOUNT credits to a user.
+    """Grant AMOUNT credits to a user; a negative AMOUNT adjusts down, never
+    below zero.
 
-    A negative AMOUNT (written after `--`: `credits grant EMAIL -- -50 --reason R`)
-    adjusts down, never below zero.
+    Example: plasmaart credits grant ada@example.com -50 --reason "refund reversed"
     """
     idempotency_key = key or f"cli:{uuid.uuid4()}"
     if expires_at is not None and expires_at.tzinfo is None:
@@ -301,6 +434,8 @@ def generate(
         if exc.request_id:
             lines.append(f"  request id {exc.request_id}")
         _fail("\n".join(lines))
+    except TransportError as exc:
+        _fail(describe_unreachable(url, exc, progress.last.id if progress.last else None))
     except PlasmaArtError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:

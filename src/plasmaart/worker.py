@@ -103,7 +103,9 @@ class Worker:
             # The job stays leased; when the lease expires another claim
             # resumes it from its provider request id. Each claim counts one
             # of its attempts: past the cap (or its deadline) a claim ends it.
-            log.exception("job %s failed in the worker", claimed.id)
+            log.exception(
+                "job %s failed in the worker", claimed.id, extra={"generation_id": claimed.id}
+            )
         finally:
             with self._busy_lock:
                 self._busy -= 1

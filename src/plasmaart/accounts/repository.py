@@ -55,5 +55,9 @@ def set_password_hash(conn: Connection, user_id: str, password_hash: str) -> Non
     conn.execute(update(users).where(users.c.id == user_id).values(password_hash=password_hash))
 
 
+def set_role(conn: Connection, user_id: str, role: str) -> None:
+    conn.execute(update(users).where(users.c.id == user_id).values(role=role))
+
+
 def set_remove_watermark(conn: Connection, user_id: str, remove: bool) -> None:
     conn.execute(update(users).where(users.c.id == user_id).values(remove_watermark=remove))

@@ -1,4 +1,5 @@
-"""Creating users, and suspending and reinstating them (with the audit log)."""
+"""Creating users, changing their role or password, and suspending and
+reinstating them (with the audit log)."""
 
 from __future__ import annotations
 
@@ -145,6 +146,39 @@ class AccountService:
         if row is None:
             raise UserNotFound(f"no user {user_id!r}")
         return _user(row)
+
+    def set_role(self, conn: Connection, user: User, role: Role, *, actor: str) -> User:
+        """Make ``user`` an admin or a plain user again (audit-logged, even when
+        the role was already that one, so the log shows every decision)."""
+        if role not in ("user", "admin"):
+            raise InvalidInput(f"unknown role {role!r}: admin or user", field="role")
+        repo.set_role(conn, user.id, role)
+        audit.record(
+            conn,
+            actor=actor,
+            action="user.set_role",
+            target=user.id,
+            reason=None,
+            now=self.clock.now(),
+            data={"email": user.email, "from": user.role, "to": role},
+        )
+        return replace(user, role=role)
+
+    def set_password(self, conn: Connection, user: User, password: str, *, actor: str) -> None:
+        """A new password, under the rules of sign-up (audit-logged, without
+        the password). Ending the user's sessions is the caller's part, in the
+        same transaction (``CredentialService.close_all_sessions``)."""
+        validate_credentials(user.email, password)
+        repo.set_password_hash(conn, user.id, hash_password(password))
+        audit.record(
+            conn,
+            actor=actor,
+            action="user.set_password",
+            target=user.id,
+            reason=None,
+            now=self.clock.now(),
+            data={"email": user.email},
+        )
 
     def set_remove_watermark(self, conn: Connection, user: User, remove: bool) -> User:
         repo.set_remove_watermark(conn, user.id, remove)

@@ -1,6 +1,7 @@
 """Plain text around ``generate`` for command lines and scripts: reading
-``key=value`` model parameters, and progress lines (no terminal control
-codes, so a log file or a CI job shows them as well as a terminal)."""
+``key=value`` model parameters, progress lines (no terminal control codes,
+so a log file or a CI job shows them as well as a terminal), and one line
+saying why the server could not be reached."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, TextIO
 
+import httpx
+
+from plasmaart.client.errors import TransportError
 from plasmaart.client.models import Generation
 
 
@@ -41,6 +45,44 @@ def describe(generation: Generation) -> str:
     if generation.error is not None:
         text += f": {generation.error.message} ({generation.error.code})"
     return text
+
+
+def why_unreachable(error: TransportError) -> str:
+    """In a few words, why no answer came: ``connection refused``, ``host
+    not found``, ``timed out``..."""
+    cause = error.__cause__
+    text = str(cause).lower()
+    if isinstance(cause, httpx.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(cause, httpx.ConnectError):
+        if "refused" in text:
+            return "connection refused"
+        if "name or service" in text or "nodename" in text or "resolution" in text:
+            return "host not found"
+        if "ssl" in text or "certificate" in text:
+            return f"TLS failed: {cause}"
+        return f"could not connect: {cause}" if str(cause) else "could not connect"
+    if isinstance(cause, httpx.TimeoutException):
+        return "no answer in time"
+    if isinstance(cause, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+        return "the connection dropped"
+    return type(cause).__name__ if cause is not None else str(error)
+
+
+def describe_unreachable(url: str, error: TransportError, waiting_for: str | None = None) -> str:
+    """One line for a command that got no answer from the server at ``url``:
+    what was tried, why it failed and what to do; with ``waiting_for`` (a
+    generation already submitted), that it carries on on the server."""
+    why = why_unreachable(error)
+    if waiting_for is not None:
+        return (
+            f"lost the PlasmaArt server at {url} ({why}) while waiting for {waiting_for}; "
+            "it carries on on the server"
+        )
+    return (
+        f"cannot reach the PlasmaArt server at {url} ({why}): start it with "
+        "`plasmaart serve`, or point --url (PLASMAART_URL) at it"
+    )
 
 
 class TextProgress:

@@ -16,6 +16,11 @@ or stays unavailable after bounded retries) is left out rather than retried
 forever. However a job ends, it is charged for the outputs stored, and the
 rest of its hold is released: succeeded if any arrived, else failed (or
 canceled).
+
+Each step of a job is one INFO line carrying ``generation_id`` (and the step
+as ``job_event``: claimed, submitted, resumed, output_stored, charged or
+released, ended), so an operator can follow one job through the JSON logs.
+The prompt is never logged, only its length.
 """
 
 from __future__ import annotations
@@ -106,6 +111,25 @@ class JobRunner:
             row = repo.get_generation(conn, claim.id)
         if row is None:  # pragma: no cover - claimed rows exist
             return
+        _step(
+            "claimed",
+            row.id,
+            "job %s claimed: %s, %d output(s), attempt %d of %d, lease %gs%s",
+            row.id,
+            row.model,
+            int(row.num_outputs),
+            int(row.attempts),
+            self.max_attempts,
+            self.lease.total_seconds(),
+            " (resumed after another worker's lease expired)" if claim.resumed else "",
+            wallet_id=row.wallet_id,
+            model=row.model,
+            attempt=int(row.attempts),
+            max_attempts=self.max_attempts,
+            lease_s=self.lease.total_seconds(),
+            resumed=claim.resumed,
+            prompt_chars=len(row.prompt),
+        )
         deadline = (
             as_utc(row.deadline_at)
             if row.deadline_at is not None
@@ -130,7 +154,11 @@ class JobRunner:
         try:
             self._run(claim, row, deadline)
         except LeaseLost:
-            log.warning("lost the lease of %s; another worker has it", claim.id)
+            log.warning(
+                "lost the lease of %s; another worker has it",
+                claim.id,
+                extra={"generation_id": claim.id, "job_event": "lease_lost"},
+            )
         finally:
             if self.wakeups is not None:
                 self.wakeups.unwatch(claim.id)
@@ -147,7 +175,9 @@ class JobRunner:
                 with self.db.write() as conn:
                     kept = queue.renew(conn, claim.id, claim.token, now + self.lease)
             except Exception:  # the next renewal tries again; the lease is 3 periods long
-                log.exception("could not renew the lease of %s", claim.id)
+                log.exception(
+                    "could not renew the lease of %s", claim.id, extra={"generation_id": claim.id}
+                )
                 continue
             if not kept:  # finished, or another worker has it: the job's own writes will see
                 return
@@ -197,6 +227,26 @@ class JobRunner:
             with self.db.write() as conn:
                 if not queue.set_provider_request(conn, claim.id, claim.token, request_id):
                     raise LeaseLost
+            _step(
+                "submitted",
+                row.id,
+                "job %s submitted to %s: provider request %s",
+                row.id,
+                row.provider,
+                request_id,
+                provider=row.provider,
+                provider_request_id=request_id,
+            )
+        else:
+            _step(
+                "resumed",
+                row.id,
+                "job %s resumed from provider request %s",
+                row.id,
+                request_id,
+                provider=row.provider,
+                provider_request_id=request_id,
+            )
         known_request: str = request_id
         while True:
             if self.stopping():
@@ -204,6 +254,14 @@ class JobRunner:
                 # whoever claims it after the lease resumes from the request id.
                 with self.db.write() as conn:
                     queue.hand_back(conn, claim.id, claim.token)
+                _step(
+                    "handed_back",
+                    row.id,
+                    "job %s handed back on shutdown; provider request %s carries on",
+                    row.id,
+                    known_request,
+                    provider_request_id=known_request,
+                )
                 return
             with self.db.write() as conn:
                 current = repo.lock_generation(conn, claim.id)
@@ -319,7 +377,13 @@ class JobRunner:
                 missing.append(f"output {position + 1}: canceled")
                 continue
             except ProviderError as refused:
-                log.warning("output %d of %s is unavailable: %s", position, row.id, refused)
+                log.warning(
+                    "output %d of %s is unavailable: %s",
+                    position,
+                    row.id,
+                    refused,
+                    extra={"generation_id": row.id},
+                )
                 missing.append(f"output {position + 1}: {refused}")
                 continue
             values = self._store(row, position, output, data)
@@ -331,6 +395,18 @@ class JobRunner:
                     raise LeaseLost
                 repo.insert_output(conn, {**values, "created_at": self.clock.now()})
             stored.add(position)
+            _step(
+                "output_stored",
+                row.id,
+                "job %s stored output %d of %d (%d bytes)",
+                row.id,
+                position + 1,
+                len(wanted),
+                values["size"],
+                output=position + 1,
+                outputs_stored=len(stored),
+                outputs_wanted=len(wanted),
+            )
         if canceled:
             self._end(
                 claim,
@@ -367,7 +443,13 @@ class JobRunner:
             elif content_type == "image/png":
                 data = metadata.stamp_png(data, fields)
         except (ValueError, OSError) as unreadable:
-            log.warning("output %d of %s is unreadable: %s", position, row.id, unreadable)
+            log.warning(
+                "output %d of %s is unreadable: %s",
+                position,
+                row.id,
+                unreadable,
+                extra={"generation_id": row.id},
+            )
             return None
         key = f"outputs/{row.id[4:14]}/{row.id}/{position}.{EXTENSIONS.get(content_type, 'bin')}"
         self.storage.put(key, data, content_type, {"license": row.license})
@@ -434,17 +516,54 @@ class JobRunner:
                 settled = self.ledger.release(
                     conn, row.hold_id, idempotency_key=f"generation:{row.id}:release"
                 )
+            finished_at = self.clock.now()
+            status = "succeeded" if delivered else otherwise
             repo.finish(
                 conn,
                 claim.id,
-                status="succeeded" if delivered else otherwise,
+                status=status,
                 charged=charged,
                 balance_after=settled.balance_after,
-                now=self.clock.now(),
+                now=finished_at,
                 error_code=code,
                 error_message=None if message is None else message[:1000],
             )
             self._announce(conn, claim.id)
+        # Logged once committed: a step rolled back never shows as done.
+        if charged:
+            text = "job %s charged %d credits for %d output(s); %d released"
+            args: tuple[object, ...] = (row.id, settled.captured, delivered, settled.released)
+        else:
+            text = "job %s stored no output: nothing charged, %d credits released"
+            args = (row.id, settled.released)
+        _step(
+            "charged" if charged else "released",
+            row.id,
+            text,
+            *args,
+            wallet_id=row.wallet_id,
+            hold_id=row.hold_id,
+            credits_charged=settled.captured,
+            credits_released=settled.released,
+            balance_after=settled.balance_after,
+        )
+        started = as_utc(row.started_at) if row.started_at is not None else finished_at
+        duration_s = round((finished_at - started).total_seconds(), 3)
+        _step(
+            "ended",
+            row.id,
+            "job %s ended %s%s after %gs",
+            row.id,
+            status,
+            f" ({code})" if code else "",
+            duration_s,
+            status=status,
+            error_code=code,
+            outputs_stored=delivered,
+            outputs_wanted=int(row.num_outputs),
+            credits_charged=charged,
+            duration_s=duration_s,
+        )
 
     def _announce(self, conn: Connection, generation_id: str) -> None:
         self.generations.announce(conn, generation_id)
@@ -475,3 +594,14 @@ class JobRunner:
         with self.db.read() as conn:
             row = repo.get_generation(conn, claim.id)
         return row is not None and bool(row.cancel_requested)
+
+
+def _step(event: str, generation_id: str, message: str, *args: object, **fields: object) -> None:
+    """One INFO line of a job's progress: readable text, and the same facts as
+    fields of the JSON record (``generation_id``, ``job_event`` and ``fields``)."""
+    log.info(
+        message,
+        *args,
+        extra={"generation_id": generation_id, "job_event": event, **fields},
+        stacklevel=2,
+    )
