@@ -333,9 +333,10 @@ def test_the_plan_page_shows_what_an_upgrade_charges_and_grants_before_it_is_con
     studio = plan_card(page, "studio")
     # $80 and 9000 credits for 1 of January's 31 days: 258.06 cents, 290.3 credits.
     assert "You pay $2.58 now and get 290 credits now" in studio
-    assert 'data-confirm="Upgrade to Studio now? You pay $2.58 now and get 290 credits now."' in (
-        studio
-    )
+    assert (
+        'data-confirm="Upgrade to Studio now? You pay $2.58 now and get 290 credits now.'
+        ' Then $99 a month from Feb 01, 2026."'
+    ) in studio
     assert "then $99 a month" in studio
     pro = plan_card(page, "pro")
     assert "You pay $0.97 now and get 97 credits now" in pro  # 3000 / 31 = 96.8
@@ -442,3 +443,70 @@ def test_a_partly_delivered_batch_says_what_arrived_and_what_was_charged(
     assert "5 charged" in card(partial.id)  # Flux Dev: 5 credits, one output
     assert re.search(r'data-field="partial_note" hidden>', card(whole.id)) is not None
     assert "10 charged" in card(whole.id)
+
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8"
+
+
+@pytest.mark.parametrize("path", ["/nonexistent", "/admin/nothing-here", "/usage/extra"])
+def test_a_browser_asking_for_an_unknown_page_gets_the_styled_404(
+    client: TestClient, path: str
+) -> None:
+    response = client.get(path, headers={"Accept": BROWSER_ACCEPT})
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("text/html")
+    assert "<h1>Page not found</h1>" in response.text
+    assert '<link rel="stylesheet" href="/assets/dashboard.css' in response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [
+        ("/nonexistent", "application/json"),
+        ("/nonexistent", "*/*"),
+        ("/nonexistent", None),
+        ("/nonexistent", "application/json, text/html;q=0.5"),
+        ("/v1/nonexistent", BROWSER_ACCEPT),
+        ("/assets/nonexistent.css", BROWSER_ACCEPT),
+    ],
+)
+def test_an_api_client_asking_for_an_unknown_path_gets_problem_json(
+    client: TestClient, path: str, accept: str | None
+) -> None:
+    headers = {"Accept": accept} if accept is not None else {}
+    response = client.get(path, headers=headers)
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == "not_found"
+
+
+def test_every_paid_action_on_the_plan_page_says_what_it_charges_and_asks_first(
+    client: TestClient, platform: Platform, clock: ManualClock
+) -> None:
+    """Subscribing (no plan yet) and buying a pack ask before charging, with
+    the amount now, the credits now and, for a plan, the renewal; a downgrade
+    says nothing is charged now and from when it applies."""
+    clock.set(datetime(2026, 1, 10, tzinfo=UTC))
+    new = make_user(platform, "new@example.com")
+    page = client.get("/billing", headers=new.auth).text
+    pro = plan_card(page, "pro")
+    preview = client.post("/v1/subscription/preview", json={"plan": "pro"}, headers=new.auth)
+    assert preview.status_code == 200, preview.text
+    quote = preview.json()
+    assert quote["change"] == "subscribe"
+    now = f"${quote['amount_cents'] / 100:,.2f}".replace(".00", "")
+    renews = f"${quote['renews_amount_cents'] / 100:,.2f}".replace(".00", "")
+    assert (
+        f'data-confirm="Subscribe to Pro? You pay {now} now and get '
+        f'{quote["credits_now"]:,} credits now. Then {renews} a month, renewing on Feb 10, 2026."'
+    ) in pro
+    billing = html.unescape(page)
+    assert 'data-confirm="Buy 1,000 credits? You pay $12 now and get 1,000 credits now.' in billing
+    # On Studio, Pro is a downgrade: nothing now, and the date it applies.
+    studio = make_user(platform, "studio@example.com", plan="studio")
+    pro_card = plan_card(client.get("/billing", headers=studio.auth).text, "pro")
+    assert (
+        'data-confirm="Move to Pro? Nothing is charged now. Pro takes effect on Feb 10, 2026'
+        in pro_card
+    )
+    assert client.get("/v1/payments", headers=new.auth).json()["data"] == []

@@ -23,7 +23,7 @@ PALETTE = (
 )
 WIDTH = 720
 HEIGHT = 240
-LEFT = 48  # room for the axis labels
+LEFT = 56  # room for the axis labels (large enough to read on a phone)
 BOTTOM = 28
 TOP = 12
 RIGHT = 8

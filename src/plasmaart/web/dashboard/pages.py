@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from sqlalchemy import Connection
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.templating import Jinja2Templates
 
 from plasmaart import __version__
@@ -34,9 +35,11 @@ from plasmaart.web.api.admin import search_users
 from plasmaart.web.auth import Principal, authenticate
 from plasmaart.web.dashboard import views
 from plasmaart.web.deps import PlatformDep
+from plasmaart.web.problems import http_problem
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
+ASSETS_PREFIX = "/assets/"
 TEMPLATE_DIR = HERE / "templates"
 
 # Pages send only what the app serves: scripts and styles from /assets (no
@@ -128,6 +131,45 @@ def render(
         request, template, context, status_code=status_code, headers=PAGE_HEADERS
     )
     return response
+
+
+def prefers_html(accept: str) -> bool:
+    """Whether an ``Accept`` header asks for a web page before JSON: a browser
+    (``text/html,…,*/*;q=0.8``) does; an API client (``application/json``,
+    ``*/*``, nothing) does not."""
+    html_q = 0.0
+    json_q = 0.0
+    for item in accept.split(",")[:50]:
+        media, _, params = item.strip().partition(";")
+        media = media.strip().lower()
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if media in ("text/html", "application/xhtml+xml"):
+            html_q = max(html_q, q)
+        elif media in ("application/json", "application/problem+json"):
+            json_q = max(json_q, q)
+    return html_q > 0 and html_q >= json_q
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    """A 404 from the framework (no such route): the styled page for a browser,
+    problem+json ``not_found`` for an API client and anything under ``/v1/``."""
+    if not isinstance(exc, StarletteHTTPException):  # only HTTP errors carry a status
+        raise exc
+    path = request.url.path
+    if (
+        path.startswith(("/v1/", ASSETS_PREFIX))
+        or path == "/v1"
+        or not prefers_html(request.headers.get("accept", ""))
+    ):
+        return http_problem(exc)
+    return render(request, "not_found.html", {"title": "Not found"}, status_code=404)
 
 
 Build = Callable[[Connection, views.Frame], dict[str, Any]]
