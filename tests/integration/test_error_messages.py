@@ -372,6 +372,14 @@ def test_a_chunked_oversized_upload_is_413_in_process(
         headers={**sam.auth, "Content-Type": "application/json"},
     )
     assert (json_body.status_code, json_body.json()["code"]) == (413, "payload_too_large")
+    # With an idempotency key (its middleware reads the body first) too.
+    for _ in range(2):
+        keyed = client.post(
+            "/v1/api-keys",
+            content=_chunks(2 * 1024 * 1024),
+            headers={**sam.auth, "Content-Type": "application/json", "Idempotency-Key": "k1"},
+        )
+        assert (keyed.status_code, keyed.json()["code"]) == (413, "payload_too_large")
     assert count(platform, uploads) == 0
     assert count(platform, api_keys) == 1
 
