@@ -148,7 +148,9 @@ def test_a_body_that_is_not_a_json_object_says_so(
 # -- field messages -----------------------------------------------------------------
 
 
-def test_field_messages_are_the_projects_own(client: TestClient, sam: TestUser) -> None:
+def test_field_messages_are_the_projects_own(
+    client: TestClient, platform: Platform, sam: TestUser
+) -> None:
     errors = refused(
         client.post(
             "/v1/auth/signup",
@@ -180,6 +182,12 @@ def test_field_messages_are_the_projects_own(client: TestClient, sam: TestUser) 
     ]
     assert refused(client.get("/v1/ledger?limit=201", headers=sam.auth)) == [
         {"field": "limit", "message": "must be at most 200"}
+    ]
+    admin = make_user(platform, "root@example.com", admin=True)
+    status = client.get("/v1/admin/users?status=gone&q=" + "a" * 321, headers=admin.auth)
+    assert refused(status) == [
+        {"field": "q", "message": "must be at most 320 characters"},
+        {"field": "status", "message": "must be one of: active, suspended"},
     ]
     settings = client.patch("/v1/me/settings", json={"remove_watermark": "maybe"}, headers=sam.auth)
     assert refused(settings) == [{"field": "remove_watermark", "message": "must be true or false"}]
