@@ -1,7 +1,7 @@
 """API fuzzing: schemathesis generates requests for every operation of
 ``/openapi.json``, valid and invalid, and checks every answer: no 5xx, and
 every response agrees with the schema it is documented with (status code,
-content type, body).
+content type, body), and no refusal uses pydantic's wording.
 
 It calls as an ordinary user with credits and as an admin, so that both the
 authenticated paths and the admin paths are explored; anonymous calls are
@@ -20,6 +20,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from plasmaart.bootstrap import Platform
 from plasmaart.web.app import create_app
+from tests.integration.test_error_messages import pydantic_phrasing
 from tests.support.accounts import TestUser, make_user
 
 # Checks: no 5xx, status codes, content types, headers and bodies as
@@ -79,6 +80,10 @@ def fuzz_every_operation(platform: Platform, caller: TestUser) -> FuzzRun:
             )
             fuzz.cases += 1
             fuzz.statuses[response.status_code] += 1
+            if response.status_code == 422:
+                # Refusals in the project's words, never pydantic's.
+                leaked = pydantic_phrasing(response.json())
+                assert not leaked, f"pydantic's wording in a refusal: {leaked}"
 
         try:
             run()

@@ -40,6 +40,11 @@ class EmailTaken(Conflict):
     code = "email_taken"
     title = "E-mail already registered"
 
+    def __init__(self, detail: str, *, address: str) -> None:
+        super().__init__(detail)
+        # Not part of the answer: the route mails the address's owner.
+        self.address = address
+
 
 class UserNotFound(NotFound):
     pass
@@ -108,7 +113,9 @@ class AccountService:
         if role not in ("user", "admin"):
             raise InvalidInput(f"unknown role {role!r}", field="role")
         if repo.user_by_email(conn, address) is not None:
-            raise EmailTaken(f"{address} is already registered")
+            # Hashed anyway, so that the refusal takes as long as a sign-up.
+            hash_password(password)
+            raise EmailTaken(f"{address} is already registered", address=address)
         user_id = new_id("usr")
         now = self.clock.now()
         repo.insert_user(
@@ -134,6 +141,32 @@ class AccountService:
         if needs_rehash(row.password_hash):
             repo.set_password_hash(conn, row.id, hash_password(password))
         return _user(row)
+
+    def warn_of_signup_attempt(self, conn: Connection, address: str) -> bool:
+        """Tell the owner of ``address`` that somebody tried to sign up with
+        it: in the app, and by e-mail when SMTP is set. At most once a day
+        per account, so repeated attempts cannot flood the owner's inbox.
+        False when nothing was queued (no such account, already told today,
+        or no outbox)."""
+        row = repo.user_by_email(conn, normalise_email(address))
+        if row is None or self.outbox is None:
+            return False
+        now = self.clock.now()
+        return self.outbox.enqueue(
+            conn,
+            cause_key=f"account.signup_attempt:{row.id}:{now.date().isoformat()}",
+            user_id=row.id,
+            kind="account.signup_attempt",
+            title="Someone tried to sign up with your address",
+            body=(
+                f"Someone tried to create a new PlasmaArt account with {row.email} "
+                f"on {now:%Y-%m-%d at %H:%M} UTC. This address already has an "
+                "account, so nothing was created and your account is unchanged. "
+                "If it was you, log in with your password instead. If it was "
+                "not you, you can ignore this message."
+            ),
+            data={"email": row.email},
+        )
 
     def get_by_email(self, conn: Connection, email: str) -> User:
         row = repo.user_by_email(conn, normalise_email(email))

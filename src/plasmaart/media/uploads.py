@@ -1,7 +1,8 @@
 """Which uploaded images are accepted (``POST /v1/uploads``, image-to-video inputs).
 
 An upload is accepted only if it is, by its content, a PNG, JPEG or WebP of
-at most 10 MiB and 4096 px a side, with a single frame, that decodes fully.
+at most 10 MB (10 * 1024 * 1024 bytes) and 4096 px a side, with a single
+frame, that decodes fully.
 Checks run cheapest first, and the pixel count is read from the header (by
 this module, before Pillow sees the file) so a decompression bomb costs
 nothing:
@@ -25,6 +26,7 @@ refusal too.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Final
 
@@ -33,6 +35,18 @@ from PIL import Image
 from plasmaart.errors import InvalidInput
 
 MAX_UPLOAD_BYTES: Final = 10 * 1024 * 1024
+
+
+def format_size(size: int) -> str:
+    """A byte count as people read it, in the dashboard's binary units
+    ("10 MB" is 10 * 1024 * 1024 bytes): "10 MB", "1.5 MB", "512 KB"."""
+    for unit, scale in (("MB", 1024 * 1024), ("KB", 1024)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{size} bytes"
+
+
 MAX_SIDE: Final = 4096
 MAX_PIXELS: Final = MAX_SIDE * MAX_SIDE
 ACCEPTED_TYPES: Final = ("image/png", "image/jpeg", "image/webp")
@@ -180,8 +194,9 @@ def inspect_upload(data: bytes, declared_type: str | None = None) -> UploadInfo:
     if len(data) > MAX_UPLOAD_BYTES:
         raise UploadRefused(
             "too_large",
-            f"the file is {len(data) / 1_048_576:.1f} MiB; uploads are at most "
-            f"{MAX_UPLOAD_BYTES // 1_048_576} MiB",
+            # Rounded up, so a file just over the limit never reads as "10.0 MB".
+            f"the file is {math.ceil(len(data) * 10 / 1_048_576) / 10:.1f} MB; uploads are at most "
+            f"{format_size(MAX_UPLOAD_BYTES)}",
         )
     content_type = sniff_type(data)
     if content_type is None:

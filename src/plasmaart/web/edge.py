@@ -12,12 +12,15 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plasmaart.logs import request_id
+from plasmaart.media.uploads import MAX_UPLOAD_BYTES, format_size
 from plasmaart.web.problems import problem
 
 log = logging.getLogger("plasmaart.access")
 
 MAX_BODY = 1024 * 1024  # JSON bodies
-MAX_UPLOAD_BODY = 11 * 1024 * 1024  # uploads: 10 MB of file plus the multipart envelope
+# Uploads: the file's limit (the 10 MB the dashboard states) plus room for
+# the multipart envelope; refusals name the file's limit, the one users know.
+MAX_UPLOAD_BODY = MAX_UPLOAD_BYTES + 1024 * 1024
 UPLOAD_PATHS = ("/v1/uploads",)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 # A secret that travels in a path (an invitation token; an API key pasted by
@@ -46,6 +49,12 @@ class BodyTooLarge(Exception):
     pass
 
 
+def _too_large_detail(upload: bool) -> str:
+    if upload:
+        return f"an uploaded file is limited to {format_size(MAX_UPLOAD_BYTES)}"
+    return f"the request body is limited to {format_size(MAX_BODY)}"
+
+
 class EdgeMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -60,11 +69,21 @@ class EdgeMiddleware:
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 500
-        limit = MAX_UPLOAD_BODY if scope["path"].startswith(UPLOAD_PATHS) else MAX_BODY
+        upload = scope["path"].startswith(UPLOAD_PATHS)
+        limit = MAX_UPLOAD_BODY if upload else MAX_BODY
+        # Set once the body passes the limit. A body without Content-Length
+        # (chunked) is only found too large while the app reads it, and the
+        # app's body parser may turn the exception into an answer of its own
+        # (a 400): that answer is dropped and the 413 sent instead.
+        exceeded = False
+        response_started = False
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
+            if exceeded and not response_started:
+                return
             if message["type"] == "http.response.start":
+                response_started = True
                 status = int(message["status"])
                 extra = [(b"x-request-id", rid.encode())]
                 present = {name.lower() for name, _ in message.get("headers", [])}
@@ -75,11 +94,12 @@ class EdgeMiddleware:
         received = 0
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    exceeded = True
                     raise BodyTooLarge
             return message
 
@@ -100,12 +120,16 @@ class EdgeMiddleware:
                 await response(scope, receive, send_with_headers)
                 return
             await self.app(scope, limited_receive, send_with_headers)
+            if exceeded and not response_started:
+                raise BodyTooLarge
         except BodyTooLarge:
+            exceeded = False
             response = problem(
                 413,
                 "payload_too_large",
                 "Payload too large",
-                f"the request body is limited to {limit} bytes",
+                _too_large_detail(upload),
+                max_bytes=MAX_UPLOAD_BYTES if upload else MAX_BODY,
             )
             await response(scope, receive, send_with_headers)
         finally:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from plasmaart.accounts.credentials import SESSION_LIFETIME, ApiKey, NewSession
-from plasmaart.accounts.service import User
+from plasmaart.accounts.service import EmailTaken, User
 from plasmaart.billing.service import Subscription
 from plasmaart.bootstrap import Platform
 from plasmaart.web.auth import (
@@ -182,14 +182,25 @@ def _client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-@router.post("/auth/signup", status_code=201, response_model=UserEnvelope)
+@router.post(
+    "/auth/signup",
+    status_code=201,
+    response_model=UserEnvelope,
+    responses={409: {"description": "The address is registered (`email_taken`)"}},
+)
 def signup(
     body: Credentials, request: Request, response: Response, platform: PlatformDep
 ) -> UserEnvelope:
-    """Create an account (on the Free plan) and log in."""
-    with platform.db.write() as conn:
-        user = platform.accounts.create_user(conn, body.email, body.password)
-        session = platform.credentials.open_session(conn, user.id)
+    """Create an account (on the Free plan) and log in. A registered address
+    is refused, and its owner told (at most once a day) that someone tried."""
+    try:
+        with platform.db.write() as conn:
+            user = platform.accounts.create_user(conn, body.email, body.password)
+            session = platform.credentials.open_session(conn, user.id)
+    except EmailTaken as taken:
+        with platform.db.write() as conn:
+            platform.accounts.warn_of_signup_attempt(conn, taken.address)
+        raise
     _set_session_cookies(request, response, session)
     return UserEnvelope(user=user_out(user))
 
