@@ -44,6 +44,8 @@ def quoted(page: Page, credits: int) -> None:
 
 
 def both_widths(page: Page, name: str) -> None:
+    # From the top, so the sticky header sits where a visitor sees it.
+    page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, f"{name}-1280")
     page.set_viewport_size(PHONE)
     screenshot(page, f"{name}-390")
@@ -78,6 +80,7 @@ def test_the_outputs_field_follows_the_chosen_model(
         "aria-describedby", "help-params-duration_s err-params-duration_s"
     )
     expect(page.get_by_text("Duration s")).to_have_count(0)
+    both_widths(page, "create-video")
 
     # Back to an image model: four again, priced per output.
     choose_model(page, "Flux Dev")
