@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from playwright.sync_api import Page, expect
 
 from plasmaart.bootstrap import Platform
+from plasmaart.generation.service import GenerationRequest
 from tests.browser.conftest import screenshot
 from tests.support.accounts import PASSWORD, make_user
 
@@ -198,3 +199,29 @@ def test_a_download_is_named_after_its_generation(page: Page, dashboard_platform
             with page.expect_download() as caught:
                 card.get_by_role("link", name="Download").nth(n - 1).click()
             assert caught.value.suggested_filename == f"plasmaart-{generation_id}-{n}.png"
+
+
+def test_credits_spent_elsewhere_disable_generate_and_say_so_once(
+    page: Page, dashboard_platform: Platform
+) -> None:
+    user = make_user(dashboard_platform, "elsewhere@example.com", credits=5)
+    log_in(page, "elsewhere@example.com")
+    button = page.get_by_role("button", name="Generate")
+    choose_model(page, "Flux Dev")
+    quoted(page, 5)
+    expect(button).to_be_enabled()
+    # Another tab (or an API key) holds the five credits for a slow job.
+    slow = {"sandbox": {"delay_s": 600}}
+    with dashboard_platform.db.write() as conn:
+        account = dashboard_platform.accounts.get(conn, user.id)
+        dashboard_platform.generations.submit(
+            conn, account, GenerationRequest("flux-dev", "elsewhere", params=slow)
+        )
+    # The live balance reaches the page: no negative balance, one message.
+    expect(button).to_be_disabled()
+    expect(page.locator("[data-short]")).to_have_text(
+        "You need 5 more credits: buy a pack or upgrade."
+    )
+    expect(page.locator("[data-after-line]")).to_be_hidden()
+    expect(page.locator("[data-quote-note]")).to_be_hidden()
+    expect(page.locator('[data-error-for="body"]')).to_be_hidden()
