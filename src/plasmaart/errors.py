@@ -65,6 +65,17 @@ class IdempotencyConflict(Conflict):
     title = "Idempotency key reused"
 
 
+def credits_text(n: int) -> str:
+    """``1 credit``, ``800 credits``: a count of credits, in the right number."""
+    return f"{n} credit" + ("" if n == 1 else "s")
+
+
+def needs_credits(required: int, available: int) -> str:
+    """Why a request is refused for want of credits, in words."""
+    are = "is" if available == 1 else "are"
+    return f"this needs {credits_text(required)} and {available} {are} available"
+
+
 class InsufficientCredits(DomainError):
     code = "insufficient_credits"
     status = 402
@@ -72,7 +83,7 @@ class InsufficientCredits(DomainError):
 
     def __init__(self, required: int, available: int) -> None:
         super().__init__(
-            f"this needs {required} credits and {available} are available",
+            needs_credits(required, available),
             required=required,
             available=available,
         )

@@ -76,8 +76,8 @@ def test_sign_up_subscribe_generate_and_read_usage(page: Page) -> None:
     screenshot(page, "home-new-user")
     # Without credits, the way to get some is offered where they are missing.
     page.goto("/create")
-    expect(page.locator("[data-quote-note]")).to_contain_text("credits")
-    page.get_by_role("link", name="Get credits: a plan or a credit pack").click()
+    expect(page.locator("[data-short]")).to_contain_text("You need 1 more credit")
+    page.get_by_role("link", name="upgrade").click()
     page.wait_for_url(lambda url: urlsplit(url).path == "/billing")
     # Subscribing asks first, with what is charged now (the paying is tested
     # in test_paying.py).

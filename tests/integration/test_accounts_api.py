@@ -185,6 +185,9 @@ def test_watermark_removal_only_where_the_plan_allows(
         "forbidden",
         "studio",
     )
+    assert refused.json()["detail"] == (
+        "watermark removal is not part of the Starter plan; Studio includes it"
+    )
     allowed = client.patch("/v1/me/settings", json={"remove_watermark": True}, headers=studio.auth)
     assert allowed.json()["settings"] == {"remove_watermark": True}
     with platform.db.read() as conn:

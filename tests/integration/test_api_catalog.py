@@ -80,6 +80,34 @@ def test_models_list_the_policy_catalog(client: TestClient) -> None:
         }
 
 
+def test_models_carry_a_description_and_labelled_params(client: TestClient) -> None:
+    models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    for model in models.values():
+        assert model["description"], model["id"]
+        for name, param in model["inputs"]["params"].items():
+            assert param["label"], (model["id"], name)
+            assert param["help"], (model["id"], name)
+    # The two Veo 3 listings, same price, each saying what it is.
+    google, veo3 = models["google-veo3"], models["veo3"]
+    assert google["credits"] == veo3["credits"] == 800
+    assert google["description"] != veo3["description"]
+    assert "Google Veo3" in veo3["description"]
+    steps = models["flux-dev"]["inputs"]["params"]["num_inference_steps"]
+    assert steps == {
+        "type": "integer",
+        "label": "Steps",
+        "help": "More steps add detail and take longer.",
+        "enum": None,
+        "minimum": 1,
+        "maximum": 50,
+        "max_length": None,
+        "default": 28,
+    }
+    one = client.get("/v1/models/veo3").json()
+    assert one["description"] == veo3["description"]
+    assert one["inputs"]["params"]["duration_s"]["label"] == "Duration (seconds)"
+
+
 def test_a_model_by_id_or_by_the_policy_spelling(client: TestClient) -> None:
     assert client.get("/v1/models/kling-video-v2.1").json()["credits"] == 280
     assert client.get("/v1/models/flux-scnell").json()["id"] == "flux-schnell"

@@ -213,7 +213,7 @@ def test_refused_failed_and_quoted_generations_cost_nothing(
         video = client.quote("pixverse-v4.5", "waves")
         assert (video.credits, video.allowed) == (80, False)
         assert video.reason is not None
-        assert "starter" in video.reason
+        assert "Starter includes it" in video.reason
         dear = client.quote("flux-pro-v1.1", "a fox", num_outputs=4)
         assert (dear.credits, dear.available_after, dear.allowed) == (32, 18, True)
         assert list(client.generations()) == []
@@ -477,7 +477,7 @@ def test_the_generate_command_exits_1_when_refused_or_failed_and_2_on_bad_usage(
     refused = cli.invoke(app, [*base, "--model", "pixverse-v4.5"])
     assert refused.exit_code == 1
     assert "403 model_not_in_plan" in refused.stderr
-    assert "starter" in refused.stderr
+    assert "Starter includes it" in refused.stderr
     failed = cli.invoke(
         app, [*base, "--model", "flux-schnell", "--param", 'sandbox={"fail": true, "delay_s": 0}']
     )

@@ -510,3 +510,53 @@ def test_every_paid_action_on_the_plan_page_says_what_it_charges_and_asks_first(
         in pro_card
     )
     assert client.get("/v1/payments", headers=new.auth).json()["data"] == []
+
+
+def test_the_create_page_describes_each_model_and_locks_with_an_icon_not_an_emoji(
+    client: TestClient, platform: Platform
+) -> None:
+    user = make_user(platform, "free@example.com")
+    page = client.get("/create", headers=user.auth).text
+    # Both Veo 3 listings, each with its own line.
+    google = platform.catalog.model("google-veo3").description
+    veo3 = platform.catalog.model("veo3").description
+    assert google in html.unescape(page)
+    assert veo3 in html.unescape(page)
+    assert google != veo3
+    assert 'aria-describedby="desc-veo3 lock-veo3"' in page
+    # The lock is an SVG hidden from screen readers, with words for them.
+    lock = re.search(r'<span class="lock" id="lock-veo3">(.*?)</span>\s*</label>', page, re.S)
+    assert lock is not None
+    assert re.search(r'<svg class="lock-icon" aria-hidden="true" focusable="false"', lock.group(1))
+    assert '<span class="visually-hidden">Locked. </span>Unlocked by' in lock.group(1)
+    css = client.get("/assets/dashboard.css").text
+    assert "\U0001f512" not in page
+    assert "\U0001f512" not in css
+    # One credit, eight credits; Free's first model allows four outputs.
+    assert '<span class="model-cost">1 credit</span>' in page
+    assert '<span class="model-cost">8 credits</span>' in page
+    assert 'max="4"' in page
+    assert "Up to 4 with this model." in page
+
+
+def test_a_failed_generation_reads_as_two_sentences(client: TestClient, platform: Platform) -> None:
+    user = make_user(platform, "fails@example.com", credits=5)
+    request = GenerationRequest(
+        "flux-schnell", "a storm", params={"sandbox": {"delay_s": 0, "fail": True}}
+    )
+    with platform.db.write() as conn:
+        failed = platform.generations.submit(conn, platform.accounts.get(conn, user.id), request)
+    worker = Worker(platform, concurrency=1)
+    worker.runner.sleep = lambda _seconds: None
+    assert worker.drain() == 1
+    page = client.get("/generations", headers=user.auth).text
+    found = re.search(
+        rf'data-generation-id="{failed.id}".*?<p class="gen-error" data-field="error"\s*>(.*?)</p>',
+        page,
+        re.S,
+    )
+    assert found is not None
+    text = " ".join(re.sub(r"<[^>]+>", " ", html.unescape(found.group(1))).split())
+    assert text == (
+        "The sandbox failed this job on request (params.sandbox.fail). No credits were charged."
+    )

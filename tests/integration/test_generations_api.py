@@ -7,7 +7,6 @@ image-to-video, and the live ``generation.updated`` events."""
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -205,7 +204,7 @@ def test_a_starter_user_generates_four_images(
     assert done["finished_at"] is not None
     assert len(done["outputs"]) == 4
     assert len({output["id"] for output in done["outputs"]}) == 4
-    for output in done["outputs"]:
+    for n, output in enumerate(done["outputs"], start=1):
         assert {k: v for k, v in output.items() if k not in ("id", "url")} == {
             "content_type": "image/png",
             "width": 1024,
@@ -218,6 +217,9 @@ def test_a_starter_user_generates_four_images(
         signed = client.get(output["url"])
         assert signed.status_code == 200, signed.text
         assert signed.headers["content-type"] == "image/png"
+        # Shown inline in the gallery, saved under a name that says what it is.
+        disposition = f'inline; filename="plasmaart-{queued["id"]}-{n}.png"'
+        assert signed.headers["content-disposition"] == disposition
         with Image.open(io.BytesIO(signed.content)) as image:
             assert (image.format, image.size) == ("PNG", (1024, 1024))
         assert read_png_metadata(signed.content)["license"] == "personal"
@@ -227,6 +229,7 @@ def test_a_starter_user_generates_four_images(
         assert_problem(client.get(path), 404, "not_found")
         own = client.get(path, headers=sam.auth)
         assert (own.status_code, own.content) == (200, signed.content)
+        assert own.headers["content-disposition"] == disposition
     assert balance(client, sam) == (1996, 0)
     assert ledger_of(client, sam, queued["id"]) == [("hold", -4), ("capture", 0)]
 
@@ -261,6 +264,9 @@ def test_a_video_is_an_mp4_charged_eighty(client: TestClient, platform: Platform
     assert output["duration_s"] == 5
     answer = client.get(output["url"])
     assert (answer.status_code, answer.headers["content-type"]) == (200, "video/mp4")
+    assert answer.headers["content-disposition"] == (
+        f'inline; filename="plasmaart-{queued["id"]}-1.mp4"'
+    )
     video = probe_mp4(answer.content)
     assert (video.codec, video.width, video.height) == ("h264", 1280, 720)
     assert balance(client, sam) == (1920, 0)
@@ -597,12 +603,14 @@ def test_veo3_is_not_in_the_starter_plan(client: TestClient, platform: Platform)
     refused = create(client, sam, "veo3", prompt="a comet", params={"duration_s": 8})
     body = assert_problem(refused, 403, "model_not_in_plan")
     assert body["required_plan"] == "pro"
+    # The detail names the plan as people know it; required_plan is its id.
+    assert body["detail"] == "Veo3 is not part of the Starter plan; Pro includes it"
     assert changes(before, snapshot(platform)) == []
     quote = client.post(
         "/v1/quotes", json={"model": "veo3", "prompt": "a comet"}, headers=sam.auth
     ).json()
     assert (quote["credits"], quote["available"], quote["allowed"]) == (800, 2000, False)
-    assert re.search(r"\bpro\b", quote["reason"]), quote["reason"]
+    assert quote["reason"] == body["detail"]
     assert balance(client, sam) == (STARTER_CREDITS, 0)
 
 
@@ -614,14 +622,29 @@ def test_insufficient_credits_is_402_and_writes_nothing(
     refused = create(client, fay, "flux-dev")
     body = assert_problem(refused, 402, "insufficient_credits")
     assert (body["required"], body["available"]) == (5, 3)
+    assert body["detail"] == "this needs 5 credits and 3 are available"
     assert changes(before, snapshot(platform)) == []
     quote = client.post(
         "/v1/quotes", json={"model": "flux-dev", "prompt": "x"}, headers=fay.auth
     ).json()
     assert (quote["credits"], quote["available"], quote["available_after"]) == (5, 3, -2)
     assert quote["allowed"] is False
-    assert quote["reason"]
+    assert quote["reason"] == body["detail"]
     assert balance(client, fay) == (3, 0)
+
+
+def test_a_refusal_for_one_credit_says_credit_not_credits(
+    client: TestClient, platform: Platform
+) -> None:
+    zed = make_user(platform, "zed@example.com")  # Free, no credits
+    refused = create(client, zed, "flux-schnell")
+    body = assert_problem(refused, 402, "insufficient_credits")
+    assert body["detail"] == "this needs 1 credit and 0 are available"
+    one = make_user(platform, "one@example.com", credits=1)
+    refused = create(client, one, "flux-schnell", num_outputs=2)
+    assert assert_problem(refused, 402, "insufficient_credits")["detail"] == (
+        "this needs 2 credits and 1 is available"
+    )
 
 
 def other_users_upload(client: TestClient, platform: Platform) -> str:

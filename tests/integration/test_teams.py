@@ -229,6 +229,8 @@ def test_only_studio_may_create_a_team(client: TestClient, platform: Platform) -
             client.post("/v1/teams", json={"name": "Ours"}, headers=user.auth), 403, "forbidden"
         )
         assert body["required_plan"] == "studio"
+        plan = "Pro" if user is pro else "Free"
+        assert body["detail"] == f"teams are not part of the {plan} plan; Studio includes them"
     assert counts(platform) == before
     assert client.get("/v1/me", headers=pro.auth).json()["teams"] == []
 

@@ -402,14 +402,53 @@ def test_invalid_params_are_named(
 )
 def test_inconsistent_param_spec_is_refused(spec: dict[str, Any], reason: str) -> None:
     data = seed_data()
-    data["models"][0]["params"]["bad"] = spec
+    data["models"][0]["params"]["bad"] = {"label": "Bad", "help": "A bad parameter.", **spec}
     assert f"models[0].params.bad: {reason}" in rejection(data)
 
 
 def test_param_spec_default_within_bounds_is_accepted() -> None:
-    spec = ParamSpec(type="integer", minimum=1, maximum=12, default=4)
+    spec = ParamSpec(
+        type="integer", label="Steps", help="More steps.", minimum=1, maximum=12, default=4
+    )
     assert spec.violation(12) is None
     assert spec.violation(13) == "must be at most 12"
+
+
+def test_every_param_has_a_human_label_and_help(catalog: Catalog) -> None:
+    for model in catalog.models:
+        for name, spec in model.params.items():
+            # A label is words for people, not the parameter's name.
+            assert spec.label, (model.id, name)
+            assert "_" not in spec.label, (model.id, name)
+            assert spec.help.endswith("."), (model.id, name)
+    steps = catalog.model("flux-dev").params["num_inference_steps"]
+    assert (steps.label, steps.help) == ("Steps", "More steps add detail and take longer.")
+    assert catalog.model("veo3").params["duration_s"].label == "Duration (seconds)"
+
+
+@pytest.mark.parametrize("missing", ["label", "help"])
+def test_a_param_without_label_or_help_is_refused(missing: str) -> None:
+    data = seed_data()
+    del data["models"][0]["params"]["seed"][missing]
+    assert f"models[0].params.seed.{missing}: Field required" in rejection(data)
+
+
+def test_every_model_has_its_own_description(catalog: Catalog) -> None:
+    descriptions = [model.description for model in catalog.models]
+    assert all(descriptions)
+    assert len(set(descriptions)) == len(descriptions)
+    # The policy lists both at 800 credits; each says what it is.
+    google, veo3 = catalog.model("google-veo3"), catalog.model("veo3")
+    assert "Veo 3" in google.description
+    assert "Veo 3" in veo3.description
+    assert "Veo3" in google.description
+    assert "Google Veo3" in veo3.description
+
+
+def test_a_model_without_description_is_refused() -> None:
+    data = seed_data()
+    del data["models"][1]["description"]
+    assert "models[1].description: Field required" in rejection(data)
 
 
 # ---------------------------------------------------------------- bad catalogs

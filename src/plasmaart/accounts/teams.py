@@ -333,7 +333,8 @@ class TeamService:
         if not plan_allows_teams(plan):
             cheapest = cheapest_team_plan(self.catalog)
             extra = {"required_plan": cheapest.id} if cheapest else {}
-            raise Forbidden(f"teams are not part of the {plan.name} plan", **extra)
+            includes = f"; {cheapest.name} includes them" if cheapest else ""
+            raise Forbidden(f"teams are not part of the {plan.name} plan{includes}", **extra)
         # Two concurrent creations by one owner queue on the owner's row, so
         # the second sees the first's team (PostgreSQL; SQLite serialises writers).
         conn.execute(select(users.c.id).where(users.c.id == owner.id).with_for_update())

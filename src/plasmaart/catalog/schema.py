@@ -66,10 +66,14 @@ class ParamSpec(_Frozen):
     """One request parameter a model accepts, with its constraints.
 
     Bounds are inclusive. ``max_length`` applies to strings, ``minimum`` and
-    ``maximum`` to numbers, ``enum`` to anything but booleans.
+    ``maximum`` to numbers, ``enum`` to anything but booleans. ``label`` is what
+    a form calls the parameter and ``help`` one sentence on what it does; both
+    are required, so no form falls back to the parameter's name.
     """
 
     type: ParamType
+    label: Annotated[str, Field(min_length=1, max_length=40)]
+    help: Text
     enum: Annotated[tuple[Scalar, ...], _LIST, Field(min_length=1)] | None = None
     minimum: StrictInt | StrictFloat | None = None
     maximum: StrictInt | StrictFloat | None = None
@@ -141,6 +145,8 @@ class ModelSpec(_Frozen):
 
     id: Slug
     name: Text
+    # One line on what the model is and what sets it apart from its neighbours.
+    description: Text
     kind: ModelKind
     credits: PositiveInt
     tier: Tier

@@ -106,6 +106,8 @@ class ModelParam:
     maximum: float | None = None
     max_length: int | None = None
     default: Any = None
+    label: str = ""  # what a form calls it; empty from a server that predates labels
+    help: str = ""  # one sentence on what it does
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class Model:
     early_access: bool
     upcoming_change: dict[str, Any] | None
     aliases: tuple[str, ...] = ()
+    description: str = ""  # one line; empty from a server that predates descriptions
 
 
 @dataclass(frozen=True)

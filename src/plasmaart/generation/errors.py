@@ -10,8 +10,17 @@ class ModelNotInPlan(DomainError):
     status = 403
     title = "Model not in your plan"
 
-    def __init__(self, model: str, plan: str, required_plan: str | None) -> None:
-        cheapest = f"; the {required_plan} plan includes it" if required_plan else ""
+    def __init__(
+        self,
+        model: str,
+        plan: str,
+        required_plan: str | None,
+        required_plan_name: str | None = None,
+    ) -> None:
+        # The detail names the plan as people see it ("Starter includes it");
+        # ``required_plan`` keeps the id a program acts on.
+        includes = required_plan_name or required_plan
+        cheapest = f"; {includes} includes it" if includes else ""
         super().__init__(
             f"{model} is not part of the {plan} plan{cheapest}", required_plan=required_plan
         )

@@ -32,7 +32,7 @@ from plasmaart.catalog import (
 )
 from plasmaart.clock import Clock, as_utc
 from plasmaart.db.engine import after_commit
-from plasmaart.errors import Forbidden, InvalidInput
+from plasmaart.errors import Forbidden, InvalidInput, needs_credits
 from plasmaart.generation import repository as repo
 from plasmaart.generation.errors import ConcurrencyLimit, GenerationNotFound, ModelNotInPlan
 from plasmaart.generation.providers.sandbox import sandbox_errors
@@ -223,7 +223,7 @@ class GenerationService:
         available = self.ledger.balance(conn, checked.wallet_id).available
         allowed, reason = available >= checked.credits, None
         if not allowed:
-            reason = f"this needs {checked.credits} credits and {available} are available"
+            reason = needs_credits(checked.credits, available)
         queued = repo.count_queued(conn, checked.wallet_id)
         if queued >= checked.plan.max_queued_jobs:
             allowed = False
@@ -416,7 +416,12 @@ class GenerationService:
         plan = self.billing.current_plan(conn, wallet)
         if not plan_allows_model(plan, model):
             cheapest = required_plan(self._catalog_now(conn), model)
-            raise ModelNotInPlan(model.name, plan.name, cheapest.id if cheapest else None)
+            raise ModelNotInPlan(
+                model.name,
+                plan.name,
+                cheapest.id if cheapest else None,
+                cheapest.name if cheapest else None,
+            )
         credits = quote_credits(model, request.num_outputs)
         if request.team_id is not None:
             member = self.teams.membership(conn, request.team_id, user.id)

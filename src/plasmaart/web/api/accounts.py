@@ -348,7 +348,8 @@ def update_settings(body: SettingsIn, principal: CurrentPrincipal, platform: Pla
                     p for p in platform.catalog.plans_by_price() if p.watermark_removable
                 )
                 raise Forbidden(
-                    f"watermark removal is not part of the {plan.name} plan",
+                    f"watermark removal is not part of the {plan.name} plan; "
+                    f"{cheapest.name} includes it",
                     required_plan=cheapest.id,
                 )
             user = platform.accounts.set_remove_watermark(conn, user, body.remove_watermark)

@@ -26,6 +26,8 @@ router = APIRouter(prefix="/v1", tags=["catalog"])
 
 class ParamOut(BaseModel):
     type: str
+    label: str = Field(description="What a form calls the parameter")
+    help: str = Field(description="One sentence on what the parameter does")
     enum: list[Any] | None = None
     minimum: float | None = None
     maximum: float | None = None
@@ -43,6 +45,7 @@ class ModelInputsOut(BaseModel):
 class ModelOut(BaseModel):
     id: str
     name: str
+    description: str = Field(description="One line on what the model is and what sets it apart")
     kind: Literal["text-to-image", "text-to-video", "image-to-video"]
     credits: int
     max_outputs: int
@@ -103,6 +106,7 @@ def model_out(
     return ModelOut(
         id=model.id,
         name=model.name,
+        description=model.description,
         kind=model.kind,
         credits=model.credits,
         max_outputs=model.max_outputs,

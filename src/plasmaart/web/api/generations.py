@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
@@ -337,8 +338,20 @@ def _stream(platform: Platform, key: str) -> Iterator[bytes]:
         stream.close()
 
 
+def output_filename(generation_id: str, position: int, storage_key: str) -> str:
+    """What a browser saves an output as: ``plasmaart-<generation>-<n>.<ext>``,
+    n counting from 1, the extension the stored file's."""
+    extension = PurePosixPath(storage_key).suffix.lstrip(".").lower() or "bin"
+    return f"plasmaart-{generation_id}-{position + 1}.{extension}"
+
+
 def _download(
-    platform: Platform, request: Request, key: str, content_type: str, allowed: bool
+    platform: Platform,
+    request: Request,
+    key: str,
+    content_type: str,
+    allowed: bool,
+    filename: str | None = None,
 ) -> StreamingResponse:
     expires, signature = request.query_params.get("expires"), request.query_params.get("signature")
     signed = (
@@ -354,11 +367,13 @@ def _download(
     )
     if not (signed or allowed):
         raise NotFound("not found")
-    return StreamingResponse(
-        _stream(platform, key),
-        media_type=content_type,
-        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
-    )
+    headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+    if filename is not None:
+        # Inline, so that the gallery's <img> and <video> and a link opened in a
+        # tab still show it; the name is what "Download" (or curl -OJ) saves.
+        # Ids and extensions are [A-Za-z0-9_.-], so the quoted name needs no escaping.
+        headers["Content-Disposition"] = f'inline; filename="{filename}"'
+    return StreamingResponse(_stream(platform, key), media_type=content_type, headers=headers)
 
 
 @router.get("/outputs/{output_id}/content", response_class=StreamingResponse)
@@ -384,7 +399,8 @@ def output_content(
                     allowed = True
                 except NotFound:
                     allowed = False
-    return _download(platform, request, row.storage_key, row.content_type, allowed)
+    filename = output_filename(row.gen_id, row.position, row.storage_key)
+    return _download(platform, request, row.storage_key, row.content_type, allowed, filename)
 
 
 @router.get("/uploads/{upload_id}/content", response_class=StreamingResponse)

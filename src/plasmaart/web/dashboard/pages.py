@@ -31,6 +31,8 @@ from plasmaart import __version__
 from plasmaart.accounts.passwords import MIN_PASSWORD_LENGTH
 from plasmaart.bootstrap import Platform
 from plasmaart.errors import Unauthenticated
+from plasmaart.generation.runner import EXTENSIONS
+from plasmaart.generation.service import Output
 from plasmaart.web.api.admin import search_users
 from plasmaart.web.auth import Principal, authenticate
 from plasmaart.web.dashboard import views
@@ -82,9 +84,34 @@ def _environment() -> Environment:
     env.filters["when"] = _when
     env.filters["money"] = _money
     env.filters["credits"] = lambda n: f"{int(n):,}"
+    env.filters["credit_count"] = _credit_count
+    env.filters["sentence"] = _sentence
+    env.filters["download_name"] = _download_name
     env.globals["version"] = __version__
     env.globals["locked"] = _locked
     return env
+
+
+def _credit_count(n: int) -> str:
+    """``1 credit``, ``800 credits``, ``2,000 credits``."""
+    return f"{int(n):,} credit" + ("" if int(n) == 1 else "s")
+
+
+def _sentence(text: str) -> str:
+    """A message as a sentence: a capital first letter and a closing full stop,
+    so that the sentence after it does not run on."""
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?" else text + "."
+
+
+def _download_name(output: Output, generation_id: str) -> str:
+    """The name the output's Download link saves it as, the one its
+    Content-Disposition gives: ``plasmaart-<generation>-<n>.<ext>``."""
+    extension = EXTENSIONS.get(output.content_type, "bin")
+    return f"plasmaart-{generation_id}-{output.position + 1}.{extension}"
 
 
 def _locked(frame: views.Frame) -> Markup:

@@ -50,7 +50,8 @@
       if (!slot && field.startsWith("params.")) slot = form.querySelector('[data-error-for="params.sandbox"]') || form.querySelector('[data-error-for="' + CSS.escape(field.split(".").slice(0, 2).join(".")) + '"]');
       if (!slot) slot = form.querySelector('[data-error-for="body"]');
       if (!slot) return;
-      const text = slot.dataset.errorFor === "body" && field !== "body" ? field + ": " + error.message : error.message;
+      const text = slot.dataset.errorFor !== "body" ? error.message
+        : field !== "body" ? field + ": " + error.message : sentence(error.message);
       slot.textContent = slot.hidden || !slot.textContent ? text : slot.textContent + " " + text;
       slot.hidden = false;
       const input = form.querySelector('[name="' + CSS.escape(field) + '"]');
@@ -59,10 +60,6 @@
         if (!firstInvalid) firstInvalid = input;
       }
     });
-    if (problem.required_plan) {
-      const slot = form.querySelector('[data-error-for="body"]');
-      if (slot) { slot.textContent += " (available from the " + problem.required_plan + " plan)"; slot.hidden = false; }
-    }
     if (firstInvalid) firstInvalid.focus();
   }
 
@@ -164,5 +161,18 @@
     if (message) toast(message, "success");
   });
 
-  window.PA = { call: call, showErrors: showErrors, clearErrors: clearErrors, toast: toast, flash: flash, formBody: formBody };
+  // "1 credit", "800 credits", "2,000 credits".
+  const creditNumber = new Intl.NumberFormat("en-US");
+  function credits(n) { return creditNumber.format(n) + (n === 1 ? " credit" : " credits"); }
+
+  // A message as a sentence: a capital first letter and a closing full stop,
+  // so that the next sentence does not run on ("failed No credits ...").
+  function sentence(text) {
+    const trimmed = String(text || "").trim();
+    if (!trimmed) return "";
+    const capital = trimmed.charAt(0).toUpperCase() + trimmed.slice(1);
+    return /[.!?]$/.test(capital) ? capital : capital + ".";
+  }
+
+  window.PA = { call: call, showErrors: showErrors, clearErrors: clearErrors, toast: toast, flash: flash, formBody: formBody, credits: credits, sentence: sentence };
 })();

@@ -2,7 +2,7 @@
 // shown before submitting; the server's quote confirms them (plan, caps).
 (function () {
   "use strict";
-  let form, available, quoteTimer, uploadedFor = null;
+  let form, available, quoteTimer, uploadedFor = null, readOnly = false, submitting = false, quoteSeq = 0;
   const number = new Intl.NumberFormat("en-US");
 
   function selected() { return form.querySelector('input[name="model"]:checked'); }
@@ -13,7 +13,8 @@
     const id = "param-" + name;
     const label = document.createElement("label");
     label.htmlFor = id;
-    label.textContent = name.replace(/_/g, " ").replace(/^./, function (c) { return c.toUpperCase(); });
+    // The catalog gives every parameter a label and one sentence of help.
+    label.textContent = spec.label || name.replace(/_/g, " ").replace(/^./, function (c) { return c.toUpperCase(); });
     let input;
     if (spec.enum) {
       input = document.createElement("select");
@@ -45,13 +46,18 @@
     input.dataset.param = name;
     input.name = "params." + name;
     input.dataset.paramType = spec.type;
-    input.setAttribute("aria-describedby", "err-params-" + name);
+    const help = document.createElement("p");
+    help.className = "hint";
+    help.id = "help-params-" + name;
+    help.textContent = spec.help || "";
+    help.hidden = !spec.help;
+    input.setAttribute("aria-describedby", (spec.help ? help.id + " " : "") + "err-params-" + name);
     const error = document.createElement("p");
     error.className = "field-error";
     error.id = "err-params-" + name;
     error.dataset.errorFor = "params." + name;
     error.hidden = true;
-    if (spec.type === "boolean") wrap.append(input, label, error); else wrap.append(label, input, error);
+    if (spec.type === "boolean") wrap.append(input, label, help, error); else wrap.append(label, input, help, error);
     return wrap;
   }
 
@@ -60,10 +66,15 @@
     const area = form.querySelector("[data-params-area]");
     area.replaceChildren();
     if (!model) { refresh(); return; }
+    // The outputs field follows the chosen model: its limit, its hint, and
+    // the value, clamped so that the price shown is the price charged.
+    const most = maxOutputs();
     const outputs = form.querySelector("#num_outputs");
-    outputs.max = model.dataset.maxOutputs;
-    if (Number(outputs.value) > Number(model.dataset.maxOutputs)) outputs.value = model.dataset.maxOutputs;
-    form.querySelector("[data-max-outputs]").textContent = model.dataset.maxOutputs;
+    outputs.max = String(most);
+    outputs.value = String(outputCount());
+    form.querySelector("[data-outputs-hint]").textContent = most === 1
+      ? "One output per request with this model."
+      : "Up to " + most + " with this model.";
     const params = JSON.parse(model.dataset.params || "{}");
     Object.keys(params).forEach(function (name) { area.appendChild(paramInput(name, params[name])); });
     const image = model.dataset.image;
@@ -73,12 +84,23 @@
     refresh();
   }
 
+  function maxOutputs() {
+    const model = selected();
+    return model ? Math.max(1, Number(model.dataset.maxOutputs) || 1) : 1;
+  }
+
+  // What the form asks for: a whole number between 1 and the model's limit.
+  function outputCount() {
+    const typed = Math.floor(Number(form.num_outputs.value) || 1);
+    return Math.min(maxOutputs(), Math.max(1, typed));
+  }
+
   function body() {
     const model = selected();
     const request = {
       model: model ? model.value : "",
       prompt: form.prompt.value,
-      num_outputs: Number(form.num_outputs.value) || 1,
+      num_outputs: outputCount(),
       params: {}
     };
     form.querySelectorAll("[data-param]").forEach(function (input) {
@@ -103,37 +125,58 @@
     const cost = form.querySelector("[data-cost]");
     const after = form.querySelector("[data-after]");
     const note = form.querySelector("[data-quote-note]");
-    if (!model) { cost.textContent = "—"; after.textContent = "—"; return; }
-    const outputs = Math.max(1, Number(form.num_outputs.value) || 1);
-    const credits = Number(model.dataset.credits) * outputs;
-    cost.textContent = number.format(credits) + " credit" + (credits === 1 ? "" : "s") +
-      " (" + number.format(Number(model.dataset.credits)) + " × " + outputs + ")";
-    after.textContent = number.format(available - credits);
-    const short = credits > available;
-    after.classList.toggle("negative", short);
-    note.hidden = !short;
-    note.textContent = short ? "Not enough credits for this request." : "";
-    form.querySelector("[data-topup]").hidden = !short;
+    if (!model) { cost.textContent = "—"; after.textContent = "—"; showShort(0); return; }
+    const outputs = outputCount();
+    const each = Number(model.dataset.credits);
+    const credits = each * outputs;
+    cost.textContent = window.PA.credits(credits) + (outputs > 1 ? " (" + number.format(each) + " × " + outputs + ")" : "");
+    // Never a negative balance: short, the line is hidden and says nothing.
+    after.textContent = credits > available ? "—" : number.format(available - credits);
+    note.hidden = true;
+    note.textContent = "";
+    showShort(credits - available);
+    quoteSeq += 1;
     clearTimeout(quoteTimer);
     quoteTimer = setTimeout(quote, 250);
+  }
+
+  // Too few credits: no negative balance, Generate disabled, and one
+  // message saying how many more are needed and where to get them.
+  function showShort(missing) {
+    const short = missing > 0;
+    form.querySelector("[data-after-line]").hidden = short;
+    form.querySelector("[data-short]").hidden = !short;
+    form.querySelector("[data-short-credits]").textContent = short
+      ? number.format(missing) + " more credit" + (missing === 1 ? "" : "s") : "";
+    const button = form.querySelector("[data-submit]");
+    if (readOnly) return;
+    button.disabled = short || submitting;
+    if (short) button.setAttribute("aria-describedby", "short-hint");
+    else button.removeAttribute("aria-describedby");
   }
 
   async function quote() {
     const request = body();
     if (!request.model) return;
     if (!request.prompt.trim()) request.prompt = "quote";
+    const seq = quoteSeq;
     const result = await window.PA.call("POST", "/v1/quotes", request);
-    if (!result.ok) return;
+    // A later change has asked again: this answer is for a request no longer shown.
+    if (!result.ok || seq !== quoteSeq) return;
     const q = result.data;
-    form.querySelector("[data-cost]").dataset.quoted = String(q.credits);
-    form.querySelector("[data-after]").textContent = number.format(q.available_after);
+    const cost = form.querySelector("[data-cost]");
+    cost.dataset.quoted = String(q.credits);
+    const each = Number(selected().dataset.credits);
+    cost.textContent = window.PA.credits(q.credits) +
+      (request.num_outputs > 1 ? " (" + number.format(each) + " × " + request.num_outputs + ")" : "");
+    form.querySelector("[data-after]").textContent = q.available_after < 0 ? "—" : number.format(q.available_after);
+    showShort(q.credits - q.available);
+    // The shortfall has its own message above; any other refusal (a full
+    // queue, a plan without the model) is said here, once.
     const note = form.querySelector("[data-quote-note]");
-    note.hidden = q.allowed;
-    if (!q.allowed) {
-      const reason = q.reason || "this request cannot run now";
-      note.textContent = reason.charAt(0).toUpperCase() + reason.slice(1) + ".";
-    }
-    form.querySelector("[data-topup]").hidden = q.available_after >= 0;
+    const other = !q.allowed && q.credits <= q.available;
+    note.hidden = !other;
+    note.textContent = other ? window.PA.sentence(q.reason || "this request cannot run now") : "";
   }
 
   async function upload() {
@@ -165,18 +208,30 @@
       window.PA.showErrors(form, { data: { errors: [{ field: "model", message: "Choose a model." }] } });
       return;
     }
+    submitting = true;
     button.disabled = true;
     button.textContent = "Submitting…";
     try {
       if (!(await upload())) return;
       const key = (window.crypto && crypto.randomUUID) ? crypto.randomUUID() : String(Date.now());
       const result = await window.PA.call("POST", "/v1/generations", body(), { "Idempotency-Key": key });
-      if (!result.ok) { window.PA.showErrors(form, result); return; }
-      window.PA.flash("Queued: " + number.format(result.data.credits_held) + " credits held until it finishes.");
+      if (!result.ok) {
+        const problem = result.data || {};
+        if (problem.code === "insufficient_credits" && typeof problem.available === "number") {
+          // The balance moved since the page loaded: the shortfall message
+          // says it, once, instead of a second copy in the form's error.
+          if (!form.team_id || !form.team_id.value) available = problem.available;
+          return;
+        }
+        window.PA.showErrors(form, result);
+        return;
+      }
+      window.PA.flash("Queued: " + window.PA.credits(result.data.credits_held) + " held until it finishes.");
       window.location.assign("/generations");
     } finally {
-      button.disabled = false;
+      submitting = false;
       button.textContent = "Generate";
+      refresh();
     }
   }
 
@@ -184,12 +239,15 @@
     form = document.getElementById("create-form");
     if (!form) return;
     available = Number(form.dataset.available);
+    readOnly = form.querySelector("[data-submit]").disabled;
     form.addEventListener("change", function (event) {
       if (event.target.name === "model") onModel();
       else if (event.target.name === "image") { form.upload_id.value = ""; uploadedFor = null; }
       else refresh();
     });
     form.addEventListener("input", function (event) { if (event.target.name === "num_outputs") refresh(); });
+    // Leaving the field settles it on what is asked for and priced.
+    form.num_outputs.addEventListener("change", function () { form.num_outputs.value = String(outputCount()); });
     form.addEventListener("submit", submit);
     document.addEventListener("pa:balance", function (event) { available = event.detail.available; refresh(); });
     onModel();

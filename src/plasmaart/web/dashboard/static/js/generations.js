@@ -28,6 +28,8 @@
       const caption = document.createElement("figcaption");
       const link = document.createElement("a");
       link.href = src;
+      // Saved under the name the server's Content-Disposition gives:
+      // plasmaart-<generation>-<n>.<ext>.
       link.setAttribute("download", "");
       link.textContent = "Download";
       caption.appendChild(link);
@@ -62,7 +64,7 @@
     if (actions) actions.hidden = TERMINAL.includes(g.status);
     const error = field(card, "error");
     error.hidden = g.status !== "failed";
-    if (g.status === "failed" && g.error) field(card, "error_message").textContent = g.error.message || g.error.code;
+    if (g.status === "failed" && g.error) field(card, "error_message").textContent = window.PA.sentence(g.error.message || g.error.code);
     field(card, "canceled_note").hidden = g.status !== "canceled";
     // Succeeded with fewer outputs than asked (some could not be fetched):
     // charged for those that arrived only.
