@@ -141,6 +141,7 @@ def test_with_too_few_credits_generate_waits_for_credits(
     expect(short).to_have_text("You need 3 more credits: buy a pack or upgrade.")
     short.get_by_role("link", name="buy a pack").click()
     page.wait_for_url(lambda url: urlsplit(url).path == "/billing")
+    page.once("dialog", lambda dialog: dialog.accept())  # "You pay $12 now and get …"
     page.get_by_role("button", name="Buy 1,000 credits").click()
     expect(page.locator("[data-toasts]")).to_contain_text("1,000 credits added.")
 
