@@ -50,7 +50,7 @@ def _platform(*, migrate: bool | None = None) -> Iterator[Platform]:
     code 2 and the message, a refused operation with exit code 1."""
     try:
         settings = load_settings()
-        logs.configure(settings.log_level, json_lines=settings.log_format == "json")
+        logs.configure(settings.log_level, json_lines=settings.log_format)
         platform = bootstrap(settings, migrate=migrate)
     except (ConfigError, CatalogError) as exc:
         _fail(str(exc), code=2)
