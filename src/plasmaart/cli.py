@@ -257,6 +257,26 @@ def catalog_show() -> None:
     typer.echo(render_catalog(catalog))
 
 
+@catalog_app.command("pricing")
+def catalog_pricing() -> None:
+    """Print the pricing page (Markdown) for the catalog in force: models,
+    plans, packs and the credit rules, as docs/pricing.md is made."""
+    from plasmaart.catalog.pricing import render_pricing
+
+    try:
+        settings = load_settings()
+        catalog = load_catalog(settings.catalog_file)
+    except (ConfigError, CatalogError) as exc:
+        _fail(str(exc), code=2)
+    page = render_pricing(
+        catalog,
+        purchased_credits_expire_days=settings.purchased_credits_expire_days,
+        payment_grace_days=settings.payment_grace_days,
+        notice_days=settings.notice_days,
+    )
+    typer.echo(page, nl=False)
+
+
 @ledger_app.command("verify")
 def ledger_verify() -> None:
     """Recompute every balance from the journal and lots; exit 1 on any difference."""
