@@ -9,6 +9,7 @@ media storage gets one small object written and deleted.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import uuid
@@ -211,6 +212,11 @@ def check_storage(settings: Settings) -> list[Finding]:
         storage = create_storage(settings)
         storage.put(key, b"plasmaart doctor", "text/plain")
         storage.delete(key)
+        if settings.storage == "local":
+            # No other key lives under doctor/: leave no empty folder behind.
+            for folder in (settings.media_dir / "doctor", settings.media_dir / ".meta" / "doctor"):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
     except Exception as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         return [Finding("error", "storage", f"{where} is not writable: {reason}")]

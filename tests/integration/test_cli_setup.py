@@ -280,6 +280,14 @@ def test_doctor_on_the_embedded_setup_is_all_good(
         for topic in ("catalog", "database", "storage", "billing", "provider", "support address")
     }
     assert f"migrated ({head_revision()})" in out
+    # A media folder that exists gets one object written and deleted, and
+    # keeps nothing of it.
+    media = Path(os.environ["PLASMAART_VAR_DIR"]) / "media"
+    media.mkdir(parents=True)
+    code, out = invoke("doctor")
+    assert code == 0, out
+    assert f"ok       storage: {media}: writable" in out
+    assert [path.name for path in media.rglob("*")] == [".meta"]
 
 
 def test_doctor_warns_of_a_production_setup_with_the_default_support_address(
