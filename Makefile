@@ -1,37 +1,65 @@
 # The README's commands. `make install` is idempotent and only installs.
+# Each level of dependencies has its own stamp, rebuilt when pyproject.toml
+# changes: `make run` installs the product only; `make test` adds the test
+# extras, `make lint` and `make format` the dev tools, `make bench` both and
+# the benchmarks' own.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+DEV_STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
+# `PORT=8080 make run` (or `make run PORT=8080`); HOST likewise. Unset, serve
+# takes PLASMAART_PORT / PLASMAART_HOST, then 127.0.0.1:8000.
+PORT ?=
+HOST ?=
 
-.PHONY: install run test lint format bench clean
+.PHONY: install install-test install-dev run test lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Reinstall only when the project's dependencies changed.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --editable '.[test,dev]'
-	touch $(STAMP)
+# Reinstall a level only when the project's dependencies changed.
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --editable .
+	touch $@
 
-install: $(STAMP)
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --editable '.[test]'
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	touch $@
+
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --editable '.[test,bench]'
+	touch $@
+
+# The product only: what `make run` needs.
+install: $(RUN_STAMP)
+
+install-test: $(TEST_STAMP)
+
+install-dev: $(DEV_STAMP)
 
 run: install
 	$(BIN)/plasmaart migrate
-	$(BIN)/plasmaart serve
+	$(BIN)/plasmaart serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 # The whole suite with coverage; the ledger package must stay at 100%.
-test: install
+test: install-test
 	$(BIN)/python -m pytest --cov=plasmaart --cov-report=term:skip-covered
 	$(BIN)/coverage report --include='*/plasmaart/ledger/*' --fail-under=100
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-format: install
+format: install-dev
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
@@ -40,8 +68,7 @@ format: install
 # keep the whole run under 15 minutes on a 2-CPU machine (benchmarks/README.md).
 # ledger_queries.py exits 1 when an aim or a query plan check fails; its
 # section says which, and the benchmarks after it still run.
-bench: install
-	$(BIN)/python -m pip install --quiet --editable '.[test,dev,bench]'
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/ledger_tps.py --seconds 2 --runs 3 --clients 1,8,64 --write-docs
 	-$(BIN)/python benchmarks/ledger_queries.py --runs 5 --write-docs
 	$(BIN)/python benchmarks/generations.py --seconds 2 --runs 3 --queue-runs 3 --jobs 300 --write-docs

@@ -357,7 +357,7 @@ def _platform(settings: Settings, noop: bool) -> Platform:
 
 def run_worker(settings: Settings, noop: bool) -> int:
     """``plasmaart worker`` with this provider and storage, until SIGINT or SIGTERM."""
-    logs.configure(settings.log_level, json_lines=settings.log_format == "json")
+    logs.configure(settings.log_level, json_lines=settings.log_format)
     platform = _platform(settings, noop)
     try:
         Worker(platform).run_until_signalled()
@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.app == "plasmaart":
         # As `plasmaart serve` does: its JSON log lines (one access line per
         # request at the default INFO level) are part of what it costs.
-        logs.configure(settings.log_level, json_lines=settings.log_format == "json")
+        logs.configure(settings.log_level, json_lines=settings.log_format)
         platform = _platform(settings, args.noop_provider)
         db = platform.db
         app = create_app(platform, embedded_worker=args.embedded_worker)

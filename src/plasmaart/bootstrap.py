@@ -16,7 +16,7 @@ from plasmaart.catalog.service import CatalogChangeService
 from plasmaart.clock import Clock, SystemClock
 from plasmaart.config import Settings, load_settings
 from plasmaart.db.engine import Database, create_database
-from plasmaart.db.migrate import upgrade
+from plasmaart.db.migrate import database_revision, require_migrated, unreachable, upgrade
 from plasmaart.fairuse.ratelimits import RequestLimiter
 from plasmaart.fairuse.service import FairUsePolicy, FairUseService
 from plasmaart.fairuse.suspension import SuspensionService
@@ -77,20 +77,37 @@ def bootstrap(
     *,
     clock: Clock | None = None,
     migrate: bool | None = None,
+    require_schema: bool = False,
 ) -> Platform:
     """Build the platform. Raises ``ConfigError`` or ``CatalogError`` with a
-    message that names what is wrong, before anything starts."""
+    message that names what is wrong, before anything starts.
+
+    ``migrate`` None: as ``PLASMAART_AUTO_MIGRATE`` says (on SQLite only by
+    default). Without migrating, ``require_schema`` refuses a database that is
+    not at the migrations' head (``SchemaNotMigrated``); an unreachable one
+    is ``DatabaseUnreachable`` when it is asked either.
+    """
     settings = settings or load_settings()
     catalog = load_catalog(settings.catalog_file)
-    db = create_database(
-        settings.database_url,
-        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
-        pool_size=settings.db_pool_size,
-    )
+    try:
+        db = create_database(
+            settings.database_url,
+            busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+            pool_size=settings.db_pool_size,
+        )
+    except OSError as exc:  # the SQLite file's folder cannot be made
+        raise unreachable(settings.database_url, exc) from None
     if migrate is None:
         migrate = settings.auto_migrate if settings.auto_migrate is not None else db.is_sqlite
-    if migrate:
-        upgrade(db)
+    try:
+        if migrate:
+            database_revision(db)  # an unreachable database: one clear line
+            upgrade(db)
+        elif require_schema:
+            require_migrated(db)
+    except BaseException:
+        db.dispose()
+        raise
     clock = clock or SystemClock()
     job_clock = clock
     # Under sandbox billing the whole platform runs on the test clock, whose

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import uuid
@@ -30,6 +31,7 @@ from plasmaart.client import (
 )
 from plasmaart.client.console import TextProgress, describe, describe_unreachable, parse_params
 from plasmaart.config import ConfigError, load_settings
+from plasmaart.db.migrate import DatabaseNotReady
 from plasmaart.errors import DomainError
 
 
@@ -137,10 +139,12 @@ def _platform(*, migrate: bool | None = None) -> Iterator[Platform]:
     code 2 and the message, a refused operation with exit code 1."""
     try:
         settings = load_settings()
-        logs.configure(settings.log_level, json_lines=settings.log_format == "json")
-        platform = bootstrap(settings, migrate=migrate)
+        logs.configure(settings.log_level, json_lines=settings.log_format)
+        platform = bootstrap(settings, migrate=migrate, require_schema=True)
     except (ConfigError, CatalogError) as exc:
         _fail(str(exc), code=2)
+    except DatabaseNotReady as exc:
+        _fail(str(exc))
     try:
         yield platform
     except DomainError as exc:
@@ -162,10 +166,14 @@ def serve(
     """Serve the API and dashboard, with an embedded worker unless --no-worker."""
     import uvicorn
 
+    from plasmaart.doctor import support_address_warning
     from plasmaart.web.app import create_app
 
     with _platform() as platform:
         settings = platform.settings
+        warning = support_address_warning(settings, host=host or settings.host)
+        if warning:
+            logging.getLogger("plasmaart.cli").warning(warning)
         api = create_app(platform, embedded_worker=False if no_worker else None)
         uvicorn.run(
             api,
@@ -197,6 +205,35 @@ def migrate() -> None:
     """Apply the database migrations."""
     with _platform(migrate=True) as platform:
         typer.echo(f"database migrated ({platform.db.dialect})")
+
+
+@app.command()
+def doctor() -> None:
+    """Check this setup: catalog, database, storage, billing, provider, support address.
+
+    Prints one line per finding. Exit code 0: nothing wrong (warnings
+    allowed); 1: an error; 2: bad configuration.
+    """
+    from plasmaart.doctor import diagnose
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
+    findings = diagnose(settings)
+    for finding in findings:
+        typer.echo(f"{finding.level:<8} {finding.topic}: {finding.message}")
+    errors = sum(finding.level == "error" for finding in findings)
+    warnings = sum(finding.level == "warning" for finding in findings)
+    if errors or warnings:
+        typer.echo(
+            f"{errors} error{'s' if errors != 1 else ''}, "
+            f"{warnings} warning{'s' if warnings != 1 else ''}"
+        )
+    else:
+        typer.echo("all good")
+    if errors:
+        raise typer.Exit(1)
 
 
 # Asked for (twice, hidden) when not given, so it stays out of the shell's history.
@@ -351,6 +388,26 @@ def catalog_show() -> None:
     except (ConfigError, CatalogError) as exc:
         _fail(str(exc), code=2)
     typer.echo(render_catalog(catalog))
+
+
+@catalog_app.command("pricing")
+def catalog_pricing() -> None:
+    """Print the pricing page (Markdown) for the catalog in force: models,
+    plans, packs and the credit rules, as docs/pricing.md is made."""
+    from plasmaart.catalog.pricing import render_pricing
+
+    try:
+        settings = load_settings()
+        catalog = load_catalog(settings.catalog_file)
+    except (ConfigError, CatalogError) as exc:
+        _fail(str(exc), code=2)
+    page = render_pricing(
+        catalog,
+        purchased_credits_expire_days=settings.purchased_credits_expire_days,
+        payment_grace_days=settings.payment_grace_days,
+        notice_days=settings.notice_days,
+    )
+    typer.echo(page, nl=False)
 
 
 @ledger_app.command("verify")

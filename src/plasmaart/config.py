@@ -113,8 +113,9 @@ class Settings(BaseSettings):
     # where operators run ``plasmaart migrate`` once per deploy.
     auto_migrate: bool | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # json: one JSON object per line (for log collectors); text: for a terminal.
-    log_format: Literal["json", "text"] = "json"
+    # json: one JSON object per line (for log collectors); text: lines for a
+    # person; auto: text when standard error is a terminal, JSON otherwise.
+    log_format: Literal["auto", "json", "text"] = "auto"
     support_email: str = "neonstudioscontact@gmail.com"
     # Purchased credits never expire unless the operator sets a lifetime.
     purchased_credits_expire_days: int | None = Field(default=None, ge=1)

@@ -1,23 +1,70 @@
 """Structured logging: one JSON object per line, with the request id of the
 request being served (a context variable), so a request can be followed
 across the API, the ledger and the database logs. Secrets are never logged:
-no headers, no bodies, no query strings go into a record."""
+no headers, no bodies, no query strings go into a record.
+
+On a terminal the same records are human-readable lines instead
+(``PLASMAART_LOG_FORMAT``: ``auto``, the default, picks text when the stream
+the logs go to is a terminal and JSON otherwise; ``json`` and ``text`` force
+one). JSON never carries terminal escape codes: uvicorn's ``color_message``
+is dropped and escape sequences are taken out of every string."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, TextIO
+
+LogFormat = Literal["auto", "json", "text"]
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Extras that are a terminal's business only: uvicorn passes its messages
+# again with ANSI colours as ``color_message``.
+_TERMINAL_ONLY = {"color_message"}
+# ANSI escape sequences: CSI (colours, cursor), OSC (titles, links), and
+# any other ESC-introduced pair; then whatever control characters remain.
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]|\x9b[0-?]*[ -/]*[@-~]"
+)
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def strip_escapes(text: str) -> str:
+    """``text`` without terminal escape sequences or stray control characters
+    (newlines and tabs stay)."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", text))
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    """Whatever was passed with ``extra=`` (method, path, status, ...)."""
+    return {
+        name: value
+        for name, value in record.__dict__.items()
+        if name not in _STANDARD and name not in _TERMINAL_ONLY and not name.startswith("_")
+    }
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return strip_escapes(value)
+    if isinstance(value, dict):
+        return {strip_escapes(str(key)): _clean(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_clean(item) for item in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return strip_escapes(str(value))
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors; no escape code in it."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -28,13 +75,40 @@ class JsonFormatter(logging.Formatter):
         current = request_id.get()
         if current is not None:
             entry["request_id"] = current
-        # Whatever was passed with ``extra=`` (method, path, status, ...).
-        for name, value in record.__dict__.items():
-            if name not in _STANDARD and not name.startswith("_"):
-                entry[name] = value
+        entry.update(_extras(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return json.dumps(_clean(entry))
+
+
+class TextFormatter(logging.Formatter):
+    """A line a person reads on a terminal:
+    ``2026-01-31 12:00:00.123 INFO  plasmaart.web.edge: GET /v1/me 200 [req_…] duration_ms=3.1``.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = datetime.fromtimestamp(record.created, UTC)
+        line = (
+            f"{created:%Y-%m-%d %H:%M:%S}.{created.microsecond // 1000:03d} "
+            f"{record.levelname:<7} {record.name}: {record.getMessage()}"
+        )
+        current = request_id.get()
+        if current is not None:
+            line += f" [{current}]"
+        extras = _extras(record)
+        # What the message already says (an access line's method, path and
+        # status) is not repeated; the rest follows as key=value.
+        message = record.getMessage()
+        rest = [
+            f"{name}={value}"
+            for name, value in extras.items()
+            if not (isinstance(value, str | int) and str(value) in message)
+        ]
+        if rest:
+            line += " " + " ".join(rest)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return strip_escapes(line)
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -49,12 +123,31 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
-def configure(level: str, *, json_lines: bool = True) -> None:
+def is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+def json_lines_for(log_format: LogFormat | bool, stream: TextIO | None = None) -> bool:
+    """Whether records go out as JSON: ``auto`` chooses text when ``stream``
+    (standard error, where the logs go) is a terminal."""
+    if isinstance(log_format, bool):
+        return log_format
+    if log_format == "auto":
+        return not is_terminal(stream if stream is not None else sys.stderr)
+    return log_format == "json"
+
+
+def configure(level: str, *, json_lines: LogFormat | bool = "auto") -> None:
+    """Send every record to standard error, as JSON lines or as text
+    (``json_lines``: a format, or True for JSON and False for text)."""
     handler = _StderrHandler()
-    if json_lines:
+    if json_lines_for(json_lines, sys.stderr):
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
