@@ -128,17 +128,21 @@ def optional_principal(request: Request, platform: PlatformDep) -> Principal | N
     return principal
 
 
-def require_principal(request: Request, platform: PlatformDep) -> Principal:
-    principal = optional_principal(request, platform)
+def _authenticated(request: Request, platform: Platform) -> Principal:
+    principal = authenticate(request, platform)
     if principal is None:
         raise Unauthenticated("log in or send 'Authorization: Bearer <api key>'")
     return principal
 
 
+def require_principal(request: Request, platform: PlatformDep) -> Principal:
+    principal = _authenticated(request, platform)
+    refuse_if_suspended(request, platform, principal)
+    return principal
+
+
 def require_admin(request: Request, platform: PlatformDep) -> Principal:
-    principal = authenticate(request, platform)
-    if principal is None:
-        raise Unauthenticated("log in or send 'Authorization: Bearer <api key>'")
+    principal = _authenticated(request, platform)
     if principal.user.role != "admin":
         # Admin endpoints do not exist for other users: the same answer as
         # for a path that does not exist (suspended or not).

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
+from plasmaart.clock import as_utc
 from plasmaart.errors import InvalidInput
 
 T = TypeVar("T")
@@ -29,6 +31,34 @@ def decode_cursor(cursor: str) -> str:
         return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidInput("not a cursor this API handed out", field="cursor") from None
+
+
+def position_text(entry_id: int, created_at: datetime) -> str:
+    """The last row served of a page ordered by ``(created_at, id)``, as
+    ``id|created_at``; ``encode_cursor`` makes it opaque for the API."""
+    return f"{entry_id}|{created_at.isoformat()}"
+
+
+def parse_position(text: str) -> tuple[int, datetime] | None:
+    """``(id, created_at)`` back from ``position_text``, or None when ``text``
+    is not one (a time in no UTC year Python knows included)."""
+    entry_id, _, created_at = text.partition("|")
+    try:
+        return int(entry_id), as_utc(datetime.fromisoformat(created_at))
+    except (ValueError, OverflowError):
+        return None
+
+
+def position_cursor(entry_id: int, created_at: datetime) -> str:
+    return encode_cursor(position_text(entry_id, created_at))
+
+
+def decode_position(cursor: str) -> tuple[int, datetime]:
+    """An API cursor made by ``position_cursor``; anything else is 422."""
+    found = parse_position(decode_cursor(cursor))
+    if found is None:
+        raise InvalidInput("not a cursor this API handed out", field="cursor")
+    return found
 
 
 def page_of(items: Sequence[T], keys: Sequence[str], limit: int, cursor: str | None) -> Page[T]:

@@ -28,7 +28,14 @@ from plasmaart.stats import platform_stats
 from plasmaart.web.api.accounts import StrictBody
 from plasmaart.web.auth import AdminPrincipal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
-from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
+from plasmaart.web.pagination import (
+    DEFAULT_LIMIT,
+    Page,
+    decode_cursor,
+    decode_position,
+    encode_cursor,
+    position_cursor,
+)
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -239,15 +246,11 @@ class AuditEntryOut(BaseModel):
 
 
 def audit_cursor(position: audit.AuditPosition) -> str:
-    return encode_cursor(f"{position.id}|{position.created_at.isoformat()}")
+    return position_cursor(position.id, position.created_at)
 
 
 def audit_position(cursor: str) -> audit.AuditPosition:
-    entry_id, _, created_at = decode_cursor(cursor).partition("|")
-    try:
-        return audit.AuditPosition(int(entry_id), as_utc(datetime.fromisoformat(created_at)))
-    except (ValueError, OverflowError):
-        raise InvalidInput("not a cursor this API handed out", field="cursor") from None
+    return audit.AuditPosition(*decode_position(cursor))
 
 
 def _utc(value: datetime | None, field: str) -> datetime | None:

@@ -21,7 +21,7 @@ from plasmaart.errors import InvalidInput
 from plasmaart.ledger import queries
 from plasmaart.web.auth import CurrentPrincipal, Principal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
-from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
+from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_position, position_cursor
 
 router = APIRouter(prefix="/v1", tags=["credits"])
 
@@ -141,18 +141,6 @@ def _range(platform: Platform, since: str | None, until: str | None) -> tuple[da
     return start, end
 
 
-def _ledger_cursor(position: queries.JournalPosition) -> str:
-    return encode_cursor(f"{position.id}|{position.created_at.isoformat()}")
-
-
-def _ledger_position(cursor: str) -> queries.JournalPosition:
-    entry_id, _, created_at = decode_cursor(cursor).partition("|")
-    try:
-        return queries.JournalPosition(int(entry_id), as_utc(datetime.fromisoformat(created_at)))
-    except (ValueError, OverflowError):
-        raise InvalidInput("not a cursor this API handed out", field="cursor") from None
-
-
 @router.get("/balance", response_model=BalanceOut)
 def balance(principal: CurrentPrincipal, platform: PlatformDep) -> BalanceOut:
     """Available and held credits, the lots in the order they will be spent,
@@ -189,7 +177,7 @@ def ledger(
 ) -> Page[LedgerEntryOut]:
     """The wallet's journal, newest first. ``amount`` is the signed change of
     ``available`` and ``balance_after`` the available balance right after it."""
-    before = None if cursor is None else _ledger_position(cursor)
+    before = None if cursor is None else queries.JournalPosition(*decode_position(cursor))
     with platform.db.read() as conn:
         page = queries.ledger_page(
             conn,
@@ -202,7 +190,11 @@ def ledger(
         )
     return Page[LedgerEntryOut](
         data=[LedgerEntryOut.model_validate(line, from_attributes=True) for line in page.lines],
-        next_cursor=_ledger_cursor(page.lines[-1].position) if page.more else None,
+        next_cursor=(
+            position_cursor(page.lines[-1].position.id, page.lines[-1].position.created_at)
+            if page.more
+            else None
+        ),
     )
 
 

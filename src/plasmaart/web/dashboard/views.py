@@ -36,6 +36,7 @@ from plasmaart.web.api.admin import audit_cursor, audit_position
 from plasmaart.web.api.billing import describe
 from plasmaart.web.dashboard import sections
 from plasmaart.web.dashboard.charts import Chart, credits_chart
+from plasmaart.web.pagination import parse_position, position_text
 
 KIND_TITLES = {
     "text-to-image": "Text to image",
@@ -246,17 +247,12 @@ def usage_filter(
 
 
 def _position(cursor: str | None) -> queries.JournalPosition | None:
-    if not cursor:
-        return None
-    entry_id, _, created_at = cursor.partition("|")
-    try:
-        return queries.JournalPosition(int(entry_id), as_utc(datetime.fromisoformat(created_at)))
-    except (ValueError, OverflowError):
-        return None
+    found = parse_position(cursor) if cursor else None
+    return None if found is None else queries.JournalPosition(*found)
 
 
 def cursor_of(position: queries.JournalPosition) -> str:
-    return f"{position.id}|{position.created_at.isoformat()}"
+    return position_text(position.id, position.created_at)
 
 
 def history_page(
