@@ -687,7 +687,7 @@ def obstacles(
         parts.append(
             prose(
                 "**Balance** is below its aim on",
-                " and ".join(c.backend for c in missed) + ".",
+                " and ".join(f"{c.backend} at {c.connections} connections" for c in missed) + ".",
                 f"A balance read costs {plasma.per_unit_ms():.2f} ms of CPU in the server",
                 f"against {bare.per_unit_ms():.2f} ms for the bare read",
                 f"({plasma.per_unit_ms() / max(bare.per_unit_ms(), 1e-9):.1f} times as",

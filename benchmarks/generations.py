@@ -1783,7 +1783,7 @@ def obstacles(
         parts.append(
             prose(
                 "**Submission** is below its aim on",
-                " and ".join(c.backend for c in missed) + ";",
+                " and ".join(f"{c.backend} at {c.connections} connections" for c in missed) + ";",
                 f"the profiled PlasmaArt server stalled {PROFILE_ATTEMPTS} times in a",
                 "row, so there is no profile of a submission's cost to show.",
             )
@@ -1795,9 +1795,9 @@ def obstacles(
         parts.append(
             prose(
                 "**Submission** is below its aim on",
-                " and ".join(c.backend for c in missed) + ".",
+                " and ".join(f"{c.backend} at {c.connections} connections" for c in missed) + ".",
                 f"A submission costs {plasma.per_unit_ms():.1f} ms of CPU in the server",
-                f"against {bare.per_unit_ms():.1f} ms for the bare app's",
+                f"against {bare.per_unit_ms():.1f} ms for the bare app's submission",
                 f"({plasma.per_unit_ms() / max(bare.per_unit_ms(), 1e-9):.1f} times as much,",
                 "under the profiler), and",
                 f"{plasma.statements / max(plasma.units, 1):.0f} statements in",
