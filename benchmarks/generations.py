@@ -556,7 +556,7 @@ class LoadGenerator:
         )
 
 
-_WRK_UNITS_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6}
+_WRK_UNITS_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
 
 
 def wrk_percentiles(output: str) -> dict[str, float]:
@@ -565,7 +565,7 @@ def wrk_percentiles(output: str) -> dict[str, float]:
     found = {}
     section = output.partition("Latency Distribution")[2]
     for percent, value, unit in re.findall(
-        r"^\s*(\d+)%\s+([\d.]+)(us|ms|s|m)\s*$", section, re.MULTILINE
+        r"^\s*(\d+)%\s+([\d.]+)(us|ms|s|m|h)\s*$", section, re.MULTILINE
     ):
         if percent in ("50", "99"):
             found[f"p{percent}_us"] = float(value) * _WRK_UNITS_US[unit]
