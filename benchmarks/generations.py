@@ -688,21 +688,35 @@ def measure_comparisons(
     endpoints: Mapping[str, Endpoint],
     what: str,
 ) -> None:
-    """``runs`` rounds; in each, for each comparison (a connection count),
-    PlasmaArt then the bare app, each on a fresh copy of ``database``."""
+    """``runs`` rounds; in each, PlasmaArt then the bare app, each in one
+    server on a fresh copy of ``database``, warmed up once, then loaded at each
+    comparison's connection count in turn (one server start per side and
+    round keeps ``make bench`` short; on the submission route the queue grows
+    across the counts alike on both sides)."""
     for run in range(runs):
+        for app in ("plasmaart", "bare"):
+            path, table = endpoints[app].path, endpoints[app].table
+            loads: list[Load] = []
+            with database.copy(f"{what}_{run}_{app}") as url:
+                with serve(context, app, url) as server:
+                    load.run(server.base + path, WARMUP_SECONDS)
+                    for comparison in comparisons:
+                        sized = replace(load, connections=comparison.connections)
+                        measured = sized.run(server.base + path, seconds)
+                        if measured.requests == 0:
+                            measured = replace(measured, stuck_in=server.stuck_in())
+                        loads.append(measured)
+                # Every answered request was a 2xx with its row committed.
+                answered = sum(measured.requests for measured in loads)
+                if table is not None and _rows(url, table) < answered:
+                    raise RuntimeError(f"{app}: {answered} requests answered, fewer rows stored")
+            for comparison, measured in zip(comparisons, loads, strict=True):
+                (comparison.plasmaart if app == "plasmaart" else comparison.bare).append(measured)
         for comparison in comparisons:
-            count = comparison.connections
-            sized = replace(load, connections=count)
-            for app, side in (("plasmaart", comparison.plasmaart), ("bare", comparison.bare)):
-                name = f"{what}_{run}_{count}_{app}"
-                side.append(
-                    measure_once(context, database, sized, app, name, seconds, endpoints=endpoints)
-                )
             plasma, bare = comparison.plasmaart[-1], comparison.bare[-1]
             progress(
-                f"  {database.backend} {what} run {run + 1}, {count} connections: "
-                f"PlasmaArt {plasma.per_second:7.1f} req/s "
+                f"  {database.backend} {what} run {run + 1}, {comparison.connections} connections:"
+                f" PlasmaArt {plasma.per_second:7.1f} req/s "
                 f"(p50 {plasma.p50_ms:.1f} ms, p99 {plasma.p99_ms:.1f} ms), "
                 f"bare {bare.per_second:7.1f} req/s "
                 f"(p50 {bare.p50_ms:.1f} ms, p99 {bare.p99_ms:.1f} ms), "
@@ -1678,15 +1692,17 @@ def render_section(
         f"### py-spy: the live servers\n\n{py_spy_text(spies, PY_SPY_COMMAND)}\n" if spies else ""
     )
     submission_method = prose(
-        f"**Submission.** {args.runs} runs of {args.seconds:g} s on each side, after a",
-        f"{WARMUP_SECONDS} s warm-up, each on a fresh copy of a database prepared with",
+        f"**Submission.** {args.runs} runs of {args.seconds:g} s on each side at each",
+        f"connection count, after a {WARMUP_SECONDS} s warm-up, each run's server on a",
+        "fresh copy of a database prepared with",
         f"{args.users} Studio users (credits enough for any run; Studio's bounds on",
         "queued jobs and requests per minute raised by a catalog file, checked but",
-        "never binding); PlasmaArt and the bare endpoint",
+        "never binding); PlasmaArt and the bare app",
         "alternately, each in its own uvicorn process (asyncio loop, h11), the load",
         "generator (wrk, 1 thread, or the load generator named below) in another,",
-        f"{' and '.join(str(n) for n in args.connections)} connections in turn, the API",
-        "keys in turn; p50 and p99 from wrk's latency distribution (`--latency`).",
+        f"{' and '.join(str(n) for n in args.connections)} connections in turn on each",
+        "server, the API keys in turn; p50 and p99 from wrk's latency distribution",
+        "(`--latency`).",
         "PlasmaArt runs with its default settings: INFO logs, so a JSON access",
         "line per request.",
     )
