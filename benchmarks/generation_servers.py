@@ -3,13 +3,17 @@
 * ``plasmaart``: the real app, as ``plasmaart serve --no-worker`` builds it
   (``create_app(bootstrap(settings), embedded_worker=False)``), with the
   default settings but the database, folder and catalog it is given.
-* ``bare``: the least each measured endpoint can be, on FastAPI with a
-  ``plasmaart.db.engine.Database`` on the same database with the same engine
-  settings: ``POST /insert`` (for submissions) validates a pydantic body and
-  does one INSERT in one write transaction, answering 201 with JSON;
-  ``GET /balance`` (for ``GET /v1/balance``) does one primary-key read of a
-  wallet row in one read transaction, the wallets taken in turn, answering 200
-  with its two balances.
+* ``bare``: the least each measured route can be (issue 14's baseline), a
+  FastAPI app on the database driver itself (``sqlite3``, or psycopg for
+  PostgreSQL; one connection per thread), on the same migrated database. Each
+  request looks its API key up by its hash (``api_keys`` joined to the
+  owner's ``wallets`` row), then ``GET /balance`` (for ``GET /v1/balance``)
+  reads the wallet's two balances, and ``POST /generations`` (for
+  ``POST /v1/generations``) validates a pydantic body and, in one
+  ``BEGIN IMMEDIATE`` transaction on SQLite (one transaction on PostgreSQL),
+  does a guarded ``UPDATE wallets SET available = available - 1, held = held +
+  1 ... WHERE available >= 1`` and the ``INSERT`` of the job into
+  ``generations``, answering 201 with JSON.
 
 Both run under uvicorn in one process with the same options. ``worker`` runs
 a ``Worker`` as ``plasmaart worker`` does. ``--noop-provider`` gives the real
@@ -32,35 +36,26 @@ import cProfile
 import faulthandler
 import hashlib
 import io
-import itertools
 import json
 import pstats
 import signal
+import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Annotated, Any, Protocol
 
+import psycopg
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Header, HTTPException
 from PIL import Image
 from pydantic import BaseModel, Field
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Engine,
-    MetaData,
-    String,
-    Table,
-    Text,
-    event,
-    insert,
-    select,
-)
+from sqlalchemy import Engine, event
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -70,8 +65,6 @@ from plasmaart import logs  # noqa: E402
 from plasmaart.bootstrap import Platform, bootstrap  # noqa: E402
 from plasmaart.catalog import ModelSpec  # noqa: E402
 from plasmaart.config import Settings, load_settings  # noqa: E402
-from plasmaart.db.engine import Database, create_database  # noqa: E402
-from plasmaart.db.tables import wallets  # noqa: E402
 from plasmaart.generation.providers.base import (  # noqa: E402
     ProviderOutput,
     ProviderRequest,
@@ -87,18 +80,6 @@ from plasmaart.media.storage import (  # noqa: E402
 from plasmaart.web.app import create_app  # noqa: E402
 from plasmaart.worker import Worker  # noqa: E402
 
-# The bare endpoint's one table, in the same database as PlasmaArt's.
-bare_metadata = MetaData()
-bench_inserts = Table(
-    "bench_inserts",
-    bare_metadata,
-    Column("id", String(40), primary_key=True),
-    Column("model", String(100), nullable=False),
-    Column("prompt", Text, nullable=False),
-    Column("params", Text, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
 # The same for both servers: what a plain install of PlasmaArt runs on
 # (uvicorn without uvloop and httptools), whatever else is installed here.
 UVICORN_OPTIONS: dict[str, Any] = {
@@ -109,13 +90,130 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "timeout_graceful_shutdown": 5,
 }
 
+# -- the bare app: FastAPI and the database driver, nothing else ----------------
 
-def create_bare_table(url: str) -> None:
-    db = create_database(url)
-    try:
-        bare_metadata.create_all(db.engine)
-    finally:
-        db.dispose()
+# The API key's owner and wallet, by the key's hash (the key's own index).
+KEY_LOOKUP = (
+    "SELECT api_keys.user_id, wallets.id FROM api_keys"
+    " JOIN wallets ON wallets.owner_kind = 'user' AND wallets.owner_id = api_keys.user_id"
+    " WHERE api_keys.secret_hash = ? AND api_keys.revoked_at IS NULL"
+)
+WALLET_READ = "SELECT available, held FROM wallets WHERE id = ?"
+# One credit from available to held, only if there is one: the guarded update.
+DEBIT = (
+    "UPDATE wallets SET available = available - 1, held = held + 1"
+    " WHERE id = ? AND available >= 1 RETURNING available"
+)
+JOB_INSERT = (
+    "INSERT INTO generations (id, user_id, wallet_id, model, kind, prompt, num_outputs,"
+    " params, sandbox, credits_per_output, credits_held, credits_charged, hold_id,"
+    " balance_after, status, queue_class, video, license, watermark, enqueued_at,"
+    " virtual_start, provider, fencing_token, attempts, cancel_requested, created_at)"
+    " VALUES (?, ?, ?, ?, 'text-to-image', ?, 1, ?, ?, 1, 1, 0, ?, ?, 'queued', 'priority',"
+    " ?, 'commercial', ?, ?, ?, 'sandbox', 0, 0, ?, ?)"
+)
+# Any hold of the database: the job row's hold_id must name one (a foreign
+# key); the bare app keeps no holds of its own.
+ANY_HOLD = "SELECT id FROM holds ORDER BY id LIMIT 1"
+
+
+class RawCounts:
+    """Statements and transactions the bare app sent (the profile's counts)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.statements = 0
+        self.transactions = 0
+
+    def add(self, statements: int, transactions: int) -> None:
+        with self._lock:
+            self.statements += statements
+            self.transactions += transactions
+
+
+class RawDatabase:
+    """One connection of the driver itself (``sqlite3`` or psycopg) per thread
+    that asks: FastAPI runs sync endpoints in a pool of threads.
+
+    SQLite with PlasmaArt's settings (WAL, ``synchronous = NORMAL``, its busy
+    timeout, foreign keys on), transactions opened with ``BEGIN IMMEDIATE``;
+    PostgreSQL at READ COMMITTED, one transaction per write."""
+
+    def __init__(self, url: str, busy_timeout_ms: int, counts: RawCounts | None) -> None:
+        self.url = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        self.is_sqlite = self.url.startswith("sqlite")
+        self.busy_timeout_ms = busy_timeout_ms
+        self.counts = counts
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _connect(self) -> Any:
+        if self.is_sqlite:
+            path = self.url.split(":///", 1)[1]
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        else:
+            conn = psycopg.connect(self.url, autocommit=True)
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    def connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def sql(self, statement: str) -> str:
+        return statement if self.is_sqlite else statement.replace("?", "%s")
+
+    def fetch_one(self, statement: str, params: Sequence[Any]) -> Any:
+        """One row of a statement outside any explicit transaction."""
+        row = self.connection().execute(self.sql(statement), params).fetchone()
+        if self.counts is not None:
+            self.counts.add(1, 0)
+        return row
+
+    def timestamp(self, moment: datetime) -> Any:
+        """As SQLAlchemy stores a ``DateTime(timezone=True)``: text on SQLite."""
+        if self.is_sqlite:
+            return moment.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return moment
+
+    def debit_and_insert(self, wallet_id: str, job: Sequence[Any]) -> int | None:
+        """The guarded update and the job's INSERT in one transaction; the
+        balance after it, or None (and nothing written) when none was left."""
+        conn = self.connection()
+        if self.is_sqlite:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(DEBIT, (wallet_id,)).fetchone()
+                if row is not None:
+                    conn.execute(JOB_INSERT, (*job[:8], row[0], *job[8:]))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT" if row is not None else "ROLLBACK")
+        else:
+            with conn.transaction():
+                row = conn.execute(self.sql(DEBIT), (wallet_id,)).fetchone()
+                if row is not None:
+                    conn.execute(self.sql(JOB_INSERT), (*job[:8], row[0], *job[8:]))
+        if self.counts is not None:
+            # As in the real app's counts: on SQLite, `BEGIN IMMEDIATE` is a statement.
+            self.counts.add(1 + (row is not None) + self.is_sqlite, 1)
+        return None if row is None else int(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._all = self._all, []
+        for conn in connections:
+            with suppress(Exception):
+                conn.close()
 
 
 class SubmissionIn(BaseModel):
@@ -124,39 +222,76 @@ class SubmissionIn(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-def create_bare_app(db: Database) -> FastAPI:
+def _bearer(authorization: str | None) -> str:
+    scheme, _, secret = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secret:
+        raise HTTPException(401, "an API key is needed")
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_bare_app(db: RawDatabase) -> FastAPI:
+    """The least each measured route can be (issue 14's baseline): the API key
+    looked up by its hash, then either the wallet read (``GET /balance``) or,
+    in one write transaction, a guarded ``UPDATE`` of the wallet and the
+    ``INSERT`` of the job (``POST /generations``)."""
     app = FastAPI(title="bare")
+    hold_id = db.fetch_one(ANY_HOLD, ())
+    if hold_id is None:
+        raise RuntimeError("the bare app needs one hold in the database (a job's foreign key)")
+
+    def owner(authorization: str | None) -> tuple[str, str]:
+        found = db.fetch_one(KEY_LOOKUP, (_bearer(authorization),))
+        if found is None:
+            raise HTTPException(401, "unknown API key")
+        return str(found[0]), str(found[1])
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/insert", status_code=201)
-    def insert_row(body: SubmissionIn) -> dict[str, Any]:
-        row = {
-            "id": new_id("gen"),
+    @app.post("/generations", status_code=201)
+    def submit(
+        body: SubmissionIn, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        user_id, wallet_id = owner(authorization)
+        generation_id = new_id("gen")
+        now = datetime.now(UTC)
+        at = db.timestamp(now)
+        sandbox = body.params.get("sandbox", {})
+        job = (
+            generation_id,
+            user_id,
+            wallet_id,
+            body.model,
+            body.prompt,
+            json.dumps(body.params, sort_keys=True),
+            json.dumps(sandbox, sort_keys=True),
+            hold_id[0],
+            # the balance after the debit goes here
+            False,
+            False,
+            at,
+            at,
+            False,
+            at,
+        )
+        balance_after = db.debit_and_insert(wallet_id, job)
+        if balance_after is None:
+            raise HTTPException(402, "not enough credits")
+        return {
+            "id": generation_id,
             "model": body.model,
-            "prompt": body.prompt,
-            "params": json.dumps(body.params, sort_keys=True),
-            "created_at": datetime.now(UTC),
+            "status": "queued",
+            "credits_held": 1,
+            "balance_after": balance_after,
+            "created_at": now.isoformat(),
         }
-        with db.write() as conn:
-            conn.execute(insert(bench_inserts).values(**row))
-        return {**row, "status": "queued"}
-
-    # The wallets are read once here, not per request: each request is the
-    # one primary-key read a balance needs at the least.
-    with db.read() as conn:
-        wallet_ids = list(conn.execute(select(wallets.c.id).order_by(wallets.c.id)).scalars())
-    turns = itertools.cycle(wallet_ids or [""])
 
     @app.get("/balance")
-    def read_balance() -> dict[str, int]:
-        with db.read() as conn:
-            row = conn.execute(
-                select(wallets.c.available, wallets.c.held).where(wallets.c.id == next(turns))
-            ).one()
-        return {"available": int(row.available), "held": int(row.held)}
+    def read_balance(authorization: Annotated[str | None, Header()] = None) -> dict[str, int]:
+        _user_id, wallet_id = owner(authorization)
+        row = db.fetch_one(WALLET_READ, (wallet_id,))
+        return {"available": int(row[0]), "held": int(row[1])}
 
     return app
 
@@ -300,9 +435,12 @@ class SqlCounter:
             self.transactions += 1
 
 
-def write_profile(
-    path: Path, profile: AllThreadsProfile, counter: SqlCounter, seconds: float
-) -> None:
+class Counted(Protocol):
+    statements: int
+    transactions: int
+
+
+def write_profile(path: Path, profile: AllThreadsProfile, counter: Counted, seconds: float) -> None:
     """The merged stats at ``path``, the counts beside it (``path``.json)."""
     stats, main_thread_seconds = profile.stats()
     stats.dump_stats(path)
@@ -373,24 +511,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = _settings(args)
     if args.app == "worker":
         return run_worker(settings, args.noop_provider)
+    counter: Counted | None = None
     if args.app == "plasmaart":
         # As `plasmaart serve` does: its JSON log lines (one access line per
         # request at the default INFO level) are part of what it costs.
         logs.configure(settings.log_level, json_lines=settings.log_format)
-        platform = _platform(settings, args.noop_provider)
-        db = platform.db
+        platform: Platform | None = _platform(settings, args.noop_provider)
+        assert platform is not None
         app = create_app(platform, embedded_worker=args.embedded_worker)
+        if args.profile_out:
+            counter = SqlCounter(platform.db.engine)
         log_level = settings.log_level.lower()
+        raw = None
     else:
         platform = None
-        db = create_database(
-            settings.database_url,
-            busy_timeout_ms=settings.sqlite_busy_timeout_ms,
-            pool_size=settings.db_pool_size,
-        )
-        app = create_bare_app(db)
+        raw_counts = RawCounts() if args.profile_out else None
+        raw = RawDatabase(settings.database_url, settings.sqlite_busy_timeout_ms, raw_counts)
+        counter = raw_counts
+        app = create_bare_app(raw)
         log_level = "warning"
-    counter = SqlCounter(db.engine) if args.profile_out else None
     profile = AllThreadsProfile() if args.profile_out else None
     started = time.monotonic()
     if profile is not None:
@@ -402,8 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_profile(args.profile_out, profile, counter, time.monotonic() - started)
         if platform is not None:
             platform.close()
-        else:
-            db.dispose()
+        if raw is not None:
+            raw.close()
     return 0
 
 

@@ -9,15 +9,19 @@ Two measurements, each PlasmaArt and its baseline alternately, several times:
   queued jobs and requests per minute raised by a catalog file so that they
   never refuse). A load
   generator in another process (``wrk``; ``--load-generator httpx`` uses
-  ``benchmarks/http_load.py`` instead) keeps ``--connections`` connections
+  ``benchmarks/http_load.py`` instead) keeps the connections
   busy for ``--seconds`` with ``POST /v1/generations`` (flux-schnell, the
   sandbox provider at zero delay), the API keys taken in turn, ``--runs``
-  times. Baseline: a
-  bare FastAPI endpoint (``benchmarks/generation_servers.py``) doing one
-  INSERT into a table of a copy of the same database with the same engine
-  settings, under the same uvicorn options, driven the same way. On SQLite,
-  then on PostgreSQL. Requests per second and latency p50/p99; aim: PlasmaArt
-  at least half the bare endpoint's requests per second.
+  times, at each of ``--connections`` (16 and 64). Baseline: a bare FastAPI
+  app on the database driver itself (``benchmarks/generation_servers.py``):
+  the API key looked up by its hash, then in one transaction (``BEGIN
+  IMMEDIATE`` on SQLite) a guarded ``UPDATE wallets SET available = available
+  - 1 ... WHERE available >= 1`` and the INSERT of the job into
+  ``generations``, on a copy of the same migrated database, under the same
+  uvicorn options, driven the same way. On SQLite, then on PostgreSQL.
+  Requests per second and latency p50/p99 (wrk, 1 thread, ``--latency``);
+  aim: PlasmaArt at least half the bare app's requests per second, and its
+  p99 under 50 ms at 16 connections.
 * Queue. On a throwaway PostgreSQL server (``tests/support/pgserver.py``),
   ``--jobs`` jobs queued through ``GenerationService.submit`` (spread over
   the users), then ``--workers`` worker processes, each a ``Worker(platform,
@@ -83,6 +87,7 @@ from plasmaart.bootstrap import Platform, bootstrap
 from plasmaart.catalog import load_catalog
 from plasmaart.catalog.loader import DEFAULT_CATALOG_PATH
 from plasmaart.config import load_settings
+from plasmaart.db.tables import wallets
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.worker import CLAIM_IDLE_S, Worker
 
@@ -99,6 +104,7 @@ from benchmarks.common import (  # noqa: E402
     FuncStats,
     code_version,
     command_line,
+    counts,
     create_pg_database,
     drop_pg_database,
     load_average,
@@ -120,7 +126,6 @@ from benchmarks.generation_servers import (  # noqa: E402
     DiscardStorage,
     NoopProvider,
     SqlCounter,
-    create_bare_table,
     write_profile,
 )
 
@@ -129,6 +134,9 @@ SERVERS = REPO / "benchmarks" / "generation_servers.py"
 HTTP_LOAD = REPO / "benchmarks" / "http_load.py"
 
 SUBMISSION_AIM = 0.5
+# And at this many connections, PlasmaArt's p99 under this.
+SUBMISSION_P99_AIM_MS = 50.0
+P99_AIM_CONNECTIONS = 16
 QUEUE_AIM = 1.0
 # Their versions go in the machine table.
 PACKAGES = ("fastapi", "starlette", "uvicorn", "pydantic", "pgqueuer")
@@ -282,10 +290,20 @@ class Database:
                 drop_pg_database(self.server, name)
 
 
+def hold_for_the_bare_app(platform: Platform) -> None:
+    """One hold of one credit: the bare app's job rows must name a hold (a
+    foreign key of ``generations``), and it keeps none of its own."""
+    with platform.db.write() as conn:
+        wallet = conn.execute(
+            sqlalchemy.select(wallets.c.id).order_by(wallets.c.id).limit(1)
+        ).scalar_one()
+        platform.ledger.hold(conn, wallet, 1, idempotency_key="bench:bare-app-hold")
+
+
 def prepare_submission_database(
     context: Context, backend: str, server: PgServer | None, users: int
 ) -> tuple[Database, list[str]]:
-    """Migrated, with ``users`` users and the bare endpoint's table; each run copies it."""
+    """Migrated, with ``users`` users (and a hold for the bare app); each run copies it."""
     if server is None:
         path = context.workdir / "submission-template.db"
         url = f"sqlite:///{path}"
@@ -296,9 +314,9 @@ def prepare_submission_database(
     made = context.platform(url, migrate=True)
     try:
         keys = make_users(made, users)
+        hold_for_the_bare_app(made)
     finally:
         made.close()
-    create_bare_table(url)
     if server is None:
         # The copies take the main file only: fold the write-ahead log into it.
         with sqlite3.connect(template) as conn:
@@ -462,7 +480,7 @@ class LoadGenerator:
     @property
     def description(self) -> str:
         if self.kind == "wrk":
-            return f"wrk {_wrk_version()} ({self.connections} connections, 2 threads)"
+            return f"wrk {_wrk_version()} (1 thread, {self.connections} connections)"
         return f"benchmarks/http_load.py on httpx {httpx.__version__} ({self.connections} tasks)"
 
     def run(self, url: str, seconds: float) -> Load:
@@ -479,14 +497,14 @@ class LoadGenerator:
             command = [
                 _wrk(),
                 "-t",
-                # wrk wants at least one connection per thread.
-                str(min(2, self.connections)),
+                "1",
                 "-c",
                 str(self.connections),
                 "-d",
                 f"{max(1, round(seconds))}s",
                 "--timeout",
                 "10s",
+                "--latency",
                 "-s",
                 str(script),
                 url,
@@ -521,6 +539,9 @@ class LoadGenerator:
         if done.returncode or found is None:
             raise RuntimeError(f"{shlex.join(command)} failed:\n{done.stdout}{done.stderr}")
         result = json.loads(found.group(1))
+        if self.kind == "wrk":
+            # wrk's own latency distribution (--latency), where it printed one.
+            result.update(wrk_percentiles(done.stdout))
         refused = int(result["status_errors"])
         if refused:
             # A refusal means the benchmark is set up wrong (a plan limit, a
@@ -533,6 +554,22 @@ class LoadGenerator:
             p99_ms=float(result["p99_us"]) / 1e3,
             lost=int(result["transport_errors"]),
         )
+
+
+_WRK_UNITS_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
+
+
+def wrk_percentiles(output: str) -> dict[str, float]:
+    """p50 and p99 (``p50_us``, ``p99_us``) from the "Latency Distribution"
+    that ``wrk --latency`` prints (lines such as ``99%   12.34ms``)."""
+    found = {}
+    section = output.partition("Latency Distribution")[2]
+    for percent, value, unit in re.findall(
+        r"^\s*(\d+)%\s+([\d.]+)(us|ms|s|m|h)\s*$", section, re.MULTILINE
+    ):
+        if percent in ("50", "99"):
+            found[f"p{percent}_us"] = float(value) * _WRK_UNITS_US[unit]
+    return found
 
 
 def _wrk() -> str:
@@ -568,7 +605,7 @@ class Endpoint:
 
 SUBMIT = {
     "plasmaart": Endpoint("/v1/generations", "generations"),
-    "bare": Endpoint("/insert", "bench_inserts"),
+    "bare": Endpoint("/generations", "generations"),
 }
 
 
@@ -581,12 +618,19 @@ def measure_once(
     seconds: float,
     profile_out: Path | None = None,
     endpoints: Mapping[str, Endpoint] = SUBMIT,
+    py_spy_out: Path | None = None,
 ) -> Load:
+    """One run of ``app`` on a fresh copy; with ``py_spy_out``, py-spy samples
+    the server during the measured load (after the warm-up)."""
     path, table = endpoints[app].path, endpoints[app].table
     with database.copy(name) as url:
         with serve(context, app, url, profile_out) as server:
             load.run(server.base + path, WARMUP_SECONDS)
-            measured = load.run(server.base + path, seconds)
+            if py_spy_out is None:
+                measured = load.run(server.base + path, seconds)
+            else:
+                with py_spy_recording(server.process.pid, py_spy_out, seconds):
+                    measured = load.run(server.base + path, seconds)
             if measured.requests == 0:
                 measured = replace(measured, stuck_in=server.stuck_in())
         # Every answered request was a 201 with its row committed.
@@ -599,9 +643,12 @@ def measure_once(
 @dataclass
 class SubmissionComparison:
     backend: str  # "SQLite" or "PostgreSQL"
+    connections: int
     plasmaart: list[Load] = field(default_factory=list)
     bare: list[Load] = field(default_factory=list)
     aim: float = SUBMISSION_AIM
+    # PlasmaArt's median p99 must be under this too, when set.
+    p99_aim_ms: float | None = None
 
     @staticmethod
     def _median(loads: Sequence[Load], value: Callable[[Load], float]) -> float:
@@ -622,29 +669,77 @@ class SubmissionComparison:
 
     @property
     def met(self) -> bool:
-        return self.ratio >= self.aim
+        fast_enough = self.p99_aim_ms is None or self.p99(self.plasmaart) < self.p99_aim_ms
+        return self.ratio >= self.aim and fast_enough
+
+    @property
+    def aim_text(self) -> str:
+        p99 = "" if self.p99_aim_ms is None else f", p99 < {self.p99_aim_ms:.0f} ms"
+        return f"≥ {self.aim:.0%}{p99}"
+
+
+def measure_comparisons(
+    context: Context,
+    database: Database,
+    load: LoadGenerator,
+    comparisons: Sequence[SubmissionComparison],
+    runs: int,
+    seconds: float,
+    endpoints: Mapping[str, Endpoint],
+    what: str,
+) -> None:
+    """``runs`` rounds; in each, PlasmaArt then the bare app, each in one
+    server on a fresh copy of ``database``, warmed up once, then loaded at each
+    comparison's connection count in turn (one server start per side and
+    round keeps ``make bench`` short; on the submission route the queue grows
+    across the counts alike on both sides)."""
+    for run in range(runs):
+        for app in ("plasmaart", "bare"):
+            path, table = endpoints[app].path, endpoints[app].table
+            loads: list[Load] = []
+            with database.copy(f"{what}_{run}_{app}") as url:
+                with serve(context, app, url) as server:
+                    load.run(server.base + path, WARMUP_SECONDS)
+                    for comparison in comparisons:
+                        sized = replace(load, connections=comparison.connections)
+                        measured = sized.run(server.base + path, seconds)
+                        if measured.requests == 0:
+                            measured = replace(measured, stuck_in=server.stuck_in())
+                        loads.append(measured)
+                # Every answered request was a 2xx with its row committed.
+                answered = sum(measured.requests for measured in loads)
+                if table is not None and _rows(url, table) < answered:
+                    raise RuntimeError(f"{app}: {answered} requests answered, fewer rows stored")
+            for comparison, measured in zip(comparisons, loads, strict=True):
+                (comparison.plasmaart if app == "plasmaart" else comparison.bare).append(measured)
+        for comparison in comparisons:
+            plasma, bare = comparison.plasmaart[-1], comparison.bare[-1]
+            progress(
+                f"  {database.backend} {what} run {run + 1}, {comparison.connections} connections:"
+                f" PlasmaArt {plasma.per_second:7.1f} req/s "
+                f"(p50 {plasma.p50_ms:.1f} ms, p99 {plasma.p99_ms:.1f} ms), "
+                f"bare {bare.per_second:7.1f} req/s "
+                f"(p50 {bare.p50_ms:.1f} ms, p99 {bare.p99_ms:.1f} ms), "
+                f"ratio {plasma.per_second / max(bare.per_second, 1e-9):.1%}"
+            )
 
 
 def measure_submission(
     context: Context, database: Database, load: LoadGenerator, args: argparse.Namespace
-) -> SubmissionComparison:
-    backend = database.backend
-    comparison = SubmissionComparison(backend)
-    for run in range(args.runs):
-        comparison.plasmaart.append(
-            measure_once(context, database, load, "plasmaart", f"run_{run}_plasmaart", args.seconds)
+) -> list[SubmissionComparison]:
+    """At each of ``args.connections``: PlasmaArt against the bare app."""
+    comparisons = [
+        SubmissionComparison(
+            database.backend,
+            count,
+            p99_aim_ms=SUBMISSION_P99_AIM_MS if count == P99_AIM_CONNECTIONS else None,
         )
-        comparison.bare.append(
-            measure_once(context, database, load, "bare", f"run_{run}_bare", args.seconds)
-        )
-        plasma, bare = comparison.plasmaart[-1], comparison.bare[-1]
-        progress(
-            f"  {backend} run {run + 1}: PlasmaArt {plasma.per_second:7.1f} req/s "
-            f"(p50 {plasma.p50_ms:.1f} ms, p99 {plasma.p99_ms:.1f} ms), "
-            f"bare {bare.per_second:7.1f} req/s "
-            f"(p50 {bare.p50_ms:.1f} ms, p99 {bare.p99_ms:.1f} ms)"
-        )
-    return comparison
+        for count in args.connections
+    ]
+    measure_comparisons(
+        context, database, load, comparisons, args.runs, args.seconds, SUBMIT, "submission"
+    )
+    return comparisons
 
 
 # -- queue: the no-op provider and storage -------------------------------------------
@@ -1127,7 +1222,7 @@ def load_profile(path: Path, what: str) -> Profile:
 # Where each server's endpoint function is: its calls are the requests served.
 ENDPOINTS = {
     "plasmaart": ("plasmaart/web/api/generations.py", "create_generation"),
-    "bare": ("benchmarks/generation_servers.py", "insert_row"),
+    "bare": ("benchmarks/generation_servers.py", "submit"),
 }
 
 
@@ -1162,20 +1257,180 @@ def profile_servers(
     return profiles
 
 
+# -- py-spy: sampling the live server ---------------------------------------------------
+
+PY_SPY_RATE = 200  # samples a second
+PY_SPY_TOP = 12
+PY_SPY_COMMAND = f"py-spy record --format raw --rate {PY_SPY_RATE} --nonblocking --gil --pid PID"
+
+
+def py_spy_binary() -> str | None:
+    """py-spy (the ``bench`` extra) on the PATH or beside this Python."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+
+
+@contextmanager
+def py_spy_recording(pid: int, out: Path, seconds: float) -> Iterator[None]:
+    """``py-spy record --format raw --gil`` of process ``pid`` for ``seconds``
+    (without pausing it) while the body runs; the collapsed stacks in ``out``."""
+    binary = py_spy_binary()
+    if binary is None:
+        raise RuntimeError("py-spy is not installed: .venv/bin/pip install -e '.[bench]'")
+    command = [
+        binary,
+        "record",
+        "--pid",
+        str(pid),
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--duration",
+        str(max(1, round(seconds))),
+        "--rate",
+        str(PY_SPY_RATE),
+        "--nonblocking",
+        "--gil",
+    ]
+    spy = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield
+    finally:
+        try:
+            output, _ = spy.communicate(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            output, _ = spy.communicate()
+    if spy.returncode or not out.exists():
+        raise RuntimeError(f"{shlex.join(command)} failed:\n{output}")
+
+
+@dataclass
+class PySpyProfile:
+    """What py-spy saw of one server under load, by function (``name (file)``)."""
+
+    what: str
+    rate: float  # the run's requests per second
+    samples: int = 0
+    own: Counter[str] = field(default_factory=Counter)  # the innermost frame
+    total: Counter[str] = field(default_factory=Counter)  # anywhere in the stack
+
+    def top(self, counter: Counter[str], count: int = PY_SPY_TOP) -> list[tuple[str, float]]:
+        shares = [(name, n / max(self.samples, 1)) for name, n in counter.most_common()]
+        if counter is self.total:
+            # The app's own functions (PlasmaArt's, or the bare app's): the
+            # frames above them (threads, the event loop) are alike on both.
+            shares = [(name, share) for name, share in shares if _own_code(name)]
+        return shares[:count]
+
+    def table(self) -> str:
+        lines = [
+            f"{self.what}: {self.samples:,} samples at {PY_SPY_RATE}/s of the thread"
+            f" holding the GIL ({self.rate:,.0f} req/s during the recording)",
+            "",
+            "| own time (innermost frame) | share | the app's functions, inclusive | share |",
+            "|---|---:|---|---:|",
+        ]
+        own, total = self.top(self.own), self.top(self.total)
+        for index in range(max(len(own), len(total))):
+            left = own[index] if index < len(own) else ("", 0.0)
+            right = total[index] if index < len(total) else ("", 0.0)
+            lines.append(
+                f"| {_code(left[0])} | {_share(left)} | {_code(right[0])} | {_share(right)} |"
+            )
+        return "\n".join(lines)
+
+
+def _own_code(name: str) -> bool:
+    """A function of PlasmaArt or of the bare app, not the server's entry point."""
+    if name.startswith(("<module> (", "main (")):
+        return False
+    return "(plasmaart/" in name or "(benchmarks/generation_servers.py)" in name
+
+
+def _code(name: str) -> str:
+    return f"`{name}`" if name else ""
+
+
+def _share(row: tuple[str, float]) -> str:
+    return f"{row[1]:.0%}" if row[0] else ""
+
+
+def parse_py_spy_raw(text: str, what: str, rate: float) -> PySpyProfile:
+    """py-spy's raw format: one collapsed stack a line, outermost frame first,
+    ``function (file:line);... count``."""
+    profile = PySpyProfile(what, rate)
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        frames = [re.sub(r":\d+\)$", ")", frame.strip()) for frame in stack.split(";")]
+        profile.samples += samples
+        profile.own[frames[-1]] += samples
+        for frame in set(frames):
+            profile.total[frame] += samples
+    return profile
+
+
+def py_spy_servers(
+    context: Context,
+    database: Database,
+    load: LoadGenerator,
+    seconds: float,
+    endpoints: Mapping[str, Endpoint] = SUBMIT,
+) -> dict[str, PySpyProfile]:
+    """PlasmaArt and the bare app, each sampled by py-spy under ``load``."""
+    found = {}
+    for app, label in (("plasmaart", "PlasmaArt"), ("bare", "bare app")):
+        out = context.workdir / f"py-spy-{app}-{secrets.token_hex(3)}.txt"
+        measured = measure_once(
+            context,
+            database,
+            load,
+            app,
+            f"py_spy_{app}",
+            seconds,
+            endpoints=endpoints,
+            py_spy_out=out,
+        )
+        what = f"{label}, {database.backend}, {load.connections} connections"
+        found[app] = parse_py_spy_raw(out.read_text(), what, measured.per_second)
+    return found
+
+
+def py_spy_text(profiles: Mapping[str, PySpyProfile], command: str) -> str:
+    """The section's py-spy subsection: how, then one table per server."""
+    how = prose(
+        f"`{command}` sampled each server process ({PY_SPY_RATE} samples a second,",
+        "without pausing it) during one extra run of the same load, after its",
+        "warm-up, keeping the thread that held the GIL: one server process runs",
+        "its Python on one core at a time, so these samples are what bounds its",
+        "requests per second (SQLite's own work and waiting for its write lock",
+        "release the GIL and are not in them). A sample counts for its innermost",
+        "function (own time) and for every function of the app on its stack",
+        "(inclusive). Unlike cProfile, py-spy barely slows the server, so these",
+        "shares are those of the real server.",
+    )
+    return "\n\n".join([how, *(profile.table() for profile in profiles.values())]) + "\n"
+
+
 # -- report ----------------------------------------------------------------------------
 
 
 def submission_table(comparisons: Sequence[SubmissionComparison]) -> str:
     lines = [
-        "| database | PlasmaArt req/s | p50 | p99 | bare req/s | p50 | p99 | ratio | aim | met? |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| database | connections | PlasmaArt req/s | p50 | p99 | bare req/s | p50 | p99 "
+        "| ratio | aim | met? |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for c in comparisons:
         lines.append(
-            f"| {c.backend} | {c.rps(c.plasmaart):,.0f} | {c.p50(c.plasmaart):.0f} ms "
-            f"| {c.p99(c.plasmaart):.0f} ms | {c.rps(c.bare):,.0f} | {c.p50(c.bare):.0f} ms "
-            f"| {c.p99(c.bare):.0f} ms | {c.ratio:.1%} | ≥ {SUBMISSION_AIM:.0%} "
-            f"| {'yes' if c.met else 'no'} |"
+            f"| {c.backend} | {c.connections} | {c.rps(c.plasmaart):,.0f} "
+            f"| {c.p50(c.plasmaart):.1f} ms | {c.p99(c.plasmaart):.1f} ms "
+            f"| {c.rps(c.bare):,.0f} | {c.p50(c.bare):.1f} ms | {c.p99(c.bare):.1f} ms "
+            f"| {c.ratio:.1%} | {c.aim_text} | {'yes' if c.met else 'no'} |"
         )
     return "\n".join(lines)
 
@@ -1200,7 +1455,9 @@ def runs_detail(
     for c in submissions:
         for side, loads in (("PlasmaArt", c.plasmaart), ("bare", c.bare)):
             runs = ", ".join(_load_detail(load) for load in loads)
-            lines.append(f"{c.backend}, {side} req/s (p50/p99 ms): {runs}")
+            lines.append(
+                f"{c.backend}, {c.connections} connections, {side} req/s (p50/p99 ms): {runs}"
+            )
     if queue_comparison is not None:
         for side, queue_runs in (
             ("PlasmaArt", queue_comparison.plasmaart),
@@ -1213,7 +1470,7 @@ def runs_detail(
 
 def _load_detail(load: Load) -> str:
     lost = f", {load.lost} lost" if load.lost else ""
-    return f"{load.per_second:.0f} ({load.p50_ms:.0f}/{load.p99_ms:.0f}{lost})"
+    return f"{load.per_second:.0f} ({load.p50_ms:.1f}/{load.p99_ms:.1f}{lost})"
 
 
 def profile_shares(profiles: Mapping[str, Profile]) -> str:
@@ -1388,7 +1645,11 @@ HOW_TO_READ = "\n\n".join(
             "the credits (a full ledger operation), inserts the job, reads it back with",
             "its queue position, announces it, and answers with the generation; its",
             "middleware adds a request id, an access log line and the idempotency",
-            "check. The bare endpoint validates the same body and inserts one row.",
+            "check. The bare app (FastAPI on the driver itself: `sqlite3`, psycopg)",
+            "validates the same body, looks the API key up by its hash, and in one",
+            "transaction (`BEGIN IMMEDIATE` on SQLite) takes one credit from the",
+            "wallet with a guarded `UPDATE ... WHERE available >= 1` and inserts the",
+            "job into `generations`: issue 14's baseline.",
             "A PlasmaArt job is a claim under the scheduling rules (wallet caps,",
             "reserved slots), a lease, the provider's request id stored, the provider",
             "asked for its status, the output stamped with its license and stored, the",
@@ -1424,16 +1685,24 @@ def render_section(
     facts: Sequence[tuple[str, str]],
     command: str,
     args: argparse.Namespace,
+    spies: Mapping[str, PySpyProfile] | None = None,
 ) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    py_spy = (
+        f"### py-spy: the live servers\n\n{py_spy_text(spies, PY_SPY_COMMAND)}\n" if spies else ""
+    )
     submission_method = prose(
-        f"**Submission.** {args.runs} runs of {args.seconds:g} s on each side, after a",
-        f"{WARMUP_SECONDS} s warm-up, each on a fresh copy of a database prepared with",
+        f"**Submission.** {args.runs} runs of {args.seconds:g} s on each side at each",
+        f"connection count, after a {WARMUP_SECONDS} s warm-up, each run's server on a",
+        "fresh copy of a database prepared with",
         f"{args.users} Studio users (credits enough for any run; Studio's bounds on",
         "queued jobs and requests per minute raised by a catalog file, checked but",
-        "never binding); PlasmaArt and the bare endpoint",
+        "never binding); PlasmaArt and the bare app",
         "alternately, each in its own uvicorn process (asyncio loop, h11), the load",
-        f"generator in another, {args.connections} connections, the API keys in turn.",
+        "generator (wrk, 1 thread, or the load generator named below) in another,",
+        f"{' and '.join(str(n) for n in args.connections)} connections in turn on each",
+        "server, the API keys in turn; p50 and p99 from wrk's latency distribution",
+        "(`--latency`).",
         "PlasmaArt runs with its default settings: INFO logs, so a JSON access",
         "line per request.",
     )
@@ -1478,7 +1747,7 @@ The machine:
 ### Profiles
 
 {profile_text(servers, worker)}
-### What stands in the way
+{py_spy}### What stands in the way
 
 {obstacles(submissions, queue_comparison, servers, worker, args)}
 ### How to read the figures
@@ -1530,7 +1799,7 @@ def obstacles(
         parts.append(
             prose(
                 "**Submission** is below its aim on",
-                " and ".join(c.backend for c in missed) + ";",
+                " and ".join(f"{c.backend} at {c.connections} connections" for c in missed) + ";",
                 f"the profiled PlasmaArt server stalled {PROFILE_ATTEMPTS} times in a",
                 "row, so there is no profile of a submission's cost to show.",
             )
@@ -1542,9 +1811,9 @@ def obstacles(
         parts.append(
             prose(
                 "**Submission** is below its aim on",
-                " and ".join(c.backend for c in missed) + ".",
+                " and ".join(f"{c.backend} at {c.connections} connections" for c in missed) + ".",
                 f"A submission costs {plasma.per_unit_ms():.1f} ms of CPU in the server",
-                f"against {bare.per_unit_ms():.1f} ms for the bare insert",
+                f"against {bare.per_unit_ms():.1f} ms for the bare app's submission",
                 f"({plasma.per_unit_ms() / max(bare.per_unit_ms(), 1e-9):.1f} times as much,",
                 "under the profiler), and",
                 f"{plasma.statements / max(plasma.units, 1):.0f} statements in",
@@ -1601,15 +1870,16 @@ def obstacles(
 
 
 def summary_rows(
-    submissions: Sequence[SubmissionComparison], c: QueueComparison, connections: int
+    submissions: Sequence[SubmissionComparison], c: QueueComparison
 ) -> list[SummaryRow]:
     rows = [
         SummaryRow(
-            f"`POST /v1/generations`, {s.backend}, {connections} connections",
-            f"{s.rps(s.plasmaart):,.0f} req/s, p99 {s.p99(s.plasmaart):.0f} ms",
-            f"{s.rps(s.bare):,.0f} req/s, p99 {s.p99(s.bare):.0f} ms (bare insert)",
+            f"`POST /v1/generations`, {s.backend}, {s.connections} connections",
+            f"{s.rps(s.plasmaart):,.0f} req/s, p99 {s.p99(s.plasmaart):.1f} ms",
+            f"{s.rps(s.bare):,.0f} req/s, p99 {s.p99(s.bare):.1f} ms"
+            " (bare: key lookup, guarded update, insert)",
             f"{s.ratio:.1%}",
-            f"≥ {s.aim:.0%}",
+            s.aim_text,
             s.met,
         )
         for s in submissions
@@ -1657,7 +1927,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--users", type=positive(int), default=16, help="users the work is spread over (16)"
     )
     parser.add_argument(
-        "--connections", type=positive(int), default=64, help="HTTP connections (default 64)"
+        "--connections",
+        type=counts,
+        default=[16, 64],
+        help="HTTP connection counts, each measured (default 16,64)",
     )
     parser.add_argument(
         "--load-generator",
@@ -1676,6 +1949,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--profile", action="store_true", help=f"print the top {PROFILE_TOP} functions"
     )
     parser.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="sample both live servers with py-spy during an extra SQLite submission run "
+        "(the bench extra) and summarise the top functions",
+    )
+    parser.add_argument(
         "--write-docs",
         action="store_true",
         help=f"rewrite the '{SECTION_HEADING[3:]}' section of docs/performance.md",
@@ -1688,6 +1967,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(
             "wrk is not installed (apt-get install wrk); --load-generator httpx works "
             "without it, but one Python process cannot keep up with the bare endpoint"
+        )
+    if args.py_spy and (args.only == "queue" or py_spy_binary() is None):
+        parser.error(
+            "--py-spy samples the submission servers: it needs the submission measured "
+            "and py-spy installed (.venv/bin/pip install -e '.[bench]')"
         )
     if args.only != "submission" and importlib.util.find_spec("pgqueuer") is None:
         parser.error("PgQueuer is not installed: .venv/bin/pip install -e '.[bench]'")
@@ -1708,19 +1992,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     queue_comparison: QueueComparison | None = None
     servers: dict[str, Profile] = {}
     worker: Profile | None = None
+    spies: dict[str, PySpyProfile] = {}
     load_description = "none"
     pg_version = "not used"
     try:
         if args.only != "queue":
             progress("submission on SQLite: profiling both servers")
             database, keys = prepare_submission_database(context, "SQLite", None, args.users)
-            load = LoadGenerator(args.load_kind, workdir, keys, args.connections)
+            load = LoadGenerator(args.load_kind, workdir, keys, args.connections[0])
             load_description = load.description
             servers = profile_servers(
                 context, database, replace(load, connections=PROFILE_CONNECTIONS), args.seconds
             )
             progress("submission on SQLite")
-            submissions.append(measure_submission(context, database, load, args))
+            submissions.extend(measure_submission(context, database, load, args))
+            if args.py_spy:
+                progress("submission on SQLite: py-spy on both live servers")
+                spies = py_spy_servers(context, database, load, args.seconds)
         postgres_submission = args.only != "queue" and not args.sqlite_only
         if postgres_submission or args.only != "submission":
             with postgres_server(workdir) as server:
@@ -1730,8 +2018,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     database, keys = prepare_submission_database(
                         context, "PostgreSQL", server, args.users
                     )
-                    load = LoadGenerator(args.load_kind, workdir, keys, args.connections)
-                    submissions.append(measure_submission(context, database, load, args))
+                    load = LoadGenerator(args.load_kind, workdir, keys, args.connections[0])
+                    submissions.extend(measure_submission(context, database, load, args))
                 if args.only != "submission":
                     queue_comparison, worker = measure_queue(ctx, context, server, args)
     finally:
@@ -1743,6 +2031,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if worker is not None:
             print(worker.table("PlasmaArt worker 0"))
             print()
+    for spy in spies.values():
+        print(spy.table())
+        print()
     if submissions:
         print(submission_table(submissions))
         print()
@@ -1765,11 +2056,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             command_line(),
             args,
+            spies,
         )
         write_section(SECTION_HEADING, section, DOC_PATH)
         write_summary(
             "generations.py",
-            summary_rows(submissions, queue_comparison, args.connections),
+            summary_rows(submissions, queue_comparison),
             datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         )
         progress(f"wrote {DOC_PATH.relative_to(REPO)}")
