@@ -1,0 +1,271 @@
+"""Group commit: one writer thread that coalesces concurrent SQLite writes.
+
+SQLite has one write lock. When every request opens its own ``BEGIN
+IMMEDIATE``, writers queue on that lock, and SQLite's busy handler makes each
+of them sleep and retry; a commit per request adds its own cost. Instead,
+``Database.run_write(fn)`` hands ``fn`` to one writer thread per process,
+which takes everything queued (up to a batch limit), opens one ``BEGIN
+IMMEDIATE``, runs each ``fn`` inside its own ``SAVEPOINT`` and commits once.
+
+Each function stays all-or-nothing: one that raises is rolled back to its
+savepoint alone (its ``after_commit`` callbacks dropped) and its exception is
+raised in its caller's thread once the batch committed; the others are not
+affected. If the transaction cannot begin or commit, or an error takes the
+whole transaction down, every item of the batch gets the error and nothing of
+it was written. A caller is answered only after the COMMIT: a crash before it
+loses the batch, which no caller was told was accepted.
+
+The writer never waits for work while it holds the lock: it takes what is
+queued, then begins the transaction. It starts with the first write and stops
+with ``Database.dispose()``; a caller whose writer is gone gets an error
+instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import Connection, Engine
+
+T = TypeVar("T")
+Callbacks = list[Callable[[], None]]
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_LIMIT = 64
+# How often a waiting caller checks that the writer is still alive.
+POLL_S = 0.5
+
+
+class GroupCommitError(RuntimeError):
+    """The writer could not give an answer: it stopped, died, or took too long."""
+
+
+class _BatchBroken(Exception):
+    """The batch's transaction is gone (a failed rollback to a savepoint, or
+    SQLite rolled everything back): no item of it can commit."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _Item:
+    __slots__ = ("callbacks", "done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[[Connection], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.callbacks: Callbacks = []
+
+
+class GroupCommitWriter:
+    """The writer thread of one ``Database`` and the queue that feeds it.
+
+    ``engine`` begins its transactions with ``BEGIN IMMEDIATE``;
+    ``take_callbacks(conn)`` takes the ``after_commit`` callbacks registered on
+    ``conn`` so far, ``run_callbacks`` runs a list of them (logging failures).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        take_callbacks: Callable[[Connection], Callbacks],
+        run_callbacks: Callable[[Callbacks], None],
+        batch_limit: int = DEFAULT_BATCH_LIMIT,
+        timeout_s: float = 90.0,
+        poll_s: float = POLL_S,
+    ) -> None:
+        if batch_limit < 1:
+            raise ValueError("batch_limit must be at least 1")
+        self._engine = engine
+        self._take_callbacks = take_callbacks
+        self._run_callbacks = run_callbacks
+        self.batch_limit = batch_limit
+        self._timeout_s = timeout_s
+        self._poll_s = poll_s
+        self._cond = threading.Condition()
+        self._queue: deque[_Item] = deque()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- the callers' side ------------------------------------------------------
+
+    def run(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in the next batch; its result once the batch committed,
+        or its own exception, or the batch's."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(
+                "run_write called from a function that run_write runs: use the connection it got"
+            )
+        item = _Item(fn)
+        with self._cond:
+            self._queue.append(item)
+            if self._thread is None or not self._thread.is_alive():
+                # The first write, or the first since dispose() (or a fork).
+                self._start()
+            self._cond.notify()
+        self._wait(item)
+        if item.error is not None:
+            raise item.error
+        return cast(T, item.result)
+
+    def queued(self) -> int:
+        """Items waiting for a batch (not those of the batch running)."""
+        with self._cond:
+            return len(self._queue)
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def _wait(self, item: _Item) -> None:
+        deadline = time.monotonic() + self._timeout_s
+        while not item.done.wait(self._poll_s):
+            with self._cond:
+                if item.done.is_set():
+                    return
+                thread = self._thread
+                dead = thread is None or not thread.is_alive()
+                late = time.monotonic() >= deadline
+                if not (dead or late):
+                    continue
+                waiting = item in self._queue
+                if waiting:
+                    # Never run it later: this caller is told it failed.
+                    self._queue.remove(item)
+                if dead and self._thread is thread:
+                    # The next write starts a new writer.
+                    self._thread = None
+            if dead:
+                raise GroupCommitError(
+                    "the database writer stopped before running this write; nothing was written"
+                    if waiting
+                    else "the database writer stopped during this write's batch; "
+                    "its transaction was not committed"
+                )
+            raise GroupCommitError(
+                f"no answer from the database writer within {self._timeout_s:g} s; "
+                + (
+                    "the write was not started and nothing was written"
+                    if waiting
+                    else "the write was running, its outcome is unknown"
+                )
+            )
+
+    # -- the writer's side ------------------------------------------------------
+
+    def _start(self) -> None:
+        thread = threading.Thread(target=self._loop, name="plasmaart-db-writer", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the writer once it has run what is queued (a later write
+        starts a new one)."""
+        with self._cond:
+            thread = self._thread
+            if thread is None:
+                return
+            self._stopping = True
+            self._cond.notify_all()
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _loop(self) -> None:
+        batch: list[_Item] = []
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._stopping:
+                        self._cond.wait()
+                    if not self._queue:
+                        self._stopping = False
+                        self._thread = None
+                        return
+                    size = min(len(self._queue), self.batch_limit)
+                    batch = [self._queue.popleft() for _ in range(size)]
+                self._run_batch(batch)
+                batch = []
+        except BaseException as exc:
+            # A fault of the writer itself, not of a write: answer everyone
+            # waiting on it rather than leave them to their time-out.
+            log.exception("the database writer failed")
+            with self._cond:
+                stranded = [*batch, *self._queue]
+                self._queue.clear()
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                self._stopping = False
+            for item in stranded:
+                if not item.done.is_set():
+                    item.error = GroupCommitError(f"the database writer failed: {exc!r}")
+                    item.done.set()
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        try:
+            with self._engine.connect() as conn:
+                try:
+                    # BEGIN IMMEDIATE; COMMIT, or ROLLBACK on any error
+                    # (a failed COMMIT included).
+                    with conn.begin():
+                        for item in batch:
+                            self._run_item(conn, item)
+                finally:
+                    self._take_callbacks(conn)
+        except BaseException as exc:
+            # Nothing of the batch was written: every item fails, those that
+            # failed on their own with their own error.
+            error = exc.cause if isinstance(exc, _BatchBroken) else exc
+            for item in batch:
+                item.result = None
+                item.callbacks = []
+                if item.error is None:
+                    item.error = error
+                item.done.set()
+            return
+        for item in batch:
+            if item.error is None and item.callbacks:
+                self._run_callbacks(item.callbacks)
+                item.callbacks = []
+            item.done.set()
+
+    def _run_item(self, conn: Connection, item: _Item) -> None:
+        savepoint = conn.begin_nested()
+        try:
+            result = item.fn(conn)
+        except BaseException as exc:
+            self._take_callbacks(conn)
+            try:
+                if savepoint.is_active:
+                    savepoint.rollback()
+            except BaseException as failed:
+                raise _BatchBroken(failed) from exc
+            item.error = exc
+            if not _in_transaction(conn):
+                # SQLite rolled the whole transaction back (a full disk, an
+                # I/O error): the earlier items are gone too.
+                raise _BatchBroken(exc) from exc
+            return
+        item.callbacks = self._take_callbacks(conn)
+        try:
+            savepoint.commit()
+        except BaseException as failed:
+            item.callbacks = []
+            raise _BatchBroken(failed) from failed
+        item.result = result
+
+
+def _in_transaction(conn: Connection) -> bool:
+    """Whether the driver's connection still has its transaction open (SQLite
+    may roll it back on its own, behind SQLAlchemy's back)."""
+    driver = conn.connection.driver_connection
+    return bool(getattr(driver, "in_transaction", True))

@@ -1,0 +1,228 @@
+"""The group-commit writer on its own: batch limit, stopping, a dead or slow
+writer, writes from inside a write, and the setting."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, event, text
+
+from plasmaart.config import load_settings
+from plasmaart.db.engine import Database, create_database
+from plasmaart.db.group_commit import GroupCommitError, GroupCommitWriter
+
+WAIT_S = 30.0
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = create_database(f"sqlite:///{tmp_path / 'group.db'}", group_commit_batch=4)
+    with database.write() as conn:
+        conn.execute(text("CREATE TABLE probe (id INTEGER PRIMARY KEY)"))
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+def writer_of(db: Database) -> GroupCommitWriter:
+    writer = db.group_commit
+    assert writer is not None
+    return writer
+
+
+def insert(row_id: int) -> Callable[[Connection], int]:
+    def fn(conn: Connection) -> int:
+        conn.execute(text("INSERT INTO probe (id) VALUES (:id)"), {"id": row_id})
+        return row_id
+
+    return fn
+
+
+def rows(db: Database) -> list[int]:
+    with db.read() as conn:
+        return list(conn.execute(text("SELECT id FROM probe ORDER BY id")).scalars())
+
+
+def hold_the_writer(db: Database, pool: ThreadPoolExecutor) -> tuple[threading.Event, Future[int]]:
+    """A write that keeps the writer busy until the returned gate opens."""
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def held(conn: Connection) -> int:
+        entered.set()
+        assert gate.wait(WAIT_S)
+        return insert(0)(conn)
+
+    future = pool.submit(db.run_write, held)
+    assert entered.wait(WAIT_S)
+    return gate, future
+
+
+def wait_queued(writer: GroupCommitWriter, count: int) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while writer.queued() < count:
+        assert time.monotonic() < deadline, "the writes never queued"
+        time.sleep(0.005)
+
+
+def test_a_batch_takes_at_most_the_limit(db: Database) -> None:
+    writer = writer_of(db)
+    assert writer.batch_limit == 4
+    begins: Counter[str] = Counter()
+
+    def on_begin(_conn: Connection) -> None:
+        begins["begin"] += 1
+
+    event.listen(db.engine, "begin", on_begin)
+    with ThreadPoolExecutor(11) as pool:
+        gate, held = hold_the_writer(db, pool)
+        futures = [pool.submit(db.run_write, insert(n)) for n in range(1, 11)]
+        wait_queued(writer, 10)
+        gate.set()
+        results = [future.result(timeout=WAIT_S) for future in [held, *futures]]
+    event.remove(db.engine, "begin", on_begin)
+    assert results == list(range(11))
+    assert rows(db) == list(range(11))
+    # The held write, then 10 queued writes in batches of 4, 4 and 2.
+    assert begins["begin"] == 4
+
+
+def test_the_writer_starts_with_the_first_write_and_stops_with_dispose(db: Database) -> None:
+    writer = writer_of(db)
+    assert not writer.running
+    assert db.run_write(insert(1)) == 1
+    assert writer.running
+    threads = [t for t in threading.enumerate() if t.name == "plasmaart-db-writer"]
+    db.dispose()
+    assert not writer.running
+    assert not any(t.is_alive() for t in threads)
+    # A write after dispose starts a new writer.
+    assert db.run_write(insert(2)) == 2
+    assert writer.running
+    assert rows(db) == [1, 2]
+
+
+def test_dispose_answers_the_writes_already_queued(db: Database) -> None:
+    writer = writer_of(db)
+    with ThreadPoolExecutor(4) as pool:
+        gate, held = hold_the_writer(db, pool)
+        futures = [pool.submit(db.run_write, insert(n)) for n in (1, 2)]
+        wait_queued(writer, 2)
+        closing = threading.Thread(target=db.dispose)
+        closing.start()
+        gate.set()
+        closing.join(WAIT_S)
+        assert not closing.is_alive()
+        assert [f.result(timeout=WAIT_S) for f in [held, *futures]] == [0, 1, 2]
+    assert not writer.running
+    assert rows(db) == [0, 1, 2]
+
+
+def test_a_dead_writer_fails_its_callers_instead_of_hanging(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = writer_of(db)
+    monkeypatch.setattr(writer, "_poll_s", 0.05)
+    # A writer thread that ends without running anything.
+    monkeypatch.setattr(writer, "_loop", lambda: None)
+    started = time.monotonic()
+    with pytest.raises(GroupCommitError, match="nothing was written"):
+        db.run_write(insert(1))
+    assert time.monotonic() - started < WAIT_S
+    assert writer.queued() == 0
+    monkeypatch.undo()
+    # The next write starts a writer that works; the failed one never runs.
+    assert db.run_write(insert(2)) == 2
+    assert rows(db) == [2]
+
+
+def test_a_fault_of_the_writer_answers_everyone_waiting(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = writer_of(db)
+
+    def broken(_batch: object) -> None:
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(writer, "_run_batch", broken)
+    with pytest.raises(GroupCommitError, match="a bug in the writer"):
+        db.run_write(insert(1))
+    monkeypatch.undo()
+    assert db.run_write(insert(2)) == 2
+    assert rows(db) == [2]
+
+
+def test_a_write_not_started_in_time_is_never_run(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = writer_of(db)
+    with ThreadPoolExecutor(2) as pool:
+        gate, held = hold_the_writer(db, pool)
+        # Short only for the write below (the held one's deadline is set).
+        monkeypatch.setattr(writer, "_poll_s", 0.05)
+        monkeypatch.setattr(writer, "_timeout_s", 0.3)
+        with pytest.raises(GroupCommitError, match="not started and nothing was written"):
+            db.run_write(insert(1))
+        gate.set()
+        assert held.result(timeout=WAIT_S) == 0
+    assert db.run_write(insert(2)) == 2
+    assert rows(db) == [0, 2]
+
+
+def test_a_write_running_too_long_says_its_outcome_is_unknown(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = writer_of(db)
+    monkeypatch.setattr(writer, "_poll_s", 0.05)
+    monkeypatch.setattr(writer, "_timeout_s", 0.3)
+    gate = threading.Event()
+
+    def slow(conn: Connection) -> int:
+        assert gate.wait(WAIT_S)
+        return insert(1)(conn)
+
+    with pytest.raises(GroupCommitError, match="outcome is unknown"):
+        db.run_write(slow)
+    gate.set()
+    monkeypatch.undo()
+    # It did commit in the end: the caller was not told it had not.
+    assert db.run_write(insert(2)) == 2
+    assert rows(db) == [1, 2]
+
+
+def test_run_write_inside_a_write_is_refused(db: Database) -> None:
+    def nested(conn: Connection) -> int:
+        insert(1)(conn)
+        return db.run_write(insert(2))
+
+    with pytest.raises(RuntimeError, match="use the connection it got"):
+        db.run_write(nested)
+    assert rows(db) == []
+
+
+def test_the_batch_limit_is_at_least_one(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        create_database(f"sqlite:///{tmp_path / 'x.db'}", group_commit_batch=0)
+
+
+def test_group_commit_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PLASMAART_GROUP_COMMIT", raising=False)
+    assert load_settings().group_commit is True
+    monkeypatch.setenv("PLASMAART_GROUP_COMMIT", "false")
+    assert load_settings().group_commit is False
+
+
+def test_postgresql_has_no_writer() -> None:
+    # Building a PostgreSQL engine connects to nothing.
+    database = create_database("postgresql://user@127.0.0.1:1/none")
+    try:
+        assert database.group_commit is None
+    finally:
+        database.dispose()
