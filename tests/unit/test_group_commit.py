@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Connection, event, text
 
 from plasmaart.config import load_settings
-from plasmaart.db.engine import Database, create_database
+from plasmaart.db.engine import Database, after_commit, create_database
 from plasmaart.db.group_commit import GroupCommitError, GroupCommitWriter
 
 WAIT_S = 30.0
@@ -195,6 +195,55 @@ def test_a_write_running_too_long_says_its_outcome_is_unknown(
     # It did commit in the end: the caller was not told it had not.
     assert db.run_write(insert(2)) == 2
     assert rows(db) == [1, 2]
+
+
+def test_a_write_alone_that_fails_writes_nothing(db: Database) -> None:
+    ran: list[str] = []
+
+    def failing(conn: Connection) -> None:
+        insert(1)(conn)
+        after_commit(conn, lambda: ran.append("failing"))
+        raise KeyError("no")
+
+    with pytest.raises(KeyError):
+        db.run_write(failing)
+
+    def fine(conn: Connection) -> int:
+        after_commit(conn, lambda: ran.append("fine"))
+        return insert(2)(conn)
+
+    assert db.run_write(fine) == 2
+    assert ran == ["fine"]
+    assert rows(db) == [2]
+
+
+def test_savepoints_a_write_leaves_open_end_with_it(db: Database) -> None:
+    writer = writer_of(db)
+
+    def leaves_one_open(row_id: int, fail: bool) -> Callable[[Connection], int]:
+        def fn(conn: Connection) -> int:
+            conn.begin_nested()
+            insert(row_id)(conn)
+            if fail:
+                raise ValueError(row_id)
+            return row_id
+
+        return fn
+
+    with ThreadPoolExecutor(4) as pool:
+        gate, held = hold_the_writer(db, pool)
+        futures = [
+            pool.submit(db.run_write, fn)
+            for fn in (leaves_one_open(1, False), leaves_one_open(2, True), insert(3))
+        ]
+        wait_queued(writer, 3)
+        gate.set()
+        assert held.result(timeout=WAIT_S) == 0
+        assert futures[0].result(timeout=WAIT_S) == 1
+        with pytest.raises(ValueError, match="2"):
+            futures[1].result(timeout=WAIT_S)
+        assert futures[2].result(timeout=WAIT_S) == 3
+    assert rows(db) == [0, 1, 3]
 
 
 def test_run_write_inside_a_write_is_refused(db: Database) -> None:

@@ -24,6 +24,7 @@ instead of waiting forever.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 T = TypeVar("T")
 Callbacks = list[Callable[[], None]]
@@ -217,8 +219,13 @@ class GroupCommitWriter:
                     # BEGIN IMMEDIATE; COMMIT, or ROLLBACK on any error
                     # (a failed COMMIT included).
                     with conn.begin():
-                        for item in batch:
-                            self._run_item(conn, item)
+                        if len(batch) == 1:
+                            # Alone, a write needs no savepoint: it is the
+                            # transaction (its error rolls it back).
+                            self._run_alone(conn, batch[0])
+                        else:
+                            for item in batch:
+                                self._run_item(conn, item)
                 finally:
                     self._take_callbacks(conn)
         except BaseException as exc:
@@ -238,34 +245,56 @@ class GroupCommitWriter:
                 item.callbacks = []
             item.done.set()
 
+    def _run_alone(self, conn: Connection, item: _Item) -> None:
+        self._take_callbacks(conn)
+        result = item.fn(conn)
+        item.callbacks = self._take_callbacks(conn)
+        item.result = result
+
     def _run_item(self, conn: Connection, item: _Item) -> None:
-        savepoint = conn.begin_nested()
+        # The savepoints go straight to the driver: through SQLAlchemy, each
+        # costs as much as one of the write's own statements. A function's
+        # own conn.begin_nested() nests inside this one.
+        driver = conn.connection.driver_connection
+        self._take_callbacks(conn)
+        _execute(driver, f"SAVEPOINT {_SAVEPOINT}")
         try:
             result = item.fn(conn)
         except BaseException as exc:
             self._take_callbacks(conn)
             try:
-                if savepoint.is_active:
-                    savepoint.rollback()
+                # Savepoints the function left open (SQLAlchemy's view of them).
+                while (nested := conn.get_nested_transaction()) is not None:
+                    nested.rollback()
+                # Fails when the transaction is gone: the function ended it,
+                # or SQLite rolled it back on its own (a full disk, an I/O
+                # error), taking the earlier items with it.
+                _execute(driver, f"ROLLBACK TO {_SAVEPOINT}")
+                _execute(driver, f"RELEASE {_SAVEPOINT}")
             except BaseException as failed:
                 raise _BatchBroken(failed) from exc
             item.error = exc
-            if not _in_transaction(conn):
-                # SQLite rolled the whole transaction back (a full disk, an
-                # I/O error): the earlier items are gone too.
-                raise _BatchBroken(exc) from exc
             return
         item.callbacks = self._take_callbacks(conn)
         try:
-            savepoint.commit()
+            while (nested := conn.get_nested_transaction()) is not None:
+                nested.commit()
+            _execute(driver, f"RELEASE {_SAVEPOINT}")
         except BaseException as failed:
             item.callbacks = []
             raise _BatchBroken(failed) from failed
         item.result = result
 
 
-def _in_transaction(conn: Connection) -> bool:
-    """Whether the driver's connection still has its transaction open (SQLite
-    may roll it back on its own, behind SQLAlchemy's back)."""
-    driver = conn.connection.driver_connection
-    return bool(getattr(driver, "in_transaction", True))
+_SAVEPOINT = "plasmaart_write"
+
+
+def _execute(driver: Any, statement: str) -> None:
+    """``statement`` on the driver's connection; its error as SQLAlchemy's
+    (``OperationalError``...), as a statement run through it would raise."""
+    try:
+        driver.execute(statement).close()
+    except Exception as exc:
+        if isinstance(exc, sqlite3.Error):
+            raise DBAPIError.instance(statement, (), exc, sqlite3.Error) from exc
+        raise
