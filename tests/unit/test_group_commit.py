@@ -16,6 +16,7 @@ from sqlalchemy import Connection, event, text
 from plasmaart.config import load_settings
 from plasmaart.db.engine import Database, after_commit, create_database
 from plasmaart.db.group_commit import GroupCommitError, GroupCommitWriter
+from plasmaart.logs import request_id
 
 WAIT_S = 30.0
 
@@ -244,6 +245,43 @@ def test_savepoints_a_write_leaves_open_end_with_it(db: Database) -> None:
             futures[1].result(timeout=WAIT_S)
         assert futures[2].result(timeout=WAIT_S) == 3
     assert rows(db) == [0, 1, 3]
+
+
+def test_writes_and_their_callbacks_see_the_callers_context(db: Database) -> None:
+    writer = writer_of(db)
+    seen: list[tuple[str, str | None]] = []
+
+    def noting(row_id: int) -> Callable[[Connection], int]:
+        def fn(conn: Connection) -> int:
+            seen.append(("write", request_id.get()))
+            after_commit(conn, lambda: seen.append(("callback", request_id.get())))
+            return insert(row_id)(conn)
+
+        return fn
+
+    def as_request(name: str, row_id: int) -> int:
+        token = request_id.set(name)
+        try:
+            return db.run_write(noting(row_id))
+        finally:
+            request_id.reset(token)
+
+    # Alone in its batch, then two in one batch.
+    assert as_request("req-alone", 1) == 1
+    with ThreadPoolExecutor(3) as pool:
+        gate, held = hold_the_writer(db, pool)
+        futures = [pool.submit(as_request, f"req-{n}", n) for n in (2, 3)]
+        wait_queued(writer, 2)
+        gate.set()
+        assert [f.result(timeout=WAIT_S) for f in [held, *futures]] == [0, 2, 3]
+    assert seen[:2] == [("write", "req-alone"), ("callback", "req-alone")]
+    assert sorted(seen[2:]) == [
+        ("callback", "req-2"),
+        ("callback", "req-3"),
+        ("write", "req-2"),
+        ("write", "req-3"),
+    ]
+    assert request_id.get() is None
 
 
 def test_run_write_inside_a_write_is_refused(db: Database) -> None:

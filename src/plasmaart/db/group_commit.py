@@ -23,6 +23,7 @@ instead of waiting forever.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sqlite3
 import threading
@@ -57,10 +58,13 @@ class _BatchBroken(Exception):
 
 
 class _Item:
-    __slots__ = ("callbacks", "done", "error", "fn", "result")
+    __slots__ = ("callbacks", "context", "done", "error", "fn", "result")
 
     def __init__(self, fn: Callable[[Connection], Any]) -> None:
         self.fn = fn
+        # The caller's context variables (the request id of its log lines):
+        # the function and its callbacks run in them.
+        self.context = contextvars.copy_context()
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -241,13 +245,13 @@ class GroupCommitWriter:
             return
         for item in batch:
             if item.error is None and item.callbacks:
-                self._run_callbacks(item.callbacks)
+                item.context.run(self._run_callbacks, item.callbacks)
                 item.callbacks = []
             item.done.set()
 
     def _run_alone(self, conn: Connection, item: _Item) -> None:
         self._take_callbacks(conn)
-        result = item.fn(conn)
+        result = item.context.run(item.fn, conn)
         item.callbacks = self._take_callbacks(conn)
         item.result = result
 
@@ -259,7 +263,7 @@ class GroupCommitWriter:
         self._take_callbacks(conn)
         _execute(driver, f"SAVEPOINT {_SAVEPOINT}")
         try:
-            result = item.fn(conn)
+            result = item.context.run(item.fn, conn)
         except BaseException as exc:
             self._take_callbacks(conn)
             try:
