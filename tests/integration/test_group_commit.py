@@ -335,7 +335,8 @@ def test_ledger_operations_through_group_commit(db: Database, ledger: LedgerServ
     assert refused == [threads - 1] * (rounds - rounds // 2)
     calls = threads * rounds * 2 - len(refused)
     if writes_in_one_batch(db):
-        assert seen["begin"] == seen["commit"] <= calls
+        # A refused hold alone in its batch is a transaction rolled back.
+        assert seen["commit"] <= seen["begin"] <= calls
     else:
         # A refused hold is a transaction rolled back.
         assert (seen["begin"], seen["commit"]) == (calls, calls - len(refused))

@@ -101,13 +101,21 @@ def test_the_writer_starts_with_the_first_write_and_stops_with_dispose(db: Datab
     assert db.run_write(insert(1)) == 1
     assert writer.running
     threads = [t for t in threading.enumerate() if t.name == "plasmaart-db-writer"]
+    # The writer keeps its connection between batches, and gives it back
+    # when it stops (which is what dispose() does first).
+    assert db.engine.pool.checkedout() == 1
+    writer.close()
+    assert not writer.running
+    assert db.engine.pool.checkedout() == 0
+    assert db.run_write(insert(3)) == 3
+    threads += [t for t in threading.enumerate() if t.name == "plasmaart-db-writer"]
     db.dispose()
     assert not writer.running
     assert not any(t.is_alive() for t in threads)
     # A write after dispose starts a new writer.
     assert db.run_write(insert(2)) == 2
     assert writer.running
-    assert rows(db) == [1, 2]
+    assert rows(db) == [1, 2, 3]
 
 
 def test_dispose_answers_the_writes_already_queued(db: Database) -> None:
