@@ -95,27 +95,52 @@ def test_a_batch_takes_at_most_the_limit(db: Database) -> None:
     assert begins["begin"] == 4
 
 
-def test_the_writer_starts_with_the_first_write_and_stops_with_dispose(db: Database) -> None:
+def test_a_write_alone_runs_in_its_callers_thread(db: Database) -> None:
     writer = writer_of(db)
+    ran_in: list[str] = []
+
+    def noting(conn: Connection) -> int:
+        ran_in.append(threading.current_thread().name)
+        return insert(1)(conn)
+
+    assert db.run_write(noting) == 1
+    # No other write was running or queued: no hand-off to a writer thread.
+    assert ran_in == [threading.current_thread().name]
     assert not writer.running
-    assert db.run_write(insert(1)) == 1
-    assert writer.running
+    assert rows(db) == [1]
+
+
+def test_the_writer_starts_with_the_first_queued_write_and_stops_with_dispose(
+    db: Database,
+) -> None:
+    writer = writer_of(db)
+    ran_in: list[str] = []
+
+    def noting(conn: Connection) -> int:
+        ran_in.append(threading.current_thread().name)
+        return insert(1)(conn)
+
+    with ThreadPoolExecutor(2) as pool:
+        gate, held = hold_the_writer(db, pool)
+        queued = pool.submit(db.run_write, noting)
+        wait_queued(writer, 1)
+        assert writer.running
+        gate.set()
+        assert (held.result(timeout=WAIT_S), queued.result(timeout=WAIT_S)) == (0, 1)
+    assert ran_in == ["plasmaart-db-writer"]
     threads = [t for t in threading.enumerate() if t.name == "plasmaart-db-writer"]
-    # The writer keeps its connection between batches, and gives it back
-    # when it stops (which is what dispose() does first).
+    assert threads
+    # Batches share one connection, kept between them and given back when
+    # the writer stops (which is what dispose() does first).
     assert db.engine.pool.checkedout() == 1
     writer.close()
     assert not writer.running
     assert db.engine.pool.checkedout() == 0
-    assert db.run_write(insert(3)) == 3
-    threads += [t for t in threading.enumerate() if t.name == "plasmaart-db-writer"]
     db.dispose()
-    assert not writer.running
     assert not any(t.is_alive() for t in threads)
-    # A write after dispose starts a new writer.
+    # Writes after dispose work as before.
     assert db.run_write(insert(2)) == 2
-    assert writer.running
-    assert rows(db) == [1, 2, 3]
+    assert rows(db) == [0, 1, 2]
 
 
 def test_dispose_answers_the_writes_already_queued(db: Database) -> None:
@@ -141,15 +166,20 @@ def test_a_dead_writer_fails_its_callers_instead_of_hanging(
     monkeypatch.setattr(writer, "_poll_s", 0.05)
     # A writer thread that ends without running anything.
     monkeypatch.setattr(writer, "_loop", lambda: None)
-    started = time.monotonic()
-    with pytest.raises(GroupCommitError, match="nothing was written"):
-        db.run_write(insert(1))
-    assert time.monotonic() - started < WAIT_S
-    assert writer.queued() == 0
-    monkeypatch.undo()
-    # The next write starts a writer that works; the failed one never runs.
+    with ThreadPoolExecutor(1) as pool:
+        gate, held = hold_the_writer(db, pool)
+        started = time.monotonic()
+        with pytest.raises(GroupCommitError, match="nothing was written"):
+            db.run_write(insert(1))
+        assert time.monotonic() - started < WAIT_S
+        assert writer.queued() == 0
+        monkeypatch.undo()
+        gate.set()
+        assert held.result(timeout=WAIT_S) == 0
+    # The next writes work (with a new writer when they queue); the failed
+    # one never runs.
     assert db.run_write(insert(2)) == 2
-    assert rows(db) == [2]
+    assert rows(db) == [0, 2]
 
 
 def test_a_fault_of_the_writer_answers_everyone_waiting(
@@ -160,12 +190,21 @@ def test_a_fault_of_the_writer_answers_everyone_waiting(
     def broken(_batch: object) -> None:
         raise RuntimeError("a bug in the writer")
 
-    monkeypatch.setattr(writer, "_run_batch", broken)
-    with pytest.raises(GroupCommitError, match="a bug in the writer"):
-        db.run_write(insert(1))
+    with ThreadPoolExecutor(1) as pool:
+        gate, held = hold_the_writer(db, pool)
+        # The held write is already running: only the writer's batches break.
+        monkeypatch.setattr(writer, "_run_batch", broken)
+        with ThreadPoolExecutor(2) as callers:
+            futures = [callers.submit(db.run_write, insert(n)) for n in (1, 2)]
+            wait_queued(writer, 2)
+            gate.set()
+            for future in futures:
+                with pytest.raises(GroupCommitError, match="a bug in the writer"):
+                    future.result(timeout=WAIT_S)
+        assert held.result(timeout=WAIT_S) == 0
     monkeypatch.undo()
-    assert db.run_write(insert(2)) == 2
-    assert rows(db) == [2]
+    assert db.run_write(insert(3)) == 3
+    assert rows(db) == [0, 3]
 
 
 def test_a_write_not_started_in_time_is_never_run(
@@ -189,21 +228,31 @@ def test_a_write_running_too_long_says_its_outcome_is_unknown(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writer = writer_of(db)
-    monkeypatch.setattr(writer, "_poll_s", 0.05)
-    monkeypatch.setattr(writer, "_timeout_s", 0.3)
-    gate = threading.Event()
+    slow_gate = threading.Event()
+    slow_entered = threading.Event()
 
     def slow(conn: Connection) -> int:
-        assert gate.wait(WAIT_S)
+        slow_entered.set()
+        assert slow_gate.wait(WAIT_S)
         return insert(1)(conn)
 
-    with pytest.raises(GroupCommitError, match="outcome is unknown"):
-        db.run_write(slow)
-    gate.set()
+    with ThreadPoolExecutor(2) as pool:
+        gate, held = hold_the_writer(db, pool)
+        monkeypatch.setattr(writer, "_poll_s", 0.05)
+        monkeypatch.setattr(writer, "_timeout_s", 3.0)
+        waiting = pool.submit(db.run_write, slow)
+        wait_queued(writer, 1)
+        gate.set()
+        # The writer runs it now; its caller gives up before it ends.
+        assert slow_entered.wait(WAIT_S)
+        with pytest.raises(GroupCommitError, match="outcome is unknown"):
+            waiting.result(timeout=WAIT_S)
+        slow_gate.set()
+        assert held.result(timeout=WAIT_S) == 0
     monkeypatch.undo()
-    # It did commit in the end: the caller was not told it had not.
+    # It did commit in the end: its caller was not told it had not.
     assert db.run_write(insert(2)) == 2
-    assert rows(db) == [1, 2]
+    assert rows(db) == [0, 1, 2]
 
 
 def test_a_write_alone_that_fails_writes_nothing(db: Database) -> None:

@@ -15,6 +15,12 @@ whole transaction down, every item of the batch gets the error and nothing of
 it was written. A caller is answered only after the COMMIT: a crash before it
 loses the batch, which no caller was told was accepted.
 
+A write that finds no batch running and none queued runs at once in its
+caller's thread, as a batch of one: without concurrency there is nothing to
+coalesce, and a hand-off to another thread would only add latency. One batch
+runs at a time either way, so this process's writes never queue on SQLite's
+lock; the writes that arrive while one runs queue for the writer thread.
+
 The writer never waits for work while it holds the lock: it takes what is
 queued, then begins the transaction. It starts with the first write and stops
 with ``Database.dispose()``; a caller whose writer is gone gets an error
@@ -101,31 +107,58 @@ class GroupCommitWriter:
         self._queue: deque[_Item] = deque()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        # The writer thread's connection, kept between batches (a checkout
-        # per batch costs about a tenth of a small write); only that thread
-        # touches it.
+        # The thread running a batch now (the writer, or a caller running
+        # its own write alone): one at a time, and only it uses _conn.
+        self._runner: threading.Thread | None = None
+        # The connection batches run on, kept between them (a checkout per
+        # batch costs about a tenth of a small write).
         self._conn: Connection | None = None
 
     # -- the callers' side ------------------------------------------------------
 
     def run(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in the next batch; its result once the batch committed,
-        or its own exception, or the batch's."""
-        if threading.current_thread() is self._thread:
+        """Run ``fn`` in a batch; its result once the batch committed, or its
+        own exception, or the batch's.
+
+        When no batch is running and none is queued, the caller runs its
+        write itself, as a batch of one, instead of handing it to the writer
+        thread: at low concurrency a hand-off between threads would cost more
+        than it saves. Writes that arrive meanwhile queue for the writer.
+        """
+        me = threading.current_thread()
+        if me is self._runner:
             raise RuntimeError(
                 "run_write called from a function that run_write runs: use the connection it got"
             )
         item = _Item(fn)
         with self._cond:
-            self._queue.append(item)
-            if self._thread is None or not self._thread.is_alive():
-                # The first write, or the first since dispose() (or a fork).
-                self._start()
-            self._cond.notify()
-        self._wait(item)
+            alone = self._runner is None and not self._queue
+            if alone:
+                self._runner = me
+            else:
+                self._queue.append(item)
+                self._ensure_writer()
+                self._cond.notify_all()
+        if alone:
+            try:
+                self._run_batch([item])
+            finally:
+                with self._cond:
+                    self._runner = None
+                    if self._queue:
+                        self._ensure_writer()
+                    self._cond.notify_all()
+        else:
+            self._wait(item)
         if item.error is not None:
             raise item.error
         return cast(T, item.result)
+
+    def _ensure_writer(self) -> None:
+        """Start the writer thread unless it runs (called holding the lock)."""
+        if self._thread is None or not self._thread.is_alive():
+            # The first queued write, or the first since dispose() (or a fork).
+            self._start()
 
     def queued(self) -> int:
         """Items waiting for a batch (not those of the batch running)."""
@@ -179,42 +212,59 @@ class GroupCommitWriter:
         thread.start()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop the writer once it has run what is queued (a later write
-        starts a new one)."""
+        """Stop the writer once it has run what is queued, and close its
+        connection (a later write starts again)."""
+        me = threading.current_thread()
         with self._cond:
             thread = self._thread
-            if thread is None:
-                return
-            self._stopping = True
-            self._cond.notify_all()
-        if thread is not threading.current_thread():
+            if thread is not None:
+                self._stopping = True
+                self._cond.notify_all()
+        if thread is not None and thread is not me:
             thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            # A caller may be running its own write on the connection.
+            while self._runner is not None and self._runner is not me:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+            self._close_connection()
 
     def _loop(self) -> None:
+        me = threading.current_thread()
         batch: list[_Item] = []
         try:
             while True:
                 with self._cond:
-                    while not self._queue and not self._stopping:
+                    while not (self._queue and self._runner is None):
+                        if self._stopping and not self._queue and self._runner is None:
+                            self._close_connection()
+                            self._stopping = False
+                            self._thread = None
+                            return
                         self._cond.wait()
-                    if not self._queue:
-                        self._close_connection()
-                        self._stopping = False
-                        self._thread = None
-                        return
                     size = min(len(self._queue), self.batch_limit)
                     batch = [self._queue.popleft() for _ in range(size)]
-                self._run_batch(batch)
+                    self._runner = me
+                try:
+                    self._run_batch(batch)
+                finally:
+                    with self._cond:
+                        self._runner = None
+                        self._cond.notify_all()
                 batch = []
         except BaseException as exc:
             # A fault of the writer itself, not of a write: answer everyone
             # waiting on it rather than leave them to their time-out.
             log.exception("the database writer failed")
-            self._close_connection()
             with self._cond:
+                if self._runner is None:
+                    self._close_connection()
                 stranded = [*batch, *self._queue]
                 self._queue.clear()
-                if self._thread is threading.current_thread():
+                if self._thread is me:
                     self._thread = None
                 self._stopping = False
             for item in stranded:
