@@ -2,9 +2,10 @@
 each still all-or-nothing; on PostgreSQL (and with the setting off) each call
 is its own transaction.
 
-On SQLite a test makes its batch certain: a first write holds the writer (it
-waits on a gate inside its function) while the others queue, then the gate
-opens and the queued writes run as one batch.
+On SQLite a test makes its batch certain: a first write runs (alone, in its
+caller's thread) and waits on a gate inside its function while the others
+queue, since one batch runs at a time; then the gate opens and the writer
+thread runs the queued writes as one batch.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def run_together(db: Database, fns: Sequence[Callable[[Connection], Any]]) -> li
     once; each one's result or exception, in order.
 
     With group commit, all of them go in one batch: a first write (row 0,
-    "gate") holds the writer until they are all queued.
+    "gate") keeps the batch slot until they are all queued.
     """
     writer = db.group_commit
     with ThreadPoolExecutor(len(fns) + 1) as pool:
@@ -112,12 +113,12 @@ def run_together(db: Database, fns: Sequence[Callable[[Connection], Any]]) -> li
         gate = threading.Event()
         entered = threading.Event()
 
-        def hold_the_writer(conn: Connection) -> None:
+        def hold_the_batch_slot(conn: Connection) -> None:
             entered.set()
             assert gate.wait(WAIT_S)
             insert(conn, 0, "gate")
 
-        held = pool.submit(db.run_write, hold_the_writer)
+        held = pool.submit(db.run_write, hold_the_batch_slot)
         assert entered.wait(WAIT_S)
         futures = [pool.submit(db.run_write, fn) for fn in fns]
         deadline = time.monotonic() + WAIT_S

@@ -51,8 +51,11 @@ def rows(db: Database) -> list[int]:
         return list(conn.execute(text("SELECT id FROM probe ORDER BY id")).scalars())
 
 
-def hold_the_writer(db: Database, pool: ThreadPoolExecutor) -> tuple[threading.Event, Future[int]]:
-    """A write that keeps the writer busy until the returned gate opens."""
+def hold_the_batch_slot(
+    db: Database, pool: ThreadPoolExecutor
+) -> tuple[threading.Event, Future[int]]:
+    """A write that runs (alone, in a thread of ``pool``) until the returned
+    gate opens: meanwhile no other batch runs, writes queue for the writer."""
     gate = threading.Event()
     entered = threading.Event()
 
@@ -83,7 +86,7 @@ def test_a_batch_takes_at_most_the_limit(db: Database) -> None:
 
     event.listen(db.engine, "begin", on_begin)
     with ThreadPoolExecutor(11) as pool:
-        gate, held = hold_the_writer(db, pool)
+        gate, held = hold_the_batch_slot(db, pool)
         futures = [pool.submit(db.run_write, insert(n)) for n in range(1, 11)]
         wait_queued(writer, 10)
         gate.set()
@@ -121,7 +124,7 @@ def test_the_writer_starts_with_the_first_queued_write_and_stops_with_dispose(
         return insert(1)(conn)
 
     with ThreadPoolExecutor(2) as pool:
-        gate, held = hold_the_writer(db, pool)
+        gate, held = hold_the_batch_slot(db, pool)
         queued = pool.submit(db.run_write, noting)
         wait_queued(writer, 1)
         assert writer.running
@@ -146,7 +149,7 @@ def test_the_writer_starts_with_the_first_queued_write_and_stops_with_dispose(
 def test_dispose_answers_the_writes_already_queued(db: Database) -> None:
     writer = writer_of(db)
     with ThreadPoolExecutor(4) as pool:
-        gate, held = hold_the_writer(db, pool)
+        gate, held = hold_the_batch_slot(db, pool)
         futures = [pool.submit(db.run_write, insert(n)) for n in (1, 2)]
         wait_queued(writer, 2)
         closing = threading.Thread(target=db.dispose)
@@ -167,7 +170,7 @@ def test_a_dead_writer_fails_its_callers_instead_of_hanging(
     # A writer thread that ends without running anything.
     monkeypatch.setattr(writer, "_loop", lambda: None)
     with ThreadPoolExecutor(1) as pool:
-        gate, held = hold_the_writer(db, pool)
+        gate, held = hold_the_batch_slot(db, pool)
         started = time.monotonic()
         with pytest.raises(GroupCommitError, match="nothing was written"):
             db.run_write(insert(1))
@@ -191,7 +194,7 @@ def test_a_fault_of_the_writer_answers_everyone_waiting(
         raise RuntimeError("a bug in the writer")
 
     with ThreadPoolExecutor(1) as pool:
-        gate, held = hold_the_writer(db, pool)
+        gate, held = hold_the_batch_slot(db, pool)
         # The held write is already running: only the writer's batches break.
         monkeypatch.setattr(writer, "_run_batch", broken)
         with ThreadPoolExecutor(2) as callers:
@@ -212,7 +215,7 @@ def test_a_write_not_started_in_time_is_never_run(
 ) -> None:
     writer = writer_of(db)
     with ThreadPoolExecutor(2) as pool:
-        gate, held = hold_the_writer(db, pool)
+        gate, held = hold_the_batch_slot(db, pool)
         # Short only for the write below (the held one's deadline is set).
         monkeypatch.setattr(writer, "_poll_s", 0.05)
         monkeypatch.setattr(writer, "_timeout_s", 0.3)
@@ -237,7 +240,7 @@ def test_a_write_running_too_long_says_its_outcome_is_unknown(
         return insert(1)(conn)
 
     with ThreadPoolExecutor(2) as pool:
-        gate, held = hold_the_writer(db, pool)
+        gate, held = hold_the_batch_slot(db, pool)
         monkeypatch.setattr(writer, "_poll_s", 0.05)
         monkeypatch.setattr(writer, "_timeout_s", 3.0)
         waiting = pool.submit(db.run_write, slow)
@@ -289,7 +292,7 @@ def test_savepoints_a_write_leaves_open_end_with_it(db: Database) -> None:
         return fn
 
     with ThreadPoolExecutor(4) as pool:
-        gate, held = hold_the_writer(db, pool)
+        gate, held = hold_the_batch_slot(db, pool)
         futures = [
             pool.submit(db.run_write, fn)
             for fn in (leaves_one_open(1, False), leaves_one_open(2, True), insert(3))
@@ -326,7 +329,7 @@ def test_writes_and_their_callbacks_see_the_callers_context(db: Database) -> Non
     # Alone in its batch, then two in one batch.
     assert as_request("req-alone", 1) == 1
     with ThreadPoolExecutor(3) as pool:
-        gate, held = hold_the_writer(db, pool)
+        gate, held = hold_the_batch_slot(db, pool)
         futures = [pool.submit(as_request, f"req-{n}", n) for n in (2, 3)]
         wait_queued(writer, 2)
         gate.set()
