@@ -3,11 +3,13 @@ writer, writes from inside a write, and the setting."""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.queues import Queue
 from pathlib import Path
 
 import pytest
@@ -342,6 +344,36 @@ def test_writes_and_their_callbacks_see_the_callers_context(db: Database) -> Non
         ("write", "req-3"),
     ]
     assert request_id.get() is None
+
+
+def _write_in_child(db: Database, results: Queue[str]) -> None:
+    # What a forked process does with an inherited engine: new connections.
+    db.engine.dispose(close=False)
+    writer = writer_of(db)
+    try:
+        # SQLite handles must not cross a fork: not the writer's either.
+        results.put(f"inherited connection: {writer._conn is not None}")
+        results.put(f"wrote {db.run_write(insert(5))}")
+    except BaseException as exc:
+        results.put(f"failed: {exc!r}")
+
+
+def test_a_forked_process_starts_its_writes_afresh(db: Database) -> None:
+    writer = writer_of(db)
+    assert db.run_write(insert(1)) == 1
+    assert writer._conn is not None  # kept between batches
+    context = multiprocessing.get_context("fork")
+    results: Queue[str] = context.Queue()
+    child = context.Process(target=_write_in_child, args=(db, results))
+    child.start()
+    try:
+        assert results.get(timeout=WAIT_S) == "inherited connection: False"
+        assert results.get(timeout=WAIT_S) == "wrote 5"
+    finally:
+        child.join(WAIT_S)
+    assert child.exitcode == 0
+    assert rows(db) == [1, 5]
+    assert db.run_write(insert(6)) == 6
 
 
 def test_run_write_inside_a_write_is_refused(db: Database) -> None:

@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -48,6 +50,18 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_LIMIT = 64
 # How often a waiting caller checks that the writer is still alive.
 POLL_S = 0.5
+
+
+_WRITERS: weakref.WeakSet[GroupCommitWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_WRITERS):
+        writer._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class GroupCommitError(RuntimeError):
@@ -113,6 +127,22 @@ class GroupCommitWriter:
         # The connection batches run on, kept between them (a checkout per
         # batch costs about a tenth of a small write).
         self._conn: Connection | None = None
+        self._inherited: list[Connection] = []
+        _WRITERS.add(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a child process: the parent's threads, batch and connection are
+        not there; start afresh (the parent's callers are the parent's)."""
+        self._cond = threading.Condition()
+        self._queue = deque()
+        self._thread = None
+        self._runner = None
+        self._stopping = False
+        # The SQLite handle belongs to the parent: never use nor close it here
+        # (kept referenced, so that no finaliser touches it either).
+        if self._conn is not None:
+            self._inherited.append(self._conn)
+        self._conn = None
 
     # -- the callers' side ------------------------------------------------------
 
