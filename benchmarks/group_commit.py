@@ -9,8 +9,9 @@ they see the same machine noise:
   defaults, as ``serve`` builds it) and one ``LedgerService`` shared by the
   threads, each with its own funded wallet, looping for ``--seconds``: one
   ``run_write`` doing ``LedgerService.hold`` (8 credits), then one doing
-  ``LedgerService.capture`` of that hold. The writer thread commits what the
-  threads queued meanwhile in one transaction, each write in its own savepoint.
+  ``LedgerService.capture`` of that hold. A write that finds no batch running
+  runs in its own thread; the writer thread commits what the threads queued
+  meanwhile in one transaction, each write in its own savepoint.
 * PlasmaArt, group commit off: the same, each ``run_write`` its own
   ``BEGIN IMMEDIATE`` transaction.
 * Raw sqlite3: as many threads, each with its own ``sqlite3`` connection on
@@ -20,8 +21,9 @@ they see the same machine noise:
   ``COMMIT``: the least a ledger write can be, committed once per write.
 
 The result is the median of writes per second of each side (a hold and its
-capture are two writes), the ratios to raw sqlite3 and of on to off, and with
-group commit on, the writes per COMMIT. Threads in one process share one GIL,
+capture are two writes), the ratios to raw sqlite3 and of on to off, with
+group commit on the writes per COMMIT, and the process's CPU time per write
+and CPUs used. Threads in one process share one GIL,
 as the API server's request threads do.
 
 Run from the repository root: ``.venv/bin/python benchmarks/group_commit.py``;
@@ -181,6 +183,10 @@ class Measurement:
     @property
     def cpu_us_per_write(self) -> float:
         return self.cpu_seconds / self.writes * 1e6
+
+    @property
+    def cores_used(self) -> float:
+        return self.cpu_seconds / self.seconds
 
     @property
     def writes_per_commit(self) -> float | None:
@@ -349,6 +355,10 @@ class Comparison:
         """Median CPU microseconds per write."""
         return statistics.median(m.cpu_us_per_write for m in self.runs[side])
 
+    def cores(self, side: str) -> float:
+        """Median CPU seconds per second the process got."""
+        return statistics.median(m.cores_used for m in self.runs[side])
+
     @property
     def raw(self) -> float:
         return self.median("raw sqlite3")
@@ -416,13 +426,15 @@ def results_table(comparisons: Sequence[Comparison]) -> str:
 
 def cpu_table(comparisons: Sequence[Comparison]) -> str:
     lines = [
-        "| threads | raw sqlite3 | group commit off | group commit on | on / off |",
-        "|---:|---:|---:|---:|---:|",
+        "| threads | raw sqlite3 | group commit off | group commit on | on / off "
+        "| CPUs used: off | CPUs used: on |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in comparisons:
         raw, off, on = (c.cpu(side) for side in SIDES)
         lines.append(
-            f"| {c.threads} | {raw:,.0f} µs | {off:,.0f} µs | {on:,.0f} µs | {on / off:.2f} |"
+            f"| {c.threads} | {raw:,.0f} µs | {off:,.0f} µs | {on:,.0f} µs | {on / off:.2f} "
+            f"| {c.cores('group commit off'):.2f} | {c.cores('group commit on'):.2f} |"
         )
     return "\n".join(lines)
 
@@ -468,10 +480,12 @@ Measured {when} by `benchmarks/group_commit.py`, from the repository root:
 
 {results_table(comparisons)}
 
-CPU time of the whole process (every thread) per write, medians: on a busy
-machine the operating system shares the CPUs among threads, so a side with
-many runnable threads gets more of them than one writer thread does; the CPU
-per write does not depend on that share.
+CPU time of the whole process (every thread) per write, medians, and the CPUs
+the process got while measuring (CPU seconds per second): on a busy machine the
+operating system shares the CPUs among threads, so a side with many runnable
+threads gets more of them than one writer thread does; the CPU per write does
+not depend on that share. On an idle machine both PlasmaArt sides are bound by
+one CPU (one interpreter lock), where the CPU per write decides.
 
 {cpu_table(comparisons)}
 
