@@ -70,6 +70,7 @@ format: install-dev
 # section says which, and the benchmarks after it still run.
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/ledger_tps.py --seconds 2 --runs 3 --clients 1,8,64 --write-docs
+	$(BIN)/python benchmarks/group_commit.py --seconds 2 --runs 3 --threads 1,8,64 --write-docs
 	-$(BIN)/python benchmarks/ledger_queries.py --runs 5 --write-docs
 	$(BIN)/python benchmarks/generations.py --seconds 2 --runs 3 --connections 16,64 --queue-runs 3 --jobs 300 --py-spy --write-docs
 	$(BIN)/python benchmarks/api_costs.py --seconds 2 --connections 16,64 --scaling 1,8 --scaling-seconds 1 --scaling-runs 2 --generations 30 --rounds 4 --write-docs

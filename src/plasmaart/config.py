@@ -162,6 +162,10 @@ class Settings(BaseSettings):
     # further copy counts as a flood; a seed sweep is not copies.
     fairuse_identical_prompts_allowed: int = Field(default=20, ge=1)
     db_pool_size: int = Field(default=10, ge=1)
+    # SQLite: concurrent writes (Database.run_write) go through one writer
+    # thread that commits them together, each in its own savepoint
+    # (docs/configuration.md#group-commit). No effect on PostgreSQL.
+    group_commit: bool = True
 
     @field_validator("database_url")
     @classmethod

@@ -7,6 +7,10 @@ through psycopg 3 at READ COMMITTED; writers serialise on row locks taken in
 one order (wallet, then its lots).
 
 Services never commit: whoever opens ``Database.write()`` owns the transaction.
+``Database.run_write(fn)`` runs ``fn(conn)`` in a write transaction; on SQLite
+with group commit (``PLASMAART_GROUP_COMMIT``, on by default) one writer thread
+runs the functions of concurrent callers in one transaction, each in its own
+savepoint (``plasmaart.db.group_commit``).
 """
 
 from __future__ import annotations
@@ -15,10 +19,14 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+from plasmaart.db.group_commit import DEFAULT_BATCH_LIMIT, GroupCommitWriter
+
+T = TypeVar("T")
 
 _BEGIN_OPTION = "plasmaart_begin"
 _AFTER_COMMIT = "plasmaart_after_commit"
@@ -56,17 +64,74 @@ def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
     conn.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
-class Database:
-    """One engine and the transactions the rest of the code runs in."""
+def _take_after_commit(conn: Connection) -> list[Callable[[], None]]:
+    """The callbacks registered on ``conn`` so far, taken out of it."""
+    callbacks: list[Callable[[], None]] = conn.info.pop(_AFTER_COMMIT, [])
+    return callbacks
 
-    def __init__(self, engine: Engine) -> None:
+
+def _run_after_commit(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            # The transaction is committed; a failed side effect must not
+            # turn it into an error for the caller.
+            log.exception("after-commit callback failed")
+
+
+class Database:
+    """One engine and the transactions the rest of the code runs in.
+
+    ``group_commit`` (SQLite only): ``run_write`` goes through one writer
+    thread that commits up to ``group_commit_batch`` concurrent writes at
+    once; a caller waits at most ``write_timeout_s`` for its answer.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        group_commit: bool = True,
+        group_commit_batch: int = DEFAULT_BATCH_LIMIT,
+        write_timeout_s: float = 90.0,
+    ) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._writer = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        self._group: GroupCommitWriter | None = None
+        if group_commit and self.is_sqlite:
+            self._group = GroupCommitWriter(
+                self._writer,
+                take_callbacks=_take_after_commit,
+                run_callbacks=_run_after_commit,
+                batch_limit=group_commit_batch,
+                timeout_s=write_timeout_s,
+            )
 
     @property
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
+
+    @property
+    def group_commit(self) -> GroupCommitWriter | None:
+        """The group-commit writer, when ``run_write`` goes through one."""
+        return self._group
+
+    def run_write(self, fn: Callable[[Connection], T]) -> T:
+        """``fn(conn)`` in a write transaction, committed before this returns.
+
+        With group commit, ``fn`` runs in the writer thread inside a savepoint
+        of a transaction shared with other callers' functions: it must do its
+        database work through ``conn`` only, and not wait on other threads.
+        Its ``after_commit`` callbacks run once, after the commit, and never if
+        ``fn`` raised; its exception is raised here. Without group commit
+        (the setting off, or PostgreSQL) it is ``with write() as conn: fn(conn)``.
+        """
+        if self._group is None:
+            with self.write() as conn:
+                return fn(conn)
+        return self._group.run(fn)
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -82,14 +147,8 @@ class Database:
                 with conn.begin():
                     yield conn
             finally:
-                callbacks = conn.info.pop(_AFTER_COMMIT, [])
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:
-                # The transaction is committed; a failed side effect must not
-                # turn it into an error for the caller.
-                log.exception("after-commit callback failed")
+                callbacks = _take_after_commit(conn)
+        _run_after_commit(callbacks)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -99,10 +158,19 @@ class Database:
             tx.rollback()
 
     def dispose(self) -> None:
+        if self._group is not None:
+            self._group.close()
         self.engine.dispose()
 
 
-def create_database(url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 10) -> Database:
+def create_database(
+    url: str,
+    *,
+    busy_timeout_ms: int = 30_000,
+    pool_size: int = 10,
+    group_commit: bool = True,
+    group_commit_batch: int = DEFAULT_BATCH_LIMIT,
+) -> Database:
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -111,7 +179,14 @@ def create_database(url: str, *, busy_timeout_ms: int = 30_000, pool_size: int =
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = _sqlite_engine(url, database, pool_size)
         _configure_sqlite(engine, busy_timeout_ms)
-        return Database(engine)
+        return Database(
+            engine,
+            group_commit=group_commit,
+            group_commit_batch=group_commit_batch,
+            # A batch may wait for the lock as long as any writer, behind
+            # the batch before it: past that, something is wrong.
+            write_timeout_s=2 * busy_timeout_ms / 1000 + 30,
+        )
     engine = create_engine(
         url,
         pool_size=pool_size,

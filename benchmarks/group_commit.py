@@ -1,0 +1,568 @@
+"""Group commit on SQLite: ledger writes per second through ``Database.run_write``
+with group commit on and off, beside raw sqlite3, from threads of one process.
+
+What it measures, for each thread count (default 1, 8 and 64), each ``--runs``
+times, the three sides in turn (the order rotating from run to run) so that
+they see the same machine noise:
+
+* PlasmaArt, group commit on: one ``Database`` (``create_database`` with its
+  defaults, as ``serve`` builds it) and one ``LedgerService`` shared by the
+  threads, each with its own funded wallet, looping for ``--seconds``: one
+  ``run_write`` doing ``LedgerService.hold`` (8 credits), then one doing
+  ``LedgerService.capture`` of that hold. A write that finds no batch running
+  runs in its own thread; the writer thread commits what the threads queued
+  meanwhile in one transaction, each write in its own savepoint.
+* PlasmaArt, group commit off: the same, each ``run_write`` its own
+  ``BEGIN IMMEDIATE`` transaction.
+* Raw sqlite3: as many threads, each with its own ``sqlite3`` connection on
+  another file with the same settings (WAL, ``synchronous=NORMAL``,
+  ``busy_timeout``), each write one ``BEGIN IMMEDIATE`` transaction doing a
+  guarded ``UPDATE`` of a balance and an ``INSERT`` into a journal, then
+  ``COMMIT``: the least a ledger write can be, committed once per write.
+
+The result is the median of writes per second of each side (a hold and its
+capture are two writes), the ratios to raw sqlite3 and of on to off, with
+group commit on the writes per COMMIT, and the process's CPU time per write
+and CPUs used. Threads in one process share one GIL,
+as the API server's request threads do.
+
+Run from the repository root: ``.venv/bin/python benchmarks/group_commit.py``;
+``--write-docs`` rewrites this benchmark's section of ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import secrets
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Connection, event
+
+from plasmaart.clock import SystemClock
+from plasmaart.db.engine import Database, create_database
+from plasmaart.db.migrate import upgrade
+from plasmaart.ledger.service import LedgerService
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import (  # noqa: E402
+    code_version,
+    command_line,
+    counts,
+    load_average,
+    machine_facts,
+    machine_table,
+    positive,
+    progress,
+    prose,
+)
+from benchmarks.docs import PERFORMANCE_DOC as DOC_PATH  # noqa: E402
+from benchmarks.docs import write_section  # noqa: E402
+
+SECTION_HEADING = "## Group commit: ledger writes from threads of one process"
+
+HOLD_CREDITS = 8
+PURCHASE_CREDITS = 10**12
+SUBSCRIPTION_CREDITS = 1_000_000
+RAW_BALANCE = 10**15
+WARMUP_SECONDS = 0.3
+# A thread that is not done this long after the deadline is stuck.
+FINISH_GRACE = 120.0
+
+SIDES = ("raw sqlite3", "group commit off", "group commit on")
+
+
+# -- the sides' workers ---------------------------------------------------------
+
+
+class Worker:
+    """One thread's loop: ``step()`` does some writes and says how many."""
+
+    def step(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class LedgerWorker(Worker):
+    """A hold, then its capture, each through ``run_write``."""
+
+    def __init__(self, db: Database, ledger: LedgerService, wallet_id: str) -> None:
+        self.db = db
+        self.ledger = ledger
+        self.wallet_id = wallet_id
+        # Keys unique across runs: the ledger keeps every operation's key.
+        self.prefix = f"bench:{secrets.token_hex(6)}"
+        self.counter = itertools.count()
+
+    def step(self) -> int:
+        ledger, wallet = self.ledger, self.wallet_id
+        hold_key = f"{self.prefix}:hold:{next(self.counter)}"
+        capture_key = f"{self.prefix}:capture:{next(self.counter)}"
+
+        def hold(conn: Connection) -> str:
+            return ledger.hold(conn, wallet, HOLD_CREDITS, idempotency_key=hold_key).hold_id
+
+        hold_id = self.db.run_write(hold)
+
+        def capture(conn: Connection) -> None:
+            ledger.capture(conn, hold_id, HOLD_CREDITS, idempotency_key=capture_key)
+
+        self.db.run_write(capture)
+        return 2
+
+
+class RawWorker(Worker):
+    """A guarded debit and a journal row, one transaction per write."""
+
+    def __init__(self, path: Path, account_id: int) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        _sqlite_pragmas(self.conn)
+        self.account_id = account_id
+
+    def step(self) -> int:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            debited = conn.execute(
+                "UPDATE accounts SET balance = balance - ? WHERE id = ? AND balance >= ?",
+                (HOLD_CREDITS, self.account_id, HOLD_CREDITS),
+            ).rowcount
+            if debited != 1:
+                raise RuntimeError(f"account {self.account_id} could not be debited")
+            conn.execute(
+                "INSERT INTO journal (account_id, amount) VALUES (?, ?)",
+                (self.account_id, -HOLD_CREDITS),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return 1
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _sqlite_pragmas(conn: sqlite3.Connection) -> None:
+    # The settings of plasmaart.db.engine, so that both sides pay the same I/O.
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+
+
+# -- running threads ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measurement:
+    writes: int
+    seconds: float
+    # CPU time of the whole process (every thread) while measuring.
+    cpu_seconds: float
+    commits: int | None = None
+
+    @property
+    def per_second(self) -> float:
+        return self.writes / self.seconds
+
+    @property
+    def cpu_us_per_write(self) -> float:
+        return self.cpu_seconds / self.writes * 1e6
+
+    @property
+    def cores_used(self) -> float:
+        return self.cpu_seconds / self.seconds
+
+    @property
+    def writes_per_commit(self) -> float | None:
+        return self.writes / self.commits if self.commits else None
+
+
+def run_threads(
+    workers: Sequence[Worker], seconds: float, on_start: Callable[[], object] | None = None
+) -> tuple[int, float, float]:
+    """Warm every worker up, then run them all for ``seconds``; the writes
+    done, the seconds they took and the process's CPU seconds meanwhile.
+    ``on_start`` runs when every worker is warm and idle, just before the
+    measured period."""
+    start: list[float] = []
+    cpu_start: list[float] = []
+    done: list[tuple[int, float]] = []
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def begin() -> None:
+        # Run by the last worker to arrive, before any is released.
+        if on_start is not None:
+            on_start()
+        cpu_start.append(time.process_time())
+        start.append(time.monotonic())
+
+    ready = threading.Barrier(len(workers), action=begin)
+
+    def loop(worker: Worker) -> None:
+        try:
+            warm_until = time.monotonic() + WARMUP_SECONDS
+            while time.monotonic() < warm_until:
+                worker.step()
+            ready.wait(FINISH_GRACE)
+            deadline = start[0] + seconds
+            writes = 0
+            last = time.monotonic()
+            while last < deadline:
+                writes += worker.step()
+                last = time.monotonic()
+        except threading.BrokenBarrierError:
+            return  # another worker failed
+        except BaseException as exc:
+            with lock:
+                failures.append(exc)
+            ready.abort()
+            return
+        with lock:
+            done.append((writes, last))
+
+    threads = [threading.Thread(target=loop, args=(w,), daemon=True) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WARMUP_SECONDS + seconds + 2 * FINISH_GRACE)
+    cpu = time.process_time() - cpu_start[0] if cpu_start else 0.0
+    if failures:
+        raise RuntimeError(f"a worker failed: {failures[0]!r}") from failures[0]
+    if any(thread.is_alive() for thread in threads) or len(done) != len(workers):
+        raise RuntimeError("the workers did not finish in time")
+    return sum(w for w, _ in done), max(last for _, last in done) - start[0], cpu
+
+
+def measure_ledger(
+    url: str, wallets: Sequence[str], *, group_commit: bool, seconds: float
+) -> Measurement:
+    db = create_database(url, group_commit=group_commit)
+    commits = [0]
+
+    def on_commit(_conn: Connection) -> None:
+        commits[0] += 1
+
+    event.listen(db.engine, "commit", on_commit)
+    try:
+        ledger = LedgerService(SystemClock())
+        workers = [LedgerWorker(db, ledger, wallet) for wallet in wallets]
+        at_start: list[int] = []
+        writes, elapsed, cpu = run_threads(
+            workers, seconds, on_start=lambda: at_start.append(commits[0])
+        )
+        return Measurement(writes, elapsed, cpu, commits[0] - at_start[0])
+    finally:
+        event.remove(db.engine, "commit", on_commit)
+        db.dispose()
+
+
+def measure_raw(path: Path, accounts: Sequence[int], seconds: float) -> Measurement:
+    workers = [RawWorker(path, account) for account in accounts]
+    try:
+        writes, elapsed, cpu = run_threads(workers, seconds)
+    finally:
+        for worker in workers:
+            worker.close()
+    return Measurement(writes, elapsed, cpu)
+
+
+# -- databases -----------------------------------------------------------------
+
+
+def prepare_plasmaart(url: str, threads: int) -> list[str]:
+    """Migrate the database and fund one wallet per thread."""
+    db = create_database(url)
+    try:
+        upgrade(db)
+        ledger = LedgerService(SystemClock())
+        expires = SystemClock().now() + timedelta(days=365)
+        wallets = []
+        with db.write() as conn:
+            for index in range(threads):
+                wallet = ledger.open_wallet(conn, "user", f"usr_bench_{secrets.token_hex(4)}")
+                ledger.grant(
+                    conn,
+                    wallet,
+                    PURCHASE_CREDITS,
+                    source="purchase",
+                    idempotency_key=f"bench:fund:{wallet}:purchase:{index}",
+                )
+                ledger.grant(
+                    conn,
+                    wallet,
+                    SUBSCRIPTION_CREDITS,
+                    source="subscription",
+                    expires_at=expires,
+                    idempotency_key=f"bench:fund:{wallet}:subscription:{index}",
+                )
+                wallets.append(wallet)
+        return wallets
+    finally:
+        db.dispose()
+
+
+def prepare_raw(path: Path, threads: int) -> list[int]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        _sqlite_pragmas(conn)
+        conn.execute(
+            "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL"
+            " CHECK (balance >= 0))"
+        )
+        conn.execute(
+            "CREATE TABLE journal (id INTEGER PRIMARY KEY, account_id INTEGER NOT NULL"
+            " REFERENCES accounts (id), amount INTEGER NOT NULL)"
+        )
+        accounts = list(range(1, threads + 1))
+        conn.executemany(
+            "INSERT INTO accounts (id, balance) VALUES (?, ?)",
+            [(account, RAW_BALANCE) for account in accounts],
+        )
+        return accounts
+    finally:
+        conn.close()
+
+
+# -- comparing -----------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    threads: int
+    runs: dict[str, list[Measurement]] = field(default_factory=lambda: {s: [] for s in SIDES})
+
+    def median(self, side: str) -> float:
+        return statistics.median(m.per_second for m in self.runs[side])
+
+    def cpu(self, side: str) -> float:
+        """Median CPU microseconds per write."""
+        return statistics.median(m.cpu_us_per_write for m in self.runs[side])
+
+    def cores(self, side: str) -> float:
+        """Median CPU seconds per second the process got."""
+        return statistics.median(m.cores_used for m in self.runs[side])
+
+    @property
+    def raw(self) -> float:
+        return self.median("raw sqlite3")
+
+    @property
+    def off(self) -> float:
+        return self.median("group commit off")
+
+    @property
+    def on(self) -> float:
+        return self.median("group commit on")
+
+    @property
+    def writes_per_commit(self) -> float:
+        return statistics.median(m.writes_per_commit or 0.0 for m in self.runs["group commit on"])
+
+
+def measure(workdir: Path, threads: int, runs: int, seconds: float) -> Comparison:
+    path = workdir / f"plasmaart-{threads}.db"
+    url = f"sqlite:///{path}"
+    wallets = prepare_plasmaart(url, threads)
+    raw_path = workdir / f"raw-{threads}.db"
+    accounts = prepare_raw(raw_path, threads)
+    comparison = Comparison(threads)
+    sides: dict[str, Callable[[], Measurement]] = {
+        "raw sqlite3": lambda: measure_raw(raw_path, accounts, seconds),
+        "group commit off": lambda: measure_ledger(
+            url, wallets, group_commit=False, seconds=seconds
+        ),
+        "group commit on": lambda: measure_ledger(url, wallets, group_commit=True, seconds=seconds),
+    }
+    for run in range(runs):
+        # Rotate the order so that no side always goes first.
+        order = SIDES[run % 3 :] + SIDES[: run % 3]
+        for side in order:
+            measured = sides[side]()
+            comparison.runs[side].append(measured)
+            extra = (
+                f", {measured.writes_per_commit:.1f} writes per commit"
+                if measured.writes_per_commit and side == "group commit on"
+                else ""
+            )
+            progress(
+                f"{threads} thread(s), run {run + 1}, {side}: "
+                f"{measured.per_second:,.0f} writes/s, "
+                f"{measured.cpu_us_per_write:,.0f} µs CPU per write{extra}"
+            )
+    return comparison
+
+
+def results_table(comparisons: Sequence[Comparison]) -> str:
+    lines = [
+        "| threads | raw sqlite3 | group commit off | group commit on | writes per commit (on) "
+        "| off / raw | on / raw | on / off |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in comparisons:
+        lines.append(
+            f"| {c.threads} | {c.raw:,.0f} | {c.off:,.0f} | {c.on:,.0f} "
+            f"| {c.writes_per_commit:.1f} | {c.off / c.raw:.1%} | {c.on / c.raw:.1%} "
+            f"| {c.on / c.off:.2f} x |"
+        )
+    return "\n".join(lines)
+
+
+def cpu_table(comparisons: Sequence[Comparison]) -> str:
+    lines = [
+        "| threads | raw sqlite3 | group commit off | group commit on | on / off "
+        "| CPUs used: off | CPUs used: on |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in comparisons:
+        raw, off, on = (c.cpu(side) for side in SIDES)
+        lines.append(
+            f"| {c.threads} | {raw:,.0f} µs | {off:,.0f} µs | {on:,.0f} µs | {on / off:.2f} "
+            f"| {c.cores('group commit off'):.2f} | {c.cores('group commit on'):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def runs_detail(comparisons: Sequence[Comparison]) -> str:
+    lines = []
+    for c in comparisons:
+        for side in SIDES:
+            figures = ", ".join(
+                f"{m.per_second:,.0f} ({m.cpu_us_per_write:,.0f} µs)" for m in c.runs[side]
+            )
+            lines.append(f"{c.threads:>3} thread(s)  {side:<17} {figures}")
+    return "\n".join(lines)
+
+
+def render_section(
+    comparisons: Sequence[Comparison],
+    facts: Sequence[tuple[str, str]],
+    command: str,
+    seconds: float,
+    runs: int,
+) -> str:
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    method = prose(
+        f"Each side ran {runs} time{'s' if runs != 1 else ''} for {seconds:g} s per",
+        "thread count, the three in turn; the table shows the medians in writes per",
+        "second (a hold and its capture are two writes, as is each raw",
+        "transaction one) and their ratios. Each thread has its own wallet (its own",
+        "account on the raw side), so the threads contend only for SQLite's write",
+        "lock, not for rows. With group commit on, the writer thread runs what the",
+        "threads queued meanwhile in one transaction, each write in its own savepoint,",
+        "and commits once: the writes per commit column is the median batch.",
+    )
+    return f"""{SECTION_HEADING}
+
+Measured {when} by `benchmarks/group_commit.py`, from the repository root:
+
+```sh
+{command}
+```
+
+{method}
+
+{results_table(comparisons)}
+
+CPU time of the whole process (every thread) per write, medians, and the CPUs
+the process got while measuring (CPU seconds per second): on a busy machine the
+operating system shares the CPUs among threads, so a side with many runnable
+threads gets more of them than one writer thread does; the CPU per write does
+not depend on that share. On an idle machine both PlasmaArt sides are bound by
+one CPU (one interpreter lock), where the CPU per write decides.
+
+{cpu_table(comparisons)}
+
+All runs, writes per second (CPU per write):
+
+```text
+{runs_detail(comparisons)}
+```
+
+The machine:
+
+{machine_table(facts)}
+"""
+
+
+# -- main ----------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--seconds",
+        type=positive(float),
+        default=2.0,
+        help="length of one measurement (default 2)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=positive(int),
+        default=3,
+        help="measurements of each side per thread count; the median is reported (default 3)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=counts,
+        default=[1, 8, 64],
+        help="comma-separated thread counts (default 1,8,64)",
+    )
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help=f"rewrite the '{SECTION_HEADING[3:]}' section of docs/performance.md",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    began = time.monotonic()
+    code = code_version()
+    load_start = load_average()
+    workdir = Path(tempfile.mkdtemp(prefix="plasmaart-bench-group-"))
+    comparisons: list[Comparison] = []
+    try:
+        for threads in args.threads:
+            progress(f"{threads} thread(s)")
+            comparisons.append(measure(workdir, threads, args.runs, args.seconds))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(results_table(comparisons))
+    print()
+    print(cpu_table(comparisons))
+    print()
+    print(runs_detail(comparisons))
+    if args.write_docs:
+        section = render_section(
+            comparisons,
+            machine_facts(code, load_start, "not used"),
+            command_line(),
+            args.seconds,
+            args.runs,
+        )
+        write_section(SECTION_HEADING, section, DOC_PATH)
+        progress(f"wrote {DOC_PATH.relative_to(REPO)}")
+    progress(f"done in {time.monotonic() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
