@@ -17,9 +17,11 @@ from plasmaart.clock import Clock, SystemClock
 from plasmaart.config import Settings, load_settings
 from plasmaart.db.engine import Database, create_database
 from plasmaart.db.migrate import database_revision, require_migrated, unreachable, upgrade
+from plasmaart.fairuse.counters import create_copy_counter
 from plasmaart.fairuse.ratelimits import RequestLimiter
 from plasmaart.fairuse.service import FairUsePolicy, FairUseService
 from plasmaart.fairuse.suspension import SuspensionService
+from plasmaart.fairuse.tasks import SignalFlusher
 from plasmaart.generation.events import GenerationEvents
 from plasmaart.generation.providers import create_provider
 from plasmaart.generation.providers.base import Provider
@@ -65,6 +67,8 @@ class Platform:
     suspensions: SuspensionService
 
     def close(self) -> None:
+        if self.fairuse.flusher is not None:
+            self.fairuse.flusher.stop()  # writes the signals still queued
         if isinstance(self.clock, SandboxTestClock):
             self.clock.close()
         self.wakeups.close()
@@ -146,7 +150,10 @@ def bootstrap(
         accounts=accounts,
         credentials=credentials,
         generations=generations,
+        copies=create_copy_counter(settings.redis_url),
     )
+    # Signals found on the request path are written by this, off it.
+    fairuse.flusher = SignalFlusher(db, fairuse.pending, fairuse.record_pending)
     billing.clawback_listeners.append(fairuse.on_clawback)
     billing.payment_listeners.append(fairuse.on_payment)
     # Announced catalog changes and the notification outbox: the services

@@ -3,11 +3,12 @@
 Two ``plasmaart serve --no-worker`` processes on one database and one
 ``redis-server`` (started here on a free loopback port): requests of one
 account alternate between them, and the counters are one. Then Redis stops,
-and both processes fail open.
+and both processes fail open. Identical requests are counted there too.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,8 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from sqlalchemy import select
 
-from plasmaart.bootstrap import Platform
+from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.clock import ManualClock
+from plasmaart.config import Settings
+from plasmaart.db.tables import abuse_signals
+from plasmaart.generation.service import GenerationRequest
 from tests.support.accounts import make_user
 from tests.support.pgserver import free_port
 from tests.support.redis_server import redis_server
@@ -116,3 +122,60 @@ def test_two_api_processes_share_the_limits_through_redis(
                 assert answer.status_code == 200, answer.text
                 assert "RateLimit-Limit" not in answer.headers
                 assert time.monotonic() - started < 3
+
+
+def test_two_api_processes_count_identical_requests_together_through_redis(
+    platform: Platform, database_url: str, clock: ManualClock, tmp_path: Path
+) -> None:
+    """Identical requests are counted in Redis when it is shared: copies sent
+    through two platforms (two API processes) are copies of one another, and
+    each platform's flusher writes the signals it queued. Without Redis, the
+    submission goes on uncounted."""
+    bot = make_user(platform, "bot@example.com", credits=100)
+    with ExitStack() as redis_stack:
+        redis_url = redis_stack.enter_context(redis_server())
+        built = [
+            bootstrap(
+                Settings(
+                    database_url=database_url,
+                    var_dir=tmp_path / f"var{n}",
+                    redis_url=redis_url,
+                    fairuse_identical_prompts_allowed=2,
+                ),
+                clock=clock,
+                migrate=False,
+            )
+            for n in range(2)
+        ]
+        try:
+
+            def submit(api: Platform) -> None:
+                request = GenerationRequest("flux-schnell", "the same prompt")
+                with api.db.write() as conn:
+                    user = api.accounts.get(conn, bot.id)
+                    generation = api.generations.submit(conn, user, request)
+                    api.fairuse.after_submit(conn, user, generation, request)
+
+            for n in range(5):
+                submit(built[n % 2])
+            # Copies 3, 4 and 5: queued by the first, the second, the first.
+            assert [len(api.fairuse.pending) for api in built] == [2, 1]
+            assert sum(api.fairuse.flush() for api in built) == 3
+            with platform.db.read() as conn:
+                copies = conn.execute(
+                    select(abuse_signals.c.evidence).where(abuse_signals.c.user_id == bot.id)
+                ).scalars()
+                assert sorted(json.loads(e)["copies_in_window"] for e in copies) == [3, 4, 5]
+            client = redis.Redis.from_url(redis_url)
+            assert client.keys("plasmaart:fairuse:copies:*"), "the copies live in Redis"
+            client.close()
+
+            # Redis stops: submissions go on, uncounted.
+            redis_stack.close()
+            started = time.monotonic()
+            submit(built[0])
+            assert time.monotonic() - started < 3
+            assert len(built[0].fairuse.pending) == 0
+        finally:
+            for api in built:
+                api.close()

@@ -166,25 +166,37 @@ def test_the_admin_list_pages_and_filters(platform: Platform) -> None:
 def test_submissions_racing_a_suspension_neither_deadlock_nor_lose_credits(
     platform: Platform,
 ) -> None:
-    """Submissions (account row, then wallet) and signals that suspend (account
-    row, then the wallets of the queued jobs) take their locks in one order."""
+    """Submissions (the wallet only: their signals are queued) and signals
+    that suspend, recorded by the flusher or in a clawback's transaction
+    (account row, then the wallets of the queued jobs), never deadlock."""
     eve = make_user(platform, "eve@example.com", plan="studio")
-    # Every copy of the prompt after the first is a signal: a submission then
-    # locks the account's row after its wallet's, unless it took it first.
+    # Every copy of the prompt after the first is a signal, which the
+    # flusher records (and scores, and acts on) while submissions go on.
     platform.fairuse.policy = replace(platform.fairuse.policy, identical_prompts_allowed=1)
-    barrier = threading.Barrier(THREADS)
+    barrier = threading.Barrier(THREADS + 1)
     errors: list[BaseException] = []
+    submitting = threading.Event()
 
     def submit(n: int) -> None:
         try:
             barrier.wait(timeout=10)
             for _ in range(3):
                 with platform.db.write() as conn:
-                    platform.fairuse.lock_account(conn, eve.id)
                     user = platform.accounts.get(conn, eve.id)
                     request = GenerationRequest("flux-schnell", "the same prompt")
                     generation = platform.generations.submit(conn, user, request)
-                    platform.fairuse.after_submit(conn, user, generation)
+                    platform.fairuse.after_submit(conn, user, generation, request)
+        except BaseException as exc:  # collected, and the test fails on any
+            errors.append(exc)
+
+    def flush() -> None:
+        try:
+            barrier.wait(timeout=10)
+            for _ in range(200):  # bounded: until the submissions are done
+                platform.fairuse.flush()
+                if not submitting.is_set():
+                    return
+                time.sleep(0.01)
         except BaseException as exc:  # collected, and the test fails on any
             errors.append(exc)
 
@@ -198,11 +210,16 @@ def test_submissions_racing_a_suspension_neither_deadlock_nor_lose_credits(
     threads = [
         threading.Thread(target=submit if n % 2 else report, args=(n,)) for n in range(THREADS)
     ]
-    for thread in threads:
+    flusher = threading.Thread(target=flush)
+    submitting.set()
+    for thread in [*threads, flusher]:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+    submitting.clear()
+    flusher.join(timeout=60)
     assert not errors, errors
+    platform.fairuse.flush()
     with platform.db.read() as conn:
         assert platform.accounts.get(conn, eve.id).status == "suspended"
         assert check_ledger(conn) == []

@@ -150,6 +150,9 @@ class Replay:
                 if step.wait_s:
                     self.clock.advance(timedelta(seconds=step.wait_s))
                 self._step(scenario, step)
+                # The signals of the step, written now rather than within the
+                # second (fairuse/tasks.py), so the next step meets them.
+                self.platform.fairuse.flush()
         return Result(scenario, {name: self._result(name) for name in self.users})
 
     # -- actors ------------------------------------------------------------

@@ -6,13 +6,12 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, exists, func, insert, or_, select, update
 
 from plasmaart.db.tables import (
     abuse_flags,
     abuse_signals,
     audit_log,
-    generations,
     lots,
     payments,
     stripe_clawbacks,
@@ -169,40 +168,6 @@ def list_flags(
     if before is not None:
         query = query.where(abuse_flags.c.id < before)
     return list(conn.execute(query).all())
-
-
-def copies_of_request(
-    conn: Connection,
-    user_id: str,
-    generation_id: str,
-    since: datetime,
-    until: datetime,
-) -> int:
-    """Generations the user submitted in the window that are the same request
-    as ``generation_id`` (itself included): the same model, prompt, number
-    of outputs, params (the seed among them, or no seed in both), sandbox
-    params and input image. ``params`` is stored as canonical JSON (sorted
-    keys), so equal params are equal text."""
-    this = generations.alias("this")
-    count: int = conn.execute(
-        select(func.count())
-        .select_from(generations.join(this, this.c.id == generation_id))
-        .where(
-            and_(
-                generations.c.user_id == user_id,
-                generations.c.created_at > since,
-                generations.c.created_at <= until,
-                generations.c.model == this.c.model,
-                generations.c.prompt == this.c.prompt,
-                generations.c.num_outputs == this.c.num_outputs,
-                generations.c.params == this.c.params,
-                generations.c.sandbox == this.c.sandbox,
-                generations.c.upload_id.is_not_distinct_from(this.c.upload_id),
-                generations.c.image_url.is_not_distinct_from(this.c.image_url),
-            )
-        )
-    ).scalar_one()
-    return count
 
 
 def has_paid(conn: Connection, user_id: str) -> bool:

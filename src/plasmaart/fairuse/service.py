@@ -1,8 +1,13 @@
 """Fair use: rate limits per plan, abuse signals, flags and automatic suspension.
 
 The web layer counts each generation request against the account's plan
-(``requests_per_minute`` and ``count_request``) and reports what it sees;
-every signal goes through ``record_signal``, which scores the account's
+(``requests_per_minute`` and ``count_request``, both off the database: the
+plan's limit is cached for a second per account) and reports what it sees.
+What the request path sees (a flood of one request, a quick cancel, a
+rate-limit refusal, invalid input) is only queued (``enqueue_signal``): the
+flusher (``fairuse.tasks``) records it at most a second later, in a
+transaction of its own, so that no request writes a signal it does not need.
+Every signal goes through ``record_signal``, which scores the account's
 recent signals with the pure rules of ``fairuse.rules`` and acts on the
 verdict, in the caller's transaction:
 
@@ -24,6 +29,7 @@ its flags, and its earlier signals no longer count.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -39,7 +45,15 @@ from plasmaart.accounts.teams import TeamService
 from plasmaart.billing.service import BillingService, ClawbackOutcome, Payment
 from plasmaart.clock import Clock, as_utc
 from plasmaart.config import Settings
+from plasmaart.db.engine import after_commit
 from plasmaart.fairuse import repository as repo
+from plasmaart.fairuse.counters import (
+    CopyCounter,
+    MemoryCopies,
+    PendingSignal,
+    PendingSignals,
+    request_fingerprint,
+)
 from plasmaart.fairuse.ratelimits import RateWindow, RequestLimiter
 from plasmaart.fairuse.rules import (
     DEFAULT_RULES,
@@ -65,13 +79,20 @@ from plasmaart.fairuse.rules import (
     verdict,
 )
 from plasmaart.fairuse.suspension import SuspensionService
-from plasmaart.generation.service import Generation, GenerationService
+from plasmaart.fairuse.tasks import SignalFlusher
+from plasmaart.generation.service import Generation, GenerationRequest, GenerationService
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
 
 SYSTEM_ACTOR = "system:fairuse"
 # The most recent signals a flag keeps as evidence.
 EVIDENCE_SIGNALS = 50
+# How long a process trusts the plan limits it read for an account: a plan
+# change reaches the rate limit within this (at once in the process that
+# took the payment).
+PLAN_LIMIT_CACHE_S = 1.0
+# Accounts whose plan limit a process keeps at most (then it starts afresh).
+PLAN_LIMIT_CACHE_SIZE = 10_000
 FlagStatus = Literal["open", "suspended", "resolved"]
 
 
@@ -136,6 +157,7 @@ class FairUseService:
         accounts: AccountService,
         credentials: CredentialService,
         generations: GenerationService,
+        copies: CopyCounter | None = None,
     ) -> None:
         self.clock = clock
         self.policy = policy
@@ -148,6 +170,14 @@ class FairUseService:
         self.generations = generations
         # What a suspension does (whoever decides it): fairuse/suspension.py.
         self.suspensions = SuspensionService(accounts, credentials, generations, billing)
+        # Identical requests per account (memory, or Redis: fairuse.counters).
+        self.copies: CopyCounter = copies or MemoryCopies()
+        # Signals seen on the request path, until the flusher records them.
+        self.pending = PendingSignals()
+        # Set by bootstrap (it needs the database): fairuse/tasks.py.
+        self.flusher: SignalFlusher | None = None
+        # user id -> (monotonic expiry, the best requests a minute of its plans)
+        self._plan_limits: dict[str, tuple[float, int]] = {}
 
     # -- rate limits -------------------------------------------------------
 
@@ -156,13 +186,25 @@ class FairUseService:
         the plans of the teams it belongs to (a Studio team's member works at
         Studio's pace).
         Counted per user, not per API key or wallet: rotating keys does not
-        reset it, and one busy member does not use up a whole team's budget."""
+        reset it, and one busy member does not use up a whole team's budget.
+        Read from the database, and kept for ``cached_requests_per_minute``."""
         wallets = [self.ledger.wallet_of(conn, "user", user.id)]
         wallets += [membership.team.wallet_id for membership in self.teams.teams_of(conn, user.id)]
         plan_limit = max(
             plan.requests_per_minute for plan in self.billing.current_plans(conn, wallets).values()
         )
+        if len(self._plan_limits) >= PLAN_LIMIT_CACHE_SIZE:
+            self._plan_limits = {}
+        self._plan_limits[user.id] = (time.monotonic() + PLAN_LIMIT_CACHE_S, plan_limit)
         return budget_per_minute(plan_limit, budget)
+
+    def cached_requests_per_minute(self, user: User, budget: Budget) -> int | None:
+        """``requests_per_minute`` as this process read it less than
+        PLAN_LIMIT_CACHE_S ago; None when it must be read again."""
+        cached = self._plan_limits.get(user.id)
+        if cached is None or cached[0] <= time.monotonic():
+            return None
+        return budget_per_minute(cached[1], budget)
 
     def count_request(self, user: User, per_minute: int, budget: Budget) -> RateWindow | None:
         """Count one generation request; None when the counter store is down
@@ -189,10 +231,43 @@ class FairUseService:
 
     def lock_account(self, conn: Connection, user_id: str) -> None:
         """Lock the account's row first in a transaction that may record a
-        signal after moving credits (a submission, a cancel): a suspension
-        locks the account, then its wallets; taking them in the same order
-        keeps PostgreSQL from finding the two in a deadlock."""
+        signal after moving credits (a plan change, whose payment listener
+        may find plan cycling): a suspension locks the account, then its
+        wallets; taking them in the same order keeps PostgreSQL from finding
+        the two in a deadlock. Submissions and cancels record nothing in
+        their transaction (their signals are queued), so they need not."""
         accounts_repo.lock_user(conn, user_id)
+
+    def enqueue_signal(
+        self,
+        user_id: str,
+        kind: SignalKind,
+        evidence: Mapping[str, Any],
+        *,
+        subject: str | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        """Queue a signal seen on the request path: the flusher records it
+        with ``record_signal``, as of ``at`` (default now), within
+        FLUSH_INTERVAL_S. Writes nothing here."""
+        if kind not in self.policy.rules:
+            raise ValueError(f"unknown abuse signal {kind!r}")
+        when = self.clock.now() if at is None else at
+        signal = PendingSignal(user_id, kind, dict(evidence), subject, when)
+        self.pending.put(signal)
+
+    def record_pending(self, conn: Connection, signal: PendingSignal) -> Assessment:
+        """Record a queued signal (the flusher calls this)."""
+        return self.record_signal(
+            conn, signal.user_id, signal.kind, signal.evidence, subject=signal.subject, at=signal.at
+        )
+
+    def flush(self) -> int:
+        """Record the queued signals now (the flusher does it every second;
+        tests call this to read the outcome at once); how many were recorded."""
+        if self.flusher is None:
+            raise RuntimeError("no signal flusher: bootstrap attaches one")
+        return self.flusher.flush()
 
     def record_signal(
         self,
@@ -202,16 +277,19 @@ class FairUseService:
         evidence: Mapping[str, Any],
         *,
         subject: str | None = None,
+        at: datetime | None = None,
     ) -> Assessment:
         """Record a signal about the account, score it and act on the verdict,
         in the caller's transaction. ``subject`` names the cause (a
-        generation, a payment): a cause already recorded is not counted again."""
+        generation, a payment): a cause already recorded is not counted again.
+        ``at``: when it happened (a queued signal), else now; it is recorded
+        and scored as of then."""
         if kind not in self.policy.rules:
             raise ValueError(f"unknown abuse signal {kind!r}")
         user = accounts_repo.lock_user(conn, user_id)
         if user is None:
             raise UserNotFound(f"no user {user_id!r}")
-        now = self.clock.now()
+        now = self.clock.now() if at is None else at
         recorded = subject is None or not repo.signal_exists(conn, user_id, kind, subject)
         if recorded:
             repo.insert_signal(
@@ -220,20 +298,44 @@ class FairUseService:
         return self._assess(conn, user, now, recorded=recorded)
 
     def after_submit(
-        self, conn: Connection, user: User, generation: Generation
-    ) -> Assessment | None:
+        self,
+        conn: Connection,
+        user: User,
+        generation: Generation,
+        request: GenerationRequest | None = None,
+    ) -> None:
         """A submission: one copy too many of a request is a signal. A copy
         is the whole request again (model, prompt, params with the seed,
-        outputs, input image): a seed sweep or a comparison of models is not."""
-        now = self.clock.now()
-        copies = repo.copies_of_request(
-            conn, user.id, generation.id, now - IDENTICAL_PROMPT_WINDOW, now
+        outputs, sandbox params, input image; ``request`` gives the last
+        two): a seed sweep or a comparison of models is not. Nothing is read
+        or written in ``conn``: once it commits (a submission rolled back is
+        no copy), the copy is counted in memory or Redis (``self.copies``)
+        and a signal, if any, queued for the flusher."""
+        fingerprint = request_fingerprint(
+            generation.model,
+            generation.prompt,
+            generation.num_outputs,
+            generation.params,
+            sandbox=None if request is None else request.params.get("sandbox"),
+            upload_id=None if request is None else request.upload_id,
+            image_url=None if request is None else request.image_url,
         )
-        if not identical_prompt_flood(copies, self.policy.identical_prompts_allowed):
-            return None
-        return self.record_signal(
-            conn,
-            user.id,
+        after_commit(conn, lambda: self._count_copy(user.id, fingerprint, generation))
+
+    def _count_copy(self, user_id: str, fingerprint: str, generation: Generation) -> None:
+        copies = self.copies.count(
+            f"{user_id}:{fingerprint}",
+            generation.id,
+            generation.created_at,
+            self.clock.now(),
+            IDENTICAL_PROMPT_WINDOW,
+        )
+        if copies is None or not identical_prompt_flood(
+            copies, self.policy.identical_prompts_allowed
+        ):
+            return
+        self.enqueue_signal(
+            user_id,
             "identical_prompt",
             {
                 "generation_id": generation.id,
@@ -248,24 +350,23 @@ class FairUseService:
             subject=generation.id,
         )
 
-    def after_cancel(
-        self, conn: Connection, user: User, generation: Generation
-    ) -> Assessment | None:
-        """A cancel soon after the submission is churn."""
+    def after_cancel(self, conn: Connection, user: User, generation: Generation) -> None:
+        """A cancel soon after the submission is churn: a signal, queued for
+        the flusher once ``conn`` commits (nothing is read or written in it)."""
         canceled = generation.status == "canceled" or generation.cancel_requested
         now = self.clock.now()
         if not canceled or not is_churn(generation.created_at, now, self.policy.churn_within):
-            return None
-        return self.record_signal(
+            return
+        evidence = {
+            "generation_id": generation.id,
+            "model": generation.model,
+            "seconds_after_submit": round((now - generation.created_at).total_seconds(), 3),
+        }
+        after_commit(
             conn,
-            user.id,
-            "submit_cancel",
-            {
-                "generation_id": generation.id,
-                "model": generation.model,
-                "seconds_after_submit": round((now - generation.created_at).total_seconds(), 3),
-            },
-            subject=generation.id,
+            lambda: self.enqueue_signal(
+                user.id, "submit_cancel", evidence, subject=generation.id, at=now
+            ),
         )
 
     def record_clawback(
@@ -325,6 +426,9 @@ class FairUseService:
         PLAN_CYCLES_ALLOWED completed upgrade-then-back-down cycles in
         PLAN_CYCLE_WINDOW is plan-change cycling (buying a period's credits at
         a better rate than the plan's; see DESIGN.md §5)."""
+        if payment.status == "succeeded":
+            # A new plan: this process reads the limits again at once.
+            self._plan_limits = {}
         if payment.kind != "upgrade" or payment.status != "succeeded":
             return
         now = self.clock.now()

@@ -53,10 +53,15 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
         thread = worker.start_thread() if worker else None
         # Other processes' events (PostgreSQL): listen before serving streams.
         platform.events.start()
+        # Abuse signals seen on the request path are written by this thread.
+        if platform.fairuse.flusher is not None:
+            platform.fairuse.flusher.start()
         try:
             yield
         finally:
             platform.events.close()
+            if platform.fairuse.flusher is not None:
+                platform.fairuse.flusher.stop()  # writes the signals still queued
             if worker and thread:
                 worker.stop()
                 thread.join(timeout=30)

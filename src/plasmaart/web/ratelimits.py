@@ -3,20 +3,22 @@
 ``GenerationRateLimit`` is a dependency of the generation endpoints (submit,
 upload, cancel; quotes have ``QuoteRateLimit``, a budget of their own): once
 the caller is known, their request is counted against their plan's requests
-per minute, per ACCOUNT (user), whatever API key or session they use. Over
-the limit: 429 ``rate_limited`` with ``Retry-After``; the refusal writes
-nothing but, at most once per interval, a ``rate_limited`` abuse signal.
+per minute, per ACCOUNT (user), whatever API key or session they use (the
+plan's limit is read at most once a second per account and process; the
+counters live in memory or Redis). Over the limit: 429 ``rate_limited`` with
+``Retry-After``; the refusal writes nothing, and at most once per interval
+queues a ``rate_limited`` abuse signal, written off the request path.
 
 ``RateLimitHeaders`` (outermost middleware) adds ``RateLimit-Limit``,
 ``RateLimit-Remaining``, ``RateLimit-Reset`` and ``RateLimit-Policy`` to every
 answer of those endpoints, refusals included, and reports their 422s (invalid
-input) beyond the free ones of the hour as abuse signals.
+input) beyond the free ones of the hour as abuse signals (queued, like every
+signal of the request path: ``fairuse.tasks``).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from fastapi import Depends, Request
@@ -31,8 +33,6 @@ from plasmaart.fairuse.rules import Budget
 from plasmaart.web.auth import CurrentPrincipal, Principal
 from plasmaart.web.deps import PlatformDep
 
-log = logging.getLogger(__name__)
-
 # Keys of the request state (shared by the dependency and the middleware).
 COUNTED = "fairuse_counted"
 WINDOW = "fairuse_window"
@@ -43,27 +43,28 @@ WINDOW_SECONDS = 60
 
 def _limit(request: Request, principal: Principal, platform: Platform, budget: Budget) -> None:
     fairuse = platform.fairuse
-    with platform.db.read() as conn:
-        per_minute = fairuse.requests_per_minute(conn, principal.user, budget)
+    per_minute = fairuse.cached_requests_per_minute(principal.user, budget)
+    if per_minute is None:
+        with platform.db.read() as conn:
+            per_minute = fairuse.requests_per_minute(conn, principal.user, budget)
     window = fairuse.count_request(principal.user, per_minute, budget)
     setattr(request.state, COUNTED, True)
     setattr(request.state, WINDOW, window)
     if window is None or window.allowed:
         return
     if fairuse.should_record_rate_limit_hit(principal.user):
-        with platform.db.write() as conn:
-            fairuse.record_signal(
-                conn,
-                principal.user.id,
-                "rate_limited",
-                {
-                    "method": request.method,
-                    "path": request.url.path,
-                    "budget": budget,
-                    "limit_per_minute": per_minute,
-                    "credential": principal.credential_id,
-                },
-            )
+        # Queued: the refusal itself writes nothing (fairuse/tasks.py).
+        fairuse.enqueue_signal(
+            principal.user.id,
+            "rate_limited",
+            {
+                "method": request.method,
+                "path": request.url.path,
+                "budget": budget,
+                "limit_per_minute": per_minute,
+                "credential": principal.credential_id,
+            },
+        )
     what = "quotes" if budget == "quote" else "generation requests"
     raise RateLimited(per_minute, window.reset_after, what=what)
 
@@ -146,15 +147,9 @@ class RateLimitHeaders:
             errors = json.loads(body[:EVIDENCE_BYTES]).get("errors", [])[:5]
         except (ValueError, AttributeError):
             errors = []
-        try:
-            with self.platform.db.write() as conn:
-                self.platform.fairuse.record_signal(
-                    conn,
-                    principal.user.id,
-                    "invalid_input",
-                    {"method": scope["method"], "path": scope["path"], "errors": errors},
-                )
-        except Exception:
-            # The client's answer (a 422) must not turn into a 500 because the
-            # signal could not be written; the failure is logged.
-            log.exception("could not record an invalid-input signal")
+        # Queued, written off the request path (fairuse/tasks.py).
+        self.platform.fairuse.enqueue_signal(
+            principal.user.id,
+            "invalid_input",
+            {"method": scope["method"], "path": scope["path"], "errors": errors},
+        )

@@ -186,16 +186,15 @@ def create_generation(
     key = None
     if http_key:
         key = hashlib.sha256(f"{principal.credential_id}\n{http_key}".encode()).hexdigest()
+    request_ = body.request()
     with platform.db.write() as conn:
-        platform.fairuse.lock_account(conn, principal.user.id)
         generation = platform.generations.submit(
-            conn, principal.user, body.request(), idempotency_key=key
+            conn, principal.user, request_, idempotency_key=key
         )
-        # Fair use: a flood of one prompt is an abuse signal; if it suspends
-        # the account, this job was canceled with its other queued ones.
-        assessment = platform.fairuse.after_submit(conn, principal.user, generation)
-        if assessment is not None and assessment.suspended_now:
-            generation = platform.generations.get(conn, principal.user, generation.id)
+        # Fair use: a flood of one request is an abuse signal, queued (it
+        # writes nothing here); if it suspends the account, within a second,
+        # this job is canceled with its other queued ones.
+        platform.fairuse.after_submit(conn, principal.user, generation, request_)
     return generation_out(platform, generation)
 
 
@@ -281,9 +280,8 @@ def cancel_generation(
     """Queued: canceled and refunded at once. Running: canceled at the provider,
     unless it had already delivered (then it succeeds and is charged)."""
     with platform.db.write() as conn:
-        platform.fairuse.lock_account(conn, principal.user.id)
         generation = platform.generations.cancel(conn, principal.user, generation_id)
-        # Fair use: a cancel right after the submission is churn.
+        # Fair use: a cancel right after the submission is churn (queued).
         platform.fairuse.after_cancel(conn, principal.user, generation)
     return generation_out(platform, generation)
 
