@@ -214,3 +214,30 @@ def test_shutdown_writes_what_is_queued_then_logs_directly(
     log.warning("after")
     assert stream.getvalue().splitlines()[-1].endswith("plasmaart.test: after")
     logs.shutdown()  # twice is fine
+
+
+class TimedStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_write: float | None = None
+
+    def write(self, text: str) -> int:
+        if self.first_write is None:
+            self.first_write = time.monotonic()
+        return super().write(text)
+
+
+def test_the_writer_lets_a_burst_gather_before_writing(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = TimedStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(logs, "LINGER_S", 1.0)
+    logs.configure("INFO", json_lines="json", buffered=True)
+    log = logging.getLogger("plasmaart.access")
+    for n in range(50):
+        log.info("request %d", n)
+    burst_logged = time.monotonic()
+    logs.flush()
+    # The first record woke the writer, which waited for the rest: one batch.
+    assert stream.first_write is not None
+    assert stream.first_write >= burst_logged
+    assert len(stream.getvalue().splitlines()) == 50
