@@ -29,7 +29,8 @@ PostgreSQL server:
 * Memory. The resident set (``VmRSS`` of ``/proc/PID/status``) of the real
   commands once they answer and have idled ``IDLE_SECONDS``, then after
   the generations and a burst of balance reads, with the peak (``VmHWM``);
-  aim: under 150 MB each.
+  aim: under 120 MB for ``serve`` with its embedded worker on SQLite, under
+  150 MB for the others.
 
 Run from the repository root: ``.venv/bin/python benchmarks/api_costs.py``;
 ``--write-docs`` rewrites this benchmark's section of ``docs/performance.md``.
@@ -115,6 +116,14 @@ SECTION_HEADING = "## API: balance, submission by connections, overhead, memory"
 BALANCE_AIM = 0.7
 OVERHEAD_P99_AIM_MS = 100.0
 MEMORY_AIM_MB = 150.0
+# The one-machine setup (issue 14): `serve` with its embedded worker on SQLite.
+EMBEDDED_MEMORY_AIM_MB = 120.0
+
+
+def memory_aim_mb(backend: str, name: str) -> float:
+    """The aim for one process: tighter for the embedded setup on SQLite."""
+    return EMBEDDED_MEMORY_AIM_MB if (backend, name) == ("SQLite", "serve") else MEMORY_AIM_MB
+
 
 BALANCE = {
     "plasmaart": Endpoint("/v1/balance", None),
@@ -608,11 +617,12 @@ def memory_table(overheads: Sequence[Overhead]) -> str:
     ]
     for o in overheads:
         for name, (idle, loaded, peak) in o.memory.items():
-            met = max(idle, loaded) < MEMORY_AIM_MB
+            aim = memory_aim_mb(o.backend, name)
+            met = max(idle, loaded) < aim
             lines.append(
                 f"| {o.backend} | {_process_name(o, name)} | {idle:.0f} MB | {loaded:.0f} MB "
                 f"| {peak:.0f} MB "
-                f"| < {MEMORY_AIM_MB:.0f} MB | {'yes' if met else 'no'} |"
+                f"| < {aim:.0f} MB | {'yes' if met else 'no'} |"
             )
     return "\n".join(lines)
 
@@ -697,9 +707,9 @@ def obstacles(
                 f"{bare.statements / max(bare.units, 1):.1f} in",
                 f"{bare.transactions / max(bare.units, 1):.1f}: the API key's lookup and",
                 "its user in one read transaction, then the caller's wallet, the wallet",
-                "row and its open lots in another, through the app's middleware",
-                "(`IdempotencyMiddleware`, the metrics, `EdgeMiddleware` with its request",
-                "id and JSON access log line, `RateLimitHeaders`) and a response model",
+                "row and its open lots in another, through the app's edge (one ASGI",
+                "callable: request id, metrics, headers, idempotency, the JSON access log",
+                "line through the log queue) and a response model",
                 "with the lots. Merging the two read transactions (the principal and the",
                 "balance in one) and caching the API key's principal for a few seconds",
                 "would remove most of the difference in statements; that is",
@@ -749,7 +759,7 @@ def obstacles(
         (o, name)
         for o in overheads
         for name, (idle, loaded, _) in o.memory.items()
-        if max(idle, loaded) >= MEMORY_AIM_MB
+        if max(idle, loaded) >= memory_aim_mb(o.backend, name)
     ]
     if heavy:
         figures = "; ".join(
@@ -875,7 +885,8 @@ def render_section(
         f"the server answered and they idled {IDLE_SECONDS:g} s, then after the",
         f"generations and {MEMORY_LOAD_SECONDS:g} s of balance reads at",
         f"{max(args.connections)} connections; `VmHWM` is the peak.",
-        f"Aim: under {MEMORY_AIM_MB:.0f} MB each.",
+        f"Aim: under {EMBEDDED_MEMORY_AIM_MB:.0f} MB for `plasmaart serve` with its",
+        f"embedded worker on SQLite, under {MEMORY_AIM_MB:.0f} MB for the others.",
     )
     return f"""{SECTION_HEADING}
 
@@ -982,8 +993,8 @@ def summary_rows(
                     f"{idle:.0f} MB idle, {loaded:.0f} MB after load",
                     "—",
                     f"{max(idle, loaded):.0f} MB",
-                    f"< {MEMORY_AIM_MB:.0f} MB",
-                    max(idle, loaded) < MEMORY_AIM_MB,
+                    f"< {memory_aim_mb(o.backend, name):.0f} MB",
+                    max(idle, loaded) < memory_aim_mb(o.backend, name),
                 )
             )
     return rows

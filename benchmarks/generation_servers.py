@@ -495,12 +495,13 @@ def _platform(settings: Settings, noop: bool) -> Platform:
 
 def run_worker(settings: Settings, noop: bool) -> int:
     """``plasmaart worker`` with this provider and storage, until SIGINT or SIGTERM."""
-    logs.configure(settings.log_level, json_lines=settings.log_format)
+    logs.configure(settings.log_level, json_lines=settings.log_format, buffered=True)
     platform = _platform(settings, noop)
     try:
         Worker(platform).run_until_signalled()
     finally:
         platform.close()
+        logs.shutdown()
     return 0
 
 
@@ -514,8 +515,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     counter: Counted | None = None
     if args.app == "plasmaart":
         # As `plasmaart serve` does: its JSON log lines (one access line per
-        # request at the default INFO level) are part of what it costs.
-        logs.configure(settings.log_level, json_lines=settings.log_format)
+        # request at the default INFO level, through the log queue) are part
+        # of what it costs.
+        logs.configure(settings.log_level, json_lines=settings.log_format, buffered=True)
         platform: Platform | None = _platform(settings, args.noop_provider)
         assert platform is not None
         app = create_app(platform, embedded_worker=args.embedded_worker)

@@ -21,15 +21,6 @@ from plasmaart.accounts import audit
 from plasmaart.accounts.service import EmailTaken, Role, Status
 from plasmaart.bootstrap import Platform, bootstrap
 from plasmaart.catalog import CatalogError, load_catalog, render_catalog
-from plasmaart.client import (
-    ApiError,
-    Client,
-    GenerationTimeout,
-    InvalidInputError,
-    PlasmaArtError,
-    TransportError,
-)
-from plasmaart.client.console import TextProgress, describe, describe_unreachable, parse_params
 from plasmaart.config import ConfigError, load_settings
 from plasmaart.db.migrate import DatabaseNotReady
 from plasmaart.errors import DomainError
@@ -134,16 +125,20 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 @contextmanager
-def _platform(*, migrate: bool | None = None) -> Iterator[Platform]:
+def _platform(*, migrate: bool | None = None, buffered_logs: bool = False) -> Iterator[Platform]:
     """The platform for one command; a bad setting or catalog ends it with exit
-    code 2 and the message, a refused operation with exit code 1."""
+    code 2 and the message, a refused operation with exit code 1.
+    ``buffered_logs``: the long-running commands log through a queue
+    (plasmaart/logs.py), drained when the command ends."""
     try:
         settings = load_settings()
-        logs.configure(settings.log_level, json_lines=settings.log_format)
+        logs.configure(settings.log_level, json_lines=settings.log_format, buffered=buffered_logs)
         platform = bootstrap(settings, migrate=migrate, require_schema=True)
     except (ConfigError, CatalogError) as exc:
+        logs.shutdown()
         _fail(str(exc), code=2)
     except DatabaseNotReady as exc:
+        logs.shutdown()
         _fail(str(exc))
     try:
         yield platform
@@ -155,6 +150,7 @@ def _platform(*, migrate: bool | None = None) -> Iterator[Platform]:
         _fail(exc.detail)
     finally:
         platform.close()
+        logs.shutdown()  # the queued lines, when buffered, are written now
 
 
 @app.command()
@@ -169,7 +165,7 @@ def serve(
     from plasmaart.doctor import support_address_warning
     from plasmaart.web.app import create_app
 
-    with _platform() as platform:
+    with _platform(buffered_logs=True) as platform:
         settings = platform.settings
         warning = support_address_warning(settings, host=host or settings.host)
         if warning:
@@ -196,7 +192,7 @@ def worker(
     """Run a worker in the foreground until SIGTERM (any number may run)."""
     from plasmaart.worker import Worker
 
-    with _platform() as platform:
+    with _platform(buffered_logs=True) as platform:
         Worker(platform, concurrency).run_until_signalled()
 
 
@@ -452,6 +448,22 @@ def generate(
     code 0: succeeded; 1: refused, failed, canceled or still running at
     --timeout; 2: bad usage or configuration.
     """
+    # The client (httpx) is for this command only: the server never loads it.
+    from plasmaart.client import (
+        ApiError,
+        Client,
+        GenerationTimeout,
+        InvalidInputError,
+        PlasmaArtError,
+        TransportError,
+    )
+    from plasmaart.client.console import (
+        TextProgress,
+        describe,
+        describe_unreachable,
+        parse_params,
+    )
+
     if not api_key:
         _fail("no API key: pass --api-key or set PLASMAART_API_KEY", code=2)
     if not url.startswith(("http://", "https://")):

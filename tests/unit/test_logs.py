@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import sys
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -27,6 +29,7 @@ def keep_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield
+    logs.shutdown()
     root.handlers[:] = handlers
     root.setLevel(level)
     logging.getLogger("uvicorn.access").disabled = False
@@ -147,3 +150,94 @@ def test_a_stream_without_isatty_counts_as_no_terminal() -> None:
     closed.close()
     assert logs.json_lines_for("auto", closed) is True
     assert logs.json_lines_for("auto", FakeTerminal()) is False
+
+
+class HeldStream(io.StringIO):
+    """Standard error that blocks every write until released (bounded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.writers: set[str] = set()
+
+    def write(self, text: str) -> int:
+        self.writers.add(threading.current_thread().name)
+        assert self.release.wait(10), "never released"
+        return super().write(text)
+
+
+def test_buffered_logging_does_not_wait_for_standard_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = HeldStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    logs.configure("INFO", json_lines="json", buffered=True)
+    log = logging.getLogger("plasmaart.access")
+    detail = ["first"]
+    token = logs.request_id.set("req_buffered")
+    started = time.monotonic()
+    try:
+        log.info("%s %s %d", "GET", detail, 200, extra={"status": 200})
+        detail.append("changed after the call")
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            log.exception("failed")
+    finally:
+        logs.request_id.reset(token)
+    # Standard error is blocked, yet logging returned at once.
+    assert time.monotonic() - started < 5
+    assert stream.getvalue() == ""
+    stream.release.set()
+    logs.flush()
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [e["message"] for e in entries] == ["GET ['first'] 200", "failed"]
+    assert [e.get("request_id") for e in entries] == ["req_buffered", "req_buffered"]
+    assert entries[0]["status"] == 200
+    assert "RuntimeError: boom" in entries[1]["exception"]
+    assert threading.current_thread().name not in stream.writers
+
+
+def test_shutdown_writes_what_is_queued_then_logs_directly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    logs.configure("INFO", json_lines="text", buffered=True)
+    log = logging.getLogger("plasmaart.test")
+    for n in range(200):
+        log.info("line %d", n)
+    logs.shutdown()
+    assert [line.split(": ", 1)[1] for line in stream.getvalue().splitlines()] == [
+        f"line {n}" for n in range(200)
+    ]
+    log.warning("after")
+    assert stream.getvalue().splitlines()[-1].endswith("plasmaart.test: after")
+    logs.shutdown()  # twice is fine
+
+
+class TimedStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_write: float | None = None
+
+    def write(self, text: str) -> int:
+        if self.first_write is None:
+            self.first_write = time.monotonic()
+        return super().write(text)
+
+
+def test_the_writer_lets_a_burst_gather_before_writing(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = TimedStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(logs, "LINGER_S", 1.0)
+    logs.configure("INFO", json_lines="json", buffered=True)
+    log = logging.getLogger("plasmaart.access")
+    for n in range(50):
+        log.info("request %d", n)
+    burst_logged = time.monotonic()
+    logs.flush()
+    # The first record woke the writer, which waited for the rest: one batch.
+    assert stream.first_write is not None
+    assert stream.first_write >= burst_logged
+    assert len(stream.getvalue().splitlines()) == 50

@@ -1,32 +1,84 @@
-"""Alembic migrations, driven from code (``plasmaart migrate`` and the embedded start-up)."""
+"""Alembic migrations, driven from code (``plasmaart migrate`` and the embedded start-up).
+
+Alembic (with Mako and Pygments) costs a process tens of megabytes once
+imported, for good: it is imported only to migrate. Knowing whether the
+database is at the head needs none of it: the revisions are read from the
+migration files' ``revision`` and ``down_revision`` lines, and the
+database's revision from its ``alembic_version`` table, so a server that
+starts on a migrated database never loads Alembic.
+"""
 
 from __future__ import annotations
 
+import ast
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from plasmaart.db.engine import Database, normalise_url
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version"
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
     return config
 
 
+def _names(node: ast.expr) -> tuple[str, ...]:
+    """A ``down_revision`` value: None, one revision, or several (a merge)."""
+    value = ast.literal_eval(node)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(item) for item in value)
+
+
+@functools.cache
+def _revisions() -> dict[str, tuple[str, ...]]:
+    """Each migration's revision and the revisions it follows, from the files."""
+    found: dict[str, tuple[str, ...]] = {}
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        fields: dict[str, ast.expr] = {}
+        for statement in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(statement, ast.Assign | ast.AnnAssign):
+                targets = (
+                    statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+                )
+                for target in targets:
+                    if isinstance(target, ast.Name) and statement.value is not None:
+                        fields[target.id] = statement.value
+        if "revision" in fields:
+            revision = ast.literal_eval(fields["revision"])
+            down = fields.get("down_revision")
+            found[str(revision)] = _names(down) if down is not None else ()
+    return found
+
+
 def head_revision() -> str:
+    revisions = _revisions()
+    followed = {down for downs in revisions.values() for down in downs}
+    heads = [revision for revision in revisions if revision not in followed]
+    if len(heads) == 1:
+        return heads[0]
+    # None or several: Alembic says what is wrong.
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:  # pragma: no cover - the package always ships migrations
         raise RuntimeError("no migrations found")
@@ -34,7 +86,13 @@ def head_revision() -> str:
 
 
 def current_revision(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
+    """The database's revision (None: never migrated), as Alembic reads it."""
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return None
+    rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    if len(rows) > 1:
+        raise RuntimeError(f"the database has several revisions: {', '.join(sorted(rows))}")
+    return str(rows[0]) if rows else None
 
 
 def is_up_to_date(db: Database) -> bool:
@@ -88,8 +146,7 @@ def database_revision(db: Database) -> str | None:
 
 
 def known_revisions() -> set[str]:
-    script = ScriptDirectory.from_config(alembic_config())
-    return {revision.revision for revision in script.walk_revisions()}
+    return set(_revisions())
 
 
 def require_migrated(db: Database) -> None:
@@ -142,12 +199,19 @@ def _migrating(db: Database) -> Iterator[Connection]:
 
 
 def upgrade(db: Database, revision: str = "head") -> None:
-    """Apply migrations up to ``revision``. Safe to run from several processes."""
+    """Apply migrations up to ``revision``. Safe to run from several processes.
+    A database already at the head is left alone without loading Alembic."""
+    if revision == "head" and is_up_to_date(db):
+        return
+    from alembic import command
+
     with _migrating(db) as conn:
         command.upgrade(alembic_config(conn), revision)
 
 
 def downgrade(db: Database, revision: str) -> None:
     """Undo migrations down to ``revision`` (for an operator rolling back a release)."""
+    from alembic import command
+
     with _migrating(db) as conn:
         command.downgrade(alembic_config(conn), revision)

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-import imageio_ffmpeg  # type: ignore[import-untyped]  # the wheel ships no type hints
-
 License = Literal["personal", "commercial"]
 LICENSES: Final[tuple[License, ...]] = ("personal", "commercial")
 
@@ -58,7 +56,10 @@ class MediaToolError(RuntimeError):
 
 @functools.cache
 def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary shipped in the ``imageio-ffmpeg`` wheel."""
+    """Path of the ffmpeg binary shipped in the ``imageio-ffmpeg`` wheel
+    (imported on the first video: a server that makes images never loads it)."""
+    import imageio_ffmpeg  # type: ignore[import-untyped]  # the wheel ships no type hints
+
     return str(imageio_ffmpeg.get_ffmpeg_exe())
 
 

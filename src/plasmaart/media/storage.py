@@ -29,15 +29,16 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Any, Protocol
-
-# botocore and boto3 ship without type information and their stubs are not a
-# dependency; unused-ignore keeps mypy quiet where the stubs are installed.
-from botocore.config import Config  # type: ignore[import-untyped, unused-ignore]
-from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from plasmaart.config import ConfigError, Settings
 from plasmaart.errors import NotFound
+
+if TYPE_CHECKING:
+    # botocore and boto3 ship without type information and their stubs are
+    # not a dependency; unused-ignore keeps mypy quiet where they are
+    # installed. Imported by S3Storage only: local storage never loads them.
+    from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
 
 NO_METADATA: Mapping[str, str] = MappingProxyType({})
 DEFAULT_CHUNK_SIZE = 64 * 1024
@@ -340,6 +341,12 @@ class LocalStorage:
                 path.unlink()
 
 
+def _client_error() -> type[ClientError]:
+    from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
+
+    return ClientError  # type: ignore[no-any-return, unused-ignore]
+
+
 def _is_missing(error: ClientError) -> bool:
     # GetObject says NoSuchKey; HeadObject answers without a body, so botocore
     # reports its bare status. A missing bucket is a configuration error and
@@ -373,6 +380,8 @@ class S3Storage:
         self.bucket = bucket
         prefix = prefix.strip("/")
         self.prefix = check_key(prefix) if prefix else ""
+        from botocore.config import Config  # type: ignore[import-untyped, unused-ignore]
+
         config = Config(
             retries={"mode": "standard", "total_max_attempts": self.MAX_ATTEMPTS},
             connect_timeout=5,
@@ -426,7 +435,7 @@ class S3Storage:
     def _get_object(self, key: str) -> Any:
         try:
             return self._client.get_object(Bucket=self.bucket, Key=self._object_key(key))
-        except ClientError as error:
+        except _client_error() as error:
             if _is_missing(error):
                 raise StorageNotFound(key) from None
             raise
@@ -436,7 +445,7 @@ class S3Storage:
             return self._client.head_object(
                 Bucket=self.bucket, Key=self._object_key(key), ChecksumMode="ENABLED"
             )
-        except ClientError as error:
+        except _client_error() as error:
             if _is_missing(error):
                 raise StorageNotFound(key) from None
             raise

@@ -32,13 +32,15 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import psycopg
 from sqlalchemy import Connection, func, select
 
 from plasmaart.db.engine import Database
 from plasmaart.db.tables import teams, wallets
+
+if TYPE_CHECKING:
+    import psycopg  # imported where it listens: SQLite never loads it
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +311,8 @@ class PostgresEventBus(InProcessEventBus):
             thread.join(timeout=10)
 
     def _listen(self, stopping: threading.Event) -> None:
+        import psycopg
+
         first_wait, longest_wait = self.BACKOFF_S
         backoff = first_wait
         # True once events may have been missed: a dropped connection, or a

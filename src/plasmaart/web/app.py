@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi.datastructures import Default
 
 from plasmaart import __version__
 from plasmaart.bootstrap import Platform
@@ -26,19 +26,10 @@ from plasmaart.web.api import (
     stripe_billing,
     teams,
 )
-from plasmaart.web.edge import EdgeMiddleware
-from plasmaart.web.idempotency import IdempotencyMiddleware
+from plasmaart.web.edge import Edge
 from plasmaart.web.metrics import HttpMetrics
-from plasmaart.web.ratelimits import RateLimitHeaders
+from plasmaart.web.responses import FastJSONResponse
 from plasmaart.worker import Worker
-
-
-class _Metrics:
-    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
-        self.app = metrics.middleware(app)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
 
 
 def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> FastAPI:
@@ -71,14 +62,15 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
         version=__version__,
         description="Generative AI for credits: text-to-image, text-to-video, image-to-video.",
         lifespan=lifespan,
+        # A placeholder, not the class: routes with a response model keep
+        # FastAPI's pydantic fast path; the others answer through orjson.
+        default_response_class=Default(FastJSONResponse),
     )
     app.state.platform = platform
     app.state.metrics = HttpMetrics()
-    # The last added runs first: edge (request id, body limit), metrics, idempotency.
-    app.add_middleware(IdempotencyMiddleware, platform=platform)
-    app.add_middleware(_Metrics, metrics=app.state.metrics)
-    app.add_middleware(EdgeMiddleware)
-    app.add_middleware(RateLimitHeaders, platform=platform)
+    # One pure ASGI edge (web/edge.py): request id, body limit, idempotency,
+    # rate-limit and security headers, metrics and the access log.
+    app.add_middleware(Edge, platform=platform, metrics=app.state.metrics)
     problems.install(app)
     openapi.install(app)
     app.include_router(ops.router)

@@ -1,6 +1,25 @@
-"""What every request goes through first: a request id (echoed as
-``X-Request-ID`` and put in every log line), an access log line, security
-headers, and a limit on body size (413 before the body is read in full)."""
+"""The edge: one pure ASGI callable that every HTTP request goes through
+before the framework sees it, in one pass over ``receive`` and ``send``
+(no stack of middlewares, each wrapping the next). In this order:
+
+1. the request id: the client's ``X-Request-ID`` when it is sane, a new one
+   otherwise; it is put in every log line of the request and echoed;
+2. the body limit: a declared ``Content-Length`` over the limit is refused
+   with 413 ``payload_too_large`` before anything reads the body; a chunked
+   body is counted while it is read, and its 413 replaces whatever the app
+   was about to answer;
+3. a NUL character in the path or the query: 422 ``invalid_input``;
+4. ``Idempotency-Key`` on a POST (web/idempotency.py): a replay, a 409
+   conflict, or the request runs and its answer is stored before its last
+   byte goes out;
+5. the app (FastAPI: routing, dependencies, the endpoint);
+6. on the way out, in the same ``send``: the ``RateLimit-*`` headers that
+   the rate-limit dependency left in the request state, the
+   ``X-Request-ID`` and security headers, and for a counted request's 422 its
+   report as an ``invalid_input`` abuse signal (web/ratelimits.py);
+7. at the end: the request's Prometheus metrics (web/metrics.py, labelled by
+   the route template) and one access log line.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +27,24 @@ import logging
 import re
 import secrets
 import time
+from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from plasmaart.bootstrap import Platform
 from plasmaart.logs import request_id
 from plasmaart.media.uploads import MAX_UPLOAD_BYTES, format_size
+from plasmaart.web import idempotency
+from plasmaart.web.metrics import HttpMetrics
 from plasmaart.web.problems import problem
+from plasmaart.web.ratelimits import (
+    COUNTED,
+    EVIDENCE_BYTES,
+    WINDOW,
+    rate_limit_header_pairs,
+    report_invalid_input,
+)
 
 log = logging.getLogger("plasmaart.access")
 
@@ -43,6 +74,10 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"strict-origin-when-cross-origin"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
+_SECRET_FIELDS = idempotency.SECRET_FIELDS_HEADER.encode()
+_RATE_LIMIT_NAMES = frozenset(
+    (b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset", b"ratelimit-policy")
+)
 
 
 class BodyTooLarge(Exception):
@@ -55,95 +90,289 @@ def _too_large_detail(upload: bool) -> str:
     return f"the request body is limited to {format_size(MAX_BODY)}"
 
 
-class EdgeMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+def _too_large(upload: bool) -> ASGIApp:
+    return problem(
+        413,
+        "payload_too_large",
+        "Payload too large",
+        _too_large_detail(upload),
+        max_bytes=MAX_UPLOAD_BYTES if upload else MAX_BODY,
+    )
+
+
+def _nul_refusal() -> ASGIApp:
+    # No path or query value has a use for a NUL character, and PostgreSQL
+    # cannot compare text with one: refuse it here.
+    return problem(
+        422,
+        "invalid_input",
+        "Invalid input",
+        "the path and the query must not contain NUL characters",
+        errors=[{"field": "query", "message": "must not contain NUL characters"}],
+    )
+
+
+class _Exchange:
+    """One request's passage through the edge: what ``send`` adds and
+    watches, and what the end of the request reports."""
+
+    __slots__ = (
+        "chunks",
+        "evidence",
+        "exceeded",
+        "finished",
+        "idempotent",
+        "invalid",
+        "key",
+        "limit",
+        "platform",
+        "principal",
+        "receive",
+        "received",
+        "request_id",
+        "scope",
+        "send",
+        "start",
+        "started",
+        "state",
+        "status",
+    )
+
+    def __init__(
+        self,
+        platform: Platform,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        rid: str,
+        limit: int,
+        state: dict[str, Any],
+    ) -> None:
+        self.platform = platform
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.request_id = rid.encode()
+        self.limit = limit
+        self.state = state
+        self.status = 500
+        self.started = False
+        self.received = 0
+        # Set once the body passes the limit. A body without Content-Length
+        # (chunked) is only found too large while the app reads it, and the
+        # app's body parser may turn the exception into an answer of its own
+        # (a 400): that answer is dropped and the 413 sent instead.
+        self.exceeded = False
+        # Idempotency: the credential's hash, the key, the answer's start and
+        # body as they go out, and whether it is stored yet.
+        self.idempotent = False
+        self.principal = ""
+        self.key = ""
+        self.start: Message | None = None
+        self.chunks: list[bytes] = []
+        self.finished = False
+        # A counted request's 422: the first bytes of its body, the evidence.
+        self.invalid = False
+        self.evidence: list[bytes] = []
+
+    async def limited_receive(self) -> Message:
+        message = await self.receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                self.exceeded = True
+                raise BodyTooLarge
+        return message
+
+    async def send_message(self, message: Message) -> None:
+        if self.exceeded and not self.started:
+            return
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started = True
+            self.status = int(message["status"])
+            if self.idempotent:
+                self.start = message
+            message = self._with_headers(message)
+        elif kind == "http.response.body" and (self.idempotent or self.invalid):
+            await self._watch_body(message)
+        await self.send(message)
+
+    def _with_headers(self, message: Message) -> Message:
+        """The answer's start with the edge's headers, in one new list."""
+        state = self.state
+        window = state.get(WINDOW) if state.get(COUNTED) else None
+        headers: list[tuple[bytes, bytes]] = []
+        present = set()
+        for name, value in message.get("headers", ()):
+            lowered = name.lower()
+            # The marker of an answer's one-time secret is for the edge only.
+            if lowered == _SECRET_FIELDS or (window is not None and lowered in _RATE_LIMIT_NAMES):
+                continue
+            present.add(lowered)
+            headers.append((name, value))
+        if window is not None:
+            headers.extend(rate_limit_header_pairs(window))
+        if state.get(COUNTED):
+            self.invalid = self.status == 422 and state.get("principal") is not None
+        headers.append((b"x-request-id", self.request_id))
+        headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+        return {**message, "headers": headers}
+
+    async def _watch_body(self, message: Message) -> None:
+        body: bytes = message.get("body", b"")
+        last = not message.get("more_body")
+        if self.idempotent and not self.finished:
+            self.chunks.append(body)
+            if last:
+                # Stored before the last byte goes out: a client that repeats
+                # the request as soon as it has the answer must get the
+                # replay, not "still running".
+                await self.finish_idempotency()
+        if self.invalid:
+            self.evidence.append(body[:EVIDENCE_BYTES])
+            if last:
+                self.invalid = False
+                # Reported before the answer's last byte goes out, so that a
+                # client's next request already sees the consequence.
+                await run_in_threadpool(
+                    report_invalid_input,
+                    self.platform,
+                    self.state["principal"],
+                    self.scope,
+                    b"".join(self.evidence),
+                )
+
+    async def finish_idempotency(self) -> None:
+        self.finished = True
+        await run_in_threadpool(
+            idempotency.finish,
+            self.platform,
+            self.principal,
+            self.key,
+            self.start,
+            b"".join(self.chunks),
+        )
+
+
+class Edge:
+    """The one ASGI callable in front of the app (see the module's docstring)."""
+
+    def __init__(self, app: ASGIApp, platform: Platform, metrics: HttpMetrics) -> None:
         self.app = app
+        self.platform = platform
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        rid = incoming if _SANE_ID.match(incoming) else secrets.token_hex(8)
-        token = request_id.set(rid)
         started = time.perf_counter()
-        status = 500
+        incoming = b""
+        declared: bytes | None = None
+        raw_key: bytes | None = None
+        post = scope["method"] == "POST"
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value
+            elif name == b"content-length":
+                declared = value
+            elif name == idempotency.HEADER and post:
+                raw_key = value
+        text_id = incoming.decode("latin-1")
+        rid = text_id if _SANE_ID.match(text_id) else secrets.token_hex(8)
+        token = request_id.set(rid)
         upload = scope["path"].startswith(UPLOAD_PATHS)
-        limit = MAX_UPLOAD_BODY if upload else MAX_BODY
-        # Set once the body passes the limit. A body without Content-Length
-        # (chunked) is only found too large while the app reads it, and the
-        # app's body parser may turn the exception into an answer of its own
-        # (a 400): that answer is dropped and the 413 sent instead.
-        exceeded = False
-        response_started = False
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal status, response_started
-            if exceeded and not response_started:
-                return
-            if message["type"] == "http.response.start":
-                response_started = True
-                status = int(message["status"])
-                extra = [(b"x-request-id", rid.encode())]
-                present = {name.lower() for name, _ in message.get("headers", [])}
-                extra += [h for h in SECURITY_HEADERS if h[0] not in present]
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
-
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received, exceeded
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    exceeded = True
-                    raise BodyTooLarge
-            return message
-
+        # Created here, before anything copies the scope, so that what the
+        # endpoint's dependencies write into request.state is seen on the way out.
+        state: dict[str, Any] = scope.setdefault("state", {})
+        exchange = _Exchange(
+            self.platform,
+            scope,
+            receive,
+            send,
+            rid,
+            MAX_UPLOAD_BODY if upload else MAX_BODY,
+            state,
+        )
+        metrics = self.metrics
+        metrics.in_flight.inc()
         try:
-            declared = headers.get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limit:
-                raise BodyTooLarge
-            if _has_nul(scope):
-                # No path or query value has a use for a NUL character, and
-                # PostgreSQL cannot compare text with one: refuse it here.
-                response = problem(
-                    422,
-                    "invalid_input",
-                    "Invalid input",
-                    "the path and the query must not contain NUL characters",
-                    errors=[{"field": "query", "message": "must not contain NUL characters"}],
-                )
-                await response(scope, receive, send_with_headers)
-                return
-            await self.app(scope, limited_receive, send_with_headers)
-            if exceeded and not response_started:
-                raise BodyTooLarge
-        except BodyTooLarge:
-            exceeded = False
-            response = problem(
-                413,
-                "payload_too_large",
-                "Payload too large",
-                _too_large_detail(upload),
-                max_bytes=MAX_UPLOAD_BYTES if upload else MAX_BODY,
-            )
-            await response(scope, receive, send_with_headers)
+            try:
+                if declared is not None and declared.isdigit() and int(declared) > exchange.limit:
+                    raise BodyTooLarge
+                if _has_nul(scope):
+                    await _nul_refusal()(scope, receive, exchange.send_message)
+                elif raw_key is not None:
+                    await self._idempotent(exchange, raw_key)
+                else:
+                    await self.app(scope, exchange.limited_receive, exchange.send_message)
+                if exchange.exceeded and not exchange.started:
+                    raise BodyTooLarge
+            except BodyTooLarge:
+                if exchange.idempotent and not exchange.finished:
+                    # Claimed, then refused: the record is released, not stored.
+                    exchange.start = None
+                    await exchange.finish_idempotency()
+                exchange.idempotent = False
+                exchange.exceeded = False
+                await _too_large(upload)(scope, receive, exchange.send_message)
+            finally:
+                if exchange.idempotent and not exchange.finished:
+                    await exchange.finish_idempotency()
         finally:
+            metrics.in_flight.dec()
+            status = exchange.status
+            # The router leaves the matched route in the scope: label by its
+            # template, not the raw path, so ids do not explode the series.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            elapsed = time.perf_counter() - started
+            metrics.observe(method, route, status, elapsed)
             path = loggable_path(scope["path"])
             log.info(
                 "%s %s %d",
-                scope["method"],
+                method,
                 path,
                 status,
                 extra={
-                    "method": scope["method"],
+                    "method": method,
                     "path": path,
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(elapsed * 1000, 2),
                 },
             )
             request_id.reset(token)
+
+    async def _idempotent(self, exchange: _Exchange, raw_key: bytes) -> None:
+        """A POST with an ``Idempotency-Key`` (web/idempotency.py)."""
+        scope = exchange.scope
+        key = raw_key.decode("latin-1").strip()
+        if not 1 <= len(key) <= idempotency.MAX_KEY_LENGTH:
+            await idempotency.bad_key()(scope, exchange.receive, exchange.send_message)
+            return
+        # Read whole (within the limit) before anything is claimed.
+        body = await idempotency.read_body(exchange.limited_receive)
+        principal = idempotency.principal_of(scope)
+        path = scope["path"]
+        fingerprint = idempotency.fingerprint(path, scope.get("query_string", b""), body)
+        decision = await run_in_threadpool(
+            idempotency.claim, self.platform, principal, key, path, fingerprint
+        )
+        if decision is not None:
+            await decision(scope, exchange.receive, exchange.send_message)
+            return
+        exchange.state["idempotency_key"] = key
+        exchange.idempotent = True
+        exchange.principal = principal
+        exchange.key = key
+        sent_body = False
+
+        async def replay_body() -> Message:
+            nonlocal sent_body
+            if sent_body:
+                return await exchange.receive()
+            sent_body = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay_body, exchange.send_message)

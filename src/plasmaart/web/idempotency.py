@@ -9,6 +9,10 @@ request runs it again. A 5xx or a 429 is not stored either, so a retry runs agai
 record left "running" by a process that died is taken over after
 ``Settings.idempotency_takeover_s`` (30 s); handlers that write can read the key from
 ``request.state.idempotency_key`` to make the re-run a no-op.
+
+The edge (web/edge.py) runs these steps: ``read_body``, ``principal_of``,
+``fingerprint``, ``claim`` (a replay, a conflict, or a running record), and
+``finish`` with the answer once its last byte is about to go out.
 """
 
 from __future__ import annotations
@@ -19,9 +23,8 @@ from datetime import timedelta
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope
 
 from plasmaart.accounts.credentials import IDEMPOTENCY_RETENTION
 from plasmaart.accounts.repository import AnyRow
@@ -38,7 +41,9 @@ SECRET_FIELDS_HEADER = "x-secret-fields"  # noqa: S105 - a header name
 MAX_KEY_LENGTH = 255
 
 
-def _principal(scope: Scope) -> str:
+def principal_of(scope: Scope) -> str:
+    """The hash of the credential that sent the request (API key, session,
+    or the client's address when anonymous): the scope of its keys."""
     headers = dict(scope["headers"])
     credential = headers.get(b"authorization")
     if credential is None:
@@ -52,92 +57,22 @@ def _principal(scope: Scope) -> str:
     return hashlib.sha256(credential).hexdigest()[:40]
 
 
-class IdempotencyMiddleware:
-    def __init__(self, app: ASGIApp, platform: Platform) -> None:
-        self.app = app
-        self.platform = platform
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        raw_key = dict(scope["headers"]).get(HEADER)
-        if raw_key is None:
-            await self.app(scope, receive, send)
-            return
-        key = raw_key.decode("latin-1").strip()
-        if not 1 <= len(key) <= MAX_KEY_LENGTH:
-            response = problem(
-                422,
-                "invalid_input",
-                "Invalid input",
-                f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
-                errors=[{"field": "Idempotency-Key", "message": "bad length"}],
-            )
-            await response(scope, receive, send)
-            return
-
-        body = await _read_body(receive)
-        principal = _principal(scope)
-        path = scope["path"]
-        fingerprint = hashlib.sha256(
-            b"\n".join([path.encode(), scope.get("query_string", b""), body])
-        ).hexdigest()
-
-        decision = await run_in_threadpool(_claim, self.platform, principal, key, path, fingerprint)
-        if decision is not None:
-            await decision(scope, receive, send)
-            return
-        scope.setdefault("state", {})["idempotency_key"] = key
-
-        start: Message | None = None
-        chunks: list[bytes] = []
-
-        finished = False
-
-        async def capture(message: Message) -> None:
-            nonlocal start, finished
-            if message["type"] == "http.response.start":
-                start = message
-                message = {
-                    **message,
-                    "headers": [
-                        (name, value)
-                        for name, value in message.get("headers", [])
-                        if name.lower() != SECRET_FIELDS_HEADER.encode()
-                    ],
-                }
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body") and not finished:
-                    # Stored before the last byte goes out: a client that
-                    # repeats the request as soon as it has the answer must
-                    # get the replay, not "still running".
-                    finished = True
-                    await run_in_threadpool(
-                        _finish, self.platform, principal, key, start, b"".join(chunks)
-                    )
-            await send(message)
-
-        sent_body = False
-
-        async def replay_body() -> Message:
-            nonlocal sent_body
-            if sent_body:
-                return await receive()
-            sent_body = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            await self.app(scope, replay_body, capture)
-        finally:
-            if not finished:
-                await run_in_threadpool(
-                    _finish, self.platform, principal, key, start, b"".join(chunks)
-                )
+def fingerprint(path: str, query: bytes, body: bytes) -> str:
+    """What a repeat must match to be replayed: the path, query and body."""
+    return hashlib.sha256(b"\n".join([path.encode(), query, body])).hexdigest()
 
 
-async def _read_body(receive: Receive) -> bytes:
+def bad_key() -> ASGIApp:
+    return problem(
+        422,
+        "invalid_input",
+        "Invalid input",
+        f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
+        errors=[{"field": "Idempotency-Key", "message": "bad length"}],
+    )
+
+
+async def read_body(receive: Receive) -> bytes:
     parts = []
     while True:
         message = await receive()
@@ -146,7 +81,7 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(parts)
 
 
-def _claim(
+def claim(
     platform: Platform, principal: str, key: str, path: str, fingerprint: str
 ) -> ASGIApp | None:
     """Insert a running record, or decide the answer from an existing one."""
@@ -212,7 +147,7 @@ def _answer(row: AnyRow, path: str, fingerprint: str) -> ASGIApp:
     )
 
 
-def _finish(
+def finish(
     platform: Platform, principal: str, key: str, start: Message | None, body: bytes
 ) -> None:
     table = idempotency_records

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plasmaart import __version__
 
@@ -37,33 +36,19 @@ class HttpMetrics:
         )
         info.labels(version=__version__).set(1)
 
-    def middleware(self, app: ASGIApp) -> ASGIApp:
-        """A plain ASGI middleware (cheaper than ``BaseHTTPMiddleware``)."""
+        # (method, route, status) -> the label children, found once: the
+        # route is a template, so the keys are as few as the series.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
-                await app(scope, receive, send)
-                return
-            status = 500
-
-            async def send_status(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = int(message["status"])
-                await send(message)
-
-            started = time.perf_counter()
-            self.in_flight.inc()
-            try:
-                await app(scope, receive, send_status)
-            finally:
-                self.in_flight.dec()
-                # The router leaves the matched route in the scope: label by
-                # its template, not the raw path, so ids do not explode
-                # the number of series.
-                route = getattr(scope.get("route"), "path", "unmatched")
-                method = scope["method"]
-                self.latency.labels(method, route).observe(time.perf_counter() - started)
-                self.requests.labels(method, route, str(status)).inc()
-
-        return wrapped
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One answered request (the edge calls this; web/edge.py)."""
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.latency.labels(method, route),
+                self.requests.labels(method, route, str(status)),
+            )
+            self._children[key] = children
+        children[0].observe(seconds)
+        children[1].inc()

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from plasmaart.errors import DomainError
+from plasmaart.web.responses import FastJSONResponse
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def problem(
         "code": code,
         **extra,
     }
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return FastJSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _field(loc: tuple[int | str, ...]) -> str:

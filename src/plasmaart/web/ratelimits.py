@@ -9,11 +9,12 @@ counters live in memory or Redis). Over the limit: 429 ``rate_limited`` with
 ``Retry-After``; the refusal writes nothing, and at most once per interval
 queues a ``rate_limited`` abuse signal, written off the request path.
 
-``RateLimitHeaders`` (outermost middleware) adds ``RateLimit-Limit``,
-``RateLimit-Remaining``, ``RateLimit-Reset`` and ``RateLimit-Policy`` to every
-answer of those endpoints, refusals included, and reports their 422s (invalid
-input) beyond the free ones of the hour as abuse signals (queued, like every
-signal of the request path: ``fairuse.tasks``).
+The edge (web/edge.py) adds ``RateLimit-Limit``, ``RateLimit-Remaining``,
+``RateLimit-Reset`` and ``RateLimit-Policy`` (``rate_limit_header_pairs``) to
+every answer of those endpoints, refusals included, and reports their 422s
+(invalid input) beyond the free ones of the hour as abuse signals
+(``report_invalid_input``), queued like every signal of the request path
+(``fairuse.tasks``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ import json
 from typing import Any
 
 from fastapi import Depends, Request
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from plasmaart.bootstrap import Platform
 from plasmaart.fairuse.errors import RateLimited
@@ -33,7 +32,7 @@ from plasmaart.fairuse.rules import Budget
 from plasmaart.web.auth import CurrentPrincipal, Principal
 from plasmaart.web.deps import PlatformDep
 
-# Keys of the request state (shared by the dependency and the middleware).
+# Keys of the request state (shared by the dependency and the edge).
 COUNTED = "fairuse_counted"
 WINDOW = "fairuse_window"
 # The first bytes of a 422 answer kept as evidence (its ``errors``).
@@ -91,65 +90,31 @@ RATE_LIMITED: dict[int | str, dict[str, Any]] = {
 }
 
 
-def rate_limit_headers(window: RateWindow) -> dict[str, str]:
-    return {
-        "RateLimit-Limit": str(window.limit),
-        "RateLimit-Remaining": str(window.remaining),
-        "RateLimit-Reset": str(window.reset_after),
-        "RateLimit-Policy": f"{window.limit};w={WINDOW_SECONDS}",
-    }
+def rate_limit_header_pairs(window: RateWindow) -> list[tuple[bytes, bytes]]:
+    """The ``RateLimit-*`` headers of ``window`` as raw ASGI pairs, for the edge."""
+    return [
+        (b"ratelimit-limit", str(window.limit).encode()),
+        (b"ratelimit-remaining", str(window.remaining).encode()),
+        (b"ratelimit-reset", str(window.reset_after).encode()),
+        (b"ratelimit-policy", f"{window.limit};w={WINDOW_SECONDS}".encode()),
+    ]
 
 
-class RateLimitHeaders:
-    def __init__(self, app: ASGIApp, platform: Platform) -> None:
-        self.app = app
-        self.platform = platform
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        # Created here, before anything copies the scope, so that what the
-        # endpoint's dependency writes into request.state is seen below.
-        state: dict[str, Any] = scope.setdefault("state", {})
-        invalid = False
-        body: list[bytes] = []
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal invalid
-            if not state.get(COUNTED):
-                await send(message)
-                return
-            if message["type"] == "http.response.start":
-                window: RateWindow | None = state.get(WINDOW)
-                if window is not None:
-                    headers = MutableHeaders(scope=message)
-                    for name, value in rate_limit_headers(window).items():
-                        headers[name] = value
-                invalid = message["status"] == 422 and state.get("principal") is not None
-            elif message["type"] == "http.response.body" and invalid:
-                body.append(message.get("body", b"")[:EVIDENCE_BYTES])
-                if not message.get("more_body"):
-                    invalid = False
-                    # Recorded before the answer's last byte goes out, so that
-                    # a client's next request already sees the consequence.
-                    await run_in_threadpool(
-                        self._invalid_input, state["principal"], scope, b"".join(body)
-                    )
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-    def _invalid_input(self, principal: Principal, scope: Scope, body: bytes) -> None:
-        if not self.platform.fairuse.should_record_invalid_input(principal.user.id):
-            return
-        try:
-            errors = json.loads(body[:EVIDENCE_BYTES]).get("errors", [])[:5]
-        except (ValueError, AttributeError):
-            errors = []
-        # Queued, written off the request path (fairuse/tasks.py).
-        self.platform.fairuse.enqueue_signal(
-            principal.user.id,
-            "invalid_input",
-            {"method": scope["method"], "path": scope["path"], "errors": errors},
-        )
+def report_invalid_input(
+    platform: Platform, principal: Principal, scope: Scope, body: bytes
+) -> None:
+    """A counted request answered 422: an ``invalid_input`` abuse signal
+    beyond the free ones of the hour, with the first errors as evidence.
+    The edge calls it before the answer's last byte goes out; the signal is
+    queued and written off the request path (fairuse/tasks.py)."""
+    if not platform.fairuse.should_record_invalid_input(principal.user.id):
+        return
+    try:
+        errors = json.loads(body[:EVIDENCE_BYTES]).get("errors", [])[:5]
+    except (ValueError, AttributeError):
+        errors = []
+    platform.fairuse.enqueue_signal(
+        principal.user.id,
+        "invalid_input",
+        {"method": scope["method"], "path": scope["path"], "errors": errors},
+    )

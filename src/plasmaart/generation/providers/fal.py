@@ -42,12 +42,8 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 from urllib.parse import quote
-
-import httpx
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from plasmaart.catalog import ModelSpec
 from plasmaart.generation.providers.base import (
@@ -60,7 +56,21 @@ from plasmaart.generation.providers.base import (
     ProviderUnavailable,
 )
 
+if TYPE_CHECKING:
+    import httpx
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 log = logging.getLogger(__name__)
+
+
+def _httpx() -> Any:
+    """httpx, imported when fal is used: the client (with the command-line
+    tools it imports, rich and pygments) costs a server that never calls fal
+    some 20 MB, and the webhook route only needs this module's names."""
+    import httpx
+
+    return httpx
+
 
 DEFAULT_BASE_URL: Final = "https://queue.fal.run"
 DEFAULT_JWKS_URL: Final = "https://rest.alpha.fal.ai/.well-known/jwks.json"
@@ -382,6 +392,8 @@ def verify_webhook(
     except ValueError:
         return False
     message = "\n".join((request_id, user_id, timestamp, hashlib.sha256(body).hexdigest())).encode()
+    from cryptography.exceptions import InvalidSignature
+
     for key in public_keys(jwks_keys):
         try:
             key.verify(signature, message)
@@ -392,7 +404,11 @@ def verify_webhook(
 
 
 def public_keys(jwks_keys: Iterable[Mapping[str, object]]) -> list[Ed25519PublicKey]:
-    """The Ed25519 keys among ``jwks_keys``; other and malformed keys are skipped."""
+    """The Ed25519 keys among ``jwks_keys``; other and malformed keys are skipped.
+    (cryptography is imported here, on the first webhook: a server that does
+    not use fal never loads it.)"""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     keys: list[Ed25519PublicKey] = []
     for jwk in jwks_keys:
         x = jwk.get("x")
@@ -487,7 +503,7 @@ class JwksCache:
     def _fetch(self) -> tuple[Mapping[str, object], ...]:
         try:
             response = self._http.get(self.url, timeout=self._timeout)
-        except httpx.HTTPError as exc:
+        except _httpx().HTTPError as exc:
             raise ProviderUnavailable(f"fal JWKS: {type(exc).__name__}: {exc}") from exc
         if not response.is_success:
             _raise_for(response, "JWKS")
@@ -522,7 +538,7 @@ class FalProvider:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._owns_http = http is None
-        self._http = http if http is not None else httpx.Client(timeout=timeout)
+        self._http = http if http is not None else _httpx().Client(timeout=timeout)
         self.jwks = JwksCache(jwks_url, self._http, timeout=timeout)
 
     def __repr__(self) -> str:
@@ -604,7 +620,7 @@ class FalProvider:
                             f"fal output is larger than {MAX_DOWNLOAD_BYTES} bytes"
                         )
                     chunks.append(chunk)
-        except httpx.HTTPError as exc:
+        except _httpx().HTTPError as exc:
             raise ProviderUnavailable(f"fal download: {type(exc).__name__}: {exc}") from exc
         return b"".join(chunks)
 
@@ -664,7 +680,7 @@ class FalProvider:
                 headers={"Authorization": f"Key {self._key}", "Accept": "application/json"},
                 timeout=self.timeout,
             )
-        except httpx.HTTPError as exc:
+        except _httpx().HTTPError as exc:
             raise ProviderUnavailable(f"fal {what}: {type(exc).__name__}: {exc}") from exc
 
 

@@ -10,19 +10,21 @@ absent in effect (404, and 409 ``billing_portal_unavailable``).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from plasmaart.billing.stripe import StripeBackend, StripeWebhooks
 from plasmaart.billing.stripe.errors import BillingPortalUnavailable
 from plasmaart.bootstrap import Platform
 from plasmaart.errors import NotFound
 from plasmaart.web.auth import CurrentPrincipal
 from plasmaart.web.deps import PlatformDep
+
+if TYPE_CHECKING:
+    from plasmaart.billing.stripe import StripeBackend
 
 router = APIRouter(prefix="/v1", tags=["billing"])
 
@@ -39,6 +41,10 @@ class WebhookOut(BaseModel):
 
 def _stripe(platform: Platform) -> StripeBackend | None:
     backend = platform.billing.backends.get("stripe")
+    if backend is None:
+        return None  # the sandbox: the Stripe SDK is never imported
+    from plasmaart.billing.stripe import StripeBackend
+
     return backend if isinstance(backend, StripeBackend) else None
 
 
@@ -87,6 +93,8 @@ def _receive(platform: Platform, payload: bytes, signature: str | None) -> Webho
     secret = platform.settings.stripe_webhook_secret
     if backend is None or not secret:
         raise NotFound("Not Found")
+    from plasmaart.billing.stripe import StripeWebhooks
+
     webhooks = StripeWebhooks(platform.clock, platform.billing, backend, secret=secret)
     event = webhooks.verify(payload, signature)
     with platform.db.read() as conn:
