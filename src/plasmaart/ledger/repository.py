@@ -205,10 +205,18 @@ class Driver:
         # Statement listeners (statement counters, tracing), looked up once:
         # walking SQLAlchemy's empty listener collections on every statement
         # showed in the profile.
-        dispatch = conn.dispatch
-        listening = conn._has_events or conn.engine._has_events
-        self.before = list(dispatch.before_cursor_execute) if listening else []
-        self.after = listening and bool(dispatch.after_cursor_execute)
+        # The engine's listeners are read from the engine's own dispatcher:
+        # a connection joins its dispatcher to the engine's on first use,
+        # which costs more than the statements it would watch.
+        dispatch: Any = (
+            conn.dispatch
+            if conn._has_events
+            else conn.engine.dispatch
+            if conn.engine._has_events
+            else None
+        )
+        self.before = [] if dispatch is None else list(dispatch.before_cursor_execute)
+        self.after = dispatch is not None and bool(dispatch.after_cursor_execute)
 
     # -- values ----------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -619,7 +619,7 @@ class LedgerService:
     ) -> R:
         wallet.flush(self.balance_listeners)
         wallet.driver.record_operation(
-            key, operation, _request_hash(operation, params), asdict(cast(Any, result)), wallet.now
+            key, operation, _request_hash(operation, params), _as_dict(result), wallet.now
         )
         wallet.driver.flush()
         return result
@@ -796,6 +796,12 @@ def _replay(
             f"idempotency key {key!r} was used for another {found.operation} request"
         )
     return cast(dict[str, Any], json.loads(cast(str, found.result)))
+
+
+def _as_dict(result: object) -> dict[str, Any]:
+    """A result's fields, as ``asdict`` gives them for the JSON of its record
+    (results are flat, and JSON writes tuples as lists) without its deep copy."""
+    return {item.name: getattr(result, item.name) for item in fields(cast(Any, result))}
 
 
 def _load(cls: type[R], data: dict[str, Any]) -> R:
