@@ -280,9 +280,11 @@ class Driver:
         self.writes.append((sql, params, False))
 
     def write_many(self, sql: Sql, rows: list[dict[str, Any]]) -> None:
+        """Queue one statement for each of ``rows`` (never empty): one
+        ``executemany``, or a plain execute for a single row."""
         if len(rows) == 1:
             self.writes.append((sql, rows[0], False))
-        elif rows:
+        else:
             self.writes.append((sql, rows, True))
 
     def flush(self) -> None:
@@ -293,9 +295,7 @@ class Driver:
             for sql, params, many in writes:
                 self._execute(self.cursor, sql, params, many)
 
-        if len(writes) == 1:
-            run()
-        elif writes:
+        if writes:
             self._pipelined(run)
 
     # -- the hot statements ----------------------------------------------
