@@ -295,8 +295,7 @@ class Driver:
             for sql, params, many in writes:
                 self._execute(self.cursor, sql, params, many)
 
-        if writes:
-            self._pipelined(run)
+        self._pipelined(run)
 
     # -- the hot statements ----------------------------------------------
 
