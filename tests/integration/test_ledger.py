@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Connection, func, select, text
+from sqlalchemy.exc import DBAPIError
 
 from plasmaart.clock import ManualClock
 from plasmaart.db.engine import Database
@@ -629,3 +630,61 @@ def test_entries_page_newest_first(db: Database, ledger: LedgerService, wallet: 
         second = ledger_page(conn, wallet, limit=4, before=first[-1].position).lines
     assert [e.credits for e in first] == [7, 6, 5, 4]
     assert [e.credits for e in second] == [3, 2, 1]
+
+
+def test_a_connection_without_a_transaction_gets_one(
+    db: Database, ledger: LedgerService, wallet: str
+) -> None:
+    # The hot path runs on the driver's cursor: it must still write inside
+    # the caller's transaction (begun for it if need be), never in autocommit.
+    subscribe(db, ledger, wallet, credits=100)
+    before = count_rows(db)
+    with db.engine.connect() as conn:
+        assert not conn.in_transaction()
+        hold = ledger.hold(conn, wallet, 10, idempotency_key="no-tx:hold")
+        assert conn.in_transaction()
+        conn.rollback()
+    assert count_rows(db) == before
+    with db.engine.connect() as conn:
+        hold = ledger.hold(conn, wallet, 10, idempotency_key="no-tx:hold")
+        ledger.capture(conn, hold.hold_id, 10, idempotency_key="no-tx:capture")
+        conn.commit()
+    with db.read() as conn:
+        assert journal(conn, wallet)[-2:] == [("hold", -10, 90), ("capture", 0, 90)]
+    books_balance(db)
+
+
+def test_a_write_the_database_refuses_fails_the_operation_and_writes_nothing(
+    db: Database, ledger: LedgerService, wallet: str
+) -> None:
+    # The hot path's writes are sent together at the end (in one pipeline on
+    # PostgreSQL): a refusal by the database surfaces from the ledger call as
+    # SQLAlchemy's exception, and the caller's rollback leaves nothing behind.
+    subscribe(db, ledger, wallet, credits=100)
+    with db.write() as conn:
+        hold = ledger.hold(conn, wallet, 10, idempotency_key="refused:first")
+        if db.is_sqlite:
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_usage BEFORE INSERT ON usage_daily"
+                " BEGIN SELECT RAISE(ABORT, 'usage refused'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION refuse_usage() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN RAISE EXCEPTION 'usage refused'; END $$"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_usage BEFORE INSERT ON usage_daily"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_usage()"
+            )
+    before = count_rows(db)
+    with pytest.raises(DBAPIError, match="usage refused"), db.write() as conn:
+        ledger.capture(conn, hold.hold_id, 10, idempotency_key="refused:capture")
+    assert count_rows(db) == before
+    with db.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM usage_daily")).scalar_one() == 0
+        status = conn.execute(
+            text("SELECT status FROM holds WHERE id = :id"), {"id": hold.hold_id}
+        ).scalar_one()
+    assert status == "pending"
+    books_balance(db)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -117,13 +117,26 @@ class Balance:
 
 
 class _Wallet:
-    """The locked wallet's running balances while one operation writes entries."""
+    """The locked wallet's running balances while one operation writes entries,
+    and the driver that queues the operation's writes."""
 
-    def __init__(self, wallet_id: str, available: int, held: int, now: datetime) -> None:
+    def __init__(
+        self,
+        driver: repo.Driver,
+        wallet_id: str,
+        available: int,
+        held: int,
+        now: datetime,
+        open_lots: list[LotView] | None = None,
+    ) -> None:
+        self.driver = driver
         self.id = wallet_id
         self.available = available
         self.held = held
         self.now = now
+        # The lots that still held credits when the wallet was locked (read
+        # only by the operations that spend: hold, and a negative adjustment).
+        self.open_lots = open_lots or []
         self.entries: list[dict[str, Any]] = []
 
     def move(
@@ -166,14 +179,15 @@ class _Wallet:
             }
         )
 
-    def flush(self, conn: Connection, listeners: list[BalanceListener]) -> None:
+    def flush(self, listeners: list[BalanceListener]) -> None:
+        """Queue the entries written so far and the wallet's new balances."""
         if not self.entries:
             return
-        repo.insert_entries(conn, self.entries)
-        repo.store_wallet(conn, self.id, self.available, self.held)
+        self.driver.insert_entries(self.entries)
+        self.driver.store_wallet(self.id, self.available, self.held)
         self.entries = []
         for listener in listeners:
-            after_commit(conn, partial(listener, self.id, self.available, self.held))
+            after_commit(self.driver.conn, partial(listener, self.id, self.available, self.held))
 
 
 def _request_hash(operation: str, params: dict[str, Any]) -> str:
@@ -248,7 +262,7 @@ class LedgerService:
             raise InvalidAmount("a grant cannot expire in the past", field="expires_at")
         lot_id = self._new_lot(conn, wallet, source, credits, expires_at, reference, kind, memo)
         result = GrantResult(lot_id=lot_id, credits=credits, balance_after=wallet.available)
-        return self._finish(conn, wallet, "grant", idempotency_key, params, result)
+        return self._finish(wallet, "grant", idempotency_key, params, result)
 
     def hold(
         self,
@@ -273,7 +287,9 @@ class LedgerService:
             "generation": generation_id,
             "model": model,
         }
-        wallet, replay = self._begin(conn, wallet_id, "hold", idempotency_key, params, now)
+        wallet, replay = self._begin(
+            conn, wallet_id, "hold", idempotency_key, params, now, with_lots=True
+        )
         if replay is not None:
             return _load(HoldResult, replay)
         spendable = self._spendable_lots(conn, wallet)
@@ -281,9 +297,8 @@ class LedgerService:
             raise InsufficientCredits(required=credits, available=wallet.available)
         taken = allocate(spendable, credits)
         hold_id = new_id("hld")
-        repo.take_from_lots(conn, taken)
-        repo.insert_hold(
-            conn,
+        wallet.driver.take_from_lots(taken)
+        wallet.driver.insert_hold(
             hold_id=hold_id,
             wallet_id=wallet.id,
             credits=credits,
@@ -291,8 +306,8 @@ class LedgerService:
             model=model,
             memo=memo,
             now=now,
+            taken=taken,
         )
-        repo.insert_hold_lots(conn, hold_id, taken)
         wallet.move(
             "hold",
             "wallet",
@@ -309,7 +324,7 @@ class LedgerService:
             balance_after=wallet.available,
             lots=[(lot_id, take) for lot_id, take in taken],
         )
-        return self._finish(conn, wallet, "hold", idempotency_key, params, result)
+        return self._finish(wallet, "hold", idempotency_key, params, result)
 
     def capture(
         self,
@@ -343,11 +358,14 @@ class LedgerService:
         for row in repo.due_lots(conn, now, limit):
             by_wallet.setdefault(row.wallet_id, []).append(row.id)
         expired_lots = expired_credits = 0
+        if not by_wallet:
+            return ExpiryResult(lots=0, credits=0)
+        driver = repo.Driver(conn)
         for wallet_id, lot_ids in by_wallet.items():
-            state = repo.lock_wallet(conn, wallet_id)
+            state, _ = driver.lock_wallet(wallet_id, "")
             if state is None:  # pragma: no cover - lots always belong to a wallet
                 continue
-            wallet = _Wallet(wallet_id, int(state.available), int(state.held), now)
+            wallet = _Wallet(driver, wallet_id, state.available, state.held, now)
             for lot_id, lot in repo.lots_by_id(conn, lot_ids).items():
                 remaining = int(lot.remaining)
                 # Re-checked under the lock: a hold may have emptied it meanwhile.
@@ -355,7 +373,8 @@ class LedgerService:
                     self._expire_lot(conn, wallet, lot_id, remaining, "expire", "expired")
                     expired_lots += 1
                     expired_credits += remaining
-            wallet.flush(conn, self.balance_listeners)
+            wallet.flush(self.balance_listeners)
+            driver.flush()
         return ExpiryResult(lots=expired_lots, credits=expired_credits)
 
     def renew(
@@ -449,7 +468,7 @@ class LedgerService:
             lot_id=lot_id,
             balance_after=wallet.available,
         )
-        return self._finish(conn, wallet, "renew", idempotency_key, params, result)
+        return self._finish(wallet, "renew", idempotency_key, params, result)
 
     def adjust(
         self,
@@ -469,7 +488,9 @@ class LedgerService:
             raise InvalidAmount("an adjustment needs a reason", field="reason")
         now = self.clock.now()
         params = {"wallet": wallet_id, "amount": amount, "reason": reason, "expires_at": expires_at}
-        wallet, replay = self._begin(conn, wallet_id, "adjust", idempotency_key, params, now)
+        wallet, replay = self._begin(
+            conn, wallet_id, "adjust", idempotency_key, params, now, with_lots=amount < 0
+        )
         if replay is not None:
             return _load(AdjustResult, replay)
         if expires_at is not None and as_utc(expires_at) <= now:
@@ -484,13 +505,13 @@ class LedgerService:
             if wallet.available < -amount:
                 raise InsufficientCredits(required=-amount, available=wallet.available)
             taken = allocate(spendable, -amount)
-            repo.take_from_lots(conn, taken)
+            wallet.driver.take_from_lots(taken)
             for taken_lot, credits in taken:
                 wallet.move(
                     "adjustment", "wallet", "issuance", credits, lot_id=taken_lot, memo=reason
                 )
         result = AdjustResult(amount=amount, lot_id=lot_id, balance_after=wallet.available)
-        return self._finish(conn, wallet, "adjust", idempotency_key, params, result)
+        return self._finish(wallet, "adjust", idempotency_key, params, result)
 
     def clawback(
         self, conn: Connection, lot_id: str, *, idempotency_key: str, reason: str
@@ -525,7 +546,7 @@ class LedgerService:
             held=held,
             balance_after=wallet.available,
         )
-        return self._finish(conn, wallet, "clawback", idempotency_key, params, result)
+        return self._finish(wallet, "clawback", idempotency_key, params, result)
 
     # -- reads -----------------------------------------------------------
 
@@ -574,43 +595,33 @@ class LedgerService:
         key: str,
         params: dict[str, Any],
         now: datetime,
+        *,
+        with_lots: bool = False,
     ) -> tuple[_Wallet, dict[str, Any] | None]:
         """Lock the wallet, then look the key up (under the lock, so that two
-        racing requests with one key see each other)."""
-        if not key:
-            raise InvalidAmount(
-                "every ledger mutation needs an idempotency key", field="idempotency_key"
-            )
-        found = repo.lock_wallet(conn, wallet_id, key)
+        racing requests with one key see each other); with ``with_lots``, read
+        its open lots too, in the same round trip."""
+        _require_key(key)
+        driver = repo.Driver(conn)
+        found, open_lots = driver.lock_wallet(wallet_id, key, with_lots=with_lots)
         if found is None:
             raise WalletNotFound(wallet_id)
-        wallet = _Wallet(wallet_id, int(found.available), int(found.held), now)
-        if found.operation is None:
-            return wallet, None
-        if found.operation != operation or found.request_hash != _request_hash(operation, params):
-            raise IdempotencyConflict(
-                f"idempotency key {key!r} was used for another {found.operation} request"
-            )
-        return wallet, json.loads(found.result)
+        wallet = _Wallet(driver, wallet_id, found.available, found.held, now, open_lots)
+        return wallet, _replay(found, operation, key, params)
 
     def _finish(
         self,
-        conn: Connection,
         wallet: _Wallet,
         operation: str,
         key: str,
         params: dict[str, Any],
         result: R,
     ) -> R:
-        wallet.flush(conn, self.balance_listeners)
-        repo.record_operation(
-            conn,
-            key,
-            operation,
-            _request_hash(operation, params),
-            asdict(cast(Any, result)),
-            wallet.now,
+        wallet.flush(self.balance_listeners)
+        wallet.driver.record_operation(
+            key, operation, _request_hash(operation, params), _as_dict(result), wallet.now
         )
+        wallet.driver.flush()
         return result
 
     def _new_lot(
@@ -643,7 +654,7 @@ class LedgerService:
         the sweep has not reached yet are expired first, in this transaction,
         so an expired credit is never spent."""
         spendable = []
-        for lot in repo.open_lots(conn, wallet.id):
+        for lot in wallet.open_lots:
             if lot.expires_at is not None and lot.expires_at <= wallet.now:
                 self._expire_lot(conn, wallet, lot.id, lot.remaining, "expire", "expired")
             else:
@@ -673,20 +684,23 @@ class LedgerService:
         operation: str,
         outputs: int | None,
     ) -> SettleResult:
-        wallet_id = repo.hold_wallet(conn, hold_id)
-        if wallet_id is None:
-            raise HoldNotFound(hold_id)
         now = self.clock.now()
         params = {"hold": hold_id, "credits": credits, "outputs": outputs}
-        wallet, replay = self._begin(conn, wallet_id, operation, key, params, now)
+        driver = repo.Driver(conn)
+        # The hold's rows are read after the wallet's lock is taken, so its
+        # status is the one the last settlement left.
+        found, rows = driver.lock_hold_wallet(hold_id, key)
+        if found is None:
+            raise HoldNotFound(hold_id)
+        _require_key(key)
+        wallet = _Wallet(driver, found.wallet_id, found.available, found.held, now)
+        replay = _replay(found, operation, key, params)
         if replay is not None:
             return _load(SettleResult, replay)
-        # Re-read under the wallet's lock: the status may have changed.
-        rows = repo.hold_with_lots(conn, hold_id)
         hold = rows[0]
         if hold.status != "pending":
             raise HoldAlreadyResolved(hold_id, hold.status)
-        amount = int(hold.amount)
+        amount = hold.amount
         if credits > amount:
             raise CaptureExceedsHold(hold_id, credits, amount)
         captured, released = split_capture(repo.allocations(rows), credits)
@@ -702,8 +716,7 @@ class LedgerService:
                 model=model,
                 outputs=outputs,
             )
-            repo.add_usage(
-                conn,
+            driver.add_usage(
                 wallet.id,
                 day=now.date(),
                 model=model or "",
@@ -737,7 +750,7 @@ class LedgerService:
                     )
                     expired_total += part
                 elif lot.closed_reason is not None or (
-                    lot.expires_at is not None and as_utc(lot.expires_at) <= now
+                    lot.expires_at is not None and lot.expires_at <= now
                 ):
                     # The lot expired while its credits were held: they come
                     # back and expire at once, as an explicit expiry entry.
@@ -752,9 +765,8 @@ class LedgerService:
                     )
                     expired_total += part
                 else:
-                    repo.give_back_to_lot(conn, lot_id, part)
-        repo.settle_hold_lots(conn, hold_id, captured, released)
-        repo.resolve_hold(conn, hold_id, captured=credits, released=released_total, now=now)
+                    driver.give_back_to_lot(lot_id, part)
+        driver.settle_hold(hold_id, captured, released, now)
         result = SettleResult(
             hold_id=hold_id,
             captured=credits,
@@ -762,7 +774,34 @@ class LedgerService:
             expired=expired_total,
             balance_after=wallet.available,
         )
-        return self._finish(conn, wallet, operation, key, params, result)
+        return self._finish(wallet, operation, key, params, result)
+
+
+def _require_key(key: str) -> None:
+    if not key:
+        raise InvalidAmount(
+            "every ledger mutation needs an idempotency key", field="idempotency_key"
+        )
+
+
+def _replay(
+    found: repo.WalletState, operation: str, key: str, params: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The first result recorded under ``key``, or None if the key is new.
+    The same key with other arguments (or for another operation) is refused."""
+    if found.operation is None:
+        return None
+    if found.operation != operation or found.request_hash != _request_hash(operation, params):
+        raise IdempotencyConflict(
+            f"idempotency key {key!r} was used for another {found.operation} request"
+        )
+    return cast(dict[str, Any], json.loads(cast(str, found.result)))
+
+
+def _as_dict(result: object) -> dict[str, Any]:
+    """A result's fields, as ``asdict`` gives them for the JSON of its record
+    (results are flat, and JSON writes tuples as lists) without its deep copy."""
+    return {item.name: getattr(result, item.name) for item in fields(cast(Any, result))}
 
 
 def _load(cls: type[R], data: dict[str, Any]) -> R:
