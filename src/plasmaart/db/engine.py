@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 _BEGIN_OPTION = "plasmaart_begin"
 _AFTER_COMMIT = "plasmaart_after_commit"
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def normalise_url(url: str) -> str:
@@ -90,6 +91,18 @@ class Database:
                 # The transaction is committed; a failed side effect must not
                 # turn it into an error for the caller.
                 log.exception("after-commit callback failed")
+
+    def run_write(self, fn: Callable[[Connection], T]) -> T:
+        """``fn(conn)`` in a write transaction, and its result.
+
+        The unit a request's write is written as: ``fn`` does only its
+        writes and the statements that decide them, never commits, does not
+        rely on being alone in its transaction, and registers every effect
+        outside the database with ``after_commit`` (a writer may run several
+        such functions in one transaction, each in its own savepoint). An
+        exception from ``fn`` undoes all it wrote and is raised here."""
+        with self.write() as conn:
+            return fn(conn)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

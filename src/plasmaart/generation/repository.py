@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, func, insert, literal, or_, select, update
 
 from plasmaart.db.tables import generation_outputs, generations, uploads
 
@@ -42,6 +42,28 @@ def queued_of_user(conn: Connection, user_id: str) -> list[str]:
 
 def insert_generation(conn: Connection, values: dict[str, Any]) -> None:
     conn.execute(insert(generations).values(**values))
+
+
+def insert_queued_within(conn: Connection, values: dict[str, Any], max_queued: int) -> bool:
+    """INSERT the queued job ``values`` only while its wallet has fewer than
+    ``max_queued`` queued jobs: the cap checked and the job written in one
+    guarded statement. False (nothing written) when the queue is full.
+
+    Run after the hold, which locks the wallet (PostgreSQL; SQLite's write
+    transactions are serial): every submission on the wallet then passes here
+    one at a time, and this statement's count sees the jobs of those before."""
+    queued = (
+        select(func.count())
+        .select_from(generations)
+        .where(generations.c.wallet_id == values["wallet_id"], generations.c.status == "queued")
+        .scalar_subquery()
+    )
+    names = list(values)
+    row = select(*(literal(values[name], generations.c[name].type) for name in names)).where(
+        queued < max_queued
+    )
+    written = insert(generations).from_select(names, row).returning(generations.c.id)
+    return conn.execute(written).first() is not None
 
 
 def get_generation(conn: Connection, generation_id: str) -> AnyRow | None:
@@ -180,16 +202,22 @@ def insert_output(conn: Connection, values: dict[str, Any]) -> None:
 
 def queue_position(conn: Connection, row: AnyRow) -> int:
     """1 + the queued jobs ahead of this one in queue order."""
+    return position_at(conn, row.virtual_start, row.id)
+
+
+def position_at(conn: Connection, start: datetime, generation_id: str) -> int:
+    """1 + the queued jobs ahead of a job at ``(start, generation_id)`` in
+    queue order (the job itself need not be written yet)."""
     ahead = conn.execute(
         select(func.count())
         .select_from(generations)
         .where(
             generations.c.status == "queued",
             or_(
-                generations.c.virtual_start < row.virtual_start,
+                generations.c.virtual_start < start,
                 and_(
-                    generations.c.virtual_start == row.virtual_start,
-                    generations.c.id < row.id,
+                    generations.c.virtual_start == start,
+                    generations.c.id < generation_id,
                 ),
             ),
         )

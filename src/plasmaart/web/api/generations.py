@@ -186,16 +186,7 @@ def create_generation(
     key = None
     if http_key:
         key = hashlib.sha256(f"{principal.credential_id}\n{http_key}".encode()).hexdigest()
-    with platform.db.write() as conn:
-        platform.fairuse.lock_account(conn, principal.user.id)
-        generation = platform.generations.submit(
-            conn, principal.user, body.request(), idempotency_key=key
-        )
-        # Fair use: a flood of one prompt is an abuse signal; if it suspends
-        # the account, this job was canceled with its other queued ones.
-        assessment = platform.fairuse.after_submit(conn, principal.user, generation)
-        if assessment is not None and assessment.suspended_now:
-            generation = platform.generations.get(conn, principal.user, generation.id)
+    generation = platform.submissions.submit(principal.user, body.request(), idempotency_key=key)
     return generation_out(platform, generation)
 
 
@@ -204,8 +195,7 @@ def create_generation(
 )
 def quote(body: GenerationIn, principal: CurrentPrincipal, platform: PlatformDep) -> QuoteOut:
     """What the request would cost and whether it would be accepted; nothing is held."""
-    with platform.db.read() as conn:
-        answer = platform.generations.quote(conn, principal.user, body.request())
+    answer = platform.submissions.quote(principal.user, body.request())
     return QuoteOut(
         credits=answer.credits,
         available=answer.available,
