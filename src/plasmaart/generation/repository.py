@@ -51,10 +51,6 @@ def queued_of_user(conn: Connection, user_id: str) -> list[str]:
     )
 
 
-def insert_generation(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(insert(generations).values(**values))
-
-
 # The columns a submission writes, in the order of the guarded INSERT below.
 SUBMITTED_COLUMNS = (
     "id",
