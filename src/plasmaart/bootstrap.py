@@ -26,6 +26,7 @@ from plasmaart.generation.events import GenerationEvents
 from plasmaart.generation.providers import create_provider
 from plasmaart.generation.providers.base import Provider
 from plasmaart.generation.service import GenerationService
+from plasmaart.generation.submission import SubmissionService
 from plasmaart.generation.wakeups import PollWakeups
 from plasmaart.ledger.service import LedgerService
 from plasmaart.media.storage import Storage, create_storage
@@ -65,6 +66,8 @@ class Platform:
     wakeups: PollWakeups
     # Suspending and reinstating accounts (fairuse/suspension.py).
     suspensions: SuspensionService
+    # Submissions and quotes as the API makes them (generation/submission.py).
+    submissions: SubmissionService
 
     def close(self) -> None:
         if self.fairuse.flusher is not None:
@@ -186,4 +189,5 @@ def bootstrap(
         mailer=create_mailer(settings),
         wakeups=PollWakeups(events),
         suspensions=fairuse.suspensions,
+        submissions=SubmissionService(db, generations, fairuse),
     )

@@ -62,15 +62,13 @@ def test_a_failure_between_hold_and_job_leaves_nothing(
         raise RuntimeError("the process died here")
 
     # The job insert runs after the hold, in the same transaction.
-    monkeypatch.setattr(generation_repository, "insert_generation", crash)
+    monkeypatch.setattr(generation_repository, "insert_queued_within", crash)
     with platform.db.read() as conn:
         account = platform.accounts.get(conn, user.id)
 
     def submit() -> None:
-        with platform.db.write() as conn:
-            platform.generations.submit(
-                conn, account, GenerationRequest("flux-schnell", "a lost job", 2)
-            )
+        # As the API submits: the read step, then the write function.
+        platform.submissions.submit(account, GenerationRequest("flux-schnell", "a lost job", 2))
 
     with pytest.raises(RuntimeError, match="died here"):
         submit()

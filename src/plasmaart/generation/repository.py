@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Row,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from plasmaart.db.tables import generation_outputs, generations, uploads
 
@@ -40,8 +51,74 @@ def queued_of_user(conn: Connection, user_id: str) -> list[str]:
     )
 
 
-def insert_generation(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(insert(generations).values(**values))
+# The columns a submission writes, in the order of the guarded INSERT below.
+SUBMITTED_COLUMNS = (
+    "id",
+    "user_id",
+    "wallet_id",
+    "team_id",
+    "model",
+    "kind",
+    "prompt",
+    "num_outputs",
+    "params",
+    "sandbox",
+    "upload_id",
+    "image_url",
+    "credits_per_output",
+    "credits_held",
+    "credits_charged",
+    "hold_id",
+    "balance_after",
+    "status",
+    "queue_class",
+    "video",
+    "license",
+    "watermark",
+    "enqueued_at",
+    "virtual_start",
+    "provider",
+    "idempotency_key",
+    "created_at",
+)
+# Built once (SQLAlchemy then compiles it once per dialect): the job's values
+# as parameters, written only while the wallet's queued jobs are fewer than
+# ``max_queued``.
+_INSERT_QUEUED_WITHIN = (
+    insert(generations)
+    .from_select(
+        SUBMITTED_COLUMNS,
+        select(
+            *(bindparam(f"v_{name}", type_=generations.c[name].type) for name in SUBMITTED_COLUMNS)
+        ).where(
+            select(func.count())
+            .select_from(generations)
+            .where(
+                generations.c.wallet_id == bindparam("v_wallet_id"),
+                generations.c.status == "queued",
+            )
+            .scalar_subquery()
+            < bindparam("max_queued", type_=Integer)
+        ),
+    )
+    .returning(generations.c.id)
+)
+
+
+def insert_queued_within(conn: Connection, values: dict[str, Any], max_queued: int) -> bool:
+    """INSERT the queued job ``values`` (every one of ``SUBMITTED_COLUMNS``)
+    only while its wallet has fewer than ``max_queued`` queued jobs: the cap
+    checked and the job written in one guarded statement. False (nothing
+    written) when the queue is full.
+
+    Run after the hold, which locks the wallet (PostgreSQL; SQLite's write
+    transactions are serial): every submission on the wallet then passes here
+    one at a time, and this statement's count sees the jobs of those before."""
+    if values.keys() != set(SUBMITTED_COLUMNS):
+        raise ValueError(f"a submission writes exactly {SUBMITTED_COLUMNS}")
+    params: dict[str, Any] = {f"v_{name}": values[name] for name in SUBMITTED_COLUMNS}
+    params["max_queued"] = max_queued
+    return conn.execute(_INSERT_QUEUED_WITHIN, params).first() is not None
 
 
 def get_generation(conn: Connection, generation_id: str) -> AnyRow | None:
@@ -180,16 +257,22 @@ def insert_output(conn: Connection, values: dict[str, Any]) -> None:
 
 def queue_position(conn: Connection, row: AnyRow) -> int:
     """1 + the queued jobs ahead of this one in queue order."""
+    return position_at(conn, row.virtual_start, row.id)
+
+
+def position_at(conn: Connection, start: datetime, generation_id: str) -> int:
+    """1 + the queued jobs ahead of a job at ``(start, generation_id)`` in
+    queue order (the job itself need not be written yet)."""
     ahead = conn.execute(
         select(func.count())
         .select_from(generations)
         .where(
             generations.c.status == "queued",
             or_(
-                generations.c.virtual_start < row.virtual_start,
+                generations.c.virtual_start < start,
                 and_(
-                    generations.c.virtual_start == row.virtual_start,
-                    generations.c.id < row.id,
+                    generations.c.virtual_start == start,
+                    generations.c.id < generation_id,
                 ),
             ),
         )

@@ -116,6 +116,27 @@ class _Checked:
     credits: int
     params: dict[str, Any]
     sandbox: dict[str, Any]
+    # The member's monthly cap in the team paying, if any: checked in the
+    # read step, and again in the write step under the wallet's lock.
+    spend_cap: int | None = None
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A submission the read step accepted: what its write step writes."""
+
+    user_id: str
+    request: GenerationRequest
+    checked: _Checked
+    generation_id: str
+    # The moment it is priced at (the catalog in force) and enqueued at.
+    now: datetime
+    virtual_start: datetime
+    watermark: bool
+    idempotency_key: str | None
+    # Its place in the queue as the read step saw it (a moment's snapshot,
+    # as any queue position is).
+    queue_position: int
 
 
 class GenerationService:
@@ -138,6 +159,13 @@ class GenerationService:
         self.listeners: list[GenerationListener] = []
 
     # -- submission ------------------------------------------------------
+    #
+    # A submission is a read step and a write step (docs/generations.md,
+    # "The transaction of a submission"). ``prepare`` does every read that
+    # decides whether and how the job is accepted (the idempotency lookup,
+    # validation, the catalog and plan in force, the upload, the team and its
+    # cap, the queue) in a read transaction; ``write_submission`` does only
+    # the statements whose result decides the write, in the write transaction.
 
     def submit(
         self,
@@ -147,23 +175,55 @@ class GenerationService:
         *,
         idempotency_key: str | None = None,
     ) -> Generation:
-        """Hold the credits and queue the job, in the caller's transaction."""
+        """Hold the credits and queue the job, both steps in the caller's
+        write transaction (the API runs them apart: ``SubmissionService``)."""
+        prepared = self.prepare(conn, user, request, idempotency_key=idempotency_key)
+        if isinstance(prepared, Generation):
+            return prepared
+        return self.write_submission(conn, prepared)
+
+    def prepare(
+        self,
+        conn: Connection,
+        user: User,
+        request: GenerationRequest,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Generation | Submission:
+        """The read step: the job already submitted under ``idempotency_key``,
+        or the checked submission ready for ``write_submission``. Raises the
+        refusal (invalid input, model not in plan, team cap, full queue)."""
         if idempotency_key:
             existing = repo.by_idempotency_key(conn, user.id, idempotency_key)
             if existing is not None:
                 return self._load(conn, existing)
-        checked = self._check(conn, user, request)
-        plan, model = checked.plan, checked.model
+        now = self.clock.now()
+        checked = self._check(conn, user, request, now)
         queued = repo.count_queued(conn, checked.wallet_id)
-        if queued >= plan.max_queued_jobs:
-            raise ConcurrencyLimit(
-                f"{queued} generations are already queued; the {plan.name} plan queues at most "
-                f"{plan.max_queued_jobs}",
-                limit=plan.max_queued_jobs,
-                # Queued jobs start within seconds to minutes; try again then.
-                retry_after=QUEUE_FULL_RETRY_AFTER_S,
-            )
+        if queued >= checked.plan.max_queued_jobs:
+            raise _queue_full(queued, checked.plan)
         generation_id = new_id("gen")
+        start = virtual_start(now, queue_boost_seconds(self.catalog, checked.plan))
+        return Submission(
+            user_id=user.id,
+            request=request,
+            checked=checked,
+            generation_id=generation_id,
+            now=now,
+            virtual_start=start,
+            watermark=not (checked.plan.watermark_removable and user.remove_watermark),
+            idempotency_key=idempotency_key,
+            queue_position=repo.position_at(conn, start, generation_id),
+        )
+
+    def write_submission(self, conn: Connection, submission: Submission) -> Generation:
+        """The write step, in the caller's write transaction (it never
+        commits, and leaves its events to ``after_commit``): the guarded hold,
+        the member's cap again under the wallet's lock, and the job inserted
+        only while the wallet's queue has room. Returns the job as written."""
+        checked, request = submission.checked, submission.request
+        plan, model = checked.plan, checked.model
+        generation_id = submission.generation_id
         hold = self.ledger.hold(
             conn,
             checked.wallet_id,
@@ -173,19 +233,29 @@ class GenerationService:
             model=model.id,
             memo=f"{model.name} x{request.num_outputs}",
         )
-        now = self.clock.now()
-        repo.insert_generation(
+        if checked.spend_cap is not None and request.team_id is not None:
+            # The hold locked the team's wallet: the member's other
+            # submissions are all counted now, or wait for this one.
+            spent = repo.member_spend(
+                conn, request.team_id, submission.user_id, _month_start(submission.now)
+            )
+            if not within_cap(checked.spend_cap, spent, checked.credits):
+                raise _over_cap(checked.spend_cap, spent, checked.credits)
+        now = submission.now
+        params = json.dumps(checked.params, sort_keys=True)
+        license_ = "commercial" if plan.commercial_license else "personal"
+        written = repo.insert_queued_within(
             conn,
             {
                 "id": generation_id,
-                "user_id": user.id,
+                "user_id": submission.user_id,
                 "wallet_id": checked.wallet_id,
                 "team_id": request.team_id,
                 "model": model.id,
                 "kind": model.kind,
                 "prompt": request.prompt,
                 "num_outputs": request.num_outputs,
-                "params": json.dumps(checked.params, sort_keys=True),
+                "params": params,
                 "sandbox": json.dumps(checked.sandbox, sort_keys=True),
                 "upload_id": request.upload_id,
                 "image_url": request.image_url,
@@ -197,26 +267,61 @@ class GenerationService:
                 "status": "queued",
                 "queue_class": plan.queue_class,
                 "video": model.kind != "text-to-image",
-                "license": "commercial" if plan.commercial_license else "personal",
-                "watermark": not (plan.watermark_removable and user.remove_watermark),
+                "license": license_,
+                "watermark": submission.watermark,
                 "enqueued_at": now,
-                "virtual_start": virtual_start(now, queue_boost_seconds(self.catalog, plan)),
+                "virtual_start": submission.virtual_start,
                 "provider": self.provider_name,
-                "idempotency_key": idempotency_key,
+                "idempotency_key": submission.idempotency_key,
                 "created_at": now,
             },
+            plan.max_queued_jobs,
         )
-        generation = self._load(conn, generation_id)
+        if not written:
+            # Others filled the queue since the read step (the exception
+            # rolls the hold back with the rest of the transaction).
+            raise _queue_full(plan.max_queued_jobs, plan)
+        generation = Generation(
+            id=generation_id,
+            user_id=submission.user_id,
+            team_id=request.team_id,
+            status="queued",
+            model=model.id,
+            kind=model.kind,
+            prompt=request.prompt,
+            num_outputs=request.num_outputs,
+            credits_per_output=model.credits,
+            credits_held=checked.credits,
+            credits_charged=0,
+            balance_after=hold.balance_after,
+            params=json.loads(params),
+            outputs=(),
+            error_code=None,
+            error_message=None,
+            created_at=as_utc(now),
+            started_at=None,
+            finished_at=None,
+            queue_position=submission.queue_position,
+            license=license_,
+            watermark=submission.watermark,
+        )
         self._announce(conn, generation)
         return generation
 
+    def by_idempotency_key(self, conn: Connection, user: User, key: str) -> Generation | None:
+        """The job ``user`` submitted under ``key``, if any."""
+        existing = repo.by_idempotency_key(conn, user.id, key)
+        return None if existing is None else self._load(conn, existing)
+
     def quote(self, conn: Connection, user: User, request: GenerationRequest) -> Quote:
-        """What the request would cost and whether it would be accepted; holds nothing."""
-        model = self._model(conn, request)
-        credits = model.credits * max(request.num_outputs, 1)
+        """What the request would cost and whether it would be accepted; holds
+        nothing. The same reads as a submission's read step."""
+        now = self.clock.now()
         try:
-            checked = self._check(conn, user, request)
+            checked = self._check(conn, user, request, now)
         except ModelNotInPlan as refused:
+            model = self._model(self._catalog_at(conn, now), request)
+            credits = model.credits * max(request.num_outputs, 1)
             wallet = self._wallet(conn, user, request)
             available = self.ledger.balance(conn, wallet).available
             return Quote(credits, available, available - credits, False, refused.detail)
@@ -227,10 +332,7 @@ class GenerationService:
         queued = repo.count_queued(conn, checked.wallet_id)
         if queued >= checked.plan.max_queued_jobs:
             allowed = False
-            reason = (
-                f"{queued} generations are already queued; the {checked.plan.name} plan "
-                f"queues at most {checked.plan.max_queued_jobs}"
-            )
+            reason = _queue_full(queued, checked.plan).detail
         return Quote(checked.credits, available, available - checked.credits, allowed, reason)
 
     # -- cancel and reads --------------------------------------------------
@@ -343,14 +445,15 @@ class GenerationService:
 
     # -- internals -----------------------------------------------------------
 
-    def _catalog_now(self, conn: Connection) -> Catalog:
-        """The catalog with the announced changes in force now: a request is
-        priced and gated by it, and the job keeps that price to the end."""
-        return self.billing.in_force.at(conn, self.clock.now())
+    def _catalog_at(self, conn: Connection, now: datetime) -> Catalog:
+        """The catalog with the announced changes in force at ``now``: a
+        request is priced and gated by it, and the job keeps that price to the
+        end."""
+        return self.billing.in_force.at(conn, now)
 
-    def _model(self, conn: Connection, request: GenerationRequest) -> ModelSpec:
+    def _model(self, catalog: Catalog, request: GenerationRequest) -> ModelSpec:
         try:
-            return self._catalog_now(conn).model(request.model)
+            return catalog.model(request.model)
         except KeyError:
             raise InvalidInput(f"no model {request.model!r}", field="model") from None
 
@@ -361,8 +464,11 @@ class GenerationService:
             raise InvalidInput(f"you are not a member of team {request.team_id!r}", field="team_id")
         return self.teams.team_wallet(conn, request.team_id)
 
-    def _check(self, conn: Connection, user: User, request: GenerationRequest) -> _Checked:
-        model = self._model(conn, request)
+    def _check(
+        self, conn: Connection, user: User, request: GenerationRequest, now: datetime
+    ) -> _Checked:
+        catalog = self._catalog_at(conn, now)
+        model = self._model(catalog, request)
         errors: list[dict[str, str]] = []
         prompt = request.prompt.strip()
         if not prompt:
@@ -415,7 +521,7 @@ class GenerationService:
         wallet = self._wallet(conn, user, request)
         plan = self.billing.current_plan(conn, wallet)
         if not plan_allows_model(plan, model):
-            cheapest = required_plan(self._catalog_now(conn), model)
+            cheapest = required_plan(catalog, model)
             raise ModelNotInPlan(
                 model.name,
                 plan.name,
@@ -423,18 +529,15 @@ class GenerationService:
                 cheapest.name if cheapest else None,
             )
         credits = quote_credits(model, request.num_outputs)
+        cap = None
         if request.team_id is not None:
             member = self.teams.membership(conn, request.team_id, user.id)
-            spent = repo.member_spend(conn, request.team_id, user.id, _month_start(self.clock))
-            if member is not None and not within_cap(member.monthly_credit_cap, spent, credits):
-                raise InvalidInput(
-                    f"this would take your spending in this team to {spent + credits} credits "
-                    f"this month; your cap is {member.monthly_credit_cap}",
-                    field="team_id",
-                    cap=member.monthly_credit_cap,
-                    spent=spent,
-                )
-        return _Checked(model, plan, wallet, credits, params, dict(sandbox))
+            cap = None if member is None else member.monthly_credit_cap
+            if cap is not None:
+                spent = repo.member_spend(conn, request.team_id, user.id, _month_start(now))
+                if not within_cap(cap, spent, credits):
+                    raise _over_cap(cap, spent, credits)
+        return _Checked(model, plan, wallet, credits, params, dict(sandbox), cap)
 
     def _managed_team(self, conn: Connection, user: User, row: repo.AnyRow) -> frozenset[str]:
         """``row``'s team if ``user`` runs it, else nothing: what ``may_cancel``
@@ -487,9 +590,28 @@ def may_cancel(
     return user_id == submitter_id or (team_id is not None and team_id in managed_teams)
 
 
-def _month_start(clock: Clock) -> datetime:
-    now = clock.now()
+def _month_start(now: datetime) -> datetime:
     return datetime(now.year, now.month, 1, tzinfo=UTC)
+
+
+def _queue_full(queued: int, plan: PlanSpec) -> ConcurrencyLimit:
+    return ConcurrencyLimit(
+        f"{queued} generations are already queued; the {plan.name} plan queues at most "
+        f"{plan.max_queued_jobs}",
+        limit=plan.max_queued_jobs,
+        # Queued jobs start within seconds to minutes; try again then.
+        retry_after=QUEUE_FULL_RETRY_AFTER_S,
+    )
+
+
+def _over_cap(cap: int, spent: int, credits: int) -> InvalidInput:
+    return InvalidInput(
+        f"this would take your spending in this team to {spent + credits} credits "
+        f"this month; your cap is {cap}",
+        field="team_id",
+        cap=cap,
+        spent=spent,
+    )
 
 
 def _generation(row: repo.AnyRow, outputs: tuple[Output, ...], position: int | None) -> Generation:

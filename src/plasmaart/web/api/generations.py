@@ -186,15 +186,7 @@ def create_generation(
     key = None
     if http_key:
         key = hashlib.sha256(f"{principal.credential_id}\n{http_key}".encode()).hexdigest()
-    request_ = body.request()
-    with platform.db.write() as conn:
-        generation = platform.generations.submit(
-            conn, principal.user, request_, idempotency_key=key
-        )
-        # Fair use: a flood of one request is an abuse signal, queued (it
-        # writes nothing here); if it suspends the account, within a second,
-        # this job is canceled with its other queued ones.
-        platform.fairuse.after_submit(conn, principal.user, generation, request_)
+    generation = platform.submissions.submit(principal.user, body.request(), idempotency_key=key)
     return generation_out(platform, generation)
 
 
@@ -203,8 +195,7 @@ def create_generation(
 )
 def quote(body: GenerationIn, principal: CurrentPrincipal, platform: PlatformDep) -> QuoteOut:
     """What the request would cost and whether it would be accepted; nothing is held."""
-    with platform.db.read() as conn:
-        answer = platform.generations.quote(conn, principal.user, body.request())
+    answer = platform.submissions.quote(principal.user, body.request())
     return QuoteOut(
         credits=answer.credits,
         available=answer.available,
