@@ -6,11 +6,13 @@ import logging
 from dataclasses import dataclass
 
 from plasmaart.accounts.credentials import CredentialService
+from plasmaart.accounts.principals import Principals
 from plasmaart.accounts.service import AccountService
 from plasmaart.accounts.teams import TeamService
 from plasmaart.billing import create_backends
 from plasmaart.billing.clock import SandboxTestClock
 from plasmaart.billing.service import BillingService
+from plasmaart.caches import CacheHub
 from plasmaart.catalog import Catalog, load_catalog
 from plasmaart.catalog.service import CatalogChangeService
 from plasmaart.clock import Clock, SystemClock
@@ -63,12 +65,18 @@ class Platform:
     wakeups: PollWakeups
     # Suspending and reinstating accounts (fairuse/suspension.py).
     suspensions: SuspensionService
+    # The per-process caches and their invalidation (caches.py).
+    caches: CacheHub
+    # API key or session → user, cached (accounts/principals.py).
+    principals: Principals
 
     def close(self) -> None:
+        self.principals.close()  # writes the keys' last uses it still holds
         if isinstance(self.clock, SandboxTestClock):
             self.clock.close()
         self.wakeups.close()
         self.events.close()
+        self.caches.close()
         self.db.dispose()
 
 
@@ -118,6 +126,7 @@ def bootstrap(
         test_clock.now()  # the first read of its offset, outside any transaction
     clock = test_clock or clock
     ledger = LedgerService(clock)
+    caches = CacheHub(db)
     events = create_event_bus(db)
     ledger.balance_listeners.append(BalanceEvents(db, events))
     billing = BillingService(
@@ -131,6 +140,8 @@ def bootstrap(
         test_clock=test_clock,
     )
     teams = TeamService(clock, catalog, ledger, billing)
+    billing.attach_caches(caches)
+    teams.attach_caches(caches)
     generations = GenerationService(clock, catalog, ledger, billing, teams, settings.provider)
     generations.listeners.append(GenerationEvents(events, db, teams))
     accounts = AccountService(clock, ledger)
@@ -178,4 +189,6 @@ def bootstrap(
         mailer=create_mailer(settings),
         wakeups=PollWakeups(events),
         suspensions=fairuse.suspensions,
+        caches=caches,
+        principals=Principals(caches, db, accounts, credentials, clock),
     )

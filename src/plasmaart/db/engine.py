@@ -11,17 +11,21 @@ Services never commit: whoever opens ``Database.write()`` owns the transaction.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 
 _BEGIN_OPTION = "plasmaart_begin"
 _AFTER_COMMIT = "plasmaart_after_commit"
+_INVALIDATE = "plasmaart_invalidate"
+# The NOTIFY channel of cache invalidations (caches.py), on PostgreSQL.
+CACHE_CHANNEL = "plasmaart_cache"
 log = logging.getLogger(__name__)
 
 
@@ -56,6 +60,28 @@ def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
     conn.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
+def invalidate(conn: Connection, *scopes: str) -> None:
+    """Say that the transaction of ``conn`` changes what the per-process
+    caches keep under ``scopes`` (``user:<id>``, ``wallet:<id>``, ``catalog``,
+    ``*``...; see caches.py). Once it commits, this process drops those entries;
+    on PostgreSQL a NOTIFY sent in the transaction tells every other process."""
+    conn.info.setdefault(_INVALIDATE, set()).update(scopes)
+
+
+def _invalidation_payload(origin: str, scopes: set[str]) -> str:
+    payload = json.dumps({"o": origin, "s": sorted(scopes)}, separators=(",", ":"))
+    if len(payload.encode()) > 7900:  # PostgreSQL refuses a NOTIFY of 8000 bytes
+        payload = json.dumps({"o": origin, "s": ["*"]}, separators=(",", ":"))
+    return payload
+
+
+def pending_invalidations(conn: Connection) -> frozenset[str]:
+    """The scopes the transaction of ``conn`` has invalidated so far: a cache
+    must not answer for them inside it (it still holds what the transaction
+    is changing)."""
+    return frozenset(conn.info.get(_INVALIDATE, ()))
+
+
 class Database:
     """One engine and the transactions the rest of the code runs in."""
 
@@ -63,6 +89,11 @@ class Database:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._writer = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        # Called after a commit with the scopes its transaction invalidated
+        # (the process's CacheHub), before the after-commit callbacks.
+        self.invalidation_listeners: list[Callable[[frozenset[str]], None]] = []
+        # Names this process in its invalidation NOTIFYs (set by CacheHub).
+        self.cache_origin = ""
 
     @property
     def is_sqlite(self) -> bool:
@@ -73,7 +104,8 @@ class Database:
         """A write transaction: committed on success, rolled back on any error.
 
         Callbacks registered with ``after_commit(conn, fn)`` run once the commit
-        succeeded, and are dropped on rollback (events, notifications).
+        succeeded, and are dropped on rollback (events, notifications). Scopes
+        named with ``invalidate(conn, ...)`` are evicted from the caches first.
         """
         with self._writer.connect() as conn:
             # conn.info outlives this checkout (it belongs to the pooled
@@ -81,8 +113,19 @@ class Database:
             try:
                 with conn.begin():
                     yield conn
+                    scopes = conn.info.get(_INVALIDATE)
+                    if scopes and not self.is_sqlite:
+                        payload = _invalidation_payload(self.cache_origin, scopes)
+                        conn.execute(select(func.pg_notify(CACHE_CHANNEL, payload)))
             finally:
                 callbacks = conn.info.pop(_AFTER_COMMIT, [])
+                invalidated = frozenset(conn.info.pop(_INVALIDATE, ()))
+        if invalidated:
+            for listener in self.invalidation_listeners:
+                try:
+                    listener(invalidated)
+                except Exception:
+                    log.exception("cache invalidation failed")
         for callback in callbacks:
             try:
                 callback()

@@ -157,8 +157,7 @@ class FairUseService:
         Studio's pace).
         Counted per user, not per API key or wallet: rotating keys does not
         reset it, and one busy member does not use up a whole team's budget."""
-        wallets = [self.ledger.wallet_of(conn, "user", user.id)]
-        wallets += [membership.team.wallet_id for membership in self.teams.teams_of(conn, user.id)]
+        wallets = self.teams.wallets_of(conn, user.id)  # cached, as the plans are
         plan_limit = max(
             plan.requests_per_minute for plan in self.billing.current_plans(conn, wallets).values()
         )

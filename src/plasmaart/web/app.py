@@ -53,6 +53,8 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
         thread = worker.start_thread() if worker else None
         # Other processes' events (PostgreSQL): listen before serving streams.
         platform.events.start()
+        # Other processes' cache invalidations (PostgreSQL; caches.py).
+        platform.caches.start(wait=5)
         try:
             yield
         finally:
