@@ -192,7 +192,7 @@ class CredentialService:
 
     def user_of_api_key(self, conn: Connection, secret: str) -> tuple[str, str, bool] | None:
         """``(user_id, key_id, stale)`` for a live key, else None; ``stale`` says
-        that ``last_used_at`` is due for a refresh (see ``touch_api_key``)."""
+        that ``last_used_at`` is due for a refresh (see ``touch_api_keys``)."""
         if not secret.startswith(API_KEY_PREFIX):
             return None
         row = conn.execute(
@@ -205,9 +205,6 @@ class CredentialService:
         last = row.last_used_at
         stale = last is None or as_utc(last) < self.clock.now() - SESSION_TOUCH_EVERY
         return row.user_id, row.id, stale
-
-    def touch_api_key(self, conn: Connection, key_id: str) -> None:
-        self.touch_api_keys(conn, {key_id: self.clock.now()})
 
     def touch_api_keys(self, conn: Connection, used: Mapping[str, datetime]) -> None:
         """Record when each key was last used (one statement, many rows);
