@@ -6,11 +6,13 @@ import logging
 from dataclasses import dataclass
 
 from plasmaart.accounts.credentials import CredentialService
+from plasmaart.accounts.principals import Principals
 from plasmaart.accounts.service import AccountService
 from plasmaart.accounts.teams import TeamService
 from plasmaart.billing import create_backends
 from plasmaart.billing.clock import SandboxTestClock
 from plasmaart.billing.service import BillingService
+from plasmaart.caches import CacheHub
 from plasmaart.catalog import Catalog, load_catalog
 from plasmaart.catalog.service import CatalogChangeService
 from plasmaart.clock import Clock, SystemClock
@@ -68,14 +70,20 @@ class Platform:
     suspensions: SuspensionService
     # Submissions and quotes as the API makes them (generation/submission.py).
     submissions: SubmissionService
+    # The per-process caches and their invalidation (caches.py).
+    caches: CacheHub
+    # API key or session → user, cached (accounts/principals.py).
+    principals: Principals
 
     def close(self) -> None:
+        self.principals.close()  # writes the keys' last uses it still holds
         if self.fairuse.flusher is not None:
             self.fairuse.flusher.stop()  # writes the signals still queued
         if isinstance(self.clock, SandboxTestClock):
             self.clock.close()
         self.wakeups.close()
         self.events.close()
+        self.caches.close()
         self.db.dispose()
 
 
@@ -126,6 +134,7 @@ def bootstrap(
         test_clock.now()  # the first read of its offset, outside any transaction
     clock = test_clock or clock
     ledger = LedgerService(clock)
+    caches = CacheHub(db)
     events = create_event_bus(db)
     ledger.balance_listeners.append(BalanceEvents(db, events))
     billing = BillingService(
@@ -139,6 +148,8 @@ def bootstrap(
         test_clock=test_clock,
     )
     teams = TeamService(clock, catalog, ledger, billing)
+    billing.attach_caches(caches)
+    teams.attach_caches(caches)
     generations = GenerationService(clock, catalog, ledger, billing, teams, settings.provider)
     generations.listeners.append(GenerationEvents(events, db, teams))
     accounts = AccountService(clock, ledger)
@@ -159,6 +170,8 @@ def bootstrap(
     fairuse.flusher = SignalFlusher(db, fairuse.pending, fairuse.record_pending)
     billing.clawback_listeners.append(fairuse.on_clawback)
     billing.payment_listeners.append(fairuse.on_payment)
+    # A commit that changes plans, users or teams drops fair use's plan limits.
+    db.invalidation_listeners.append(fairuse.forget_plan_limits)
     # Announced catalog changes and the notification outbox: the services
     # that cause notifications queue them in the transaction of their cause.
     outbox = Outbox(clock)
@@ -190,4 +203,6 @@ def bootstrap(
         wakeups=PollWakeups(events),
         suspensions=fairuse.suspensions,
         submissions=SubmissionService(db, generations, fairuse),
+        caches=caches,
+        principals=Principals(caches, db, accounts, credentials, clock),
     )

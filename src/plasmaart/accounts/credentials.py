@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
 
 from plasmaart.accounts.repository import AnyRow
 from plasmaart.clock import Clock, as_utc
+from plasmaart.db.engine import invalidate
 from plasmaart.db.tables import api_keys, idempotency_records, login_failures, sessions
 from plasmaart.errors import DomainError, InvalidInput, NotFound
 from plasmaart.ids import new_id
@@ -125,10 +127,13 @@ class CredentialService:
         )
 
     def close_session(self, conn: Connection, token: str) -> None:
-        conn.execute(delete(sessions).where(sessions.c.token_hash == digest(token)))
+        token_hash = digest(token)
+        conn.execute(delete(sessions).where(sessions.c.token_hash == token_hash))
+        invalidate(conn, f"session:{token_hash}")
 
     def close_all_sessions(self, conn: Connection, user_id: str) -> None:
         conn.execute(delete(sessions).where(sessions.c.user_id == user_id))
+        invalidate(conn, f"user:{user_id}")
 
     def purge_expired_sessions(self, conn: Connection) -> int:
         result = conn.execute(delete(sessions).where(sessions.c.expires_at <= self.clock.now()))
@@ -161,6 +166,7 @@ class CredentialService:
                 created_at=key.created_at,
             )
         )
+        invalidate(conn, f"user:{user_id}")
         return NewApiKey(key, secret)
 
     def list_api_keys(self, conn: Connection, user_id: str) -> list[ApiKey]:
@@ -181,11 +187,12 @@ class CredentialService:
             conn.execute(
                 update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=self.clock.now())
             )
+            invalidate(conn, f"user:{user_id}")
         return _api_key(conn.execute(select(api_keys).where(api_keys.c.id == key_id)).one())
 
     def user_of_api_key(self, conn: Connection, secret: str) -> tuple[str, str, bool] | None:
         """``(user_id, key_id, stale)`` for a live key, else None; ``stale`` says
-        that ``last_used_at`` is due for a refresh (see ``touch_api_key``)."""
+        that ``last_used_at`` is due for a refresh (see ``touch_api_keys``)."""
         if not secret.startswith(API_KEY_PREFIX):
             return None
         row = conn.execute(
@@ -199,9 +206,22 @@ class CredentialService:
         stale = last is None or as_utc(last) < self.clock.now() - SESSION_TOUCH_EVERY
         return row.user_id, row.id, stale
 
-    def touch_api_key(self, conn: Connection, key_id: str) -> None:
+    def touch_api_keys(self, conn: Connection, used: Mapping[str, datetime]) -> None:
+        """Record when each key was last used (one statement, many rows);
+        a time older than the one recorded is ignored."""
+        if not used:
+            return
         conn.execute(
-            update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=self.clock.now())
+            update(api_keys)
+            .where(
+                api_keys.c.id == bindparam("key_id"),
+                or_(
+                    api_keys.c.last_used_at.is_(None),
+                    api_keys.c.last_used_at < bindparam("used_at"),
+                ),
+            )
+            .values(last_used_at=bindparam("used_at")),
+            [{"key_id": key_id, "used_at": at} for key_id, at in used.items()],
         )
 
     # -- the login throttle ----------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, insert, select, update
 
+from plasmaart.db.engine import invalidate
 from plasmaart.db.tables import users
 
 AnyRow = Row[*tuple[Any, ...]]
@@ -49,15 +50,19 @@ def set_status(conn: Connection, user_id: str, status: str, reason: str | None) 
     conn.execute(
         update(users).where(users.c.id == user_id).values(status=status, status_reason=reason)
     )
+    invalidate(conn, f"user:{user_id}")
 
 
 def set_password_hash(conn: Connection, user_id: str, password_hash: str) -> None:
     conn.execute(update(users).where(users.c.id == user_id).values(password_hash=password_hash))
+    invalidate(conn, f"user:{user_id}")
 
 
 def set_role(conn: Connection, user_id: str, role: str) -> None:
     conn.execute(update(users).where(users.c.id == user_id).values(role=role))
+    invalidate(conn, f"user:{user_id}")
 
 
 def set_remove_watermark(conn: Connection, user_id: str, remove: bool) -> None:
     conn.execute(update(users).where(users.c.id == user_id).values(remove_watermark=remove))
+    invalidate(conn, f"user:{user_id}")

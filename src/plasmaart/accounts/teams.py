@@ -30,8 +30,10 @@ from plasmaart.accounts.credentials import digest
 from plasmaart.accounts.repository import AnyRow
 from plasmaart.accounts.service import User, is_valid_email, normalise_email
 from plasmaart.billing.service import BillingService
+from plasmaart.caches import CacheHub, TtlLru, cached
 from plasmaart.catalog import Catalog, PlanSpec
 from plasmaart.clock import Clock, as_utc
+from plasmaart.db.engine import invalidate, pending_invalidations
 from plasmaart.db.tables import invitations, team_members, teams, users
 from plasmaart.errors import Conflict, Forbidden, InvalidInput, NotFound
 from plasmaart.ids import new_id
@@ -217,6 +219,8 @@ def within_cap(cap: int | None, spent_this_month: int, credits: int) -> bool:
 
 
 class TeamService:
+    CACHED_USERS = 10_000
+
     def __init__(
         self, clock: Clock, catalog: Catalog, ledger: LedgerService, billing: BillingService
     ) -> None:
@@ -224,8 +228,31 @@ class TeamService:
         self.catalog = catalog
         self.ledger = ledger
         self.billing = billing
+        # The wallets each user generates from, per process (attach_caches).
+        self._hub: CacheHub | None = None
+        self._wallets: TtlLru[str, tuple[str, ...]] | None = None
+
+    def attach_caches(self, hub: CacheHub) -> None:
+        """Cache ``wallets_of`` in ``hub``; joining or leaving a team
+        invalidates ``user:<id>``."""
+        self._hub = hub
+        self._wallets = hub.cache("user_wallets", self.CACHED_USERS)
 
     # -- reading ---------------------------------------------------------
+
+    def wallets_of(self, conn: Connection, user_id: str) -> tuple[str, ...]:
+        """The user's own wallet, then those of the teams they belong to (in
+        the order of ``teams_of``): whose plans set the user's limits."""
+
+        def load() -> tuple[str, ...]:
+            own = self.ledger.wallet_of(conn, "user", user_id)
+            return (own, *(m.team.wallet_id for m in self.teams_of(conn, user_id)))
+
+        hub, cache = self._hub, self._wallets
+        if hub is None or cache is None or pending_invalidations(conn):
+            return load()
+        found = cached(hub, cache, user_id, load, lambda _: (f"user:{user_id}",))
+        return found if found is not None else load()
 
     def membership(self, conn: Connection, team_id: str, user_id: str) -> Member | None:
         """The user's place in the team (role and cap), or None if not a member."""
@@ -274,7 +301,7 @@ class TeamService:
         return team
 
     def seats(self, conn: Connection, team: Team) -> Seats:
-        total = self.billing.current_plan(conn, team.wallet_id).team_seats
+        total = self.billing.current_plan(conn, team.wallet_id, fresh=True).team_seats
         members = conn.execute(
             select(func.count()).select_from(team_members).where(team_members.c.team_id == team.id)
         ).scalar_one()
@@ -329,7 +356,7 @@ class TeamService:
         """A team spending ``owner``'s wallet, with the owner as its first member."""
         name = team_name(name)
         wallet_id = self.ledger.wallet_of(conn, "user", owner.id)
-        plan = self.billing.current_plan(conn, wallet_id)
+        plan = self.billing.current_plan(conn, wallet_id, fresh=True)
         if not plan_allows_teams(plan):
             cheapest = cheapest_team_plan(self.catalog)
             extra = {"required_plan": cheapest.id} if cheapest else {}
@@ -359,6 +386,7 @@ class TeamService:
                 team_id=team.id, user_id=owner.id, role="owner", joined_at=now
             )
         )
+        invalidate(conn, f"user:{owner.id}")
         self._audit(conn, owner.id, "team.create", team.id, {"name": name, "plan": plan.id})
         return team
 
@@ -448,6 +476,7 @@ class TeamService:
                 team_members.c.team_id == team.id, team_members.c.user_id == user_id
             )
         )
+        invalidate(conn, f"user:{user_id}")
         action = "team.leave" if user_id == actor_id else "team.member_remove"
         self._audit(conn, actor_id, action, team.id, {"user_id": user_id, "email": target.email})
 
@@ -520,6 +549,7 @@ class TeamService:
                 team_id=team.id, user_id=user.id, role="member", joined_at=now
             )
         )
+        invalidate(conn, f"user:{user.id}")
         self._audit(conn, user.id, "team.join", team.id, {"invitation_id": row.id})
         return team
 

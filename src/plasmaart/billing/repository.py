@@ -12,6 +12,7 @@ from sqlalchemy import Connection, func, insert, or_, select, update
 
 from plasmaart.accounts.repository import AnyRow
 from plasmaart.clock import as_utc
+from plasmaart.db.engine import invalidate
 from plasmaart.db.tables import payments, sandbox_cards, subscriptions, test_clock, users
 
 
@@ -148,12 +149,14 @@ def subscription_by_id(
 
 def insert_subscription(conn: Connection, **values: Any) -> None:
     conn.execute(insert(subscriptions).values(**values))
+    invalidate(conn, f"wallet:{values['wallet_id']}")
 
 
 def update_subscription(conn: Connection, subscription_id: str, **values: Any) -> None:
     conn.execute(
         update(subscriptions).where(subscriptions.c.id == subscription_id).values(**values)
     )
+    invalidate(conn, f"subscription:{subscription_id}")
 
 
 def due_subscription_ids(
@@ -261,6 +264,8 @@ def advance_test_clock(conn: Connection, seconds: int, now: datetime) -> int:
     if result.rowcount == 0:
         # The migration inserts the row; a database restored without it gets it back.
         conn.execute(insert(test_clock).values(id=1, offset_seconds=seconds, updated_at=now))
+    # Billing time jumped: whatever a cache reckoned from the old time goes.
+    invalidate(conn, "*")
     return clock_offset_seconds(conn)
 
 

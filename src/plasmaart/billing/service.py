@@ -29,6 +29,7 @@ Which backend moves the money is ``backends.py``'s business; the methods under
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -58,10 +59,11 @@ from plasmaart.billing.rules import (
     prorate_upgrade,
 )
 from plasmaart.billing.sandbox import SandboxBackend
+from plasmaart.caches import CacheHub, TtlLru
 from plasmaart.catalog import Catalog, CreditPack, PlanSpec
-from plasmaart.catalog import repository as catalog_repo
 from plasmaart.catalog.in_force import CatalogInForce
 from plasmaart.clock import Clock
+from plasmaart.db.engine import pending_invalidations
 from plasmaart.errors import InvalidInput
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
@@ -182,6 +184,8 @@ def _to_second(moment: datetime) -> datetime:
 
 
 class BillingService:
+    CACHED_WALLETS = 10_000
+
     def __init__(
         self,
         clock: Clock,
@@ -216,27 +220,39 @@ class BillingService:
         self.outbox = outbox
         self.clawback_listeners: list[ClawbackListener] = []
         self.payment_listeners: list[PaymentListener] = []
+        # The subscription of each wallet, per process (attach_caches).
+        self._hub: CacheHub | None = None
+        self._subscriptions: TtlLru[str, tuple[Subscription | None]] | None = None
 
     # -- reads -------------------------------------------------------------
 
     def subscription(self, conn: Connection, wallet_id: str) -> Subscription | None:
         return repo.subscription_of_wallet(conn, wallet_id)
 
-    def current_plan(self, conn: Connection, wallet_id: str) -> PlanSpec:
+    def current_plan(self, conn: Connection, wallet_id: str, *, fresh: bool = False) -> PlanSpec:
         """The plan whose benefits the wallet has now: its subscription's while
         active or past due (within the grace period), else Free. A period end
         the clock has not reached yet already counts: a canceled subscription
-        gives Free from its period end, a past-due one from its grace end."""
-        return self.current_plans(conn, [wallet_id])[wallet_id]
+        gives Free from its period end, a past-due one from its grace end.
 
-    def current_plans(self, conn: Connection, wallet_ids: Iterable[str]) -> dict[str, PlanSpec]:
+        From the process's cache (``attach_caches``) unless ``fresh``: a write
+        that decides by the plan (a team's seats) reads it from its own
+        transaction instead."""
+        return self.current_plans(conn, [wallet_id], fresh=fresh)[wallet_id]
+
+    def current_plans(
+        self, conn: Connection, wallet_ids: Iterable[str], *, fresh: bool = False
+    ) -> dict[str, PlanSpec]:
         """``current_plan`` of each of ``wallet_ids``, reading the subscriptions
         and the announced changes once for all of them (a queue claim weighs
         dozens of wallets at a time)."""
         wanted = list(dict.fromkeys(wallet_ids))
-        found = repo.subscriptions_of_wallets(conn, wanted)
+        if fresh:
+            found = repo.subscriptions_of_wallets(conn, wanted)
+        else:
+            found = self._subscriptions_of(conn, wanted)
         now = self.clock.now()
-        changes = catalog_repo.active_changes(conn) if wanted else []
+        changes = self.in_force.changes(conn) if wanted else ()
 
         def catalog_at(moment: datetime) -> Catalog:
             # What ``self._catalog_at(conn, moment)`` reads, from the one query.
@@ -258,6 +274,41 @@ class BillingService:
             at = now if status == "canceled" else subscription.current_period_start
             plans[wallet_id] = effective_plan(catalog_at(at), subscription.plan, status)
         return plans
+
+    def attach_caches(self, hub: CacheHub) -> None:
+        """Cache each wallet's subscription, and the announced changes, in
+        ``hub``: ``current_plan(s)`` then read the database only on a miss.
+        Writes of subscriptions invalidate ``wallet:<id>`` (a new one) and
+        ``subscription:<id>`` (a changed one); see billing/repository.py."""
+        self._hub = hub
+        self._subscriptions = hub.cache("subscriptions", self.CACHED_WALLETS)
+        self.in_force.attach(hub)
+
+    def _subscriptions_of(self, conn: Connection, wallet_ids: list[str]) -> dict[str, Subscription]:
+        """``repo.subscriptions_of_wallets``, from the cache where it can."""
+        hub, cache = self._hub, self._subscriptions
+        if hub is None or cache is None or pending_invalidations(conn):
+            return repo.subscriptions_of_wallets(conn, wallet_ids)
+        ttl = hub.ttl()
+        found: dict[str, Subscription] = {}
+        missing: list[str] = []
+        for wallet_id in wallet_ids:
+            hit: tuple[Subscription | None] | None = cache.get(wallet_id, ttl)
+            if hit is None:
+                missing.append(wallet_id)
+            elif hit[0] is not None:
+                found[wallet_id] = hit[0]
+        if missing:
+            epoch, born = cache.epoch, time.monotonic()
+            read = repo.subscriptions_of_wallets(conn, missing)
+            for wallet_id in missing:
+                subscription = read.get(wallet_id)
+                tags = [f"wallet:{wallet_id}"]
+                if subscription is not None:
+                    found[wallet_id] = subscription
+                    tags.append(f"subscription:{subscription.id}")
+                cache.put(wallet_id, (subscription,), epoch=epoch, born=born, tags=tags)
+        return found
 
     def grace_ends_at(self, subscription: Subscription) -> datetime:
         """When a past-due ``subscription`` falls to Free if nobody pays."""

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Row, insert, select, update
 
 from plasmaart.catalog.changes import CatalogChange
 from plasmaart.clock import as_utc
+from plasmaart.db.engine import invalidate
 from plasmaart.db.tables import catalog_changes, notification_outbox, users
 
 
@@ -61,6 +62,7 @@ def insert_change(
             created_at=now,
         )
     )
+    invalidate(conn, "catalog")
 
 
 def active_changes(conn: Connection, *, until: datetime | None = None) -> list[CatalogChange]:
@@ -96,6 +98,7 @@ def cancel(conn: Connection, change_id: str, now: datetime) -> None:
         .where(catalog_changes.c.id == change_id, catalog_changes.c.canceled_at.is_(None))
         .values(canceled_at=now)
     )
+    invalidate(conn, "catalog")
 
 
 def unannounced(conn: Connection, *, limit: int) -> list[ChangeRecord]:

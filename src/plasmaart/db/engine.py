@@ -15,13 +15,15 @@ savepoint (``plasmaart.db.group_commit``).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 
 from plasmaart.db.group_commit import DEFAULT_BATCH_LIMIT, GroupCommitWriter
@@ -30,6 +32,9 @@ T = TypeVar("T")
 
 _BEGIN_OPTION = "plasmaart_begin"
 _AFTER_COMMIT = "plasmaart_after_commit"
+_INVALIDATE = "plasmaart_invalidate"
+# The NOTIFY channel of cache invalidations (caches.py), on PostgreSQL.
+CACHE_CHANNEL = "plasmaart_cache"
 log = logging.getLogger(__name__)
 
 
@@ -62,6 +67,28 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
 def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
     """Run ``callback`` after the transaction of ``conn`` commits (never if it rolls back)."""
     conn.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+def invalidate(conn: Connection, *scopes: str) -> None:
+    """Say that the transaction of ``conn`` changes what the per-process
+    caches keep under ``scopes`` (``user:<id>``, ``wallet:<id>``, ``catalog``,
+    ``*``...; see caches.py). Once it commits, this process drops those entries;
+    on PostgreSQL a NOTIFY sent in the transaction tells every other process."""
+    conn.info.setdefault(_INVALIDATE, set()).update(scopes)
+
+
+def _invalidation_payload(origin: str, scopes: set[str]) -> str:
+    payload = json.dumps({"o": origin, "s": sorted(scopes)}, separators=(",", ":"))
+    if len(payload.encode()) > 7900:  # PostgreSQL refuses a NOTIFY of 8000 bytes
+        payload = json.dumps({"o": origin, "s": ["*"]}, separators=(",", ":"))
+    return payload
+
+
+def pending_invalidations(conn: Connection) -> frozenset[str]:
+    """The scopes the transaction of ``conn`` has invalidated so far: a cache
+    must not answer for them inside it (it still holds what the transaction
+    is changing)."""
+    return frozenset(conn.info.get(_INVALIDATE, ()))
 
 
 def _take_after_commit(conn: Connection) -> list[Callable[[], None]]:
@@ -99,11 +126,16 @@ class Database:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._writer = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        # Called after a commit with the scopes its transaction invalidated
+        # (the process's CacheHub), before the after-commit callbacks.
+        self.invalidation_listeners: list[Callable[[frozenset[str]], None]] = []
+        # Names this process in its invalidation NOTIFYs (set by CacheHub).
+        self.cache_origin = ""
         self._group: GroupCommitWriter | None = None
         if group_commit and self.is_sqlite:
             self._group = GroupCommitWriter(
                 self._writer,
-                take_callbacks=_take_after_commit,
+                take_callbacks=self._take_after_commit,
                 run_callbacks=_run_after_commit,
                 batch_limit=group_commit_batch,
                 timeout_s=write_timeout_s,
@@ -117,6 +149,23 @@ class Database:
     def group_commit(self) -> GroupCommitWriter | None:
         """The group-commit writer, when ``run_write`` goes through one."""
         return self._group
+
+    def _take_after_commit(self, conn: Connection) -> list[Callable[[], None]]:
+        """What must run once the transaction (or, with group commit, the
+        write) of ``conn`` commits, taken out of it: first the eviction of the
+        cache scopes it invalidated, then its ``after_commit`` callbacks."""
+        callbacks = _take_after_commit(conn)
+        invalidated = frozenset(conn.info.pop(_INVALIDATE, ()))
+        if invalidated:
+            callbacks.insert(0, partial(self._evict, invalidated))
+        return callbacks
+
+    def _evict(self, scopes: frozenset[str]) -> None:
+        for listener in self.invalidation_listeners:
+            try:
+                listener(scopes)
+            except Exception:
+                log.exception("cache invalidation failed")
 
     def run_write(self, fn: Callable[[Connection], T]) -> T:
         """``fn(conn)`` in a write transaction, committed before this returns.
@@ -138,7 +187,8 @@ class Database:
         """A write transaction: committed on success, rolled back on any error.
 
         Callbacks registered with ``after_commit(conn, fn)`` run once the commit
-        succeeded, and are dropped on rollback (events, notifications).
+        succeeded, and are dropped on rollback (events, notifications). Scopes
+        named with ``invalidate(conn, ...)`` are evicted from the caches first.
         """
         with self._writer.connect() as conn:
             # conn.info outlives this checkout (it belongs to the pooled
@@ -146,8 +196,12 @@ class Database:
             try:
                 with conn.begin():
                     yield conn
+                    scopes = conn.info.get(_INVALIDATE)
+                    if scopes and not self.is_sqlite:
+                        payload = _invalidation_payload(self.cache_origin, scopes)
+                        conn.execute(select(func.pg_notify(CACHE_CHANNEL, payload)))
             finally:
-                callbacks = _take_after_commit(conn)
+                callbacks = self._take_after_commit(conn)
         _run_after_commit(callbacks)
 
     @contextmanager

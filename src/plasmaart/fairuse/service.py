@@ -187,9 +187,8 @@ class FairUseService:
         Studio's pace).
         Counted per user, not per API key or wallet: rotating keys does not
         reset it, and one busy member does not use up a whole team's budget.
-        Read from the database, and kept for ``cached_requests_per_minute``."""
-        wallets = [self.ledger.wallet_of(conn, "user", user.id)]
-        wallets += [membership.team.wallet_id for membership in self.teams.teams_of(conn, user.id)]
+        Read through the caches, and kept for ``cached_requests_per_minute``."""
+        wallets = self.teams.wallets_of(conn, user.id)  # cached, as the plans are
         plan_limit = max(
             plan.requests_per_minute for plan in self.billing.current_plans(conn, wallets).values()
         )
@@ -197,6 +196,12 @@ class FairUseService:
             self._plan_limits = {}
         self._plan_limits[user.id] = (time.monotonic() + PLAN_LIMIT_CACHE_S, plan_limit)
         return budget_per_minute(plan_limit, budget)
+
+    def forget_plan_limits(self, _scopes: frozenset[str] = frozenset()) -> None:
+        """Drop the plan limits this process keeps: called after any commit
+        that invalidates cached plans, users or teams (db/engine.py), so a
+        plan change or a team joined applies to the next request at once."""
+        self._plan_limits = {}
 
     def cached_requests_per_minute(self, user: User, budget: Budget) -> int | None:
         """``requests_per_minute`` as this process read it less than

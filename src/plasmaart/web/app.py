@@ -44,6 +44,8 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
         thread = worker.start_thread() if worker else None
         # Other processes' events (PostgreSQL): listen before serving streams.
         platform.events.start()
+        # Other processes' cache invalidations (PostgreSQL; caches.py).
+        platform.caches.start(wait=5)
         # Abuse signals seen on the request path are written by this thread.
         if platform.fairuse.flusher is not None:
             platform.fairuse.flusher.start()

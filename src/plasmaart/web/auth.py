@@ -70,25 +70,20 @@ def authenticate(request: Request, platform: Platform) -> Principal | None:
     cookie = request.cookies.get(SESSION_COOKIE)
     if token is None and cookie is None:
         return None
-    credentials, accounts = platform.credentials, platform.accounts
+    # From the process's caches (accounts/principals.py): no database work
+    # on a hit, and the key's last use is written later, off the request path.
     if token is not None:
-        with platform.db.read() as conn:
-            found = credentials.user_of_api_key(conn, token)
-            if found is None:
-                raise Unauthenticated("this API key is not valid (revoked or mistyped)")
-            user_id, key_id, stale = found
-            user = accounts.get(conn, user_id)
-        if stale:
-            with platform.db.write() as conn:
-                credentials.touch_api_key(conn, key_id)
+        key = platform.principals.of_api_key(token)
+        if key is None:
+            raise Unauthenticated("this API key is not valid (revoked or mistyped)")
+        user, key_id = key
         principal = Principal(user, "api_key", key_id)
     else:
         cookie = cookie or ""  # not None here: one of the two was sent
-        with platform.db.read() as conn:
-            session = credentials.session(conn, cookie)
-            if session is None:
-                raise Unauthenticated("your session has ended; log in again")
-            user = accounts.get(conn, session.user_id)
+        found = platform.principals.of_session(cookie)
+        if found is None:
+            raise Unauthenticated("your session has ended; log in again")
+        user, session = found
         if request.method not in SAFE_METHODS:
             sent = request.headers.get(CSRF_HEADER) or getattr(request.state, "form_csrf", None)
             if sent != session.csrf_token:

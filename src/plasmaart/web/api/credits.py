@@ -103,7 +103,9 @@ class UsageList(BaseModel):
 
 
 def _own_wallet(conn: Connection, platform: Platform, principal: Principal) -> str:
-    return platform.ledger.wallet_of(conn, "user", principal.user.id)
+    # The first of the user's wallets, cached per process (a wallet never
+    # changes owner): no query on the balance's path.
+    return platform.teams.wallets_of(conn, principal.user.id)[0]
 
 
 def _instant(value: str | None, field: str) -> datetime | None:
