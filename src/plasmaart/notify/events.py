@@ -167,12 +167,23 @@ class EventBus(Protocol):
     def close(self) -> None: ...
 
 
+class Listener(Protocol):
+    """Told of the events of one address on the thread that received them
+    (``add_listener``); it must not block."""
+
+    @property
+    def address(self) -> str: ...
+
+    def __call__(self, event: Event) -> None: ...
+
+
 class InProcessEventBus:
     """Fan-out to this process's subscribers, safe to publish from any thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscribers: dict[str, set[Subscription]] = {}
+        self._listeners: dict[str, list[Listener]] = {}
 
     # -- subscribers -------------------------------------------------------
 
@@ -181,6 +192,19 @@ class InProcessEventBus:
         with self._lock:
             self._subscribers.setdefault(user_id, set()).add(subscription)
         return subscription
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` with every event of ``listener.address`` (an
+        address that is no user's), and with ``resync``. Not a subscriber:
+        ``subscriber_count`` leaves it out."""
+        with self._lock:
+            self._listeners.setdefault(listener.address, []).append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with self._lock:
+            group = self._listeners.get(listener.address, [])
+            if listener in group:
+                group.remove(listener)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         with self._lock:
@@ -199,7 +223,18 @@ class InProcessEventBus:
 
     def _fan_out(self, user_ids: Iterable[str], event: Event) -> None:
         with self._lock:
-            targets = [s for u in user_ids for s in self._subscribers.get(u, ())]
+            addresses = list(user_ids)
+            targets = [s for u in addresses for s in self._subscribers.get(u, ())]
+            told = [
+                listener
+                for address in (self._listeners if event.type == RESYNC else addresses)
+                for listener in self._listeners.get(address, ())
+            ]
+        for listener in told:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("an event listener failed")
         for subscription in targets:
             if not subscription.deliver(event):
                 self.unsubscribe(subscription)
