@@ -8,7 +8,8 @@ The offset is read only when it moves, never polled:
   transaction commits;
 - on PostgreSQL every other process hears of the move from a NOTIFY on the
   platform's event bus (``billing.test_clock``), and re-reads the offset at
-  once. While its listener is not listening (starting, or reconnecting after
+  once. While its listener is not listening (a process that never starts
+  the bus, such as a CLI command; one starting; or one reconnecting after
   the connection dropped, when moves may have been missed) it reads the
   offset every ``refresh_s`` instead, and once more when it listens again;
 - on SQLite (one machine) the move also rewrites a stamp file beside the
@@ -138,9 +139,10 @@ class SandboxTestClock:
                 return
             if self._events is not None and not self._db.is_sqlite:
                 listener = _Listener(MOVED_ADDRESS, self._moved)
+                # Heard once the process listens (the API and the worker
+                # start the bus); until then the offset is polled.
                 if _attach(self._events, listener):
                     self._listener = listener
-                    self._events.start(wait=0)
             self._read_offset()
             self._reader = threading.Thread(
                 target=self._keep_current, name="plasmaart-test-clock", daemon=True

@@ -28,6 +28,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import psycopg
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 
 from plasmaart.db.engine import Database
 from plasmaart.db.tables import teams, wallets
@@ -290,6 +291,7 @@ class PostgresEventBus(InProcessEventBus):
     PING_S = 30.0  # a quiet listener checks its connection this often
     BACKOFF_S = (0.2, 30.0)  # first and longest wait between reconnects
     APPLICATION_NAME = "plasmaart-events"
+    SENDER_IDLE_S = 5.0  # an idle sender thread ends after this long
 
     def __init__(self, db: Database) -> None:
         super().__init__()
@@ -299,24 +301,82 @@ class PostgresEventBus(InProcessEventBus):
         self._stopping = threading.Event()
         self._listening = threading.Event()
         self._start_lock = threading.Lock()
+        # Events published, not yet sent: (type, NOTIFY payload).
+        self._outbox: deque[tuple[str, str]] = deque()
+        self._outbox_lock = threading.Lock()
+        self._queued = threading.Event()
+        self._sender: threading.Thread | None = None
+        self._in_flight = 0
+        self._sent_seq = 0
 
     @property
     def listening(self) -> bool:
         return self._listening.is_set()
 
     def publish(self, user_ids: Iterable[str], type: str, data: Mapping[str, Any]) -> None:
+        """Queue the event's NOTIFYs for the sender thread, which sends
+        whatever has queued up in one transaction: publishing costs the
+        caller no round trip, and events published together (a busy worker's
+        jobs) share one. In the order published."""
         users = list(dict.fromkeys(user_ids))
         if not users:
             return
         payloads = notify_payloads(users, make_event(type, data))
-        try:
-            with self._db.engine.connect() as conn:
-                for payload in payloads:
-                    conn.execute(select(func.pg_notify(CHANNEL, payload)))
-                conn.commit()
-        except Exception:
-            # Events are best effort; the state they announce is committed.
-            log.exception("could not publish event %s", type)
+        with self._outbox_lock:
+            self._outbox.extend((type, payload) for payload in payloads)
+            if self._sender is None or not self._sender.is_alive():
+                self._sender = threading.Thread(
+                    target=self._send, name=f"{CHANNEL}-sender", daemon=True
+                )
+                self._sender.start()
+            self._queued.set()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every event published so far was sent (or failed)."""
+        deadline = time.monotonic() + timeout
+        with self._outbox_lock:
+            target = self._published_seq()
+        while True:
+            with self._outbox_lock:
+                if self._sent_seq >= target:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+
+    def _published_seq(self) -> int:
+        return self._sent_seq + self._in_flight + len(self._outbox)
+
+    def _send(self) -> None:
+        while True:
+            self._queued.wait(self.SENDER_IDLE_S)
+            with self._outbox_lock:
+                batch = list(self._outbox)
+                self._outbox.clear()
+                self._queued.clear()
+                self._in_flight = len(batch)
+                if not batch:
+                    # Idle: the thread ends; the next publish starts another.
+                    self._sender = None
+                    return
+            try:
+                with self._db.engine.connect() as conn:
+                    # One round trip for the batch (psycopg's pipeline).
+                    conn.exec_driver_sql(
+                        "SELECT pg_notify(%s, %s)", [(CHANNEL, payload) for _type, payload in batch]
+                    )
+                    conn.commit()
+            except Exception:
+                # Events are best effort; the state they announce is committed.
+                log.exception(
+                    "could not publish %d event(s): %s",
+                    len(batch),
+                    ", ".join(sorted({type for type, _payload in batch})),
+                )
+            finally:
+                with self._outbox_lock:
+                    self._sent_seq += len(batch)
+                    self._in_flight = 0
 
     def subscribe(self, user_id: str, *, capacity: int = SUBSCRIBER_CAPACITY) -> Subscription:
         # Normally started with the app; never block the event loop here.
@@ -337,6 +397,7 @@ class PostgresEventBus(InProcessEventBus):
             self._listening.wait(wait)
 
     def close(self) -> None:
+        self.flush()  # what was published before closing is sent
         with self._start_lock:
             thread, self._thread = self._thread, None
             self._stopping.set()
