@@ -4,7 +4,8 @@ A claim reads the head of the queue (``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL, so concurrent workers never block on or take the same row; the
 write lock of ``BEGIN IMMEDIATE`` on SQLite), applies the scheduling rules
 (virtual start, the wallet's concurrency caps, reserved GPU slots), and marks
-the chosen job running with a lease and a new fencing token. Every later write
+the chosen jobs running with a lease and a new fencing token: a worker claims
+all its free slots in one read and one ``UPDATE … RETURNING``. Every later write
 of the worker is conditional on that token, so a worker whose lease expired
 (and whose job another worker took over) can no longer change it.
 
@@ -46,34 +47,6 @@ class Claim:
         worker that stopped and goes on) reads the job as it is now."""
         row, self.row = self.row, None
         return row
-
-
-def claim(
-    conn: Connection,
-    *,
-    worker_id: str,
-    now: datetime,
-    lease: timedelta,
-    busy_slots: int,
-    total_slots: int,
-    catalog: Catalog,
-    billing: BillingService,
-    recorded_at: datetime | None = None,
-) -> Claim | None:
-    """The next job this worker may start, claimed; None if there is none."""
-    claimed = claim_batch(
-        conn,
-        worker_id=worker_id,
-        now=now,
-        lease=lease,
-        busy_slots=busy_slots,
-        total_slots=total_slots,
-        catalog=catalog,
-        billing=billing,
-        recorded_at=recorded_at,
-        limit=1,
-    )
-    return claimed[0] if claimed else None
 
 
 def claim_batch(
@@ -262,15 +235,6 @@ def check_in(
     return None if row is None else bool(row.cancel_requested)
 
 
-def set_provider_request(conn: Connection, generation_id: str, token: int, request_id: str) -> bool:
-    result = conn.execute(
-        update(generations)
-        .where(generations.c.id == generation_id, generations.c.fencing_token == token)
-        .values(provider_request_id=request_id)
-    )
-    return bool(result.rowcount)
-
-
 def hand_back(
     conn: Connection, generation_id: str, token: int, request_id: str | None = None
 ) -> bool:
@@ -301,12 +265,3 @@ def lock_if_owned(conn: Connection, generation_id: str, token: int) -> AnyRow | 
     if row is None or int(row.fencing_token) != token or row.status != "running":
         return None
     return row
-
-
-def owns(conn: Connection, generation_id: str, token: int) -> bool:
-    row = conn.execute(
-        select(generations.c.fencing_token, generations.c.status)
-        .where(generations.c.id == generation_id)
-        .with_for_update()
-    ).one_or_none()
-    return row is not None and int(row.fencing_token) == token and row.status == "running"
