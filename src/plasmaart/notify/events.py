@@ -28,7 +28,6 @@ import json
 import logging
 import re
 import threading
-import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -292,6 +291,7 @@ class PostgresEventBus(InProcessEventBus):
     BACKOFF_S = (0.2, 30.0)  # first and longest wait between reconnects
     APPLICATION_NAME = "plasmaart-events"
     SENDER_IDLE_S = 5.0  # an idle sender thread ends after this long
+    PUBLISH_WAIT_S = 5.0  # a publisher waits at most this long for its send
 
     def __init__(self, db: Database) -> None:
         super().__init__()
@@ -304,6 +304,7 @@ class PostgresEventBus(InProcessEventBus):
         # Events published, not yet sent: (type, NOTIFY payload).
         self._outbox: deque[tuple[str, str]] = deque()
         self._outbox_lock = threading.Lock()
+        self._sent = threading.Condition(self._outbox_lock)
         self._queued = threading.Event()
         self._sender: threading.Thread | None = None
         self._in_flight = 0
@@ -314,35 +315,33 @@ class PostgresEventBus(InProcessEventBus):
         return self._listening.is_set()
 
     def publish(self, user_ids: Iterable[str], type: str, data: Mapping[str, Any]) -> None:
-        """Queue the event's NOTIFYs for the sender thread, which sends
-        whatever has queued up in one transaction: publishing costs the
-        caller no round trip, and events published together (a busy worker's
-        jobs) share one. In the order published."""
+        """Send the event's NOTIFYs and return once they are sent (group
+        commit): one sender thread sends whatever has been published
+        meanwhile in one transaction, so concurrent publishers (a busy
+        worker's jobs, an API process's requests) share one round trip, and
+        an event is out before its publisher goes on, as when each sent its
+        own. In the order published."""
         users = list(dict.fromkeys(user_ids))
         if not users:
             return
         payloads = notify_payloads(users, make_event(type, data))
-        with self._outbox_lock:
+        with self._sent:
             self._outbox.extend((type, payload) for payload in payloads)
+            mine = self._published_seq()
             if self._sender is None or not self._sender.is_alive():
                 self._sender = threading.Thread(
                     target=self._send, name=f"{CHANNEL}-sender", daemon=True
                 )
                 self._sender.start()
             self._queued.set()
+            # Best effort: a stuck database does not hold the publisher long.
+            self._sent.wait_for(lambda: self._sent_seq >= mine, timeout=self.PUBLISH_WAIT_S)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every event published so far was sent (or failed)."""
-        deadline = time.monotonic() + timeout
-        with self._outbox_lock:
+        with self._sent:
             target = self._published_seq()
-        while True:
-            with self._outbox_lock:
-                if self._sent_seq >= target:
-                    return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.002)
+            return self._sent.wait_for(lambda: self._sent_seq >= target, timeout=timeout)
 
     def _published_seq(self) -> int:
         return self._sent_seq + self._in_flight + len(self._outbox)
@@ -374,9 +373,10 @@ class PostgresEventBus(InProcessEventBus):
                     ", ".join(sorted({type for type, _payload in batch})),
                 )
             finally:
-                with self._outbox_lock:
+                with self._sent:
                     self._sent_seq += len(batch)
                     self._in_flight = 0
+                    self._sent.notify_all()
 
     def subscribe(self, user_id: str, *, capacity: int = SUBSCRIBER_CAPACITY) -> Subscription:
         # Normally started with the app; never block the event loop here.
