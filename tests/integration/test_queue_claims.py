@@ -1,8 +1,8 @@
 """The queue at the speed of the database, on SQLite and PostgreSQL: a worker
 claims every free slot in one transaction, in the fair order with the caps and
 the reserved slot, and a job goes from claim to capture in two transactions
-(claim, end); outputs fetched slowly are recorded on the way, so a job
-resumed after a crash fetches only the rest."""
+(claim, end); each output but the last is recorded before the next fetch,
+so a job resumed after a crash fetches only the rest."""
 
 from __future__ import annotations
 
@@ -191,7 +191,7 @@ class SlowDownloads:
         return getattr(self.provider, name)
 
 
-def test_outputs_fetched_slowly_are_recorded_on_the_way_and_not_fetched_again(
+def test_outputs_are_recorded_on_the_way_and_not_fetched_again(
     platform: Platform, clock: Any
 ) -> None:
     from datetime import timedelta
@@ -205,7 +205,6 @@ def test_outputs_fetched_slowly_are_recorded_on_the_way_and_not_fetched_again(
         GenerationRequest("flux-schnell", "x", num_outputs=3, params=FAST),
     )
     first = worker(platform)
-    first.runner.record_every_s = 0  # every fetch counts as slow
     crashing = SlowDownloads(platform.provider, crash_at=3)
     first.runner.provider = crashing
     claimed = first.claim()

@@ -186,9 +186,11 @@ class JobRunner:
     job_clock: Clock | None = None
     # Claims of one job (``attempts``) after which it is ended, not run again.
     max_attempts: int = bounds.DEFAULT_MAX_ATTEMPTS
-    # Outputs fetched within this many seconds are recorded together, with
-    # the charge; a slower fetch records what it has on the way.
-    record_every_s: float = 1.0
+    # Outputs copied are recorded before the next fetch starts once this many
+    # seconds passed since the last record (0: before every fetch, so an
+    # output copied is never lost to a crash in a later fetch); the last
+    # output is recorded with the charge, in the job's last transaction.
+    record_every_s: float = 0.0
 
     def _now(self) -> datetime:
         return (self.job_clock or self.clock).now()
@@ -453,10 +455,10 @@ class JobRunner:
         unavailable past the retries or the fetch step's deadline, is left out;
         a cancel while fetches are failing stops them.
 
-        The outputs are recorded with the charge, in the job's last
-        transaction; when fetching them takes longer than ``record_every_s``,
-        those already stored are recorded on the way, so that a job resumed
-        after a crash fetches only the rest."""
+        Each output copied is recorded before the next fetch starts (see
+        ``record_every_s``), so that a job resumed after a crash fetches only
+        the rest; the last is recorded with the charge, in the job's last
+        transaction (a job of one output: nothing but that transaction)."""
         claim = ending.claim
         wanted = status.outputs[: int(row.num_outputs)]
         if not wanted:
