@@ -74,6 +74,7 @@ bench: $(BENCH_STAMP)
 	-$(BIN)/python benchmarks/ledger_queries.py --runs 5 --write-docs
 	$(BIN)/python benchmarks/generations.py --seconds 2 --runs 3 --connections 16,64 --queue-runs 3 --jobs 300 --py-spy --write-docs
 	$(BIN)/python benchmarks/api_costs.py --seconds 2 --connections 16,64 --scaling 1,8 --scaling-seconds 1 --scaling-runs 2 --generations 30 --rounds 4 --write-docs
+	$(BIN)/python benchmarks/fairness.py --seconds 6 --runs 2 --write-docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -45,7 +45,13 @@ def write_section(heading: str, section: str, path: Path = PERFORMANCE_DOC) -> N
 
 SUMMARY_HEADING = "## Aims at a glance"
 # The benchmarks in the order `make bench` runs them; their rows keep that order.
-SUMMARY_ORDER = ("ledger_tps.py", "ledger_queries.py", "generations.py", "api_costs.py")
+SUMMARY_ORDER = (
+    "ledger_tps.py",
+    "ledger_queries.py",
+    "generations.py",
+    "api_costs.py",
+    "fairness.py",
+)
 _SUMMARY_HEAD = (
     "| what | PlasmaArt | baseline, same run | ratio or figure | aim | met? | measured by |",
     "|---|---:|---:|---:|---:|---|---|",

@@ -129,13 +129,16 @@ def bootstrap(
     # Under sandbox billing the whole platform runs on the test clock, whose
     # offset (moved by /v1/admin/clock/advance) every process reads from the
     # database; tests can still move the clock passed in.
-    test_clock = SandboxTestClock(clock, db) if settings.billing == "sandbox" else None
+    # Its moves reach the other processes on the event bus (billing/clock.py).
+    events = create_event_bus(db)
+    test_clock = (
+        SandboxTestClock(clock, db, events=events) if settings.billing == "sandbox" else None
+    )
     if test_clock is not None:
         test_clock.now()  # the first read of its offset, outside any transaction
     clock = test_clock or clock
     ledger = LedgerService(clock)
     caches = CacheHub(db)
-    events = create_event_bus(db)
     ledger.balance_listeners.append(BalanceEvents(db, events))
     billing = BillingService(
         clock,

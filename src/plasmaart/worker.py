@@ -65,13 +65,19 @@ class Worker:
 
     def claim(self) -> Claim | None:
         """Claim the next job this worker may run, or None."""
+        claimed = self.claim_many(limit=1)
+        return claimed[0] if claimed else None
+
+    def claim_many(self, limit: int | None = None) -> list[Claim]:
+        """Claim as many jobs as this worker has free slots (at most
+        ``limit``), in one transaction: one read of the queue, one update."""
         platform = self.platform
         with self._busy_lock:
             busy = self._busy
         if busy >= self.concurrency:
-            return None
+            return []
         with platform.db.write() as conn:
-            claimed = queue.claim(
+            claimed = queue.claim_batch(
                 conn,
                 worker_id=self.id,
                 # Leases and deadlines run on real time, not the billing test clock.
@@ -82,9 +88,14 @@ class Worker:
                 total_slots=self.concurrency,
                 catalog=platform.catalog,
                 billing=platform.billing,
+                limit=limit,
             )
-            if claimed is not None:
-                platform.generations.announce(conn, claimed.id)
+            for job in claimed:
+                if job.row is not None and not job.resumed:
+                    # Just started: no output yet, nothing to read again.
+                    platform.generations.announce_row(conn, job.row, ())
+                else:
+                    platform.generations.announce(conn, job.id)
         return claimed
 
     def drain(self) -> int:
@@ -155,20 +166,22 @@ class Worker:
                         # end the worker; the next tick retries.
                         log.exception("worker tick failed")
                     next_tick = time.monotonic() + interval
-                claimed = None
+                claimed: list[Claim] = []
                 claimable.clear()
                 try:
-                    claimed = self.claim()
+                    claimed = self.claim_many()
                 except Exception:
                     log.exception("claiming a job failed")
-                if claimed is not None:
+                if claimed:
                     with self._busy_lock:
-                        self._busy += 1
-                    pool.submit(self._run_job, claimed)
+                        self._busy += len(claimed)
+                    for job in claimed:
+                        pool.submit(self._run_job, job)
                     continue
                 claimable.wait(CLAIM_IDLE_S)
             # Leaving the with-block waits for running jobs, which stop at
             # their next poll and stay leased for whoever resumes them.
+        self.runner.close()
         log.info("worker stopped")
 
     def stop(self) -> None:

@@ -4,7 +4,8 @@ A claim reads the head of the queue (``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL, so concurrent workers never block on or take the same row; the
 write lock of ``BEGIN IMMEDIATE`` on SQLite), applies the scheduling rules
 (virtual start, the wallet's concurrency caps, reserved GPU slots), and marks
-the chosen job running with a lease and a new fencing token. Every later write
+the chosen jobs running with a lease and a new fencing token: a worker claims
+all its free slots in one read and one ``UPDATE … RETURNING``. Every later write
 of the worker is conditional on that token, so a worker whose lease expired
 (and whose job another worker took over) can no longer change it.
 
@@ -15,7 +16,8 @@ users (``started_at``), is the platform's clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, and_, case, func, or_, select, update
@@ -24,20 +26,30 @@ from plasmaart.billing.service import BillingService
 from plasmaart.catalog import Catalog
 from plasmaart.db.tables import generations
 from plasmaart.generation.bounds import deadline_for
-from plasmaart.generation.scheduling import QueuedJob, Running, WalletLimits, pick_next
+from plasmaart.generation.repository import AnyRow
+from plasmaart.generation.scheduling import QueuedJob, Running, WalletLimits, pick_many
 
 # How far down the queue one claim looks for a job whose wallet is under its caps.
 CLAIM_WINDOW = 64
 
 
-@dataclass(frozen=True)
+@dataclass
 class Claim:
     id: str
     token: int
     resumed: bool  # a job another worker had started (its lease expired)
+    # The job's row as the claim left it (running, leased, with its token):
+    # the runner starts from it instead of reading the job again.
+    row: AnyRow | None = field(default=None, repr=False, compare=False)
+
+    def take_row(self) -> AnyRow | None:
+        """The row as claimed, once: a second run of the same claim (a
+        worker that stopped and goes on) reads the job as it is now."""
+        row, self.row = self.row, None
+        return row
 
 
-def claim(
+def claim_batch(
     conn: Connection,
     *,
     worker_id: str,
@@ -48,7 +60,19 @@ def claim(
     catalog: Catalog,
     billing: BillingService,
     recorded_at: datetime | None = None,
-) -> Claim | None:
+    limit: int | None = None,
+) -> list[Claim]:
+    """Claim up to ``limit`` jobs (by default every free slot of the worker)
+    in one read of the queue and one ``UPDATE … RETURNING``.
+
+    The jobs are the ones ``pick_next`` would choose one claim after another:
+    jobs whose worker died first, then queue order, each pick counting the
+    jobs picked before it against its wallet's caps and the worker's slots.
+    """
+    free = total_slots - busy_slots
+    wanted = free if limit is None else min(limit, free)
+    if wanted <= 0:
+        return []
     g = generations
     expired = and_(g.c.status == "running", g.c.lease_expires_at < now)
     # Jobs whose worker died come first: they are already under way.
@@ -69,37 +93,50 @@ def claim(
         .with_for_update(skip_locked=True)
     ).all()
     if not candidates:
-        return None
-    resumable = [row for row in candidates if row.status == "running"]
+        return []
     by_id = {row.id: row for row in candidates}
-    if resumable:
-        chosen_id, resumed = resumable[0].id, True
-    else:
-        wallets = {row.wallet_id for row in candidates}
+    # A job taken over is already under way: it needs no slot rule or cap.
+    chosen: list[tuple[str, bool]] = [
+        (row.id, True) for row in candidates if row.status == "running"
+    ][:wanted]
+    queued = [row for row in candidates if row.status == "queued"]
+    if len(chosen) < wanted and queued:
+        wallets = {row.wallet_id for row in queued}
         running = _running(conn, wallets, now)
-        limits = _wallet_limits(conn, wallets, billing)
-        jobs = [
-            QueuedJob(row.id, row.wallet_id, row.queue_class, row.enqueued_at, bool(row.video))
-            for row in candidates
-        ]
-        chosen = pick_next(
-            jobs,
+        for job_id, _resumed in chosen:
+            taken = by_id[job_id]
+            running[taken.wallet_id] = _plus(running.get(taken.wallet_id), bool(taken.video))
+        picked = pick_many(
+            [
+                QueuedJob(row.id, row.wallet_id, row.queue_class, row.enqueued_at, bool(row.video))
+                for row in queued
+            ],
+            count=wanted - len(chosen),
             boosts={str(name): boost for name, boost in catalog.queue.boost_seconds.items()},
             running=running,
-            limits=limits,
-            busy_slots=busy_slots,
+            limits=_wallet_limits(conn, wallets, billing),
+            busy_slots=busy_slots + len(chosen),
             total_slots=total_slots,
             reserved_slots=min(catalog.queue.reserved_gpu_slots, max(total_slots - 1, 0)),
         )
-        if chosen is None:
-            return None
-        chosen_id, resumed = chosen.id, False
-    row = by_id[chosen_id]
+        chosen.extend((job.id, False) for job in picked)
+    if not chosen:
+        return []
+    ids = [job_id for job_id, _resumed in chosen]
     # The hard deadline is set once, by the first claim; a resumed job keeps it.
-    deadline = row.deadline_at if row.deadline_at is not None else deadline_for(row.kind, now)
-    token = conn.execute(
+    deadlines = {
+        job_id: deadline_for(by_id[job_id].kind, now)
+        for job_id in ids
+        if by_id[job_id].deadline_at is None
+    }
+    deadline = (
+        func.coalesce(g.c.deadline_at, case(deadlines, value=g.c.id, else_=g.c.deadline_at))
+        if deadlines
+        else g.c.deadline_at
+    )
+    rows = conn.execute(
         update(g)
-        .where(g.c.id == chosen_id)
+        .where(g.c.id.in_(ids))
         .values(
             status="running",
             lease_owner=worker_id,
@@ -109,9 +146,18 @@ def claim(
             deadline_at=deadline,
             attempts=g.c.attempts + 1,
         )
-        .returning(g.c.fencing_token)
-    ).scalar_one()
-    return Claim(chosen_id, int(token), resumed)
+        .returning(*g.c)
+    ).all()
+    claimed = {row.id: row for row in rows}
+    return [
+        Claim(job_id, int(claimed[job_id].fencing_token), resumed, claimed[job_id])
+        for job_id, resumed in chosen
+    ]
+
+
+def _plus(running: Running | None, video: bool) -> Running:
+    before = running or Running()
+    return Running(before.jobs + 1, before.video_jobs + int(video))
 
 
 def _wallet_limits(
@@ -142,31 +188,62 @@ def _running(conn: Connection, wallets: set[str], now: datetime) -> dict[str, Ru
 
 def renew(conn: Connection, generation_id: str, token: int, until: datetime) -> bool:
     """Extend the lease; False when the job is no longer ours."""
-    result = conn.execute(
-        update(generations)
-        .where(
-            generations.c.id == generation_id,
-            generations.c.fencing_token == token,
-            generations.c.status == "running",
-        )
-        .values(lease_expires_at=until)
+    return generation_id in renew_many(conn, [(generation_id, token)], until)
+
+
+def renew_many(conn: Connection, jobs: Sequence[tuple[str, int]], until: datetime) -> set[str]:
+    """Extend the leases of ``jobs`` (id, fencing token) in one statement; the
+    ids of those still ours."""
+    if not jobs:
+        return set()
+    g = generations
+    return set(
+        conn.execute(
+            update(g)
+            .where(
+                or_(
+                    *(and_(g.c.id == job_id, g.c.fencing_token == token) for job_id, token in jobs)
+                ),
+                g.c.status == "running",
+            )
+            .values(lease_expires_at=until)
+            .returning(g.c.id)
+        ).scalars()
     )
-    return bool(result.rowcount)
 
 
-def set_provider_request(conn: Connection, generation_id: str, token: int, request_id: str) -> bool:
-    result = conn.execute(
-        update(generations)
-        .where(generations.c.id == generation_id, generations.c.fencing_token == token)
-        .values(provider_request_id=request_id)
-    )
-    return bool(result.rowcount)
+def check_in(
+    conn: Connection,
+    generation_id: str,
+    token: int,
+    until: datetime,
+    request_id: str | None = None,
+) -> bool | None:
+    """Between two polls, in one statement: the job is still ours (else
+    None), its lease extended, the provider's ``request_id`` stored if given;
+    whether its user asked to cancel it."""
+    g = generations
+    values: dict[str, object] = {"lease_expires_at": until}
+    if request_id is not None:
+        values["provider_request_id"] = request_id
+    row = conn.execute(
+        update(g)
+        .where(g.c.id == generation_id, g.c.fencing_token == token, g.c.status == "running")
+        .values(**values)
+        .returning(g.c.cancel_requested)
+    ).one_or_none()
+    return None if row is None else bool(row.cancel_requested)
 
 
-def hand_back(conn: Connection, generation_id: str, token: int) -> bool:
-    """A worker stopping gracefully leaves its job (leased, at the provider)
-    for whoever claims it next: a clean hand-over does not count as one of
-    the job's attempts."""
+def hand_back(
+    conn: Connection, generation_id: str, token: int, request_id: str | None = None
+) -> bool:
+    """A worker stopping gracefully leaves its job (leased, at the provider,
+    whose ``request_id`` it stores if not stored yet) for whoever claims it
+    next: a clean hand-over does not count as one of the job's attempts."""
+    values: dict[str, object] = {"attempts": generations.c.attempts - 1}
+    if request_id is not None:
+        values["provider_request_id"] = request_id
     result = conn.execute(
         update(generations)
         .where(
@@ -175,15 +252,16 @@ def hand_back(conn: Connection, generation_id: str, token: int) -> bool:
             generations.c.status == "running",
             generations.c.attempts > 0,
         )
-        .values(attempts=generations.c.attempts - 1)
+        .values(**values)
     )
     return bool(result.rowcount)
 
 
-def owns(conn: Connection, generation_id: str, token: int) -> bool:
+def lock_if_owned(conn: Connection, generation_id: str, token: int) -> AnyRow | None:
+    """The job's row, locked, if it is still ours (running under ``token``)."""
     row = conn.execute(
-        select(generations.c.fencing_token, generations.c.status)
-        .where(generations.c.id == generation_id)
-        .with_for_update()
+        select(generations).where(generations.c.id == generation_id).with_for_update()
     ).one_or_none()
-    return row is not None and int(row.fencing_token) == token and row.status == "running"
+    if row is None or int(row.fencing_token) != token or row.status != "running":
+        return None
+    return row

@@ -141,23 +141,29 @@ def finish(
     now: datetime,
     error_code: str | None = None,
     error_message: str | None = None,
-) -> None:
+    provider_request_id: str | None = None,
+) -> AnyRow | None:
     """Move a job to a terminal state; only from queued or running (terminal
-    states never change)."""
-    conn.execute(
+    states never change). The job as it is now, or None if it had ended.
+    ``provider_request_id``: the provider's request id, if not stored yet."""
+    values: dict[str, Any] = {
+        "status": status,
+        "credits_charged": charged,
+        "balance_after": balance_after,
+        "finished_at": now,
+        "error_code": error_code,
+        "error_message": error_message,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    if provider_request_id is not None:
+        values["provider_request_id"] = provider_request_id
+    return conn.execute(
         update(generations)
         .where(generations.c.id == generation_id, generations.c.status.in_(("queued", "running")))
-        .values(
-            status=status,
-            credits_charged=charged,
-            balance_after=balance_after,
-            finished_at=now,
-            error_code=error_code,
-            error_message=error_message,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
-    )
+        .values(**values)
+        .returning(*generations.c)
+    ).one_or_none()
 
 
 def request_cancel(conn: Connection, generation_id: str) -> None:
@@ -253,6 +259,12 @@ def output_positions(conn: Connection, generation_id: str) -> set[int]:
 
 def insert_output(conn: Connection, values: dict[str, Any]) -> None:
     conn.execute(insert(generation_outputs).values(**values))
+
+
+def insert_outputs(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Several outputs of a job in one statement (``executemany``)."""
+    if rows:
+        conn.execute(insert(generation_outputs), rows)
 
 
 def queue_position(conn: Connection, row: AnyRow) -> int:

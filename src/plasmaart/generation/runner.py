@@ -29,13 +29,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TypeVar
-
-from sqlalchemy import Connection
+from typing import Any, TypeVar
 
 from plasmaart.catalog import Catalog, ModelSpec
 from plasmaart.clock import Clock, as_utc
@@ -67,6 +65,92 @@ LEASE = timedelta(seconds=60)
 # How long waiting for the provider's result may take, by kind of model.
 TIMEOUTS = bounds.WAIT_TIMEOUTS
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "video/mp4": "mp4"}
+
+
+@dataclass
+class _Ending:
+    """What a job's last transaction writes besides its status and charge."""
+
+    claim: queue.Claim
+    # Claimed for the first time: no earlier attempt stored an output.
+    first_attempt: bool
+    # The provider's request id, until it is stored.
+    request_id: str | None = None
+    # Outputs in our storage: not yet in the database, and already in it.
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    recorded: list[dict[str, Any]] = field(default_factory=list)
+
+
+class LeaseKeeper:
+    """Renews the leases of a runner's jobs: one thread, and one statement
+    every third of a lease for all of them. A job is renewed until it ends,
+    until another worker has it, or until its deadline (the lease then runs
+    out at most one lease after it, and a worker stuck there loses the job to
+    one that ends it)."""
+
+    def __init__(self, runner: JobRunner) -> None:
+        self._runner = runner
+        self._lock = threading.Lock()
+        self._jobs: dict[str, tuple[int, datetime]] = {}
+        self._changed = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def keep(self, claim: queue.Claim, deadline: datetime) -> None:
+        with self._lock:
+            self._jobs[claim.id] = (claim.token, deadline)
+            self._closing = False
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._renew, name="plasmaart-leases", daemon=True
+                )
+                self._thread.start()
+
+    def drop(self, generation_id: str) -> None:
+        with self._lock:
+            self._jobs.pop(generation_id, None)
+            if not self._jobs:
+                self._changed.notify_all()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            thread, self._thread = self._thread, None
+            self._changed.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+
+    def _renew(self) -> None:
+        runner = self._runner
+        while True:
+            with self._lock:
+                if not self._jobs or self._closing:
+                    # Idle: the thread ends; the next job starts another.
+                    if self._thread is threading.current_thread():
+                        self._thread = None
+                    return
+                self._changed.wait(runner.lease.total_seconds() / 3)
+                now = runner._now()
+                jobs = [
+                    (job_id, token)
+                    for job_id, (token, deadline) in self._jobs.items()
+                    if now < deadline
+                ]
+                for job_id in [j for j, (_t, d) in self._jobs.items() if now >= d]:
+                    del self._jobs[job_id]  # past its deadline: no more renewals
+            if not jobs:
+                continue
+            try:
+                with runner.db.write() as conn:
+                    kept = queue.renew_many(conn, jobs, now + runner.lease)
+            except Exception:  # the next renewal tries again; the lease is 3 periods long
+                log.exception("could not renew the leases of %d job(s)", len(jobs))
+                continue
+            with self._lock:
+                for job_id, _token in jobs:
+                    if job_id not in kept:
+                        # Ended, or another worker has it: its own writes will see.
+                        self._jobs.pop(job_id, None)
 
 
 class LeaseLost(Exception):
@@ -102,13 +186,23 @@ class JobRunner:
     job_clock: Clock | None = None
     # Claims of one job (``attempts``) after which it is ended, not run again.
     max_attempts: int = bounds.DEFAULT_MAX_ATTEMPTS
+    # Outputs copied are recorded before the next fetch starts once this many
+    # seconds passed since the last record (0: before every fetch, so an
+    # output copied is never lost to a crash in a later fetch); the last
+    # output is recorded with the charge, in the job's last transaction.
+    record_every_s: float = 0.0
 
     def _now(self) -> datetime:
         return (self.job_clock or self.clock).now()
 
+    def __post_init__(self) -> None:
+        self._leases = LeaseKeeper(self)
+
     def run(self, claim: queue.Claim) -> None:
-        with self.db.read() as conn:
-            row = repo.get_generation(conn, claim.id)
+        row = claim.take_row()
+        if row is None:
+            with self.db.read() as conn:
+                row = repo.get_generation(conn, claim.id)
         if row is None:  # pragma: no cover - claimed rows exist
             return
         _step(
@@ -140,15 +234,9 @@ class JobRunner:
         # retries can take longer than a lease, and a job whose lease ran out
         # mid-step would be taken over, and its step started again. Never past
         # the job's deadline, though: a worker stuck there loses the job to
-        # one that ends it.
-        keeper = threading.Event()
-        renewing = threading.Thread(
-            target=self._keep_lease,
-            args=(claim, keeper, deadline),
-            name=f"lease-{claim.id}",
-            daemon=True,
-        )
-        renewing.start()
+        # one that ends it. One thread renews every job of this runner, in
+        # one statement.
+        self._leases.keep(claim, deadline)
         if self.wakeups is not None:
             self.wakeups.watch(claim.id)
         try:
@@ -162,25 +250,11 @@ class JobRunner:
         finally:
             if self.wakeups is not None:
                 self.wakeups.unwatch(claim.id)
-            keeper.set()
-            renewing.join()
+            self._leases.drop(claim.id)
 
-    def _keep_lease(self, claim: queue.Claim, done: threading.Event, deadline: datetime) -> None:
-        every = self.lease.total_seconds() / 3
-        while not done.wait(every):
-            now = self._now()
-            if now >= deadline:
-                return  # the lease runs out at most one lease after the deadline
-            try:
-                with self.db.write() as conn:
-                    kept = queue.renew(conn, claim.id, claim.token, now + self.lease)
-            except Exception:  # the next renewal tries again; the lease is 3 periods long
-                log.exception(
-                    "could not renew the lease of %s", claim.id, extra={"generation_id": claim.id}
-                )
-                continue
-            if not kept:  # finished, or another worker has it: the job's own writes will see
-                return
+    def close(self) -> None:
+        """Stop renewing leases (the jobs have ended or are handed back)."""
+        self._leases.close()
 
     # -- the steps -----------------------------------------------------------
 
@@ -189,11 +263,12 @@ class JobRunner:
             raise LeaseLost
         request_id = row.provider_request_id
         attempts = int(row.attempts)
+        ending = _Ending(claim, first_attempt=attempts == 1)
         # Bounds that hold however often the job is claimed again, checked
         # before anything that could fail on every attempt.
         if attempts > self.max_attempts:
             self._give_up(
-                claim,
+                ending,
                 row,
                 request_id,
                 "attempts_exhausted",
@@ -203,7 +278,7 @@ class JobRunner:
             return
         if self._now() >= deadline:
             self._give_up(
-                claim,
+                ending,
                 row,
                 request_id,
                 "timeout",
@@ -212,6 +287,10 @@ class JobRunner:
             return
         model = self.catalog.model(row.model)
         wait_until = bounds.wait_deadline(model.kind, deadline)
+        # The provider's request id not yet stored: it is written with the
+        # job's next write (before the first wait, with the outputs and the
+        # charge if the provider answers at once, or on a hand-over), so that
+        # a job done at its first poll costs no extra transaction.
         if request_id is None:
             try:
                 request_id = self._with_retries(
@@ -219,14 +298,12 @@ class JobRunner:
                     until=min(self._now() + bounds.SUBMIT_TIMEOUT, wait_until),
                 )
             except ProviderRejected as refused:
-                self._fail(claim, "provider_rejected", str(refused))
+                self._end(ending, "failed", "provider_rejected", str(refused))
                 return
             except ProviderUnavailable as down:
-                self._fail(claim, "provider_unavailable", str(down))
+                self._end(ending, "failed", "provider_unavailable", str(down))
                 return
-            with self.db.write() as conn:
-                if not queue.set_provider_request(conn, claim.id, claim.token, request_id):
-                    raise LeaseLost
+            ending.request_id = request_id
             _step(
                 "submitted",
                 row.id,
@@ -253,7 +330,7 @@ class JobRunner:
                 # Graceful shutdown: leave the job running at the provider;
                 # whoever claims it after the lease resumes from the request id.
                 with self.db.write() as conn:
-                    queue.hand_back(conn, claim.id, claim.token)
+                    queue.hand_back(conn, claim.id, claim.token, ending.request_id)
                 _step(
                     "handed_back",
                     row.id,
@@ -263,57 +340,81 @@ class JobRunner:
                     provider_request_id=known_request,
                 )
                 return
-            with self.db.write() as conn:
-                current = repo.lock_generation(conn, claim.id)
-                if current is None or int(current.fencing_token) != claim.token:
-                    raise LeaseLost
-                queue.renew(conn, claim.id, claim.token, self._now() + self.lease)
-            if current.cancel_requested:
-                try:
-                    stopped = self._with_retries(
-                        lambda: self.provider.cancel(model, known_request), until=wait_until
-                    )
-                except ProviderError as unreachable:
-                    # The provider cannot be told: the job ends all the same.
-                    self._end(
-                        claim,
-                        "canceled",
-                        "canceled",
-                        f"canceled while running (the provider could not be told: {unreachable})",
-                    )
-                    return
-                if stopped:
-                    self._end(claim, "canceled", "canceled", "canceled while running")
-                    return
             try:
                 status = self._with_retries(
                     lambda: self.provider.status(model, known_request), until=wait_until
                 )
             except ProviderRejected as refused:
-                self._fail(claim, "provider_rejected", str(refused))
+                self._end(ending, "failed", "provider_rejected", str(refused))
                 return
             except ProviderUnavailable:
                 # Still down after the retries: keep the job (and its lease)
                 # until the deadline, then give up like any timeout.
                 if self._now() >= wait_until:
-                    self._fail(claim, "timeout", f"no result within {TIMEOUTS[model.kind]}")
+                    self._end(
+                        ending, "failed", "timeout", f"no result within {TIMEOUTS[model.kind]}"
+                    )
+                    return
+                if self._check_in(ending) and self._cancel(
+                    ending, model, known_request, wait_until
+                ):
                     return
                 self._pause(claim.id)
                 continue
             if status.state == "succeeded":
-                self._deliver(claim, row, model, status, deadline)
+                self._deliver(ending, row, model, status, deadline)
                 return
             if status.state == "failed":
-                self._fail(claim, "generation_failed", status.error or "the model failed")
+                self._end(ending, "failed", "generation_failed", status.error or "the model failed")
                 return
             if status.state == "canceled":
-                self._end(claim, "canceled", "canceled", "canceled at the provider")
+                self._end(ending, "canceled", "canceled", "canceled at the provider")
                 return
             if self._now() >= wait_until:
                 self._cancel_quietly(lambda: model, known_request)
-                self._fail(claim, "timeout", f"no result within {TIMEOUTS[model.kind]}")
+                self._end(ending, "failed", "timeout", f"no result within {TIMEOUTS[model.kind]}")
+                return
+            # Still running: before waiting, the job must still be ours, its
+            # request id stored, and a cancel asked meanwhile sent on.
+            if self._check_in(ending) and self._cancel(ending, model, known_request, wait_until):
                 return
             self._pause(claim.id)
+
+    def _check_in(self, ending: _Ending) -> bool:
+        """One write between two polls: the job is still ours (else
+        ``LeaseLost``), its lease renewed, the request id stored; whether its
+        user asked to cancel it."""
+        claim = ending.claim
+        with self.db.write() as conn:
+            cancel = queue.check_in(
+                conn, claim.id, claim.token, self._now() + self.lease, ending.request_id
+            )
+        if cancel is None:
+            raise LeaseLost
+        ending.request_id = None
+        return cancel
+
+    def _cancel(
+        self, ending: _Ending, model: ModelSpec, request_id: str, wait_until: datetime
+    ) -> bool:
+        """Pass the user's cancel on to the provider; whether the job ended."""
+        try:
+            stopped = self._with_retries(
+                lambda: self.provider.cancel(model, request_id), until=wait_until
+            )
+        except ProviderError as unreachable:
+            # The provider cannot be told: the job ends all the same.
+            self._end(
+                ending,
+                "canceled",
+                "canceled",
+                f"canceled while running (the provider could not be told: {unreachable})",
+            )
+            return True
+        if stopped:
+            self._end(ending, "canceled", "canceled", "canceled while running")
+            return True
+        return False
 
     def _pause(self, generation_id: str) -> None:
         """Wait until the next poll: the interval, or less if a webhook about
@@ -343,7 +444,7 @@ class JobRunner:
 
     def _deliver(
         self,
-        claim: queue.Claim,
+        ending: _Ending,
         row: repo.AnyRow,
         model: ModelSpec,
         status: ProviderStatus,
@@ -352,22 +453,34 @@ class JobRunner:
         """Copy the outputs into our storage, each as it arrives, then charge
         for those stored. An output the provider refuses, or that stays
         unavailable past the retries or the fetch step's deadline, is left out;
-        a cancel while fetches are failing stops them."""
+        a cancel while fetches are failing stops them.
+
+        Each output copied is recorded before the next fetch starts (see
+        ``record_every_s``), so that a job resumed after a crash fetches only
+        the rest; the last is recorded with the charge, in the job's last
+        transaction (a job of one output: nothing but that transaction)."""
+        claim = ending.claim
         wanted = status.outputs[: int(row.num_outputs)]
         if not wanted:
-            self._fail(claim, "no_outputs", "the model returned no output")
+            self._end(ending, "failed", "no_outputs", "the model returned no output")
             return
-        with self.db.read() as conn:
-            stored = repo.output_positions(conn, row.id)
+        stored: set[int] = set()
+        if not ending.first_attempt:  # an earlier attempt may have stored some
+            with self.db.read() as conn:
+                stored = repo.output_positions(conn, row.id)
         fetch_until = min(self._now() + bounds.FETCH_TIMEOUTS[model.kind], deadline)
         missing: list[str] = []
         canceled = False
+        recorded_at = time.monotonic()
         for position, output in enumerate(wanted):
             if position in stored:
                 continue  # stored by an earlier attempt of this job
             if canceled or self._now() >= fetch_until:
                 missing.append(f"output {position + 1}: not fetched in time")
                 continue
+            if ending.pending and time.monotonic() - recorded_at >= self.record_every_s:
+                self._record(ending)
+                recorded_at = time.monotonic()
             try:
                 data = self._with_retries(
                     partial(self.provider.download, output), until=fetch_until, claim=claim
@@ -390,10 +503,7 @@ class JobRunner:
             if values is None:
                 missing.append(f"output {position + 1}: the file is not a readable image or video")
                 continue
-            with self.db.write() as conn:
-                if not queue.owns(conn, claim.id, claim.token):
-                    raise LeaseLost
-                repo.insert_output(conn, {**values, "created_at": self.clock.now()})
+            ending.pending.append({**values, "created_at": self.clock.now()})
             stored.add(position)
             _step(
                 "output_stored",
@@ -409,7 +519,7 @@ class JobRunner:
             )
         if canceled:
             self._end(
-                claim,
+                ending,
                 "canceled",
                 "canceled",
                 f"canceled while its outputs were being fetched; {len(stored)} of "
@@ -417,14 +527,31 @@ class JobRunner:
             )
         elif missing:
             self._end(
-                claim,
+                ending,
                 "failed",
                 "output_unavailable",
                 f"{len(missing)} of {len(wanted)} outputs could not be fetched from the "
                 f"provider ({'; '.join(missing)})",
             )
         else:
-            self._end(claim, "failed", None, None)
+            self._end(ending, "failed", None, None)
+
+    def _record(self, ending: _Ending) -> None:
+        """Record the outputs stored so far (and the request id, if new) while
+        the job is still ours."""
+        claim = ending.claim
+        with self.db.write() as conn:
+            if (
+                queue.check_in(
+                    conn, claim.id, claim.token, self._now() + self.lease, ending.request_id
+                )
+                is None
+            ):
+                raise LeaseLost
+            repo.insert_outputs(conn, ending.pending)
+        ending.request_id = None
+        ending.recorded.extend(ending.pending)
+        ending.pending = []
 
     def _store(
         self, row: repo.AnyRow, position: int, output: ProviderOutput, data: bytes
@@ -469,7 +596,7 @@ class JobRunner:
 
     def _give_up(
         self,
-        claim: queue.Claim,
+        ending: _Ending,
         row: repo.AnyRow,
         request_id: str | None,
         code: str,
@@ -479,7 +606,7 @@ class JobRunner:
         still be stopped (once, no retries), keep what was stored."""
         if request_id is not None:
             self._cancel_quietly(lambda: self.catalog.model(row.model), request_id)
-        self._end(claim, "failed", code, message)
+        self._end(ending, "failed", code, message)
 
     def _cancel_quietly(self, model: Callable[[], ModelSpec], request_id: str) -> None:
         try:
@@ -487,22 +614,23 @@ class JobRunner:
         except Exception:  # best effort: the job ends whatever the provider says
             log.warning("could not cancel %s at the provider", request_id, exc_info=True)
 
-    def _fail(self, claim: queue.Claim, code: str, message: str) -> None:
-        self._end(claim, "failed", code, message)
-
-    def _end(
-        self, claim: queue.Claim, otherwise: str, code: str | None, message: str | None
-    ) -> None:
-        """The job's one ending: charged for the outputs stored (succeeded,
-        ``code`` saying why any are missing), or, with none, released and
-        ``otherwise`` (failed or canceled). The rest of the hold goes back."""
+    def _end(self, ending: _Ending, otherwise: str, code: str | None, message: str | None) -> None:
+        """The job's one ending, in one transaction: its outputs recorded,
+        charged for those stored (succeeded, ``code`` saying why any are
+        missing), or, with none, released and ``otherwise`` (failed or
+        canceled). The rest of the hold goes back."""
+        claim = ending.claim
         with self.db.write() as conn:
-            if not queue.owns(conn, claim.id, claim.token):
+            row = queue.lock_if_owned(conn, claim.id, claim.token)
+            if row is None:
                 raise LeaseLost
-            row = repo.get_generation(conn, claim.id)
-            if row is None:  # pragma: no cover - owns() just read it
-                raise LeaseLost
-            delivered = len(repo.output_positions(conn, claim.id))
+            if ending.first_attempt:
+                recorded: list[Mapping[str, Any]] = list(ending.recorded)
+            else:  # with those of earlier attempts
+                recorded = [dict(output._mapping) for output in repo.outputs_of(conn, claim.id)]
+            repo.insert_outputs(conn, ending.pending)
+            outputs = [*recorded, *ending.pending]
+            delivered = len(outputs)
             charged = delivered * int(row.credits_per_output)
             if charged:
                 settled = self.ledger.capture(
@@ -518,7 +646,7 @@ class JobRunner:
                 )
             finished_at = self.clock.now()
             status = "succeeded" if delivered else otherwise
-            repo.finish(
+            ended = repo.finish(
                 conn,
                 claim.id,
                 status=status,
@@ -527,8 +655,11 @@ class JobRunner:
                 now=finished_at,
                 error_code=code,
                 error_message=None if message is None else message[:1000],
+                provider_request_id=ending.request_id,
             )
-            self._announce(conn, claim.id)
+            if ended is None:  # pragma: no cover - the row is locked and running
+                raise LeaseLost
+            self.generations.announce_row(conn, ended, outputs)
         # Logged once committed: a step rolled back never shows as done.
         if charged:
             text = "job %s charged %d credits for %d output(s); %d released"
@@ -564,9 +695,6 @@ class JobRunner:
             credits_charged=charged,
             duration_s=duration_s,
         )
-
-    def _announce(self, conn: Connection, generation_id: str) -> None:
-        self.generations.announce(conn, generation_id)
 
     def _with_retries(
         self,

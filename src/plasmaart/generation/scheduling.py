@@ -90,6 +90,38 @@ def pick_next(
     return None
 
 
+def pick_many(
+    queued: Iterable[QueuedJob],
+    *,
+    count: int,
+    boosts: Mapping[str, int],
+    running: Mapping[str, Running],
+    limits: Mapping[str, WalletLimits],
+    busy_slots: int,
+    total_slots: int,
+    reserved_slots: int,
+) -> list[QueuedJob]:
+    """The jobs ``count`` claims in a row would take, in that order: each is
+    ``pick_next`` of what is left, with the jobs picked before it counted as
+    running (their wallets' caps) and their slots as busy. One pass over the
+    queue order, so a batch of claims costs one sort."""
+    picked: list[QueuedJob] = []
+    now_running = dict(running)
+    busy = busy_slots
+    for job in sorted(queued, key=lambda j: queue_order(j, boosts)):
+        if len(picked) >= count:
+            break
+        if not may_take_slot(job, busy, total_slots, reserved_slots):
+            continue
+        before = now_running.get(job.wallet_id, Running())
+        if not within_limits(job, before, limits[job.wallet_id]):
+            continue
+        picked.append(job)
+        now_running[job.wallet_id] = Running(before.jobs + 1, before.video_jobs + int(job.video))
+        busy += 1
+    return picked
+
+
 def queue_positions(queued: Iterable[QueuedJob], boosts: Mapping[str, int]) -> dict[str, int]:
     """1-based position of every queued job in queue order (what the API
     reports as ``queue_position``; caps may let a later job start first)."""

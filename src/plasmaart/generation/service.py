@@ -9,7 +9,7 @@ transaction: either the credits are held and the job exists, or neither.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -442,6 +442,26 @@ class GenerationService:
     def announce(self, conn: Connection, generation_id: str) -> None:
         """Tell the listeners about the generation's new state, after commit."""
         self._announce(conn, self._load(conn, generation_id))
+
+    def announce_row(
+        self, conn: Connection, row: repo.AnyRow, outputs: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """``announce`` from the job's row (running or ended, as the worker's
+        last write returned it) and its outputs' values: nothing is read."""
+        made = tuple(
+            Output(
+                o["id"],
+                int(o["position"]),
+                o["content_type"],
+                o["width"],
+                o["height"],
+                o["duration_s"],
+                bool(o["watermarked"]),
+                o["license"],
+            )
+            for o in sorted(outputs, key=lambda o: int(o["position"]))
+        )
+        self._announce(conn, _generation(row, made, None))
 
     # -- internals -----------------------------------------------------------
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 
 from plasmaart.db.engine import Database
 from plasmaart.db.tables import teams, wallets
@@ -169,12 +169,23 @@ class EventBus(Protocol):
     def close(self) -> None: ...
 
 
+class Listener(Protocol):
+    """Told of the events of one address on the thread that received them
+    (``add_listener``); it must not block."""
+
+    @property
+    def address(self) -> str: ...
+
+    def __call__(self, event: Event) -> None: ...
+
+
 class InProcessEventBus:
     """Fan-out to this process's subscribers, safe to publish from any thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscribers: dict[str, set[Subscription]] = {}
+        self._listeners: dict[str, list[Listener]] = {}
 
     # -- subscribers -------------------------------------------------------
 
@@ -183,6 +194,19 @@ class InProcessEventBus:
         with self._lock:
             self._subscribers.setdefault(user_id, set()).add(subscription)
         return subscription
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` with every event of ``listener.address`` (an
+        address that is no user's), and with ``resync``. Not a subscriber:
+        ``subscriber_count`` leaves it out."""
+        with self._lock:
+            self._listeners.setdefault(listener.address, []).append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with self._lock:
+            group = self._listeners.get(listener.address, [])
+            if listener in group:
+                group.remove(listener)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         with self._lock:
@@ -201,7 +225,18 @@ class InProcessEventBus:
 
     def _fan_out(self, user_ids: Iterable[str], event: Event) -> None:
         with self._lock:
-            targets = [s for u in user_ids for s in self._subscribers.get(u, ())]
+            addresses = list(user_ids)
+            targets = [s for u in addresses for s in self._subscribers.get(u, ())]
+            told = [
+                listener
+                for address in (self._listeners if event.type == RESYNC else addresses)
+                for listener in self._listeners.get(address, ())
+            ]
+        for listener in told:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("an event listener failed")
         for subscription in targets:
             if not subscription.deliver(event):
                 self.unsubscribe(subscription)
@@ -257,6 +292,8 @@ class PostgresEventBus(InProcessEventBus):
     PING_S = 30.0  # a quiet listener checks its connection this often
     BACKOFF_S = (0.2, 30.0)  # first and longest wait between reconnects
     APPLICATION_NAME = "plasmaart-events"
+    SENDER_IDLE_S = 5.0  # an idle sender thread ends after this long
+    PUBLISH_WAIT_S = 5.0  # a publisher waits at most this long for its send
 
     def __init__(self, db: Database) -> None:
         super().__init__()
@@ -266,24 +303,82 @@ class PostgresEventBus(InProcessEventBus):
         self._stopping = threading.Event()
         self._listening = threading.Event()
         self._start_lock = threading.Lock()
+        # Events published, not yet sent: (type, NOTIFY payload).
+        self._outbox: deque[tuple[str, str]] = deque()
+        self._outbox_lock = threading.Lock()
+        self._sent = threading.Condition(self._outbox_lock)
+        self._queued = threading.Event()
+        self._sender: threading.Thread | None = None
+        self._in_flight = 0
+        self._sent_seq = 0
 
     @property
     def listening(self) -> bool:
         return self._listening.is_set()
 
     def publish(self, user_ids: Iterable[str], type: str, data: Mapping[str, Any]) -> None:
+        """Send the event's NOTIFYs and return once they are sent (group
+        commit): one sender thread sends whatever has been published
+        meanwhile in one transaction, so concurrent publishers (a busy
+        worker's jobs, an API process's requests) share one round trip, and
+        an event is out before its publisher goes on, as when each sent its
+        own. In the order published."""
         users = list(dict.fromkeys(user_ids))
         if not users:
             return
         payloads = notify_payloads(users, make_event(type, data))
-        try:
-            with self._db.engine.connect() as conn:
-                for payload in payloads:
-                    conn.execute(select(func.pg_notify(CHANNEL, payload)))
-                conn.commit()
-        except Exception:
-            # Events are best effort; the state they announce is committed.
-            log.exception("could not publish event %s", type)
+        with self._sent:
+            self._outbox.extend((type, payload) for payload in payloads)
+            mine = self._published_seq()
+            if self._sender is None or not self._sender.is_alive():
+                self._sender = threading.Thread(
+                    target=self._send, name=f"{CHANNEL}-sender", daemon=True
+                )
+                self._sender.start()
+            self._queued.set()
+            # Best effort: a stuck database does not hold the publisher long.
+            self._sent.wait_for(lambda: self._sent_seq >= mine, timeout=self.PUBLISH_WAIT_S)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every event published so far was sent (or failed)."""
+        with self._sent:
+            target = self._published_seq()
+            return self._sent.wait_for(lambda: self._sent_seq >= target, timeout=timeout)
+
+    def _published_seq(self) -> int:
+        return self._sent_seq + self._in_flight + len(self._outbox)
+
+    def _send(self) -> None:
+        while True:
+            self._queued.wait(self.SENDER_IDLE_S)
+            with self._outbox_lock:
+                batch = list(self._outbox)
+                self._outbox.clear()
+                self._queued.clear()
+                self._in_flight = len(batch)
+                if not batch:
+                    # Idle: the thread ends; the next publish starts another.
+                    self._sender = None
+                    return
+            try:
+                with self._db.engine.connect() as conn:
+                    # One round trip for the batch (psycopg's pipeline).
+                    conn.exec_driver_sql(
+                        "SELECT pg_notify(%s, %s)", [(CHANNEL, payload) for _type, payload in batch]
+                    )
+                    conn.commit()
+            except Exception:
+                # Events are best effort; the state they announce is committed.
+                log.exception(
+                    "could not publish %d event(s): %s",
+                    len(batch),
+                    ", ".join(sorted({type for type, _payload in batch})),
+                )
+            finally:
+                with self._sent:
+                    self._sent_seq += len(batch)
+                    self._in_flight = 0
+                    self._sent.notify_all()
 
     def subscribe(self, user_id: str, *, capacity: int = SUBSCRIBER_CAPACITY) -> Subscription:
         # Normally started with the app; never block the event loop here.
@@ -304,6 +399,7 @@ class PostgresEventBus(InProcessEventBus):
             self._listening.wait(wait)
 
     def close(self) -> None:
+        self.flush()  # what was published before closing is sent
         with self._start_lock:
             thread, self._thread = self._thread, None
             self._stopping.set()
