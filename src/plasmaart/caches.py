@@ -38,11 +38,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
-
-import psycopg
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from plasmaart.db.engine import CACHE_CHANNEL, Database
+
+if TYPE_CHECKING:
+    import psycopg  # imported where it listens: SQLite never loads it
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,8 @@ class CacheHub:
         return url.render_as_string(hide_password=False)
 
     def _listen(self, stopping: threading.Event) -> None:
+        import psycopg
+
         first_wait, longest_wait = self.BACKOFF_S
         backoff = first_wait
         while not stopping.is_set():

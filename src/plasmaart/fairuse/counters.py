@@ -25,12 +25,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
-
-import redis
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING, Any, Protocol
 
 from plasmaart.fairuse.rules import SignalKind
+
+if TYPE_CHECKING:
+    # Imported where REDIS_URL is set: the default setup never loads redis.
+    from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,10 @@ class RedisCopies:
     round trip."""
 
     def __init__(self, redis_url: str) -> None:
+        import redis
+        from redis.exceptions import RedisError
+
+        self._error: type[RedisError] = RedisError
         self._client = redis.Redis.from_url(
             redis_url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
         )
@@ -138,7 +143,7 @@ class RedisCopies:
             pipe.zcount(name, f"({since}", until)
             pipe.expire(name, int(window.total_seconds()) + 60)
             _, _, copies, _ = pipe.execute()
-        except RedisError as exc:
+        except self._error as exc:
             self._warn(exc)
             return None
         return int(copies)
