@@ -1116,7 +1116,12 @@ class BillingService:
             plan=plan,
             effective="period_end",
             amount_cents=0,
-            idempotency_key=f"schedule:{subscription.id}:{_key_time(self.clock.now())}",
+            # One key per request: a change scheduled, withdrawn and scheduled
+            # again (in the same instant, even) is three requests to the
+            # provider, none a replay of another; Stripe would replay the
+            # first answer for a key seen before and apply nothing. Nothing
+            # is charged, so the provider's own retries (same key) suffice.
+            idempotency_key=f"schedule:{subscription.id}:{plan.id}:{new_id('chg')}",
         )
         if isinstance(outcome, Declined):  # pragma: no cover - nothing was charged
             raise PaymentFailed(outcome.reason)
