@@ -888,6 +888,27 @@ def test_scheduling_withdrawing_and_rescheduling_in_one_instant_keeps_stripe_in_
     assert [p[0] for p in paid(platform, kai)] == ["subscription"]
 
 
+def test_canceling_withdrawing_and_canceling_again_in_one_instant_keeps_stripe_in_step(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    """A cancellation withdrawn (``PATCH`` to the plan held) and made again
+    in the same instant reaches Stripe each time: a second cancellation is
+    not a replay of the first, or Stripe would renew, and charge, a
+    subscription the customer canceled."""
+    kai = make_user(platform, "kai@example.com")
+    clock.set(JAN_1)
+    stripe_sub, _session = subscribe(client, fake, kai, "pro")
+    for step in range(2):
+        canceled = client.delete("/v1/subscription", headers=kai.auth)
+        assert canceled.status_code == 200, (step, canceled.text)
+        assert canceled.json()["cancel_at_period_end"] is True
+        assert fake.subscriptions[stripe_sub]["cancel_at_period_end"] is True
+        resumed = client.patch("/v1/subscription", json={"plan": "pro"}, headers=kai.auth)
+        assert resumed.status_code == 200, (step, resumed.text)
+        assert resumed.json()["cancel_at_period_end"] is False
+        assert fake.subscriptions[stripe_sub]["cancel_at_period_end"] is False
+
+
 def test_the_fake_refuses_a_key_reused_with_other_parameters_as_stripe_does(
     fake: FakeStripe,
 ) -> None:

@@ -292,7 +292,10 @@ class BillingService:
             conn,
             customer=customer,
             plan=plan,
-            idempotency_key=f"subscribe:{customer.wallet_id}:{_key_time(now)}",
+            # The plan in the key: two Checkout pages for two plans opened in
+            # one instant are two sessions (Stripe refuses a key reused with
+            # other parameters); one plan asked twice is one session.
+            idempotency_key=f"subscribe:{customer.wallet_id}:{plan.id}:{_key_time(now)}",
         )
         if isinstance(outcome, Redirect):
             return Checkout(outcome.url)
