@@ -838,6 +838,89 @@ def test_an_upgrade_over_a_scheduled_downgrade_is_prorated_from_the_plan_held(
     assert item["price"]["unit_amount"] == 9900
 
 
+def stripe_price(fake: FakeStripe, stripe_sub: str) -> int:
+    """The monthly price Stripe has on the subscription (and bills next)."""
+    return int(fake.subscriptions[stripe_sub]["items"]["data"][0]["price"]["unit_amount"])
+
+
+def test_an_upgrade_in_the_instant_of_a_scheduled_downgrade_is_prorated_from_the_plan_held(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    """Pro, Starter scheduled, then Studio, all in one instant (what the
+    billing state machine found): withdrawing Starter at Stripe is a request
+    of its own, not a replay of the downgrade's, so Stripe prorates Studio
+    from Pro and the payment's money and credits follow one rule."""
+    kai = make_user(platform, "kai@example.com")
+    clock.set(JAN_1)
+    stripe_sub, _session = subscribe(client, fake, kai, "pro")
+    down = client.patch("/v1/subscription", json={"plan": "starter"}, headers=kai.auth)
+    assert down.status_code == 200, down.text
+    assert (down.json()["plan"], down.json()["pending_plan"]) == ("pro", "starter")
+    assert stripe_price(fake, stripe_sub) == 1900
+    up = client.patch("/v1/subscription", json={"plan": "studio"}, headers=kai.auth)
+    assert up.status_code == 200, up.text
+    assert (up.json()["plan"], up.json()["pending_plan"]) == ("studio", None)
+    # The whole period left: Studio less Pro, $50 and 6000 credits.
+    assert fake.latest_invoice(stripe_sub)["amount_paid"] == 5000
+    assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 5000, 6000)
+    assert stripe_price(fake, stripe_sub) == 9900
+
+
+def test_scheduling_withdrawing_and_rescheduling_in_one_instant_keeps_stripe_in_step(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    """Each change of the scheduled plan reaches Stripe, even when the same
+    change was made and undone a moment (or no time) before: the price
+    Stripe bills next is always the plan our subscription says it renews on."""
+    kai = make_user(platform, "kai@example.com")
+    clock.set(JAN_1)
+    stripe_sub, _session = subscribe(client, fake, kai, "pro")
+    for plan, pending, price in [
+        ("starter", "starter", 1900),
+        ("pro", None, 4900),
+        ("starter", "starter", 1900),
+        ("pro", None, 4900),
+    ]:
+        response = client.patch("/v1/subscription", json={"plan": plan}, headers=kai.auth)
+        assert response.status_code == 200, response.text
+        assert (response.json()["plan"], response.json()["pending_plan"]) == ("pro", pending)
+        assert stripe_price(fake, stripe_sub) == price
+    assert [p[0] for p in paid(platform, kai)] == ["subscription"]
+
+
+def test_canceling_withdrawing_and_canceling_again_in_one_instant_keeps_stripe_in_step(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    """A cancellation withdrawn (``PATCH`` to the plan held) and made again
+    in the same instant reaches Stripe each time: a second cancellation is
+    not a replay of the first, or Stripe would renew, and charge, a
+    subscription the customer canceled."""
+    kai = make_user(platform, "kai@example.com")
+    clock.set(JAN_1)
+    stripe_sub, _session = subscribe(client, fake, kai, "pro")
+    for step in range(2):
+        canceled = client.delete("/v1/subscription", headers=kai.auth)
+        assert canceled.status_code == 200, (step, canceled.text)
+        assert canceled.json()["cancel_at_period_end"] is True
+        assert fake.subscriptions[stripe_sub]["cancel_at_period_end"] is True
+        resumed = client.patch("/v1/subscription", json={"plan": "pro"}, headers=kai.auth)
+        assert resumed.status_code == 200, (step, resumed.text)
+        assert resumed.json()["cancel_at_period_end"] is False
+        assert fake.subscriptions[stripe_sub]["cancel_at_period_end"] is False
+
+
+def test_the_fake_refuses_a_key_reused_with_other_parameters_as_stripe_does(
+    fake: FakeStripe,
+) -> None:
+    auth = {"authorization": f"Bearer {SECRET_KEY}", "idempotency-key": "k1"}
+    first = fake.handle("POST", "/v1/customers", auth, b"email=a%40example.com")
+    assert first[0] == 200
+    assert fake.handle("POST", "/v1/customers", auth, b"email=a%40example.com") == first
+    status, body = fake.handle("POST", "/v1/customers", auth, b"email=b%40example.com")
+    assert (status, body["error"]["type"]) == (400, "idempotency_error")
+    assert len(fake.customers) == 1
+
+
 # -- suspension ----------------------------------------------------------------
 
 

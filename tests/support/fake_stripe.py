@@ -18,8 +18,10 @@ bracketed keys decoded as Stripe does:
   ``GET /v1/invoice_payments?payment[payment_intent]=``.
 
 Every request is recorded with its ``Idempotency-Key``; a key seen before
-replays the first answer, as Stripe does. ``Authorization: Bearer`` must be
-the fake's secret key.
+replays the first answer, as Stripe does, and a key seen before with another
+method, path or parameters is refused (400 ``idempotency_error``), as Stripe
+refuses it: the first request's answer is never passed off as another's.
+``Authorization: Bearer`` must be the fake's secret key.
 
 The simulation part (``pay_checkout``, ``renew``, ``end``, ``portal``,
 ``refund``, ``dispute``) moves the fake's state as Stripe would and returns
@@ -112,7 +114,9 @@ class FakeStripe:
         self.delivered: set[str] = set()
         # While set, every API call answers 500 (Stripe having a bad day).
         self.outage = False
-        self._replies: dict[str, tuple[int, Any]] = {}
+        # Per idempotency key: the first request (method, path, parameters)
+        # and its answer.
+        self._replies: dict[str, tuple[tuple[str, str, str], tuple[int, Any]]] = {}
         self._lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -145,11 +149,21 @@ class FakeStripe:
                 return _error(401, "invalid_request_error", "Invalid API Key provided")
             if self.outage:
                 return _error(500, "api_error", "Something went wrong on Stripe's end.")
+            request = (method, url.path, json.dumps(params, sort_keys=True))
             if key is not None and key in self._replies:
-                return self._replies[key]
+                first, reply = self._replies[key]
+                if first != request:
+                    return _error(
+                        400,
+                        "idempotency_error",
+                        "Keys for idempotent requests can only be used with the same "
+                        f"parameters they were first used with. Try using a key other "
+                        f"than '{key}' if you meant to execute a different request.",
+                    )
+                return reply
             reply = self._route(method, url.path, params)
             if key is not None and method == "POST" and reply[0] < 500:
-                self._replies[key] = reply
+                self._replies[key] = (request, reply)
             return reply
 
     def _route(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, Any]:

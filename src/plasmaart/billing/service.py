@@ -343,7 +343,10 @@ class BillingService:
             conn,
             customer=customer,
             plan=plan,
-            idempotency_key=f"subscribe:{customer.wallet_id}:{_key_time(now)}",
+            # The plan in the key: two Checkout pages for two plans opened in
+            # one instant are two sessions (Stripe refuses a key reused with
+            # other parameters); one plan asked twice is one session.
+            idempotency_key=f"subscribe:{customer.wallet_id}:{plan.id}:{_key_time(now)}",
         )
         if isinstance(outcome, Redirect):
             return Checkout(outcome.url)
@@ -1167,7 +1170,12 @@ class BillingService:
             plan=plan,
             effective="period_end",
             amount_cents=0,
-            idempotency_key=f"schedule:{subscription.id}:{_key_time(self.clock.now())}",
+            # One key per request: a change scheduled, withdrawn and scheduled
+            # again (in the same instant, even) is three requests to the
+            # provider, none a replay of another; Stripe would replay the
+            # first answer for a key seen before and apply nothing. Nothing
+            # is charged, so the provider's own retries (same key) suffice.
+            idempotency_key=f"schedule:{subscription.id}:{plan.id}:{new_id('chg')}",
         )
         if isinstance(outcome, Declined):  # pragma: no cover - nothing was charged
             raise PaymentFailed(outcome.reason)

@@ -37,6 +37,7 @@ from plasmaart.billing.stripe import repository as repo
 from plasmaart.billing.stripe.errors import BillingPortalUnavailable, BillingProviderError
 from plasmaart.catalog import CreditPack, PlanSpec
 from plasmaart.clock import Clock
+from plasmaart.ids import new_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -287,21 +288,15 @@ class StripeBackend:
         over and unpaid)."""
         stripe_id = self._stripe_id(subscription)
         end = int(subscription.current_period_end.timestamp())
-        key = f"cancel:{subscription.id}:{end}"
         if subscription.status == "past_due":
+            key = f"cancel:{subscription.id}:{end}"
             self._call(
                 lambda: self.client.v1.subscriptions.cancel(
                     stripe_id, options={"idempotency_key": key}
                 )
             )
             return
-        self._call(
-            lambda: self.client.v1.subscriptions.update(
-                stripe_id,
-                params={"cancel_at_period_end": True},
-                options={"idempotency_key": key},
-            )
-        )
+        self._set_cancel_at_period_end(subscription, True, "cancel")
 
     def stop_renewal(
         self,
@@ -444,10 +439,13 @@ class StripeBackend:
         self, subscription: Subscription, cancel: bool, action: str
     ) -> None:
         stripe_id = self._stripe_id(subscription)
-        end = int(subscription.current_period_end.timestamp())
-        # Per attempt: a suspension, a reinstatement and a second suspension
-        # in one period are three requests, none a replay of another.
-        key = self._attempt_key(action, f"{subscription.id}:{end}")
+        # One key per request: a cancellation (or suspension), its withdrawal
+        # and a second one, in one period or even one instant, are three
+        # requests, none a replay of another (Stripe would answer a replay
+        # with the first answer and apply nothing). Nothing is charged, so
+        # the client's own retries of one request (same key) are all that
+        # need the key.
+        key = f"{action}:{subscription.id}:{new_id('req')}"
         self._call(
             lambda: self.client.v1.subscriptions.update(
                 stripe_id,
