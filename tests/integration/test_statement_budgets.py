@@ -52,12 +52,12 @@ BUDGETS: dict[tuple[str, str], Budget] = {
     ("submission", "postgres"):            Budget(transactions= 5, writes=1, statements=27),
     ("submission-idempotent", "sqlite"):   Budget(transactions= 5, writes=3, statements=29),
     ("submission-idempotent", "postgres"): Budget(transactions= 7, writes=3, statements=31),
-    ("balance", "sqlite"):                 Budget(transactions= 2, writes=0, statements= 5),
-    ("balance", "postgres"):               Budget(transactions= 2, writes=0, statements= 5),
-    ("hold+capture", "sqlite"):            Budget(transactions= 2, writes=2, statements=17),
-    ("hold+capture", "postgres"):          Budget(transactions= 4, writes=2, statements=19),
-    ("job", "sqlite"):                     Budget(transactions= 7, writes=5, statements=29),
-    ("job", "postgres"):                   Budget(transactions=10, writes=5, statements=32),
+    ("balance", "sqlite"):                 Budget(transactions= 1, writes=0, statements= 2),
+    ("balance", "postgres"):               Budget(transactions= 1, writes=0, statements= 2),
+    ("hold+capture", "sqlite"):            Budget(transactions= 2, writes=2, statements=14),
+    ("hold+capture", "postgres"):          Budget(transactions= 4, writes=2, statements=18),
+    ("job", "sqlite"):                     Budget(transactions= 2, writes=2, statements=15),
+    ("job", "postgres"):                   Budget(transactions= 6, writes=3, statements=18),
 }
 # fmt: on
 

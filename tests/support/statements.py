@@ -14,7 +14,8 @@ statements, from every thread that runs it.
   PostgreSQL the driver opens the transaction implicitly).
 
 Statements sent by the platform's periodic background threads (``IGNORED``:
-the sandbox test clock's reader) are recorded apart: they are not the cost of
+the sandbox test clock's reader, the API keys' last-use writer, fair use's
+signal flusher) are recorded apart: they are not the cost of
 the work measured, and when they run is a matter of timing.
 """
 
@@ -30,7 +31,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, event
 
 # Threads that read the database on a timer, whatever the work measured.
-IGNORED = frozenset({"plasmaart-test-clock"})
+IGNORED = frozenset({"plasmaart-test-clock", "plasmaart-key-last-used", "fairuse-signals"})
 _CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|END)\b", re.IGNORECASE)
 _WRITE_OPTION = "plasmaart_begin"  # set by Database.write() (db/engine.py)
 
