@@ -731,7 +731,7 @@ def obstacles(comparisons: Sequence[Comparison], profile: Profile) -> str:
             "DBAPI cursor, written once per dialect (`Driver` in",
             "`plasmaart/ledger/repository.py`), their writes queued and sent together",
             "at the end of the operation (on PostgreSQL in one pipeline): in the",
-            f"profile SQLAlchemy (the transaction, the pool, events) took",
+            "profile SQLAlchemy (the transaction, the pool, events) took",
             f"{sqlalchemy_share:.0%} of the CPU time, SQLite itself",
             f"{profile.share(BUCKETS[0]):.0%} and PlasmaArt's own code",
             f"{profile.share(BUCKETS[5]):.0%}. What would move it further on SQLite:",
