@@ -712,7 +712,7 @@ def obstacles(
                 "log line through the log queue), FastAPI's dependencies and a response",
                 "model with the lots, serialised with orjson. What remains is CPU per",
                 "request above the database, in FastAPI, pydantic and SQLAlchemy's",
-                "building and running of the two statements, against the bare app's",
+                "building and running of its statements, against the bare app's",
                 "one driver call; that is `plasmaart/web/api/credits.py` and the ledger's",
                 "balance read, not this benchmark's to change. The heaviest functions:",
                 f"{_top_own(plasma)}.",

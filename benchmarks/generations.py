@@ -1517,7 +1517,8 @@ def _loop_share(profile: Profile) -> float:
 
 
 def _is_middleware(key: FuncKey) -> bool:
-    # An ASGI middleware's time is the whole event loop's work below it.
+    # The edge (an ASGI callable) and its wrappers: their time is the whole
+    # event loop's work below them.
     return "/plasmaart/web/" in key[0] and key[2] in ("__call__", "wrapped")
 
 
