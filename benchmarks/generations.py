@@ -1517,7 +1517,8 @@ def _loop_share(profile: Profile) -> float:
 
 
 def _is_middleware(key: FuncKey) -> bool:
-    # An ASGI middleware's time is the whole event loop's work below it.
+    # The edge (an ASGI callable) and its wrappers: their time is the whole
+    # event loop's work below them.
     return "/plasmaart/web/" in key[0] and key[2] in ("__call__", "wrapped")
 
 
@@ -1574,7 +1575,7 @@ def profile_text(servers: Mapping[str, Profile], worker: Profile | None) -> str:
                 f"{_statement_line(plasma)};",
             ]
             loop = [
-                "The event loop's thread (HTTP, middleware, routing, validation,",
+                "The event loop's thread (HTTP, the edge, routing, validation,",
                 f"serialisation) took {_loop_share(plasma):.0%} of PlasmaArt's CPU time",
                 f"and {_loop_share(bare):.0%} of the bare server's; the threads running",
                 "the sync endpoints the rest.",
@@ -1640,21 +1641,28 @@ HOW_TO_READ = "\n\n".join(
             "compare ratios between runs and machines, not absolute figures.",
         ),
         prose(
-            "The sides do not do the same work. A PlasmaArt submission authenticates an",
-            "API key, checks the model, the plan and the wallet's queued jobs, holds",
-            "the credits (a full ledger operation), inserts the job, reads it back with",
-            "its queue position, announces it, and answers with the generation; its",
-            "middleware adds a request id, an access log line and the idempotency",
-            "check. The bare app (FastAPI on the driver itself: `sqlite3`, psycopg)",
-            "validates the same body, looks the API key up by its hash, and in one",
-            "transaction (`BEGIN IMMEDIATE` on SQLite) takes one credit from the",
-            "wallet with a guarded `UPDATE ... WHERE available >= 1` and inserts the",
-            "job into `generations`: issue 14's baseline.",
-            "A PlasmaArt job is a claim under the scheduling rules (wallet caps,",
-            "reserved slots), a lease, the provider's request id stored, the provider",
+            "The sides do not do the same work. A PlasmaArt submission passes the",
+            "edge (one ASGI callable: a request id, the body limit, the idempotency",
+            "check, an access log line and metrics), authenticates the API key",
+            "(cached), and then makes one read transaction (the model, the plan in",
+            "force, the team and the wallet's queue, validated) and one short write",
+            "function handed to `Database.run_write` (group commit on SQLite): the",
+            "credits held with a guarded update in the ledger and the job inserted",
+            "with one guarded `INSERT` under the wallet's queued-jobs cap; fair use",
+            "counts it after the commit, off the transaction. It answers with the",
+            "generation, serialised with orjson. The bare app (FastAPI on the driver",
+            "itself: `sqlite3`, psycopg) validates the same body, looks the API key up",
+            "by its hash, and in one transaction (`BEGIN IMMEDIATE` on SQLite) takes",
+            "one credit from the wallet with a guarded `UPDATE ... WHERE available >=",
+            "1` and inserts the job into `generations`: issue 14's baseline.",
+            "A PlasmaArt job is claimed with others in one transaction under the",
+            "scheduling rules (wallet caps, reserved slots), as many as the worker has",
+            "free slots, then run and ended in one more transaction: the provider",
             "asked for its status, the output stamped with its license and stored, the",
-            "credits captured and the job finished, each change announced; a PgQueuer",
-            "job is a row picked and, once its coroutine returns, moved to the log.",
+            "credits captured and the job finished, each change announced (on",
+            "PostgreSQL the events go out in batches); a lease keeper renews the leases",
+            "of running jobs together. A PgQueuer job is a row picked and, once its",
+            "coroutine returns, moved to the log.",
         ),
         prose(
             "Latencies are measured by the load generator from send to answer, with",
@@ -1823,6 +1831,12 @@ def obstacles(
                 "statement is also a round trip. The largest shares of its CPU time:",
                 f"{shares}. PlasmaArt's heaviest functions (cumulative share, calls",
                 f"per request): {_heaviest(plasma)}.",
+                "The write step is already one short function under group commit on",
+                "SQLite and fair use counts off the transaction: what would move the",
+                "figure further is the CPU each request still spends above the",
+                "database, in FastAPI's routing and dependencies, pydantic's",
+                "validation and SQLAlchemy's read step (building, compiling and",
+                "running the read transaction's statements), as the profile shows.",
             )
         )
     elif not missed:
@@ -1852,16 +1866,17 @@ def obstacles(
                 "a job (less without the profiler) and PostgreSQL's own work per",
                 "statement, the CPUs run out near the measured rate (the claim loop",
                 "wakes when a job is queued or a slot frees, so it does not wait idle",
-                f"while jobs are there; it waited {waits:,} times in the profiled worker). A",
-                "claim reads the plans of all its candidate wallets in two queries (their",
-                "subscriptions and the announced catalog changes); with a plan lookup per",
-                "wallet, as before, the worker spent about twice the CPU per job and a",
-                "dozen more statements (measured when it changed). What would move it further: a",
-                "worker claiming as many jobs as it has free slots in one transaction,",
-                "and fewer write transactions per job in the runner (the lease renewal,",
-                "the provider request id, the status poll and the delivery are each",
-                "their own), which are `plasmaart/worker.py` and",
-                "`plasmaart/generation/runner.py`, not this benchmark's to change.",
+                f"while jobs are there; it waited {waits:,} times in the profiled worker).",
+                "A worker already claims as many jobs as it has free slots in one",
+                "transaction, reading the plans of all their wallets at once, and a job",
+                "ends in one transaction (its status, outputs and capture). What would",
+                "move it further: finishing many jobs in one transaction, with their",
+                "captures made in one batch in the ledger, as PgQueuer completes its",
+                "jobs in batches; and the queue's statements sent through psycopg",
+                "directly as prepared statements rather than through SQLAlchemy, whose",
+                "share of the CPU time is in the profile above. Both are",
+                "`plasmaart/worker.py`, `plasmaart/generation/runner.py` and the ledger,",
+                "not this benchmark's to change.",
             )
         )
     else:

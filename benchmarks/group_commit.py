@@ -10,8 +10,9 @@ they see the same machine noise:
   threads, each with its own funded wallet, looping for ``--seconds``: one
   ``run_write`` doing ``LedgerService.hold`` (8 credits), then one doing
   ``LedgerService.capture`` of that hold. A write that finds no batch running
-  runs in its own thread; the writer thread commits what the threads queued
-  meanwhile in one transaction, each write in its own savepoint.
+  and none queued runs at once in its caller's thread, as a batch of one; the
+  writes that arrive meanwhile queue for the writer thread, which runs them in
+  one transaction, each in its own savepoint, and commits once.
 * PlasmaArt, group commit off: the same, each ``run_write`` its own
   ``BEGIN IMMEDIATE`` transaction.
 * Raw sqlite3: as many threads, each with its own ``sqlite3`` connection on
@@ -464,9 +465,10 @@ def render_section(
         "second (a hold and its capture are two writes, as is each raw",
         "transaction one) and their ratios. Each thread has its own wallet (its own",
         "account on the raw side), so the threads contend only for SQLite's write",
-        "lock, not for rows. With group commit on, the writer thread runs what the",
-        "threads queued meanwhile in one transaction, each write in its own savepoint,",
-        "and commits once: the writes per commit column is the median batch.",
+        "lock, not for rows. With group commit on, a write that finds no batch",
+        "running runs at once in its own thread; the writes that arrive meanwhile",
+        "queue, and the writer thread runs them in one transaction, each in its own",
+        "savepoint, and commits once: the writes per commit column is the median batch.",
     )
     return f"""{SECTION_HEADING}
 
