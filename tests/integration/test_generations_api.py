@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import httpx
 import pytest
 from fastapi import routing as fastapi_routing
+from fastapi.dependencies import utils as dependency_utils
 from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import TypeAdapter
@@ -1043,3 +1044,31 @@ def test_a_submissions_answer_is_written_once_as_the_framework_would(
     assert created_answer["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/GenerationOut"
     }
+
+
+def test_a_submission_hops_to_the_thread_pool_only_for_what_may_block(
+    client: TestClient, platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding the platform blocks nothing: it runs on the event loop. The
+    caller's principal, the rate limit (both may read the database or Redis)
+    and the endpoint run in the thread pool, once each."""
+    hops: list[str] = []
+    original = dependency_utils.run_in_threadpool
+
+    async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(func, "__name__", repr(func)))
+        return await original(func, *args, **kwargs)
+
+    monkeypatch.setattr(dependency_utils, "run_in_threadpool", counting)
+    monkeypatch.setattr(fastapi_routing, "run_in_threadpool", counting)
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    answer = client.post(
+        "/v1/generations",
+        json={"model": "flux-schnell", "prompt": "a kite", "params": {"sandbox": {"delay_s": 0}}},
+        headers=sam.auth,
+    )
+    assert answer.status_code == 201, answer.text
+    assert "get_platform" not in hops
+    # The two dependencies, then the endpoint (wrapped by FastAPI).
+    assert hops[:2] == ["require_principal", "limit_generation_requests"]
+    assert len(hops) == 3
