@@ -16,6 +16,7 @@ import httpx
 import pytest
 from fastapi import routing as fastapi_routing
 from fastapi.dependencies import utils as dependency_utils
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import TypeAdapter
@@ -27,6 +28,7 @@ from plasmaart.db.tables import generations, holds, idempotency_records, uploads
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.media.metadata import probe_mp4, read_png_metadata
 from plasmaart.web.api import events as events_api
+from plasmaart.web.api import generations as generations_api
 from plasmaart.web.api.generations import GenerationOut
 from plasmaart.web.problems import PROBLEM_JSON
 from plasmaart.worker import Worker
@@ -1072,3 +1074,25 @@ def test_a_submission_hops_to_the_thread_pool_only_for_what_may_block(
     # The two dependencies, then the endpoint (wrapped by FastAPI).
     assert hops[:2] == ["require_principal", "limit_generation_requests"]
     assert len(hops) == 3
+
+
+def test_the_generation_routes_come_first_and_shadow_no_other_route(client: TestClient) -> None:
+    """The router tries its routers in order: the generation routes (the
+    busiest) come first, which changes nothing only while none of them
+    matches the path of another route of the same method, nor another one
+    theirs."""
+    included = [
+        route.original_router  # FastAPI keeps each included router whole
+        for route in client.app.router.routes  # type: ignore[attr-defined]
+        if hasattr(route, "original_router")
+    ]
+    assert included[0] is generations_api.router
+    ours = [r for r in generations_api.router.routes if isinstance(r, APIRoute)]
+    others = [r for router in included[1:] for r in router.routes if isinstance(r, APIRoute)]
+    assert ours
+    assert others
+    for mine in ours:
+        for other in others:
+            if mine.methods & other.methods:
+                assert not mine.path_regex.match(other.path_format), (mine.path, other.path)
+                assert not other.path_regex.match(mine.path_format), (mine.path, other.path)
