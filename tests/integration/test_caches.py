@@ -26,6 +26,9 @@ from plasmaart.bootstrap import Platform, bootstrap
 from plasmaart.clock import ManualClock, as_utc
 from plasmaart.config import Settings
 from plasmaart.db.tables import api_keys
+from plasmaart.ledger import service as ledger_service
+from plasmaart.ledger.errors import WalletNotFound
+from plasmaart.ledger.service import LedgerService
 from plasmaart.web.app import create_app
 from tests.support.accounts import TestUser, make_user
 
@@ -120,6 +123,39 @@ def test_a_known_key_costs_no_query_and_its_last_use_is_written_later(
         used = conn.execute(select(api_keys.c.last_used_at)).scalar_one()
     assert used is not None
     assert as_utc(used) == JAN_1
+
+
+def wallet_of(platform: Platform, ledger: LedgerService, user_id: str) -> str:
+    with platform.db.read() as conn:
+        return ledger.wallet_of(conn, "user", user_id)
+
+
+def test_a_wallet_id_is_read_once_per_owner_and_process(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wallet of an owner never changes: a process reads its id once, and
+    keeps at most OWNER_WALLETS_KEPT of them (then starts over)."""
+    monkeypatch.setattr(ledger_service, "OWNER_WALLETS_KEPT", 2)
+    users = [make_user(platform, f"owner{n}@example.com") for n in range(3)]
+    ledger = LedgerService(platform.clock)  # a process that has read no wallet yet
+    first = [wallet_of(platform, ledger, u.id) for u in users[:2]]
+    statements = Statements(platform)
+    try:
+        again = [wallet_of(platform, ledger, u.id) for u in users[:2]]
+        assert again == first
+        assert statements.touching("FROM wallets") == []
+        # A third owner: the kept ids are dropped, the new one read and kept.
+        third = wallet_of(platform, ledger, users[2].id)
+        assert len(statements.touching("FROM wallets")) == 1
+        assert wallet_of(platform, ledger, users[2].id) == third
+        assert len(statements.touching("FROM wallets")) == 1
+        # The first owner's id is read again (it was dropped), and is the same.
+        assert wallet_of(platform, ledger, users[0].id) == first[0]
+        assert len(statements.touching("FROM wallets")) == 2
+    finally:
+        statements.close()
+    with pytest.raises(WalletNotFound):
+        wallet_of(platform, ledger, "usr_nobody")
 
 
 def test_the_last_uses_noted_are_written_at_shutdown(

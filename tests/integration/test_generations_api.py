@@ -14,8 +14,12 @@ from typing import Any, Protocol
 
 import httpx
 import pytest
+from fastapi import routing as fastapi_routing
+from fastapi.dependencies import utils as dependency_utils
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydantic import TypeAdapter
 from sqlalchemy import func, select, update
 
 from plasmaart.bootstrap import Platform
@@ -24,6 +28,8 @@ from plasmaart.db.tables import generations, holds, idempotency_records, uploads
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.media.metadata import probe_mp4, read_png_metadata
 from plasmaart.web.api import events as events_api
+from plasmaart.web.api import generations as generations_api
+from plasmaart.web.api.generations import GenerationOut
 from plasmaart.web.problems import PROBLEM_JSON
 from plasmaart.worker import Worker
 from tests.support.accounts import TestUser, make_user
@@ -1001,3 +1007,92 @@ def test_generation_updated_events_follow_the_job(platform: Platform, server: st
     assert [update["status"] for update in seen] == ["queued", "running", "succeeded"]
     assert (seen[0]["credits_held"], seen[0]["queue_position"]) == (1, 1)
     assert (seen[-1]["credits_charged"], seen[-1]["balance_after"]) == (1, 1999)
+
+
+def test_a_submissions_answer_is_written_once_as_the_framework_would(
+    client: TestClient, platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route writes its 201 itself: FastAPI does not validate the answer
+    a second time (in a second hop to the thread pool), and the bytes are
+    those its response-model path writes."""
+    framework_serialized: list[object] = []
+    original = fastapi_routing.serialize_response
+
+    async def counting(**kwargs: Any) -> Any:
+        framework_serialized.append(kwargs.get("response_content"))
+        return await original(**kwargs)
+
+    monkeypatch.setattr(fastapi_routing, "serialize_response", counting)
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    answer = client.post(
+        "/v1/generations",
+        json={"model": "flux-schnell", "prompt": "a kite", "params": {"sandbox": {"delay_s": 0}}},
+        headers=sam.auth,
+    )
+    assert answer.status_code == 201, answer.text
+    assert answer.headers["content-type"] == "application/json"
+    assert framework_serialized == []
+    written = GenerationOut.model_validate(answer.json())
+    assert answer.content == TypeAdapter(GenerationOut).dump_json(written, by_alias=True)
+    # The same generation read back is the same object.
+    again = client.get(f"/v1/generations/{written.id}", headers=sam.auth)
+    assert again.status_code == 200
+    assert {k: v for k, v in again.json().items() if k != "queue_position"} == {
+        k: v for k, v in answer.json().items() if k != "queue_position"
+    }
+    # The OpenAPI document still describes the answer.
+    document = client.get("/openapi.json").json()
+    created_answer = document["paths"]["/v1/generations"]["post"]["responses"]["201"]
+    assert created_answer["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/GenerationOut"
+    }
+
+
+def test_a_submission_hops_to_the_thread_pool_only_for_what_may_block(
+    client: TestClient, platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding the platform blocks nothing: it runs on the event loop. The
+    caller's principal, the rate limit (both may read the database or Redis)
+    and the endpoint run in the thread pool, once each."""
+    hops: list[str] = []
+    original = dependency_utils.run_in_threadpool
+
+    async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(func, "__name__", repr(func)))
+        return await original(func, *args, **kwargs)
+
+    monkeypatch.setattr(dependency_utils, "run_in_threadpool", counting)
+    monkeypatch.setattr(fastapi_routing, "run_in_threadpool", counting)
+    sam = make_user(platform, "sam@example.com", plan="starter")
+    answer = client.post(
+        "/v1/generations",
+        json={"model": "flux-schnell", "prompt": "a kite", "params": {"sandbox": {"delay_s": 0}}},
+        headers=sam.auth,
+    )
+    assert answer.status_code == 201, answer.text
+    assert "get_platform" not in hops
+    # The two dependencies, then the endpoint (wrapped by FastAPI).
+    assert hops[:2] == ["require_principal", "limit_generation_requests"]
+    assert len(hops) == 3
+
+
+def test_the_generation_routes_come_first_and_shadow_no_other_route(client: TestClient) -> None:
+    """The router tries its routers in order: the generation routes (the
+    busiest) come first, which changes nothing only while none of them
+    matches the path of another route of the same method, nor another one
+    theirs."""
+    included = [
+        route.original_router  # FastAPI keeps each included router whole
+        for route in client.app.router.routes  # type: ignore[attr-defined]
+        if hasattr(route, "original_router")
+    ]
+    assert included[0] is generations_api.router
+    ours = [r for r in generations_api.router.routes if isinstance(r, APIRoute)]
+    others = [r for router in included[1:] for r in router.routes if isinstance(r, APIRoute)]
+    assert ours
+    assert others
+    for mine in ours:
+        for other in others:
+            if mine.methods & other.methods:
+                assert not mine.path_regex.match(other.path_format), (mine.path, other.path)
+                assert not other.path_regex.match(mine.path_format), (mine.path, other.path)

@@ -48,10 +48,10 @@ class Budget(NamedTuple):
 # fmt: off
 # One line per path and database: (transactions, writes, statements[, savepoints]).
 BUDGETS: dict[tuple[str, str], Budget] = {
-    ("submission", "sqlite"):              Budget(transactions= 3, writes=1, statements=25),
-    ("submission", "postgres"):            Budget(transactions= 5, writes=1, statements=27),
-    ("submission-idempotent", "sqlite"):   Budget(transactions= 5, writes=3, statements=29),
-    ("submission-idempotent", "postgres"): Budget(transactions= 7, writes=3, statements=31),
+    ("submission", "sqlite"):              Budget(transactions= 2, writes=1, statements=10),
+    ("submission", "postgres"):            Budget(transactions= 4, writes=1, statements=13),
+    ("submission-idempotent", "sqlite"):   Budget(transactions= 4, writes=3, statements=14),
+    ("submission-idempotent", "postgres"): Budget(transactions= 6, writes=3, statements=17),
     ("balance", "sqlite"):                 Budget(transactions= 1, writes=0, statements= 2),
     ("balance", "postgres"):               Budget(transactions= 1, writes=0, statements= 2),
     ("hold+capture", "sqlite"):            Budget(transactions= 2, writes=2, statements=14),

@@ -31,14 +31,20 @@ def by_idempotency_key(conn: Connection, user_id: str, key: str) -> str | None:
     ).scalar_one_or_none()
 
 
-def count_queued(conn: Connection, wallet_id: str) -> int:
-    return int(
-        conn.execute(
-            select(func.count())
-            .select_from(generations)
-            .where(generations.c.wallet_id == wallet_id, generations.c.status == "queued")
-        ).scalar_one()
+# Built once: the read step of every submission runs them (building a
+# statement and its cache key costs more than SQLite running it).
+_COUNT_QUEUED = (
+    select(func.count())
+    .select_from(generations)
+    .where(
+        generations.c.wallet_id == bindparam("wallet_id"),
+        generations.c.status == "queued",
     )
+)
+
+
+def count_queued(conn: Connection, wallet_id: str) -> int:
+    return int(conn.execute(_COUNT_QUEUED, {"wallet_id": wallet_id}).scalar_one())
 
 
 def queued_of_user(conn: Connection, user_id: str) -> list[str]:
@@ -275,18 +281,22 @@ def queue_position(conn: Connection, row: AnyRow) -> int:
 def position_at(conn: Connection, start: datetime, generation_id: str) -> int:
     """1 + the queued jobs ahead of a job at ``(start, generation_id)`` in
     queue order (the job itself need not be written yet)."""
-    ahead = conn.execute(
-        select(func.count())
-        .select_from(generations)
-        .where(
-            generations.c.status == "queued",
-            or_(
-                generations.c.virtual_start < start,
-                and_(
-                    generations.c.virtual_start == start,
-                    generations.c.id < generation_id,
-                ),
-            ),
-        )
-    ).scalar_one()
+    ahead = conn.execute(_AHEAD, {"start": start, "generation_id": generation_id}).scalar_one()
     return int(ahead) + 1
+
+
+_START = bindparam("start", type_=generations.c.virtual_start.type)
+_AHEAD = (
+    select(func.count())
+    .select_from(generations)
+    .where(
+        generations.c.status == "queued",
+        or_(
+            generations.c.virtual_start < _START,
+            and_(
+                generations.c.virtual_start == _START,
+                generations.c.id < bindparam("generation_id"),
+            ),
+        ),
+    )
+)

@@ -196,6 +196,8 @@ def _request_hash(operation: str, params: dict[str, Any]) -> str:
 
 
 BalanceListener = Callable[[str, int, int], None]
+# Owners whose wallet id a process keeps (``LedgerService.wallet_of``).
+OWNER_WALLETS_KEPT = 100_000
 
 
 class LedgerService:
@@ -204,6 +206,12 @@ class LedgerService:
         # Called with (wallet_id, available, held) after a transaction that
         # changed the wallet commits: the events stream listens here.
         self.balance_listeners: list[BalanceListener] = []
+        # (owner kind, owner id) -> wallet id. An owner's wallet never changes
+        # nor goes away once created (with its owner: a user at sign-up), so
+        # the id read once answers every later request without a statement.
+        # An id read in a transaction that then rolled back names an owner
+        # that does not exist either, whom no request can name.
+        self._owner_wallets: dict[tuple[str, str], str] = {}
 
     # -- wallets ---------------------------------------------------------
 
@@ -217,9 +225,16 @@ class LedgerService:
         return wallet_id
 
     def wallet_of(self, conn: Connection, owner_kind: str, owner_id: str) -> str:
+        key = (owner_kind, owner_id)
+        wallet_id = self._owner_wallets.get(key)
+        if wallet_id is not None:
+            return wallet_id
         wallet_id = repo.wallet_of_owner(conn, owner_kind, owner_id)
         if wallet_id is None:
             raise WalletNotFound(f"{owner_kind}:{owner_id}")
+        if len(self._owner_wallets) >= OWNER_WALLETS_KEPT:
+            self._owner_wallets = {}
+        self._owner_wallets[key] = wallet_id
         return wallet_id
 
     # -- mutations -------------------------------------------------------

@@ -75,6 +75,10 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
     app.add_middleware(Edge, platform=platform, metrics=app.state.metrics)
     problems.install(app)
     openapi.install(app)
+    # First: the router matches routes in order, one by one, and submissions
+    # are the busiest route (no route before it could match its paths;
+    # tests/integration/test_generations_api.py checks it).
+    app.include_router(generations.router)
     app.include_router(ops.router)
     app.include_router(catalog.router)
     app.include_router(accounts.router)
@@ -83,7 +87,6 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
     app.include_router(events.router)
     app.include_router(admin.router)
     app.include_router(billing.router)
-    app.include_router(generations.router)
     app.include_router(stripe_billing.router)
     app.include_router(fal_webhooks.router)
     app.include_router(fairuse.router)

@@ -9,7 +9,9 @@ from fastapi import Depends, Query, Request
 from plasmaart.bootstrap import Platform
 
 
-def get_platform(request: Request) -> Platform:
+async def get_platform(request: Request) -> Platform:
+    """Async, as it only reads the app's state: FastAPI runs a plain ``def``
+    dependency in the thread pool, a hop every route would pay for nothing."""
     platform: Platform = request.app.state.platform
     return platform
 
