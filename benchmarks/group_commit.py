@@ -45,14 +45,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, event
 
 from plasmaart.clock import SystemClock
 from plasmaart.db.engine import Database, create_database
-from plasmaart.db.migrate import upgrade
 from plasmaart.ledger.service import LedgerService
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,12 +72,16 @@ from benchmarks.common import (  # noqa: E402
 from benchmarks.docs import PERFORMANCE_DOC as DOC_PATH  # noqa: E402
 from benchmarks.docs import write_section  # noqa: E402
 
+# The same funded wallets and raw tables as the ledger benchmark's.
+from benchmarks.ledger_tps import (  # noqa: E402
+    prepare_plasmaart,
+    prepare_raw_sqlite,
+    sqlite_pragmas,
+)
+
 SECTION_HEADING = "## Group commit: ledger writes from threads of one process"
 
 HOLD_CREDITS = 8
-PURCHASE_CREDITS = 10**12
-SUBSCRIPTION_CREDITS = 1_000_000
-RAW_BALANCE = 10**15
 WARMUP_SECONDS = 0.3
 # A thread that is not done this long after the deadline is stuck.
 FINISH_GRACE = 120.0
@@ -132,7 +135,7 @@ class RawWorker(Worker):
 
     def __init__(self, path: Path, account_id: int) -> None:
         self.conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
-        _sqlite_pragmas(self.conn)
+        sqlite_pragmas(self.conn)
         self.account_id = account_id
 
     def step(self) -> int:
@@ -157,13 +160,6 @@ class RawWorker(Worker):
 
     def close(self) -> None:
         self.conn.close()
-
-
-def _sqlite_pragmas(conn: sqlite3.Connection) -> None:
-    # The settings of plasmaart.db.engine, so that both sides pay the same I/O.
-    conn.execute("PRAGMA busy_timeout = 30000")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
 
 
 # -- running threads ------------------------------------------------------------
@@ -287,60 +283,6 @@ def measure_raw(path: Path, accounts: Sequence[int], seconds: float) -> Measurem
 # -- databases -----------------------------------------------------------------
 
 
-def prepare_plasmaart(url: str, threads: int) -> list[str]:
-    """Migrate the database and fund one wallet per thread."""
-    db = create_database(url)
-    try:
-        upgrade(db)
-        ledger = LedgerService(SystemClock())
-        expires = SystemClock().now() + timedelta(days=365)
-        wallets = []
-        with db.write() as conn:
-            for index in range(threads):
-                wallet = ledger.open_wallet(conn, "user", f"usr_bench_{secrets.token_hex(4)}")
-                ledger.grant(
-                    conn,
-                    wallet,
-                    PURCHASE_CREDITS,
-                    source="purchase",
-                    idempotency_key=f"bench:fund:{wallet}:purchase:{index}",
-                )
-                ledger.grant(
-                    conn,
-                    wallet,
-                    SUBSCRIPTION_CREDITS,
-                    source="subscription",
-                    expires_at=expires,
-                    idempotency_key=f"bench:fund:{wallet}:subscription:{index}",
-                )
-                wallets.append(wallet)
-        return wallets
-    finally:
-        db.dispose()
-
-
-def prepare_raw(path: Path, threads: int) -> list[int]:
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        _sqlite_pragmas(conn)
-        conn.execute(
-            "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL"
-            " CHECK (balance >= 0))"
-        )
-        conn.execute(
-            "CREATE TABLE journal (id INTEGER PRIMARY KEY, account_id INTEGER NOT NULL"
-            " REFERENCES accounts (id), amount INTEGER NOT NULL)"
-        )
-        accounts = list(range(1, threads + 1))
-        conn.executemany(
-            "INSERT INTO accounts (id, balance) VALUES (?, ?)",
-            [(account, RAW_BALANCE) for account in accounts],
-        )
-        return accounts
-    finally:
-        conn.close()
-
-
 # -- comparing -----------------------------------------------------------------
 
 
@@ -382,7 +324,7 @@ def measure(workdir: Path, threads: int, runs: int, seconds: float) -> Compariso
     url = f"sqlite:///{path}"
     wallets = prepare_plasmaart(url, threads)
     raw_path = workdir / f"raw-{threads}.db"
-    accounts = prepare_raw(raw_path, threads)
+    accounts = prepare_raw_sqlite(raw_path, threads)
     comparison = Comparison(threads)
     sides: dict[str, Callable[[], Measurement]] = {
         "raw sqlite3": lambda: measure_raw(raw_path, accounts, seconds),

@@ -173,7 +173,7 @@ class RawSqliteClient:
 
     def __init__(self, path: str, account_id: int) -> None:
         self.conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-        _sqlite_pragmas(self.conn)
+        sqlite_pragmas(self.conn)
         self.account_id = account_id
 
     def step(self) -> None:
@@ -199,7 +199,7 @@ class RawSqliteClient:
         self.conn.close()
 
 
-def _sqlite_pragmas(conn: sqlite3.Connection) -> None:
+def sqlite_pragmas(conn: sqlite3.Connection) -> None:
     # The settings of plasmaart.db.engine, so that both sides pay the same I/O.
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA journal_mode = WAL")
@@ -368,7 +368,7 @@ def prepare_plasmaart(url: str, clients: int) -> list[str]:
 def prepare_raw_sqlite(path: Path, clients: int) -> list[int]:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        _sqlite_pragmas(conn)
+        sqlite_pragmas(conn)
         conn.execute(
             "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL"
             " CHECK (balance >= 0))"
