@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from plasmaart.db.engine import CACHE_CHANNEL, Database
+from plasmaart.db.listener import ListenerSettings, listen
 
 if TYPE_CHECKING:
-    import psycopg  # imported where it listens: SQLite never loads it
+    pass  # imported where it listens: SQLite never loads it
 
 log = logging.getLogger(__name__)
 
@@ -209,48 +210,23 @@ class CacheHub:
         return url.render_as_string(hide_password=False)
 
     def _listen(self, stopping: threading.Event) -> None:
-        import psycopg
-
-        first_wait, longest_wait = self.BACKOFF_S
-        backoff = first_wait
-        while not stopping.is_set():
-            try:
-                with psycopg.connect(
-                    self._conninfo(),
-                    autocommit=True,
-                    connect_timeout=5,
-                    application_name=self.APPLICATION_NAME,
-                ) as conn:
-                    conn.execute(f"LISTEN {CACHE_CHANNEL}")
-                    # Whatever was missed before this point is gone with the
-                    # entries: start from an empty cache.
-                    self.evict(frozenset({EVERYTHING}))
-                    self._listening.set()
-                    backoff = first_wait
-                    self._pump(conn, stopping)
-            except Exception as exc:
-                if stopping.is_set():
-                    break
-                log.warning(
-                    "cache listener lost its connection, retrying in %.1fs: %s", backoff, exc
-                )
-            finally:
-                self._listening.clear()
-            if stopping.wait(backoff):
-                break
-            backoff = min(backoff * 2, longest_wait)
-
-    def _pump(self, conn: psycopg.Connection[Any], stopping: threading.Event) -> None:
-        quiet = 0.0
-        while not stopping.is_set():
-            heard = False
-            for notify in conn.notifies(timeout=self.POLL_S):
-                heard = True
-                self._dispatch(notify.payload)
-            quiet = 0.0 if heard else quiet + self.POLL_S
-            if quiet >= self.PING_S:
-                conn.execute("SELECT 1")
-                quiet = 0.0
+        listen(
+            self._conninfo(),
+            ListenerSettings(
+                CACHE_CHANNEL,
+                self.APPLICATION_NAME,
+                self.POLL_S,
+                self.PING_S,
+                self.BACKOFF_S,
+                "cache listener",
+            ),
+            stopping=stopping,
+            listening=self._listening,
+            # Whatever was missed before this point is gone with the entries:
+            # start from an empty cache.
+            on_connected=lambda _reconnected: self.evict(frozenset({EVERYTHING})),
+            on_payload=self._dispatch,
+        )
 
     def _dispatch(self, payload: str) -> None:
         try:

@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import Connection, select
 
 from plasmaart.db.engine import Database
+from plasmaart.db.listener import ListenerSettings, listen
 from plasmaart.db.tables import teams, wallets
 
 if TYPE_CHECKING:
-    import psycopg  # imported where it listens: SQLite never loads it
+    pass  # imported where it listens: SQLite never loads it
 
 log = logging.getLogger(__name__)
 
@@ -407,54 +408,27 @@ class PostgresEventBus(InProcessEventBus):
             thread.join(timeout=10)
 
     def _listen(self, stopping: threading.Event) -> None:
-        import psycopg
+        listen(
+            self._conninfo,
+            ListenerSettings(
+                CHANNEL,
+                self.APPLICATION_NAME,
+                self.POLL_S,
+                self.PING_S,
+                self.BACKOFF_S,
+                "event listener",
+            ),
+            stopping=stopping,
+            listening=self._listening,
+            on_connected=self._connected,
+            on_payload=self._dispatch,
+        )
 
-        first_wait, longest_wait = self.BACKOFF_S
-        backoff = first_wait
-        # True once events may have been missed: a dropped connection, or a
-        # failed connect while subscribers waited.
-        gap = False
-        while not stopping.is_set():
-            try:
-                with psycopg.connect(
-                    self._conninfo,
-                    autocommit=True,
-                    connect_timeout=5,
-                    application_name=self.APPLICATION_NAME,
-                ) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self._listening.set()
-                    backoff = first_wait
-                    if gap:
-                        self._fan_out_to_all(Event.resync("reconnected"))
-                        gap = False
-                    self._pump(conn, stopping)
-            except Exception as exc:
-                if stopping.is_set():
-                    break
-                log.warning(
-                    "event listener lost its connection, retrying in %.1fs: %s", backoff, exc
-                )
-            finally:
-                self._listening.clear()
-            gap = True
-            if stopping.wait(backoff):
-                break
-            backoff = min(backoff * 2, longest_wait)
-
-    def _pump(self, conn: psycopg.Connection[Any], stopping: threading.Event) -> None:
-        quiet = 0.0
-        while not stopping.is_set():
-            heard = False
-            for notify in conn.notifies(timeout=self.POLL_S):
-                heard = True
-                self._dispatch(notify.payload)
-            quiet = 0.0 if heard else quiet + self.POLL_S
-            if quiet >= self.PING_S:
-                # A silent connection may be a dead one (a half-open TCP
-                # socket never errors on its own): make it answer.
-                conn.execute("SELECT 1")
-                quiet = 0.0
+    def _connected(self, reconnected: bool) -> None:
+        # Events may have been missed while the connection was down:
+        # subscribers resynchronise from the database.
+        if reconnected:
+            self._fan_out_to_all(Event.resync("reconnected"))
 
     def _dispatch(self, payload: str) -> None:
         try:

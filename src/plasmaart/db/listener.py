@@ -1,0 +1,85 @@
+"""A PostgreSQL LISTEN loop that survives its connection: the event bus
+(notify/events.py) and the caches' invalidations (caches.py) each run one in
+a thread of their own.
+
+It connects, LISTENs on the channel, says so (``listening`` set, then
+``on_connected`` called with whether a connection was lost or could not be
+made before), and hands every notification's payload to ``on_payload``. A
+quiet connection is made to answer every ``ping_s`` seconds (a half-open TCP
+socket never errors on its own). When the connection fails it waits,
+doubling the wait from the first to the longest of ``backoff_s``, and starts
+again, until ``stopping`` is set. psycopg is imported here, when a thread
+listens: SQLite never loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    channel: str
+    application_name: str
+    poll_s: float  # how often the loop looks at its stop flag
+    ping_s: float  # a quiet connection checks itself this often
+    backoff_s: tuple[float, float]  # first and longest wait between reconnects
+    what: str  # names the loop in its log lines ("event listener")
+
+
+def listen(
+    conninfo: str,
+    settings: ListenerSettings,
+    *,
+    stopping: threading.Event,
+    listening: threading.Event,
+    on_connected: Callable[[bool], None],
+    on_payload: Callable[[str], None],
+) -> None:
+    import psycopg
+
+    first_wait, longest_wait = settings.backoff_s
+    backoff = first_wait
+    # True once notifications may have been missed: a dropped connection, or
+    # a connect that failed.
+    gap = False
+    while not stopping.is_set():
+        try:
+            with psycopg.connect(
+                conninfo,
+                autocommit=True,
+                connect_timeout=5,
+                application_name=settings.application_name,
+            ) as conn:
+                conn.execute(f"LISTEN {settings.channel}")
+                listening.set()
+                backoff = first_wait
+                on_connected(gap)
+                gap = False
+                quiet = 0.0
+                while not stopping.is_set():
+                    heard = False
+                    for notify in conn.notifies(timeout=settings.poll_s):
+                        heard = True
+                        on_payload(notify.payload)
+                    quiet = 0.0 if heard else quiet + settings.poll_s
+                    if quiet >= settings.ping_s:
+                        conn.execute("SELECT 1")
+                        quiet = 0.0
+        except Exception as exc:
+            if stopping.is_set():
+                break
+            log.warning(
+                "%s lost its connection, retrying in %.1fs: %s", settings.what, backoff, exc
+            )
+        finally:
+            listening.clear()
+        gap = True
+        if stopping.wait(backoff):
+            break
+        backoff = min(backoff * 2, longest_wait)
