@@ -152,7 +152,10 @@ Snapshot = dict[str, list[tuple[Any, ...]]]
 
 
 def snapshot(platform: Platform) -> Snapshot:
-    """Every row of every table, in a stable order (volatile columns left out)."""
+    """Every row of every table, in a stable order (volatile columns left out),
+    once the abuse signals queued so far are written (fair use writes them
+    off the request path; a request's signals count as its writes)."""
+    platform.fairuse.flush()
     state: Snapshot = {}
     with platform.db.read() as conn:
         for table in metadata.sorted_tables:
