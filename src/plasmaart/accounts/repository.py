@@ -38,8 +38,15 @@ def lock_user(conn: Connection, user_id: str) -> AnyRow | None:
     and score a fair-use signal about it locks the account first, then its
     wallets, the order a suspension takes them in: two such transactions
     never wait on each other in a deadlock, and one account's signals are
-    scored one at a time, so two requests cannot both open a flag."""
-    return conn.execute(select(users).where(users.c.id == user_id).with_for_update()).one_or_none()
+    scored one at a time, so two requests cannot both open a flag.
+
+    The lock is ``FOR NO KEY UPDATE``: it does not block the key-share lock
+    that a foreign key to the user takes. A submission locks only its wallet
+    and then inserts a job that refers to its user; with ``FOR UPDATE`` a
+    suspension holding the user and waiting for that wallet would deadlock
+    with it."""
+    locked = select(users).where(users.c.id == user_id).with_for_update(key_share=True)
+    return conn.execute(locked).one_or_none()
 
 
 def user_by_id(conn: Connection, user_id: str) -> AnyRow | None:
