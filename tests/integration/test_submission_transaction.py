@@ -16,10 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, event, func, select
 
 from plasmaart.bootstrap import Platform
+from plasmaart.db.group_commit import GroupCommitError
 from plasmaart.db.tables import generations, holds
 from plasmaart.errors import DomainError, InvalidInput
 from plasmaart.generation.errors import ConcurrencyLimit
@@ -288,3 +290,25 @@ def capped_team(
     )
     assert capped.status_code == 200, capped.text
     return owner, bob, team_id
+
+
+# -- a writer that cannot answer -------------------------------------------------
+
+
+def test_a_writer_that_cannot_answer_is_a_503_that_writes_nothing(
+    client: TestClient, platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sam = make_user(platform, "sam@example.com", plan="starter")
+
+    def no_answer(_fn: Callable[[Connection], Any]) -> Any:
+        raise GroupCommitError("the writer stopped before this write ran")
+
+    monkeypatch.setattr(platform.db, "run_write", no_answer)
+    answer = client.post("/v1/generations", json=ONE_IMAGE, headers=sam.auth)
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["code"] == "unavailable"
+    assert int(answer.headers["Retry-After"]) >= 1
+    with platform.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(generations)).scalar_one() == 0
+        assert conn.execute(select(func.count()).select_from(holds)).scalar_one() == 0

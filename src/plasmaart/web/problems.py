@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from plasmaart.db.group_commit import GroupCommitError
 from plasmaart.errors import DomainError
 from plasmaart.web.responses import FastJSONResponse
 
@@ -194,6 +195,10 @@ def _detail(errors: list[dict[str, str]]) -> str:
     )
 
 
+# How long a client should wait before retrying a 503 ``unavailable``.
+UNAVAILABLE_RETRY_AFTER_S = 2
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_request: Request, exc: DomainError) -> JSONResponse:
@@ -211,6 +216,21 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return http_problem(exc)
+
+    @app.exception_handler(GroupCommitError)
+    async def _writer_unavailable(request: Request, exc: GroupCommitError) -> JSONResponse:
+        # The database's writer gave no answer in time (or stopped): the
+        # write was not done, or its outcome is unknown; a retry under the
+        # same Idempotency-Key finds it either way.
+        log.warning("no answer from the writer on %s %s: %s", request.method, request.url.path, exc)
+        return problem(
+            503,
+            "unavailable",
+            "Service unavailable",
+            "the database could not take the write in time; try again shortly "
+            "(with the same Idempotency-Key)",
+            {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
