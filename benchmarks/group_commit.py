@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -92,14 +93,15 @@ SIDES = ("raw sqlite3", "group commit off", "group commit on")
 # -- the sides' workers ---------------------------------------------------------
 
 
-class Worker:
+class Worker(ABC):
     """One thread's loop: ``step()`` does some writes and says how many."""
 
+    @abstractmethod
     def step(self) -> int:
-        raise NotImplementedError
+        """Do one round of writes; how many."""
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - a worker with nothing to release keeps this
+        """Release what the worker holds (nothing, unless it says otherwise)."""
 
 
 class LedgerWorker(Worker):
