@@ -151,11 +151,13 @@ def coverage_problems(app: FastAPI, rows: Iterable[Row], world: object) -> list[
 Snapshot = dict[str, list[tuple[Any, ...]]]
 
 
-def snapshot(platform: Platform) -> Snapshot:
+def snapshot(platform: Platform, *, settle: bool = True) -> Snapshot:
     """Every row of every table, in a stable order (volatile columns left out),
     once the abuse signals queued so far are written (fair use writes them
-    off the request path; a request's signals count as its writes)."""
-    platform.fairuse.flush()
+    off the request path; a request's signals count as its writes).
+    ``settle=False`` reads the rows as they are, queued signals unwritten."""
+    if settle:
+        platform.fairuse.flush()
     state: Snapshot = {}
     with platform.db.read() as conn:
         for table in metadata.sorted_tables:
