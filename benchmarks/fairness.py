@@ -61,9 +61,8 @@ import psycopg
 from plasmaart.bootstrap import Platform, bootstrap
 from plasmaart.catalog import load_catalog
 from plasmaart.catalog.loader import DEFAULT_CATALOG_PATH
-from plasmaart.catalog.schema import ModelSpec
 from plasmaart.config import load_settings
-from plasmaart.generation.providers.base import ProviderOutput, ProviderRequest, ProviderStatus
+from plasmaart.generation.providers.base import ProviderRequest
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.worker import Worker
 
@@ -88,7 +87,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from benchmarks.docs import PERFORMANCE_DOC as DOC_PATH  # noqa: E402
 from benchmarks.docs import SummaryRow, write_section, write_summary  # noqa: E402
-from benchmarks.generation_servers import TINY_PNG, DiscardStorage  # noqa: E402
+from benchmarks.generation_servers import DiscardStorage, NoopProvider  # noqa: E402
 
 SECTION_HEADING = "## Queue fairness under load"
 PLANS = ("free", "starter", "pro", "studio")
@@ -131,10 +130,10 @@ def fairness_catalog(workdir: Path) -> Path:
     return path
 
 
-class TimedProvider:
+class TimedProvider(NoopProvider):
     """Holds the job's slot for ``seconds`` (in submit), then has succeeded
-    with one 1x1 PNG: every job takes the same time, so the queue's order
-    alone decides the waits."""
+    with one 1x1 PNG, as the no-op provider: every job takes the same time,
+    so the queue's order alone decides the waits."""
 
     name = "timed"
 
@@ -144,16 +143,6 @@ class TimedProvider:
     def submit(self, request: ProviderRequest) -> str:
         time.sleep(self.seconds)
         return f"timed-{request.generation_id}"
-
-    def status(self, model: ModelSpec, request_id: str) -> ProviderStatus:  # noqa: ARG002
-        output = ProviderOutput("image/png", data=TINY_PNG, width=1, height=1)
-        return ProviderStatus("succeeded", outputs=(output,))
-
-    def cancel(self, model: ModelSpec, request_id: str) -> bool:  # noqa: ARG002
-        return False
-
-    def download(self, output: ProviderOutput) -> bytes:
-        return output.data or b""
 
 
 @dataclass(frozen=True)
