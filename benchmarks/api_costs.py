@@ -109,7 +109,7 @@ from benchmarks.generations import (  # noqa: E402
     tail,
     wait_until_ready,
 )
-from plasmaart.media import render  # noqa: E402
+from plasmaart.media import sandbox_render as render  # noqa: E402
 
 SECTION_HEADING = "## API: balance, submission by connections, overhead, memory"
 

@@ -58,12 +58,13 @@ from typing import Any
 
 import psycopg
 
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.catalog import load_catalog
 from plasmaart.catalog.loader import DEFAULT_CATALOG_PATH
 from plasmaart.config import load_settings
 from plasmaart.generation.providers.base import ProviderRequest
 from plasmaart.generation.service import GenerationRequest
+from plasmaart.platform import Platform
 from plasmaart.worker import Worker
 
 REPO = Path(__file__).resolve().parent.parent

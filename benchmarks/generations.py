@@ -83,12 +83,13 @@ import httpx
 import psycopg
 import sqlalchemy
 
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.catalog import load_catalog
 from plasmaart.catalog.loader import DEFAULT_CATALOG_PATH
 from plasmaart.config import load_settings
 from plasmaart.db.tables import wallets
 from plasmaart.generation.service import GenerationRequest
+from plasmaart.platform import Platform
 from plasmaart.worker import CLAIM_IDLE_S, Worker
 
 REPO = Path(__file__).resolve().parent.parent

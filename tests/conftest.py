@@ -19,12 +19,13 @@ from fastapi.testclient import TestClient
 from hypothesis import settings
 from sqlalchemy import create_engine, text
 
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
 from plasmaart.config import Settings
 from plasmaart.db.engine import Database, create_database
 from plasmaart.db.migrate import upgrade
 from plasmaart.ledger.service import LedgerService
+from plasmaart.platform import Platform
 from plasmaart.web.app import create_app
 from tests.support.pgserver import PgServer, start_server
 

@@ -3,88 +3,39 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from plasmaart.accounts.credentials import CredentialService
 from plasmaart.accounts.principals import Principals
 from plasmaart.accounts.service import AccountService
-from plasmaart.accounts.teams import TeamService
 from plasmaart.billing import create_backends
-from plasmaart.billing.clock import SandboxTestClock
+from plasmaart.billing.sandbox_clock import SandboxTestClock
 from plasmaart.billing.service import BillingService
 from plasmaart.caches import CacheHub
-from plasmaart.catalog import Catalog, load_catalog
-from plasmaart.catalog.service import CatalogChangeService
+from plasmaart.catalog import load_catalog
+from plasmaart.changes.service import CatalogChangeService
 from plasmaart.clock import Clock, SystemClock
 from plasmaart.config import Settings, load_settings
-from plasmaart.db.engine import Database, create_database
+from plasmaart.db.engine import create_database
 from plasmaart.db.migrate import database_revision, require_migrated, unreachable, upgrade
+from plasmaart.eventbus import BalanceEvents, create_event_bus
 from plasmaart.fairuse.counters import create_copy_counter
-from plasmaart.fairuse.ratelimits import RequestLimiter
+from plasmaart.fairuse.request_limiter import RequestLimiter
 from plasmaart.fairuse.service import FairUsePolicy, FairUseService
-from plasmaart.fairuse.suspension import SuspensionService
 from plasmaart.fairuse.tasks import SignalFlusher
-from plasmaart.generation.events import GenerationEvents
+from plasmaart.generation.event_publisher import GenerationEvents
 from plasmaart.generation.providers import create_provider
-from plasmaart.generation.providers.base import Provider
 from plasmaart.generation.service import GenerationService
 from plasmaart.generation.submission import SubmissionService
 from plasmaart.generation.wakeups import PollWakeups
 from plasmaart.ledger.service import LedgerService
-from plasmaart.media.storage import Storage, create_storage
-from plasmaart.notify.email import Mailer, create_mailer
-from plasmaart.notify.events import BalanceEvents, EventBus, create_event_bus
+from plasmaart.media.storage import create_storage
+from plasmaart.notify.email import create_mailer
 from plasmaart.notify.notifications import NotificationService
 from plasmaart.notify.outbox import Outbox
+from plasmaart.platform import Platform
+from plasmaart.teams.service import TeamService
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Platform:
-    settings: Settings
-    db: Database
-    catalog: Catalog
-    clock: Clock
-    # Real elapsed time (the clock passed in, without the sandbox test clock's
-    # offset): job leases and deadlines, provider delays, webhook freshness.
-    # Billing time (``clock``) may jump; this one never does.
-    job_clock: Clock
-    ledger: LedgerService
-    accounts: AccountService
-    credentials: CredentialService
-    billing: BillingService
-    teams: TeamService
-    events: EventBus
-    notifications: NotificationService
-    generations: GenerationService
-    provider: Provider
-    storage: Storage
-    fairuse: FairUseService
-    outbox: Outbox
-    catalog_changes: CatalogChangeService
-    mailer: Mailer | None
-    # Webhooks wake the worker polling a job (generation/wakeups.py).
-    wakeups: PollWakeups
-    # Suspending and reinstating accounts (fairuse/suspension.py).
-    suspensions: SuspensionService
-    # Submissions and quotes as the API makes them (generation/submission.py).
-    submissions: SubmissionService
-    # The per-process caches and their invalidation (caches.py).
-    caches: CacheHub
-    # API key or session → user, cached (accounts/principals.py).
-    principals: Principals
-
-    def close(self) -> None:
-        self.principals.close()  # writes the keys' last uses it still holds
-        if self.fairuse.flusher is not None:
-            self.fairuse.flusher.stop()  # writes the signals still queued
-        if isinstance(self.clock, SandboxTestClock):
-            self.clock.close()
-        self.wakeups.close()
-        self.events.close()
-        self.caches.close()
-        self.db.dispose()
 
 
 def bootstrap(
@@ -129,7 +80,7 @@ def bootstrap(
     # Under sandbox billing the whole platform runs on the test clock, whose
     # offset (moved by /v1/admin/clock/advance) every process reads from the
     # database; tests can still move the clock passed in.
-    # Its moves reach the other processes on the event bus (billing/clock.py).
+    # Its moves reach the other processes on the event bus (billing/sandbox_clock.py).
     events = create_event_bus(db)
     test_clock = (
         SandboxTestClock(clock, db, events=events) if settings.billing == "sandbox" else None

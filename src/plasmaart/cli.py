@@ -19,11 +19,12 @@ from typer.models import CommandFunctionType
 from plasmaart import logs
 from plasmaart.accounts import audit
 from plasmaart.accounts.service import EmailTaken, Role, Status
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.catalog import CatalogError, load_catalog, render_catalog
 from plasmaart.config import ConfigError, load_settings
 from plasmaart.db.migrate import DatabaseNotReady
 from plasmaart.errors import DomainError
+from plasmaart.platform import Platform
 
 
 def _plain_help(params: list[Any]) -> None:

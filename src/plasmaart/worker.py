@@ -17,20 +17,46 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
 
 from plasmaart.billing.tasks import run_billing_clock
-from plasmaart.bootstrap import Platform
 from plasmaart.generation import queue
 from plasmaart.generation.queue import Claim
 from plasmaart.generation.runner import JobRunner
 from plasmaart.ledger.tasks import expire_due_lots
-from plasmaart.notify.tasks import run_notifications
+from plasmaart.notify.notices import queue_expiry_notices, queue_low_balance_notices
+from plasmaart.notify.outbox import DeliveryResult, OutboxDelivery
+from plasmaart.platform import Platform
 
 log = logging.getLogger(__name__)
 # How long an idle worker waits before looking at the queue again.
 CLAIM_IDLE_S = 0.2
+
+
+@dataclass(frozen=True)
+class NotificationsTick:
+    queued: int
+    delivery: DeliveryResult
+
+
+def run_notifications(platform: Platform, worker_id: str) -> NotificationsTick:
+    """The worker's notification step: notice the causes that are found by
+    looking (announced changes, expiring credits, low balances), then deliver
+    what the outbox holds. One pass; safe to run in several workers at once."""
+    settings = platform.settings
+    queued = platform.catalog_changes.queue_change_notices(platform.db).notices
+    with platform.db.write() as conn:
+        now = platform.clock.now()
+        queued += queue_expiry_notices(
+            conn, platform.outbox, now=now, within=timedelta(days=settings.expiry_notice_days)
+        )
+        queued += queue_low_balance_notices(
+            conn, platform.outbox, now=now, threshold=settings.low_balance_credits
+        )
+    delivery = OutboxDelivery(platform.db, platform.clock, platform.notifications, platform.mailer)
+    return NotificationsTick(queued, delivery.run(worker_id))
 
 
 class Worker:

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.config import Settings
+from plasmaart.platform import Platform
 from plasmaart.worker import Worker
 from tests.support.live_server import live_server
 

@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 from playwright.sync_api import Page, expect
 
-from plasmaart.bootstrap import Platform
 from plasmaart.generation.service import GenerationRequest
+from plasmaart.platform import Platform
 from tests.browser.conftest import screenshot
 from tests.support.accounts import PASSWORD, make_user
 

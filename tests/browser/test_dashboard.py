@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from PIL import Image
 from playwright.sync_api import BrowserContext, Page, expect
 
-from plasmaart.bootstrap import Platform
+from plasmaart.platform import Platform
 from tests.browser.conftest import screenshot
 from tests.support.accounts import PASSWORD, make_user
 

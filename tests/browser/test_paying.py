@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from playwright.sync_api import Dialog, Page, Request, expect
 
-from plasmaart.bootstrap import Platform
+from plasmaart.platform import Platform
 from tests.browser.conftest import screenshot
 from tests.support.accounts import PASSWORD, make_user
 

@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from plasmaart.bootstrap import Platform
 from plasmaart.generation.service import GenerationRequest
+from plasmaart.platform import Platform
 from tests.browser.conftest import LIVE_TIMEOUT_MS, screenshot
 from tests.support.accounts import PASSWORD, TestUser, make_user
 

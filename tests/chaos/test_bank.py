@@ -47,11 +47,12 @@ import httpx
 import pytest
 from sqlalchemy import Connection, func, select
 
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.config import Settings
 from plasmaart.db.engine import Database
 from plasmaart.db.tables import generation_outputs, generations, holds, payments
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.platform import Platform
 from tests.support.accounts import TestUser, make_user
 from tests.support.processes import ServerProcess, WorkerProcess, child_env
 from tests.support.redis_server import redis_server

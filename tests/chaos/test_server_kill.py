@@ -31,12 +31,13 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.config import Settings
 from plasmaart.db.tables import generations, holds, journal_entries
 from plasmaart.generation import repository as generation_repository
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.platform import Platform
 from tests.support.accounts import TestUser, make_user
 from tests.support.processes import ServerProcess, child_env
 

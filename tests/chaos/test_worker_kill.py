@@ -31,12 +31,13 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import func, select, update
 
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.config import Settings
 from plasmaart.db.engine import Database
 from plasmaart.db.tables import generation_outputs, generations, holds, journal_entries
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.platform import Platform
 from tests.support.accounts import make_user
 from tests.support.processes import WorkerProcess, child_env
 

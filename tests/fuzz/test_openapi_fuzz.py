@@ -18,7 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from plasmaart.bootstrap import Platform
+from plasmaart.platform import Platform
 from plasmaart.web.app import create_app
 from tests.integration.test_error_messages import pydantic_phrasing
 from tests.support.accounts import TestUser, make_user

@@ -8,9 +8,9 @@ from datetime import timedelta
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
-from plasmaart.bootstrap import Platform
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import api_keys, audit_log, sessions, users
+from plasmaart.platform import Platform
 from tests.support.accounts import PASSWORD, make_user
 
 PROBLEM = "application/problem+json"

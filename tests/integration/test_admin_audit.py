@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from plasmaart.accounts import audit
-from plasmaart.bootstrap import Platform
+from plasmaart.platform import Platform
 from plasmaart.web.pagination import encode_cursor
 from tests.support.accounts import make_user
 

@@ -8,12 +8,12 @@ from uuid import uuid4
 
 from fastapi.testclient import TestClient
 
-from plasmaart.bootstrap import Platform
 from plasmaart.catalog import Catalog
 from plasmaart.clock import ManualClock
 from plasmaart.db.migrate import head_revision
 from plasmaart.generation.errors import ModelNotInPlan
 from plasmaart.generation.service import GenerationRequest
+from plasmaart.platform import Platform
 from tests.support.accounts import make_user
 
 PROBLEM = "application/problem+json"

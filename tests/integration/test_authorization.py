@@ -46,7 +46,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
-from plasmaart.bootstrap import Platform
 from plasmaart.catalog import PlanSpec, plan_allows_model
 from plasmaart.db.tables import (
     api_keys,
@@ -57,6 +56,7 @@ from plasmaart.db.tables import (
     uploads,
 )
 from plasmaart.generation.service import Generation, GenerationRequest
+from plasmaart.platform import Platform
 from plasmaart.web.problems import PROBLEM_JSON
 from plasmaart.worker import Worker
 from tests.support.accounts import PASSWORD, TestUser, make_user

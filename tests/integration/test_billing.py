@@ -16,21 +16,21 @@ import pytest
 from sqlalchemy import Connection, Table, func, select
 
 from plasmaart.billing.backends import ChargeOutcome, CheckoutOutcome, Customer, Paid, Redirect
-from plasmaart.billing.clock import SandboxTestClock
 from plasmaart.billing.errors import NoSubscription, PaymentFailed, RenewalPending
 from plasmaart.billing.periods import period_end_after
 from plasmaart.billing.repository import Subscription
 from plasmaart.billing.rules import grace_ends_at, is_upgrade, pack_expires_at, prorated_cents
 from plasmaart.billing.sandbox import SandboxBackend
+from plasmaart.billing.sandbox_clock import SandboxTestClock
 from plasmaart.billing.service import Checkout, PackPurchase
 from plasmaart.billing.tasks import ClockReport, run_billing_clock
-from plasmaart.bootstrap import Platform
 from plasmaart.catalog import CreditPack, PlanSpec, load_catalog
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import lots, payments
 from plasmaart.generation.errors import ModelNotInPlan
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.platform import Platform
 from plasmaart.worker import Worker
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)

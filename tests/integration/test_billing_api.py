@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from plasmaart.bootstrap import Platform
 from plasmaart.clock import ManualClock
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.platform import Platform
 from tests.support.accounts import TestUser, make_user
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)

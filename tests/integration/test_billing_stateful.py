@@ -59,13 +59,14 @@ from sqlalchemy import select
 
 from plasmaart.billing.repository import Payment
 from plasmaart.billing.tasks import run_billing_clock
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.catalog import PlanSpec
 from plasmaart.clock import ManualClock
 from plasmaart.config import Settings
 from plasmaart.db.tables import lots
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.ledger.tasks import expire_due_lots
+from plasmaart.platform import Platform
 from plasmaart.web.app import create_app
 from tests.support.accounts import TestUser, make_user
 from tests.support.fake_stripe import SECRET_KEY, WEBHOOK_SECRET, FakeStripe

@@ -22,11 +22,12 @@ from plasmaart.billing import create_backends
 from plasmaart.billing.repository import Subscription
 from plasmaart.billing.service import ClawbackOutcome
 from plasmaart.billing.stripe import StripeBackend
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
 from plasmaart.config import ConfigError, Settings
 from plasmaart.db.tables import audit_log, stripe_events
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.platform import Platform
 from plasmaart.web.api.stripe_billing import _receive
 from plasmaart.web.app import create_app
 from plasmaart.worker import Worker

@@ -22,13 +22,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 
 from plasmaart import caches
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock, as_utc
 from plasmaart.config import Settings
 from plasmaart.db.tables import api_keys
 from plasmaart.ledger import service as ledger_service
 from plasmaart.ledger.errors import WalletNotFound
 from plasmaart.ledger.service import LedgerService
+from plasmaart.platform import Platform
 from plasmaart.web.app import create_app
 from tests.support.accounts import TestUser, make_user
 

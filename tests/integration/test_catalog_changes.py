@@ -14,14 +14,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from plasmaart.billing.tasks import run_billing_clock
-from plasmaart.bootstrap import Platform
 from plasmaart.catalog import service as catalog_service
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import audit_log, catalog_changes, notification_outbox, notifications
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
-from plasmaart.notify.tasks import run_notifications
-from plasmaart.worker import Worker
+from plasmaart.platform import Platform
+from plasmaart.worker import Worker, run_notifications
 from tests.support.accounts import TestUser, make_user
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)

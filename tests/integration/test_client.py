@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from plasmaart.bootstrap import Platform
 from plasmaart.client import (
     AccountSuspendedError,
     AsyncClient,
@@ -28,6 +27,7 @@ from plasmaart.client import (
     RateLimitedError,
     TransportError,
 )
+from plasmaart.platform import Platform
 from tests.support.accounts import PASSWORD, TestUser, make_user
 from tests.support.live_server import WAIT_S, live_server
 

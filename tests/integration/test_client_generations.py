@@ -25,7 +25,6 @@ from PIL import Image
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from plasmaart.bootstrap import Platform
 from plasmaart.cli import app
 from plasmaart.client import (
     AsyncClient,
@@ -41,6 +40,7 @@ from plasmaart.client import (
 from plasmaart.client.console import TextProgress, parse_params
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import generations
+from plasmaart.platform import Platform
 from plasmaart.worker import Worker
 from tests.support.accounts import TestUser, make_user
 from tests.support.live_server import WAIT_S, live_server

@@ -13,12 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from plasmaart.bootstrap import Platform
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import ENTRY_KINDS, journal_entries, usage_daily
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger import queries
 from plasmaart.ledger.queries import UsageSpans, usage_spans
+from plasmaart.platform import Platform
 from plasmaart.web.api import credits
 from plasmaart.web.pagination import encode_cursor
 from plasmaart.worker import Worker

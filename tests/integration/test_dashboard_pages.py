@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from plasmaart.accounts import audit
-from plasmaart.bootstrap import Platform
 from plasmaart.catalog import plan_models
 from plasmaart.clock import ManualClock
 from plasmaart.generation.service import GenerationRequest
+from plasmaart.platform import Platform
 from plasmaart.stats import platform_stats
 from plasmaart.web.dashboard.pages import safe_next
 from plasmaart.web.dashboard.views import AUDIT_PAGE, HISTORY_PAGE

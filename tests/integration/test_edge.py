@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from plasmaart.bootstrap import Platform
 from plasmaart.db.tables import idempotency_records
+from plasmaart.platform import Platform
 from plasmaart.web.edge import MAX_BODY, SECURITY_HEADERS, Edge
 from plasmaart.web.responses import FastJSONResponse
 from tests.support.accounts import make_user

@@ -15,13 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart import eventbus as bus_module
+from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
 from plasmaart.config import Settings
 from plasmaart.db.engine import normalise_url
-from plasmaart.generation.service import GenerationRequest
-from plasmaart.notify import events as bus_module
-from plasmaart.notify.events import (
+from plasmaart.eventbus import (
     NOTIFY_LIMIT,
     BalanceEvents,
     Event,
@@ -29,6 +28,8 @@ from plasmaart.notify.events import (
     PostgresEventBus,
     notify_payloads,
 )
+from plasmaart.generation.service import GenerationRequest
+from plasmaart.platform import Platform
 from plasmaart.web.api import events as events_api
 from tests.support.accounts import TestUser, make_user
 from tests.support.live_server import WAIT_S, EventStream, live_server, open_stream

@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from plasmaart.accounts.service import User
 from plasmaart.billing.tasks import run_billing_clock
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.catalog.loader import DEFAULT_CATALOG_PATH
 from plasmaart.clock import ManualClock
 from plasmaart.config import Settings
@@ -38,6 +38,7 @@ from plasmaart.db.tables import (
 from plasmaart.fairuse.service import PLAN_LIMIT_CACHE_S
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.platform import Platform
 from plasmaart.web.app import create_app
 from plasmaart.web.problems import PROBLEM_JSON
 from tests.support.accounts import TestUser, make_user

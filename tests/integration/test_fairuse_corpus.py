@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
 from plasmaart.config import Settings
+from plasmaart.platform import Platform
 from tests.support.fairuse_corpus import Scenario, abuse_corpus, normal_corpus
 from tests.support.fairuse_replay import replay
 

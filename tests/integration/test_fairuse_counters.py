@@ -18,12 +18,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, event, select
 
-from plasmaart.bootstrap import Platform
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import abuse_flags, abuse_signals, audit_log, generations
 from plasmaart.fairuse.counters import PendingSignal
 from plasmaart.fairuse.service import FairUseService
 from plasmaart.fairuse.tasks import FLUSH_INTERVAL_S
+from plasmaart.platform import Platform
 from plasmaart.web.app import create_app
 from tests.support.accounts import TestUser, make_user
 from tests.support.matrix import changes, snapshot

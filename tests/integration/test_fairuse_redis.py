@@ -22,11 +22,12 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
 from plasmaart.config import Settings
 from plasmaart.db.tables import abuse_signals
 from plasmaart.generation.service import GenerationRequest
+from plasmaart.platform import Platform
 from tests.support.accounts import make_user
 from tests.support.pgserver import free_port
 from tests.support.redis_server import redis_server

@@ -16,13 +16,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from plasmaart.accounts.service import UserNotFound
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
 from plasmaart.config import Settings
 from plasmaart.db.tables import abuse_flags, abuse_signals, generations
 from plasmaart.fairuse.service import Assessment
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.platform import Platform
 from plasmaart.web.app import create_app
 from tests.support.accounts import TestUser, make_user
 

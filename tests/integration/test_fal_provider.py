@@ -24,7 +24,7 @@ from plasmaart.generation.providers.base import (
     ProviderStatus,
     ProviderUnavailable,
 )
-from plasmaart.generation.providers.fal import (
+from plasmaart.generation.providers.fal.client import (
     FAL_INPUTS,
     JWKS_MIN_REFRESH,
     JWKS_TTL,
@@ -37,7 +37,7 @@ from plasmaart.generation.providers.fal import (
     verify_webhook,
 )
 from plasmaart.media.metadata import probe_mp4
-from plasmaart.media.render import render_image
+from plasmaart.media.sandbox_render import render_image
 from tests.support.fake_fal import Behaviour, FakeFal, FalError
 from tests.support.pgserver import free_port
 

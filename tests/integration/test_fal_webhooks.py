@@ -19,12 +19,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
 from plasmaart.config import Settings
 from plasmaart.db.tables import fal_webhooks, generations
 from plasmaart.generation.runner import JobRunner
 from plasmaart.generation.service import GenerationRequest
+from plasmaart.platform import Platform
 from plasmaart.web.app import create_app
 from plasmaart.web.problems import PROBLEM_JSON
 from plasmaart.worker import Worker

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select, text
 
-from plasmaart.bootstrap import Platform
 from plasmaart.db.tables import generations, holds
 from plasmaart.errors import InsufficientCredits, InvalidInput
 from plasmaart.generation.errors import ConcurrencyLimit, GenerationNotFound, ModelNotInPlan
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.platform import Platform
 from tests.support.accounts import make_user
 
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
 from plasmaart.config import Settings
 from plasmaart.db.tables import generations
@@ -24,6 +24,7 @@ from plasmaart.generation.runner import LEASE
 from plasmaart.generation.service import Generation, GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.media.metadata import probe_mp4, read_png_metadata
+from plasmaart.platform import Platform
 from plasmaart.worker import Worker
 from tests.support.accounts import make_user
 from tests.support.fake_fal import Behaviour, FakeFal, FalError

@@ -22,11 +22,11 @@ from PIL import Image
 from pydantic import TypeAdapter
 from sqlalchemy import func, select, update
 
-from plasmaart.bootstrap import Platform
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import generations, holds, idempotency_records, uploads
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.media.metadata import probe_mp4, read_png_metadata
+from plasmaart.platform import Platform
 from plasmaart.web.api import events as events_api
 from plasmaart.web.api import generations as generations_api
 from plasmaart.web.api.generations import GenerationOut

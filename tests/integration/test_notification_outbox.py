@@ -19,14 +19,13 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select
 
 from plasmaart.billing.sandbox import SandboxBackend
-from plasmaart.bootstrap import Platform
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import notification_outbox
 from plasmaart.notify.email import SmtpMailer
 from plasmaart.notify.notices import queue_expiry_notices, queue_low_balance_notices
 from plasmaart.notify.outbox import LEASE, OutboxDelivery, retry_delay
-from plasmaart.notify.tasks import run_notifications
-from plasmaart.worker import Worker
+from plasmaart.platform import Platform
+from plasmaart.worker import Worker, run_notifications
 from tests.support.accounts import TestUser, make_user
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -13,11 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from plasmaart.bootstrap import Platform
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import notifications
-from plasmaart.notify.events import Event
+from plasmaart.eventbus import Event
 from plasmaart.notify.notifications import Notification
+from plasmaart.platform import Platform
 from tests.support.accounts import PASSWORD, TestUser, make_user
 from tests.support.live_server import WAIT_S, live_server, open_stream
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy import event, select
 
-from plasmaart.bootstrap import Platform
 from plasmaart.db.tables import generation_outputs, generations
 from plasmaart.generation.service import Generation, GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.platform import Platform
 from plasmaart.worker import Worker
 from tests.support.accounts import make_user
 

@@ -18,9 +18,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import LargeBinary, String, Text, select
 
-from plasmaart.bootstrap import Platform
 from plasmaart.db.tables import metadata
 from plasmaart.logs import JsonFormatter
+from plasmaart.platform import Platform
 from tests.support.accounts import make_user
 
 PASSWORD = "correct horse battery staple 42"

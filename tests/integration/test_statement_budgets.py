@@ -32,7 +32,7 @@ from typing import NamedTuple
 import pytest
 from fastapi.testclient import TestClient
 
-from plasmaart.bootstrap import Platform
+from plasmaart.platform import Platform
 from plasmaart.worker import Worker
 from tests.support.accounts import TestUser, make_user
 from tests.support.statements import Counts, StatementCounter

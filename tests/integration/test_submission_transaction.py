@@ -20,13 +20,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, event, func, select
 
-from plasmaart.bootstrap import Platform
 from plasmaart.db.group_commit import GroupCommitError
 from plasmaart.db.tables import generations, holds
 from plasmaart.errors import DomainError, InvalidInput
 from plasmaart.generation.errors import ConcurrencyLimit
 from plasmaart.generation.service import Generation, GenerationRequest, Submission
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.platform import Platform
 from tests.integration.test_teams import accept, create_team, invite
 from tests.support.accounts import TestUser, make_user
 

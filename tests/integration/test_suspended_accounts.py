@@ -23,11 +23,11 @@ from sqlalchemy import select
 
 from plasmaart.billing.repository import Subscription
 from plasmaart.billing.tasks import run_billing_clock
-from plasmaart.bootstrap import Platform
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import generation_outputs, notification_outbox
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.platform import Platform
 from plasmaart.web.auth import SUSPENDED_MAY_WRITE
 from plasmaart.worker import Worker
 from tests.support.accounts import PASSWORD, TestUser, make_user

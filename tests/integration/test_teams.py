@@ -12,7 +12,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 
-from plasmaart.accounts.teams import (
+from plasmaart.catalog import load_catalog
+from plasmaart.clock import ManualClock
+from plasmaart.db.tables import audit_log, invitations, subscriptions
+from plasmaart.errors import InvalidInput
+from plasmaart.generation.service import TEAM_CANCEL_ROLES, may_cancel
+from plasmaart.platform import Platform
+from plasmaart.teams.service import (
     INVITATION_LIFETIME,
     cheapest_team_plan,
     invitation_email,
@@ -23,12 +29,6 @@ from plasmaart.accounts.teams import (
     team_name,
     within_cap,
 )
-from plasmaart.bootstrap import Platform
-from plasmaart.catalog import load_catalog
-from plasmaart.clock import ManualClock
-from plasmaart.db.tables import audit_log, invitations, subscriptions
-from plasmaart.errors import InvalidInput
-from plasmaart.generation.service import TEAM_CANCEL_ROLES, may_cancel
 from tests.support.accounts import TestUser as Caller
 from tests.support.accounts import make_user
 

@@ -1,4 +1,4 @@
-"""The sandbox test clock is read only when it moves (billing/clock.py), on
+"""The sandbox test clock is read only when it moves (billing/sandbox_clock.py), on
 SQLite and PostgreSQL: another process sees a move at once (a NOTIFY on
 PostgreSQL, the stamp file on SQLite), and a clock standing still costs no
 statement at all."""
@@ -14,11 +14,11 @@ from typing import Any
 
 from sqlalchemy import event
 
-from plasmaart.billing.clock import REFRESH_S, SandboxTestClock
-from plasmaart.bootstrap import Platform
+from plasmaart.billing.sandbox_clock import REFRESH_S, SandboxTestClock
 from plasmaart.clock import ManualClock
 from plasmaart.db.engine import Database
-from plasmaart.notify.events import EventBus, PostgresEventBus, create_event_bus
+from plasmaart.eventbus import EventBus, PostgresEventBus, create_event_bus
+from plasmaart.platform import Platform
 
 
 class Statements:

@@ -8,11 +8,11 @@ import pytest
 
 from plasmaart.billing.periods import add_months
 from plasmaart.billing.service import AlreadySubscribed
-from plasmaart.bootstrap import Platform
 from plasmaart.clock import ManualClock
 from plasmaart.errors import InvalidInput
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.ledger.queries import ledger_page
+from plasmaart.platform import Platform
 from plasmaart.worker import Worker
 
 

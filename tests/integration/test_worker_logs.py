@@ -9,11 +9,11 @@ from datetime import timedelta
 
 import pytest
 
-from plasmaart.bootstrap import Platform
 from plasmaart.clock import ManualClock
 from plasmaart.generation.runner import LEASE
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.logs import JsonFormatter
+from plasmaart.platform import Platform
 from plasmaart.worker import Worker
 from tests.support.accounts import make_user
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from plasmaart.bootstrap import Platform
+from plasmaart.platform import Platform
 
 PASSWORD = "a long test password"
 

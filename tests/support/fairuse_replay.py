@@ -33,7 +33,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from plasmaart.billing.tasks import run_billing_clock
-from plasmaart.bootstrap import Platform, bootstrap
+from plasmaart.bootstrap import bootstrap
 from plasmaart.catalog import ModelSpec
 from plasmaart.clock import ManualClock
 from plasmaart.config import Settings
@@ -41,7 +41,8 @@ from plasmaart.db.tables import abuse_flags, abuse_signals
 from plasmaart.generation.providers.base import ProviderOutput, ProviderRequest, ProviderStatus
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.ledger.tasks import expire_due_lots
-from plasmaart.media import render
+from plasmaart.media import sandbox_render as render
+from plasmaart.platform import Platform
 from plasmaart.web.app import create_app
 from plasmaart.worker import Worker
 from tests.support.accounts import TestUser, make_user

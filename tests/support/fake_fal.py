@@ -14,7 +14,7 @@ It speaks the protocol the fal provider relies on:
 * ``PUT /{owner}/{app}/requests/{id}/cancel``: 202 ``CANCELLATION_REQUESTED``,
   400 ``ALREADY_COMPLETED``, 404 ``NOT_FOUND``;
 * ``GET /media/{id}/{index}.png|.mp4``: real files made by
-  ``plasmaart.media.render`` (public, no key, as on fal's CDN);
+  ``plasmaart.media.sandbox_render`` (public, no key, as on fal's CDN);
 * ``GET /.well-known/jwks.json``: the ED25519 public keys webhooks are signed
   with, as a JWKS document;
 * ``POST /webhook-sink``: records what it receives, so tests can hand the fake
@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from plasmaart.clock import Clock
-from plasmaart.media import render
+from plasmaart.media import sandbox_render as render
 
 FAKE_USER_ID = "fake-fal-user"
 WAIT_S = 5.0

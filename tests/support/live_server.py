@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from plasmaart.bootstrap import Platform
+from plasmaart.platform import Platform
 from plasmaart.web.app import create_app
 from tests.support.pgserver import free_port
 

@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import select
 
-from plasmaart.bootstrap import Platform
 from plasmaart.db.tables import metadata
+from plasmaart.platform import Platform
 
 Caller = Literal["anonymous", "owner", "other", "member", "admin"]
 # The columns of the matrix, in the order a row lists its expectations.

@@ -18,7 +18,7 @@ from PIL import Image, ImageChops, ImageStat
 
 from plasmaart.errors import InvalidInput
 from plasmaart.media.metadata import MediaToolError, ffmpeg_exe, probe_mp4
-from plasmaart.media.render import (
+from plasmaart.media.sandbox_render import (
     palette_for,
     render_image,
     render_video,

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from plasmaart.errors import DomainError
-from plasmaart.media.render import render_image
+from plasmaart.media.sandbox_render import render_image
 from plasmaart.media.uploads import (
     MAX_UPLOAD_BYTES,
     UploadInfo,

@@ -23,7 +23,7 @@ from plasmaart.media.metadata import (
     stamp_mp4,
     stamp_png,
 )
-from plasmaart.media.render import render_image, render_video
+from plasmaart.media.sandbox_render import render_image, render_video
 from plasmaart.media.watermark import mark_box, watermark_mp4, watermark_png
 
 FIELDS = {"license": "commercial", "generation_id": "gen_01J9", "model": "flux-schnell"}

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from plasmaart.eventbus import RESYNC, InProcessEventBus
 from plasmaart.generation.wakeups import POLL_EVENT, WAKEUP_ADDRESS, PollWakeups
-from plasmaart.notify.events import RESYNC, InProcessEventBus
 
 WAIT_S = 5.0
 

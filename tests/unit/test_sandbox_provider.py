@@ -16,7 +16,7 @@ from plasmaart.clock import ManualClock
 from plasmaart.generation.providers.base import ProviderRejected, ProviderRequest
 from plasmaart.generation.providers.sandbox import SandboxProvider, sandbox_errors
 from plasmaart.media.metadata import probe_mp4
-from plasmaart.media.render import render_image
+from plasmaart.media.sandbox_render import render_image
 
 CATALOG = load_catalog()
 

@@ -40,7 +40,6 @@ from sqlalchemy import Connection
 from plasmaart.accounts import audit
 from plasmaart.billing import repository as repo
 from plasmaart.billing.backends import BillingBackend, Customer, Declined, Paid, Redirect
-from plasmaart.billing.clock import SandboxTestClock
 from plasmaart.billing.errors import (
     AlreadySubscribed,
     NoSubscription,
@@ -59,6 +58,7 @@ from plasmaart.billing.rules import (
     prorate_upgrade,
 )
 from plasmaart.billing.sandbox import SandboxBackend
+from plasmaart.billing.sandbox_clock import SandboxTestClock
 from plasmaart.caches import CacheHub, TtlLru
 from plasmaart.catalog import Catalog, CreditPack, PlanSpec
 from plasmaart.catalog.in_force import CatalogInForce

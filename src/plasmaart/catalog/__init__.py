@@ -17,7 +17,6 @@ from plasmaart.catalog.loader import (
     catalog_from_dict,
     load_catalog,
 )
-from plasmaart.catalog.render import render_catalog
 from plasmaart.catalog.rules import (
     param_errors,
     plan_allows_model,
@@ -44,6 +43,7 @@ from plasmaart.catalog.schema import (
     QueueConfig,
     Tier,
 )
+from plasmaart.catalog.text_tables import render_catalog
 
 __all__ = [
     "DEFAULT_CATALOG_PATH",

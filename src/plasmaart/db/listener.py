@@ -1,5 +1,5 @@
 """A PostgreSQL LISTEN loop that survives its connection: the event bus
-(notify/events.py) and the caches' invalidations (caches.py) each run one in
+(eventbus.py) and the caches' invalidations (caches.py) each run one in
 a thread of their own.
 
 It connects, LISTENs on the channel, says so (``listening`` set, then

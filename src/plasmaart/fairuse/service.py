@@ -41,7 +41,6 @@ from plasmaart.accounts import audit
 from plasmaart.accounts import repository as accounts_repo
 from plasmaart.accounts.credentials import CredentialService
 from plasmaart.accounts.service import AccountService, User, UserNotFound
-from plasmaart.accounts.teams import TeamService
 from plasmaart.billing.service import BillingService, ClawbackOutcome, Payment
 from plasmaart.clock import Clock, as_utc
 from plasmaart.config import Settings
@@ -54,7 +53,7 @@ from plasmaart.fairuse.counters import (
     PendingSignals,
     request_fingerprint,
 )
-from plasmaart.fairuse.ratelimits import RateWindow, RequestLimiter
+from plasmaart.fairuse.request_limiter import RateWindow, RequestLimiter
 from plasmaart.fairuse.rules import (
     DEFAULT_RULES,
     IDENTICAL_PROMPT_WINDOW,
@@ -83,6 +82,7 @@ from plasmaart.fairuse.tasks import SignalFlusher
 from plasmaart.generation.service import Generation, GenerationRequest, GenerationService
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
+from plasmaart.teams.service import TeamService
 
 SYSTEM_ACTOR = "system:fairuse"
 # The most recent signals a flag keeps as evidence.

@@ -18,7 +18,6 @@ from typing import Any
 from sqlalchemy import Connection
 
 from plasmaart.accounts.service import User
-from plasmaart.accounts.teams import TeamService, within_cap
 from plasmaart.billing.service import BillingService
 from plasmaart.catalog import (
     Catalog,
@@ -39,6 +38,7 @@ from plasmaart.generation.providers.sandbox import sandbox_errors
 from plasmaart.generation.scheduling import virtual_start
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
+from plasmaart.teams.service import TeamService, within_cap
 
 QUEUE_FULL_RETRY_AFTER_S = 10
 # Who may cancel a team's generation besides its submitter: the roles that

@@ -25,13 +25,13 @@ from typing import Final
 from sqlalchemy import Connection
 
 from plasmaart.db.engine import after_commit
-from plasmaart.notify.events import RESYNC, Event, EventBus, PostgresEventBus
+from plasmaart.eventbus import RESYNC, Event, EventBus, PostgresEventBus
 
 log = logging.getLogger(__name__)
 
 WAKEUP_ADDRESS: Final = "worker:poll"
 POLL_EVENT: Final = "generation.poll"
-# Sent to WAKEUP_ADDRESS too when a job is queued (generation/events.py).
+# Sent to WAKEUP_ADDRESS too when a job is queued (generation/event_publisher.py).
 QUEUED_EVENT: Final = "generation.updated"
 
 

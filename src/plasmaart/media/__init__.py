@@ -1,6 +1,6 @@
 """Media files: what PlasmaArt makes, marks and accepts, as pure functions over bytes.
 
-* ``render``: the sandbox provider's offline renderer, real PNG pictures and
+* ``sandbox_render``: the sandbox provider's offline renderer, real PNG pictures and
   H.264 MP4 clips drawn from a prompt and a seed (deterministic for a seed).
 * ``watermark``: the visible PlasmaArt mark on every output whose plan and
   owner did not remove it.

@@ -19,8 +19,8 @@ from plasmaart.clock import Clock, as_utc
 from plasmaart.db.engine import after_commit
 from plasmaart.db.tables import notifications
 from plasmaart.errors import NotFound
+from plasmaart.eventbus import EventBus, iso_utc
 from plasmaart.ids import new_id
-from plasmaart.notify.events import EventBus, iso_utc
 
 ID_PREFIX = "ntf"
 TITLE_LENGTH = 200  # notifications.title is VARCHAR(200)

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.datastructures import Default
 
 from plasmaart import __version__
-from plasmaart.bootstrap import Platform
+from plasmaart.platform import Platform
 from plasmaart.web import dashboard, openapi, problems
 from plasmaart.web.api import (
     accounts,

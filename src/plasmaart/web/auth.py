@@ -19,8 +19,8 @@ from typing import Annotated, Literal
 from fastapi import Depends, Request
 
 from plasmaart.accounts.service import User
-from plasmaart.bootstrap import Platform
 from plasmaart.errors import AccountSuspended, Forbidden, NotFound, Unauthenticated
+from plasmaart.platform import Platform
 
 __all__ = [
     "AccountSuspended",

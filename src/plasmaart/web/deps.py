@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
-from plasmaart.bootstrap import Platform
+from plasmaart.platform import Platform
 
 
 async def get_platform(request: Request) -> Platform:

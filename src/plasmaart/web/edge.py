@@ -16,7 +16,7 @@ before the framework sees it, in one pass over ``receive`` and ``send``
 6. on the way out, in the same ``send``: the ``RateLimit-*`` headers that
    the rate-limit dependency left in the request state, the
    ``X-Request-ID`` and security headers, and for a counted request's 422 its
-   report as an ``invalid_input`` abuse signal (web/ratelimits.py);
+   report as an ``invalid_input`` abuse signal (web/rate_limit_guard.py);
 7. at the end: the request's Prometheus metrics (web/metrics.py, labelled by
    the route template) and one access log line.
 """
@@ -32,13 +32,13 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from plasmaart.bootstrap import Platform
 from plasmaart.logs import request_id
 from plasmaart.media.uploads import MAX_UPLOAD_BYTES, format_size
+from plasmaart.platform import Platform
 from plasmaart.web import idempotency
 from plasmaart.web.metrics import HttpMetrics
 from plasmaart.web.problems import problem
-from plasmaart.web.ratelimits import (
+from plasmaart.web.rate_limit_guard import (
     COUNTED,
     EVIDENCE_BYTES,
     WINDOW,

@@ -28,9 +28,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope
 
 from plasmaart.accounts.credentials import IDEMPOTENCY_RETENTION
 from plasmaart.accounts.repository import AnyRow
-from plasmaart.bootstrap import Platform
 from plasmaart.clock import as_utc
 from plasmaart.db.tables import idempotency_records
+from plasmaart.platform import Platform
 from plasmaart.web.problems import problem
 
 HEADER = b"idempotency-key"

@@ -10,7 +10,7 @@ from plasmaart.generation.providers.base import Provider
 def create_provider(settings: Settings, clock: Clock) -> Provider:
     """The provider the settings choose (the sandbox by default)."""
     if settings.provider == "fal":
-        from plasmaart.generation.providers.fal import FalProvider
+        from plasmaart.generation.providers.fal.client import FalProvider
 
         if not settings.fal_key:
             raise ConfigError("FAL_KEY: required when PLASMAART_PROVIDER=fal")

@@ -13,7 +13,7 @@ Its jobs live as small JSON files under one folder, so a worker that dies can
 resume a job from its request id, from any process on the machine. Its delays
 are real time (the platform's job clock), not the billing test clock.
 Outputs are rendered when downloaded, deterministically from the prompt, the
-seed and the output's index (``plasmaart.media.render``).
+seed and the output's index (``plasmaart.media.sandbox_render``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from plasmaart.generation.providers.base import (
     ProviderRequest,
     ProviderStatus,
 )
-from plasmaart.media import render
+from plasmaart.media import sandbox_render as render
 
 # How long the sandbox takes when the request does not say: about what a fast
 # hosted model takes, so the dashboard shows queued and running states.

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from plasmaart.accounts.credentials import SESSION_LIFETIME, ApiKey, NewSession
 from plasmaart.accounts.service import EmailTaken, User
 from plasmaart.billing.service import Subscription
-from plasmaart.bootstrap import Platform
+from plasmaart.platform import Platform
 from plasmaart.web.auth import (
     CSRF_COOKIE,
     SESSION_COOKIE,

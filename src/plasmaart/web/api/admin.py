@@ -20,10 +20,10 @@ from sqlalchemy import Select, or_, select
 from plasmaart.accounts import audit
 from plasmaart.accounts.repository import AnyRow
 from plasmaart.billing.service import effective_plan
-from plasmaart.bootstrap import Platform
 from plasmaart.clock import as_utc
 from plasmaart.db.tables import subscriptions, users, wallets
 from plasmaart.errors import InvalidInput
+from plasmaart.platform import Platform
 from plasmaart.stats import platform_stats
 from plasmaart.web.api.accounts import StrictBody
 from plasmaart.web.auth import AdminPrincipal

@@ -27,10 +27,10 @@ from plasmaart.billing.repository import Payment, PaymentKind, PaymentStatus, Su
 from plasmaart.billing.sandbox import SandboxBackend
 from plasmaart.billing.service import Checkout, PackPurchase
 from plasmaart.billing.tasks import run_billing_clock
-from plasmaart.bootstrap import Platform
 from plasmaart.catalog import Catalog
 from plasmaart.errors import NotFound
 from plasmaart.ledger.tasks import expire_due_lots
+from plasmaart.platform import Platform
 from plasmaart.web.api.accounts import StrictBody, SubscriptionOut, subscription_out
 from plasmaart.web.auth import AdminPrincipal, CurrentPrincipal, Principal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep

@@ -7,7 +7,6 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from plasmaart.bootstrap import Platform
 from plasmaart.catalog import (
     Catalog,
     ModelSpec,
@@ -17,6 +16,7 @@ from plasmaart.catalog import (
     required_plan,
 )
 from plasmaart.errors import NotFound
+from plasmaart.platform import Platform
 from plasmaart.web.auth import OptionalPrincipal, Principal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.pagination import DEFAULT_LIMIT, Page, page_of

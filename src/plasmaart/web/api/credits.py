@@ -14,11 +14,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy import Connection
 
-from plasmaart.bootstrap import Platform
 from plasmaart.clock import as_utc
 from plasmaart.db.tables import EntryKind
 from plasmaart.errors import InvalidInput
 from plasmaart.ledger import queries
+from plasmaart.platform import Platform
 from plasmaart.web.auth import CurrentPrincipal, Principal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_position, position_cursor

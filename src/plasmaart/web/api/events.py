@@ -16,7 +16,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from plasmaart.errors import InvalidInput
-from plasmaart.notify.events import Event, Subscription
+from plasmaart.eventbus import Event, Subscription
 from plasmaart.notify.notifications import ID_PREFIX, Notification
 from plasmaart.web.auth import CurrentPrincipal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep

@@ -1,7 +1,7 @@
 """fal's webhook: ``POST /v1/webhooks/fal``.
 
 Public: what authenticates it is the ED25519 signature in fal's
-``X-Fal-Webhook-*`` headers (``plasmaart.generation.webhooks``). Each delivery
+``X-Fal-Webhook-*`` headers (``plasmaart.generation.providers.fal.webhooks``). Each delivery
 is recorded once by fal's request id and wakes the worker running that
 generation, which then polls fal for the result. A repeat is recognised with
 one read; an unknown request id is recorded and acknowledged, so fal never
@@ -17,10 +17,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from plasmaart.bootstrap import Platform
 from plasmaart.errors import NotFound
-from plasmaart.generation.providers.fal import WEBHOOK_HEADERS, FalProvider
-from plasmaart.generation.webhooks import FalWebhooks
+from plasmaart.generation.providers.fal.client import WEBHOOK_HEADERS, FalProvider
+from plasmaart.generation.providers.fal.webhooks import FalWebhooks
+from plasmaart.platform import Platform
 from plasmaart.web.deps import PlatformDep
 
 router = APIRouter(prefix="/v1", tags=["generations"])

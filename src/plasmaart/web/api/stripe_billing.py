@@ -18,8 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from plasmaart.billing.stripe.errors import BillingPortalUnavailable
-from plasmaart.bootstrap import Platform
 from plasmaart.errors import NotFound
+from plasmaart.platform import Platform
 from plasmaart.web.auth import CurrentPrincipal
 from plasmaart.web.deps import PlatformDep
 

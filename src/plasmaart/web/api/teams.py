@@ -13,15 +13,15 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, StrictInt
 from sqlalchemy import Connection
 
-from plasmaart.accounts.teams import (
+from plasmaart.errors import InvalidInput
+from plasmaart.platform import Platform
+from plasmaart.teams.service import (
     MAX_MONTHLY_CREDIT_CAP,
     TEAM_NAME_MAX,
     Invitation,
     Member,
     Team,
 )
-from plasmaart.bootstrap import Platform
-from plasmaart.errors import InvalidInput
 from plasmaart.web.api.accounts import StrictBody
 from plasmaart.web.auth import CurrentPrincipal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep

@@ -29,10 +29,10 @@ from starlette.templating import Jinja2Templates
 
 from plasmaart import __version__
 from plasmaart.accounts.passwords import MIN_PASSWORD_LENGTH
-from plasmaart.bootstrap import Platform
 from plasmaart.errors import Unauthenticated
 from plasmaart.generation.runner import EXTENSIONS
 from plasmaart.generation.service import Output
+from plasmaart.platform import Platform
 from plasmaart.web.api.admin import search_users
 from plasmaart.web.auth import Principal, authenticate
 from plasmaart.web.dashboard import views

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection
 
-from plasmaart.bootstrap import Platform
+from plasmaart.platform import Platform
 
 T = TypeVar("T")
 ABUSE_FLAGS_SHOWN = 100
@@ -70,7 +70,7 @@ def _shown(value: Any) -> str:
 
 
 def admin_catalog_changes(conn: Connection, platform: Platform) -> Section[ScheduledChange]:
-    """The catalog-changes service's scheduled changes (catalog/service.py)."""
+    """The catalog-changes service's scheduled changes (changes/service.py)."""
     changes = [
         ScheduledChange(
             id=view.id,

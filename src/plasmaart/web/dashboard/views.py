@@ -13,10 +13,8 @@ from sqlalchemy import Connection
 
 from plasmaart.accounts import audit
 from plasmaart.accounts.service import User
-from plasmaart.accounts.teams import Invitation, Member, Membership, Seats
 from plasmaart.billing.repository import Payment, Subscription
 from plasmaart.billing.service import PlanChangePreview
-from plasmaart.bootstrap import Platform
 from plasmaart.catalog import (
     Catalog,
     ModelSpec,
@@ -31,7 +29,9 @@ from plasmaart.generation.service import may_cancel
 from plasmaart.ledger import queries
 from plasmaart.ledger.service import Balance
 from plasmaart.notify.notifications import Notification
+from plasmaart.platform import Platform
 from plasmaart.stats import PlatformStats, platform_stats
+from plasmaart.teams.service import Invitation, Member, Membership, Seats
 from plasmaart.web.api.admin import audit_cursor, audit_position
 from plasmaart.web.api.billing import describe
 from plasmaart.web.dashboard import sections

@@ -28,7 +28,7 @@ from plasmaart.clock import Clock
 from plasmaart.db.tables import fal_webhooks, generations
 from plasmaart.errors import DomainError, InvalidInput
 from plasmaart.generation.providers.base import ProviderUnavailable
-from plasmaart.generation.providers.fal import WEBHOOK_HEADERS, FalProvider, parse_webhook
+from plasmaart.generation.providers.fal.client import WEBHOOK_HEADERS, FalProvider, parse_webhook
 from plasmaart.generation.wakeups import PollWakeups
 
 WebhookResult = Literal["succeeded", "failed", "payload_error"]

@@ -25,10 +25,10 @@ from typing import Any
 from fastapi import Depends, Request
 from starlette.types import Scope
 
-from plasmaart.bootstrap import Platform
 from plasmaart.fairuse.errors import RateLimited
-from plasmaart.fairuse.ratelimits import RateWindow
+from plasmaart.fairuse.request_limiter import RateWindow
 from plasmaart.fairuse.rules import Budget
+from plasmaart.platform import Platform
 from plasmaart.web.auth import CurrentPrincipal, Principal
 from plasmaart.web.deps import PlatformDep
 

@@ -24,7 +24,6 @@ from typing import Any, Literal
 from sqlalchemy import Connection
 
 from plasmaart.accounts import audit
-from plasmaart.accounts.teams import TeamService
 from plasmaart.billing.service import BillingService
 from plasmaart.catalog import repository as repo
 from plasmaart.catalog.changes import (
@@ -41,6 +40,7 @@ from plasmaart.db.engine import Database
 from plasmaart.errors import Conflict, DomainError, InvalidInput, NotFound
 from plasmaart.ids import new_id
 from plasmaart.notify.outbox import Outbox
+from plasmaart.teams.service import TeamService
 
 ChangeStatus = Literal["scheduled", "in_force", "canceled"]
 # Users looked at per query while working out who a change affects.

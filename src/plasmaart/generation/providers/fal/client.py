@@ -28,7 +28,7 @@ the timestamp and the SHA-256 hex of the raw body, one per line, checked
 against the public keys fal publishes as a JWKS document, within five minutes
 of the timestamp. ``verify_webhook`` is the pure check; ``JwksCache`` keeps the
 keys for a day. Recording each delivery once, and what it does, is
-``plasmaart.generation.webhooks``' job.
+``plasmaart.generation.providers.fal.webhooks``' job.
 """
 
 from __future__ import annotations

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 
-from plasmaart.accounts.teams import TeamService
 from plasmaart.db.engine import Database
+from plasmaart.eventbus import EventBus
 from plasmaart.generation.service import Generation
 from plasmaart.generation.wakeups import WAKEUP_ADDRESS
-from plasmaart.notify.events import EventBus
+from plasmaart.teams.service import TeamService
 
 log = logging.getLogger(__name__)
 

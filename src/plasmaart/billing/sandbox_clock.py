@@ -36,7 +36,7 @@ from plasmaart.billing import repository as repo
 from plasmaart.clock import Clock, OffsetClock
 from plasmaart.db.engine import Database, after_commit
 from plasmaart.errors import InvalidInput
-from plasmaart.notify.events import (
+from plasmaart.eventbus import (
     RESYNC,
     Event,
     EventBus,

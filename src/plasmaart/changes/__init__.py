@@ -1,0 +1,1 @@
+"""Announced catalog changes: scheduling, withdrawing, and the notices they owe."""

@@ -1,0 +1,82 @@
+"""The platform: every service of one process, built once by ``bootstrap``.
+
+This is the container the entry points (``web``, ``worker``, ``cli``) hold; it
+builds nothing itself. ``bootstrap.py``, the composition root, is the one
+place that chooses the adapters and constructs the services in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from plasmaart.accounts.credentials import CredentialService
+from plasmaart.accounts.principals import Principals
+from plasmaart.accounts.service import AccountService
+from plasmaart.billing.sandbox_clock import SandboxTestClock
+from plasmaart.billing.service import BillingService
+from plasmaart.caches import CacheHub
+from plasmaart.catalog import Catalog
+from plasmaart.changes.service import CatalogChangeService
+from plasmaart.clock import Clock
+from plasmaart.config import Settings
+from plasmaart.db.engine import Database
+from plasmaart.eventbus import EventBus
+from plasmaart.fairuse.service import FairUseService
+from plasmaart.fairuse.suspension import SuspensionService
+from plasmaart.generation.providers.base import Provider
+from plasmaart.generation.service import GenerationService
+from plasmaart.generation.submission import SubmissionService
+from plasmaart.generation.wakeups import PollWakeups
+from plasmaart.ledger.service import LedgerService
+from plasmaart.media.storage import Storage
+from plasmaart.notify.email import Mailer
+from plasmaart.notify.notifications import NotificationService
+from plasmaart.notify.outbox import Outbox
+from plasmaart.teams.service import TeamService
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    db: Database
+    catalog: Catalog
+    clock: Clock
+    # Real elapsed time (the clock passed in, without the sandbox test clock's
+    # offset): job leases and deadlines, provider delays, webhook freshness.
+    # Billing time (``clock``) may jump; this one never does.
+    job_clock: Clock
+    ledger: LedgerService
+    accounts: AccountService
+    credentials: CredentialService
+    billing: BillingService
+    teams: TeamService
+    events: EventBus
+    notifications: NotificationService
+    generations: GenerationService
+    provider: Provider
+    storage: Storage
+    fairuse: FairUseService
+    outbox: Outbox
+    catalog_changes: CatalogChangeService
+    mailer: Mailer | None
+    # Webhooks wake the worker polling a job (generation/wakeups.py).
+    wakeups: PollWakeups
+    # Suspending and reinstating accounts (fairuse/suspension.py).
+    suspensions: SuspensionService
+    # Submissions and quotes as the API makes them (generation/submission.py).
+    submissions: SubmissionService
+    # The per-process caches and their invalidation (caches.py).
+    caches: CacheHub
+    # API key or session → user, cached (accounts/principals.py).
+    principals: Principals
+
+    def close(self) -> None:
+        self.principals.close()  # writes the keys' last uses it still holds
+        if self.fairuse.flusher is not None:
+            self.fairuse.flusher.stop()  # writes the signals still queued
+        if isinstance(self.clock, SandboxTestClock):
+            self.clock.close()
+        self.wakeups.close()
+        self.events.close()
+        self.caches.close()
+        self.db.dispose()

@@ -1,0 +1,1 @@
+"""Teams: shared wallets, seats, members' caps and invitations."""
