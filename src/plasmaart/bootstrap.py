@@ -17,7 +17,7 @@ from plasmaart.clock import Clock, SystemClock
 from plasmaart.config import Settings, load_settings
 from plasmaart.db.engine import create_database
 from plasmaart.db.migrate import database_revision, require_migrated, unreachable, upgrade
-from plasmaart.eventbus import BalanceEvents, create_event_bus
+from plasmaart.eventbus import create_event_bus
 from plasmaart.fairuse.counters import create_copy_counter
 from plasmaart.fairuse.request_limiter import RequestLimiter
 from plasmaart.fairuse.service import FairUsePolicy, FairUseService
@@ -27,6 +27,7 @@ from plasmaart.generation.providers import create_provider
 from plasmaart.generation.service import GenerationService
 from plasmaart.generation.submission import SubmissionService
 from plasmaart.generation.wakeups import PollWakeups
+from plasmaart.ledger.balance_events import BalanceEvents
 from plasmaart.ledger.service import LedgerService
 from plasmaart.media.storage import create_storage
 from plasmaart.notify.email import create_mailer

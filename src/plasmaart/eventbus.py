@@ -28,17 +28,14 @@ import json
 import logging
 import re
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import Connection, select
-
 from plasmaart.db.engine import Database
 from plasmaart.db.listener import ListenerSettings, listen
-from plasmaart.db.tables import teams, wallets
 
 if TYPE_CHECKING:
     pass  # imported where it listens: SQLite never loads it
@@ -447,54 +444,3 @@ def create_event_bus(db: Database) -> EventBus:
     if db.is_sqlite:
         return InProcessEventBus()
     return PostgresEventBus(db)
-
-
-# -- balance.updated ----------------------------------------------------------
-
-
-def _owner_user(conn: Connection, wallet_id: str) -> str | None:
-    """The user who owns ``wallet_id``: its user, or its team's owner."""
-    row = conn.execute(
-        select(wallets.c.owner_kind, wallets.c.owner_id).where(wallets.c.id == wallet_id)
-    ).first()
-    if row is None:
-        return None
-    if row.owner_kind == "user":
-        return str(row.owner_id)
-    owner = conn.execute(select(teams.c.owner_id).where(teams.c.id == row.owner_id)).scalar()
-    return None if owner is None else str(owner)
-
-
-class BalanceEvents:
-    """A ledger balance listener: ``balance.updated`` to the wallet's owner.
-
-    Called after commit with ``(wallet_id, available, held)``. Wallets never
-    change owner, so owners are cached (bounded, most recently used kept).
-    """
-
-    CACHE_SIZE = 10_000
-
-    def __init__(self, db: Database, events: EventBus) -> None:
-        self._db = db
-        self._events = events
-        self._owners: OrderedDict[str, str | None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def owner_of(self, wallet_id: str) -> str | None:
-        with self._lock:
-            if wallet_id in self._owners:
-                self._owners.move_to_end(wallet_id)
-                return self._owners[wallet_id]
-        with self._db.read() as conn:
-            owner = _owner_user(conn, wallet_id)
-        if owner is not None:  # an unknown wallet may yet be created: not cached
-            with self._lock:
-                self._owners[wallet_id] = owner
-                while len(self._owners) > self.CACHE_SIZE:
-                    self._owners.popitem(last=False)
-        return owner
-
-    def __call__(self, wallet_id: str, available: int, held: int) -> None:
-        owner = self.owner_of(wallet_id)
-        if owner is not None:
-            self._events.publish([owner], "balance.updated", {"available": available, "held": held})

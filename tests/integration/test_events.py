@@ -15,20 +15,20 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from plasmaart import eventbus as bus_module
 from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
 from plasmaart.config import Settings
 from plasmaart.db.engine import normalise_url
 from plasmaart.eventbus import (
     NOTIFY_LIMIT,
-    BalanceEvents,
     Event,
     InProcessEventBus,
     PostgresEventBus,
     notify_payloads,
 )
 from plasmaart.generation.service import GenerationRequest
+from plasmaart.ledger import repository as ledger_repo
+from plasmaart.ledger.balance_events import BalanceEvents
 from plasmaart.platform import Platform
 from plasmaart.web.api import events as events_api
 from tests.support.accounts import TestUser, make_user
@@ -320,7 +320,7 @@ def test_balance_events_resolve_each_owner_once(
     alice = make_user(platform, "alice@example.com")
     published: list[tuple[list[str], str, dict[str, Any]]] = []
     lookups: list[str] = []
-    real_lookup = bus_module._owner_user
+    real_lookup = ledger_repo.wallet_owner_user
 
     def counted_lookup(conn: Any, wallet_id: str) -> str | None:
         lookups.append(wallet_id)
@@ -330,7 +330,7 @@ def test_balance_events_resolve_each_owner_once(
         def publish(self, user_ids: Any, type: str, data: Any) -> None:
             published.append((list(user_ids), type, dict(data)))
 
-    monkeypatch.setattr(bus_module, "_owner_user", counted_lookup)
+    monkeypatch.setattr(ledger_repo, "wallet_owner_user", counted_lookup)
     listener = BalanceEvents(platform.db, Recorder())
     listener(alice.wallet_id, 9, 1)
     listener(alice.wallet_id, 8, 2)
