@@ -64,11 +64,10 @@ def sql_imports(source: str) -> list[str]:
     found: list[str] = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module is not None:
-            if node.module == "plasmaart.db.tables":
-                # Its constants (the CHECKs' allowed values) are not SQL.
-                if not all(a.name.isupper() for a in node.names):
-                    found.append(node.module)
-            elif node.module == "plasmaart.db" and any(a.name == "tables" for a in node.names):
+            # The tables' allowed values are in db.values, which anyone may use.
+            if node.module == "plasmaart.db.tables" or (
+                node.module == "plasmaart.db" and any(a.name == "tables" for a in node.names)
+            ):
                 found.append(node.module)
             elif node.module.split(".")[0] == "sqlalchemy":
                 found += [a.name for a in node.names if a.name in STATEMENT_NAMES]
@@ -104,7 +103,7 @@ def test_the_checks_see_sql_and_untyped_rows() -> None:
     assert sql_imports(source) == ["Row", "select", "plasmaart.db.tables"]
     assert sorted(untyped_rows(source)) == [4, 4, 5]
     assert sql_imports("from sqlalchemy import Connection\n") == []
-    assert sql_imports("from plasmaart.db.tables import LOT_SOURCES\n") == []
+    assert sql_imports("from plasmaart.db.values import LOT_SOURCES\n") == []
     assert sql_imports("from plasmaart.db import tables\n") == ["plasmaart.db"]
 
 

@@ -33,15 +33,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, get_args
 
-SignalKind = Literal[
-    "rate_limited",
-    "submit_cancel",
-    "identical_prompt",
-    "invalid_input",
-    "clawback",
-    "payment_declined",
-    "plan_cycling",
-]
+from plasmaart.db.values import AbuseSignalKind
+
+# The kinds are the database's CHECK constraint's (db/tables.py).
+SignalKind = AbuseSignalKind
 SIGNAL_KINDS: tuple[SignalKind, ...] = get_args(SignalKind)
 # The rate-limit budgets of an account: submissions, uploads and cancels
 # share one; quotes (read-only, and asked for by the dashboard whenever the

@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 
 from plasmaart.clock import Clock, as_utc
 from plasmaart.db.engine import after_commit
-from plasmaart.db.tables import LOT_SOURCES
+from plasmaart.db.values import LOT_SOURCES
 from plasmaart.ids import new_id
 from plasmaart.ledger import repository as repo
 from plasmaart.ledger.errors import (
@@ -114,6 +114,13 @@ class Balance:
     held: int
     lots: list[LotBalance]
     next_expiry: tuple[int, datetime] | None
+
+
+def _require_positive(credits: int, operation: str) -> None:
+    if credits <= 0:
+        raise InvalidAmount(
+            f"{operation} needs a positive number of credits, not {credits}", field="credits"
+        )
 
 
 class _Wallet:
@@ -253,10 +260,7 @@ class LedgerService:
         kind: str = "grant",
     ) -> GrantResult:
         """Add a lot of ``credits`` from ``source`` to the wallet."""
-        if credits <= 0:
-            raise InvalidAmount(
-                f"a grant needs a positive number of credits, not {credits}", field="credits"
-            )
+        _require_positive(credits, "a grant")
         if source not in LOT_SOURCES:
             raise InvalidAmount(f"unknown lot source {source!r}", field="source")
         now = self.clock.now()
@@ -291,10 +295,7 @@ class LedgerService:
         memo: str | None = None,
     ) -> HoldResult:
         """Move ``credits`` from the wallet's lots (in burn order) into a hold."""
-        if credits <= 0:
-            raise InvalidAmount(
-                f"a hold needs a positive number of credits, not {credits}", field="credits"
-            )
+        _require_positive(credits, "a hold")
         now = self.clock.now()
         params = {
             "wallet": wallet_id,

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy import Connection
 
 from plasmaart.clock import as_utc
-from plasmaart.db.tables import EntryKind
+from plasmaart.db.values import EntryKind
 from plasmaart.errors import InvalidInput
 from plasmaart.ledger import queries
 from plasmaart.platform import Platform
