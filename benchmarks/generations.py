@@ -61,7 +61,6 @@ from plasmaart.worker import CLAIM_IDLE_S
 # Run as a script from the repository root: the repository goes on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
 from benchmarks.harness import cli, comparison, docs, fixtures, postgres, profiles
 from benchmarks.harness.baselines import pgqueuer_enqueue, pgqueuer_worker
 from benchmarks.harness.fakes import NoopProvider
@@ -435,7 +434,9 @@ HOW_TO_READ = docs.paragraphs(
         "and each run starts from a fresh copy of the prepared database.",
     ),
     docs.DURABILITY,
-    "The load generator, the servers, the workers and PostgreSQL share the machine's CPUs.",
+    docs.prose(
+        "The load generator, the servers, the workers and PostgreSQL share the machine's CPUs."
+    ),
 )
 
 

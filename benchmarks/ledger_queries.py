@@ -57,7 +57,6 @@ from plasmaart.ledger.queries import JournalPosition
 # Run as a script from the repository root: the repository goes on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
 from benchmarks.harness import cli, docs, postgres
 from benchmarks.harness.session import command_line, measuring, progress
 

@@ -46,7 +46,6 @@ from plasmaart.ledger.service import LedgerService
 # Run as a script from the repository root: the repository goes on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
 from benchmarks.harness import baselines, cli, docs, ledger, postgres, processes, profiles, session
 from benchmarks.harness.stats import Sides
 
