@@ -1,4 +1,5 @@
-"""The figures a benchmark reports: percentiles and medians."""
+"""The figures a benchmark reports: percentiles, medians, and PlasmaArt beside
+its baseline."""
 
 from __future__ import annotations
 
