@@ -15,9 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
-from plasmaart.config import Settings
 from plasmaart.db.engine import normalise_url
 from plasmaart.eventbus import (
     NOTIFY_LIMIT,
@@ -33,6 +31,7 @@ from plasmaart.platform import Platform
 from plasmaart.web.api import events as events_api
 from tests.support.accounts import TestUser, make_user
 from tests.support.live_server import WAIT_S, EventStream, live_server, open_stream
+from tests.support.platforms import running_platform, settings_for
 
 HEARTBEAT_S = 0.2
 
@@ -57,13 +56,8 @@ def publisher(
     if platform.db.is_sqlite:
         yield platform
         return
-    other = bootstrap(
-        Settings(database_url=database_url, var_dir=tmp_path / "other"), clock=clock, migrate=False
-    )
-    try:
+    with running_platform(settings_for(database_url, tmp_path / "other"), clock) as other:
         yield other
-    finally:
-        other.close()
 
 
 def grant(platform: Platform, user: TestUser, credits: int, key: str) -> None:
