@@ -13,8 +13,10 @@ from typing import Any
 from sqlalchemy import select
 
 from plasmaart.billing.sandbox import SandboxBackend
+from plasmaart.changes.notices import CatalogChangeNotice
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import notification_outbox
+from plasmaart.outbox import TITLE_LENGTH
 from plasmaart.platform import Platform
 from plasmaart.worker import Worker, run_notifications
 from tests.support.accounts import TestUser, make_user
@@ -217,3 +219,26 @@ def test_catalog_change_notices(platform: Platform, clock: ManualClock) -> None:
         "effective_at": "2026-01-15T12:00:00+00:00",
         "stage": "reminder",
     }
+
+
+def test_a_long_title_is_shortened_to_the_column(platform: Platform) -> None:
+    kai = make_user(platform, "kai@example.com")
+    name = "A model with a very long name " * 10
+    fact = CatalogChangeNotice(
+        change_id="chg_1",
+        stage="announced",
+        target="model",
+        target_id="long",
+        name=name,
+        field="credits",
+        previous=1,
+        value=2,
+        effective_at=FEB_1,
+        currency="usd",
+    )
+    with platform.db.write() as conn:
+        assert platform.outbox.enqueue(conn, cause_key="long", user_id=kai.id, fact=fact)
+    [(_kind, title, body, _data)] = queued(platform, kai)
+    assert len(title) == TITLE_LENGTH
+    assert title == f"{name} will cost 2 credits per output"[: TITLE_LENGTH - 1] + "…"
+    assert body.startswith(f"From 2026-02-01 00:00 UTC, {name} costs 2 credits")
