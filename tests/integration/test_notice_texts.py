@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 
 from plasmaart.billing.sandbox import SandboxBackend
+from plasmaart.catalog.changes import CatalogChange
 from plasmaart.changes.notices import CatalogChangeNotice
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import notification_outbox
@@ -224,18 +225,8 @@ def test_catalog_change_notices(platform: Platform, clock: ManualClock) -> None:
 def test_a_long_title_is_shortened_to_the_column(platform: Platform) -> None:
     kai = make_user(platform, "kai@example.com")
     name = "A model with a very long name " * 10
-    fact = CatalogChangeNotice(
-        change_id="chg_1",
-        stage="announced",
-        target="model",
-        target_id="long",
-        name=name,
-        field="credits",
-        previous=1,
-        value=2,
-        effective_at=FEB_1,
-        currency="usd",
-    )
+    change = CatalogChange("chg_1", "model", "long", "credits", 2, FEB_1)
+    fact = CatalogChangeNotice(change, "announced", name=name, previous=1, currency="usd")
     with platform.db.write() as conn:
         assert platform.outbox.enqueue(conn, cause_key="long", user_id=kai.id, fact=fact)
     [(_kind, title, body, _data)] = queued(platform, kai)

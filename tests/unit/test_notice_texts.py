@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from plasmaart.catalog.changes import CatalogChange
 from plasmaart.changes.notices import CatalogChangeNotice, Stage
 from plasmaart.notify.texts import render
 from plasmaart.outbox import Text, short_title
@@ -19,20 +20,25 @@ WHEN = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 
 
 def change(stage: Stage = "announced", **fields: Any) -> CatalogChangeNotice:
+    """A notice of Wan Pro made available again, or of ``fields`` changed."""
     values: dict[str, Any] = {
-        "change_id": "chg_1",
-        "stage": stage,
         "target": "model",
         "target_id": "wan-pro",
-        "name": "Wan Pro",
         "field": "available",
-        "previous": False,
         "value": True,
-        "effective_at": WHEN,
-        "currency": "eur",
+        "name": "Wan Pro",
+        "previous": False,
     }
     values.update(fields)
-    return CatalogChangeNotice(**values)
+    return CatalogChangeNotice(
+        CatalogChange(
+            "chg_1", values["target"], values["target_id"], values["field"], values["value"], WHEN
+        ),
+        stage,
+        name=values["name"],
+        previous=values["previous"],
+        currency="eur",
+    )
 
 
 def test_a_model_available_again() -> None:

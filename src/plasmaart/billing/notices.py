@@ -7,37 +7,40 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
+from plasmaart.catalog.schema import PlanSpec
+
 
 @dataclass(frozen=True)
 class RenewalPaid:
+    """The subscription renewed on ``plan``: ``credits`` granted for the new
+    period, which ends at ``period_end``, and the plan's price charged."""
+
     kind: ClassVar[str] = "billing.renewed"
     subscription_id: str
-    plan_id: str
-    plan_name: str
+    plan: PlanSpec
     payment_id: str
-    # Granted for the new period, which ends at ``period_end``.
     credits: int
     period_end: datetime
-    price_cents: int
     currency: str
 
     def data(self) -> dict[str, Any]:
         return {
             "subscription_id": self.subscription_id,
-            "plan": self.plan_id,
+            "plan": self.plan.id,
             "payment_id": self.payment_id,
         }
 
 
 @dataclass(frozen=True)
 class RenewalDeclined:
+    """The renewal on ``plan`` was declined (``reason``, as the payment
+    backend gave it); the plan is kept for ``grace_days``."""
+
     kind: ClassVar[str] = "billing.payment_failed"
     subscription_id: str
-    plan_id: str
-    plan_name: str
-    # As the payment backend gave it.
+    plan: PlanSpec
     reason: str
     grace_days: int
 
     def data(self) -> dict[str, Any]:
-        return {"subscription_id": self.subscription_id, "plan": self.plan_id}
+        return {"subscription_id": self.subscription_id, "plan": self.plan.id}

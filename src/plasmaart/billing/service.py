@@ -68,7 +68,7 @@ from plasmaart.db.engine import pending_invalidations
 from plasmaart.errors import InvalidInput
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
-from plasmaart.outbox import Outbox
+from plasmaart.outbox import Fact, Outbox
 
 __all__ = [
     "AlreadySubscribed",
@@ -774,21 +774,10 @@ class BillingService:
             backend=subscription.backend,
             external_id=external_id,
         )
-        self.outbox.enqueue(
-            conn,
-            cause_key=f"renewal:{subscription.id}:{_key_time(period_end)}",
-            user_id=subscription.user_id,
-            fact=RenewalPaid(
-                subscription_id=subscription.id,
-                plan_id=plan.id,
-                plan_name=plan.name,
-                payment_id=payment_id,
-                credits=renewed.granted,
-                period_end=next_end,
-                price_cents=plan.price_cents,
-                currency=self.catalog.currency,
-            ),
+        fact = RenewalPaid(
+            subscription.id, plan, payment_id, renewed.granted, next_end, self.catalog.currency
         )
+        self._notify(conn, subscription, "renewal", period_end, fact)
         return self._update(
             conn,
             subscription,
@@ -836,18 +825,8 @@ class BillingService:
             external_id=external_id,
             failure_reason=reason,
         )
-        self.outbox.enqueue(
-            conn,
-            cause_key=f"payment_failed:{subscription.id}:{_key_time(period_end)}",
-            user_id=subscription.user_id,
-            fact=RenewalDeclined(
-                subscription_id=subscription.id,
-                plan_id=plan.id,
-                plan_name=plan.name,
-                reason=reason,
-                grace_days=self.grace_days,
-            ),
-        )
+        fact = RenewalDeclined(subscription.id, plan, reason, self.grace_days)
+        self._notify(conn, subscription, "payment_failed", period_end, fact)
         return self._update(
             conn, subscription, status="past_due", plan_id=plan.id, pending_plan=None
         )
@@ -1176,6 +1155,23 @@ class BillingService:
         if isinstance(outcome, Declined):  # pragma: no cover - nothing was charged
             raise PaymentFailed(outcome.reason)
         return self._update(conn, subscription, pending_plan=pending, cancel_at_period_end=False)
+
+    def _notify(
+        self,
+        conn: Connection,
+        subscription: Subscription,
+        cause: str,
+        period_end: datetime,
+        fact: Fact,
+    ) -> None:
+        """Queue ``fact``'s notice for the subscriber, once per ``cause`` and
+        period of the subscription."""
+        self.outbox.enqueue(
+            conn,
+            cause_key=f"{cause}:{subscription.id}:{_key_time(period_end)}",
+            user_id=subscription.user_id,
+            fact=fact,
+        )
 
     def _record_payment(
         self,

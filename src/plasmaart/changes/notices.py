@@ -5,44 +5,39 @@ fact for the notification outbox (``plasmaart.outbox``); the words are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from plasmaart.catalog.changes import ChangeTarget
+from plasmaart.catalog.changes import CatalogChange
 
 Stage = Literal["announced", "reminder", "withdrawn"]
 
 
 @dataclass(frozen=True)
 class CatalogChangeNotice:
-    """``field`` of the model or plan ``target_id`` (called ``name``) goes
-    from ``previous`` to ``value`` at ``effective_at``; ``stage`` says
-    whether this is the announcement, the reminder a day before, or the news
-    that the change was withdrawn."""
+    """``change`` of the model or plan called ``name``, from ``previous``
+    (both as in the catalog in force just before it); ``stage`` says whether
+    this is the announcement, the reminder a day before, or the news that the
+    change was withdrawn."""
 
     kind: ClassVar[str] = "catalog.change"
-    change_id: str
+    change: CatalogChange
     stage: Stage
-    target: ChangeTarget
-    target_id: str
     name: str
-    field: str
     previous: Any
-    value: Any
-    effective_at: datetime
     # Of the catalog, for prices.
     currency: str
 
     def data(self) -> dict[str, Any]:
+        change = self.change
         if self.stage == "withdrawn":
-            return {"change_id": self.change_id, "stage": self.stage}
+            return {"change_id": change.id, "stage": self.stage}
         return {
-            "change_id": self.change_id,
-            "target": self.target,
-            "id": self.target_id,
-            "field": self.field,
+            "change_id": change.id,
+            "target": change.target,
+            "id": change.target_id,
+            "field": change.field,
             "from": self.previous,
-            "to": self.value,
-            "effective_at": self.effective_at.isoformat(),
+            "to": change.value,
+            "effective_at": change.effective_at.isoformat(),
             "stage": self.stage,
         }

@@ -315,15 +315,10 @@ class CatalogChangeService:
             else catalog.plan(change.target_id)
         )
         return CatalogChangeNotice(
-            change_id=change.id,
-            stage=stage,
-            target=change.target,
-            target_id=change.target_id,
+            change,
+            stage,
             name=subject.name,
-            field=change.field,
             previous=current_value(catalog, change.target, change.target_id, change.field),
-            value=change.value,
-            effective_at=change.effective_at,
             currency=catalog.currency,
         )
 

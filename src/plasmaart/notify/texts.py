@@ -78,15 +78,15 @@ def account_reinstated(_fact: AccountReinstated) -> Text:
 
 def renewal_paid(fact: RenewalPaid) -> Text:
     return Text(
-        f"Your {fact.plan_name} subscription renewed",
+        f"Your {fact.plan.name} subscription renewed",
         f"{fact.credits} credits were added for the period ending "
-        f"{fact.period_end:%Y-%m-%d}; {_money(fact.price_cents, fact.currency)} was charged.",
+        f"{fact.period_end:%Y-%m-%d}; {_money(fact.plan.price_cents, fact.currency)} was charged.",
     )
 
 
 def renewal_declined(fact: RenewalDeclined) -> Text:
     return Text(
-        f"Payment for your {fact.plan_name} subscription failed",
+        f"Payment for your {fact.plan.name} subscription failed",
         f"The renewal payment was declined ({fact.reason}). Pay within "
         f"{fact.grace_days} days to keep your plan; no new monthly credits "
         "are granted until then.",
@@ -125,23 +125,23 @@ def catalog_change(fact: CatalogChangeNotice) -> Text:
         return Text(
             f"Withdrawn: {_lower_first(title)}",
             "The change announced for "
-            f"{fact.effective_at:%Y-%m-%d %H:%M} UTC will not happen; nothing changes.",
+            f"{fact.change.effective_at:%Y-%m-%d %H:%M} UTC will not happen; nothing changes.",
         )
     return Text(title, body)
 
 
 def _change(fact: CatalogChangeNotice) -> Text:
-    when = fact.effective_at.strftime("%Y-%m-%d %H:%M UTC")
-    name = fact.name
-    if fact.target == "model":
-        if fact.field == "credits":
+    change, name = fact.change, fact.name
+    when = change.effective_at.strftime("%Y-%m-%d %H:%M UTC")
+    if change.target == "model":
+        if change.field == "credits":
             return Text(
-                f"{name} will cost {fact.value} credits per output",
-                f"From {when}, {name} costs {fact.value} credits per output "
+                f"{name} will cost {change.value} credits per output",
+                f"From {when}, {name} costs {change.value} credits per output "
                 f"(now {fact.previous}). Generations submitted before then keep the price "
                 "they were quoted.",
             )
-        if fact.value:
+        if change.value:
             return Text(
                 f"{name} becomes available again",
                 f"From {when}, {name} can be used again on the plans that include it.",
@@ -151,9 +151,9 @@ def _change(fact: CatalogChangeNotice) -> Text:
             f"From {when}, {name} takes no new generations. Generations submitted "
             "before then still run, at the price they were quoted.",
         )
-    label = fact.field.replace("_", " ")
-    old = _shown(fact.field, fact.previous, fact.currency)
-    new = _shown(fact.field, fact.value, fact.currency)
+    label = change.field.replace("_", " ")
+    old = _shown(change.field, fact.previous, fact.currency)
+    new = _shown(change.field, change.value, fact.currency)
     return Text(
         f"The {name} plan changes: {label}",
         f"The {name} plan's {label} changes from {old} to {new} on {when}. "
