@@ -32,7 +32,8 @@ from plasmaart.ledger.service import LedgerService
 from plasmaart.media.storage import create_storage
 from plasmaart.notify.email import create_mailer
 from plasmaart.notify.notifications import NotificationService
-from plasmaart.notify.outbox import Outbox
+from plasmaart.notify.texts import render
+from plasmaart.outbox import Outbox
 from plasmaart.platform import Platform
 from plasmaart.teams.service import TeamService
 
@@ -91,6 +92,9 @@ def bootstrap(
     clock = test_clock or clock
     ledger = LedgerService(clock)
     caches = CacheHub(db)
+    # The services that cause notifications queue them in the transaction of
+    # their cause, as facts that notify's texts put into words.
+    outbox = Outbox(clock, render)
     ledger.balance_listeners.append(BalanceEvents(db, events))
     billing = BillingService(
         clock,
@@ -101,13 +105,14 @@ def bootstrap(
         grace_days=settings.payment_grace_days,
         purchased_credits_expire_days=settings.purchased_credits_expire_days,
         test_clock=test_clock,
+        outbox=outbox,
     )
     teams = TeamService(clock, catalog, ledger, billing)
     billing.attach_caches(caches)
     teams.attach_caches(caches)
     generations = GenerationService(clock, catalog, ledger, billing, teams, settings.provider)
     generations.listeners.append(GenerationEvents(events, db, teams))
-    accounts = AccountService(clock, ledger)
+    accounts = AccountService(clock, ledger, outbox)
     credentials = CredentialService(clock)
     fairuse = FairUseService(
         clock,
@@ -127,11 +132,6 @@ def bootstrap(
     billing.payment_listeners.append(fairuse.on_payment)
     # A commit that changes plans, users or teams drops fair use's plan limits.
     db.invalidation_listeners.append(fairuse.forget_plan_limits)
-    # Announced catalog changes and the notification outbox: the services
-    # that cause notifications queue them in the transaction of their cause.
-    outbox = Outbox(clock)
-    billing.outbox = outbox
-    accounts.outbox = outbox
     catalog_changes = CatalogChangeService(
         clock, billing.in_force, billing, teams, outbox, notice_days=settings.notice_days
     )

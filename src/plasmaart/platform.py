@@ -31,7 +31,7 @@ from plasmaart.ledger.service import LedgerService
 from plasmaart.media.storage import Storage
 from plasmaart.notify.email import Mailer
 from plasmaart.notify.notifications import NotificationService
-from plasmaart.notify.outbox import Outbox
+from plasmaart.outbox import Outbox
 from plasmaart.teams.service import TeamService
 
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from plasmaart.billing.tasks import run_billing_clock
-from plasmaart.catalog import service as catalog_service
+from plasmaart.changes import service as catalog_service
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import audit_log, catalog_changes, notification_outbox, notifications
 from plasmaart.generation.service import GenerationRequest

@@ -13,6 +13,7 @@ from sqlalchemy import Connection
 
 from plasmaart.accounts import audit
 from plasmaart.accounts import repository as repo
+from plasmaart.accounts.notices import AccountReinstated, AccountSuspended, SignupAttempt
 from plasmaart.accounts.passwords import (
     MIN_PASSWORD_LENGTH,
     hash_password,
@@ -23,7 +24,7 @@ from plasmaart.clock import Clock, as_utc
 from plasmaart.errors import Conflict, DomainError, InvalidInput, NotFound
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
-from plasmaart.notify.outbox import Outbox
+from plasmaart.outbox import Outbox
 
 # Deliberately simple: one @, no spaces, a dot in the domain. Deliverability
 # is proven by e-mail, not by a regular expression.
@@ -99,11 +100,11 @@ def validate_credentials(email: str, password: str) -> str:
 
 
 class AccountService:
-    def __init__(self, clock: Clock, ledger: LedgerService) -> None:
+    def __init__(self, clock: Clock, ledger: LedgerService, outbox: Outbox) -> None:
         self.clock = clock
         self.ledger = ledger
-        # Where suspension and reinstatement notices are queued, if anywhere.
-        self.outbox: Outbox | None = None
+        # Where sign-up attempt, suspension and reinstatement notices are queued.
+        self.outbox = outbox
 
     def create_user(
         self, conn: Connection, email: str, password: str, *, role: Role = "user"
@@ -146,26 +147,17 @@ class AccountService:
         """Tell the owner of ``address`` that somebody tried to sign up with
         it: in the app, and by e-mail when SMTP is set. At most once a day
         per account, so repeated attempts cannot flood the owner's inbox.
-        False when nothing was queued (no such account, already told today,
-        or no outbox)."""
+        False when nothing was queued (no such account, or already told
+        today)."""
         row = repo.user_by_email(conn, normalise_email(address))
-        if row is None or self.outbox is None:
+        if row is None:
             return False
         now = self.clock.now()
         return self.outbox.enqueue(
             conn,
             cause_key=f"account.signup_attempt:{row.id}:{now.date().isoformat()}",
             user_id=row.id,
-            kind="account.signup_attempt",
-            title="Someone tried to sign up with your address",
-            body=(
-                f"Someone tried to create a new PlasmaArt account with {row.email} "
-                f"on {now:%Y-%m-%d at %H:%M} UTC. This address already has an "
-                "account, so nothing was created and your account is unchanged. "
-                "If it was you, log in with your password instead. If it was "
-                "not you, you can ignore this message."
-            ),
-            data={"email": row.email},
+            fact=SignupAttempt(email=row.email, at=now),
         )
 
     def get_by_email(self, conn: Connection, email: str) -> User:
@@ -224,8 +216,15 @@ class AccountService:
             raise InvalidInput("a suspension needs a reason", field="reason")
         repo.set_status(conn, user.id, status, reason)
         action = "user.suspend" if status == "suspended" else "user.reinstate"
-        if self.outbox is not None and user.status != status:
-            _queue_status_notice(self.outbox, conn, user, status, reason)
+        if user.status != status:
+            self.outbox.enqueue(
+                conn,
+                # Each suspension and each reinstatement is its own cause, queued
+                # in the transaction that makes it: no other code path can repeat it.
+                cause_key=f"account.{status}:{user.id}:{new_id('evt')}",
+                user_id=user.id,
+                fact=AccountSuspended(reason) if status == "suspended" else AccountReinstated(),
+            )
         audit.record(
             conn,
             actor=actor,
@@ -236,42 +235,6 @@ class AccountService:
             data={"email": user.email},
         )
         return replace(user, status=status, status_reason=reason)
-
-
-def _queue_status_notice(
-    outbox: Outbox,
-    conn: Connection,
-    user: User,
-    status: Status,
-    reason: str | None,
-) -> None:
-    if status == "suspended":
-        title = "Your account is suspended"
-        body = (
-            f"Your account was suspended: {reason}. It is read-only: you can still "
-            "log in, see your balance, payments and generations, download your "
-            "outputs and cancel your subscription, but not generate or buy. Queued "
-            "generations were canceled with their credits released, and your "
-            "subscription will not renew while the account is suspended. "
-            "Contact support if you think this is a mistake."
-        )
-    else:
-        title = "Your account is reinstated"
-        body = (
-            "Your account is active again; you can generate as before. A "
-            "subscription still in its period renews as usual, unless you canceled it."
-        )
-    outbox.enqueue(
-        conn,
-        # Each suspension and each reinstatement is its own cause, queued in
-        # the transaction that makes it: no other code path can repeat it.
-        cause_key=f"account.{status}:{user.id}:{new_id('evt')}",
-        user_id=user.id,
-        kind="account.suspended" if status == "suspended" else "account.reinstated",
-        title=title,
-        body=body,
-        data={"status": status},
-    )
 
 
 def _user(row: repo.AnyRow) -> User:

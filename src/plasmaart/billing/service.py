@@ -48,6 +48,7 @@ from plasmaart.billing.errors import (
     RenewalPending,
     SubscriptionPastDue,
 )
+from plasmaart.billing.notices import RenewalDeclined, RenewalPaid
 from plasmaart.billing.periods import period_end_after
 from plasmaart.billing.repository import Payment, PaymentKind, Subscription
 from plasmaart.billing.rules import (
@@ -67,7 +68,7 @@ from plasmaart.db.engine import pending_invalidations
 from plasmaart.errors import InvalidInput
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
-from plasmaart.notify.outbox import Outbox
+from plasmaart.outbox import Fact, Outbox
 
 __all__ = [
     "AlreadySubscribed",
@@ -198,7 +199,7 @@ class BillingService:
         purchased_credits_expire_days: int | None = None,
         test_clock: SandboxTestClock | None = None,
         in_force: CatalogInForce | None = None,
-        outbox: Outbox | None = None,
+        outbox: Outbox,
     ) -> None:
         self.clock = clock
         self.catalog = catalog
@@ -216,7 +217,7 @@ class BillingService:
         # The catalog with the announced changes due by a moment: a period is
         # priced and granted by the catalog in force when it starts.
         self.in_force = in_force or CatalogInForce(catalog)
-        # Where renewal and failed-payment notices are queued, if anywhere.
+        # Where renewal and failed-payment notices are queued.
         self.outbox = outbox
         self.clawback_listeners: list[ClawbackListener] = []
         self.payment_listeners: list[PaymentListener] = []
@@ -773,24 +774,10 @@ class BillingService:
             backend=subscription.backend,
             external_id=external_id,
         )
-        if self.outbox is not None:
-            self.outbox.enqueue(
-                conn,
-                cause_key=f"renewal:{subscription.id}:{_key_time(period_end)}",
-                user_id=subscription.user_id,
-                kind="billing.renewed",
-                title=f"Your {plan.name} subscription renewed",
-                body=(
-                    f"{renewed.granted} credits were added for the period ending "
-                    f"{next_end:%Y-%m-%d}; {plan.price_cents / 100:.2f} "
-                    f"{self.catalog.currency.upper()} was charged."
-                ),
-                data={
-                    "subscription_id": subscription.id,
-                    "plan": plan.id,
-                    "payment_id": payment_id,
-                },
-            )
+        fact = RenewalPaid(
+            subscription.id, plan, payment_id, renewed.granted, next_end, self.catalog.currency
+        )
+        self._notify(conn, subscription, "renewal", period_end, fact)
         return self._update(
             conn,
             subscription,
@@ -838,20 +825,8 @@ class BillingService:
             external_id=external_id,
             failure_reason=reason,
         )
-        if self.outbox is not None:
-            self.outbox.enqueue(
-                conn,
-                cause_key=f"payment_failed:{subscription.id}:{_key_time(period_end)}",
-                user_id=subscription.user_id,
-                kind="billing.payment_failed",
-                title=f"Payment for your {plan.name} subscription failed",
-                body=(
-                    f"The renewal payment was declined ({reason}). Pay within "
-                    f"{self.grace_days} days to keep your plan; no new monthly credits "
-                    "are granted until then."
-                ),
-                data={"subscription_id": subscription.id, "plan": plan.id},
-            )
+        fact = RenewalDeclined(subscription.id, plan, reason, self.grace_days)
+        self._notify(conn, subscription, "payment_failed", period_end, fact)
         return self._update(
             conn, subscription, status="past_due", plan_id=plan.id, pending_plan=None
         )
@@ -1180,6 +1155,23 @@ class BillingService:
         if isinstance(outcome, Declined):  # pragma: no cover - nothing was charged
             raise PaymentFailed(outcome.reason)
         return self._update(conn, subscription, pending_plan=pending, cancel_at_period_end=False)
+
+    def _notify(
+        self,
+        conn: Connection,
+        subscription: Subscription,
+        cause: str,
+        period_end: datetime,
+        fact: Fact,
+    ) -> None:
+        """Queue ``fact``'s notice for the subscriber, once per ``cause`` and
+        period of the subscription."""
+        self.outbox.enqueue(
+            conn,
+            cause_key=f"{cause}:{subscription.id}:{_key_time(period_end)}",
+            user_id=subscription.user_id,
+            fact=fact,
+        )
 
     def _record_payment(
         self,
