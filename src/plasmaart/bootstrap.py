@@ -106,8 +106,8 @@ def bootstrap(
     teams.attach_caches(caches)
     generations = GenerationService(clock, catalog, ledger, billing, teams, settings.provider)
     generations.listeners.append(GenerationEvents(events, db, teams))
-    accounts = AccountService(clock, ledger)
     credentials = CredentialService(clock)
+    accounts = AccountService(clock, ledger, credentials, catalog, plan_of=billing.current_plan)
     fairuse = FairUseService(
         clock,
         FairUsePolicy.from_settings(settings),
