@@ -81,10 +81,10 @@ def retry_after(failures: list[datetime], limit: int, now: datetime) -> int | No
 
 
 @dataclass(frozen=True)
-class NewSession:
+class NewSession(SessionInfo):
+    """A session just opened, with its token: the secret, shown once."""
+
     token: str
-    csrf_token: str
-    expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class CredentialService:
             now=now,
             expires_at=expires,
         )
-        return NewSession(token, csrf, expires)
+        return NewSession(user_id, csrf, expires, token)
 
     def session(self, conn: Connection, token: str) -> SessionInfo | None:
         """The session of ``token`` while it has not expired, else None."""

@@ -60,7 +60,7 @@ class EmailTaken(Conflict):
 
     def __init__(self, detail: str, *, address: str) -> None:
         super().__init__(detail)
-        # Not part of the answer: the route mails the address's owner.
+        # Not part of the answer: whom ``sign_up`` warns of the attempt.
         self.address = address
 
 

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Row, Select, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Select, and_, func, insert, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
+from plasmaart.accounts.repository import AnyRow
 from plasmaart.clock import as_utc
 from plasmaart.db.tables import invitations, team_members, teams, users
-
-AnyRow = Row[*tuple[Any, ...]]
 
 Role = Literal["owner", "member"]
 
@@ -308,10 +307,6 @@ def _members() -> Select[Any]:
     )
 
 
-def _maybe_utc(value: datetime | None) -> datetime | None:
-    return None if value is None else as_utc(value)
-
-
 def _team(row: AnyRow) -> Team:
     return Team(row.id, row.name, row.owner_id, row.wallet_id, as_utc(row.created_at))
 
@@ -334,6 +329,6 @@ def _invitation(row: AnyRow) -> Invitation:
         row.email,
         as_utc(row.created_at),
         as_utc(row.expires_at),
-        _maybe_utc(row.accepted_at),
-        _maybe_utc(row.revoked_at),
+        None if row.accepted_at is None else as_utc(row.accepted_at),
+        None if row.revoked_at is None else as_utc(row.revoked_at),
     )
