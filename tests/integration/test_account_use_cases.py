@@ -5,16 +5,22 @@ leave their trace, and the seats a team use case answers with."""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from plasmaart.accounts.credentials import LOGIN_FAILURES_PER_EMAIL, LoginThrottled
 from plasmaart.accounts.entitlements import NotInPlan
 from plasmaart.accounts.service import EmailTaken, SignedIn, WrongCredentials
+from plasmaart.bootstrap import bootstrap
+from plasmaart.catalog import DEFAULT_CATALOG_PATH
 from plasmaart.clock import ManualClock
+from plasmaart.config import Settings
 from plasmaart.db.tables import login_failures, notification_outbox, users
 from plasmaart.platform import Platform
+from plasmaart.web.app import create_app
 from tests.support.accounts import PASSWORD, make_user
 
 
@@ -128,3 +134,30 @@ def test_a_revoked_key_answers_as_it_is_stored(platform: Platform) -> None:
         stored = {key.id: key for key in platform.credentials.list_api_keys(conn, ada.id)}
     assert revoked.revoked_at is not None
     assert stored[created.key.id] == revoked == again
+
+
+def test_watermark_removal_is_refused_plainly_when_no_plan_includes_it(
+    database_url: str, clock: ManualClock, tmp_path: Path
+) -> None:
+    # Operator data: a catalog where no plan lets its subscribers remove the
+    # watermark. The refusal names no plan to move to (it was a 500 before).
+    catalog = tmp_path / "catalog.toml"
+    text = DEFAULT_CATALOG_PATH.read_text()
+    assert text.count("watermark_removable = true\n") == 1
+    catalog.write_text(
+        text.replace("watermark_removable = true\n", "watermark_removable = false\n")
+    )
+    settings = Settings(database_url=database_url, var_dir=tmp_path / "var", catalog_file=catalog)
+    platform = bootstrap(settings, clock=clock, migrate=False)
+    try:
+        with TestClient(create_app(platform, embedded_worker=False)) as client:
+            sam = make_user(platform, "sam@example.com", plan="studio")
+            refused = client.patch(
+                "/v1/me/settings", json={"remove_watermark": True}, headers=sam.auth
+            )
+            assert (refused.status_code, refused.json()["code"]) == (403, "forbidden"), refused.text
+            assert "required_plan" not in refused.json()
+            assert refused.json()["detail"] == "watermark removal is not part of the Studio plan"
+            assert watermark_flag(platform, sam.id) is False
+    finally:
+        platform.close()
