@@ -176,7 +176,8 @@ def make_users(platform: Platform, per_plan: int) -> None:
                     platform.billing.subscribe_paid(
                         conn, user_id=user.id, wallet_id=wallet, plan_id=plan, backend="sandbox"
                     )
-                    platform.accounts.set_remove_watermark(conn, user, True)
+                    if platform.catalog.plan(plan).watermark_removable:  # else refused
+                        platform.accounts.set_remove_watermark(conn, user, True)
                 platform.ledger.grant(
                     conn, wallet, FUNDS, source="purchase", idempotency_key=f"bench:{user.id}"
                 )
