@@ -95,14 +95,15 @@ def add_user(
     platform: Platform, conn: Connection, email: str, plan: str, funds: int = FUNDS
 ) -> User:
     """A user with ``funds`` credits; on a paid ``plan`` (subscribed through
-    the sandbox backend), with watermark removal on."""
+    the sandbox backend), with watermark removal on where the plan allows it."""
     user = platform.accounts.create_user(conn, email, PASSWORD)
     wallet = platform.ledger.wallet_of(conn, "user", user.id)
     if plan != "free":
         platform.billing.subscribe_paid(
             conn, user_id=user.id, wallet_id=wallet, plan_id=plan, backend="sandbox"
         )
-        user = platform.accounts.set_remove_watermark(conn, user, True)
+        if platform.catalog.plan(plan).watermark_removable:  # else refused
+            user = platform.accounts.set_remove_watermark(conn, user, True)
     platform.ledger.grant(
         conn, wallet, funds, source="purchase", idempotency_key=f"bench:funds:{user.id}"
     )

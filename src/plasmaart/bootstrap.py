@@ -112,8 +112,10 @@ def bootstrap(
     teams.attach_caches(caches)
     generations = GenerationService(clock, catalog, ledger, billing, teams, settings.provider)
     generations.listeners.append(GenerationEvents(events, db, teams))
-    accounts = AccountService(clock, ledger, outbox)
     credentials = CredentialService(clock)
+    accounts = AccountService(
+        clock, ledger, credentials, catalog, outbox, plan_of=billing.current_plan
+    )
     fairuse = FairUseService(
         clock,
         FairUsePolicy.from_settings(settings),

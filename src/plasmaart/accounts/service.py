@@ -1,5 +1,6 @@
-"""Creating users, changing their role or password, and suspending and
-reinstating them (with the audit log)."""
+"""Accounts' use cases: signing up and logging in, creating users, changing
+their role, password or settings, and suspending and reinstating them (with
+the audit log). The SQL is in ``repository``."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import re
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache
-from typing import Literal
 
 from sqlalchemy import Connection
 
 from plasmaart.accounts import audit
 from plasmaart.accounts import repository as repo
+from plasmaart.accounts.credentials import CredentialService, NewSession
+from plasmaart.accounts.entitlements import NotInPlan, PlanOf, cheapest_plan, watermark_removable
 from plasmaart.accounts.notices import AccountReinstated, AccountSuspended, SignupAttempt
 from plasmaart.accounts.passwords import (
     MIN_PASSWORD_LENGTH,
@@ -20,11 +22,27 @@ from plasmaart.accounts.passwords import (
     needs_rehash,
     verify_password,
 )
-from plasmaart.clock import Clock, as_utc
+from plasmaart.accounts.repository import Role, Status, User
+from plasmaart.catalog import Catalog
+from plasmaart.clock import Clock
 from plasmaart.errors import Conflict, DomainError, InvalidInput, NotFound
 from plasmaart.ids import new_id
-from plasmaart.ledger.service import LedgerService
+from plasmaart.ledger.service import AdjustResult, LedgerService
 from plasmaart.outbox import Outbox
+
+__all__ = [
+    "AccountService",
+    "EmailTaken",
+    "Role",
+    "SignedIn",
+    "Status",
+    "User",
+    "UserNotFound",
+    "WrongCredentials",
+    "is_valid_email",
+    "normalise_email",
+    "validate_credentials",
+]
 
 # Deliberately simple: one @, no spaces, a dot in the domain. Deliverability
 # is proven by e-mail, not by a regular expression.
@@ -43,7 +61,7 @@ class EmailTaken(Conflict):
 
     def __init__(self, detail: str, *, address: str) -> None:
         super().__init__(detail)
-        # Not part of the answer: the route mails the address's owner.
+        # Not part of the answer: whom ``sign_up`` warns of the attempt.
         self.address = address
 
 
@@ -57,20 +75,12 @@ class WrongCredentials(DomainError):
     title = "Wrong e-mail or password"
 
 
-Role = Literal["user", "admin"]
-Status = Literal["active", "suspended"]
-
-
 @dataclass(frozen=True)
-class User:
-    id: str
-    email: str
-    role: Role
-    status: Status
-    created_at: datetime
-    remove_watermark: bool = False
-    # Why the account is suspended (None while active), as shown to the user.
-    status_reason: str | None = None
+class SignedIn:
+    """A user who signed up or logged in, and their new session."""
+
+    user: User
+    session: NewSession
 
 
 def normalise_email(email: str) -> str:
@@ -100,16 +110,68 @@ def validate_credentials(email: str, password: str) -> str:
 
 
 class AccountService:
-    def __init__(self, clock: Clock, ledger: LedgerService, outbox: Outbox) -> None:
+    """Refusals that must leave a trace (a failed login counted, the owner of
+    a registered address warned) are returned, not raised: the caller commits
+    the trace, then raises them. Every other refusal is raised and writes nothing."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        ledger: LedgerService,
+        credentials: CredentialService,
+        catalog: Catalog,
+        outbox: Outbox,
+        *,
+        plan_of: PlanOf,
+    ) -> None:
         self.clock = clock
         self.ledger = ledger
+        self.credentials = credentials
+        self.catalog = catalog
+        self.plan_of = plan_of
         # Where sign-up attempt, suspension and reinstatement notices are queued.
         self.outbox = outbox
 
+    def sign_up(self, conn: Connection, email: str, password: str) -> SignedIn | EmailTaken:
+        """A new account (on the Free plan), logged in. A registered address
+        is refused, and its owner told (at most once a day) that someone tried."""
+        try:
+            user = self.create_user(conn, email, password)
+        except EmailTaken as taken:
+            self.warn_of_signup_attempt(conn, taken.address)
+            return taken
+        return SignedIn(user, self.credentials.open_session(conn, user.id))
+
+    def log_in(
+        self, conn: Connection, email: str, password: str, *, address: str
+    ) -> SignedIn | WrongCredentials:
+        """A new session for these credentials, from the client at ``address``.
+        Too many recent failures of the account or of the client are refused
+        (``LoginThrottled``) before the password is checked; a wrong password
+        is counted. A suspended account logs in too: to a read-only account."""
+        email = normalise_email(email)
+        self.credentials.check_login_allowed(conn, email, address)
+        try:
+            user = self.authenticate(conn, email, password)
+        except WrongCredentials as wrong:
+            self.credentials.record_login_failure(conn, email, address)
+            return wrong
+        self.credentials.forget_login_failures(conn, email)
+        return SignedIn(user, self.credentials.open_session(conn, user.id))
+
     def create_user(
-        self, conn: Connection, email: str, password: str, *, role: Role = "user"
+        self,
+        conn: Connection,
+        email: str,
+        password: str,
+        *,
+        role: Role = "user",
+        actor: str | None = None,
+        plan: str | None = None,
     ) -> User:
-        """A new user with an empty wallet of their own."""
+        """A new user with an empty wallet of their own. ``actor``: who
+        creates it for its owner (an operator); the creation is then
+        audit-logged, with the ``plan`` they subscribe it to, if any."""
         address = validate_credentials(email, password)
         if role not in ("user", "admin"):
             raise InvalidInput(f"unknown role {role!r}", field="role")
@@ -128,20 +190,24 @@ class AccountService:
             now=now,
         )
         self.ledger.open_wallet(conn, "user", user_id)
-        return User(user_id, address, role, "active", now)
+        user = User(user_id, address, role, "active", now)
+        if actor is not None:
+            self._audit(conn, actor, "user.create", user, role=role, plan=plan)
+        return user
 
     def authenticate(self, conn: Connection, email: str, password: str) -> User:
         """The user with these credentials. The same refusal, and about the same
         time, whether the address is unknown or the password wrong."""
-        row = repo.user_by_email(conn, normalise_email(email))
-        if row is None:
+        found = repo.login_by_email(conn, normalise_email(email))
+        if found is None:
             verify_password(_dummy_hash(), password)
             raise WrongCredentials("wrong e-mail or password")
-        if not verify_password(row.password_hash, password):
+        user, password_hash = found
+        if not verify_password(password_hash, password):
             raise WrongCredentials("wrong e-mail or password")
-        if needs_rehash(row.password_hash):
-            repo.set_password_hash(conn, row.id, hash_password(password))
-        return _user(row)
+        if needs_rehash(password_hash):
+            repo.set_password_hash(conn, user.id, hash_password(password))
+        return user
 
     def warn_of_signup_attempt(self, conn: Connection, address: str) -> bool:
         """Tell the owner of ``address`` that somebody tried to sign up with
@@ -161,16 +227,16 @@ class AccountService:
         )
 
     def get_by_email(self, conn: Connection, email: str) -> User:
-        row = repo.user_by_email(conn, normalise_email(email))
-        if row is None:
+        user = repo.user_by_email(conn, normalise_email(email))
+        if user is None:
             raise UserNotFound(f"no user with e-mail {normalise_email(email)}")
-        return _user(row)
+        return user
 
     def get(self, conn: Connection, user_id: str) -> User:
-        row = repo.user_by_id(conn, user_id)
-        if row is None:
+        user = repo.user_by_id(conn, user_id)
+        if user is None:
             raise UserNotFound(f"no user {user_id!r}")
-        return _user(row)
+        return user
 
     def set_role(self, conn: Connection, user: User, role: Role, *, actor: str) -> User:
         """Make ``user`` an admin or a plain user again (audit-logged, even when
@@ -178,36 +244,64 @@ class AccountService:
         if role not in ("user", "admin"):
             raise InvalidInput(f"unknown role {role!r}: admin or user", field="role")
         repo.set_role(conn, user.id, role)
-        audit.record(
-            conn,
-            actor=actor,
-            action="user.set_role",
-            target=user.id,
-            reason=None,
-            now=self.clock.now(),
-            data={"email": user.email, "from": user.role, "to": role},
-        )
+        self._audit(conn, actor, "user.set_role", user, **{"from": user.role, "to": role})
         return replace(user, role=role)
 
     def set_password(self, conn: Connection, user: User, password: str, *, actor: str) -> None:
         """A new password, under the rules of sign-up (audit-logged, without
-        the password). Ending the user's sessions is the caller's part, in the
-        same transaction (``CredentialService.close_all_sessions``)."""
+        the password). The user's sessions end: signed-in browsers log in
+        again (API keys keep working)."""
         validate_credentials(user.email, password)
         repo.set_password_hash(conn, user.id, hash_password(password))
+        self.credentials.close_all_sessions(conn, user.id)
+        self._audit(conn, actor, "user.set_password", user)
+
+    def set_remove_watermark(self, conn: Connection, user: User, remove: bool) -> User:
+        """Remove the watermark from the user's outputs, or put it back.
+        Removing it needs a plan that allows it (the user's own plan, now);
+        putting it back is always allowed."""
+        if remove:
+            plan = self.plan_of(conn, self.ledger.wallet_of(conn, "user", user.id))
+            if not watermark_removable(plan):
+                cheapest = cheapest_plan(self.catalog, watermark_removable)
+                raise NotInPlan("watermark removal is", plan, cheapest, it="it")
+        repo.set_remove_watermark(conn, user.id, remove)
+        return replace(user, remove_watermark=remove)
+
+    def adjust_credits(
+        self,
+        conn: Connection,
+        user: User,
+        amount: int,
+        *,
+        reason: str,
+        expires_at: datetime | None,
+        idempotency_key: str,
+        actor: str,
+        **data: object,
+    ) -> AdjustResult:
+        """An operator grants ``amount`` credits to the user's own wallet (a
+        negative amount adjusts down, never below zero): audit-logged with
+        the reason, and ``data`` beside the amount."""
+        wallet = self.ledger.wallet_of(conn, "user", user.id)
+        result = self.ledger.adjust(
+            conn,
+            wallet,
+            amount,
+            reason=reason,
+            expires_at=expires_at,
+            idempotency_key=idempotency_key,
+        )
         audit.record(
             conn,
             actor=actor,
-            action="user.set_password",
+            action="credits.adjust",
             target=user.id,
-            reason=None,
+            reason=reason,
             now=self.clock.now(),
-            data={"email": user.email},
+            data={"amount": amount, "expires_at": expires_at, **data},
         )
-
-    def set_remove_watermark(self, conn: Connection, user: User, remove: bool) -> User:
-        repo.set_remove_watermark(conn, user.id, remove)
-        return replace(user, remove_watermark=remove)
+        return result
 
     def set_status(
         self, conn: Connection, user: User, status: Status, *, actor: str, reason: str | None
@@ -225,25 +319,22 @@ class AccountService:
                 user_id=user.id,
                 fact=AccountSuspended(reason) if status == "suspended" else AccountReinstated(),
             )
-        audit.record(
-            conn,
-            actor=actor,
-            action=action,
-            target=user.id,
-            reason=reason,
-            now=self.clock.now(),
-            data={"email": user.email},
-        )
+        self._audit(conn, actor, action, user, reason=reason)
         return replace(user, status=status, status_reason=reason)
 
-
-def _user(row: repo.AnyRow) -> User:
-    return User(
-        row.id,
-        row.email,
-        row.role,
-        row.status,
-        as_utc(row.created_at),
-        bool(row.remove_watermark),
-        row.status_reason,
-    )
+    def _audit(
+        self,
+        conn: Connection,
+        actor: str,
+        action: str,
+        user: User,
+        *,
+        reason: str | None = None,
+        **data: object,
+    ) -> None:
+        """An entry about ``user`` (named by e-mail in its data) in the audit log."""
+        now = self.clock.now()
+        entry = {"email": user.email, **data}
+        audit.record(
+            conn, actor=actor, action=action, target=user.id, reason=reason, now=now, data=entry
+        )

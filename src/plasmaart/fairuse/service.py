@@ -511,9 +511,7 @@ class FairUseService:
 
     # -- internals ---------------------------------------------------------
 
-    def _assess(
-        self, conn: Connection, user: repo.AnyRow, now: datetime, *, recorded: bool
-    ) -> Assessment:
+    def _assess(self, conn: Connection, user: User, now: datetime, *, recorded: bool) -> Assessment:
         reinstated = repo.last_reinstated_at(conn, user.id)
         reinstated = None if reinstated is None else as_utc(reinstated)
         since = now - longest_window(self.policy.rules)
