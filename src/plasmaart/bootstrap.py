@@ -21,7 +21,7 @@ from plasmaart.eventbus import BalanceEvents, create_event_bus
 from plasmaart.fairuse.counters import create_copy_counter
 from plasmaart.fairuse.request_limiter import RequestLimiter
 from plasmaart.fairuse.service import FairUsePolicy, FairUseService
-from plasmaart.fairuse.tasks import SignalFlusher
+from plasmaart.fairuse.suspension import SuspensionService
 from plasmaart.generation.event_publisher import GenerationEvents
 from plasmaart.generation.providers import create_provider
 from plasmaart.generation.service import GenerationService
@@ -88,9 +88,8 @@ def bootstrap(
     if test_clock is not None:
         test_clock.now()  # the first read of its offset, outside any transaction
     clock = test_clock or clock
-    ledger = LedgerService(clock)
+    ledger = LedgerService(clock, balance_listeners=[BalanceEvents(db, events)])
     caches = CacheHub(db)
-    ledger.balance_listeners.append(BalanceEvents(db, events))
     billing = BillingService(
         clock,
         catalog,
@@ -100,32 +99,35 @@ def bootstrap(
         grace_days=settings.payment_grace_days,
         purchased_credits_expire_days=settings.purchased_credits_expire_days,
         test_clock=test_clock,
+        caches=caches,
     )
-    teams = TeamService(clock, catalog, ledger, billing)
-    billing.attach_caches(caches)
-    teams.attach_caches(caches)
-    generations = GenerationService(clock, catalog, ledger, billing, teams, settings.provider)
-    generations.listeners.append(GenerationEvents(events, db, teams))
+    teams = TeamService(clock, catalog, ledger, billing, caches=caches)
+    generations = GenerationService(
+        clock,
+        catalog,
+        ledger,
+        billing,
+        teams,
+        settings.provider,
+        listeners=[GenerationEvents(events, db, teams)],
+    )
     accounts = AccountService(clock, ledger)
     credentials = CredentialService(clock)
+    suspensions = SuspensionService(clock, accounts, credentials, generations, billing)
+    # Fair use listens to billing's clawbacks and payments and to the
+    # database's invalidations, and writes its queued signals off the
+    # request path with a flusher of its own (fairuse/service.py).
     fairuse = FairUseService(
         clock,
         FairUsePolicy.from_settings(settings),
         RequestLimiter(settings.redis_url),
-        ledger=ledger,
+        db=db,
         billing=billing,
         teams=teams,
         accounts=accounts,
-        credentials=credentials,
-        generations=generations,
+        suspensions=suspensions,
         copies=create_copy_counter(settings.redis_url),
     )
-    # Signals found on the request path are written by this, off it.
-    fairuse.flusher = SignalFlusher(db, fairuse.pending, fairuse.record_pending)
-    billing.clawback_listeners.append(fairuse.on_clawback)
-    billing.payment_listeners.append(fairuse.on_payment)
-    # A commit that changes plans, users or teams drops fair use's plan limits.
-    db.invalidation_listeners.append(fairuse.forget_plan_limits)
     # Announced catalog changes and the notification outbox: the services
     # that cause notifications queue them in the transaction of their cause.
     outbox = Outbox(clock)
@@ -155,7 +157,7 @@ def bootstrap(
         catalog_changes=catalog_changes,
         mailer=create_mailer(settings),
         wakeups=PollWakeups(events),
-        suspensions=fairuse.suspensions,
+        suspensions=suspensions,
         submissions=SubmissionService(db, generations, fairuse),
         caches=caches,
         principals=Principals(caches, db, accounts, credentials, clock),

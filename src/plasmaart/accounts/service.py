@@ -3,7 +3,9 @@ reinstating them (with the audit log)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache
@@ -22,7 +24,7 @@ from plasmaart.accounts.passwords import (
 from plasmaart.clock import Clock, as_utc
 from plasmaart.errors import Conflict, DomainError, InvalidInput, NotFound
 from plasmaart.ids import new_id
-from plasmaart.ledger.service import LedgerService
+from plasmaart.ledger.service import AdjustResult, LedgerService
 from plasmaart.notify.outbox import Outbox
 
 # Deliberately simple: one @, no spaces, a dot in the domain. Deliverability
@@ -179,6 +181,49 @@ class AccountService:
         if row is None:
             raise UserNotFound(f"no user {user_id!r}")
         return _user(row)
+
+    def lock(self, conn: Connection, user_id: str) -> User:
+        """``get``, with the user's row locked until ``conn`` ends (the order
+        of locks is ``repository.lock_user``'s)."""
+        row = repo.lock_user(conn, user_id)
+        if row is None:
+            raise UserNotFound(f"no user {user_id!r}")
+        return _user(row)
+
+    def adjust_credits(
+        self,
+        conn: Connection,
+        user_id: str,
+        amount: int,
+        *,
+        reason: str,
+        expires_at: datetime | None,
+        request_key: str | None,
+        actor: str,
+    ) -> AdjustResult:
+        """An admin's grant (``amount`` > 0) or correction down (< 0, never
+        below zero) of the user's own wallet, audit-logged. ``request_key``
+        (the request's Idempotency-Key, when sent) makes the movement
+        itself idempotent per actor; without one, each call is a new one."""
+        user = self.get(conn, user_id)
+        wallet = self.ledger.wallet_of(conn, "user", user.id)
+        if not request_key:
+            key = f"admin:{uuid.uuid4().hex}"
+        else:
+            key = "admin:" + hashlib.sha256(f"{actor}:{request_key}".encode()).hexdigest()[:32]
+        result = self.ledger.adjust(
+            conn, wallet, amount, reason=reason, expires_at=expires_at, idempotency_key=key
+        )
+        audit.record(
+            conn,
+            actor=actor,
+            action="credits.adjust",
+            target=user.id,
+            reason=reason,
+            now=self.clock.now(),
+            data={"amount": amount, "expires_at": expires_at},
+        )
+        return result
 
     def set_role(self, conn: Connection, user: User, role: Role, *, actor: str) -> User:
         """Make ``user`` an admin or a plain user again (audit-logged, even when
