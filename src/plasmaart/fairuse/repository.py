@@ -98,16 +98,24 @@ def insert_signal(
     )
 
 
-def signals_since(conn: Connection, user_id: str, since: datetime) -> list[Signal]:
-    """The user's signals after ``since``, newest first, with their evidence."""
+def signals_since(
+    conn: Connection, user_id: str, since: datetime, *, with_evidence: int
+) -> list[Signal]:
+    """The user's signals after ``since``, newest first; the newest
+    ``with_evidence`` of them carry their evidence (what a flag keeps),
+    the others only what scoring reads."""
     rows = conn.execute(
         select(abuse_signals.c.kind, abuse_signals.c.evidence, abuse_signals.c.created_at)
         .where(abuse_signals.c.user_id == user_id, abuse_signals.c.created_at > since)
         .order_by(abuse_signals.c.created_at.desc(), abuse_signals.c.id.desc())
     ).all()
     return [
-        Signal(cast(SignalKind, kind), as_utc(created_at), json.loads(evidence))
-        for kind, evidence, created_at in rows
+        Signal(
+            cast(SignalKind, kind),
+            as_utc(created_at),
+            json.loads(evidence) if n < with_evidence else {},
+        )
+        for n, (kind, evidence, created_at) in enumerate(rows)
     ]
 
 

@@ -475,7 +475,7 @@ class FairUseService:
         since = now - longest_window(self.policy.rules)
         if reinstated is not None and reinstated > since:
             since = reinstated
-        signals = repo.signals_since(conn, user.id, since)
+        signals = repo.signals_since(conn, user.id, since, with_evidence=EVIDENCE_SIGNALS)
         current = score(
             signals,
             now,
