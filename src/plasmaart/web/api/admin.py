@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 from sqlalchemy import Select, or_, select
 
 from plasmaart.accounts import audit
@@ -211,8 +211,10 @@ class AuditEntryOut(BaseModel):
         description="Who acted: a user id, or `cli`, `stripe`, `system:…` for the platform"
     )
     action: str = Field(description="What was done, e.g. `user.suspend`, `credits.adjust`")
+    # The log's ``target`` (accounts/audit.py), named ``subject`` in the API.
     subject: str = Field(
-        description="What it was done to: a user or team id, `model:…`, `plan:…`, `test_clock`"
+        validation_alias=AliasChoices("subject", "target"),
+        description="What it was done to: a user or team id, `model:…`, `plan:…`, `test_clock`",
     )
     reason: str | None
     data: dict[str, Any] = Field(description="The action's details")
@@ -284,17 +286,6 @@ def audit_log(
     with platform.db.read() as conn:
         found = audit.page(conn, wanted, limit=limit, before=before)
     return Page[AuditEntryOut](
-        data=[
-            AuditEntryOut(
-                id=entry.id,
-                created_at=entry.created_at,
-                actor=entry.actor,
-                action=entry.action,
-                subject=entry.target,
-                reason=entry.reason,
-                data=entry.data,
-            )
-            for entry in found.entries
-        ],
+        data=[AuditEntryOut.model_validate(entry, from_attributes=True) for entry in found.entries],
         next_cursor=audit_cursor(found.entries[-1].position) if found.more else None,
     )
