@@ -21,7 +21,7 @@ from plasmaart.eventbus import create_event_bus
 from plasmaart.fairuse.counters import create_copy_counter
 from plasmaart.fairuse.request_limiter import RequestLimiter
 from plasmaart.fairuse.service import FairUsePolicy, FairUseService
-from plasmaart.fairuse.tasks import SignalFlusher
+from plasmaart.fairuse.suspension import SuspensionService
 from plasmaart.generation.event_publisher import GenerationEvents
 from plasmaart.generation.providers import create_provider
 from plasmaart.generation.service import GenerationService
@@ -90,12 +90,11 @@ def bootstrap(
     if test_clock is not None:
         test_clock.now()  # the first read of its offset, outside any transaction
     clock = test_clock or clock
-    ledger = LedgerService(clock)
+    ledger = LedgerService(clock, balance_listeners=[BalanceEvents(db, events)])
     caches = CacheHub(db)
     # The services that cause notifications queue them in the transaction of
     # their cause, as facts that notify's texts put into words.
     outbox = Outbox(clock, render)
-    ledger.balance_listeners.append(BalanceEvents(db, events))
     billing = BillingService(
         clock,
         catalog,
@@ -106,34 +105,37 @@ def bootstrap(
         purchased_credits_expire_days=settings.purchased_credits_expire_days,
         test_clock=test_clock,
         outbox=outbox,
+        caches=caches,
     )
-    teams = TeamService(clock, catalog, ledger, billing)
-    billing.attach_caches(caches)
-    teams.attach_caches(caches)
-    generations = GenerationService(clock, catalog, ledger, billing, teams, settings.provider)
-    generations.listeners.append(GenerationEvents(events, db, teams))
+    teams = TeamService(clock, catalog, ledger, billing, caches=caches)
+    generations = GenerationService(
+        clock,
+        catalog,
+        ledger,
+        billing,
+        teams,
+        settings.provider,
+        listeners=[GenerationEvents(events, db, teams)],
+    )
     credentials = CredentialService(clock)
     accounts = AccountService(
         clock, ledger, credentials, catalog, outbox, plan_of=billing.current_plan
     )
+    suspensions = SuspensionService(clock, accounts, credentials, generations, billing)
+    # Fair use listens to billing's clawbacks and payments and to the
+    # database's invalidations, and writes its queued signals off the
+    # request path with a flusher of its own (fairuse/service.py).
     fairuse = FairUseService(
         clock,
         FairUsePolicy.from_settings(settings),
         RequestLimiter(settings.redis_url),
-        ledger=ledger,
+        db=db,
         billing=billing,
         teams=teams,
         accounts=accounts,
-        credentials=credentials,
-        generations=generations,
+        suspensions=suspensions,
         copies=create_copy_counter(settings.redis_url),
     )
-    # Signals found on the request path are written by this, off it.
-    fairuse.flusher = SignalFlusher(db, fairuse.pending, fairuse.record_pending)
-    billing.clawback_listeners.append(fairuse.on_clawback)
-    billing.payment_listeners.append(fairuse.on_payment)
-    # A commit that changes plans, users or teams drops fair use's plan limits.
-    db.invalidation_listeners.append(fairuse.forget_plan_limits)
     catalog_changes = CatalogChangeService(
         clock, billing.in_force, billing, teams, outbox, notice_days=settings.notice_days
     )
@@ -158,7 +160,7 @@ def bootstrap(
         catalog_changes=catalog_changes,
         mailer=create_mailer(settings),
         wakeups=PollWakeups(events),
-        suspensions=fairuse.suspensions,
+        suspensions=suspensions,
         submissions=SubmissionService(db, generations, fairuse),
         caches=caches,
         principals=Principals(caches, db, accounts, credentials, clock),

@@ -276,11 +276,9 @@ def _set_status(email: str, status: Status, reason: str | None) -> None:
     with _platform() as platform, platform.db.write() as conn:
         user = platform.accounts.get_by_email(conn, email)
         if status == "suspended":
-            platform.suspensions.suspend(conn, user, actor=CLI_ACTOR, reason=reason or "")
+            platform.suspensions.suspend(conn, user.id, actor=CLI_ACTOR, reason=reason or "")
         else:
-            platform.suspensions.reinstate(conn, user, actor=CLI_ACTOR)
-            # The review is over, as when an admin reinstates through the API.
-            platform.fairuse.resolve_flags(conn, user.id, actor=CLI_ACTOR)
+            platform.suspensions.reinstate(conn, user.id, actor=CLI_ACTOR)
     typer.echo(f"{user.email} is now {status}")
 
 
@@ -349,7 +347,7 @@ def credits_grant(
         user = platform.accounts.get_by_email(conn, email)
         result = platform.accounts.adjust_credits(
             conn,
-            user,
+            user.id,
             amount,
             reason=reason,
             expires_at=expires_at,

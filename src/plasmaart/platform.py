@@ -72,8 +72,7 @@ class Platform:
 
     def close(self) -> None:
         self.principals.close()  # writes the keys' last uses it still holds
-        if self.fairuse.flusher is not None:
-            self.fairuse.flusher.stop()  # writes the signals still queued
+        self.fairuse.flusher.stop()  # writes the signals still queued
         if isinstance(self.clock, SandboxTestClock):
             self.clock.close()
         self.wakeups.close()

@@ -449,7 +449,7 @@ def test_refunds_and_disputes_claw_back_what_remains(
     platform: Platform, client: TestClient, fake: FakeStripe
 ) -> None:
     heard: list[ClawbackOutcome] = []
-    platform.billing.clawback_listeners.append(lambda _conn, outcome: heard.append(outcome))
+    platform.billing.hooks.listen_to_clawbacks(lambda _conn, outcome: heard.append(outcome))
     kai = make_user(platform, "kai@example.com")
     first = checkout(client, fake, "/v1/credit-purchases", {"pack": "pack-1000"}, kai)
     second = checkout(client, fake, "/v1/credit-purchases", {"pack": "pack-3000"}, kai)
@@ -496,7 +496,7 @@ def test_a_refunded_subscription_invoice_claws_back_its_credits(
     platform: Platform, client: TestClient, fake: FakeStripe
 ) -> None:
     heard: list[ClawbackOutcome] = []
-    platform.billing.clawback_listeners.append(lambda _conn, outcome: heard.append(outcome))
+    platform.billing.hooks.listen_to_clawbacks(lambda _conn, outcome: heard.append(outcome))
     kai = make_user(platform, "kai@example.com")
     stripe_sub, _session = subscribe(client, fake, kai, "pro")
     assert state(platform, kai)[:2] == (5000, "pro")

@@ -4,7 +4,9 @@ the audit log). The SQL is in ``repository``."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache
@@ -107,6 +109,14 @@ def validate_credentials(email: str, password: str) -> str:
     if errors:
         raise InvalidInput(errors[0]["message"], errors=errors)
     return address
+
+
+def adjustment_key(actor: str, request_key: str | None) -> str:
+    """The ledger key of an admin's credit adjustment: from the request's
+    Idempotency-Key when sent (idempotent per actor), else a new one."""
+    if not request_key:
+        return f"admin:{uuid.uuid4().hex}"
+    return "admin:" + hashlib.sha256(f"{actor}:{request_key}".encode()).hexdigest()[:32]
 
 
 class AccountService:
@@ -238,6 +248,14 @@ class AccountService:
             raise UserNotFound(f"no user {user_id!r}")
         return user
 
+    def lock(self, conn: Connection, user_id: str) -> User:
+        """``get``, with the user's row locked until ``conn`` ends (the order
+        of locks is ``repository.lock_user``'s)."""
+        user = repo.lock_user(conn, user_id)
+        if user is None:
+            raise UserNotFound(f"no user {user_id!r}")
+        return user
+
     def set_role(self, conn: Connection, user: User, role: Role, *, actor: str) -> User:
         """Make ``user`` an admin or a plain user again (audit-logged, even when
         the role was already that one, so the log shows every decision)."""
@@ -271,7 +289,7 @@ class AccountService:
     def adjust_credits(
         self,
         conn: Connection,
-        user: User,
+        user_id: str,
         amount: int,
         *,
         reason: str,
@@ -282,7 +300,9 @@ class AccountService:
     ) -> AdjustResult:
         """An operator grants ``amount`` credits to the user's own wallet (a
         negative amount adjusts down, never below zero): audit-logged with
-        the reason, and ``data`` beside the amount."""
+        the reason, and ``data`` beside the amount. ``adjustment_key`` makes
+        an admin request's key."""
+        user = self.get(conn, user_id)
         wallet = self.ledger.wallet_of(conn, "user", user.id)
         result = self.ledger.adjust(
             conn,

@@ -30,7 +30,7 @@ Which backend moves the money is ``backends.py``'s business; the methods under
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -48,6 +48,7 @@ from plasmaart.billing.errors import (
     RenewalPending,
     SubscriptionPastDue,
 )
+from plasmaart.billing.hooks import BillingHooks
 from plasmaart.billing.notices import RenewalDeclined, RenewalPaid
 from plasmaart.billing.periods import period_end_after
 from plasmaart.billing.repository import Payment, PaymentKind, Subscription
@@ -58,7 +59,6 @@ from plasmaart.billing.rules import (
     pack_expires_at,
     prorate_upgrade,
 )
-from plasmaart.billing.sandbox import SandboxBackend
 from plasmaart.billing.sandbox_clock import SandboxTestClock
 from plasmaart.caches import CacheHub, TtlLru
 from plasmaart.catalog import Catalog, CreditPack, PlanSpec
@@ -74,7 +74,6 @@ __all__ = [
     "AlreadySubscribed",
     "BillingService",
     "Checkout",
-    "ClawbackListener",
     "ClawbackOutcome",
     "ClockStep",
     "PackPurchase",
@@ -154,13 +153,6 @@ class ClawbackOutcome:
         return self.spent > 0
 
 
-# Told of every clawback inside its transaction (fair use flags the account).
-ClawbackListener = Callable[[Connection, ClawbackOutcome], None]
-# Told of every payment recorded, inside its transaction (fair use watches
-# upgrades for plan-change cycling).
-PaymentListener = Callable[[Connection, Payment], None]
-
-
 def effective_plan(catalog: Catalog, plan_id: str, status: str) -> PlanSpec:
     """The plan a subscription in ``status`` gives: its own while active or past
     due (the grace period), Free once canceled."""
@@ -193,21 +185,22 @@ class BillingService:
         catalog: Catalog,
         ledger: LedgerService,
         *,
-        backends: Mapping[str, BillingBackend] | None = None,
+        backends: Mapping[str, BillingBackend],
         default_backend: str = "sandbox",
         grace_days: int = 7,
         purchased_credits_expire_days: int | None = None,
         test_clock: SandboxTestClock | None = None,
         in_force: CatalogInForce | None = None,
         outbox: Outbox,
+        caches: CacheHub | None = None,
     ) -> None:
         self.clock = clock
         self.catalog = catalog
         self.ledger = ledger
-        # The sandbox is always there: ``plasmaart users create --plan``
-        # subscribes through it whatever backend sells to customers.
-        self.backends: dict[str, BillingBackend] = {"sandbox": SandboxBackend(clock)}
-        self.backends.update(backends or {})
+        # The sandbox is always among them (``billing.create_backends``):
+        # ``plasmaart users create --plan`` subscribes through it whatever
+        # backend sells to customers.
+        self.backends: dict[str, BillingBackend] = dict(backends)
         # The backend new checkouts go through; a subscription keeps its own.
         self.backend = self.backends[default_backend]
         self.grace_days = grace_days
@@ -219,11 +212,13 @@ class BillingService:
         self.in_force = in_force or CatalogInForce(catalog)
         # Where renewal and failed-payment notices are queued.
         self.outbox = outbox
-        self.clawback_listeners: list[ClawbackListener] = []
-        self.payment_listeners: list[PaymentListener] = []
+        # Who hears of clawbacks and payments (fair use registers itself).
+        self.hooks = BillingHooks()
         # The subscription of each wallet, per process (attach_caches).
         self._hub: CacheHub | None = None
         self._subscriptions: TtlLru[str, tuple[Subscription | None]] | None = None
+        if caches is not None:
+            self.attach_caches(caches)
 
     # -- reads -------------------------------------------------------------
 
@@ -977,8 +972,7 @@ class BillingService:
                 "needs_review": outcome.needs_review,
             },
         )
-        for listener in self.clawback_listeners:
-            listener(conn, outcome)
+        self.hooks.clawed_back(conn, outcome)
         return outcome
 
     # -- the clock ---------------------------------------------------------
@@ -1215,8 +1209,7 @@ class BillingService:
             failure_reason=failure_reason,
             created_at=self.clock.now(),
         )
-        for listener in self.payment_listeners:
-            listener(conn, payment)
+        self.hooks.payment_recorded(conn, payment)
         return payment
 
     def _pack_purchase(self, conn: Connection, payment: Payment) -> PackPurchase:

@@ -29,9 +29,9 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from plasmaart.db.values import AbuseSignalKind
 
@@ -63,6 +63,8 @@ class SignalRule:
 class Signal:
     kind: SignalKind
     at: datetime
+    # What was seen (a flag keeps it as evidence); scoring reads only the above.
+    evidence: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,8 @@ class GenerationService:
         billing: BillingService,
         teams: TeamService,
         provider_name: str,
+        *,
+        listeners: Iterable[GenerationListener] = (),
     ) -> None:
         self.clock = clock
         self.catalog = catalog
@@ -156,7 +158,7 @@ class GenerationService:
         self.teams = teams
         self.provider_name = provider_name
         # Called after commit with the generation whenever it changes.
-        self.listeners: list[GenerationListener] = []
+        self.listeners: tuple[GenerationListener, ...] = tuple(listeners)
 
     # -- submission ------------------------------------------------------
     #

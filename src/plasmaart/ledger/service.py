@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import partial
@@ -186,7 +186,7 @@ class _Wallet:
             }
         )
 
-    def flush(self, listeners: list[BalanceListener]) -> None:
+    def flush(self, listeners: Iterable[BalanceListener]) -> None:
         """Queue the entries written so far and the wallet's new balances."""
         if not self.entries:
             return
@@ -208,11 +208,11 @@ OWNER_WALLETS_KEPT = 100_000
 
 
 class LedgerService:
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, balance_listeners: Iterable[BalanceListener] = ()) -> None:
         self.clock = clock
         # Called with (wallet_id, available, held) after a transaction that
         # changed the wallet commits: the events stream listens here.
-        self.balance_listeners: list[BalanceListener] = []
+        self.balance_listeners: tuple[BalanceListener, ...] = tuple(balance_listeners)
         # (owner kind, owner id) -> wallet id. An owner's wallet never changes
         # nor goes away once created (with its owner: a user at sign-up), so
         # the id read once answers every later request without a statement.

@@ -192,7 +192,13 @@ class TeamService:
     CACHED_USERS = 10_000
 
     def __init__(
-        self, clock: Clock, catalog: Catalog, ledger: LedgerService, billing: BillingService
+        self,
+        clock: Clock,
+        catalog: Catalog,
+        ledger: LedgerService,
+        billing: BillingService,
+        *,
+        caches: CacheHub | None = None,
     ) -> None:
         self.clock = clock
         self.catalog = catalog
@@ -201,6 +207,8 @@ class TeamService:
         # The wallets each user generates from, per process (attach_caches).
         self._hub: CacheHub | None = None
         self._wallets: TtlLru[str, tuple[str, ...]] | None = None
+        if caches is not None:
+            self.attach_caches(caches)
 
     def attach_caches(self, hub: CacheHub) -> None:
         """Cache ``wallets_of`` in ``hub``; joining or leaving a team

@@ -47,14 +47,12 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
         # Other processes' cache invalidations (PostgreSQL; caches.py).
         platform.caches.start(wait=5)
         # Abuse signals seen on the request path are written by this thread.
-        if platform.fairuse.flusher is not None:
-            platform.fairuse.flusher.start()
+        platform.fairuse.flusher.start()
         try:
             yield
         finally:
             platform.events.close()
-            if platform.fairuse.flusher is not None:
-                platform.fairuse.flusher.stop()  # writes the signals still queued
+            platform.fairuse.flusher.stop()  # writes the signals still queued
             if worker and thread:
                 worker.stop()
                 thread.join(timeout=30)
