@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from plasmaart.accounts.audit import AuditPosition
 from plasmaart.clock import as_utc
 from plasmaart.errors import InvalidInput
 
 T = TypeVar("T")
+P = TypeVar("P")
 DEFAULT_LIMIT = 50
+
+
+class Position(Protocol):
+    """The last row served of a page ordered by ``(created_at, id)``: an
+    audit entry's, a journal entry's."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def created_at(self) -> datetime: ...
 
 
 class Page(BaseModel, Generic[T]):
@@ -59,6 +72,26 @@ def decode_position(cursor: str) -> tuple[int, datetime]:
     if found is None:
         raise InvalidInput("not a cursor this API handed out", field="cursor")
     return found
+
+
+def cursor_after(position: Position) -> str:
+    """The API cursor of the page after the one that ended at ``position``."""
+    return position_cursor(position.id, position.created_at)
+
+
+def position_from(cursor: str, make: Callable[[int, datetime], P]) -> P:
+    """The position an API cursor made by ``cursor_after`` stands for (422 if
+    it is none), as ``make`` builds it (``JournalPosition``, ``AuditPosition``)."""
+    return make(*decode_position(cursor))
+
+
+def audit_cursor(position: AuditPosition) -> str:
+    """The cursor of the audit log's next page (the API's and the dashboard's)."""
+    return cursor_after(position)
+
+
+def audit_position(cursor: str) -> AuditPosition:
+    return position_from(cursor, AuditPosition)
 
 
 def page_of(items: Sequence[T], keys: Sequence[str], limit: int, cursor: str | None) -> Page[T]:

@@ -31,10 +31,11 @@ from plasmaart.catalog import Catalog
 from plasmaart.errors import NotFound
 from plasmaart.ledger.tasks import expire_due_lots
 from plasmaart.platform import Platform
-from plasmaart.web.api.accounts import StrictBody, SubscriptionOut, subscription_out
 from plasmaart.web.auth import AdminPrincipal, CurrentPrincipal, Principal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
+from plasmaart.web.presenters import describe_payment
+from plasmaart.web.schemas import StrictBody, SubscriptionOut, subscription_out
 
 router = APIRouter(prefix="/v1", tags=["billing"])
 
@@ -166,36 +167,13 @@ def declines_counted(
         raise
 
 
-def _day(moment: datetime) -> str:
-    return moment.date().isoformat()
-
-
-def describe(catalog: Catalog, payment: Payment) -> str:
-    """What the payment was for, in words."""
-    if payment.kind == "pack":
-        return f"{payment.credits:,} credits ({payment.pack_id})"
-    try:
-        name = catalog.plan(payment.plan_id or "").name
-    except KeyError:
-        name = payment.plan_id or "a plan"
-    period = ""
-    if payment.period_start is not None and payment.period_end is not None:
-        period = f", {_day(payment.period_start)} to {_day(payment.period_end)}"
-    what = {
-        "subscription": f"{name} plan",
-        "renewal": f"{name} plan renewal",
-        "upgrade": f"upgrade to {name}, prorated",
-    }[payment.kind]
-    return what + period
-
-
 def _payment_out(catalog: Catalog, payment: Payment) -> PaymentOut:
     return PaymentOut(
         id=payment.id,
         created_at=payment.created_at,
         kind=payment.kind,
         status=payment.status,
-        description=describe(catalog, payment),
+        description=describe_payment(catalog, payment),
         plan=payment.plan_id,
         pack=payment.pack_id,
         amount_cents=payment.amount_cents,

@@ -11,10 +11,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from plasmaart.changes.service import ChangeView
-from plasmaart.web.api.accounts import StrictBody
 from plasmaart.web.auth import AdminPrincipal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.pagination import DEFAULT_LIMIT, Page, page_of
+from plasmaart.web.schemas import StrictBody
 
 router = APIRouter(prefix="/v1", tags=["catalog changes"])
 

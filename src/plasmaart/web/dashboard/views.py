@@ -32,11 +32,10 @@ from plasmaart.notify.notifications import Notification
 from plasmaart.platform import Platform
 from plasmaart.stats import PlatformStats, platform_stats
 from plasmaart.teams.service import Invitation, Member, Membership, Seats
-from plasmaart.web.api.admin import audit_cursor, audit_position
-from plasmaart.web.api.billing import describe
 from plasmaart.web.dashboard import sections
 from plasmaart.web.dashboard.charts import Chart, credits_chart
-from plasmaart.web.pagination import parse_position, position_text
+from plasmaart.web.pagination import audit_cursor, audit_position, parse_position, position_text
+from plasmaart.web.presenters import describe_payment
 
 KIND_TITLES = {
     "text-to-image": "Text to image",
@@ -365,7 +364,7 @@ def billing(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]
         "subscription": subscription,
         "renewal": renewal_text(subscription),
         "subscribed": subscription is not None and subscription.status != "canceled",
-        "payments": [PaymentLine(p, describe(page.catalog, p)) for p in payments],
+        "payments": [PaymentLine(p, describe_payment(page.catalog, p)) for p in payments],
     }
 
 
