@@ -24,6 +24,7 @@ from plasmaart.catalog import (
     required_plan,
 )
 from plasmaart.clock import as_utc
+from plasmaart.db.tables import GENERATION_STATUSES
 from plasmaart.errors import DomainError, InvalidInput
 from plasmaart.generation.service import may_cancel
 from plasmaart.ledger import queries
@@ -187,7 +188,7 @@ def gallery(
         },
         "next_before": found[GALLERY_PAGE - 1].id if len(found) > GALLERY_PAGE else None,
         "status": status,
-        "statuses": ("queued", "running", "succeeded", "failed", "canceled"),
+        "statuses": GENERATION_STATUSES,
         "names": {m.id: m.name for m in page.catalog.models},
         "now": platform.clock.now(),
     }
