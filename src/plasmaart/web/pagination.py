@@ -94,9 +94,18 @@ def audit_position(cursor: str) -> AuditPosition:
     return position_from(cursor, AuditPosition)
 
 
-def page_of(items: Sequence[T], keys: Sequence[str], limit: int, cursor: str | None) -> Page[T]:
-    """A page of a small in-memory list ordered by unique ``keys``: the cursor
-    is the key of the last item served, so pages stay stable as items change."""
+class Keyed(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+K = TypeVar("K", bound=Keyed)
+
+
+def page_of(items: Sequence[K], limit: int, cursor: str | None) -> Page[K]:
+    """A page of a small in-memory list ordered by unique ids: the cursor is
+    the id of the last item served, so pages stay stable as items change."""
+    keys = [item.id for item in items]
     start = 0
     if cursor is not None:
         after = decode_cursor(cursor)
@@ -105,4 +114,4 @@ def page_of(items: Sequence[T], keys: Sequence[str], limit: int, cursor: str | N
         start = keys.index(after) + 1
     chunk = list(items[start : start + limit])
     more = start + limit < len(items)
-    return Page[T](data=chunk, next_cursor=encode_cursor(keys[start + limit - 1]) if more else None)
+    return Page(data=chunk, next_cursor=encode_cursor(keys[start + limit - 1]) if more else None)

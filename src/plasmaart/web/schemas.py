@@ -1,15 +1,30 @@
 """Request and response models more than one router uses: ``StrictBody``,
 the base of every request body, and the subscription as the API shows it
-(``/v1/me`` and the billing endpoints)."""
+(``/v1/me`` and the billing endpoints); ``shape``, which fills a response
+model from a record's fields of the same names."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from plasmaart.billing.repository import Subscription
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def shape(model: type[M], source: object, **computed: Any) -> M:
+    """``model`` filled from ``source``'s attributes of the same names (nested
+    models too), and the fields the answer computes or renames in ``computed``.
+    A field found in neither is refused, as the model's constructor would."""
+    values = {
+        name: getattr(source, name)
+        for name in model.model_fields
+        if name not in computed and hasattr(source, name)
+    }
+    return model.model_validate({**values, **computed}, from_attributes=True)
 
 
 def _has_nul(value: object) -> bool:
@@ -63,11 +78,9 @@ def subscription_out(plan_id: str, subscription: Subscription | None) -> Subscri
             cancel_reason=None,
             pending_plan=None,
         )
-    return SubscriptionOut(
-        plan=subscription.plan,
-        status=subscription.status,
-        current_period_start=subscription.current_period_start,
-        current_period_end=subscription.current_period_end,
+    return shape(
+        SubscriptionOut,
+        subscription,
         cancel_at_period_end=subscription.ends_at_period_end,
         cancel_reason=(
             "requested"
@@ -76,5 +89,4 @@ def subscription_out(plan_id: str, subscription: Subscription | None) -> Subscri
             if subscription.stops_for_suspension
             else None
         ),
-        pending_plan=subscription.pending_plan,
     )

@@ -25,7 +25,7 @@ from plasmaart.accounts import audit
 from plasmaart.billing.errors import PaymentFailed
 from plasmaart.billing.repository import Payment, PaymentKind, PaymentStatus, Subscription
 from plasmaart.billing.sandbox import SandboxBackend
-from plasmaart.billing.service import Checkout, PackPurchase
+from plasmaart.billing.service import Checkout
 from plasmaart.billing.tasks import run_billing_clock
 from plasmaart.catalog import Catalog
 from plasmaart.errors import NotFound
@@ -35,7 +35,7 @@ from plasmaart.web.auth import AdminPrincipal, CurrentPrincipal, Principal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
 from plasmaart.web.presenters import describe_payment
-from plasmaart.web.schemas import StrictBody, SubscriptionOut, subscription_out
+from plasmaart.web.schemas import StrictBody, SubscriptionOut, shape, subscription_out
 
 router = APIRouter(prefix="/v1", tags=["billing"])
 
@@ -168,20 +168,12 @@ def declines_counted(
 
 
 def _payment_out(catalog: Catalog, payment: Payment) -> PaymentOut:
-    return PaymentOut(
-        id=payment.id,
-        created_at=payment.created_at,
-        kind=payment.kind,
-        status=payment.status,
+    return shape(
+        PaymentOut,
+        payment,
         description=describe_payment(catalog, payment),
         plan=payment.plan_id,
         pack=payment.pack_id,
-        amount_cents=payment.amount_cents,
-        currency=payment.currency,
-        credits=payment.credits,
-        period_start=payment.period_start,
-        period_end=payment.period_end,
-        failure_reason=payment.failure_reason,
     )
 
 
@@ -329,17 +321,7 @@ def buy_credits(
     if isinstance(result, Checkout):
         response.status_code = 200
         return CheckoutOut(checkout_url=result.url)
-    return _purchase_out(result)
-
-
-def _purchase_out(purchase: PackPurchase) -> CreditPurchaseOut:
-    return CreditPurchaseOut(
-        payment_id=purchase.payment_id,
-        pack=purchase.pack,
-        credits=purchase.credits,
-        balance=purchase.balance,
-        expires_at=purchase.expires_at,
-    )
+    return shape(CreditPurchaseOut, result)
 
 
 @router.get("/payments", response_model=Page[PaymentOut])

@@ -20,6 +20,7 @@ from plasmaart.platform import Platform
 from plasmaart.web.auth import OptionalPrincipal, Principal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.pagination import DEFAULT_LIMIT, Page, page_of
+from plasmaart.web.schemas import shape
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
@@ -103,14 +104,9 @@ def model_out(
     upcoming: dict[str, dict[str, Any]] | None = None,
 ) -> ModelOut:
     cheapest = required_plan(catalog, model)
-    return ModelOut(
-        id=model.id,
-        name=model.name,
-        description=model.description,
-        kind=model.kind,
-        credits=model.credits,
-        max_outputs=model.max_outputs,
-        tier=model.tier,
+    return shape(
+        ModelOut,
+        model,
         inputs=ModelInputsOut(
             max_prompt_chars=model.max_prompt_chars,
             image=model.inputs.image,
@@ -121,33 +117,16 @@ def model_out(
         ),
         available=plan_allows_model(plan, model),
         required_plan=cheapest.id if cheapest else None,
-        early_access=model.early_access,
         upcoming_change=(upcoming or {}).get(model.id),
-        aliases=list(model.aliases),
     )
 
 
 def plan_out(catalog: Catalog, plan: PlanSpec) -> PlanOut:
-    return PlanOut(
-        id=plan.id,
-        name=plan.name,
-        price_cents=plan.price_cents,
+    return shape(
+        PlanOut,
+        plan,
         currency=catalog.currency,
-        monthly_credits=plan.monthly_credits,
-        rollover_cap=plan.rollover_cap,
-        model_tiers=list(plan.model_tiers),
         models=[model.id for model in plan_models(catalog, plan)],
-        queue_class=plan.queue_class,
-        features=list(plan.features),
-        team_seats=plan.team_seats,
-        concurrency=ConcurrencyOut(
-            jobs=plan.concurrency.jobs, video_jobs=plan.concurrency.video_jobs
-        ),
-        early_access=plan.early_access,
-        commercial_license=plan.commercial_license,
-        watermark_removable=plan.watermark_removable,
-        max_queued_jobs=plan.max_queued_jobs,
-        requests_per_minute=plan.requests_per_minute,
     )
 
 
@@ -192,7 +171,7 @@ def list_models(
     catalog, upcoming = upcoming_changes(platform)
     plan = caller_plan(platform, principal)
     models = [model_out(catalog, model, plan, upcoming) for model in catalog.models]
-    return page_of(models, [m.id for m in models], limit, cursor)
+    return page_of(models, limit, cursor)
 
 
 @router.get("/models/{model_id}", response_model=ModelOut)
@@ -216,7 +195,7 @@ def list_plans(
     with platform.db.read() as conn:
         catalog = platform.catalog_changes.catalog_now(conn)
     plans = [plan_out(catalog, plan) for plan in catalog.plans_by_price()]
-    return page_of(plans, [p.id for p in plans], limit, cursor)
+    return page_of(plans, limit, cursor)
 
 
 @router.get("/credit-packs", response_model=Page[CreditPackOut])
@@ -224,14 +203,5 @@ def list_credit_packs(
     platform: PlatformDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
 ) -> Page[CreditPackOut]:
     catalog = platform.catalog
-    packs = [
-        CreditPackOut(
-            id=pack.id,
-            credits=pack.credits,
-            price_cents=pack.price_cents,
-            currency=catalog.currency,
-            expires_after_days=pack.expires_after_days,
-        )
-        for pack in catalog.credit_packs
-    ]
-    return page_of(packs, [p.id for p in packs], limit, cursor)
+    packs = [shape(CreditPackOut, pack, currency=catalog.currency) for pack in catalog.credit_packs]
+    return page_of(packs, limit, cursor)
