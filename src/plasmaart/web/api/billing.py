@@ -21,15 +21,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from plasmaart.accounts import audit
+from plasmaart.billing import sandbox_controls
 from plasmaart.billing.errors import PaymentFailed
 from plasmaart.billing.repository import Payment, PaymentKind, PaymentStatus, Subscription
-from plasmaart.billing.sandbox import SandboxBackend
 from plasmaart.billing.service import Checkout
-from plasmaart.billing.tasks import run_billing_clock
 from plasmaart.catalog import Catalog
-from plasmaart.errors import NotFound
-from plasmaart.ledger.tasks import expire_due_lots
 from plasmaart.platform import Platform
 from plasmaart.web.auth import AdminPrincipal, CurrentPrincipal, Principal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
@@ -351,25 +347,18 @@ def advance_clock(body: ClockAdvanceIn, admin: AdminPrincipal, platform: Platfor
     """Move the sandbox test clock forward for every process, then run what
     fell due at once: renewals, failed payments, downgrades and cancellations
     at period ends, grace periods, expiries."""
-    test_clock = platform.billing.test_clock
-    if test_clock is None:
-        raise NotFound("Not Found")
-    with platform.db.write() as conn:
-        offset = test_clock.advance(conn, timedelta(days=body.days))
-        audit.record(
-            conn,
-            actor=admin.user.id,
-            action="billing.clock_advance",
-            target="test_clock",
-            reason=None,
-            now=platform.clock.now(),
-            data={"days": body.days, "offset_seconds": int(offset.total_seconds())},
-        )
-    report = run_billing_clock(platform.db, platform.billing)
-    expired = expire_due_lots(platform.db, platform.ledger)
+    advanced = sandbox_controls.advance_test_clock(
+        platform.db,
+        platform.billing,
+        platform.ledger,
+        platform.clock,
+        days=body.days,
+        actor=admin.user.id,
+    )
+    report, expired = advanced.billing, advanced.expired
     return ClockOut(
-        now=platform.clock.now(),
-        offset_days=offset / timedelta(days=1),
+        now=advanced.now,
+        offset_days=advanced.offset / timedelta(days=1),
         renewed=report["renewed"],
         downgraded=report["downgraded"],
         payment_failed=report["payment_failed"],
@@ -388,19 +377,14 @@ def set_sandbox_card(
 ) -> SandboxCardOut:
     """Make the user's sandbox card decline every charge (renewals go past
     due, purchases answer 402), or succeed again."""
-    sandbox = platform.billing.backend
-    if not isinstance(sandbox, SandboxBackend):
-        raise NotFound("Not Found")
     with platform.db.write() as conn:
-        user = platform.accounts.get(conn, user_id)
-        sandbox.set_card(conn, user.id, declines=body.declines)
-        audit.record(
+        sandbox_controls.set_sandbox_card(
             conn,
+            platform.billing,
+            platform.accounts,
+            user_id,
+            declines=body.declines,
             actor=admin.user.id,
-            action="billing.sandbox_card",
-            target=user.id,
-            reason=None,
             now=platform.clock.now(),
-            data={"declines": body.declines},
         )
-    return SandboxCardOut(user_id=user.id, declines=body.declines)
+    return SandboxCardOut(user_id=user_id, declines=body.declines)
