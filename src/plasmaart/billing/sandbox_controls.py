@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -20,6 +21,12 @@ from plasmaart.db.engine import Database
 from plasmaart.errors import NotFound
 from plasmaart.ledger.service import ExpiryResult, LedgerService
 from plasmaart.ledger.tasks import expire_due_lots
+
+
+def _audit(
+    conn: Connection, actor: str, action: str, target: str, now: datetime, **data: Any
+) -> None:
+    audit.record(conn, actor=actor, action=action, target=target, reason=None, now=now, data=data)
 
 
 @dataclass(frozen=True)
@@ -47,14 +54,15 @@ def advance_test_clock(
         raise NotFound("Not Found")
     with db.write() as conn:
         offset = test_clock.advance(conn, timedelta(days=days))
-        audit.record(
+        seconds = int(offset.total_seconds())
+        _audit(
             conn,
-            actor=actor,
-            action="billing.clock_advance",
-            target="test_clock",
-            reason=None,
-            now=clock.now(),
-            data={"days": days, "offset_seconds": int(offset.total_seconds())},
+            actor,
+            "billing.clock_advance",
+            "test_clock",
+            clock.now(),
+            days=days,
+            offset_seconds=seconds,
         )
     report = run_billing_clock(db, billing)
     expired = expire_due_lots(db, ledger)
@@ -77,12 +85,4 @@ def set_sandbox_card(
         raise NotFound("Not Found")
     user = accounts.get(conn, user_id)
     sandbox.set_card(conn, user.id, declines=declines)
-    audit.record(
-        conn,
-        actor=actor,
-        action="billing.sandbox_card",
-        target=user.id,
-        reason=None,
-        now=now,
-        data={"declines": declines},
-    )
+    _audit(conn, actor, "billing.sandbox_card", user.id, now, declines=declines)

@@ -8,9 +8,9 @@ from datetime import datetime
 
 from sqlalchemy import Connection, func, select
 
-from plasmaart.db.tables import GENERATION_STATUSES, generations, journal_entries
+from plasmaart.db.tables import generations, journal_entries
 
-GENERATION_STATES = GENERATION_STATUSES
+GENERATION_STATES = ("queued", "running", "succeeded", "failed", "canceled")
 _JOBS_BY_STATE = select(generations.c.status, func.count().label("jobs")).group_by(
     generations.c.status
 )

@@ -16,15 +16,6 @@ from plasmaart.db.tables import idempotency_records
 RecordStatus = Literal["running", "done"]
 
 _table = idempotency_records
-_FIND = select(
-    _table.c.path,
-    _table.c.request_hash,
-    _table.c.status,
-    _table.c.created_at,
-    _table.c.response_status,
-    _table.c.response_headers,
-    _table.c.response_body,
-)
 
 
 @dataclass(frozen=True)
@@ -45,7 +36,7 @@ class IdempotencyRecord:
 
 def find(conn: Connection, principal: str, key: str) -> IdempotencyRecord | None:
     row = conn.execute(
-        _FIND.where(_table.c.principal == principal, _table.c.key == key)
+        select(_table).where(_table.c.principal == principal, _table.c.key == key)
     ).one_or_none()
     if row is None:
         return None

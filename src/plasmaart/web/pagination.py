@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
@@ -28,6 +29,14 @@ class Position(Protocol):
 
     @property
     def created_at(self) -> datetime: ...
+
+
+@dataclass(frozen=True)
+class PageParams:
+    """What a paged list was asked for (``?limit=&cursor=``, web/deps.py's ``PageQuery``)."""
+
+    limit: int
+    cursor: str | None
 
 
 class Page(BaseModel, Generic[T]):
@@ -102,10 +111,11 @@ class Keyed(Protocol):
 K = TypeVar("K", bound=Keyed)
 
 
-def page_of(items: Sequence[K], limit: int, cursor: str | None) -> Page[K]:
+def page_of(items: Sequence[K], paging: PageParams) -> Page[K]:
     """A page of a small in-memory list ordered by unique ids: the cursor is
     the id of the last item served, so pages stay stable as items change."""
     keys = [item.id for item in items]
+    limit, cursor = paging.limit, paging.cursor
     start = 0
     if cursor is not None:
         after = decode_cursor(cursor)

@@ -28,8 +28,8 @@ from plasmaart.billing.service import Checkout
 from plasmaart.catalog import Catalog
 from plasmaart.platform import Platform
 from plasmaart.web.auth import AdminPrincipal, CurrentPrincipal, Principal
-from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
-from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
+from plasmaart.web.deps import PageQuery, PlatformDep
+from plasmaart.web.pagination import Page, decode_cursor, encode_cursor
 from plasmaart.web.presenters import describe_payment
 from plasmaart.web.schemas import StrictBody, SubscriptionOut, shape, subscription_out
 
@@ -324,10 +324,10 @@ def buy_credits(
 def list_payments(
     principal: CurrentPrincipal,
     platform: PlatformDep,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
+    paging: PageQuery,
 ) -> Page[PaymentOut]:
     """What you paid, when, for what, and the credits it granted; newest first."""
+    limit, cursor = paging.limit, paging.cursor
     before = decode_cursor(cursor) if cursor else None
     with platform.db.read() as conn:
         found = platform.billing.payments(conn, principal.user.id, limit=limit + 1, before=before)

@@ -11,8 +11,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from plasmaart.web.auth import AdminPrincipal
-from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
-from plasmaart.web.pagination import DEFAULT_LIMIT, Page, page_of
+from plasmaart.web.deps import PageQuery, PlatformDep
+from plasmaart.web.pagination import Page, page_of
 from plasmaart.web.schemas import StrictBody, shape
 
 router = APIRouter(prefix="/v1", tags=["catalog changes"])
@@ -46,13 +46,11 @@ class AdminChangeOut(ChangeOut):
 
 
 @router.get("/catalog/changes", response_model=Page[ChangeOut])
-def upcoming_changes(
-    platform: PlatformDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
-) -> Page[ChangeOut]:
+def upcoming_changes(platform: PlatformDep, paging: PageQuery) -> Page[ChangeOut]:
     """Changes announced and not in force yet, soonest first."""
     with platform.db.read() as conn:
         views = platform.catalog_changes.upcoming(conn)
-    return page_of([shape(ChangeOut, view) for view in views], limit, cursor)
+    return page_of([shape(ChangeOut, view) for view in views], paging)
 
 
 @router.post("/admin/catalog/changes", status_code=201, response_model=AdminChangeOut)
@@ -75,13 +73,12 @@ def schedule_change(body: ChangeIn, admin: AdminPrincipal, platform: PlatformDep
 def list_changes(
     _admin_principal: AdminPrincipal,
     platform: PlatformDep,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
+    paging: PageQuery,
 ) -> Page[AdminChangeOut]:
     """Every change, in force and withdrawn ones too, soonest effect first."""
     with platform.db.read() as conn:
         views = platform.catalog_changes.every(conn)
-    return page_of([shape(AdminChangeOut, view) for view in views], limit, cursor)
+    return page_of([shape(AdminChangeOut, view) for view in views], paging)
 
 
 @router.delete("/admin/catalog/changes/{change_id}", response_model=AdminChangeOut)

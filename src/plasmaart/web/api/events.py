@@ -19,8 +19,8 @@ from plasmaart.errors import InvalidInput
 from plasmaart.eventbus import Event, Subscription
 from plasmaart.notify.notifications import ID_PREFIX
 from plasmaart.web.auth import CurrentPrincipal
-from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
-from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
+from plasmaart.web.deps import PageQuery, PlatformDep
+from plasmaart.web.pagination import Page, decode_cursor, encode_cursor
 from plasmaart.web.schemas import shape
 
 router = APIRouter(prefix="/v1", tags=["events"])
@@ -116,18 +116,18 @@ def list_notifications(
     principal: CurrentPrincipal,
     platform: PlatformDep,
     unread: Annotated[bool, Query(description="Only unread notifications")] = False,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
+    *,
+    paging: PageQuery,
 ) -> Page[NotificationOut]:
     """Your notifications, newest first."""
-    after = None
+    cursor, after = paging.cursor, None
     if cursor is not None:
         after = decode_cursor(cursor)
         if not after.startswith(ID_PREFIX + "_"):
             raise InvalidInput("not a cursor this API handed out", field="cursor")
     with platform.db.read() as conn:
         page = platform.notifications.list(
-            conn, principal.user.id, limit=limit, cursor=after, unread_only=unread
+            conn, principal.user.id, limit=paging.limit, cursor=after, unread_only=unread
         )
     return Page[NotificationOut](
         data=[shape(NotificationOut, item) for item in page.items],
