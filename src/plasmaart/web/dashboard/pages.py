@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode, urlsplit
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
@@ -343,18 +343,24 @@ def admin_page(
     return page(request, platform, ADMIN, build)
 
 
-@router.get("/admin/audit")
-def admin_audit_page(
-    request: Request,
-    platform: PlatformDep,
+async def _audit_form(
     actor: SafeText = None,
     subject: SafeText = None,
     action: SafeText = None,
     since: SafeText = None,
     until: SafeText = None,
+) -> views.AuditForm:
+    """The audit page's filter form, read from the query (async: no thread hop)."""
+    return views.audit_form(actor, subject, action, since, until)
+
+
+@router.get("/admin/audit")
+def admin_audit_page(
+    request: Request,
+    platform: PlatformDep,
+    form: Annotated[views.AuditForm, Depends(_audit_form)],
     cursor: SafeText = None,
 ) -> Response:
-    form = views.audit_form(actor, subject, action, since, until)
     return page(
         request, platform, AUDIT, lambda conn, _frame: views.admin_audit(conn, form, cursor)
     )
