@@ -6,41 +6,17 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 
 from plasmaart.accounts.credentials import SESSION_LIFETIME, NewSession
 from plasmaart.accounts.service import EmailTaken, User, WrongCredentials
-from plasmaart.billing.service import Subscription
 from plasmaart.platform import Platform
 from plasmaart.web.auth import CSRF_COOKIE, SESSION_COOKIE, CurrentPrincipal
 from plasmaart.web.deps import PlatformDep
 from plasmaart.web.idempotency import SECRET_FIELDS_HEADER
+from plasmaart.web.schemas import StrictBody, SubscriptionOut, subscription_out
 
 router = APIRouter(prefix="/v1", tags=["accounts"])
-
-
-def _has_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
-    if isinstance(value, list | tuple):
-        return any(_has_nul(item) for item in value)
-    return False
-
-
-class StrictBody(BaseModel):
-    """Request bodies refuse fields they do not know, and NUL characters
-    anywhere (PostgreSQL cannot store them in text, and no field needs one)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _no_nul(cls, value: object) -> object:
-        if _has_nul(value):
-            raise ValueError("must not contain NUL characters")
-        return value
 
 
 class Credentials(StrictBody):
@@ -80,21 +56,6 @@ class NewApiKeyOut(ApiKeyOut):
 class ApiKeyList(BaseModel):
     data: list[ApiKeyOut]
     next_cursor: str | None = None
-
-
-class SubscriptionOut(BaseModel):
-    plan: str
-    status: Literal["none", "active", "past_due", "canceled"]
-    current_period_start: datetime | None
-    current_period_end: datetime | None
-    cancel_at_period_end: bool = Field(
-        description="The subscription ends at its period end instead of renewing"
-    )
-    cancel_reason: Literal["requested", "account_suspended"] | None = Field(
-        description="Why it ends: you canceled it (`requested`), or the account is "
-        "suspended (`account_suspended`: reinstating it before the period end renews it)"
-    )
-    pending_plan: str | None
 
 
 class BalanceSummary(BaseModel):
@@ -265,34 +226,6 @@ def me_out(platform: Platform, user: User) -> MeOut:
         balance=BalanceSummary(available=balance.available, held=balance.held),
         teams=teams,
         settings=MeSettings(remove_watermark=user.remove_watermark),
-    )
-
-
-def subscription_out(plan_id: str, subscription: Subscription | None) -> SubscriptionOut:
-    if subscription is None:
-        return SubscriptionOut(
-            plan=plan_id,
-            status="none",
-            current_period_start=None,
-            current_period_end=None,
-            cancel_at_period_end=False,
-            cancel_reason=None,
-            pending_plan=None,
-        )
-    return SubscriptionOut(
-        plan=subscription.plan,
-        status=subscription.status,
-        current_period_start=subscription.current_period_start,
-        current_period_end=subscription.current_period_end,
-        cancel_at_period_end=subscription.ends_at_period_end,
-        cancel_reason=(
-            "requested"
-            if subscription.cancel_at_period_end
-            else "account_suspended"
-            if subscription.stops_for_suspension
-            else None
-        ),
-        pending_plan=subscription.pending_plan,
     )
 
 

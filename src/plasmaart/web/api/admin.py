@@ -24,17 +24,17 @@ from plasmaart.db.tables import subscriptions, users, wallets
 from plasmaart.errors import InvalidInput
 from plasmaart.platform import Platform
 from plasmaart.stats import platform_stats
-from plasmaart.web.api.accounts import StrictBody
 from plasmaart.web.auth import AdminPrincipal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.pagination import (
     DEFAULT_LIMIT,
     Page,
+    audit_cursor,
+    audit_position,
     decode_cursor,
-    decode_position,
     encode_cursor,
-    position_cursor,
 )
+from plasmaart.web.schemas import StrictBody
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -221,14 +221,6 @@ class AuditEntryOut(BaseModel):
     )
     reason: str | None
     data: dict[str, Any] = Field(description="The action's details")
-
-
-def audit_cursor(position: audit.AuditPosition) -> str:
-    return position_cursor(position.id, position.created_at)
-
-
-def audit_position(cursor: str) -> audit.AuditPosition:
-    return audit.AuditPosition(*decode_position(cursor))
 
 
 def _utc(value: datetime | None, field: str) -> datetime | None:

@@ -20,11 +20,11 @@ from plasmaart.ids import new_id
 from plasmaart.media.signing import sign_url, signing_secret, verify
 from plasmaart.media.uploads import MAX_UPLOAD_BYTES, inspect_upload
 from plasmaart.platform import Platform
-from plasmaart.web.api.accounts import StrictBody
 from plasmaart.web.auth import CurrentPrincipal, OptionalPrincipal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
 from plasmaart.web.rate_limit_guard import RATE_LIMITED, GenerationRateLimit, QuoteRateLimit
+from plasmaart.web.schemas import StrictBody
 
 router = APIRouter(prefix="/v1", tags=["generations"])
 

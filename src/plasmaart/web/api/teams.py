@@ -18,11 +18,11 @@ from plasmaart.teams.service import (
     TEAM_NAME_MAX,
     Member,
 )
-from plasmaart.web.api.accounts import StrictBody
 from plasmaart.web.auth import CurrentPrincipal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.idempotency import SECRET_FIELDS_HEADER
 from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
+from plasmaart.web.schemas import StrictBody
 
 router = APIRouter(prefix="/v1", tags=["teams"])
 

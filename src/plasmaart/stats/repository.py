@@ -1,8 +1,5 @@
-"""The operators' numbers: the generation queue and the credits that moved.
-
-Read by ``GET /v1/admin/stats`` and the dashboard's admin page, from the same
-tables the worker and the ledger write (no counters of their own to drift).
-"""
+"""The queries behind the operators' numbers (``plasmaart.stats``): jobs
+counted by state, and the journal's grants, captures and expiries summed."""
 
 from __future__ import annotations
 
@@ -14,6 +11,17 @@ from sqlalchemy import Connection, func, select
 from plasmaart.db.tables import generations, journal_entries
 
 GENERATION_STATES = ("queued", "running", "succeeded", "failed", "canceled")
+_JOBS_BY_STATE = select(generations.c.status, func.count().label("jobs")).group_by(
+    generations.c.status
+)
+_j = journal_entries
+_CREDITS_MOVED = select(
+    func.coalesce(func.sum(_j.c.amount).filter(_j.c.kind.in_(("grant", "rollover"))), 0).label(
+        "granted"
+    ),
+    func.coalesce(func.sum(_j.c.credits).filter(_j.c.kind == "capture"), 0).label("consumed"),
+    func.coalesce(func.sum(_j.c.amount).filter(_j.c.kind == "expire"), 0).label("expired"),
+)
 
 
 @dataclass(frozen=True)
@@ -30,25 +38,18 @@ def platform_stats(conn: Connection, *, since: datetime | None = None) -> Platfo
     """Queue depth and jobs by state (now), and the credits granted, consumed
     and expired since ``since`` (all time when None)."""
     counted = dict.fromkeys(GENERATION_STATES, 0)
-    for status, count in conn.execute(
-        select(generations.c.status, func.count()).group_by(generations.c.status)
-    ).all():
-        counted[str(status)] = int(count)
-    j = journal_entries
-    query = select(
-        func.coalesce(func.sum(j.c.amount).filter(j.c.kind.in_(("grant", "rollover"))), 0),
-        func.coalesce(func.sum(j.c.credits).filter(j.c.kind == "capture"), 0),
-        func.coalesce(func.sum(j.c.amount).filter(j.c.kind == "expire"), 0),
-    )
+    for row in conn.execute(_JOBS_BY_STATE):
+        counted[str(row.status)] = int(row.jobs)
+    query = _CREDITS_MOVED
     if since is not None:
-        query = query.where(j.c.created_at >= since)
-    granted, consumed, expired = conn.execute(query).one()
+        query = query.where(journal_entries.c.created_at >= since)
+    moved = conn.execute(query).one()
     return PlatformStats(
         queue_depth=counted["queued"],
         jobs_by_state=counted,
-        credits_granted=int(granted),
-        credits_consumed=int(consumed),
+        credits_granted=int(moved.granted),
+        credits_consumed=int(moved.consumed),
         # An expiry's amount is the (negative) change of the available balance.
-        credits_expired=-int(expired),
+        credits_expired=-int(moved.expired),
         since=since,
     )
