@@ -23,7 +23,8 @@ ENTRY_KINDS: tuple[str, ...] = get_args(EntryKind)
 # wallet's own (its available and held credits); the others are the platform's.
 ACCOUNTS = ("wallet", "holds", "issuance", "consumed", "expired")
 
-GENERATION_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+GenerationStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+GENERATION_STATUSES: tuple[str, ...] = get_args(GenerationStatus)
 
 PAYMENT_KINDS = ("subscription", "renewal", "upgrade", "pack")
 

@@ -5,6 +5,6 @@ tables the worker and the ledger write (no counters of their own to drift);
 the queries are in ``stats/repository.py``.
 """
 
-from plasmaart.stats.repository import GENERATION_STATES, PlatformStats, platform_stats
+from plasmaart.stats.repository import PlatformStats, platform_stats
 
-__all__ = ["GENERATION_STATES", "PlatformStats", "platform_stats"]
+__all__ = ["PlatformStats", "platform_stats"]

@@ -9,8 +9,8 @@ from datetime import datetime
 from sqlalchemy import Connection, func, select
 
 from plasmaart.db.tables import generations, journal_entries
+from plasmaart.db.values import GENERATION_STATUSES
 
-GENERATION_STATES = ("queued", "running", "succeeded", "failed", "canceled")
 _JOBS_BY_STATE = select(generations.c.status, func.count().label("jobs")).group_by(
     generations.c.status
 )
@@ -37,7 +37,7 @@ class PlatformStats:
 def platform_stats(conn: Connection, *, since: datetime | None = None) -> PlatformStats:
     """Queue depth and jobs by state (now), and the credits granted, consumed
     and expired since ``since`` (all time when None)."""
-    counted = dict.fromkeys(GENERATION_STATES, 0)
+    counted = dict.fromkeys(GENERATION_STATUSES, 0)
     for row in conn.execute(_JOBS_BY_STATE):
         counted[str(row.status)] = int(row.jobs)
     query = _CREDITS_MOVED

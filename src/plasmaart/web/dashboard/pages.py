@@ -30,6 +30,7 @@ from starlette.templating import Jinja2Templates
 
 from plasmaart import __version__
 from plasmaart.accounts.passwords import MIN_PASSWORD_LENGTH
+from plasmaart.db.values import GENERATION_STATUSES
 from plasmaart.errors import Unauthenticated
 from plasmaart.generation.runner import EXTENSIONS
 from plasmaart.generation.service import Output
@@ -288,7 +289,7 @@ for _path, _spec, _view in PLAIN_PAGES:
 def generations_page(
     request: Request, platform: PlatformDep, before: SafeText = None, status: SafeText = None
 ) -> Response:
-    wanted = status if status in views.GENERATION_STATES else None
+    wanted = status if status in GENERATION_STATUSES else None
     return page(
         request,
         platform,

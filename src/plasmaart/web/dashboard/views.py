@@ -24,6 +24,7 @@ from plasmaart.catalog import (
     required_plan,
 )
 from plasmaart.clock import as_utc
+from plasmaart.db.values import GENERATION_STATUSES
 from plasmaart.errors import DomainError, InvalidInput
 from plasmaart.generation.service import may_cancel
 from plasmaart.ledger import queries
@@ -42,7 +43,7 @@ KIND_TITLES = {
     "text-to-video": "Text to video",
     "image-to-video": "Image to video",
 }
-GENERATION_STATES = ("queued", "running", "succeeded", "failed", "canceled")
+
 RECENT_GENERATIONS = 6
 GALLERY_PAGE = 24
 HISTORY_PAGE = 25
@@ -188,7 +189,7 @@ def gallery(
         },
         "next_before": found[GALLERY_PAGE - 1].id if len(found) > GALLERY_PAGE else None,
         "status": status,
-        "statuses": GENERATION_STATES,
+        "statuses": GENERATION_STATUSES,
         "names": {m.id: m.name for m in page.catalog.models},
         "now": platform.clock.now(),
     }
