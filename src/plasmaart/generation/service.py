@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import Connection
 
@@ -98,6 +98,15 @@ class Generation:
 
 
 GenerationListener = Callable[[Generation], None]
+
+
+class ListFilters(TypedDict, total=False):
+    """Which generations a list shows (``GenerationService.list``)."""
+
+    before: str | None  # ids before this one (the next page)
+    status: str | None
+    model: str | None
+    team_id: str | None  # one team's; None: one's own and one's teams'
 
 
 @dataclass(frozen=True)
@@ -425,21 +434,10 @@ class GenerationService:
         return self._seen(conn, user, [self.get(conn, user, generation_id)])[0]
 
     def browse(
-        self,
-        conn: Connection,
-        user: User,
-        *,
-        limit: int,
-        before: str | None = None,
-        status: str | None = None,
-        model: str | None = None,
-        team_id: str | None = None,
+        self, conn: Connection, user: User, *, limit: int, **filters: Unpack[ListFilters]
     ) -> Sequence[Seen]:
         """``list``, and whether ``user`` may cancel each (``GET /v1/generations``)."""
-        found = self.list(
-            conn, user, limit=limit, before=before, status=status, model=model, team_id=team_id
-        )
-        return self._seen(conn, user, found)
+        return self._seen(conn, user, self.list(conn, user, limit=limit, **filters))
 
     def output_file(self, conn: Connection, user: User | None, output_id: str) -> OutputFile:
         """A stored output, readable without a signed link by whoever reads
