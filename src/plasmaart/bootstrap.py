@@ -26,6 +26,7 @@ from plasmaart.generation.event_publisher import GenerationEvents
 from plasmaart.generation.providers import create_provider
 from plasmaart.generation.service import GenerationService
 from plasmaart.generation.submission import SubmissionService
+from plasmaart.generation.uploads import UploadService
 from plasmaart.generation.wakeups import PollWakeups
 from plasmaart.ledger.balance_events import BalanceEvents
 from plasmaart.ledger.service import LedgerService
@@ -139,6 +140,7 @@ def bootstrap(
     catalog_changes = CatalogChangeService(
         clock, billing.in_force, billing, teams, outbox, notice_days=settings.notice_days
     )
+    storage = create_storage(settings)
     return Platform(
         settings=settings,
         db=db,
@@ -154,7 +156,7 @@ def bootstrap(
         notifications=NotificationService(clock, events),
         generations=generations,
         provider=create_provider(settings, job_clock),
-        storage=create_storage(settings),
+        storage=storage,
         fairuse=fairuse,
         outbox=outbox,
         catalog_changes=catalog_changes,
@@ -162,6 +164,7 @@ def bootstrap(
         wakeups=PollWakeups(events),
         suspensions=suspensions,
         submissions=SubmissionService(db, generations, fairuse),
+        uploads=UploadService(db, storage, clock),
         caches=caches,
         principals=Principals(caches, db, accounts, credentials, clock),
     )

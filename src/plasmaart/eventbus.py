@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from plasmaart.db.engine import Database
-from plasmaart.db.listener import ListenerSettings, listen
+from plasmaart.db.listener import ListenerSettings, ListenerThread, listen
 
 if TYPE_CHECKING:
     pass  # imported where it listens: SQLite never loads it
@@ -297,10 +297,8 @@ class PostgresEventBus(InProcessEventBus):
         super().__init__()
         self._db = db
         self._conninfo = listener_conninfo(db)
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._listener = ListenerThread(CHANNEL, self._listen)
         self._listening = threading.Event()
-        self._start_lock = threading.Lock()
         # Events published, not yet sent: (type, NOTIFY payload).
         self._outbox: deque[tuple[str, str]] = deque()
         self._outbox_lock = threading.Lock()
@@ -386,23 +384,13 @@ class PostgresEventBus(InProcessEventBus):
     def start(self, wait: float = 5.0) -> None:
         """Start the listener thread (once) and wait up to ``wait`` seconds
         for it to be listening. If the database is down it keeps retrying."""
-        with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._stopping = threading.Event()
-                self._thread = threading.Thread(
-                    target=self._listen, args=(self._stopping,), name=CHANNEL, daemon=True
-                )
-                self._thread.start()
+        self._listener.start()
         if wait > 0:
             self._listening.wait(wait)
 
     def close(self) -> None:
         self.flush()  # what was published before closing is sent
-        with self._start_lock:
-            thread, self._thread = self._thread, None
-            self._stopping.set()
-        if thread is not None:
-            thread.join(timeout=10)
+        self._listener.stop()
 
     def _listen(self, stopping: threading.Event) -> None:
         listen(

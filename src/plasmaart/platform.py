@@ -26,6 +26,7 @@ from plasmaart.fairuse.suspension import SuspensionService
 from plasmaart.generation.providers.base import Provider
 from plasmaart.generation.service import GenerationService
 from plasmaart.generation.submission import SubmissionService
+from plasmaart.generation.uploads import UploadService
 from plasmaart.generation.wakeups import PollWakeups
 from plasmaart.ledger.service import LedgerService
 from plasmaart.media.storage import Storage
@@ -65,6 +66,8 @@ class Platform:
     suspensions: SuspensionService
     # Submissions and quotes as the API makes them (generation/submission.py).
     submissions: SubmissionService
+    # Input images users upload (generation/uploads.py).
+    uploads: UploadService
     # The per-process caches and their invalidation (caches.py).
     caches: CacheHub
     # API key or session → user, cached (accounts/principals.py).
