@@ -173,7 +173,7 @@ def make_users(platform: Platform, per_plan: int) -> None:
                 user = platform.accounts.create_user(conn, f"{plan}{index}@example.com", PASSWORD)
                 wallet = platform.ledger.wallet_of(conn, "user", user.id)
                 if plan != "free":
-                    platform.billing.subscribe_paid(
+                    platform.billing.subscriptions.subscribe_paid(
                         conn, user_id=user.id, wallet_id=wallet, plan_id=plan, backend="sandbox"
                     )
                     platform.accounts.set_remove_watermark(conn, user, True)

@@ -231,7 +231,7 @@ def make_users(platform: Platform, count: int) -> list[str]:
         for index in range(count):
             user = platform.accounts.create_user(conn, f"bench{index}@example.com", PASSWORD)
             wallet = platform.ledger.wallet_of(conn, "user", user.id)
-            platform.billing.subscribe_paid(
+            platform.billing.subscriptions.subscribe_paid(
                 conn, user_id=user.id, wallet_id=wallet, plan_id=PLAN, backend="sandbox"
             )
             platform.ledger.grant(

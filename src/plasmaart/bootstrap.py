@@ -12,6 +12,7 @@ from plasmaart.billing.sandbox_clock import SandboxTestClock
 from plasmaart.billing.service import BillingService
 from plasmaart.caches import CacheHub
 from plasmaart.catalog import load_catalog
+from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.changes.service import CatalogChangeService
 from plasmaart.clock import Clock, SystemClock
 from plasmaart.config import Settings, load_settings
@@ -91,20 +92,29 @@ def bootstrap(
     ledger = LedgerService(clock)
     caches = CacheHub(db)
     ledger.balance_listeners.append(BalanceEvents(db, events))
+    # The one catalog service: the file as loaded, and the catalog in force.
+    catalogs = Catalogs(catalog, clock)
+    catalogs.attach(caches)
+    # The notification outbox: the services that cause notifications queue
+    # them in the transaction of their cause.
+    outbox = Outbox(clock)
     billing = BillingService(
         clock,
-        catalog,
+        catalogs,
         ledger,
         backends=create_backends(settings, clock, currency=catalog.currency),
         default_backend=settings.billing,
         grace_days=settings.payment_grace_days,
         purchased_credits_expire_days=settings.purchased_credits_expire_days,
         test_clock=test_clock,
+        outbox=outbox,
     )
-    teams = TeamService(clock, catalog, ledger, billing)
+    teams = TeamService(clock, catalogs, ledger, billing.plans)
     billing.attach_caches(caches)
     teams.attach_caches(caches)
-    generations = GenerationService(clock, catalog, ledger, billing, teams, settings.provider)
+    generations = GenerationService(
+        clock, catalogs, ledger, billing.plans, teams, settings.provider
+    )
     generations.listeners.append(GenerationEvents(events, db, teams))
     accounts = AccountService(clock, ledger)
     credentials = CredentialService(clock)
@@ -122,22 +132,18 @@ def bootstrap(
     )
     # Signals found on the request path are written by this, off it.
     fairuse.flusher = SignalFlusher(db, fairuse.pending, fairuse.record_pending)
-    billing.clawback_listeners.append(fairuse.on_clawback)
-    billing.payment_listeners.append(fairuse.on_payment)
+    billing.clawbacks.listeners.append(fairuse.on_clawback)
+    billing.payments.listeners.append(fairuse.on_payment)
     # A commit that changes plans, users or teams drops fair use's plan limits.
     db.invalidation_listeners.append(fairuse.forget_plan_limits)
-    # Announced catalog changes and the notification outbox: the services
-    # that cause notifications queue them in the transaction of their cause.
-    outbox = Outbox(clock)
-    billing.outbox = outbox
     accounts.outbox = outbox
     catalog_changes = CatalogChangeService(
-        clock, billing.in_force, billing, teams, outbox, notice_days=settings.notice_days
+        clock, catalogs, ledger, billing.plans, teams, outbox, notice_days=settings.notice_days
     )
     return Platform(
         settings=settings,
         db=db,
-        catalog=catalog,
+        catalogs=catalogs,
         clock=clock,
         job_clock=job_clock,
         ledger=ledger,

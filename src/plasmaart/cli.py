@@ -265,7 +265,7 @@ def users_create(
             _fail(taken.detail + hint)
         if plan:
             wallet = platform.ledger.wallet_of(conn, "user", user.id)
-            platform.billing.subscribe_paid(
+            platform.billing.subscriptions.subscribe_paid(
                 conn, user_id=user.id, wallet_id=wallet, plan_id=plan, backend="sandbox"
             )
         audit.record(

@@ -19,8 +19,8 @@ from httpx import Response
 from sqlalchemy import Connection, func, select
 
 from plasmaart.billing import create_backends
+from plasmaart.billing.clawbacks import ClawbackOutcome
 from plasmaart.billing.repository import Subscription
-from plasmaart.billing.service import ClawbackOutcome
 from plasmaart.billing.stripe import StripeBackend
 from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
@@ -98,14 +98,14 @@ def state(platform: Platform, who: TestUser) -> tuple[int, str, Subscription | N
     with platform.db.read() as conn:
         assert check_ledger(conn) == []
         available = platform.ledger.balance(conn, who.wallet_id).available
-        plan = platform.billing.current_plan(conn, who.wallet_id).id
-        return available, plan, platform.billing.subscription(conn, who.wallet_id)
+        plan = platform.billing.plans.plan_of(conn, who.wallet_id).id
+        return available, plan, platform.billing.plans.subscription(conn, who.wallet_id)
 
 
 def paid(platform: Platform, who: TestUser) -> list[tuple[str, str, int, int]]:
     """(kind, status, amount, credits) of the user's payments, oldest first."""
     with platform.db.read() as conn:
-        found = platform.billing.payments(conn, who.id, limit=200)
+        found = platform.billing.payments.history(conn, who.id, limit=200)
     return [(p.kind, p.status, p.amount_cents, p.credits) for p in reversed(found)]
 
 
@@ -471,7 +471,7 @@ def test_refunds_and_disputes_claw_back_what_remains(
     platform: Platform, client: TestClient, fake: FakeStripe
 ) -> None:
     heard: list[ClawbackOutcome] = []
-    platform.billing.clawback_listeners.append(lambda _conn, outcome: heard.append(outcome))
+    platform.billing.clawbacks.listeners.append(lambda _conn, outcome: heard.append(outcome))
     kai = make_user(platform, "kai@example.com")
     first = checkout(client, fake, "/v1/credit-purchases", {"pack": "pack-1000"}, kai)
     second = checkout(client, fake, "/v1/credit-purchases", {"pack": "pack-3000"}, kai)
@@ -518,7 +518,7 @@ def test_a_refunded_subscription_invoice_claws_back_its_credits(
     platform: Platform, client: TestClient, fake: FakeStripe
 ) -> None:
     heard: list[ClawbackOutcome] = []
-    platform.billing.clawback_listeners.append(lambda _conn, outcome: heard.append(outcome))
+    platform.billing.clawbacks.listeners.append(lambda _conn, outcome: heard.append(outcome))
     kai = make_user(platform, "kai@example.com")
     stripe_sub, _session = subscribe(client, fake, kai, "pro")
     assert state(platform, kai)[:2] == (5000, "pro")
@@ -533,7 +533,7 @@ def test_a_refunded_subscription_invoice_claws_back_its_credits(
 
 def platform_payments(platform: Platform, who: TestUser) -> list[Any]:
     with platform.db.read() as conn:
-        return list(platform.billing.payments(conn, who.id, limit=200))
+        return list(platform.billing.payments.history(conn, who.id, limit=200))
 
 
 # -- the customer portal, and what customers do there ------------------------------------
@@ -813,7 +813,7 @@ def test_an_upgrade_records_the_invoice_stripe_charged(
     invoice = fake.latest_invoice(stripe_sub)
     assert invoice["billing_reason"] == "subscription_update"
     with platform.db.read() as conn:
-        upgrade = platform.billing.payments(conn, kai.id, limit=1)[0]
+        upgrade = platform.billing.payments.history(conn, kai.id, limit=1)[0]
     # 10.75 of 31 days: $30 * that = 1040.3 cents, 3000 * that = 1040.3 credits.
     assert (upgrade.kind, upgrade.amount_cents, upgrade.credits) == ("upgrade", 1040, 1040)
     assert (upgrade.external_id, invoice["amount_paid"]) == (invoice["id"], 1040)

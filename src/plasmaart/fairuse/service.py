@@ -41,7 +41,10 @@ from plasmaart.accounts import audit
 from plasmaart.accounts import repository as accounts_repo
 from plasmaart.accounts.credentials import CredentialService
 from plasmaart.accounts.service import AccountService, User, UserNotFound
-from plasmaart.billing.service import BillingService, ClawbackOutcome, Payment
+from plasmaart.billing.clawbacks import ClawbackOutcome
+from plasmaart.billing.repository import Payment
+from plasmaart.billing.service import BillingService
+from plasmaart.catalog import Catalog
 from plasmaart.clock import Clock, as_utc
 from plasmaart.config import Settings
 from plasmaart.db.engine import after_commit
@@ -190,7 +193,7 @@ class FairUseService:
         Read through the caches, and kept for ``cached_requests_per_minute``."""
         wallets = self.teams.wallets_of(conn, user.id)  # cached, as the plans are
         plan_limit = max(
-            plan.requests_per_minute for plan in self.billing.current_plans(conn, wallets).values()
+            plan.requests_per_minute for plan in self.billing.plans.plans_of(conn, wallets).values()
         )
         if len(self._plan_limits) >= PLAN_LIMIT_CACHE_SIZE:
             self._plan_limits = {}
@@ -437,12 +440,13 @@ class FairUseService:
         if payment.kind != "upgrade" or payment.status != "succeeded":
             return
         now = self.clock.now()
+        catalog = self.billing.plans.catalogs.now(conn)
         history = [
             PlanPayment(kind, price, as_utc(at))
             for kind, plan_id, at in repo.plan_payments(
                 conn, payment.wallet_id, now - PLAN_CYCLE_WINDOW
             )
-            if (price := self._plan_price(plan_id)) is not None
+            if (price := _plan_price(catalog, plan_id)) is not None
         ]
         cycles = plan_cycles(history)
         if cycles < PLAN_CYCLES_ALLOWED:
@@ -611,12 +615,6 @@ class FairUseService:
         )
         return canceled
 
-    def _plan_price(self, plan_id: str) -> int | None:
-        try:
-            return self.billing.catalog.plan(plan_id).price_cents
-        except KeyError:
-            return None
-
     def _evidence(
         self, current: Score, rows: list[repo.AnyRow], role: str, *, paid: bool
     ) -> dict[str, Any]:
@@ -647,3 +645,10 @@ class FairUseService:
                 "signals (clawback, payment_declined, plan_cycling) suspend it"
             )
         return evidence
+
+
+def _plan_price(catalog: Catalog, plan_id: str) -> int | None:
+    try:
+        return catalog.plan(plan_id).price_cents
+    except KeyError:
+        return None

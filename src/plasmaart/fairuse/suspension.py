@@ -54,11 +54,11 @@ class SuspensionService:
         suspended = self.accounts.set_status(conn, user, "suspended", actor=actor, reason=reason)
         self.credentials.close_all_sessions(conn, user.id)
         canceled = self.generations.cancel_queued_of(conn, user.id, f"account suspended: {reason}")
-        self.billing.stop_for_suspension(conn, user.id)
+        self.billing.subscriptions.stop_for_suspension(conn, user.id)
         return Suspended(suspended, canceled)
 
     def reinstate(self, conn: Connection, user: User, *, actor: str) -> User:
         """Make ``user`` active again; their subscription renews as before."""
         active = self.accounts.set_status(conn, user, "active", actor=actor, reason=None)
-        self.billing.resume_after_suspension(conn, user.id)
+        self.billing.subscriptions.resume_after_suspension(conn, user.id)
         return active

@@ -29,9 +29,10 @@ from plasmaart.accounts import audit
 from plasmaart.accounts.credentials import digest
 from plasmaart.accounts.repository import AnyRow
 from plasmaart.accounts.service import User, is_valid_email, normalise_email
-from plasmaart.billing.service import BillingService
+from plasmaart.billing.plans import PlanService
 from plasmaart.caches import CacheHub, TtlLru, cached
 from plasmaart.catalog import Catalog, PlanSpec
+from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.clock import Clock, as_utc
 from plasmaart.db.engine import invalidate, pending_invalidations
 from plasmaart.db.tables import invitations, team_members, teams, users
@@ -222,12 +223,12 @@ class TeamService:
     CACHED_USERS = 10_000
 
     def __init__(
-        self, clock: Clock, catalog: Catalog, ledger: LedgerService, billing: BillingService
+        self, clock: Clock, catalogs: Catalogs, ledger: LedgerService, plans: PlanService
     ) -> None:
         self.clock = clock
-        self.catalog = catalog
+        self.catalogs = catalogs
         self.ledger = ledger
-        self.billing = billing
+        self.plans = plans
         # The wallets each user generates from, per process (attach_caches).
         self._hub: CacheHub | None = None
         self._wallets: TtlLru[str, tuple[str, ...]] | None = None
@@ -301,7 +302,7 @@ class TeamService:
         return team
 
     def seats(self, conn: Connection, team: Team) -> Seats:
-        total = self.billing.current_plan(conn, team.wallet_id, fresh=True).team_seats
+        total = self.plans.plan_of(conn, team.wallet_id, fresh=True).team_seats
         members = conn.execute(
             select(func.count()).select_from(team_members).where(team_members.c.team_id == team.id)
         ).scalar_one()
@@ -356,9 +357,9 @@ class TeamService:
         """A team spending ``owner``'s wallet, with the owner as its first member."""
         name = team_name(name)
         wallet_id = self.ledger.wallet_of(conn, "user", owner.id)
-        plan = self.billing.current_plan(conn, wallet_id, fresh=True)
+        plan = self.plans.plan_of(conn, wallet_id, fresh=True)
         if not plan_allows_teams(plan):
-            cheapest = cheapest_team_plan(self.catalog)
+            cheapest = cheapest_team_plan(self.catalogs.now(conn))
             extra = {"required_plan": cheapest.id} if cheapest else {}
             includes = f"; {cheapest.name} includes them" if cheapest else ""
             raise Forbidden(f"teams are not part of the {plan.name} plan{includes}", **extra)

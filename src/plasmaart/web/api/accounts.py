@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from plasmaart.accounts.credentials import SESSION_LIFETIME, ApiKey, NewSession
 from plasmaart.accounts.service import EmailTaken, User
-from plasmaart.billing.service import Subscription
+from plasmaart.billing.repository import Subscription
 from plasmaart.platform import Platform
 from plasmaart.web.auth import (
     CSRF_COOKIE,
@@ -280,8 +280,8 @@ def me_out(platform: Platform, user: User) -> MeOut:
     with platform.db.read() as conn:
         wallet = platform.ledger.wallet_of(conn, "user", user.id)
         balance = platform.ledger.balance(conn, wallet)
-        subscription = platform.billing.subscription(conn, wallet)
-        plan = platform.billing.current_plan(conn, wallet)
+        subscription = platform.billing.plans.subscription(conn, wallet)
+        plan = platform.billing.plans.plan_of(conn, wallet)
         teams = [
             TeamRef(id=m.team.id, name=m.team.name, role=m.role)
             for m in platform.teams.teams_of(conn, user.id)
@@ -342,10 +342,10 @@ def update_settings(body: SettingsIn, principal: CurrentPrincipal, platform: Pla
     if body.remove_watermark is not None:
         with platform.db.write() as conn:
             wallet = platform.ledger.wallet_of(conn, "user", user.id)
-            plan = platform.billing.current_plan(conn, wallet)
+            plan = platform.billing.plans.plan_of(conn, wallet)
             if body.remove_watermark and not plan.watermark_removable:
                 cheapest = next(
-                    p for p in platform.catalog.plans_by_price() if p.watermark_removable
+                    p for p in platform.catalogs.now(conn).plans_by_price() if p.watermark_removable
                 )
                 raise Forbidden(
                     f"watermark removal is not part of the {plan.name} plan; "

@@ -15,13 +15,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Connection, Select, or_, select
 
 from plasmaart.accounts import audit
 from plasmaart.accounts.repository import AnyRow
-from plasmaart.billing.service import effective_plan
+from plasmaart.catalog import PlanSpec
 from plasmaart.clock import as_utc
-from plasmaart.db.tables import subscriptions, users, wallets
+from plasmaart.db.tables import users, wallets
 from plasmaart.errors import InvalidInput
 from plasmaart.platform import Platform
 from plasmaart.stats import platform_stats
@@ -75,24 +75,32 @@ class CreditsOut(BaseModel):
 
 
 def _users_query() -> Select[Any]:
-    """Users with their wallet's balances and subscription, in one query."""
+    """Users with their wallet and its balances, in one query."""
     return select(
         users,
+        wallets.c.id.label("wallet_id"),
         wallets.c.available,
         wallets.c.held,
-        subscriptions.c.plan_id,
-        subscriptions.c.status.label("subscription_status"),
     ).select_from(
         users.outerjoin(
             wallets, (wallets.c.owner_kind == "user") & (wallets.c.owner_id == users.c.id)
-        ).outerjoin(subscriptions, subscriptions.c.wallet_id == wallets.c.id)
+        )
     )
 
 
-def _user_out(platform: Platform, row: AnyRow) -> AdminUserOut:
-    plan = platform.catalog.default_plan
-    if row.plan_id is not None:
-        plan = effective_plan(platform.catalog, row.plan_id, row.subscription_status)
+def _users_out(platform: Platform, conn: Connection, rows: list[AnyRow]) -> list[AdminUserOut]:
+    """The users of ``rows`` as the admin sees them, each with the plan
+    billing's one rule gives their wallet (``PlanService.plans_of``: grace,
+    cancellation at the period end, the catalog in force), read in one batch
+    for the page."""
+    plans = platform.billing.plans.plans_of(conn, [row.wallet_id for row in rows if row.wallet_id])
+    if len(plans) < len(rows):  # a user whose wallet was never opened: Free
+        free = platform.catalogs.now(conn).default_plan
+        plans.update({row.wallet_id: free for row in rows if row.wallet_id not in plans})
+    return [_user_out(row, plans[row.wallet_id]) for row in rows]
+
+
+def _user_out(row: AnyRow, plan: PlanSpec) -> AdminUserOut:
     return AdminUserOut(
         id=row.id,
         email=row.email,
@@ -109,7 +117,8 @@ def _user_out(platform: Platform, row: AnyRow) -> AdminUserOut:
 def _one_user(platform: Platform, user_id: str) -> AdminUserOut:
     with platform.db.read() as conn:
         row = conn.execute(_users_query().where(users.c.id == user_id)).one()
-    return _user_out(platform, row)
+        (found,) = _users_out(platform, conn, [row])
+    return found
 
 
 @router.get("/users", response_model=AdminUserPage)
@@ -138,10 +147,11 @@ def search_users(
         query = query.where(users.c.id < decode_cursor(cursor))
     with platform.db.read() as conn:
         rows = list(conn.execute(query).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        found = _users_out(platform, conn, rows)
     return AdminUserPage(
-        data=[_user_out(platform, row) for row in rows],
+        data=found,
         next_cursor=encode_cursor(rows[-1].id) if more else None,
     )
 

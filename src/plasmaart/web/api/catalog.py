@@ -155,7 +155,7 @@ def upcoming_changes(platform: Platform) -> tuple[Catalog, dict[str, dict[str, A
     """The catalog in force now, and each model's next announced change
     (``GET /v1/catalog/changes`` has them all)."""
     with platform.db.read() as conn:
-        catalog = platform.catalog_changes.catalog_now(conn)
+        catalog = platform.catalogs.now(conn)
         upcoming = platform.catalog_changes.upcoming(conn)
     first: dict[str, dict[str, Any]] = {}
     for change in upcoming:
@@ -174,10 +174,10 @@ def caller_plan(platform: Platform, principal: Principal | None) -> PlanSpec:
     """The plan whose access ``available`` reports: the caller's, Free when anonymous."""
     if principal is None:
         with platform.db.read() as conn:
-            return platform.catalog_changes.catalog_now(conn).default_plan
+            return platform.catalogs.now(conn).default_plan
     with platform.db.read() as conn:
         wallet = platform.ledger.wallet_of(conn, "user", principal.user.id)
-        return platform.billing.current_plan(conn, wallet)
+        return platform.billing.plans.plan_of(conn, wallet)
 
 
 @router.get("/models", response_model=Page[ModelOut])
@@ -214,7 +214,7 @@ def list_plans(
     includes, by the rule that gates submissions, beside the policy's words
     (``features``)."""
     with platform.db.read() as conn:
-        catalog = platform.catalog_changes.catalog_now(conn)
+        catalog = platform.catalogs.now(conn)
     plans = [plan_out(catalog, plan) for plan in catalog.plans_by_price()]
     return page_of(plans, [p.id for p in plans], limit, cursor)
 
@@ -223,7 +223,7 @@ def list_plans(
 def list_credit_packs(
     platform: PlatformDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
 ) -> Page[CreditPackOut]:
-    catalog = platform.catalog
+    catalog = platform.catalogs.base
     packs = [
         CreditPackOut(
             id=pack.id,
