@@ -262,7 +262,7 @@ def test_admin_clock_is_sandbox_and_admin_only(
     assert platform.clock.now() == JAN_1
     # Billing that is not the sandbox has no test clock and no sandbox cards.
     monkeypatch.setattr(platform.billing, "test_clock", None)
-    monkeypatch.setattr(platform.billing, "backend", object())
+    monkeypatch.setattr(platform.billing.backends, "default", object())
     refused(
         client.post("/v1/admin/clock/advance", json={"days": 1}, headers=admin.auth),
         404,

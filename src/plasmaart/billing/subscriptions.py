@@ -56,7 +56,7 @@ from plasmaart.billing.errors import (
 from plasmaart.billing.payments import PaymentService
 from plasmaart.billing.periods import period_end_after
 from plasmaart.billing.plans import PlanService, effective_plan, next_period_end
-from plasmaart.billing.repository import Subscription
+from plasmaart.billing.repository import PaymentKind, Subscription
 from plasmaart.billing.rules import Proration, is_upgrade, prorate_upgrade
 from plasmaart.catalog import Catalog, PlanSpec
 from plasmaart.catalog.catalogs import Catalogs
@@ -473,20 +473,17 @@ class SubscriptionService:
                 memo=f"upgrade to {plan.name}: monthly credits prorated to the period end",
                 idempotency_key=key,
             ).lot_id
-        self.payments.record(
+        self._record_payment(
             conn,
+            subscription,
             payment_id=payment_id,
             key=key,
-            user_id=subscription.user_id,
-            wallet_id=subscription.wallet_id,
-            subscription_id=subscription.id,
             kind="upgrade",
             plan=plan,
             amount_cents=proration.amount_cents if amount_cents is None else amount_cents,
             credits=credits,
             lot_id=lot_id,
             period=(at, subscription.current_period_end),
-            backend=subscription.backend,
             external_id=external_id,
         )
         return self._update(
@@ -530,20 +527,17 @@ class SubscriptionService:
             reference=payment_id,
             idempotency_key=self._renewal_key(subscription),
         )
-        self.payments.record(
+        self._record_payment(
             conn,
+            subscription,
             payment_id=payment_id,
             key=self._renewal_key(subscription),
-            user_id=subscription.user_id,
-            wallet_id=subscription.wallet_id,
-            subscription_id=subscription.id,
             kind="renewal",
             plan=plan,
             amount_cents=plan.price_cents,
             credits=renewed.granted,
             lot_id=renewed.lot_id,
             period=(period_end, next_end),
-            backend=subscription.backend,
             external_id=external_id,
         )
         if self.outbox is not None:
@@ -594,20 +588,17 @@ class SubscriptionService:
         )
         if plan is None:
             return self.end_subscription(conn, subscription.id)
-        self.payments.record(
+        self._record_payment(
             conn,
+            subscription,
             payment_id=new_id("pay"),
             key=f"renewal-failed:{subscription.id}:{_key_time(period_end)}",
-            user_id=subscription.user_id,
-            wallet_id=subscription.wallet_id,
-            subscription_id=subscription.id,
             kind="renewal",
             plan=plan,
             amount_cents=plan.price_cents,
             credits=0,
             lot_id=None,
             period=(period_end, next_period_end(subscription)),
-            backend=subscription.backend,
             external_id=external_id,
             failure_reason=reason,
         )
@@ -852,6 +843,41 @@ class SubscriptionService:
         if isinstance(outcome, Declined):  # pragma: no cover - nothing was charged
             raise PaymentFailed(outcome.reason)
         return self._update(conn, subscription, pending_plan=pending, cancel_at_period_end=False)
+
+    def _record_payment(
+        self,
+        conn: Connection,
+        subscription: Subscription,
+        *,
+        payment_id: str,
+        key: str,
+        kind: PaymentKind,
+        plan: PlanSpec,
+        amount_cents: int,
+        credits: int,
+        lot_id: str | None,
+        period: tuple[datetime, datetime],
+        external_id: str | None,
+        failure_reason: str | None = None,
+    ) -> None:
+        """Record a payment of ``subscription``: its user, wallet and backend."""
+        self.payments.record(
+            conn,
+            payment_id=payment_id,
+            key=key,
+            user_id=subscription.user_id,
+            wallet_id=subscription.wallet_id,
+            subscription_id=subscription.id,
+            kind=kind,
+            plan=plan,
+            amount_cents=amount_cents,
+            credits=credits,
+            lot_id=lot_id,
+            period=period,
+            backend=subscription.backend,
+            external_id=external_id,
+            failure_reason=failure_reason,
+        )
 
     def _update(self, conn: Connection, subscription: Subscription, **values: Any) -> Subscription:
         repo.update_subscription(conn, subscription.id, updated_at=self.clock.now(), **values)

@@ -11,7 +11,7 @@ writes (``web/auth.py``), and here it
 - has its queued generations canceled and their credits released (running
   ones finish, charged only for what they deliver);
 - is charged no renewal: its subscription ends at the period end unless the
-  account is reinstated first (``BillingService.stop_for_suspension``).
+  account is reinstated first (``SubscriptionService.stop_for_suspension``).
 
 Reinstating restores the renewal (unless the period ended meanwhile or the
 customer canceled themselves). Resolving the account's abuse flags is fair

@@ -16,7 +16,7 @@ is trusted to say what the state is now.
   subscription as Stripe has it (fetched); the other then finds it started.
   One that Stripe already ended is not started.
 * ``invoice.paid`` / ``invoice.payment_failed`` of a renewal name the period
-  they pay for; ``BillingService.renewal_paid`` / ``renewal_failed`` apply
+  they pay for; ``SubscriptionService.renewal_paid`` / ``renewal_failed`` apply
   only to the period the subscription is at, so an old invoice changes
   nothing, and a newer one first catches up on the periods before it.
 * ``customer.subscription.updated`` reconciles with the subscription fetched
@@ -26,7 +26,7 @@ is trusted to say what the state is now.
 * ``customer.subscription.deleted`` ends the subscription (Free).
 * ``charge.refunded`` (in full) and ``charge.dispute.created`` claw back what
   remains of the purchase, once per payment (``stripe_clawbacks``), through
-  ``BillingService.claw_back``, whose listeners flag an account that had
+  ``ClawbackService.claw_back``, whose listeners flag an account that had
   already spent some of it.
 
 What needs Stripe's API is fetched by ``prefetch`` before the write
@@ -218,8 +218,6 @@ class StripeWebhooks:
             event_id=event.id,
             event_type=event.type,
             created=event.created,
-            outcome="applied",
-            detail=None,
             now=now,
         )
         self._lock_account(conn, event, prefetched)
@@ -524,12 +522,14 @@ class StripeWebhooks:
         outcome = self.billing.clawbacks.claw_back(conn, payment, reason=reason, actor=ACTOR)
         repo.record_clawback(
             conn,
-            payment_id=payment.id,
-            reason=reason,
-            event_id=event.id,
-            credits=outcome.clawed_back,
-            spent=outcome.spent,
-            now=self.clock.now(),
+            repo.StripeClawback(
+                payment_id=payment.id,
+                reason=reason,
+                event_id=event.id,
+                credits=outcome.clawed_back,
+                spent=outcome.spent,
+                created_at=self.clock.now(),
+            ),
         )
         return "applied", None
 

@@ -321,7 +321,7 @@ def plan_previews(
     conn: Connection, platform: Platform, page: Frame, subscription: Subscription | None
 ) -> dict[str, PlanChangePreview]:
     """What choosing each plan would charge and grant now, exactly as the
-    change would apply it (``BillingService.preview``): the numbers the plan
+    change would apply it (``SubscriptionService.preview``): the numbers the plan
     cards show before the customer confirms. A plan the change would refuse
     (the plan one is on, anything while past due) has none."""
     if subscription is not None and subscription.status == "past_due":
