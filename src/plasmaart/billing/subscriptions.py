@@ -265,6 +265,17 @@ class SubscriptionService:
         if subscription.cancel_at_period_end:
             return subscription
         backend = self.backends.of(subscription)
+        if subscription.pending_plan is not None and subscription.status == "active":
+            # Withdraw the scheduled plan first: a provider already billing it
+            # for the next period (Stripe) would otherwise prorate a later
+            # upgrade (which withdraws the cancellation) from its price, not
+            # from the plan held.
+            held = effective_plan(
+                self.catalogs.at(conn, subscription.current_period_start),
+                subscription.plan,
+                subscription.status,
+            )
+            subscription = self._schedule(conn, backend, customer, subscription, held, pending=None)
         backend.cancel(conn, customer=customer, subscription=subscription)
         if subscription.status == "past_due":
             return self.end_subscription(conn, subscription.id)
