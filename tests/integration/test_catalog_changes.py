@@ -397,3 +397,43 @@ def test_refusals_name_the_cheapest_plan_in_force(
     plans = {p["id"]: p for p in client.get("/v1/plans").json()["data"]}
     assert (plans["pro"]["watermark_removable"], plans["pro"]["team_seats"]) == (True, 3)
     assert required_plans() == ("pro", "pro")
+
+
+def test_one_service_answers_which_catalog(
+    platform: Platform, client: TestClient, clock: ManualClock
+) -> None:
+    """``platform.catalogs``: ``base`` is the file as loaded, ``now`` and
+    ``at`` the catalog in force, ``timeline`` the same for many moments from
+    one read of the changes; the API serves ``now``."""
+    admin = make_user(platform, "admin@example.com", admin=True)
+    first, second = JAN_1 + timedelta(days=14), JAN_1 + timedelta(days=20)
+    for value, effective in ((900, first), (1000, second)):
+        made = schedule(
+            client,
+            admin,
+            target="model",
+            id="veo3",
+            field="credits",
+            value=value,
+            effective_at=iso(effective),
+        )
+        assert made.status_code == 201, made.text
+    catalogs = platform.catalogs
+    with platform.db.read() as conn:
+        timeline = catalogs.timeline(conn)
+        assert catalogs.now(conn).model("veo3").credits == 800
+        assert catalogs.at(conn, first).model("veo3").credits == 900
+        assert catalogs.at(conn, second - timedelta(microseconds=1)).model("veo3").credits == 900
+        assert catalogs.at(conn, second).model("veo3").credits == 1000
+    assert [timeline.at(t).model("veo3").credits for t in (JAN_1, first, second)] == [
+        800,
+        900,
+        1000,
+    ]
+    # The same catalog object for the same changes in force (built once).
+    assert timeline.at(first) is timeline.at(second - timedelta(days=1))
+    clock.set(second)
+    with platform.db.read() as conn:
+        assert catalogs.now(conn).model("veo3").credits == 1000
+    assert catalogs.base.model("veo3").credits == 800
+    assert client.get("/v1/models/veo3").json()["credits"] == 1000
