@@ -31,9 +31,6 @@ PostgreSQL server:
   the generations and a burst of balance reads, with the peak (``VmHWM``);
   aim: under 120 MB for ``serve`` with its embedded worker on SQLite, under
   150 MB for the others.
-
-Run from the repository root: ``.venv/bin/python benchmarks/api_costs.py``;
-``--write-docs`` rewrites this benchmark's section of ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -44,72 +41,35 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from plasmaart.media import sandbox_render as render
 
-from tests.support.pgserver import PgServer, free_port  # noqa: E402
+# Run as a script from the repository root: the repository goes on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (  # noqa: E402
-    code_version,
-    command_line,
-    counts,
-    load_average,
-    machine_facts,
-    machine_table,
-    positive,
-    postgres_server,
-    postgres_version,
-    progress,
-    prose,
-    short_name,
-)
-from benchmarks.docs import PERFORMANCE_DOC as DOC_PATH  # noqa: E402
-from benchmarks.docs import SummaryRow, write_section, write_summary  # noqa: E402
-from benchmarks.generations import (  # noqa: E402
-    PACKAGES,
-    PROFILE_CONNECTIONS,
-    PROMPT_SLOT,
-    SERVERS,
-    SUBMISSION,
-    SUBMISSION_AIM,
-    WARMUP_SECONDS,
-    Context,
-    Database,
-    Endpoint,
-    Load,
-    LoadGenerator,
-    Profile,
-    SubmissionComparison,
-    bench_catalog,
-    measure_comparisons,
-    own_functions,
-    prepare_submission_database,
-    profile_servers,
-    serve,
-    stop_server,
-    submission_table,
-    tail,
-    wait_until_ready,
-)
-from plasmaart.media import sandbox_render as render  # noqa: E402
+from tests.support.pgserver import free_port
+
+from benchmarks.generations import PACKAGES, SUBMISSION_AIM
+from benchmarks.harness import cli, comparison, docs, fixtures, postgres
+from benchmarks.harness.load import PROMPT_SLOT, SUBMISSION, LoadGenerator
+from benchmarks.harness.profiles import Profile, own_functions_text
+from benchmarks.harness.servers import logged_process, server_command, wait_until_ready
+from benchmarks.harness.session import Facts, command_line, measuring, progress
+from benchmarks.harness.stats import percentile
 
 SECTION_HEADING = "## API: balance, submission by connections, overhead, memory"
 
@@ -126,8 +86,8 @@ def memory_aim_mb(backend: str, name: str) -> float:
 
 
 BALANCE = {
-    "plasmaart": Endpoint("/v1/balance", None),
-    "bare": Endpoint("/balance", None),
+    "plasmaart": comparison.Endpoint("/v1/balance", None),
+    "bare": comparison.Endpoint("/balance", None),
 }
 # Where each server's balance function is: its calls are the requests served.
 BALANCE_FUNCTIONS = {
@@ -151,81 +111,10 @@ STREAM_READY_TIMEOUT = 10.0
 # -- balance and submission by connections (generation_servers.py) ------------
 
 
-def balance_load(load: LoadGenerator) -> LoadGenerator:
-    return LoadGenerator(load.kind, load.workdir, load.keys, load.connections, "GET", "", 200)
-
-
-def measure_balance(
-    context: Context,
-    database: Database,
-    load: LoadGenerator,
-    connections: Sequence[int],
-    runs: int,
-    seconds: float,
-) -> list[SubmissionComparison]:
-    """At each of ``connections``: PlasmaArt against the bare read."""
-    comparisons = [
-        SubmissionComparison(database.backend, count, aim=BALANCE_AIM) for count in connections
-    ]
-    measure_comparisons(context, database, load, comparisons, runs, seconds, BALANCE, "balance")
-    return comparisons
-
-
-@dataclass
-class Scaling:
-    """Submission runs at each connection count, for one database."""
-
-    backend: str
-    connections: Sequence[int]
-    # (app, connections) -> one Load per run
-    loads: dict[tuple[str, int], list[Load]] = field(default_factory=dict)
-
-    def median(self, app: str, connections: int, what: str) -> float:
-        return statistics.median(
-            getattr(load, what) if what != "rps" else load.per_second
-            for load in self.loads[(app, connections)]
-        )
-
-
-def measure_scaling(
-    context: Context,
-    database: Database,
-    keys: Sequence[str],
-    kind: str,
-    connections: Sequence[int],
-    runs: int,
-    seconds: float,
-) -> Scaling:
-    """Per run and side, one server on a fresh copy, warmed up, then loaded
-    at each count in turn (the queue of submissions grows across the counts,
-    as it does within a run)."""
-    scaling = Scaling(database.backend, connections)
-    endpoints = {"plasmaart": "/v1/generations", "bare": "/generations"}
-    for run in range(runs):
-        for app, path in endpoints.items():
-            with database.copy(f"scaling_{run}_{app}") as url, serve(context, app, url) as server:
-                for index, count in enumerate(connections):
-                    load = LoadGenerator(kind, context.workdir, keys, count)
-                    if index == 0:
-                        load.run(server.base + path, WARMUP_SECONDS)
-                    scaling.loads.setdefault((app, count), []).append(
-                        load.run(server.base + path, seconds)
-                    )
-        progress(
-            f"  {database.backend} scaling run {run + 1}: "
-            + ", ".join(
-                f"{count} conn. {scaling.loads[('plasmaart', count)][-1].per_second:.0f}"
-                f"/{scaling.loads[('bare', count)][-1].per_second:.0f} req/s"
-                for count in connections
-            )
-        )
-    return scaling
-
-
 # -- the real processes: overhead per generation and memory -----------------------
 
 
-def _env(context: Context, url: str, port: int, **extra: str) -> dict[str, str]:
+def _env(context: fixtures.Context, url: str, port: int, **extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PLASMAART_")}
     env.update(
         PLASMAART_DATABASE_URL=url,
@@ -267,27 +156,14 @@ class RealProcess:
 
 @contextmanager
 def real_process(
-    context: Context, name: str, command: Sequence[str], env: Mapping[str, str]
+    context: fixtures.Context, name: str, command: Sequence[str], env: Mapping[str, str]
 ) -> Iterator[RealProcess]:
     """``command`` in its own process (a new session), stopped at the end."""
     log_path = context.workdir / f"process-{name}-{secrets.token_hex(3)}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            list(command),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=context.workdir,
-            env=dict(env),
-            start_new_session=True,
-        )
-    try:
+    with logged_process(
+        f"the {name} process", command, log_path, cwd=context.workdir, env=env
+    ) as process:
         yield RealProcess(name, process, log_path)
-    finally:
-        killed = stop_server(process)
-    if killed:
-        progress(f"  the {name} process did not stop in time: killed")
-    elif process.returncode not in (0, -signal.SIGINT, -signal.SIGTERM):
-        raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail(log_path)}")
 
 
 class EventStream:
@@ -429,42 +305,26 @@ class Overhead:
     running_ms: list[float] = field(default_factory=list)
 
 
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    rank = max(1, round(fraction * len(ordered) + 0.5))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
 def _commands(
-    context: Context, url: str, port: int, *, separate: bool, noop: bool
+    context: fixtures.Context, url: str, port: int, *, separate: bool, noop: bool
 ) -> list[tuple[str, list[str]]]:
     """The server's command, and the worker's when it runs apart."""
     if not noop:
         plasmaart = plasmaart_command()
         serve = [plasmaart, "serve", *(["--no-worker"] if separate else [])]
         return [("serve", serve), *([("worker", [plasmaart, "worker"])] if separate else [])]
-    common = [
-        "--database-url",
-        url,
-        "--var-dir",
-        str(context.workdir / "var"),
-        "--catalog-file",
-        str(context.catalog),
-        "--noop-provider",
-    ]
-    wrapper = [sys.executable, str(SERVERS)]
-    serve = [*wrapper, "plasmaart", "--port", str(port), *common]
+    serve = server_command(context, "plasmaart", url, port, "--noop-provider")
     if not separate:
         return [("serve", [*serve, "--embedded-worker"])]
-    return [("serve", serve), ("worker", [*wrapper, "worker", "--port", "0", *common])]
+    return [
+        ("serve", serve),
+        ("worker", server_command(context, "worker", url, 0, "--noop-provider")),
+    ]
 
 
 def measure_overhead(
-    context: Context,
-    database: Database,
+    context: fixtures.Context,
+    database: fixtures.PreparedDatabase,
     keys: Sequence[str],
     load: LoadGenerator,
     args: argparse.Namespace,
@@ -501,7 +361,8 @@ def measure_overhead(
         idle = {p.name: p.memory_mb()[0] for p in processes}
         users = max(1, args.concurrent)
         streams = [EventStream(base, key) for key in keys[:users]]
-        stack.callback(lambda: [stream.close() for stream in streams])
+        for stream in streams:
+            stack.callback(stream.close)
         client = stack.enter_context(httpx.Client(base_url=base, timeout=10.0))
         for _ in range(OVERHEAD_WARMUP):
             _submit(client, keys[0], streams[0])
@@ -519,7 +380,7 @@ def measure_overhead(
         result.waiting_ms = [waiting for waiting, _ in _PHASES]
         result.running_ms = [running for _, running in _PHASES]
         if not noop:
-            balance_load(load).run(base + "/v1/balance", MEMORY_LOAD_SECONDS)
+            load.reads().run(base + "/v1/balance", MEMORY_LOAD_SECONDS)
             time.sleep(1.0)
             for process in processes:
                 rss, peak = process.memory_mb()
@@ -552,105 +413,62 @@ def sandbox_render_ms(runs: int = 5) -> float:
 # -- report ----------------------------------------------------------------------------
 
 
-def balance_table(comparisons: Sequence[SubmissionComparison]) -> str:
-    return submission_table(comparisons)
-
-
-def scaling_table(scalings: Sequence[Scaling]) -> str:
-    lines = [
-        "| database | connections | PlasmaArt req/s | p50 | p99 | bare req/s | p50 | p99 | ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for s in scalings:
-        for count in s.connections:
-            plasma, bare = s.median("plasmaart", count, "rps"), s.median("bare", count, "rps")
-            lines.append(
-                f"| {s.backend} | {count} | {plasma:,.0f} "
-                f"| {s.median('plasmaart', count, 'p50_ms'):.1f} ms "
-                f"| {s.median('plasmaart', count, 'p99_ms'):.1f} ms | {bare:,.0f} "
-                f"| {s.median('bare', count, 'p50_ms'):.1f} ms "
-                f"| {s.median('bare', count, 'p99_ms'):.1f} ms | {plasma / bare:.1%} |"
-            )
-    return "\n".join(lines)
+def _ms(value: float) -> str:
+    return f"{value:.0f} ms"
 
 
 def overhead_table(overheads: Sequence[Overhead]) -> str:
-    lines = [
-        "| database | processes | provider | how | generations | p50 | p99 | aim (p99) | met? |",
-        "|---|---|---|---|---:|---:|---:|---:|---|",
-    ]
+    head = ["database", "processes", "provider", "how", "generations", "p50", "p99"]
+    rows: list[list[object]] = []
     for o in overheads:
         for how, values in (
             ("one after another", o.sequential_ms),
             ("concurrently", o.concurrent_ms),
         ):
-            p99 = percentile(values, 0.99)
+            p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
             met = "yes" if p99 < OVERHEAD_P99_AIM_MS else "no"
-            lines.append(
-                f"| {o.backend} | {o.deployment} | {o.provider} | {how} | {len(values)} "
-                f"| {percentile(values, 0.5):.0f} ms | {p99:.0f} ms "
-                f"| < {OVERHEAD_P99_AIM_MS:.0f} ms | {met} |"
-            )
-    return "\n".join(lines)
+            aim = f"< {_ms(OVERHEAD_P99_AIM_MS)}"
+            rows.append([o.backend, o.deployment, o.provider, how, len(values)])
+            rows[-1].extend([_ms(p50), _ms(p99), aim, met])
+    return docs.markdown_table([*head, "aim (p99)", "met?"], "<<<<>>>><", rows)
 
 
 def phases_table(overheads: Sequence[Overhead]) -> str:
-    lines = [
-        "| database | provider | queued → started (waiting for a claim) p50 | p99 "
-        "| started → finished (the runner) p50 | p99 |",
-        "|---|---|---:|---:|---:|---:|",
+    head = ["database", "provider", "queued → started (waiting for a claim) p50", "p99"]
+    head += ["started → finished (the runner) p50", "p99"]
+    rows = [
+        [o.backend, o.provider]
+        + [
+            _ms(percentile(values, q))
+            for values in (o.waiting_ms, o.running_ms)
+            for q in (0.5, 0.99)
+        ]
+        for o in overheads
     ]
-    for o in overheads:
-        lines.append(
-            f"| {o.backend} | {o.provider} | {percentile(o.waiting_ms, 0.5):.0f} ms "
-            f"| {percentile(o.waiting_ms, 0.99):.0f} ms "
-            f"| {percentile(o.running_ms, 0.5):.0f} ms | {percentile(o.running_ms, 0.99):.0f} ms |"
-        )
-    return "\n".join(lines)
+    return docs.markdown_table(head, "<<>>>>", rows)
 
 
 def memory_table(overheads: Sequence[Overhead]) -> str:
-    lines = [
-        "| database | process | RSS idle after start | RSS after load | peak (VmHWM) | aim "
-        "| met? |",
-        "|---|---|---:|---:|---:|---:|---|",
-    ]
+    head = ["database", "process", "RSS idle after start", "RSS after load", "peak (VmHWM)"]
+    rows = []
     for o in overheads:
         for name, (idle, loaded, peak) in o.memory.items():
             aim = memory_aim_mb(o.backend, name)
-            met = max(idle, loaded) < aim
-            lines.append(
-                f"| {o.backend} | {_process_name(o, name)} | {idle:.0f} MB | {loaded:.0f} MB "
-                f"| {peak:.0f} MB "
-                f"| < {aim:.0f} MB | {'yes' if met else 'no'} |"
-            )
-    return "\n".join(lines)
-
-
-def _load_detail(load: Load) -> str:
-    lost = f", {load.lost} lost" if load.lost else ""
-    return f"{load.per_second:.0f} ({load.p50_ms:.1f}/{load.p99_ms:.1f}{lost})"
+            megabytes = [f"{value:.0f} MB" for value in (idle, loaded, peak)]
+            met = "yes" if max(idle, loaded) < aim else "no"
+            rows.append([o.backend, _process_name(o, name), *megabytes, f"< {aim:.0f} MB", met])
+    return docs.markdown_table([*head, "aim", "met?"], "<<>>>><", rows)
 
 
 def runs_detail(
-    balances: Sequence[SubmissionComparison],
-    scalings: Sequence[Scaling],
+    balances: Sequence[comparison.HttpComparison],
+    scalings: Sequence[comparison.HttpComparison],
     overheads: Sequence[Overhead],
 ) -> str:
-    lines = []
-    for c in balances:
-        for side, loads in (("PlasmaArt", c.plasmaart), ("bare", c.bare)):
-            runs = ", ".join(_load_detail(load) for load in loads)
-            lines.append(
-                f"balance, {c.backend}, {c.connections} connections, {side} req/s"
-                f" (p50/p99 ms): {runs}"
-            )
-    for s in scalings:
-        for (app, count), loads in s.loads.items():
-            runs = ", ".join(_load_detail(load) for load in loads)
-            lines.append(
-                f"submission, {s.backend}, {app}, {count} conn. req/s (p50/p99 ms): {runs}"
-            )
+    lines = [
+        *comparison.runs_lines(balances, "balance, "),
+        *comparison.runs_lines(scalings, "submission, "),
+    ]
     for o in overheads:
         for how, values in (("sequential", o.sequential_ms), ("concurrent", o.concurrent_ms)):
             shown = ", ".join(f"{value:.0f}" for value in values)
@@ -658,34 +476,63 @@ def runs_detail(
     return "\n".join(lines)
 
 
-def _top_own(profile: Profile, count: int = 5) -> str:
-    rows = own_functions(profile, count)
-    return ", ".join(
-        f"`{short_name(key).removeprefix('plasmaart/')}` {share:.0%} ({per_unit:.1f} calls)"
-        for key, share, per_unit in rows
-    )
-
-
 def balance_profile_text(profiles: Mapping[str, Profile]) -> str:
     plasma, bare = profiles["plasmaart"], profiles["bare"]
-    return prose(
+    return docs.prose(
         "Both balance servers on SQLite, each profiled under the same load",
-        f"(but {PROFILE_CONNECTIONS} connections) with",
+        f"(but {comparison.PROFILE_CONNECTIONS} connections) with",
         "cProfile in every thread on thread CPU time (as in the generations",
         f"benchmark). PlasmaArt served {plasma.units:,} balance reads, each",
         f"{plasma.per_unit_ms():.2f} ms of CPU and",
-        f"{plasma.statements / max(plasma.units, 1):.1f} SQL statements in",
-        f"{plasma.transactions / max(plasma.units, 1):.1f} transactions; the bare",
+        f"{plasma.per_unit(plasma.statements):.1f} SQL statements in",
+        f"{plasma.per_unit(plasma.transactions):.1f} transactions; the bare",
         f"server {bare.units:,}, each {bare.per_unit_ms():.2f} ms of CPU and",
-        f"{bare.statements / max(bare.units, 1):.1f} statements in",
-        f"{bare.transactions / max(bare.units, 1):.1f} transactions. PlasmaArt's",
+        f"{bare.per_unit(bare.statements):.1f} statements in",
+        f"{bare.per_unit(bare.transactions):.1f} transactions. PlasmaArt's",
         "heaviest own functions (cumulative share of its CPU, calls per request):",
-        f"{_top_own(plasma)}.",
+        f"{own_functions_text(plasma)}.",
     )
 
 
+HOW_TO_READ = docs.paragraphs(
+    docs.RATIOS,
+    docs.prose(
+        "Latencies from the load generator are for a closed loop with every",
+        "connection busy, so at 64 connections they are mostly queueing; the",
+        "1-connection rows are a request's own cost.",
+    ),
+    docs.prose(
+        "A PlasmaArt balance read authenticates the API key (a lookup of the key",
+        "and its user), finds the caller's wallet, reads it and its open lots in",
+        "burn order, and answers with the lots and the next expiry, through the",
+        "same edge as every request; the key's principal and the wallet's id come",
+        "from the process's caches when warm, so the database sees one read",
+        "transaction of two statements. The bare app (FastAPI on the driver",
+        "itself) looks the API key up by its hash, joined to its owner's wallet,",
+        "and reads the wallet's two balances by primary key: issue 14's baseline.",
+    ),
+    docs.prose(
+        "The overhead is wall time seen by a client: the submission (a read step,",
+        "then the hold and the job's insert in one short write), the wait for a",
+        "worker's claim, the runner's steps (provider submit and status, the",
+        "output stamped and stored, the capture with the job's end), and the",
+        "event's way back to the stream (in process on SQLite; on PostgreSQL",
+        "`pg_notify`, sent in batches, and the server's `LISTEN`). The concurrent",
+        "rounds submit one generation per user at once, so the worker's slots",
+        "fill. The sandbox rows add the sandbox's rendering of a real image, work",
+        "a real provider does on its side.",
+    ),
+    docs.prose(
+        "The resident set counts the pages of the process in memory, shared",
+        "libraries included; the peak is the largest it has been. Each process",
+        "is the real command, started as an operator would, with the default",
+        "settings but the database, folder and catalog.",
+    ),
+)
+
+
 def obstacles(
-    balances: Sequence[SubmissionComparison],
+    balances: Sequence[comparison.HttpComparison],
     overheads: Sequence[Overhead],
     profiles: Mapping[str, Profile],
     render_ms: float,
@@ -695,17 +542,17 @@ def obstacles(
     if missed and profiles:
         plasma, bare = profiles["plasmaart"], profiles["bare"]
         parts.append(
-            prose(
+            docs.prose(
                 "**Balance** is below its aim on",
                 " and ".join(f"{c.backend} at {c.connections} connections" for c in missed) + ".",
                 f"A balance read costs {plasma.per_unit_ms():.2f} ms of CPU in the server",
                 f"against {bare.per_unit_ms():.2f} ms for the bare read",
                 f"({plasma.per_unit_ms() / max(bare.per_unit_ms(), 1e-9):.1f} times as",
                 "much under the profiler) and",
-                f"{plasma.statements / max(plasma.units, 1):.1f} statements in",
-                f"{plasma.transactions / max(plasma.units, 1):.1f} transactions against",
-                f"{bare.statements / max(bare.units, 1):.1f} in",
-                f"{bare.transactions / max(bare.units, 1):.1f}. The API key's principal",
+                f"{plasma.per_unit(plasma.statements):.1f} statements in",
+                f"{plasma.per_unit(plasma.transactions):.1f} transactions against",
+                f"{bare.per_unit(bare.statements):.1f} in",
+                f"{bare.per_unit(bare.transactions):.1f}. The API key's principal",
                 "and the caller's wallet come from the process's caches, so the read is",
                 "one transaction: the wallet row and its open lots; around it, the app's",
                 "edge (one ASGI callable: request id, metrics, headers, the JSON access",
@@ -715,11 +562,11 @@ def obstacles(
                 "building and running of its statements, against the bare app's",
                 "one driver call; that is `plasmaart/web/api/credits.py` and the ledger's",
                 "balance read, not this benchmark's to change. The heaviest functions:",
-                f"{_top_own(plasma)}.",
+                f"{own_functions_text(plasma)}.",
             )
         )
     elif balances:
-        parts.append(prose("Balance meets its aim on every database measured."))
+        parts.append(docs.prose("Balance meets its aim on every database measured."))
     slow = [
         o
         for o in overheads
@@ -734,7 +581,7 @@ def obstacles(
             for o in slow
         )
         parts.append(
-            prose(
+            docs.prose(
                 "**Overhead per generation** (the no-op provider: the platform's own",
                 "part) is above its aim on",
                 " and ".join(o.backend for o in slow) + f": {phases}.",
@@ -757,7 +604,9 @@ def obstacles(
             )
         )
     elif overheads:
-        parts.append(prose("Overhead per generation meets its aim on every database measured."))
+        parts.append(
+            docs.prose("Overhead per generation meets its aim on every database measured.")
+        )
     heavy = [
         (o, name)
         for o in overheads
@@ -771,7 +620,7 @@ def obstacles(
             for o, name in heavy
         )
         parts.append(
-            prose(
+            docs.prose(
                 f"**Memory** is above its aim for {figures}. Most of it is there",
                 "before the first request: the imported libraries (FastAPI and",
                 "Starlette, pydantic, SQLAlchemy, Pillow, orjson; psycopg only on",
@@ -789,90 +638,45 @@ def obstacles(
             )
         )
     elif overheads:
-        parts.append(prose("Memory is under its aim for every process measured."))
-    return "\n\n".join(parts) + "\n"
-
-
-HOW_TO_READ = "\n\n".join(
-    [
-        prose(
-            "Ratios are of medians of runs, PlasmaArt and its baseline measured",
-            "alternately on the same machine; compare ratios between runs and",
-            "machines rather than absolute figures. Latencies from the load generator",
-            "are for a closed loop with every connection busy, so at 64 connections",
-            "they are mostly queueing; the 1-connection rows are a request's own cost.",
-        ),
-        prose(
-            "A PlasmaArt balance read authenticates the API key (a lookup of the key",
-            "and its user), finds the caller's wallet, reads it and its open lots in",
-            "burn order, and answers with the lots and the next expiry, through the",
-            "same edge as every request; the key's principal and the wallet's id come",
-            "from the process's caches when warm, so the database sees one read",
-            "transaction of two statements. The bare app (FastAPI on the driver",
-            "itself) looks the API key up by its hash, joined to its owner's wallet,",
-            "and reads the wallet's two balances by primary key: issue 14's baseline.",
-        ),
-        prose(
-            "The overhead is wall time seen by a client: the submission (a read step,",
-            "then the hold and the job's insert in one short write), the wait for a",
-            "worker's claim, the runner's steps (provider submit and status, the",
-            "output stamped and stored, the capture with the job's end), and the",
-            "event's way back to the stream (in process on SQLite; on PostgreSQL",
-            "`pg_notify`, sent in batches, and the server's `LISTEN`). The concurrent",
-            "rounds submit one generation per user at once, so the worker's slots",
-            "fill. The sandbox rows add the sandbox's rendering of a real image, work",
-            "a real provider does on its side.",
-        ),
-        prose(
-            "The resident set counts the pages of the process in memory, shared",
-            "libraries included; the peak is the largest it has been. Each process",
-            "is the real command, started as an operator would, with the default",
-            "settings but the database, folder and catalog.",
-        ),
-    ]
-)
-
-
-def _runs(count: int) -> str:
-    return f"{count} run{'s' if count != 1 else ''}"
+        parts.append(docs.prose("Memory is under its aim for every process measured."))
+    return docs.paragraphs(*parts) + "\n"
 
 
 def render_section(
-    balances: Sequence[SubmissionComparison],
-    scalings: Sequence[Scaling],
+    balances: Sequence[comparison.HttpComparison],
+    scalings: Sequence[comparison.HttpComparison],
     overheads: Sequence[Overhead],
     profiles: Mapping[str, Profile],
-    facts: Sequence[tuple[str, str]],
+    facts: Facts,
     command: str,
     args: argparse.Namespace,
 ) -> str:
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    render_note = prose(
+    render_note = docs.prose(
         "The runner's time includes the sandbox provider's own work, which a real",
         "provider does on its side: rendering one 16:9 image (the default aspect",
         f"ratio) takes {args.render_ms:.0f} ms on this machine (median of 5, in the",
         "benchmark's process, after the measurements).",
     )
-    balance_method = prose(
-        f"**Balance.** {_runs(args.runs)} of {args.seconds:g} s on each side after a",
-        f"{WARMUP_SECONDS} s warm-up, PlasmaArt and the bare app alternately,",
+    balance_method = docs.prose(
+        f"**Balance.** {docs.plural(args.runs, 'run')} of {args.seconds:g} s on each side after a",
+        f"{comparison.WARMUP_SECONDS} s warm-up, PlasmaArt and the bare app alternately,",
         "each in its own uvicorn process, at",
         f"{' and '.join(str(n) for n in args.connections)} connections in turn",
         "(wrk, 1 thread; p50 and p99 from its latency distribution), the API",
         f"keys of {args.users} Studio users in turn. Aim: at least",
         f"{BALANCE_AIM:.0%} of the bare app's requests per second.",
     )
-    scaling_method = prose(
-        f"**Submission by connections.** {_runs(args.scaling_runs)} on each side; in",
+    scaling_method = docs.prose(
+        f"**Submission by connections.** {docs.plural(args.scaling_runs, 'run')} on each side; in",
         "each, one server on a fresh copy of the database is loaded at",
         ", ".join(str(count) for count in args.scaling),
         f"connections in turn, {args.scaling_seconds:g} s each, after a",
-        f"{WARMUP_SECONDS} s warm-up; `POST /v1/generations` (PlasmaArt) and the",
+        f"{comparison.WARMUP_SECONDS} s warm-up; `POST /v1/generations` (PlasmaArt) and the",
         "bare app's guarded update and insert. The generations benchmark's 16- and",
         f"64-connection figures and aim (≥ {SUBMISSION_AIM:.0%}) are the reference;",
         "these rows show how the costs grow.",
     )
-    overhead_method = prose(
+    overhead_method = docs.prose(
         "**Overhead per generation.** Flux-schnell generations timed from just",
         "before `POST /v1/generations` to the arrival of the generation's",
         "`generation.updated` event with status `succeeded` on the submitter's open",
@@ -887,7 +691,7 @@ def render_section(
         "which renders a real image. Aim (the platform's part, the no-op rows):",
         f"p99 under {OVERHEAD_P99_AIM_MS:.0f} ms.",
     )
-    memory_method = prose(
+    memory_method = docs.prose(
         "**Memory.** `VmRSS` of `/proc/PID/status` of the real commands, once",
         f"the server answered and they idled {IDLE_SECONDS:g} s, then after the",
         f"generations and {MEMORY_LOAD_SECONDS:g} s of balance reads at",
@@ -895,59 +699,36 @@ def render_section(
         f"Aim: under {EMBEDDED_MEMORY_AIM_MB:.0f} MB for `plasmaart serve` with its",
         f"embedded worker on SQLite, under {MEMORY_AIM_MB:.0f} MB for the others.",
     )
-    return f"""{SECTION_HEADING}
-
-Measured {when} by `benchmarks/api_costs.py`, from the repository root:
-
-```sh
-{command}
-```
-
-{balance_method}
-
-{balance_table(balances)}
-
-{scaling_method}
-
-{scaling_table(scalings)}
-
-{overhead_method}
-
-{overhead_table(overheads)}
-
-Where that time went, by the generations' own timestamps (`created_at`,
-`started_at`, `finished_at`), all measured generations together; the rest of
-each overhead is the submission's answer and the event's way to the stream:
-
-{phases_table(overheads)}
-
-{render_note}
-
-{memory_method}
-
-{memory_table(overheads)}
-
-All runs:
-
-```text
-{runs_detail(balances, scalings, overheads)}
-```
-
-The machine:
-
-{machine_table(facts)}
-
-### Profile
-
-{balance_profile_text(profiles) if profiles else "No profile was taken."}
-
-### What stands in the way
-
-{obstacles(balances, overheads, profiles, args.render_ms)}
-### How to read the figures
-
-{HOW_TO_READ}
-"""
+    phases = docs.prose(
+        "Where that time went, by the generations' own timestamps (`created_at`,",
+        "`started_at`, `finished_at`), all measured generations together; the rest of",
+        "each overhead is the submission's answer and the event's way to the stream:",
+    )
+    return docs.section(
+        SECTION_HEADING,
+        "api_costs.py",
+        command,
+        balance_method,
+        comparison.comparison_table(balances),
+        scaling_method,
+        comparison.comparison_table(scalings),
+        overhead_method,
+        overhead_table(overheads),
+        phases,
+        phases_table(overheads),
+        render_note,
+        memory_method,
+        memory_table(overheads),
+        docs.runs_block(runs_detail(balances, scalings, overheads)),
+        docs.machine_block(facts),
+        docs.subsection(
+            "Profile", balance_profile_text(profiles) if profiles else "No profile was taken."
+        ),
+        docs.subsection(
+            "What stands in the way", obstacles(balances, overheads, profiles, args.render_ms)
+        ),
+        docs.subsection("How to read the figures", HOW_TO_READ),
+    )
 
 
 def _process_name(overhead: Overhead, name: str) -> str:
@@ -959,22 +740,12 @@ def _process_name(overhead: Overhead, name: str) -> str:
 
 
 def summary_rows(
-    balances: Sequence[SubmissionComparison],
+    balances: Sequence[comparison.HttpComparison],
     overheads: Sequence[Overhead],
     concurrent: int,
-) -> list[SummaryRow]:
-    rows = [
-        SummaryRow(
-            f"`GET /v1/balance`, {c.backend}, {c.connections} connections",
-            f"{c.rps(c.plasmaart):,.0f} req/s, p99 {c.p99(c.plasmaart):.1f} ms",
-            f"{c.rps(c.bare):,.0f} req/s, p99 {c.p99(c.bare):.1f} ms"
-            " (bare: key lookup, wallet read)",
-            f"{c.ratio:.1%}",
-            c.aim_text,
-            c.met,
-        )
-        for c in balances
-    ]
+) -> list[docs.SummaryRow]:
+    bare = "bare: key lookup, wallet read"
+    rows = [comparison.summary_row(c, "`GET /v1/balance`", bare) for c in balances]
     # The aim is for the platform's part: the no-op provider's rows.
     for o in (o for o in overheads if o.provider == "no-op"):
         for how, values in (
@@ -983,7 +754,7 @@ def summary_rows(
         ):
             p99 = percentile(values, 0.99)
             rows.append(
-                SummaryRow(
+                docs.SummaryRow(
                     f"submit → `succeeded` event, {o.backend}, no-op provider, {how}",
                     f"p50 {percentile(values, 0.5):.0f} ms, p99 {p99:.0f} ms",
                     "—",
@@ -995,7 +766,7 @@ def summary_rows(
     for o in overheads:
         for name, (idle, loaded, _) in o.memory.items():
             rows.append(
-                SummaryRow(
+                docs.SummaryRow(
                     f"memory (RSS) of {_process_name(o, name)}, {o.backend}",
                     f"{idle:.0f} MB idle, {loaded:.0f} MB after load",
                     "—",
@@ -1011,164 +782,129 @@ def summary_rows(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument(
-        "--seconds", type=positive(float), default=3.0, help="one balance run (default 3)"
+    made = cli.parser(__doc__, SECTION_HEADING)
+    cli.add_timing(made, 3.0, 3, "balance run")
+    cli.counts_option(made, "--scaling", [1, 8, 64], "connection counts for submissions")
+    cli.option(made, "--scaling-seconds", float, 2.0, "one submission load at one count")
+    cli.option(made, "--scaling-runs", int, 3, "scaling runs per side")
+    cli.option(made, "--generations", int, 40, "generations one after another")
+    cli.option(
+        made, "--sandbox-generations", int, 10, "with the real commands and the sandbox: in a row"
     )
-    parser.add_argument(
-        "--runs", type=positive(int), default=3, help="balance runs per side (default 3)"
+    cli.option(
+        made, "--sandbox-rounds", int, 2, "with the real commands and the sandbox: rounds at once"
     )
-    parser.add_argument(
-        "--scaling",
-        type=counts,
-        default=[1, 8, 64],
-        help="connection counts for submissions (default 1,8,64)",
+    cli.option(made, "--concurrent", int, 4, "generations at once")
+    cli.option(made, "--rounds", int, 5, "rounds of concurrent ones")
+    cli.option(made, "--users", int, 16, "users the load is spread over")
+    cli.counts_option(
+        made, "--connections", [16, 64], "balance: HTTP connection counts, each measured"
     )
-    parser.add_argument(
-        "--scaling-seconds",
-        type=positive(float),
-        default=2.0,
-        help="one submission load at one count (default 2)",
+    cli.add_load_generator(made)
+    cli.add_measurement_choice(
+        made, ("balance", "scaling", "overhead"), "; overhead includes memory"
     )
-    parser.add_argument(
-        "--scaling-runs", type=positive(int), default=3, help="scaling runs per side (default 3)"
-    )
-    parser.add_argument(
-        "--generations",
-        type=positive(int),
-        default=40,
-        help="generations one after another (default 40)",
-    )
-    parser.add_argument(
-        "--sandbox-generations",
-        type=positive(int),
-        default=10,
-        help="with the real commands and the sandbox: one after another (default 10)",
-    )
-    parser.add_argument(
-        "--sandbox-rounds",
-        type=positive(int),
-        default=2,
-        help="with the real commands and the sandbox: rounds at once (default 2)",
-    )
-    parser.add_argument(
-        "--concurrent", type=positive(int), default=4, help="generations at once (default 4)"
-    )
-    parser.add_argument(
-        "--rounds", type=positive(int), default=5, help="rounds of concurrent ones (default 5)"
-    )
-    parser.add_argument(
-        "--users", type=positive(int), default=16, help="users the load is spread over (16)"
-    )
-    parser.add_argument(
-        "--connections",
-        type=counts,
-        default=[16, 64],
-        help="balance: HTTP connection counts, each measured (default 16,64)",
-    )
-    parser.add_argument("--load-generator", choices=("wrk", "httpx"), default="wrk")
-    parser.add_argument(
-        "--only",
-        choices=("balance", "scaling", "overhead"),
-        help="one measurement only (not with --write-docs); overhead includes memory",
-    )
-    parser.add_argument("--sqlite-only", action="store_true", help="SQLite only")
-    parser.add_argument("--profile", action="store_true", help="print the balance profiles")
-    parser.add_argument(
-        "--write-docs",
-        action="store_true",
-        help=f"rewrite the '{SECTION_HEADING[3:]}' section of docs/performance.md",
-    )
-    args = parser.parse_args(argv)
-    if args.write_docs and (args.only or args.sqlite_only):
-        parser.error("--write-docs needs every measurement: drop --only and --sqlite-only")
+    made.add_argument("--profile", action="store_true", help="print the balance profiles")
+    args = made.parse_args(argv)
+    cli.check_complete(made, args)
     if args.concurrent > args.users:
-        parser.error("--concurrent is at most --users")
+        made.error("--concurrent is at most --users")
     if args.load_generator == "wrk" and not shutil.which("wrk"):
-        parser.error("wrk is not installed (apt-get install wrk); try --load-generator httpx")
+        made.error("wrk is not installed (apt-get install wrk); try --load-generator httpx")
     return args
 
 
+@dataclass
+class Results:
+    balances: list[comparison.HttpComparison] = field(default_factory=list)
+    scalings: list[comparison.HttpComparison] = field(default_factory=list)
+    overheads: list[Overhead] = field(default_factory=list)
+    # The balance servers' profiles, on SQLite.
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    load_description: str = "none"
+    pg_version: str = "not used"
+
+
 def _measure_database(
-    context: Context,
+    context: fixtures.Context,
     backend: str,
-    server: PgServer | None,
+    server: postgres.PgServer | None,
     args: argparse.Namespace,
-    results: tuple[list[SubmissionComparison], list[Scaling], list[Overhead]],
-    profiles: dict[str, Profile],
-) -> str:
-    """Every measurement on one database; the load generator's description."""
-    balances, scalings, overheads = results
-    database, keys = prepare_submission_database(context, backend, server, args.users)
+    results: Results,
+) -> None:
+    """Every measurement on one database."""
+    database, keys = fixtures.prepare_studio_database(context, backend, server, args.users)
     load = LoadGenerator(args.load_generator, context.workdir, keys, max(args.connections))
+    if server is None:
+        results.load_description = load.description
     if args.only in (None, "balance"):
         if server is None:
             progress("balance on SQLite: profiling both servers")
-            profiles.update(
-                profile_servers(
-                    context,
-                    database,
-                    replace(balance_load(load), connections=PROFILE_CONNECTIONS),
-                    args.seconds,
-                    endpoints=BALANCE,
-                    functions=BALANCE_FUNCTIONS,
-                )
-            )
-        progress(f"balance on {backend}")
-        balances.extend(
-            measure_balance(
-                context, database, balance_load(load), args.connections, args.runs, args.seconds
-            )
-        )
-    if args.only in (None, "scaling"):
-        progress(f"submission by connections on {backend}")
-        scalings.append(
-            measure_scaling(
+            results.profiles = comparison.profile_servers(
                 context,
                 database,
-                keys,
-                args.load_generator,
-                args.scaling,
-                args.scaling_runs,
-                args.scaling_seconds,
+                load.reads().at(comparison.PROFILE_CONNECTIONS),
+                args.seconds,
+                endpoints=BALANCE,
+                functions=BALANCE_FUNCTIONS,
             )
+        progress(f"balance on {backend}")
+        # At each count: PlasmaArt's balance read against the bare read.
+        balances = [
+            comparison.HttpComparison(backend, count, aim=BALANCE_AIM) for count in args.connections
+        ]
+        comparison.measure_comparisons(
+            context, database, load.reads(), balances, args.runs, args.seconds, BALANCE, "balance"
         )
+        results.balances.extend(balances)
+    if args.only in (None, "scaling"):
+        progress(f"submission by connections on {backend}")
+        # No aim: how the costs grow with the connections.
+        scalings = [comparison.HttpComparison(backend, count) for count in args.scaling]
+        comparison.measure_comparisons(
+            context,
+            database,
+            load.at(args.scaling[0]),
+            scalings,
+            args.scaling_runs,
+            args.scaling_seconds,
+            comparison.SUBMIT,
+            "scaling",
+        )
+        results.scalings.extend(scalings)
     if args.only in (None, "overhead"):
         progress(f"overhead per generation and memory on {backend}")
-        overheads.append(measure_overhead(context, database, keys, load, args, noop=True))
-        overheads.append(measure_overhead(context, database, keys, load, args, noop=False))
-    return load.description
+        for noop in (True, False):
+            results.overheads.append(
+                measure_overhead(context, database, keys, load, args, noop=noop)
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    began = time.monotonic()
-    code = code_version()
-    load_start = load_average()
-    workdir = Path(tempfile.mkdtemp(prefix="plasmaart-bench-api-"))
-    context = Context(workdir, bench_catalog(workdir))
-    balances: list[SubmissionComparison] = []
-    scalings: list[Scaling] = []
-    overheads: list[Overhead] = []
-    profiles: dict[str, Profile] = {}
-    results = (balances, scalings, overheads)
-    pg_version = "not used"
-    try:
-        load_description = _measure_database(context, "SQLite", None, args, results, profiles)
+    results = Results()
+    with measuring("api") as run:
+        context = fixtures.studio_context(run.workdir)
+        _measure_database(context, "SQLite", None, args, results)
         if not args.sqlite_only:
-            with postgres_server(workdir) as server:
-                pg_version = postgres_version(server)
-                _measure_database(context, "PostgreSQL", server, args, results, profiles)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    args.render_ms = sandbox_render_ms() if overheads else 0.0
+            with postgres.throwaway_server(run.workdir) as server:
+                results.pg_version = postgres.version(server)
+                _measure_database(context, "PostgreSQL", server, args, results)
+        args.render_ms = sandbox_render_ms() if results.overheads else 0.0
+        report(args, results, run.facts)
+    return 0
+
+
+def report(args: argparse.Namespace, results: Results, facts: Callable[..., Facts]) -> None:
+    """The tables on stdout, and with ``--write-docs`` the section."""
+    balances, scalings, overheads = results.balances, results.scalings, results.overheads
     if args.profile:
-        for name, profile in profiles.items():
+        for name, profile in results.profiles.items():
             print(profile.table(f"{name} balance server"))
             print()
     for table in (
-        balance_table(balances) if balances else "",
-        scaling_table(scalings) if scalings else "",
+        comparison.comparison_table(balances) if balances else "",
+        comparison.comparison_table(scalings) if scalings else "",
         overhead_table(overheads) if overheads else "",
         phases_table(overheads) if overheads else "",
         memory_table(overheads) if overheads else "",
@@ -1178,25 +914,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(table)
             print()
     if args.write_docs:
-        facts = machine_facts(
-            code,
-            load_start,
-            pg_version,
+        machine = facts(
+            results.pg_version,
             packages=PACKAGES[:-1],
-            extra=[("load generator", load_description)],
+            extra=[("load generator", results.load_description)],
         )
         section = render_section(
-            balances, scalings, overheads, profiles, facts, command_line(), args
+            balances, scalings, overheads, results.profiles, machine, command_line(), args
         )
-        write_section(SECTION_HEADING, section, DOC_PATH)
-        write_summary(
+        docs.publish(
+            SECTION_HEADING,
+            section,
             "api_costs.py",
             summary_rows(balances, overheads, args.concurrent),
-            datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         )
-        progress(f"wrote {DOC_PATH.relative_to(REPO)}")
-    progress(f"done in {time.monotonic() - began:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":

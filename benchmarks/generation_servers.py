@@ -32,53 +32,36 @@ Run by ``benchmarks/generations.py``:
 from __future__ import annotations
 
 import argparse
-import cProfile
 import faulthandler
 import hashlib
-import io
 import json
-import pstats
 import signal
 import sqlite3
 import sys
 import threading
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 import psycopg
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException
-from PIL import Image
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine, event
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Run as a script: the repository goes on the path for `benchmarks.harness`.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from plasmaart import logs  # noqa: E402
-from plasmaart.bootstrap import Platform, bootstrap  # noqa: E402
-from plasmaart.catalog import ModelSpec  # noqa: E402
-from plasmaart.config import Settings, load_settings  # noqa: E402
-from plasmaart.generation.providers.base import (  # noqa: E402
-    ProviderOutput,
-    ProviderRequest,
-    ProviderStatus,
-)
-from plasmaart.ids import new_id  # noqa: E402
-from plasmaart.media.storage import (  # noqa: E402
-    NO_METADATA,
-    ByteStream,
-    StorageNotFound,
-    StoredObject,
-)
-from plasmaart.web.app import create_app  # noqa: E402
-from plasmaart.worker import Worker  # noqa: E402
+from benchmarks.harness.fakes import DiscardStorage, NoopProvider
+from benchmarks.harness.profiles import Counted, SqlCounter, profiling
+from plasmaart import logs
+from plasmaart.bootstrap import bootstrap
+from plasmaart.config import Settings, load_settings
+from plasmaart.ids import new_id
+from plasmaart.platform import Platform
+from plasmaart.web.app import create_app
+from plasmaart.worker import Worker
 
 # The same for both servers: what a plain install of PlasmaArt runs on
 # (uvicorn without uvloop and httptools), whatever else is installed here.
@@ -149,6 +132,7 @@ class RawDatabase:
         self._lock = threading.Lock()
 
     def _connect(self) -> Any:
+        conn: Any
         if self.is_sqlite:
             path = self.url.split(":///", 1)[1]
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -296,163 +280,6 @@ def create_bare_app(db: RawDatabase) -> FastAPI:
     return app
 
 
-# -- a provider and a storage that cost nothing -------------------------------
-
-
-def _tiny_png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (1, 1), (255, 0, 255)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-TINY_PNG = _tiny_png()
-
-
-class NoopProvider:
-    """Answers at once: every request has succeeded with one 1x1 PNG."""
-
-    name = "noop"
-
-    def submit(self, request: ProviderRequest) -> str:
-        return f"noop-{request.generation_id}"
-
-    def status(self, model: ModelSpec, request_id: str) -> ProviderStatus:  # noqa: ARG002
-        output = ProviderOutput("image/png", data=TINY_PNG, width=1, height=1)
-        return ProviderStatus("succeeded", outputs=(output,))
-
-    def cancel(self, model: ModelSpec, request_id: str) -> bool:  # noqa: ARG002
-        return False
-
-    def download(self, output: ProviderOutput) -> bytes:
-        return output.data or b""
-
-
-class DiscardStorage:
-    """Takes every object and keeps none: the queue, not media I/O, is measured."""
-
-    def put(
-        self,
-        key: str,
-        data: bytes,
-        content_type: str,
-        metadata: Mapping[str, str] = NO_METADATA,
-    ) -> StoredObject:
-        return StoredObject(
-            key, len(data), content_type, hashlib.sha256(data).hexdigest(), dict(metadata)
-        )
-
-    def get(self, key: str) -> bytes:
-        raise StorageNotFound(key)
-
-    def open_stream(self, key: str, chunk_size: int = 0) -> ByteStream:  # noqa: ARG002
-        raise StorageNotFound(key)
-
-    def stat(self, key: str) -> StoredObject:
-        raise StorageNotFound(key)
-
-    def size(self, key: str) -> int:
-        raise StorageNotFound(key)
-
-    def exists(self, key: str) -> bool:  # noqa: ARG002
-        return False
-
-    def delete(self, key: str) -> None:
-        """Nothing is kept, so nothing to delete."""
-
-
-# -- profiling every thread ---------------------------------------------------
-
-
-class _Snapshot:
-    """What ``pstats.Stats`` loads: a profile's completed calls so far."""
-
-    def __init__(self, profile: cProfile.Profile) -> None:
-        profile.snapshot_stats()
-        self.stats = profile.stats  # type: ignore[attr-defined]
-
-    def create_stats(self) -> None:
-        """Taken already."""
-
-
-class AllThreadsProfile:
-    """cProfile on thread CPU time in this thread and every thread started
-    after ``start()``; ``stats()`` merges them.
-
-    cProfile follows one thread; ``threading.setprofile`` installs a hook in
-    each new thread, and the hook's first call replaces itself with that
-    thread's own profiler. Thread CPU time, not wall time: a thread waiting
-    for work or for a lock costs nothing, as on the machine.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._own = cProfile.Profile(time.thread_time)
-        self._threads: list[cProfile.Profile] = []
-
-    def _hook(self, _frame: FrameType, _event: str, _arg: object) -> None:
-        profile = cProfile.Profile(time.thread_time)
-        with self._lock:
-            self._threads.append(profile)
-        profile.enable()
-
-    def start(self) -> None:
-        threading.setprofile(self._hook)
-        self._own.enable()
-
-    def stats(self) -> tuple[pstats.Stats, float]:
-        """Every thread's completed calls, and the CPU time of the thread that
-        started the profile (a server's event loop). The other threads'
-        profilers are read, not stopped: stopping one from here would close
-        its pending calls on this thread's clock."""
-        self._own.disable()
-        threading.setprofile(None)  # type: ignore[arg-type]
-        own = _Snapshot(self._own)
-        own_seconds = sum(entry[2] for entry in own.stats.values())
-        merged = pstats.Stats(own)  # type: ignore[arg-type]
-        with self._lock:
-            profiles = list(self._threads)
-        for profile in profiles:
-            merged.add(_Snapshot(profile))  # type: ignore[arg-type]
-        return merged, own_seconds
-
-
-class SqlCounter:
-    """Statements and transactions an engine sent, from any thread."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._lock = threading.Lock()
-        self.statements = 0
-        self.transactions = 0
-        event.listen(engine, "before_cursor_execute", self._statement)
-        event.listen(engine, "begin", self._begin)
-
-    def _statement(self, *_: Any) -> None:
-        with self._lock:
-            self.statements += 1
-
-    def _begin(self, *_: Any) -> None:
-        with self._lock:
-            self.transactions += 1
-
-
-class Counted(Protocol):
-    statements: int
-    transactions: int
-
-
-def write_profile(path: Path, profile: AllThreadsProfile, counter: Counted, seconds: float) -> None:
-    """The merged stats at ``path``, the counts beside it (``path``.json)."""
-    stats, main_thread_seconds = profile.stats()
-    stats.dump_stats(path)
-    counts = {
-        "statements": counter.statements,
-        "transactions": counter.transactions,
-        "seconds": seconds,
-        "main_thread_seconds": main_thread_seconds,
-    }
-    path.with_suffix(".json").write_text(json.dumps(counts))
-
-
 # -- serving ------------------------------------------------------------------
 
 
@@ -532,15 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         counter = raw_counts
         app = create_bare_app(raw)
         log_level = "warning"
-    profile = AllThreadsProfile() if args.profile_out else None
-    started = time.monotonic()
-    if profile is not None:
-        profile.start()
     try:
-        uvicorn.run(app, port=args.port, log_level=log_level, **UVICORN_OPTIONS)
+        with profiling(args.profile_out, counter):
+            uvicorn.run(app, port=args.port, log_level=log_level, **UVICORN_OPTIONS)
     finally:
-        if profile is not None and counter is not None:
-            write_profile(args.profile_out, profile, counter, time.monotonic() - started)
         if platform is not None:
             platform.close()
         if raw is not None:

@@ -26,27 +26,18 @@ capture are two writes), the ratios to raw sqlite3 and of on to off, with
 group commit on the writes per COMMIT, and the process's CPU time per write
 and CPUs used. Threads in one process share one GIL,
 as the API server's request threads do.
-
-Run from the repository root: ``.venv/bin/python benchmarks/group_commit.py``;
-``--write-docs`` rewrites this benchmark's section of ``docs/performance.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-import secrets
-import shutil
-import sqlite3
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, event
@@ -55,34 +46,15 @@ from plasmaart.clock import SystemClock
 from plasmaart.db.engine import Database, create_database
 from plasmaart.ledger.service import LedgerService
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Run as a script from the repository root: the repository goes on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (  # noqa: E402
-    code_version,
-    command_line,
-    counts,
-    load_average,
-    machine_facts,
-    machine_table,
-    positive,
-    progress,
-    prose,
-)
-from benchmarks.docs import PERFORMANCE_DOC as DOC_PATH  # noqa: E402
-from benchmarks.docs import write_section  # noqa: E402
-
-# The same funded wallets and raw tables as the ledger benchmark's.
-from benchmarks.ledger_tps import (  # noqa: E402
-    prepare_plasmaart,
-    prepare_raw_sqlite,
-    sqlite_pragmas,
-)
+from benchmarks.harness import baselines, cli, docs
+from benchmarks.harness.ledger import HoldAndCapture, fund_wallets
+from benchmarks.harness.session import Facts, command_line, measuring, progress
 
 SECTION_HEADING = "## Group commit: ledger writes from threads of one process"
 
-HOLD_CREDITS = 8
 WARMUP_SECONDS = 0.3
 # A thread that is not done this long after the deadline is stuck.
 FINISH_GRACE = 120.0
@@ -90,85 +62,8 @@ FINISH_GRACE = 120.0
 SIDES = ("raw sqlite3", "group commit off", "group commit on")
 
 
-# -- the sides' workers ---------------------------------------------------------
-
-
-class Worker(ABC):
-    """One thread's loop: ``step()`` does some writes and says how many."""
-
-    @abstractmethod
-    def step(self) -> int:
-        """Do one round of writes; how many."""
-
-    def close(self) -> None:  # noqa: B027 - a worker with nothing to release keeps this
-        """Release what the worker holds (nothing, unless it says otherwise)."""
-
-
-class LedgerWorker(Worker):
-    """A hold, then its capture, each through ``run_write``."""
-
-    def __init__(self, db: Database, ledger: LedgerService, wallet_id: str) -> None:
-        self.db = db
-        self.ledger = ledger
-        self.wallet_id = wallet_id
-        # Keys unique across runs: the ledger keeps every operation's key.
-        self.prefix = f"bench:{secrets.token_hex(6)}"
-        self.counter = itertools.count()
-
-    def step(self) -> int:
-        ledger, wallet = self.ledger, self.wallet_id
-        hold_key = f"{self.prefix}:hold:{next(self.counter)}"
-        capture_key = f"{self.prefix}:capture:{next(self.counter)}"
-
-        def hold(conn: Connection) -> str:
-            return ledger.hold(conn, wallet, HOLD_CREDITS, idempotency_key=hold_key).hold_id
-
-        hold_id = self.db.run_write(hold)
-
-        def capture(conn: Connection) -> None:
-            ledger.capture(conn, hold_id, HOLD_CREDITS, idempotency_key=capture_key)
-
-        self.db.run_write(capture)
-        return 2
-
-
-class RawWorker(Worker):
-    """A guarded debit and a journal row, one transaction per write."""
-
-    def __init__(self, path: Path, account_id: int) -> None:
-        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
-        sqlite_pragmas(self.conn)
-        self.account_id = account_id
-
-    def step(self) -> int:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            debited = conn.execute(
-                "UPDATE accounts SET balance = balance - ? WHERE id = ? AND balance >= ?",
-                (HOLD_CREDITS, self.account_id, HOLD_CREDITS),
-            ).rowcount
-            if debited != 1:
-                raise RuntimeError(f"account {self.account_id} could not be debited")
-            conn.execute(
-                "INSERT INTO journal (account_id, amount) VALUES (?, ?)",
-                (self.account_id, -HOLD_CREDITS),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return 1
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-# -- running threads ------------------------------------------------------------
-
-
 @dataclass(frozen=True)
-class Measurement:
+class Writes:
     writes: int
     seconds: float
     # CPU time of the whole process (every thread) while measuring.
@@ -190,6 +85,47 @@ class Measurement:
     @property
     def writes_per_commit(self) -> float | None:
         return self.writes / self.commits if self.commits else None
+
+
+# -- the sides' workers ---------------------------------------------------------
+
+
+class Worker(ABC):
+    """One thread's loop: ``step()`` does some writes and says how many."""
+
+    @abstractmethod
+    def step(self) -> int:
+        """Do one round of writes; how many."""
+
+    def close(self) -> None:  # noqa: B027 - a worker with nothing to release keeps this
+        """Release what the worker holds (nothing, unless it says otherwise)."""
+
+
+class LedgerWorker(Worker):
+    """A hold, then its capture, each through ``run_write``."""
+
+    def __init__(self, db: Database, ledger: LedgerService, wallet_id: str) -> None:
+        self.db = db
+        self.pair = HoldAndCapture(ledger, wallet_id)
+
+    def step(self) -> int:
+        hold_id = self.db.run_write(self.pair.hold)
+        self.db.run_write(lambda conn: self.pair.capture(conn, hold_id))
+        return 2
+
+
+class RawWorker(Worker):
+    """A guarded debit and a journal row, one transaction per write."""
+
+    def __init__(self, path: Path, account_id: int) -> None:
+        self.raw = baselines.RawWriter(path, account_id, threads=True)
+
+    def step(self) -> int:
+        self.raw.step()
+        return 1
+
+    def close(self) -> None:
+        self.raw.close()
 
 
 def run_threads(
@@ -251,7 +187,7 @@ def run_threads(
 
 def measure_ledger(
     url: str, wallets: Sequence[str], *, group_commit: bool, seconds: float
-) -> Measurement:
+) -> Writes:
     db = create_database(url, group_commit=group_commit)
     commits = [0]
 
@@ -266,23 +202,20 @@ def measure_ledger(
         writes, elapsed, cpu = run_threads(
             workers, seconds, on_start=lambda: at_start.append(commits[0])
         )
-        return Measurement(writes, elapsed, cpu, commits[0] - at_start[0])
+        return Writes(writes, elapsed, cpu, commits[0] - at_start[0])
     finally:
         event.remove(db.engine, "commit", on_commit)
         db.dispose()
 
 
-def measure_raw(path: Path, accounts: Sequence[int], seconds: float) -> Measurement:
+def measure_raw(path: Path, accounts: Sequence[int], seconds: float) -> Writes:
     workers = [RawWorker(path, account) for account in accounts]
     try:
         writes, elapsed, cpu = run_threads(workers, seconds)
     finally:
         for worker in workers:
             worker.close()
-    return Measurement(writes, elapsed, cpu)
-
-
-# -- databases -----------------------------------------------------------------
+    return Writes(writes, elapsed, cpu)
 
 
 # -- comparing -----------------------------------------------------------------
@@ -291,7 +224,7 @@ def measure_raw(path: Path, accounts: Sequence[int], seconds: float) -> Measurem
 @dataclass
 class Comparison:
     threads: int
-    runs: dict[str, list[Measurement]] = field(default_factory=lambda: {s: [] for s in SIDES})
+    runs: dict[str, list[Writes]] = field(default_factory=lambda: {s: [] for s in SIDES})
 
     def median(self, side: str) -> float:
         return statistics.median(m.per_second for m in self.runs[side])
@@ -324,11 +257,11 @@ class Comparison:
 def measure(workdir: Path, threads: int, runs: int, seconds: float) -> Comparison:
     path = workdir / f"plasmaart-{threads}.db"
     url = f"sqlite:///{path}"
-    wallets = prepare_plasmaart(url, threads)
+    wallets = fund_wallets(url, threads)
     raw_path = workdir / f"raw-{threads}.db"
-    accounts = prepare_raw_sqlite(raw_path, threads)
+    accounts = baselines.prepare_raw_sqlite(raw_path, threads)
     comparison = Comparison(threads)
-    sides: dict[str, Callable[[], Measurement]] = {
+    sides: dict[str, Callable[[], Writes]] = {
         "raw sqlite3": lambda: measure_raw(raw_path, accounts, seconds),
         "group commit off": lambda: measure_ledger(
             url, wallets, group_commit=False, seconds=seconds
@@ -355,33 +288,35 @@ def measure(workdir: Path, threads: int, runs: int, seconds: float) -> Compariso
 
 
 def results_table(comparisons: Sequence[Comparison]) -> str:
-    lines = [
-        "| threads | raw sqlite3 | group commit off | group commit on | writes per commit (on) "
-        "| off / raw | on / raw | on / off |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    head = [*("threads", *SIDES), "writes per commit (on)", "off / raw", "on / raw", "on / off"]
+    rows = [
+        [
+            c.threads,
+            *(f"{rate:,.0f}" for rate in (c.raw, c.off, c.on)),
+            f"{c.writes_per_commit:.1f}",
+            *(f"{ratio:.1%}" for ratio in (c.off / c.raw, c.on / c.raw)),
+            f"{c.on / c.off:.2f} x",
+        ]
+        for c in comparisons
     ]
-    for c in comparisons:
-        lines.append(
-            f"| {c.threads} | {c.raw:,.0f} | {c.off:,.0f} | {c.on:,.0f} "
-            f"| {c.writes_per_commit:.1f} | {c.off / c.raw:.1%} | {c.on / c.raw:.1%} "
-            f"| {c.on / c.off:.2f} x |"
-        )
-    return "\n".join(lines)
+    return docs.markdown_table(head, ">" * len(head), rows)
 
 
 def cpu_table(comparisons: Sequence[Comparison]) -> str:
-    lines = [
-        "| threads | raw sqlite3 | group commit off | group commit on | on / off "
-        "| CPUs used: off | CPUs used: on |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    head = ["threads", *SIDES, "on / off", "CPUs used: off", "CPUs used: on"]
+    rows = []
     for c in comparisons:
         raw, off, on = (c.cpu(side) for side in SIDES)
-        lines.append(
-            f"| {c.threads} | {raw:,.0f} µs | {off:,.0f} µs | {on:,.0f} µs | {on / off:.2f} "
-            f"| {c.cores('group commit off'):.2f} | {c.cores('group commit on'):.2f} |"
+        cores = (c.cores(side) for side in SIDES[1:])
+        rows.append(
+            [
+                c.threads,
+                *(f"{cpu:,.0f} µs" for cpu in (raw, off, on)),
+                f"{on / off:.2f}",
+                *(f"{used:.2f}" for used in cores),
+            ]
         )
-    return "\n".join(lines)
+    return docs.markdown_table(head, ">" * len(head), rows)
 
 
 def runs_detail(comparisons: Sequence[Comparison]) -> str:
@@ -397,14 +332,12 @@ def runs_detail(comparisons: Sequence[Comparison]) -> str:
 
 def render_section(
     comparisons: Sequence[Comparison],
-    facts: Sequence[tuple[str, str]],
+    facts: Facts,
     command: str,
-    seconds: float,
-    runs: int,
+    args: argparse.Namespace,
 ) -> str:
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    method = prose(
-        f"Each side ran {runs} time{'s' if runs != 1 else ''} for {seconds:g} s per",
+    method = docs.prose(
+        f"Each side ran {docs.plural(args.runs, 'time')} for {args.seconds:g} s per",
         "thread count, the three in turn; the table shows the medians in writes per",
         "second (a hold and its capture are two writes, as is each raw",
         "transaction one) and their ratios. Each thread has its own wallet (its own",
@@ -414,99 +347,53 @@ def render_section(
         "queue, and the writer thread runs them in one transaction, each in its own",
         "savepoint, and commits once: the writes per commit column is the median batch.",
     )
-    return f"""{SECTION_HEADING}
-
-Measured {when} by `benchmarks/group_commit.py`, from the repository root:
-
-```sh
-{command}
-```
-
-{method}
-
-{results_table(comparisons)}
-
-CPU time of the whole process (every thread) per write, medians, and the CPUs
-the process got while measuring (CPU seconds per second): on a busy machine the
-operating system shares the CPUs among threads, so a side with many runnable
-threads gets more of them than one writer thread does; the CPU per write does
-not depend on that share. On an idle machine both PlasmaArt sides are bound by
-one CPU (one interpreter lock), where the CPU per write decides.
-
-{cpu_table(comparisons)}
-
-All runs, writes per second (CPU per write):
-
-```text
-{runs_detail(comparisons)}
-```
-
-The machine:
-
-{machine_table(facts)}
-"""
+    cpu = docs.prose(
+        "CPU time of the whole process (every thread) per write, medians, and the CPUs",
+        "the process got while measuring (CPU seconds per second): on a busy machine the",
+        "operating system shares the CPUs among threads, so a side with many runnable",
+        "threads gets more of them than one writer thread does; the CPU per write does",
+        "not depend on that share. On an idle machine both PlasmaArt sides are bound by",
+        "one CPU (one interpreter lock), where the CPU per write decides.",
+    )
+    return docs.section(
+        SECTION_HEADING,
+        "group_commit.py",
+        command,
+        method,
+        results_table(comparisons),
+        cpu,
+        cpu_table(comparisons),
+        docs.runs_block(runs_detail(comparisons), "All runs, writes per second (CPU per write):"),
+        docs.machine_block(facts),
+    )
 
 
 # -- main ----------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument(
-        "--seconds",
-        type=positive(float),
-        default=2.0,
-        help="length of one measurement (default 2)",
-    )
-    parser.add_argument(
-        "--runs",
-        type=positive(int),
-        default=3,
-        help="measurements of each side per thread count; the median is reported (default 3)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=counts,
-        default=[1, 8, 64],
-        help="comma-separated thread counts (default 1,8,64)",
-    )
-    parser.add_argument(
-        "--write-docs",
-        action="store_true",
-        help=f"rewrite the '{SECTION_HEADING[3:]}' section of docs/performance.md",
-    )
-    return parser.parse_args(argv)
+    made = cli.parser(__doc__, SECTION_HEADING)
+    cli.add_timing(made, 2.0, 3, "measurement")
+    cli.counts_option(made, "--threads", [1, 8, 64], "comma-separated thread counts")
+    return made.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    began = time.monotonic()
-    code = code_version()
-    load_start = load_average()
-    workdir = Path(tempfile.mkdtemp(prefix="plasmaart-bench-group-"))
     comparisons: list[Comparison] = []
-    try:
+    with measuring("group") as run:
         for threads in args.threads:
             progress(f"{threads} thread(s)")
-            comparisons.append(measure(workdir, threads, args.runs, args.seconds))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(results_table(comparisons))
-    print()
-    print(cpu_table(comparisons))
-    print()
-    print(runs_detail(comparisons))
-    if args.write_docs:
-        section = render_section(
-            comparisons,
-            machine_facts(code, load_start, "not used"),
-            command_line(),
-            args.seconds,
-            args.runs,
-        )
-        write_section(SECTION_HEADING, section, DOC_PATH)
-        progress(f"wrote {DOC_PATH.relative_to(REPO)}")
-    progress(f"done in {time.monotonic() - began:.0f} s")
+            comparisons.append(measure(run.workdir, threads, args.runs, args.seconds))
+        print(results_table(comparisons))
+        print()
+        print(cpu_table(comparisons))
+        print()
+        print(runs_detail(comparisons))
+        if args.write_docs:
+            section = render_section(comparisons, run.facts(), command_line(), args)
+            # A ratio of PlasmaArt to PlasmaArt: no row in the summary of aims.
+            docs.publish(SECTION_HEADING, section)
     return 0
 
 

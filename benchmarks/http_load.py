@@ -25,13 +25,10 @@ from pathlib import Path
 
 import httpx
 
+# Run as a script: the repository goes on the path for `benchmarks.harness`.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-def percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile of values sorted ascending."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, round(fraction * len(sorted_values) + 0.5))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
+from benchmarks.harness.stats import percentile
 
 
 async def run(args: argparse.Namespace) -> dict[str, float]:
@@ -76,7 +73,6 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 
         await asyncio.gather(*(loop(index) for index in range(args.connections)))
         elapsed = time.perf_counter() - started
-    latencies.sort()
     return {
         "requests": len(latencies),
         "seconds": elapsed,

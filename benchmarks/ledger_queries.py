@@ -30,24 +30,22 @@ Run from the repository root:
 
 from __future__ import annotations
 
-import argparse
 import gc
 import platform
 import random
-import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, create_engine, event, func, select, text
+from sqlalchemy import Connection, event, func, select
 
 from plasmaart.catalog import load_catalog
 from plasmaart.db.engine import Database, create_database
@@ -56,23 +54,13 @@ from plasmaart.db.tables import journal_entries
 from plasmaart.ledger import queries
 from plasmaart.ledger.queries import JournalPosition
 
-REPO = Path(__file__).resolve().parent.parent
+# Run as a script from the repository root: the repository goes on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import cli, docs, postgres
+from benchmarks.harness.session import command_line, measuring, progress
+
 SECTION_HEADING = "## Credits reads at scale (`benchmarks/ledger_queries.py`)"
-# The throwaway PostgreSQL server lives with the tests, which the virtualenv
-# does not install.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.support.pgserver import PgServer, start_server  # noqa: E402
-
-from benchmarks.common import (  # noqa: E402
-    code_version,
-    command_line,
-    load_average,
-    machine_facts,
-    machine_table,
-)
-from benchmarks.docs import SummaryRow, write_section, write_summary  # noqa: E402
 
 # "Now" in every built database: the history ends here.
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -408,16 +396,12 @@ def load_sqlite(path: Path, book: Book) -> str:
     return url
 
 
-def load_postgres(server: PgServer, name: str, book: Book) -> str:
-    admin = psycopg.connect(_conninfo(server.url), autocommit=True)
-    admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    admin.execute(f'CREATE DATABASE "{name}"')
-    admin.close()
-    url = server.url.rsplit("/", 1)[0] + f"/{name}"
+def load_postgres(server: postgres.PgServer, name: str, book: Book) -> str:
+    url = postgres.create(server, name)
     database = create_database(url)
     upgrade(database)
     database.dispose()
-    with psycopg.connect(_conninfo(url)) as conn:
+    with psycopg.connect(postgres.libpq_url(url)) as conn:
         with conn.cursor() as cursor:
             for table, columns, rows in _tables(book):
                 with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
@@ -433,10 +417,6 @@ def load_postgres(server: PgServer, name: str, book: Book) -> str:
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE")
     return url
-
-
-def _conninfo(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://")
 
 
 # -- measuring ------------------------------------------------------------------------
@@ -677,7 +657,6 @@ def report(results: list[Result], runs: int, versions: dict[str, str]) -> tuple[
     def out(text: str = "") -> None:
         lines.append(text)
 
-    out(SECTION_HEADING + "\n")
     out(
         f"One wallet with N journal entries ({len(NEIGHBOUR_IDS)} other wallets have N/10 between "
         "them, interleaved); "
@@ -739,7 +718,7 @@ def report(results: list[Result], runs: int, versions: dict[str, str]) -> tuple[
     return ok, "\n".join(lines)
 
 
-def summary_rows(results: list[Result]) -> list[SummaryRow]:
+def summary_rows(results: list[Result]) -> list[docs.SummaryRow]:
     """Per database, the slowest of the reads held to the aim at the largest size."""
     rows = []
     for backend in dict.fromkeys(result.backend for result in results):
@@ -748,7 +727,7 @@ def summary_rows(results: list[Result]) -> list[SummaryRow]:
         slowest = max(measured.aimed, key=lambda name: measured.medians_ms[name])
         worst = measured.medians_ms[slowest]
         rows.append(
-            SummaryRow(
+            docs.SummaryRow(
                 f"ledger pages and usage, {backend}, {largest.size:,} entries (slowest: {slowest})",
                 _ms(worst),
                 f"{_ms(measured.baseline_ms)} (primary-key read)",
@@ -764,78 +743,70 @@ def summary_rows(results: list[Result]) -> list[SummaryRow]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="10000,100000,1000000", help="journal entries")
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--backends", default="sqlite,postgres")
-    parser.add_argument(
-        "--write-docs", action="store_true", help="rewrite its section of docs/performance.md"
-    )
-    args = parser.parse_args(argv)
-    sizes = [int(size.replace("_", "")) for size in args.sizes.split(",")]
+    made = cli.parser(__doc__, SECTION_HEADING)
+    cli.counts_option(made, "--sizes", [10_000, 100_000, 1_000_000], "journal entries")
+    cli.option(made, "--runs", int, 7, "timed runs of each query")
+    made.add_argument("--backends", default="sqlite,postgres")
+    args = made.parse_args(argv)
     backends = [backend.strip() for backend in args.backends.split(",")]
     unknown = set(backends) - {"sqlite", "postgres"}
     if unknown:
-        parser.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
-    # Read before measuring: the work tree may move on while the benchmark runs.
-    code = code_version()
-    load_start = load_average()
-    workdir = Path(tempfile.mkdtemp(prefix="plasmaart-bench-queries-"))
-    server: PgServer | None = None
+        made.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
     results: list[Result] = []
     versions = {"Python": platform.python_version(), "SQLite": sqlite3.sqlite_version}
-    try:
+    with measuring("queries") as run, ExitStack() as stack:
+        server: postgres.PgServer | None = None
         if "postgres" in backends:
-            server = start_server(workdir / "pg")
-            engine = create_engine(server.url)
-            with engine.connect() as conn:
-                versions["PostgreSQL"] = str(conn.execute(text("SHOW server_version")).scalar())
-            engine.dispose()
-        for size in sizes:
-            started = time.perf_counter()
-            book, wallet = simulate(size)
-            simulated = time.perf_counter() - started
-            print(
-                f"[{size:,}] simulated {len(book.entries):,} entries "
-                f"({wallet.entries:,} in the measured wallet) in {simulated:.0f} s",
-                file=sys.stderr,
+            server = stack.enter_context(postgres.throwaway_server(run.workdir))
+            versions["PostgreSQL"] = postgres.version(server)
+        for size in args.sizes:
+            results.extend(measure_size(run.workdir, server, size, backends, args.runs))
+        stack.close()
+        ok, markdown = report(results, args.runs, versions)
+        print(f"{SECTION_HEADING}\n\n{markdown}")
+        if args.write_docs:
+            facts = run.facts(versions.get("PostgreSQL", "not used"))
+            body = docs.section(
+                SECTION_HEADING,
+                "ledger_queries.py",
+                command_line(),
+                markdown,
+                docs.machine_block(facts),
             )
-            for backend in backends:
-                started = time.perf_counter()
-                if backend == "sqlite":
-                    url = load_sqlite(workdir / f"ledger-{size}.db", book)
-                else:
-                    assert server is not None
-                    url = load_postgres(server, f"ledger_{size}", book)
-                built = simulated + time.perf_counter() - started
-                print(f"[{size:,}] {backend}: built in {built:.0f} s", file=sys.stderr)
-                measurement = measure(url, book, wallet, args.runs)
-                results.append(Result(backend, size, built, measurement))
-                if backend == "sqlite":
-                    (workdir / f"ledger-{size}.db").unlink()
-                else:
-                    assert server is not None
-                    admin = psycopg.connect(_conninfo(server.url), autocommit=True)
-                    admin.execute(f'DROP DATABASE "ledger_{size}"')
-                    admin.close()
-            del book, wallet
-            gc.collect()
-    finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-    ok, markdown = report(results, args.runs, versions)
-    print(markdown)
-    if args.write_docs:
-        when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-        facts = machine_facts(code, load_start, versions.get("PostgreSQL", "not used"))
-        write_section(
-            SECTION_HEADING,
-            f"{markdown}\nMeasured {when} from the repository root with:\n\n"
-            f"```sh\n{command_line()}\n```\n\nThe machine:\n\n{machine_table(facts)}\n",
-        )
-        write_summary("ledger_queries.py", summary_rows(results), when)
+            docs.publish(SECTION_HEADING, body, "ledger_queries.py", summary_rows(results))
     return 0 if ok else 1
+
+
+def measure_size(
+    workdir: Path, server: postgres.PgServer | None, size: int, backends: Sequence[str], runs: int
+) -> list[Result]:
+    """Build the history of ``size`` entries on each backend and measure it there."""
+    results = []
+    started = time.perf_counter()
+    book, wallet = simulate(size)
+    simulated = time.perf_counter() - started
+    progress(
+        f"[{size:,}] simulated {len(book.entries):,} entries "
+        f"({wallet.entries:,} in the measured wallet) in {simulated:.0f} s"
+    )
+    for backend in backends:
+        started = time.perf_counter()
+        if backend == "sqlite":
+            url = load_sqlite(workdir / f"ledger-{size}.db", book)
+        else:
+            assert server is not None
+            url = load_postgres(server, f"ledger_{size}", book)
+        built = simulated + time.perf_counter() - started
+        progress(f"[{size:,}] {backend}: built in {built:.0f} s")
+        results.append(Result(backend, size, built, measure(url, book, wallet, runs)))
+        if backend == "sqlite":
+            (workdir / f"ledger-{size}.db").unlink()
+        else:
+            assert server is not None
+            postgres.drop(server, f"ledger_{size}")
+    del book, wallet
+    gc.collect()
+    return results
 
 
 if __name__ == "__main__":

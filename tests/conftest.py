@@ -19,15 +19,13 @@ from fastapi.testclient import TestClient
 from hypothesis import settings
 from sqlalchemy import create_engine, text
 
-from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
-from plasmaart.config import Settings
 from plasmaart.db.engine import Database, create_database
 from plasmaart.db.migrate import upgrade
 from plasmaart.ledger.service import LedgerService
 from plasmaart.platform import Platform
-from plasmaart.web.app import create_app
 from tests.support.pgserver import PgServer, start_server
+from tests.support.platforms import api_client, running_platform, settings_for
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -135,15 +133,13 @@ def ledger(clock: ManualClock) -> LedgerService:
 
 @pytest.fixture
 def platform(database_url: str, clock: ManualClock, tmp_path: Path) -> Iterator[Platform]:
-    settings = Settings(database_url=database_url, var_dir=tmp_path / "var")
-    built = bootstrap(settings, clock=clock, migrate=False)
-    try:
+    """A platform with the default settings; a test module needing others
+    overrides this fixture (``tests.support.platforms``), and ``client`` follows."""
+    with running_platform(settings_for(database_url, tmp_path / "var"), clock) as built:
         yield built
-    finally:
-        built.close()
 
 
 @pytest.fixture
 def client(platform: Platform) -> Iterator[TestClient]:
-    with TestClient(create_app(platform, embedded_worker=False)) as test_client:
+    with api_client(platform) as test_client:
         yield test_client

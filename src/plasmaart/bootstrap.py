@@ -18,21 +18,24 @@ from plasmaart.clock import Clock, SystemClock
 from plasmaart.config import Settings, load_settings
 from plasmaart.db.engine import create_database
 from plasmaart.db.migrate import database_revision, require_migrated, unreachable, upgrade
-from plasmaart.eventbus import BalanceEvents, create_event_bus
+from plasmaart.eventbus import create_event_bus
 from plasmaart.fairuse.counters import create_copy_counter
 from plasmaart.fairuse.request_limiter import RequestLimiter
 from plasmaart.fairuse.service import FairUsePolicy, FairUseService
-from plasmaart.fairuse.tasks import SignalFlusher
+from plasmaart.fairuse.suspension import SuspensionService
 from plasmaart.generation.event_publisher import GenerationEvents
 from plasmaart.generation.providers import create_provider
 from plasmaart.generation.service import GenerationService
 from plasmaart.generation.submission import SubmissionService
+from plasmaart.generation.uploads import UploadService
 from plasmaart.generation.wakeups import PollWakeups
+from plasmaart.ledger.balance_events import BalanceEvents
 from plasmaart.ledger.service import LedgerService
 from plasmaart.media.storage import create_storage
 from plasmaart.notify.email import create_mailer
 from plasmaart.notify.notifications import NotificationService
-from plasmaart.notify.outbox import Outbox
+from plasmaart.notify.texts import render
+from plasmaart.outbox import Outbox
 from plasmaart.platform import Platform
 from plasmaart.teams.service import TeamService
 
@@ -89,15 +92,13 @@ def bootstrap(
     if test_clock is not None:
         test_clock.now()  # the first read of its offset, outside any transaction
     clock = test_clock or clock
-    ledger = LedgerService(clock)
+    ledger = LedgerService(clock, balance_listeners=[BalanceEvents(db, events)])
     caches = CacheHub(db)
-    ledger.balance_listeners.append(BalanceEvents(db, events))
     # The one catalog service: the file as loaded, and the catalog in force.
-    catalogs = Catalogs(catalog, clock)
-    catalogs.attach(caches)
-    # The notification outbox: the services that cause notifications queue
-    # them in the transaction of their cause.
-    outbox = Outbox(clock)
+    catalogs = Catalogs(catalog, clock, caches=caches)
+    # The services that cause notifications queue them in the transaction of
+    # their cause, as facts that notify's texts put into words.
+    outbox = Outbox(clock, render)
     billing = BillingService(
         clock,
         catalogs,
@@ -108,38 +109,41 @@ def bootstrap(
         purchased_credits_expire_days=settings.purchased_credits_expire_days,
         test_clock=test_clock,
         outbox=outbox,
+        caches=caches,
     )
-    teams = TeamService(clock, catalogs, ledger, billing.plans)
-    billing.attach_caches(caches)
-    teams.attach_caches(caches)
+    teams = TeamService(clock, catalogs, ledger, billing.plans, caches=caches)
     generations = GenerationService(
-        clock, catalogs, ledger, billing.plans, teams, settings.provider
+        clock,
+        catalogs,
+        ledger,
+        billing.plans,
+        teams,
+        settings.provider,
+        listeners=[GenerationEvents(events, db, teams)],
     )
-    generations.listeners.append(GenerationEvents(events, db, teams))
-    accounts = AccountService(clock, ledger)
     credentials = CredentialService(clock)
+    accounts = AccountService(
+        clock, ledger, credentials, catalogs, outbox, plan_of=billing.plans.plan_of
+    )
+    suspensions = SuspensionService(clock, accounts, credentials, generations, billing)
+    # Fair use listens to billing's clawbacks and payments and to the
+    # database's invalidations, and writes its queued signals off the
+    # request path with a flusher of its own (fairuse/service.py).
     fairuse = FairUseService(
         clock,
         FairUsePolicy.from_settings(settings),
         RequestLimiter(settings.redis_url),
-        ledger=ledger,
+        db=db,
         billing=billing,
         teams=teams,
         accounts=accounts,
-        credentials=credentials,
-        generations=generations,
+        suspensions=suspensions,
         copies=create_copy_counter(settings.redis_url),
     )
-    # Signals found on the request path are written by this, off it.
-    fairuse.flusher = SignalFlusher(db, fairuse.pending, fairuse.record_pending)
-    billing.clawbacks.listeners.append(fairuse.on_clawback)
-    billing.payments.listeners.append(fairuse.on_payment)
-    # A commit that changes plans, users or teams drops fair use's plan limits.
-    db.invalidation_listeners.append(fairuse.forget_plan_limits)
-    accounts.outbox = outbox
     catalog_changes = CatalogChangeService(
         clock, catalogs, ledger, billing.plans, teams, outbox, notice_days=settings.notice_days
     )
+    storage = create_storage(settings)
     return Platform(
         settings=settings,
         db=db,
@@ -155,14 +159,15 @@ def bootstrap(
         notifications=NotificationService(clock, events),
         generations=generations,
         provider=create_provider(settings, job_clock),
-        storage=create_storage(settings),
+        storage=storage,
         fairuse=fairuse,
         outbox=outbox,
         catalog_changes=catalog_changes,
         mailer=create_mailer(settings),
         wakeups=PollWakeups(events),
-        suspensions=fairuse.suspensions,
+        suspensions=suspensions,
         submissions=SubmissionService(db, generations, fairuse),
+        uploads=UploadService(db, storage, clock),
         caches=caches,
         principals=Principals(caches, db, accounts, credentials, clock),
     )

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from plasmaart.db.engine import CACHE_CHANNEL, Database
-from plasmaart.db.listener import ListenerSettings, listen
+from plasmaart.db.listener import ListenerSettings, ListenerThread, listen
 
 if TYPE_CHECKING:
     pass  # imported where it listens: SQLite never loads it
@@ -141,8 +141,7 @@ class CacheHub:
         self.origin = f"{os.getpid()}-{id(self):x}"
         self._caches: list[TtlLru[Any, Any]] = []
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._listener = ListenerThread("plasmaart-cache-invalidations", self._listen)
         self._listening = threading.Event()
         db.cache_origin = self.origin
         db.invalidation_listeners.append(self.evict)
@@ -185,25 +184,12 @@ class CacheHub:
         until other processes' invalidations are heard."""
         if self.db.is_sqlite:
             return
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._stopping = threading.Event()
-                self._thread = threading.Thread(
-                    target=self._listen,
-                    args=(self._stopping,),
-                    name="plasmaart-cache-invalidations",
-                    daemon=True,
-                )
-                self._thread.start()
+        self._listener.start()
         if wait > 0:
             self._listening.wait(wait)
 
     def close(self) -> None:
-        with self._lock:
-            thread, self._thread = self._thread, None
-            self._stopping.set()
-        if thread is not None:
-            thread.join(timeout=10)
+        self._listener.stop()
 
     def _conninfo(self) -> str:
         url = self.db.engine.url.set(drivername="postgresql")

@@ -17,7 +17,6 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from typer.models import CommandFunctionType
 
 from plasmaart import logs
-from plasmaart.accounts import audit
 from plasmaart.accounts.service import EmailTaken, Role, Status
 from plasmaart.bootstrap import bootstrap
 from plasmaart.catalog import Catalog, CatalogError, load_catalog, render_catalog
@@ -259,7 +258,9 @@ def users_create(
     role: Role = "admin" if admin else "user"
     with _platform() as platform, platform.db.write() as conn:
         try:
-            user = platform.accounts.create_user(conn, email, password or "", role=role)
+            user = platform.accounts.create_user(
+                conn, email, password or "", role=role, actor=CLI_ACTOR, plan=plan
+            )
         except EmailTaken as taken:
             hint = f"; to change their role: plasmaart users set-role {email} {role}"
             _fail(taken.detail + hint)
@@ -268,15 +269,6 @@ def users_create(
             platform.billing.subscriptions.subscribe_paid(
                 conn, user_id=user.id, wallet_id=wallet, plan_id=plan, backend="sandbox"
             )
-        audit.record(
-            conn,
-            actor=CLI_ACTOR,
-            action="user.create",
-            target=user.id,
-            reason=None,
-            now=platform.clock.now(),
-            data={"email": user.email, "role": user.role, "plan": plan},
-        )
     typer.echo(f"created {user.role} {user.email} ({user.id})" + (f" on {plan}" if plan else ""))
 
 
@@ -284,11 +276,9 @@ def _set_status(email: str, status: Status, reason: str | None) -> None:
     with _platform() as platform, platform.db.write() as conn:
         user = platform.accounts.get_by_email(conn, email)
         if status == "suspended":
-            platform.suspensions.suspend(conn, user, actor=CLI_ACTOR, reason=reason or "")
+            platform.suspensions.suspend(conn, user.id, actor=CLI_ACTOR, reason=reason or "")
         else:
-            platform.suspensions.reinstate(conn, user, actor=CLI_ACTOR)
-            # The review is over, as when an admin reinstates through the API.
-            platform.fairuse.resolve_flags(conn, user.id, actor=CLI_ACTOR)
+            platform.suspensions.reinstate(conn, user.id, actor=CLI_ACTOR)
     typer.echo(f"{user.email} is now {status}")
 
 
@@ -332,7 +322,6 @@ def users_set_password(email: str, password: PasswordOption = None) -> None:
     with _platform() as platform, platform.db.write() as conn:
         user = platform.accounts.get_by_email(conn, email)
         platform.accounts.set_password(conn, user, password or "", actor=CLI_ACTOR)
-        platform.credentials.close_all_sessions(conn, user.id)
     typer.echo(f"password of {user.email} changed; their sessions are ended")
 
 
@@ -356,23 +345,15 @@ def credits_grant(
         expires_at = expires_at.replace(tzinfo=UTC)
     with _platform() as platform, platform.db.write() as conn:
         user = platform.accounts.get_by_email(conn, email)
-        wallet = platform.ledger.wallet_of(conn, "user", user.id)
-        result = platform.ledger.adjust(
+        result = platform.accounts.adjust_credits(
             conn,
-            wallet,
+            user.id,
             amount,
             reason=reason,
             expires_at=expires_at,
             idempotency_key=f"admin:{idempotency_key}",
-        )
-        audit.record(
-            conn,
             actor=CLI_ACTOR,
-            action="credits.adjust",
-            target=user.id,
-            reason=reason,
-            now=platform.clock.now(),
-            data={"amount": amount, "expires_at": expires_at, "key": idempotency_key},
+            key=idempotency_key,
         )
     typer.echo(f"{amount:+d} credits for {user.email}; available now {result.balance_after}")
 

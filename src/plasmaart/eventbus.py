@@ -28,17 +28,14 @@ import json
 import logging
 import re
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import Connection, select
-
 from plasmaart.db.engine import Database
-from plasmaart.db.listener import ListenerSettings, listen
-from plasmaart.db.tables import teams, wallets
+from plasmaart.db.listener import ListenerSettings, ListenerThread, listen
 
 if TYPE_CHECKING:
     pass  # imported where it listens: SQLite never loads it
@@ -300,10 +297,8 @@ class PostgresEventBus(InProcessEventBus):
         super().__init__()
         self._db = db
         self._conninfo = listener_conninfo(db)
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._listener = ListenerThread(CHANNEL, self._listen)
         self._listening = threading.Event()
-        self._start_lock = threading.Lock()
         # Events published, not yet sent: (type, NOTIFY payload).
         self._outbox: deque[tuple[str, str]] = deque()
         self._outbox_lock = threading.Lock()
@@ -389,23 +384,13 @@ class PostgresEventBus(InProcessEventBus):
     def start(self, wait: float = 5.0) -> None:
         """Start the listener thread (once) and wait up to ``wait`` seconds
         for it to be listening. If the database is down it keeps retrying."""
-        with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._stopping = threading.Event()
-                self._thread = threading.Thread(
-                    target=self._listen, args=(self._stopping,), name=CHANNEL, daemon=True
-                )
-                self._thread.start()
+        self._listener.start()
         if wait > 0:
             self._listening.wait(wait)
 
     def close(self) -> None:
         self.flush()  # what was published before closing is sent
-        with self._start_lock:
-            thread, self._thread = self._thread, None
-            self._stopping.set()
-        if thread is not None:
-            thread.join(timeout=10)
+        self._listener.stop()
 
     def _listen(self, stopping: threading.Event) -> None:
         listen(
@@ -447,54 +432,3 @@ def create_event_bus(db: Database) -> EventBus:
     if db.is_sqlite:
         return InProcessEventBus()
     return PostgresEventBus(db)
-
-
-# -- balance.updated ----------------------------------------------------------
-
-
-def _owner_user(conn: Connection, wallet_id: str) -> str | None:
-    """The user who owns ``wallet_id``: its user, or its team's owner."""
-    row = conn.execute(
-        select(wallets.c.owner_kind, wallets.c.owner_id).where(wallets.c.id == wallet_id)
-    ).first()
-    if row is None:
-        return None
-    if row.owner_kind == "user":
-        return str(row.owner_id)
-    owner = conn.execute(select(teams.c.owner_id).where(teams.c.id == row.owner_id)).scalar()
-    return None if owner is None else str(owner)
-
-
-class BalanceEvents:
-    """A ledger balance listener: ``balance.updated`` to the wallet's owner.
-
-    Called after commit with ``(wallet_id, available, held)``. Wallets never
-    change owner, so owners are cached (bounded, most recently used kept).
-    """
-
-    CACHE_SIZE = 10_000
-
-    def __init__(self, db: Database, events: EventBus) -> None:
-        self._db = db
-        self._events = events
-        self._owners: OrderedDict[str, str | None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def owner_of(self, wallet_id: str) -> str | None:
-        with self._lock:
-            if wallet_id in self._owners:
-                self._owners.move_to_end(wallet_id)
-                return self._owners[wallet_id]
-        with self._db.read() as conn:
-            owner = _owner_user(conn, wallet_id)
-        if owner is not None:  # an unknown wallet may yet be created: not cached
-            with self._lock:
-                self._owners[wallet_id] = owner
-                while len(self._owners) > self.CACHE_SIZE:
-                    self._owners.popitem(last=False)
-        return owner
-
-    def __call__(self, wallet_id: str, available: int, held: int) -> None:
-        owner = self.owner_of(wallet_id)
-        if owner is not None:
-            self._events.publish([owner], "balance.updated", {"available": available, "held": held})

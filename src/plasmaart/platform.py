@@ -26,12 +26,13 @@ from plasmaart.fairuse.suspension import SuspensionService
 from plasmaart.generation.providers.base import Provider
 from plasmaart.generation.service import GenerationService
 from plasmaart.generation.submission import SubmissionService
+from plasmaart.generation.uploads import UploadService
 from plasmaart.generation.wakeups import PollWakeups
 from plasmaart.ledger.service import LedgerService
 from plasmaart.media.storage import Storage
 from plasmaart.notify.email import Mailer
 from plasmaart.notify.notifications import NotificationService
-from plasmaart.notify.outbox import Outbox
+from plasmaart.outbox import Outbox
 from plasmaart.teams.service import TeamService
 
 
@@ -66,6 +67,8 @@ class Platform:
     suspensions: SuspensionService
     # Submissions and quotes as the API makes them (generation/submission.py).
     submissions: SubmissionService
+    # Input images users upload (generation/uploads.py).
+    uploads: UploadService
     # The per-process caches and their invalidation (caches.py).
     caches: CacheHub
     # API key or session → user, cached (accounts/principals.py).
@@ -73,8 +76,7 @@ class Platform:
 
     def close(self) -> None:
         self.principals.close()  # writes the keys' last uses it still holds
-        if self.fairuse.flusher is not None:
-            self.fairuse.flusher.stop()  # writes the signals still queued
+        self.fairuse.flusher.stop()  # writes the signals still queued
         if isinstance(self.clock, SandboxTestClock):
             self.clock.close()
         self.wakeups.close()

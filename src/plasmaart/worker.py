@@ -26,8 +26,8 @@ from plasmaart.generation import queue
 from plasmaart.generation.queue import Claim
 from plasmaart.generation.runner import JobRunner
 from plasmaart.ledger.tasks import expire_due_lots
+from plasmaart.notify.delivery import DeliveryResult, OutboxDelivery
 from plasmaart.notify.notices import queue_expiry_notices, queue_low_balance_notices
-from plasmaart.notify.outbox import DeliveryResult, OutboxDelivery
 from plasmaart.platform import Platform
 
 log = logging.getLogger(__name__)

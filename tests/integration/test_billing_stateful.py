@@ -59,17 +59,15 @@ from sqlalchemy import select
 
 from plasmaart.billing.repository import Payment
 from plasmaart.billing.tasks import run_billing_clock
-from plasmaart.bootstrap import bootstrap
 from plasmaart.catalog import PlanSpec
 from plasmaart.clock import ManualClock
-from plasmaart.config import Settings
 from plasmaart.db.tables import lots
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.ledger.tasks import expire_due_lots
 from plasmaart.platform import Platform
-from plasmaart.web.app import create_app
 from tests.support.accounts import TestUser, make_user
-from tests.support.fake_stripe import SECRET_KEY, WEBHOOK_SECRET, FakeStripe
+from tests.support.fake_stripe import FakeStripe
+from tests.support.platforms import api_client, running_platform, settings_for
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 PAID_PLANS = ["starter", "pro", "studio"]
@@ -123,24 +121,10 @@ def stateful_platform(
     tmp_path: Path,
     fake: FakeStripe,
 ) -> Iterator[Platform]:
-    extra: dict[str, Any] = {}
-    if billing == "stripe":
-        extra = {
-            "billing": "stripe",
-            "stripe_secret_key": SECRET_KEY,
-            "stripe_webhook_secret": WEBHOOK_SECRET,
-            "stripe_api_base": fake.url,
-            "stripe_return_url": "http://127.0.0.1:8000/billing",
-        }
-    built = bootstrap(
-        Settings(database_url=database_url, var_dir=tmp_path / "var", **extra),
-        clock=stateful_clock,
-        migrate=False,
-    )
-    try:
+    extra = fake.platform_settings() if billing == "stripe" else {}
+    settings = settings_for(database_url, tmp_path / "var", **extra)
+    with running_platform(settings, stateful_clock) as built:
         yield built
-    finally:
-        built.close()
 
 
 def billing_machine(
@@ -327,7 +311,7 @@ def test_no_plan_changes_buy_credits_below_their_price(
     stateful_clock: ManualClock,
     fake: FakeStripe,
 ) -> None:
-    with TestClient(create_app(stateful_platform, embedded_worker=False)) as client:
+    with api_client(stateful_platform) as client:
         run_state_machine_as_test(
             billing_machine(stateful_platform, client, stateful_clock, fake, billing),
             settings=SETTINGS,

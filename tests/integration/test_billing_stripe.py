@@ -22,18 +22,17 @@ from plasmaart.billing import create_backends
 from plasmaart.billing.clawbacks import ClawbackOutcome
 from plasmaart.billing.repository import Subscription
 from plasmaart.billing.stripe import StripeBackend
-from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
 from plasmaart.config import ConfigError, Settings
 from plasmaart.db.tables import audit_log, stripe_events
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.platform import Platform
 from plasmaart.web.api.stripe_billing import _receive
-from plasmaart.web.app import create_app
 from plasmaart.worker import Worker
 from tests.support.accounts import TestUser, make_user
 from tests.support.fake_stripe import SECRET_KEY, WEBHOOK_SECRET, FakeStripe
 from tests.support.matrix import changes, snapshot
+from tests.support.platforms import api_client, running_platform, settings_for
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)
 WEBHOOK = "/v1/webhooks/stripe"
@@ -49,32 +48,16 @@ def fake(clock: ManualClock) -> Iterator[FakeStripe]:
 
 
 def stripe_settings(database_url: str, tmp_path: Path, fake: FakeStripe) -> Settings:
-    return Settings(
-        database_url=database_url,
-        var_dir=tmp_path / "var",
-        billing="stripe",
-        stripe_secret_key=SECRET_KEY,
-        stripe_webhook_secret=WEBHOOK_SECRET,
-        stripe_api_base=fake.url,
-        stripe_return_url="http://127.0.0.1:8000/billing",
-    )
+    return settings_for(database_url, tmp_path / "var", **fake.platform_settings())
 
 
 @pytest.fixture
 def platform(
     database_url: str, clock: ManualClock, tmp_path: Path, fake: FakeStripe
 ) -> Iterator[Platform]:
-    built = bootstrap(stripe_settings(database_url, tmp_path, fake), clock=clock, migrate=False)
-    try:
+    """Under Stripe billing (conftest's ``client`` serves this platform)."""
+    with running_platform(stripe_settings(database_url, tmp_path, fake), clock) as built:
         yield built
-    finally:
-        built.close()
-
-
-@pytest.fixture
-def client(platform: Platform) -> Iterator[TestClient]:
-    with TestClient(create_app(platform, embedded_worker=False)) as test_client:
-        yield test_client
 
 
 def deliver(client: TestClient, fake: FakeStripe, event: dict[str, Any]) -> Response:
@@ -444,24 +427,19 @@ def test_events_of_unknown_customers_are_recorded_no_ops(
 def test_the_webhook_is_absent_under_sandbox_billing(
     database_url: str, clock: ManualClock, tmp_path: Path, fake: FakeStripe
 ) -> None:
-    sandbox = bootstrap(
-        Settings(database_url=database_url, var_dir=tmp_path / "sandbox"),
-        clock=clock,
-        migrate=False,
-    )
-    try:
-        with TestClient(create_app(sandbox, embedded_worker=False)) as test_client:
-            event = fake.event("customer.created", {"id": "cus_x"})
-            response = deliver(test_client, fake, event)
-            assert (response.status_code, response.json()["code"]) == (404, "not_found")
-            user = make_user(sandbox, "sam@example.com")
-            response = test_client.post("/v1/billing/portal", headers=user.auth)
-            assert (response.status_code, response.json()["code"]) == (
-                409,
-                "billing_portal_unavailable",
-            )
-    finally:
-        sandbox.close()
+    with (
+        running_platform(settings_for(database_url, tmp_path / "sandbox"), clock) as sandbox,
+        api_client(sandbox) as test_client,
+    ):
+        event = fake.event("customer.created", {"id": "cus_x"})
+        response = deliver(test_client, fake, event)
+        assert (response.status_code, response.json()["code"]) == (404, "not_found")
+        user = make_user(sandbox, "sam@example.com")
+        response = test_client.post("/v1/billing/portal", headers=user.auth)
+        assert (response.status_code, response.json()["code"]) == (
+            409,
+            "billing_portal_unavailable",
+        )
 
 
 # -- refunds and disputes ------------------------------------------------------------
@@ -471,7 +449,7 @@ def test_refunds_and_disputes_claw_back_what_remains(
     platform: Platform, client: TestClient, fake: FakeStripe
 ) -> None:
     heard: list[ClawbackOutcome] = []
-    platform.billing.clawbacks.listeners.append(lambda _conn, outcome: heard.append(outcome))
+    platform.billing.hooks.listen_to_clawbacks(lambda _conn, outcome: heard.append(outcome))
     kai = make_user(platform, "kai@example.com")
     first = checkout(client, fake, "/v1/credit-purchases", {"pack": "pack-1000"}, kai)
     second = checkout(client, fake, "/v1/credit-purchases", {"pack": "pack-3000"}, kai)
@@ -518,7 +496,7 @@ def test_a_refunded_subscription_invoice_claws_back_its_credits(
     platform: Platform, client: TestClient, fake: FakeStripe
 ) -> None:
     heard: list[ClawbackOutcome] = []
-    platform.billing.clawbacks.listeners.append(lambda _conn, outcome: heard.append(outcome))
+    platform.billing.hooks.listen_to_clawbacks(lambda _conn, outcome: heard.append(outcome))
     kai = make_user(platform, "kai@example.com")
     stripe_sub, _session = subscribe(client, fake, kai, "pro")
     assert state(platform, kai)[:2] == (5000, "pro")

@@ -22,16 +22,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 
 from plasmaart import caches
-from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock, as_utc
-from plasmaart.config import Settings
 from plasmaart.db.tables import api_keys
 from plasmaart.ledger import service as ledger_service
 from plasmaart.ledger.errors import WalletNotFound
 from plasmaart.ledger.service import LedgerService
 from plasmaart.platform import Platform
-from plasmaart.web.app import create_app
 from tests.support.accounts import TestUser, make_user
+from tests.support.platforms import api_client, running_platform, settings_for
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)
 ONE_IMAGE = {
@@ -55,18 +53,14 @@ def long_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def other(database_url: str, clock: ManualClock, tmp_path: Path) -> Iterator[Platform]:
     """A second process on the same database."""
-    settings = Settings(database_url=database_url, var_dir=tmp_path / "var-other")
-    built = bootstrap(settings, clock=clock, migrate=False)
-    built.caches.start(wait=5)  # on PostgreSQL: listening, as a server is once started
-    try:
+    with running_platform(settings_for(database_url, tmp_path / "var-other"), clock) as built:
+        built.caches.start(wait=5)  # on PostgreSQL: listening, as a server is once started
         yield built
-    finally:
-        built.close()
 
 
 @pytest.fixture
 def other_client(other: Platform) -> Iterator[TestClient]:
-    with TestClient(create_app(other, embedded_worker=False)) as test_client:
+    with api_client(other) as test_client:
         yield test_client
 
 
@@ -163,20 +157,13 @@ def test_the_last_uses_noted_are_written_at_shutdown(
     database_url: str, clock: ManualClock, tmp_path: Path
 ) -> None:
     clock.set(JAN_1)
-    settings = Settings(database_url=database_url, var_dir=tmp_path / "var")
-    built = bootstrap(settings, clock=clock, migrate=False)
-    try:
+    settings = settings_for(database_url, tmp_path / "var")
+    with running_platform(settings, clock) as built:
         kai = make_user(built, "kai@example.com")
-        with TestClient(create_app(built, embedded_worker=False)) as test_client:
+        with api_client(built) as test_client:
             assert status_of(test_client, kai) == 200
-    finally:
-        built.close()
-    again = bootstrap(settings, clock=clock, migrate=False)
-    try:
-        with again.db.read() as conn:
-            used = conn.execute(select(api_keys.c.last_used_at)).scalar_one()
-    finally:
-        again.close()
+    with running_platform(settings, clock) as again, again.db.read() as conn:
+        used = conn.execute(select(api_keys.c.last_used_at)).scalar_one()
     assert used is not None
     assert as_utc(used) == JAN_1
 

@@ -37,7 +37,7 @@ from plasmaart.clock import ManualClock
 from plasmaart.db.tables import api_keys, notification_outbox, uploads, users
 from plasmaart.media import uploads as upload_rules
 from plasmaart.media.uploads import MAX_UPLOAD_BYTES
-from plasmaart.notify.outbox import OutboxDelivery
+from plasmaart.notify.delivery import OutboxDelivery
 from plasmaart.platform import Platform
 from tests.support.accounts import PASSWORD, TestUser, make_user
 from tests.support.live_server import live_server

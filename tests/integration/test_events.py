@@ -15,24 +15,23 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from plasmaart import eventbus as bus_module
-from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
-from plasmaart.config import Settings
 from plasmaart.db.engine import normalise_url
 from plasmaart.eventbus import (
     NOTIFY_LIMIT,
-    BalanceEvents,
     Event,
     InProcessEventBus,
     PostgresEventBus,
     notify_payloads,
 )
 from plasmaart.generation.service import GenerationRequest
+from plasmaart.ledger import repository as ledger_repo
+from plasmaart.ledger.balance_events import BalanceEvents
 from plasmaart.platform import Platform
 from plasmaart.web.api import events as events_api
 from tests.support.accounts import TestUser, make_user
 from tests.support.live_server import WAIT_S, EventStream, live_server, open_stream
+from tests.support.platforms import running_platform, settings_for
 
 HEARTBEAT_S = 0.2
 
@@ -57,13 +56,8 @@ def publisher(
     if platform.db.is_sqlite:
         yield platform
         return
-    other = bootstrap(
-        Settings(database_url=database_url, var_dir=tmp_path / "other"), clock=clock, migrate=False
-    )
-    try:
+    with running_platform(settings_for(database_url, tmp_path / "other"), clock) as other:
         yield other
-    finally:
-        other.close()
 
 
 def grant(platform: Platform, user: TestUser, credits: int, key: str) -> None:
@@ -320,7 +314,7 @@ def test_balance_events_resolve_each_owner_once(
     alice = make_user(platform, "alice@example.com")
     published: list[tuple[list[str], str, dict[str, Any]]] = []
     lookups: list[str] = []
-    real_lookup = bus_module._owner_user
+    real_lookup = ledger_repo.wallet_owner_user
 
     def counted_lookup(conn: Any, wallet_id: str) -> str | None:
         lookups.append(wallet_id)
@@ -330,7 +324,7 @@ def test_balance_events_resolve_each_owner_once(
         def publish(self, user_ids: Any, type: str, data: Any) -> None:
             published.append((list(user_ids), type, dict(data)))
 
-    monkeypatch.setattr(bus_module, "_owner_user", counted_lookup)
+    monkeypatch.setattr(ledger_repo, "wallet_owner_user", counted_lookup)
     listener = BalanceEvents(platform.db, Recorder())
     listener(alice.wallet_id, 9, 1)
     listener(alice.wallet_id, 8, 2)

@@ -8,14 +8,9 @@ that paid). docs/fair-use.md has the confusion table
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
-from plasmaart.config import Settings
 from plasmaart.platform import Platform
 from tests.support.fairuse_corpus import Scenario, abuse_corpus, normal_corpus
 from tests.support.fairuse_replay import replay
@@ -25,21 +20,11 @@ from tests.support.fairuse_replay import replay
 NORMAL_ANSWERS = {200, 201, 402, 422}
 
 
-@pytest.fixture
-def fresh(database_url: str, clock: ManualClock, tmp_path: Path) -> Iterator[Platform]:
-    settings = Settings(database_url=database_url, var_dir=tmp_path / "var")
-    built = bootstrap(settings, clock=clock, migrate=False)
-    try:
-        yield built
-    finally:
-        built.close()
-
-
 @pytest.mark.parametrize("scenario", normal_corpus(), ids=lambda s: s.name)
 def test_normal_work_is_never_flagged_nor_suspended(
-    fresh: Platform, clock: ManualClock, scenario: Scenario
+    platform: Platform, clock: ManualClock, scenario: Scenario
 ) -> None:
-    result = replay(fresh, clock, scenario)
+    result = replay(platform, clock, scenario)
     for name, actor in result.actors.items():
         assert actor.outcome == "clear", (name, actor)
         assert set(actor.answers) <= NORMAL_ANSWERS, (name, actor.answers)
@@ -48,8 +33,8 @@ def test_normal_work_is_never_flagged_nor_suspended(
 
 
 @pytest.mark.parametrize("scenario", abuse_corpus(), ids=lambda s: s.name)
-def test_abuse_is_caught(fresh: Platform, clock: ManualClock, scenario: Scenario) -> None:
-    result = replay(fresh, clock, scenario)
+def test_abuse_is_caught(platform: Platform, clock: ManualClock, scenario: Scenario) -> None:
+    result = replay(platform, clock, scenario)
     assert result.outcome == scenario.expect, (result.outcome, result.signals)
     if scenario.family == "exploitation":
         exploit = {"clawback", "payment_declined", "plan_cycling"}

@@ -16,9 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from plasmaart.accounts.service import UserNotFound
-from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
-from plasmaart.config import Settings
 from plasmaart.db.tables import abuse_flags, abuse_signals, generations
 from plasmaart.fairuse.service import Assessment
 from plasmaart.generation.service import GenerationRequest
@@ -26,6 +24,7 @@ from plasmaart.ledger.invariants import check_ledger
 from plasmaart.platform import Platform
 from plasmaart.web.app import create_app
 from tests.support.accounts import TestUser, make_user
+from tests.support.platforms import running_platform, settings_for
 
 THREADS = 8
 
@@ -33,15 +32,11 @@ THREADS = 8
 @pytest.fixture
 def platform(database_url: str, clock: ManualClock, tmp_path: Path) -> Iterator[Platform]:
     # clawback: 40 points each; flag at 40, suspend at 120 (three).
-    settings = Settings(
-        database_url=database_url,
-        var_dir=tmp_path / "var",
-        fairuse_flag_score=40,
-        fairuse_suspend_score=120,
+    settings = settings_for(
+        database_url, tmp_path / "var", fairuse_flag_score=40, fairuse_suspend_score=120
     )
-    built = bootstrap(settings, clock=clock, migrate=False)
-    yield built
-    built.close()
+    with running_platform(settings, clock) as built:
+        yield built
 
 
 def clawback(platform: Platform, user: TestUser, payment_id: str) -> Assessment:

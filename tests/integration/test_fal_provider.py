@@ -24,16 +24,15 @@ from plasmaart.generation.providers.base import (
     ProviderStatus,
     ProviderUnavailable,
 )
-from plasmaart.generation.providers.fal.client import (
-    FAL_INPUTS,
+from plasmaart.generation.providers.fal.arguments import FAL_INPUTS, fal_arguments
+from plasmaart.generation.providers.fal.client import FalProvider, app_id
+from plasmaart.generation.providers.fal.verification import (
     JWKS_MIN_REFRESH,
     JWKS_TTL,
     WEBHOOK_HEADERS,
-    FalProvider,
     JwksCache,
-    app_id,
-    fal_arguments,
     parse_webhook,
+    signed_by_fal,
     verify_webhook,
 )
 from plasmaart.media.metadata import probe_mp4
@@ -434,7 +433,7 @@ def test_a_signed_webhook_verifies_and_carries_the_outputs(
 ) -> None:
     request_id = webhook_request(fake, fal)
     (delivery,) = fake.deliveries
-    assert fal.webhook_verified(delivery.headers, delivery.body, clock.now())
+    assert signed_by_fal(fal.jwks, delivery.headers, delivery.body, clock.now())
 
     webhook = parse_webhook(delivery.body)
     assert webhook.request_id == request_id
@@ -448,7 +447,7 @@ def test_a_failed_request_webhook_reads_failed_with_fal_messages(
 ) -> None:
     webhook_request(fake, fal, result_error=FalError.validation(("prompt", "field required")))
     (delivery,) = fake.deliveries
-    assert fal.webhook_verified(delivery.headers, delivery.body, clock.now())
+    assert signed_by_fal(fal.jwks, delivery.headers, delivery.body, clock.now())
     assert parse_webhook(delivery.body).status == ProviderStatus(
         "failed", error="prompt: field required"
     )
@@ -460,7 +459,7 @@ def test_webhook_signed_with_another_key_is_refused(
     request_id = webhook_request(fake, fal)
     body = fake.deliveries[0].body
     forged = fake.signed_headers(request_id, body, key=Ed25519PrivateKey.generate())
-    assert not fal.webhook_verified(forged, body, clock.now())
+    assert not signed_by_fal(fal.jwks, forged, body, clock.now())
     # Keys that do not include the signer refuse even the genuine webhook.
     genuine = fake.deliveries[0].headers
     assert verify_webhook(genuine, body, fake.jwks()["keys"], clock.now())
@@ -474,8 +473,8 @@ def test_webhook_with_a_tampered_body_is_refused(
     delivery = fake.deliveries[0]
     tampered = json.loads(delivery.body)
     tampered["payload"]["images"][0]["url"] = "https://evil.example/x.png"
-    assert not fal.webhook_verified(delivery.headers, json.dumps(tampered).encode(), clock.now())
-    assert not fal.webhook_verified(delivery.headers, delivery.body + b" ", clock.now())
+    assert not signed_by_fal(fal.jwks, delivery.headers, json.dumps(tampered).encode(), clock.now())
+    assert not signed_by_fal(fal.jwks, delivery.headers, delivery.body + b" ", clock.now())
 
 
 def test_webhook_timestamp_must_be_within_five_minutes(
@@ -498,7 +497,7 @@ def test_webhook_missing_a_header_is_refused(
     delivery = fake.deliveries[0]
     headers = {name: value for name, value in delivery.headers.items() if name != missing}
     assert len(headers) == len(delivery.headers) - 1
-    assert not fal.webhook_verified(headers, delivery.body, clock.now())
+    assert not signed_by_fal(fal.jwks, headers, delivery.body, clock.now())
 
 
 @pytest.mark.parametrize(
@@ -515,7 +514,9 @@ def test_webhook_with_a_changed_header_is_refused(
 ) -> None:
     webhook_request(fake, fal)
     delivery = fake.deliveries[0]
-    assert not fal.webhook_verified({**delivery.headers, header: value}, delivery.body, clock.now())
+    assert not signed_by_fal(
+        fal.jwks, {**delivery.headers, header: value}, delivery.body, clock.now()
+    )
 
 
 def test_duplicate_webhooks_verify_alike(
@@ -525,7 +526,7 @@ def test_duplicate_webhooks_verify_alike(
     first, second = fake.deliveries
     assert first.body == second.body
     for delivery in (first, second):
-        assert fal.webhook_verified(delivery.headers, delivery.body, clock.now())
+        assert signed_by_fal(fal.jwks, delivery.headers, delivery.body, clock.now())
         assert parse_webhook(delivery.body).request_id == request_id
 
 
@@ -536,7 +537,7 @@ def test_a_request_completed_by_polling_also_calls_its_webhook(
     poll_until_done(fal, "flux-schnell", request_id)
     (delivery,) = fake.deliveries
     assert delivery.headers["x-fal-webhook-request-id"] == request_id
-    assert fal.webhook_verified(delivery.headers, delivery.body, clock.now())
+    assert signed_by_fal(fal.jwks, delivery.headers, delivery.body, clock.now())
 
 
 def test_parse_webhook_refuses_what_is_not_a_fal_webhook() -> None:
@@ -582,7 +583,7 @@ def test_a_rotated_key_is_picked_up_but_not_refetched_for_every_forgery(
 ) -> None:
     webhook_request(fake, fal)
     old = fake.deliveries[0]
-    assert fal.webhook_verified(old.headers, old.body, clock.now())
+    assert signed_by_fal(fal.jwks, old.headers, old.body, clock.now())
     assert fake.jwks_fetches == 1
 
     fake.rotate_key()
@@ -590,10 +591,10 @@ def test_a_rotated_key_is_picked_up_but_not_refetched_for_every_forgery(
     new = fake.deliveries[1]
     assert new.headers["x-fal-webhook-request-id"] == new_id
     # Keys this fresh are not fetched again: a burst of bad webhooks costs nothing.
-    assert not fal.webhook_verified(new.headers, new.body, clock.now())
+    assert not signed_by_fal(fal.jwks, new.headers, new.body, clock.now())
     assert fake.jwks_fetches == 1
 
     clock.advance(JWKS_MIN_REFRESH)
     resent = fake.signed_headers(new_id, new.body)
-    assert fal.webhook_verified(resent, new.body, clock.now())
+    assert signed_by_fal(fal.jwks, resent, new.body, clock.now())
     assert fake.jwks_fetches == 2

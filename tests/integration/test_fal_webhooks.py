@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,14 +19,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
 from plasmaart.config import Settings
 from plasmaart.db.tables import fal_webhooks, generations
+from plasmaart.generation.providers.fal.client import FalProvider
+from plasmaart.generation.providers.fal.webhooks import FalWebhook, FalWebhooks
 from plasmaart.generation.runner import JobRunner
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.platform import Platform
-from plasmaart.web.app import create_app
 from plasmaart.web.problems import PROBLEM_JSON
 from plasmaart.worker import Worker
 from tests.support.accounts import make_user
@@ -34,6 +34,7 @@ from tests.support.fake_fal import Behaviour, Delivery, FakeFal
 from tests.support.live_server import live_server
 from tests.support.matrix import changes, snapshot
 from tests.support.pgserver import free_port
+from tests.support.platforms import api_client, running_platform, settings_for
 
 T = TypeVar("T")
 URL = "/v1/webhooks/fal"
@@ -44,17 +45,8 @@ PARAMS = {"seed": 7, "aspect_ratio": "1:1"}
 
 
 def fal_settings(database_url: str, tmp_path: Path, fake: FakeFal, **extra: Any) -> Settings:
-    values: dict[str, Any] = {
-        "database_url": database_url,
-        "var_dir": tmp_path / "var",
-        "provider": "fal",
-        "fal_key": fake.key,
-        "fal_base_url": fake.url,
-        "fal_jwks_url": fake.jwks_url,
-        "fal_webhook_url": fake.webhook_sink_url,
-        **extra,
-    }
-    return Settings(**values)
+    values = {**fake.platform_settings(), "fal_webhook_url": fake.webhook_sink_url, **extra}
+    return settings_for(database_url, tmp_path / "var", **values)
 
 
 @pytest.fixture
@@ -66,20 +58,12 @@ def fake(clock: ManualClock) -> Iterator[FakeFal]:
 
 
 @pytest.fixture
-def fal_platform(
+def platform(
     database_url: str, clock: ManualClock, tmp_path: Path, fake: FakeFal
 ) -> Iterator[Platform]:
-    built = bootstrap(fal_settings(database_url, tmp_path, fake), clock=clock, migrate=False)
-    try:
+    """With the fal provider (conftest's ``client`` serves this platform)."""
+    with running_platform(fal_settings(database_url, tmp_path, fake), clock) as built:
         yield built
-    finally:
-        built.close()
-
-
-@pytest.fixture
-def fal_client(fal_platform: Platform) -> Iterator[TestClient]:
-    with TestClient(create_app(fal_platform, embedded_worker=False)) as test_client:
-        yield test_client
 
 
 def wait_for(value: Callable[[], T | None], what: str, timeout: float = WAIT_S) -> T:
@@ -174,9 +158,9 @@ def running_job(
 
 
 def test_a_genuine_delivery_wakes_the_job_and_a_replay_changes_nothing(
-    fal_platform: Platform, fal_client: TestClient, fake: FakeFal
+    platform: Platform, client: TestClient, fake: FakeFal
 ) -> None:
-    with running_job(fal_platform, fake) as (generation_id, request_id):
+    with running_job(platform, fake) as (generation_id, request_id):
         submitted = fake.requests[request_id]
         # The worker asked fal to call the configured URL back.
         assert submitted.webhook_url == fake.webhook_sink_url
@@ -185,14 +169,12 @@ def test_a_genuine_delivery_wakes_the_job_and_a_replay_changes_nothing(
         fake.complete(request_id)
         (delivery,) = fake.deliveries
 
-        first = post(fal_client, delivery)
+        first = post(client, delivery)
         assert first.status_code == 200, first.text
         assert first.json() == {"request_id": request_id, "outcome": "woken"}
 
         done = wait_for(
-            lambda: (
-                row if (row := generation_row(fal_platform, generation_id)).finished_at else None
-            ),
+            lambda: row if (row := generation_row(platform, generation_id)).finished_at else None,
             "the woken job to finish",
         )
         assert time.monotonic() - started < LONG_POLL_S / 4
@@ -201,11 +183,11 @@ def test_a_genuine_delivery_wakes_the_job_and_a_replay_changes_nothing(
         # One poll after the webhook read the result from fal's API.
         assert submitted.polls == polls_before + 1
 
-        again = post(fal_client, delivery)
+        again = post(client, delivery)
         assert again.status_code == 200
         assert again.json() == {"request_id": request_id, "outcome": "duplicate"}
 
-    (row,) = recorded(fal_platform)
+    (row,) = recorded(platform)
     assert (row.request_id, row.generation_id, row.result, row.outcome) == (
         request_id,
         generation_id,
@@ -215,61 +197,90 @@ def test_a_genuine_delivery_wakes_the_job_and_a_replay_changes_nothing(
 
 
 def test_a_delivery_for_a_finished_generation_is_recorded_and_changes_nothing(
-    fal_platform: Platform, fal_client: TestClient, fake: FakeFal
+    platform: Platform, client: TestClient, fake: FakeFal
 ) -> None:
-    with running_job(fal_platform, fake) as (generation_id, request_id):
+    with running_job(platform, fake) as (generation_id, request_id):
         fake.complete(request_id)
-        fal_platform.wakeups.wake(generation_id)  # as a poll at its interval would
-        wait_for(
-            lambda: generation_row(fal_platform, generation_id).finished_at, "the job to finish"
-        )
-    before = generation_row(fal_platform, generation_id)
-    answer = post(fal_client, fake.deliveries[0])
+        platform.wakeups.wake(generation_id)  # as a poll at its interval would
+        wait_for(lambda: generation_row(platform, generation_id).finished_at, "the job to finish")
+    before = generation_row(platform, generation_id)
+    answer = post(client, fake.deliveries[0])
     assert answer.json() == {"request_id": request_id, "outcome": "finished"}
-    assert generation_row(fal_platform, generation_id) == before
-    assert [row.outcome for row in recorded(fal_platform)] == ["finished"]
+    assert generation_row(platform, generation_id) == before
+    assert [row.outcome for row in recorded(platform)] == ["finished"]
 
 
 def test_an_unknown_request_id_is_recorded_and_acknowledged(
-    fal_platform: Platform, fal_client: TestClient, fake: FakeFal
+    platform: Platform, client: TestClient, fake: FakeFal
 ) -> None:
     headers, body = signed_body(fake, "req-nobody-knows")
-    answer = fal_client.post(URL, content=body, headers=headers)
+    answer = client.post(URL, content=body, headers=headers)
     assert answer.status_code == 200
     assert answer.json() == {"request_id": "req-nobody-knows", "outcome": "unknown_request"}
-    again = fal_client.post(URL, content=body, headers=headers)
+    again = client.post(URL, content=body, headers=headers)
     assert again.json() == {"request_id": "req-nobody-knows", "outcome": "duplicate"}
-    (row,) = recorded(fal_platform)
+    (row,) = recorded(platform)
     assert (row.generation_id, row.result, row.outcome) == (None, "succeeded", "unknown_request")
 
 
 def test_a_test_clock_jump_does_not_make_fals_signatures_stale(
-    fal_platform: Platform, fal_client: TestClient, fake: FakeFal, clock: ManualClock
+    platform: Platform, client: TestClient, fake: FakeFal, clock: ManualClock
 ) -> None:
     """fal stamps its webhooks with real time; the sandbox test clock moves
     billing time only, so a delivery signed now is fresh after a jump."""
-    test_clock = fal_platform.billing.test_clock
+    test_clock = platform.billing.test_clock
     assert test_clock is not None
-    with fal_platform.db.write() as conn:
+    with platform.db.write() as conn:
         test_clock.advance(conn, timedelta(days=2))
-    assert fal_platform.clock.now() - clock.now() >= timedelta(days=2)
+    assert platform.clock.now() - clock.now() >= timedelta(days=2)
     headers, body = signed_body(fake, "req-after-the-jump")
-    answer = fal_client.post(URL, content=body, headers=headers)
+    answer = client.post(URL, content=body, headers=headers)
     assert answer.status_code == 200, answer.text
     assert answer.json()["outcome"] == "unknown_request"
 
 
 def test_an_error_or_payload_error_delivery_is_recorded_with_its_result(
-    fal_platform: Platform, fal_client: TestClient, fake: FakeFal
+    platform: Platform, client: TestClient, fake: FakeFal
 ) -> None:
     headers, body = signed_body(
         fake, "req-error", status="ERROR", payload={"detail": [{"msg": "refused"}]}
     )
-    assert fal_client.post(URL, content=body, headers=headers).status_code == 200
+    assert client.post(URL, content=body, headers=headers).status_code == 200
     headers, body = signed_body(fake, "req-too-big", payload=None, payload_error="too large")
-    assert fal_client.post(URL, content=body, headers=headers).status_code == 200
-    results = {row.request_id: row.result for row in recorded(fal_platform)}
+    assert client.post(URL, content=body, headers=headers).status_code == 200
+    results = {row.request_id: row.result for row in recorded(platform)}
     assert results == {"req-error": "failed", "req-too-big": "payload_error"}
+
+
+def test_racing_deliveries_of_one_webhook_record_it_once(platform: Platform) -> None:
+    """Deliveries of the same webhook recorded at the same moment: the
+    database's key makes all but one a ``duplicate``, none an error."""
+    provider = platform.provider
+    assert isinstance(provider, FalProvider)
+    webhooks = FalWebhooks(platform.job_clock, provider, platform.wakeups)
+    webhook = FalWebhook("req-raced", "succeeded")
+    racers = 4
+    start = threading.Barrier(racers)
+    outcomes: list[str] = []
+    errors: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            start.wait(timeout=WAIT_S)
+            with platform.db.write() as conn:
+                outcomes.append(webhooks.record(conn, webhook).outcome)
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deliver) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=WAIT_S)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    assert sorted(outcomes) == ["duplicate"] * (racers - 1) + ["unknown_request"]
+    assert [row.request_id for row in recorded(platform)] == ["req-raced"]
 
 
 # ----------------------------------------------------------------- refused
@@ -332,109 +343,101 @@ REFUSED = {
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_a_delivery_that_is_not_fals_is_refused_and_writes_nothing(
-    fal_platform: Platform, fal_client: TestClient, fake: FakeFal, case: str
+    platform: Platform, client: TestClient, fake: FakeFal, case: str
 ) -> None:
     headers, body = REFUSED[case](fake)
-    before = snapshot(fal_platform)
-    answer = fal_client.post(URL, content=body, headers=headers)
+    before = snapshot(platform)
+    answer = client.post(URL, content=body, headers=headers)
     assert answer.status_code == 400
     assert answer.headers["content-type"].startswith(PROBLEM_JSON)
     assert answer.json()["code"] == "invalid_signature"
-    assert changes(before, snapshot(fal_platform)) == []
+    assert changes(before, snapshot(platform)) == []
 
 
 def test_a_key_fal_rotated_in_is_fetched_again_and_accepted(
-    fal_platform: Platform, fal_client: TestClient, fake: FakeFal, clock: ManualClock
+    platform: Platform, client: TestClient, fake: FakeFal, clock: ManualClock
 ) -> None:
     headers, body = signed_body(fake, "req-before")
-    assert fal_client.post(URL, content=body, headers=headers).status_code == 200
+    assert client.post(URL, content=body, headers=headers).status_code == 200
     fetches = fake.jwks_fetches
     fake.rotate_key()
     clock.advance(timedelta(minutes=6))  # past the minimum time between fetches
     headers, body = signed_body(fake, "req-after")
-    answer = fal_client.post(URL, content=body, headers=headers)
+    answer = client.post(URL, content=body, headers=headers)
     assert answer.status_code == 200, answer.text
     assert fake.jwks_fetches == fetches + 1
 
 
 def test_a_signed_body_that_is_not_a_fal_webhook_is_refused(
-    fal_platform: Platform, fal_client: TestClient, fake: FakeFal
+    platform: Platform, client: TestClient, fake: FakeFal
 ) -> None:
     body = b'{"hello": "world"}'
-    before = snapshot(fal_platform)
-    answer = fal_client.post(URL, content=body, headers=fake.signed_headers("req-1", body))
+    before = snapshot(platform)
+    answer = client.post(URL, content=body, headers=fake.signed_headers("req-1", body))
     assert answer.status_code == 422
     assert answer.json()["code"] == "invalid_input"
-    assert changes(before, snapshot(fal_platform)) == []
+    assert changes(before, snapshot(platform)) == []
 
 
 def test_without_fals_keys_nothing_is_checked_or_written(
     database_url: str, clock: ManualClock, tmp_path: Path, fake: FakeFal
 ) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}/.well-known/jwks.json"
-    built = bootstrap(
-        fal_settings(database_url, tmp_path, fake, fal_jwks_url=nowhere), clock=clock, migrate=False
-    )
-    try:
-        with TestClient(create_app(built, embedded_worker=False)) as client:
+    settings = fal_settings(database_url, tmp_path, fake, fal_jwks_url=nowhere)
+    with running_platform(settings, clock) as built:
+        with api_client(built) as client:
             headers, body = signed_body(fake, "req-1")
             answer = client.post(URL, content=body, headers=headers)
         assert answer.status_code == 503
         assert answer.json()["code"] == "provider_unavailable"
         assert recorded(built) == []
-    finally:
-        built.close()
 
 
 # ------------------------------------------------------------- end to end
 
 
 def test_fals_own_delivery_wakes_a_worker_in_another_process(
-    backend: str, database_url: str, clock: ManualClock, tmp_path: Path, fake: FakeFal
+    backend: str,
+    database_url: str,
+    clock: ManualClock,
+    tmp_path: Path,
+    fake: FakeFal,
+    platform: Platform,
 ) -> None:
     """fal posts to a real server; the worker polls at once, not after its
     interval. On PostgreSQL the worker has a platform of its own (as another
     process does), so the wake-up crosses by LISTEN/NOTIFY."""
-    api = bootstrap(fal_settings(database_url, tmp_path, fake), clock=clock, migrate=False)
-    worker_side = (
-        api
-        if backend == "sqlite"
-        else bootstrap(
-            fal_settings(database_url, tmp_path / "worker", fake), clock=clock, migrate=False
+    with ExitStack() as stack:
+        worker_side = (
+            platform
+            if backend == "sqlite"
+            else stack.enter_context(
+                running_platform(fal_settings(database_url, tmp_path / "worker", fake), clock)
+            )
         )
-    )
-    try:
         with (
-            live_server(api) as base_url,
+            live_server(platform) as base_url,
             running_job(worker_side, fake, f"{base_url}{URL}") as (generation_id, request_id),
         ):
             assert fake.requests[request_id].webhook_url == f"{base_url}{URL}"
             started = time.monotonic()
             fake.complete(request_id)  # fal POSTs its signed webhook to the server
             done = wait_for(
-                lambda: finished(api, generation_id),
+                lambda: finished(platform, generation_id),
                 "the woken job to finish",
             )
             assert done.status == "succeeded"
             assert time.monotonic() - started < LONG_POLL_S / 4
-        (row,) = recorded(api)
-        assert (row.request_id, row.outcome) == (request_id, "woken")
-    finally:
-        if worker_side is not api:
-            worker_side.close()
-        api.close()
+    (row,) = recorded(platform)
+    assert (row.request_id, row.outcome) == (request_id, "woken")
 
 
 def test_without_a_webhook_url_the_worker_polls_as_before(
     database_url: str, clock: ManualClock, tmp_path: Path, fake: FakeFal
 ) -> None:
-    built = bootstrap(
-        fal_settings(database_url, tmp_path, fake, fal_webhook_url=None), clock=clock, migrate=False
-    )
-    try:
+    settings = fal_settings(database_url, tmp_path, fake, fal_webhook_url=None)
+    with running_platform(settings, clock) as built:
         runner = Worker(built).runner
         assert runner.webhook_url is None
         assert runner.wakeups is None
         assert runner.poll_interval_s == JobRunner.poll_interval_s
-    finally:
-        built.close()

@@ -16,9 +16,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
-from plasmaart.config import Settings
 from plasmaart.db.tables import generations
 from plasmaart.generation.runner import LEASE
 from plasmaart.generation.service import Generation, GenerationRequest
@@ -28,6 +26,7 @@ from plasmaart.platform import Platform
 from plasmaart.worker import Worker
 from tests.support.accounts import make_user
 from tests.support.fake_fal import Behaviour, FakeFal, FalError
+from tests.support.platforms import running_platform, settings_for
 
 FAST = {"sandbox": {"delay_s": 0}}
 
@@ -267,19 +266,9 @@ def fake_fal(clock: ManualClock) -> Iterator[FakeFal]:
 def fal_platform(
     database_url: str, clock: ManualClock, tmp_path: Path, fake_fal: FakeFal
 ) -> Iterator[Platform]:
-    settings = Settings(
-        database_url=database_url,
-        var_dir=tmp_path / "fal-var",
-        provider="fal",
-        fal_key=fake_fal.key,
-        fal_base_url=fake_fal.url,
-        fal_jwks_url=fake_fal.jwks_url,
-    )
-    built = bootstrap(settings, clock=clock, migrate=False)
-    try:
+    settings = settings_for(database_url, tmp_path / "fal-var", **fake_fal.platform_settings())
+    with running_platform(settings, clock) as built:
         yield built
-    finally:
-        built.close()
 
 
 def test_fal_files_answering_404_are_left_out_and_not_charged(

@@ -21,9 +21,9 @@ from sqlalchemy import select
 from plasmaart.billing.sandbox import SandboxBackend
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import notification_outbox
+from plasmaart.notify.delivery import LEASE, OutboxDelivery, retry_delay
 from plasmaart.notify.email import SmtpMailer
-from plasmaart.notify.notices import queue_expiry_notices, queue_low_balance_notices
-from plasmaart.notify.outbox import LEASE, OutboxDelivery, retry_delay
+from plasmaart.notify.notices import LowBalance, queue_expiry_notices, queue_low_balance_notices
 from plasmaart.platform import Platform
 from plasmaart.worker import Worker, run_notifications
 from tests.support.accounts import TestUser, make_user
@@ -152,13 +152,13 @@ def test_each_cause_is_queued_once(platform: Platform) -> None:
     kai = make_user(platform, "kai@example.com")
     with platform.db.write() as conn:
         first = platform.outbox.enqueue(
-            conn, cause_key="test:1", user_id=kai.id, kind="test", title="one", body="b"
+            conn, cause_key="test:1", user_id=kai.id, fact=LowBalance(10, 50)
         )
         second = platform.outbox.enqueue(
-            conn, cause_key="test:1", user_id=kai.id, kind="test", title="two", body="b"
+            conn, cause_key="test:1", user_id=kai.id, fact=LowBalance(20, 50)
         )
     assert (first, second) == (True, False)
-    assert [row.title for row in outbox_rows(platform)] == ["one"]
+    assert [row.title for row in outbox_rows(platform)] == ["Your balance is low: 10 credits"]
 
 
 def test_retried_with_backoff_while_the_smtp_server_is_down(

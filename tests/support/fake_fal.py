@@ -41,7 +41,6 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -51,9 +50,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from plasmaart.clock import Clock
 from plasmaart.media import sandbox_render as render
+from tests.support.http_fake import WAIT_S, Answer, HttpFake
 
 FAKE_USER_ID = "fake-fal-user"
-WAIT_S = 5.0
 
 # Small files keep the tests fast; the sides keep each aspect ratio.
 _IMAGE_SIDES = {
@@ -152,10 +151,13 @@ class FakeRequest:
     media: dict[int, tuple[str, bytes]] = field(default_factory=dict)
 
 
-class FakeFal:
+class FakeFal(HttpFake):
     """The fake server; use as a context manager."""
 
+    name = "fake-fal"
+
     def __init__(self, clock: Clock, key: str = "fake-fal-key") -> None:
+        super().__init__()
         self.clock = clock
         self.key = key
         self.default = Behaviour()
@@ -171,22 +173,6 @@ class FakeFal:
         self._scripted: deque[Behaviour] = deque()
         self._outbox: deque[FakeRequest] = deque()
         self._lock = threading.RLock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        # A short poll interval: shutdown waits for the loop's next turn.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.02,), name="fake-fal", daemon=True
-        )
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> FakeFal:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=WAIT_S)
 
     @property
     def jwks_url(self) -> str:
@@ -195,6 +181,15 @@ class FakeFal:
     @property
     def webhook_sink_url(self) -> str:
         return f"{self.url}/webhook-sink"
+
+    def platform_settings(self) -> dict[str, Any]:
+        """The settings (``Settings`` fields) of a platform whose provider is this fake."""
+        return {
+            "provider": "fal",
+            "fal_key": self.key,
+            "fal_base_url": self.url,
+            "fal_jwks_url": self.jwks_url,
+        }
 
     # -- driving it from a test --------------------------------------------
 
@@ -244,7 +239,7 @@ class FakeFal:
     def _authorized(self, headers: Mapping[str, str]) -> bool:
         return headers.get("authorization") == f"Key {self.key}"
 
-    def submit(self, endpoint: str, query: str, raw: bytes) -> tuple[int, Any, dict[str, str]]:
+    def submit(self, endpoint: str, query: str, raw: bytes) -> Answer:
         with self._lock:
             behaviour = self._scripted.popleft() if self._scripted else self.default
             if behaviour.submit_error is not None:
@@ -279,7 +274,7 @@ class FakeFal:
                 {},
             )
 
-    def status(self, request: FakeRequest) -> tuple[int, Any, dict[str, str]]:
+    def status(self, request: FakeRequest) -> Answer:
         behaviour = request.behaviour
         if behaviour.status_error is not None:
             return _error(behaviour.status_error)
@@ -302,7 +297,7 @@ class FakeFal:
             )
         return 202, {"status": "IN_PROGRESS", "response_url": base, "logs": []}, {}
 
-    def result(self, request: FakeRequest) -> tuple[int, Any, dict[str, str]]:
+    def result(self, request: FakeRequest) -> Answer:
         if request.cancelled:
             return (
                 499,
@@ -318,7 +313,7 @@ class FakeFal:
             return _error(request.behaviour.result_error)
         return 200, request.result, {}
 
-    def cancel(self, request: FakeRequest) -> tuple[int, Any, dict[str, str]]:
+    def cancel(self, request: FakeRequest) -> Answer:
         if request.completed and not request.cancelled:
             return 400, {"status": "ALREADY_COMPLETED"}, {}
         request.cancelled = True
@@ -408,17 +403,13 @@ class FakeFal:
 
     # -- routing ------------------------------------------------------------
 
-    def handle(
-        self, method: str, target: str, headers: Mapping[str, str], body: bytes
-    ) -> tuple[int, Any, dict[str, str]]:
+    def respond(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Answer:
         try:
             return self._route(method, target, headers, body)
         finally:
             self._flush_webhooks()
 
-    def _route(
-        self, method: str, target: str, headers: Mapping[str, str], body: bytes
-    ) -> tuple[int, Any, dict[str, str]]:
+    def _route(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Answer:
         split = urlsplit(target)
         path = split.path
         if method == "GET" and path == "/.well-known/jwks.json":
@@ -453,9 +444,7 @@ class FakeFal:
                 return self.cancel(request)
         return 405, {"detail": "Method not allowed"}, {}
 
-    def _media(
-        self, request_id: str, index: int, headers: Mapping[str, str]
-    ) -> tuple[int, Any, dict[str, str]]:
+    def _media(self, request_id: str, index: int, headers: Mapping[str, str]) -> Answer:
         with self._lock:
             self.media_headers.append(dict(headers))
             request = self.requests.get(request_id)
@@ -468,7 +457,7 @@ class FakeFal:
         return 200, data, {"Content-Type": content_type}
 
 
-def _error(error: FalError) -> tuple[int, Any, dict[str, str]]:
+def _error(error: FalError) -> Answer:
     headers = {}
     if error.retryable is not None:
         headers["X-Fal-Retryable"] = "true" if error.retryable else "false"
@@ -489,37 +478,3 @@ def _jwk(key: Ed25519PrivateKey, kid: str) -> dict[str, str]:
         "use": "sig",
         "alg": "EdDSA",
     }
-
-
-def _handler_for(fake: FakeFal) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            status, answer, extra = fake.handle(self.command, self.path, headers, body)
-            if isinstance(answer, bytes):
-                data = answer
-            else:
-                data = json.dumps(answer).encode()
-                extra = {"Content-Type": "application/json", **extra}
-            self.send_response(status)
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            self._serve()
-
-        def do_POST(self) -> None:
-            self._serve()
-
-        def do_PUT(self) -> None:
-            self._serve()
-
-        def log_message(self, format: str, *args: object) -> None:
-            """Quiet: pytest shows failures, not access logs."""
-
-    return Handler

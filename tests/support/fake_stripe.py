@@ -39,16 +39,15 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from plasmaart.billing.periods import period_end_after
 from plasmaart.clock import Clock
+from tests.support.http_fake import Answer, HttpFake
 
 SECRET_KEY = "sk_test_fake_stripe"
 WEBHOOK_SECRET = "whsec_test_fake_stripe"
-WAIT_S = 5.0
 _ids = itertools.count(1)
 
 
@@ -96,10 +95,13 @@ def _error(status: int, kind: str, message: str, code: str | None = None) -> tup
     return status, {"error": error}
 
 
-class FakeStripe:
+class FakeStripe(HttpFake):
     """The fake server and Stripe's side of the story; use as a context manager."""
 
+    name = "fake-stripe"
+
     def __init__(self, clock: Clock) -> None:
+        super().__init__()
         self.clock = clock
         self.calls: list[Call] = []
         self.customers: dict[str, dict[str, Any]] = {}
@@ -118,23 +120,22 @@ class FakeStripe:
         # and its answer.
         self._replies: dict[str, tuple[tuple[str, str, str], tuple[int, Any]]] = {}
         self._lock = threading.RLock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.02,), name="fake-stripe", daemon=True
-        )
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> FakeStripe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=WAIT_S)
+    def platform_settings(self) -> dict[str, Any]:
+        """The settings (``Settings`` fields) of a platform billing through this fake."""
+        return {
+            "billing": "stripe",
+            "stripe_secret_key": SECRET_KEY,
+            "stripe_webhook_secret": WEBHOOK_SECRET,
+            "stripe_api_base": self.url,
+            "stripe_return_url": "http://127.0.0.1:8000/billing",
+        }
 
     # -- the API -----------------------------------------------------------------
+
+    def respond(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Answer:
+        status, answer = self.handle(method, target, headers, body)
+        return status, answer, {"Request-Id": new_id("req")}
 
     def handle(
         self, method: str, target: str, headers: Mapping[str, str], body: bytes
@@ -598,33 +599,3 @@ class FakeStripe:
 
     def _list(self, data: list[dict[str, Any]], url: str) -> dict[str, Any]:
         return {"object": "list", "data": data, "has_more": False, "url": url}
-
-
-def _handler_for(fake: FakeStripe) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            status, answer = fake.handle(self.command, self.path, headers, body)
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Request-Id", new_id("req"))
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            self._serve()
-
-        def do_POST(self) -> None:
-            self._serve()
-
-        def do_DELETE(self) -> None:
-            self._serve()
-
-        def log_message(self, format: str, *args: object) -> None:
-            """Quiet: pytest shows failures, not access logs."""
-
-    return Handler

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import pytest
-from benchmarks.generations import parse_py_spy_raw, wrk_percentiles
+from benchmarks.harness.load import wrk_percentiles
+from benchmarks.harness.pyspy import parse_py_spy_raw
 
 WRK_OUTPUT = """\
 Running 2s test @ http://127.0.0.1:40123/v1/generations

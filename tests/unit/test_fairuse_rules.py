@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import get_args
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from plasmaart.db.tables import ABUSE_FLAG_STATUSES, ABUSE_SIGNAL_KINDS
+from plasmaart.fairuse.repository import FlagStatus
 from plasmaart.fairuse.rules import (
     DEFAULT_RULES,
     SIGNAL_KINDS,
@@ -200,6 +203,13 @@ def test_the_defaults_cover_every_kind() -> None:
     assert set(DEFAULT_RULES) == set(SIGNAL_KINDS)
     assert longest_window() == timedelta(days=180)
     assert all(rule.weight > 0 and rule.allowance >= 0 for rule in DEFAULT_RULES.values())
+
+
+def test_the_schema_allows_exactly_the_kinds_and_flag_statuses_of_the_rules() -> None:
+    """The database's CHECK lists (db/tables.py, below fair use) and fair
+    use's types name the same kinds and statuses: neither can drift."""
+    assert ABUSE_SIGNAL_KINDS == SIGNAL_KINDS
+    assert get_args(FlagStatus) == ABUSE_FLAG_STATUSES
 
 
 kinds = st.sampled_from(SIGNAL_KINDS)

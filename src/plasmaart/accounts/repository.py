@@ -1,16 +1,41 @@
-"""All SQL of accounts."""
+"""Accounts' SQL: the users table. Rows come back as the frozen ``User``
+below (and, for a login, with the password's hash beside it)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import Connection, Row, insert, select, update
 
+from plasmaart.clock import as_utc
 from plasmaart.db.engine import invalidate
 from plasmaart.db.tables import users
 
 AnyRow = Row[*tuple[Any, ...]]
+
+Role = Literal["user", "admin"]
+Status = Literal["active", "suspended"]
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    email: str
+    role: Role
+    status: Status
+    created_at: datetime
+    remove_watermark: bool = False
+    # Why the account is suspended (None while active), as shown to the user.
+    status_reason: str | None = None
+
+
+class StoredLogin(NamedTuple):
+    """A user with the hash their password is checked against."""
+
+    user: User
+    password_hash: str
 
 
 def insert_user(
@@ -28,12 +53,18 @@ def insert_user(
     )
 
 
-def user_by_email(conn: Connection, email: str) -> AnyRow | None:
-    return conn.execute(select(users).where(users.c.email == email)).one_or_none()
+def login_by_email(conn: Connection, email: str) -> StoredLogin | None:
+    row = conn.execute(select(users).where(users.c.email == email)).one_or_none()
+    return None if row is None else StoredLogin(_user(row), row.password_hash)
 
 
-def lock_user(conn: Connection, user_id: str) -> AnyRow | None:
-    """The user's row, locked (PostgreSQL; SQLite's write transactions are
+def user_by_email(conn: Connection, email: str) -> User | None:
+    found = login_by_email(conn, email)
+    return None if found is None else found.user
+
+
+def lock_user(conn: Connection, user_id: str) -> User | None:
+    """The user, their row locked (PostgreSQL; SQLite's write transactions are
     serial already). A transaction that may both move an account's credits
     and score a fair-use signal about it locks the account first, then its
     wallets, the order a suspension takes them in: two such transactions
@@ -46,11 +77,13 @@ def lock_user(conn: Connection, user_id: str) -> AnyRow | None:
     suspension holding the user and waiting for that wallet would deadlock
     with it."""
     locked = select(users).where(users.c.id == user_id).with_for_update(key_share=True)
-    return conn.execute(locked).one_or_none()
+    row = conn.execute(locked).one_or_none()
+    return None if row is None else _user(row)
 
 
-def user_by_id(conn: Connection, user_id: str) -> AnyRow | None:
-    return conn.execute(select(users).where(users.c.id == user_id)).one_or_none()
+def user_by_id(conn: Connection, user_id: str) -> User | None:
+    row = conn.execute(select(users).where(users.c.id == user_id)).one_or_none()
+    return None if row is None else _user(row)
 
 
 def set_status(conn: Connection, user_id: str, status: str, reason: str | None) -> None:
@@ -73,3 +106,15 @@ def set_role(conn: Connection, user_id: str, role: str) -> None:
 def set_remove_watermark(conn: Connection, user_id: str, remove: bool) -> None:
     conn.execute(update(users).where(users.c.id == user_id).values(remove_watermark=remove))
     invalidate(conn, f"user:{user_id}")
+
+
+def _user(row: AnyRow) -> User:
+    return User(
+        row.id,
+        row.email,
+        row.role,
+        row.status,
+        as_utc(row.created_at),
+        bool(row.remove_watermark),
+        row.status_reason,
+    )

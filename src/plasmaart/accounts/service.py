@@ -1,29 +1,50 @@
-"""Creating users, changing their role or password, and suspending and
-reinstating them (with the audit log)."""
+"""Accounts' use cases: signing up and logging in, creating users, changing
+their role, password or settings, and suspending and reinstating them (with
+the audit log). The SQL is in ``repository``."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache
-from typing import Literal
 
 from sqlalchemy import Connection
 
 from plasmaart.accounts import audit
 from plasmaart.accounts import repository as repo
+from plasmaart.accounts.credentials import CredentialService, NewSession
+from plasmaart.accounts.entitlements import NotInPlan, PlanOf, cheapest_plan, watermark_removable
+from plasmaart.accounts.notices import AccountReinstated, AccountSuspended, SignupAttempt
 from plasmaart.accounts.passwords import (
     MIN_PASSWORD_LENGTH,
     hash_password,
     needs_rehash,
     verify_password,
 )
-from plasmaart.clock import Clock, as_utc
+from plasmaart.accounts.repository import Role, Status, User
+from plasmaart.catalog.catalogs import Catalogs
+from plasmaart.clock import Clock
 from plasmaart.errors import Conflict, DomainError, InvalidInput, NotFound
 from plasmaart.ids import new_id
-from plasmaart.ledger.service import LedgerService
-from plasmaart.notify.outbox import Outbox
+from plasmaart.ledger.service import AdjustResult, LedgerService
+from plasmaart.outbox import Outbox
+
+__all__ = [
+    "AccountService",
+    "EmailTaken",
+    "Role",
+    "SignedIn",
+    "Status",
+    "User",
+    "UserNotFound",
+    "WrongCredentials",
+    "is_valid_email",
+    "normalise_email",
+    "validate_credentials",
+]
 
 # Deliberately simple: one @, no spaces, a dot in the domain. Deliverability
 # is proven by e-mail, not by a regular expression.
@@ -42,7 +63,7 @@ class EmailTaken(Conflict):
 
     def __init__(self, detail: str, *, address: str) -> None:
         super().__init__(detail)
-        # Not part of the answer: the route mails the address's owner.
+        # Not part of the answer: whom ``sign_up`` warns of the attempt.
         self.address = address
 
 
@@ -56,20 +77,12 @@ class WrongCredentials(DomainError):
     title = "Wrong e-mail or password"
 
 
-Role = Literal["user", "admin"]
-Status = Literal["active", "suspended"]
-
-
 @dataclass(frozen=True)
-class User:
-    id: str
-    email: str
-    role: Role
-    status: Status
-    created_at: datetime
-    remove_watermark: bool = False
-    # Why the account is suspended (None while active), as shown to the user.
-    status_reason: str | None = None
+class SignedIn:
+    """A user who signed up or logged in, and their new session."""
+
+    user: User
+    session: NewSession
 
 
 def normalise_email(email: str) -> str:
@@ -98,17 +111,78 @@ def validate_credentials(email: str, password: str) -> str:
     return address
 
 
+def adjustment_key(actor: str, request_key: str | None) -> str:
+    """The ledger key of an admin's credit adjustment: from the request's
+    Idempotency-Key when sent (idempotent per actor), else a new one."""
+    if not request_key:
+        return f"admin:{uuid.uuid4().hex}"
+    return "admin:" + hashlib.sha256(f"{actor}:{request_key}".encode()).hexdigest()[:32]
+
+
 class AccountService:
-    def __init__(self, clock: Clock, ledger: LedgerService) -> None:
+    """Refusals that must leave a trace (a failed login counted, the owner of
+    a registered address warned) are returned, not raised: the caller commits
+    the trace, then raises them. Every other refusal is raised and writes nothing."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        ledger: LedgerService,
+        credentials: CredentialService,
+        catalogs: Catalogs,
+        outbox: Outbox,
+        *,
+        plan_of: PlanOf,
+    ) -> None:
         self.clock = clock
         self.ledger = ledger
-        # Where suspension and reinstatement notices are queued, if anywhere.
-        self.outbox: Outbox | None = None
+        self.credentials = credentials
+        # The catalog in force names the cheapest plan that allows a setting.
+        self.catalogs = catalogs
+        self.plan_of = plan_of
+        # Where sign-up attempt, suspension and reinstatement notices are queued.
+        self.outbox = outbox
+
+    def sign_up(self, conn: Connection, email: str, password: str) -> SignedIn | EmailTaken:
+        """A new account (on the Free plan), logged in. A registered address
+        is refused, and its owner told (at most once a day) that someone tried."""
+        try:
+            user = self.create_user(conn, email, password)
+        except EmailTaken as taken:
+            self.warn_of_signup_attempt(conn, taken.address)
+            return taken
+        return SignedIn(user, self.credentials.open_session(conn, user.id))
+
+    def log_in(
+        self, conn: Connection, email: str, password: str, *, address: str
+    ) -> SignedIn | WrongCredentials:
+        """A new session for these credentials, from the client at ``address``.
+        Too many recent failures of the account or of the client are refused
+        (``LoginThrottled``) before the password is checked; a wrong password
+        is counted. A suspended account logs in too: to a read-only account."""
+        email = normalise_email(email)
+        self.credentials.check_login_allowed(conn, email, address)
+        try:
+            user = self.authenticate(conn, email, password)
+        except WrongCredentials as wrong:
+            self.credentials.record_login_failure(conn, email, address)
+            return wrong
+        self.credentials.forget_login_failures(conn, email)
+        return SignedIn(user, self.credentials.open_session(conn, user.id))
 
     def create_user(
-        self, conn: Connection, email: str, password: str, *, role: Role = "user"
+        self,
+        conn: Connection,
+        email: str,
+        password: str,
+        *,
+        role: Role = "user",
+        actor: str | None = None,
+        plan: str | None = None,
     ) -> User:
-        """A new user with an empty wallet of their own."""
+        """A new user with an empty wallet of their own. ``actor``: who
+        creates it for its owner (an operator); the creation is then
+        audit-logged, with the ``plan`` they subscribe it to, if any."""
         address = validate_credentials(email, password)
         if role not in ("user", "admin"):
             raise InvalidInput(f"unknown role {role!r}", field="role")
@@ -127,58 +201,61 @@ class AccountService:
             now=now,
         )
         self.ledger.open_wallet(conn, "user", user_id)
-        return User(user_id, address, role, "active", now)
+        user = User(user_id, address, role, "active", now)
+        if actor is not None:
+            self._audit(conn, actor, "user.create", user, role=role, plan=plan)
+        return user
 
     def authenticate(self, conn: Connection, email: str, password: str) -> User:
         """The user with these credentials. The same refusal, and about the same
         time, whether the address is unknown or the password wrong."""
-        row = repo.user_by_email(conn, normalise_email(email))
-        if row is None:
+        found = repo.login_by_email(conn, normalise_email(email))
+        if found is None:
             verify_password(_dummy_hash(), password)
             raise WrongCredentials("wrong e-mail or password")
-        if not verify_password(row.password_hash, password):
+        user, password_hash = found
+        if not verify_password(password_hash, password):
             raise WrongCredentials("wrong e-mail or password")
-        if needs_rehash(row.password_hash):
-            repo.set_password_hash(conn, row.id, hash_password(password))
-        return _user(row)
+        if needs_rehash(password_hash):
+            repo.set_password_hash(conn, user.id, hash_password(password))
+        return user
 
     def warn_of_signup_attempt(self, conn: Connection, address: str) -> bool:
         """Tell the owner of ``address`` that somebody tried to sign up with
         it: in the app, and by e-mail when SMTP is set. At most once a day
         per account, so repeated attempts cannot flood the owner's inbox.
-        False when nothing was queued (no such account, already told today,
-        or no outbox)."""
+        False when nothing was queued (no such account, or already told
+        today)."""
         row = repo.user_by_email(conn, normalise_email(address))
-        if row is None or self.outbox is None:
+        if row is None:
             return False
         now = self.clock.now()
         return self.outbox.enqueue(
             conn,
             cause_key=f"account.signup_attempt:{row.id}:{now.date().isoformat()}",
             user_id=row.id,
-            kind="account.signup_attempt",
-            title="Someone tried to sign up with your address",
-            body=(
-                f"Someone tried to create a new PlasmaArt account with {row.email} "
-                f"on {now:%Y-%m-%d at %H:%M} UTC. This address already has an "
-                "account, so nothing was created and your account is unchanged. "
-                "If it was you, log in with your password instead. If it was "
-                "not you, you can ignore this message."
-            ),
-            data={"email": row.email},
+            fact=SignupAttempt(email=row.email, at=now),
         )
 
     def get_by_email(self, conn: Connection, email: str) -> User:
-        row = repo.user_by_email(conn, normalise_email(email))
-        if row is None:
+        user = repo.user_by_email(conn, normalise_email(email))
+        if user is None:
             raise UserNotFound(f"no user with e-mail {normalise_email(email)}")
-        return _user(row)
+        return user
 
     def get(self, conn: Connection, user_id: str) -> User:
-        row = repo.user_by_id(conn, user_id)
-        if row is None:
+        user = repo.user_by_id(conn, user_id)
+        if user is None:
             raise UserNotFound(f"no user {user_id!r}")
-        return _user(row)
+        return user
+
+    def lock(self, conn: Connection, user_id: str) -> User:
+        """``get``, with the user's row locked until ``conn`` ends (the order
+        of locks is ``repository.lock_user``'s)."""
+        user = repo.lock_user(conn, user_id)
+        if user is None:
+            raise UserNotFound(f"no user {user_id!r}")
+        return user
 
     def set_role(self, conn: Connection, user: User, role: Role, *, actor: str) -> User:
         """Make ``user`` an admin or a plain user again (audit-logged, even when
@@ -186,36 +263,66 @@ class AccountService:
         if role not in ("user", "admin"):
             raise InvalidInput(f"unknown role {role!r}: admin or user", field="role")
         repo.set_role(conn, user.id, role)
-        audit.record(
-            conn,
-            actor=actor,
-            action="user.set_role",
-            target=user.id,
-            reason=None,
-            now=self.clock.now(),
-            data={"email": user.email, "from": user.role, "to": role},
-        )
+        self._audit(conn, actor, "user.set_role", user, **{"from": user.role, "to": role})
         return replace(user, role=role)
 
     def set_password(self, conn: Connection, user: User, password: str, *, actor: str) -> None:
         """A new password, under the rules of sign-up (audit-logged, without
-        the password). Ending the user's sessions is the caller's part, in the
-        same transaction (``CredentialService.close_all_sessions``)."""
+        the password). The user's sessions end: signed-in browsers log in
+        again (API keys keep working)."""
         validate_credentials(user.email, password)
         repo.set_password_hash(conn, user.id, hash_password(password))
+        self.credentials.close_all_sessions(conn, user.id)
+        self._audit(conn, actor, "user.set_password", user)
+
+    def set_remove_watermark(self, conn: Connection, user: User, remove: bool) -> User:
+        """Remove the watermark from the user's outputs, or put it back.
+        Removing it needs a plan that allows it (the user's own plan, now);
+        putting it back is always allowed."""
+        if remove:
+            plan = self.plan_of(conn, self.ledger.wallet_of(conn, "user", user.id))
+            if not watermark_removable(plan):
+                cheapest = cheapest_plan(self.catalogs.now(conn), watermark_removable)
+                raise NotInPlan("watermark removal is", plan, cheapest, it="it")
+        repo.set_remove_watermark(conn, user.id, remove)
+        return replace(user, remove_watermark=remove)
+
+    def adjust_credits(
+        self,
+        conn: Connection,
+        user_id: str,
+        amount: int,
+        *,
+        reason: str,
+        expires_at: datetime | None,
+        idempotency_key: str,
+        actor: str,
+        **data: object,
+    ) -> AdjustResult:
+        """An operator grants ``amount`` credits to the user's own wallet (a
+        negative amount adjusts down, never below zero): audit-logged with
+        the reason, and ``data`` beside the amount. ``adjustment_key`` makes
+        an admin request's key."""
+        user = self.get(conn, user_id)
+        wallet = self.ledger.wallet_of(conn, "user", user.id)
+        result = self.ledger.adjust(
+            conn,
+            wallet,
+            amount,
+            reason=reason,
+            expires_at=expires_at,
+            idempotency_key=idempotency_key,
+        )
         audit.record(
             conn,
             actor=actor,
-            action="user.set_password",
+            action="credits.adjust",
             target=user.id,
-            reason=None,
+            reason=reason,
             now=self.clock.now(),
-            data={"email": user.email},
+            data={"amount": amount, "expires_at": expires_at, **data},
         )
-
-    def set_remove_watermark(self, conn: Connection, user: User, remove: bool) -> User:
-        repo.set_remove_watermark(conn, user.id, remove)
-        return replace(user, remove_watermark=remove)
+        return result
 
     def set_status(
         self, conn: Connection, user: User, status: Status, *, actor: str, reason: str | None
@@ -224,63 +331,31 @@ class AccountService:
             raise InvalidInput("a suspension needs a reason", field="reason")
         repo.set_status(conn, user.id, status, reason)
         action = "user.suspend" if status == "suspended" else "user.reinstate"
-        if self.outbox is not None and user.status != status:
-            _queue_status_notice(self.outbox, conn, user, status, reason)
-        audit.record(
-            conn,
-            actor=actor,
-            action=action,
-            target=user.id,
-            reason=reason,
-            now=self.clock.now(),
-            data={"email": user.email},
-        )
+        if user.status != status:
+            self.outbox.enqueue(
+                conn,
+                # Each suspension and each reinstatement is its own cause, queued
+                # in the transaction that makes it: no other code path can repeat it.
+                cause_key=f"account.{status}:{user.id}:{new_id('evt')}",
+                user_id=user.id,
+                fact=AccountSuspended(reason) if status == "suspended" else AccountReinstated(),
+            )
+        self._audit(conn, actor, action, user, reason=reason)
         return replace(user, status=status, status_reason=reason)
 
-
-def _queue_status_notice(
-    outbox: Outbox,
-    conn: Connection,
-    user: User,
-    status: Status,
-    reason: str | None,
-) -> None:
-    if status == "suspended":
-        title = "Your account is suspended"
-        body = (
-            f"Your account was suspended: {reason}. It is read-only: you can still "
-            "log in, see your balance, payments and generations, download your "
-            "outputs and cancel your subscription, but not generate or buy. Queued "
-            "generations were canceled with their credits released, and your "
-            "subscription will not renew while the account is suspended. "
-            "Contact support if you think this is a mistake."
+    def _audit(
+        self,
+        conn: Connection,
+        actor: str,
+        action: str,
+        user: User,
+        *,
+        reason: str | None = None,
+        **data: object,
+    ) -> None:
+        """An entry about ``user`` (named by e-mail in its data) in the audit log."""
+        now = self.clock.now()
+        entry = {"email": user.email, **data}
+        audit.record(
+            conn, actor=actor, action=action, target=user.id, reason=reason, now=now, data=entry
         )
-    else:
-        title = "Your account is reinstated"
-        body = (
-            "Your account is active again; you can generate as before. A "
-            "subscription still in its period renews as usual, unless you canceled it."
-        )
-    outbox.enqueue(
-        conn,
-        # Each suspension and each reinstatement is its own cause, queued in
-        # the transaction that makes it: no other code path can repeat it.
-        cause_key=f"account.{status}:{user.id}:{new_id('evt')}",
-        user_id=user.id,
-        kind="account.suspended" if status == "suspended" else "account.reinstated",
-        title=title,
-        body=body,
-        data={"status": status},
-    )
-
-
-def _user(row: repo.AnyRow) -> User:
-    return User(
-        row.id,
-        row.email,
-        row.role,
-        row.status,
-        as_utc(row.created_at),
-        bool(row.remove_watermark),
-        row.status_reason,
-    )

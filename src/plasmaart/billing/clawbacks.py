@@ -2,19 +2,19 @@
 
 What remains of the purchase's credits leaves the wallet (the ledger's
 ``clawback``, idempotent per payment and reason), the audit log records it,
-and the clawback listeners (fair use: the review flag) hear of it, all in the
+and the clawback listeners (``hooks.py``; fair use: the review flag) hear of it, all in the
 caller's transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from sqlalchemy import Connection
 
 from plasmaart.accounts import audit
+from plasmaart.billing.hooks import BillingHooks
 from plasmaart.billing.repository import Payment
 from plasmaart.clock import Clock
 from plasmaart.ledger.service import LedgerService
@@ -42,21 +42,12 @@ class ClawbackOutcome:
         return self.spent > 0
 
 
-# Told of every clawback inside its transaction (fair use flags the account).
-ClawbackListener = Callable[[Connection, ClawbackOutcome], None]
-
-
 class ClawbackService:
-    def __init__(
-        self,
-        clock: Clock,
-        ledger: LedgerService,
-        *,
-        listeners: list[ClawbackListener] | None = None,
-    ) -> None:
+    def __init__(self, clock: Clock, ledger: LedgerService, hooks: BillingHooks) -> None:
         self.clock = clock
         self.ledger = ledger
-        self.listeners: list[ClawbackListener] = [] if listeners is None else listeners
+        # Who hears of every clawback (billing/hooks.py).
+        self.hooks = hooks
 
     def claw_back(
         self, conn: Connection, payment: Payment, *, reason: ClawbackReason, actor: str
@@ -99,6 +90,5 @@ class ClawbackService:
                 "needs_review": outcome.needs_review,
             },
         )
-        for listener in self.listeners:
-            listener(conn, outcome)
+        self.hooks.clawed_back(conn, outcome)
         return outcome

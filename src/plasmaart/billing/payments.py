@@ -1,36 +1,27 @@
-"""Payments: recording each one (and telling the payment listeners), and the
+"""Payments: recording each one (and telling the payment listeners, ``hooks.py``), and the
 customer's payment history. Every payment is written by the use case that
 moved the money (``subscriptions.py``, ``packs.py``), in its transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import Connection
 
 from plasmaart.billing import repository as repo
+from plasmaart.billing.hooks import BillingHooks
 from plasmaart.billing.repository import Payment, PaymentKind
 from plasmaart.catalog import CreditPack, PlanSpec
 from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.clock import Clock
 
-# Told of every payment recorded, inside its transaction (fair use watches
-# upgrades for plan-change cycling).
-PaymentListener = Callable[[Connection, Payment], None]
-
 
 class PaymentService:
-    def __init__(
-        self,
-        clock: Clock,
-        catalogs: Catalogs,
-        *,
-        listeners: list[PaymentListener] | None = None,
-    ) -> None:
+    def __init__(self, clock: Clock, catalogs: Catalogs, hooks: BillingHooks) -> None:
         self.clock = clock
         self.catalogs = catalogs
-        self.listeners: list[PaymentListener] = [] if listeners is None else listeners
+        # Who hears of every payment recorded (billing/hooks.py).
+        self.hooks = hooks
 
     def history(
         self, conn: Connection, user_id: str, *, limit: int, before: str | None = None
@@ -83,6 +74,5 @@ class PaymentService:
             failure_reason=failure_reason,
             created_at=self.clock.now(),
         )
-        for listener in self.listeners:
-            listener(conn, payment)
+        self.hooks.payment_recorded(conn, payment)
         return payment

@@ -14,7 +14,7 @@
 
 Every caller (billing, teams, generation, fair use, announced changes, the
 API, the dashboard, the admin user list) goes through here. Subscriptions are
-cached per process (``attach_caches``) and read in one query for a batch.
+cached per process (``caches``) and read in one query for a batch.
 """
 
 from __future__ import annotations
@@ -59,13 +59,25 @@ def next_period_end(subscription: Subscription) -> datetime:
 class PlanService:
     CACHED_WALLETS = 10_000
 
-    def __init__(self, clock: Clock, catalogs: Catalogs, *, grace_days: int = 7) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        catalogs: Catalogs,
+        *,
+        grace_days: int = 7,
+        caches: CacheHub | None = None,
+    ) -> None:
         self.clock = clock
         self.catalogs = catalogs
         self.grace_days = grace_days
-        # The subscription of each wallet, per process (attach_caches).
-        self._hub: CacheHub | None = None
-        self._subscriptions: TtlLru[str, tuple[Subscription | None]] | None = None
+        # The subscription of each wallet, per process, when given ``caches``:
+        # ``plan_of``/``plans_of`` then read the database only on a miss.
+        # Writes of subscriptions invalidate ``wallet:<id>`` (a new one) and
+        # ``subscription:<id>`` (a changed one); see billing/repository.py.
+        self._hub = caches
+        self._subscriptions: TtlLru[str, tuple[Subscription | None]] | None = (
+            None if caches is None else caches.cache("subscriptions", self.CACHED_WALLETS)
+        )
 
     def subscription(self, conn: Connection, wallet_id: str) -> Subscription | None:
         """The wallet's subscription as stored (any status), if it ever had one."""
@@ -74,7 +86,7 @@ class PlanService:
     def plan_of(self, conn: Connection, wallet_id: str, *, fresh: bool = False) -> PlanSpec:
         """The plan whose benefits the wallet has now (the module's rule).
 
-        From the process's cache (``attach_caches``) unless ``fresh``: a write
+        From the process's cache (``caches``) unless ``fresh``: a write
         that decides by the plan (a team's seats) reads it from its own
         transaction instead."""
         return self.plans_of(conn, [wallet_id], fresh=fresh)[wallet_id]
@@ -123,14 +135,6 @@ class PlanService:
         """When a past-due ``subscription`` falls to Free if nobody pays."""
         end = subscription.current_period_end
         return grace_ends_at(end, self.grace_days, next_period_end(subscription))
-
-    def attach_caches(self, hub: CacheHub) -> None:
-        """Cache each wallet's subscription in ``hub``: ``plan_of``/``plans_of``
-        then read the database only on a miss. Writes of subscriptions
-        invalidate ``wallet:<id>`` (a new one) and ``subscription:<id>`` (a
-        changed one); see billing/repository.py."""
-        self._hub = hub
-        self._subscriptions = hub.cache("subscriptions", self.CACHED_WALLETS)
 
     def _subscriptions_of(self, conn: Connection, wallet_ids: list[str]) -> dict[str, Subscription]:
         """``repo.subscriptions_of_wallets``, from the cache where it can."""

@@ -10,7 +10,9 @@
 * ``clawbacks.py`` — ``ClawbackService``: refunds and disputes.
 
 ``BillingService`` holds them (``platform.billing.subscriptions`` …), the
-backends and the sandbox's test clock, and answers who a customer is.
+backends, the sandbox's test clock and the hooks the packages above hear
+billing's facts through (``hooks.py``: clawbacks, payments), and answers who
+a customer is.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from sqlalchemy import Connection
 
 from plasmaart.billing import repository as repo
 from plasmaart.billing.backends import Backends, BillingBackend, Customer
-from plasmaart.billing.clawbacks import ClawbackListener, ClawbackService
+from plasmaart.billing.clawbacks import ClawbackService
+from plasmaart.billing.hooks import BillingHooks
 from plasmaart.billing.packs import PackService
-from plasmaart.billing.payments import PaymentListener, PaymentService
+from plasmaart.billing.payments import PaymentService
 from plasmaart.billing.plans import PlanService
 from plasmaart.billing.sandbox_clock import SandboxTestClock
 from plasmaart.billing.subscriptions import SubscriptionService
@@ -31,7 +34,7 @@ from plasmaart.caches import CacheHub
 from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.clock import Clock
 from plasmaart.ledger.service import LedgerService
-from plasmaart.notify.outbox import Outbox
+from plasmaart.outbox import Outbox
 
 
 class BillingService:
@@ -46,9 +49,8 @@ class BillingService:
         grace_days: int = 7,
         purchased_credits_expire_days: int | None = None,
         test_clock: SandboxTestClock | None = None,
-        outbox: Outbox | None = None,
-        clawback_listeners: list[ClawbackListener] | None = None,
-        payment_listeners: list[PaymentListener] | None = None,
+        outbox: Outbox,
+        caches: CacheHub | None = None,
     ) -> None:
         if "sandbox" not in backends:
             # ``plasmaart users create --plan`` subscribes through it whatever
@@ -58,9 +60,12 @@ class BillingService:
         self.backends = Backends(backends, default_backend)
         # Set when billing is the sandbox: what /v1/admin/clock/advance moves.
         self.test_clock = test_clock
-        self.plans = PlanService(clock, catalogs, grace_days=grace_days)
-        self.payments = PaymentService(clock, catalogs, listeners=payment_listeners)
-        self.clawbacks = ClawbackService(clock, ledger, listeners=clawback_listeners)
+        # Who hears of clawbacks and payments (fair use registers itself).
+        self.hooks = BillingHooks()
+        # ``caches``: each wallet's subscription cached per process.
+        self.plans = PlanService(clock, catalogs, grace_days=grace_days, caches=caches)
+        self.payments = PaymentService(clock, catalogs, self.hooks)
+        self.clawbacks = ClawbackService(clock, ledger, self.hooks)
         self.subscriptions = SubscriptionService(
             clock, catalogs, ledger, self.plans, self.payments, self.backends, outbox=outbox
         )
@@ -82,7 +87,3 @@ class BillingService:
         """Who pays for ``user_id``'s own wallet."""
         wallet_id = self.ledger.wallet_of(conn, "user", user_id)
         return Customer(user_id, wallet_id, repo.user_email(conn, user_id))
-
-    def attach_caches(self, hub: CacheHub) -> None:
-        """Cache each wallet's subscription in ``hub`` (``PlanService``)."""
-        self.plans.attach_caches(hub)

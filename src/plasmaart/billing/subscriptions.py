@@ -53,6 +53,7 @@ from plasmaart.billing.errors import (
     RenewalPending,
     SubscriptionPastDue,
 )
+from plasmaart.billing.notices import RenewalDeclined, RenewalPaid
 from plasmaart.billing.payments import PaymentService
 from plasmaart.billing.periods import period_end_after
 from plasmaart.billing.plans import PlanService, effective_plan, next_period_end
@@ -64,7 +65,7 @@ from plasmaart.clock import Clock
 from plasmaart.errors import InvalidInput
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
-from plasmaart.notify.outbox import Outbox
+from plasmaart.outbox import Fact, Outbox
 
 # The shortest monthly period (February).
 MIN_PERIOD_DAYS = 28
@@ -116,7 +117,7 @@ class SubscriptionService:
         payments: PaymentService,
         backends: Backends,
         *,
-        outbox: Outbox | None = None,
+        outbox: Outbox,
     ) -> None:
         self.clock = clock
         self.catalogs = catalogs
@@ -124,7 +125,7 @@ class SubscriptionService:
         self.plans = plans
         self.payments = payments
         self.backends = backends
-        # Where renewal and failed-payment notices are queued, if anywhere.
+        # Where renewal and failed-payment notices are queued.
         self.outbox = outbox
 
     # -- what customers ask for ---------------------------------------------
@@ -551,24 +552,15 @@ class SubscriptionService:
             period=(period_end, next_end),
             external_id=external_id,
         )
-        if self.outbox is not None:
-            self.outbox.enqueue(
-                conn,
-                cause_key=f"renewal:{subscription.id}:{_key_time(period_end)}",
-                user_id=subscription.user_id,
-                kind="billing.renewed",
-                title=f"Your {plan.name} subscription renewed",
-                body=(
-                    f"{renewed.granted} credits were added for the period ending "
-                    f"{next_end:%Y-%m-%d}; {plan.price_cents / 100:.2f} "
-                    f"{self.catalogs.base.currency.upper()} was charged."
-                ),
-                data={
-                    "subscription_id": subscription.id,
-                    "plan": plan.id,
-                    "payment_id": payment_id,
-                },
-            )
+        fact = RenewalPaid(
+            subscription.id,
+            plan,
+            payment_id,
+            renewed.granted,
+            next_end,
+            self.catalogs.base.currency,
+        )
+        self._notify(conn, subscription, "renewal", period_end, fact)
         return self._update(
             conn,
             subscription,
@@ -613,20 +605,8 @@ class SubscriptionService:
             external_id=external_id,
             failure_reason=reason,
         )
-        if self.outbox is not None:
-            self.outbox.enqueue(
-                conn,
-                cause_key=f"payment_failed:{subscription.id}:{_key_time(period_end)}",
-                user_id=subscription.user_id,
-                kind="billing.payment_failed",
-                title=f"Payment for your {plan.name} subscription failed",
-                body=(
-                    f"The renewal payment was declined ({reason}). Pay within "
-                    f"{self.plans.grace_days} days to keep your plan; no new monthly credits "
-                    "are granted until then."
-                ),
-                data={"subscription_id": subscription.id, "plan": plan.id},
-            )
+        fact = RenewalDeclined(subscription.id, plan, reason, self.plans.grace_days)
+        self._notify(conn, subscription, "payment_failed", period_end, fact)
         return self._update(
             conn, subscription, status="past_due", plan_id=plan.id, pending_plan=None
         )
@@ -854,6 +834,23 @@ class SubscriptionService:
         if isinstance(outcome, Declined):  # pragma: no cover - nothing was charged
             raise PaymentFailed(outcome.reason)
         return self._update(conn, subscription, pending_plan=pending, cancel_at_period_end=False)
+
+    def _notify(
+        self,
+        conn: Connection,
+        subscription: Subscription,
+        cause: str,
+        period_end: datetime,
+        fact: Fact,
+    ) -> None:
+        """Queue ``fact``'s notice for the subscriber, once per ``cause`` and
+        period of the subscription."""
+        self.outbox.enqueue(
+            conn,
+            cause_key=f"{cause}:{subscription.id}:{_key_time(period_end)}",
+            user_id=subscription.user_id,
+            fact=fact,
+        )
 
     def _record_payment(
         self,

@@ -11,7 +11,7 @@ packs, the currency: ``changes.CHANGEABLE_FIELDS`` lists what they can).
 The file is loaded once per process; changes live in the database, which
 every process (API servers, workers) reads, so all of them switch to a change
 at the instant it takes effect. The changes not withdrawn (a short list) are
-cached per process once ``attach`` gave it a ``CacheHub``, and invalidated by
+cached per process when it is built with a ``CacheHub``, and invalidated by
 scheduling or withdrawing a change (scope ``catalog``; caches.py); which of
 them are in force is decided at every call from the moment asked about, so
 the cache serves the new catalog from the change's effective instant on, never
@@ -56,19 +56,18 @@ class Catalogs:
     # starts of current subscriptions on either side of a plan change.
     CACHE_SIZE = 16
 
-    def __init__(self, base: Catalog, clock: Clock) -> None:
+    def __init__(self, base: Catalog, clock: Clock, *, caches: CacheHub | None = None) -> None:
         # The catalog file as loaded, without the announced changes.
         self.base = base
         self.clock = clock
         self._cache: OrderedDict[tuple[str, ...], Catalog] = OrderedDict()
         self._lock = threading.Lock()
-        self._hub: CacheHub | None = None
-        self._changes: TtlLru[str, tuple[CatalogChange, ...]] | None = None
-
-    def attach(self, hub: CacheHub) -> None:
-        """Cache the announced changes in ``hub`` (invalidated by scope ``catalog``)."""
-        self._hub = hub
-        self._changes = hub.cache("catalog_changes", 1)
+        # The announced changes, cached in ``caches`` when given
+        # (invalidated by scope ``catalog``).
+        self._hub = caches
+        self._changes: TtlLru[str, tuple[CatalogChange, ...]] | None = (
+            None if caches is None else caches.cache("catalog_changes", 1)
+        )
 
     def now(self, conn: Connection) -> Catalog:
         """The catalog in force now: what is sold, and on what terms."""

@@ -35,12 +35,13 @@ from plasmaart.catalog.changes import (
     current_value,
 )
 from plasmaart.catalog.schema import Catalog, ModelSpec, PlanSpec
+from plasmaart.changes.notices import CatalogChangeNotice, Stage
 from plasmaart.clock import Clock
 from plasmaart.db.engine import Database
 from plasmaart.errors import Conflict, DomainError, InvalidInput, NotFound
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
-from plasmaart.notify.outbox import Outbox
+from plasmaart.outbox import Outbox
 from plasmaart.teams.service import TeamService
 
 ChangeStatus = Literal["scheduled", "in_force", "canceled"]
@@ -237,7 +238,7 @@ class CatalogChangeService:
         dies resumes where the last commit left off."""
         now = self.clock.now()
         with db.read() as conn:
-            stages = [
+            stages: list[tuple[str, Stage]] = [
                 (r.change.id, "announced") for r in repo.unannounced(conn, limit=CHANGE_BATCH)
             ]
             stages += [
@@ -291,26 +292,34 @@ class CatalogChangeService:
 
     def _queue_withdrawal_notices(self, conn: Connection, change: CatalogChange) -> None:
         """Tell everyone the change was announced to that it will not happen."""
-        catalog = self.catalogs.at(conn, change.effective_at - timedelta(microseconds=1))
-        previous = current_value(catalog, change.target, change.target_id, change.field)
-        title, _body = describe_change(catalog, change, previous)
+        notice = self._notice(conn, change, "withdrawn")
         for user_id in repo.announced_users(conn, change.id):
             self.outbox.enqueue(
                 conn,
                 cause_key=f"catalog_change:{change.id}:withdrawn:{user_id}",
                 user_id=user_id,
-                kind="catalog.change",
-                title=f"Withdrawn: {title[0].lower()}{title[1:]}",
-                body=(
-                    "The change announced for "
-                    f"{change.effective_at:%Y-%m-%d %H:%M} UTC will not happen; "
-                    "nothing changes."
-                ),
-                data={"change_id": change.id, "stage": "withdrawn"},
+                fact=notice,
             )
 
+    def _notice(self, conn: Connection, change: CatalogChange, stage: Stage) -> CatalogChangeNotice:
+        """What users hear of ``change`` at ``stage``: named, and compared with
+        what it replaces, by the catalog in force just before it."""
+        catalog = self.catalogs.at(conn, change.effective_at - timedelta(microseconds=1))
+        subject = (
+            catalog.model(change.target_id)
+            if change.target == "model"
+            else catalog.plan(change.target_id)
+        )
+        return CatalogChangeNotice(
+            change,
+            stage,
+            name=subject.name,
+            previous=current_value(catalog, change.target, change.target_id, change.field),
+            currency=catalog.currency,
+        )
+
     def _notice_batch(
-        self, conn: Connection, change_id: str, stage: str, now: datetime
+        self, conn: Connection, change_id: str, stage: Stage, now: datetime
     ) -> tuple[int, bool]:
         """Queue one batch of a stage's notices: (how many, whether the stage is done)."""
         # Locked: a second worker on the same change waits, then sees the
@@ -327,30 +336,14 @@ class CatalogChangeService:
             repo.advance_notices(conn, change_id, cursor=None, done=column, now=now)
             return 0, True
         user_ids = repo.user_ids_after(conn, record.notice_cursor, USER_BATCH)
-        catalog = self.catalogs.at(conn, change.effective_at - timedelta(microseconds=1))
-        previous = current_value(catalog, change.target, change.target_id, change.field)
-        title, body = describe_change(catalog, change, previous)
-        if stage == "reminder":
-            title = f"Tomorrow: {title[0].lower()}{title[1:]}"
+        notice = self._notice(conn, change, stage)
         queued = 0
         for user_id in self.affected(conn, change, user_ids):
             queued += self.outbox.enqueue(
                 conn,
                 cause_key=f"catalog_change:{change.id}:{stage}:{user_id}",
                 user_id=user_id,
-                kind="catalog.change",
-                title=title,
-                body=body,
-                data={
-                    "change_id": change.id,
-                    "target": change.target,
-                    "id": change.target_id,
-                    "field": change.field,
-                    "from": previous,
-                    "to": change.value,
-                    "effective_at": change.effective_at.isoformat(),
-                    "stage": stage,
-                },
+                fact=notice,
             )
         done = len(user_ids) < USER_BATCH
         repo.advance_notices(
@@ -389,47 +382,3 @@ class CatalogChangeService:
 def _includes(plan: PlanSpec, model: ModelSpec) -> bool:
     # Availability aside (a change may be what makes the model available).
     return model.tier in plan.model_tiers and (plan.early_access or not model.early_access)
-
-
-def describe_change(catalog: Catalog, change: CatalogChange, previous: Any) -> tuple[str, str]:
-    """The notice's title and body, in the policy's words."""
-    when = change.effective_at.strftime("%Y-%m-%d %H:%M UTC")
-    if change.target == "model":
-        name = catalog.model(change.target_id).name
-        if change.field == "credits":
-            title = f"{name} will cost {change.value} credits per output"
-            body = (
-                f"From {when}, {name} costs {change.value} credits per output "
-                f"(now {previous}). Generations submitted before then keep the price "
-                "they were quoted."
-            )
-        elif change.value:
-            title = f"{name} becomes available again"
-            body = f"From {when}, {name} can be used again on the plans that include it."
-        else:
-            title = f"{name} will be withdrawn"
-            body = (
-                f"From {when}, {name} takes no new generations. Generations submitted "
-                "before then still run, at the price they were quoted."
-            )
-        return title, body
-    plan = catalog.plan(change.target_id)
-    label = change.field.replace("_", " ")
-    old, new = _shown(change.field, previous, catalog), _shown(change.field, change.value, catalog)
-    title = f"The {plan.name} plan changes: {label}"
-    body = (
-        f"The {plan.name} plan's {label} changes from {old} to {new} on {when}. "
-        "Subscribers keep the current terms until the end of the billing period "
-        "running then; the new terms apply from their next period."
-    )
-    return title, body
-
-
-def _shown(field: str, value: Any, catalog: Catalog) -> str:
-    if field == "price_cents" and isinstance(value, int):
-        return f"{value / 100:.2f} {catalog.currency.upper()} a month"
-    if isinstance(value, list):
-        return ", ".join(str(item) for item in value)
-    if isinstance(value, dict):
-        return ", ".join(f"{key} {item}" for key, item in value.items())
-    return str(value)

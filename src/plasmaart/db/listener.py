@@ -1,6 +1,7 @@
 """A PostgreSQL LISTEN loop that survives its connection: the event bus
 (eventbus.py) and the caches' invalidations (caches.py) each run one in
-a thread of their own.
+a thread of their own (``ListenerThread``, which the workers' poll wake-ups,
+generation/wakeups.py, use for their event-bus subscription too).
 
 It connects, LISTENs on the channel, says so (``listening`` set, then
 ``on_connected`` called with whether a connection was lost or could not be
@@ -20,6 +21,41 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
+
+
+class ListenerThread:
+    """The one daemon thread a listener runs in: ``start`` starts it unless
+    it is running, with a fresh stop flag passed to ``run``; ``stop`` sets
+    the flag and waits up to ``timeout`` seconds for the thread to end."""
+
+    def __init__(self, name: str, run: Callable[[threading.Event], None]) -> None:
+        self.name = name
+        self._run = run
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def start(self, on_start: Callable[[], None] | None = None) -> bool:
+        """Start the thread if it is not running (``on_start`` is called
+        just before); whether it was started now."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return False
+            self._stopping = threading.Event()
+            if on_start is not None:
+                on_start()
+            self._thread = threading.Thread(
+                target=self._run, args=(self._stopping,), name=self.name, daemon=True
+            )
+            self._thread.start()
+            return True
+
+    def stop(self, timeout: float = 10) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._stopping.set()
+        if thread is not None:
+            thread.join(timeout=timeout)
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,15 @@ def current_revision(conn: Connection) -> str | None:
     return str(rows[0]) if rows else None
 
 
+def probe_revision(db: Database) -> str | None:
+    """The readiness probe: a round trip that proves the database answers,
+    then its revision (None: never migrated). Raises ``SQLAlchemyError``
+    when the database does not answer."""
+    with db.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        return current_revision(conn)
+
+
 def is_up_to_date(db: Database) -> bool:
     with db.engine.connect() as conn:
         return current_revision(conn) == head_revision()

@@ -8,7 +8,8 @@ and no journal entry can disagree with the accounts it moves between.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -31,6 +32,20 @@ from sqlalchemy import (
     text,
 )
 
+from plasmaart.db.values import (
+    ABUSE_FLAG_STATUSES,
+    ABUSE_SIGNAL_KINDS,
+    ACCOUNTS,
+    CHANGE_TARGETS,
+    EMAIL_STATUSES,
+    ENTRY_KINDS,
+    FAL_WEBHOOK_OUTCOMES,
+    FAL_WEBHOOK_RESULTS,
+    GENERATION_STATUSES,
+    LOT_SOURCES,
+    PAYMENT_KINDS,
+)
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -45,22 +60,24 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 Timestamp = DateTime(timezone=True)
 
-LOT_SOURCES = ("promo", "subscription", "rollover", "adjustment", "purchase")
-EntryKind = Literal[
-    "grant",
-    "hold",
-    "capture",
-    "release",
-    "expire",
-    "rollover",
-    "refund",
-    "clawback",
-    "adjustment",
-]
-ENTRY_KINDS: tuple[str, ...] = get_args(EntryKind)
-# The accounts of the double-entry journal. ``wallet`` and ``holds`` are the
-# wallet's own (its available and held credits); the others are the platform's.
-ACCOUNTS = ("wallet", "holds", "issuance", "consumed", "expired")
+
+# The columns most tables share; a Column belongs to one table, so each call
+# makes a new one.
+def _id() -> Column[str]:
+    return Column("id", String(40), primary_key=True)
+
+
+def _created_at() -> Column[datetime]:
+    return Column("created_at", Timestamp, nullable=False)
+
+
+def _updated_at() -> Column[datetime]:
+    return Column("updated_at", Timestamp, nullable=False)
+
+
+def _ref(name: str, table: str, **options: Any) -> Column[str]:
+    """A reference to ``table``'s id."""
+    return Column(name, String(40), ForeignKey(f"{table}.id"), **options)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -70,14 +87,14 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 users = Table(
     "users",
     metadata,
-    Column("id", String(40), primary_key=True),
+    _id(),
     Column("email", String(320), nullable=False, unique=True),
     Column("password_hash", Text, nullable=False),
     Column("role", String(16), nullable=False, server_default="user"),
     Column("status", String(16), nullable=False, server_default="active"),
     Column("status_reason", Text),
     Column("remove_watermark", Boolean, nullable=False, server_default=false()),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
     CheckConstraint(_in("role", ("user", "admin")), name="role"),
     CheckConstraint(_in("status", ("active", "suspended")), name="status"),
 )
@@ -85,12 +102,12 @@ users = Table(
 wallets = Table(
     "wallets",
     metadata,
-    Column("id", String(40), primary_key=True),
+    _id(),
     Column("owner_kind", String(16), nullable=False),
     Column("owner_id", String(40), nullable=False),
     Column("available", BigInteger, nullable=False, server_default="0"),
     Column("held", BigInteger, nullable=False, server_default="0"),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
     CheckConstraint("available >= 0", name="available_not_negative"),
     CheckConstraint("held >= 0", name="held_not_negative"),
     CheckConstraint(_in("owner_kind", ("user", "team")), name="owner_kind"),
@@ -100,8 +117,8 @@ wallets = Table(
 lots = Table(
     "lots",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("wallet_id", String(40), ForeignKey("wallets.id"), nullable=False),
+    _id(),
+    _ref("wallet_id", "wallets", nullable=False),
     Column("source", String(16), nullable=False),
     Column("granted", BigInteger, nullable=False),
     Column("remaining", BigInteger, nullable=False),
@@ -109,7 +126,7 @@ lots = Table(
     Column("expired", BigInteger, nullable=False, server_default="0"),
     Column("expires_at", Timestamp),
     Column("reference", String(200)),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
     Column("closed_at", Timestamp),
     Column("closed_reason", String(16)),
     CheckConstraint("granted > 0", name="granted_positive"),
@@ -129,8 +146,8 @@ Index("ix_lots_expiry", lots.c.expires_at, lots.c.closed_at)
 holds = Table(
     "holds",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("wallet_id", String(40), ForeignKey("wallets.id"), nullable=False),
+    _id(),
+    _ref("wallet_id", "wallets", nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("captured", BigInteger, nullable=False, server_default="0"),
     Column("released", BigInteger, nullable=False, server_default="0"),
@@ -138,7 +155,7 @@ holds = Table(
     Column("generation_id", String(40)),
     Column("model", String(80)),
     Column("memo", Text),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
     Column("resolved_at", Timestamp),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("captured >= 0 AND released >= 0", name="parts_not_negative"),
@@ -167,8 +184,8 @@ Index("ix_holds_wallet_status", holds.c.wallet_id, holds.c.status)
 hold_lots = Table(
     "hold_lots",
     metadata,
-    Column("hold_id", String(40), ForeignKey("holds.id"), primary_key=True),
-    Column("lot_id", String(40), ForeignKey("lots.id"), primary_key=True),
+    _ref("hold_id", "holds", primary_key=True),
+    _ref("lot_id", "lots", primary_key=True),
     # Burn-order position of this lot within the hold: captures consume from
     # the first positions, releases give back the last ones.
     Column("position", Integer, nullable=False),
@@ -185,7 +202,7 @@ journal_entries = Table(
     "journal_entries",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("wallet_id", String(40), ForeignKey("wallets.id"), nullable=False),
+    _ref("wallet_id", "wallets", nullable=False),
     Column("kind", String(16), nullable=False),
     Column("from_account", String(16), nullable=False),
     Column("to_account", String(16), nullable=False),
@@ -194,14 +211,14 @@ journal_entries = Table(
     Column("amount", BigInteger, nullable=False),
     Column("balance_after", BigInteger, nullable=False),
     Column("held_after", BigInteger, nullable=False),
-    Column("lot_id", String(40), ForeignKey("lots.id")),
-    Column("hold_id", String(40), ForeignKey("holds.id")),
+    _ref("lot_id", "lots"),
+    _ref("hold_id", "holds"),
     Column("generation_id", String(40)),
     # What a capture paid for: the model and the outputs delivered.
     Column("model", String(80)),
     Column("outputs", Integer),
     Column("memo", Text),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
     CheckConstraint("credits > 0", name="credits_positive"),
     CheckConstraint("from_account <> to_account", name="distinct_accounts"),
     CheckConstraint(_in("kind", ENTRY_KINDS), name="kind"),
@@ -230,7 +247,7 @@ Index(
 usage_daily = Table(
     "usage_daily",
     metadata,
-    Column("wallet_id", String(40), ForeignKey("wallets.id"), primary_key=True),
+    _ref("wallet_id", "wallets", primary_key=True),
     Column("day", Date, primary_key=True),
     Column("model", String(80), primary_key=True),
     Column("generations", BigInteger, nullable=False),
@@ -246,15 +263,15 @@ ledger_operations = Table(
     Column("operation", String(32), nullable=False),
     Column("request_hash", String(64), nullable=False),
     Column("result", Text, nullable=False),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
 )
 
 subscriptions = Table(
     "subscriptions",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("wallet_id", String(40), ForeignKey("wallets.id"), nullable=False, unique=True),
-    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    _id(),
+    _ref("wallet_id", "wallets", nullable=False, unique=True),
+    _ref("user_id", "users", nullable=False),
     Column("plan_id", String(40), nullable=False),
     Column("status", String(16), nullable=False),
     Column("current_period_start", Timestamp, nullable=False),
@@ -264,8 +281,8 @@ subscriptions = Table(
     Column("pending_plan", String(40)),
     Column("backend", String(16), nullable=False),
     Column("external_id", String(200)),
-    Column("created_at", Timestamp, nullable=False),
-    Column("updated_at", Timestamp, nullable=False),
+    _created_at(),
+    _updated_at(),
     # The instant monthly periods count from, so that a subscription started on
     # the 31st renews on the last day of shorter months and on the 31st again
     # after them. Null for rows from before it existed: the period start then.
@@ -290,7 +307,7 @@ audit_log = Table(
     Column("target", String(340), nullable=False),
     Column("reason", Text),
     Column("data", Text, nullable=False, server_default=text("'{}'")),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
 )
 # The admin's audit log reads newest first, by time alone or for one actor,
 # subject (target) or action: each filter has its index in that order.
@@ -305,9 +322,9 @@ sessions = Table(
     "sessions",
     metadata,
     Column("token_hash", String(64), primary_key=True),
-    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    _ref("user_id", "users", nullable=False),
     Column("csrf_token", String(64), nullable=False),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
     Column("expires_at", Timestamp, nullable=False),
     Column("last_seen_at", Timestamp, nullable=False),
 )
@@ -316,13 +333,13 @@ Index("ix_sessions_user", sessions.c.user_id)
 api_keys = Table(
     "api_keys",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    _id(),
+    _ref("user_id", "users", nullable=False),
     Column("name", String(100), nullable=False),
     # The first characters of the key, shown in lists so users can tell keys apart.
     Column("prefix", String(20), nullable=False),
     Column("secret_hash", String(64), nullable=False, unique=True),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
     Column("last_used_at", Timestamp),
     Column("revoked_at", Timestamp),
 )
@@ -334,7 +351,7 @@ login_failures = Table(
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("email", String(320), nullable=False),
     Column("address", String(64), nullable=False),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
 )
 Index("ix_login_failures_email", login_failures.c.email, login_failures.c.created_at)
 Index("ix_login_failures_address", login_failures.c.address, login_failures.c.created_at)
@@ -342,12 +359,12 @@ Index("ix_login_failures_address", login_failures.c.address, login_failures.c.cr
 teams = Table(
     "teams",
     metadata,
-    Column("id", String(40), primary_key=True),
+    _id(),
     Column("name", String(100), nullable=False),
-    Column("owner_id", String(40), ForeignKey("users.id"), nullable=False),
+    _ref("owner_id", "users", nullable=False),
     # The owner's wallet: a team spends the Studio owner's credits.
-    Column("wallet_id", String(40), ForeignKey("wallets.id"), nullable=False),
-    Column("created_at", Timestamp, nullable=False),
+    _ref("wallet_id", "wallets", nullable=False),
+    _created_at(),
 )
 # One team per owner (the service refuses a second with a clear error first).
 Index("ix_teams_owner", teams.c.owner_id, unique=True)
@@ -355,8 +372,8 @@ Index("ix_teams_owner", teams.c.owner_id, unique=True)
 team_members = Table(
     "team_members",
     metadata,
-    Column("team_id", String(40), ForeignKey("teams.id"), primary_key=True),
-    Column("user_id", String(40), ForeignKey("users.id"), primary_key=True),
+    _ref("team_id", "teams", primary_key=True),
+    _ref("user_id", "users", primary_key=True),
     Column("role", String(16), nullable=False),
     Column("monthly_credit_cap", BigInteger),
     Column("joined_at", Timestamp, nullable=False),
@@ -368,15 +385,15 @@ Index("ix_team_members_user", team_members.c.user_id)
 invitations = Table(
     "invitations",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("team_id", String(40), ForeignKey("teams.id"), nullable=False),
+    _id(),
+    _ref("team_id", "teams", nullable=False),
     Column("email", String(320), nullable=False),
     Column("token_hash", String(64), nullable=False, unique=True),
-    Column("invited_by", String(40), ForeignKey("users.id"), nullable=False),
-    Column("created_at", Timestamp, nullable=False),
+    _ref("invited_by", "users", nullable=False),
+    _created_at(),
     Column("expires_at", Timestamp, nullable=False),
     Column("accepted_at", Timestamp),
-    Column("accepted_by", String(40), ForeignKey("users.id")),
+    _ref("accepted_by", "users"),
     Column("revoked_at", Timestamp),
 )
 Index("ix_invitations_team", invitations.c.team_id)
@@ -394,7 +411,7 @@ idempotency_records = Table(
     Column("response_status", Integer),
     Column("response_headers", Text),
     Column("response_body", LargeBinary),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
     CheckConstraint(_in("status", ("running", "done")), name="status"),
 )
 Index("ix_idempotency_records_created", idempotency_records.c.created_at)
@@ -402,31 +419,30 @@ Index("ix_idempotency_records_created", idempotency_records.c.created_at)
 notifications = Table(
     "notifications",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    _id(),
+    _ref("user_id", "users", nullable=False),
     Column("kind", String(40), nullable=False),
     Column("title", String(200), nullable=False),
     Column("body", Text, nullable=False),
     Column("data", Text, nullable=False, server_default=text("'{}'")),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
     Column("read_at", Timestamp),
 )
 Index("ix_notifications_user", notifications.c.user_id, notifications.c.id)
 
-GENERATION_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 
 uploads = Table(
     "uploads",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    _id(),
+    _ref("user_id", "users", nullable=False),
     Column("storage_key", String(300), nullable=False),
     Column("content_type", String(40), nullable=False),
     Column("width", Integer, nullable=False),
     Column("height", Integer, nullable=False),
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
 )
 Index("ix_uploads_user", uploads.c.user_id, uploads.c.created_at)
 
@@ -435,23 +451,23 @@ Index("ix_uploads_user", uploads.c.user_id, uploads.c.created_at)
 generations = Table(
     "generations",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
-    Column("wallet_id", String(40), ForeignKey("wallets.id"), nullable=False),
-    Column("team_id", String(40), ForeignKey("teams.id")),
+    _id(),
+    _ref("user_id", "users", nullable=False),
+    _ref("wallet_id", "wallets", nullable=False),
+    _ref("team_id", "teams"),
     Column("model", String(80), nullable=False),
     Column("kind", String(20), nullable=False),
     Column("prompt", Text, nullable=False),
     Column("num_outputs", Integer, nullable=False),
     Column("params", Text, nullable=False, server_default=text("'{}'")),
     Column("sandbox", Text, nullable=False, server_default=text("'{}'")),
-    Column("upload_id", String(40), ForeignKey("uploads.id")),
+    _ref("upload_id", "uploads"),
     Column("image_url", Text),
     # The price quoted at submission: the job keeps it whatever changes later.
     Column("credits_per_output", Integer, nullable=False),
     Column("credits_held", BigInteger, nullable=False),
     Column("credits_charged", BigInteger, nullable=False, server_default="0"),
-    Column("hold_id", String(40), ForeignKey("holds.id"), nullable=False),
+    _ref("hold_id", "holds", nullable=False),
     Column("balance_after", BigInteger, nullable=False),
     Column("status", String(16), nullable=False),
     Column("queue_class", String(16), nullable=False),
@@ -474,7 +490,7 @@ generations = Table(
     Column("error_code", String(40)),
     Column("error_message", Text),
     Column("idempotency_key", String(255)),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
     Column("started_at", Timestamp),
     Column("finished_at", Timestamp),
     CheckConstraint(_in("status", GENERATION_STATUSES), name="status"),
@@ -493,8 +509,8 @@ Index("ix_generations_team_created", generations.c.team_id, generations.c.create
 generation_outputs = Table(
     "generation_outputs",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("generation_id", String(40), ForeignKey("generations.id"), nullable=False),
+    _id(),
+    _ref("generation_id", "generations", nullable=False),
     Column("position", Integer, nullable=False),
     Column("storage_key", String(300), nullable=False),
     Column("content_type", String(40), nullable=False),
@@ -504,21 +520,20 @@ generation_outputs = Table(
     Column("size", BigInteger, nullable=False),
     Column("watermarked", Boolean, nullable=False),
     Column("license", String(16), nullable=False),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
     UniqueConstraint("generation_id", "position", name="uq_generation_outputs_position"),
 )
 
-PAYMENT_KINDS = ("subscription", "renewal", "upgrade", "pack")
 
 # Every charge of a billing backend, succeeded or failed: what was paid, when,
 # for what, and the credits it granted (the lot, so a refund can claw it back).
 payments = Table(
     "payments",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
-    Column("wallet_id", String(40), ForeignKey("wallets.id"), nullable=False),
-    Column("subscription_id", String(40), ForeignKey("subscriptions.id")),
+    _id(),
+    _ref("user_id", "users", nullable=False),
+    _ref("wallet_id", "wallets", nullable=False),
+    _ref("subscription_id", "subscriptions"),
     Column("kind", String(16), nullable=False),
     Column("status", String(16), nullable=False),
     Column("plan_id", String(40)),
@@ -526,7 +541,7 @@ payments = Table(
     Column("amount_cents", BigInteger, nullable=False),
     Column("currency", String(3), nullable=False),
     Column("credits", BigInteger, nullable=False, server_default="0"),
-    Column("lot_id", String(40), ForeignKey("lots.id")),
+    _ref("lot_id", "lots"),
     Column("period_start", Timestamp),
     Column("period_end", Timestamp),
     Column("backend", String(16), nullable=False),
@@ -535,7 +550,7 @@ payments = Table(
     # the clock running twice, or in two workers, cannot charge twice.
     Column("idempotency_key", String(200), nullable=False, unique=True),
     Column("failure_reason", Text),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
     CheckConstraint(_in("kind", PAYMENT_KINDS), name="kind"),
     CheckConstraint(_in("status", ("succeeded", "failed")), name="status"),
     CheckConstraint("amount_cents >= 0 AND credits >= 0", name="not_negative"),
@@ -560,9 +575,9 @@ test_clock = Table(
 sandbox_cards = Table(
     "sandbox_cards",
     metadata,
-    Column("user_id", String(40), ForeignKey("users.id"), primary_key=True),
+    _ref("user_id", "users", primary_key=True),
     Column("declines", Boolean, nullable=False, server_default=false()),
-    Column("updated_at", Timestamp, nullable=False),
+    _updated_at(),
 )
 
 # --- Stripe (migration 0004) ---
@@ -573,9 +588,9 @@ sandbox_cards = Table(
 stripe_customers = Table(
     "stripe_customers",
     metadata,
-    Column("user_id", String(40), ForeignKey("users.id"), primary_key=True),
+    _ref("user_id", "users", primary_key=True),
     Column("customer_id", String(255), nullable=False, unique=True),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
 )
 
 # Stripe subscriptions and ours. ``last_event_created`` is the ``created`` of
@@ -590,8 +605,8 @@ stripe_subscriptions = Table(
     ),
     Column("customer_id", String(255), nullable=False),
     Column("last_event_created", Timestamp),
-    Column("created_at", Timestamp, nullable=False),
-    Column("updated_at", Timestamp, nullable=False),
+    _created_at(),
+    _updated_at(),
 )
 
 # Every webhook event applied, by Stripe's event id: inserted in the same
@@ -615,12 +630,12 @@ stripe_events = Table(
 stripe_clawbacks = Table(
     "stripe_clawbacks",
     metadata,
-    Column("payment_id", String(40), ForeignKey("payments.id"), primary_key=True),
+    _ref("payment_id", "payments", primary_key=True),
     Column("reason", String(16), nullable=False),
     Column("event_id", String(255), nullable=False),
     Column("credits", BigInteger, nullable=False),
     Column("spent", BigInteger, nullable=False),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
     CheckConstraint(_in("reason", ("refund", "dispute")), name="reason"),
     CheckConstraint("credits >= 0 AND spent >= 0", name="not_negative"),
 )
@@ -629,17 +644,6 @@ Index("ix_payments_external_id", payments.c.external_id)
 
 # --- Fair use (migration 0005) ---
 
-ABUSE_SIGNAL_KINDS = (
-    "rate_limited",
-    "submit_cancel",
-    "identical_prompt",
-    "invalid_input",
-    "clawback",
-    # Migration 0008: card testing and plan-change cycling.
-    "payment_declined",
-    "plan_cycling",
-)
-ABUSE_FLAG_STATUSES = ("open", "suspended", "resolved")
 
 # Suspicious events per account, scored over sliding windows by
 # fairuse/rules.py. ``subject`` names the cause (a generation, a payment) so
@@ -648,11 +652,11 @@ abuse_signals = Table(
     "abuse_signals",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    _ref("user_id", "users", nullable=False),
     Column("kind", String(32), nullable=False),
     Column("subject", String(80)),
     Column("evidence", Text, nullable=False, server_default=text("'{}'")),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
     CheckConstraint(_in("kind", ABUSE_SIGNAL_KINDS), name="kind"),
     UniqueConstraint("user_id", "kind", "subject", name="uq_abuse_signals_cause"),
 )
@@ -664,13 +668,13 @@ Index("ix_abuse_signals_user_created", abuse_signals.c.user_id, abuse_signals.c.
 abuse_flags = Table(
     "abuse_flags",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    _id(),
+    _ref("user_id", "users", nullable=False),
     Column("status", String(16), nullable=False),
     Column("score", Integer, nullable=False),
     Column("evidence", Text, nullable=False, server_default=text("'{}'")),
-    Column("created_at", Timestamp, nullable=False),
-    Column("updated_at", Timestamp, nullable=False),
+    _created_at(),
+    _updated_at(),
     Column("resolved_at", Timestamp),
     Column("resolved_by", String(340)),
     CheckConstraint(_in("status", ABUSE_FLAG_STATUSES), name="status"),
@@ -681,7 +685,6 @@ Index("ix_abuse_flags_status", abuse_flags.c.status, abuse_flags.c.id)
 
 # --- Announced changes and the notification outbox (migration 0006) ---
 
-CHANGE_TARGETS = ("model", "plan")
 
 # A change to the catalog announced ahead of time (the policy's "notified in
 # advance of any material changes"). The catalog file stays the base; the
@@ -690,15 +693,15 @@ CHANGE_TARGETS = ("model", "plan")
 catalog_changes = Table(
     "catalog_changes",
     metadata,
-    Column("id", String(40), primary_key=True),
+    _id(),
     Column("target", String(8), nullable=False),
     Column("target_id", String(64), nullable=False),
     Column("field", String(40), nullable=False),
     # The new value, as JSON.
     Column("value", Text, nullable=False),
     Column("effective_at", Timestamp, nullable=False),
-    Column("created_by", String(40), ForeignKey("users.id"), nullable=False),
-    Column("created_at", Timestamp, nullable=False),
+    _ref("created_by", "users", nullable=False),
+    _created_at(),
     # Withdrawn before it took effect; kept for the record.
     Column("canceled_at", Timestamp),
     # When every affected user's notice was queued in the outbox: at
@@ -712,7 +715,6 @@ catalog_changes = Table(
 )
 Index("ix_catalog_changes_effective_at", catalog_changes.c.effective_at)
 
-EMAIL_STATUSES = ("pending", "sent", "skipped", "failed")
 
 # The notification outbox: written in the transaction of its cause and
 # delivered by the worker (in-app, and by e-mail when SMTP is configured).
@@ -721,14 +723,14 @@ EMAIL_STATUSES = ("pending", "sent", "skipped", "failed")
 notification_outbox = Table(
     "notification_outbox",
     metadata,
-    Column("id", String(40), primary_key=True),
+    _id(),
     Column("cause_key", String(200), nullable=False, unique=True),
-    Column("user_id", String(40), ForeignKey("users.id"), nullable=False),
+    _ref("user_id", "users", nullable=False),
     Column("kind", String(40), nullable=False),
     Column("title", String(200), nullable=False),
     Column("body", Text, nullable=False),
     Column("data", Text, nullable=False, server_default=text("'{}'")),
-    Column("created_at", Timestamp, nullable=False),
+    _created_at(),
     # The in-app notification once written (set in the same transaction, so
     # a redelivery after a crash never writes a second one).
     Column("notification_id", String(40)),
@@ -754,7 +756,7 @@ Index(
 balance_alerts = Table(
     "balance_alerts",
     metadata,
-    Column("wallet_id", String(40), ForeignKey("wallets.id"), primary_key=True),
+    _ref("wallet_id", "wallets", primary_key=True),
     Column("below", Boolean, nullable=False, server_default=false()),
     # How many times it fell below: the cause key of each crossing's notice.
     Column("crossings", Integer, nullable=False, server_default="0"),
@@ -763,8 +765,6 @@ balance_alerts = Table(
 
 # --- fal webhooks (migration 0007) ---
 
-FAL_WEBHOOK_RESULTS = ("succeeded", "failed", "payload_error")
-FAL_WEBHOOK_OUTCOMES = ("woken", "finished", "unknown_request")
 
 # Every signed webhook fal delivered, by fal's request id (the signed
 # ``X-Fal-Webhook-Request-Id``): inserted once, so a redelivery is recognised
@@ -775,7 +775,7 @@ fal_webhooks = Table(
     "fal_webhooks",
     metadata,
     Column("request_id", String(200), primary_key=True),
-    Column("generation_id", String(40), ForeignKey("generations.id")),
+    _ref("generation_id", "generations"),
     Column("result", String(16), nullable=False),
     Column("outcome", String(16), nullable=False),
     Column("received_at", Timestamp, nullable=False),

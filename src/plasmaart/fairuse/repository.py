@@ -1,13 +1,19 @@
-"""All SQL of fair use: abuse signals, flags, and the reads scoring needs."""
+"""All SQL of fair use: abuse signals, flags, and the reads scoring needs.
+
+Every read returns a frozen dataclass or a typed tuple: evidence decoded from
+its JSON, times in UTC whatever the database hands back.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, NamedTuple, cast
 
-from sqlalchemy import Connection, Row, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, exists, func, insert, or_, select, update
 
+from plasmaart.clock import as_utc
 from plasmaart.db.tables import (
     abuse_flags,
     abuse_signals,
@@ -21,8 +27,48 @@ from plasmaart.db.tables import (
 )
 from plasmaart.fairuse.rules import Signal, SignalKind
 
-AnyRow = Row[Any]
-UNRESOLVED = ("open", "suspended")
+FlagStatus = Literal["open", "suspended", "resolved"]
+UNRESOLVED: tuple[FlagStatus, ...] = ("open", "suspended")
+
+
+@dataclass(frozen=True)
+class UnresolvedFlag:
+    """The account's open or suspended flag (at most one)."""
+
+    id: str
+    status: FlagStatus
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AbuseFlag:
+    """A flag as admins review it (``GET /v1/admin/abuse``, the dashboard):
+    the score and the evidence behind it, with the account's e-mail and
+    status."""
+
+    id: str
+    user_id: str
+    email: str
+    user_status: Literal["active", "suspended"]
+    status: FlagStatus
+    score: int
+    evidence: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None
+    resolved_by: str | None
+
+
+class PlanPaymentRow(NamedTuple):
+    """A succeeded payment that put a wallet on a plan."""
+
+    kind: str
+    plan_id: str
+    created_at: datetime
+
+
+def _json(evidence: dict[str, Any]) -> str:
+    return json.dumps(evidence, sort_keys=True, default=str)
 
 
 def signal_exists(conn: Connection, user_id: str, kind: str, subject: str) -> bool:
@@ -47,29 +93,30 @@ def insert_signal(
 ) -> None:
     conn.execute(
         insert(abuse_signals).values(
-            user_id=user_id,
-            kind=kind,
-            subject=subject,
-            evidence=json.dumps(evidence, sort_keys=True, default=str),
-            created_at=now,
+            user_id=user_id, kind=kind, subject=subject, evidence=_json(evidence), created_at=now
         )
     )
 
 
-def signals_since(conn: Connection, user_id: str, since: datetime) -> list[AnyRow]:
-    """The user's signals after ``since``, newest first."""
-    return list(
-        conn.execute(
-            select(abuse_signals)
-            .where(abuse_signals.c.user_id == user_id, abuse_signals.c.created_at > since)
-            .order_by(abuse_signals.c.created_at.desc(), abuse_signals.c.id.desc())
-        ).all()
-    )
-
-
-def as_signal(row: AnyRow, at: datetime) -> Signal:
-    kind: SignalKind = row.kind
-    return Signal(kind, at)
+def signals_since(
+    conn: Connection, user_id: str, since: datetime, *, with_evidence: int
+) -> list[Signal]:
+    """The user's signals after ``since``, newest first; the newest
+    ``with_evidence`` of them carry their evidence (what a flag keeps),
+    the others only what scoring reads."""
+    rows = conn.execute(
+        select(abuse_signals.c.kind, abuse_signals.c.evidence, abuse_signals.c.created_at)
+        .where(abuse_signals.c.user_id == user_id, abuse_signals.c.created_at > since)
+        .order_by(abuse_signals.c.created_at.desc(), abuse_signals.c.id.desc())
+    ).all()
+    return [
+        Signal(
+            cast(SignalKind, kind),
+            as_utc(created_at),
+            json.loads(evidence) if n < with_evidence else {},
+        )
+        for n, (kind, evidence, created_at) in enumerate(rows)
+    ]
 
 
 def last_reinstated_at(conn: Connection, user_id: str) -> datetime | None:
@@ -80,16 +127,19 @@ def last_reinstated_at(conn: Connection, user_id: str) -> datetime | None:
             audit_log.c.target == user_id, audit_log.c.action == "user.reinstate"
         )
     ).scalar_one_or_none()
-    return value
+    return None if value is None else as_utc(value)
 
 
-def unresolved_flag(conn: Connection, user_id: str) -> AnyRow | None:
-    return conn.execute(
-        select(abuse_flags)
+def unresolved_flag(conn: Connection, user_id: str) -> UnresolvedFlag | None:
+    row = conn.execute(
+        select(abuse_flags.c.id, abuse_flags.c.status, abuse_flags.c.created_at)
         .where(abuse_flags.c.user_id == user_id, abuse_flags.c.status.in_(UNRESOLVED))
         .order_by(abuse_flags.c.id.desc())
         .limit(1)
     ).one_or_none()
+    if row is None:
+        return None
+    return UnresolvedFlag(row.id, row.status, as_utc(row.created_at))
 
 
 def insert_flag(
@@ -102,17 +152,8 @@ def insert_flag(
     evidence: dict[str, Any],
     now: datetime,
 ) -> None:
-    conn.execute(
-        insert(abuse_flags).values(
-            id=flag_id,
-            user_id=user_id,
-            status=status,
-            score=score,
-            evidence=json.dumps(evidence, sort_keys=True, default=str),
-            created_at=now,
-            updated_at=now,
-        )
-    )
+    values = {"status": status, "score": score, "evidence": _json(evidence), "updated_at": now}
+    conn.execute(insert(abuse_flags).values(id=flag_id, user_id=user_id, created_at=now, **values))
 
 
 def update_flag(
@@ -127,12 +168,7 @@ def update_flag(
     conn.execute(
         update(abuse_flags)
         .where(abuse_flags.c.id == flag_id)
-        .values(
-            status=status,
-            score=score,
-            evidence=json.dumps(evidence, sort_keys=True, default=str),
-            updated_at=now,
-        )
+        .values(status=status, score=score, evidence=_json(evidence), updated_at=now)
     )
 
 
@@ -155,8 +191,8 @@ def resolve_flags(conn: Connection, user_id: str, *, actor: str, now: datetime) 
 
 
 def list_flags(
-    conn: Connection, *, statuses: tuple[str, ...], limit: int, before: str | None
-) -> list[AnyRow]:
+    conn: Connection, *, statuses: tuple[FlagStatus, ...], limit: int, before: str | None
+) -> list[AbuseFlag]:
     """Flags with their user's e-mail and status, newest first."""
     query = (
         select(abuse_flags, users.c.email, users.c.status.label("user_status"))
@@ -167,7 +203,22 @@ def list_flags(
     )
     if before is not None:
         query = query.where(abuse_flags.c.id < before)
-    return list(conn.execute(query).all())
+    return [
+        AbuseFlag(
+            id=row.id,
+            user_id=row.user_id,
+            email=row.email,
+            user_status="suspended" if row.user_status == "suspended" else "active",
+            status=row.status,
+            score=int(row.score),
+            evidence=json.loads(row.evidence),
+            created_at=as_utc(row.created_at),
+            updated_at=as_utc(row.updated_at),
+            resolved_at=None if row.resolved_at is None else as_utc(row.resolved_at),
+            resolved_by=row.resolved_by,
+        )
+        for row in conn.execute(query)
+    ]
 
 
 def has_paid(conn: Connection, user_id: str) -> bool:
@@ -200,11 +251,9 @@ def has_paid(conn: Connection, user_id: str) -> bool:
     return found is not None
 
 
-def plan_payments(
-    conn: Connection, wallet_id: str, since: datetime
-) -> list[tuple[str, str, datetime]]:
+def plan_payments(conn: Connection, wallet_id: str, since: datetime) -> list[PlanPaymentRow]:
     """The wallet's succeeded plan payments (subscription, renewal, upgrade)
-    after ``since``: (kind, plan id, created_at), oldest first."""
+    after ``since``, oldest first."""
     rows = conn.execute(
         select(payments.c.kind, payments.c.plan_id, payments.c.created_at)
         .where(
@@ -215,4 +264,4 @@ def plan_payments(
         )
         .order_by(payments.c.created_at, payments.c.id)
     ).all()
-    return [(row.kind, row.plan_id or "", row.created_at) for row in rows]
+    return [PlanPaymentRow(row.kind, row.plan_id or "", as_utc(row.created_at)) for row in rows]

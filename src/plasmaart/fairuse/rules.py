@@ -29,19 +29,14 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
-SignalKind = Literal[
-    "rate_limited",
-    "submit_cancel",
-    "identical_prompt",
-    "invalid_input",
-    "clawback",
-    "payment_declined",
-    "plan_cycling",
-]
+from plasmaart.db.values import AbuseSignalKind
+
+# The kinds are the database's CHECK constraint's (db/tables.py).
+SignalKind = AbuseSignalKind
 SIGNAL_KINDS: tuple[SignalKind, ...] = get_args(SignalKind)
 # The rate-limit budgets of an account: submissions, uploads and cancels
 # share one; quotes (read-only, and asked for by the dashboard whenever the
@@ -68,6 +63,8 @@ class SignalRule:
 class Signal:
     kind: SignalKind
     at: datetime
+    # What was seen (a flag keeps it as evidence); scoring reads only the above.
+    evidence: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

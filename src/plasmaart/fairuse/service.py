@@ -15,39 +15,40 @@ verdict, in the caller's transaction:
   evidence for an admin to review (``GET /v1/admin/abuse``);
 - suspend (``rules.decide``: an account that paid only for exploitation
   signals — clawbacks, declined-payment bursts, plan-change cycling —; one
-  that never paid for any): the account is suspended through
-  ``AccountService`` like an admin's suspension: its sessions end, its
-  queued generations are canceled and their credits released, running ones
-  finish (and are charged only for what they deliver). Admins are flagged
-  but never suspended automatically, so the platform cannot lock out the
-  people who would undo a mistake.
+  that never paid for any): the account is suspended by
+  ``SuspensionService.suspend`` (fairuse/suspension.py), exactly as an
+  admin's suspension: its sessions end, its queued generations are canceled
+  and their credits released, running ones finish (and are charged only for
+  what they deliver). Admins are flagged but never suspended automatically,
+  so the platform cannot lock out the people who would undo a mistake.
 
 Every decision is written to the audit log. Reinstating an account resolves
-its flags, and its earlier signals no longer count.
+its flags (``SuspensionService.reinstate``), and its earlier signals no
+longer count.
+
+Billing tells this service of clawbacks and payments through its hooks, and
+the database of commits that change plans: it registers with both when it
+is built (billing/hooks.py), as the signal flusher is built with it.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Connection
 
-from plasmaart.accounts import audit
-from plasmaart.accounts import repository as accounts_repo
-from plasmaart.accounts.credentials import CredentialService
-from plasmaart.accounts.service import AccountService, User, UserNotFound
+from plasmaart.accounts.service import AccountService, User
 from plasmaart.billing.clawbacks import ClawbackOutcome
 from plasmaart.billing.repository import Payment
 from plasmaart.billing.service import BillingService
 from plasmaart.catalog import Catalog
-from plasmaart.clock import Clock, as_utc
+from plasmaart.clock import Clock
 from plasmaart.config import Settings
-from plasmaart.db.engine import after_commit
+from plasmaart.db.engine import Database, after_commit
 from plasmaart.fairuse import repository as repo
 from plasmaart.fairuse.counters import (
     CopyCounter,
@@ -56,6 +57,8 @@ from plasmaart.fairuse.counters import (
     PendingSignals,
     request_fingerprint,
 )
+from plasmaart.fairuse.flags import SYSTEM_ACTOR, raise_flag, record_decision, resolve_flags
+from plasmaart.fairuse.repository import AbuseFlag, FlagStatus
 from plasmaart.fairuse.request_limiter import RateWindow, RequestLimiter
 from plasmaart.fairuse.rules import (
     DEFAULT_RULES,
@@ -67,6 +70,7 @@ from plasmaart.fairuse.rules import (
     Budget,
     PlanPayment,
     Score,
+    Signal,
     SignalKind,
     SignalRule,
     Verdict,
@@ -82,12 +86,18 @@ from plasmaart.fairuse.rules import (
 )
 from plasmaart.fairuse.suspension import SuspensionService
 from plasmaart.fairuse.tasks import SignalFlusher
-from plasmaart.generation.service import Generation, GenerationRequest, GenerationService
-from plasmaart.ids import new_id
-from plasmaart.ledger.service import LedgerService
+from plasmaart.generation.service import Generation, GenerationRequest
 from plasmaart.teams.service import TeamService
 
-SYSTEM_ACTOR = "system:fairuse"
+__all__ = [
+    "SYSTEM_ACTOR",
+    "AbuseFlag",
+    "Assessment",
+    "FairUsePolicy",
+    "FairUseService",
+    "FlagStatus",
+]
+
 # The most recent signals a flag keeps as evidence.
 EVIDENCE_SIGNALS = 50
 # How long a process trusts the plan limits it read for an account: a plan
@@ -96,7 +106,6 @@ EVIDENCE_SIGNALS = 50
 PLAN_LIMIT_CACHE_S = 1.0
 # Accounts whose plan limit a process keeps at most (then it starts afresh).
 PLAN_LIMIT_CACHE_SIZE = 10_000
-FlagStatus = Literal["open", "suspended", "resolved"]
 
 
 @dataclass(frozen=True)
@@ -132,21 +141,6 @@ class Assessment:
     queued_canceled: int = 0
 
 
-@dataclass(frozen=True)
-class AbuseFlag:
-    id: str
-    user_id: str
-    email: str
-    user_status: str
-    status: FlagStatus
-    score: int
-    evidence: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-    resolved_at: datetime | None
-    resolved_by: str | None
-
-
 class FairUseService:
     def __init__(
         self,
@@ -154,33 +148,36 @@ class FairUseService:
         policy: FairUsePolicy,
         limiter: RequestLimiter,
         *,
-        ledger: LedgerService,
+        db: Database,
         billing: BillingService,
         teams: TeamService,
         accounts: AccountService,
-        credentials: CredentialService,
-        generations: GenerationService,
+        suspensions: SuspensionService,
         copies: CopyCounter | None = None,
     ) -> None:
         self.clock = clock
         self.policy = policy
+        # Rate limits: each account's requests, against the best plan of its
+        # wallets (read through billing and teams, then kept for a second).
         self.limiter = limiter
-        self.ledger = ledger
         self.billing = billing
         self.teams = teams
-        self.accounts = accounts
-        self.credentials = credentials
-        self.generations = generations
-        # What a suspension does (whoever decides it): fairuse/suspension.py.
-        self.suspensions = SuspensionService(accounts, credentials, generations, billing)
-        # Identical requests per account (memory, or Redis: fairuse.counters).
-        self.copies: CopyCounter = copies or MemoryCopies()
-        # Signals seen on the request path, until the flusher records them.
-        self.pending = PendingSignals()
-        # Set by bootstrap (it needs the database): fairuse/tasks.py.
-        self.flusher: SignalFlusher | None = None
         # user id -> (monotonic expiry, the best requests a minute of its plans)
         self._plan_limits: dict[str, tuple[float, int]] = {}
+        # Identical requests per account (memory, or Redis: fairuse.counters).
+        self.copies: CopyCounter = copies or MemoryCopies()
+        # Signals seen on the request path, and what records them off it.
+        self.pending = PendingSignals()
+        self.flusher = SignalFlusher(db, self.pending, self.record_pending)
+        # Acting on a verdict: the account, and what a suspension does
+        # whoever decides it (fairuse/suspension.py).
+        self.accounts = accounts
+        self.suspensions = suspensions
+        # Billing's clawbacks and payments are signals; a commit that changes
+        # plans, users or teams drops the plan limits kept above.
+        billing.hooks.listen_to_clawbacks(self.on_clawback)
+        billing.hooks.listen_to_payments(self.on_payment)
+        db.invalidation_listeners.append(self.forget_plan_limits)
 
     # -- rate limits -------------------------------------------------------
 
@@ -244,7 +241,7 @@ class FairUseService:
         wallets; taking them in the same order keeps PostgreSQL from finding
         the two in a deadlock. Submissions and cancels record nothing in
         their transaction (their signals are queued), so they need not."""
-        accounts_repo.lock_user(conn, user_id)
+        self.accounts.lock(conn, user_id)
 
     def enqueue_signal(
         self,
@@ -273,8 +270,6 @@ class FairUseService:
     def flush(self) -> int:
         """Record the queued signals now (the flusher does it every second;
         tests call this to read the outcome at once); how many were recorded."""
-        if self.flusher is None:
-            raise RuntimeError("no signal flusher: bootstrap attaches one")
         return self.flusher.flush()
 
     def record_signal(
@@ -294,9 +289,7 @@ class FairUseService:
         and scored as of then."""
         if kind not in self.policy.rules:
             raise ValueError(f"unknown abuse signal {kind!r}")
-        user = accounts_repo.lock_user(conn, user_id)
-        if user is None:
-            raise UserNotFound(f"no user {user_id!r}")
+        user = self.accounts.lock(conn, user_id)
         now = self.clock.now() if at is None else at
         recorded = subject is None or not repo.signal_exists(conn, user_id, kind, subject)
         if recorded:
@@ -440,13 +433,12 @@ class FairUseService:
         if payment.kind != "upgrade" or payment.status != "succeeded":
             return
         now = self.clock.now()
+        paid = repo.plan_payments(conn, payment.wallet_id, now - PLAN_CYCLE_WINDOW)
         catalog = self.billing.plans.catalogs.now(conn)
         history = [
-            PlanPayment(kind, price, as_utc(at))
-            for kind, plan_id, at in repo.plan_payments(
-                conn, payment.wallet_id, now - PLAN_CYCLE_WINDOW
-            )
-            if (price := _plan_price(catalog, plan_id)) is not None
+            PlanPayment(row.kind, price, row.created_at)
+            for row in paid
+            if (price := _plan_price(catalog, row.plan_id)) is not None
         ]
         cycles = plan_cycles(history)
         if cycles < PLAN_CYCLES_ALLOWED:
@@ -478,54 +470,18 @@ class FairUseService:
         before: str | None = None,
     ) -> list[AbuseFlag]:
         """Flags, newest first, with their evidence."""
-        rows = repo.list_flags(conn, statuses=statuses, limit=limit, before=before)
-        return [
-            AbuseFlag(
-                id=row.id,
-                user_id=row.user_id,
-                email=row.email,
-                user_status=row.user_status,
-                status=row.status,
-                score=int(row.score),
-                evidence=json.loads(row.evidence),
-                created_at=as_utc(row.created_at),
-                updated_at=as_utc(row.updated_at),
-                resolved_at=None if row.resolved_at is None else as_utc(row.resolved_at),
-                resolved_by=row.resolved_by,
-            )
-            for row in rows
-        ]
-
-    def resolve_flags(self, conn: Connection, user_id: str, *, actor: str) -> list[str]:
-        """Resolve the account's unresolved flags (an admin reinstated it or
-        cleared it after review); each resolution is audited."""
-        now = self.clock.now()
-        resolved = repo.resolve_flags(conn, user_id, actor=actor, now=now)
-        for flag_id in resolved:
-            audit.record(
-                conn,
-                actor=actor,
-                action="abuse.resolve",
-                target=user_id,
-                reason=None,
-                now=now,
-                data={"flag_id": flag_id},
-            )
-        return resolved
+        return repo.list_flags(conn, statuses=statuses, limit=limit, before=before)
 
     # -- internals ---------------------------------------------------------
 
-    def _assess(
-        self, conn: Connection, user: repo.AnyRow, now: datetime, *, recorded: bool
-    ) -> Assessment:
+    def _assess(self, conn: Connection, user: User, now: datetime, *, recorded: bool) -> Assessment:
         reinstated = repo.last_reinstated_at(conn, user.id)
-        reinstated = None if reinstated is None else as_utc(reinstated)
         since = now - longest_window(self.policy.rules)
         if reinstated is not None and reinstated > since:
             since = reinstated
-        rows = repo.signals_since(conn, user.id, since)
+        signals = repo.signals_since(conn, user.id, since, with_evidence=EVIDENCE_SIGNALS)
         current = score(
-            [repo.as_signal(row, as_utc(row.created_at)) for row in rows],
+            signals,
             now,
             self.policy.rules,
             since=reinstated,
@@ -544,35 +500,27 @@ class FairUseService:
             return Assessment(
                 user.id, recorded, current, found, None if flag is None else flag.id, False
             )
-        if flag is not None and reinstated is not None and as_utc(flag.created_at) <= reinstated:
-            # Reinstated since the flag was raised (e.g. from the command line).
-            self.resolve_flags(conn, user.id, actor="reinstatement")
+        if flag is not None and reinstated is not None and flag.created_at <= reinstated:
+            # Reinstated since the flag was raised, without resolving it (an
+            # account's status set some other way than SuspensionService).
+            resolve_flags(conn, user.id, actor="reinstatement", now=self.clock.now())
             flag = None
         if found == "clear" and flag is None:
             return Assessment(user.id, recorded, current, found, None, suspended_now=False)
 
         suspend = found == "suspend" and user.status == "active" and user.role != "admin"
         status: FlagStatus = "suspended" if suspend or user.status == "suspended" else "open"
-        evidence = self._evidence(current, rows, user.role, paid=paid)
+        evidence = self._evidence(current, signals, user.role, paid=paid)
         if flag is None:
-            flag_id = new_id("abf")
-            repo.insert_flag(
+            reason = f"abuse score {current.total} >= {self.policy.flag_at}: {current.summary()}"
+            flag_id = raise_flag(
                 conn,
-                flag_id=flag_id,
-                user_id=user.id,
+                user.id,
                 status=status,
                 score=current.total,
                 evidence=evidence,
+                reason=reason,
                 now=now,
-            )
-            audit.record(
-                conn,
-                actor=SYSTEM_ACTOR,
-                action="abuse.flag",
-                target=user.id,
-                reason=f"abuse score {current.total} >= {self.policy.flag_at}: {current.summary()}",
-                now=now,
-                data={"flag_id": flag_id, "score": current.total, "by_kind": evidence["by_kind"]},
             )
         else:
             flag_id = flag.id
@@ -596,27 +544,18 @@ class FairUseService:
         self, conn: Connection, user_id: str, current: Score, flag_id: str, now: datetime
     ) -> int:
         """Suspend like an admin would; how many queued generations were canceled."""
-        user = self.accounts.get(conn, user_id)
         reason = (
             f"automatic: abuse score {current.total} >= {self.policy.suspend_at} "
             f"({current.summary()})"
         )
-        canceled = self.suspensions.suspend(
-            conn, user, actor=SYSTEM_ACTOR, reason=reason
-        ).queued_canceled
-        audit.record(
-            conn,
-            actor=SYSTEM_ACTOR,
-            action="abuse.suspend",
-            target=user.id,
-            reason=reason,
-            now=now,
-            data={"flag_id": flag_id, "score": current.total, "queued_canceled": canceled},
-        )
+        suspended = self.suspensions.suspend(conn, user_id, actor=SYSTEM_ACTOR, reason=reason)
+        canceled = suspended.queued_canceled
+        data = {"flag_id": flag_id, "score": current.total, "queued_canceled": canceled}
+        record_decision(conn, "abuse.suspend", user_id, reason=reason, now=now, data=data)
         return canceled
 
     def _evidence(
-        self, current: Score, rows: list[repo.AnyRow], role: str, *, paid: bool
+        self, current: Score, signals: list[Signal], role: str, *, paid: bool
     ) -> dict[str, Any]:
         evidence: dict[str, Any] = {
             "score": current.total,
@@ -630,11 +569,11 @@ class FairUseService:
             },
             "signals": [
                 {
-                    "kind": row.kind,
-                    "at": as_utc(row.created_at).isoformat(),
-                    "evidence": json.loads(row.evidence),
+                    "kind": signal.kind,
+                    "at": signal.at.isoformat(),
+                    "evidence": signal.evidence,
                 }
-                for row in rows[:EVIDENCE_SIGNALS]
+                for signal in signals[:EVIDENCE_SIGNALS]
             ],
         }
         if role == "admin":

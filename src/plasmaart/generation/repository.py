@@ -1,14 +1,21 @@
-"""All SQL of generations: the jobs, their outputs, and the queue."""
+"""All SQL of generations: the jobs, their outputs, and the uploaded input
+images (the claims and leases of the queue: ``queue_repository.py``).
+
+Rows leave as typed named tuples (``GenerationRow``, ``OutputRow``,
+``UploadRow``): one per table, their fields the table's columns in order, so
+that a row of ``select(table)`` becomes one with no copy by name.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
     Integer,
-    Row,
+    Table,
     and_,
     bindparam,
     func,
@@ -20,7 +27,91 @@ from sqlalchemy import (
 
 from plasmaart.db.tables import generation_outputs, generations, uploads
 
-AnyRow = Row[*tuple[Any, ...]]
+
+class GenerationRow(NamedTuple):
+    """A row of ``generations``, as stored."""
+
+    id: str
+    user_id: str
+    wallet_id: str
+    team_id: str | None
+    model: str
+    kind: str
+    prompt: str
+    num_outputs: int
+    params: str  # JSON
+    sandbox: str  # JSON
+    upload_id: str | None
+    image_url: str | None
+    credits_per_output: int
+    credits_held: int
+    credits_charged: int
+    hold_id: str
+    balance_after: int
+    status: str
+    queue_class: str
+    video: bool
+    license: str
+    watermark: bool
+    enqueued_at: datetime
+    virtual_start: datetime
+    provider: str
+    provider_request_id: str | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    deadline_at: datetime | None
+    fencing_token: int
+    attempts: int
+    next_attempt_at: datetime | None
+    cancel_requested: bool
+    error_code: str | None
+    error_message: str | None
+    idempotency_key: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class OutputRow(NamedTuple):
+    """A row of ``generation_outputs``: one file a job stored."""
+
+    id: str
+    generation_id: str
+    position: int
+    storage_key: str
+    content_type: str
+    width: int | None
+    height: int | None
+    duration_s: float | None
+    size: int
+    watermarked: bool
+    license: str
+    created_at: datetime
+
+
+class UploadRow(NamedTuple):
+    """A row of ``uploads``: an input image a user uploaded."""
+
+    id: str
+    user_id: str
+    storage_key: str
+    content_type: str
+    width: int
+    height: int
+    size: int
+    sha256: str
+    created_at: datetime
+
+
+def _same_columns(row_type: type[tuple[Any, ...]], table: Table) -> None:
+    fields: tuple[str, ...] = getattr(row_type, "_fields", ())
+    if fields != tuple(table.c.keys()):  # pragma: no cover - caught at import by any test
+        raise RuntimeError(f"{row_type.__name__} does not list the columns of {table.name}")
+
+
+_same_columns(GenerationRow, generations)
+_same_columns(OutputRow, generation_outputs)
+_same_columns(UploadRow, uploads)
 
 
 def by_idempotency_key(conn: Connection, user_id: str, key: str) -> str | None:
@@ -127,14 +218,16 @@ def insert_queued_within(conn: Connection, values: dict[str, Any], max_queued: i
     return conn.execute(_INSERT_QUEUED_WITHIN, params).first() is not None
 
 
-def get_generation(conn: Connection, generation_id: str) -> AnyRow | None:
-    return conn.execute(select(generations).where(generations.c.id == generation_id)).one_or_none()
+def get_generation(conn: Connection, generation_id: str) -> GenerationRow | None:
+    row = conn.execute(select(generations).where(generations.c.id == generation_id)).one_or_none()
+    return None if row is None else GenerationRow._make(row)
 
 
-def lock_generation(conn: Connection, generation_id: str) -> AnyRow | None:
-    return conn.execute(
+def lock_generation(conn: Connection, generation_id: str) -> GenerationRow | None:
+    row = conn.execute(
         select(generations).where(generations.c.id == generation_id).with_for_update()
     ).one_or_none()
+    return None if row is None else GenerationRow._make(row)
 
 
 def finish(
@@ -148,7 +241,7 @@ def finish(
     error_code: str | None = None,
     error_message: str | None = None,
     provider_request_id: str | None = None,
-) -> AnyRow | None:
+) -> GenerationRow | None:
     """Move a job to a terminal state; only from queued or running (terminal
     states never change). The job as it is now, or None if it had ended.
     ``provider_request_id``: the provider's request id, if not stored yet."""
@@ -164,12 +257,13 @@ def finish(
     }
     if provider_request_id is not None:
         values["provider_request_id"] = provider_request_id
-    return conn.execute(
+    row = conn.execute(
         update(generations)
         .where(generations.c.id == generation_id, generations.c.status.in_(("queued", "running")))
         .values(**values)
         .returning(*generations.c)
     ).one_or_none()
+    return None if row is None else GenerationRow._make(row)
 
 
 def request_cancel(conn: Connection, generation_id: str) -> None:
@@ -240,14 +334,24 @@ def member_spend(conn: Connection, team_id: str, user_id: str, since: datetime) 
     return int(spent)
 
 
-def outputs_of(conn: Connection, generation_id: str) -> list[AnyRow]:
-    return list(
-        conn.execute(
+def outputs_of(conn: Connection, generation_id: str) -> list[OutputRow]:
+    """The outputs a job stored, by position."""
+    return [
+        OutputRow._make(row)
+        for row in conn.execute(
             select(generation_outputs)
             .where(generation_outputs.c.generation_id == generation_id)
             .order_by(generation_outputs.c.position)
-        ).all()
-    )
+        )
+    ]
+
+
+def get_output(conn: Connection, output_id: str) -> OutputRow | None:
+    """One output by its id (its job: ``generation_id``)."""
+    row = conn.execute(
+        select(generation_outputs).where(generation_outputs.c.id == output_id)
+    ).one_or_none()
+    return None if row is None else OutputRow._make(row)
 
 
 def output_positions(conn: Connection, generation_id: str) -> set[int]:
@@ -263,17 +367,23 @@ def output_positions(conn: Connection, generation_id: str) -> set[int]:
     }
 
 
-def insert_output(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(insert(generation_outputs).values(**values))
+def insert_outputs(conn: Connection, rows: Iterable[OutputRow]) -> None:
+    """Outputs of a job, in one statement (``executemany``)."""
+    values = [row._asdict() for row in rows]
+    if values:
+        conn.execute(insert(generation_outputs), values)
 
 
-def insert_outputs(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Several outputs of a job in one statement (``executemany``)."""
-    if rows:
-        conn.execute(insert(generation_outputs), rows)
+def insert_upload(conn: Connection, upload: UploadRow) -> None:
+    conn.execute(insert(uploads).values(upload._asdict()))
 
 
-def queue_position(conn: Connection, row: AnyRow) -> int:
+def get_upload(conn: Connection, upload_id: str) -> UploadRow | None:
+    row = conn.execute(select(uploads).where(uploads.c.id == upload_id)).one_or_none()
+    return None if row is None else UploadRow._make(row)
+
+
+def queue_position(conn: Connection, row: GenerationRow) -> int:
     """1 + the queued jobs ahead of this one in queue order."""
     return position_at(conn, row.virtual_start, row.id)
 

@@ -29,17 +29,17 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from plasmaart.catalog import Catalog, ModelSpec
 from plasmaart.clock import Clock, as_utc
 from plasmaart.db.engine import Database
-from plasmaart.db.tables import uploads
 from plasmaart.generation import bounds, queue
+from plasmaart.generation import queue_repository as queue_repo
 from plasmaart.generation import repository as repo
 from plasmaart.generation.providers.base import (
     Provider,
@@ -50,6 +50,7 @@ from plasmaart.generation.providers.base import (
     ProviderStatus,
     ProviderUnavailable,
 )
+from plasmaart.generation.repository import GenerationRow, OutputRow
 from plasmaart.generation.service import GenerationService
 from plasmaart.generation.wakeups import PollWakeups
 from plasmaart.ids import new_id
@@ -77,8 +78,8 @@ class _Ending:
     # The provider's request id, until it is stored.
     request_id: str | None = None
     # Outputs in our storage: not yet in the database, and already in it.
-    pending: list[dict[str, Any]] = field(default_factory=list)
-    recorded: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[OutputRow] = field(default_factory=list)
+    recorded: list[OutputRow] = field(default_factory=list)
 
 
 class LeaseKeeper:
@@ -142,7 +143,7 @@ class LeaseKeeper:
                 continue
             try:
                 with runner.db.write() as conn:
-                    kept = queue.renew_many(conn, jobs, now + runner.lease)
+                    kept = queue_repo.renew_many(conn, jobs, now + runner.lease)
             except Exception:  # the next renewal tries again; the lease is 3 periods long
                 log.exception("could not renew the leases of %d job(s)", len(jobs))
                 continue
@@ -258,7 +259,7 @@ class JobRunner:
 
     # -- the steps -----------------------------------------------------------
 
-    def _run(self, claim: queue.Claim, row: repo.AnyRow, deadline: datetime) -> None:
+    def _run(self, claim: queue.Claim, row: GenerationRow, deadline: datetime) -> None:
         if int(row.fencing_token) != claim.token or row.status != "running":
             raise LeaseLost
         request_id = row.provider_request_id
@@ -330,7 +331,7 @@ class JobRunner:
                 # Graceful shutdown: leave the job running at the provider;
                 # whoever claims it after the lease resumes from the request id.
                 with self.db.write() as conn:
-                    queue.hand_back(conn, claim.id, claim.token, ending.request_id)
+                    queue_repo.hand_back(conn, claim.id, claim.token, ending.request_id)
                 _step(
                     "handed_back",
                     row.id,
@@ -386,7 +387,7 @@ class JobRunner:
         user asked to cancel it."""
         claim = ending.claim
         with self.db.write() as conn:
-            cancel = queue.check_in(
+            cancel = queue_repo.check_in(
                 conn, claim.id, claim.token, self._now() + self.lease, ending.request_id
             )
         if cancel is None:
@@ -424,11 +425,13 @@ class JobRunner:
         else:
             self.wakeups.wait(generation_id, self.poll_interval_s)
 
-    def _request(self, row: repo.AnyRow, model: ModelSpec) -> ProviderRequest:
+    def _request(self, row: GenerationRow, model: ModelSpec) -> ProviderRequest:
         image = None
         if row.upload_id is not None:
             with self.db.read() as conn:
-                upload = conn.execute(uploads.select().where(uploads.c.id == row.upload_id)).one()
+                upload = repo.get_upload(conn, row.upload_id)
+            if upload is None:  # pragma: no cover - a foreign key of the job
+                raise ProviderRejected(f"the input image {row.upload_id} is gone")
             image = self.storage.get(upload.storage_key)
         return ProviderRequest(
             generation_id=row.id,
@@ -445,7 +448,7 @@ class JobRunner:
     def _deliver(
         self,
         ending: _Ending,
-        row: repo.AnyRow,
+        row: GenerationRow,
         model: ModelSpec,
         status: ProviderStatus,
         deadline: datetime,
@@ -499,11 +502,11 @@ class JobRunner:
                 )
                 missing.append(f"output {position + 1}: {refused}")
                 continue
-            values = self._store(row, position, output, data)
-            if values is None:
+            made = self._store(row, position, output, data)
+            if made is None:
                 missing.append(f"output {position + 1}: the file is not a readable image or video")
                 continue
-            ending.pending.append({**values, "created_at": self.clock.now()})
+            ending.pending.append(made)
             stored.add(position)
             _step(
                 "output_stored",
@@ -512,7 +515,7 @@ class JobRunner:
                 row.id,
                 position + 1,
                 len(wanted),
-                values["size"],
+                made.size,
                 output=position + 1,
                 outputs_stored=len(stored),
                 outputs_wanted=len(wanted),
@@ -542,7 +545,7 @@ class JobRunner:
         claim = ending.claim
         with self.db.write() as conn:
             if (
-                queue.check_in(
+                queue_repo.check_in(
                     conn, claim.id, claim.token, self._now() + self.lease, ending.request_id
                 )
                 is None
@@ -554,10 +557,11 @@ class JobRunner:
         ending.pending = []
 
     def _store(
-        self, row: repo.AnyRow, position: int, output: ProviderOutput, data: bytes
-    ) -> dict[str, object] | None:
-        """Watermark, stamp and store one output; None if its bytes are not
-        the image or video they claim to be (nothing is stored then)."""
+        self, row: GenerationRow, position: int, output: ProviderOutput, data: bytes
+    ) -> OutputRow | None:
+        """Watermark, stamp and store one output: its row, to record; None if
+        its bytes are not the image or video they claim to be (nothing is
+        stored then)."""
         content_type = output.content_type
         video = content_type == "video/mp4"
         fields = {"license": row.license, "generation_id": row.id, "model": row.model}
@@ -580,24 +584,25 @@ class JobRunner:
             return None
         key = f"outputs/{row.id[4:14]}/{row.id}/{position}.{EXTENSIONS.get(content_type, 'bin')}"
         self.storage.put(key, data, content_type, {"license": row.license})
-        return {
-            "id": new_id("out"),
-            "generation_id": row.id,
-            "position": position,
-            "storage_key": key,
-            "content_type": content_type,
-            "width": output.width,
-            "height": output.height,
-            "duration_s": output.duration_s,
-            "size": len(data),
-            "watermarked": bool(row.watermark),
-            "license": row.license,
-        }
+        return OutputRow(
+            id=new_id("out"),
+            generation_id=row.id,
+            position=position,
+            storage_key=key,
+            content_type=content_type,
+            width=output.width,
+            height=output.height,
+            duration_s=output.duration_s,
+            size=len(data),
+            watermarked=bool(row.watermark),
+            license=row.license,
+            created_at=self.clock.now(),
+        )
 
     def _give_up(
         self,
         ending: _Ending,
-        row: repo.AnyRow,
+        row: GenerationRow,
         request_id: str | None,
         code: str,
         message: str,
@@ -616,50 +621,32 @@ class JobRunner:
 
     def _end(self, ending: _Ending, otherwise: str, code: str | None, message: str | None) -> None:
         """The job's one ending, in one transaction: its outputs recorded,
-        charged for those stored (succeeded, ``code`` saying why any are
-        missing), or, with none, released and ``otherwise`` (failed or
-        canceled). The rest of the hold goes back."""
+        then ended by ``GenerationService.end`` (charged for those stored,
+        the rest of the hold released; ``otherwise``, failed or canceled,
+        with none)."""
         claim = ending.claim
         with self.db.write() as conn:
-            row = queue.lock_if_owned(conn, claim.id, claim.token)
+            row = queue_repo.lock_if_owned(conn, claim.id, claim.token)
             if row is None:
                 raise LeaseLost
             if ending.first_attempt:
-                recorded: list[Mapping[str, Any]] = list(ending.recorded)
+                recorded = list(ending.recorded)
             else:  # with those of earlier attempts
-                recorded = [dict(output._mapping) for output in repo.outputs_of(conn, claim.id)]
+                recorded = repo.outputs_of(conn, claim.id)
             repo.insert_outputs(conn, ending.pending)
-            outputs = [*recorded, *ending.pending]
-            delivered = len(outputs)
-            charged = delivered * int(row.credits_per_output)
-            if charged:
-                settled = self.ledger.capture(
-                    conn,
-                    row.hold_id,
-                    charged,
-                    outputs=delivered,
-                    idempotency_key=f"generation:{row.id}:capture",
-                )
-            else:
-                settled = self.ledger.release(
-                    conn, row.hold_id, idempotency_key=f"generation:{row.id}:release"
-                )
-            finished_at = self.clock.now()
-            status = "succeeded" if delivered else otherwise
-            ended = repo.finish(
+            ended = self.generations.end(
                 conn,
-                claim.id,
-                status=status,
-                charged=charged,
-                balance_after=settled.balance_after,
-                now=finished_at,
-                error_code=code,
-                error_message=None if message is None else message[:1000],
+                row,
+                outputs=[*recorded, *ending.pending],
+                otherwise=otherwise,
+                code=code,
+                message=message,
                 provider_request_id=ending.request_id,
             )
             if ended is None:  # pragma: no cover - the row is locked and running
                 raise LeaseLost
-            self.generations.announce_row(conn, ended, outputs)
+        settled, charged, finished_at = ended.settled, ended.charged, ended.finished_at
+        status, delivered = ended.job.status, len(recorded) + len(ending.pending)
         # Logged once committed: a step rolled back never shows as done.
         if charged:
             text = "job %s charged %d credits for %d output(s); %d released"

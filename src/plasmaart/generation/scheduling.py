@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypedDict, Unpack
 
 PRIORITY_GPU = "priority_gpu"
 
@@ -71,23 +72,23 @@ def may_take_slot(job: QueuedJob, busy_slots: int, total_slots: int, reserved_sl
     return job.queue_class == PRIORITY_GPU or free > reserved_slots
 
 
-def pick_next(
-    queued: Iterable[QueuedJob],
-    *,
-    boosts: Mapping[str, int],
-    running: Mapping[str, Running],
-    limits: Mapping[str, WalletLimits],
-    busy_slots: int,
-    total_slots: int,
-    reserved_slots: int,
-) -> QueuedJob | None:
-    """The job a worker with a free slot claims next, or None."""
-    for job in sorted(queued, key=lambda j: queue_order(j, boosts)):
-        if not may_take_slot(job, busy_slots, total_slots, reserved_slots):
-            continue
-        if within_limits(job, running.get(job.wallet_id, Running()), limits[job.wallet_id]):
-            return job
-    return None
+class QueueState(TypedDict):
+    """What a pick weighs besides the queued jobs: the queue classes'
+    boosts, what each wallet has running and may run, and the worker's slots."""
+
+    boosts: Mapping[str, int]
+    running: Mapping[str, Running]
+    limits: Mapping[str, WalletLimits]
+    busy_slots: int
+    total_slots: int
+    reserved_slots: int
+
+
+def pick_next(queued: Iterable[QueuedJob], **state: Unpack[QueueState]) -> QueuedJob | None:
+    """The job a worker with a free slot claims next, or None: the first
+    that ``pick_many`` would take."""
+    picked = pick_many(queued, count=1, **state)
+    return picked[0] if picked else None
 
 
 def pick_many(

@@ -9,11 +9,11 @@ transaction: either the credits are held and the job exists, or neither.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import Connection
 
@@ -32,13 +32,14 @@ from plasmaart.catalog import (
 from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.clock import Clock, as_utc
 from plasmaart.db.engine import after_commit
-from plasmaart.errors import Forbidden, InvalidInput, needs_credits
+from plasmaart.errors import Forbidden, InvalidInput, NotFound, needs_credits
 from plasmaart.generation import repository as repo
 from plasmaart.generation.errors import ConcurrencyLimit, GenerationNotFound, ModelNotInPlan
 from plasmaart.generation.providers.sandbox import sandbox_errors
+from plasmaart.generation.repository import GenerationRow, OutputRow
 from plasmaart.generation.scheduling import virtual_start
 from plasmaart.ids import new_id
-from plasmaart.ledger.service import LedgerService
+from plasmaart.ledger.service import LedgerService, SettleResult
 from plasmaart.teams.service import TeamService, within_cap
 
 QUEUE_FULL_RETRY_AFTER_S = 10
@@ -100,6 +101,43 @@ class Generation:
 GenerationListener = Callable[[Generation], None]
 
 
+class ListFilters(TypedDict, total=False):
+    """Which generations a list shows (``GenerationService.list``)."""
+
+    before: str | None  # ids before this one (the next page)
+    status: str | None
+    model: str | None
+    team_id: str | None  # one team's; None: one's own and one's teams'
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A generation as one caller reads it."""
+
+    generation: Generation
+    # Whether the caller is one who may cancel it (its submitter, or the
+    # owner of its team); whether it can still be canceled is its status.
+    caller_may_cancel: bool
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A stored output, and whether the caller may read it without a signed link."""
+
+    output: OutputRow
+    readable: bool
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a job ended (``GenerationService.end``)."""
+
+    job: GenerationRow  # as it is now: succeeded, failed or canceled
+    settled: SettleResult  # the capture, or the release, of its hold
+    charged: int
+    finished_at: datetime
+
+
 @dataclass(frozen=True)
 class Quote:
     credits: int
@@ -149,6 +187,8 @@ class GenerationService:
         plans: PlanService,
         teams: TeamService,
         provider_name: str,
+        *,
+        listeners: Iterable[GenerationListener] = (),
     ) -> None:
         self.clock = clock
         self.catalogs = catalogs
@@ -157,7 +197,7 @@ class GenerationService:
         self.teams = teams
         self.provider_name = provider_name
         # Called after commit with the generation whenever it changes.
-        self.listeners: list[GenerationListener] = []
+        self.listeners: tuple[GenerationListener, ...] = tuple(listeners)
 
     # -- submission ------------------------------------------------------
     #
@@ -353,23 +393,18 @@ class GenerationService:
                 "only its submitter and the team's owner can cancel another member's generation"
             )
         if row.status == "queued":
-            settled = self.ledger.release(
-                conn, row.hold_id, idempotency_key=f"generation:{generation_id}:release"
-            )
-            repo.finish(
+            self.end(
                 conn,
-                generation_id,
-                status="canceled",
-                charged=0,
-                balance_after=settled.balance_after,
-                now=self.clock.now(),
-                error_code="canceled",
-                error_message="canceled before it started",
+                row,
+                outputs=(),
+                otherwise="canceled",
+                code="canceled",
+                message="canceled before it started",
             )
         elif row.status == "running":
             repo.request_cancel(conn, generation_id)
         generation = self._load(conn, generation_id)
-        if row.status in ("queued", "running"):
+        if row.status == "running":
             self._announce(conn, generation)
         return generation
 
@@ -381,20 +416,14 @@ class GenerationService:
             row = repo.lock_generation(conn, generation_id)
             if row is None or row.status != "queued":
                 continue
-            settled = self.ledger.release(
-                conn, row.hold_id, idempotency_key=f"generation:{generation_id}:release"
-            )
-            repo.finish(
+            self.end(
                 conn,
-                generation_id,
-                status="canceled",
-                charged=0,
-                balance_after=settled.balance_after,
-                now=self.clock.now(),
-                error_code="account_suspended",
-                error_message=reason[:1000],
+                row,
+                outputs=(),
+                otherwise="canceled",
+                code="account_suspended",
+                message=reason,
             )
-            self.announce(conn, generation_id)
             canceled += 1
         return canceled
 
@@ -403,6 +432,31 @@ class GenerationService:
         if row is None or not self._visible(conn, user, row):
             raise GenerationNotFound(f"no generation {generation_id!r}")
         return self._load(conn, generation_id)
+
+    def read(self, conn: Connection, user: User, generation_id: str) -> Seen:
+        """``get``, and whether ``user`` may cancel it (``GET /v1/generations/{id}``)."""
+        return self._seen(conn, user, [self.get(conn, user, generation_id)])[0]
+
+    def browse(
+        self, conn: Connection, user: User, *, limit: int, **filters: Unpack[ListFilters]
+    ) -> Sequence[Seen]:
+        """``list``, and whether ``user`` may cancel each (``GET /v1/generations``)."""
+        return self._seen(conn, user, self.list(conn, user, limit=limit, **filters))
+
+    def output_file(self, conn: Connection, user: User | None, output_id: str) -> OutputFile:
+        """A stored output, readable without a signed link by whoever reads
+        its generation (``get``) and by admins."""
+        output = repo.get_output(conn, output_id)
+        if output is None:
+            raise NotFound(f"no output {output_id!r}")
+        readable = False
+        if user is not None:
+            if user.role == "admin":
+                readable = True
+            else:
+                job = repo.get_generation(conn, output.generation_id)
+                readable = job is not None and self._visible(conn, user, job)
+        return OutputFile(output, readable)
 
     def list(
         self,
@@ -433,6 +487,13 @@ class GenerationService:
         )
         return [self._load(conn, generation_id) for generation_id in ids]
 
+    def _seen(self, conn: Connection, user: User, found: Sequence[Generation]) -> Sequence[Seen]:
+        """Who may cancel: the teams ``user`` runs are read only when one of
+        ``found`` is another member's."""
+        others = any(g.team_id is not None and g.user_id != user.id for g in found)
+        managed = self.teams_managed_by(conn, user) if others else frozenset()
+        return [Seen(g, may_cancel(user.id, g.user_id, g.team_id, managed)) for g in found]
+
     def teams_managed_by(self, conn: Connection, user: User) -> frozenset[str]:
         """The teams whose every generation ``user`` may cancel (as their owner)."""
         return frozenset(
@@ -446,24 +507,64 @@ class GenerationService:
         self._announce(conn, self._load(conn, generation_id))
 
     def announce_row(
-        self, conn: Connection, row: repo.AnyRow, outputs: Iterable[Mapping[str, Any]]
+        self, conn: Connection, row: GenerationRow, outputs: Iterable[OutputRow]
     ) -> None:
         """``announce`` from the job's row (running or ended, as the worker's
-        last write returned it) and its outputs' values: nothing is read."""
-        made = tuple(
-            Output(
-                o["id"],
-                int(o["position"]),
-                o["content_type"],
-                o["width"],
-                o["height"],
-                o["duration_s"],
-                bool(o["watermarked"]),
-                o["license"],
-            )
-            for o in sorted(outputs, key=lambda o: int(o["position"]))
-        )
+        last write returned it) and its outputs: nothing is read."""
+        made = tuple(_output(o) for o in sorted(outputs, key=lambda o: int(o.position)))
         self._announce(conn, _generation(row, made, None))
+
+    # -- the end of a job ------------------------------------------------------
+
+    def end(
+        self,
+        conn: Connection,
+        job: GenerationRow,
+        *,
+        outputs: Sequence[OutputRow],
+        otherwise: str,
+        code: str | None,
+        message: str | None,
+        provider_request_id: str | None = None,
+    ) -> Ended | None:
+        """The one way a job ends, however it ends (canceled while queued, an
+        account suspended, or run by a worker to its end), in the caller's
+        transaction, on the job's locked row: charged for the ``outputs``
+        stored (all of them, recorded already), the rest of its hold released
+        (all of it with none); succeeded if any output was stored, else
+        ``otherwise`` (failed or canceled), with the error ``code`` and
+        ``message``. Announced once committed. None if the job had ended
+        already (the caller rolls back: the hold was settled then)."""
+        delivered = len(outputs)
+        charged = delivered * int(job.credits_per_output)
+        if charged:
+            settled = self.ledger.capture(
+                conn,
+                job.hold_id,
+                charged,
+                outputs=delivered,
+                idempotency_key=f"generation:{job.id}:capture",
+            )
+        else:
+            settled = self.ledger.release(
+                conn, job.hold_id, idempotency_key=f"generation:{job.id}:release"
+            )
+        finished_at = self.clock.now()
+        ended = repo.finish(
+            conn,
+            job.id,
+            status="succeeded" if delivered else otherwise,
+            charged=charged,
+            balance_after=settled.balance_after,
+            now=finished_at,
+            error_code=code,
+            error_message=None if message is None else message[:1000],
+            provider_request_id=provider_request_id,
+        )
+        if ended is None:
+            return None
+        self.announce_row(conn, ended, outputs)
+        return Ended(ended, settled, charged, finished_at)
 
     # -- internals -----------------------------------------------------------
 
@@ -555,7 +656,7 @@ class GenerationService:
                     raise _over_cap(cap, spent, credits)
         return _Checked(model, plan, wallet, credits, params, dict(sandbox), cap)
 
-    def _managed_team(self, conn: Connection, user: User, row: repo.AnyRow) -> frozenset[str]:
+    def _managed_team(self, conn: Connection, user: User, row: GenerationRow) -> frozenset[str]:
         """``row``'s team if ``user`` runs it, else nothing: what ``may_cancel``
         needs for this one generation, in one lookup (none for one's own)."""
         if row.team_id is None or row.user_id == user.id:
@@ -565,7 +666,7 @@ class GenerationService:
             return frozenset()
         return frozenset({row.team_id})
 
-    def _visible(self, conn: Connection, user: User, row: repo.AnyRow) -> bool:
+    def _visible(self, conn: Connection, user: User, row: GenerationRow) -> bool:
         if row.user_id == user.id:
             return True
         return row.team_id is not None and (
@@ -576,19 +677,7 @@ class GenerationService:
         row = repo.get_generation(conn, generation_id)
         if row is None:  # pragma: no cover - callers checked
             raise GenerationNotFound(f"no generation {generation_id!r}")
-        outputs = tuple(
-            Output(
-                o.id,
-                int(o.position),
-                o.content_type,
-                o.width,
-                o.height,
-                o.duration_s,
-                bool(o.watermarked),
-                o.license,
-            )
-            for o in repo.outputs_of(conn, generation_id)
-        )
+        outputs = tuple(_output(o) for o in repo.outputs_of(conn, generation_id))
         position = repo.queue_position(conn, row) if row.status == "queued" else None
         return _generation(row, outputs, position)
 
@@ -630,7 +719,22 @@ def _over_cap(cap: int, spent: int, credits: int) -> InvalidInput:
     )
 
 
-def _generation(row: repo.AnyRow, outputs: tuple[Output, ...], position: int | None) -> Generation:
+def _output(row: OutputRow) -> Output:
+    return Output(
+        row.id,
+        int(row.position),
+        row.content_type,
+        row.width,
+        row.height,
+        row.duration_s,
+        bool(row.watermarked),
+        row.license,
+    )
+
+
+def _generation(
+    row: GenerationRow, outputs: tuple[Output, ...], position: int | None
+) -> Generation:
     return Generation(
         id=row.id,
         user_id=row.user_id,

@@ -11,18 +11,23 @@ ledger), inserts the job only while the wallet's queue has room (one guarded
 INSERT), and hands the job to fair use, which counts it after the commit. It never
 commits and leaves every effect outside the database to ``after_commit``, so
 a writer may run it in a transaction shared with other requests' writes.
+
+A cancel as the API makes it is here too: the cancel and fair use's look at
+it, in one write transaction. Fair use sits above generation; what this
+module needs of it is the ``FairUseHooks`` protocol (``FairUseService``
+has both methods).
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Protocol
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from plasmaart.accounts.service import User
 from plasmaart.db.engine import Database
-from plasmaart.fairuse.service import FairUseService
 from plasmaart.generation.service import (
     Generation,
     GenerationRequest,
@@ -32,10 +37,24 @@ from plasmaart.generation.service import (
 )
 
 
+class FairUseHooks(Protocol):
+    """What fair use does after a submission and after a cancel, in the
+    caller's transaction: nothing read or written in ``conn``; whatever it
+    counts or records happens once it commits."""
+
+    def after_submit(
+        self,
+        conn: Connection,
+        user: User,
+        generation: Generation,
+        request: GenerationRequest | None = None,
+    ) -> None: ...
+
+    def after_cancel(self, conn: Connection, user: User, generation: Generation) -> None: ...
+
+
 class SubmissionService:
-    def __init__(
-        self, db: Database, generations: GenerationService, fairuse: FairUseService
-    ) -> None:
+    def __init__(self, db: Database, generations: GenerationService, fairuse: FairUseHooks) -> None:
         self.db = db
         self.generations = generations
         self.fairuse = fairuse
@@ -65,6 +84,15 @@ class SubmissionService:
             if existing is None:
                 raise
             return existing
+
+    def cancel(self, user: User, generation_id: str) -> Generation:
+        """Cancel the job (``GenerationService.cancel``) in one write
+        transaction, which fair use sees: a cancel right after the submission
+        is churn."""
+        with self.db.write() as conn:
+            generation = self.generations.cancel(conn, user, generation_id)
+            self.fairuse.after_cancel(conn, user, generation)
+        return generation
 
     def quote(self, user: User, request: GenerationRequest) -> Quote:
         """The same read step as a submission, in one read transaction; holds nothing."""

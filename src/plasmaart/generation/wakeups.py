@@ -25,6 +25,7 @@ from typing import Final
 from sqlalchemy import Connection
 
 from plasmaart.db.engine import after_commit
+from plasmaart.db.listener import ListenerThread
 from plasmaart.eventbus import RESYNC, Event, EventBus, PostgresEventBus
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,7 @@ class PollWakeups:
         self.events = events
         self._lock = threading.Lock()
         self._watched: dict[str, threading.Event] = {}
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._listener = ListenerThread("plasmaart-poll-wakeups", self._listen)
         self._subscribed = threading.Event()
         # Set when there may be a job to claim: one was queued (in any
         # process), or a job slot of this process came free.
@@ -113,27 +113,13 @@ class PollWakeups:
     def start(self, wait: float = 5.0) -> None:
         """Start listening (once) and wait up to ``wait`` seconds until
         wake-ups published from now on are received."""
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._stopping = threading.Event()
-                self._subscribed.clear()
-                self._thread = threading.Thread(
-                    target=self._listen,
-                    args=(self._stopping,),
-                    name="plasmaart-poll-wakeups",
-                    daemon=True,
-                )
-                self._thread.start()
+        self._listener.start(on_start=self._subscribed.clear)
         if wait > 0:
             self.events.start(wait)
             self._subscribed.wait(wait)
 
     def close(self) -> None:
-        with self._lock:
-            thread, self._thread = self._thread, None
-            self._stopping.set()
-        if thread is not None:
-            thread.join(timeout=10)
+        self._listener.stop()
         # A job still waiting polls at once rather than out its interval.
         self.wake_all()
 

@@ -35,6 +35,7 @@ from plasmaart.db.tables import (
     hold_lots,
     holds,
     lots,
+    teams,
     wallets,
 )
 from plasmaart.ledger.rules import Allocation, LotView
@@ -603,3 +604,16 @@ def pending_on_lot(conn: Connection, lot_id: str) -> int:
         .where(hold_lots.c.lot_id == lot_id, holds.c.status == "pending")
     ).scalar_one()
     return int(value)
+
+
+def wallet_owner_user(conn: Connection, wallet_id: str) -> str | None:
+    """The user who owns ``wallet_id``: its user, or its team's owner."""
+    row = conn.execute(
+        select(wallets.c.owner_kind, wallets.c.owner_id).where(wallets.c.id == wallet_id)
+    ).first()
+    if row is None:
+        return None
+    if row.owner_kind == "user":
+        return str(row.owner_id)
+    owner = conn.execute(select(teams.c.owner_id).where(teams.c.id == row.owner_id)).scalar()
+    return None if owner is None else str(owner)

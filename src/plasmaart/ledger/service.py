@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import partial
@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 
 from plasmaart.clock import Clock, as_utc
 from plasmaart.db.engine import after_commit
-from plasmaart.db.tables import LOT_SOURCES
+from plasmaart.db.values import LOT_SOURCES
 from plasmaart.ids import new_id
 from plasmaart.ledger import repository as repo
 from plasmaart.ledger.errors import (
@@ -116,6 +116,13 @@ class Balance:
     next_expiry: tuple[int, datetime] | None
 
 
+def _require_positive(credits: int, operation: str) -> None:
+    if credits <= 0:
+        raise InvalidAmount(
+            f"{operation} needs a positive number of credits, not {credits}", field="credits"
+        )
+
+
 class _Wallet:
     """The locked wallet's running balances while one operation writes entries,
     and the driver that queues the operation's writes."""
@@ -179,7 +186,7 @@ class _Wallet:
             }
         )
 
-    def flush(self, listeners: list[BalanceListener]) -> None:
+    def flush(self, listeners: Iterable[BalanceListener]) -> None:
         """Queue the entries written so far and the wallet's new balances."""
         if not self.entries:
             return
@@ -201,11 +208,11 @@ OWNER_WALLETS_KEPT = 100_000
 
 
 class LedgerService:
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, balance_listeners: Iterable[BalanceListener] = ()) -> None:
         self.clock = clock
         # Called with (wallet_id, available, held) after a transaction that
         # changed the wallet commits: the events stream listens here.
-        self.balance_listeners: list[BalanceListener] = []
+        self.balance_listeners: tuple[BalanceListener, ...] = tuple(balance_listeners)
         # (owner kind, owner id) -> wallet id. An owner's wallet never changes
         # nor goes away once created (with its owner: a user at sign-up), so
         # the id read once answers every later request without a statement.
@@ -253,10 +260,7 @@ class LedgerService:
         kind: str = "grant",
     ) -> GrantResult:
         """Add a lot of ``credits`` from ``source`` to the wallet."""
-        if credits <= 0:
-            raise InvalidAmount(
-                f"a grant needs a positive number of credits, not {credits}", field="credits"
-            )
+        _require_positive(credits, "a grant")
         if source not in LOT_SOURCES:
             raise InvalidAmount(f"unknown lot source {source!r}", field="source")
         now = self.clock.now()
@@ -291,10 +295,7 @@ class LedgerService:
         memo: str | None = None,
     ) -> HoldResult:
         """Move ``credits`` from the wallet's lots (in burn order) into a hold."""
-        if credits <= 0:
-            raise InvalidAmount(
-                f"a hold needs a positive number of credits, not {credits}", field="credits"
-            )
+        _require_positive(credits, "a hold")
         now = self.clock.now()
         params = {
             "wallet": wallet_id,

@@ -12,17 +12,42 @@ cause key, so a second pass, or a second worker, queues nothing new.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, ClassVar
 
-from sqlalchemy import Connection, and_, exists, literal, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection
 
-from plasmaart.clock import as_utc
-from plasmaart.db.tables import balance_alerts, lots, notification_outbox, wallets
-from plasmaart.notify.outbox import Outbox
+from plasmaart.notify import repository as repo
+from plasmaart.outbox import Outbox
 
 # Wallets or lots one pass looks at, so one pass stays short.
 BATCH = 500
+
+
+@dataclass(frozen=True)
+class CreditsExpiring:
+    kind: ClassVar[str] = "credits.expiring"
+    lot_id: str
+    credits: int
+    expires_at: datetime
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "lot_id": self.lot_id,
+            "credits": self.credits,
+            "expires_at": self.expires_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class LowBalance:
+    kind: ClassVar[str] = "credits.low_balance"
+    available: int
+    threshold: int
+
+    def data(self) -> dict[str, Any]:
+        return {"available": self.available, "threshold": self.threshold}
 
 
 def queue_expiry_notices(
@@ -30,41 +55,13 @@ def queue_expiry_notices(
 ) -> int:
     """Queue a notice for each user lot with credits left that expires
     within ``within``; how many were queued."""
-    notified = exists().where(
-        notification_outbox.c.cause_key == literal("credits_expiring:") + lots.c.id
-    )
-    rows = conn.execute(
-        select(lots.c.id, lots.c.remaining, lots.c.expires_at, wallets.c.owner_id)
-        .select_from(lots.join(wallets, wallets.c.id == lots.c.wallet_id))
-        .where(
-            wallets.c.owner_kind == "user",
-            lots.c.remaining > 0,
-            lots.c.closed_at.is_(None),
-            lots.c.expires_at > now,
-            lots.c.expires_at <= now + within,
-            ~notified,
-        )
-        .order_by(lots.c.expires_at, lots.c.id)
-        .limit(limit)
-    ).all()
     queued = 0
-    for row in rows:
-        expires_at = as_utc(row.expires_at)
+    for lot in repo.expiring_lots(conn, now=now, within=within, limit=limit):
         queued += outbox.enqueue(
             conn,
-            cause_key=f"credits_expiring:{row.id}",
-            user_id=row.owner_id,
-            kind="credits.expiring",
-            title=f"{row.remaining} credits expire on {expires_at:%Y-%m-%d}",
-            body=(
-                f"{row.remaining} of your credits expire at {expires_at:%Y-%m-%d %H:%M} UTC. "
-                "Credits are spent soonest-expiring first, so generating before then uses them."
-            ),
-            data={
-                "lot_id": row.id,
-                "credits": int(row.remaining),
-                "expires_at": expires_at.isoformat(),
-            },
+            cause_key=f"credits_expiring:{lot.id}",
+            user_id=lot.owner_id,
+            fact=CreditsExpiring(lot.id, lot.remaining, lot.expires_at),
         )
     return queued
 
@@ -76,69 +73,15 @@ def queue_low_balance_notices(
     armed one that fell below it; how many were queued."""
     if threshold <= 0:
         return 0
-    _arm(conn, now=now, threshold=threshold, limit=limit)
-    rows = conn.execute(
-        select(wallets.c.id, wallets.c.owner_id, wallets.c.available, balance_alerts.c.crossings)
-        .select_from(wallets.join(balance_alerts, balance_alerts.c.wallet_id == wallets.c.id))
-        .where(
-            wallets.c.owner_kind == "user",
-            wallets.c.available < threshold,
-            balance_alerts.c.below.is_(False),
-        )
-        .order_by(wallets.c.id)
-        .limit(limit)
-    ).all()
+    repo.arm_balance_alerts(conn, now=now, threshold=threshold, limit=limit)
     queued = 0
-    for row in rows:
-        fired = conn.execute(
-            update(balance_alerts)
-            .where(balance_alerts.c.wallet_id == row.id, balance_alerts.c.below.is_(False))
-            .values(below=True, crossings=balance_alerts.c.crossings + 1, changed_at=now)
-        )
-        if fired.rowcount != 1:  # another worker fired it first
-            continue
+    for wallet in repo.armed_wallets_below(conn, threshold=threshold, limit=limit):
+        if not repo.fire_balance_alert(conn, wallet.id, now):
+            continue  # another worker fired it first
         queued += outbox.enqueue(
             conn,
-            cause_key=f"low_balance:{row.id}:{row.crossings + 1}",
-            user_id=row.owner_id,
-            kind="credits.low_balance",
-            title=f"Your balance is low: {row.available} credits",
-            body=(
-                f"You have {row.available} credits available, below {threshold}. "
-                "Buy a credit pack or change your plan to keep generating."
-            ),
-            data={"available": int(row.available), "threshold": threshold},
+            cause_key=f"low_balance:{wallet.id}:{wallet.crossings + 1}",
+            user_id=wallet.owner_id,
+            fact=LowBalance(wallet.available, threshold),
         )
     return queued
-
-
-def _arm(conn: Connection, *, now: datetime, threshold: int, limit: int) -> None:
-    rows = conn.execute(
-        select(wallets.c.id, balance_alerts.c.wallet_id.label("known"))
-        .select_from(wallets.outerjoin(balance_alerts, balance_alerts.c.wallet_id == wallets.c.id))
-        .where(
-            wallets.c.owner_kind == "user",
-            wallets.c.available >= threshold,
-            or_(balance_alerts.c.wallet_id.is_(None), balance_alerts.c.below.is_(True)),
-        )
-        .limit(limit)
-    ).all()
-    new = [
-        {"wallet_id": row.id, "below": False, "changed_at": now}
-        for row in rows
-        if row.known is None
-    ]
-    if new:
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        conn.execute(
-            dialect.insert(balance_alerts)
-            .values(new)
-            .on_conflict_do_nothing(index_elements=["wallet_id"])
-        )
-    rearmed = [row.id for row in rows if row.known is not None]
-    if rearmed:
-        conn.execute(
-            update(balance_alerts)
-            .where(and_(balance_alerts.c.wallet_id.in_(rearmed), balance_alerts.c.below.is_(True)))
-            .values(below=False, changed_at=now)
-        )

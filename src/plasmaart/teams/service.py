@@ -12,33 +12,78 @@ owner is a member like the others except that nobody can remove them.
 
 Invitation tokens are random secrets shown once; only their SHA-256 is stored,
 like API keys. Every owner action, and every join and leave, goes to the audit
-log with the acting user's id.
+log with the acting user's id. The SQL is in ``repository``, the refusals in
+``errors``.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TypeVar
 
-from sqlalchemy import Connection, Select, and_, func, insert, or_, select, update
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy import Connection
 
 from plasmaart.accounts import audit
+from plasmaart.accounts import repository as accounts_repo
 from plasmaart.accounts.credentials import digest
-from plasmaart.accounts.repository import AnyRow
+from plasmaart.accounts.entitlements import NotInPlan, cheapest_plan
 from plasmaart.accounts.service import User, is_valid_email, normalise_email
 from plasmaart.billing.plans import PlanService
 from plasmaart.caches import CacheHub, TtlLru, cached
 from plasmaart.catalog import Catalog, PlanSpec
 from plasmaart.catalog.catalogs import Catalogs
-from plasmaart.clock import Clock, as_utc
+from plasmaart.clock import Clock
 from plasmaart.db.engine import invalidate, pending_invalidations
-from plasmaart.db.tables import invitations, team_members, teams, users
-from plasmaart.errors import Conflict, Forbidden, InvalidInput, NotFound
+from plasmaart.errors import Forbidden, InvalidInput
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
+from plasmaart.teams import repository as repo
+from plasmaart.teams.errors import (
+    AlreadyInvited,
+    AlreadyMember,
+    AlreadyOwnsTeam,
+    InvitationNotFound,
+    MemberNotFound,
+    OwnerNotRemovable,
+    SeatsExhausted,
+    TeamNotFound,
+)
+from plasmaart.teams.repository import Invitation, Member, Membership, Role, Team
+
+__all__ = [
+    "INVITATION_LIFETIME",
+    "MAX_MONTHLY_CREDIT_CAP",
+    "TEAM_NAME_MAX",
+    "AlreadyInvited",
+    "AlreadyMember",
+    "AlreadyOwnsTeam",
+    "Invitation",
+    "InvitationNotFound",
+    "Member",
+    "MemberNotFound",
+    "Membership",
+    "NewInvitation",
+    "OwnerNotRemovable",
+    "Role",
+    "Seats",
+    "SeatsExhausted",
+    "Team",
+    "TeamNotFound",
+    "TeamService",
+    "TeamWithSeats",
+    "cheapest_team_plan",
+    "invitation_email",
+    "invitation_is_pending",
+    "monthly_credit_cap",
+    "plan_allows_teams",
+    "seats_left",
+    "team_name",
+    "within_cap",
+]
+
+T = TypeVar("T")
 
 INVITATION_LIFETIME = timedelta(days=7)
 INVITATION_PREFIX = "pa_inv_"
@@ -48,59 +93,7 @@ TEAM_NAME_MAX = 100
 MAX_MONTHLY_CREDIT_CAP = 10**12
 
 
-Role = Literal["owner", "member"]
-
-
-# -- refusals ------------------------------------------------------------
-
-
-class TeamNotFound(NotFound):
-    """Also what non-members get: a team's existence is nobody else's business."""
-
-
-class InvitationNotFound(NotFound):
-    """Unknown, expired, revoked, used, or addressed to somebody else."""
-
-
-class MemberNotFound(NotFound):
-    pass
-
-
-class AlreadyOwnsTeam(Conflict):
-    code = "already_owns_team"
-    title = "Already owns a team"
-
-
-class SeatsExhausted(Conflict):
-    code = "seats_exhausted"
-    title = "No seat left"
-
-
-class AlreadyMember(Conflict):
-    code = "already_member"
-    title = "Already a member"
-
-
-class AlreadyInvited(Conflict):
-    code = "already_invited"
-    title = "Already invited"
-
-
-class OwnerNotRemovable(Conflict):
-    code = "owner_not_removable"
-    title = "The owner cannot be removed"
-
-
 # -- plain data ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Team:
-    id: str
-    name: str
-    owner_id: str
-    wallet_id: str
-    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -121,30 +114,10 @@ class Seats:
 
 
 @dataclass(frozen=True)
-class Member:
-    team_id: str
-    user_id: str
-    email: str
-    role: Role
-    monthly_credit_cap: int | None
-    joined_at: datetime
+class TeamWithSeats(Team):
+    """A team as its members see it: with the seats of its owner's plan."""
 
-
-@dataclass(frozen=True)
-class Membership:
-    """One of a user's teams and the user's role in it."""
-
-    team: Team
-    role: Role
-
-
-@dataclass(frozen=True)
-class Invitation:
-    id: str
-    team_id: str
-    email: str
-    created_at: datetime
-    expires_at: datetime
+    seats: Seats
 
 
 @dataclass(frozen=True)
@@ -162,10 +135,7 @@ def plan_allows_teams(plan: PlanSpec) -> bool:
 
 
 def cheapest_team_plan(catalog: Catalog) -> PlanSpec | None:
-    for plan in catalog.plans_by_price():
-        if plan_allows_teams(plan):
-            return plan
-    return None
+    return cheapest_plan(catalog, plan_allows_teams)
 
 
 def seats_left(total: int, members: int, pending: int) -> int:
@@ -223,7 +193,13 @@ class TeamService:
     CACHED_USERS = 10_000
 
     def __init__(
-        self, clock: Clock, catalogs: Catalogs, ledger: LedgerService, plans: PlanService
+        self,
+        clock: Clock,
+        catalogs: Catalogs,
+        ledger: LedgerService,
+        plans: PlanService,
+        *,
+        caches: CacheHub | None = None,
     ) -> None:
         self.clock = clock
         self.catalogs = catalogs
@@ -232,6 +208,8 @@ class TeamService:
         # The wallets each user generates from, per process (attach_caches).
         self._hub: CacheHub | None = None
         self._wallets: TtlLru[str, tuple[str, ...]] | None = None
+        if caches is not None:
+            self.attach_caches(caches)
 
     def attach_caches(self, hub: CacheHub) -> None:
         """Cache ``wallets_of`` in ``hub``; joining or leaving a team
@@ -257,61 +235,33 @@ class TeamService:
 
     def membership(self, conn: Connection, team_id: str, user_id: str) -> Member | None:
         """The user's place in the team (role and cap), or None if not a member."""
-        row = conn.execute(
-            _members_query().where(
-                team_members.c.team_id == team_id, team_members.c.user_id == user_id
-            )
-        ).one_or_none()
-        return None if row is None else _member(row)
+        return repo.member(conn, team_id, user_id)
 
     def member_ids(self, conn: Connection, team_id: str) -> list[str]:
         """The ids of everyone in the team now, its owner included."""
-        rows = conn.execute(
-            select(team_members.c.user_id)
-            .where(team_members.c.team_id == team_id)
-            .order_by(team_members.c.user_id)
-        )
-        return [str(user_id) for user_id in rows.scalars()]
+        return repo.member_ids(conn, team_id)
 
     def team_wallet(self, conn: Connection, team_id: str) -> str:
         """The wallet the team's generations spend: its owner's."""
-        wallet_id = conn.execute(
-            select(teams.c.wallet_id).where(teams.c.id == team_id)
-        ).scalar_one_or_none()
-        if wallet_id is None:
-            raise TeamNotFound(f"no team {team_id!r}")
-        return str(wallet_id)
+        return _team_found(repo.team_wallet(conn, team_id), team_id)
 
     def teams_of(self, conn: Connection, user_id: str) -> list[Membership]:
         """The user's teams, those they own first, then in the order they joined."""
-        rows = conn.execute(
-            select(teams, team_members.c.role)
-            .select_from(teams.join(team_members, team_members.c.team_id == teams.c.id))
-            .where(team_members.c.user_id == user_id)
-            .order_by(
-                (team_members.c.role == "owner").desc(),
-                team_members.c.joined_at,
-                teams.c.id,
-            )
-        )
-        return [Membership(_team(row), row.role) for row in rows]
+        return repo.memberships_of(conn, user_id)
 
-    def team_for_member(self, conn: Connection, team_id: str, user_id: str) -> Team:
-        """The team, for one of its members; anyone else gets ``not_found``."""
+    def team_for_member(self, conn: Connection, team_id: str, user_id: str) -> TeamWithSeats:
+        """The team with its seats, for one of its members; anyone else gets
+        ``not_found``."""
         team, _ = self._as_member(conn, team_id, user_id)
-        return team
+        return self._with_seats(team, self.seats(conn, team))
 
     def seats(self, conn: Connection, team: Team) -> Seats:
         total = self.plans.plan_of(conn, team.wallet_id, fresh=True).team_seats
-        members = conn.execute(
-            select(func.count()).select_from(team_members).where(team_members.c.team_id == team.id)
-        ).scalar_one()
-        pending = conn.execute(
-            select(func.count())
-            .select_from(invitations)
-            .where(invitations.c.team_id == team.id, self._pending())
-        ).scalar_one()
-        return Seats(total=total, members=int(members), pending=int(pending))
+        return Seats(
+            total=total,
+            members=repo.count_members(conn, team.id),
+            pending=repo.count_pending(conn, team.id, self.clock.now()),
+        )
 
     def members(
         self,
@@ -325,107 +275,51 @@ class TeamService:
         """Up to ``limit`` members in the order they joined (the owner first),
         after the member who joined at ``after = (joined_at, user_id)``."""
         self._as_member(conn, team_id, viewer_id)
-        query = _members_query().where(team_members.c.team_id == team_id)
-        if after is not None:
-            joined_at, user_id = after
-            query = query.where(
-                or_(
-                    team_members.c.joined_at > joined_at,
-                    and_(team_members.c.joined_at == joined_at, team_members.c.user_id > user_id),
-                )
-            )
-        rows = conn.execute(
-            query.order_by(team_members.c.joined_at, team_members.c.user_id).limit(limit)
-        )
-        return [_member(row) for row in rows]
+        return repo.members_page(conn, team_id, limit=limit, after=after)
 
     def pending_invitations(
         self, conn: Connection, team_id: str, actor_id: str
     ) -> list[Invitation]:
         """The invitations still holding a seat, oldest first (owner only)."""
         self._as_owner(conn, team_id, actor_id)
-        rows = conn.execute(
-            select(invitations)
-            .where(invitations.c.team_id == team_id, self._pending())
-            .order_by(invitations.c.created_at, invitations.c.id)
-        )
-        return [_invitation(row) for row in rows]
+        return repo.pending_invitations(conn, team_id, self.clock.now())
 
     # -- the owner's actions --------------------------------------------
 
-    def create_team(self, conn: Connection, owner: User, name: str) -> Team:
+    def create_team(self, conn: Connection, owner: User, name: str) -> TeamWithSeats:
         """A team spending ``owner``'s wallet, with the owner as its first member."""
         name = team_name(name)
         wallet_id = self.ledger.wallet_of(conn, "user", owner.id)
         plan = self.plans.plan_of(conn, wallet_id, fresh=True)
         if not plan_allows_teams(plan):
-            cheapest = cheapest_team_plan(self.catalogs.now(conn))
-            extra = {"required_plan": cheapest.id} if cheapest else {}
-            includes = f"; {cheapest.name} includes them" if cheapest else ""
-            raise Forbidden(f"teams are not part of the {plan.name} plan{includes}", **extra)
+            raise NotInPlan(
+                "teams are", plan, cheapest_team_plan(self.catalogs.now(conn)), it="them"
+            )
         # Two concurrent creations by one owner queue on the owner's row, so
         # the second sees the first's team (PostgreSQL; SQLite serialises writers).
-        conn.execute(select(users.c.id).where(users.c.id == owner.id).with_for_update())
-        owned = conn.execute(
-            select(func.count()).select_from(teams).where(teams.c.owner_id == owner.id)
-        ).scalar_one()
-        if owned >= TEAMS_PER_OWNER:
+        accounts_repo.lock_user(conn, owner.id)
+        if repo.count_teams_owned(conn, owner.id) >= TEAMS_PER_OWNER:
             raise AlreadyOwnsTeam(f"you already own a team (at most {TEAMS_PER_OWNER})")
-        now = self.clock.now()
-        team = Team(new_id("team"), name, owner.id, wallet_id, now)
-        conn.execute(
-            insert(teams).values(
-                id=team.id,
-                name=team.name,
-                owner_id=owner.id,
-                wallet_id=wallet_id,
-                created_at=now,
-            )
-        )
-        conn.execute(
-            insert(team_members).values(
-                team_id=team.id, user_id=owner.id, role="owner", joined_at=now
-            )
-        )
+        team = Team(new_id("team"), name, owner.id, wallet_id, self.clock.now())
+        repo.insert_team(conn, team)
         invalidate(conn, f"user:{owner.id}")
         self._audit(conn, owner.id, "team.create", team.id, {"name": name, "plan": plan.id})
-        return team
+        # The owner alone, on the plan just read.
+        return self._with_seats(team, Seats(total=plan.team_seats, members=1, pending=0))
 
     def invite(self, conn: Connection, team_id: str, actor_id: str, email: str) -> NewInvitation:
         """An invitation for ``email`` holding one of the team's seats for 7 days."""
         team = self._as_owner(conn, team_id, actor_id, lock=True)
         address = invitation_email(email)
-        is_member = conn.execute(
-            select(team_members.c.user_id)
-            .select_from(team_members.join(users, users.c.id == team_members.c.user_id))
-            .where(team_members.c.team_id == team.id, users.c.email == address)
-        ).first()
-        if is_member is not None:
+        if repo.has_member_with_email(conn, team.id, address):
             raise AlreadyMember(f"{address} is already a member of this team")
-        invited = conn.execute(
-            select(invitations.c.id).where(
-                invitations.c.team_id == team.id,
-                invitations.c.email == address,
-                self._pending(),
-            )
-        ).first()
-        if invited is not None:
+        now = self.clock.now()
+        if repo.pending_invitation(conn, team.id, now, email=address) is not None:
             raise AlreadyInvited(f"{address} already has a pending invitation to this team")
         self._require_seat(conn, team)
-        now = self.clock.now()
         token = INVITATION_PREFIX + secrets.token_urlsafe(32)
         invitation = Invitation(new_id("inv"), team.id, address, now, now + INVITATION_LIFETIME)
-        conn.execute(
-            insert(invitations).values(
-                id=invitation.id,
-                team_id=team.id,
-                email=address,
-                token_hash=digest(token),
-                invited_by=actor_id,
-                created_at=now,
-                expires_at=invitation.expires_at,
-            )
-        )
+        repo.insert_invitation(conn, invitation, token_hash=digest(token), invited_by=actor_id)
         self._audit(
             conn,
             actor_id,
@@ -440,26 +334,17 @@ class TeamService:
     ) -> None:
         """Withdraw a pending invitation; its seat is free again at once."""
         team = self._as_owner(conn, team_id, actor_id, lock=True)
-        row = conn.execute(
-            select(invitations).where(
-                invitations.c.id == invitation_id,
-                invitations.c.team_id == team.id,
-                self._pending(),
-            )
-        ).one_or_none()
-        if row is None:
+        now = self.clock.now()
+        found = repo.pending_invitation(conn, team.id, now, invitation_id=invitation_id)
+        if found is None:
             raise InvitationNotFound(f"no pending invitation {invitation_id!r} in this team")
-        conn.execute(
-            update(invitations)
-            .where(invitations.c.id == invitation_id)
-            .values(revoked_at=self.clock.now())
-        )
+        repo.set_revoked(conn, invitation_id, now)
         self._audit(
             conn,
             actor_id,
             "team.invitation_revoke",
             team.id,
-            {"invitation_id": invitation_id, "email": row.email},
+            {"invitation_id": invitation_id, "email": found.email},
         )
 
     def remove_member(self, conn: Connection, team_id: str, actor_id: str, user_id: str) -> None:
@@ -467,16 +352,10 @@ class TeamService:
         team, actor_role = self._as_member(conn, team_id, actor_id, lock=True)
         if actor_role != "owner" and user_id != actor_id:
             raise Forbidden("only the team's owner can remove other members")
-        target = self.membership(conn, team.id, user_id)
-        if target is None:
-            raise MemberNotFound(f"no member {user_id!r} in this team")
+        target = self._member(conn, team.id, user_id)
         if target.role == "owner":
             raise OwnerNotRemovable("the owner cannot be removed from their team")
-        conn.execute(
-            team_members.delete().where(
-                team_members.c.team_id == team.id, team_members.c.user_id == user_id
-            )
-        )
+        repo.delete_member(conn, team.id, user_id)
         invalidate(conn, f"user:{user_id}")
         action = "team.leave" if user_id == actor_id else "team.member_remove"
         self._audit(conn, actor_id, action, team.id, {"user_id": user_id, "email": target.email})
@@ -487,14 +366,8 @@ class TeamService:
         """Cap what a member may spend of the team's credits per month (None: no cap)."""
         team = self._as_owner(conn, team_id, actor_id)
         cap = monthly_credit_cap(cap)
-        target = self.membership(conn, team.id, user_id)
-        if target is None:
-            raise MemberNotFound(f"no member {user_id!r} in this team")
-        conn.execute(
-            update(team_members)
-            .where(team_members.c.team_id == team.id, team_members.c.user_id == user_id)
-            .values(monthly_credit_cap=cap)
-        )
+        target = self._member(conn, team.id, user_id)
+        repo.set_member_cap(conn, team.id, user_id, cap)
         self._audit(
             conn,
             actor_id,
@@ -502,35 +375,31 @@ class TeamService:
             team.id,
             {"user_id": user_id, "before": target.monthly_credit_cap, "after": cap},
         )
-        return Member(team.id, user_id, target.email, target.role, cap, target.joined_at)
+        return replace(target, monthly_credit_cap=cap)
 
     # -- the invitee's action -------------------------------------------
 
-    def accept_invitation(self, conn: Connection, token: str, user: User) -> Team:
+    def accept_invitation(self, conn: Connection, token: str, user: User) -> TeamWithSeats:
         """Join the team of the invitation ``token``, addressed to ``user``'s e-mail.
 
         Every reason the token does not work for this user is the same
         ``not_found``, so a token tells a stranger nothing."""
-        found = conn.execute(
-            select(invitations.c.id, invitations.c.team_id).where(
-                invitations.c.token_hash == digest(token)
-            )
-        ).one_or_none()
+        found = repo.invitation_by_token_hash(conn, digest(token))
         if found is None:
             raise InvitationNotFound("no such invitation for you (or it expired)")
         team = self._lock_team(conn, found.team_id)
         # Read again under the team's lock: a revocation or another accept of
         # the same token may have committed while this one waited.
-        row = conn.execute(select(invitations).where(invitations.c.id == found.id)).one()
+        invitation = repo.invitation(conn, found.id)
         now = self.clock.now()
-        if row.email != user.email or not invitation_is_pending(
-            accepted_at=row.accepted_at,
-            revoked_at=row.revoked_at,
-            expires_at=as_utc(row.expires_at),
+        if invitation.email != user.email or not invitation_is_pending(
+            accepted_at=invitation.accepted_at,
+            revoked_at=invitation.revoked_at,
+            expires_at=invitation.expires_at,
             now=now,
         ):
             raise InvitationNotFound("no such invitation for you (or it expired)")
-        if self.membership(conn, team.id, user.id) is not None:
+        if repo.member(conn, team.id, user.id) is not None:
             raise AlreadyMember("you are already a member of this team")
         # This invitation already holds one of the counted seats; turning it
         # into a member needs no more, unless the owner's plan shrank since.
@@ -540,52 +409,29 @@ class TeamService:
                 f"the team has no seat left ({seats.total} on its owner's plan); "
                 "ask the owner to free one"
             )
-        conn.execute(
-            update(invitations)
-            .where(invitations.c.id == row.id)
-            .values(accepted_at=now, accepted_by=user.id)
-        )
-        conn.execute(
-            insert(team_members).values(
-                team_id=team.id, user_id=user.id, role="member", joined_at=now
-            )
-        )
+        repo.set_accepted(conn, invitation.id, user.id, now)
+        repo.insert_member(conn, team.id, user.id, "member", now)
         invalidate(conn, f"user:{user.id}")
-        self._audit(conn, user.id, "team.join", team.id, {"invitation_id": row.id})
-        return team
+        self._audit(conn, user.id, "team.join", team.id, {"invitation_id": invitation.id})
+        # Under the team's lock nothing else moved: the seat held by the
+        # invitation is now the new member's.
+        joined = replace(seats, members=seats.members + 1, pending=seats.pending - 1)
+        return self._with_seats(team, joined)
 
     # -- internals -------------------------------------------------------
-
-    def _pending(self) -> ColumnElement[bool]:
-        return and_(
-            invitations.c.accepted_at.is_(None),
-            invitations.c.revoked_at.is_(None),
-            invitations.c.expires_at > self.clock.now(),
-        )
 
     def _lock_team(self, conn: Connection, team_id: str) -> Team:
         # Whatever changes who holds a seat locks the team row first, so on
         # PostgreSQL two invitations cannot both take the last seat.
-        row = conn.execute(
-            select(teams).where(teams.c.id == team_id).with_for_update()
-        ).one_or_none()
-        if row is None:
-            raise TeamNotFound(f"no team {team_id!r}")
-        return _team(row)
+        return _team_found(repo.lock_team(conn, team_id), team_id)
 
     def _as_member(
         self, conn: Connection, team_id: str, user_id: str, *, lock: bool = False
     ) -> tuple[Team, Role]:
         if lock:
             self._lock_team(conn, team_id)
-        row = conn.execute(
-            select(teams, team_members.c.role)
-            .select_from(teams.join(team_members, team_members.c.team_id == teams.c.id))
-            .where(teams.c.id == team_id, team_members.c.user_id == user_id)
-        ).one_or_none()
-        if row is None:
-            raise TeamNotFound(f"no team {team_id!r}")
-        return _team(row), row.role
+        found = _team_found(repo.membership(conn, team_id, user_id), team_id)
+        return found.team, found.role
 
     def _as_owner(
         self, conn: Connection, team_id: str, user_id: str, *, lock: bool = False
@@ -594,6 +440,12 @@ class TeamService:
         if role != "owner":
             raise Forbidden("only the team's owner can do this")
         return team
+
+    def _member(self, conn: Connection, team_id: str, user_id: str) -> Member:
+        found = repo.member(conn, team_id, user_id)
+        if found is None:
+            raise MemberNotFound(f"no member {user_id!r} in this team")
+        return found
 
     def _require_seat(self, conn: Connection, team: Team) -> None:
         seats = self.seats(conn, team)
@@ -604,6 +456,12 @@ class TeamService:
                 seats_total=seats.total,
                 seats_used=seats.used,
             )
+
+    @staticmethod
+    def _with_seats(team: Team, seats: Seats) -> TeamWithSeats:
+        return TeamWithSeats(
+            team.id, team.name, team.owner_id, team.wallet_id, team.created_at, seats
+        )
 
     def _audit(
         self, conn: Connection, actor: str, action: str, team_id: str, data: dict[str, object]
@@ -619,28 +477,8 @@ class TeamService:
         )
 
 
-def _members_query() -> Select[Any]:
-    return select(team_members, users.c.email).select_from(
-        team_members.join(users, users.c.id == team_members.c.user_id)
-    )
-
-
-def _team(row: AnyRow) -> Team:
-    return Team(row.id, row.name, row.owner_id, row.wallet_id, as_utc(row.created_at))
-
-
-def _member(row: AnyRow) -> Member:
-    return Member(
-        team_id=row.team_id,
-        user_id=row.user_id,
-        email=row.email,
-        role=row.role,
-        monthly_credit_cap=None if row.monthly_credit_cap is None else int(row.monthly_credit_cap),
-        joined_at=as_utc(row.joined_at),
-    )
-
-
-def _invitation(row: AnyRow) -> Invitation:
-    return Invitation(
-        row.id, row.team_id, row.email, as_utc(row.created_at), as_utc(row.expires_at)
-    )
+def _team_found(found: T | None, team_id: str) -> T:
+    """What was read of the team, or ``not_found`` (also for non-members)."""
+    if found is None:
+        raise TeamNotFound(f"no team {team_id!r}")
+    return found

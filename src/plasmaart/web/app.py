@@ -31,6 +31,26 @@ from plasmaart.web.metrics import HttpMetrics
 from plasmaart.web.responses import FastJSONResponse
 from plasmaart.worker import Worker
 
+# The API's routers, in the order the router tries them. First: the router
+# matches routes one by one, and submissions are the busiest route (no route
+# before it could match its paths; tests/integration/test_generations_api.py
+# checks it).
+ROUTERS = (
+    generations,
+    ops,
+    catalog,
+    accounts,
+    teams,
+    credits,
+    events,
+    admin,
+    billing,
+    stripe_billing,
+    fal_webhooks,
+    fairuse,
+    catalog_changes,
+)
+
 
 def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> FastAPI:
     """The app for ``platform``. With an embedded worker (the default on the
@@ -47,14 +67,12 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
         # Other processes' cache invalidations (PostgreSQL; caches.py).
         platform.caches.start(wait=5)
         # Abuse signals seen on the request path are written by this thread.
-        if platform.fairuse.flusher is not None:
-            platform.fairuse.flusher.start()
+        platform.fairuse.flusher.start()
         try:
             yield
         finally:
             platform.events.close()
-            if platform.fairuse.flusher is not None:
-                platform.fairuse.flusher.stop()  # writes the signals still queued
+            platform.fairuse.flusher.stop()  # writes the signals still queued
             if worker and thread:
                 worker.stop()
                 thread.join(timeout=30)
@@ -75,21 +93,7 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
     app.add_middleware(Edge, platform=platform, metrics=app.state.metrics)
     problems.install(app)
     openapi.install(app)
-    # First: the router matches routes in order, one by one, and submissions
-    # are the busiest route (no route before it could match its paths;
-    # tests/integration/test_generations_api.py checks it).
-    app.include_router(generations.router)
-    app.include_router(ops.router)
-    app.include_router(catalog.router)
-    app.include_router(accounts.router)
-    app.include_router(teams.router)
-    app.include_router(credits.router)
-    app.include_router(events.router)
-    app.include_router(admin.router)
-    app.include_router(billing.router)
-    app.include_router(stripe_billing.router)
-    app.include_router(fal_webhooks.router)
-    app.include_router(fairuse.router)
-    app.include_router(catalog_changes.router)
+    for api in ROUTERS:
+        app.include_router(api.router)
     dashboard.install(app)
     return app

@@ -21,16 +21,14 @@ import hashlib
 import json
 from datetime import timedelta
 
-from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope
 
 from plasmaart.accounts.credentials import IDEMPOTENCY_RETENTION
-from plasmaart.accounts.repository import AnyRow
-from plasmaart.clock import as_utc
-from plasmaart.db.tables import idempotency_records
 from plasmaart.platform import Platform
+from plasmaart.web import idempotency_repository as records
+from plasmaart.web.idempotency_repository import IdempotencyRecord
 from plasmaart.web.problems import problem
 
 HEADER = b"idempotency-key"
@@ -86,30 +84,18 @@ def claim(
 ) -> ASGIApp | None:
     """Insert a running record, or decide the answer from an existing one."""
     now = platform.clock.now()
-    table = idempotency_records
-    where = (table.c.principal == principal, table.c.key == key)
     try:
         with platform.db.write() as conn:
-            row = conn.execute(select(table).where(*where)).one_or_none()
-            if row is not None:
-                age = now - as_utc(row.created_at)
+            record = records.find(conn, principal, key)
+            if record is not None:
+                age = now - record.created_at
                 expired = age > IDEMPOTENCY_RETENTION
                 takeover = timedelta(seconds=platform.settings.idempotency_takeover_s)
-                abandoned = row.status == "running" and age > takeover
+                abandoned = record.status == "running" and age > takeover
                 if not (expired or abandoned):
-                    return _answer(row, path, fingerprint)
-                conn.execute(delete(table).where(*where))
-            conn.execute(
-                insert(table).values(
-                    principal=principal,
-                    key=key,
-                    method="POST",
-                    path=path,
-                    request_hash=fingerprint,
-                    status="running",
-                    created_at=now,
-                )
-            )
+                    return _answer(record, path, fingerprint)
+                records.forget(conn, principal, key)
+            records.claim(conn, principal, key, path=path, request_hash=fingerprint, now=now)
     except IntegrityError:
         # Another request with this key claimed it between our read and insert.
         return _in_progress()
@@ -127,22 +113,22 @@ def _in_progress() -> ASGIApp:
     )
 
 
-def _answer(row: AnyRow, path: str, fingerprint: str) -> ASGIApp:
-    if row.request_hash != fingerprint or row.path != path:
+def _answer(record: IdempotencyRecord, path: str, fingerprint: str) -> ASGIApp:
+    if record.request_hash != fingerprint or record.path != path:
         return problem(
             409,
             "idempotency_conflict",
             "Idempotency key reused",
             "this Idempotency-Key was used with a different request",
         )
-    if row.status == "running":
+    if record.answer is None:  # still running
         return _in_progress()
-    headers = dict(json.loads(row.response_headers or "[]"))
+    headers = dict(json.loads(record.answer.headers))
     headers["idempotent-replayed"] = "true"
     headers.pop("content-length", None)
     return Response(
-        content=row.response_body or b"",
-        status_code=row.response_status,
+        content=record.answer.body,
+        status_code=record.answer.status,
         headers=headers,
     )
 
@@ -150,8 +136,6 @@ def _answer(row: AnyRow, path: str, fingerprint: str) -> ASGIApp:
 def finish(
     platform: Platform, principal: str, key: str, start: Message | None, body: bytes
 ) -> None:
-    table = idempotency_records
-    where = (table.c.principal == principal, table.c.key == key)
     headers = [
         (name.decode("latin-1"), value.decode("latin-1"))
         for name, value in (start or {}).get("headers", [])
@@ -181,15 +165,13 @@ def finish(
     )
     with platform.db.write() as conn:
         if not keep or start is None:
-            conn.execute(delete(table).where(*where))
+            records.forget(conn, principal, key)
             return
-        conn.execute(
-            update(table)
-            .where(*where)
-            .values(
-                status="done",
-                response_status=int(start["status"]),
-                response_headers=json.dumps(headers),
-                response_body=body,
-            )
+        records.store_answer(
+            conn,
+            principal,
+            key,
+            status=int(start["status"]),
+            headers=json.dumps(headers),
+            body=body,
         )

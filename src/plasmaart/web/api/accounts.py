@@ -6,46 +6,17 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 
-from plasmaart.accounts.credentials import SESSION_LIFETIME, ApiKey, NewSession
-from plasmaart.accounts.service import EmailTaken, User
-from plasmaart.billing.repository import Subscription
+from plasmaart.accounts.credentials import SESSION_LIFETIME, NewSession
+from plasmaart.accounts.service import EmailTaken, User, WrongCredentials
 from plasmaart.platform import Platform
-from plasmaart.web.auth import (
-    CSRF_COOKIE,
-    SESSION_COOKIE,
-    CurrentPrincipal,
-    Forbidden,
-)
+from plasmaart.web.auth import CSRF_COOKIE, SESSION_COOKIE, CurrentPrincipal
 from plasmaart.web.deps import PlatformDep
 from plasmaart.web.idempotency import SECRET_FIELDS_HEADER
+from plasmaart.web.schemas import StrictBody, SubscriptionOut, subscription_out
 
 router = APIRouter(prefix="/v1", tags=["accounts"])
-
-
-def _has_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
-    if isinstance(value, list | tuple):
-        return any(_has_nul(item) for item in value)
-    return False
-
-
-class StrictBody(BaseModel):
-    """Request bodies refuse fields they do not know, and NUL characters
-    anywhere (PostgreSQL cannot store them in text, and no field needs one)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _no_nul(cls, value: object) -> object:
-        if _has_nul(value):
-            raise ValueError("must not contain NUL characters")
-        return value
 
 
 class Credentials(StrictBody):
@@ -87,21 +58,6 @@ class ApiKeyList(BaseModel):
     next_cursor: str | None = None
 
 
-class SubscriptionOut(BaseModel):
-    plan: str
-    status: Literal["none", "active", "past_due", "canceled"]
-    current_period_start: datetime | None
-    current_period_end: datetime | None
-    cancel_at_period_end: bool = Field(
-        description="The subscription ends at its period end instead of renewing"
-    )
-    cancel_reason: Literal["requested", "account_suspended"] | None = Field(
-        description="Why it ends: you canceled it (`requested`), or the account is "
-        "suspended (`account_suspended`: reinstating it before the period end renews it)"
-    )
-    pending_plan: str | None
-
-
 class BalanceSummary(BaseModel):
     available: int
     held: int
@@ -135,23 +91,6 @@ class MeOut(BaseModel):
 
 class SettingsIn(StrictBody):
     remove_watermark: bool | None = None
-
-
-def user_out(user: User) -> UserOut:
-    return UserOut(
-        id=user.id, email=user.email, role=user.role, status=user.status, created_at=user.created_at
-    )
-
-
-def api_key_out(key: ApiKey) -> ApiKeyOut:
-    return ApiKeyOut(
-        id=key.id,
-        name=key.name,
-        prefix=key.prefix,
-        created_at=key.created_at,
-        last_used_at=key.last_used_at,
-        revoked_at=key.revoked_at,
-    )
 
 
 def _set_session_cookies(request: Request, response: Response, session: NewSession) -> None:
@@ -193,16 +132,12 @@ def signup(
 ) -> UserEnvelope:
     """Create an account (on the Free plan) and log in. A registered address
     is refused, and its owner told (at most once a day) that someone tried."""
-    try:
-        with platform.db.write() as conn:
-            user = platform.accounts.create_user(conn, body.email, body.password)
-            session = platform.credentials.open_session(conn, user.id)
-    except EmailTaken as taken:
-        with platform.db.write() as conn:
-            platform.accounts.warn_of_signup_attempt(conn, taken.address)
-        raise
-    _set_session_cookies(request, response, session)
-    return UserEnvelope(user=user_out(user))
+    with platform.db.write() as conn:
+        signed_up = platform.accounts.sign_up(conn, body.email, body.password)
+    if isinstance(signed_up, EmailTaken):
+        raise signed_up  # after the warning to the address's owner is committed
+    _set_session_cookies(request, response, signed_up.session)
+    return UserEnvelope(user=UserOut.model_validate(signed_up.user, from_attributes=True))
 
 
 @router.post(
@@ -217,23 +152,13 @@ def login(
     body: Credentials, request: Request, response: Response, platform: PlatformDep
 ) -> UserEnvelope:
     """Log in with e-mail and password; sets the session cookies."""
-    from plasmaart.accounts.service import WrongCredentials, normalise_email
-
-    email, address = normalise_email(body.email), _client_address(request)
-    with platform.db.read() as conn:
-        platform.credentials.check_login_allowed(conn, email, address)
-    try:
-        with platform.db.write() as conn:
-            # A suspended account logs in too: to a read-only account.
-            user = platform.accounts.authenticate(conn, email, body.password)
-            platform.credentials.forget_login_failures(conn, email)
-            session = platform.credentials.open_session(conn, user.id)
-    except WrongCredentials:
-        with platform.db.write() as conn:
-            platform.credentials.record_login_failure(conn, email, address)
-        raise
-    _set_session_cookies(request, response, session)
-    return UserEnvelope(user=user_out(user))
+    address = _client_address(request)
+    with platform.db.write() as conn:
+        logged_in = platform.accounts.log_in(conn, body.email, body.password, address=address)
+    if isinstance(logged_in, WrongCredentials):
+        raise logged_in  # after the failure is counted
+    _set_session_cookies(request, response, logged_in.session)
+    return UserEnvelope(user=UserOut.model_validate(logged_in.user, from_attributes=True))
 
 
 @router.post("/auth/logout", status_code=204)
@@ -257,7 +182,10 @@ def create_api_key(
     response.headers[SECRET_FIELDS_HEADER] = "key"
     with platform.db.write() as conn:
         created = platform.credentials.create_api_key(conn, principal.user.id, body.name)
-    return NewApiKeyOut(**api_key_out(created.key).model_dump(), key=created.secret)
+    return NewApiKeyOut(
+        **ApiKeyOut.model_validate(created.key, from_attributes=True).model_dump(),
+        key=created.secret,
+    )
 
 
 @router.get("/api-keys", response_model=ApiKeyList)
@@ -265,7 +193,7 @@ def list_api_keys(principal: CurrentPrincipal, platform: PlatformDep) -> ApiKeyL
     """Your keys, newest first (never their secrets)."""
     with platform.db.read() as conn:
         keys = platform.credentials.list_api_keys(conn, principal.user.id)
-    return ApiKeyList(data=[api_key_out(key) for key in keys])
+    return ApiKeyList(data=[ApiKeyOut.model_validate(key, from_attributes=True) for key in keys])
 
 
 @router.delete("/api-keys/{key_id}", response_model=ApiKeyOut)
@@ -273,7 +201,7 @@ def revoke_api_key(key_id: str, principal: CurrentPrincipal, platform: PlatformD
     """Revoke a key at once; requests with it get 401 from now on."""
     with platform.db.write() as conn:
         key = platform.credentials.revoke_api_key(conn, principal.user.id, key_id)
-    return api_key_out(key)
+    return ApiKeyOut.model_validate(key, from_attributes=True)
 
 
 def me_out(platform: Platform, user: User) -> MeOut:
@@ -301,34 +229,6 @@ def me_out(platform: Platform, user: User) -> MeOut:
     )
 
 
-def subscription_out(plan_id: str, subscription: Subscription | None) -> SubscriptionOut:
-    if subscription is None:
-        return SubscriptionOut(
-            plan=plan_id,
-            status="none",
-            current_period_start=None,
-            current_period_end=None,
-            cancel_at_period_end=False,
-            cancel_reason=None,
-            pending_plan=None,
-        )
-    return SubscriptionOut(
-        plan=subscription.plan,
-        status=subscription.status,
-        current_period_start=subscription.current_period_start,
-        current_period_end=subscription.current_period_end,
-        cancel_at_period_end=subscription.ends_at_period_end,
-        cancel_reason=(
-            "requested"
-            if subscription.cancel_at_period_end
-            else "account_suspended"
-            if subscription.stops_for_suspension
-            else None
-        ),
-        pending_plan=subscription.pending_plan,
-    )
-
-
 @router.get("/me", response_model=MeOut)
 def me(principal: CurrentPrincipal, platform: PlatformDep) -> MeOut:
     """Who you are: role, status, plan and subscription, balance, teams."""
@@ -341,16 +241,5 @@ def update_settings(body: SettingsIn, principal: CurrentPrincipal, platform: Pla
     user = principal.user
     if body.remove_watermark is not None:
         with platform.db.write() as conn:
-            wallet = platform.ledger.wallet_of(conn, "user", user.id)
-            plan = platform.billing.plans.plan_of(conn, wallet)
-            if body.remove_watermark and not plan.watermark_removable:
-                cheapest = next(
-                    p for p in platform.catalogs.now(conn).plans_by_price() if p.watermark_removable
-                )
-                raise Forbidden(
-                    f"watermark removal is not part of the {plan.name} plan; "
-                    f"{cheapest.name} includes it",
-                    required_plan=cheapest.id,
-                )
             user = platform.accounts.set_remove_watermark(conn, user, body.remove_watermark)
     return me_out(platform, user)

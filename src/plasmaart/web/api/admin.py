@@ -8,34 +8,33 @@ an admin.
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 from sqlalchemy import Connection, Select, or_, select
 
 from plasmaart.accounts import audit
 from plasmaart.accounts.repository import AnyRow
+from plasmaart.accounts.service import adjustment_key
 from plasmaart.catalog import PlanSpec
 from plasmaart.clock import as_utc
 from plasmaart.db.tables import users, wallets
 from plasmaart.errors import InvalidInput
 from plasmaart.platform import Platform
 from plasmaart.stats import platform_stats
-from plasmaart.web.api.accounts import StrictBody
 from plasmaart.web.auth import AdminPrincipal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.pagination import (
     DEFAULT_LIMIT,
     Page,
+    audit_cursor,
+    audit_position,
     decode_cursor,
-    decode_position,
     encode_cursor,
-    position_cursor,
 )
+from plasmaart.web.schemas import StrictBody
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -164,20 +163,16 @@ def suspend_user(
     ``account_suspended``), its queued generations are canceled and released,
     and its subscription ends at the period end instead of renewing."""
     with platform.db.write() as conn:
-        user = platform.accounts.get(conn, user_id)
-        if user.id == admin.user.id:
-            raise InvalidInput("admins cannot suspend themselves", field="user_id")
-        platform.suspensions.suspend(conn, user, actor=admin.user.id, reason=body.reason)
+        platform.suspensions.suspend(conn, user_id, actor=admin.user.id, reason=body.reason)
     return _one_user(platform, user_id)
 
 
 @router.post("/users/{user_id}/reinstate", response_model=AdminUserOut)
 def reinstate_user(user_id: str, admin: AdminPrincipal, platform: PlatformDep) -> AdminUserOut:
+    """Reinstate: the account writes again, its subscription renews as
+    before, and its abuse flags are resolved (the review is over)."""
     with platform.db.write() as conn:
-        user = platform.accounts.get(conn, user_id)
-        platform.suspensions.reinstate(conn, user, actor=admin.user.id)
-        # The review is over: the account's abuse flags are resolved.
-        platform.fairuse.resolve_flags(conn, user.id, actor=admin.user.id)
+        platform.suspensions.reinstate(conn, user_id, actor=admin.user.id)
     return _one_user(platform, user_id)
 
 
@@ -189,30 +184,17 @@ def adjust_credits(
     expires_at = body.expires_at
     if expires_at is not None and expires_at.tzinfo is None:
         expires_at = expires_at.replace(tzinfo=UTC)
-    # The HTTP Idempotency-Key (when sent) makes the ledger movement itself
-    # idempotent; without one, every request is a new adjustment.
-    http_key = getattr(request.state, "idempotency_key", None)
-    digest = hashlib.sha256(f"{admin.user.id}:{http_key}".encode()).hexdigest()[:32]
-    key = f"admin:{digest}" if http_key else f"admin:{uuid.uuid4().hex}"
     with platform.db.write() as conn:
-        user = platform.accounts.get(conn, user_id)
-        wallet = platform.ledger.wallet_of(conn, "user", user.id)
-        result = platform.ledger.adjust(
+        result = platform.accounts.adjust_credits(
             conn,
-            wallet,
+            user_id,
             body.amount,
             reason=body.reason,
             expires_at=expires_at,
-            idempotency_key=key,
-        )
-        audit.record(
-            conn,
+            idempotency_key=adjustment_key(
+                admin.user.id, getattr(request.state, "idempotency_key", None)
+            ),
             actor=admin.user.id,
-            action="credits.adjust",
-            target=user.id,
-            reason=body.reason,
-            now=platform.clock.now(),
-            data={"amount": body.amount, "expires_at": expires_at},
         )
     return CreditsOut(
         user_id=user_id, amount=body.amount, available=result.balance_after, lot_id=result.lot_id
@@ -232,13 +214,7 @@ def stats(_admin: AdminPrincipal, platform: PlatformDep) -> AdminStatsOut:
     """Queue depth, jobs by state, and credits granted, consumed and expired."""
     with platform.db.read() as conn:
         found = platform_stats(conn)
-    return AdminStatsOut(
-        queue_depth=found.queue_depth,
-        jobs_by_state=found.jobs_by_state,
-        credits_granted=found.credits_granted,
-        credits_consumed=found.credits_consumed,
-        credits_expired=found.credits_expired,
-    )
+    return AdminStatsOut.model_validate(found, from_attributes=True)
 
 
 class AuditEntryOut(BaseModel):
@@ -248,19 +224,13 @@ class AuditEntryOut(BaseModel):
         description="Who acted: a user id, or `cli`, `stripe`, `system:…` for the platform"
     )
     action: str = Field(description="What was done, e.g. `user.suspend`, `credits.adjust`")
+    # The log's ``target`` (accounts/audit.py), named ``subject`` in the API.
     subject: str = Field(
-        description="What it was done to: a user or team id, `model:…`, `plan:…`, `test_clock`"
+        validation_alias=AliasChoices("subject", "target"),
+        description="What it was done to: a user or team id, `model:…`, `plan:…`, `test_clock`",
     )
     reason: str | None
     data: dict[str, Any] = Field(description="The action's details")
-
-
-def audit_cursor(position: audit.AuditPosition) -> str:
-    return position_cursor(position.id, position.created_at)
-
-
-def audit_position(cursor: str) -> audit.AuditPosition:
-    return audit.AuditPosition(*decode_position(cursor))
 
 
 def _utc(value: datetime | None, field: str) -> datetime | None:
@@ -321,17 +291,6 @@ def audit_log(
     with platform.db.read() as conn:
         found = audit.page(conn, wanted, limit=limit, before=before)
     return Page[AuditEntryOut](
-        data=[
-            AuditEntryOut(
-                id=entry.id,
-                created_at=entry.created_at,
-                actor=entry.actor,
-                action=entry.action,
-                subject=entry.target,
-                reason=entry.reason,
-                data=entry.data,
-            )
-            for entry in found.entries
-        ],
+        data=[AuditEntryOut.model_validate(entry, from_attributes=True) for entry in found.entries],
         next_cursor=audit_cursor(found.entries[-1].position) if found.more else None,
     )

@@ -21,21 +21,17 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from plasmaart.accounts import audit
+from plasmaart.billing import sandbox_controls
 from plasmaart.billing.backends import Checkout
 from plasmaart.billing.errors import PaymentFailed
-from plasmaart.billing.packs import PackPurchase
 from plasmaart.billing.repository import Payment, PaymentKind, PaymentStatus, Subscription
-from plasmaart.billing.sandbox import SandboxBackend
-from plasmaart.billing.tasks import run_billing_clock
 from plasmaart.catalog import Catalog
-from plasmaart.errors import NotFound
-from plasmaart.ledger.tasks import expire_due_lots
 from plasmaart.platform import Platform
-from plasmaart.web.api.accounts import StrictBody, SubscriptionOut, subscription_out
 from plasmaart.web.auth import AdminPrincipal, CurrentPrincipal, Principal
-from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
-from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
+from plasmaart.web.deps import PageQuery, PlatformDep
+from plasmaart.web.pagination import Page, decode_cursor, encode_cursor
+from plasmaart.web.presenters import describe_payment
+from plasmaart.web.schemas import StrictBody, SubscriptionOut, shape, subscription_out
 
 router = APIRouter(prefix="/v1", tags=["billing"])
 
@@ -167,44 +163,13 @@ def declines_counted(
         raise
 
 
-def _day(moment: datetime) -> str:
-    return moment.date().isoformat()
-
-
-def describe(catalog: Catalog, payment: Payment) -> str:
-    """What the payment was for, in words."""
-    if payment.kind == "pack":
-        return f"{payment.credits:,} credits ({payment.pack_id})"
-    try:
-        name = catalog.plan(payment.plan_id or "").name
-    except KeyError:
-        name = payment.plan_id or "a plan"
-    period = ""
-    if payment.period_start is not None and payment.period_end is not None:
-        period = f", {_day(payment.period_start)} to {_day(payment.period_end)}"
-    what = {
-        "subscription": f"{name} plan",
-        "renewal": f"{name} plan renewal",
-        "upgrade": f"upgrade to {name}, prorated",
-    }[payment.kind]
-    return what + period
-
-
 def _payment_out(catalog: Catalog, payment: Payment) -> PaymentOut:
-    return PaymentOut(
-        id=payment.id,
-        created_at=payment.created_at,
-        kind=payment.kind,
-        status=payment.status,
-        description=describe(catalog, payment),
+    return shape(
+        PaymentOut,
+        payment,
+        description=describe_payment(catalog, payment),
         plan=payment.plan_id,
         pack=payment.pack_id,
-        amount_cents=payment.amount_cents,
-        currency=payment.currency,
-        credits=payment.credits,
-        period_start=payment.period_start,
-        period_end=payment.period_end,
-        failure_reason=payment.failure_reason,
     )
 
 
@@ -352,27 +317,17 @@ def buy_credits(
     if isinstance(result, Checkout):
         response.status_code = 200
         return CheckoutOut(checkout_url=result.url)
-    return _purchase_out(result)
-
-
-def _purchase_out(purchase: PackPurchase) -> CreditPurchaseOut:
-    return CreditPurchaseOut(
-        payment_id=purchase.payment_id,
-        pack=purchase.pack,
-        credits=purchase.credits,
-        balance=purchase.balance,
-        expires_at=purchase.expires_at,
-    )
+    return shape(CreditPurchaseOut, result)
 
 
 @router.get("/payments", response_model=Page[PaymentOut])
 def list_payments(
     principal: CurrentPrincipal,
     platform: PlatformDep,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
+    paging: PageQuery,
 ) -> Page[PaymentOut]:
     """What you paid, when, for what, and the credits it granted; newest first."""
+    limit, cursor = paging.limit, paging.cursor
     before = decode_cursor(cursor) if cursor else None
     with platform.db.read() as conn:
         found = platform.billing.payments.history(
@@ -394,25 +349,18 @@ def advance_clock(body: ClockAdvanceIn, admin: AdminPrincipal, platform: Platfor
     """Move the sandbox test clock forward for every process, then run what
     fell due at once: renewals, failed payments, downgrades and cancellations
     at period ends, grace periods, expiries."""
-    test_clock = platform.billing.test_clock
-    if test_clock is None:
-        raise NotFound("Not Found")
-    with platform.db.write() as conn:
-        offset = test_clock.advance(conn, timedelta(days=body.days))
-        audit.record(
-            conn,
-            actor=admin.user.id,
-            action="billing.clock_advance",
-            target="test_clock",
-            reason=None,
-            now=platform.clock.now(),
-            data={"days": body.days, "offset_seconds": int(offset.total_seconds())},
-        )
-    report = run_billing_clock(platform.db, platform.billing)
-    expired = expire_due_lots(platform.db, platform.ledger)
+    advanced = sandbox_controls.advance_test_clock(
+        platform.db,
+        platform.billing,
+        platform.ledger,
+        platform.clock,
+        days=body.days,
+        actor=admin.user.id,
+    )
+    report, expired = advanced.billing, advanced.expired
     return ClockOut(
-        now=platform.clock.now(),
-        offset_days=offset / timedelta(days=1),
+        now=advanced.now,
+        offset_days=advanced.offset / timedelta(days=1),
         renewed=report["renewed"],
         downgraded=report["downgraded"],
         payment_failed=report["payment_failed"],
@@ -431,19 +379,14 @@ def set_sandbox_card(
 ) -> SandboxCardOut:
     """Make the user's sandbox card decline every charge (renewals go past
     due, purchases answer 402), or succeed again."""
-    sandbox = platform.billing.backend
-    if not isinstance(sandbox, SandboxBackend):
-        raise NotFound("Not Found")
     with platform.db.write() as conn:
-        user = platform.accounts.get(conn, user_id)
-        sandbox.set_card(conn, user.id, declines=body.declines)
-        audit.record(
+        sandbox_controls.set_sandbox_card(
             conn,
+            platform.billing,
+            platform.accounts,
+            user_id,
+            declines=body.declines,
             actor=admin.user.id,
-            action="billing.sandbox_card",
-            target=user.id,
-            reason=None,
             now=platform.clock.now(),
-            data={"declines": body.declines},
         )
-    return SandboxCardOut(user_id=user.id, declines=body.declines)
+    return SandboxCardOut(user_id=user_id, declines=body.declines)

@@ -10,11 +10,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from plasmaart.changes.service import ChangeView
-from plasmaart.web.api.accounts import StrictBody
 from plasmaart.web.auth import AdminPrincipal
-from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
-from plasmaart.web.pagination import DEFAULT_LIMIT, Page, page_of
+from plasmaart.web.deps import PageQuery, PlatformDep
+from plasmaart.web.pagination import Page, page_of
+from plasmaart.web.schemas import StrictBody, shape
 
 router = APIRouter(prefix="/v1", tags=["catalog changes"])
 
@@ -46,36 +45,12 @@ class AdminChangeOut(ChangeOut):
     canceled_at: datetime | None
 
 
-def _public(view: ChangeView) -> ChangeOut:
-    return ChangeOut(
-        id=view.id,
-        target=view.target,
-        target_id=view.target_id,
-        field=view.field,
-        value=view.value,
-        previous=view.previous,
-        effective_at=view.effective_at,
-    )
-
-
-def _admin(view: ChangeView) -> AdminChangeOut:
-    return AdminChangeOut(
-        **_public(view).model_dump(),
-        status=view.status,
-        created_at=view.created_at,
-        created_by=view.created_by,
-        canceled_at=view.canceled_at,
-    )
-
-
 @router.get("/catalog/changes", response_model=Page[ChangeOut])
-def upcoming_changes(
-    platform: PlatformDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
-) -> Page[ChangeOut]:
+def upcoming_changes(platform: PlatformDep, paging: PageQuery) -> Page[ChangeOut]:
     """Changes announced and not in force yet, soonest first."""
     with platform.db.read() as conn:
         views = platform.catalog_changes.upcoming(conn)
-    return page_of([_public(view) for view in views], [view.id for view in views], limit, cursor)
+    return page_of([shape(ChangeOut, view) for view in views], paging)
 
 
 @router.post("/admin/catalog/changes", status_code=201, response_model=AdminChangeOut)
@@ -91,20 +66,19 @@ def schedule_change(body: ChangeIn, admin: AdminPrincipal, platform: PlatformDep
             value=body.value,
             effective_at=body.effective_at,
         )
-    return _admin(view)
+    return shape(AdminChangeOut, view)
 
 
 @router.get("/admin/catalog/changes", response_model=Page[AdminChangeOut])
 def list_changes(
     _admin_principal: AdminPrincipal,
     platform: PlatformDep,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
+    paging: PageQuery,
 ) -> Page[AdminChangeOut]:
     """Every change, in force and withdrawn ones too, soonest effect first."""
     with platform.db.read() as conn:
         views = platform.catalog_changes.every(conn)
-    return page_of([_admin(view) for view in views], [view.id for view in views], limit, cursor)
+    return page_of([shape(AdminChangeOut, view) for view in views], paging)
 
 
 @router.delete("/admin/catalog/changes/{change_id}", response_model=AdminChangeOut)
@@ -112,4 +86,4 @@ def cancel_change(change_id: str, admin: AdminPrincipal, platform: PlatformDep) 
     """Withdraw a change before it takes effect (409 ``change_in_force`` after)."""
     with platform.db.write() as conn:
         view = platform.catalog_changes.cancel(conn, change_id, actor=admin.user.id)
-    return _admin(view)
+    return shape(AdminChangeOut, view)

@@ -6,22 +6,23 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy import Connection
 
 from plasmaart.clock import as_utc
-from plasmaart.db.tables import EntryKind
+from plasmaart.db.values import EntryKind
 from plasmaart.errors import InvalidInput
 from plasmaart.ledger import queries
 from plasmaart.platform import Platform
 from plasmaart.web.auth import CurrentPrincipal, Principal
-from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
-from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_position, position_cursor
+from plasmaart.web.deps import PageQuery, PlatformDep
+from plasmaart.web.pagination import Page, cursor_after, position_from
 
 router = APIRouter(prefix="/v1", tags=["credits"])
 
@@ -161,12 +162,16 @@ def balance(principal: CurrentPrincipal, platform: PlatformDep) -> BalanceOut:
     )
 
 
-@router.get("/ledger", response_model=Page[LedgerEntryOut])
-def ledger(
-    principal: CurrentPrincipal,
-    platform: PlatformDep,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
+@dataclass(frozen=True)
+class JournalQuery:
+    """The ledger's filters, as sent (read in the route, after the cursor)."""
+
+    kind: EntryKind | None
+    since: str | None
+    until: str | None
+
+
+async def _journal_query(
     kind: Annotated[
         EntryKind | None, Query(description="Only entries of this kind (then ordered by time)")
     ] = None,
@@ -176,27 +181,35 @@ def ledger(
     until: Annotated[
         str | None, Query(description="With kind: entries before this ISO 8601 time (UTC)")
     ] = None,
+) -> JournalQuery:
+    """Async for the reason ``deps.get_platform`` is."""
+    return JournalQuery(kind, since, until)
+
+
+@router.get("/ledger", response_model=Page[LedgerEntryOut])
+def ledger(
+    principal: CurrentPrincipal,
+    platform: PlatformDep,
+    paging: PageQuery,
+    wanted: Annotated[JournalQuery, Depends(_journal_query)],
 ) -> Page[LedgerEntryOut]:
     """The wallet's journal, newest first. ``amount`` is the signed change of
     ``available`` and ``balance_after`` the available balance right after it."""
-    before = None if cursor is None else queries.JournalPosition(*decode_position(cursor))
+    cursor = paging.cursor
+    before = None if cursor is None else position_from(cursor, queries.JournalPosition)
     with platform.db.read() as conn:
         page = queries.ledger_page(
             conn,
             _own_wallet(conn, platform, principal),
-            limit=limit,
+            limit=paging.limit,
             before=before,
-            kind=kind,
-            since=_instant(since, "since"),
-            until=_instant(until, "until"),
+            kind=wanted.kind,
+            since=_instant(wanted.since, "since"),
+            until=_instant(wanted.until, "until"),
         )
     return Page[LedgerEntryOut](
         data=[LedgerEntryOut.model_validate(line, from_attributes=True) for line in page.lines],
-        next_cursor=(
-            position_cursor(page.lines[-1].position.id, page.lines[-1].position.created_at)
-            if page.more
-            else None
-        ),
+        next_cursor=cursor_after(page.lines[-1].position) if page.more else None,
     )
 
 

@@ -17,10 +17,11 @@ from starlette.types import Receive, Scope, Send
 
 from plasmaart.errors import InvalidInput
 from plasmaart.eventbus import Event, Subscription
-from plasmaart.notify.notifications import ID_PREFIX, Notification
+from plasmaart.notify.notifications import ID_PREFIX
 from plasmaart.web.auth import CurrentPrincipal
-from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
-from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
+from plasmaart.web.deps import PageQuery, PlatformDep
+from plasmaart.web.pagination import Page, decode_cursor, encode_cursor
+from plasmaart.web.schemas import shape
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -110,38 +111,26 @@ class NotificationOut(BaseModel):
     read_at: datetime | None
 
 
-def notification_out(notification: Notification) -> NotificationOut:
-    return NotificationOut(
-        id=notification.id,
-        kind=notification.kind,
-        title=notification.title,
-        body=notification.body,
-        data=notification.data,
-        created_at=notification.created_at,
-        read_at=notification.read_at,
-    )
-
-
 @router.get("/notifications", response_model=Page[NotificationOut], tags=["notifications"])
 def list_notifications(
     principal: CurrentPrincipal,
     platform: PlatformDep,
     unread: Annotated[bool, Query(description="Only unread notifications")] = False,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
+    *,
+    paging: PageQuery,
 ) -> Page[NotificationOut]:
     """Your notifications, newest first."""
-    after = None
+    cursor, after = paging.cursor, None
     if cursor is not None:
         after = decode_cursor(cursor)
         if not after.startswith(ID_PREFIX + "_"):
             raise InvalidInput("not a cursor this API handed out", field="cursor")
     with platform.db.read() as conn:
         page = platform.notifications.list(
-            conn, principal.user.id, limit=limit, cursor=after, unread_only=unread
+            conn, principal.user.id, limit=paging.limit, cursor=after, unread_only=unread
         )
     return Page[NotificationOut](
-        data=[notification_out(item) for item in page.items],
+        data=[shape(NotificationOut, item) for item in page.items],
         next_cursor=None if page.next_cursor is None else encode_cursor(page.next_cursor),
     )
 
@@ -158,4 +147,4 @@ def mark_notification_read(
     """Mark a notification read; marking it again changes nothing."""
     with platform.db.write() as conn:
         notification = platform.notifications.mark_read(conn, principal.user.id, notification_id)
-    return notification_out(notification)
+    return shape(NotificationOut, notification)

@@ -6,37 +6,20 @@ account (``POST /v1/admin/users/{id}/reinstate``) resolves its flags.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
-
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from plasmaart.fairuse.service import AbuseFlag, FlagStatus
 from plasmaart.web.auth import AdminPrincipal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
-FlagStatus = Literal["open", "suspended", "resolved"]
-
-
-class AbuseFlagOut(BaseModel):
-    id: str
-    user_id: str
-    email: str
-    user_status: Literal["active", "suspended"]
-    status: FlagStatus
-    score: int
-    evidence: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-    resolved_at: datetime | None
-    resolved_by: str | None
-
 
 class AbuseFlagPage(BaseModel):
-    data: list[AbuseFlagOut]
+    # Each flag as fair use keeps it (fairuse/repository.py).
+    data: list[AbuseFlag]
     next_cursor: str | None
 
 
@@ -57,22 +40,4 @@ def abuse_flags(
         flags = platform.fairuse.flags(conn, statuses=statuses, limit=limit + 1, before=before)
     more = len(flags) > limit
     flags = flags[:limit]
-    return AbuseFlagPage(
-        data=[
-            AbuseFlagOut(
-                id=flag.id,
-                user_id=flag.user_id,
-                email=flag.email,
-                user_status="suspended" if flag.user_status == "suspended" else "active",
-                status=flag.status,
-                score=flag.score,
-                evidence=flag.evidence,
-                created_at=flag.created_at,
-                updated_at=flag.updated_at,
-                resolved_at=flag.resolved_at,
-                resolved_by=flag.resolved_by,
-            )
-            for flag in flags
-        ],
-        next_cursor=encode_cursor(flags[-1].id) if more else None,
-    )
+    return AbuseFlagPage(data=flags, next_cursor=encode_cursor(flags[-1].id) if more else None)

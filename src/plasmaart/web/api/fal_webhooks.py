@@ -1,26 +1,27 @@
 """fal's webhook: ``POST /v1/webhooks/fal``.
 
 Public: what authenticates it is the ED25519 signature in fal's
-``X-Fal-Webhook-*`` headers (``plasmaart.generation.providers.fal.webhooks``). Each delivery
-is recorded once by fal's request id and wakes the worker running that
-generation, which then polls fal for the result. A repeat is recognised with
-one read; an unknown request id is recorded and acknowledged, so fal never
-retries it. Unless the provider is fal the route is absent in effect (404).
+``X-Fal-Webhook-*`` headers, checked (``SignedFalWebhook``) before any
+transaction opens, since it may fetch fal's keys. Each delivery is then
+recorded once by fal's request id and wakes the worker running that
+generation, which then polls fal for the result
+(``plasmaart.generation.providers.fal.webhooks``). A repeat changes nothing;
+an unknown request id is recorded and acknowledged, so fal never retries it.
+Unless the provider is fal the route is absent in effect (404).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from plasmaart.errors import NotFound
-from plasmaart.generation.providers.fal.client import WEBHOOK_HEADERS, FalProvider
-from plasmaart.generation.providers.fal.webhooks import FalWebhooks
-from plasmaart.platform import Platform
+from plasmaart.generation.providers.fal.client import FalProvider
+from plasmaart.generation.providers.fal.verification import WEBHOOK_HEADERS
+from plasmaart.generation.providers.fal.webhooks import FalWebhook, FalWebhooks
 from plasmaart.web.deps import PlatformDep
 
 router = APIRouter(prefix="/v1", tags=["generations"])
@@ -35,6 +36,28 @@ class FalWebhookOut(BaseModel):
     )
 
 
+def _fal_webhooks(platform: PlatformDep) -> FalWebhooks:
+    provider = platform.provider
+    if not isinstance(provider, FalProvider):
+        raise NotFound("Not Found")
+    # fal stamps its signatures with real time: check them against the job
+    # clock, which the sandbox test clock's jumps do not move.
+    return FalWebhooks(platform.job_clock, provider, platform.wakeups)
+
+
+FalWebhooksDep = Annotated[FalWebhooks, Depends(_fal_webhooks)]
+
+
+async def _signed_webhook(request: Request, webhooks: FalWebhooksDep) -> FalWebhook:
+    # The signature is over the exact bytes sent: read them before anything parses them.
+    body = await request.body()
+    headers = {name: request.headers.get(name, "") for name in WEBHOOK_HEADERS}
+    return await run_in_threadpool(webhooks.verify, headers, body)
+
+
+SignedFalWebhook = Annotated[FalWebhook, Depends(_signed_webhook)]
+
+
 @router.post(
     "/webhooks/fal",
     response_model=FalWebhookOut,
@@ -45,33 +68,10 @@ class FalWebhookOut(BaseModel):
         503: {"description": "`provider_unavailable`: fal's webhook keys could not be fetched"},
     },
 )
-async def fal_webhook(request: Request, platform: PlatformDep) -> FalWebhookOut:
+def fal_webhook(
+    webhook: SignedFalWebhook, webhooks: FalWebhooksDep, platform: PlatformDep
+) -> FalWebhookOut:
     """fal's completion callbacks, each recorded once by its request id."""
-    # The signature is over the exact bytes sent: read them before anything parses them.
-    body = await request.body()
-    headers = {name: request.headers.get(name, "") for name in WEBHOOK_HEADERS}
-    return await run_in_threadpool(_receive, platform, headers, body)
-
-
-def _receive(platform: Platform, headers: dict[str, str], body: bytes) -> FalWebhookOut:
-    provider = platform.provider
-    if not isinstance(provider, FalProvider):
-        raise NotFound("Not Found")
-    # Checking the signature may fetch fal's keys: no transaction is open yet.
-    # fal stamps its signatures with real time: check them against the job
-    # clock, which the sandbox test clock's jumps do not move.
-    webhooks = FalWebhooks(platform.job_clock, provider, platform.wakeups)
-    webhook = webhooks.verify(headers, body)
-    with platform.db.read() as conn:
-        if webhooks.seen(conn, webhook):
-            return FalWebhookOut(request_id=webhook.request_id, outcome="duplicate")
-    try:
-        with platform.db.write() as conn:
-            recorded = webhooks.record(conn, webhook)
-    except IntegrityError:
-        # Another delivery of the same webhook won the race and recorded it.
-        with platform.db.read() as conn:
-            if not webhooks.seen(conn, webhook):
-                raise
-        return FalWebhookOut(request_id=webhook.request_id, outcome="duplicate")
-    return FalWebhookOut(request_id=webhook.request_id, outcome=recorded.outcome or "duplicate")
+    with platform.db.write() as conn:
+        recorded = webhooks.record(conn, webhook)
+    return FalWebhookOut(request_id=recorded.request_id, outcome=recorded.outcome)

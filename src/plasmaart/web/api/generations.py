@@ -11,20 +11,17 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, TypeAdapter
-from sqlalchemy import insert, select
 
-from plasmaart.db.tables import generation_outputs, generations, uploads
 from plasmaart.errors import NotFound
-from plasmaart.generation.service import Generation, GenerationRequest, may_cancel
-from plasmaart.ids import new_id
+from plasmaart.generation.service import Generation, GenerationRequest, Seen
 from plasmaart.media.signing import sign_url, signing_secret, verify
-from plasmaart.media.uploads import MAX_UPLOAD_BYTES, inspect_upload
+from plasmaart.media.uploads import MAX_UPLOAD_BYTES
 from plasmaart.platform import Platform
-from plasmaart.web.api.accounts import StrictBody
 from plasmaart.web.auth import CurrentPrincipal, OptionalPrincipal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
 from plasmaart.web.rate_limit_guard import RATE_LIMITED, GenerationRateLimit, QuoteRateLimit
+from plasmaart.web.schemas import StrictBody
 
 router = APIRouter(prefix="/v1", tags=["generations"])
 
@@ -128,6 +125,11 @@ def _signed(platform: Platform, path: str) -> str:
     return sign_url(path, platform.clock.now() + DOWNLOAD_LINK_LIFETIME, secret)
 
 
+def seen_out(platform: Platform, seen: Seen) -> GenerationOut:
+    """A generation as the caller who read it sees it."""
+    return generation_out(platform, seen.generation, caller_may_cancel=seen.caller_may_cancel)
+
+
 def generation_out(
     platform: Platform, generation: Generation, *, caller_may_cancel: bool = True
 ) -> GenerationOut:
@@ -229,7 +231,7 @@ def list_generations(
     """Your generations (and your teams'), newest first."""
     before = decode_cursor(cursor) if cursor else None
     with platform.db.read() as conn:
-        found = platform.generations.list(
+        found = platform.generations.browse(
             conn,
             principal.user,
             limit=limit + 1,
@@ -238,21 +240,11 @@ def list_generations(
             model=model,
             team_id=team_id,
         )
-        others = any(g.team_id and g.user_id != principal.user.id for g in found)
-        managed = (
-            platform.generations.teams_managed_by(conn, principal.user) if others else frozenset()
-        )
     more = len(found) > limit
     found = found[:limit]
-    me = principal.user.id
     return GenerationPage(
-        data=[
-            generation_out(
-                platform, g, caller_may_cancel=may_cancel(me, g.user_id, g.team_id, managed)
-            )
-            for g in found
-        ],
-        next_cursor=encode_cursor(found[-1].id) if more else None,
+        data=[seen_out(platform, seen) for seen in found],
+        next_cursor=encode_cursor(found[-1].generation.id) if more else None,
     )
 
 
@@ -261,13 +253,8 @@ def get_generation(
     generation_id: str, principal: CurrentPrincipal, platform: PlatformDep
 ) -> GenerationOut:
     with platform.db.read() as conn:
-        generation = platform.generations.get(conn, principal.user, generation_id)
-        others = generation.team_id is not None and generation.user_id != principal.user.id
-        managed = (
-            platform.generations.teams_managed_by(conn, principal.user) if others else frozenset()
-        )
-    allowed = may_cancel(principal.user.id, generation.user_id, generation.team_id, managed)
-    return generation_out(platform, generation, caller_may_cancel=allowed)
+        seen = platform.generations.read(conn, principal.user, generation_id)
+    return seen_out(platform, seen)
 
 
 @router.post(
@@ -281,10 +268,8 @@ def cancel_generation(
 ) -> GenerationOut:
     """Queued: canceled and refunded at once. Running: canceled at the provider,
     unless it had already delivered (then it succeeds and is charged)."""
-    with platform.db.write() as conn:
-        generation = platform.generations.cancel(conn, principal.user, generation_id)
-        # Fair use: a cancel right after the submission is churn (queued).
-        platform.fairuse.after_cancel(conn, principal.user, generation)
+    # Fair use sees the cancel: one right after the submission is churn.
+    generation = platform.submissions.cancel(principal.user, generation_id)
     return generation_out(platform, generation)
 
 
@@ -301,32 +286,15 @@ def upload(
     platform: PlatformDep,
 ) -> UploadOut:
     """An input image for image-to-video (or image editing)."""
+    # One byte past the limit is enough to refuse a file as too large.
     data = file.file.read(MAX_UPLOAD_BYTES + 1)
-    info = inspect_upload(data, file.content_type)
-    upload_id = new_id("upl")
-    extension = info.content_type.split("/")[1]
-    key = f"uploads/{principal.user.id}/{upload_id}.{extension}"
-    platform.storage.put(key, data, info.content_type)
-    with platform.db.write() as conn:
-        conn.execute(
-            insert(uploads).values(
-                id=upload_id,
-                user_id=principal.user.id,
-                storage_key=key,
-                content_type=info.content_type,
-                width=info.width,
-                height=info.height,
-                size=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-                created_at=platform.clock.now(),
-            )
-        )
+    made = platform.uploads.upload(principal.user.id, data, file.content_type)
     return UploadOut(
-        id=upload_id,
-        url=_signed(platform, f"/v1/uploads/{upload_id}/content"),
-        content_type=info.content_type,
-        width=info.width,
-        height=info.height,
+        id=made.id,
+        url=_signed(platform, f"/v1/uploads/{made.id}/content"),
+        content_type=made.content_type,
+        width=made.width,
+        height=made.height,
     )
 
 
@@ -381,26 +349,14 @@ def output_content(
     output_id: str, request: Request, principal: OptionalPrincipal, platform: PlatformDep
 ) -> StreamingResponse:
     """The file: for its owner, the team, an admin, or anyone with a signed URL."""
+    user = None if principal is None else principal.user
     with platform.db.read() as conn:
-        row = conn.execute(
-            select(generation_outputs, generations.c.id.label("gen_id"))
-            .join(generations, generations.c.id == generation_outputs.c.generation_id)
-            .where(generation_outputs.c.id == output_id)
-        ).one_or_none()
-        if row is None:
-            raise NotFound(f"no output {output_id!r}")
-        allowed = False
-        if principal is not None:
-            if principal.user.role == "admin":
-                allowed = True
-            else:
-                try:
-                    platform.generations.get(conn, principal.user, row.gen_id)
-                    allowed = True
-                except NotFound:
-                    allowed = False
-    filename = output_filename(row.gen_id, row.position, row.storage_key)
-    return _download(platform, request, row.storage_key, row.content_type, allowed, filename)
+        found = platform.generations.output_file(conn, user, output_id)
+    output = found.output
+    filename = output_filename(output.generation_id, output.position, output.storage_key)
+    return _download(
+        platform, request, output.storage_key, output.content_type, found.readable, filename
+    )
 
 
 @router.get("/uploads/{upload_id}/content", response_class=StreamingResponse)
@@ -408,9 +364,6 @@ def upload_content(
     upload_id: str, request: Request, principal: OptionalPrincipal, platform: PlatformDep
 ) -> StreamingResponse:
     """An uploaded image: for its owner, or with a signed URL."""
-    with platform.db.read() as conn:
-        row = conn.execute(select(uploads).where(uploads.c.id == upload_id)).one_or_none()
-    if row is None:
-        raise NotFound(f"no upload {upload_id!r}")
-    allowed = principal is not None and principal.user.id == row.user_id
-    return _download(platform, request, row.storage_key, row.content_type, allowed)
+    found = platform.uploads.file(None if principal is None else principal.user.id, upload_id)
+    upload = found.upload
+    return _download(platform, request, upload.storage_key, upload.content_type, found.readable)

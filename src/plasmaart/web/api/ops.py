@@ -6,10 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from plasmaart.db.migrate import current_revision, head_revision
+from plasmaart.db.migrate import head_revision, probe_revision
 from plasmaart.web.deps import PlatformDep
 from plasmaart.web.problems import problem
 
@@ -36,9 +35,7 @@ def healthz() -> Health:
 def readyz(platform: PlatformDep) -> Readiness | JSONResponse:
     """The database answers and its schema is at the migrations' head."""
     try:
-        with platform.db.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-            revision = current_revision(conn)
+        revision = probe_revision(platform.db)
     except SQLAlchemyError as exc:
         return problem(503, "not_ready", "Not ready", f"database unreachable: {type(exc).__name__}")
     head = head_revision()

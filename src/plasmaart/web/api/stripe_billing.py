@@ -2,10 +2,9 @@
 
 ``POST /v1/webhooks/stripe`` is public: what authenticates it is the
 ``Stripe-Signature`` header (``plasmaart.billing.stripe.webhooks``). It
-answers quickly, as Stripe wants: a repeat is recognised with one read, what
-needs Stripe's API is fetched before the write transaction, and the event is
-applied in one short transaction. Under sandbox billing both routes are
-absent in effect (404, and 409 ``billing_portal_unavailable``).
+answers quickly, as Stripe wants: ``plasmaart.billing.stripe.delivery``
+receives each delivery. Under sandbox billing both routes are absent in
+effect (404, and 409 ``billing_portal_unavailable``).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from plasmaart.billing.stripe.errors import BillingPortalUnavailable
@@ -22,6 +20,7 @@ from plasmaart.errors import NotFound
 from plasmaart.platform import Platform
 from plasmaart.web.auth import CurrentPrincipal
 from plasmaart.web.deps import PlatformDep
+from plasmaart.web.schemas import shape
 
 if TYPE_CHECKING:
     from plasmaart.billing.stripe import StripeBackend
@@ -94,22 +93,7 @@ def _receive(platform: Platform, payload: bytes, signature: str | None) -> Webho
     if backend is None or not secret:
         raise NotFound("Not Found")
     from plasmaart.billing.stripe import StripeWebhooks
+    from plasmaart.billing.stripe.delivery import receive
 
     webhooks = StripeWebhooks(platform.clock, platform.billing, backend, secret=secret)
-    event = webhooks.verify(payload, signature)
-    with platform.db.read() as conn:
-        if webhooks.seen(conn, event):
-            return WebhookOut(event_id=event.id, outcome="duplicate")
-        prefetched = webhooks.prefetch(conn, event)
-    try:
-        with platform.db.write() as conn:
-            applied = webhooks.apply(conn, event, prefetched)
-    except IntegrityError:
-        # Another delivery of the same event won the race and applied it.
-        with platform.db.read() as conn:
-            if not webhooks.seen(conn, event):
-                raise
-        return WebhookOut(event_id=event.id, outcome="duplicate")
-    if applied.outcome is None:
-        return WebhookOut(event_id=event.id, outcome="duplicate")
-    return WebhookOut(event_id=event.id, outcome=applied.outcome, detail=applied.detail)
+    return shape(WebhookOut, receive(platform.db, webhooks, payload, signature))

@@ -11,22 +11,18 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, StrictInt
-from sqlalchemy import Connection
 
 from plasmaart.errors import InvalidInput
-from plasmaart.platform import Platform
 from plasmaart.teams.service import (
     MAX_MONTHLY_CREDIT_CAP,
     TEAM_NAME_MAX,
-    Invitation,
     Member,
-    Team,
 )
-from plasmaart.web.api.accounts import StrictBody
 from plasmaart.web.auth import CurrentPrincipal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.idempotency import SECRET_FIELDS_HEADER
 from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
+from plasmaart.web.schemas import StrictBody
 
 router = APIRouter(prefix="/v1", tags=["teams"])
 
@@ -89,37 +85,6 @@ class InvitationList(BaseModel):
     next_cursor: str | None = None
 
 
-def _team_out(platform: Platform, conn: Connection, team: Team) -> TeamOut:
-    seats = platform.teams.seats(conn, team)
-    return TeamOut(
-        id=team.id,
-        name=team.name,
-        owner_id=team.owner_id,
-        created_at=team.created_at,
-        seats=SeatsOut(used=seats.used, pending=seats.pending, total=seats.total),
-    )
-
-
-def _member_out(member: Member) -> MemberOut:
-    return MemberOut(
-        user_id=member.user_id,
-        email=member.email,
-        role=member.role,
-        monthly_credit_cap=member.monthly_credit_cap,
-        joined_at=member.joined_at,
-    )
-
-
-def _invitation_out(invitation: Invitation) -> InvitationOut:
-    return InvitationOut(
-        id=invitation.id,
-        team_id=invitation.team_id,
-        email=invitation.email,
-        created_at=invitation.created_at,
-        expires_at=invitation.expires_at,
-    )
-
-
 def _member_cursor(member: Member) -> str:
     return encode_cursor(f"{member.joined_at.isoformat()}|{member.user_id}")
 
@@ -150,7 +115,7 @@ def create_team(body: TeamIn, principal: CurrentPrincipal, platform: PlatformDep
     """A team sharing your wallet; you are its owner. Plans with team seats only."""
     with platform.db.write() as conn:
         team = platform.teams.create_team(conn, principal.user, body.name)
-        return _team_out(platform, conn, team)
+    return TeamOut.model_validate(team, from_attributes=True)
 
 
 @router.get(
@@ -162,7 +127,7 @@ def get_team(team_id: str, principal: CurrentPrincipal, platform: PlatformDep) -
     """One of your teams, with its seats."""
     with platform.db.read() as conn:
         team = platform.teams.team_for_member(conn, team_id, principal.user.id)
-        return _team_out(platform, conn, team)
+    return TeamOut.model_validate(team, from_attributes=True)
 
 
 @router.post(
@@ -186,7 +151,10 @@ def invite(
     response.headers[SECRET_FIELDS_HEADER] = "token"
     with platform.db.write() as conn:
         created = platform.teams.invite(conn, team_id, principal.user.id, body.email)
-    return NewInvitationOut(**_invitation_out(created.invitation).model_dump(), token=created.token)
+    return NewInvitationOut(
+        **InvitationOut.model_validate(created.invitation, from_attributes=True).model_dump(),
+        token=created.token,
+    )
 
 
 @router.get("/teams/{team_id}/invitations", response_model=InvitationList, responses=_OWNER_ONLY)
@@ -196,7 +164,11 @@ def list_invitations(
     """Pending invitations, oldest first (owner only; never their tokens)."""
     with platform.db.read() as conn:
         pending = platform.teams.pending_invitations(conn, team_id, principal.user.id)
-    return InvitationList(data=[_invitation_out(invitation) for invitation in pending])
+    return InvitationList(
+        data=[
+            InvitationOut.model_validate(invitation, from_attributes=True) for invitation in pending
+        ]
+    )
 
 
 @router.delete(
@@ -223,7 +195,7 @@ def accept_invitation(token: str, principal: CurrentPrincipal, platform: Platfor
     """Join the team; the invitation must be addressed to your e-mail."""
     with platform.db.write() as conn:
         team = platform.teams.accept_invitation(conn, token, principal.user)
-        return _team_out(platform, conn, team)
+    return TeamOut.model_validate(team, from_attributes=True)
 
 
 @router.get(
@@ -246,7 +218,7 @@ def list_members(
     more = len(members) > limit
     members = members[:limit]
     return Page[MemberOut](
-        data=[_member_out(member) for member in members],
+        data=[MemberOut.model_validate(member, from_attributes=True) for member in members],
         next_cursor=_member_cursor(members[-1]) if more else None,
     )
 
@@ -281,4 +253,4 @@ def set_member_cap(
         member = platform.teams.set_member_cap(
             conn, team_id, principal.user.id, user_id, body.monthly_credit_cap
         )
-    return _member_out(member)
+    return MemberOut.model_validate(member, from_attributes=True)

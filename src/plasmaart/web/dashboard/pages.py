@@ -14,12 +14,13 @@ Anonymous visitors (or an ended session) are sent to ``/login?next=<path>``;
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode, urlsplit
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
@@ -29,6 +30,7 @@ from starlette.templating import Jinja2Templates
 
 from plasmaart import __version__
 from plasmaart.accounts.passwords import MIN_PASSWORD_LENGTH
+from plasmaart.db.values import GENERATION_STATUSES
 from plasmaart.errors import Unauthenticated
 from plasmaart.generation.runner import EXTENSIONS
 from plasmaart.generation.service import Output
@@ -200,31 +202,32 @@ async def not_found(request: Request, exc: Exception) -> Response:
 
 
 Build = Callable[[Connection, views.Frame], dict[str, Any]]
+View = Callable[[Connection, Platform, views.Frame], dict[str, Any]]
 
 
-def page(
-    request: Request,
-    platform: Platform,
-    template: str,
-    build: Build,
-    *,
-    active: str,
-    title: str,
-    admin_only: bool = False,
-) -> Response:
+@dataclass(frozen=True)
+class PageSpec:
+    """A signed-in page: its template, the menu entry it lights up, its title."""
+
+    template: str
+    active: str
+    title: str
+    admin_only: bool = False  # as for the admin API: other users get the 404 page
+
+
+def page(request: Request, platform: Platform, spec: PageSpec, build: Build) -> Response:
     """A signed-in page: everything it shows read in one transaction."""
     principal = _viewer(request, platform)
     if principal is None:
         return _login_redirect(request)
     user = principal.user
-    if admin_only and user.role != "admin":
-        # As for the admin API: the page does not exist for other users.
+    if spec.admin_only and user.role != "admin":
         return render(request, "not_found.html", {"title": "Not found"}, status_code=404)
     with platform.db.read() as conn:
         frame = views.frame(conn, platform, user)
         context = build(conn, frame)
-    context.update(frame=frame, active=active, title=title)
-    return render(request, template, context)
+    context.update(frame=frame, active=spec.active, title=spec.title)
+    return render(request, spec.template, context)
 
 
 # -- signing in ----------------------------------------------------------------
@@ -254,46 +257,44 @@ def signup_page(request: Request, platform: PlatformDep, next: SafeText = None) 
 
 # -- the pages -----------------------------------------------------------------
 
+# The pages that read no query parameter: path, page, view.
+PLAIN_PAGES: tuple[tuple[str, PageSpec, View], ...] = (
+    ("/", PageSpec("home.html", "home", "Home"), views.home),
+    ("/create", PageSpec("create.html", "create", "Create"), views.create),
+    ("/billing", PageSpec("billing.html", "billing", "Plan & billing"), views.billing),
+    ("/team", PageSpec("team.html", "team", "Team"), views.team),
+    ("/settings", PageSpec("settings.html", "settings", "Settings"), views.settings),
+)
+GENERATIONS = PageSpec("generations.html", "generations", "Generations")
+USAGE = PageSpec("usage.html", "usage", "Usage")
+NOTIFICATIONS = PageSpec("notifications.html", "notifications", "Notifications")
+ADMIN = PageSpec("admin.html", "admin", "Admin", admin_only=True)
+AUDIT = PageSpec("admin_audit.html", "admin", "Audit log", admin_only=True)
 
-@router.get("/")
-def home_page(request: Request, platform: PlatformDep) -> Response:
-    return page(
-        request,
-        platform,
-        "home.html",
-        lambda conn, frame: views.home(conn, platform, frame),
-        active="home",
-        title="Home",
-    )
+
+def _plain_page(spec: PageSpec, view: View) -> Callable[[Request, Platform], Response]:
+    def show(request: Request, platform: PlatformDep) -> Response:
+        return page(request, platform, spec, lambda conn, frame: view(conn, platform, frame))
+
+    return show
 
 
-@router.get("/create")
-def create_page(request: Request, platform: PlatformDep) -> Response:
-    return page(
-        request,
-        platform,
-        "create.html",
-        lambda conn, frame: views.create(conn, platform, frame),
-        active="create",
-        title="Create",
+for _path, _spec, _view in PLAIN_PAGES:
+    router.add_api_route(
+        _path, _plain_page(_spec, _view), methods=["GET"], name=f"{_spec.active}_page"
     )
 
 
 @router.get("/generations")
 def generations_page(
-    request: Request,
-    platform: PlatformDep,
-    before: SafeText = None,
-    status: SafeText = None,
+    request: Request, platform: PlatformDep, before: SafeText = None, status: SafeText = None
 ) -> Response:
-    wanted = status if status in ("queued", "running", "succeeded", "failed", "canceled") else None
+    wanted = status if status in GENERATION_STATUSES else None
     return page(
         request,
         platform,
-        "generations.html",
+        GENERATIONS,
         lambda conn, frame: views.gallery(conn, platform, frame, before=before, status=wanted),
-        active="generations",
-        title="Generations",
     )
 
 
@@ -308,48 +309,7 @@ def usage_page(
 ) -> Response:
     wanted = views.usage_filter(platform, since, until, model)
     return page(
-        request,
-        platform,
-        "usage.html",
-        lambda conn, frame: views.usage(conn, frame, wanted, cursor),
-        active="usage",
-        title="Usage",
-    )
-
-
-@router.get("/billing")
-def billing_page(request: Request, platform: PlatformDep) -> Response:
-    return page(
-        request,
-        platform,
-        "billing.html",
-        lambda conn, frame: views.billing(conn, platform, frame),
-        active="billing",
-        title="Plan & billing",
-    )
-
-
-@router.get("/team")
-def team_page(request: Request, platform: PlatformDep) -> Response:
-    return page(
-        request,
-        platform,
-        "team.html",
-        lambda conn, frame: views.team(conn, platform, frame),
-        active="team",
-        title="Team",
-    )
-
-
-@router.get("/settings")
-def settings_page(request: Request, platform: PlatformDep) -> Response:
-    return page(
-        request,
-        platform,
-        "settings.html",
-        lambda conn, frame: views.settings(conn, platform, frame),
-        active="settings",
-        title="Settings",
+        request, platform, USAGE, lambda conn, frame: views.usage(conn, frame, wanted, cursor)
     )
 
 
@@ -360,10 +320,8 @@ def notifications_page(
     return page(
         request,
         platform,
-        "notifications.html",
+        NOTIFICATIONS,
         lambda conn, frame: views.notifications(conn, platform, frame, cursor),
-        active="notifications",
-        title="Notifications",
     )
 
 
@@ -383,29 +341,27 @@ def admin_page(
         context.update(users=found.data, q=q or "", status=wanted, me=frame.user.id)
         return context
 
-    return page(
-        request, platform, "admin.html", build, active="admin", title="Admin", admin_only=True
-    )
+    return page(request, platform, ADMIN, build)
+
+
+async def _audit_form(
+    actor: SafeText = None,
+    subject: SafeText = None,
+    action: SafeText = None,
+    since: SafeText = None,
+    until: SafeText = None,
+) -> views.AuditForm:
+    """The audit page's filter form, read from the query (async: no thread hop)."""
+    return views.audit_form(actor, subject, action, since, until)
 
 
 @router.get("/admin/audit")
 def admin_audit_page(
     request: Request,
     platform: PlatformDep,
-    actor: SafeText = None,
-    subject: SafeText = None,
-    action: SafeText = None,
-    since: SafeText = None,
-    until: SafeText = None,
+    form: Annotated[views.AuditForm, Depends(_audit_form)],
     cursor: SafeText = None,
 ) -> Response:
-    form = views.audit_form(actor, subject, action, since, until)
     return page(
-        request,
-        platform,
-        "admin_audit.html",
-        lambda conn, _frame: views.admin_audit(conn, form, cursor),
-        active="admin",
-        title="Audit log",
-        admin_only=True,
+        request, platform, AUDIT, lambda conn, _frame: views.admin_audit(conn, form, cursor)
     )

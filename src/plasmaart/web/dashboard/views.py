@@ -24,6 +24,7 @@ from plasmaart.catalog import (
     required_plan,
 )
 from plasmaart.clock import as_utc
+from plasmaart.db.values import GENERATION_STATUSES
 from plasmaart.errors import DomainError, InvalidInput
 from plasmaart.generation.service import may_cancel
 from plasmaart.ledger import queries
@@ -32,17 +33,17 @@ from plasmaart.notify.notifications import Notification
 from plasmaart.platform import Platform
 from plasmaart.stats import PlatformStats, platform_stats
 from plasmaart.teams.service import Invitation, Member, Membership, Seats
-from plasmaart.web.api.admin import audit_cursor, audit_position
-from plasmaart.web.api.billing import describe
 from plasmaart.web.dashboard import sections
 from plasmaart.web.dashboard.charts import Chart, credits_chart
-from plasmaart.web.pagination import parse_position, position_text
+from plasmaart.web.pagination import audit_cursor, audit_position, parse_position, position_text
+from plasmaart.web.presenters import describe_payment
 
 KIND_TITLES = {
     "text-to-image": "Text to image",
     "text-to-video": "Text to video",
     "image-to-video": "Image to video",
 }
+
 RECENT_GENERATIONS = 6
 GALLERY_PAGE = 24
 HISTORY_PAGE = 25
@@ -188,7 +189,7 @@ def gallery(
         },
         "next_before": found[GALLERY_PAGE - 1].id if len(found) > GALLERY_PAGE else None,
         "status": status,
-        "statuses": ("queued", "running", "succeeded", "failed", "canceled"),
+        "statuses": GENERATION_STATUSES,
         "names": {m.id: m.name for m in page.catalog.models},
         "now": platform.clock.now(),
     }
@@ -365,7 +366,7 @@ def billing(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]
         "subscription": subscription,
         "renewal": renewal_text(subscription),
         "subscribed": subscription is not None and subscription.status != "canceled",
-        "payments": [PaymentLine(p, describe(page.catalog, p)) for p in payments],
+        "payments": [PaymentLine(p, describe_payment(page.catalog, p)) for p in payments],
     }
 
 

@@ -2,9 +2,11 @@
 
 fal calls ``POST /v1/webhooks/fal`` when a request finishes (the worker asks
 for it with ``fal_webhook`` when ``PLASMAART_FAL_WEBHOOK_URL`` is set). The
-delivery is checked against fal's published keys (``verify``), then recorded
-by fal's request id in ``fal_webhooks`` (``record``): a redelivery finds the
-row and changes nothing; two racing each other collide on the primary key.
+delivery is checked against fal's published keys (``verify``, the check
+itself in ``verification``), then recorded
+by fal's request id in ``fal_webhooks`` (``record``, SQL in ``repository``):
+a redelivery finds the row and changes nothing, and of two racing each other
+the second waits for the first and then finds its row.
 
 The effect is only a wake-up: the worker running the generation polls fal now
 instead of at its next interval, and reads the result from fal's API as it
@@ -22,17 +24,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection
 
 from plasmaart.clock import Clock
-from plasmaart.db.tables import fal_webhooks, generations
 from plasmaart.errors import DomainError, InvalidInput
 from plasmaart.generation.providers.base import ProviderUnavailable
-from plasmaart.generation.providers.fal.client import WEBHOOK_HEADERS, FalProvider, parse_webhook
+from plasmaart.generation.providers.fal import repository
+from plasmaart.generation.providers.fal.client import FalProvider
+from plasmaart.generation.providers.fal.repository import WebhookRecord
+from plasmaart.generation.providers.fal.verification import (
+    WEBHOOK_HEADERS,
+    parse_webhook,
+    signed_by_fal,
+)
 from plasmaart.generation.wakeups import PollWakeups
 
 WebhookResult = Literal["succeeded", "failed", "payload_error"]
 WebhookOutcome = Literal["woken", "finished", "unknown_request"]
+# What a delivery came to: ``duplicate`` is a repeat, which changed nothing.
+Received = Literal["woken", "finished", "unknown_request", "duplicate"]
 # The states in which a worker may be waiting on the job.
 WAITING_STATES = frozenset({"queued", "running"})
 
@@ -66,8 +76,7 @@ class FalWebhook:
 @dataclass(frozen=True)
 class Recorded:
     request_id: str
-    # None: a repeat of a delivery already recorded, which changed nothing.
-    outcome: WebhookOutcome | None
+    outcome: Received
     generation_id: str | None = None
 
 
@@ -82,7 +91,7 @@ class FalWebhooks:
         within the tolerance of our clock."""
         headers = {name.lower(): value for name, value in headers.items()}
         try:
-            genuine = self.provider.webhook_verified(headers, body, self.clock.now())
+            genuine = signed_by_fal(self.provider.jwks, headers, body, self.clock.now())
         except ProviderUnavailable as exc:
             raise WebhookKeysUnavailable(
                 f"fal's webhook keys could not be fetched: {exc}"
@@ -109,40 +118,30 @@ class FalWebhooks:
         succeeded = parsed.status.state == "succeeded"
         return FalWebhook(request_id, "succeeded" if succeeded else "failed")
 
-    def seen(self, conn: Connection, webhook: FalWebhook) -> bool:
-        found = conn.execute(
-            select(fal_webhooks.c.request_id).where(fal_webhooks.c.request_id == webhook.request_id)
-        ).first()
-        return found is not None
-
     def record(self, conn: Connection, webhook: FalWebhook) -> Recorded:
         """Record ``webhook`` and wake the worker waiting on its generation
-        (after commit). A repeat changes nothing; one racing this write makes
-        the insert fail with ``IntegrityError``, and the caller answers as for
-        a repeat."""
-        if self.seen(conn, webhook):
-            return Recorded(webhook.request_id, None)
-        row = conn.execute(
-            select(generations.c.id, generations.c.status).where(
-                generations.c.provider == self.provider.name,
-                generations.c.provider_request_id == webhook.request_id,
-            )
-        ).first()
+        (after commit). A repeat, even one racing this write, changes nothing."""
+        generation = repository.generation_of_request(conn, self.provider.name, webhook.request_id)
         outcome: WebhookOutcome
-        if row is None:
+        if generation is None:
             outcome = "unknown_request"
-        elif row.status in WAITING_STATES:
+        elif generation.status in WAITING_STATES:
             outcome = "woken"
-            self.wakeups.request_poll(conn, row.id)
         else:
             outcome = "finished"  # its worker already read the result
-        conn.execute(
-            insert(fal_webhooks).values(
+        generation_id = None if generation is None else generation.id
+        new = repository.insert_webhook(
+            conn,
+            WebhookRecord(
                 request_id=webhook.request_id,
-                generation_id=None if row is None else row.id,
+                generation_id=generation_id,
                 result=webhook.result,
                 outcome=outcome,
                 received_at=self.clock.now(),
-            )
+            ),
         )
-        return Recorded(webhook.request_id, outcome, None if row is None else str(row.id))
+        if not new:
+            return Recorded(webhook.request_id, "duplicate", generation_id)
+        if generation is not None and outcome == "woken":
+            self.wakeups.request_poll(conn, generation.id)
+        return Recorded(webhook.request_id, outcome, generation_id)

@@ -1,0 +1,46 @@
+"""The outbox writer's one statement: a message inserted unless its cause
+already queued one."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Connection
+from sqlalchemy.dialects import postgresql, sqlite
+
+from plasmaart.db.tables import notification_outbox
+
+
+def insert_message(
+    conn: Connection,
+    *,
+    message_id: str,
+    cause_key: str,
+    user_id: str,
+    kind: str,
+    title: str,
+    body: str,
+    data: str,
+    now: datetime,
+) -> bool:
+    """Insert a message due now; False (and nothing written) when a message
+    with this ``cause_key`` exists."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(notification_outbox)
+        .values(
+            id=message_id,
+            cause_key=cause_key,
+            user_id=user_id,
+            kind=kind,
+            title=title,
+            body=body,
+            data=data,
+            created_at=now,
+            next_attempt_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["cause_key"])
+        # rowcount is not reliable for this statement under psycopg.
+        .returning(notification_outbox.c.id)
+    )
+    return conn.execute(statement).first() is not None

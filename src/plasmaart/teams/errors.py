@@ -1,0 +1,52 @@
+"""The teams' refusals, each with a stable code."""
+
+from __future__ import annotations
+
+from plasmaart.errors import Conflict, NotFound
+
+
+class TeamNotFound(NotFound):
+    """Also what non-members get: a team's existence is nobody else's business."""
+
+
+class InvitationNotFound(NotFound):
+    """Unknown, expired, revoked, used, or addressed to somebody else."""
+
+
+class MemberNotFound(NotFound):
+    """The user is not (or no longer) a member of the team."""
+
+
+class AlreadyOwnsTeam(Conflict):
+    """One team per owner: a second ``create_team`` is refused."""
+
+    code = "already_owns_team"
+    title = "Already owns a team"
+
+
+class SeatsExhausted(Conflict):
+    """Members and pending invitations fill every seat of the owner's plan."""
+
+    code = "seats_exhausted"
+    title = "No seat left"
+
+
+class AlreadyMember(Conflict):
+    """An invitation for, or acceptance by, someone already in the team."""
+
+    code = "already_member"
+    title = "Already a member"
+
+
+class AlreadyInvited(Conflict):
+    """The address has a pending invitation to the team already."""
+
+    code = "already_invited"
+    title = "Already invited"
+
+
+class OwnerNotRemovable(Conflict):
+    """Nobody removes a team's owner, not even the owner."""
+
+    code = "owner_not_removable"
+    title = "The owner cannot be removed"
