@@ -4,6 +4,7 @@ test clock, declining cards)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -476,6 +477,15 @@ def test_the_admin_user_list_shows_the_plan_each_user_has(
     assert by_admin == by_me
     assert (by_me[kai.id], by_me[eve.id]) == ("free", "free")
     assert {by_me[user.id] for user in others} == {"starter"}
+    # The dashboard's admin page lists them by the same service method.
+    page = client.get("/admin", headers=admin.auth)
+    assert page.status_code == 200, page.text
+    shown = dict(
+        re.findall(
+            r'<tr data-user-id="([^"]+)">.*?<td data-label="Plan">(\w+)</td>', page.text, re.S
+        )
+    )
+    assert shown == {user_id: plan.capitalize() for user_id, plan in by_me.items()}
     with StatementCounter(platform.db.engine) as counts:
         listed = client.get("/v1/admin/users?limit=100", headers=admin.auth)
     assert len(listed.json()["data"]) == 3 + 5

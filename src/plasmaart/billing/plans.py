@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection
 
+from plasmaart.accounts import repository as accounts_repo
+from plasmaart.accounts.repository import UserBalances, UserSearch
 from plasmaart.billing import repository as repo
 from plasmaart.billing.periods import period_end_after
 from plasmaart.billing.repository import Subscription
@@ -54,6 +57,14 @@ def next_period_end(subscription: Subscription) -> datetime:
     subscription's billing anchor)."""
     anchor = subscription.billing_anchor or subscription.current_period_start
     return period_end_after(anchor, subscription.current_period_end)
+
+
+@dataclass(frozen=True)
+class UserOnPlan(UserBalances):
+    """A user as the admin lists them: their own wallet's balances and the
+    plan it has now (``plan``: the plan's id)."""
+
+    plan: str
 
 
 class PlanService:
@@ -117,6 +128,24 @@ class PlanService:
             at = now if status == "canceled" else subscription.current_period_start
             plans[wallet_id] = effective_plan(timeline.at(at), subscription.plan, status)
         return plans
+
+    def users_on_plans(self, conn: Connection, search: UserSearch) -> list[UserOnPlan]:
+        """The users ``search`` finds (the admin's user list, the API's and
+        the dashboard's), each with the plan this module's rule gives their
+        wallet, read in one batch for the page: grace, cancellation at the
+        period end and the catalog in force count, as everywhere else."""
+        found = accounts_repo.users_with_balances(conn, search)
+        plans = self.plans_of(conn, [user.wallet_id for user in found if user.wallet_id])
+        free = None
+        on_plans = []
+        for user in found:
+            if user.wallet_id is not None:
+                plan = plans[user.wallet_id]
+            else:  # a wallet never opened: Free, as in force now
+                free = free or self.catalogs.now(conn).default_plan
+                plan = free
+            on_plans.append(UserOnPlan(**vars(user), plan=plan.id))
+        return on_plans
 
     def status_now(self, subscription: Subscription, now: datetime) -> str:
         """The subscription's status as of ``now``, a period end (or a grace

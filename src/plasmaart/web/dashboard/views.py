@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from plasmaart.accounts import audit
+from plasmaart.accounts.repository import Status, UserSearch
 from plasmaart.accounts.service import User
 from plasmaart.billing.repository import Payment, Subscription
 from plasmaart.billing.subscriptions import PlanChangePreview
@@ -432,10 +433,22 @@ def notifications(
 # -- admin --------------------------------------------------------------------
 
 
-def admin(conn: Connection, platform: Platform) -> dict[str, Any]:
+# How many users the admin page lists (the newest that match its search).
+ADMIN_USERS_SHOWN = 50
+
+
+def admin(
+    conn: Connection,
+    platform: Platform,
+    *,
+    q: str | None = None,
+    status: Status | None = None,
+) -> dict[str, Any]:
     stats: PlatformStats = platform_stats(conn)
     catalog = platform.catalogs.now(conn)
+    search = UserSearch(ADMIN_USERS_SHOWN, q=q, status=status)
     return {
+        "users": platform.billing.plans.users_on_plans(conn, search),
         "stats": stats,
         "models": catalog.models,
         "plans": catalog.plans_by_price(),
