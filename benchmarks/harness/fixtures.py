@@ -99,10 +99,10 @@ def add_user(
     user = platform.accounts.create_user(conn, email, PASSWORD)
     wallet = platform.ledger.wallet_of(conn, "user", user.id)
     if plan != "free":
-        platform.billing.subscribe_paid(
+        platform.billing.subscriptions.subscribe_paid(
             conn, user_id=user.id, wallet_id=wallet, plan_id=plan, backend="sandbox"
         )
-        if platform.catalog.plan(plan).watermark_removable:  # else refused
+        if platform.catalogs.now(conn).plan(plan).watermark_removable:  # else refused
             user = platform.accounts.set_remove_watermark(conn, user, True)
     platform.ledger.grant(
         conn, wallet, funds, source="purchase", idempotency_key=f"bench:funds:{user.id}"

@@ -12,6 +12,7 @@ from plasmaart.billing.sandbox_clock import SandboxTestClock
 from plasmaart.billing.service import BillingService
 from plasmaart.caches import CacheHub
 from plasmaart.catalog import load_catalog
+from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.changes.service import CatalogChangeService
 from plasmaart.clock import Clock, SystemClock
 from plasmaart.config import Settings, load_settings
@@ -93,12 +94,14 @@ def bootstrap(
     clock = test_clock or clock
     ledger = LedgerService(clock, balance_listeners=[BalanceEvents(db, events)])
     caches = CacheHub(db)
+    # The one catalog service: the file as loaded, and the catalog in force.
+    catalogs = Catalogs(catalog, clock, caches=caches)
     # The services that cause notifications queue them in the transaction of
     # their cause, as facts that notify's texts put into words.
     outbox = Outbox(clock, render)
     billing = BillingService(
         clock,
-        catalog,
+        catalogs,
         ledger,
         backends=create_backends(settings, clock, currency=catalog.currency),
         default_backend=settings.billing,
@@ -108,19 +111,19 @@ def bootstrap(
         outbox=outbox,
         caches=caches,
     )
-    teams = TeamService(clock, catalog, ledger, billing, caches=caches)
+    teams = TeamService(clock, catalogs, ledger, billing.plans, caches=caches)
     generations = GenerationService(
         clock,
-        catalog,
+        catalogs,
         ledger,
-        billing,
+        billing.plans,
         teams,
         settings.provider,
         listeners=[GenerationEvents(events, db, teams)],
     )
     credentials = CredentialService(clock)
     accounts = AccountService(
-        clock, ledger, credentials, catalog, outbox, plan_of=billing.current_plan
+        clock, ledger, credentials, catalogs, outbox, plan_of=billing.plans.plan_of
     )
     suspensions = SuspensionService(clock, accounts, credentials, generations, billing)
     # Fair use listens to billing's clawbacks and payments and to the
@@ -138,13 +141,13 @@ def bootstrap(
         copies=create_copy_counter(settings.redis_url),
     )
     catalog_changes = CatalogChangeService(
-        clock, billing.in_force, billing, teams, outbox, notice_days=settings.notice_days
+        clock, catalogs, ledger, billing.plans, teams, outbox, notice_days=settings.notice_days
     )
     storage = create_storage(settings)
     return Platform(
         settings=settings,
         db=db,
-        catalog=catalog,
+        catalogs=catalogs,
         clock=clock,
         job_clock=job_clock,
         ledger=ledger,

@@ -19,7 +19,7 @@ from typer.models import CommandFunctionType
 from plasmaart import logs
 from plasmaart.accounts.service import EmailTaken, Role, Status
 from plasmaart.bootstrap import bootstrap
-from plasmaart.catalog import CatalogError, load_catalog, render_catalog
+from plasmaart.catalog import Catalog, CatalogError, load_catalog, render_catalog
 from plasmaart.config import ConfigError, load_settings
 from plasmaart.db.migrate import DatabaseNotReady
 from plasmaart.errors import DomainError
@@ -266,7 +266,7 @@ def users_create(
             _fail(taken.detail + hint)
         if plan:
             wallet = platform.ledger.wallet_of(conn, "user", user.id)
-            platform.billing.subscribe_paid(
+            platform.billing.subscriptions.subscribe_paid(
                 conn, user_id=user.id, wallet_id=wallet, plan_id=plan, backend="sandbox"
             )
     typer.echo(f"created {user.role} {user.email} ({user.id})" + (f" on {plan}" if plan else ""))
@@ -358,26 +358,44 @@ def credits_grant(
     typer.echo(f"{amount:+d} credits for {user.email}; available now {result.balance_after}")
 
 
+FileOption = Annotated[
+    bool,
+    typer.Option(
+        "--file",
+        help="The catalog file as loaded, without the announced changes (reads no database)",
+    ),
+]
+
+
+def _catalog(file: bool) -> Catalog:
+    """The catalog in force (the file with the announced changes that have
+    taken effect, as the API serves it), or with ``file`` the file alone."""
+    if file:
+        try:
+            return load_catalog(load_settings().catalog_file)
+        except (ConfigError, CatalogError) as exc:
+            _fail(str(exc), code=2)
+    with _platform() as platform, platform.db.read() as conn:
+        return platform.catalogs.now(conn)
+
+
 @catalog_app.command("show")
-def catalog_show() -> None:
-    """Print the models, plans and credit packs as tables."""
-    try:
-        catalog = load_catalog(load_settings().catalog_file)
-    except (ConfigError, CatalogError) as exc:
-        _fail(str(exc), code=2)
-    typer.echo(render_catalog(catalog))
+def catalog_show(file: FileOption = False) -> None:
+    """Print the models, plans and credit packs in force as tables."""
+    typer.echo(render_catalog(_catalog(file)))
 
 
 @catalog_app.command("pricing")
-def catalog_pricing() -> None:
+def catalog_pricing(file: FileOption = False) -> None:
     """Print the pricing page (Markdown) for the catalog in force: models,
-    plans, packs and the credit rules, as docs/pricing.md is made."""
+    plans, packs and the credit rules, as docs/pricing.md is made (from the
+    packaged file: ``--file``)."""
     from plasmaart.catalog.pricing import render_pricing
 
+    catalog = _catalog(file)
     try:
         settings = load_settings()
-        catalog = load_catalog(settings.catalog_file)
-    except (ConfigError, CatalogError) as exc:
+    except ConfigError as exc:
         _fail(str(exc), code=2)
     page = render_pricing(
         catalog,

@@ -15,7 +15,7 @@ from plasmaart.accounts.service import AccountService
 from plasmaart.billing.sandbox_clock import SandboxTestClock
 from plasmaart.billing.service import BillingService
 from plasmaart.caches import CacheHub
-from plasmaart.catalog import Catalog
+from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.changes.service import CatalogChangeService
 from plasmaart.clock import Clock
 from plasmaart.config import Settings
@@ -40,7 +40,8 @@ from plasmaart.teams.service import TeamService
 class Platform:
     settings: Settings
     db: Database
-    catalog: Catalog
+    # The catalog file as loaded (``base``) and the one in force (``now``, ``at``).
+    catalogs: Catalogs
     clock: Clock
     # Real elapsed time (the clock passed in, without the sandbox test clock's
     # offset): job leases and deadlines, provider delays, webhook freshness.

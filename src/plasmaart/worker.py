@@ -71,7 +71,10 @@ class Worker:
         self.runner = JobRunner(
             db=platform.db,
             clock=platform.clock,
-            catalog=platform.catalog,
+            # The job runs the model as the file describes it (announced
+            # changes touch only credits and availability, which the job's
+            # quote already settled).
+            catalog=platform.catalogs.base,
             ledger=platform.ledger,
             generations=platform.generations,
             provider=platform.provider,
@@ -112,8 +115,8 @@ class Worker:
                 lease=self.runner.lease,
                 busy_slots=busy,
                 total_slots=self.concurrency,
-                catalog=platform.catalog,
-                billing=platform.billing,
+                catalog=platform.catalogs.base,
+                plans=platform.billing.plans,
                 limit=limit,
             )
             for job in claimed:

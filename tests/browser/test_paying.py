@@ -102,7 +102,7 @@ def test_every_paid_action_asks_with_the_amount_and_charges_exactly_that(
     log_in(page, user.email)
     with dashboard_platform.db.read() as conn:
         customer = dashboard_platform.billing.customer(conn, user.id)
-        quote = dashboard_platform.billing.preview(conn, customer, "starter")
+        quote = dashboard_platform.billing.subscriptions.preview(conn, customer, "starter")
     screenshot(page, "paying-plans")
 
     # Subscribing: the preview's numbers, and the renewal.

@@ -50,7 +50,7 @@ def with_history(platform: Platform) -> TestUser:
     with platform.db.write() as conn:
         account = platform.accounts.get(conn, user.id)
         customer = platform.billing.customer(conn, user.id)
-        platform.billing.buy_pack(conn, customer, PACK, idempotency_key=None)
+        platform.billing.packs.buy(conn, customer, PACK, idempotency_key=None)
         team = platform.teams.create_team(conn, account, "The Night Shift Photography Collective")
         invitation = platform.teams.invite(conn, team.id, user.id, member.email)
     with platform.db.write() as conn:

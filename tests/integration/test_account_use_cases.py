@@ -38,7 +38,7 @@ def test_watermark_removal_follows_the_plan_in_force(
     with platform.db.write() as conn:
         user = platform.accounts.get(conn, sam.id)
         assert platform.accounts.set_remove_watermark(conn, user, True).remove_watermark
-        platform.billing.cancel(conn, platform.billing.customer(conn, sam.id))
+        platform.billing.subscriptions.cancel(conn, platform.billing.customer(conn, sam.id))
     # Canceled, but Studio until its period ends: still allowed.
     with platform.db.write() as conn:
         user = platform.accounts.get(conn, sam.id)

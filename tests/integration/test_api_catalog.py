@@ -269,7 +269,7 @@ def test_each_plan_lists_exactly_the_models_a_submission_accepts(
 ) -> None:
     plans = client.get("/v1/plans").json()["data"]
     with platform.db.read() as conn:
-        catalog = platform.catalog_changes.catalog_now(conn)
+        catalog = platform.catalogs.now(conn)
     for plan in plans:
         assert plan["models"] == accepted_models(platform, plan, catalog), plan["id"]
     listed = {plan["id"]: plan for plan in plans}
@@ -305,7 +305,7 @@ def test_plan_lists_follow_the_catalog_in_force(
     clock.set(effective + timedelta(hours=1))
     plans = client.get("/v1/plans").json()["data"]
     with platform.db.read() as conn:
-        catalog = platform.catalog_changes.catalog_now(conn)
+        catalog = platform.catalogs.now(conn)
     for plan in plans:
         assert plan["models"] == accepted_models(platform, plan, catalog), plan["id"]
     after = {plan["id"]: plan["models"] for plan in plans}

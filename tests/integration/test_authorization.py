@@ -286,9 +286,9 @@ class Answer:
 
     def plan(self) -> PlanSpec:
         if self.caller is None:
-            return self.platform.catalog.default_plan
+            return self.platform.catalogs.base.default_plan
         with self.platform.db.read() as conn:
-            return self.platform.billing.current_plan(conn, self.caller.wallet_id)
+            return self.platform.billing.plans.plan_of(conn, self.caller.wallet_id)
 
     def available(self) -> int:
         with self.platform.db.read() as conn:
@@ -308,7 +308,7 @@ def models_for_callers_plan(answer: Answer) -> None:
     body = answer.body
     models = body.get("data", [body])
     for model in models:
-        spec = answer.platform.catalog.model(model["id"])
+        spec = answer.platform.catalogs.base.model(model["id"])
         assert model["available"] is plan_allows_model(plan, spec), (
             f"{model['id']}: available={model['available']} for a caller on {plan.id}"
         )
@@ -575,7 +575,7 @@ def json_document(answer: Answer) -> None:
 
 def own_subscription(answer: Answer) -> None:
     with answer.platform.db.read() as conn:
-        mine = answer.platform.billing.subscription(conn, answer.me.wallet_id)
+        mine = answer.platform.billing.plans.subscription(conn, answer.me.wallet_id)
     expected = ("free", "none") if mine is None else (mine.plan, mine.status)
     assert (answer.body["plan"], answer.body["status"]) == expected
 
@@ -584,7 +584,7 @@ def previews_pro(answer: Answer) -> None:
     # Studio -> Pro: at the period end, nothing now; Free: subscribing, at once.
     expected = {"studio": ("downgrade", 0), "free": ("subscribe", 4900)}
     with answer.platform.db.read() as conn:
-        plan = answer.platform.billing.current_plan(conn, answer.me.wallet_id).id
+        plan = answer.platform.billing.plans.plan_of(conn, answer.me.wallet_id).id
     assert (answer.body["change"], answer.body["amount_cents"]) == expected[plan]
 
 
@@ -607,7 +607,7 @@ def pack_bought(answer: Answer) -> None:
 
 def own_payments(answer: Answer) -> None:
     with answer.platform.db.read() as conn:
-        mine = answer.platform.billing.payments(conn, answer.me.id, limit=200)
+        mine = answer.platform.billing.payments.history(conn, answer.me.id, limit=200)
     assert {payment["id"] for payment in answer.body["data"]} == {payment.id for payment in mine}
 
 

@@ -15,14 +15,21 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Connection, Table, func, select
 
-from plasmaart.billing.backends import ChargeOutcome, CheckoutOutcome, Customer, Paid, Redirect
+from plasmaart.billing.backends import (
+    ChargeOutcome,
+    Checkout,
+    CheckoutOutcome,
+    Customer,
+    Paid,
+    Redirect,
+)
 from plasmaart.billing.errors import NoSubscription, PaymentFailed, RenewalPending
+from plasmaart.billing.packs import PackPurchase
 from plasmaart.billing.periods import period_end_after
 from plasmaart.billing.repository import Subscription
 from plasmaart.billing.rules import grace_ends_at, is_upgrade, pack_expires_at, prorated_cents
 from plasmaart.billing.sandbox import SandboxBackend
 from plasmaart.billing.sandbox_clock import SandboxTestClock
-from plasmaart.billing.service import Checkout, PackPurchase
 from plasmaart.billing.tasks import ClockReport, run_billing_clock
 from plasmaart.catalog import CreditPack, PlanSpec, load_catalog
 from plasmaart.clock import ManualClock
@@ -50,7 +57,7 @@ def customer(platform: Platform, email: str = "kai@example.com") -> Customer:
 
 def subscribe(platform: Platform, who: Customer, plan: str) -> Subscription:
     with platform.db.write() as conn:
-        result = platform.billing.subscribe(conn, who, plan)
+        result = platform.billing.subscriptions.subscribe(conn, who, plan)
     assert isinstance(result, Subscription)
     return result
 
@@ -65,14 +72,14 @@ def state(platform: Platform, who: Customer) -> tuple[int, str, Subscription | N
     with platform.db.read() as conn:
         assert check_ledger(conn) == []
         available = platform.ledger.balance(conn, who.wallet_id).available
-        plan = platform.billing.current_plan(conn, who.wallet_id).id
-        return available, plan, platform.billing.subscription(conn, who.wallet_id)
+        plan = platform.billing.plans.plan_of(conn, who.wallet_id).id
+        return available, plan, platform.billing.plans.subscription(conn, who.wallet_id)
 
 
 def paid(platform: Platform, who: Customer) -> list[tuple[str, str, int, int]]:
     """(kind, status, amount, credits) of the customer's payments, oldest first."""
     with platform.db.read() as conn:
-        found = platform.billing.payments(conn, who.user_id, limit=200)
+        found = platform.billing.payments.history(conn, who.user_id, limit=200)
     return [(p.kind, p.status, p.amount_cents, p.credits) for p in reversed(found)]
 
 
@@ -108,7 +115,7 @@ def test_a_year_of_starter(platform: Platform, clock: ManualClock) -> None:
     spend(platform, kai, 1500, "january")
     clock.set(JAN_1 + timedelta(days=10))
     with platform.db.write() as conn:
-        pack = platform.billing.buy_pack(conn, kai, "pack-1000", idempotency_key=None)
+        pack = platform.billing.packs.buy(conn, kai, "pack-1000", idempotency_key=None)
     assert isinstance(pack, PackPurchase)
     assert (pack.credits, pack.balance, pack.expires_at) == (1000, 1500, None)
     tick(platform)  # nothing fell due yet
@@ -146,7 +153,7 @@ def test_upgrade_is_immediate_and_prorated(platform: Platform, clock: ManualCloc
     # and (5000 - 2000) * 16 / 31 = 1548.39 credits, rounded alike.
     clock.set(JAN_1 + timedelta(days=15))
     with platform.db.write() as conn:
-        upgraded = platform.billing.change_plan(conn, kai, "pro")
+        upgraded = platform.billing.subscriptions.change_plan(conn, kai, "pro")
     assert (upgraded.plan, upgraded.pending_plan, upgraded.current_period_end) == (
         "pro",
         None,
@@ -177,12 +184,12 @@ def test_each_step_up_is_prorated_from_the_plan_before_it(
     subscribe(platform, kai, "starter")
     clock.set(datetime(2026, 1, 10, tzinfo=UTC))
     with platform.db.write() as conn:
-        platform.billing.change_plan(conn, kai, "pro")
+        platform.billing.subscriptions.change_plan(conn, kai, "pro")
     # 3000 * 22 / 31 = 2129.03 cents and credits.
     assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 2129, 2129)
     clock.set(datetime(2026, 1, 25, 12, tzinfo=UTC))
     with platform.db.write() as conn:
-        platform.billing.change_plan(conn, kai, "studio")
+        platform.billing.subscriptions.change_plan(conn, kai, "studio")
     # $50 * 6.5 / 31 = 1048.39 cents; 6000 * 6.5 / 31 = 1258.06 credits.
     assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 1048, 1258)
     assert state(platform, kai)[:2] == (2000 + 2129 + 1258, "studio")
@@ -196,12 +203,12 @@ def test_up_down_up_within_a_period_grants_once(platform: Platform, clock: Manua
     subscribe(platform, kai, "starter")
     clock.set(JAN_1 + timedelta(days=30))
     with platform.db.write() as conn:
-        platform.billing.change_plan(conn, kai, "studio")
+        platform.billing.subscriptions.change_plan(conn, kai, "studio")
     granted = state(platform, kai)[0]
     for step in ("starter", "studio", "starter", "studio"):
         clock.advance(timedelta(hours=1))
         with platform.db.write() as conn:
-            changed = platform.billing.change_plan(conn, kai, step)
+            changed = platform.billing.subscriptions.change_plan(conn, kai, step)
         assert (changed.plan, changed.pending_plan) == (
             "studio",
             "starter" if step == "starter" else None,
@@ -217,7 +224,7 @@ def test_downgrade_waits_for_the_period_end(platform: Platform, clock: ManualClo
     subscribe(platform, kai, "studio")
     clock.set(JAN_1 + timedelta(days=3))
     with platform.db.write() as conn:
-        scheduled = platform.billing.change_plan(conn, kai, "starter")
+        scheduled = platform.billing.subscriptions.change_plan(conn, kai, "starter")
     assert (scheduled.plan, scheduled.pending_plan) == ("studio", "starter")
     assert state(platform, kai)[:2] == (11000, "studio")
     assert len(paid(platform, kai)) == 1  # nothing charged or refunded
@@ -239,9 +246,9 @@ def test_cancel_falls_to_free_at_the_period_end(platform: Platform, clock: Manua
     kai = customer(platform)
     subscribe(platform, kai, "pro")
     with platform.db.write() as conn:
-        platform.billing.buy_pack(conn, kai, "pack-3000", idempotency_key=None)
-        canceling = platform.billing.cancel(conn, kai)
-        again = platform.billing.cancel(conn, kai)
+        platform.billing.packs.buy(conn, kai, "pack-3000", idempotency_key=None)
+        canceling = platform.billing.subscriptions.cancel(conn, kai)
+        again = platform.billing.subscriptions.cancel(conn, kai)
     assert canceling.cancel_at_period_end
     assert again == canceling
     clock.set(JAN_1 + timedelta(days=20))
@@ -259,7 +266,7 @@ def test_cancel_falls_to_free_at_the_period_end(platform: Platform, clock: Manua
     with pytest.raises(ModelNotInPlan), platform.db.write() as conn:
         platform.generations.submit(conn, user, GenerationRequest("veo3", "a red fox"))
     with pytest.raises(NoSubscription), platform.db.write() as conn:
-        platform.billing.cancel(conn, kai)
+        platform.billing.subscriptions.cancel(conn, kai)
     # Subscribing again starts a new period from now, on the same subscription.
     clock.set(FEB_1 + timedelta(days=3))
     again_sub = subscribe(platform, kai, "starter")
@@ -271,17 +278,17 @@ def test_current_plan_withdraws_a_scheduled_change(platform: Platform, clock: Ma
     kai = customer(platform)
     subscribe(platform, kai, "pro")
     with platform.db.write() as conn:
-        platform.billing.cancel(conn, kai)
-        restored = platform.billing.change_plan(conn, kai, "pro")
+        platform.billing.subscriptions.cancel(conn, kai)
+        restored = platform.billing.subscriptions.change_plan(conn, kai, "pro")
         assert (restored.cancel_at_period_end, restored.pending_plan) == (False, None)
-        platform.billing.change_plan(conn, kai, "starter")
-        restored = platform.billing.change_plan(conn, kai, "pro")
+        platform.billing.subscriptions.change_plan(conn, kai, "starter")
+        restored = platform.billing.subscriptions.change_plan(conn, kai, "pro")
         assert (restored.cancel_at_period_end, restored.pending_plan) == (False, None)
         # Another plan change withdraws a cancellation too.
-        platform.billing.cancel(conn, kai)
-        downgrading = platform.billing.change_plan(conn, kai, "starter")
+        platform.billing.subscriptions.cancel(conn, kai)
+        downgrading = platform.billing.subscriptions.change_plan(conn, kai, "starter")
         assert (downgrading.cancel_at_period_end, downgrading.pending_plan) == (False, "starter")
-        restored = platform.billing.change_plan(conn, kai, "pro")
+        restored = platform.billing.subscriptions.change_plan(conn, kai, "pro")
     clock.set(FEB_1)
     tick(platform)
     assert state(platform, kai)[:2] == (5000, "pro")
@@ -300,7 +307,7 @@ def test_failed_renewal_grace_then_free(platform: Platform, clock: ManualClock) 
     assert (available, plan) == (0, "starter")
     assert sub is not None
     assert sub.status == "past_due"
-    assert platform.billing.grace_ends_at(sub) == FEB_1 + timedelta(days=7)
+    assert platform.billing.plans.grace_ends_at(sub) == FEB_1 + timedelta(days=7)
     assert paid(platform, kai)[-1] == ("renewal", "failed", 1900, 0)
     clock.set(FEB_1 + timedelta(days=7) - timedelta(seconds=1))
     tick(platform)
@@ -320,7 +327,7 @@ def test_canceling_a_past_due_subscription_ends_it(platform: Platform, clock: Ma
     clock.set(FEB_1)
     tick(platform)
     with platform.db.write() as conn:
-        ended = platform.billing.cancel(conn, kai)
+        ended = platform.billing.subscriptions.cancel(conn, kai)
     assert ended.status == "canceled"
     assert state(platform, kai)[:2] == (0, "free")
 
@@ -335,12 +342,12 @@ def test_paying_a_past_due_subscription_restores_it(platform: Platform, clock: M
     with platform.db.read() as conn:
         before = count(conn, payments)
     with pytest.raises(PaymentFailed), platform.db.write() as conn:
-        platform.billing.pay(conn, kai)
+        platform.billing.subscriptions.pay(conn, kai)
     with platform.db.read() as conn:
         assert count(conn, payments) == before  # a refused payment writes nothing
     set_card(platform, kai, declines=False)
     with platform.db.write() as conn:
-        restored = platform.billing.pay(conn, kai)
+        restored = platform.billing.subscriptions.pay(conn, kai)
     # The period keeps its anchor: Feb 1 to Mar 1, its credits granted now.
     assert (restored.status, restored.current_period_start, restored.current_period_end) == (
         "active",
@@ -350,7 +357,7 @@ def test_paying_a_past_due_subscription_restores_it(platform: Platform, clock: M
     assert state(platform, kai)[:2] == (2000, "starter")
     # The clock, or a late webhook, reporting the same renewal changes nothing.
     with platform.db.write() as conn:
-        platform.billing.renewal_paid(conn, restored.id, period_end=FEB_1)
+        platform.billing.subscriptions.renewal_paid(conn, restored.id, period_end=FEB_1)
     tick(platform)
     assert state(platform, kai)[0] == 2000
     assert [kind for kind, *_ in paid(platform, kai)] == ["subscription", "renewal", "renewal"]
@@ -362,13 +369,13 @@ def test_packs_are_granted_once_paid_and_never_expire(
     kai = customer(platform)
     set_card(platform, kai, declines=True)
     with pytest.raises(PaymentFailed), platform.db.write() as conn:
-        platform.billing.buy_pack(conn, kai, "pack-1000", idempotency_key="first")
+        platform.billing.packs.buy(conn, kai, "pack-1000", idempotency_key="first")
     assert state(platform, kai)[0] == 0
     set_card(platform, kai, declines=False)
     with platform.db.write() as conn:
-        first = platform.billing.buy_pack(conn, kai, "pack-1000", idempotency_key="first")
-        repeat = platform.billing.buy_pack(conn, kai, "pack-1000", idempotency_key="first")
-        second = platform.billing.buy_pack(conn, kai, "pack-10000", idempotency_key=None)
+        first = platform.billing.packs.buy(conn, kai, "pack-1000", idempotency_key="first")
+        repeat = platform.billing.packs.buy(conn, kai, "pack-1000", idempotency_key="first")
+        second = platform.billing.packs.buy(conn, kai, "pack-10000", idempotency_key=None)
     assert isinstance(first, PackPurchase)
     assert isinstance(second, PackPurchase)
     assert repeat == first
@@ -385,10 +392,10 @@ def test_packs_are_granted_once_paid_and_never_expire(
 
 
 def test_purchased_credits_expire_when_configured(platform: Platform, clock: ManualClock) -> None:
-    platform.billing.purchased_credits_expire_days = 30
+    platform.billing.packs.purchased_credits_expire_days = 30
     kai = customer(platform)
     with platform.db.write() as conn:
-        bought = platform.billing.buy_pack(conn, kai, "pack-1000", idempotency_key=None)
+        bought = platform.billing.packs.buy(conn, kai, "pack-1000", idempotency_key=None)
     assert isinstance(bought, PackPurchase)
     assert bought.expires_at == JAN_1 + timedelta(days=30)
     clock.set(JAN_1 + timedelta(days=30))
@@ -507,12 +514,12 @@ def test_a_hosted_checkout_is_applied_by_its_webhooks(
     platform: Platform, clock: ManualClock
 ) -> None:
     hosted = HostedCheckout()
-    platform.billing.backends["hosted"] = hosted
-    platform.billing.backend = hosted
+    platform.billing.backends.by_name["hosted"] = hosted
+    platform.billing.backends.default = hosted
     kai = customer(platform)
     with platform.db.write() as conn:
-        checkout = platform.billing.subscribe(conn, kai, "pro")
-        pack_checkout = platform.billing.buy_pack(conn, kai, "pack-1000", idempotency_key=None)
+        checkout = platform.billing.subscriptions.subscribe(conn, kai, "pro")
+        pack_checkout = platform.billing.packs.buy(conn, kai, "pack-1000", idempotency_key=None)
     assert checkout == Checkout("https://pay.example/pro?for=kai@example.com")
     assert pack_checkout == Checkout("https://pay.example/pack-1000?for=kai@example.com")
     # Each checkout carries a key for the provider's own idempotency.
@@ -520,7 +527,7 @@ def test_a_hosted_checkout_is_applied_by_its_webhooks(
     assert state(platform, kai) == (0, "free", None)  # nothing until paid
     # checkout.session.completed, as the webhook would apply it:
     with platform.db.write() as conn:
-        sub = platform.billing.subscribe_paid(
+        sub = platform.billing.subscriptions.subscribe_paid(
             conn,
             user_id=kai.user_id,
             wallet_id=kai.wallet_id,
@@ -529,7 +536,7 @@ def test_a_hosted_checkout_is_applied_by_its_webhooks(
             external_id="sub_123",
             payment_external_id="in_first",
         )
-        platform.billing.pack_paid(
+        platform.billing.packs.paid(
             conn,
             user_id=kai.user_id,
             wallet_id=kai.wallet_id,
@@ -537,7 +544,7 @@ def test_a_hosted_checkout_is_applied_by_its_webhooks(
             backend="hosted",
             idempotency_key="cs_pack_1",
         )
-        platform.billing.pack_paid(  # the same event again
+        platform.billing.packs.paid(  # the same event again
             conn,
             user_id=kai.user_id,
             wallet_id=kai.wallet_id,
@@ -551,19 +558,25 @@ def test_a_hosted_checkout_is_applied_by_its_webhooks(
     clock.set(FEB_1)
     assert run_billing_clock(platform.db, platform.billing).total == 0
     with pytest.raises(RenewalPending), platform.db.write() as conn:
-        platform.billing.change_plan(conn, kai, "studio")
+        platform.billing.subscriptions.change_plan(conn, kai, "studio")
     # ...until invoice.paid arrives (twice: applied once).
     with platform.db.write() as conn:
-        platform.billing.renewal_paid(conn, sub.id, period_end=FEB_1, external_id="in_2")
-        platform.billing.renewal_paid(conn, sub.id, period_end=FEB_1, external_id="in_2")
+        platform.billing.subscriptions.renewal_paid(
+            conn, sub.id, period_end=FEB_1, external_id="in_2"
+        )
+        platform.billing.subscriptions.renewal_paid(
+            conn, sub.id, period_end=FEB_1, external_id="in_2"
+        )
     tick(platform)
     assert state(platform, kai)[:2] == (6000, "pro")
     # invoice.payment_failed at the next period end, then the subscription deleted.
     clock.set(MAR_1)
     with platform.db.write() as conn:
-        late = platform.billing.renewal_failed(conn, sub.id, period_end=MAR_1, reason="declined")
+        late = platform.billing.subscriptions.renewal_failed(
+            conn, sub.id, period_end=MAR_1, reason="declined"
+        )
         assert late.status == "past_due"
-        ended = platform.billing.end_subscription(conn, sub.id)
+        ended = platform.billing.subscriptions.end_subscription(conn, sub.id)
     assert ended.status == "canceled"
     tick(platform)
     assert state(platform, kai)[:2] == (1000, "free")

@@ -4,6 +4,7 @@ test clock, declining cards)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -14,6 +15,7 @@ from plasmaart.clock import ManualClock
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.platform import Platform
 from tests.support.accounts import TestUser, make_user
+from tests.support.statements import StatementCounter
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)
 FEB_1 = datetime(2026, 2, 1, tzinfo=UTC)
@@ -261,7 +263,7 @@ def test_admin_clock_is_sandbox_and_admin_only(
     assert platform.clock.now() == JAN_1
     # Billing that is not the sandbox has no test clock and no sandbox cards.
     monkeypatch.setattr(platform.billing, "test_clock", None)
-    monkeypatch.setattr(platform.billing, "backend", object())
+    monkeypatch.setattr(platform.billing.backends, "default", object())
     refused(
         client.post("/v1/admin/clock/advance", json={"days": 1}, headers=admin.auth),
         404,
@@ -430,3 +432,62 @@ def test_a_preview_moment_is_honoured_only_while_fresh(
     unknown = client.post("/v1/subscription/preview", json={"plan": "gold"}, headers=kai.auth)
     refused(unknown, 422, "invalid_input")
     books_balance(platform)
+
+
+def test_the_admin_user_list_shows_the_plan_each_user_has(
+    platform: Platform, client: TestClient, clock: ManualClock
+) -> None:
+    """``/v1/admin/users`` gives every user the plan ``/v1/me`` gives them
+    (billing's one rule, ``PlanService.plans_of``): in the grace period of an
+    unpaid renewal, the plan; after it, or after the period end of a
+    cancellation, Free, even before the billing clock has run; one batch
+    of reads for the whole page, however many users it lists."""
+    admin = make_user(platform, "root@example.com", admin=True)
+    kai = make_user(platform, "kai@example.com", plan="pro")
+    eve = make_user(platform, "eve@example.com", plan="starter")
+    others = [make_user(platform, f"user{i}@example.com", plan="starter") for i in range(5)]
+    client.post(
+        f"/v1/admin/users/{eve.id}/billing/sandbox-card",
+        json={"declines": True},
+        headers=admin.auth,
+    )
+    moved = client.post("/v1/admin/clock/advance", json={"days": 31}, headers=admin.auth)
+    assert (moved.json()["payment_failed"], moved.json()["renewed"]) == (1, 6)
+    assert client.delete("/v1/subscription", headers=kai.auth).status_code == 200
+
+    def plans() -> tuple[dict[str, str], dict[str, str]]:
+        listed = client.get("/v1/admin/users?limit=100", headers=admin.auth)
+        assert listed.status_code == 200, listed.text
+        by_admin = {user["id"]: user["plan"] for user in listed.json()["data"]}
+        by_me = {
+            user.id: client.get("/v1/me", headers=user.auth).json()["plan"]
+            for user in (admin, kai, eve, *others)
+        }
+        return by_admin, by_me
+
+    # Feb 2 (the test clock is 31 days ahead): Eve in her grace period.
+    clock.set(JAN_1 + timedelta(days=1))
+    by_admin, by_me = plans()
+    assert by_admin == by_me
+    assert (by_me[kai.id], by_me[eve.id], by_me[admin.id]) == ("pro", "starter", "free")
+    # Mar 2, the billing clock not run since Feb 1: Eve's grace ended on
+    # Feb 8, Kai's canceled period on Mar 1: both on Free everywhere.
+    clock.set(JAN_1 + timedelta(days=29))
+    by_admin, by_me = plans()
+    assert by_admin == by_me
+    assert (by_me[kai.id], by_me[eve.id]) == ("free", "free")
+    assert {by_me[user.id] for user in others} == {"starter"}
+    # The dashboard's admin page lists them by the same service method.
+    page = client.get("/admin", headers=admin.auth)
+    assert page.status_code == 200, page.text
+    shown = dict(
+        re.findall(
+            r'<tr data-user-id="([^"]+)">.*?<td data-label="Plan">(\w+)</td>', page.text, re.S
+        )
+    )
+    assert shown == {user_id: plan.capitalize() for user_id, plan in by_me.items()}
+    with StatementCounter(platform.db.engine) as counts:
+        listed = client.get("/v1/admin/users?limit=100", headers=admin.auth)
+    assert len(listed.json()["data"]) == 3 + 5
+    # Plans read in one batch: not one query per user listed.
+    assert counts.statements < 5, counts.listing()

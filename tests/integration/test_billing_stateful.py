@@ -130,7 +130,7 @@ def stateful_platform(
 def billing_machine(
     platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe, backend: str
 ) -> type[RuleBasedStateMachine]:
-    catalog = platform.catalog
+    catalog = platform.catalogs.base
     stripe = backend == "stripe"
 
     class BillingMachine(RuleBasedStateMachine):
@@ -164,11 +164,13 @@ def billing_machine(
 
         def payments(self) -> list[Payment]:
             with platform.db.read() as conn:
-                return list(reversed(platform.billing.payments(conn, self.user.id, limit=200)))
+                return list(
+                    reversed(platform.billing.payments.history(conn, self.user.id, limit=200))
+                )
 
         def stripe_id(self) -> str | None:
             with platform.db.read() as conn:
-                mine = platform.billing.subscription(conn, self.user.wallet_id)
+                mine = platform.billing.plans.subscription(conn, self.user.wallet_id)
             return None if mine is None else mine.external_id
 
         # -- what the customer does -------------------------------------------------

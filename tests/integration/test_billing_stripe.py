@@ -19,8 +19,8 @@ from httpx import Response
 from sqlalchemy import Connection, func, select
 
 from plasmaart.billing import create_backends
+from plasmaart.billing.clawbacks import ClawbackOutcome
 from plasmaart.billing.repository import Subscription
-from plasmaart.billing.service import ClawbackOutcome
 from plasmaart.billing.stripe import StripeBackend
 from plasmaart.clock import ManualClock
 from plasmaart.config import ConfigError, Settings
@@ -81,14 +81,14 @@ def state(platform: Platform, who: TestUser) -> tuple[int, str, Subscription | N
     with platform.db.read() as conn:
         assert check_ledger(conn) == []
         available = platform.ledger.balance(conn, who.wallet_id).available
-        plan = platform.billing.current_plan(conn, who.wallet_id).id
-        return available, plan, platform.billing.subscription(conn, who.wallet_id)
+        plan = platform.billing.plans.plan_of(conn, who.wallet_id).id
+        return available, plan, platform.billing.plans.subscription(conn, who.wallet_id)
 
 
 def paid(platform: Platform, who: TestUser) -> list[tuple[str, str, int, int]]:
     """(kind, status, amount, credits) of the user's payments, oldest first."""
     with platform.db.read() as conn:
-        found = platform.billing.payments(conn, who.id, limit=200)
+        found = platform.billing.payments.history(conn, who.id, limit=200)
     return [(p.kind, p.status, p.amount_cents, p.credits) for p in reversed(found)]
 
 
@@ -511,7 +511,7 @@ def test_a_refunded_subscription_invoice_claws_back_its_credits(
 
 def platform_payments(platform: Platform, who: TestUser) -> list[Any]:
     with platform.db.read() as conn:
-        return list(platform.billing.payments(conn, who.id, limit=200))
+        return list(platform.billing.payments.history(conn, who.id, limit=200))
 
 
 # -- the customer portal, and what customers do there ------------------------------------
@@ -791,7 +791,7 @@ def test_an_upgrade_records_the_invoice_stripe_charged(
     invoice = fake.latest_invoice(stripe_sub)
     assert invoice["billing_reason"] == "subscription_update"
     with platform.db.read() as conn:
-        upgrade = platform.billing.payments(conn, kai.id, limit=1)[0]
+        upgrade = platform.billing.payments.history(conn, kai.id, limit=1)[0]
     # 10.75 of 31 days: $30 * that = 1040.3 cents, 3000 * that = 1040.3 credits.
     assert (upgrade.kind, upgrade.amount_cents, upgrade.credits) == ("upgrade", 1040, 1040)
     assert (upgrade.external_id, invoice["amount_paid"]) == (invoice["id"], 1040)
@@ -1099,3 +1099,56 @@ def test_a_checkout_paid_after_the_suspension_does_not_renew(
     assert updated(client, fake, stripe_sub) == "ignored"
     suspension(client, admin, kai, "reinstate")
     assert not stripe_cancels(fake, stripe_sub)
+
+
+def test_a_portal_change_is_an_upgrade_by_the_catalog_in_force(
+    platform: Platform, client: TestClient, clock: ManualClock, fake: FakeStripe
+) -> None:
+    """Once an announced change has made Studio cheaper than Pro, moving
+    from Pro to Studio in the portal is a change at the period end, as
+    ``PATCH /v1/subscription`` would make it: no upgrade, no credits."""
+    admin = make_user(platform, "root@example.com", admin=True)
+    with platform.db.write() as conn:
+        platform.catalog_changes.schedule(
+            conn,
+            admin_id=admin.id,
+            target="plan",
+            target_id="studio",
+            field="price_cents",
+            value=3900,
+            effective_at=datetime(2026, 1, 15, tzinfo=UTC),
+        )
+    clock.set(datetime(2026, 1, 16, tzinfo=UTC))
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "pro")
+    assert state(platform, kai)[:2] == (5000, "pro")
+    clock.advance(timedelta(days=2))
+    studio = fake.portal(stripe_sub, plan="studio", amount=3900)[0]
+    assert outcome(client, fake, studio) == "applied"
+    available, plan, sub = state(platform, kai)
+    assert (available, plan) == (5000, "pro")
+    assert sub is not None
+    assert (sub.plan, sub.pending_plan) == ("pro", "studio")
+    assert [kind for kind, *_ in paid(platform, kai)] == ["subscription"]
+
+
+def test_an_upgrade_after_canceling_a_scheduled_downgrade_is_prorated_from_the_plan_held(
+    platform: Platform, client: TestClient, fake: FakeStripe
+) -> None:
+    """Pro with Starter scheduled, then canceled, then Studio in the same
+    instant: Stripe prorates from Pro (the plan held), not from the Starter
+    price it was billing for the next period; what is charged matches the
+    credits granted."""
+    kai = make_user(platform, "kai@example.com")
+    stripe_sub, _session = subscribe(client, fake, kai, "starter")
+    for body in ({"plan": "pro"}, {"plan": "starter"}):
+        answer = client.patch("/v1/subscription", json=body, headers=kai.auth)
+        assert answer.status_code == 200, answer.text
+    assert client.delete("/v1/subscription", headers=kai.auth).status_code == 200
+    assert fake.subscriptions[stripe_sub]["items"]["data"][0]["price"]["unit_amount"] == 4900
+    answer = client.patch("/v1/subscription", json={"plan": "studio"}, headers=kai.auth)
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["plan"], answer.json()["cancel_at_period_end"]) == ("studio", False)
+    # A whole period's differences: Pro to Studio, $50 and 6000 credits.
+    assert paid(platform, kai)[-1] == ("upgrade", "succeeded", 5000, 6000)
+    assert state(platform, kai)[:2] == (2000 + 3000 + 6000, "studio")

@@ -232,7 +232,7 @@ def test_a_plan_change_applies_from_each_subscribers_next_period(
     assert (plans["starter"]["monthly_credits"], plans["starter"]["price_cents"]) == (2500, 2100)
     with platform.db.read() as conn:
         # Kai's current period started on the old terms and keeps them.
-        assert platform.billing.current_plan(conn, kai.wallet_id).monthly_credits == 2000
+        assert platform.billing.plans.plan_of(conn, kai.wallet_id).monthly_credits == 2000
     # A new subscriber starts on the new terms at once.
     newcomer = make_user(platform, "new@example.com", plan="starter")
     with platform.db.read() as conn:
@@ -241,7 +241,7 @@ def test_a_plan_change_applies_from_each_subscribers_next_period(
     clock.set(FEB_1)
     run_billing_clock(platform.db, platform.billing)
     with platform.db.read() as conn:
-        assert platform.billing.current_plan(conn, kai.wallet_id).monthly_credits == 2500
+        assert platform.billing.plans.plan_of(conn, kai.wallet_id).monthly_credits == 2500
         assert platform.ledger.balance(conn, kai.wallet_id).available == 2500
         assert check_ledger(conn) == []
     payments = client.get("/v1/payments", headers=kai.auth).json()["data"]
@@ -361,3 +361,79 @@ def test_a_change_is_withdrawn_only_before_it_takes_effect(
     assert len(change_notices(platform, carol)) == 3
     admin_view = client.get("/v1/admin/catalog/changes", headers=admin.auth).json()["data"]
     assert sorted(c["status"] for c in admin_view) == ["canceled", "canceled", "in_force"]
+
+
+def test_refusals_name_the_cheapest_plan_in_force(
+    platform: Platform, client: TestClient, clock: ManualClock
+) -> None:
+    """Once Pro includes watermark removal and team seats, a refusal names
+    Pro (the cheapest plan that has them now), as ``/v1/plans`` lists it,
+    not the catalog file's Studio."""
+    admin = make_user(platform, "admin@example.com", admin=True)
+    bob = make_user(platform, "bob@example.com")
+    effective = JAN_1 + timedelta(days=14)
+    for field, value in (("watermark_removable", True), ("team_seats", 3)):
+        made = schedule(
+            client,
+            admin,
+            target="plan",
+            id="pro",
+            field=field,
+            value=value,
+            effective_at=iso(effective),
+        )
+        assert made.status_code == 201, made.text
+
+    def required_plans() -> tuple[str, str]:
+        watermark = client.patch(
+            "/v1/me/settings", json={"remove_watermark": True}, headers=bob.auth
+        )
+        team = client.post("/v1/teams", json={"name": "Ours"}, headers=bob.auth)
+        assert (watermark.status_code, team.status_code) == (403, 403), (watermark, team)
+        return watermark.json()["required_plan"], team.json()["required_plan"]
+
+    assert required_plans() == ("studio", "studio")
+    clock.set(effective)
+    plans = {p["id"]: p for p in client.get("/v1/plans").json()["data"]}
+    assert (plans["pro"]["watermark_removable"], plans["pro"]["team_seats"]) == (True, 3)
+    assert required_plans() == ("pro", "pro")
+
+
+def test_one_service_answers_which_catalog(
+    platform: Platform, client: TestClient, clock: ManualClock
+) -> None:
+    """``platform.catalogs``: ``base`` is the file as loaded, ``now`` and
+    ``at`` the catalog in force, ``timeline`` the same for many moments from
+    one read of the changes; the API serves ``now``."""
+    admin = make_user(platform, "admin@example.com", admin=True)
+    first, second = JAN_1 + timedelta(days=14), JAN_1 + timedelta(days=20)
+    for value, effective in ((900, first), (1000, second)):
+        made = schedule(
+            client,
+            admin,
+            target="model",
+            id="veo3",
+            field="credits",
+            value=value,
+            effective_at=iso(effective),
+        )
+        assert made.status_code == 201, made.text
+    catalogs = platform.catalogs
+    with platform.db.read() as conn:
+        timeline = catalogs.timeline(conn)
+        assert catalogs.now(conn).model("veo3").credits == 800
+        assert catalogs.at(conn, first).model("veo3").credits == 900
+        assert catalogs.at(conn, second - timedelta(microseconds=1)).model("veo3").credits == 900
+        assert catalogs.at(conn, second).model("veo3").credits == 1000
+    assert [timeline.at(t).model("veo3").credits for t in (JAN_1, first, second)] == [
+        800,
+        900,
+        1000,
+    ]
+    # The same catalog object for the same changes in force (built once).
+    assert timeline.at(first) is timeline.at(second - timedelta(days=1))
+    clock.set(second)
+    with platform.db.read() as conn:
+        assert catalogs.now(conn).model("veo3").credits == 1000
+    assert catalogs.base.model("veo3").credits == 800
+    assert client.get("/v1/models/veo3").json()["credits"] == 1000

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, select
 from typer.testing import CliRunner
 
+from plasmaart.catalog.changes import CatalogChange
+from plasmaart.catalog.repository import insert_change
 from plasmaart.cli import app
 from plasmaart.db.engine import create_database
 from plasmaart.db.tables import abuse_flags, audit_log, users
@@ -135,6 +137,41 @@ def test_catalog_show(run: CliRunner) -> None:
     assert code == 0
     assert "Kling Video v2.1 (Image-to-Video)" in out
     assert "$99.00/month" in out
+
+
+def test_catalog_commands_print_the_catalog_in_force(run: CliRunner, database_url: str) -> None:
+    """Once an announced change has taken effect, ``catalog show`` and
+    ``catalog pricing`` print the catalog the API serves; ``--file`` prints
+    the file as loaded (docs/pricing.md is made from it)."""
+    created = invoke(
+        run, "users", "create", "--email", "root@example.com", "--password", "0123456789", "--admin"
+    )
+    assert created[0] == 0, created[1]
+    db = create_database(database_url)
+    now = datetime.now(UTC)
+    with db.write() as conn:
+        admin_id = conn.execute(select(users.c.id)).scalar_one()
+        insert_change(
+            conn,
+            CatalogChange(
+                id="chg_cli",
+                target="plan",
+                target_id="studio",
+                field="price_cents",
+                value=12900,
+                effective_at=now - timedelta(days=1),
+            ),
+            created_by=admin_id,
+            now=now - timedelta(days=20),
+        )
+    db.dispose()
+    for command in ("show", "pricing"):
+        code, out = invoke(run, "catalog", command)
+        assert code == 0, out
+        assert ("$129" in out, "$99" in out) == (True, False), out
+        code, out = invoke(run, "catalog", command, "--file")
+        assert code == 0, out
+        assert ("$99" in out, "$129" in out) == (True, False), out
 
 
 def test_bad_configuration_names_the_variable(

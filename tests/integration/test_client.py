@@ -75,7 +75,7 @@ def test_health_and_catalog_without_credentials(platform: Platform, server: str)
         assert ready.status == "ready"
         assert ready.database == platform.db.dialect
         models = client.models()
-        assert [m.id for m in models] == [m.id for m in platform.catalog.models]
+        assert [m.id for m in models] == [m.id for m in platform.catalogs.base.models]
         schnell = client.model("flux-schnell")
         assert (schnell.credits, schnell.kind, schnell.tier) == (1, "text-to-image", "image")
         assert schnell.available
@@ -417,7 +417,7 @@ def test_the_async_client_against_the_server(platform: Platform, server: str) ->
             usage = await client.usage()
             assert [(r.key, r.credits) for r in usage] == [("flux-pro-v1.1", 8)]
             assert "gen_async" in await client.usage_csv()
-            assert len(await client.models()) == len(platform.catalog.models)
+            assert len(await client.models()) == len(platform.catalogs.base.models)
             with pytest.raises(NotFoundError):
                 await client.model("nope")
             await client.logout()

@@ -367,7 +367,7 @@ def test_plan_cards_list_the_models_each_plan_includes(
     user = make_user(platform, "cards@example.com", plan="starter")
     page = client.get("/billing", headers=user.auth).text
     with platform.db.read() as conn:
-        catalog = platform.catalog_changes.catalog_now(conn)
+        catalog = platform.catalogs.now(conn)
     for plan in catalog.plans_by_price():
         card = plan_card(page, plan.id)
         listed = re.findall(r'data-plan-model="([^"]+)"', card)
@@ -518,8 +518,8 @@ def test_the_create_page_describes_each_model_and_locks_with_an_icon_not_an_emoj
     user = make_user(platform, "free@example.com")
     page = client.get("/create", headers=user.auth).text
     # Both Veo 3 listings, each with its own line.
-    google = platform.catalog.model("google-veo3").description
-    veo3 = platform.catalog.model("veo3").description
+    google = platform.catalogs.base.model("google-veo3").description
+    veo3 = platform.catalogs.base.model("veo3").description
     assert google in html.unescape(page)
     assert veo3 in html.unescape(page)
     assert google != veo3

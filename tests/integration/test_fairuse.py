@@ -517,11 +517,11 @@ def test_refunds_after_spending_flag_then_suspend(build: Build) -> None:
         with platform.db.write() as conn:
             hold = platform.ledger.hold(conn, bot.wallet_id, 100, idempotency_key=f"spend:{n}")
             platform.ledger.capture(conn, hold.hold_id, 100, idempotency_key=f"spend:{n}:capture")
-            return platform.billing.payments(conn, bot.id, limit=1)[0]
+            return platform.billing.payments.history(conn, bot.id, limit=1)[0]
 
     def refund(payment: Any) -> None:
         with platform.db.write() as conn:
-            platform.billing.claw_back(conn, payment, reason="refund", actor="test")
+            platform.billing.clawbacks.claw_back(conn, payment, reason="refund", actor="test")
 
     refund(buy_and_spend(1))
     (flag,) = flags(platform, bot)
@@ -530,7 +530,7 @@ def test_refunds_after_spending_flag_then_suspend(build: Build) -> None:
     bought = client.post("/v1/credit-purchases", json={"pack": "pack-1000"}, headers=bot.auth)
     assert bought.status_code == 201
     with platform.db.read() as conn:
-        unspent = platform.billing.payments(conn, bot.id, limit=1)[0]
+        unspent = platform.billing.payments.history(conn, bot.id, limit=1)[0]
     refund(unspent)
     assert flags(platform, bot)[0].score == 40
     second = buy_and_spend(2)
@@ -688,7 +688,7 @@ def test_card_testing_on_packs_flags_then_suspends_even_a_paying_account(
     assert flag["evidence"]["by_kind"] == {"payment_declined": {"count": 6, "points": 102}}
     assert flag["evidence"]["signals"][0]["evidence"]["what"] == "pack"
     with platform.db.read() as conn:
-        assert len(platform.billing.payments(conn, tester.id, limit=10)) == 1  # the plan
+        assert len(platform.billing.payments.history(conn, tester.id, limit=10)) == 1  # the plan
 
 
 def test_upgrade_downgrade_cycling_flags_then_suspends(build: Build, clock: ManualClock) -> None:
@@ -697,7 +697,7 @@ def test_upgrade_downgrade_cycling_flags_then_suspends(build: Build, clock: Manu
 
     def cycle() -> None:
         with platform.db.read() as conn:
-            subscription = platform.billing.subscription(conn, cycler.wallet_id)
+            subscription = platform.billing.plans.subscription(conn, cycler.wallet_id)
         assert subscription is not None
         # Up to Studio two days before the period ends, back to Starter at once.
         clock.set(subscription.current_period_end - timedelta(days=2))
@@ -715,7 +715,7 @@ def test_upgrade_downgrade_cycling_flags_then_suspends(build: Build, clock: Manu
     cycle()
     assert [flag.status for flag in flags(platform, cycler)] == ["open"]
     with platform.db.read() as conn:
-        subscription = platform.billing.subscription(conn, cycler.wallet_id)
+        subscription = platform.billing.plans.subscription(conn, cycler.wallet_id)
     assert subscription is not None
     clock.set(subscription.current_period_end - timedelta(days=2))
     upgraded = client.patch("/v1/subscription", json={"plan": "studio"}, headers=cycler.auth)
@@ -738,9 +738,9 @@ def test_a_purchase_taken_back_no_longer_makes_an_account_paying(
         bought = client.post("/v1/credit-purchases", json={"pack": "pack-1000"}, headers=user.auth)
         assert bought.status_code == 201, bought.text
     with platform.db.write() as conn:
-        (payment,) = platform.billing.payments(conn, refunded.id, limit=5)
+        (payment,) = platform.billing.payments.history(conn, refunded.id, limit=5)
         # Refunded before anything was spent: no signal, but no longer paid.
-        platform.billing.claw_back(conn, payment, reason="refund", actor="test")
+        platform.billing.clawbacks.claw_back(conn, payment, reason="refund", actor="test")
     with platform.db.write() as conn:
         platform.ledger.grant(conn, refunded.wallet_id, 100, source="promo", idempotency_key="p")
     for user in (kept, refunded):

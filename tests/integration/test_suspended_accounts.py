@@ -87,20 +87,20 @@ def generate_one(platform: Platform, user: TestUser, team_id: str | None = None)
 
 def subscription(platform: Platform, user: TestUser) -> Subscription:
     with platform.db.read() as conn:
-        found = platform.billing.subscription(conn, user.wallet_id)
+        found = platform.billing.plans.subscription(conn, user.wallet_id)
     assert found is not None
     return found
 
 
 def plan_now(platform: Platform, user: TestUser) -> str:
     with platform.db.read() as conn:
-        return platform.billing.current_plan(conn, user.wallet_id).id
+        return platform.billing.plans.plan_of(conn, user.wallet_id).id
 
 
 def payments(platform: Platform, user: TestUser) -> list[tuple[str, str, int]]:
     """(kind, status, amount) of the user's payments, oldest first."""
     with platform.db.read() as conn:
-        found = platform.billing.payments(conn, user.id, limit=200)
+        found = platform.billing.payments.history(conn, user.id, limit=200)
     return [(p.kind, p.status, p.amount_cents) for p in reversed(found)]
 
 
@@ -153,7 +153,7 @@ def test_a_suspended_user_logs_in_and_reads_everything_of_theirs(
     )
     with platform.db.read() as conn:
         balance = platform.ledger.balance(conn, eve.wallet_id)
-        paid = [p.id for p in platform.billing.payments(conn, eve.id, limit=200)]
+        paid = [p.id for p in platform.billing.payments.history(conn, eve.id, limit=200)]
         output_id = conn.execute(
             select(generation_outputs.c.id).where(
                 generation_outputs.c.generation_id == generation_id

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Connection, func, select
 
 import plasmaart.billing.sandbox as sandbox_module
+from plasmaart.billing.clawbacks import ClawbackOutcome
 from plasmaart.billing.hooks import BillingHooks
 from plasmaart.billing.repository import Payment
-from plasmaart.billing.service import ClawbackOutcome
 from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock
 from plasmaart.config import Settings
@@ -195,7 +195,7 @@ def test_the_sandbox_backend_is_made_once(
     settings = Settings(database_url=database_url, var_dir=tmp_path / "var")
     built = bootstrap(settings, clock=clock, migrate=False)
     try:
-        assert made == [built.billing.backends["sandbox"]]
+        assert made == [built.billing.backends.by_name["sandbox"]]
     finally:
         built.close()
 

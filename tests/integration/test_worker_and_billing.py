@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from plasmaart.billing.errors import AlreadySubscribed
 from plasmaart.billing.periods import add_months
-from plasmaart.billing.service import AlreadySubscribed
 from plasmaart.clock import ManualClock
 from plasmaart.errors import InvalidInput
 from plasmaart.ledger.invariants import check_ledger
@@ -25,22 +25,22 @@ def new_user(platform: Platform, email: str = "kai@example.com") -> tuple[str, s
 def test_subscribing_grants_the_month_at_once(platform: Platform, clock: ManualClock) -> None:
     user, wallet = new_user(platform)
     with platform.db.write() as conn:
-        subscription = platform.billing.subscribe_paid(
+        subscription = platform.billing.subscriptions.subscribe_paid(
             conn, user_id=user, wallet_id=wallet, plan_id="pro", backend="sandbox"
         )
     assert subscription.current_period_end == add_months(clock.now())
     with platform.db.read() as conn:
         balance = platform.ledger.balance(conn, wallet)
-        assert platform.billing.subscription(conn, wallet) == subscription
+        assert platform.billing.plans.subscription(conn, wallet) == subscription
     assert balance.available == 5000
     assert balance.next_expiry == (5000, subscription.current_period_end)
     with pytest.raises(AlreadySubscribed), platform.db.write() as conn:
-        platform.billing.subscribe_paid(
+        platform.billing.subscriptions.subscribe_paid(
             conn, user_id=user, wallet_id=wallet, plan_id="studio", backend="sandbox"
         )
     for plan in ("free", "gold"):
         with pytest.raises(InvalidInput), platform.db.write() as conn:
-            platform.billing.subscribe_paid(
+            platform.billing.subscriptions.subscribe_paid(
                 conn, user_id=user, wallet_id=wallet, plan_id=plan, backend="sandbox"
             )
 
@@ -48,12 +48,12 @@ def test_subscribing_grants_the_month_at_once(platform: Platform, clock: ManualC
 def test_worker_clock_expires_lots_that_fell_due(platform: Platform, clock: ManualClock) -> None:
     user, wallet = new_user(platform)
     with platform.db.write() as conn:
-        platform.billing.subscribe_paid(
+        platform.billing.subscriptions.subscribe_paid(
             conn, user_id=user, wallet_id=wallet, plan_id="starter", backend="sandbox"
         )
         platform.ledger.grant(conn, wallet, 1000, source="purchase", idempotency_key="pack")
         # Canceled at the period end, so nothing renews: the month just expires.
-        platform.billing.cancel(conn, platform.billing.customer(conn, user))
+        platform.billing.subscriptions.cancel(conn, platform.billing.customer(conn, user))
     worker = Worker(platform)
     worker.run_once()
     with platform.db.read() as conn:

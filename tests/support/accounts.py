@@ -40,7 +40,7 @@ def make_user(
         )
         wallet = platform.ledger.wallet_of(conn, "user", user.id)
         if plan:
-            platform.billing.subscribe_paid(
+            platform.billing.subscriptions.subscribe_paid(
                 conn, user_id=user.id, wallet_id=wallet, plan_id=plan, backend="sandbox"
             )
         if credits:

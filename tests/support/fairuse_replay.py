@@ -245,7 +245,7 @@ class Replay:
 
     def _move_to_period(self, user: TestUser, end: bool) -> None:
         with self.platform.db.read() as conn:
-            subscription = self.platform.billing.subscription(conn, user.wallet_id)
+            subscription = self.platform.billing.plans.subscription(conn, user.wallet_id)
         assert subscription is not None
         end_at = subscription.current_period_end
         target = end_at + timedelta(minutes=1) if end else end_at - timedelta(days=2)
@@ -260,9 +260,9 @@ class Replay:
         if payment_id is None:
             return
         with self.platform.db.write() as conn:
-            payments = self.platform.billing.payments(conn, user.id, limit=100)
+            payments = self.platform.billing.payments.history(conn, user.id, limit=100)
             payment = next(p for p in payments if p.id == payment_id)
-            self.platform.billing.claw_back(conn, payment, reason="dispute", actor="bank")
+            self.platform.billing.clawbacks.claw_back(conn, payment, reason="dispute", actor="bank")
 
 
 def replay(platform: Platform, clock: ManualClock, scenario: Scenario) -> Result:

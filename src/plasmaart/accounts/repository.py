@@ -1,5 +1,7 @@
 """Accounts' SQL: the users table. Rows come back as the frozen ``User``
-below (and, for a login, with the password's hash beside it)."""
+below (and, for a login, with the password's hash beside it), or, for the
+admin's user list, as ``UserBalances`` (the user with their own wallet's
+balances)."""
 
 from __future__ import annotations
 
@@ -7,11 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import Connection, Row, insert, or_, select, update
 
 from plasmaart.clock import as_utc
 from plasmaart.db.engine import invalidate
-from plasmaart.db.tables import users
+from plasmaart.db.tables import users, wallets
 
 AnyRow = Row[*tuple[Any, ...]]
 
@@ -36,6 +38,34 @@ class StoredLogin(NamedTuple):
 
     user: User
     password_hash: str
+
+
+@dataclass(frozen=True)
+class UserBalances:
+    """A user with their own wallet (None until it is opened) and its balances."""
+
+    id: str
+    email: str
+    role: Role
+    status: Status
+    status_reason: str | None
+    created_at: datetime
+    wallet_id: str | None
+    available: int
+    held: int
+
+
+@dataclass(frozen=True)
+class UserSearch:
+    """Which users the admin lists, newest first: ``q``, part of an e-mail or
+    an id; ``before``, the id after which the page starts (the cursor);
+    ``user_id``, that one user alone."""
+
+    limit: int
+    q: str | None = None
+    status: Status | None = None
+    before: str | None = None
+    user_id: str | None = None
 
 
 def insert_user(
@@ -118,3 +148,48 @@ def _user(row: AnyRow) -> User:
         bool(row.remove_watermark),
         row.status_reason,
     )
+
+
+def users_with_balances(conn: Connection, search: UserSearch) -> list[UserBalances]:
+    """The users ``search`` finds, each with their wallet's balances, in one query."""
+    query = (
+        select(
+            users,
+            wallets.c.id.label("wallet_id"),
+            wallets.c.available,
+            wallets.c.held,
+        )
+        .select_from(
+            users.outerjoin(
+                wallets, (wallets.c.owner_kind == "user") & (wallets.c.owner_id == users.c.id)
+            )
+        )
+        .order_by(users.c.id.desc())
+        .limit(search.limit)
+    )
+    if search.q:
+        term = search.q.strip()
+        pattern = (
+            "%" + term.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        )
+        query = query.where(or_(users.c.email.like(pattern, escape="\\"), users.c.id == term))
+    if search.status:
+        query = query.where(users.c.status == search.status)
+    if search.before:
+        query = query.where(users.c.id < search.before)
+    if search.user_id:
+        query = query.where(users.c.id == search.user_id)
+    return [
+        UserBalances(
+            row.id,
+            row.email,
+            row.role,
+            row.status,
+            row.status_reason,
+            as_utc(row.created_at),
+            row.wallet_id,
+            int(row.available or 0),
+            int(row.held or 0),
+        )
+        for row in conn.execute(query)
+    ]

@@ -25,7 +25,7 @@ from plasmaart.accounts.passwords import (
     verify_password,
 )
 from plasmaart.accounts.repository import Role, Status, User
-from plasmaart.catalog import Catalog
+from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.clock import Clock
 from plasmaart.errors import Conflict, DomainError, InvalidInput, NotFound
 from plasmaart.ids import new_id
@@ -129,7 +129,7 @@ class AccountService:
         clock: Clock,
         ledger: LedgerService,
         credentials: CredentialService,
-        catalog: Catalog,
+        catalogs: Catalogs,
         outbox: Outbox,
         *,
         plan_of: PlanOf,
@@ -137,7 +137,8 @@ class AccountService:
         self.clock = clock
         self.ledger = ledger
         self.credentials = credentials
-        self.catalog = catalog
+        # The catalog in force names the cheapest plan that allows a setting.
+        self.catalogs = catalogs
         self.plan_of = plan_of
         # Where sign-up attempt, suspension and reinstatement notices are queued.
         self.outbox = outbox
@@ -281,7 +282,7 @@ class AccountService:
         if remove:
             plan = self.plan_of(conn, self.ledger.wallet_of(conn, "user", user.id))
             if not watermark_removable(plan):
-                cheapest = cheapest_plan(self.catalog, watermark_removable)
+                cheapest = cheapest_plan(self.catalogs.now(conn), watermark_removable)
                 raise NotInPlan("watermark removal is", plan, cheapest, it="it")
         repo.set_remove_watermark(conn, user.id, remove)
         return replace(user, remove_watermark=remove)

@@ -1,11 +1,15 @@
 """Subscriptions and payments: plans over time, and the credits they grant.
 
-``service.py`` is the plan lifecycle and the credit packs (every credit moved
-through the ledger); ``backends.py`` the interface of where money comes from,
-``sandbox.py`` its offline implementation, ``clock.py`` the sandbox's test
-clock, ``stripe/`` the Stripe implementation (Checkout, portal, webhooks),
-``tasks.py`` the worker's clock job, ``rules.py`` and ``periods.py`` the pure
-rules. ``docs/billing.md`` walks through it.
+One module per use case (every credit moved through the ledger): ``plans.py``
+the plan of a wallet (``plan_of`` / ``plans_of``, the rule every package
+asks), ``subscriptions.py`` the plan lifecycle, ``packs.py`` credit packs,
+``payments.py`` recording payments, ``clawbacks.py`` refunds and disputes;
+``service.py`` holds them together. ``backends.py`` is the interface of where
+money comes from, ``sandbox.py`` its offline implementation,
+``sandbox_clock.py`` the sandbox's test clock, ``stripe/`` the Stripe
+implementation (Checkout, portal, webhooks), ``tasks.py`` the worker's clock
+job, ``rules.py`` and ``periods.py`` the pure rules. ``docs/billing.md`` walks
+through it.
 """
 
 from __future__ import annotations

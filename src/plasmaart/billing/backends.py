@@ -1,8 +1,9 @@
 """Where money comes from: the interface every billing backend implements.
 
 A backend only moves money; it never touches subscriptions or credits. The
-``BillingService`` validates a request, asks the backend, and applies the
-outcome through the same methods whatever the backend:
+billing services (``subscriptions.py``, ``packs.py``) validate a request, ask
+the backend, and apply the outcome through the same methods whatever the
+backend:
 
 * ``Paid`` — the money moved now (the sandbox; Stripe charging a saved card):
   the service applies it in the same transaction.
@@ -10,9 +11,10 @@ outcome through the same methods whatever the backend:
   ``payment_failed``, a renewal puts the subscription ``past_due``.
 * ``Redirect`` — the customer pays on the provider's page (Stripe Checkout).
   Nothing is applied now; the provider's webhook later calls
-  ``BillingService.subscribe_paid`` / ``pack_paid`` / ``upgrade_paid`` /
-  ``renewal_paid`` / ``renewal_failed`` / ``end_subscription``, which are
-  idempotent per subscription period or idempotency key.
+  ``SubscriptionService.subscribe_paid`` / ``upgrade_paid`` /
+  ``renewal_paid`` / ``renewal_failed`` / ``end_subscription`` or
+  ``PackService.paid``, which are idempotent per subscription period or
+  idempotency key.
 
 ``renews_on_clock`` says who drives subscription periods: the worker's clock
 (the sandbox: it charges each renewal through ``charge_renewal``), or the
@@ -27,6 +29,7 @@ provider's own idempotency so that a retried request never charges twice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
@@ -61,6 +64,14 @@ class Paid:
 @dataclass(frozen=True)
 class Declined:
     reason: str
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """What a customer's purchase answers when the backend redirects: the
+    customer pays on the backend's page; the webhook finishes the job."""
+
+    url: str
 
 
 @dataclass(frozen=True)
@@ -146,3 +157,23 @@ class BillingBackend(Protocol):
         clock when ``renews_on_clock``; and when the customer pays a past-due
         subscription)."""
         ...
+
+
+class Backends:
+    """The billing backends by name, and ``default``: the one new checkouts
+    go through (a subscription keeps the backend it was made with)."""
+
+    def __init__(self, by_name: Mapping[str, BillingBackend], default: str) -> None:
+        self.by_name: dict[str, BillingBackend] = dict(by_name)
+        self.default = self.by_name[default]
+
+    def get(self, name: str) -> BillingBackend | None:
+        return self.by_name.get(name)
+
+    def of(self, subscription: Subscription) -> BillingBackend:
+        """The backend that handles ``subscription``."""
+        return self.by_name.get(subscription.backend, self.default)
+
+    def clock_driven(self) -> list[str]:
+        """The names of the backends whose periods the worker's clock drives."""
+        return [name for name, backend in self.by_name.items() if backend.renews_on_clock]

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection
 
 if TYPE_CHECKING:
+    from plasmaart.billing.clawbacks import ClawbackOutcome
     from plasmaart.billing.repository import Payment
-    from plasmaart.billing.service import ClawbackOutcome
 
 # Told of every clawback inside its transaction (fair use flags the account).
 ClawbackListener = Callable[[Connection, "ClawbackOutcome"], None]

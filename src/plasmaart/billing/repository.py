@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from sqlalchemy import Connection, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, func, insert, or_, select, update
 
-from plasmaart.accounts.repository import AnyRow
 from plasmaart.clock import as_utc
 from plasmaart.db.engine import invalidate
 from plasmaart.db.tables import payments, sandbox_cards, subscriptions, test_clock, users
@@ -71,7 +70,7 @@ def _maybe_utc(value: datetime | None) -> datetime | None:
     return None if value is None else as_utc(value)
 
 
-def _subscription(row: AnyRow) -> Subscription:
+def _subscription(row: Row[Any]) -> Subscription:
     return Subscription(
         id=row.id,
         plan=row.plan_id,
@@ -89,7 +88,7 @@ def _subscription(row: AnyRow) -> Subscription:
     )
 
 
-def _payment(row: AnyRow) -> Payment:
+def _payment(row: Row[Any]) -> Payment:
     return Payment(
         id=row.id,
         user_id=row.user_id,

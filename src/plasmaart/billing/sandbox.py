@@ -70,34 +70,19 @@ class SandboxBackend:
     ) -> ChargeOutcome:
         return self._charge(conn, customer, amount_cents)
 
-    def cancel(
+    def _nothing_to_tell(
         self,
         conn: Connection,  # noqa: ARG002
         *,
         customer: Customer,  # noqa: ARG002
         subscription: Subscription,  # noqa: ARG002
     ) -> None:
-        # Nothing to tell anyone: the clock ends the subscription at its period end.
+        """Nothing outside to tell: the clock reads the subscription's own
+        state (``cancel_at_period_end``, ``stops_for_suspension``), ends it at
+        its period end or charges its renewal."""
         return None
 
-    def stop_renewal(
-        self,
-        conn: Connection,  # noqa: ARG002
-        *,
-        customer: Customer,  # noqa: ARG002
-        subscription: Subscription,  # noqa: ARG002
-    ) -> None:
-        # The clock reads ``stops_for_suspension`` and charges nothing.
-        return None
-
-    def resume_renewal(
-        self,
-        conn: Connection,  # noqa: ARG002
-        *,
-        customer: Customer,  # noqa: ARG002
-        subscription: Subscription,  # noqa: ARG002
-    ) -> None:
-        return None
+    cancel = stop_renewal = resume_renewal = _nothing_to_tell
 
     def charge_renewal(
         self,

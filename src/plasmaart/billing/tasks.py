@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from plasmaart.billing.service import BillingService, ClockStep
+from plasmaart.billing.service import BillingService
+from plasmaart.billing.subscriptions import ClockStep
 from plasmaart.db.engine import Database
 
 BATCH = 100
@@ -38,11 +39,11 @@ def run_billing_clock(db: Database, billing: BillingService) -> ClockReport:
     after = ""
     while True:
         with db.read() as conn:
-            due = billing.due_subscriptions(conn, after=after, limit=BATCH)
+            due = billing.subscriptions.due_subscriptions(conn, after=after, limit=BATCH)
         for subscription_id in due:
             while True:
                 with db.write() as conn:
-                    step = billing.advance_subscription(conn, subscription_id)
+                    step = billing.subscriptions.advance_subscription(conn, subscription_id)
                 if step is None:
                     break
                 report.steps[step] += 1

@@ -6,9 +6,11 @@ refuses a bad file at start-up, the pure access and pricing rules over it, and
 its plain-text rendering. It imports only the standard library and pydantic.
 
 Announced changes to it (``changes.py``, pure) are stored in the database
-(``repository.py``); ``in_force.py`` builds the catalog in force at a moment
-and ``service.py`` schedules changes and announces them. Those modules are
-imported by name, not from here, so reading a catalog needs no database.
+(``repository.py``); ``catalogs.py`` is the one service that answers "which
+catalog": ``Catalogs.base`` (the file as loaded), ``now`` and ``at`` (the
+catalog in force); the ``changes`` package schedules changes and announces
+them. Those modules are imported by name, not from here, so reading a catalog
+needs no database.
 """
 
 from plasmaart.catalog.loader import (

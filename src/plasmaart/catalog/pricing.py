@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from plasmaart.catalog.rules import plan_allows_model
 from plasmaart.catalog.schema import Catalog, ModelSpec, PlanSpec
 
-REGENERATE = "plasmaart catalog pricing > docs/pricing.md"
+REGENERATE = "plasmaart catalog pricing --file > docs/pricing.md"
 
 _CURRENCY_SYMBOLS = {"usd": "$"}
 _KINDS = {
@@ -89,7 +89,7 @@ def render_pricing(
         "What PlasmaArt sells and on what terms, as a customer reads them. Every",
         "number comes from the catalog (`src/plasmaart/catalog/catalog.toml`); an",
         "operator with a catalog of its own (`PLASMAART_CATALOG_FILE`) makes its own",
-        f"page with `{REGENERATE.split(' >')[0]}`. Prices are in {currency.upper()}; "
+        f"page with `{REGENERATE.split(' --file')[0]}`. Prices are in {currency.upper()}; "
         "the API serves the same",
         "data at `/v1/models`, `/v1/plans` and `/v1/credit-packs`.",
         "",

@@ -24,8 +24,9 @@ from typing import Any, Literal
 from sqlalchemy import Connection
 
 from plasmaart.accounts import audit
-from plasmaart.billing.service import BillingService
+from plasmaart.billing.plans import PlanService
 from plasmaart.catalog import repository as repo
+from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.catalog.changes import (
     REMINDER_BEFORE,
     CatalogChange,
@@ -33,13 +34,13 @@ from plasmaart.catalog.changes import (
     change_problems,
     current_value,
 )
-from plasmaart.catalog.in_force import CatalogInForce
 from plasmaart.catalog.schema import Catalog, ModelSpec, PlanSpec
 from plasmaart.changes.notices import CatalogChangeNotice, Stage
 from plasmaart.clock import Clock
 from plasmaart.db.engine import Database
 from plasmaart.errors import Conflict, DomainError, InvalidInput, NotFound
 from plasmaart.ids import new_id
+from plasmaart.ledger.service import LedgerService
 from plasmaart.outbox import Outbox
 from plasmaart.teams.service import TeamService
 
@@ -92,23 +93,21 @@ class CatalogChangeService:
     def __init__(
         self,
         clock: Clock,
-        in_force: CatalogInForce,
-        billing: BillingService,
+        catalogs: Catalogs,
+        ledger: LedgerService,
+        plans: PlanService,
         teams: TeamService,
         outbox: Outbox,
         *,
         notice_days: int,
     ) -> None:
         self.clock = clock
-        self.in_force = in_force
-        self.billing = billing
+        self.catalogs = catalogs
+        self.ledger = ledger
+        self.plans = plans
         self.teams = teams
         self.outbox = outbox
         self.notice = timedelta(days=notice_days)
-
-    @property
-    def base(self) -> Catalog:
-        return self.in_force.base
 
     # -- what admins do ----------------------------------------------------
 
@@ -134,7 +133,7 @@ class CatalogChangeService:
         if target == "model":
             # Models answer to their aliases too; the change names the id.
             try:
-                target_id = self.base.model(target_id).id
+                target_id = self.catalogs.base.model(target_id).id
             except KeyError:
                 raise InvalidInput(f"no model {target_id!r}", field="id") from None
         if effective_at <= now:
@@ -150,7 +149,7 @@ class CatalogChangeService:
             value=value,
             effective_at=effective_at,
         )
-        problems = change_problems(self.base, repo.active_changes(conn), change)
+        problems = change_problems(self.catalogs.base, repo.active_changes(conn), change)
         if problems:
             errors = [{"field": name, "message": message} for name, message in problems]
             raise InvalidInput(problems[0][1], errors=errors)
@@ -227,9 +226,6 @@ class CatalogChangeService:
             if record.canceled_at is None
         ]
 
-    def catalog_now(self, conn: Connection) -> Catalog:
-        return self.in_force.at(conn, self.clock.now())
-
     # -- notices (the worker) ------------------------------------------------
 
     def queue_change_notices(self, db: Database) -> NoticeResult:
@@ -265,7 +261,7 @@ class CatalogChangeService:
 
     def affected(self, conn: Connection, change: CatalogChange, user_ids: list[str]) -> list[str]:
         """Those of ``user_ids`` that ``change`` affects, as their plans stand now."""
-        catalog = self.catalog_now(conn)
+        catalog = self.catalogs.now(conn)
         model = catalog.model(change.target_id) if change.target == "model" else None
         found = []
         for user_id in user_ids:
@@ -283,12 +279,12 @@ class CatalogChangeService:
     def _plans_of(self, conn: Connection, catalog: Catalog, user_id: str) -> list[PlanSpec]:
         """The plans the user generates under, and any they move to at their
         period end: their own, and those of the teams they belong to."""
-        wallets = [self.billing.ledger.wallet_of(conn, "user", user_id)]
+        wallets = [self.ledger.wallet_of(conn, "user", user_id)]
         wallets += [membership.team.wallet_id for membership in self.teams.teams_of(conn, user_id)]
         plans: list[PlanSpec] = []
         for wallet in dict.fromkeys(wallets):
-            plans.append(self.billing.current_plan(conn, wallet))
-            subscription = self.billing.subscription(conn, wallet)
+            plans.append(self.plans.plan_of(conn, wallet))
+            subscription = self.plans.subscription(conn, wallet)
             if subscription is not None and subscription.pending_plan:
                 with suppress(KeyError):  # a plan since removed from the catalog
                     plans.append(catalog.plan(subscription.pending_plan))
@@ -308,7 +304,7 @@ class CatalogChangeService:
     def _notice(self, conn: Connection, change: CatalogChange, stage: Stage) -> CatalogChangeNotice:
         """What users hear of ``change`` at ``stage``: named, and compared with
         what it replaces, by the catalog in force just before it."""
-        catalog = self.in_force.at(conn, change.effective_at - timedelta(microseconds=1))
+        catalog = self.catalogs.at(conn, change.effective_at - timedelta(microseconds=1))
         subject = (
             catalog.model(change.target_id)
             if change.target == "model"
@@ -362,7 +358,7 @@ class CatalogChangeService:
     def _view(self, record: repo.ChangeRecord, active: list[CatalogChange]) -> ChangeView:
         change = record.change
         earlier = [c for c in active if (c.effective_at, c.id) < (change.effective_at, change.id)]
-        before = self.in_force.applying(earlier)
+        before = self.catalogs.applying(earlier)
         status: ChangeStatus = "scheduled"
         if record.canceled_at is not None:
             status = "canceled"

@@ -42,7 +42,10 @@ from typing import Any
 from sqlalchemy import Connection
 
 from plasmaart.accounts.service import AccountService, User
-from plasmaart.billing.service import BillingService, ClawbackOutcome, Payment
+from plasmaart.billing.clawbacks import ClawbackOutcome
+from plasmaart.billing.repository import Payment
+from plasmaart.billing.service import BillingService
+from plasmaart.catalog import Catalog
 from plasmaart.clock import Clock
 from plasmaart.config import Settings
 from plasmaart.db.engine import Database, after_commit
@@ -187,7 +190,7 @@ class FairUseService:
         Read through the caches, and kept for ``cached_requests_per_minute``."""
         wallets = self.teams.wallets_of(conn, user.id)  # cached, as the plans are
         plan_limit = max(
-            plan.requests_per_minute for plan in self.billing.current_plans(conn, wallets).values()
+            plan.requests_per_minute for plan in self.billing.plans.plans_of(conn, wallets).values()
         )
         if len(self._plan_limits) >= PLAN_LIMIT_CACHE_SIZE:
             self._plan_limits = {}
@@ -431,10 +434,11 @@ class FairUseService:
             return
         now = self.clock.now()
         paid = repo.plan_payments(conn, payment.wallet_id, now - PLAN_CYCLE_WINDOW)
+        catalog = self.billing.plans.catalogs.now(conn)
         history = [
             PlanPayment(row.kind, price, row.created_at)
             for row in paid
-            if (price := self._plan_price(row.plan_id)) is not None
+            if (price := _plan_price(catalog, row.plan_id)) is not None
         ]
         cycles = plan_cycles(history)
         if cycles < PLAN_CYCLES_ALLOWED:
@@ -550,12 +554,6 @@ class FairUseService:
         record_decision(conn, "abuse.suspend", user_id, reason=reason, now=now, data=data)
         return canceled
 
-    def _plan_price(self, plan_id: str) -> int | None:
-        try:
-            return self.billing.catalog.plan(plan_id).price_cents
-        except KeyError:
-            return None
-
     def _evidence(
         self, current: Score, signals: list[Signal], role: str, *, paid: bool
     ) -> dict[str, Any]:
@@ -586,3 +584,10 @@ class FairUseService:
                 "signals (clawback, payment_declined, plan_cycling) suspend it"
             )
         return evidence
+
+
+def _plan_price(catalog: Catalog, plan_id: str) -> int | None:
+    try:
+        return catalog.plan(plan_id).price_cents
+    except KeyError:
+        return None

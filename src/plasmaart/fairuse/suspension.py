@@ -13,7 +13,7 @@ writes (``web/auth.py``), and here it
 - has its queued generations canceled and their credits released (running
   ones finish, charged only for what they deliver);
 - is charged no renewal: its subscription ends at the period end unless the
-  account is reinstated first (``BillingService.stop_for_suspension``).
+  account is reinstated first (``SubscriptionService.stop_for_suspension``).
 
 No one suspends themselves (an admin would lock out the person who could
 undo it). Reinstating restores the renewal (unless the period ended
@@ -66,7 +66,7 @@ class SuspensionService:
         suspended = self.accounts.set_status(conn, user, "suspended", actor=actor, reason=reason)
         self.credentials.close_all_sessions(conn, user.id)
         canceled = self.generations.cancel_queued_of(conn, user.id, f"account suspended: {reason}")
-        self.billing.stop_for_suspension(conn, user.id)
+        self.billing.subscriptions.stop_for_suspension(conn, user.id)
         return Suspended(suspended, canceled)
 
     def reinstate(self, conn: Connection, user_id: str, *, actor: str) -> User:
@@ -74,6 +74,6 @@ class SuspensionService:
         and its abuse flags are resolved by ``actor``."""
         user = self.accounts.get(conn, user_id)
         active = self.accounts.set_status(conn, user, "active", actor=actor, reason=None)
-        self.billing.resume_after_suspension(conn, user.id)
+        self.billing.subscriptions.resume_after_suspension(conn, user.id)
         resolve_flags(conn, user.id, actor=actor, now=self.clock.now())
         return active

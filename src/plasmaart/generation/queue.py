@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
-from plasmaart.billing.service import BillingService
+from plasmaart.billing.plans import PlanService
 from plasmaart.catalog import Catalog
 from plasmaart.generation import queue_repository as queue_repo
 from plasmaart.generation.bounds import deadline_for
@@ -53,7 +53,7 @@ def claim_batch(
     busy_slots: int,
     total_slots: int,
     catalog: Catalog,
-    billing: BillingService,
+    plans: PlanService,
     recorded_at: datetime | None = None,
     limit: int | None = None,
 ) -> list[Claim]:
@@ -91,7 +91,7 @@ def claim_batch(
             count=wanted - len(chosen),
             boosts={str(name): boost for name, boost in catalog.queue.boost_seconds.items()},
             running=running,
-            limits=_wallet_limits(conn, wallets, billing),
+            limits=_wallet_limits(conn, wallets, plans),
             busy_slots=busy_slots + len(chosen),
             total_slots=total_slots,
             reserved_slots=min(catalog.queue.reserved_gpu_slots, max(total_slots - 1, 0)),
@@ -125,12 +125,12 @@ def _plus(running: Running | None, video: bool) -> Running:
 
 
 def _wallet_limits(
-    conn: Connection, wallets: set[str], billing: BillingService
+    conn: Connection, wallets: set[str], plans: PlanService
 ) -> dict[str, WalletLimits]:
     """Each wallet's concurrency caps under its current plan. A claim weighs
     up to ``queue_repository.CLAIM_WINDOW`` wallets: their plans come in one batch (the largest
     cost of a claim when it was one lookup per wallet)."""
     return {
         wallet_id: WalletLimits(plan.concurrency.jobs, plan.concurrency.video_jobs)
-        for wallet_id, plan in billing.current_plans(conn, wallets).items()
+        for wallet_id, plan in plans.plans_of(conn, wallets).items()
     }

@@ -18,7 +18,7 @@ from typing import Any, TypedDict, Unpack
 from sqlalchemy import Connection
 
 from plasmaart.accounts.service import User
-from plasmaart.billing.service import BillingService
+from plasmaart.billing.plans import PlanService
 from plasmaart.catalog import (
     Catalog,
     ModelSpec,
@@ -29,6 +29,7 @@ from plasmaart.catalog import (
     quote_credits,
     required_plan,
 )
+from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.clock import Clock, as_utc
 from plasmaart.db.engine import after_commit
 from plasmaart.errors import Forbidden, InvalidInput, NotFound, needs_credits
@@ -181,18 +182,18 @@ class GenerationService:
     def __init__(
         self,
         clock: Clock,
-        catalog: Catalog,
+        catalogs: Catalogs,
         ledger: LedgerService,
-        billing: BillingService,
+        plans: PlanService,
         teams: TeamService,
         provider_name: str,
         *,
         listeners: Iterable[GenerationListener] = (),
     ) -> None:
         self.clock = clock
-        self.catalog = catalog
+        self.catalogs = catalogs
         self.ledger = ledger
-        self.billing = billing
+        self.plans = plans
         self.teams = teams
         self.provider_name = provider_name
         # Called after commit with the generation whenever it changes.
@@ -243,7 +244,8 @@ class GenerationService:
         if queued >= checked.plan.max_queued_jobs:
             raise _queue_full(queued, checked.plan)
         generation_id = new_id("gen")
-        start = virtual_start(now, queue_boost_seconds(self.catalog, checked.plan))
+        # The queue's terms are the catalog file's (announced changes leave them be).
+        start = virtual_start(now, queue_boost_seconds(self.catalogs.base, checked.plan))
         return Submission(
             user_id=user.id,
             request=request,
@@ -360,7 +362,7 @@ class GenerationService:
         try:
             checked = self._check(conn, user, request, now)
         except ModelNotInPlan as refused:
-            model = self._model(self._catalog_at(conn, now), request)
+            model = self._model(self.catalogs.at(conn, now), request)
             credits = model.credits * max(request.num_outputs, 1)
             wallet = self._wallet(conn, user, request)
             available = self.ledger.balance(conn, wallet).available
@@ -566,12 +568,6 @@ class GenerationService:
 
     # -- internals -----------------------------------------------------------
 
-    def _catalog_at(self, conn: Connection, now: datetime) -> Catalog:
-        """The catalog with the announced changes in force at ``now``: a
-        request is priced and gated by it, and the job keeps that price to the
-        end."""
-        return self.billing.in_force.at(conn, now)
-
     def _model(self, catalog: Catalog, request: GenerationRequest) -> ModelSpec:
         try:
             return catalog.model(request.model)
@@ -588,7 +584,7 @@ class GenerationService:
     def _check(
         self, conn: Connection, user: User, request: GenerationRequest, now: datetime
     ) -> _Checked:
-        catalog = self._catalog_at(conn, now)
+        catalog = self.catalogs.at(conn, now)
         model = self._model(catalog, request)
         errors: list[dict[str, str]] = []
         prompt = request.prompt.strip()
@@ -640,7 +636,7 @@ class GenerationService:
         if errors:
             raise InvalidInput(errors[0]["message"], errors=errors)
         wallet = self._wallet(conn, user, request)
-        plan = self.billing.current_plan(conn, wallet)
+        plan = self.plans.plan_of(conn, wallet)
         if not plan_allows_model(plan, model):
             cheapest = required_plan(catalog, model)
             raise ModelNotInPlan(

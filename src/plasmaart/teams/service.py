@@ -30,9 +30,10 @@ from plasmaart.accounts import repository as accounts_repo
 from plasmaart.accounts.credentials import digest
 from plasmaart.accounts.entitlements import NotInPlan, cheapest_plan
 from plasmaart.accounts.service import User, is_valid_email, normalise_email
-from plasmaart.billing.service import BillingService
+from plasmaart.billing.plans import PlanService
 from plasmaart.caches import CacheHub, TtlLru, cached
 from plasmaart.catalog import Catalog, PlanSpec
+from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.clock import Clock
 from plasmaart.db.engine import invalidate, pending_invalidations
 from plasmaart.errors import Forbidden, InvalidInput
@@ -194,16 +195,16 @@ class TeamService:
     def __init__(
         self,
         clock: Clock,
-        catalog: Catalog,
+        catalogs: Catalogs,
         ledger: LedgerService,
-        billing: BillingService,
+        plans: PlanService,
         *,
         caches: CacheHub | None = None,
     ) -> None:
         self.clock = clock
-        self.catalog = catalog
+        self.catalogs = catalogs
         self.ledger = ledger
-        self.billing = billing
+        self.plans = plans
         # The wallets each user generates from, per process (attach_caches).
         self._hub: CacheHub | None = None
         self._wallets: TtlLru[str, tuple[str, ...]] | None = None
@@ -255,7 +256,7 @@ class TeamService:
         return self._with_seats(team, self.seats(conn, team))
 
     def seats(self, conn: Connection, team: Team) -> Seats:
-        total = self.billing.current_plan(conn, team.wallet_id, fresh=True).team_seats
+        total = self.plans.plan_of(conn, team.wallet_id, fresh=True).team_seats
         return Seats(
             total=total,
             members=repo.count_members(conn, team.id),
@@ -289,9 +290,11 @@ class TeamService:
         """A team spending ``owner``'s wallet, with the owner as its first member."""
         name = team_name(name)
         wallet_id = self.ledger.wallet_of(conn, "user", owner.id)
-        plan = self.billing.current_plan(conn, wallet_id, fresh=True)
+        plan = self.plans.plan_of(conn, wallet_id, fresh=True)
         if not plan_allows_teams(plan):
-            raise NotInPlan("teams are", plan, cheapest_team_plan(self.catalog), it="them")
+            raise NotInPlan(
+                "teams are", plan, cheapest_team_plan(self.catalogs.now(conn)), it="them"
+            )
         # Two concurrent creations by one owner queue on the owner's row, so
         # the second sees the first's team (PostgreSQL; SQLite serialises writers).
         accounts_repo.lock_user(conn, owner.id)

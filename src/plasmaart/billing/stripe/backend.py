@@ -17,11 +17,12 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import stripe
 from sqlalchemy import Connection
 from stripe.params import SubscriptionUpdateParams
+from stripe.params.checkout import SessionCreateParams
 
 from plasmaart.billing.backends import (
     ChargeOutcome,
@@ -143,77 +144,63 @@ class StripeBackend:
     def checkout_subscription(
         self, conn: Connection, *, customer: Customer, plan: PlanSpec, idempotency_key: str
     ) -> CheckoutOutcome:
-        customer_id = self.customer_id(conn, customer)
-        metadata = {
-            META_USER: customer.user_id,
-            META_WALLET: customer.wallet_id,
-            META_KIND: "subscription",
-            META_PLAN: plan.id,
-            META_KEY: idempotency_key,
+        price = {
+            "product": self._plan_product(plan),
+            "unit_amount": plan.price_cents,
+            "recurring": {"interval": "month"},
         }
-        product = self._plan_product(plan)
-        session = self._call(
-            lambda: self.client.v1.checkout.sessions.create(
-                params={
-                    "mode": "subscription",
-                    "customer": customer_id,
-                    "client_reference_id": customer.user_id,
-                    "line_items": [
-                        {
-                            "quantity": 1,
-                            "price_data": {
-                                "currency": self.currency,
-                                "product": product,
-                                "unit_amount": plan.price_cents,
-                                "recurring": {"interval": "month"},
-                            },
-                        }
-                    ],
-                    "metadata": metadata,
-                    "subscription_data": {"metadata": metadata},
-                    "success_url": self._return("checkout=success"),
-                    "cancel_url": self._return("checkout=canceled"),
-                },
-                options={"idempotency_key": f"checkout:{idempotency_key}"},
-            )
+        return self._checkout(
+            conn, customer, {META_PLAN: plan.id}, price, idempotency_key=idempotency_key
         )
-        return Redirect(str(session.url))
 
     def checkout_pack(
         self, conn: Connection, *, customer: Customer, pack: CreditPack, idempotency_key: str
     ) -> CheckoutOutcome:
-        customer_id = self.customer_id(conn, customer)
+        price = {
+            "product_data": {
+                "name": f"{pack.credits:,} PlasmaArt credits",
+                "metadata": {META_PACK: pack.id},
+            },
+            "unit_amount": pack.price_cents,
+        }
+        return self._checkout(
+            conn, customer, {META_PACK: pack.id}, price, idempotency_key=idempotency_key
+        )
+
+    def _checkout(
+        self,
+        conn: Connection,
+        customer: Customer,
+        item: dict[str, str],
+        price: dict[str, Any],
+        *,
+        idempotency_key: str,
+    ) -> CheckoutOutcome:
+        """A Checkout session selling one line at ``price``: a plan (``item``
+        names it under ``META_PLAN``; a subscription, the metadata kept on
+        it) or a pack (``META_PACK``; a payment, the metadata on its intent).
+        The webhook finds what was bought in the metadata."""
+        subscription = META_PLAN in item
         metadata = {
             META_USER: customer.user_id,
             META_WALLET: customer.wallet_id,
-            META_KIND: "pack",
-            META_PACK: pack.id,
+            META_KIND: "subscription" if subscription else "pack",
+            **item,
             META_KEY: idempotency_key,
+        }
+        params: dict[str, Any] = {
+            "mode": "subscription" if subscription else "payment",
+            "customer": self.customer_id(conn, customer),
+            "client_reference_id": customer.user_id,
+            "line_items": [{"quantity": 1, "price_data": {"currency": self.currency, **price}}],
+            "metadata": metadata,
+            "subscription_data" if subscription else "payment_intent_data": {"metadata": metadata},
+            "success_url": self._return("checkout=success"),
+            "cancel_url": self._return("checkout=canceled"),
         }
         session = self._call(
             lambda: self.client.v1.checkout.sessions.create(
-                params={
-                    "mode": "payment",
-                    "customer": customer_id,
-                    "client_reference_id": customer.user_id,
-                    "line_items": [
-                        {
-                            "quantity": 1,
-                            "price_data": {
-                                "currency": self.currency,
-                                "product_data": {
-                                    "name": f"{pack.credits:,} PlasmaArt credits",
-                                    "metadata": {META_PACK: pack.id},
-                                },
-                                "unit_amount": pack.price_cents,
-                            },
-                        }
-                    ],
-                    "metadata": metadata,
-                    "payment_intent_data": {"metadata": metadata},
-                    "success_url": self._return("checkout=success"),
-                    "cancel_url": self._return("checkout=canceled"),
-                },
+                params=cast(SessionCreateParams, params),
                 options={"idempotency_key": f"checkout:{idempotency_key}"},
             )
         )

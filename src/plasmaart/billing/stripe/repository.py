@@ -3,11 +3,11 @@ clawbacks, and finding a payment by the Stripe id kept with it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import ColumnElement, Connection, insert, select, update
 
 from plasmaart.billing.repository import Payment, payment_by_key
 from plasmaart.clock import as_utc
@@ -31,12 +31,29 @@ class StripeSubscriptionLink:
     last_event_created: datetime | None
 
 
+@dataclass(frozen=True)
+class StripeClawback:
+    """A refund or dispute applied once: which payment, why, the event that
+    said so, and the credits taken back (``spent`` of them already used)."""
+
+    payment_id: str
+    reason: str
+    event_id: str
+    credits: int
+    spent: int
+    created_at: datetime
+
+
 # -- customers -------------------------------------------------------------
 
 
+def _exists(conn: Connection, key: ColumnElement[str], value: str) -> bool:
+    """Whether a row whose ``key`` column is ``value`` exists."""
+    return conn.execute(select(key).where(key == value)).first() is not None
+
+
 def user_exists(conn: Connection, user_id: str) -> bool:
-    found = conn.execute(select(users.c.id).where(users.c.id == user_id)).scalar_one_or_none()
-    return found is not None
+    return _exists(conn, users.c.id, user_id)
 
 
 def customer_id_of_user(conn: Connection, user_id: str) -> str | None:
@@ -122,32 +139,18 @@ def set_last_event_created(
 
 
 def event_seen(conn: Connection, event_id: str) -> bool:
-    found = conn.execute(
-        select(stripe_events.c.id).where(stripe_events.c.id == event_id)
-    ).scalar_one_or_none()
-    return found is not None
+    return _exists(conn, stripe_events.c.id, event_id)
 
 
 def record_event(
-    conn: Connection,
-    *,
-    event_id: str,
-    event_type: str,
-    created: datetime,
-    outcome: EventOutcome,
-    detail: str | None,
-    now: datetime,
+    conn: Connection, *, event_id: str, event_type: str, created: datetime, now: datetime
 ) -> None:
-    """The event is applied: a second insert of its id fails on the primary
-    key, so a delivery racing this one rolls its own effects back."""
+    """The event is being applied (``update_event`` records how it ended): a
+    second insert of its id fails on the primary key, so a delivery racing
+    this one rolls its own effects back."""
     conn.execute(
         insert(stripe_events).values(
-            id=event_id,
-            type=event_type,
-            created=created,
-            processed_at=now,
-            outcome=outcome,
-            detail=detail,
+            id=event_id, type=event_type, created=created, processed_at=now, outcome="applied"
         )
     )
 
@@ -178,29 +181,8 @@ def payment_by_external_id(conn: Connection, external_id: str) -> Payment | None
 
 
 def clawed_back(conn: Connection, payment_id: str) -> bool:
-    found = conn.execute(
-        select(stripe_clawbacks.c.payment_id).where(stripe_clawbacks.c.payment_id == payment_id)
-    ).scalar_one_or_none()
-    return found is not None
+    return _exists(conn, stripe_clawbacks.c.payment_id, payment_id)
 
 
-def record_clawback(
-    conn: Connection,
-    *,
-    payment_id: str,
-    reason: str,
-    event_id: str,
-    credits: int,
-    spent: int,
-    now: datetime,
-) -> None:
-    conn.execute(
-        insert(stripe_clawbacks).values(
-            payment_id=payment_id,
-            reason=reason,
-            event_id=event_id,
-            credits=credits,
-            spent=spent,
-            created_at=now,
-        )
-    )
+def record_clawback(conn: Connection, clawback: StripeClawback) -> None:
+    conn.execute(insert(stripe_clawbacks).values(asdict(clawback)))

@@ -16,7 +16,7 @@ is trusted to say what the state is now.
   subscription as Stripe has it (fetched); the other then finds it started.
   One that Stripe already ended is not started.
 * ``invoice.paid`` / ``invoice.payment_failed`` of a renewal name the period
-  they pay for; ``BillingService.renewal_paid`` / ``renewal_failed`` apply
+  they pay for; ``SubscriptionService.renewal_paid`` / ``renewal_failed`` apply
   only to the period the subscription is at, so an old invoice changes
   nothing, and a newer one first catches up on the periods before it.
 * ``customer.subscription.updated`` reconciles with the subscription fetched
@@ -26,7 +26,7 @@ is trusted to say what the state is now.
 * ``customer.subscription.deleted`` ends the subscription (Free).
 * ``charge.refunded`` (in full) and ``charge.dispute.created`` claw back what
   remains of the purchase, once per payment (``stripe_clawbacks``), through
-  ``BillingService.claw_back``, whose listeners flag an account that had
+  ``ClawbackService.claw_back``, whose listeners flag an account that had
   already spent some of it.
 
 What needs Stripe's API is fetched by ``prefetch`` before the write
@@ -47,10 +47,12 @@ from sqlalchemy import Connection
 
 from plasmaart.accounts import repository as accounts_repo
 from plasmaart.billing import repository as billing_repo
+from plasmaart.billing.clawbacks import ClawbackReason
 from plasmaart.billing.errors import AlreadySubscribed
+from plasmaart.billing.plans import effective_plan
 from plasmaart.billing.repository import Payment, Subscription
 from plasmaart.billing.rules import is_upgrade
-from plasmaart.billing.service import BillingService, ClawbackReason, effective_plan
+from plasmaart.billing.service import BillingService
 from plasmaart.billing.stripe import repository as repo
 from plasmaart.billing.stripe.backend import (
     META_KEY,
@@ -216,8 +218,6 @@ class StripeWebhooks:
             event_id=event.id,
             event_type=event.type,
             created=event.created,
-            outcome="applied",
-            detail=None,
             now=now,
         )
         self._lock_account(conn, event, prefetched)
@@ -277,7 +277,7 @@ class StripeWebhooks:
             key = metadata.get(META_KEY) or f"pack:stripe:{session['id']}"
             if billing_repo.payment_by_key(conn, key) is not None:
                 return "ignored", "the pack was granted already"
-            self.billing.pack_paid(
+            self.billing.packs.paid(
                 conn,
                 user_id=user_id,
                 wallet_id=wallet_id,
@@ -331,7 +331,7 @@ class StripeWebhooks:
         if event.type == "customer.subscription.deleted":
             if subscription.status == "canceled":
                 return "ignored", "the subscription had ended already"
-            self.billing.end_subscription(conn, subscription.id)
+            self.billing.subscriptions.end_subscription(conn, subscription.id)
             return "applied", None
         if event.type == "customer.subscription.updated":
             state = prefetched.subscription
@@ -369,7 +369,7 @@ class StripeWebhooks:
             return "ignored", "the subscription is for no plan of ours"
         wallet_id = self._wallet(conn, user_id, state.metadata)
         try:
-            subscription = self.billing.subscribe_paid(
+            subscription = self.billing.subscriptions.subscribe_paid(
                 conn,
                 user_id=user_id,
                 wallet_id=wallet_id,
@@ -392,7 +392,7 @@ class StripeWebhooks:
             now=self.clock.now(),
         )
         if state.cancel_at_period_end:
-            self.billing.provider_changed(
+            self.billing.subscriptions.provider_changed(
                 conn, subscription.id, pending_plan=None, cancel_at_period_end=True
             )
         return "applied", None
@@ -413,16 +413,21 @@ class StripeWebhooks:
         if state.status in ("canceled", "incomplete_expired"):
             if subscription.status == "canceled":
                 return False
-            self.billing.end_subscription(conn, subscription.id)
+            self.billing.subscriptions.end_subscription(conn, subscription.id)
             return True
         if subscription.status == "canceled":
             return False
         pending = subscription.pending_plan
         changed = False
         if state.plan is not None and state.plan not in (subscription.plan, pending):
-            current = effective_plan(self.billing.catalog, subscription.plan, "active")
+            # Upgrade or not by the terms ``change_plan`` reckons with: the
+            # period's plan as in force when it started, the new one as now.
+            catalogs = self.billing.plans.catalogs
+            current = effective_plan(
+                catalogs.at(conn, subscription.current_period_start), subscription.plan, "active"
+            )
             try:
-                new = self.billing.catalog.plan(state.plan)
+                new = catalogs.now(conn).plan(state.plan)
             except KeyError:
                 return False
             if is_upgrade(current, new) and subscription.status == "active":
@@ -434,7 +439,7 @@ class StripeWebhooks:
                     max(event.created, subscription.current_period_start),
                     subscription.current_period_end,
                 )
-                self.billing.upgrade_paid(
+                self.billing.subscriptions.upgrade_paid(
                     conn, subscription.id, plan_id=new.id, prorated_at=changed_at
                 )
                 subscription = self._subscription(conn, state.id)
@@ -454,7 +459,7 @@ class StripeWebhooks:
         if cancel:
             pending = None  # nothing is scheduled after the end
         if (pending, cancel) != (subscription.pending_plan, subscription.cancel_at_period_end):
-            self.billing.provider_changed(
+            self.billing.subscriptions.provider_changed(
                 conn, subscription.id, pending_plan=pending, cancel_at_period_end=cancel
             )
             changed = True
@@ -479,7 +484,7 @@ class StripeWebhooks:
         for _ in range(MAX_CATCH_UP_PERIODS):
             if subscription.current_period_end >= period_start:
                 break
-            subscription = self.billing.renewal_paid(
+            subscription = self.billing.subscriptions.renewal_paid(
                 conn, subscription.id, period_end=subscription.current_period_end
             )
             if subscription.status == "canceled":
@@ -487,13 +492,13 @@ class StripeWebhooks:
         if subscription.current_period_end != period_start:
             return "ignored", "the invoice's period is not one of ours"
         if paid:
-            self.billing.renewal_paid(
+            self.billing.subscriptions.renewal_paid(
                 conn, subscription.id, period_end=period_start, external_id=invoice_id
             )
         else:
             if subscription.status != "active":
                 return "ignored", "the renewal had failed already"
-            self.billing.renewal_failed(
+            self.billing.subscriptions.renewal_failed(
                 conn,
                 subscription.id,
                 period_end=period_start,
@@ -514,15 +519,17 @@ class StripeWebhooks:
             return "ignored", "no payment of ours matches the charge"
         if repo.clawed_back(conn, payment.id):
             return "ignored", f"payment {payment.id} was clawed back already"
-        outcome = self.billing.claw_back(conn, payment, reason=reason, actor=ACTOR)
+        outcome = self.billing.clawbacks.claw_back(conn, payment, reason=reason, actor=ACTOR)
         repo.record_clawback(
             conn,
-            payment_id=payment.id,
-            reason=reason,
-            event_id=event.id,
-            credits=outcome.clawed_back,
-            spent=outcome.spent,
-            now=self.clock.now(),
+            repo.StripeClawback(
+                payment_id=payment.id,
+                reason=reason,
+                event_id=event.id,
+                credits=outcome.clawed_back,
+                spent=outcome.spent,
+                created_at=self.clock.now(),
+            ),
         )
         return "applied", None
 

@@ -208,8 +208,8 @@ def me_out(platform: Platform, user: User) -> MeOut:
     with platform.db.read() as conn:
         wallet = platform.ledger.wallet_of(conn, "user", user.id)
         balance = platform.ledger.balance(conn, wallet)
-        subscription = platform.billing.subscription(conn, wallet)
-        plan = platform.billing.current_plan(conn, wallet)
+        subscription = platform.billing.plans.subscription(conn, wallet)
+        plan = platform.billing.plans.plan_of(conn, wallet)
         teams = [
             TeamRef(id=m.team.id, name=m.team.name, role=m.role)
             for m in platform.teams.teams_of(conn, user.id)

@@ -13,14 +13,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import AliasChoices, BaseModel, Field
-from sqlalchemy import Select, or_, select
 
 from plasmaart.accounts import audit
-from plasmaart.accounts.repository import AnyRow
+from plasmaart.accounts.repository import UserSearch
 from plasmaart.accounts.service import adjustment_key
-from plasmaart.billing.service import effective_plan
 from plasmaart.clock import as_utc
-from plasmaart.db.tables import subscriptions, users, wallets
 from plasmaart.errors import InvalidInput
 from plasmaart.platform import Platform
 from plasmaart.stats import platform_stats
@@ -34,7 +31,7 @@ from plasmaart.web.pagination import (
     decode_cursor,
     encode_cursor,
 )
-from plasmaart.web.schemas import StrictBody
+from plasmaart.web.schemas import StrictBody, shape
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -73,42 +70,10 @@ class CreditsOut(BaseModel):
     lot_id: str | None
 
 
-def _users_query() -> Select[Any]:
-    """Users with their wallet's balances and subscription, in one query."""
-    return select(
-        users,
-        wallets.c.available,
-        wallets.c.held,
-        subscriptions.c.plan_id,
-        subscriptions.c.status.label("subscription_status"),
-    ).select_from(
-        users.outerjoin(
-            wallets, (wallets.c.owner_kind == "user") & (wallets.c.owner_id == users.c.id)
-        ).outerjoin(subscriptions, subscriptions.c.wallet_id == wallets.c.id)
-    )
-
-
-def _user_out(platform: Platform, row: AnyRow) -> AdminUserOut:
-    plan = platform.catalog.default_plan
-    if row.plan_id is not None:
-        plan = effective_plan(platform.catalog, row.plan_id, row.subscription_status)
-    return AdminUserOut(
-        id=row.id,
-        email=row.email,
-        role=row.role,
-        status=row.status,
-        status_reason=row.status_reason,
-        plan=plan.id,
-        available=int(row.available or 0),
-        held=int(row.held or 0),
-        created_at=as_utc(row.created_at),
-    )
-
-
 def _one_user(platform: Platform, user_id: str) -> AdminUserOut:
     with platform.db.read() as conn:
-        row = conn.execute(_users_query().where(users.c.id == user_id)).one()
-    return _user_out(platform, row)
+        (found,) = platform.billing.plans.users_on_plans(conn, UserSearch(1, user_id=user_id))
+    return shape(AdminUserOut, found)
 
 
 @router.get("/users", response_model=AdminUserPage)
@@ -123,25 +88,15 @@ def search_users(
     cursor: CursorQuery = None,
 ) -> AdminUserPage:
     """Users, newest first, optionally matching ``q`` in the e-mail or id."""
-    query = _users_query().order_by(users.c.id.desc()).limit(limit + 1)
-    if q:
-        pattern = (
-            "%"
-            + q.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            + "%"
-        )
-        query = query.where(or_(users.c.email.like(pattern, escape="\\"), users.c.id == q.strip()))
-    if status:
-        query = query.where(users.c.status == status)
-    if cursor:
-        query = query.where(users.c.id < decode_cursor(cursor))
+    before = decode_cursor(cursor) if cursor else None
+    search = UserSearch(limit + 1, q=q, status=status, before=before)
     with platform.db.read() as conn:
-        rows = list(conn.execute(query).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
+        found = platform.billing.plans.users_on_plans(conn, search)
+    more = len(found) > limit
+    found = found[:limit]
     return AdminUserPage(
-        data=[_user_out(platform, row) for row in rows],
-        next_cursor=encode_cursor(rows[-1].id) if more else None,
+        data=[shape(AdminUserOut, user) for user in found],
+        next_cursor=encode_cursor(found[-1].id) if more else None,
     )
 
 

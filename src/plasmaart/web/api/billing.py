@@ -22,9 +22,9 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from plasmaart.billing import sandbox_controls
+from plasmaart.billing.backends import Checkout
 from plasmaart.billing.errors import PaymentFailed
 from plasmaart.billing.repository import Payment, PaymentKind, PaymentStatus, Subscription
-from plasmaart.billing.service import Checkout
 from plasmaart.catalog import Catalog
 from plasmaart.platform import Platform
 from plasmaart.web.auth import AdminPrincipal, CurrentPrincipal, Principal
@@ -139,11 +139,11 @@ class SandboxCardOut(BaseModel):
 
 
 def _state(platform: Platform, subscription: Subscription | None) -> SubscriptionState:
-    plan_id = platform.catalog.default_plan.id if subscription is None else subscription.plan
+    plan_id = platform.catalogs.base.default_plan.id if subscription is None else subscription.plan
     base = subscription_out(plan_id, subscription)
     grace = None
     if subscription is not None and subscription.status == "past_due":
-        grace = platform.billing.grace_ends_at(subscription)
+        grace = platform.billing.plans.grace_ends_at(subscription)
     return SubscriptionState(**base.model_dump(), grace_ends_at=grace)
 
 
@@ -183,7 +183,7 @@ def get_subscription(principal: CurrentPrincipal, platform: PlatformDep) -> Subs
     """Your subscription (``status: none`` without one)."""
     with platform.db.read() as conn:
         wallet = platform.ledger.wallet_of(conn, "user", principal.user.id)
-        return _state(platform, platform.billing.subscription(conn, wallet))
+        return _state(platform, platform.billing.plans.subscription(conn, wallet))
 
 
 @router.post(
@@ -203,7 +203,7 @@ def subscribe(
     declines = declines_counted(platform, principal, what="subscription", item=body.plan)
     with declines, platform.db.write() as conn:
         customer = platform.billing.customer(conn, principal.user.id)
-        result = platform.billing.subscribe(conn, customer, body.plan)
+        result = platform.billing.subscriptions.subscribe(conn, customer, body.plan)
         if isinstance(result, Checkout):
             response.status_code = 200
             return CheckoutOut(checkout_url=result.url)
@@ -232,7 +232,7 @@ def change_plan(
         # account's row first, in the order a suspension takes its locks.
         platform.fairuse.lock_account(conn, principal.user.id)
         customer = platform.billing.customer(conn, principal.user.id)
-        changed = platform.billing.change_plan(
+        changed = platform.billing.subscriptions.change_plan(
             conn, customer, body.plan, prorate_at=body.prorate_at
         )
         return _state(platform, changed)
@@ -251,12 +251,12 @@ def preview_subscription(
     is charged or written. Refused as the change itself would be."""
     with platform.db.read() as conn:
         customer = platform.billing.customer(conn, principal.user.id)
-        preview = platform.billing.preview(conn, customer, body.plan)
+        preview = platform.billing.subscriptions.preview(conn, customer, body.plan)
     return SubscriptionPreviewOut(
         plan=preview.plan,
         change=preview.change,
         amount_cents=preview.amount_cents,
-        currency=platform.catalog.currency,
+        currency=platform.catalogs.base.currency,
         credits_now=preview.credits_now,
         takes_effect=preview.takes_effect,
         renews_at=preview.renews_at,
@@ -270,7 +270,7 @@ def cancel_subscription(principal: CurrentPrincipal, platform: PlatformDep) -> S
     """Cancel at the period end; then Free. Credits already granted stay until they expire."""
     with platform.db.write() as conn:
         customer = platform.billing.customer(conn, principal.user.id)
-        return _state(platform, platform.billing.cancel(conn, customer))
+        return _state(platform, platform.billing.subscriptions.cancel(conn, customer))
 
 
 @router.post(
@@ -288,7 +288,7 @@ def pay_subscription(principal: CurrentPrincipal, platform: PlatformDep) -> Subs
     declines = declines_counted(platform, principal, what="renewal", item="past_due")
     with declines, platform.db.write() as conn:
         customer = platform.billing.customer(conn, principal.user.id)
-        return _state(platform, platform.billing.pay(conn, customer))
+        return _state(platform, platform.billing.subscriptions.pay(conn, customer))
 
 
 @router.post(
@@ -313,7 +313,7 @@ def buy_credits(
     declines = declines_counted(platform, principal, what="pack", item=body.pack)
     with declines, platform.db.write() as conn:
         customer = platform.billing.customer(conn, principal.user.id)
-        result = platform.billing.buy_pack(conn, customer, body.pack, idempotency_key=key)
+        result = platform.billing.packs.buy(conn, customer, body.pack, idempotency_key=key)
     if isinstance(result, Checkout):
         response.status_code = 200
         return CheckoutOut(checkout_url=result.url)
@@ -330,11 +330,13 @@ def list_payments(
     limit, cursor = paging.limit, paging.cursor
     before = decode_cursor(cursor) if cursor else None
     with platform.db.read() as conn:
-        found = platform.billing.payments(conn, principal.user.id, limit=limit + 1, before=before)
+        found = platform.billing.payments.history(
+            conn, principal.user.id, limit=limit + 1, before=before
+        )
     more = len(found) > limit
     found = found[:limit]
     return Page[PaymentOut](
-        data=[_payment_out(platform.catalog, payment) for payment in found],
+        data=[_payment_out(platform.catalogs.base, payment) for payment in found],
         next_cursor=encode_cursor(found[-1].id) if more else None,
     )
 

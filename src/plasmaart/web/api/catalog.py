@@ -139,13 +139,13 @@ def offer(platform: Platform, principal: Principal | None) -> Offer:
     announced change (``GET /v1/catalog/changes`` has them all), read in
     one transaction."""
     with platform.db.read() as conn:
-        catalog = platform.catalog_changes.catalog_now(conn)
+        catalog = platform.catalogs.now(conn)
         upcoming = platform.catalog_changes.upcoming(conn)
         if principal is None:
             plan = catalog.default_plan
         else:
             wallet = platform.ledger.wallet_of(conn, "user", principal.user.id)
-            plan = platform.billing.current_plan(conn, wallet)
+            plan = platform.billing.plans.plan_of(conn, wallet)
     first: dict[str, dict[str, Any]] = {}
     for change in upcoming:
         if change.target == "model" and change.target_id not in first:
@@ -191,13 +191,13 @@ def list_plans(platform: PlatformDep, paging: PageQuery) -> Page[PlanOut]:
     includes, by the rule that gates submissions, beside the policy's words
     (``features``)."""
     with platform.db.read() as conn:
-        catalog = platform.catalog_changes.catalog_now(conn)
+        catalog = platform.catalogs.now(conn)
     plans = [plan_out(catalog, plan) for plan in catalog.plans_by_price()]
     return page_of(plans, paging)
 
 
 @router.get("/credit-packs", response_model=Page[CreditPackOut])
 def list_credit_packs(platform: PlatformDep, paging: PageQuery) -> Page[CreditPackOut]:
-    catalog = platform.catalog
+    catalog = platform.catalogs.base
     packs = [shape(CreditPackOut, pack, currency=catalog.currency) for pack in catalog.credit_packs]
     return page_of(packs, paging)

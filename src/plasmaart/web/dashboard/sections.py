@@ -53,8 +53,8 @@ def scheduled_changes(conn: Connection, platform: Platform) -> list[ScheduledCha
 def _target_name(platform: Platform, target: str, target_id: str) -> str:
     try:
         if target == "model":
-            return platform.catalog.model(target_id).name
-        return f"{platform.catalog.plan(target_id).name} plan"
+            return platform.catalogs.base.model(target_id).name
+        return f"{platform.catalogs.base.plan(target_id).name} plan"
     except KeyError:
         return target_id
 

@@ -12,9 +12,10 @@ from typing import Any
 from sqlalchemy import Connection
 
 from plasmaart.accounts import audit
+from plasmaart.accounts.repository import Status, UserSearch
 from plasmaart.accounts.service import User
 from plasmaart.billing.repository import Payment, Subscription
-from plasmaart.billing.service import PlanChangePreview
+from plasmaart.billing.subscriptions import PlanChangePreview
 from plasmaart.catalog import (
     Catalog,
     ModelSpec,
@@ -83,8 +84,8 @@ def frame(conn: Connection, platform: Platform, user: User) -> Frame:
     return Frame(
         user=user,
         wallet_id=wallet_id,
-        catalog=platform.catalog_changes.catalog_now(conn),
-        plan=platform.billing.current_plan(conn, wallet_id),
+        catalog=platform.catalogs.now(conn),
+        plan=platform.billing.plans.plan_of(conn, wallet_id),
         balance=platform.ledger.balance(conn, wallet_id),
         unread=len(unread.items),
         banner=sections.scheduled_changes(conn, platform),
@@ -97,7 +98,7 @@ def frame(conn: Connection, platform: Platform, user: User) -> Frame:
 
 
 def home(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
-    subscription = platform.billing.subscription(conn, page.wallet_id)
+    subscription = platform.billing.plans.subscription(conn, page.wallet_id)
     recent = platform.generations.list(conn, page.user, limit=RECENT_GENERATIONS)
     return {
         "subscription": subscription,
@@ -240,7 +241,7 @@ def usage_filter(
     if first > last:
         errors["until"] = "the end date must not come before the start date"
         first, last = last - timedelta(DEFAULT_RANGE_DAYS - 1), last
-    known = {m.id for m in platform.catalog.models}
+    known = {m.id for m in platform.catalogs.base.models}
     if model and model not in known:
         errors["model"] = f"no model {model!r}"
         model = None
@@ -322,7 +323,7 @@ def plan_previews(
     conn: Connection, platform: Platform, page: Frame, subscription: Subscription | None
 ) -> dict[str, PlanChangePreview]:
     """What choosing each plan would charge and grant now, exactly as the
-    change would apply it (``BillingService.preview``): the numbers the plan
+    change would apply it (``SubscriptionService.preview``): the numbers the plan
     cards show before the customer confirms. A plan the change would refuse
     (the plan one is on, anything while past due) has none."""
     if subscription is not None and subscription.status == "past_due":
@@ -333,7 +334,7 @@ def plan_previews(
         if plan.price_cents == 0:
             continue
         try:
-            previews[plan.id] = platform.billing.preview(conn, customer, plan.id)
+            previews[plan.id] = platform.billing.subscriptions.preview(conn, customer, plan.id)
         except DomainError:
             continue
     return previews
@@ -349,8 +350,8 @@ def included_models(catalog: Catalog, plan: PlanSpec) -> list[tuple[str, list[Mo
 
 
 def billing(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
-    subscription = platform.billing.subscription(conn, page.wallet_id)
-    payments = platform.billing.payments(conn, page.user.id, limit=50)
+    subscription = platform.billing.plans.subscription(conn, page.wallet_id)
+    payments = platform.billing.payments.history(conn, page.user.id, limit=50)
     plans = page.catalog.plans_by_price()
     return {
         "previews": plan_previews(conn, platform, page, subscription),
@@ -432,10 +433,22 @@ def notifications(
 # -- admin --------------------------------------------------------------------
 
 
-def admin(conn: Connection, platform: Platform) -> dict[str, Any]:
+# How many users the admin page lists (the newest that match its search).
+ADMIN_USERS_SHOWN = 50
+
+
+def admin(
+    conn: Connection,
+    platform: Platform,
+    *,
+    q: str | None = None,
+    status: Status | None = None,
+) -> dict[str, Any]:
     stats: PlatformStats = platform_stats(conn)
-    catalog = platform.catalog_changes.catalog_now(conn)
+    catalog = platform.catalogs.now(conn)
+    search = UserSearch(ADMIN_USERS_SHOWN, q=q, status=status)
     return {
+        "users": platform.billing.plans.users_on_plans(conn, search),
         "stats": stats,
         "models": catalog.models,
         "plans": catalog.plans_by_price(),
