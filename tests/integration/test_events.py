@@ -380,3 +380,37 @@ def test_the_listener_reconnects_and_subscribers_resync(
     assert bus.listening
     bus.close()
     assert not bus.listening
+
+
+def test_a_team_wallets_balance_goes_to_the_team_owner_and_owners_are_evicted_past_the_cache(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    olga = make_user(platform, "olga@example.com", plan="studio")
+    with platform.db.write() as conn:
+        team = platform.teams.create_team(conn, platform.accounts.get(conn, olga.id), "Night Shift")
+        team_wallet = platform.ledger.open_wallet(conn, "team", team.id)
+    published: list[tuple[list[str], dict[str, Any]]] = []
+    lookups: list[str] = []
+    real_lookup = ledger_repo.wallet_owner_user
+
+    def counted_lookup(conn: Any, wallet_id: str) -> str | None:
+        lookups.append(wallet_id)
+        return real_lookup(conn, wallet_id)
+
+    class Recorder(InProcessEventBus):
+        def publish(self, user_ids: Any, type: str, data: Any) -> None:
+            assert type == "balance.updated"
+            published.append((list(user_ids), dict(data)))
+
+    monkeypatch.setattr(ledger_repo, "wallet_owner_user", counted_lookup)
+    listener = BalanceEvents(platform.db, Recorder())
+    listener.CACHE_SIZE = 1
+    listener(team_wallet, 5, 0)
+    listener(olga.wallet_id, 7, 0)  # the team wallet's owner leaves the cache
+    listener(team_wallet, 4, 1)
+    assert published == [
+        ([olga.id], {"available": 5, "held": 0}),
+        ([olga.id], {"available": 7, "held": 0}),
+        ([olga.id], {"available": 4, "held": 1}),
+    ]
+    assert lookups == [team_wallet, olga.wallet_id, team_wallet]

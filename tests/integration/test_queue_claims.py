@@ -9,10 +9,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import event, select
 
+from plasmaart.clock import ManualClock
 from plasmaart.db.tables import generation_outputs, generations
 from plasmaart.generation.service import Generation, GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
@@ -70,7 +72,7 @@ def traffic(platform: Platform) -> Iterator[Traffic]:
 
 
 def test_a_worker_claims_its_free_slots_in_one_transaction_in_fair_order(
-    platform: Platform,
+    platform: Platform, clock: ManualClock
 ) -> None:
     make_user(platform, "fay@example.com", credits=100)  # Free: 1 job at a time
     make_user(platform, "sam@example.com", plan="starter")  # 2 at a time
@@ -84,6 +86,10 @@ def test_a_worker_claims_its_free_slots_in_one_transaction_in_fair_order(
                 GenerationRequest("flux-schnell", f"{n}", params=FAST),
             )
             ids[who].append(job.id)
+            # A tick between submissions: jobs enqueued at one instant are
+            # ordered by id, whose random part does not follow submission
+            # order within a millisecond.
+            clock.advance(timedelta(milliseconds=1))
     four = worker(platform, concurrency=4)  # the catalog keeps 1 slot for Studio
     with traffic(platform) as seen:
         claimed = four.claim_many()
