@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
@@ -18,7 +19,7 @@ WAIT_S = 5.0
 Answer = tuple[int, Any, dict[str, str]]
 
 
-class HttpFake:
+class HttpFake(ABC):
     """A fake HTTP peer, served while used as a context manager."""
 
     name = "http-fake"
@@ -41,9 +42,9 @@ class HttpFake:
         self._server.server_close()
         self._thread.join(timeout=WAIT_S)
 
+    @abstractmethod
     def respond(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Answer:
         """The answer to one request (``headers`` with lower-case names)."""
-        raise NotImplementedError
 
 
 def _handler_for(fake: HttpFake) -> type[BaseHTTPRequestHandler]:
