@@ -205,17 +205,12 @@ class TeamService:
         self.catalogs = catalogs
         self.ledger = ledger
         self.plans = plans
-        # The wallets each user generates from, per process (attach_caches).
-        self._hub: CacheHub | None = None
-        self._wallets: TtlLru[str, tuple[str, ...]] | None = None
-        if caches is not None:
-            self.attach_caches(caches)
-
-    def attach_caches(self, hub: CacheHub) -> None:
-        """Cache ``wallets_of`` in ``hub``; joining or leaving a team
-        invalidates ``user:<id>``."""
-        self._hub = hub
-        self._wallets = hub.cache("user_wallets", self.CACHED_USERS)
+        # The wallets each user generates from, per process, when given
+        # ``caches``: joining or leaving a team invalidates ``user:<id>``.
+        self._hub = caches
+        self._wallets: TtlLru[str, tuple[str, ...]] | None = (
+            None if caches is None else caches.cache("user_wallets", self.CACHED_USERS)
+        )
 
     # -- reading ---------------------------------------------------------
 
