@@ -6,7 +6,9 @@ import logging
 
 from plasmaart.accounts.credentials import CredentialService
 from plasmaart.accounts.principals import Principals
+from plasmaart.accounts.second_factor import SecondFactor
 from plasmaart.accounts.service import AccountService
+from plasmaart.accounts.tokens import AccountTokens, Throttle
 from plasmaart.billing import create_backends
 from plasmaart.billing.sandbox_clock import SandboxTestClock
 from plasmaart.billing.service import BillingService
@@ -31,8 +33,9 @@ from plasmaart.generation.uploads import UploadService
 from plasmaart.generation.wakeups import PollWakeups
 from plasmaart.ledger.balance_events import BalanceEvents
 from plasmaart.ledger.service import LedgerService
+from plasmaart.links import Links
 from plasmaart.media.storage import create_storage
-from plasmaart.notify.email import create_mailer
+from plasmaart.notify.email import MailFolder, create_mailer
 from plasmaart.notify.notifications import NotificationService
 from plasmaart.notify.texts import render
 from plasmaart.outbox import Outbox
@@ -170,4 +173,10 @@ def bootstrap(
         uploads=UploadService(db, storage, clock),
         caches=caches,
         principals=Principals(caches, db, accounts, credentials, clock),
+        links=Links(settings.public_base_url),
+        account_tokens=AccountTokens(clock),
+        throttle=Throttle(clock),
+        # Codes are checked against wall time, never the sandbox test clock.
+        second_factor=SecondFactor(job_clock),
+        mail_folder=MailFolder(settings.mail_dir),
     )

@@ -130,6 +130,14 @@ class Settings(BaseSettings):
     # None: the support address.
     smtp_from: str | None = None
     smtp_starttls: bool = True
+    # The address people reach this server at, used in every link that
+    # leaves it (mail, webhooks, signed links). None: http://<host>:<port>.
+    public_url: str | None = None
+    # Whether a new account must prove its address before it may pay, join a
+    # team or create API keys (docs/accounts.md). None: when mail can be
+    # delivered (smtp_host set); without SMTP mail is only written to
+    # <var_dir>/mail, so verification is off unless this turns it on.
+    require_email_verification: bool | None = None
     # A balance falling below this many credits is notified (once per crossing); 0: never.
     low_balance_credits: int = Field(default=50, ge=0)
     # Lots expiring within this many days are notified (once per lot).
@@ -174,6 +182,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite:// or postgresql://")
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _web_address(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _known_redis(cls, value: str | None) -> str | None:
@@ -196,6 +211,24 @@ class Settings(BaseSettings):
         if info.data.get("storage") == "s3" and not value:
             raise ValueError(f"required when {ENV_PREFIX}STORAGE=s3")
         return value
+
+    @property
+    def public_base_url(self) -> str:
+        """This server's public address, without a trailing slash."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def email_verification_required(self) -> bool:
+        if self.require_email_verification is not None:
+            return self.require_email_verification
+        return bool(self.smtp_host)
+
+    @property
+    def mail_dir(self) -> Path:
+        """Where mail is written as ``.eml`` files when no SMTP server is set."""
+        return self.var_dir / "mail"
 
     @property
     def media_dir(self) -> Path:

@@ -48,6 +48,24 @@ class AccountSuspended(DomainError):
     title = "Account suspended"
 
 
+class EmailNotVerified(DomainError):
+    """The account has not proven its address yet, and the request needs it
+    (paying, joining a team, creating API keys: docs/accounts.md)."""
+
+    code = "email_not_verified"
+    status = 403
+    title = "E-mail address not verified"
+
+
+class InvalidToken(DomainError):
+    """A single-use link's token (a reset, a verification, an invitation)
+    that is unknown, used or expired: the same answer for all three."""
+
+    code = "invalid_token"
+    status = 400
+    title = "Invalid or expired link"
+
+
 class NotFound(DomainError):
     code = "not_found"
     status = 404

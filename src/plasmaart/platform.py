@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from plasmaart.accounts.credentials import CredentialService
 from plasmaart.accounts.principals import Principals
+from plasmaart.accounts.second_factor import SecondFactor
 from plasmaart.accounts.service import AccountService
+from plasmaart.accounts.tokens import AccountTokens, Throttle
 from plasmaart.billing.sandbox_clock import SandboxTestClock
 from plasmaart.billing.service import BillingService
 from plasmaart.caches import CacheHub
@@ -29,8 +31,9 @@ from plasmaart.generation.submission import SubmissionService
 from plasmaart.generation.uploads import UploadService
 from plasmaart.generation.wakeups import PollWakeups
 from plasmaart.ledger.service import LedgerService
+from plasmaart.links import Links
 from plasmaart.media.storage import Storage
-from plasmaart.notify.email import Mailer
+from plasmaart.notify.email import Mailer, MailFolder
 from plasmaart.notify.notifications import NotificationService
 from plasmaart.outbox import Outbox
 from plasmaart.teams.service import TeamService
@@ -73,6 +76,16 @@ class Platform:
     caches: CacheHub
     # API key or session → user, cached (accounts/principals.py).
     principals: Principals
+    # Links that leave the server, from PLASMAART_PUBLIC_URL (links.py).
+    links: Links
+    # Single-use links mailed to an address, and the throttle of the routes
+    # that mail them (accounts/tokens.py).
+    account_tokens: AccountTokens
+    throttle: Throttle
+    # TOTP two-factor and recovery codes (accounts/second_factor.py).
+    second_factor: SecondFactor
+    # Where mail is written when no SMTP server is set (the admin's Mail page).
+    mail_folder: MailFolder
 
     def close(self) -> None:
         self.principals.close()  # writes the keys' last uses it still holds

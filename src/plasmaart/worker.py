@@ -27,6 +27,7 @@ from plasmaart.generation.queue import Claim
 from plasmaart.generation.runner import JobRunner
 from plasmaart.ledger.tasks import expire_due_lots
 from plasmaart.notify.delivery import DeliveryResult, OutboxDelivery
+from plasmaart.notify.email import sender_of
 from plasmaart.notify.notices import queue_expiry_notices, queue_low_balance_notices
 from plasmaart.platform import Platform
 
@@ -55,8 +56,19 @@ def run_notifications(platform: Platform, worker_id: str) -> NotificationsTick:
         queued += queue_low_balance_notices(
             conn, platform.outbox, now=now, threshold=settings.low_balance_credits
         )
-    delivery = OutboxDelivery(platform.db, platform.clock, platform.notifications, platform.mailer)
-    return NotificationsTick(queued, delivery.run(worker_id))
+    return NotificationsTick(queued, outbox_delivery(platform).run(worker_id))
+
+
+def outbox_delivery(platform: Platform) -> OutboxDelivery:
+    """The outbox's delivery, as the worker runs it (tests deliver with it too)."""
+    return OutboxDelivery(
+        platform.db,
+        platform.clock,
+        platform.notifications,
+        platform.mailer,
+        sender=sender_of(platform.settings),
+        support_email=platform.settings.support_email,
+    )
 
 
 class Worker:
@@ -169,6 +181,8 @@ class Worker:
             platform.credentials.purge_expired_sessions(conn)
             platform.credentials.purge_login_failures(conn)
             platform.credentials.purge_idempotency_records(conn)
+            platform.account_tokens.purge(conn)
+            platform.throttle.purge(conn)
         self.ticks += 1
 
     def run(self) -> None:

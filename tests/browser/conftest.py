@@ -21,6 +21,7 @@ from plasmaart.config import Settings
 from plasmaart.platform import Platform
 from plasmaart.worker import Worker
 from tests.support.live_server import live_server
+from tests.support.mail import Inbox, SmtpServer, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -62,6 +63,66 @@ def base_url(dashboard_platform: Platform) -> Iterator[str]:
     finally:
         worker.stop()
         thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def inbox() -> Iterator[Inbox]:
+    """A real SMTP server (aiosmtpd, loopback) the mail platform sends to."""
+    with SmtpServer() as received:
+        yield received
+
+
+@pytest.fixture(scope="module")
+def mail_platform(tmp_path_factory: pytest.TempPathFactory, inbox: Inbox) -> Iterator[Platform]:
+    """A platform that mails through ``inbox``'s server, so address
+    verification is required, with its links naming the port its server
+    (``mail_base_url``) listens on."""
+    folder = tmp_path_factory.mktemp("mail-dashboard")
+    port = free_port()
+    settings = Settings(
+        database_url=f"sqlite:///{folder / 'plasmaart.db'}",
+        var_dir=folder / "var",
+        clock_interval_s=0.3,
+        smtp_host="127.0.0.1",
+        smtp_port=inbox.port,
+        smtp_starttls=False,
+        smtp_from="noreply@plasmaart.test",
+        port=port,
+        public_url=f"http://127.0.0.1:{port}",
+    )
+    platform = bootstrap(settings, migrate=True)
+    try:
+        yield platform
+    finally:
+        platform.close()
+
+
+@pytest.fixture(scope="module")
+def mail_base_url(mail_platform: Platform) -> Iterator[str]:
+    """``mail_platform`` served, with a worker delivering its mail."""
+    worker = Worker(mail_platform, concurrency=2)
+    thread: threading.Thread = worker.start_thread()
+    try:
+        with live_server(mail_platform, port=mail_platform.settings.port) as url:
+            yield url
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def mail_context(browser: Browser, mail_base_url: str) -> Iterator[BrowserContext]:
+    made = browser.new_context(base_url=mail_base_url, viewport={"width": 1280, "height": 900})
+    made.set_default_timeout(LIVE_TIMEOUT_MS)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def mail_page(mail_context: BrowserContext) -> Page:
+    return mail_context.new_page()
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from email.message import EmailMessage
 from io import BytesIO
 from typing import Any
 
@@ -473,8 +474,14 @@ def test_signup_with_a_registered_address_tells_its_owner(
 class RecordingMailer:
     sent: list[dict[str, str]] = field(default_factory=list)
 
-    def send(self, *, to: str, subject: str, body: str, message_id: str) -> None:
-        self.sent.append({"to": to, "subject": subject, "body": body, "id": message_id})
+    def send(self, message: EmailMessage) -> None:
+        self.sent.append(
+            {
+                "to": str(message["To"]),
+                "subject": str(message["Subject"]),
+                "id": str(message["Message-ID"]),
+            }
+        )
 
 
 def test_the_owner_is_told_in_the_app_and_by_email(client: TestClient, platform: Platform) -> None:
@@ -484,7 +491,14 @@ def test_the_owner_is_told_in_the_app_and_by_email(client: TestClient, platform:
     )
     assert answer.status_code == 409
     mailer = RecordingMailer()
-    result = OutboxDelivery(platform.db, platform.clock, platform.notifications, mailer).run("w")
+    result = OutboxDelivery(
+        platform.db,
+        platform.clock,
+        platform.notifications,
+        mailer,
+        sender="noreply@plasmaart.test",
+        support_email=platform.settings.support_email,
+    ).run("w")
     assert (result.claimed, result.delivered) == (1, 1)
     [mail] = mailer.sent
     assert (mail["to"], mail["subject"]) == (

@@ -23,13 +23,15 @@ WAIT_S = 5.0  # the longest any single expected event may take
 
 
 @contextmanager
-def live_server(platform: Platform) -> Iterator[str]:
-    """Serve ``platform`` with uvicorn on a free local port, in a thread."""
+def live_server(platform: Platform, *, port: int | None = None) -> Iterator[str]:
+    """Serve ``platform`` with uvicorn on ``port`` (a free local port by
+    default), in a thread. A platform whose mail links must reach this
+    server is built with ``public_url`` naming the port first."""
     app = create_app(platform, embedded_worker=False)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
-        port=free_port(),
+        port=port or free_port(),
         log_config=None,
         access_log=False,
         lifespan="on",

@@ -99,20 +99,32 @@ class CredentialService:
 
     # -- sessions --------------------------------------------------------
 
-    def open_session(self, conn: Connection, user_id: str) -> NewSession:
-        """A new session with fresh tokens (never reuse one: no fixation)."""
+    def open_session(
+        self,
+        conn: Connection,
+        user_id: str,
+        *,
+        user_agent: str | None = None,
+        address: str | None = None,
+    ) -> NewSession:
+        """A new session with fresh tokens (never reuse one: no fixation),
+        noting the browser (``User-Agent``) and client address it came from."""
         now = self.clock.now()
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         expires = now + SESSION_LIFETIME
+        session_id = new_id("ses")
         repo.insert_session(
             conn,
+            session_id=session_id,
             token_hash=digest(token),
             user_id=user_id,
             csrf_token=csrf,
             now=now,
             expires_at=expires,
+            user_agent=None if user_agent is None else user_agent[:300],
+            address=None if address is None else address[:64],
         )
-        return NewSession(user_id, csrf, expires, token)
+        return NewSession(user_id, csrf, expires, session_id, token)
 
     def session(self, conn: Connection, token: str) -> SessionInfo | None:
         """The session of ``token`` while it has not expired, else None."""

@@ -23,6 +23,8 @@ class SessionInfo:
     user_id: str
     csrf_token: str
     expires_at: datetime
+    # The public id (``GET /v1/sessions``); the token's hash is never shown.
+    id: str
 
 
 @dataclass(frozen=True)
@@ -49,14 +51,20 @@ class LiveKey(NamedTuple):
 def insert_session(
     conn: Connection,
     *,
+    session_id: str,
     token_hash: str,
     user_id: str,
     csrf_token: str,
     now: datetime,
     expires_at: datetime,
+    user_agent: str | None = None,
+    address: str | None = None,
 ) -> None:
     conn.execute(
         insert(sessions).values(
+            id=session_id,
+            user_agent=user_agent,
+            address=address,
             token_hash=token_hash,
             user_id=user_id,
             csrf_token=csrf_token,
@@ -70,11 +78,13 @@ def insert_session(
 def session_by_hash(conn: Connection, token_hash: str) -> SessionInfo | None:
     """The session, expired or not (the caller compares with its clock)."""
     row = conn.execute(
-        select(sessions.c.user_id, sessions.c.csrf_token, sessions.c.expires_at).where(
-            sessions.c.token_hash == token_hash
-        )
+        select(
+            sessions.c.user_id, sessions.c.csrf_token, sessions.c.expires_at, sessions.c.id
+        ).where(sessions.c.token_hash == token_hash)
     ).one_or_none()
-    return None if row is None else SessionInfo(row.user_id, row.csrf_token, as_utc(row.expires_at))
+    if row is None:
+        return None
+    return SessionInfo(row.user_id, row.csrf_token, as_utc(row.expires_at), row.id)
 
 
 def touch_session(

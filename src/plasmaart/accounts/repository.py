@@ -31,6 +31,15 @@ class User:
     remove_watermark: bool = False
     # Why the account is suspended (None while active), as shown to the user.
     status_reason: str | None = None
+    # When the address was proven the owner's; None: not yet (docs/accounts.md).
+    email_verified_at: datetime | None = None
+    # Whether TOTP two-factor is on (its secret never leaves the repository
+    # but through ``second_factor``).
+    two_factor: bool = False
+
+    @property
+    def email_verified(self) -> bool:
+        return self.email_verified_at is not None
 
 
 class StoredLogin(NamedTuple):
@@ -69,7 +78,14 @@ class UserSearch:
 
 
 def insert_user(
-    conn: Connection, *, user_id: str, email: str, password_hash: str, role: str, now: datetime
+    conn: Connection,
+    *,
+    user_id: str,
+    email: str,
+    password_hash: str,
+    role: str,
+    now: datetime,
+    verified: bool = False,
 ) -> None:
     conn.execute(
         insert(users).values(
@@ -79,6 +95,7 @@ def insert_user(
             role=role,
             status="active",
             created_at=now,
+            email_verified_at=now if verified else None,
         )
     )
 
@@ -147,6 +164,8 @@ def _user(row: AnyRow) -> User:
         as_utc(row.created_at),
         bool(row.remove_watermark),
         row.status_reason,
+        None if row.email_verified_at is None else as_utc(row.email_verified_at),
+        row.totp_secret is not None,
     )
 
 

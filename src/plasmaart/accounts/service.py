@@ -182,7 +182,9 @@ class AccountService:
     ) -> User:
         """A new user with an empty wallet of their own. ``actor``: who
         creates it for its owner (an operator); the creation is then
-        audit-logged, with the ``plan`` they subscribe it to, if any."""
+        audit-logged, with the ``plan`` they subscribe it to, if any, and the
+        address counts as verified (the operator vouches for it). A sign-up's
+        address is verified by the link mailed to it (docs/accounts.md)."""
         address = validate_credentials(email, password)
         if role not in ("user", "admin"):
             raise InvalidInput(f"unknown role {role!r}", field="role")
@@ -199,9 +201,10 @@ class AccountService:
             password_hash=hash_password(password),
             role=role,
             now=now,
+            verified=actor is not None,
         )
         self.ledger.open_wallet(conn, "user", user_id)
-        user = User(user_id, address, role, "active", now)
+        user = User(user_id, address, role, "active", now, email_verified_at=now if actor else None)
         if actor is not None:
             self._audit(conn, actor, "user.create", user, role=role, plan=plan)
         return user

@@ -30,11 +30,13 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     text,
+    true,
 )
 
 from plasmaart.db.values import (
     ABUSE_FLAG_STATUSES,
     ABUSE_SIGNAL_KINDS,
+    ACCOUNT_TOKEN_PURPOSES,
     ACCOUNTS,
     CHANGE_TARGETS,
     EMAIL_STATUSES,
@@ -95,6 +97,19 @@ users = Table(
     Column("status_reason", Text),
     Column("remove_watermark", Boolean, nullable=False, server_default=false()),
     _created_at(),
+    # When the owner proved the address is theirs (a link mailed to it, or an
+    # operator's ``users create``); None: not yet (docs/accounts.md).
+    Column("email_verified_at", Timestamp),
+    # TOTP two-factor: the shared secret (the authenticator app needs it in
+    # the clear, so it cannot be hashed), set once confirmed with a code;
+    # ``totp_pending_secret`` is the one being enrolled. ``totp_last_step``:
+    # the time step of the last code accepted, so a code is never used twice.
+    Column("totp_secret", String(64)),
+    Column("totp_pending_secret", String(64)),
+    Column("totp_last_step", BigInteger),
+    # Set when the account was deleted (``DELETE /v1/me``): the row stays,
+    # anonymized, so the journal's wallets keep an owner.
+    Column("deleted_at", Timestamp),
     CheckConstraint(_in("role", ("user", "admin")), name="role"),
     CheckConstraint(_in("status", ("active", "suspended")), name="status"),
 )
@@ -316,6 +331,65 @@ Index("ix_audit_log_actor", audit_log.c.actor, audit_log.c.created_at, audit_log
 Index("ix_audit_log_target", audit_log.c.target, audit_log.c.created_at, audit_log.c.id)
 Index("ix_audit_log_action", audit_log.c.action, audit_log.c.created_at, audit_log.c.id)
 
+# Single-use links mailed to an address: a password reset, the
+# verification of an address (at sign-up or before a change of address takes
+# effect). Only the SHA-256 of the token is stored; ``used_at`` makes it
+# single-use (a conditional UPDATE), ``expires_at`` short-lived.
+account_tokens = Table(
+    "account_tokens",
+    metadata,
+    _id(),
+    Column("purpose", String(32), nullable=False),
+    _ref("user_id", "users", nullable=False),
+    # The address the link was mailed to (for a change: the new address).
+    Column("email", String(320), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    _created_at(),
+    Column("expires_at", Timestamp, nullable=False),
+    Column("used_at", Timestamp),
+    CheckConstraint(_in("purpose", ACCOUNT_TOKEN_PURPOSES), name="purpose"),
+)
+Index("ix_account_tokens_user", account_tokens.c.user_id, account_tokens.c.purpose)
+
+# Two-factor recovery codes: shown once, stored hashed, each usable once.
+recovery_codes = Table(
+    "recovery_codes",
+    metadata,
+    _id(),
+    _ref("user_id", "users", nullable=False),
+    Column("code_hash", String(64), nullable=False, unique=True),
+    _created_at(),
+    Column("used_at", Timestamp),
+)
+Index("ix_recovery_codes_user", recovery_codes.c.user_id)
+
+# Requests the account routes limit (a reset asked for an address, from a
+# client address; a verification mail resent): one row per request, counted
+# in a sliding window and purged by the worker's clock.
+auth_throttle = Table(
+    "auth_throttle",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("action", String(32), nullable=False),
+    Column("subject", String(340), nullable=False),
+    _created_at(),
+)
+Index(
+    "ix_auth_throttle_subject",
+    auth_throttle.c.action,
+    auth_throttle.c.subject,
+    auth_throttle.c.created_at,
+)
+
+# Receipt numbers: one row per succeeded payment, numbered by the database.
+receipt_numbers = Table(
+    "receipt_numbers",
+    metadata,
+    Column("number", BigId, primary_key=True, autoincrement=True),
+    Column("payment_id", String(40), nullable=False, unique=True),
+    _created_at(),
+)
+
 # Server-side sessions. The cookie carries a random token; only its SHA-256 is
 # stored, so a copy of the database cannot be used to log in.
 sessions = Table(
@@ -327,6 +401,11 @@ sessions = Table(
     _created_at(),
     Column("expires_at", Timestamp, nullable=False),
     Column("last_seen_at", Timestamp, nullable=False),
+    # The id a user sees in ``GET /v1/sessions`` and revokes with (the token's
+    # hash is never shown), and what the browser said it was, from where.
+    Column("id", String(40), nullable=False, unique=True),
+    Column("user_agent", String(300)),
+    Column("address", String(64)),
 )
 Index("ix_sessions_user", sessions.c.user_id)
 
@@ -395,6 +474,7 @@ invitations = Table(
     Column("accepted_at", Timestamp),
     _ref("accepted_by", "users"),
     Column("revoked_at", Timestamp),
+    Column("declined_at", Timestamp),
 )
 Index("ix_invitations_team", invitations.c.team_id)
 
@@ -551,6 +631,11 @@ payments = Table(
     Column("idempotency_key", String(200), nullable=False, unique=True),
     Column("failure_reason", Text),
     _created_at(),
+    # The receipt's number, given when the payment succeeds (in its
+    # transaction, from ``receipt_numbers``): consecutive, never reused.
+    Column("receipt_number", BigInteger, unique=True),
+    # Stripe: the hosted invoice page of the charge, linked from the receipt.
+    Column("hosted_invoice_url", Text),
     CheckConstraint(_in("kind", PAYMENT_KINDS), name="kind"),
     CheckConstraint(_in("status", ("succeeded", "failed")), name="status"),
     CheckConstraint("amount_cents >= 0 AND credits >= 0", name="not_negative"),
@@ -725,7 +810,8 @@ notification_outbox = Table(
     metadata,
     _id(),
     Column("cause_key", String(200), nullable=False, unique=True),
-    _ref("user_id", "users", nullable=False),
+    # None for mail to an address with no account (a team invitation).
+    _ref("user_id", "users"),
     Column("kind", String(40), nullable=False),
     Column("title", String(200), nullable=False),
     Column("body", Text, nullable=False),
@@ -742,7 +828,16 @@ notification_outbox = Table(
     Column("claim_expires_at", Timestamp),
     Column("delivered_at", Timestamp),
     Column("last_error", Text),
+    # Mail sent to this address rather than the user's (a new address to
+    # verify, an invitation); None: the user's address at delivery.
+    Column("to_address", String(320)),
+    # False for mail that is not an in-app notice too (a reset link, a receipt).
+    Column("in_app", Boolean, nullable=False, server_default=true()),
+    # The body carries a secret (a single-use link): blanked once the mail
+    # is sent or given up, so the secret is kept no longer than needed.
+    Column("sensitive", Boolean, nullable=False, server_default=false()),
     CheckConstraint(_in("email_status", EMAIL_STATUSES), name="email_status"),
+    CheckConstraint("user_id IS NOT NULL OR to_address IS NOT NULL", name="recipient"),
     CheckConstraint("attempts >= 0", name="attempts_not_negative"),
 )
 Index(

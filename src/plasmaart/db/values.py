@@ -32,6 +32,13 @@ CHANGE_TARGETS = ("model", "plan")
 
 EMAIL_STATUSES = ("pending", "sent", "skipped", "failed")
 
+AccountTokenPurpose = Literal["password_reset", "email_verification", "email_change"]
+ACCOUNT_TOKEN_PURPOSES: tuple[AccountTokenPurpose, ...] = (
+    "password_reset",
+    "email_verification",
+    "email_change",
+)
+
 AbuseSignalKind = Literal[
     "rate_limited",
     "submit_cancel",

@@ -1,17 +1,19 @@
 """Delivering the notification outbox: what the platform queued for a user
-(``plasmaart.outbox``, in the transaction of its cause) reaches them in the
-app and by e-mail.
+(``plasmaart.outbox``, in the transaction of its cause) reaches them in the app
+and by e-mail.
 
-``OutboxDelivery.run`` claims due messages with a lease (a conditional
-UPDATE; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the write lock on SQLite),
-writes the in-app notification (``notify.notifications``: the
-``/v1/notifications`` row and the live ``notification`` event) and sends the
-e-mail when SMTP is configured. A failed send is retried with exponential
+``OutboxDelivery.run`` claims due messages with a lease (a conditional UPDATE;
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the write lock on SQLite), writes the
+in-app notification (``notify.notifications``: the ``/v1/notifications`` row
+and the live ``notification`` event; letters have none) and sends the e-mail
+(``notify.email``: over SMTP, or into the mail folder when no SMTP server is
+set). A sensitive message's body (a single-use link) is blanked in the same
+statement that records its delivery. A failed send is retried with exponential
 backoff. A worker that dies mid-delivery leaves its lease to expire; the next
 claim finishes the job. The in-app row is written once (its id is stored with
 the message in the same transaction); an e-mail can only be sent twice if the
-process dies between the SMTP server accepting it and the commit that
-records it, and then carries the same Message-ID.
+process dies between the SMTP server accepting it and the commit that records
+it, and then carries the same Message-ID.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from datetime import timedelta
 from plasmaart.clock import Clock
 from plasmaart.db.engine import Database
 from plasmaart.notify import repository as repo
-from plasmaart.notify.email import Mailer
+from plasmaart.notify.email import Letter, Mailer, compose
 from plasmaart.notify.notifications import NotificationService
 from plasmaart.notify.repository import OutboxMessage
 
@@ -64,11 +66,17 @@ class OutboxDelivery:
         clock: Clock,
         notifications: NotificationService,
         mailer: Mailer | None,
+        *,
+        sender: str,
+        support_email: str,
     ) -> None:
         self.db = db
         self.clock = clock
         self.notifications = notifications
         self.mailer = mailer
+        # The From address, and the support address every mail names.
+        self.sender = sender
+        self.support_email = support_email
 
     def run(self, worker_id: str, *, limit: int = BATCH) -> DeliveryResult:
         """Deliver up to ``limit`` due messages, claiming one at a time so
@@ -105,19 +113,29 @@ class OutboxDelivery:
     def deliver(self, message: OutboxMessage, worker_id: str) -> str:
         """Deliver one claimed message: ``delivered``, ``retrying``, ``failed``
         (e-mail given up), or ``lost_lease`` (another worker has it now)."""
-        if message.notification_id is None and not self._deliver_in_app(message, worker_id):
+        if (
+            message.in_app
+            and message.notification_id is None
+            and not self._deliver_in_app(message, worker_id)
+        ):
             return "lost_lease"
-        if self.mailer is None or message.email_status != "pending":
+        address = message.to_address
+        if address is None and message.user_id is not None:
+            with self.db.read() as conn:
+                address = repo.email_of(conn, message.user_id)
+        if self.mailer is None or message.email_status != "pending" or address is None:
             status = "skipped" if message.email_status == "pending" else message.email_status
             return "delivered" if self._finish(message, worker_id, status) else "lost_lease"
-        with self.db.read() as conn:
-            address = repo.email_of(conn, message.user_id)
+        letter = Letter(to=address, subject=message.title, body=message.body)
         try:
             self.mailer.send(
-                to=address,
-                subject=message.title,
-                body=f"{message.body}\n\n-- \nPlasmaArt",
-                message_id=f"<{message.id}@plasmaart>",
+                compose(
+                    letter,
+                    sender=self.sender,
+                    support_email=self.support_email,
+                    message_id=f"<{message.id}@plasmaart>",
+                    now=self.clock.now(),
+                )
             )
         except (OSError, smtplib.SMTPException) as exc:
             return self._failed(message, worker_id, f"{type(exc).__name__}: {exc}")
@@ -126,6 +144,9 @@ class OutboxDelivery:
     # -- internals -----------------------------------------------------------
 
     def _deliver_in_app(self, message: OutboxMessage, worker_id: str) -> bool:
+        user_id = message.user_id
+        if user_id is None:  # the outbox writes no in-app notice without a user
+            return True
         with self.db.write() as conn:
             lease = repo.lease_held(conn, message.id, worker_id, self.clock.now())
             if lease is None:
@@ -133,7 +154,7 @@ class OutboxDelivery:
             if lease.notification_id is not None:
                 return True  # written by this worker's earlier attempt under this lease
             notification = self.notifications.notify(
-                conn, message.user_id, message.kind, message.title, message.body, message.data
+                conn, user_id, message.kind, message.title, message.body, message.data
             )
             repo.set_notification(conn, message.id, notification.id)
         return True
@@ -141,7 +162,12 @@ class OutboxDelivery:
     def _finish(self, message: OutboxMessage, worker_id: str, email_status: str) -> bool:
         with self.db.write() as conn:
             return repo.finish(
-                conn, message.id, worker_id, now=self.clock.now(), email_status=email_status
+                conn,
+                message.id,
+                worker_id,
+                now=self.clock.now(),
+                email_status=email_status,
+                scrub=message.sensitive,
             )
 
     def _failed(self, message: OutboxMessage, worker_id: str, error: str) -> str:
@@ -161,6 +187,7 @@ class OutboxDelivery:
                 error=error,
                 retry_at=now + retry_delay(attempts),
                 give_up=give_up,
+                scrub=message.sensitive,
             )
         if not kept:
             return "lost_lease"

@@ -138,7 +138,7 @@ def notifications_of(
 class OutboxMessage:
     id: str
     cause_key: str
-    user_id: str
+    user_id: str | None
     kind: str
     title: str
     body: str
@@ -146,6 +146,9 @@ class OutboxMessage:
     notification_id: str | None
     email_status: str
     attempts: int
+    to_address: str | None = None
+    in_app: bool = True
+    sensitive: bool = False
 
 
 def _message(row: Row[Any]) -> OutboxMessage:
@@ -160,6 +163,9 @@ def _message(row: Row[Any]) -> OutboxMessage:
         notification_id=row.notification_id,
         email_status=row.email_status,
         attempts=int(row.attempts),
+        to_address=row.to_address,
+        in_app=bool(row.in_app),
+        sensitive=bool(row.sensitive),
     )
 
 
@@ -251,13 +257,30 @@ def set_notification(conn: Connection, message_id: str, notification_id: str) ->
     )
 
 
+# What a sensitive message's body and data become once it is delivered.
+SCRUBBED_BODY = "(This message carried a single-use link; it was removed after delivery.)"
+
+
 def finish(
-    conn: Connection, message_id: str, worker_id: str, *, now: datetime, email_status: str
+    conn: Connection,
+    message_id: str,
+    worker_id: str,
+    *,
+    now: datetime,
+    email_status: str,
+    scrub: bool = False,
 ) -> bool:
-    """Mark the message delivered, if the worker still holds its lease."""
-    statement = update(notification_outbox).values(
-        email_status=email_status, delivered_at=now, claimed_by=None, claim_expires_at=None
-    )
+    """Mark the message delivered, if the worker still holds its lease;
+    ``scrub`` blanks a body that carried a secret."""
+    values: dict[str, Any] = {
+        "email_status": email_status,
+        "delivered_at": now,
+        "claimed_by": None,
+        "claim_expires_at": None,
+    }
+    if scrub:
+        values.update(body=SCRUBBED_BODY, data="{}")
+    statement = update(notification_outbox).values(values)
     return conn.execute(_mine(statement, message_id, worker_id, now)).rowcount == 1
 
 
@@ -270,6 +293,7 @@ def send_failed(
     error: str,
     retry_at: datetime,
     give_up: bool,
+    scrub: bool = False,
 ) -> bool:
     """Release the lease after a failed send: due again at ``retry_at``, or
     delivered with the e-mail ``failed`` when ``give_up``. False if the
@@ -282,12 +306,20 @@ def send_failed(
     }
     if give_up:
         values.update(email_status="failed", delivered_at=now)
+        if scrub:
+            values.update(body=SCRUBBED_BODY, data="{}")
     statement = update(notification_outbox).values(values)
     return conn.execute(_mine(statement, message_id, worker_id, now)).rowcount == 1
 
 
-def email_of(conn: Connection, user_id: str) -> str:
-    address: str = conn.execute(select(users.c.email).where(users.c.id == user_id)).scalar_one()
+def email_of(conn: Connection, user_id: str) -> str | None:
+    """The user's address; None for a deleted account (nothing is mailed)."""
+    row = conn.execute(
+        select(users.c.email, users.c.deleted_at).where(users.c.id == user_id)
+    ).one_or_none()
+    if row is None or row.deleted_at is not None:
+        return None
+    address: str = row.email
     return address
 
 

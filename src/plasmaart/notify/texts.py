@@ -4,6 +4,7 @@ the renderer ``bootstrap`` gives the outbox (``plasmaart.outbox``).
 The services that cause a notice hand the outbox a fact (``accounts.notices``,
 ``billing.notices``, ``changes.notices``, ``notify.notices``); its title and
 body are written here, in the policy's words, and stored with the message.
+Account mail (links, receipts, invitations) is written in ``notify.letters``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from plasmaart.accounts.notices import AccountReinstated, AccountSuspended, SignupAttempt
 from plasmaart.billing.notices import RenewalDeclined, RenewalPaid
 from plasmaart.changes.notices import CatalogChangeNotice
+from plasmaart.notify.letters import TEXTS as LETTERS
 from plasmaart.notify.notices import CreditsExpiring, LowBalance
 from plasmaart.outbox import Fact, Text
 
@@ -36,6 +38,9 @@ def render(fact: Fact) -> Text:
             return credits_expiring(fact)
         case LowBalance():
             return low_balance(fact)
+    letter = LETTERS.get(type(fact))
+    if letter is not None:
+        return letter(fact)
     raise TypeError(f"no text for a {type(fact).__name__} ({fact.kind}) notice")
 
 

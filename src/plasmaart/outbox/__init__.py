@@ -10,6 +10,12 @@ text lives in ``notify``: ``notify.texts.render``, given by ``bootstrap``),
 and stores them with the message, so the notice says what was true when it
 happened however late it is delivered (``notify.delivery``).
 
+Most messages are notices: shown in the app and mailed to the user's address.
+A *letter* (``in_app=False``) is mail only: a single-use link, a receipt.
+``to`` sends it to another address than the user's (a new address to verify;
+an invitation, where there may be no user at all), and ``sensitive`` marks a
+body that carries a secret, which delivery blanks once the mail is out.
+
 Each message has a unique ``cause_key`` (say
 ``renewal:<subscription>:<period end>``); a second one for the same cause
 writes nothing, so each cause notifies at most once however often, and in
@@ -66,9 +72,23 @@ class Outbox:
         self.clock = clock
         self.render = render
 
-    def enqueue(self, conn: Connection, *, cause_key: str, user_id: str, fact: Fact) -> bool:
+    def enqueue(
+        self,
+        conn: Connection,
+        *,
+        cause_key: str,
+        user_id: str | None,
+        fact: Fact,
+        to: str | None = None,
+        in_app: bool = True,
+        sensitive: bool = False,
+    ) -> bool:
         """Queue the notice of ``fact`` for ``user_id``; False if this cause
-        already queued one (nothing is written then)."""
+        already queued one (nothing is written then). ``to``: mail this
+        address instead of the user's; ``in_app`` False: mail only;
+        ``sensitive``: the body holds a secret (blanked after delivery)."""
+        if user_id is None and (to is None or in_app):
+            raise ValueError("a message without a user is a letter to an address")
         text = self.render(fact)
         return repo.insert_message(
             conn,
@@ -80,4 +100,7 @@ class Outbox:
             body=text.body,
             data=json.dumps(fact.data(), separators=(",", ":"), sort_keys=True),
             now=self.clock.now(),
+            to_address=to,
+            in_app=in_app,
+            sensitive=sensitive,
         )

@@ -16,12 +16,15 @@ def insert_message(
     *,
     message_id: str,
     cause_key: str,
-    user_id: str,
+    user_id: str | None,
     kind: str,
     title: str,
     body: str,
     data: str,
     now: datetime,
+    to_address: str | None = None,
+    in_app: bool = True,
+    sensitive: bool = False,
 ) -> bool:
     """Insert a message due now; False (and nothing written) when a message
     with this ``cause_key`` exists."""
@@ -36,6 +39,9 @@ def insert_message(
             title=title,
             body=body,
             data=data,
+            to_address=to_address,
+            in_app=in_app,
+            sensitive=sensitive,
             created_at=now,
             next_attempt_at=now,
         )

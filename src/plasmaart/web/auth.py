@@ -9,6 +9,11 @@ below that names the caller lets it read (GET, HEAD) and make the few writes
 of ``SUSPENDED_MAY_WRITE``, and refuses any other write with
 ``account_suspended``, before the route runs, so nothing is written. The rule
 lives here and nowhere else; routes only declare whose they are.
+
+So does the rule of unverified addresses (docs/accounts.md): while address
+verification is required, an account that has not proven its address may
+read and do most things, but not the writes of ``VERIFIED_ONLY`` (paying,
+joining a team, creating API keys), which answer ``email_not_verified``.
 """
 
 from __future__ import annotations
@@ -19,13 +24,20 @@ from typing import Annotated, Literal
 from fastapi import Depends, Request
 
 from plasmaart.accounts.service import User
-from plasmaart.errors import AccountSuspended, Forbidden, NotFound, Unauthenticated
+from plasmaart.errors import (
+    AccountSuspended,
+    EmailNotVerified,
+    Forbidden,
+    NotFound,
+    Unauthenticated,
+)
 from plasmaart.platform import Platform
 
 __all__ = [
     "AccountSuspended",
     "AdminPrincipal",
     "CurrentPrincipal",
+    "EmailNotVerified",
     "Forbidden",
     "OptionalPrincipal",
     "Principal",
@@ -41,6 +53,17 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # ending its subscription (no renewal is charged anyway; this makes the end
 # its own, so that a reinstatement does not undo it) and logging out.
 SUSPENDED_MAY_WRITE = frozenset({"DELETE /v1/subscription", "POST /v1/auth/logout"})
+# The writes that need a verified address while verification is required.
+VERIFIED_ONLY = frozenset(
+    {
+        "POST /v1/subscription",
+        "PATCH /v1/subscription",
+        "POST /v1/subscription/pay",
+        "POST /v1/credit-purchases",
+        "POST /v1/invitations/{token}/accept",
+        "POST /v1/api-keys",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -116,10 +139,27 @@ def refuse_if_suspended(request: Request, platform: Platform, principal: Princip
         )
 
 
+def refuse_if_unverified(request: Request, platform: Platform, principal: Principal) -> None:
+    if (
+        platform.settings.email_verification_required
+        and not principal.user.email_verified
+        and route_key(request) in VERIFIED_ONLY
+    ):
+        raise EmailNotVerified(
+            f"verify your address first: open the link we sent to {principal.user.email} "
+            "(POST /v1/auth/verify-email/resend sends a new one)"
+        )
+
+
+def _refuse(request: Request, platform: Platform, principal: Principal) -> None:
+    refuse_if_suspended(request, platform, principal)
+    refuse_if_unverified(request, platform, principal)
+
+
 def optional_principal(request: Request, platform: PlatformDep) -> Principal | None:
     principal = authenticate(request, platform)
     if principal is not None:
-        refuse_if_suspended(request, platform, principal)
+        _refuse(request, platform, principal)
     return principal
 
 
@@ -132,7 +172,7 @@ def _authenticated(request: Request, platform: Platform) -> Principal:
 
 def require_principal(request: Request, platform: PlatformDep) -> Principal:
     principal = _authenticated(request, platform)
-    refuse_if_suspended(request, platform, principal)
+    _refuse(request, platform, principal)
     return principal
 
 
@@ -142,7 +182,7 @@ def require_admin(request: Request, platform: PlatformDep) -> Principal:
         # Admin endpoints do not exist for other users: the same answer as
         # for a path that does not exist (suspended or not).
         raise NotFound("Not Found")
-    refuse_if_suspended(request, platform, principal)
+    _refuse(request, platform, principal)
     return principal
 
 
