@@ -35,8 +35,9 @@ def make_user(
     """A user (optionally subscribed to ``plan`` through sandbox billing, and
     with ``credits`` granted as a purchase) and an API key of theirs."""
     with platform.db.write() as conn:
+        # Verified, as an operator's ``users create`` makes them.
         user = platform.accounts.create_user(
-            conn, email, PASSWORD, role="admin" if admin else "user"
+            conn, email, PASSWORD, role="admin" if admin else "user", verified=True
         )
         wallet = platform.ledger.wallet_of(conn, "user", user.id)
         if plan:

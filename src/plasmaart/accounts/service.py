@@ -179,12 +179,14 @@ class AccountService:
         role: Role = "user",
         actor: str | None = None,
         plan: str | None = None,
+        verified: bool | None = None,
     ) -> User:
         """A new user with an empty wallet of their own. ``actor``: who
         creates it for its owner (an operator); the creation is then
         audit-logged, with the ``plan`` they subscribe it to, if any, and the
-        address counts as verified (the operator vouches for it). A sign-up's
-        address is verified by the link mailed to it (docs/accounts.md)."""
+        address counts as verified (the operator vouches for it) unless
+        ``verified`` says otherwise. A sign-up's address is verified by the
+        link mailed to it (docs/accounts.md)."""
         address = validate_credentials(email, password)
         if role not in ("user", "admin"):
             raise InvalidInput(f"unknown role {role!r}", field="role")
@@ -194,6 +196,8 @@ class AccountService:
             raise EmailTaken(f"{address} is already registered", address=address)
         user_id = new_id("usr")
         now = self.clock.now()
+        if verified is None:
+            verified = actor is not None
         repo.insert_user(
             conn,
             user_id=user_id,
