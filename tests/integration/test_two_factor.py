@@ -9,21 +9,33 @@ test's ``ManualClock`` (the platform's wall clock in tests)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pyotp
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from typer.testing import CliRunner
 
 from plasmaart.accounts.second_factor import FAILURE_WINDOW, OtpInvalid, Throttled
+from plasmaart.accounts.service import SignedIn
+from plasmaart.cli import app
 from plasmaart.clock import ManualClock
-from plasmaart.db.tables import auth_throttle, notification_outbox, recovery_codes, users
+from plasmaart.db.tables import (
+    audit_log,
+    auth_throttle,
+    notification_outbox,
+    recovery_codes,
+    users,
+)
 from plasmaart.platform import Platform
 from plasmaart.worker import outbox_delivery
 from tests.support.accounts import PASSWORD, TestUser, make_user
@@ -435,3 +447,70 @@ def test_service_refuses_a_wrong_code_without_state(platform: Platform, clock: M
         refused = platform.second_factor.enable(conn, user, code(enrollment.secret, clock, 5))
         assert isinstance(refused, OtpInvalid)
         assert platform.second_factor.status(conn, user).enabled is False
+
+
+@pytest.fixture
+def keep_logging() -> Iterator[None]:
+    """The command configures logging for a real process; give the test run
+    its own configuration back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("keep_logging")
+def test_an_operator_turns_it_off(
+    platform: Platform,
+    clock: ManualClock,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """``plasmaart users disable-2fa``: for an owner who lost the phone and
+    the recovery codes; audit-logged with the reason, and told to them."""
+    ada = make_user(platform, EMAIL)
+    with platform.db.write() as conn:
+        user = platform.accounts.get(conn, ada.id)
+        secret = platform.second_factor.begin(conn, user).secret
+        assert isinstance(platform.second_factor.enable(conn, user, code(secret, clock)), list)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("PLASMAART_VAR_DIR", str(tmp_path / "cli-var"))
+    runner = CliRunner()
+    reason = "lost phone and codes; identity checked on ticket 42"
+
+    def invoke(*args: str) -> tuple[int, str]:
+        result = runner.invoke(app, ["users", *args], prog_name="plasmaart")
+        return result.exit_code, result.output
+
+    assert invoke("disable-2fa", EMAIL)[0] == 2  # the reason is required
+    exit_code, out = invoke("disable-2fa", "nobody@example.com", "--reason", reason)
+    assert (exit_code, out.strip()) == (1, "error: no user with e-mail nobody@example.com")
+    exit_code, out = invoke("disable-2fa", EMAIL.upper(), "--reason", reason)
+    assert exit_code == 0, out
+    assert f"two-factor of {EMAIL} is off" in out
+    with platform.db.read() as conn:
+        assert platform.second_factor.status(conn, user).enabled is False
+        entry = conn.execute(
+            select(audit_log).where(audit_log.c.action == "user.disable_2fa")
+        ).one()
+    assert (entry.actor, entry.target, entry.reason) == ("cli", ada.id, reason)
+    assert json.loads(entry.data) == {"email": EMAIL}
+    assert kinds_queued(platform, ada.id)[-1] == "account.two_factor_disabled"
+    # (Queued by the command's own platform, on the system clock: read as queued.)
+    with platform.db.read() as conn:
+        title, body = conn.execute(
+            select(notification_outbox.c.title, notification_outbox.c.body).where(
+                notification_outbox.c.kind == "account.two_factor_disabled"
+            )
+        ).one()
+    assert title == "Two-factor authentication is off"
+    assert "by our support team" in body
+    # Off already: one clear line, and nothing more in the log.
+    exit_code, out = invoke("disable-2fa", EMAIL, "--reason", reason)
+    assert (exit_code, out.strip()) == (1, "error: two-factor is off")
+    # The password alone logs in again.
+    with platform.db.write() as conn:
+        signed_in = platform.accounts.log_in(conn, EMAIL, PASSWORD, address="127.0.0.1")
+    assert isinstance(signed_in, SignedIn)
