@@ -265,6 +265,25 @@ def test_wrong_codes_are_throttled(
     log_in(client, otp=code(ada.secret, clock))
 
 
+def test_wrong_codes_while_turning_it_on_are_throttled_too(
+    platform: Platform, client: TestClient, clock: ManualClock
+) -> None:
+    make_user(platform, EMAIL)
+    csrf = log_in(client)
+    secret = client.post("/v1/me/2fa", headers=csrf).json()["secret"]
+    for steps in (3, 4, 5, 6, 7):
+        wrong = client.post(
+            "/v1/me/2fa/confirm", json={"code": code(secret, clock, steps)}, headers=csrf
+        )
+        assert (wrong.status_code, wrong.json()["code"]) == (401, "otp_invalid")
+    before = snapshot(platform)
+    right = client.post("/v1/me/2fa/confirm", json={"code": code(secret, clock)}, headers=csrf)
+    assert (right.status_code, right.json()["code"]) == (429, "rate_limited")
+    assert "Retry-After" in right.headers
+    assert changes(before, snapshot(platform)) == []
+    assert client.get("/v1/me").json()["two_factor"] is False
+
+
 def test_codes_sent_at_once_are_counted_one_by_one(
     platform: Platform, client: TestClient, clock: ManualClock
 ) -> None:
