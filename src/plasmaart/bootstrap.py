@@ -125,8 +125,16 @@ def bootstrap(
         listeners=[GenerationEvents(events, db, teams)],
     )
     credentials = CredentialService(clock)
+    # Codes are checked against wall time, never the sandbox test clock.
+    second_factor = SecondFactor(job_clock, outbox)
     accounts = AccountService(
-        clock, ledger, credentials, catalogs, outbox, plan_of=billing.plans.plan_of
+        clock,
+        ledger,
+        credentials,
+        catalogs,
+        outbox,
+        plan_of=billing.plans.plan_of,
+        second_factor=second_factor,
     )
     suspensions = SuspensionService(clock, accounts, credentials, generations, billing)
     # Fair use listens to billing's clawbacks and payments and to the
@@ -176,7 +184,6 @@ def bootstrap(
         links=Links(settings.public_base_url),
         account_tokens=AccountTokens(clock),
         throttle=Throttle(clock),
-        # Codes are checked against wall time, never the sandbox test clock.
-        second_factor=SecondFactor(job_clock),
+        second_factor=second_factor,
         mail_folder=MailFolder(settings.mail_dir),
     )

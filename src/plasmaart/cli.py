@@ -325,6 +325,26 @@ def users_set_password(email: str, password: PasswordOption = None) -> None:
     typer.echo(f"password of {user.email} changed; their sessions are ended")
 
 
+@users_app.command("disable-2fa")
+def users_disable_2fa(
+    email: str,
+    reason: Annotated[
+        str, typer.Option(help="Why, and how you made sure it is them (kept in the audit log)")
+    ],
+) -> None:
+    """Turn off a user's two-factor authentication (audit-logged; the user is
+    told by mail).
+
+    For an owner who lost both their phone and their recovery codes: make sure
+    it is them before you do it. They then log in with their password alone
+    and can turn two-factor on again from Settings.
+    """
+    with _platform() as platform, platform.db.write() as conn:
+        user = platform.accounts.get_by_email(conn, email)
+        platform.second_factor.reset(conn, user, actor=CLI_ACTOR, reason=reason)
+    typer.echo(f"two-factor of {user.email} is off; they log in with their password alone")
+
+
 @credits_app.command("grant", cls=_SignedArguments)
 def credits_grant(
     email: str,

@@ -714,6 +714,13 @@ ROWS: tuple[Row, ...] = (
         about_caller=True,
         check=is_caller,
     ),
+    # two-factor: its state is readable with any credential; changing it
+    # needs a login session, so API keys (every caller here) are forbidden
+    Row("GET /v1/me/2fa", (U, 200, 200, 200, 200), about_caller=True),
+    Row("POST /v1/me/2fa", (U, F, F, F, F)),
+    Row("POST /v1/me/2fa/confirm", (U, F, F, F, F), body={"code": "123456"}),
+    Row("POST /v1/me/2fa/recovery-codes", (U, F, F, F, F), body={"code": "123456"}),
+    Row("DELETE /v1/me/2fa", (U, F, F, F, F), body={"code": "123456"}),
     Row(
         "POST /v1/api-keys",
         (U, 201, 201, 201, 201),
@@ -1089,6 +1096,11 @@ SUSPENDED: dict[str, Expect] = {
     "POST /v1/auth/logout": 204,
     "GET /v1/me": 200,
     "PATCH /v1/me/settings": S,
+    "GET /v1/me/2fa": 200,
+    "POST /v1/me/2fa": S,
+    "POST /v1/me/2fa/confirm": S,
+    "POST /v1/me/2fa/recovery-codes": S,
+    "DELETE /v1/me/2fa": S,
     "POST /v1/api-keys": S,
     "GET /v1/api-keys": 200,
     "DELETE /v1/api-keys/{key_id} /v1/api-keys/{w.spare_key_id}": S,

@@ -25,6 +25,7 @@ from plasmaart.accounts.passwords import (
     verify_password,
 )
 from plasmaart.accounts.repository import Role, Status, User
+from plasmaart.accounts.second_factor import OtpInvalid, OtpRequired, SecondFactor
 from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.clock import Clock
 from plasmaart.errors import Conflict, DomainError, InvalidInput, NotFound
@@ -133,8 +134,11 @@ class AccountService:
         outbox: Outbox,
         *,
         plan_of: PlanOf,
+        second_factor: SecondFactor,
     ) -> None:
         self.clock = clock
+        # Asked for the code at login when two-factor is on.
+        self.second_factor = second_factor
         self.ledger = ledger
         self.credentials = credentials
         # The catalog in force names the cheapest plan that allows a setting.
@@ -154,12 +158,18 @@ class AccountService:
         return SignedIn(user, self.credentials.open_session(conn, user.id))
 
     def log_in(
-        self, conn: Connection, email: str, password: str, *, address: str
-    ) -> SignedIn | WrongCredentials:
+        self, conn: Connection, email: str, password: str, *, address: str, otp: str | None = None
+    ) -> SignedIn | WrongCredentials | OtpRequired | OtpInvalid:
         """A new session for these credentials, from the client at ``address``.
         Too many recent failures of the account or of the client are refused
         (``LoginThrottled``) before the password is checked; a wrong password
-        is counted. A suspended account logs in too: to a read-only account."""
+        is counted. A suspended account logs in too: to a read-only account.
+
+        With two-factor on, the right password is not enough: ``otp`` (a code
+        of the authenticator app, or a recovery code) is asked for only once
+        the password is right, so ``OtpRequired`` tells nothing to someone
+        without it, and writes nothing. A wrong code is counted as a failed
+        login and as a wrong code (``second_factor``'s throttle)."""
         email = normalise_email(email)
         self.credentials.check_login_allowed(conn, email, address)
         try:
@@ -167,6 +177,11 @@ class AccountService:
         except WrongCredentials as wrong:
             self.credentials.record_login_failure(conn, email, address)
             return wrong
+        refusal = self.second_factor.check(conn, user, otp)
+        if isinstance(refusal, OtpInvalid):
+            self.credentials.record_login_failure(conn, email, address)
+        if refusal is not None:
+            return refusal
         self.credentials.forget_login_failures(conn, email)
         return SignedIn(user, self.credentials.open_session(conn, user.id))
 

@@ -144,12 +144,17 @@ class TotpState:
     last_step: int | None
 
 
-def totp_state(conn: Connection, user_id: str) -> TotpState:
-    row = conn.execute(
-        select(users.c.totp_secret, users.c.totp_pending_secret, users.c.totp_last_step).where(
-            users.c.id == user_id
-        )
-    ).one()
+def totp_state(conn: Connection, user_id: str, *, lock: bool = False) -> TotpState:
+    """The user's two-factor columns. ``lock``: the user's row is locked
+    (PostgreSQL; SQLite's write transactions are serial already) until the
+    transaction ends, so that checks of one account's codes run one at a time
+    and each sees the failures counted before it."""
+    query = select(users.c.totp_secret, users.c.totp_pending_secret, users.c.totp_last_step).where(
+        users.c.id == user_id
+    )
+    if lock:
+        query = query.with_for_update(key_share=True)
+    row = conn.execute(query).one()
     return TotpState(
         row.totp_secret,
         row.totp_pending_secret,
@@ -209,9 +214,10 @@ def replace_recovery_codes(
     )
 
 
-def use_recovery_code(conn: Connection, user_id: str, code_hash: str, now: datetime) -> bool:
-    """Mark the code used if it is the user's and unused (conditional)."""
-    result = conn.execute(
+def use_recovery_code(conn: Connection, user_id: str, code_hash: str, now: datetime) -> str | None:
+    """Mark the code used if it is the user's and unused (conditional); its
+    id, or None when nothing was written."""
+    used = conn.execute(
         update(recovery_codes)
         .where(
             recovery_codes.c.user_id == user_id,
@@ -219,8 +225,9 @@ def use_recovery_code(conn: Connection, user_id: str, code_hash: str, now: datet
             recovery_codes.c.used_at.is_(None),
         )
         .values(used_at=now)
-    )
-    return result.rowcount == 1
+        .returning(recovery_codes.c.id)
+    ).first()
+    return None if used is None else str(used.id)
 
 
 def unused_recovery_codes(conn: Connection, user_id: str) -> int:

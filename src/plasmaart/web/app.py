@@ -25,6 +25,7 @@ from plasmaart.web.api import (
     ops,
     stripe_billing,
     teams,
+    two_factor,
 )
 from plasmaart.web.edge import Edge
 from plasmaart.web.metrics import HttpMetrics
@@ -49,6 +50,7 @@ ROUTERS = (
     fal_webhooks,
     fairuse,
     catalog_changes,
+    two_factor,
 )
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from plasmaart.accounts.credentials import SESSION_LIFETIME, NewSession
+from plasmaart.accounts.second_factor import OtpInvalid, OtpRequired
 from plasmaart.accounts.service import EmailTaken, User, WrongCredentials
 from plasmaart.platform import Platform
 from plasmaart.web.auth import CSRF_COOKIE, SESSION_COOKIE, CurrentPrincipal
@@ -22,6 +23,16 @@ router = APIRouter(prefix="/v1", tags=["accounts"])
 class Credentials(StrictBody):
     email: Annotated[str, Field(max_length=320)]
     password: Annotated[str, Field(max_length=1024)]
+
+
+class LoginIn(Credentials):
+    otp: Annotated[
+        str | None,
+        Field(
+            max_length=64,
+            description="With two-factor on: a code of the authenticator app, or a recovery code",
+        ),
+    ] = None
 
 
 class UserOut(BaseModel):
@@ -87,6 +98,7 @@ class MeOut(BaseModel):
     balance: BalanceSummary
     teams: list[TeamRef]
     settings: MeSettings
+    two_factor: bool = Field(description="Whether logging in asks for a TOTP code")
 
 
 class SettingsIn(StrictBody):
@@ -144,18 +156,24 @@ def signup(
     "/auth/login",
     response_model=UserEnvelope,
     responses={
-        401: {"description": "Wrong e-mail or password"},
+        401: {
+            "description": "Wrong e-mail or password (`unauthenticated`); with two-factor "
+            "on, no code (`otp_required`) or a wrong or used one (`otp_invalid`)"
+        },
         429: {"description": "Too many failed logins"},
     },
 )
 def login(
-    body: Credentials, request: Request, response: Response, platform: PlatformDep
+    body: LoginIn, request: Request, response: Response, platform: PlatformDep
 ) -> UserEnvelope:
-    """Log in with e-mail and password; sets the session cookies."""
+    """Log in with e-mail and password (and, with two-factor on, `otp`); sets
+    the session cookies."""
     address = _client_address(request)
     with platform.db.write() as conn:
-        logged_in = platform.accounts.log_in(conn, body.email, body.password, address=address)
-    if isinstance(logged_in, WrongCredentials):
+        logged_in = platform.accounts.log_in(
+            conn, body.email, body.password, address=address, otp=body.otp
+        )
+    if isinstance(logged_in, WrongCredentials | OtpRequired | OtpInvalid):
         raise logged_in  # after the failure is counted
     _set_session_cookies(request, response, logged_in.session)
     return UserEnvelope(user=UserOut.model_validate(logged_in.user, from_attributes=True))
@@ -226,6 +244,7 @@ def me_out(platform: Platform, user: User) -> MeOut:
         balance=BalanceSummary(available=balance.available, held=balance.held),
         teams=teams,
         settings=MeSettings(remove_watermark=user.remove_watermark),
+        two_factor=user.two_factor,
     )
 
 

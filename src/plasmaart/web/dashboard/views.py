@@ -416,6 +416,7 @@ def settings(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any
         "keys": keys,
         "watermark_allowed": page.plan.watermark_removable,
         "watermark_plan": watermark_plan,
+        "two_factor": platform.second_factor.status(conn, page.user),
     }
 
 
