@@ -37,7 +37,8 @@ def test_a_token_works_once_for_its_purpose(platform: Platform) -> None:
             conn, "password_reset", user_id=ada.id, email=ada.email
         )
     [stored] = rows(platform, account_tokens)
-    assert token not in stored.token_hash and len(stored.token_hash) == 64
+    assert token not in stored.token_hash
+    assert len(stored.token_hash) == 64
     with platform.db.write() as conn, pytest.raises(InvalidToken):
         platform.account_tokens.use(conn, "email_verification", token)
     with platform.db.write() as conn:
@@ -140,7 +141,8 @@ def test_a_sensitive_letter_to_an_address_is_blanked_once_sent(
     result = outbox_delivery(platform).run("w")
     assert (result.claimed, result.delivered) == (1, 1)
     [mail] = platform.mail_folder.messages()
-    assert mail.to == "newcomer@example.com" and "token=SECRET" in mail.text
+    assert mail.to == "newcomer@example.com"
+    assert "token=SECRET" in mail.text
     [row] = rows(platform, notification_outbox)
     assert (row.email_status, row.body, row.data) == ("sent", SCRUBBED_BODY, "{}")
     # A letter is not an in-app notice.

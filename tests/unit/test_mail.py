@@ -29,9 +29,11 @@ def test_a_message_has_a_plain_and_an_html_part_naming_support() -> None:
     assert message["Message-ID"] == "<m1@p>"
     plain = message.get_body(preferencelist=("plain",))
     rich = message.get_body(preferencelist=("html",))
-    assert plain is not None and rich is not None
+    assert plain is not None
+    assert rich is not None
     text, html = str(plain.get_content()), str(rich.get_content())
-    assert SUPPORT in text and f'href="mailto:{SUPPORT}"' in html
+    assert SUPPORT in text
+    assert f'href="mailto:{SUPPORT}"' in html
     assert "https://art.example/reset?token=a_b-c" in text
     # The link is an anchor, the subject is escaped, paragraphs stay apart.
     assert '<a href="https://art.example/reset?token=a_b-c"' in html
@@ -56,7 +58,9 @@ def test_markup_in_a_body_is_shown_not_run() -> None:
 def test_the_mail_folder_keeps_one_file_per_message(tmp_path: Path) -> None:
     folder = MailFolder(tmp_path / "mail")
     assert folder.messages() == []
-    first = compose(letter(), sender="s@x.test", support_email=SUPPORT, message_id="<a1@p>", now=NOW)
+    first = compose(
+        letter(), sender="s@x.test", support_email=SUPPORT, message_id="<a1@p>", now=NOW
+    )
     second = compose(
         Letter("bo@example.com", "Welcome", "Hi Bo."),
         sender="s@x.test",
@@ -73,7 +77,9 @@ def test_the_mail_folder_keeps_one_file_per_message(tmp_path: Path) -> None:
     assert not list((tmp_path / "mail").glob("*.tmp"))
     welcome = next(mail for mail in stored if mail.subject == "Welcome")
     assert welcome.to == "bo@example.com"
-    assert "Hi Bo." in welcome.text and welcome.html is not None and "Hi Bo." in welcome.html
+    assert "Hi Bo." in welcome.text
+    assert welcome.html is not None
+    assert "Hi Bo." in welcome.html
     assert folder.read(welcome.name) == welcome
 
 
@@ -89,7 +95,8 @@ def test_without_smtp_mail_goes_to_the_folder(tmp_path: Path) -> None:
     folder = create_mailer(Settings(var_dir=tmp_path))
     assert folder == MailFolder(tmp_path / "mail")
     smtp = create_mailer(Settings(var_dir=tmp_path, smtp_host="127.0.0.1", smtp_port=2525))
-    assert isinstance(smtp, SmtpMailer) and (smtp.host, smtp.port) == ("127.0.0.1", 2525)
+    assert isinstance(smtp, SmtpMailer)
+    assert (smtp.host, smtp.port) == ("127.0.0.1", 2525)
 
 
 def test_verification_is_required_when_mail_can_be_delivered(tmp_path: Path) -> None:
