@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from plasmaart.accounts.addresses import AddressService
 from plasmaart.accounts.credentials import CredentialService
 from plasmaart.accounts.principals import Principals
 from plasmaart.accounts.second_factor import SecondFactor
@@ -147,6 +148,21 @@ def bootstrap(
         clock, catalogs, ledger, billing.plans, teams, outbox, notice_days=settings.notice_days
     )
     storage = create_storage(settings)
+    # Proving and changing addresses, and the welcome (accounts/addresses.py);
+    # tokens, throttle and second factor hold nothing but their clock.
+    addresses = AddressService(
+        clock,
+        accounts,
+        credentials,
+        AccountTokens(clock),
+        Throttle(clock),
+        SecondFactor(job_clock),
+        outbox,
+        Links(settings.public_base_url),
+        catalogs,
+        required=settings.email_verification_required,
+        support_email=settings.support_email,
+    )
     return Platform(
         settings=settings,
         db=db,
@@ -179,4 +195,5 @@ def bootstrap(
         # Codes are checked against wall time, never the sandbox test clock.
         second_factor=SecondFactor(job_clock),
         mail_folder=MailFolder(settings.mail_dir),
+        addresses=addresses,
     )

@@ -13,6 +13,7 @@ from plasmaart.platform import Platform
 from plasmaart.web import dashboard, openapi, problems
 from plasmaart.web.api import (
     accounts,
+    addresses,
     admin,
     billing,
     catalog,
@@ -49,6 +50,7 @@ ROUTERS = (
     fal_webhooks,
     fairuse,
     catalog_changes,
+    addresses,
 )
 
 
