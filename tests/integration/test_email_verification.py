@@ -28,7 +28,7 @@ from typing import Any
 import pyotp
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import String, Text, func, select
 from typer.testing import CliRunner
 
 from plasmaart.accounts import service as account_service
@@ -38,6 +38,7 @@ from plasmaart.clock import ManualClock
 from plasmaart.db.tables import (
     account_tokens,
     api_keys,
+    metadata,
     notification_outbox,
     sessions,
     subscriptions,
@@ -48,6 +49,7 @@ from plasmaart.errors import InvalidToken
 from plasmaart.platform import Platform
 from plasmaart.web.auth import VERIFIED_ONLY
 from plasmaart.worker import outbox_delivery
+from tests.integration.test_security import Captured
 from tests.support.accounts import PASSWORD, make_user
 from tests.support.mail import Inbox, SmtpServer, html_of, link_to, smtp_settings, text_of, token_of
 from tests.support.platforms import api_client, running_platform, settings_for
@@ -532,3 +534,74 @@ def test_accounts_made_with_users_create_are_verified(
     with platform.db.read() as conn:
         assert platform.accounts.get_by_email(conn, "op@example.com").email_verified
         assert conn.execute(select(func.count()).select_from(notification_outbox)).scalar() == 0
+
+
+# -- secrets ----------------------------------------------------------------------------------
+
+
+class PlatformLines(Captured):
+    """The platform's log lines: not those of the test's SMTP server
+    (aiosmtpd's ``mail.log``), which logs the mail it receives."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not record.name.startswith("mail.log"):
+            super().emit(record)
+
+
+@pytest.fixture
+def logged() -> Iterator[Captured]:
+    handler = PlatformLines()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def test_links_and_passwords_reach_neither_the_logs_nor_the_tables(
+    client: TestClient, platform: Platform, inbox: Inbox, logged: Captured
+) -> None:
+    signup(client, "sam@example.com")
+    deliver(platform)
+    token = token_of(link_to(link_mail(inbox, "sam@example.com"), "/verify-email"))
+    forged = token[:-3] + "abc"
+    # The page the link opens shows it (to post it), but its GET uses nothing up.
+    page = client.get("/verify-email", params={"token": token})
+    assert page.status_code == 200
+    assert f'data-verify-token="{token}"' in page.text
+    assert client.post("/v1/auth/verify-email", json={"token": forged}).status_code == 400
+    assert client.post("/v1/auth/verify-email", json={"token": token}).status_code == 200
+    wrong_password = "a wrong but long password"
+    auth = csrf(client)
+    assert (
+        client.patch(
+            "/v1/me", json={"email": "sam@new.example", "password": wrong_password}, headers=auth
+        ).status_code
+        == 403
+    )
+    assert change(client, auth, email="sam@new.example").status_code == 202
+    deliver(platform)
+    change_token = token_of(
+        link_to(inbox.wait_for("sam@new.example", subject="Confirm your new"), "/verify-email")
+    )
+    assert client.post("/v1/auth/verify-email", json={"token": change_token}).status_code == 200
+    secrets = [token, forged, change_token, PASSWORD, wrong_password]
+    assert len(logged.lines) >= 5
+    leaks = [(s[:6], line) for line in logged.lines for s in secrets if s in line]
+    assert leaks == []
+    found = []
+    with platform.db.read() as conn:
+        for table in metadata.sorted_tables:
+            columns = [c for c in table.columns if isinstance(c.type, String | Text)]
+            for row in conn.execute(select(*columns)) if columns else ():
+                found += [
+                    f"{table.name}.{column.name}"
+                    for column, value in zip(columns, row, strict=True)
+                    for s in (token, change_token, PASSWORD)
+                    if isinstance(value, str) and s in value
+                ]
+    assert found == []
