@@ -18,6 +18,7 @@ and PostgreSQL, with mail delivered to a real SMTP server (aiosmtpd).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
@@ -34,6 +35,13 @@ from typer.testing import CliRunner
 from plasmaart.accounts import service as account_service
 from plasmaart.accounts.addresses import RESENDS_PER_HOUR
 from plasmaart.cli import app as cli_app
+from plasmaart.client import (
+    ApiError,
+    AsyncClient,
+    AuthenticationError,
+    Client,
+    VerificationSent,
+)
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import (
     account_tokens,
@@ -51,6 +59,7 @@ from plasmaart.web.auth import VERIFIED_ONLY
 from plasmaart.worker import outbox_delivery
 from tests.integration.test_security import Captured
 from tests.support.accounts import PASSWORD, make_user
+from tests.support.live_server import WAIT_S, live_server
 from tests.support.mail import Inbox, SmtpServer, html_of, link_to, smtp_settings, text_of, token_of
 from tests.support.platforms import api_client, running_platform, settings_for
 
@@ -605,3 +614,48 @@ def test_links_and_passwords_reach_neither_the_logs_nor_the_tables(
                     if isinstance(value, str) and s in value
                 ]
     assert found == []
+
+
+# -- the Python client ------------------------------------------------------------------------
+
+
+def test_the_clients_sign_up_verify_and_change_the_address(
+    platform: Platform, inbox: Inbox
+) -> None:
+    with live_server(platform) as server:
+        with Client(server, timeout=WAIT_S, backoff=0.1) as client:
+            pending = client.signup("Lea@Example.com", PASSWORD)
+            assert pending == VerificationSent("lea@example.com", "sent")
+            with pytest.raises(AuthenticationError):
+                client.me()  # no session until the link is used
+            deliver(platform)
+            token = token_of(link_to(link_mail(inbox, "lea@example.com"), "/verify-email"))
+            with pytest.raises(ApiError) as refused:
+                client.verify_email("forged")
+            assert refused.value.code == "invalid_token"
+            user = client.verify_email(token)
+            assert user.email == "lea@example.com"
+            me = client.me()  # logged in by the link
+            assert (me.email_verified, me.pending_email) == (True, None)
+            sent = client.resend_verification()
+            assert sent.verification == "already_verified"
+            moved = client.change_email("lea@new.example", PASSWORD)
+            assert (moved.email, moved.pending_email) == ("lea@example.com", "lea@new.example")
+
+        async def scenario() -> None:
+            async with AsyncClient(server, timeout=WAIT_S) as client:
+                answer = await client.signup("max@example.com", PASSWORD)
+                assert isinstance(answer, VerificationSent)
+                await client.login("max@example.com", PASSWORD)
+                assert (await client.me()).email_verified is False
+                again = await client.resend_verification()
+                assert again == VerificationSent("max@example.com", "sent")
+                deliver(platform)
+                newest = link_mail(inbox, "max@example.com", count=2)
+                verified = await client.verify_email(token_of(link_to(newest, "/verify-email")))
+                assert verified.email == "max@example.com"
+                assert (await client.me()).email_verified is True
+                changed = await client.change_email("max@new.example", PASSWORD)
+                assert changed.pending_email == "max@new.example"
+
+        asyncio.run(scenario())
