@@ -25,6 +25,8 @@
         const sent = document.querySelector("[data-signup-sent]");
         sent.querySelector("[data-signup-email]").textContent = result.data.email;
         form.hidden = true;
+        document.getElementById("auth-title").textContent = "Check your inbox";
+        document.title = "Check your inbox · PlasmaArt";
         document.querySelectorAll(".switch").forEach(function (el) { el.hidden = true; });
         sent.hidden = false;
         sent.focus();
