@@ -659,3 +659,20 @@ def test_the_clients_sign_up_verify_and_change_the_address(
                 assert changed.pending_email == "max@new.example"
 
         asyncio.run(scenario())
+
+
+def test_an_address_registered_before_the_link_is_used_is_refused(
+    client: TestClient, platform: Platform, inbox: Inbox
+) -> None:
+    user = make_user(platform, "dee@example.com")
+    assert change(client, user.auth, email="dee@late.example").status_code == 202
+    deliver(platform)
+    token = token_of(
+        link_to(inbox.wait_for("dee@late.example", subject="Confirm your new"), "/verify-email")
+    )
+    make_user(platform, "dee@late.example")  # somebody else takes it meanwhile
+    before = written(platform)
+    refused = client.post("/v1/auth/verify-email", json={"token": token})
+    assert (refused.status_code, refused.json()["code"]) == (409, "email_taken")
+    assert written(platform) == before
+    assert client.get("/v1/me", headers=user.auth).json()["email"] == "dee@example.com"
