@@ -141,5 +141,6 @@ def test_change_the_address_from_settings(
     page.goto("/settings")
     expect(page.locator(".account-email")).to_have_text("mover@new.example")
     expect(page.locator("[data-pending-email]")).to_have_count(0)
+    expect(page.locator("[data-email-state]")).to_have_text("Confirmed")
     inbox.wait_for("mover@example.com", subject="Your e-mail address was changed")
     screenshot(page, "verify-7-changed")
