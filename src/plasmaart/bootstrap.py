@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from plasmaart.accounts.addresses import AddressService
 from plasmaart.accounts.credentials import CredentialService
 from plasmaart.accounts.principals import Principals
 from plasmaart.accounts.second_factor import SecondFactor
@@ -127,6 +128,11 @@ def bootstrap(
     credentials = CredentialService(clock)
     # Codes are checked against wall time, never the sandbox test clock.
     second_factor = SecondFactor(job_clock, outbox)
+    # Links that leave the server; single-use links and the account routes'
+    # throttle (accounts/tokens.py), one of each for every account service.
+    links = Links(settings.public_base_url)
+    account_tokens = AccountTokens(clock)
+    throttle = Throttle(clock)
     accounts = AccountService(
         clock,
         ledger,
@@ -155,6 +161,20 @@ def bootstrap(
         clock, catalogs, ledger, billing.plans, teams, outbox, notice_days=settings.notice_days
     )
     storage = create_storage(settings)
+    # Proving and changing addresses, and the welcome (accounts/addresses.py).
+    addresses = AddressService(
+        clock,
+        accounts,
+        credentials,
+        account_tokens,
+        throttle,
+        second_factor,
+        outbox,
+        links,
+        catalogs,
+        required=settings.email_verification_required,
+        support_email=settings.support_email,
+    )
     return Platform(
         settings=settings,
         db=db,
@@ -181,9 +201,10 @@ def bootstrap(
         uploads=UploadService(db, storage, clock),
         caches=caches,
         principals=Principals(caches, db, accounts, credentials, clock),
-        links=Links(settings.public_base_url),
-        account_tokens=AccountTokens(clock),
-        throttle=Throttle(clock),
+        links=links,
+        account_tokens=account_tokens,
+        throttle=throttle,
         second_factor=second_factor,
         mail_folder=MailFolder(settings.mail_dir),
+        addresses=addresses,
     )

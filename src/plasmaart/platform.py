@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from plasmaart.accounts.addresses import AddressService
 from plasmaart.accounts.credentials import CredentialService
 from plasmaart.accounts.principals import Principals
 from plasmaart.accounts.second_factor import SecondFactor
@@ -86,6 +87,8 @@ class Platform:
     second_factor: SecondFactor
     # Where mail is written when no SMTP server is set (the admin's Mail page).
     mail_folder: MailFolder
+    # Proving and changing addresses, the welcome mail (accounts/addresses.py).
+    addresses: AddressService
 
     def close(self) -> None:
         self.principals.close()  # writes the keys' last uses it still holds

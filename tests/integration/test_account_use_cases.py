@@ -95,7 +95,7 @@ def test_a_login_forgets_the_failures_of_its_address(platform: Platform) -> None
 def test_a_taken_address_is_returned_with_its_owner_warned(platform: Platform) -> None:
     owner = make_user(platform, "ada@example.com")
     with platform.db.write() as conn:
-        taken = platform.accounts.sign_up(conn, "ADA@example.com", "another long password")
+        taken = platform.addresses.sign_up(conn, "ADA@example.com", "another long password")
     assert isinstance(taken, EmailTaken)
     assert taken.address == "ada@example.com"
     with platform.db.read() as conn:

@@ -663,6 +663,20 @@ def clock_moved_a_day(answer: Answer) -> None:
     assert answer.body["offset_days"] == 1
 
 
+def already_verified(answer: Answer) -> None:
+    # The world's users are made verified, as ``users create`` makes them.
+    assert answer.body == {"email": answer.me.email, "verification": "already_verified"}
+
+
+def change_pending(answer: Answer) -> None:
+    assert (answer.body["id"], answer.body["email"]) == (answer.me.id, answer.me.email)
+    assert answer.body["pending_email"] == "moved@example.com"
+
+
+def verify_page(answer: Answer) -> None:
+    assert "data-verify-token" in answer.response.text
+
+
 # -- the table ---------------------------------------------------------------
 
 U, F, N = UNAUTHENTICATED, FORBIDDEN, NOT_FOUND
@@ -705,6 +719,18 @@ ROWS: tuple[Row, ...] = (
         check=logged_in_as_owner,
     ),
     Row("POST /v1/auth/logout", (U, 204, 204, 204, 204)),
+    # address verification: the link is public (a forged one is refused alike)
+    Row(
+        "POST /v1/auth/verify-email",
+        (Refusal(400, "invalid_token"),) * 5,
+        body={"token": "forged-link-token"},
+    ),
+    Row(
+        "POST /v1/auth/verify-email/resend",
+        (U, 202, 202, 202, 202),
+        about_caller=True,
+        check=already_verified,
+    ),
     # the caller's own account and keys
     Row("GET /v1/me", (U, 200, 200, 200, 200), about_caller=True, check=me_with_teams),
     Row(
@@ -729,6 +755,13 @@ ROWS: tuple[Row, ...] = (
         check=key_is_callers,
     ),
     Row("GET /v1/api-keys", (U, 200, 200, 200, 200), about_caller=True, check=lists_own_keys),
+    Row(
+        "PATCH /v1/me",
+        (U, 202, 202, 202, 202),
+        body={"email": "moved@example.com", "password": PASSWORD},
+        about_caller=True,
+        check=change_pending,
+    ),
     Row(
         "DELETE /v1/api-keys/{key_id}",
         (U, 200, N, N, N),
@@ -997,6 +1030,7 @@ ROWS: tuple[Row, ...] = (
     Row("GET /admin", (303, 404, 404, 404, 200), check=admin_page_or_none),
     Row("GET /login", (200, 303, 303, 303, 303), check=sign_in_page),
     Row("GET /signup", (200, 303, 303, 303, 303), check=sign_in_page),
+    Row("GET /verify-email", (200, 200, 200, 200, 200), check=verify_page),
     # admin: 404 for everybody else
     Row("GET /v1/admin/users", (U, N, N, N, 200), url="/v1/admin/users?q=owner", check=finds_owner),
     Row(
@@ -1094,6 +1128,9 @@ SUSPENDED: dict[str, Expect] = {
     "POST /v1/auth/signup": 201,
     "POST /v1/auth/login": 200,
     "POST /v1/auth/logout": 204,
+    "POST /v1/auth/verify-email": Refusal(400, "invalid_token"),
+    "POST /v1/auth/verify-email/resend": S,
+    "PATCH /v1/me": S,
     "GET /v1/me": 200,
     "PATCH /v1/me/settings": S,
     "GET /v1/me/2fa": 200,
@@ -1167,6 +1204,7 @@ SUSPENDED: dict[str, Expect] = {
     "GET /admin": 404,
     "GET /login": 303,
     "GET /signup": 303,
+    "GET /verify-email": 200,
     # admin routes do not exist for it, suspended or not
     "GET /v1/admin/users /v1/admin/users?q=owner": N,
     "POST /v1/admin/users/{user_id}/suspend /v1/admin/users/{w.owner.id}/suspend": N,

@@ -147,16 +147,6 @@ class AccountService:
         # Where sign-up attempt, suspension and reinstatement notices are queued.
         self.outbox = outbox
 
-    def sign_up(self, conn: Connection, email: str, password: str) -> SignedIn | EmailTaken:
-        """A new account (on the Free plan), logged in. A registered address
-        is refused, and its owner told (at most once a day) that someone tried."""
-        try:
-            user = self.create_user(conn, email, password)
-        except EmailTaken as taken:
-            self.warn_of_signup_attempt(conn, taken.address)
-            return taken
-        return SignedIn(user, self.credentials.open_session(conn, user.id))
-
     def log_in(
         self, conn: Connection, email: str, password: str, *, address: str, otp: str | None = None
     ) -> SignedIn | WrongCredentials | OtpRequired | OtpInvalid:

@@ -61,6 +61,7 @@ from plasmaart.client.models import (
     Upload,
     UsageRow,
     User,
+    VerificationSent,
 )
 from plasmaart.client.sync_client import Client
 
@@ -119,4 +120,5 @@ __all__ = [
     "Upload",
     "UsageRow",
     "User",
+    "VerificationSent",
 ]

@@ -158,9 +158,29 @@ class AsyncClient:
 
     async def signup(
         self, email: str, password: str, *, idempotency_key: str | None = None
-    ) -> m.User:
-        """Create an account and keep its session (cookies) for later calls."""
+    ) -> m.User | m.VerificationSent:
+        """Create an account and keep its session (cookies) for later calls.
+        A server that requires address verification answers
+        ``VerificationSent`` instead, with no session: open the mailed link
+        (``verify_email``), then ``login``."""
         return await self._send(calls.signup(email, password, idempotency_key))
+
+    async def verify_email(self, token: str, *, idempotency_key: str | None = None) -> m.User:
+        """Use a mailed link's token (address verification or change); logs
+        this client in when it has no session."""
+        return await self._send(calls.verify_email(token, idempotency_key))
+
+    async def resend_verification(
+        self, *, idempotency_key: str | None = None
+    ) -> m.VerificationSent:
+        """Mail a new verification link to the account's address."""
+        return await self._send(calls.resend_verification(idempotency_key))
+
+    async def change_email(self, email: str, password: str, *, otp: str | None = None) -> m.Me:
+        """Ask to change the address (it takes effect once the link mailed
+        to ``email`` is used): the current password, and a two-factor code
+        when two-factor is on."""
+        return await self._send(calls.change_email(email, password, otp))
 
     async def login(
         self, email: str, password: str, *, idempotency_key: str | None = None

@@ -251,9 +251,33 @@ def credit_packs(cursor: str | None, size: int) -> Call[m.Page[m.CreditPack]]:
 # -- accounts ----------------------------------------------------------------------
 
 
-def signup(email: str, password: str, key: str | None) -> Call[m.User]:
+def _signed_up(body: Any) -> m.User | m.VerificationSent:
+    # 201 {user} logs in; 202 {email, verification} asks to open the mailed link.
+    if isinstance(body, dict) and "user" not in body and "verification" in body:
+        return m.decode(m.VerificationSent, body)
+    return _user(body)
+
+
+def signup(email: str, password: str, key: str | None) -> Call[m.User | m.VerificationSent]:
     body = {"email": email, "password": password}
-    return Call("POST", "/v1/auth/signup", _user, body=body, idempotency_key=key)
+    return Call("POST", "/v1/auth/signup", _signed_up, body=body, idempotency_key=key)
+
+
+def verify_email(token: str, key: str | None) -> Call[m.User]:
+    return Call("POST", "/v1/auth/verify-email", _user, body={"token": token}, idempotency_key=key)
+
+
+def resend_verification(key: str | None) -> Call[m.VerificationSent]:
+    return Call(
+        "POST", "/v1/auth/verify-email/resend", _one(m.VerificationSent), idempotency_key=key
+    )
+
+
+def change_email(email: str, password: str, otp: str | None) -> Call[m.Me]:
+    body: dict[str, Any] = {"email": email, "password": password}
+    if otp is not None:
+        body["otp"] = otp
+    return Call("PATCH", "/v1/me", _one(m.Me), body=body)
 
 
 def login(email: str, password: str, key: str | None) -> Call[m.User]:

@@ -34,6 +34,16 @@ class User:
 
 
 @dataclass(frozen=True)
+class VerificationSent:
+    """Sign-up while the server requires address verification (no session
+    yet: open the mailed link, then log in), or a resend of the link.
+    ``verification``: ``sent``, or ``already_verified`` (nothing sent)."""
+
+    email: str
+    verification: str
+
+
+@dataclass(frozen=True)
 class Subscription:
     plan: str
     status: str  # none | active | past_due | canceled
@@ -75,6 +85,8 @@ class Me:
     settings: AccountSettings
     status_reason: str | None = None  # why the account is suspended
     support_email: str | None = None
+    email_verified: bool = False  # whether the address is proven the owner's
+    pending_email: str | None = None  # a change of address waiting for its link
 
 
 @dataclass(frozen=True)

@@ -152,9 +152,29 @@ class Client:
 
     # -- accounts -----------------------------------------------------------------
 
-    def signup(self, email: str, password: str, *, idempotency_key: str | None = None) -> m.User:
-        """Create an account and keep its session (cookies) for later calls."""
+    def signup(
+        self, email: str, password: str, *, idempotency_key: str | None = None
+    ) -> m.User | m.VerificationSent:
+        """Create an account and keep its session (cookies) for later calls.
+        A server that requires address verification answers
+        ``VerificationSent`` instead, with no session: open the mailed link
+        (``verify_email``), then ``login``."""
         return self._send(calls.signup(email, password, idempotency_key))
+
+    def verify_email(self, token: str, *, idempotency_key: str | None = None) -> m.User:
+        """Use a mailed link's token (address verification or change); logs
+        this client in when it has no session."""
+        return self._send(calls.verify_email(token, idempotency_key))
+
+    def resend_verification(self, *, idempotency_key: str | None = None) -> m.VerificationSent:
+        """Mail a new verification link to the account's address."""
+        return self._send(calls.resend_verification(idempotency_key))
+
+    def change_email(self, email: str, password: str, *, otp: str | None = None) -> m.Me:
+        """Ask to change the address (it takes effect once the link mailed
+        to ``email`` is used): the current password, and a two-factor code
+        when two-factor is on."""
+        return self._send(calls.change_email(email, password, otp))
 
     def login(self, email: str, password: str, *, idempotency_key: str | None = None) -> m.User:
         """Open a session for later calls (an ``api_key``, when set, still wins)."""

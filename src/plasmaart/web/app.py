@@ -13,6 +13,7 @@ from plasmaart.platform import Platform
 from plasmaart.web import dashboard, openapi, problems
 from plasmaart.web.api import (
     accounts,
+    addresses,
     admin,
     billing,
     catalog,
@@ -51,6 +52,7 @@ ROUTERS = (
     fairuse,
     catalog_changes,
     two_factor,
+    addresses,
 )
 
 

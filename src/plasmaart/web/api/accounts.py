@@ -6,8 +6,10 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from plasmaart.accounts.addresses import SignupAccepted
 from plasmaart.accounts.credentials import SESSION_LIFETIME, NewSession
 from plasmaart.accounts.second_factor import OtpInvalid, OtpRequired
 from plasmaart.accounts.service import EmailTaken, User, WrongCredentials
@@ -99,6 +101,10 @@ class MeOut(BaseModel):
     teams: list[TeamRef]
     settings: MeSettings
     two_factor: bool = Field(description="Whether logging in asks for a TOTP code")
+    email_verified: bool = Field(description="Whether the address is proven the owner's")
+    pending_email: str | None = Field(
+        default=None, description="The address a change waits to make the account's (its link)"
+    )
 
 
 class SettingsIn(StrictBody):
@@ -133,21 +139,46 @@ def _client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+class SignupAcceptedOut(BaseModel):
+    """Sign-up while address verification is required: the same answer for
+    a new address and a registered one (docs/api.md)."""
+
+    email: str
+    verification: Literal["sent"]
+
+
 @router.post(
     "/auth/signup",
     status_code=201,
     response_model=UserEnvelope,
-    responses={409: {"description": "The address is registered (`email_taken`)"}},
+    responses={
+        202: {
+            "model": SignupAcceptedOut,
+            "description": "Verification is required: check the inbox (new or registered address)",
+        },
+        409: {"description": "The address is registered (`email_taken`)"},
+    },
 )
 def signup(
     body: Credentials, request: Request, response: Response, platform: PlatformDep
-) -> UserEnvelope:
-    """Create an account (on the Free plan) and log in. A registered address
-    is refused, and its owner told (at most once a day) that someone tried."""
+) -> UserEnvelope | Response:
+    """Create an account (on the Free plan). While address verification is
+    required: 202, no session, whether the address is new (its link mailed)
+    or registered (its owner told). Otherwise: 201, logged in; a registered
+    address is refused, and its owner told (at most once a day)."""
     with platform.db.write() as conn:
-        signed_up = platform.accounts.sign_up(conn, body.email, body.password)
+        signed_up = platform.addresses.sign_up(
+            conn,
+            body.email,
+            body.password,
+            user_agent=request.headers.get("user-agent"),
+            address=_client_address(request),
+        )
     if isinstance(signed_up, EmailTaken):
         raise signed_up  # after the warning to the address's owner is committed
+    if isinstance(signed_up, SignupAccepted):
+        accepted = SignupAcceptedOut(email=signed_up.email, verification="sent")
+        return JSONResponse(accepted.model_dump(), status_code=202)
     _set_session_cookies(request, response, signed_up.session)
     return UserEnvelope(user=UserOut.model_validate(signed_up.user, from_attributes=True))
 
@@ -232,6 +263,7 @@ def me_out(platform: Platform, user: User) -> MeOut:
             TeamRef(id=m.team.id, name=m.team.name, role=m.role)
             for m in platform.teams.teams_of(conn, user.id)
         ]
+        pending_email = platform.addresses.pending_email(conn, user.id)
     return MeOut(
         id=user.id,
         email=user.email,
@@ -245,6 +277,8 @@ def me_out(platform: Platform, user: User) -> MeOut:
         teams=teams,
         settings=MeSettings(remove_watermark=user.remove_watermark),
         two_factor=user.two_factor,
+        email_verified=user.email_verified,
+        pending_email=pending_email,
     )
 
 

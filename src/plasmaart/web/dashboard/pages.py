@@ -30,6 +30,7 @@ from starlette.templating import Jinja2Templates
 
 from plasmaart import __version__
 from plasmaart.accounts.passwords import MIN_PASSWORD_LENGTH
+from plasmaart.accounts.tokens import LIFETIMES
 from plasmaart.db.values import GENERATION_STATUSES
 from plasmaart.errors import Unauthenticated
 from plasmaart.generation.runner import EXTENSIONS
@@ -240,7 +241,13 @@ def _auth_page(request: Request, platform: Platform, mode: str, next_path: str |
     if principal is not None:
         return RedirectResponse(target, status_code=303)
     title = "Log in" if mode == "login" else "Create your account"
-    context = {"mode": mode, "next": target, "title": title, "min_password": MIN_PASSWORD_LENGTH}
+    context = {
+        "mode": mode,
+        "next": target,
+        "title": title,
+        "min_password": MIN_PASSWORD_LENGTH,
+        "valid_days": LIFETIMES["email_verification"].days,
+    }
     return render(request, "auth.html", context)
 
 
@@ -252,6 +259,21 @@ def login_page(request: Request, platform: PlatformDep, next: SafeText = None) -
 @router.get("/signup")
 def signup_page(request: Request, platform: PlatformDep, next: SafeText = None) -> Response:
     return _auth_page(request, platform, "signup", next)
+
+
+@router.get("/verify-email")
+def verify_email_page(request: Request, platform: PlatformDep, token: SafeText = None) -> Response:
+    """Where a verification or change-of-address link lands, signed in or
+    not: its script posts the token (a GET never uses it up, so a mail
+    scanner fetching the link does no harm) and shows the outcome."""
+    context = {
+        "title": "Confirm your e-mail address",
+        "token": (token or "").strip(),
+        "signed_in": _viewer(request, platform) is not None,
+        "valid_days": LIFETIMES["email_verification"].days,
+        "support_email": platform.settings.support_email,
+    }
+    return render(request, "verify.html", context)
 
 
 # -- the pages -----------------------------------------------------------------

@@ -70,6 +70,14 @@ class Frame:
     banner: list[sections.ScheduledChange]
     support_email: str
     sandbox_billing: bool
+    # settings.email_verification_required (docs/accounts.md)
+    verification_required: bool = False
+
+    @property
+    def unverified(self) -> bool:
+        """The address must be confirmed and is not: every page says so,
+        with a button that mails a new link."""
+        return self.verification_required and not self.user.email_verified
 
     @property
     def read_only(self) -> bool:
@@ -91,6 +99,7 @@ def frame(conn: Connection, platform: Platform, user: User) -> Frame:
         banner=sections.scheduled_changes(conn, platform),
         support_email=platform.settings.support_email,
         sandbox_billing=platform.settings.billing == "sandbox",
+        verification_required=platform.settings.email_verification_required,
     )
 
 
@@ -414,6 +423,7 @@ def settings(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any
     watermark_plan = next((p for p in page.catalog.plans_by_price() if p.watermark_removable), None)
     return {
         "keys": keys,
+        "pending_email": platform.addresses.pending_email(conn, page.user.id),
         "watermark_allowed": page.plan.watermark_removable,
         "watermark_plan": watermark_plan,
         "two_factor": platform.second_factor.status(conn, page.user),

@@ -72,6 +72,18 @@
         window.PA.showErrors(form, result);
         return;
       }
+      if (mode === "signup" && result.status === 202) {
+        // Address verification is on: no session yet, the link is in the mail.
+        const sent = document.querySelector("[data-signup-sent]");
+        sent.querySelector("[data-signup-email]").textContent = result.data.email;
+        form.hidden = true;
+        document.getElementById("auth-title").textContent = "Check your inbox";
+        document.title = "Check your inbox · PlasmaArt";
+        document.querySelectorAll(".switch").forEach(function (el) { el.hidden = true; });
+        sent.hidden = false;
+        sent.focus();
+        return;
+      }
       const next = form.dataset.next || "/";
       window.location.assign(next.startsWith("/") && !next.startsWith("//") ? next : "/");
     });
