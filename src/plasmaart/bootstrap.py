@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from plasmaart.accounts.credentials import CredentialService
+from plasmaart.accounts.password_service import PasswordService
 from plasmaart.accounts.principals import Principals
 from plasmaart.accounts.second_factor import SecondFactor
 from plasmaart.accounts.service import AccountService
@@ -147,6 +148,22 @@ def bootstrap(
         clock, catalogs, ledger, billing.plans, teams, outbox, notice_days=settings.notice_days
     )
     storage = create_storage(settings)
+    account_tokens = AccountTokens(clock)
+    throttle = Throttle(clock)
+    # Codes are checked against wall time, never the sandbox test clock.
+    second_factor = SecondFactor(job_clock)
+    links = Links(settings.public_base_url)
+    passwords = PasswordService(
+        clock,
+        accounts,
+        credentials,
+        account_tokens,
+        throttle,
+        second_factor,
+        outbox,
+        links,
+        support_email=settings.support_email,
+    )
     return Platform(
         settings=settings,
         db=db,
@@ -173,10 +190,10 @@ def bootstrap(
         uploads=UploadService(db, storage, clock),
         caches=caches,
         principals=Principals(caches, db, accounts, credentials, clock),
-        links=Links(settings.public_base_url),
-        account_tokens=AccountTokens(clock),
-        throttle=Throttle(clock),
-        # Codes are checked against wall time, never the sandbox test clock.
-        second_factor=SecondFactor(job_clock),
+        links=links,
+        account_tokens=account_tokens,
+        throttle=throttle,
+        second_factor=second_factor,
         mail_folder=MailFolder(settings.mail_dir),
+        passwords=passwords,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from plasmaart.accounts.credentials import CredentialService
+from plasmaart.accounts.password_service import PasswordService
 from plasmaart.accounts.principals import Principals
 from plasmaart.accounts.second_factor import SecondFactor
 from plasmaart.accounts.service import AccountService
@@ -86,6 +87,8 @@ class Platform:
     second_factor: SecondFactor
     # Where mail is written when no SMTP server is set (the admin's Mail page).
     mail_folder: MailFolder
+    # Password reset and change, the sessions list (accounts/password_service.py).
+    passwords: PasswordService
 
     def close(self) -> None:
         self.principals.close()  # writes the keys' last uses it still holds

@@ -143,18 +143,36 @@ class AccountService:
         # Where sign-up attempt, suspension and reinstatement notices are queued.
         self.outbox = outbox
 
-    def sign_up(self, conn: Connection, email: str, password: str) -> SignedIn | EmailTaken:
-        """A new account (on the Free plan), logged in. A registered address
+    def sign_up(
+        self,
+        conn: Connection,
+        email: str,
+        password: str,
+        *,
+        user_agent: str | None = None,
+        address: str | None = None,
+    ) -> SignedIn | EmailTaken:
+        """A new account (on the Free plan), logged in (the session notes the
+        browser's ``user_agent`` and client ``address``). A registered address
         is refused, and its owner told (at most once a day) that someone tried."""
         try:
             user = self.create_user(conn, email, password)
         except EmailTaken as taken:
             self.warn_of_signup_attempt(conn, taken.address)
             return taken
-        return SignedIn(user, self.credentials.open_session(conn, user.id))
+        session = self.credentials.open_session(
+            conn, user.id, user_agent=user_agent, address=address
+        )
+        return SignedIn(user, session)
 
     def log_in(
-        self, conn: Connection, email: str, password: str, *, address: str
+        self,
+        conn: Connection,
+        email: str,
+        password: str,
+        *,
+        address: str,
+        user_agent: str | None = None,
     ) -> SignedIn | WrongCredentials:
         """A new session for these credentials, from the client at ``address``.
         Too many recent failures of the account or of the client are refused
@@ -168,7 +186,10 @@ class AccountService:
             self.credentials.record_login_failure(conn, email, address)
             return wrong
         self.credentials.forget_login_failures(conn, email)
-        return SignedIn(user, self.credentials.open_session(conn, user.id))
+        session = self.credentials.open_session(
+            conn, user.id, user_agent=user_agent, address=address
+        )
+        return SignedIn(user, session)
 
     def create_user(
         self,

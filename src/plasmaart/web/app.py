@@ -23,6 +23,7 @@ from plasmaart.web.api import (
     fal_webhooks,
     generations,
     ops,
+    passwords,
     stripe_billing,
     teams,
 )
@@ -49,6 +50,7 @@ ROUTERS = (
     fal_webhooks,
     fairuse,
     catalog_changes,
+    passwords,
 )
 
 

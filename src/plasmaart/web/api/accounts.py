@@ -133,7 +133,13 @@ def signup(
     """Create an account (on the Free plan) and log in. A registered address
     is refused, and its owner told (at most once a day) that someone tried."""
     with platform.db.write() as conn:
-        signed_up = platform.accounts.sign_up(conn, body.email, body.password)
+        signed_up = platform.accounts.sign_up(
+            conn,
+            body.email,
+            body.password,
+            user_agent=request.headers.get("user-agent"),
+            address=_client_address(request),
+        )
     if isinstance(signed_up, EmailTaken):
         raise signed_up  # after the warning to the address's owner is committed
     _set_session_cookies(request, response, signed_up.session)
@@ -154,7 +160,13 @@ def login(
     """Log in with e-mail and password; sets the session cookies."""
     address = _client_address(request)
     with platform.db.write() as conn:
-        logged_in = platform.accounts.log_in(conn, body.email, body.password, address=address)
+        logged_in = platform.accounts.log_in(
+            conn,
+            body.email,
+            body.password,
+            address=address,
+            user_agent=request.headers.get("user-agent"),
+        )
     if isinstance(logged_in, WrongCredentials):
         raise logged_in  # after the failure is counted
     _set_session_cookies(request, response, logged_in.session)
