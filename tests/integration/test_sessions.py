@@ -329,3 +329,21 @@ def test_sessions_remember_where_they_were_opened(client: TestClient, platform: 
     with platform.db.read() as conn:
         row = conn.execute(select(sessions.c.user_agent, sessions.c.address)).one()
     assert (row.user_agent, row.address) == ("SignupBrowser/1", "testclient")
+
+
+def test_a_suspended_account_can_still_secure_itself(
+    client: TestClient, second: TestClient, platform: Platform
+) -> None:
+    ada = make_user(platform, "ada@example.com")
+    with platform.db.write() as conn:
+        platform.suspensions.suspend(conn, ada.id, reason="review", actor="cli")
+    csrf = log_in(client, ada.email, "here")
+    log_in(second, ada.email, "there")
+    there = next(s for s in client.get("/v1/sessions").json()["data"] if not s["current"])
+    assert client.delete(f"/v1/sessions/{there['id']}", headers=csrf).status_code == 204
+    assert second.get("/v1/me").status_code == 401
+    status, _ = change(client, csrf, PASSWORD, NEW_PASSWORD)
+    assert status == 200
+    # Still read-only otherwise.
+    refused = client.post("/v1/api-keys", json={"name": "x"}, headers=csrf)
+    assert (refused.status_code, refused.json()["code"]) == (403, "account_suspended")

@@ -65,6 +65,8 @@ RESETS_PER_CLIENT = 20
 RESET_CLIENT_WINDOW = timedelta(hours=1)
 RESET_PATH = "/reset-password"
 FORGOT_PATH = "/forgot-password"
+# No user has this id (ids are ``usr_`` and 26 characters).
+NOBODY = "usr_nobody"
 _INVALID_LINK = "this link is not valid: it was used already, expired or mistyped"
 
 
@@ -134,7 +136,9 @@ class PasswordService:
         account = repo.reset_account(conn, address)
         minutes = int(LIFETIMES["password_reset"].total_seconds() // 60)
         if account is None:
-            # The same token, hash, link and letter, kept by nobody.
+            # The same statement as issuing's first (it matches no row), and
+            # the same token, hash, link and letter, kept by nobody.
+            self.tokens.retire(conn, NOBODY, ("password_reset",))
             decoy = secrets.token_urlsafe(32)
             digest(decoy)
             url = self.links.url(RESET_PATH, token=decoy)
