@@ -347,3 +347,24 @@ def test_a_suspended_account_can_still_secure_itself(
     # Still read-only otherwise.
     refused = client.post("/v1/api-keys", json={"name": "x"}, headers=csrf)
     assert (refused.status_code, refused.json()["code"]) == (403, "account_suspended")
+
+
+def test_the_settings_page_shows_sessions_and_key_use(
+    client: TestClient, second: TestClient, platform: Platform, clock: ManualClock
+) -> None:
+    ada = make_user(platform, "ada@example.com")
+    log_in(client, ada.email, "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0")
+    log_in(second, ada.email, "Mozilla/5.0 (Windows NT 10.0) Chrome/140.0 Safari/537.36")
+    assert client.get("/v1/me", headers=ada.auth).status_code == 200
+    platform.principals.last_used.flush()
+    page = client.get("/settings")
+    assert page.status_code == 200
+    security = page.text[page.text.index('id="security"') :]
+    assert "Firefox on Linux" in security
+    assert "Chrome on Windows" in security
+    assert security.count("This device") == 1
+    mine = next(s for s in client.get("/v1/sessions").json()["data"] if s["current"])
+    current_row = security[security.index(f'data-session-id="{mine["id"]}"') :]
+    assert current_row.index("This device") < current_row.index("</tr>")
+    assert f"last used {clock.now():%b %d, %Y %H:%M UTC}" in security
+    assert client.cookies["pa_session"] not in page.text
