@@ -6,6 +6,7 @@ import logging
 
 from plasmaart.accounts.addresses import AddressService
 from plasmaart.accounts.credentials import CredentialService
+from plasmaart.accounts.password_service import PasswordService
 from plasmaart.accounts.principals import Principals
 from plasmaart.accounts.second_factor import SecondFactor
 from plasmaart.accounts.service import AccountService
@@ -161,6 +162,17 @@ def bootstrap(
         clock, catalogs, ledger, billing.plans, teams, outbox, notice_days=settings.notice_days
     )
     storage = create_storage(settings)
+    passwords = PasswordService(
+        clock,
+        accounts,
+        credentials,
+        account_tokens,
+        throttle,
+        second_factor,
+        outbox,
+        links,
+        support_email=settings.support_email,
+    )
     # Proving and changing addresses, and the welcome (accounts/addresses.py).
     addresses = AddressService(
         clock,
@@ -207,4 +219,5 @@ def bootstrap(
         second_factor=second_factor,
         mail_folder=MailFolder(settings.mail_dir),
         addresses=addresses,
+        passwords=passwords,
     )

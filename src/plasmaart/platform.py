@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from plasmaart.accounts.addresses import AddressService
 from plasmaart.accounts.credentials import CredentialService
+from plasmaart.accounts.password_service import PasswordService
 from plasmaart.accounts.principals import Principals
 from plasmaart.accounts.second_factor import SecondFactor
 from plasmaart.accounts.service import AccountService
@@ -89,6 +90,8 @@ class Platform:
     mail_folder: MailFolder
     # Proving and changing addresses, the welcome mail (accounts/addresses.py).
     addresses: AddressService
+    # Password reset and change, the sessions list (accounts/password_service.py).
+    passwords: PasswordService
 
     def close(self) -> None:
         self.principals.close()  # writes the keys' last uses it still holds

@@ -52,6 +52,7 @@ from plasmaart.db.tables import (
     generation_outputs,
     generations,
     notifications,
+    sessions,
     team_members,
     uploads,
 )
@@ -87,6 +88,9 @@ AT_ONCE = {"sandbox": {"delay_s": 0}}
 WORLD_PARAMS = {"aspect_ratio": "16:9", **AT_ONCE}
 # A tiny real PNG (3x2, one frame) for the upload rows.
 UPLOAD_SIZE = (3, 2)
+# What ``POST /v1/me/password`` sets (after the rows that log in with PASSWORD).
+MATRIX_PASSWORD = "the matrix's new password"
+INVALID_TOKEN = Refusal(400, "invalid_token")
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,7 @@ class World:
     upload_id: str  # the owner's
     output_link: str  # signed URL of ``output_id``
     upload_link: str  # signed URL of ``upload_id``
+    session_id: str  # a session of the owner's (``GET /v1/sessions``)
 
     def caller(self, caller: Caller, row: Row) -> TestUser | None:
         if caller == "anonymous":
@@ -149,6 +154,7 @@ class World:
             "owner output id": self.output_id,
             "owner queued generation id": self.queued_generation_id,
             "owner upload id": self.upload_id,
+            "owner session id": self.session_id,
         }
 
 
@@ -190,6 +196,7 @@ def build_world(platform: Platform, client: TestClient) -> World:
         accept = teams.invite(conn, team.id, owner.id, invitee.email)
         pending = teams.invite(conn, team.id, owner.id, "pending@example.com")
         spare = platform.credentials.create_api_key(conn, owner.id, "spare")
+        session = platform.credentials.open_session(conn, owner.id, user_agent="matrix")
         mine = notify.notify(conn, owner.id, "catalog.change", "Price change", "Veo 3 costs more.")
         notify.notify(conn, other.id, "catalog.change", "New model", "Try Wan Pro.")
     with platform.db.write() as conn:
@@ -230,6 +237,7 @@ def build_world(platform: Platform, client: TestClient) -> World:
         upload_id=uploaded.json()["id"],
         output_link=shown.json()["outputs"][0]["url"],
         upload_link=uploaded.json()["url"],
+        session_id=session.id,
     )
 
 
@@ -334,6 +342,25 @@ def key_is_callers(answer: Answer) -> None:
 
 def lists_own_keys(answer: Answer) -> None:
     assert {key["id"] for key in answer.body["data"]} == keys_of(answer)
+
+
+def lists_own_sessions(answer: Answer) -> None:
+    with answer.platform.db.read() as conn:
+        rows = conn.execute(select(sessions.c.id).where(sessions.c.user_id == answer.me.id))
+        mine = {row.id for row in rows}
+    assert {s["id"] for s in answer.body["data"]} == mine
+
+
+def session_revoked(answer: Answer) -> None:
+    with answer.platform.db.read() as conn:
+        left = conn.execute(select(sessions.c.id).where(sessions.c.id == answer.world.session_id))
+        assert left.all() == []
+
+
+def password_changed(answer: Answer) -> None:
+    assert answer.body["user"]["id"] == answer.me.id
+    with answer.platform.db.write() as conn:
+        answer.platform.accounts.authenticate(conn, answer.me.email, MATRIX_PASSWORD)
 
 
 def spare_key_revoked(answer: Answer) -> None:
@@ -768,6 +795,32 @@ ROWS: tuple[Row, ...] = (
         url="/v1/api-keys/{w.spare_key_id}",
         check=spare_key_revoked,
     ),
+    # password reset: public, the same answer for any address; a forged link
+    Row(
+        "POST /v1/auth/password-reset",
+        (202, 202, 202, 202, 202),
+        body={"email": "owner@example.com"},
+    ),
+    Row(
+        "POST /v1/auth/password-reset/confirm",
+        (INVALID_TOKEN,) * 5,
+        body={"token": "forged-matrix-token", "password": "another long password"},
+    ),
+    # the caller's own sessions and password (after the login row: it changes it)
+    Row("GET /v1/sessions", (U, 200, 200, 200, 200), about_caller=True, check=lists_own_sessions),
+    Row(
+        "DELETE /v1/sessions/{session_id}",
+        (U, 204, N, N, N),
+        url="/v1/sessions/{w.session_id}",
+        check=session_revoked,
+    ),
+    Row(
+        "POST /v1/me/password",
+        (U, 200, 200, 200, 200),
+        body={"current_password": PASSWORD, "new_password": MATRIX_PASSWORD},
+        about_caller=True,
+        check=password_changed,
+    ),
     # generations: the caller's own and their teams'; admins get nobody's
     # here (they have the admin routes), and a member not the owner's own
     Row(
@@ -1029,6 +1082,9 @@ ROWS: tuple[Row, ...] = (
     Row("GET /team", (303, 200, 200, 200, 200), check=dashboard_page),
     Row("GET /admin", (303, 404, 404, 404, 200), check=admin_page_or_none),
     Row("GET /login", (200, 303, 303, 303, 303), check=sign_in_page),
+    # password reset's pages: public (a link that does not work, without a token)
+    Row("GET /forgot-password", (200, 200, 200, 200, 200)),
+    Row("GET /reset-password", (200, 200, 200, 200, 200), url="/reset-password?token=forged"),
     Row("GET /signup", (200, 303, 303, 303, 303), check=sign_in_page),
     Row("GET /verify-email", (200, 200, 200, 200, 200), check=verify_page),
     # admin: 404 for everybody else
@@ -1141,6 +1197,13 @@ SUSPENDED: dict[str, Expect] = {
     "POST /v1/api-keys": S,
     "GET /v1/api-keys": 200,
     "DELETE /v1/api-keys/{key_id} /v1/api-keys/{w.spare_key_id}": S,
+    "POST /v1/auth/password-reset": 202,
+    "POST /v1/auth/password-reset/confirm": INVALID_TOKEN,
+    "GET /v1/sessions": 200,
+    # the suspension ended every session of the account: none left to revoke
+    # (revoking one stays allowed, as a new password is: securing the account)
+    "DELETE /v1/sessions/{session_id} /v1/sessions/{w.session_id}": N,
+    "POST /v1/me/password": 200,
     "GET /v1/generations": 200,
     "GET /v1/generations/{generation_id} /v1/generations/{w.generation_id}": 200,
     "GET /v1/generations/{generation_id} /v1/generations/{w.team_generation_id}": 200,
@@ -1203,6 +1266,8 @@ SUSPENDED: dict[str, Expect] = {
     "GET /team": 200,
     "GET /admin": 404,
     "GET /login": 303,
+    "GET /forgot-password": 200,
+    "GET /reset-password /reset-password?token=forged": 200,
     "GET /signup": 303,
     "GET /verify-email": 200,
     # admin routes do not exist for it, suspended or not

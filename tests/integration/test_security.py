@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -21,9 +22,13 @@ from sqlalchemy import LargeBinary, String, Text, select
 from plasmaart.db.tables import metadata
 from plasmaart.logs import JsonFormatter
 from plasmaart.platform import Platform
+from plasmaart.worker import outbox_delivery
 from tests.support.accounts import make_user
 
 PASSWORD = "correct horse battery staple 42"
+RESET_PASSWORD = "reset horse battery staple 43"
+CHANGED_PASSWORD = "changed horse battery staple 44"
+WRONG_PASSWORD = "wrong horse battery staple 45"
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
@@ -95,7 +100,37 @@ def use_every_secret(client: TestClient, platform: Platform) -> list[str]:
         f"/v1/invitations/{token}/accept", headers={"Authorization": f"Bearer {key}"}
     )
     assert accepted.status_code == 200, accepted.text
-    return [PASSWORD, session, key, wrong_key, owner.api_key, token]
+    return [PASSWORD, session, key, wrong_key, owner.api_key, token, *use_password_secrets(client)]
+
+
+def use_password_secrets(client: TestClient) -> list[str]:
+    """Reset sec@example.com's password by mail (the link delivered), change
+    it, with a wrong current password first; the secrets that crossed the wire."""
+    platform: Platform = client.app.state.platform  # type: ignore[attr-defined]
+    client.cookies.clear()
+    asked = client.post("/v1/auth/password-reset", json={"email": "sec@example.com"})
+    assert asked.status_code == 202, asked.text
+    outbox_delivery(platform).run("security-worker")
+    [mail] = [m for m in platform.mail_folder.messages() if "Reset" in m.subject]
+    found = re.search(r"token=([A-Za-z0-9_-]+)", mail.text)
+    assert found is not None
+    reset_token = found.group(1)
+    assert client.get(f"/reset-password?token={reset_token}").status_code == 200
+    forged = client.post(
+        "/v1/auth/password-reset/confirm", json={"token": "forged" * 8, "password": RESET_PASSWORD}
+    )
+    assert forged.status_code == 400
+    done = client.post(
+        "/v1/auth/password-reset/confirm", json={"token": reset_token, "password": RESET_PASSWORD}
+    )
+    assert done.status_code == 200, done.text
+    csrf = {"X-CSRF-Token": client.cookies["pa_csrf"]}
+    change = {"current_password": WRONG_PASSWORD, "new_password": CHANGED_PASSWORD}
+    assert client.post("/v1/me/password", json=change, headers=csrf).status_code == 403
+    change["current_password"] = RESET_PASSWORD
+    assert client.post("/v1/me/password", json=change, headers=csrf).status_code == 200
+    client.cookies.clear()
+    return [reset_token, RESET_PASSWORD, CHANGED_PASSWORD, WRONG_PASSWORD]
 
 
 def test_no_secret_reaches_the_logs(

@@ -40,7 +40,7 @@ from plasmaart.accounts.address_notices import (
     Welcome,
 )
 from plasmaart.accounts.credentials import CredentialService, NewSession
-from plasmaart.accounts.passwords import verify_password
+from plasmaart.accounts.passwords import WrongPassword, verify_password
 from plasmaart.accounts.second_factor import OtpInvalid, OtpRequired, SecondFactor
 from plasmaart.accounts.service import (
     AccountService,
@@ -55,7 +55,7 @@ from plasmaart.accounts.tokens import LIFETIMES, AccountTokens, Throttle
 from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.catalog.rules import plan_models
 from plasmaart.clock import Clock
-from plasmaart.errors import DomainError, InvalidInput, InvalidToken
+from plasmaart.errors import InvalidInput, InvalidToken
 from plasmaart.ids import new_id
 from plasmaart.links import Links
 from plasmaart.outbox import Outbox
@@ -78,14 +78,6 @@ RESENDS_PER_HOUR = 3
 # cannot be used to guess the password of a stolen session's account).
 CHANGES_PER_HOUR = 5
 HOUR = timedelta(hours=1)
-
-
-class WrongPassword(DomainError):
-    """The current password, asked again before a sensitive change, is wrong."""
-
-    code = "wrong_password"
-    status = 403
-    title = "Wrong password"
 
 
 @dataclass(frozen=True)

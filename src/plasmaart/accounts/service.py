@@ -148,7 +148,14 @@ class AccountService:
         self.outbox = outbox
 
     def log_in(
-        self, conn: Connection, email: str, password: str, *, address: str, otp: str | None = None
+        self,
+        conn: Connection,
+        email: str,
+        password: str,
+        *,
+        address: str,
+        otp: str | None = None,
+        user_agent: str | None = None,
     ) -> SignedIn | WrongCredentials | OtpRequired | OtpInvalid:
         """A new session for these credentials, from the client at ``address``.
         Too many recent failures of the account or of the client are refused
@@ -173,7 +180,10 @@ class AccountService:
         if refusal is not None:
             return refusal
         self.credentials.forget_login_failures(conn, email)
-        return SignedIn(user, self.credentials.open_session(conn, user.id))
+        session = self.credentials.open_session(
+            conn, user.id, user_agent=user_agent, address=address
+        )
+        return SignedIn(user, session)
 
     def create_user(
         self,

@@ -24,6 +24,7 @@ from plasmaart.web.api import (
     fal_webhooks,
     generations,
     ops,
+    passwords,
     stripe_billing,
     teams,
     two_factor,
@@ -53,6 +54,7 @@ ROUTERS = (
     catalog_changes,
     two_factor,
     addresses,
+    passwords,
 )
 
 

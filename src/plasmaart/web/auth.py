@@ -51,8 +51,17 @@ CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # The writes a suspended account may still make, as "METHOD /route/{path}":
 # ending its subscription (no renewal is charged anyway; this makes the end
-# its own, so that a reinstatement does not undo it) and logging out.
-SUSPENDED_MAY_WRITE = frozenset({"DELETE /v1/subscription", "POST /v1/auth/logout"})
+# its own, so that a reinstatement does not undo it), logging out, and
+# securing the account.
+SUSPENDED_MAY_WRITE = frozenset(
+    {
+        "DELETE /v1/subscription",
+        "POST /v1/auth/logout",
+        # Securing the account: a new password, a session logged out.
+        "POST /v1/me/password",
+        "DELETE /v1/sessions/{session_id}",
+    }
+)
 # The writes that need a verified address while verification is required.
 VERIFIED_ONLY = frozenset(
     {

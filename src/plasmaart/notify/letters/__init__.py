@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from plasmaart.notify.letters import addresses, twofa
+from plasmaart.notify.letters import addresses, passwords, twofa
 from plasmaart.outbox import Text
 
 # Each feature's module adds its TEXTS here: TEXTS.update(module.TEXTS).
 TEXTS: dict[type[Any], Callable[[Any], Text]] = {}
 TEXTS.update(twofa.TEXTS)
 TEXTS.update(addresses.TEXTS)
+TEXTS.update(passwords.TEXTS)

@@ -202,7 +202,12 @@ def login(
     address = _client_address(request)
     with platform.db.write() as conn:
         logged_in = platform.accounts.log_in(
-            conn, body.email, body.password, address=address, otp=body.otp
+            conn,
+            body.email,
+            body.password,
+            address=address,
+            otp=body.otp,
+            user_agent=request.headers.get("user-agent"),
         )
     if isinstance(logged_in, WrongCredentials | OtpRequired | OtpInvalid):
         raise logged_in  # after the failure is counted

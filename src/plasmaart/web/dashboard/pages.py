@@ -278,13 +278,13 @@ def verify_email_page(request: Request, platform: PlatformDep, token: SafeText =
 
 # -- the pages -----------------------------------------------------------------
 
-# The pages that read no query parameter: path, page, view.
+# The pages that read no query parameter: path, page, view. (``/settings``,
+# which marks the caller's own session, is password_pages.py's.)
 PLAIN_PAGES: tuple[tuple[str, PageSpec, View], ...] = (
     ("/", PageSpec("home.html", "home", "Home"), views.home),
     ("/create", PageSpec("create.html", "create", "Create"), views.create),
     ("/billing", PageSpec("billing.html", "billing", "Plan & billing"), views.billing),
     ("/team", PageSpec("team.html", "team", "Team"), views.team),
-    ("/settings", PageSpec("settings.html", "settings", "Settings"), views.settings),
 )
 GENERATIONS = PageSpec("generations.html", "generations", "Generations")
 USAGE = PageSpec("usage.html", "usage", "Usage")
