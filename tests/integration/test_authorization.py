@@ -123,6 +123,7 @@ class World:
     upload_id: str  # the owner's
     output_link: str  # signed URL of ``output_id``
     upload_link: str  # signed URL of ``upload_id``
+    payment_id: str  # the owner's Studio subscription's payment (it has a receipt)
 
     def caller(self, caller: Caller, row: Row) -> TestUser | None:
         if caller == "anonymous":
@@ -149,6 +150,7 @@ class World:
             "owner output id": self.output_id,
             "owner queued generation id": self.queued_generation_id,
             "owner upload id": self.upload_id,
+            "owner payment id": self.payment_id,
         }
 
 
@@ -210,6 +212,8 @@ def build_world(platform: Platform, client: TestClient) -> World:
     )
     assert (shown.status_code, uploaded.status_code) == (200, 201), (shown.text, uploaded.text)
     assert shown.json()["status"] == "succeeded"
+    with platform.db.read() as conn:
+        [subscribed] = platform.billing.payments.history(conn, owner.id, limit=10)
     return World(
         owner=owner,
         other=other,
@@ -230,6 +234,7 @@ def build_world(platform: Platform, client: TestClient) -> World:
         upload_id=uploaded.json()["id"],
         output_link=shown.json()["outputs"][0]["url"],
         upload_link=uploaded.json()["url"],
+        payment_id=subscribed.id,
     )
 
 
@@ -611,6 +616,15 @@ def own_payments(answer: Answer) -> None:
     assert {payment["id"] for payment in answer.body["data"]} == {payment.id for payment in mine}
 
 
+def owners_receipt(answer: Answer) -> None:
+    assert answer.response.content_type.startswith("text/html")
+    with answer.platform.db.read() as conn:
+        receipt = answer.platform.billing.receipts.receipt(
+            conn, answer.me.id, answer.world.payment_id
+        )
+    assert receipt.number in answer.response.text
+
+
 def owner_card_set(answer: Answer) -> None:
     assert answer.body == {"user_id": answer.world.owner.id, "declines": False}
 
@@ -955,6 +969,14 @@ ROWS: tuple[Row, ...] = (
         check=pack_bought,
     ),
     Row("GET /v1/payments", (U, 200, 200, 200, 200), about_caller=True, check=own_payments),
+    # a receipt is the payer's alone: a team member sees the wallet, not its
+    # owner's payments; nobody else (an admin included) learns it exists
+    Row(
+        "GET /v1/payments/{payment_id}/receipt",
+        (U, 200, N, N, N),
+        url="/v1/payments/{w.payment_id}/receipt",
+        check=owners_receipt,
+    ),
     # Stripe's: the portal is refused under sandbox billing, whoever asks;
     # the webhook is public (its signature authenticates it) and absent here.
     Row(
@@ -1139,6 +1161,7 @@ SUSPENDED: dict[str, Expect] = {
     "DELETE /v1/subscription": 200,
     "POST /v1/credit-purchases": S,
     "GET /v1/payments": 200,
+    "GET /v1/payments/{payment_id}/receipt /v1/payments/{w.payment_id}/receipt": 200,
     # the portal could change the plan or withdraw the stop: refused first
     "POST /v1/billing/portal": S,
     "POST /v1/webhooks/stripe": N,
