@@ -247,6 +247,10 @@ def test_one_receipt_mail_per_payment_when_the_clock_runs_twice(
         assert platform.billing.subscriptions.advance_subscription(conn, sub.id) is None
     subscription, renewal = own_payments(platform, kai)
     assert (subscription.kind, renewal.kind) == ("subscription", "renewal")
+    # Issued again (a retry reaching it twice): the same number, no new mail.
+    with platform.db.write() as conn:
+        again = platform.billing.receipts.issue(conn, subscription, plan=None)
+    assert again.receipt_number == subscription.receipt_number == 1
     mails = [m for m in deliver(platform) if m.to == kai.email]
     # The subscription's receipt letter, and the renewal's notice, which is
     # its receipt: one mail each.
