@@ -3,18 +3,27 @@ the Plan & billing page (sandbox billing), the receipt arrives by mail
 through a real SMTP server, its link opens the receipt page (logging in
 first, as a link opened from a mail client does), which shows the number,
 the pack and the amount, on screen and as printed; the payments list links
-the same receipt."""
+the same receipt. Under Stripe billing (the local fake), the Plan & billing
+page's "Manage billing on Stripe" opens the customer's Stripe portal."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
-from playwright.sync_api import Dialog, Page, expect
+from playwright.sync_api import Browser, Dialog, Page, expect
 
+from plasmaart.billing.backends import Customer
+from plasmaart.billing.stripe import StripeBackend
+from plasmaart.bootstrap import bootstrap
+from plasmaart.clock import SystemClock
+from plasmaart.config import Settings
 from plasmaart.platform import Platform
-from tests.browser.conftest import screenshot
+from tests.browser.conftest import LIVE_TIMEOUT_MS, screenshot
 from tests.support.accounts import PASSWORD, make_user
+from tests.support.fake_stripe import FakeStripe
+from tests.support.live_server import live_server
 from tests.support.mail import Inbox, html_of, link_to, text_of
 
 BUYER = "receipt-buyer@example.com"
@@ -100,3 +109,43 @@ def test_buy_a_pack_then_open_its_receipt_from_the_mail(
     row_link.click()
     page.wait_for_url(link)
     expect(page.locator("[data-receipt-number]")).to_have_text(number)
+
+
+def test_manage_billing_on_stripe_opens_the_customer_portal(
+    browser: Browser, tmp_path: Path
+) -> None:
+    clock = SystemClock()
+    with FakeStripe(clock) as fake:
+        settings = Settings(
+            database_url=f"sqlite:///{tmp_path / 'stripe.db'}",
+            var_dir=tmp_path / "var",
+            **fake.platform_settings(),
+        )
+        platform = bootstrap(settings, clock=clock, migrate=True)
+        try:
+            kai = make_user(platform, "portal-customer@example.com")
+            backend = platform.billing.backends.get("stripe")
+            assert isinstance(backend, StripeBackend)
+            with platform.db.write() as conn:  # a customer of Stripe's, as a checkout makes
+                customer_id = backend.customer_id(conn, Customer(kai.id, kai.wallet_id, kai.email))
+            with live_server(platform) as url:
+                context = browser.new_context(base_url=url, viewport={"width": 1280, "height": 900})
+                context.set_default_timeout(LIVE_TIMEOUT_MS)
+                try:
+                    page = context.new_page()
+                    page.goto("/login?next=/billing")
+                    log_in(page, kai.email)
+                    page.wait_for_url(lambda url: urlsplit(url).path == "/billing")
+                    button = page.get_by_role("button", name="Manage billing on Stripe")
+                    expect(button).to_be_visible()
+                    expect(page.get_by_text("Sandbox billing")).to_have_count(0)
+                    screenshot(page, "billing-stripe-portal-button")
+                    button.click()
+                    page.wait_for_url(re.compile(re.escape(fake.url) + r"/portal/bps_"))
+                finally:
+                    context.close()
+            [asked] = fake.calls_to("POST", "/v1/billing_portal/sessions")
+            assert asked.params["customer"] == customer_id
+            assert asked.params["return_url"] == fake.platform_settings()["stripe_return_url"]
+        finally:
+            platform.close()
