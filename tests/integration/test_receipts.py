@@ -276,6 +276,12 @@ def test_one_receipt_mail_per_payment_when_the_clock_runs_twice(
     assert [(n.kind, n.data.get("receipt_number")) for n in notices] == [
         ("billing.renewed", "PA-000002")
     ]
+    # The Notifications page links it.
+    with api_client(platform) as client:
+        login = client.post("/v1/auth/login", json={"email": kai.email, "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        page = client.get("/notifications").text
+    assert f'<a href="/v1/payments/{renewal.id}/receipt">View receipt PA-000002</a>' in page
 
 
 # -- the page -------------------------------------------------------------------------
