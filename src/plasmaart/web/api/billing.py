@@ -182,17 +182,16 @@ def declines_counted(
 
 
 def _payment_out(catalog: Catalog, payment: Payment) -> PaymentOut:
-    numbered = payment.status == "succeeded" and payment.receipt_number is not None
+    # A failed payment has no receipt.
+    number = payment.receipt_number if payment.status == "succeeded" else None
     return shape(
         PaymentOut,
         payment,
         description=describe_payment(catalog, payment),
         plan=payment.plan_id,
         pack=payment.pack_id,
-        receipt_number=receipt_label(payment.receipt_number)
-        if numbered and payment.receipt_number is not None
-        else None,
-        receipt_url=receipt_path(payment.id) if numbered else None,
+        receipt_number=None if number is None else receipt_label(number),
+        receipt_url=None if number is None else receipt_path(payment.id),
     )
 
 
