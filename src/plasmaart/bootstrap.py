@@ -114,6 +114,7 @@ def bootstrap(
         purchased_credits_expire_days=settings.purchased_credits_expire_days,
         test_clock=test_clock,
         outbox=outbox,
+        links=Links(settings.public_base_url),
         caches=caches,
     )
     teams = TeamService(clock, catalogs, ledger, billing.plans, caches=caches)

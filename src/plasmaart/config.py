@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     # person; auto: text when standard error is a terminal, JSON otherwise.
     log_format: Literal["auto", "json", "text"] = "auto"
     support_email: str = "neonstudioscontact@gmail.com"
+    # The seller named on receipts (docs/billing.md#receipts): the operator's
+    # company and its postal address; None: "PlasmaArt", and no address.
+    company_name: str | None = Field(default=None, max_length=200)
+    company_address: str | None = Field(default=None, max_length=500)
     # Purchased credits never expire unless the operator sets a lifetime.
     purchased_credits_expire_days: int | None = Field(default=None, ge=1)
     payment_grace_days: int = Field(default=7, ge=0)

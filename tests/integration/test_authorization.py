@@ -128,6 +128,7 @@ class World:
     output_link: str  # signed URL of ``output_id``
     upload_link: str  # signed URL of ``upload_id``
     session_id: str  # a session of the owner's (``GET /v1/sessions``)
+    payment_id: str  # the owner's Studio subscription's payment (it has a receipt)
 
     def caller(self, caller: Caller, row: Row) -> TestUser | None:
         if caller == "anonymous":
@@ -155,6 +156,7 @@ class World:
             "owner queued generation id": self.queued_generation_id,
             "owner upload id": self.upload_id,
             "owner session id": self.session_id,
+            "owner payment id": self.payment_id,
         }
 
 
@@ -217,6 +219,8 @@ def build_world(platform: Platform, client: TestClient) -> World:
     )
     assert (shown.status_code, uploaded.status_code) == (200, 201), (shown.text, uploaded.text)
     assert shown.json()["status"] == "succeeded"
+    with platform.db.read() as conn:
+        [subscribed] = platform.billing.payments.history(conn, owner.id, limit=10)
     return World(
         owner=owner,
         other=other,
@@ -238,6 +242,7 @@ def build_world(platform: Platform, client: TestClient) -> World:
         output_link=shown.json()["outputs"][0]["url"],
         upload_link=uploaded.json()["url"],
         session_id=session.id,
+        payment_id=subscribed.id,
     )
 
 
@@ -636,6 +641,15 @@ def own_payments(answer: Answer) -> None:
     with answer.platform.db.read() as conn:
         mine = answer.platform.billing.payments.history(conn, answer.me.id, limit=200)
     assert {payment["id"] for payment in answer.body["data"]} == {payment.id for payment in mine}
+
+
+def owners_receipt(answer: Answer) -> None:
+    assert answer.response.content_type.startswith("text/html")
+    with answer.platform.db.read() as conn:
+        receipt = answer.platform.billing.receipts.receipt(
+            conn, answer.me.id, answer.world.payment_id
+        )
+    assert receipt.number in answer.response.text
 
 
 def owner_card_set(answer: Answer) -> None:
@@ -1048,6 +1062,14 @@ ROWS: tuple[Row, ...] = (
         check=pack_bought,
     ),
     Row("GET /v1/payments", (U, 200, 200, 200, 200), about_caller=True, check=own_payments),
+    # a receipt is the payer's alone: a team member sees the wallet, not its
+    # owner's payments; nobody else (an admin included) learns it exists
+    Row(
+        "GET /v1/payments/{payment_id}/receipt",
+        (U, 200, N, N, N),
+        url="/v1/payments/{w.payment_id}/receipt",
+        check=owners_receipt,
+    ),
     # Stripe's: the portal is refused under sandbox billing, whoever asks;
     # the webhook is public (its signature authenticates it) and absent here.
     Row(
@@ -1251,6 +1273,7 @@ SUSPENDED: dict[str, Expect] = {
     "DELETE /v1/subscription": 200,
     "POST /v1/credit-purchases": S,
     "GET /v1/payments": 200,
+    "GET /v1/payments/{payment_id}/receipt /v1/payments/{w.payment_id}/receipt": 200,
     # the portal could change the plan or withdraw the stop: refused first
     "POST /v1/billing/portal": S,
     "POST /v1/webhooks/stripe": N,

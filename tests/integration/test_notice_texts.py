@@ -28,11 +28,15 @@ MAR_1 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def queued(platform: Platform, user: TestUser) -> list[tuple[str, str, str, dict[str, Any]]]:
-    """(kind, title, body, data) of every notice queued for ``user``, in order."""
+    """(kind, title, body, data) of every notice queued for ``user``, in order
+    (not the receipts of payments: tests/integration/test_receipts.py)."""
     with platform.db.read() as conn:
         rows = conn.execute(
             select(notification_outbox)
-            .where(notification_outbox.c.user_id == user.id)
+            .where(
+                notification_outbox.c.user_id == user.id,
+                notification_outbox.c.kind != "billing.receipt",
+            )
             .order_by(notification_outbox.c.created_at, notification_outbox.c.cause_key)
         ).all()
     return [(row.kind, row.title, row.body, json.loads(row.data)) for row in rows]
@@ -94,7 +98,12 @@ def test_billing_notices(platform: Platform, clock: ManualClock) -> None:
     clock.set(MAR_1)
     Worker(platform).run_once()
     notices = [notice for notice in queued(platform, kai) if notice[0].startswith("billing.")]
-    assert [notice[:3] for notice in notices] == [
+    # The renewal's notice is its receipt too: its words, then the receipt's.
+    renewal_words, receipt_words = notices[0][2].split("\n\n", 1)
+    assert receipt_words.startswith("Receipt number: PA-000002\n")
+    assert [
+        (*notice[:2], renewal_words if n == 0 else notice[2]) for n, notice in enumerate(notices)
+    ] == [
         (
             "billing.renewed",
             "Your Starter subscription renewed",
@@ -109,7 +118,7 @@ def test_billing_notices(platform: Platform, clock: ManualClock) -> None:
         ),
     ]
     renewed, failed = (notice[3] for notice in notices)
-    assert set(renewed) == {"subscription_id", "plan", "payment_id"}
+    assert set(renewed) == {"subscription_id", "plan", "payment_id", "receipt_number"}
     assert renewed["plan"] == "starter"
     assert failed == {"subscription_id": renewed["subscription_id"], "plan": "starter"}
 

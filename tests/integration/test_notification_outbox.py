@@ -232,7 +232,11 @@ def test_credits_about_to_expire_once_per_lot(platform: Platform, clock: ManualC
     for _ in range(2):
         run_notifications(platform, "worker-1")
     assert in_app(platform, kai) == [("credits.expiring", "2000 credits expire on 2026-02-01")]
-    assert len(outbox_rows(platform)) == 1
+    # One notice (beside the subscription's receipt, a letter).
+    assert sorted(row.kind for row in outbox_rows(platform)) == [
+        "billing.receipt",
+        "credits.expiring",
+    ]
 
 
 def test_low_balance_once_per_crossing(platform: Platform) -> None:

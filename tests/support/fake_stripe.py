@@ -14,8 +14,17 @@ bracketed keys decoded as Stripe does:
   charges the difference prorated by the seconds left from
   ``proration_date`` (now by default), to the nearest cent; a declining
   card: 402 ``card_error``; ``expand[]=latest_invoice`` expands it);
-* ``GET /v1/invoices?subscription=``, ``POST /v1/invoices/{id}/pay``,
+* ``GET /v1/invoices?subscription=``, ``GET /v1/invoices/{id}``,
+  ``POST /v1/invoices/{id}/pay``,
   ``GET /v1/invoice_payments?payment[payment_intent]=``.
+
+Invoices are finalized when created, so each has its ``hosted_invoice_url``
+(a page of the fake's, ``/invoices/{id}``, standing for Stripe's
+``https://invoice.stripe.com/i/...``). A payment-mode Checkout session
+created with ``invoice_creation[enabled]=true`` gets a post-purchase invoice
+when paid (no subscription parent; ``invoice_data[metadata]`` as its
+metadata), named by the session's ``invoice``, and its ``invoice.paid``
+follows the session's completion.
 
 Every request is recorded with its ``Idempotency-Key``; a key seen before
 replays the first answer, as Stripe does, and a key seen before with another
@@ -214,6 +223,11 @@ class FakeStripe(HttpFake):
             ]
             found.sort(key=lambda invoice: invoice["created"], reverse=True)
             return 200, self._list(found[: int(params.get("limit", 10))], "/v1/invoices")
+        if method == "GET" and parts[:1] == ["invoices"] and len(parts) == 2:
+            found_invoice = self.invoices.get(parts[1])
+            if found_invoice is None:
+                return _error(404, "invalid_request_error", "No such invoice", "resource_missing")
+            return 200, found_invoice
         if method == "POST" and parts[:1] == ["invoices"] and parts[2:] == ["pay"]:
             invoice = self.invoices[parts[1]]
             if invoice["customer"] in self.declining:
@@ -266,6 +280,10 @@ class FakeStripe(HttpFake):
             "success_url": params.get("success_url"),
             "cancel_url": params.get("cancel_url"),
             "created": self._now(),
+            "invoice_creation": {
+                "enabled": params.get("invoice_creation", {}).get("enabled") == "true",
+                "invoice_data": params.get("invoice_creation", {}).get("invoice_data", {}),
+            },
             # Kept to build the subscription or the payment from.
             "line_items_params": params["line_items"],
             "subscription_data": params.get("subscription_data", {}),
@@ -326,6 +344,10 @@ class FakeStripe(HttpFake):
                 events.append(self.event("invoice.paid", invoice))
             else:
                 session["payment_intent"] = new_id("pi")
+                if session["invoice_creation"]["enabled"]:
+                    invoice = self._one_time_invoice(session, int(line["unit_amount"]))
+                    session["invoice"] = invoice["id"]
+                    events.append(self.event("invoice.paid", invoice))
             events.insert(0, self.event("checkout.session.completed", session))
             return events
 
@@ -535,6 +557,8 @@ class FakeStripe(HttpFake):
             "currency": "usd",
             "created": self._now(),
             "payment_intent": new_id("pi"),
+            "hosted_invoice_url": f"{self.url}/invoices/{invoice_id}",
+            "metadata": {},
             "parent": {
                 "type": "subscription_details",
                 "subscription_details": {
@@ -561,6 +585,28 @@ class FakeStripe(HttpFake):
         self.invoices[invoice_id] = invoice
         if paid:
             self._mark_paid(invoice)
+        return invoice
+
+    def _one_time_invoice(self, session: dict[str, Any], amount: int) -> dict[str, Any]:
+        """The invoice Checkout creates after a one-time payment, paid."""
+        invoice_id = new_id("in")
+        invoice: dict[str, Any] = {
+            "id": invoice_id,
+            "object": "invoice",
+            "customer": session["customer"],
+            "billing_reason": "manual",
+            "status": "paid",
+            "amount_due": amount,
+            "amount_paid": amount,
+            "currency": "usd",
+            "created": self._now(),
+            "payment_intent": session["payment_intent"],
+            "hosted_invoice_url": f"{self.url}/invoices/{invoice_id}",
+            "metadata": dict(session["invoice_creation"]["invoice_data"].get("metadata", {})),
+            "parent": None,
+            "lines": {"object": "list", "data": [], "has_more": False},
+        }
+        self.invoices[invoice_id] = invoice
         return invoice
 
     @staticmethod

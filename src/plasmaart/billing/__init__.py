@@ -3,7 +3,8 @@
 One module per use case (every credit moved through the ledger): ``plans.py``
 the plan of a wallet (``plan_of`` / ``plans_of``, the rule every package
 asks), ``subscriptions.py`` the plan lifecycle, ``packs.py`` credit packs,
-``payments.py`` recording payments, ``clawbacks.py`` refunds and disputes;
+``payments.py`` recording payments, ``receipts.py`` their receipts (numbers,
+mails, pages), ``clawbacks.py`` refunds and disputes;
 ``service.py`` holds them together. ``backends.py`` is the interface of where
 money comes from, ``sandbox.py`` its offline implementation,
 ``sandbox_clock.py`` the sandbox's test clock, ``stripe/`` the Stripe

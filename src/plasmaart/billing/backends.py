@@ -55,10 +55,13 @@ class Paid:
     """The money moved. ``external_id``: the provider's id of the charge
     (invoice, payment intent), kept with the payment for refunds;
     ``amount_cents``: what the provider charged, when it reckoned the amount
-    itself (Stripe's proration invoice), else the amount asked for."""
+    itself (Stripe's proration invoice), else the amount asked for;
+    ``invoice_url``: the provider's hosted page of the invoice (Stripe's
+    ``hosted_invoice_url``), linked from the receipt."""
 
     external_id: str | None = None
     amount_cents: int | None = None
+    invoice_url: str | None = None
 
 
 @dataclass(frozen=True)

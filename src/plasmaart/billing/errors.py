@@ -37,3 +37,11 @@ class PaymentFailed(DomainError):
     code = "payment_failed"
     status = 402
     title = "Payment failed"
+
+
+class NoReceipt(Conflict):
+    """The caller's own payment failed: nothing was bought, so there is no
+    receipt (the payments list shows why it failed)."""
+
+    code = "no_receipt"
+    title = "No receipt"

@@ -80,6 +80,7 @@ class PackService:
             backend=backend.name,
             idempotency_key=key,
             external_id=outcome.external_id,
+            invoice_url=outcome.invoice_url,
         )
 
     def paid(
@@ -92,10 +93,12 @@ class PackService:
         backend: str,
         idempotency_key: str,
         external_id: str | None = None,
+        invoice_url: str | None = None,
     ) -> PackPurchase:
         """A paid credit pack: its credits added to the balance as their own
         lot (``reference`` = the payment id, for a refund's clawback), never
-        expiring unless configured. A repeat of the key returns the first."""
+        expiring unless configured. A repeat of the key returns the first.
+        ``invoice_url``: the provider's invoice page (Stripe), for the receipt."""
         done = repo.payment_by_key(conn, idempotency_key)
         if done is not None:
             return self._purchase(conn, done)
@@ -129,6 +132,7 @@ class PackService:
             period=None,
             backend=backend,
             external_id=external_id,
+            hosted_invoice_url=invoice_url,
         )
         return PackPurchase(
             payment_id=payment_id,

@@ -1,6 +1,7 @@
-"""Payments: recording each one (and telling the payment listeners, ``hooks.py``), and the
-customer's payment history. Every payment is written by the use case that
-moved the money (``subscriptions.py``, ``packs.py``), in its transaction."""
+"""Payments: recording each one (numbering its receipt, ``receipts.py``, and
+telling the payment listeners, ``hooks.py``), and the customer's payment
+history. Every payment is written by the use case that moved the money
+(``subscriptions.py``, ``packs.py``), in its transaction."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlalchemy import Connection
 
 from plasmaart.billing import repository as repo
 from plasmaart.billing.hooks import BillingHooks
+from plasmaart.billing.receipts import ReceiptService
 from plasmaart.billing.repository import Payment, PaymentKind
 from plasmaart.catalog import CreditPack, PlanSpec
 from plasmaart.catalog.catalogs import Catalogs
@@ -17,11 +19,15 @@ from plasmaart.clock import Clock
 
 
 class PaymentService:
-    def __init__(self, clock: Clock, catalogs: Catalogs, hooks: BillingHooks) -> None:
+    def __init__(
+        self, clock: Clock, catalogs: Catalogs, hooks: BillingHooks, receipts: ReceiptService
+    ) -> None:
         self.clock = clock
         self.catalogs = catalogs
         # Who hears of every payment recorded (billing/hooks.py).
         self.hooks = hooks
+        # Numbers every succeeded payment and queues its receipt (receipts.py).
+        self.receipts = receipts
 
     def history(
         self, conn: Connection, user_id: str, *, limit: int, before: str | None = None
@@ -48,9 +54,13 @@ class PaymentService:
         external_id: str | None,
         pack: CreditPack | None = None,
         failure_reason: str | None = None,
+        hosted_invoice_url: str | None = None,
     ) -> Payment:
         """Write a payment (succeeded, or failed with its ``failure_reason``)
-        and tell the listeners, in the caller's transaction."""
+        and tell the listeners, in the caller's transaction. A succeeded one
+        gets its receipt number and its receipt, whatever it paid for:
+        this is the one place every payment goes through.
+        ``hosted_invoice_url``: the provider's page of the invoice (Stripe)."""
         payment = repo.insert_payment(
             conn,
             id=payment_id,
@@ -73,6 +83,9 @@ class PaymentService:
             external_id=external_id,
             failure_reason=failure_reason,
             created_at=self.clock.now(),
+            hosted_invoice_url=hosted_invoice_url,
         )
+        if payment.status == "succeeded":
+            payment = self.receipts.issue(conn, payment, plan=plan)
         self.hooks.payment_recorded(conn, payment)
         return payment

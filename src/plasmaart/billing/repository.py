@@ -12,7 +12,14 @@ from sqlalchemy import Connection, Row, func, insert, or_, select, update
 
 from plasmaart.clock import as_utc
 from plasmaart.db.engine import invalidate
-from plasmaart.db.tables import payments, sandbox_cards, subscriptions, test_clock, users
+from plasmaart.db.tables import (
+    payments,
+    receipt_numbers,
+    sandbox_cards,
+    subscriptions,
+    test_clock,
+    users,
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,10 @@ class Payment:
     external_id: str | None
     failure_reason: str | None
     created_at: datetime
+    # Its receipt's number (``receipts.receipt_label`` shows it), once it succeeded.
+    receipt_number: int | None = None
+    # Stripe: the hosted page of the invoice this payment paid.
+    hosted_invoice_url: str | None = None
 
 
 def _maybe_utc(value: datetime | None) -> datetime | None:
@@ -109,6 +120,8 @@ def _payment(row: Row[Any]) -> Payment:
         external_id=row.external_id,
         failure_reason=row.failure_reason,
         created_at=as_utc(row.created_at),
+        receipt_number=None if row.receipt_number is None else int(row.receipt_number),
+        hosted_invoice_url=row.hosted_invoice_url,
     )
 
 
@@ -213,6 +226,47 @@ def insert_payment(conn: Connection, **values: Any) -> Payment:
 def payment_by_key(conn: Connection, key: str) -> Payment | None:
     row = conn.execute(select(payments).where(payments.c.idempotency_key == key)).one_or_none()
     return None if row is None else _payment(row)
+
+
+def payment_by_id(conn: Connection, payment_id: str) -> Payment | None:
+    row = conn.execute(select(payments).where(payments.c.id == payment_id)).one_or_none()
+    return None if row is None else _payment(row)
+
+
+def number_receipt(conn: Connection, payment_id: str, now: datetime) -> int:
+    """Give the payment the next receipt number (the highest so far plus
+    one) and return it. The numbers have no gaps: PostgreSQL's own sequence
+    would skip the number a rolled-back transaction took, so the table is
+    locked against other numberers until this transaction ends (SQLite's
+    write lock does the same). A payment numbered already keeps its number."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("LOCK TABLE receipt_numbers IN SHARE ROW EXCLUSIVE MODE")
+    known = conn.execute(
+        select(receipt_numbers.c.number).where(receipt_numbers.c.payment_id == payment_id)
+    ).scalar_one_or_none()
+    if known is not None:
+        return int(known)
+    following = select(func.coalesce(func.max(receipt_numbers.c.number), 0) + 1).scalar_subquery()
+    number = int(
+        conn.execute(
+            insert(receipt_numbers)
+            .values(number=following, payment_id=payment_id, created_at=now)
+            .returning(receipt_numbers.c.number)
+        ).scalar_one()
+    )
+    conn.execute(update(payments).where(payments.c.id == payment_id).values(receipt_number=number))
+    return number
+
+
+def set_hosted_invoice_url(conn: Connection, payment_id: str, url: str) -> bool:
+    """Record the Stripe invoice page of a payment that has none yet; False
+    if it had one already."""
+    result = conn.execute(
+        update(payments)
+        .where(payments.c.id == payment_id, payments.c.hosted_invoice_url.is_(None))
+        .values(hosted_invoice_url=url)
+    )
+    return bool(result.rowcount)
 
 
 def last_upgrade_at(

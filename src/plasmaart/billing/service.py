@@ -7,6 +7,7 @@
   and the billing clock's renewals;
 * ``packs.py`` — ``PackService``: credit packs;
 * ``payments.py`` — ``PaymentService``: recording payments, the history;
+* ``receipts.py`` — ``ReceiptService``: receipt numbers, mails and pages;
 * ``clawbacks.py`` — ``ClawbackService``: refunds and disputes.
 
 ``BillingService`` holds them (``platform.billing.subscriptions`` …), the
@@ -28,12 +29,14 @@ from plasmaart.billing.hooks import BillingHooks
 from plasmaart.billing.packs import PackService
 from plasmaart.billing.payments import PaymentService
 from plasmaart.billing.plans import PlanService
+from plasmaart.billing.receipts import ReceiptService
 from plasmaart.billing.sandbox_clock import SandboxTestClock
 from plasmaart.billing.subscriptions import SubscriptionService
 from plasmaart.caches import CacheHub
 from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.clock import Clock
 from plasmaart.ledger.service import LedgerService
+from plasmaart.links import Links
 from plasmaart.outbox import Outbox
 
 
@@ -50,6 +53,7 @@ class BillingService:
         purchased_credits_expire_days: int | None = None,
         test_clock: SandboxTestClock | None = None,
         outbox: Outbox,
+        links: Links,
         caches: CacheHub | None = None,
     ) -> None:
         if "sandbox" not in backends:
@@ -64,7 +68,9 @@ class BillingService:
         self.hooks = BillingHooks()
         # ``caches``: each wallet's subscription cached per process.
         self.plans = PlanService(clock, catalogs, grace_days=grace_days, caches=caches)
-        self.payments = PaymentService(clock, catalogs, self.hooks)
+        # ``links``: where receipts point (the server's public address).
+        self.receipts = ReceiptService(clock, catalogs, outbox, links)
+        self.payments = PaymentService(clock, catalogs, self.hooks, self.receipts)
         self.clawbacks = ClawbackService(clock, ledger, self.hooks)
         self.subscriptions = SubscriptionService(
             clock, catalogs, ledger, self.plans, self.payments, self.backends, outbox=outbox

@@ -53,7 +53,7 @@ from plasmaart.billing.errors import (
     RenewalPending,
     SubscriptionPastDue,
 )
-from plasmaart.billing.notices import RenewalDeclined, RenewalPaid
+from plasmaart.billing.notices import RenewalDeclined
 from plasmaart.billing.payments import PaymentService
 from plasmaart.billing.periods import period_end_after
 from plasmaart.billing.plans import PlanService, effective_plan, next_period_end
@@ -125,7 +125,8 @@ class SubscriptionService:
         self.plans = plans
         self.payments = payments
         self.backends = backends
-        # Where renewal and failed-payment notices are queued.
+        # Where failed-payment notices are queued (a paid renewal's notice is
+        # its receipt: receipts.py).
         self.outbox = outbox
 
     # -- what customers ask for ---------------------------------------------
@@ -255,6 +256,7 @@ class SubscriptionService:
             prorated_at=proration.at,
             amount_cents=outcome.amount_cents,
             external_id=outcome.external_id,
+            invoice_url=outcome.invoice_url,
         )
 
     def cancel(self, conn: Connection, customer: Customer) -> Subscription:
@@ -310,6 +312,7 @@ class SubscriptionService:
             subscription.id,
             period_end=subscription.current_period_end,
             external_id=outcome.external_id,
+            invoice_url=outcome.invoice_url,
         )
 
     # -- what suspending an account does to its subscription ------------------
@@ -366,13 +369,15 @@ class SubscriptionService:
         external_id: str | None = None,
         payment_external_id: str | None = None,
         period_start: datetime | None = None,
+        payment_invoice_url: str | None = None,
     ) -> Subscription:
         """Start a subscription whose first payment has succeeded: active at
         once, this period's monthly credits granted at once, the payment
         recorded. A canceled subscription of the wallet starts again (its id
         and history kept). ``period_start``: when the provider started the
         period (Stripe), so that its renewals fall on our period ends; now by
-        default."""
+        default. ``payment_invoice_url``: the provider's page of the first
+        invoice (Stripe's hosted invoice), for the receipt."""
         plan = self._paid_plan(
             plan_id, catalog=self.catalogs.at(conn, period_start or self.clock.now())
         )
@@ -433,6 +438,7 @@ class SubscriptionService:
             period=(now, period_end),
             backend=backend,
             external_id=payment_external_id,
+            hosted_invoice_url=payment_invoice_url,
         )
         if repo.user_is_suspended(conn, user_id):
             # A checkout paid after the account was suspended (it started
@@ -449,6 +455,7 @@ class SubscriptionService:
         prorated_at: datetime | None = None,
         amount_cents: int | None = None,
         external_id: str | None = None,
+        invoice_url: str | None = None,
     ) -> Subscription:
         """Apply a paid upgrade: the plan at once, and the difference in
         monthly credits prorated from ``prorated_at`` (the moment the price
@@ -497,6 +504,7 @@ class SubscriptionService:
             lot_id=lot_id,
             period=(at, subscription.current_period_end),
             external_id=external_id,
+            invoice_url=invoice_url,
         )
         return self._update(
             conn, subscription, plan_id=plan.id, pending_plan=None, cancel_at_period_end=False
@@ -509,11 +517,13 @@ class SubscriptionService:
         *,
         period_end: datetime,
         external_id: str | None = None,
+        invoice_url: str | None = None,
     ) -> Subscription:
         """The renewal at ``period_end`` was paid: the next period starts on
         the pending plan if one was scheduled, the ended period's monthly
         credits expire (but for the rollover cap) and the new allocation is
-        granted. A repeat (the period already renewed) changes nothing."""
+        granted. A repeat (the period already renewed) changes nothing. The
+        payment's receipt is the renewal notice (``receipts.py``)."""
         subscription = self._locked(conn, subscription_id)
         if subscription.current_period_end != period_end or subscription.status == "canceled":
             return subscription
@@ -551,16 +561,8 @@ class SubscriptionService:
             lot_id=renewed.lot_id,
             period=(period_end, next_end),
             external_id=external_id,
+            invoice_url=invoice_url,
         )
-        fact = RenewalPaid(
-            subscription.id,
-            plan,
-            payment_id,
-            renewed.granted,
-            next_end,
-            self.catalogs.base.currency,
-        )
-        self._notify(conn, subscription, "renewal", period_end, fact)
         return self._update(
             conn,
             subscription,
@@ -721,7 +723,11 @@ class SubscriptionService:
         period_end = subscription.current_period_end
         if isinstance(outcome, Paid):
             self.renewal_paid(
-                conn, subscription.id, period_end=period_end, external_id=outcome.external_id
+                conn,
+                subscription.id,
+                period_end=period_end,
+                external_id=outcome.external_id,
+                invoice_url=outcome.invoice_url,
             )
             return "downgraded" if subscription.pending_plan else "renewed"
         self.renewal_failed(conn, subscription.id, period_end=period_end, reason=outcome.reason)
@@ -867,6 +873,7 @@ class SubscriptionService:
         period: tuple[datetime, datetime],
         external_id: str | None,
         failure_reason: str | None = None,
+        invoice_url: str | None = None,
     ) -> None:
         """Record a payment of ``subscription``: its user, wallet and backend."""
         self.payments.record(
@@ -885,6 +892,7 @@ class SubscriptionService:
             backend=subscription.backend,
             external_id=external_id,
             failure_reason=failure_reason,
+            hosted_invoice_url=invoice_url,
         )
 
     def _update(self, conn: Connection, subscription: Subscription, **values: Any) -> Subscription:

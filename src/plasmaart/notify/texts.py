@@ -15,6 +15,7 @@ from plasmaart.accounts.notices import AccountReinstated, AccountSuspended, Sign
 from plasmaart.billing.notices import RenewalDeclined, RenewalPaid
 from plasmaart.changes.notices import CatalogChangeNotice
 from plasmaart.notify.letters import TEXTS as LETTERS
+from plasmaart.notify.letters.receipts import receipt_lines
 from plasmaart.notify.notices import CreditsExpiring, LowBalance
 from plasmaart.outbox import Fact, Text
 
@@ -82,11 +83,14 @@ def account_reinstated(_fact: AccountReinstated) -> Text:
 
 
 def renewal_paid(fact: RenewalPaid) -> Text:
-    return Text(
-        f"Your {fact.plan.name} subscription renewed",
+    """The renewal's notice, which is its receipt too (billing/receipts.py)."""
+    body = (
         f"{fact.credits} credits were added for the period ending "
-        f"{fact.period_end:%Y-%m-%d}; {_money(fact.plan.price_cents, fact.currency)} was charged.",
+        f"{fact.period_end:%Y-%m-%d}; {_money(fact.plan.price_cents, fact.currency)} was charged."
     )
+    if fact.receipt is not None:
+        body += "\n\n" + receipt_lines(fact.receipt)
+    return Text(f"Your {fact.plan.name} subscription renewed", body)
 
 
 def renewal_declined(fact: RenewalDeclined) -> Text:

@@ -198,6 +198,10 @@ class StripeBackend:
             "success_url": self._return("checkout=success"),
             "cancel_url": self._return("checkout=canceled"),
         }
+        if not subscription:
+            # A one-time payment gets an invoice only when asked: its hosted
+            # page is what the receipt links to, as a subscription's invoice.
+            params["invoice_creation"] = {"enabled": True, "invoice_data": {"metadata": metadata}}
         session = self._call(
             lambda: self.client.v1.checkout.sessions.create(
                 params=cast(SessionCreateParams, params),
@@ -268,7 +272,11 @@ class StripeBackend:
         if not isinstance(invoice, Mapping):
             return Paid(None if invoice is None else str(invoice))
         paid = invoice.get("amount_paid")
-        return Paid(str(invoice["id"]), amount_cents=None if paid is None else int(paid))
+        return Paid(
+            str(invoice["id"]),
+            amount_cents=None if paid is None else int(paid),
+            invoice_url=invoice.get("hosted_invoice_url"),
+        )
 
     def cancel(self, conn: Connection, *, customer: Customer, subscription: Subscription) -> None:  # noqa: ARG002
         """At the period end; a past-due subscription at once (its period is
@@ -326,19 +334,21 @@ class StripeBackend:
             return Declined("Stripe has no invoice to pay for this subscription")
         invoice = invoices.data[0]
         if invoice.status == "paid":
-            return Paid(str(invoice.id))
+            return Paid(str(invoice.id), invoice_url=invoice.hosted_invoice_url)
         if invoice.status != "open":
             return Declined(f"the last invoice is {invoice.status}, not open")
         invoice_id = str(invoice.id)
         try:
-            self.client.v1.invoices.pay(
+            settled = self.client.v1.invoices.pay(
                 invoice_id, options={"idempotency_key": self._attempt_key("pay", idempotency_key)}
             )
         except stripe.CardError as exc:
             return Declined(exc.user_message or "the card was declined")
         except stripe.StripeError as exc:
             raise self._unavailable(exc) from exc
-        return Paid(invoice_id)
+        return Paid(
+            invoice_id, invoice_url=settled.hosted_invoice_url or invoice.hosted_invoice_url
+        )
 
     # -- Stripe's own ------------------------------------------------------------
 
@@ -368,6 +378,19 @@ class StripeBackend:
         except stripe.StripeError as exc:
             raise self._unavailable(exc) from exc
         return StripeSubscriptionState.parse(found.to_dict())
+
+    def invoice_url(self, invoice_id: str) -> str | None:
+        """The hosted page of an invoice (``hosted_invoice_url``), for a
+        receipt; None if Stripe cannot say now: the receipt is not worth
+        holding up the purchase for, and the invoice's own ``invoice.paid``
+        event brings the link later."""
+        try:
+            invoice = self.client.v1.invoices.retrieve(invoice_id)
+        except stripe.StripeError as exc:
+            log.warning("stripe invoice %s: %s", invoice_id, exc)
+            return None
+        url = invoice.hosted_invoice_url
+        return None if url is None else str(url)
 
     def invoice_of_payment_intent(self, payment_intent_id: str) -> str | None:
         """The invoice a payment intent paid (a subscription's charge), if any."""

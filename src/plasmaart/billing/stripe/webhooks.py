@@ -24,6 +24,12 @@ is trusted to say what the state is now.
   account is suspended, Stripe's ``cancel_at_period_end`` is the suspension's
   (``StripeBackend.stop_renewal``), not recorded as the customer's own.
 * ``customer.subscription.deleted`` ends the subscription (Free).
+* Receipts link Stripe's page of the invoice a payment paid
+  (``hosted_invoice_url``): an ``invoice.*`` event carries it, a
+  ``checkout.session.completed`` names its invoice (fetched first); the
+  payment recorded keeps it, and an invoice event arriving after its
+  payment (the first invoice of a subscription started by the checkout, a
+  pack's invoice) gives it to a payment that has none yet.
 * ``charge.refunded`` (in full) and ``charge.dispute.created`` claw back what
   remains of the purchase, once per payment (``stripe_clawbacks``), through
   ``ClawbackService.claw_back``, whose listeners flag an account that had
@@ -102,6 +108,8 @@ class Prefetched:
     subscription: StripeSubscriptionState | None = None
     # The invoice a refunded or disputed payment intent paid.
     invoice_id: str | None = None
+    # The hosted page of the invoice a completed checkout names.
+    invoice_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,11 @@ def invoice_period_start(invoice: Mapping[str, Any]) -> datetime | None:
     lines = (invoice.get("lines") or {}).get("data") or []
     starts = [int(line["period"]["start"]) for line in lines if line.get("period")]
     return stripe_time(max(starts)) if starts else None
+
+
+def hosted_invoice_url(invoice: Mapping[str, Any]) -> str | None:
+    url = invoice.get("hosted_invoice_url")
+    return str(url) if url else None
 
 
 class StripeWebhooks:
@@ -187,6 +200,9 @@ class StripeWebhooks:
     def prefetch(self, conn: Connection, event: Event) -> Prefetched:
         """Ask Stripe what ``apply`` will need (``conn``: a read)."""
         obj = event.object
+        invoice_url = None
+        if event.type == "checkout.session.completed" and _id(obj.get("invoice")):
+            invoice_url = self.backend.invoice_url(str(_id(obj.get("invoice"))))
         stripe_subscription = None
         if event.type == "checkout.session.completed" and obj.get("mode") == "subscription":
             stripe_subscription = _id(obj.get("subscription"))
@@ -199,12 +215,15 @@ class StripeWebhooks:
             event.type == "customer.subscription.updated"
             or not self._linked(conn, stripe_subscription)
         ):
-            return Prefetched(subscription=self.backend.subscription_state(stripe_subscription))
+            return Prefetched(
+                subscription=self.backend.subscription_state(stripe_subscription),
+                invoice_url=invoice_url,
+            )
         if event.type in ("charge.refunded", "charge.dispute.created"):
             intent = _id(obj.get("payment_intent"))
             if intent is not None and repo.payment_by_external_id(conn, intent) is None:
                 return Prefetched(invoice_id=self.backend.invoice_of_payment_intent(intent))
-        return Prefetched()
+        return Prefetched(invoice_url=invoice_url)
 
     def apply(self, conn: Connection, event: Event, prefetched: Prefetched) -> Applied:
         """Apply ``event`` once, in the caller's write transaction."""
@@ -275,7 +294,10 @@ class StripeWebhooks:
         if metadata.get(META_KIND) == "pack" or session.get("mode") == "payment":
             wallet_id = self._wallet(conn, user_id, metadata)
             key = metadata.get(META_KEY) or f"pack:stripe:{session['id']}"
-            if billing_repo.payment_by_key(conn, key) is not None:
+            granted = billing_repo.payment_by_key(conn, key)
+            if granted is not None:
+                if self._link_invoice(conn, granted, prefetched.invoice_url):
+                    return "applied", "the pack was granted already: its invoice linked"
                 return "ignored", "the pack was granted already"
             self.billing.packs.paid(
                 conn,
@@ -285,14 +307,24 @@ class StripeWebhooks:
                 backend=self.backend.name,
                 idempotency_key=key,
                 external_id=_id(session.get("payment_intent")),
+                invoice_url=prefetched.invoice_url,
             )
             return "applied", None
+        first_invoice = _id(session.get("invoice"))
         state = prefetched.subscription
         if state is None:
             if self._linked(conn, _id(session.get("subscription")) or ""):
+                if self._link_invoice_of(conn, first_invoice, prefetched.invoice_url):
+                    return "applied", "the subscription was started already: its invoice linked"
                 return "ignored", "the subscription was started already"
             return "ignored", f"Stripe has no subscription {session.get('subscription')}"
-        return self._start(conn, user_id, state, first_invoice=_id(session.get("invoice")))
+        return self._start(
+            conn,
+            user_id,
+            state,
+            first_invoice=first_invoice,
+            invoice_url=prefetched.invoice_url,
+        )
 
     def _subscription_event(
         self, conn: Connection, event: Event, prefetched: Prefetched
@@ -303,7 +335,7 @@ class StripeWebhooks:
         is_invoice = event.type.startswith("invoice.")
         stripe_id = invoice_subscription_id(obj) if is_invoice else _id(obj.get("id"))
         if stripe_id is None:
-            return "ignored", "an invoice of no subscription"
+            return self._invoice_of_no_subscription(conn, event)
         if self._linked(conn, stripe_id):
             return self._on_subscription(conn, event, prefetched, stripe_id)
         state = prefetched.subscription
@@ -316,7 +348,13 @@ class StripeWebhooks:
         if user_id is None:
             return "unknown_customer", f"customer {state.customer_id}"
         first = _id(obj.get("id")) if is_invoice else None
-        started = self._start(conn, user_id, state, first_invoice=first)
+        started = self._start(
+            conn,
+            user_id,
+            state,
+            first_invoice=first,
+            invoice_url=hosted_invoice_url(obj) if is_invoice else None,
+        )
         if started[0] != "applied":
             return started
         # Started from Stripe's state now, which this event may already be part of.
@@ -343,13 +381,25 @@ class StripeWebhooks:
         reason = obj.get("billing_reason")
         if reason != "subscription_cycle":
             # The first invoice is the subscription itself; a proration
-            # invoice is the upgrade, applied when it was asked for.
+            # invoice is the upgrade, applied when it was asked for. Its
+            # payment may not know the invoice's page yet.
+            if event.type == "invoice.paid" and self._link_invoice_of(
+                conn, _id(obj.get("id")), hosted_invoice_url(obj)
+            ):
+                return "applied", f"an invoice for {reason}: its page linked to its payment"
             return "ignored", f"an invoice for {reason}: nothing to renew"
         period_start = invoice_period_start(obj)
         if period_start is None:
             return "ignored", "the invoice names no period"
         paid = event.type == "invoice.paid"
-        return self._renewal(conn, subscription, period_start, _id(obj.get("id")), paid=paid)
+        return self._renewal(
+            conn,
+            subscription,
+            period_start,
+            _id(obj.get("id")),
+            paid=paid,
+            invoice_url=hosted_invoice_url(obj),
+        )
 
     def _start(
         self,
@@ -358,6 +408,7 @@ class StripeWebhooks:
         state: StripeSubscriptionState,
         *,
         first_invoice: str | None,
+        invoice_url: str | None = None,
     ) -> tuple[EventOutcome, str | None]:
         """Start our subscription for the Stripe one ``state`` describes."""
         if self._linked(conn, state.id):
@@ -378,6 +429,7 @@ class StripeWebhooks:
                 external_id=state.id,
                 payment_external_id=first_invoice,
                 period_start=state.current_period_start,
+                payment_invoice_url=invoice_url,
             )
         except AlreadySubscribed as exc:
             # Two checkouts both paid: the second Stripe subscription is left
@@ -473,6 +525,7 @@ class StripeWebhooks:
         invoice_id: str | None,
         *,
         paid: bool,
+        invoice_url: str | None = None,
     ) -> tuple[EventOutcome, str | None]:
         """The renewal for the period from ``period_start`` paid (or failed)."""
         if subscription.status == "canceled":
@@ -493,7 +546,11 @@ class StripeWebhooks:
             return "ignored", "the invoice's period is not one of ours"
         if paid:
             self.billing.subscriptions.renewal_paid(
-                conn, subscription.id, period_end=period_start, external_id=invoice_id
+                conn,
+                subscription.id,
+                period_end=period_start,
+                external_id=invoice_id,
+                invoice_url=invoice_url,
             )
         else:
             if subscription.status != "active":
@@ -532,6 +589,40 @@ class StripeWebhooks:
             ),
         )
         return "applied", None
+
+    # -- invoices' pages ---------------------------------------------------------
+
+    def _invoice_of_no_subscription(
+        self, conn: Connection, event: Event
+    ) -> tuple[EventOutcome, str | None]:
+        """An invoice of a one-time payment (a pack's Checkout creates one):
+        its page goes to the payment its metadata names."""
+        obj = event.object
+        key = (obj.get("metadata") or {}).get(META_KEY)
+        payment = billing_repo.payment_by_key(conn, str(key)) if key else None
+        if payment is None:
+            payment = repo.payment_by_external_id(conn, _id(obj.get("id")) or "")
+        if (
+            event.type == "invoice.paid"
+            and payment is not None
+            and self._link_invoice(conn, payment, hosted_invoice_url(obj))
+        ):
+            return "applied", "a one-time payment's invoice: its page linked to its payment"
+        return "ignored", "an invoice of no subscription"
+
+    def _link_invoice_of(self, conn: Connection, invoice_id: str | None, url: str | None) -> bool:
+        """Give the payment of invoice ``invoice_id`` its page ``url``."""
+        if invoice_id is None or url is None:
+            return False
+        payment = repo.payment_by_external_id(conn, invoice_id)
+        return payment is not None and self._link_invoice(conn, payment, url)
+
+    @staticmethod
+    def _link_invoice(conn: Connection, payment: Payment, url: str | None) -> bool:
+        """Record ``url`` as ``payment``'s invoice page if it has none yet."""
+        if url is None or payment.hosted_invoice_url is not None:
+            return False
+        return billing_repo.set_hosted_invoice_url(conn, payment.id, url)
 
     # -- lookups ---------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from plasmaart.notify.letters import addresses, passwords, twofa
+from plasmaart.notify.letters import addresses, passwords, receipts, twofa
 from plasmaart.outbox import Text
 
 # Each feature's module adds its TEXTS here: TEXTS.update(module.TEXTS).
@@ -21,3 +21,4 @@ TEXTS: dict[type[Any], Callable[[Any], Text]] = {}
 TEXTS.update(twofa.TEXTS)
 TEXTS.update(addresses.TEXTS)
 TEXTS.update(passwords.TEXTS)
+TEXTS.update(receipts.TEXTS)

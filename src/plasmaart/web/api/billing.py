@@ -5,6 +5,9 @@ Under the sandbox backend a subscription or purchase is paid and applied in
 the request; a backend with a hosted checkout answers ``{checkout_url}`` and
 its webhook applies the purchase later.
 
+Every succeeded payment has a numbered receipt, a printable page:
+``GET /v1/payments/{id}/receipt`` (``billing/receipts.py``).
+
 A declined payment (402 ``payment_failed``) writes nothing but one fair-use
 signal, in a transaction of its own: a burst of declines is card testing
 (docs/fair-use.md).
@@ -17,17 +20,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
 from plasmaart.billing import sandbox_controls
 from plasmaart.billing.backends import Checkout
 from plasmaart.billing.errors import PaymentFailed
+from plasmaart.billing.receipts import receipt_label, receipt_path
 from plasmaart.billing.repository import Payment, PaymentKind, PaymentStatus, Subscription
 from plasmaart.catalog import Catalog
+from plasmaart.errors import Unauthenticated
+from plasmaart.notify.letters import receipts as receipt_words
 from plasmaart.platform import Platform
-from plasmaart.web.auth import AdminPrincipal, CurrentPrincipal, Principal
+from plasmaart.web.auth import AdminPrincipal, CurrentPrincipal, Principal, authenticate
+from plasmaart.web.dashboard.pages import prefers_html, render
 from plasmaart.web.deps import PageQuery, PlatformDep
 from plasmaart.web.pagination import Page, decode_cursor, encode_cursor
 from plasmaart.web.presenters import describe_payment
@@ -111,6 +120,15 @@ class PaymentOut(BaseModel):
     period_start: datetime | None
     period_end: datetime | None
     failure_reason: str | None
+    receipt_number: str | None = Field(
+        description="A succeeded payment's receipt number (`PA-000042`); null for a failed one"
+    )
+    receipt_url: str | None = Field(
+        description="Its receipt, a printable page (`text/html`); null for a failed payment"
+    )
+    hosted_invoice_url: str | None = Field(
+        description="Stripe: the hosted page of the invoice this payment paid"
+    )
 
 
 class ClockAdvanceIn(StrictBody):
@@ -164,12 +182,16 @@ def declines_counted(
 
 
 def _payment_out(catalog: Catalog, payment: Payment) -> PaymentOut:
+    # A failed payment has no receipt.
+    number = payment.receipt_number if payment.status == "succeeded" else None
     return shape(
         PaymentOut,
         payment,
         description=describe_payment(catalog, payment),
         plan=payment.plan_id,
         pack=payment.pack_id,
+        receipt_number=None if number is None else receipt_label(number),
+        receipt_url=None if number is None else receipt_path(payment.id),
     )
 
 
@@ -339,6 +361,64 @@ def list_payments(
         data=[_payment_out(platform.catalogs.base, payment) for payment in found],
         next_cursor=encode_cursor(found[-1].id) if more else None,
     )
+
+
+@router.get(
+    "/payments/{payment_id}/receipt",
+    response_class=HTMLResponse,
+    responses={
+        200: {"content": {"text/html": {}}, "description": "The receipt, a printable page"},
+        303: {"description": "A browser without a session: to the login page, and back"},
+        404: {"description": "No such payment of yours (`not_found`)"},
+        409: {"description": "`no_receipt`: the payment failed, nothing was charged"},
+    },
+)
+def payment_receipt(
+    payment_id: Annotated[str, Path(max_length=64)], request: Request, platform: PlatformDep
+) -> Response:
+    """Your payment's numbered receipt, as a page that prints well (A4):
+    the seller, you, what was bought, the amount, the date, the credits
+    granted, how it was paid, and Stripe's hosted invoice when Stripe took
+    it. Only the payer sees it: anybody else's payment is `not_found`."""
+    principal = _receipt_viewer(request, platform)
+    if principal is None:
+        back = urlencode({"next": receipt_path(payment_id)})
+        return RedirectResponse(f"/login?{back}", status_code=303)
+    with platform.db.read() as conn:
+        receipt = platform.billing.receipts.receipt(conn, principal.user.id, payment_id)
+    settings = platform.settings
+    payment = receipt.payment
+    context = {
+        "title": f"Receipt {receipt.number}",
+        "receipt": receipt,
+        "payment": payment,
+        "seller": settings.company_name or "PlasmaArt",
+        "seller_address": settings.company_address,
+        "support_email": settings.support_email,
+        "purchase": receipt_words.purchase(receipt),
+        "period": receipt_words.period(receipt),
+        "amount": receipt_words.money(payment.amount_cents, payment.currency),
+        "paid_through": receipt_words.paid_through(payment.backend),
+    }
+    return render(request, "receipt.html", context)
+
+
+def _receipt_viewer(request: Request, platform: Platform) -> Principal | None:
+    """Who asks for a receipt (a session or an API key; a suspended account
+    too: it is a read). None: a browser without a live session, which is
+    sent to log in and back (the receipt's link comes by mail); an API
+    client gets 401."""
+    try:
+        principal = authenticate(request, platform)
+    except Unauthenticated:
+        if not prefers_html(request.headers.get("accept", "")):
+            raise
+        return None
+    if principal is None:
+        if prefers_html(request.headers.get("accept", "")):
+            return None
+        raise Unauthenticated("log in or send 'Authorization: Bearer <api key>'")
+    return principal
 
 
 # -- the sandbox's admin controls (404 unless billing is the sandbox) ---------

@@ -14,6 +14,7 @@ from sqlalchemy import Connection
 from plasmaart.accounts import audit
 from plasmaart.accounts.repository import Status, UserSearch
 from plasmaart.accounts.service import User
+from plasmaart.billing.receipts import receipt_label, receipt_path
 from plasmaart.billing.repository import Payment, Subscription
 from plasmaart.billing.subscriptions import PlanChangePreview
 from plasmaart.catalog import (
@@ -326,6 +327,18 @@ def usage(conn: Connection, page: Frame, wanted: UsageFilter, cursor: str | None
 class PaymentLine:
     payment: Payment
     description: str
+
+    @property
+    def receipt(self) -> str | None:
+        """The receipt's number, for a payment that succeeded (a failed one has none)."""
+        number = self.payment.receipt_number
+        if self.payment.status != "succeeded" or number is None:
+            return None
+        return receipt_label(number)
+
+    @property
+    def receipt_url(self) -> str:
+        return receipt_path(self.payment.id)
 
 
 def plan_previews(

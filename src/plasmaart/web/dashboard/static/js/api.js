@@ -99,6 +99,8 @@
     },
     "api-key": function (form, data) { showSecret(form, data.key); form.reset(); },
     invitation: function (form, data) { showSecret(form, data.token); form.reset(); },
+    // A page elsewhere for this customer (Stripe's customer portal): go there.
+    redirect: function (form, data) { if (data.url) window.location.assign(data.url); },
     generation: function (form, data) {
       document.dispatchEvent(new CustomEvent("pa:generation", { detail: data }));
     }
