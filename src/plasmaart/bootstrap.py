@@ -114,7 +114,16 @@ def bootstrap(
         outbox=outbox,
         caches=caches,
     )
-    teams = TeamService(clock, catalogs, ledger, billing.plans, caches=caches)
+    teams = TeamService(
+        clock,
+        catalogs,
+        ledger,
+        billing.plans,
+        outbox=outbox,
+        links=Links(settings.public_base_url),
+        throttle=Throttle(clock),
+        caches=caches,
+    )
     generations = GenerationService(
         clock,
         catalogs,

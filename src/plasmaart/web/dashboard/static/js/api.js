@@ -98,7 +98,7 @@
       window.location.reload();
     },
     "api-key": function (form, data) { showSecret(form, data.key); form.reset(); },
-    invitation: function (form, data) { showSecret(form, data.token); form.reset(); },
+    invitation: function (form, data) { showSecret(form, data.url || data.token); form.reset(); },
     generation: function (form, data) {
       document.dispatchEvent(new CustomEvent("pa:generation", { detail: data }));
     }
