@@ -252,8 +252,9 @@ def test_a_studio_team_from_invitation_to_removal(platform: Platform, server: st
         assert invitation.token is not None
         assert invitation.email == "bob@example.com"
         assert [i.id for i in owner_client.invitations(team.id)] == [invitation.id]
-        with pytest.raises(NotFoundError):
+        with pytest.raises(PermissionDenied) as not_hers:
             eve_client.accept_invitation(invitation.token)  # addressed to Bob
+        assert not_hers.value.code == "invitation_for_another_address"
         joined = bob_client.accept_invitation(invitation.token)
         assert (joined.id, joined.seats.used, joined.seats.pending) == (team.id, 2, 0)
         assert [t.role for t in bob_client.me().teams] == ["member"]
