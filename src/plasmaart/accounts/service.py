@@ -205,10 +205,12 @@ class AccountService:
             password_hash=hash_password(password),
             role=role,
             now=now,
-            verified=actor is not None,
+            verified=verified,
         )
         self.ledger.open_wallet(conn, "user", user_id)
-        user = User(user_id, address, role, "active", now, email_verified_at=now if actor else None)
+        user = User(
+            user_id, address, role, "active", now, email_verified_at=now if verified else None
+        )
         if actor is not None:
             self._audit(conn, actor, "user.create", user, role=role, plan=plan)
         return user

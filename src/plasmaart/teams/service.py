@@ -181,6 +181,11 @@ class InvitationView:
     status: InvitationStatus
     viewer_is_member: bool
 
+    @property
+    def email(self) -> str:
+        """The address invited: only it may accept."""
+        return self.invitation.email
+
 
 # -- pure rules ----------------------------------------------------------
 
