@@ -6,6 +6,7 @@ owner's notices, resending, and at most one mail per invitation link."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from sqlalchemy import select
 
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import invitations, notification_outbox
+from plasmaart.logs import JsonFormatter
 from plasmaart.platform import Platform
 from plasmaart.worker import outbox_delivery
 from tests.support.accounts import PASSWORD, TestUser, make_user
@@ -464,3 +466,48 @@ def test_the_team_page_lists_invitations_with_their_status(
     assert ">Invite again<" in page
     # Members do not see the invitations.
     assert "data-invitations" not in client.get("/team", headers=bob.auth).text
+
+
+def test_no_invitation_token_reaches_the_logs(
+    client: TestClient, platform: Platform, inbox: Inbox
+) -> None:
+    """The link's token travels in a query (the page) and in paths (the API):
+    neither is logged whole, nor is the mail's body."""
+    records: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            # The test's HTTP client logs the URLs it calls, and the test's
+            # SMTP server (aiosmtpd, "mail.log") what it receives: not the platform.
+            if not record.name.startswith(("httpx", "mail.log")):
+                records.append(self.format(record))
+
+    handler = Capture(level=logging.DEBUG)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        owner, team_id = studio_team(platform, client)
+        bob = make_user(platform, "bob@example.com")
+        first = invite(client, owner, team_id, "bob@example.com")
+        deliver(platform)
+        resent = client.post(
+            f"/v1/teams/{team_id}/invitations/{first['id']}/resend", headers=owner.auth
+        ).json()
+        deliver(platform)
+        token = resent["token"]
+        client.get(f"/invitations?token={token}", headers=bob.auth)
+        client.get(f"/v1/invitations/{token}")
+        client.post(f"/v1/invitations/{first['token']}/accept", headers=bob.auth)
+        client.post(f"/v1/invitations/{token}/decline")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    # The requests were logged (the invitation page and the API calls), so the
+    # check can fail.
+    assert sum("pa_inv_" in line for line in records) >= 3
+    for secret in (first["token"], token):
+        leaks = [line for line in records if secret in line or secret[16:] in line]
+        assert leaks == []
