@@ -134,6 +134,26 @@ def test_decline_without_an_account(
     assert [i.declined_at is not None for i in listed] == [True]
 
 
+def test_a_pasted_link_joins_from_the_team_page(
+    mail_page: Page, mail_platform: Platform, inbox: Inbox
+) -> None:
+    owner = make_user(mail_platform, "paste-owner@example.com", plan="studio")
+    make_user(mail_platform, "paste-invitee@example.com")
+    with mail_platform.db.write() as conn:
+        user = mail_platform.accounts.get(conn, owner.id)
+        team = mail_platform.teams.create_team(conn, user, "Paste Crew")
+        mail_platform.teams.invite(conn, team.id, owner.id, "paste-invitee@example.com")
+    mail = inbox.wait_for(
+        "paste-invitee@example.com", subject=SUBJECT, timeout=LIVE_TIMEOUT_MS / 1000
+    )
+    mail_page.goto("/login?next=/team")
+    log_in(mail_page, "paste-invitee@example.com")
+    mail_page.get_by_label("Invitation token or link").fill(link_to(mail, "/invitations"))
+    mail_page.get_by_role("button", name="Accept invitation").click()
+    expect(mail_page.locator("[data-toasts]")).to_contain_text("You joined the team.")
+    expect(mail_page.get_by_role("heading", name="Paste Crew")).to_be_visible()
+
+
 def test_an_admin_reads_the_mail_folder(
     page: Page, dashboard_platform: Platform, base_url: str
 ) -> None:
