@@ -21,6 +21,7 @@ from plasmaart.clock import ManualClock
 from plasmaart.db.tables import invitations, notification_outbox
 from plasmaart.logs import JsonFormatter
 from plasmaart.platform import Platform
+from plasmaart.teams.service import MAIL_PER_ADDRESS, MAIL_PER_TEAM
 from plasmaart.worker import outbox_delivery
 from tests.support.accounts import PASSWORD, TestUser, make_user
 from tests.support.mail import Inbox, SmtpServer, html_of, link_to, smtp_settings, text_of
@@ -366,14 +367,26 @@ def test_invitation_mail_is_throttled_per_address(client: TestClient, platform: 
     owner, team_id = studio_team(platform, client)
     path = f"/v1/teams/{team_id}/invitations"
     created = invite(client, owner, team_id, "bob@example.com")
-    for _ in range(4):  # five mails to one address a day
+    for _ in range(MAIL_PER_ADDRESS - 1):  # the first invitation was one
         assert client.post(f"{path}/{created['id']}/resend", headers=owner.auth).status_code == 200
     before = snapshot(platform)
     answer = client.post(f"{path}/{created['id']}/resend", headers=owner.auth)
     refused(answer, 429, "rate_limited")
     assert int(answer.headers["Retry-After"]) > 0
     assert changes(before, snapshot(platform)) == []
-    assert len(outbox_rows(platform, "team.invitation")) == 5
+    assert len(outbox_rows(platform, "team.invitation")) == MAIL_PER_ADDRESS
+
+
+def test_invitation_mail_is_throttled_per_team(client: TestClient, platform: Platform) -> None:
+    owner, team_id = studio_team(platform, client)
+    path = f"/v1/teams/{team_id}/invitations"
+    for n in range(MAIL_PER_TEAM):  # invite and revoke: seats are not what runs out
+        created = invite(client, owner, team_id, f"guest{n}@example.com")
+        assert client.delete(f"{path}/{created['id']}", headers=owner.auth).status_code == 204
+    before = snapshot(platform)
+    answer = client.post(path, json={"email": "one-more@example.com"}, headers=owner.auth)
+    refused(answer, 429, "rate_limited")
+    assert changes(before, snapshot(platform)) == []
 
 
 def test_members_and_strangers_cannot_resend(client: TestClient, platform: Platform) -> None:

@@ -17,16 +17,19 @@ the link ``<public url>/invitations?token=...``. Inviting an address that
 already has a pending invitation stays ``already_invited``; the owner sends
 it again with ``resend_invitation``, which gives it a new token (the old link
 stops working) and a new 7-day expiry, and mails it. Invitation mail is
-throttled per team and per address (``MAIL_LIMITS``).
+throttled per team and per address (``MAIL_PER_TEAM``, ``MAIL_PER_ADDRESS``).
 
 Only the invited address may accept: another signed-in account gets
 ``invitation_for_another_address``. A token that is unknown, used, expired,
 declined or revoked is ``invalid_token`` for accepting and declining alike.
 Whoever holds the token may decline (no account needed): the token is the
 proof that its mail was received. The owner is told (a notice) when an
-invitation is accepted or declined. Every owner action, and every join and leave, goes to the audit
-log with the acting user's id. The SQL is in ``repository``, the refusals in
-``errors``.
+invitation is accepted or declined.
+
+Every owner action, and every join and leave, goes to the audit log with the
+acting user's id (a decline by an address without an account: ``invitee:<address>``).
+The SQL is in ``repository``, the refusals in ``errors``, the facts the
+outbox is handed in ``notices``.
 """
 
 from __future__ import annotations
@@ -122,7 +125,8 @@ INVITATION_PAGE = "/invitations"
 # Invitation mail (first sends and resends) per day: per team, and per
 # invited address across teams, so nobody can flood an inbox with them.
 MAIL_WINDOW = timedelta(days=1)
-MAIL_LIMITS = (("team", 20), ("address", 5))
+MAIL_PER_TEAM = 20
+MAIL_PER_ADDRESS = 5
 # How far back the Team page's list of invitations reaches (by expiry).
 INVITATIONS_SHOWN_DAYS = 30
 INVITATIONS_SHOWN = 100
@@ -604,11 +608,10 @@ class TeamService:
         return team, invitation
 
     def _take_mail(self, conn: Connection, team_id: str, address: str) -> None:
-        (_team_kind, per_team), (_address_kind, per_address) = MAIL_LIMITS
         self.throttle.take(
             conn,
             "team.invitation_mail",
-            ((f"team:{team_id}", per_team), (f"address:{address}", per_address)),
+            ((f"team:{team_id}", MAIL_PER_TEAM), (f"address:{address}", MAIL_PER_ADDRESS)),
             window=MAIL_WINDOW,
             what="invitation e-mails",
         )
