@@ -13,11 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from plasmaart.notify.letters import invitations
 from plasmaart.outbox import Text
 
 # Each feature's module adds its TEXTS here: TEXTS.update(module.TEXTS).
 TEXTS: dict[type[Any], Callable[[Any], Text]] = {}
-
-from plasmaart.notify.letters import invitations  # noqa: E402
-
 TEXTS.update(invitations.TEXTS)
