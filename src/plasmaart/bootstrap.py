@@ -104,6 +104,11 @@ def bootstrap(
     # The services that cause notifications queue them in the transaction of
     # their cause, as facts that notify's texts put into words.
     outbox = Outbox(clock, render)
+    # Links that leave the server; single-use links and the account routes'
+    # throttle (accounts/tokens.py): one of each, for every service.
+    links = Links(settings.public_base_url)
+    account_tokens = AccountTokens(clock)
+    throttle = Throttle(clock)
     billing = BillingService(
         clock,
         catalogs,
@@ -114,10 +119,19 @@ def bootstrap(
         purchased_credits_expire_days=settings.purchased_credits_expire_days,
         test_clock=test_clock,
         outbox=outbox,
-        links=Links(settings.public_base_url),
+        links=links,
         caches=caches,
     )
-    teams = TeamService(clock, catalogs, ledger, billing.plans, caches=caches)
+    teams = TeamService(
+        clock,
+        catalogs,
+        ledger,
+        billing.plans,
+        outbox=outbox,
+        links=links,
+        throttle=throttle,
+        caches=caches,
+    )
     generations = GenerationService(
         clock,
         catalogs,
@@ -130,11 +144,6 @@ def bootstrap(
     credentials = CredentialService(clock)
     # Codes are checked against wall time, never the sandbox test clock.
     second_factor = SecondFactor(job_clock, outbox)
-    # Links that leave the server; single-use links and the account routes'
-    # throttle (accounts/tokens.py), one of each for every account service.
-    links = Links(settings.public_base_url)
-    account_tokens = AccountTokens(clock)
-    throttle = Throttle(clock)
     accounts = AccountService(
         clock,
         ledger,

@@ -57,6 +57,7 @@ from plasmaart.db.tables import (
     uploads,
 )
 from plasmaart.generation.service import Generation, GenerationRequest
+from plasmaart.notify.email import Letter, compose
 from plasmaart.platform import Platform
 from plasmaart.web.problems import PROBLEM_JSON
 from plasmaart.worker import Worker
@@ -129,6 +130,7 @@ class World:
     upload_link: str  # signed URL of ``upload_id``
     session_id: str  # a session of the owner's (``GET /v1/sessions``)
     payment_id: str  # the owner's Studio subscription's payment (it has a receipt)
+    mail_name: str  # a message of the mail folder (the admin's Mail page)
 
     def caller(self, caller: Caller, row: Row) -> TestUser | None:
         if caller == "anonymous":
@@ -243,7 +245,23 @@ def build_world(platform: Platform, client: TestClient) -> World:
         upload_link=uploaded.json()["url"],
         session_id=session.id,
         payment_id=subscribed.id,
+        mail_name=mail_in_folder(platform),
     )
+
+
+def mail_in_folder(platform: Platform) -> str:
+    """A message written to the mail folder, as mail is without SMTP."""
+    letter = Letter("someone@example.com", "Matrix mail", "A message for the Mail page.")
+    platform.mail_folder.send(
+        compose(
+            letter,
+            sender="noreply@example.com",
+            support_email=platform.settings.support_email,
+            message_id="<matrix-mail@plasmaart.test>",
+            now=platform.clock.now(),
+        )
+    )
+    return platform.mail_folder.messages()[0].name
 
 
 @dataclass(frozen=True)
@@ -401,6 +419,36 @@ def invited_fresh(answer: Answer) -> None:
 def lists_pending(answer: Answer) -> None:
     ids = {invitation["id"] for invitation in answer.body["data"]}
     assert answer.world.invitation_id in ids
+
+
+def resent_pending(answer: Answer) -> None:
+    assert answer.body["id"] == answer.world.invitation_id
+    assert answer.body["status"] == "pending"
+    assert answer.body["token"].startswith("pa_inv_")
+
+
+def shows_invitation(answer: Answer) -> None:
+    body = answer.body
+    assert (body["team_id"], body["email"]) == (answer.world.team_id, answer.world.invitee.email)
+    assert body["team_name"] == "Night Shift"
+
+
+def invitation_declined(answer: Answer) -> None:
+    shows_invitation(answer)
+    assert answer.body["status"] == "declined"
+
+
+def invitation_page(answer: Answer) -> None:
+    assert answer.response.content_type.startswith("text/html")
+    assert "Night Shift" in answer.response.text
+
+
+def mail_html_part(answer: Answer) -> None:
+    # Only admins get the message's HTML part; everyone else a bare 404.
+    if answer.response.status_code == 404:
+        assert answer.response.text == "Not found"
+    else:
+        assert "A message for the Mail page." in answer.response.text
 
 
 def invitee_joined(answer: Answer) -> None:
@@ -721,6 +769,7 @@ def verify_page(answer: Answer) -> None:
 # -- the table ---------------------------------------------------------------
 
 U, F, N = UNAUTHENTICATED, FORBIDDEN, NOT_FOUND
+W = Refusal(403, "invitation_for_another_address")
 TEAM = "/v1/teams/{w.team_id}"
 ONE_IMAGE = {"model": WORLD_MODEL, "prompt": "a matrix", "params": AT_ONCE}
 
@@ -951,17 +1000,47 @@ ROWS: tuple[Row, ...] = (
         check=lists_pending,
     ),
     Row(
+        "POST /v1/teams/{team_id}/invitations/{invitation_id}/resend",
+        (U, 200, N, F, N),
+        url=TEAM + "/invitations/{w.invitation_id}/resend",
+        check=resent_pending,
+    ),
+    Row(
         "DELETE /v1/teams/{team_id}/invitations/{invitation_id}",
         (U, 204, N, F, N),
         url=TEAM + "/invitations/{w.invitation_id}",
     ),
-    # the token is the invitee's: only they may accept it
+    # whoever holds the token sees the invitation (it was mailed to them)
+    Row(
+        "GET /v1/invitations/{token}",
+        (200, 200, 200, 200, 200),
+        url="/v1/invitations/{w.accept_token}",
+        owner_as="invitee",
+        check=shows_invitation,
+    ),
+    Row(
+        "GET /invitations",
+        (200, 200, 200, 200, 200),
+        url="/invitations?token={w.accept_token}",
+        owner_as="invitee",
+        check=invitation_page,
+    ),
+    # the token is the invitee's: only their address may accept it; another
+    # account is told the invitation is for another address
     Row(
         "POST /v1/invitations/{token}/accept",
-        (U, 200, N, N, N),
+        (U, 200, W, W, W),
         url="/v1/invitations/{w.accept_token}/accept",
         owner_as="invitee",
         check=invitee_joined,
+    ),
+    # declining needs only the token; once accepted, it is used up
+    Row(
+        "POST /v1/invitations/{token}/decline",
+        (200, Refusal(400, "invalid_token"), 200, 200, 200),
+        url="/v1/invitations/{w.accept_token}/decline",
+        owner_as="invitee",
+        check=invitation_declined,
     ),
     Row(
         "GET /v1/teams/{team_id}/members",
@@ -1159,6 +1238,19 @@ ROWS: tuple[Row, ...] = (
         check=audits_the_grant,
     ),
     Row("GET /admin/audit", (303, 404, 404, 404, 200), check=admin_page_or_none),
+    Row("GET /admin/mail", (303, 404, 404, 404, 200), check=admin_page_or_none),
+    Row(
+        "GET /admin/mail/{name}",
+        (303, 404, 404, 404, 200),
+        url="/admin/mail/{w.mail_name}",
+        check=admin_page_or_none,
+    ),
+    Row(
+        "GET /admin/mail/{name}/html",
+        (404, 404, 404, 404, 200),
+        url="/admin/mail/{w.mail_name}/html",
+        check=mail_html_part,
+    ),
     # the sandbox's controls; the clock moves last, as it moves time for every row
     Row(
         "POST /v1/admin/users/{user_id}/billing/sandbox-card",
@@ -1251,7 +1343,14 @@ SUSPENDED: dict[str, Expect] = {
     "DELETE /v1/teams/{team_id}/invitations/{invitation_id} "
     + TEAM
     + "/invitations/{w.invitation_id}": S,
+    "POST /v1/teams/{team_id}/invitations/{invitation_id}/resend "
+    + TEAM
+    + "/invitations/{w.invitation_id}/resend": S,
+    # the token opens the invitation and declines it, without an account
+    "GET /v1/invitations/{token} /v1/invitations/{w.accept_token}": 200,
+    "GET /invitations /invitations?token={w.accept_token}": 200,
     "POST /v1/invitations/{token}/accept /v1/invitations/{w.accept_token}/accept": S,
+    "POST /v1/invitations/{token}/decline /v1/invitations/{w.accept_token}/decline": 200,
     "GET /v1/teams/{team_id}/members " + TEAM + "/members": 200,
     "PATCH /v1/teams/{team_id}/members/{user_id} " + TEAM + "/members/{w.member.id}": S,
     "DELETE /v1/teams/{team_id}/members/{user_id} " + TEAM + "/members/{w.owner.id}": S,
@@ -1305,6 +1404,9 @@ SUSPENDED: dict[str, Expect] = {
     "GET /v1/admin/stats": N,
     "GET /v1/admin/audit /v1/admin/audit?action=credits.adjust": N,
     "GET /admin/audit": 404,
+    "GET /admin/mail": 404,
+    "GET /admin/mail/{name} /admin/mail/{w.mail_name}": 404,
+    "GET /admin/mail/{name}/html /admin/mail/{w.mail_name}/html": 404,
     "POST /v1/admin/users/{user_id}/billing/sandbox-card "
     "/v1/admin/users/{w.owner.id}/billing/sandbox-card": N,
     "POST /v1/admin/clock/advance": N,

@@ -15,6 +15,7 @@ import pytest
 
 from plasmaart.client import (
     AccountSuspendedError,
+    ApiError,
     AsyncClient,
     AuthenticationError,
     Client,
@@ -252,8 +253,9 @@ def test_a_studio_team_from_invitation_to_removal(platform: Platform, server: st
         assert invitation.token is not None
         assert invitation.email == "bob@example.com"
         assert [i.id for i in owner_client.invitations(team.id)] == [invitation.id]
-        with pytest.raises(NotFoundError):
+        with pytest.raises(PermissionDenied) as not_hers:
             eve_client.accept_invitation(invitation.token)  # addressed to Bob
+        assert not_hers.value.code == "invitation_for_another_address"
         joined = bob_client.accept_invitation(invitation.token)
         assert (joined.id, joined.seats.used, joined.seats.pending) == (team.id, 2, 0)
         assert [t.role for t in bob_client.me().teams] == ["member"]
@@ -268,6 +270,24 @@ def test_a_studio_team_from_invitation_to_removal(platform: Platform, server: st
             eve_client.team(team.id)
 
         second_invite = owner_client.invite(team.id, "eve@example.com")
+        assert second_invite.url is not None
+        assert second_invite.url.endswith(f"/invitations?token={second_invite.token}")
+        resent = owner_client.resend_invitation(team.id, second_invite.id)
+        assert (resent.id, resent.token != second_invite.token) == (second_invite.id, True)
+        assert resent.token is not None
+        seen = eve_client.invitation(resent.token)
+        assert (seen.team_name, seen.email, seen.status) == (
+            team.name,
+            "eve@example.com",
+            "pending",
+        )
+        third_invite = owner_client.invite(team.id, "zoe@example.com")
+        assert third_invite.token is not None
+        declined = eve_client.decline_invitation(third_invite.token)  # no need to be Zoe
+        assert declined.status == "declined"
+        with pytest.raises(ApiError) as used:
+            eve_client.decline_invitation(third_invite.token)
+        assert (used.value.status, used.value.code) == (400, "invalid_token")
         owner_client.revoke_invitation(team.id, second_invite.id)
         assert owner_client.invitations(team.id) == []
         owner_client.remove_member(team.id, bob.id)

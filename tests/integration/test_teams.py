@@ -327,19 +327,22 @@ def test_accept_refuses_every_token_that_is_not_yours(
     to_bob = invite(client, owner, team["id"], "bob@example.com")
     to_cara = invite(client, owner, team["id"], "cara@example.com")
     before = counts(platform)
-    # Another user's invitation, an unknown token, the owner's own: all 404.
+    # Another account (the owner's too) is told the invitation is for another
+    # address; an unknown token is an invalid link.
     refused(
         client.post(f"/v1/invitations/{to_bob['token']}/accept", headers=mallory.auth),
-        404,
-        "not_found",
+        403,
+        "invitation_for_another_address",
     )
     refused(
-        client.post("/v1/invitations/pa_inv_nothing/accept", headers=bob.auth), 404, "not_found"
+        client.post("/v1/invitations/pa_inv_nothing/accept", headers=bob.auth),
+        400,
+        "invalid_token",
     )
     refused(
         client.post(f"/v1/invitations/{to_bob['token']}/accept", headers=owner.auth),
-        404,
-        "not_found",
+        403,
+        "invitation_for_another_address",
     )
     assert client.post(f"/v1/invitations/{to_bob['token']}/accept").status_code == 401
     assert counts(platform) == before
@@ -347,7 +350,9 @@ def test_accept_refuses_every_token_that_is_not_yours(
     accept(client, bob, to_bob["token"])
     # A used token is gone.
     refused(
-        client.post(f"/v1/invitations/{to_bob['token']}/accept", headers=bob.auth), 404, "not_found"
+        client.post(f"/v1/invitations/{to_bob['token']}/accept", headers=bob.auth),
+        400,
+        "invalid_token",
     )
 
     # A revoked one too, and its seat is free again at once.
@@ -361,8 +366,8 @@ def test_accept_refuses_every_token_that_is_not_yours(
     assert revoked.status_code == 204
     refused(
         client.post(f"/v1/invitations/{to_cara['token']}/accept", headers=cara.auth),
-        404,
-        "not_found",
+        400,
+        "invalid_token",
     )
     refused(
         client.delete(f"/v1/teams/{team['id']}/invitations/{to_cara['id']}", headers=owner.auth),
@@ -388,7 +393,9 @@ def test_expired_invitations_are_gone_and_free_their_seat(
     clock.advance(timedelta(hours=1))
     before = counts(platform)
     refused(
-        client.post(f"/v1/invitations/{old['token']}/accept", headers=bob.auth), 404, "not_found"
+        client.post(f"/v1/invitations/{old['token']}/accept", headers=bob.auth),
+        400,
+        "invalid_token",
     )
     assert counts(platform) == before
     seats = client.get(f"/v1/teams/{team['id']}", headers=owner.auth).json()["seats"]

@@ -373,6 +373,20 @@ def revoke_invitation(team_id: str, invitation_id: str) -> Call[None]:
     return Call("DELETE", path, _nothing)
 
 
+def resend_invitation(team_id: str, invitation_id: str, key: str | None) -> Call[m.NewInvitation]:
+    path = f"/v1/teams/{_segment(team_id)}/invitations/{_segment(invitation_id)}/resend"
+    return Call("POST", path, _one(m.NewInvitation), idempotency_key=key)
+
+
+def invitation(token: str) -> Call[m.InvitationPreview]:
+    return Call("GET", f"/v1/invitations/{_segment(token)}", _one(m.InvitationPreview))
+
+
+def decline_invitation(token: str, key: str | None) -> Call[m.InvitationPreview]:
+    path = f"/v1/invitations/{_segment(token)}/decline"
+    return Call("POST", path, _one(m.InvitationPreview), idempotency_key=key)
+
+
 def accept_invitation(token: str, key: str | None) -> Call[m.Team]:
     path = f"/v1/invitations/{_segment(token)}/accept"
     return Call("POST", path, _one(m.Team), idempotency_key=key)

@@ -272,8 +272,26 @@ class Invitation:
 @dataclass(frozen=True)
 class NewInvitation(Invitation):
     # The secret to accept with, shown only once (None on a replayed answer,
-    # as with NewApiKey.key: revoke that invitation and invite again).
+    # as with NewApiKey.key: resend that invitation for a new one).
     token: str | None
+    # The link mailed to the address (it carries the token; None on a replay).
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class InvitationPreview:
+    """What an invitation's token opens: the team, who invited, the address
+    invited and the invitation's ``status`` (pending, accepted, declined,
+    revoked, expired)."""
+
+    id: str
+    team_id: str
+    team_name: str
+    inviter_email: str
+    email: str
+    status: str
+    expires_at: datetime
+    viewer_is_member: bool
 
 
 # -- generations -------------------------------------------------------------

@@ -498,6 +498,23 @@ class Client:
     def revoke_invitation(self, team_id: str, invitation_id: str) -> None:
         self._send(calls.revoke_invitation(team_id, invitation_id))
 
+    def resend_invitation(
+        self, team_id: str, invitation_id: str, *, idempotency_key: str | None = None
+    ) -> m.NewInvitation:
+        """Mail a pending invitation again, with a new token (the earlier link
+        stops working) and 7 more days."""
+        return self._send(calls.resend_invitation(team_id, invitation_id, idempotency_key))
+
+    def invitation(self, token: str) -> m.InvitationPreview:
+        """The invitation a token opens, whatever its status (no account needed)."""
+        return self._send(calls.invitation(token))
+
+    def decline_invitation(
+        self, token: str, *, idempotency_key: str | None = None
+    ) -> m.InvitationPreview:
+        """Decline an invitation (no account needed); its owner is told."""
+        return self._send(calls.decline_invitation(token, idempotency_key))
+
     def accept_invitation(self, token: str, *, idempotency_key: str | None = None) -> m.Team:
         return self._send(calls.accept_invitation(token, idempotency_key))
 

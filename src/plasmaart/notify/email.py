@@ -26,6 +26,8 @@ from typing import Protocol
 from plasmaart.config import Settings
 
 SIGNATURE = "PlasmaArt"
+# The name of a message of the mail folder: no path may leave the folder.
+_MAIL_NAME = re.compile(r"[A-Za-z0-9_-]+\.eml")
 _URL = re.compile(r"https?://[^\s<>\"']+")
 
 
@@ -147,30 +149,55 @@ class MailFolder:
         os.replace(partial, final)
 
     def messages(self, *, limit: int = 100) -> list[StoredMail]:
-        """The newest ``limit`` messages, newest first."""
+        """The newest ``limit`` messages, newest first (a file removed while
+        the folder is read is left out)."""
         if not self.path.is_dir():
             return []
-        names = sorted((p.name for p in self.path.glob("*.eml")), reverse=True)[:limit]
-        return [self.read(name) for name in names]
+        names = sorted(
+            (p.name for p in self.path.glob("*.eml") if _MAIL_NAME.fullmatch(p.name)),
+            reverse=True,
+        )[:limit]
+        found = []
+        for name in names:
+            try:
+                found.append(self.read(name))
+            except FileNotFoundError:
+                continue
+        return found
 
     def read(self, name: str) -> StoredMail:
         """One message by file name; ``FileNotFoundError`` for a name that is
         not a message of this folder (no path may leave it)."""
-        if not re.fullmatch(r"[A-Za-z0-9_-]+\.eml", name):
+        if not _MAIL_NAME.fullmatch(name):
             raise FileNotFoundError(name)
-        raw = (self.path / name).read_bytes()
+        path = self.path / name
+        if not path.is_file():
+            raise FileNotFoundError(name)
+        raw = path.read_bytes()
         parsed = BytesParser(EmailMessage, policy=policy.default).parsebytes(raw)
         text = parsed.get_body(preferencelist=("plain",))
         rich = parsed.get_body(preferencelist=("html",))
-        date = parsed["Date"]
         return StoredMail(
             name=name,
-            to=str(parsed["To"]),
-            subject=str(parsed["Subject"]),
-            sent_at=parsedate_to_datetime(date) if date else datetime.fromtimestamp(0, UTC),
+            to=str(parsed["To"] or ""),
+            subject=str(parsed["Subject"] or ""),
+            sent_at=_sent_at(parsed["Date"], path),
             text="" if text is None else str(text.get_content()),
             html=None if rich is None else str(rich.get_content()),
         )
+
+
+def _sent_at(date: object, path: Path) -> datetime:
+    """The message's Date, in UTC; the file's time when the header is
+    missing or unreadable (a hand-written file must not break the list)."""
+    if date:
+        try:
+            parsed = parsedate_to_datetime(str(date))
+        except (TypeError, ValueError, IndexError):
+            parsed = None
+        if parsed is not None:
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC)
 
 
 def create_mailer(settings: Settings) -> Mailer:

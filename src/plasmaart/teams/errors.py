@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plasmaart.errors import Conflict, NotFound
+from plasmaart.errors import Conflict, Forbidden, NotFound
 
 
 class TeamNotFound(NotFound):
@@ -10,7 +10,16 @@ class TeamNotFound(NotFound):
 
 
 class InvitationNotFound(NotFound):
-    """Unknown, expired, revoked, used, or addressed to somebody else."""
+    """The owner names an invitation the team has no pending one of."""
+
+
+class InvitationForAnotherAddress(Forbidden):
+    """A signed-in account whose address is not the one invited: it must sign
+    in (or up) with the invited address. Nothing else about the invitation
+    is said."""
+
+    code = "invitation_for_another_address"
+    title = "This invitation is for another address"
 
 
 class MemberNotFound(NotFound):

@@ -1,8 +1,8 @@
 """Teams' SQL: teams, their members and their invitations. Rows come back as
 the frozen records below.
 
-An invitation is pending while nobody accepted or revoked it and it has not
-expired (``pending``, the SQL twin of ``service.invitation_is_pending``)."""
+An invitation is pending while nobody accepted, declined or revoked it and it
+has not expired (``pending``, the SQL twin of ``service.invitation_is_pending``)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,18 @@ class Invitation:
     expires_at: datetime
     accepted_at: datetime | None = None
     revoked_at: datetime | None = None
+    declined_at: datetime | None = None
+    invited_by: str | None = None
+
+
+@dataclass(frozen=True)
+class InvitationDetails:
+    """An invitation with what its page shows: the team and who invited."""
+
+    invitation: Invitation
+    team_name: str
+    owner_id: str
+    inviter_email: str
 
 
 # -- teams ---------------------------------------------------------------
@@ -207,6 +219,7 @@ def pending(now: datetime) -> ColumnElement[bool]:
     return and_(
         invitations.c.accepted_at.is_(None),
         invitations.c.revoked_at.is_(None),
+        invitations.c.declined_at.is_(None),
         invitations.c.expires_at > now,
     )
 
@@ -278,6 +291,60 @@ def invitation_by_token_hash(conn: Connection, token_hash: str) -> Invitation | 
     return None if row is None else _invitation(row)
 
 
+def recent_invitations(
+    conn: Connection, team_id: str, *, since: datetime, limit: int
+) -> list[Invitation]:
+    """The team's invitations that expire (or expired) after ``since``, newest
+    first: the open ones and the recent past, which the Team page lists."""
+    rows = conn.execute(
+        select(invitations)
+        .where(invitations.c.team_id == team_id, invitations.c.expires_at >= since)
+        .order_by(invitations.c.created_at.desc(), invitations.c.id.desc())
+        .limit(limit)
+    )
+    return [_invitation(row) for row in rows]
+
+
+def invitation_details(conn: Connection, token_hash: str) -> InvitationDetails | None:
+    """The invitation of this token hash with its team and its inviter."""
+    inviter = users.alias("inviter")
+    row = conn.execute(
+        select(
+            invitations,
+            teams.c.name.label("team_name"),
+            teams.c.owner_id,
+            inviter.c.email.label("inviter_email"),
+        )
+        .select_from(
+            invitations.join(teams, teams.c.id == invitations.c.team_id).join(
+                inviter, inviter.c.id == invitations.c.invited_by
+            )
+        )
+        .where(invitations.c.token_hash == token_hash)
+    ).one_or_none()
+    if row is None:
+        return None
+    return InvitationDetails(_invitation(row), row.team_name, row.owner_id, row.inviter_email)
+
+
+def set_declined(conn: Connection, invitation_id: str, now: datetime) -> None:
+    conn.execute(
+        update(invitations).where(invitations.c.id == invitation_id).values(declined_at=now)
+    )
+
+
+def set_token(
+    conn: Connection, invitation_id: str, *, token_hash: str, expires_at: datetime
+) -> None:
+    """A new secret for the invitation (the old one stops working), valid until
+    ``expires_at``: how an invitation is sent again."""
+    conn.execute(
+        update(invitations)
+        .where(invitations.c.id == invitation_id)
+        .values(token_hash=token_hash, expires_at=expires_at)
+    )
+
+
 def set_revoked(conn: Connection, invitation_id: str, now: datetime) -> None:
     conn.execute(
         update(invitations).where(invitations.c.id == invitation_id).values(revoked_at=now)
@@ -331,4 +398,6 @@ def _invitation(row: AnyRow) -> Invitation:
         as_utc(row.expires_at),
         None if row.accepted_at is None else as_utc(row.accepted_at),
         None if row.revoked_at is None else as_utc(row.revoked_at),
+        None if row.declined_at is None else as_utc(row.declined_at),
+        row.invited_by,
     )

@@ -11,9 +11,25 @@ Limits chosen here (the policy names none): one team per owner (a second
 owner is a member like the others except that nobody can remove them.
 
 Invitation tokens are random secrets shown once; only their SHA-256 is stored,
-like API keys. Every owner action, and every join and leave, goes to the audit
-log with the acting user's id. The SQL is in ``repository``, the refusals in
-``errors``.
+like API keys. Each invitation is mailed to its address in the transaction
+that creates it (a letter through the outbox, one per invitation link), with
+the link ``<public url>/invitations?token=...``. Inviting an address that
+already has a pending invitation stays ``already_invited``; the owner sends
+it again with ``resend_invitation``, which gives it a new token (the old link
+stops working) and a new 7-day expiry, and mails it. Invitation mail is
+throttled per team and per address (``MAIL_PER_TEAM``, ``MAIL_PER_ADDRESS``).
+
+Only the invited address may accept: another signed-in account gets
+``invitation_for_another_address``. A token that is unknown, used, expired,
+declined or revoked is ``invalid_token`` for accepting and declining alike.
+Whoever holds the token may decline (no account needed): the token is the
+proof that its mail was received. The owner is told (a notice) when an
+invitation is accepted or declined.
+
+Every owner action, and every join and leave, goes to the audit log with the
+acting user's id (a decline by an address without an account: ``invitee:<address>``).
+The SQL is in ``repository``, the refusals in ``errors``, the facts the
+outbox is handed in ``notices``.
 """
 
 from __future__ import annotations
@@ -21,7 +37,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from sqlalchemy import Connection
 
@@ -30,27 +46,39 @@ from plasmaart.accounts import repository as accounts_repo
 from plasmaart.accounts.credentials import digest
 from plasmaart.accounts.entitlements import NotInPlan, cheapest_plan
 from plasmaart.accounts.service import User, is_valid_email, normalise_email
+from plasmaart.accounts.tokens import Throttle
 from plasmaart.billing.plans import PlanService
 from plasmaart.caches import CacheHub, TtlLru, cached
 from plasmaart.catalog import Catalog, PlanSpec
 from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.clock import Clock
 from plasmaart.db.engine import invalidate, pending_invalidations
-from plasmaart.errors import Forbidden, InvalidInput
+from plasmaart.errors import Forbidden, InvalidInput, InvalidToken
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService
+from plasmaart.links import Links
+from plasmaart.outbox import Outbox
 from plasmaart.teams import repository as repo
 from plasmaart.teams.errors import (
     AlreadyInvited,
     AlreadyMember,
     AlreadyOwnsTeam,
+    InvitationForAnotherAddress,
     InvitationNotFound,
     MemberNotFound,
     OwnerNotRemovable,
     SeatsExhausted,
     TeamNotFound,
 )
-from plasmaart.teams.repository import Invitation, Member, Membership, Role, Team
+from plasmaart.teams.notices import InvitationAnswered, InvitationLetter
+from plasmaart.teams.repository import (
+    Invitation,
+    InvitationDetails,
+    Member,
+    Membership,
+    Role,
+    Team,
+)
 
 __all__ = [
     "INVITATION_LIFETIME",
@@ -60,7 +88,10 @@ __all__ = [
     "AlreadyMember",
     "AlreadyOwnsTeam",
     "Invitation",
+    "InvitationForAnotherAddress",
     "InvitationNotFound",
+    "InvitationStatus",
+    "InvitationView",
     "Member",
     "MemberNotFound",
     "Membership",
@@ -76,6 +107,7 @@ __all__ = [
     "cheapest_team_plan",
     "invitation_email",
     "invitation_is_pending",
+    "invitation_status",
     "monthly_credit_cap",
     "plan_allows_teams",
     "seats_left",
@@ -87,6 +119,19 @@ T = TypeVar("T")
 
 INVITATION_LIFETIME = timedelta(days=7)
 INVITATION_PREFIX = "pa_inv_"
+TOKEN_MAX = 200  # far longer than any token handed out
+# Where an invitation's link leads: the dashboard's page for it.
+INVITATION_PAGE = "/invitations"
+# Invitation mail (first sends and resends) per day: per team, and per
+# invited address across teams, so nobody can flood an inbox with them.
+MAIL_WINDOW = timedelta(days=1)
+MAIL_PER_TEAM = 20
+MAIL_PER_ADDRESS = 5
+# How far back the Team page's list of invitations reaches (by expiry).
+INVITATIONS_SHOWN_DAYS = 30
+INVITATIONS_SHOWN = 100
+
+InvitationStatus = Literal["pending", "accepted", "declined", "revoked", "expired"]
 TEAMS_PER_OWNER = 1
 TEAM_NAME_MAX = 100
 # Far below BIGINT's range, far above any month of spending.
@@ -124,6 +169,26 @@ class TeamWithSeats(Team):
 class NewInvitation:
     invitation: Invitation
     token: str  # the secret; shown once, stored only as its SHA-256
+    url: str  # the link mailed to the address: the page that accepts it
+
+
+@dataclass(frozen=True)
+class InvitationView:
+    """What the holder of an invitation's token may see of it: the team, who
+    invited, the address invited, its status; ``viewer_is_member`` when the
+    signed-in viewer already belongs to the team."""
+
+    invitation: Invitation
+    team_id: str
+    team_name: str
+    inviter_email: str
+    status: InvitationStatus
+    viewer_is_member: bool
+
+    @property
+    def email(self) -> str:
+        """The address invited: only it may accept."""
+        return self.invitation.email
 
 
 # -- pure rules ----------------------------------------------------------
@@ -149,8 +214,23 @@ def invitation_is_pending(
     revoked_at: datetime | None,
     expires_at: datetime,
     now: datetime,
+    declined_at: datetime | None = None,
 ) -> bool:
-    return accepted_at is None and revoked_at is None and now < expires_at
+    return accepted_at is None and revoked_at is None and declined_at is None and now < expires_at
+
+
+def invitation_status(invitation: Invitation, now: datetime) -> InvitationStatus:
+    """Where an invitation stands: answered (accepted or declined), revoked by
+    the owner, past its expiry, or still pending."""
+    if invitation.accepted_at is not None:
+        return "accepted"
+    if invitation.declined_at is not None:
+        return "declined"
+    if invitation.revoked_at is not None:
+        return "revoked"
+    if now >= invitation.expires_at:
+        return "expired"
+    return "pending"
 
 
 def team_name(raw: str) -> str:
@@ -199,12 +279,20 @@ class TeamService:
         ledger: LedgerService,
         plans: PlanService,
         *,
+        outbox: Outbox,
+        links: Links,
+        throttle: Throttle,
         caches: CacheHub | None = None,
     ) -> None:
         self.clock = clock
         self.catalogs = catalogs
         self.ledger = ledger
         self.plans = plans
+        # Invitations are mailed (outbox) with a link (links), within the
+        # mail limits (throttle).
+        self.outbox = outbox
+        self.links = links
+        self.throttle = throttle
         # The wallets each user generates from, per process, when given
         # ``caches``: joining or leaving a team invalidates ``user:<id>``.
         self._hub = caches
@@ -279,6 +367,32 @@ class TeamService:
         self._as_owner(conn, team_id, actor_id)
         return repo.pending_invitations(conn, team_id, self.clock.now())
 
+    def recent_invitations(self, conn: Connection, team_id: str, actor_id: str) -> list[Invitation]:
+        """The pending invitations and those that ended (accepted, declined,
+        revoked, expired) in the last 30 days, newest first (owner only)."""
+        self._as_owner(conn, team_id, actor_id)
+        since = self.clock.now() - timedelta(days=INVITATIONS_SHOWN_DAYS)
+        return repo.recent_invitations(conn, team_id, since=since, limit=INVITATIONS_SHOWN)
+
+    def invitation_by_token(
+        self, conn: Connection, token: str, viewer: User | None = None
+    ) -> InvitationView:
+        """The invitation ``token`` opens, whatever its status, for its page;
+        ``invalid_token`` for a token that opens none."""
+        found = self._details(conn, token)
+        if found is None:
+            raise InvalidToken("this invitation link is not valid")
+        invitation = found.invitation
+        member = viewer is not None and repo.member(conn, invitation.team_id, viewer.id) is not None
+        return InvitationView(
+            invitation=invitation,
+            team_id=invitation.team_id,
+            team_name=found.team_name,
+            inviter_email=found.inviter_email,
+            status=invitation_status(invitation, self.clock.now()),
+            viewer_is_member=member,
+        )
+
     # -- the owner's actions --------------------------------------------
 
     def create_team(self, conn: Connection, owner: User, name: str) -> TeamWithSeats:
@@ -312,8 +426,16 @@ class TeamService:
         if repo.pending_invitation(conn, team.id, now, email=address) is not None:
             raise AlreadyInvited(f"{address} already has a pending invitation to this team")
         self._require_seat(conn, team)
-        token = INVITATION_PREFIX + secrets.token_urlsafe(32)
-        invitation = Invitation(new_id("inv"), team.id, address, now, now + INVITATION_LIFETIME)
+        self._take_mail(conn, team.id, address)
+        token = new_token()
+        invitation = Invitation(
+            new_id("inv"),
+            team.id,
+            address,
+            now,
+            now + INVITATION_LIFETIME,
+            invited_by=actor_id,
+        )
         repo.insert_invitation(conn, invitation, token_hash=digest(token), invited_by=actor_id)
         self._audit(
             conn,
@@ -322,7 +444,33 @@ class TeamService:
             team.id,
             {"invitation_id": invitation.id, "email": address},
         )
-        return NewInvitation(invitation, token)
+        url = self._mail(conn, team, actor_id, invitation, token, resent=False)
+        return NewInvitation(invitation, token, url)
+
+    def resend_invitation(
+        self, conn: Connection, team_id: str, actor_id: str, invitation_id: str
+    ) -> NewInvitation:
+        """Mail a pending invitation again with a new token (the old link stops
+        working) and a new 7-day expiry; it keeps its seat."""
+        team = self._as_owner(conn, team_id, actor_id, lock=True)
+        now = self.clock.now()
+        found = repo.pending_invitation(conn, team.id, now, invitation_id=invitation_id)
+        if found is None:
+            raise InvitationNotFound(f"no pending invitation {invitation_id!r} in this team")
+        self._take_mail(conn, team.id, found.email)
+        token = new_token()
+        expires_at = now + INVITATION_LIFETIME
+        repo.set_token(conn, found.id, token_hash=digest(token), expires_at=expires_at)
+        self._audit(
+            conn,
+            actor_id,
+            "team.invitation_resend",
+            team.id,
+            {"invitation_id": found.id, "email": found.email},
+        )
+        invitation = replace(found, expires_at=expires_at)
+        url = self._mail(conn, team, actor_id, invitation, token, resent=True)
+        return NewInvitation(invitation, token, url)
 
     def revoke_invitation(
         self, conn: Connection, team_id: str, actor_id: str, invitation_id: str
@@ -377,23 +525,16 @@ class TeamService:
     def accept_invitation(self, conn: Connection, token: str, user: User) -> TeamWithSeats:
         """Join the team of the invitation ``token``, addressed to ``user``'s e-mail.
 
-        Every reason the token does not work for this user is the same
-        ``not_found``, so a token tells a stranger nothing."""
-        found = repo.invitation_by_token_hash(conn, digest(token))
-        if found is None:
-            raise InvitationNotFound("no such invitation for you (or it expired)")
-        team = self._lock_team(conn, found.team_id)
-        # Read again under the team's lock: a revocation or another accept of
-        # the same token may have committed while this one waited.
-        invitation = repo.invitation(conn, found.id)
+        ``invalid_token`` for a token that is unknown, used, expired, declined
+        or revoked; ``invitation_for_another_address`` for a pending one
+        addressed to somebody else."""
+        team, invitation = self._pending_by_token(conn, token)
         now = self.clock.now()
-        if invitation.email != user.email or not invitation_is_pending(
-            accepted_at=invitation.accepted_at,
-            revoked_at=invitation.revoked_at,
-            expires_at=invitation.expires_at,
-            now=now,
-        ):
-            raise InvitationNotFound("no such invitation for you (or it expired)")
+        if invitation.email != user.email:
+            raise InvitationForAnotherAddress(
+                f"this invitation was sent to another address than {user.email}; "
+                "sign in with the address it was sent to (or sign up with it) to accept it"
+            )
         if repo.member(conn, team.id, user.id) is not None:
             raise AlreadyMember("you are already a member of this team")
         # This invitation already holds one of the counted seats; turning it
@@ -408,12 +549,124 @@ class TeamService:
         repo.insert_member(conn, team.id, user.id, "member", now)
         invalidate(conn, f"user:{user.id}")
         self._audit(conn, user.id, "team.join", team.id, {"invitation_id": invitation.id})
+        self._tell_owner(conn, team, invitation, accepted=True)
         # Under the team's lock nothing else moved: the seat held by the
         # invitation is now the new member's.
         joined = replace(seats, members=seats.members + 1, pending=seats.pending - 1)
         return self._with_seats(team, joined)
 
+    def decline_invitation(self, conn: Connection, token: str) -> InvitationView:
+        """Say no to the invitation ``token``: its seat is free at once and the
+        owner is told. Whoever holds the token may decline, signed in or not."""
+        team, invitation = self._pending_by_token(conn, token)
+        now = self.clock.now()
+        repo.set_declined(conn, invitation.id, now)
+        declined = replace(invitation, declined_at=now)
+        inviter = accounts_repo.user_by_id(conn, invitation.invited_by or team.owner_id)
+        # Declining needs no account: the actor is the invited address's
+        # account if it has one, else the address itself.
+        invitee = accounts_repo.user_by_email(conn, invitation.email)
+        self._audit(
+            conn,
+            f"invitee:{invitation.email}" if invitee is None else invitee.id,
+            "team.invitation_decline",
+            team.id,
+            {"invitation_id": invitation.id, "email": invitation.email},
+        )
+        self._tell_owner(conn, team, invitation, accepted=False)
+        return InvitationView(
+            invitation=declined,
+            team_id=team.id,
+            team_name=team.name,
+            inviter_email="" if inviter is None else inviter.email,
+            status="declined",
+            viewer_is_member=False,
+        )
+
     # -- internals -------------------------------------------------------
+
+    def _details(self, conn: Connection, token: str) -> InvitationDetails | None:
+        if not token.startswith(INVITATION_PREFIX) or len(token) > TOKEN_MAX:
+            return None
+        return repo.invitation_details(conn, digest(token))
+
+    def _pending_by_token(self, conn: Connection, token: str) -> tuple[Team, Invitation]:
+        """The team (locked) and the invitation of ``token`` if it is still
+        pending; ``invalid_token`` otherwise, whatever the reason."""
+        found = self._details(conn, token)
+        if found is None:
+            raise InvalidToken("this invitation link is not valid")
+        team = self._lock_team(conn, found.invitation.team_id)
+        # Read again under the team's lock: a revocation, a decline or another
+        # accept of the same token may have committed while this one waited.
+        invitation = repo.invitation(conn, found.invitation.id)
+        if invitation_status(invitation, self.clock.now()) != "pending":
+            raise InvalidToken(
+                "this invitation was already answered, withdrawn or has expired; "
+                "ask the team's owner for a new one"
+            )
+        return team, invitation
+
+    def _take_mail(self, conn: Connection, team_id: str, address: str) -> None:
+        self.throttle.take(
+            conn,
+            "team.invitation_mail",
+            ((f"team:{team_id}", MAIL_PER_TEAM), (f"address:{address}", MAIL_PER_ADDRESS)),
+            window=MAIL_WINDOW,
+            what="invitation e-mails",
+        )
+
+    def _mail(
+        self,
+        conn: Connection,
+        team: Team,
+        inviter_id: str,
+        invitation: Invitation,
+        token: str,
+        *,
+        resent: bool,
+    ) -> str:
+        """Queue the invitation's letter (one per token) and return its link."""
+        url = self.links.url(INVITATION_PAGE, token=token)
+        inviter = accounts_repo.user_by_id(conn, inviter_id)
+        invitee = accounts_repo.user_by_email(conn, invitation.email)
+        cause = f"invitation:{invitation.id}"
+        self.outbox.enqueue(
+            conn,
+            cause_key=f"{cause}:resend:{digest(token)[:16]}" if resent else cause,
+            user_id=None if invitee is None else invitee.id,
+            fact=InvitationLetter(
+                invitation_id=invitation.id,
+                team_id=team.id,
+                team_name=team.name,
+                inviter_email="" if inviter is None else inviter.email,
+                email=invitation.email,
+                expires_at=invitation.expires_at,
+                url=url,
+                resent=resent,
+            ),
+            to=invitation.email,
+            in_app=False,
+            sensitive=True,
+        )
+        return url
+
+    def _tell_owner(
+        self, conn: Connection, team: Team, invitation: Invitation, *, accepted: bool
+    ) -> None:
+        answer = "accepted" if accepted else "declined"
+        self.outbox.enqueue(
+            conn,
+            cause_key=f"invitation:{invitation.id}:{answer}",
+            user_id=team.owner_id,
+            fact=InvitationAnswered(
+                invitation_id=invitation.id,
+                team_id=team.id,
+                team_name=team.name,
+                email=invitation.email,
+                accepted=accepted,
+            ),
+        )
 
     def _lock_team(self, conn: Connection, team_id: str) -> Team:
         # Whatever changes who holds a seat locks the team row first, so on
@@ -470,6 +723,11 @@ class TeamService:
             now=self.clock.now(),
             data=data,
         )
+
+
+def new_token() -> str:
+    """An invitation's secret: shown once, stored only as its SHA-256."""
+    return INVITATION_PREFIX + secrets.token_urlsafe(32)
 
 
 def _team_found(found: T | None, team_id: str) -> T:

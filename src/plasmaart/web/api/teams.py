@@ -2,6 +2,11 @@
 
 Non-members get 404 for everything under a team; members who are not the
 owner get 403 ``forbidden`` on what only the owner may do.
+
+An invitation is mailed to its address with a link to the dashboard's
+``/invitations?token=...`` page; the token also opens ``GET
+/v1/invitations/{token}`` (what the page shows) and
+``POST /v1/invitations/{token}/decline`` without an account.
 """
 
 from __future__ import annotations
@@ -9,16 +14,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field, StrictInt
 
 from plasmaart.errors import InvalidInput
 from plasmaart.teams.service import (
     MAX_MONTHLY_CREDIT_CAP,
     TEAM_NAME_MAX,
+    InvitationStatus,
+    InvitationView,
     Member,
+    NewInvitation,
+    invitation_status,
 )
-from plasmaart.web.auth import CurrentPrincipal
+from plasmaart.web.auth import CurrentPrincipal, OptionalPrincipal
 from plasmaart.web.deps import CursorQuery, LimitQuery, PlatformDep
 from plasmaart.web.idempotency import SECRET_FIELDS_HEADER
 from plasmaart.web.pagination import DEFAULT_LIMIT, Page, decode_cursor, encode_cursor
@@ -66,10 +75,35 @@ class InvitationOut(BaseModel):
     email: str
     created_at: datetime
     expires_at: datetime
+    status: InvitationStatus = Field(
+        default="pending",
+        description="pending (sent, not answered yet), accepted, declined, revoked or expired",
+    )
+    accepted_at: datetime | None = None
+    declined_at: datetime | None = None
+    revoked_at: datetime | None = None
 
 
 class NewInvitationOut(InvitationOut):
     token: str = Field(description="The secret to accept with. Shown only in this response.")
+    url: str = Field(
+        description="The link mailed to the address (it carries the token). Shown only here."
+    )
+
+
+class InvitationPreviewOut(BaseModel):
+    """What the holder of an invitation's token sees of it."""
+
+    id: str
+    team_id: str
+    team_name: str
+    inviter_email: str
+    email: str = Field(description="The address invited: only it may accept")
+    status: InvitationStatus
+    expires_at: datetime
+    viewer_is_member: bool = Field(
+        description="Whether the signed-in caller already belongs to the team"
+    )
 
 
 class MemberOut(BaseModel):
@@ -83,6 +117,41 @@ class MemberOut(BaseModel):
 class InvitationList(BaseModel):
     data: list[InvitationOut]
     next_cursor: str | None = None
+
+
+def _invitation_out(invitation: Any, now: datetime) -> InvitationOut:
+    return InvitationOut(
+        **InvitationOut.model_validate(invitation, from_attributes=True).model_dump(
+            exclude={"status"}
+        ),
+        status=invitation_status(invitation, now),
+    )
+
+
+def _new_invitation_out(created: NewInvitation, now: datetime) -> NewInvitationOut:
+    return NewInvitationOut(
+        **_invitation_out(created.invitation, now).model_dump(),
+        token=created.token,
+        url=created.url,
+    )
+
+
+def _preview(found: InvitationView) -> InvitationPreviewOut:
+    return InvitationPreviewOut(
+        id=found.invitation.id,
+        team_id=found.team_id,
+        team_name=found.team_name,
+        inviter_email=found.inviter_email,
+        email=found.invitation.email,
+        status=found.status,
+        expires_at=found.invitation.expires_at,
+        viewer_is_member=found.viewer_is_member,
+    )
+
+
+_BAD_TOKEN: dict[int | str, dict[str, Any]] = {
+    400: {"description": "`invalid_token`: unknown, used, expired, declined or revoked"},
+}
 
 
 def _member_cursor(member: Member) -> str:
@@ -146,29 +215,54 @@ def invite(
     principal: CurrentPrincipal,
     platform: PlatformDep,
 ) -> NewInvitationOut:
-    """Invite an e-mail address (owner only). The invitation holds a seat until
-    it is accepted, revoked or expires (7 days); its ``token`` is shown only here."""
-    response.headers[SECRET_FIELDS_HEADER] = "token"
+    """Invite an e-mail address (owner only) and mail it the invitation. The
+    invitation holds a seat until it is accepted, declined, revoked or expires
+    (7 days); its ``token`` (and the mailed ``url``) are shown only here."""
+    response.headers[SECRET_FIELDS_HEADER] = "token,url"
     with platform.db.write() as conn:
         created = platform.teams.invite(conn, team_id, principal.user.id, body.email)
-    return NewInvitationOut(
-        **InvitationOut.model_validate(created.invitation, from_attributes=True).model_dump(),
-        token=created.token,
-    )
+    return _new_invitation_out(created, platform.clock.now())
+
+
+@router.post(
+    "/teams/{team_id}/invitations/{invitation_id}/resend",
+    response_model=NewInvitationOut,
+    responses={**_OWNER_ONLY, 429: {"description": "`rate_limited`: too many invitation e-mails"}},
+)
+def resend_invitation(
+    team_id: str,
+    invitation_id: str,
+    response: Response,
+    principal: CurrentPrincipal,
+    platform: PlatformDep,
+) -> NewInvitationOut:
+    """Mail a pending invitation again (owner only), with a new token and 7
+    more days; the link of the earlier mail stops working."""
+    response.headers[SECRET_FIELDS_HEADER] = "token,url"
+    with platform.db.write() as conn:
+        created = platform.teams.resend_invitation(conn, team_id, principal.user.id, invitation_id)
+    return _new_invitation_out(created, platform.clock.now())
 
 
 @router.get("/teams/{team_id}/invitations", response_model=InvitationList, responses=_OWNER_ONLY)
 def list_invitations(
-    team_id: str, principal: CurrentPrincipal, platform: PlatformDep
+    team_id: str,
+    principal: CurrentPrincipal,
+    platform: PlatformDep,
+    status: Annotated[
+        Literal["pending", "all"],
+        Query(description="`all` adds those answered, revoked or expired in the last 30 days"),
+    ] = "pending",
 ) -> InvitationList:
-    """Pending invitations, oldest first (owner only; never their tokens)."""
+    """Pending invitations, oldest first; with ``status=all``, also those that
+    ended in the last 30 days, newest first (owner only; never their tokens)."""
     with platform.db.read() as conn:
-        pending = platform.teams.pending_invitations(conn, team_id, principal.user.id)
-    return InvitationList(
-        data=[
-            InvitationOut.model_validate(invitation, from_attributes=True) for invitation in pending
-        ]
-    )
+        if status == "all":
+            found = platform.teams.recent_invitations(conn, team_id, principal.user.id)
+        else:
+            found = platform.teams.pending_invitations(conn, team_id, principal.user.id)
+    now = platform.clock.now()
+    return InvitationList(data=[_invitation_out(invitation, now) for invitation in found])
 
 
 @router.delete(
@@ -183,11 +277,32 @@ def revoke_invitation(
     return Response(status_code=204)
 
 
+@router.get(
+    "/invitations/{token}",
+    response_model=InvitationPreviewOut,
+    responses={400: {"description": "`invalid_token`: no invitation has this token"}},
+)
+def show_invitation(
+    token: str, principal: OptionalPrincipal, platform: PlatformDep
+) -> InvitationPreviewOut:
+    """The invitation this token opens, whatever its status: the team, who
+    invited, the address invited. No account needed: the token is the proof."""
+    with platform.db.read() as conn:
+        found = platform.teams.invitation_by_token(
+            conn, token, None if principal is None else principal.user
+        )
+    return _preview(found)
+
+
 @router.post(
     "/invitations/{token}/accept",
     response_model=TeamOut,
     responses={
-        404: {"description": "Unknown, expired, revoked or used, or not addressed to you"},
+        **_BAD_TOKEN,
+        403: {
+            "description": "`invitation_for_another_address` (sign in with the invited "
+            "address) or `email_not_verified`"
+        },
         409: {"description": "`seats_exhausted` or `already_member`"},
     },
 )
@@ -196,6 +311,19 @@ def accept_invitation(token: str, principal: CurrentPrincipal, platform: Platfor
     with platform.db.write() as conn:
         team = platform.teams.accept_invitation(conn, token, principal.user)
     return TeamOut.model_validate(team, from_attributes=True)
+
+
+@router.post(
+    "/invitations/{token}/decline",
+    response_model=InvitationPreviewOut,
+    responses=_BAD_TOKEN,
+)
+def decline_invitation(token: str, platform: PlatformDep) -> InvitationPreviewOut:
+    """Decline a pending invitation: its seat is free again and the team's
+    owner is told. No account needed: the token is the proof."""
+    with platform.db.write() as conn:
+        found = platform.teams.decline_invitation(conn, token)
+    return _preview(found)
 
 
 @router.get(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
-from plasmaart.web.dashboard import password_pages
+from plasmaart.web.dashboard import invitation_pages, mail_pages, password_pages
 from plasmaart.web.dashboard.pages import STATIC_DIR, not_found, router
 
 ASSETS_PATH = "/assets"
@@ -23,6 +23,8 @@ def install(app: FastAPI) -> None:
     """The pages, and their CSS and scripts, on ``app``."""
     app.include_router(router)
     app.include_router(password_pages.router)
+    app.include_router(invitation_pages.router)
+    app.include_router(mail_pages.router)
     # A browser asking for a page that does not exist gets the styled 404.
     app.add_exception_handler(404, not_found)
     app.mount(ASSETS_PATH, StaticFiles(directory=STATIC_DIR), name="dashboard-assets")

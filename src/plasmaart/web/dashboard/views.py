@@ -34,9 +34,10 @@ from plasmaart.ledger.service import Balance
 from plasmaart.notify.notifications import Notification
 from plasmaart.platform import Platform
 from plasmaart.stats import PlatformStats, platform_stats
-from plasmaart.teams.service import Invitation, Member, Membership, Seats
+from plasmaart.teams.service import Member, Membership, Seats
 from plasmaart.web.dashboard import sections
 from plasmaart.web.dashboard.charts import Chart, credits_chart
+from plasmaart.web.dashboard.invitations import InvitationRow, invitation_rows
 from plasmaart.web.pagination import audit_cursor, audit_position, parse_position, position_text
 from plasmaart.web.presenters import describe_payment
 
@@ -401,7 +402,7 @@ class TeamView:
     membership: Membership
     members: list[Member]
     seats: Seats
-    invitations: list[Invitation]  # only the owner sees them
+    invitations: list[InvitationRow]  # only the owner sees them
 
 
 def team(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
@@ -415,7 +416,7 @@ def team(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
                 members=platform.teams.members(conn, team_id, page.user.id, limit=200),
                 seats=platform.teams.seats(conn, membership.team),
                 invitations=(
-                    platform.teams.pending_invitations(conn, team_id, page.user.id) if owner else []
+                    invitation_rows(conn, platform, team_id, page.user.id) if owner else []
                 ),
             )
         )

@@ -98,7 +98,7 @@
       window.location.reload();
     },
     "api-key": function (form, data) { showSecret(form, data.key); form.reset(); },
-    invitation: function (form, data) { showSecret(form, data.token); form.reset(); },
+    invitation: function (form, data) { showSecret(form, data.url || data.token); form.reset(); },
     // A page elsewhere for this customer (Stripe's customer portal): go there.
     redirect: function (form, data) { if (data.url) window.location.assign(data.url); },
     generation: function (form, data) {
@@ -124,7 +124,10 @@
     let url = form.dataset.url;
     if (form.dataset.urlTemplate) {
       const tokenField = form.querySelector("[data-path-only]");
-      const value = tokenField ? tokenField.value.trim() : "";
+      let value = tokenField ? tokenField.value.trim() : "";
+      // A whole invitation link pasted: its token= is what the path wants.
+      const linked = value.match(/[?&]token=([^&#\s]+)/);
+      if (linked) value = decodeURIComponent(linked[1]);
       if (!value) { showErrors(form, { data: { errors: [{ field: tokenField.name, message: "Paste the token you were sent." }] } }); return; }
       url = form.dataset.urlTemplate.replace("{token}", encodeURIComponent(value));
     }
