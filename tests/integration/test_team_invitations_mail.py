@@ -60,6 +60,7 @@ def studio_team(platform: Platform, client: TestClient) -> tuple[TestUser, str]:
     owner = make_user(platform, "owner@example.com", plan="studio")
     created = client.post("/v1/teams", json={"name": "Night Shift"}, headers=owner.auth)
     assert created.status_code == 201, created.text
+    deliver(platform)  # the subscription's receipt: the tests count invitation mail
     return owner, str(created.json()["id"])
 
 
@@ -308,7 +309,12 @@ def test_an_unverified_account_cannot_accept(
     signed_up = client.post(
         "/v1/auth/signup", json={"email": "new@example.com", "password": PASSWORD}
     )
-    assert signed_up.status_code == 201, signed_up.text
+    # Verification is required (SMTP is set): no session until logging in.
+    assert signed_up.status_code == 202, signed_up.text
+    logged_in = client.post(
+        "/v1/auth/login", json={"email": "new@example.com", "password": PASSWORD}
+    )
+    assert logged_in.status_code == 200, logged_in.text
     csrf = {"X-CSRF-Token": client.cookies["pa_csrf"]}
     created = invite(client, owner, team_id, "new@example.com")
     before = snapshot(platform)
