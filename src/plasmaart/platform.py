@@ -30,6 +30,8 @@ from plasmaart.generation.service import GenerationService
 from plasmaart.generation.submission import SubmissionService
 from plasmaart.generation.uploads import UploadService
 from plasmaart.generation.wakeups import PollWakeups
+from plasmaart.leaving.deletion import AccountDeletion
+from plasmaart.leaving.export import AccountExport
 from plasmaart.ledger.service import LedgerService
 from plasmaart.links import Links
 from plasmaart.media.storage import Storage
@@ -86,6 +88,9 @@ class Platform:
     second_factor: SecondFactor
     # Where mail is written when no SMTP server is set (the admin's Mail page).
     mail_folder: MailFolder
+    # Leaving: the export of an account's data and its deletion (leaving/).
+    account_export: AccountExport
+    account_deletion: AccountDeletion
 
     def close(self) -> None:
         self.principals.close()  # writes the keys' last uses it still holds

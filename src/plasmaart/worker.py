@@ -183,6 +183,8 @@ class Worker:
             platform.credentials.purge_idempotency_records(conn)
             platform.account_tokens.purge(conn)
             platform.throttle.purge(conn)
+        # Files of deleted accounts a crash left in storage (leaving/deletion.py).
+        platform.account_deletion.remove_files(platform.db)
         self.ticks += 1
 
     def run(self) -> None:

@@ -22,6 +22,7 @@ from plasmaart.web.api import (
     fairuse,
     fal_webhooks,
     generations,
+    leaving,
     ops,
     stripe_billing,
     teams,
@@ -49,6 +50,7 @@ ROUTERS = (
     fal_webhooks,
     fairuse,
     catalog_changes,
+    leaving,
 )
 
 

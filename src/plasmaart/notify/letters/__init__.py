@@ -17,3 +17,7 @@ from plasmaart.outbox import Text
 
 # Each feature's module adds its TEXTS here: TEXTS.update(module.TEXTS).
 TEXTS: dict[type[Any], Callable[[Any], Text]] = {}
+
+from plasmaart.notify.letters import leaving  # noqa: E402 - each feature's words, registered
+
+TEXTS.update(leaving.TEXTS)
