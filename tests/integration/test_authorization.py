@@ -1017,6 +1017,7 @@ ROWS: tuple[Row, ...] = (
     Row("GET /admin", (303, 404, 404, 404, 200), check=admin_page_or_none),
     Row("GET /login", (200, 303, 303, 303, 303), check=sign_in_page),
     Row("GET /signup", (200, 303, 303, 303, 303), check=sign_in_page),
+    Row("GET /goodbye", (200, 200, 200, 200, 200)),
     # admin: 404 for everybody else
     Row("GET /v1/admin/users", (U, N, N, N, 200), url="/v1/admin/users?q=owner", check=finds_owner),
     Row(
@@ -1117,6 +1118,7 @@ SUSPENDED: dict[str, Expect] = {
     "GET /v1/me": 200,
     "PATCH /v1/me/settings": S,
     "GET /v1/me/export": 200,
+    "GET /goodbye": 200,
     "DELETE /v1/me": S,
     "POST /v1/api-keys": S,
     "GET /v1/api-keys": 200,

@@ -254,6 +254,13 @@ def signup_page(request: Request, platform: PlatformDep, next: SafeText = None) 
     return _auth_page(request, platform, "signup", next)
 
 
+@router.get("/goodbye")
+def goodbye_page(request: Request, platform: PlatformDep) -> Response:
+    """Where the browser lands once the account is deleted (``DELETE /v1/me``)."""
+    context = {"title": "Goodbye", "support_email": platform.settings.support_email}
+    return render(request, "goodbye.html", context)
+
+
 # -- the pages -----------------------------------------------------------------
 
 # The pages that read no query parameter: path, page, view.
