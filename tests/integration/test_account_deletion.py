@@ -25,6 +25,7 @@ from plasmaart.db.tables import (
     generation_outputs,
     generations,
     journal_entries,
+    login_failures,
     notification_outbox,
     notifications,
     team_members,
@@ -159,6 +160,7 @@ def test_the_deletion_and_what_stays(platform: Platform, client: TestClient) -> 
     # Two failed logins of alice's address, and an audit entry naming it.
     for _ in range(2):
         assert login(client, alice.email, "a wrong password!").status_code == 401
+    assert count(platform, login_failures, login_failures.c.email == alice.email) == 2
     with platform.db.write() as conn:
         platform.accounts.set_password(
             conn, platform.accounts.get(conn, alice.id), PASSWORD, actor=admin.id
@@ -228,6 +230,7 @@ def test_the_deletion_and_what_stays(platform: Platform, client: TestClient) -> 
     assert row.totp_secret is None
     assert prompts == {""}
     assert count(platform, notifications, notifications.c.user_id == alice.id) == 0
+    assert count(platform, login_failures, login_failures.c.email == "alice@example.com") == 0
     assert count(platform, uploads, uploads.c.user_id == alice.id) == 0
     assert (
         count(platform, generation_outputs, generation_outputs.c.generation_id.in_(mine.finished))
