@@ -180,7 +180,7 @@ class AccountDeletion:
                 "team_dissolved": None if team is None else team[0],
             },
         )
-        files = len(repo.files_of_deleted(conn, user_id=user.id, limit=100_000))
+        files = repo.count_files(conn, user.id)
         self.outbox.enqueue(
             conn,
             cause_key=f"account.deleted:{user.id}",

@@ -318,6 +318,18 @@ def files_of_deleted(conn: Connection, *, user_id: str | None, limit: int) -> li
     return found
 
 
+def count_files(conn: Connection, user_id: str) -> int:
+    """How many output and upload files the user has."""
+    outputs = (
+        select(func.count())
+        .select_from(generation_outputs)
+        .join(generations, generations.c.id == generation_outputs.c.generation_id)
+        .where(generations.c.user_id == user_id)
+    )
+    uploaded = select(func.count()).select_from(uploads).where(uploads.c.user_id == user_id)
+    return int(conn.execute(outputs).scalar_one()) + int(conn.execute(uploaded).scalar_one())
+
+
 def forget_files(conn: Connection, files: list[StoredFile]) -> None:
     """The rows of files removed from storage."""
     outputs = [f.id for f in files if f.kind == "output"]
