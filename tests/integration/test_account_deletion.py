@@ -270,6 +270,12 @@ def test_the_deletion_and_what_stays(platform: Platform, client: TestClient) -> 
     assert [(u["email"], u["deleted_at"] is not None) for u in by_id["data"]] == [
         (deleted_address(alice.id), True)
     ]
+    admin_page = client.get("/admin", headers=admin.auth)
+    assert admin_page.status_code == 200
+    listed = admin_page.text.split(f'data-user-id="{alice.id}"')[1].split("</tr>")[0]
+    assert '<span class="status status-deleted">deleted</span>' in listed
+    assert "Suspend" not in listed
+    assert "alice@example.com" not in admin_page.text
     # Bob is untouched.
     assert client.get("/v1/me", headers=bob.auth).status_code == 200
     assert (
