@@ -33,9 +33,12 @@ from plasmaart.generation.service import GenerationService
 from plasmaart.generation.submission import SubmissionService
 from plasmaart.generation.uploads import UploadService
 from plasmaart.generation.wakeups import PollWakeups
+from plasmaart.leaving.deletion import AccountDeletion
+from plasmaart.leaving.export import AccountExport
 from plasmaart.ledger.balance_events import BalanceEvents
 from plasmaart.ledger.service import LedgerService
 from plasmaart.links import Links
+from plasmaart.media.signing import signing_secret
 from plasmaart.media.storage import create_storage
 from plasmaart.notify.email import MailFolder, create_mailer
 from plasmaart.notify.notifications import NotificationService
@@ -230,4 +233,24 @@ def bootstrap(
         mail_folder=MailFolder(settings.mail_dir),
         addresses=addresses,
         passwords=passwords,
+        account_export=AccountExport(
+            clock,
+            ledger,
+            billing,
+            storage,
+            links,
+            lambda: signing_secret(settings),
+            settings.support_email,
+        ),
+        account_deletion=AccountDeletion(
+            clock,
+            accounts,
+            credentials,
+            second_factor,
+            ledger,
+            billing,
+            generations,
+            outbox,
+            storage,
+        ),
     )

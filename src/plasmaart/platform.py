@@ -32,6 +32,8 @@ from plasmaart.generation.service import GenerationService
 from plasmaart.generation.submission import SubmissionService
 from plasmaart.generation.uploads import UploadService
 from plasmaart.generation.wakeups import PollWakeups
+from plasmaart.leaving.deletion import AccountDeletion
+from plasmaart.leaving.export import AccountExport
 from plasmaart.ledger.service import LedgerService
 from plasmaart.links import Links
 from plasmaart.media.storage import Storage
@@ -92,6 +94,9 @@ class Platform:
     addresses: AddressService
     # Password reset and change, the sessions list (accounts/password_service.py).
     passwords: PasswordService
+    # Leaving: the export of an account's data and its deletion (leaving/).
+    account_export: AccountExport
+    account_deletion: AccountDeletion
 
     def close(self) -> None:
         self.principals.close()  # writes the keys' last uses it still holds

@@ -34,6 +34,9 @@ from plasmaart.platform import Platform
 log = logging.getLogger(__name__)
 # How long an idle worker waits before looking at the queue again.
 CLAIM_IDLE_S = 0.2
+# How often (in ticks of the billing clock) the worker looks for files of
+# deleted accounts left in storage by a crash.
+SWEEP_EVERY_TICKS = 60
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,10 @@ class Worker:
             platform.credentials.purge_idempotency_records(conn)
             platform.account_tokens.purge(conn)
             platform.throttle.purge(conn)
+        # Files of deleted accounts a crash left in storage (leaving/deletion.py):
+        # on the first tick and every SWEEP_EVERY_TICKS after, not on each.
+        if self.ticks % SWEEP_EVERY_TICKS == 0:
+            platform.account_deletion.remove_files(platform.db)
         self.ticks += 1
 
     def run(self) -> None:

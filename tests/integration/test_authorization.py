@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -399,6 +400,17 @@ def me_with_teams(answer: Answer) -> None:
         (m.team.id, m.role) for m in mine
     ]
     assert answer.body["balance"]["available"] == answer.available()
+
+
+def export_is_callers(answer: Answer) -> None:
+    """The zip holds the caller's data, and nothing that names the owner
+    (unless the caller is the owner)."""
+    zipped = zipfile.ZipFile(io.BytesIO(answer.response.content))
+    assert json.loads(zipped.read("profile.json"))["id"] == answer.me.id
+    inside = b"".join(zipped.read(name) for name in zipped.namelist()).decode(errors="replace")
+    if answer.me.id != answer.world.owner.id:
+        shown = [what for what, value in answer.world.owner_markers().items() if value in inside]
+        assert not shown, f"another user's export shows the {shown}"
 
 
 def team_owned_by_caller(answer: Answer) -> None:
@@ -770,6 +782,7 @@ def verify_page(answer: Answer) -> None:
 
 U, F, N = UNAUTHENTICATED, FORBIDDEN, NOT_FOUND
 W = Refusal(403, "invitation_for_another_address")
+WRONG_PASSWORD = Refusal(403, "wrong_password")
 TEAM = "/v1/teams/{w.team_id}"
 ONE_IMAGE = {"model": WORLD_MODEL, "prompt": "a matrix", "params": AT_ONCE}
 
@@ -837,6 +850,20 @@ ROWS: tuple[Row, ...] = (
     Row("POST /v1/me/2fa/confirm", (U, F, F, F, F), body={"code": "123456"}),
     Row("POST /v1/me/2fa/recovery-codes", (U, F, F, F, F), body={"code": "123456"}),
     Row("DELETE /v1/me/2fa", (U, F, F, F, F), body={"code": "123456"}),
+    # leaving: only ever the caller's own account (no user id in the path);
+    # the deletion is judged with a wrong password, which deletes nothing
+    Row(
+        "GET /v1/me/export",
+        (U, 200, 200, 200, 200),
+        about_caller=True,
+        check=export_is_callers,
+        counted_in="auth_throttle",
+    ),
+    Row(
+        "DELETE /v1/me",
+        (U, WRONG_PASSWORD, WRONG_PASSWORD, WRONG_PASSWORD, WRONG_PASSWORD),
+        body={"password": "not anybody's password"},
+    ),
     Row(
         "POST /v1/api-keys",
         (U, 201, 201, 201, 201),
@@ -1188,6 +1215,7 @@ ROWS: tuple[Row, ...] = (
     Row("GET /reset-password", (200, 200, 200, 200, 200), url="/reset-password?token=forged"),
     Row("GET /signup", (200, 303, 303, 303, 303), check=sign_in_page),
     Row("GET /verify-email", (200, 200, 200, 200, 200), check=verify_page),
+    Row("GET /goodbye", (200, 200, 200, 200, 200)),
     # admin: 404 for everybody else
     Row("GET /v1/admin/users", (U, N, N, N, 200), url="/v1/admin/users?q=owner", check=finds_owner),
     Row(
@@ -1308,6 +1336,9 @@ SUSPENDED: dict[str, Expect] = {
     "POST /v1/me/2fa/confirm": S,
     "POST /v1/me/2fa/recovery-codes": S,
     "DELETE /v1/me/2fa": S,
+    "GET /v1/me/export": 200,
+    "GET /goodbye": 200,
+    "DELETE /v1/me": S,
     "POST /v1/api-keys": S,
     "GET /v1/api-keys": 200,
     "DELETE /v1/api-keys/{key_id} /v1/api-keys/{w.spare_key_id}": S,
@@ -1464,7 +1495,11 @@ def judge(
     problems = []
     refused = isinstance(expected, Refusal)
     if refused or row.method in SAFE_METHODS:
-        problems += [f"{said}\n    wrote {change}" for change in changes(before, after)]
+        problems += [
+            f"{said}\n    wrote {change}"
+            for change in changes(before, after)
+            if refused or not change.startswith(f"{row.counted_in}: ")
+        ]
     # Never the owner's identifiers in a refusal, nor in someone else's
     # answer about themselves, unless the request itself named them.
     acting_owner = caller == "owner" and row.owner_as == "owner"

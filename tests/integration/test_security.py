@@ -23,6 +23,7 @@ from plasmaart.db.tables import metadata
 from plasmaart.logs import JsonFormatter
 from plasmaart.platform import Platform
 from plasmaart.worker import outbox_delivery
+from tests.support.accounts import PASSWORD as USERS_PASSWORD
 from tests.support.accounts import make_user
 
 PASSWORD = "correct horse battery staple 42"
@@ -193,3 +194,37 @@ def test_every_answer_carries_the_security_headers(client: TestClient, platform:
     for what, answer in answers.items():
         for name, value in SECURITY_HEADERS.items():
             assert answer.headers.get(name) == value, (what, answer.status_code, name)
+
+
+def test_leaving_acts_only_on_the_caller(
+    client: TestClient, platform: Platform, logged: Captured
+) -> None:
+    """No user id in ``/v1/me``: another user's session exports its own data
+    and deletes only its own account, confirmed by its own password; a cookie
+    DELETE needs the CSRF token; the passwords sent never reach the logs."""
+    alice = make_user(platform, "alice@example.com")
+    bob = make_user(platform, "bob@example.com")
+    login = client.post("/v1/auth/login", json={"email": bob.email, "password": USERS_PASSWORD})
+    assert login.status_code == 200, login.text
+    csrf = {"X-CSRF-Token": client.cookies["pa_csrf"]}
+    # Through bob's session a wrong password is refused, and nothing of alice's moves.
+    refused = client.request(
+        "DELETE", "/v1/me", json={"password": "alice's guess 12345"}, headers=csrf
+    )
+    assert (refused.status_code, refused.json()["code"]) == (403, "wrong_password")
+    forged = client.request("DELETE", "/v1/me", json={"password": USERS_PASSWORD})
+    assert (forged.status_code, forged.json()["code"]) == (403, "forbidden")
+    exported = client.get("/v1/me/export")
+    assert exported.status_code == 200
+    assert alice.id.encode() not in exported.content
+    assert client.get("/v1/me", headers=alice.auth).status_code == 200
+    # Both users' password is the same here: bob's session still deletes bob alone.
+    deleted = client.request("DELETE", "/v1/me", json={"password": USERS_PASSWORD}, headers=csrf)
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["id"] == bob.id
+    assert client.get("/v1/me", headers=alice.auth).status_code == 200
+    assert client.get("/v1/me", headers=bob.auth).status_code == 401
+    assert len(logged.lines) >= 5
+    assert [
+        line for line in logged.lines if "alice's guess" in line or USERS_PASSWORD in line
+    ] == []

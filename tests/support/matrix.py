@@ -72,6 +72,9 @@ class Row:
     about_caller: bool = False
     stream: bool = False
     check: Callable[[Any], None] | None = None
+    # The one table a successful read may write: the request counted by a
+    # rate limit kept in the database (``auth_throttle`` for an export).
+    counted_in: str | None = None
 
     @property
     def method(self) -> str:

@@ -62,6 +62,8 @@ class UserBalances:
     wallet_id: str | None
     available: int
     held: int
+    # When the account was deleted (its address is then anonymized).
+    deleted_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,7 @@ def users_with_balances(conn: Connection, search: UserSearch) -> list[UserBalanc
             row.wallet_id,
             int(row.available or 0),
             int(row.held or 0),
+            None if row.deleted_at is None else as_utc(row.deleted_at),
         )
         for row in conn.execute(query)
     ]

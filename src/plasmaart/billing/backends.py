@@ -131,6 +131,12 @@ class BillingBackend(Protocol):
         """Stop renewing ``subscription`` after its current period."""
         ...
 
+    def end_now(self, conn: Connection, *, customer: Customer, subscription: Subscription) -> None:
+        """End ``subscription`` at once, charging nothing more and refunding
+        nothing (the account is being deleted: ``leaving/deletion.py``).
+        Safe to repeat: a retry after a crash ends it again, or finds it ended."""
+        ...
+
     def stop_renewal(
         self, conn: Connection, *, customer: Customer, subscription: Subscription
     ) -> None:

@@ -82,7 +82,7 @@ class SandboxBackend:
         its period end or charges its renewal."""
         return None
 
-    cancel = stop_renewal = resume_renewal = _nothing_to_tell
+    cancel = stop_renewal = resume_renewal = end_now = _nothing_to_tell
 
     def charge_renewal(
         self,

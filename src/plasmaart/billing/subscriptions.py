@@ -337,6 +337,19 @@ class SubscriptionService:
             backend.stop_renewal(conn, customer=customer, subscription=subscription)
         return self._update(conn, subscription, stops_for_suspension=True)
 
+    def end_for_deletion(self, conn: Connection, user_id: str) -> Subscription | None:
+        """The user's account is being deleted: their subscription ends now,
+        at the provider too (``BillingBackend.end_now``), whatever was
+        scheduled; nothing is refunded. None when there was none in force.
+        The provider is called before anything is written here, so its
+        refusal (``BillingProviderError``) leaves the transaction clean."""
+        subscription = self._current(conn, self.ledger.wallet_of(conn, "user", user_id))
+        if subscription is None or subscription.status == "canceled":
+            return None
+        customer = self._customer_of(conn, subscription)
+        self.backends.of(subscription).end_now(conn, customer=customer, subscription=subscription)
+        return self.end_subscription(conn, subscription.id)
+
     def resume_after_suspension(self, conn: Connection, user_id: str) -> Subscription | None:
         """The user's account is reinstated: a subscription stopped by the
         suspension renews again, if its period has not ended meanwhile (then

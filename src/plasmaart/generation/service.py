@@ -427,6 +427,20 @@ class GenerationService:
             canceled += 1
         return canceled
 
+    def end_for_deletion(self, conn: Connection, generation_id: str, reason: str) -> bool:
+        """End a queued or running job at once, canceled and its hold
+        released: its submitter's account, or the account whose wallet it
+        spends, is being deleted. A worker running it loses its lease (its
+        next check-in finds the job ended) and stores nothing more. False
+        if the job had ended already."""
+        row = repo.lock_generation(conn, generation_id)
+        if row is None or row.status not in ("queued", "running"):
+            return False
+        ended = self.end(
+            conn, row, outputs=(), otherwise="canceled", code="account_deleted", message=reason
+        )
+        return ended is not None
+
     def get(self, conn: Connection, user: User, generation_id: str) -> Generation:
         row = repo.get_generation(conn, generation_id)
         if row is None or not self._visible(conn, user, row):

@@ -23,6 +23,7 @@ from plasmaart.web.api import (
     fairuse,
     fal_webhooks,
     generations,
+    leaving,
     ops,
     passwords,
     stripe_billing,
@@ -55,6 +56,7 @@ ROUTERS = (
     two_factor,
     addresses,
     passwords,
+    leaving,
 )
 
 

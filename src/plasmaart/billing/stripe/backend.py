@@ -293,6 +293,17 @@ class StripeBackend:
             return
         self._set_cancel_at_period_end(subscription, True, "cancel")
 
+    def end_now(self, conn: Connection, *, customer: Customer, subscription: Subscription) -> None:  # noqa: ARG002
+        """Cancel the Stripe subscription now (the account is being deleted).
+        One key per subscription: a retry of a deletion that failed after
+        this call replays Stripe's first answer instead of failing on a
+        subscription Stripe has already canceled."""
+        stripe_id = self._stripe_id(subscription)
+        key = f"end-now:{subscription.id}"
+        self._call(
+            lambda: self.client.v1.subscriptions.cancel(stripe_id, options={"idempotency_key": key})
+        )
+
     def stop_renewal(
         self,
         conn: Connection,  # noqa: ARG002

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from plasmaart.accounts.addresses import WrongPassword
+from plasmaart.accounts.passwords import WrongPassword
 from plasmaart.accounts.second_factor import OtpInvalid, OtpRequired
 from plasmaart.web.api.accounts import (
     MeOut,

@@ -46,6 +46,9 @@ class AdminUserOut(BaseModel):
     available: int
     held: int
     created_at: datetime
+    deleted_at: datetime | None = Field(
+        default=None, description="When the account was deleted (its address is anonymized)"
+    )
 
 
 class AdminUserPage(BaseModel):

@@ -276,6 +276,13 @@ def verify_email_page(request: Request, platform: PlatformDep, token: SafeText =
     return render(request, "verify.html", context)
 
 
+@router.get("/goodbye")
+def goodbye_page(request: Request, platform: PlatformDep) -> Response:
+    """Where the browser lands once the account is deleted (``DELETE /v1/me``)."""
+    context = {"title": "Goodbye", "support_email": platform.settings.support_email}
+    return render(request, "goodbye.html", context)
+
+
 # -- the pages -----------------------------------------------------------------
 
 # The pages that read no query parameter: path, page, view. (``/settings``,
