@@ -73,14 +73,14 @@ def test_forgot_password_by_mail_to_logged_in(
         # The token left the address bar (and the history) once the page read it.
         page.wait_for_function("() => window.location.search === ''")
         assert token_of(link) not in page.url
-        page.get_by_label("New password", exact=True).fill(RESET_PASSWORD)
-        page.get_by_label("New password again").fill(RESET_PASSWORD + "x")
+        security.get_by_label("New password", exact=True).fill(RESET_PASSWORD)
+        security.get_by_label("New password again").fill(RESET_PASSWORD + "x")
         page.get_by_role("button", name="Set the new password").click()
         expect(page.locator('[data-error-for="password_again"]')).to_have_text(
             "The two passwords are not the same."
         )
         screenshot(page, "password-03-reset-mismatch")
-        page.get_by_label("New password again").fill(RESET_PASSWORD)
+        security.get_by_label("New password again").fill(RESET_PASSWORD)
         page.get_by_role("button", name="Set the new password").click()
         page.wait_for_url(lambda url: urlsplit(url).path == "/")
         expect(page.locator(".account-email")).to_have_text(user.email)
@@ -116,15 +116,15 @@ def test_forgot_password_by_mail_to_logged_in(
         stale.wait_for_url(lambda url: urlsplit(url).path == "/login")
 
         # Change the password: a wrong current one first.
-        page.get_by_label("Current password").fill("not the password at all")
-        page.get_by_label("New password", exact=True).fill(CHANGED_PASSWORD)
-        page.get_by_label("New password again").fill(CHANGED_PASSWORD)
+        security.get_by_label("Current password").fill("not the password at all")
+        security.get_by_label("New password", exact=True).fill(CHANGED_PASSWORD)
+        security.get_by_label("New password again").fill(CHANGED_PASSWORD)
         page.get_by_role("button", name="Change password").click()
         expect(page.locator('[data-error-for="current_password"]')).to_have_text(
             "This is not your password."
         )
         full_shot(page, "password-07-wrong-current")
-        page.get_by_label("Current password").fill(RESET_PASSWORD)
+        security.get_by_label("Current password").fill(RESET_PASSWORD)
         page.get_by_role("button", name="Change password").click()
         expect(page.locator(".toast.success")).to_contain_text("Password changed.")
         expect(page.locator(".account-email")).to_have_text(user.email)  # still logged in
