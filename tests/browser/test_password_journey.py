@@ -73,14 +73,14 @@ def test_forgot_password_by_mail_to_logged_in(
         # The token left the address bar (and the history) once the page read it.
         page.wait_for_function("() => window.location.search === ''")
         assert token_of(link) not in page.url
-        security.get_by_label("New password", exact=True).fill(RESET_PASSWORD)
-        security.get_by_label("New password again").fill(RESET_PASSWORD + "x")
+        page.get_by_label("New password", exact=True).fill(RESET_PASSWORD)
+        page.get_by_label("New password again").fill(RESET_PASSWORD + "x")
         page.get_by_role("button", name="Set the new password").click()
         expect(page.locator('[data-error-for="password_again"]')).to_have_text(
             "The two passwords are not the same."
         )
         screenshot(page, "password-03-reset-mismatch")
-        security.get_by_label("New password again").fill(RESET_PASSWORD)
+        page.get_by_label("New password again").fill(RESET_PASSWORD)
         page.get_by_role("button", name="Set the new password").click()
         page.wait_for_url(lambda url: urlsplit(url).path == "/")
         expect(page.locator(".account-email")).to_have_text(user.email)

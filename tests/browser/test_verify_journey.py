@@ -117,7 +117,7 @@ def test_change_the_address_from_settings(
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(lambda url: urlsplit(url).path == "/settings")
     expect(page.locator("#verify-note")).to_have_count(0)  # made verified, like users create
-    form = page.locator("form[data-url='/v1/me']")
+    form = page.locator("form[data-method='PATCH'][data-url='/v1/me']")
     form.get_by_label("New e-mail address").fill("mover@new.example")
     form.get_by_label("Current password").fill("not the password")
     form.get_by_role("button", name="Send the confirmation link").click()
