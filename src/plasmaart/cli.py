@@ -125,13 +125,21 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 @contextmanager
-def _platform(*, migrate: bool | None = None, buffered_logs: bool = False) -> Iterator[Platform]:
+def _platform(
+    *,
+    migrate: bool | None = None,
+    buffered_logs: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> Iterator[Platform]:
     """The platform for one command; a bad setting or catalog ends it with exit
     code 2 and the message, a refused operation with exit code 1.
     ``buffered_logs``: the long-running commands log through a queue
-    (plasmaart/logs.py), drained when the command ends."""
+    (plasmaart/logs.py), drained when the command ends. ``overrides``:
+    settings a command's options set (``serve --port``)."""
     try:
         settings = load_settings()
+        if overrides:
+            settings = settings.model_copy(update=overrides)
         logs.configure(settings.log_level, json_lines=settings.log_format, buffered=buffered_logs)
         platform = bootstrap(settings, migrate=migrate, require_schema=True)
     except (ConfigError, CatalogError) as exc:
@@ -165,7 +173,9 @@ def serve(
     from plasmaart.doctor import support_address_warning
     from plasmaart.web.app import create_app
 
-    with _platform(buffered_logs=True) as platform:
+    # The address it listens on is the default start of the links it mails.
+    listen = {name: value for name, value in (("host", host), ("port", port)) if value}
+    with _platform(buffered_logs=True, overrides=listen) as platform:
         settings = platform.settings
         warning = support_address_warning(settings, host=host or settings.host)
         if warning:
