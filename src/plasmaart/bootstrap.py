@@ -9,6 +9,7 @@ from plasmaart.accounts.credentials import CredentialService
 from plasmaart.accounts.password_service import PasswordService
 from plasmaart.accounts.principals import Principals
 from plasmaart.accounts.second_factor import SecondFactor
+from plasmaart.accounts.self_service import SelfServiceParts
 from plasmaart.accounts.service import AccountService
 from plasmaart.accounts.tokens import AccountTokens, Throttle
 from plasmaart.billing import create_backends
@@ -175,7 +176,9 @@ def bootstrap(
         clock, catalogs, ledger, billing.plans, teams, outbox, notice_days=settings.notice_days
     )
     storage = create_storage(settings)
-    passwords = PasswordService(
+    # The flows a customer runs alone: password reset and change, the
+    # sessions; proving and changing an address, and the welcome.
+    self_service = SelfServiceParts(
         clock,
         accounts,
         credentials,
@@ -186,19 +189,9 @@ def bootstrap(
         links,
         support_email=settings.support_email,
     )
-    # Proving and changing addresses, and the welcome (accounts/addresses.py).
+    passwords = PasswordService(self_service)
     addresses = AddressService(
-        clock,
-        accounts,
-        credentials,
-        account_tokens,
-        throttle,
-        second_factor,
-        outbox,
-        links,
-        catalogs,
-        required=settings.email_verification_required,
-        support_email=settings.support_email,
+        self_service, catalogs, required=settings.email_verification_required
     )
     return Platform(
         settings=settings,

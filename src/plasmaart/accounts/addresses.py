@@ -39,11 +39,11 @@ from plasmaart.accounts.address_notices import (
     VerificationLink,
     Welcome,
 )
-from plasmaart.accounts.credentials import CredentialService, NewSession
+from plasmaart.accounts.credentials import NewSession
 from plasmaart.accounts.passwords import WrongPassword, verify_password
-from plasmaart.accounts.second_factor import OtpInvalid, OtpRequired, SecondFactor
+from plasmaart.accounts.second_factor import OtpInvalid, OtpRequired
+from plasmaart.accounts.self_service import AccountFlow, SelfServiceParts
 from plasmaart.accounts.service import (
-    AccountService,
     EmailTaken,
     SignedIn,
     User,
@@ -51,14 +51,11 @@ from plasmaart.accounts.service import (
     is_valid_email,
     normalise_email,
 )
-from plasmaart.accounts.tokens import LIFETIMES, AccountTokens, Throttle
+from plasmaart.accounts.tokens import LIFETIMES
 from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.catalog.rules import plan_models
-from plasmaart.clock import Clock
 from plasmaart.errors import InvalidInput, InvalidToken
 from plasmaart.ids import new_id
-from plasmaart.links import Links
-from plasmaart.outbox import Outbox
 
 __all__ = [
     "CHANGES_PER_HOUR",
@@ -102,35 +99,13 @@ def _days(purpose: str) -> int:
     return LIFETIMES["email_change" if purpose == "email_change" else "email_verification"].days
 
 
-class AddressService:
-    def __init__(
-        self,
-        clock: Clock,
-        accounts: AccountService,
-        credentials: CredentialService,
-        tokens: AccountTokens,
-        throttle: Throttle,
-        second_factor: SecondFactor,
-        outbox: Outbox,
-        links: Links,
-        catalogs: Catalogs,
-        *,
-        required: bool,
-        support_email: str,
-    ) -> None:
-        self.clock = clock
-        self.accounts = accounts
-        self.credentials = credentials
-        self.tokens = tokens
-        self.throttle = throttle
-        self.second_factor = second_factor
-        self.outbox = outbox
-        self.links = links
+class AddressService(AccountFlow):
+    def __init__(self, parts: SelfServiceParts, catalogs: Catalogs, *, required: bool) -> None:
+        super().__init__(parts)
         # The Free plan's allowance and the cheapest model and pack, in the welcome.
         self.catalogs = catalogs
         # settings.email_verification_required
         self.required = required
-        self.support_email = support_email
 
     # -- sign-up ---------------------------------------------------------------
 

@@ -30,12 +30,12 @@ from sqlalchemy import Connection
 from plasmaart.accounts import audit
 from plasmaart.accounts import repository as accounts_repo
 from plasmaart.accounts import sessions_repository as repo
-from plasmaart.accounts.credentials import CredentialService, digest
+from plasmaart.accounts.credentials import digest
 from plasmaart.accounts.password_notices import PasswordChanged, PasswordResetLink
 from plasmaart.accounts.passwords import MIN_PASSWORD_LENGTH, WrongPassword, hash_password
-from plasmaart.accounts.second_factor import OtpInvalid, OtpRequired, SecondFactor
+from plasmaart.accounts.second_factor import OtpInvalid, OtpRequired
+from plasmaart.accounts.self_service import AccountFlow
 from plasmaart.accounts.service import (
-    AccountService,
     SignedIn,
     User,
     WrongCredentials,
@@ -43,12 +43,9 @@ from plasmaart.accounts.service import (
     normalise_email,
 )
 from plasmaart.accounts.sessions_repository import SessionRecord
-from plasmaart.accounts.tokens import LIFETIMES, AccountTokens, Throttle
-from plasmaart.clock import Clock
+from plasmaart.accounts.tokens import LIFETIMES
 from plasmaart.errors import InvalidInput, InvalidToken, NotFound
 from plasmaart.ids import new_id
-from plasmaart.links import Links
-from plasmaart.outbox import Outbox
 
 __all__ = [
     "RESETS_PER_ADDRESS",
@@ -76,29 +73,8 @@ class SessionPage:
     more: bool
 
 
-class PasswordService:
-    def __init__(
-        self,
-        clock: Clock,
-        accounts: AccountService,
-        credentials: CredentialService,
-        tokens: AccountTokens,
-        throttle: Throttle,
-        second_factor: SecondFactor,
-        outbox: Outbox,
-        links: Links,
-        *,
-        support_email: str,
-    ) -> None:
-        self.clock = clock
-        self.accounts = accounts
-        self.credentials = credentials
-        self.tokens = tokens
-        self.throttle = throttle
-        self.second_factor = second_factor
-        self.outbox = outbox
-        self.links = links
-        self.support_email = support_email
+class PasswordService(AccountFlow):
+    """Password reset by e-mail, the change of a password, the sessions."""
 
     # -- reset by e-mail -----------------------------------------------------
 
