@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
@@ -38,13 +40,11 @@ LIVE_TIMEOUT_MS = 15_000
 expect.set_options(timeout=LIVE_TIMEOUT_MS)
 
 
-@pytest.fixture(scope="module")
-def dashboard_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    folder = tmp_path_factory.mktemp("dashboard")
+@contextmanager
+def sqlite_platform(folder: Path, **overrides: Any) -> Iterator[Platform]:
+    """A platform on a new SQLite database in ``folder``, with ``overrides``."""
     settings = Settings(
-        database_url=f"sqlite:///{folder / 'plasmaart.db'}",
-        var_dir=folder / "var",
-        clock_interval_s=0.5,
+        database_url=f"sqlite:///{folder / 'plasmaart.db'}", var_dir=folder / "var", **overrides
     )
     platform = bootstrap(settings, migrate=True)
     try:
@@ -53,16 +53,29 @@ def dashboard_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pla
         platform.close()
 
 
-@pytest.fixture(scope="module")
-def base_url(dashboard_platform: Platform) -> Iterator[str]:
-    worker = Worker(dashboard_platform, concurrency=4)
+@contextmanager
+def served(platform: Platform, *, concurrency: int, port: int | None = None) -> Iterator[str]:
+    """``platform`` served on ``port``, with a worker running its jobs and mail."""
+    worker = Worker(platform, concurrency=concurrency)
     thread: threading.Thread = worker.start_thread()
     try:
-        with live_server(dashboard_platform) as url:
+        with live_server(platform, port=port) as url:
             yield url
     finally:
         worker.stop()
         thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def dashboard_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    with sqlite_platform(tmp_path_factory.mktemp("dashboard"), clock_interval_s=0.5) as platform:
+        yield platform
+
+
+@pytest.fixture(scope="module")
+def base_url(dashboard_platform: Platform) -> Iterator[str]:
+    with served(dashboard_platform, concurrency=4) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +90,9 @@ def mail_platform(tmp_path_factory: pytest.TempPathFactory, inbox: Inbox) -> Ite
     """A platform that mails through ``inbox``'s server, so address
     verification is required, with its links naming the port its server
     (``mail_base_url``) listens on."""
-    folder = tmp_path_factory.mktemp("mail-dashboard")
     port = free_port()
-    settings = Settings(
-        database_url=f"sqlite:///{folder / 'plasmaart.db'}",
-        var_dir=folder / "var",
+    with sqlite_platform(
+        tmp_path_factory.mktemp("mail-dashboard"),
         clock_interval_s=0.3,
         smtp_host="127.0.0.1",
         smtp_port=inbox.port,
@@ -89,35 +100,21 @@ def mail_platform(tmp_path_factory: pytest.TempPathFactory, inbox: Inbox) -> Ite
         smtp_from="noreply@plasmaart.test",
         port=port,
         public_url=f"http://127.0.0.1:{port}",
-    )
-    platform = bootstrap(settings, migrate=True)
-    try:
+    ) as platform:
         yield platform
-    finally:
-        platform.close()
 
 
 @pytest.fixture(scope="module")
 def mail_base_url(mail_platform: Platform) -> Iterator[str]:
     """``mail_platform`` served, with a worker delivering its mail."""
-    worker = Worker(mail_platform, concurrency=2)
-    thread: threading.Thread = worker.start_thread()
-    try:
-        with live_server(mail_platform, port=mail_platform.settings.port) as url:
-            yield url
-    finally:
-        worker.stop()
-        thread.join(timeout=30)
+    with served(mail_platform, concurrency=2, port=mail_platform.settings.port) as url:
+        yield url
 
 
 @pytest.fixture
 def mail_context(browser: Browser, mail_base_url: str) -> Iterator[BrowserContext]:
-    made = browser.new_context(base_url=mail_base_url, viewport={"width": 1280, "height": 900})
-    made.set_default_timeout(LIVE_TIMEOUT_MS)
-    try:
+    with browsing(browser, mail_base_url) as made:
         yield made
-    finally:
-        made.close()
 
 
 @pytest.fixture
@@ -135,14 +132,21 @@ def browser() -> Iterator[Browser]:
             launched.close()
 
 
-@pytest.fixture
-def context(browser: Browser, base_url: str) -> Iterator[BrowserContext]:
+@contextmanager
+def browsing(browser: Browser, base_url: str) -> Iterator[BrowserContext]:
+    """A browser context of its own (cookies) on ``base_url``, laptop-sized."""
     made = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
     made.set_default_timeout(LIVE_TIMEOUT_MS)
     try:
         yield made
     finally:
         made.close()
+
+
+@pytest.fixture
+def context(browser: Browser, base_url: str) -> Iterator[BrowserContext]:
+    with browsing(browser, base_url) as made:
+        yield made
 
 
 @pytest.fixture
