@@ -289,6 +289,7 @@ def test_refusals_write_nothing(
     admin = make_user(platform, "admin@example.com", admin=True)
     make_user(platform, "carol@example.com", plan="pro")
     audits = count(platform, audit_log)
+    messages = count(platform, notification_outbox)  # carol's receipt
     request = {
         "target": "model",
         "id": "flux-dev",
@@ -309,7 +310,7 @@ def test_refusals_write_nothing(
         assert problem["earliest_effective_at"].startswith("2026-01-15")
     run_notifications(platform, "worker-1")
     assert count(platform, catalog_changes) == 0
-    assert count(platform, notification_outbox) == 0
+    assert count(platform, notification_outbox) == messages
     assert count(platform, notifications) == 0
     assert count(platform, audit_log) == audits
 
