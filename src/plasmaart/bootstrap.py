@@ -239,7 +239,6 @@ def bootstrap(
             clock,
             accounts,
             credentials,
-            second_factor,
             ledger,
             billing,
             generations,

@@ -40,7 +40,7 @@ from plasmaart.accounts.address_notices import (
     Welcome,
 )
 from plasmaart.accounts.credentials import NewSession
-from plasmaart.accounts.passwords import WrongPassword, verify_password
+from plasmaart.accounts.passwords import WrongPassword
 from plasmaart.accounts.second_factor import OtpInvalid, OtpRequired
 from plasmaart.accounts.self_service import AccountFlow, SelfServiceParts
 from plasmaart.accounts.service import (
@@ -237,10 +237,7 @@ class AddressService(AccountFlow):
             window=HOUR,
             what="requests to change the address",
         )
-        stored = users_repo.login_by_email(conn, user.email)
-        if stored is None or not verify_password(stored.password_hash, password):
-            return WrongPassword("the password is wrong")
-        refusal = self.second_factor.check(conn, user, otp)
+        refusal = self.accounts.confirm(conn, user, password, otp)
         if refusal is not None:
             return refusal
         now = self.clock.now()

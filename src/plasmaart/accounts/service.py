@@ -20,6 +20,7 @@ from plasmaart.accounts.entitlements import NotInPlan, PlanOf, cheapest_plan, wa
 from plasmaart.accounts.notices import AccountReinstated, AccountSuspended, SignupAttempt
 from plasmaart.accounts.passwords import (
     MIN_PASSWORD_LENGTH,
+    WrongPassword,
     hash_password,
     needs_rehash,
     verify_password,
@@ -243,6 +244,26 @@ class AccountService:
         if needs_rehash(password_hash):
             repo.set_password_hash(conn, user.id, hash_password(password))
         return user
+
+    def confirm(
+        self,
+        conn: Connection,
+        user: User,
+        password: str,
+        otp: str | None,
+        *,
+        wrong: str = "the password is wrong",
+    ) -> WrongPassword | OtpRequired | OtpInvalid | None:
+        """The owner again, before a sensitive change (the address, deleting
+        the account): the password, then the two-factor code when it is on.
+        None when both are good; otherwise the refusal, returned (a wrong code
+        is counted: the caller commits, then raises it). ``wrong``: what a
+        wrong password's refusal says."""
+        try:
+            self.authenticate(conn, user.email, password)
+        except WrongCredentials:
+            return WrongPassword(wrong)
+        return self.second_factor.check(conn, user, otp)
 
     def warn_of_signup_attempt(self, conn: Connection, address: str) -> bool:
         """Tell the owner of ``address`` that somebody tried to sign up with

@@ -39,8 +39,8 @@ from sqlalchemy import Connection
 from plasmaart.accounts import audit
 from plasmaart.accounts.credentials import CredentialService
 from plasmaart.accounts.passwords import WrongPassword
-from plasmaart.accounts.second_factor import OtpInvalid, OtpRequired, SecondFactor
-from plasmaart.accounts.service import AccountService, User, WrongCredentials
+from plasmaart.accounts.second_factor import OtpInvalid, OtpRequired
+from plasmaart.accounts.service import AccountService, User
 from plasmaart.billing.service import BillingService
 from plasmaart.billing.stripe.errors import BillingProviderError
 from plasmaart.clock import Clock
@@ -93,7 +93,6 @@ class AccountDeletion:
         clock: Clock,
         accounts: AccountService,
         credentials: CredentialService,
-        second_factor: SecondFactor,
         ledger: LedgerService,
         billing: BillingService,
         generations: GenerationService,
@@ -103,7 +102,6 @@ class AccountDeletion:
         self.clock = clock
         self.accounts = accounts
         self.credentials = credentials
-        self.second_factor = second_factor
         self.ledger = ledger
         self.billing = billing
         self.generations = generations
@@ -117,11 +115,11 @@ class AccountDeletion:
         and writes nothing; a missing or wrong two-factor code is returned
         (a wrong one is counted: commit, then raise it)."""
         user = self.accounts.lock(conn, user.id)
-        try:
-            self.accounts.authenticate(conn, user.email, password)
-        except WrongCredentials:
-            raise WrongPassword("this is not your password: nothing was deleted") from None
-        refusal = self.second_factor.check(conn, user, otp)
+        refusal = self.accounts.confirm(
+            conn, user, password, otp, wrong="this is not your password: nothing was deleted"
+        )
+        if isinstance(refusal, WrongPassword):
+            raise refusal
         if refusal is not None:
             return refusal
         try:
