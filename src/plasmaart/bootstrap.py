@@ -21,6 +21,7 @@ from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.changes.service import CatalogChangeService
 from plasmaart.clock import Clock, SystemClock
 from plasmaart.config import Settings, load_settings
+from plasmaart.controls.watch import WalletWatch
 from plasmaart.db.engine import create_database
 from plasmaart.db.migrate import database_revision, require_migrated, unreachable, upgrade
 from plasmaart.eventbus import create_event_bus
@@ -45,6 +46,7 @@ from plasmaart.notify.email import MailFolder, create_mailer
 from plasmaart.notify.notifications import NotificationService
 from plasmaart.notify.texts import render
 from plasmaart.outbox import Outbox
+from plasmaart.outbox.webhooks import WebhookEvents
 from plasmaart.platform import Platform
 from plasmaart.teams.service import TeamService
 
@@ -101,13 +103,17 @@ def bootstrap(
     if test_clock is not None:
         test_clock.now()  # the first read of its offset, outside any transaction
     clock = test_clock or clock
-    ledger = LedgerService(clock, balance_listeners=[BalanceEvents(db, events)])
+    # The credit controls' balance watch; its sources are built on the ledger.
+    wallet_watch = WalletWatch()
+    ledger = LedgerService(clock, balance_listeners=[BalanceEvents(db, events)], watch=wallet_watch)
     caches = CacheHub(db)
     # The one catalog service: the file as loaded, and the catalog in force.
     catalogs = Catalogs(catalog, clock, caches=caches)
     # The services that cause notifications queue them in the transaction of
     # their cause, as facts that notify's texts put into words.
     outbox = Outbox(clock, render)
+    # Events for the users' webhooks, written like notices in their cause's transaction.
+    webhook_events = WebhookEvents(clock)
     # Links that leave the server; single-use links and the account routes'
     # throttle (accounts/tokens.py): one of each, for every service.
     links = Links(settings.public_base_url)
@@ -211,6 +217,8 @@ def bootstrap(
         storage=storage,
         fairuse=fairuse,
         outbox=outbox,
+        webhook_events=webhook_events,
+        wallet_watch=wallet_watch,
         catalog_changes=catalog_changes,
         mailer=create_mailer(settings),
         wakeups=PollWakeups(events),

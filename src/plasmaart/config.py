@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     # delivered (smtp_host set); without SMTP mail is only written to
     # <var_dir>/mail, so verification is off unless this turns it on.
     require_email_verification: bool | None = None
+    # Outbound webhooks (docs/webhooks.md) may be delivered to private,
+    # loopback and link-local addresses: off in production (SSRF), on in tests.
+    webhooks_allow_private: bool = False
     # A balance falling below this many credits is notified (once per crossing); 0: never.
     low_balance_credits: int = Field(default=50, ge=0)
     # Lots expiring within this many days are notified (once per lot).

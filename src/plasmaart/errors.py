@@ -6,7 +6,8 @@ expected refusal is never a 500.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from datetime import datetime
+from typing import Any, ClassVar, Literal
 
 
 class DomainError(Exception):
@@ -107,3 +108,22 @@ class InsufficientCredits(DomainError):
         )
         self.required = required
         self.available = available
+
+
+SpendLimit = Literal["wallet_monthly", "key_daily", "key_monthly", "member_monthly"]
+
+
+class SpendLimitReached(DomainError):
+    """A spend limit (docs/credits.md) would be passed: which one, how much
+    is left of it, and when it resets."""
+
+    code = "spend_limit_reached"
+    status = 402
+    title = "Spend limit reached"
+
+    def __init__(
+        self, detail: str, *, limit: SpendLimit, resets_at: datetime, cap: int, spent: int
+    ) -> None:
+        super().__init__(detail, limit=limit, resets_at=resets_at.isoformat(), cap=cap, spent=spent)
+        self.limit = limit
+        self.resets_at = resets_at

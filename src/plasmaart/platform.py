@@ -23,6 +23,7 @@ from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.changes.service import CatalogChangeService
 from plasmaart.clock import Clock
 from plasmaart.config import Settings
+from plasmaart.controls.watch import WalletWatch
 from plasmaart.db.engine import Database
 from plasmaart.eventbus import EventBus
 from plasmaart.fairuse.service import FairUseService
@@ -40,6 +41,7 @@ from plasmaart.media.storage import Storage
 from plasmaart.notify.email import Mailer, MailFolder
 from plasmaart.notify.notifications import NotificationService
 from plasmaart.outbox import Outbox
+from plasmaart.outbox.webhooks import WebhookEvents
 from plasmaart.teams.service import TeamService
 
 
@@ -66,6 +68,10 @@ class Platform:
     storage: Storage
     fairuse: FairUseService
     outbox: Outbox
+    # Events for users' webhooks (outbox/webhooks.py), written in their cause's transaction.
+    webhook_events: WebhookEvents
+    # The credit controls' balance watch, which the ledger calls (controls/watch.py).
+    wallet_watch: WalletWatch
     catalog_changes: CatalogChangeService
     mailer: Mailer | None
     # Webhooks wake the worker polling a job (generation/wakeups.py).

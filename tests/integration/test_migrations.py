@@ -56,7 +56,7 @@ def test_migrated_check_constraints_match_tables(db: Database) -> None:
 
 def test_database_is_at_head(db: Database) -> None:
     assert is_up_to_date(db)
-    assert head_revision() == "0012"
+    assert head_revision() == "0013"
 
 
 # -- upgrading a database that holds data ---------------------------------------
@@ -104,12 +104,23 @@ def _holds(db: Database) -> dict[str, tuple[str, int, int]]:
         return {row.id: (row.status, int(row.captured), int(row.released)) for row in rows}
 
 
+_CONTROL_COLUMNS = ("monthly_spend_limit", "watch_below", "watch_above")
+
+
 def test_upgrade_keeps_holds_in_every_state_and_mends_a_flipped_status(
     empty_db: Database,
 ) -> None:
     upgrade(empty_db, "0007")
     ledger = LedgerService(ManualClock(datetime(2026, 1, 1, tzinfo=UTC)))
+    # Today's ledger reads the wallet's credit controls (0013) with its lock:
+    # lend them to the old schema while it writes, then take them back.
+    with empty_db.write() as conn:
+        for column in _CONTROL_COLUMNS:
+            conn.execute(text(f"ALTER TABLE wallets ADD COLUMN {column} BIGINT"))
     made = _holds_in_every_state(empty_db, ledger)
+    with empty_db.write() as conn:
+        for column in _CONTROL_COLUMNS:
+            conn.execute(text(f"ALTER TABLE wallets DROP COLUMN {column}"))
     # Before 0008 nothing stopped a released hold from claiming it was captured.
     with empty_db.write() as conn:
         conn.execute(

@@ -46,6 +46,9 @@ from plasmaart.db.values import (
     GENERATION_STATUSES,
     LOT_SOURCES,
     PAYMENT_KINDS,
+    TOPUP_STATUSES,
+    WEBHOOK_DELIVERY_STATUSES,
+    WEBHOOK_EVENT_TYPES,
 )
 
 NAMING_CONVENTION = {
@@ -123,6 +126,17 @@ wallets = Table(
     Column("available", BigInteger, nullable=False, server_default="0"),
     Column("held", BigInteger, nullable=False, server_default="0"),
     _created_at(),
+    # The owner's own monthly spend limit (docs/credits.md); None: none.
+    Column("monthly_spend_limit", BigInteger),
+    # The balance watch (migration 0013): the ledger calls its watchers, in
+    # the transaction, when an operation leaves ``available`` below
+    # ``watch_below`` or above ``watch_above`` (an auto top-up to start, an
+    # alert to fire or re-arm). Both None, the common case: nothing to look at.
+    Column("watch_below", BigInteger),
+    Column("watch_above", BigInteger),
+    # Days before expiry the owner is told of expiring credits; None: the
+    # operator's default; 0: never.
+    Column("expiry_notice_days", Integer),
     CheckConstraint("available >= 0", name="available_not_negative"),
     CheckConstraint("held >= 0", name="held_not_negative"),
     CheckConstraint(_in("owner_kind", ("user", "team")), name="owner_kind"),
@@ -421,6 +435,9 @@ api_keys = Table(
     _created_at(),
     Column("last_used_at", Timestamp),
     Column("revoked_at", Timestamp),
+    # Credits the key may spend per UTC day and per calendar month; None: no limit.
+    Column("daily_credit_limit", BigInteger),
+    Column("monthly_credit_limit", BigInteger),
 )
 Index("ix_api_keys_user", api_keys.c.user_id, api_keys.c.created_at)
 
@@ -571,6 +588,10 @@ generations = Table(
     Column("error_message", Text),
     Column("idempotency_key", String(255)),
     _created_at(),
+    # The API key it was submitted with (None: a session), for the key's limits.
+    Column("api_key_id", String(40)),
+    # Where its terminal event is delivered, signed with the account's secret.
+    Column("webhook_url", Text),
     Column("started_at", Timestamp),
     Column("finished_at", Timestamp),
     CheckConstraint(_in("status", GENERATION_STATUSES), name="status"),
@@ -585,6 +606,8 @@ Index("ix_generations_queue", generations.c.status, generations.c.virtual_start)
 Index("ix_generations_wallet_status", generations.c.wallet_id, generations.c.status)
 Index("ix_generations_user_created", generations.c.user_id, generations.c.created_at)
 Index("ix_generations_team_created", generations.c.team_id, generations.c.created_at)
+Index("ix_generations_wallet_created", generations.c.wallet_id, generations.c.created_at)
+Index("ix_generations_api_key_created", generations.c.api_key_id, generations.c.created_at)
 
 generation_outputs = Table(
     "generation_outputs",
@@ -879,3 +902,173 @@ fal_webhooks = Table(
 )
 # A webhook names fal's request id; this finds its generation.
 Index("ix_generations_provider_request_id", generations.c.provider_request_id)
+
+
+# --- credit controls and outbound webhooks (migration 0013) ---
+
+# A wallet's auto top-up (docs/credits.md): one pack bought off-session when
+# a hold or capture leaves the balance below ``threshold``. ``run_id`` is the
+# run in flight: set by a conditional UPDATE, so one wallet has at most one.
+auto_topups = Table(
+    "auto_topups",
+    metadata,
+    _ref("wallet_id", "wallets", primary_key=True),
+    Column("enabled", Boolean, nullable=False, server_default=false()),
+    Column("threshold", BigInteger, nullable=False),
+    Column("pack_id", String(64), nullable=False),
+    Column("monthly_cap_cents", BigInteger, nullable=False),
+    # Failed runs in a row; at 3 it turns itself off.
+    Column("failures", Integer, nullable=False, server_default="0"),
+    Column("run_id", String(40)),
+    Column("disabled_reason", Text),
+    _ref("set_by", "users", nullable=False),
+    _updated_at(),
+    CheckConstraint(
+        "threshold >= 0 AND monthly_cap_cents >= 0 AND failures >= 0", name="not_negative"
+    ),
+)
+
+# Each auto top-up run: its charge and how it ended.
+topup_runs = Table(
+    "topup_runs",
+    metadata,
+    _id(),
+    _ref("wallet_id", "wallets", nullable=False),
+    # Who pays: the wallet's owner (a team's: its owner).
+    _ref("user_id", "users", nullable=False),
+    Column("pack_id", String(64), nullable=False),
+    Column("credits", BigInteger, nullable=False),
+    Column("amount_cents", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False),
+    _ref("payment_id", "payments"),
+    Column("failure_reason", Text),
+    # Where the customer authenticates the charge when the bank asks (SCA).
+    Column("action_url", Text),
+    Column("idempotency_key", String(200), nullable=False, unique=True),
+    _created_at(),
+    Column("finished_at", Timestamp),
+    CheckConstraint(_in("status", TOPUP_STATUSES), name="status"),
+    CheckConstraint("credits > 0 AND amount_cents >= 0", name="amounts"),
+)
+Index("ix_topup_runs_wallet", topup_runs.c.wallet_id, topup_runs.c.created_at)
+Index("ix_topup_runs_status", topup_runs.c.status)
+
+# A wallet's balance alerts (up to 5): a threshold in credits or in percent
+# of the monthly allocation. Armed while the balance is at or above it; fires
+# once when the balance drops below, and is armed again when it rises above.
+wallet_alerts = Table(
+    "wallet_alerts",
+    metadata,
+    _id(),
+    _ref("wallet_id", "wallets", nullable=False),
+    Column("credits", BigInteger),
+    Column("percent", Integer),
+    Column("armed", Boolean, nullable=False, server_default=true()),
+    # How many times it fired: the cause key of each crossing's notice.
+    Column("crossings", Integer, nullable=False, server_default="0"),
+    Column("fired_at", Timestamp),
+    _created_at(),
+    CheckConstraint("(credits IS NULL) <> (percent IS NULL)", name="credits_or_percent"),
+    CheckConstraint("credits IS NULL OR credits >= 0", name="credits_not_negative"),
+    CheckConstraint("percent IS NULL OR (percent >= 1 AND percent <= 100)", name="percent_range"),
+)
+Index("ix_wallet_alerts_wallet", wallet_alerts.c.wallet_id)
+
+# Outbound webhooks (docs/webhooks.md, Standard Webhooks). An endpoint a user
+# registered, with the events it wants (a JSON list) and its ``whsec_``
+# secret; after a rotation the previous secret signs too until it expires.
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    _id(),
+    _ref("user_id", "users", nullable=False),
+    Column("url", Text, nullable=False),
+    Column("events", Text, nullable=False),
+    Column("description", String(200), nullable=False, server_default=""),
+    Column("secret", String(100), nullable=False),
+    Column("previous_secret", String(100)),
+    Column("previous_secret_expires_at", Timestamp),
+    Column("enabled", Boolean, nullable=False, server_default=true()),
+    Column("disabled_at", Timestamp),
+    Column("disabled_reason", Text),
+    # Since when every delivery failed (None: the last one succeeded); three
+    # days of it disable the endpoint.
+    Column("failing_since", Timestamp),
+    _created_at(),
+    _updated_at(),
+)
+Index("ix_webhook_endpoints_user", webhook_endpoints.c.user_id)
+
+# The account's own secret, which signs deliveries to a per-generation ``webhook_url``.
+webhook_secrets = Table(
+    "webhook_secrets",
+    metadata,
+    _ref("user_id", "users", primary_key=True),
+    Column("secret", String(100), nullable=False),
+    _created_at(),
+)
+
+# An event for a user's webhooks, written in the transaction of its cause
+# (``cause_key`` unique: each cause emits once). The dispatcher fans it out
+# into one delivery per subscribed endpoint (and to ``webhook_url``).
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("cause_key", String(200), nullable=False, unique=True),
+    _ref("user_id", "users", nullable=False),
+    Column("type", String(40), nullable=False),
+    # The body as delivered: {"type", "timestamp", "data"}.
+    Column("payload", Text, nullable=False),
+    Column("webhook_url", Text),
+    _created_at(),
+    Column("fanned_out_at", Timestamp),
+    CheckConstraint(_in("type", WEBHOOK_EVENT_TYPES), name="type"),
+)
+Index("ix_webhook_events_pending", webhook_events.c.fanned_out_at, webhook_events.c.created_at)
+
+# One event's delivery to one endpoint (or to its ``webhook_url``), retried
+# with exponential backoff for 24 hours.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    _id(),
+    _ref("event_id", "webhook_events", nullable=False),
+    # None: the event's per-request ``webhook_url``.
+    _ref("endpoint_id", "webhook_endpoints"),
+    Column("url", Text, nullable=False),
+    Column("status", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Timestamp, nullable=False),
+    Column("claimed_by", String(80)),
+    Column("claim_expires_at", Timestamp),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    _created_at(),
+    Column("delivered_at", Timestamp),
+    CheckConstraint(_in("status", WEBHOOK_DELIVERY_STATUSES), name="status"),
+    CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+)
+Index(
+    "ix_webhook_deliveries_due", webhook_deliveries.c.status, webhook_deliveries.c.next_attempt_at
+)
+Index(
+    "ix_webhook_deliveries_endpoint",
+    webhook_deliveries.c.endpoint_id,
+    webhook_deliveries.c.created_at,
+)
+Index("ix_webhook_deliveries_event", webhook_deliveries.c.event_id)
+
+# Every attempt of a delivery: the endpoint's delivery log.
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    _ref("delivery_id", "webhook_deliveries", nullable=False),
+    Column("attempted_at", Timestamp, nullable=False),
+    Column("status_code", Integer),
+    Column("error", Text),
+    Column("duration_ms", Integer, nullable=False, server_default="0"),
+)
+Index("ix_webhook_attempts_delivery", webhook_attempts.c.delivery_id, webhook_attempts.c.id)

@@ -28,6 +28,28 @@ GENERATION_STATUSES: tuple[str, ...] = get_args(GenerationStatus)
 
 PAYMENT_KINDS = ("subscription", "renewal", "upgrade", "pack")
 
+# An auto top-up run: charging, paid, refused, or waiting for the customer
+# to authenticate the charge (SCA).
+TopupStatus = Literal["pending", "succeeded", "failed", "action_required"]
+TOPUP_STATUSES: tuple[str, ...] = get_args(TopupStatus)
+
+# The events a user's webhooks can receive (docs/webhooks.md).
+WebhookEventType = Literal[
+    "generation.succeeded",
+    "generation.failed",
+    "generation.canceled",
+    "credits.low",
+    "credits.expiring",
+    "payment.succeeded",
+    "payment.failed",
+    "topup.succeeded",
+    "topup.failed",
+]
+WEBHOOK_EVENT_TYPES: tuple[str, ...] = get_args(WebhookEventType)
+# A delivery: waiting (or between attempts), delivered, or given up.
+WebhookDeliveryStatus = Literal["pending", "succeeded", "failed"]
+WEBHOOK_DELIVERY_STATUSES: tuple[str, ...] = get_args(WebhookDeliveryStatus)
+
 CHANGE_TARGETS = ("model", "plan")
 
 EMAIL_STATUSES = ("pending", "sent", "skipped", "failed")

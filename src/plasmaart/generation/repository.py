@@ -68,6 +68,8 @@ class GenerationRow(NamedTuple):
     error_message: str | None
     idempotency_key: str | None
     created_at: datetime
+    api_key_id: str | None
+    webhook_url: str | None
     started_at: datetime | None
     finished_at: datetime | None
 

@@ -37,6 +37,13 @@ Concurrency: every mutation locks the wallet row first (``SELECT … FOR
 UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serialises writers), then
 reads its idempotency key, lots and holds. One lock order, no deadlocks.
 
+Credit controls (docs/credits.md) hook in without costing wallets that have
+none: the lock's SELECT also reads the wallet's ``monthly_spend_limit`` and
+its **balance watch** (``watch_below``/``watch_above``). ``hold`` asks its
+``spend_guard`` under the lock, before anything is written, and an operation
+that leaves ``available`` outside the watch calls the ``BalanceWatch`` in its
+transaction (an auto top-up starts, an alert fires or re-arms there).
+
 ``service.LedgerService`` is the API; ``rules`` holds the pure rules;
 ``repository`` all SQL; ``tasks`` the clock work.
 """

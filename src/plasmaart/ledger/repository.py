@@ -61,7 +61,8 @@ class Sql:
 # serialises writers), so the lots, holds and entries of one wallet are only
 # ever changed by one transaction at a time.
 _LOCK_WALLET = Sql(
-    """SELECT w.available, w.held, o.operation, o.request_hash, o.result
+    """SELECT w.available, w.held, o.operation, o.request_hash, o.result,
+    w.monthly_spend_limit, w.watch_below, w.watch_above
     FROM wallets AS w
     LEFT OUTER JOIN ledger_operations AS o ON o.idempotency_key = :key
     WHERE w.id = :wallet""",
@@ -69,7 +70,8 @@ _LOCK_WALLET = Sql(
 )
 # The same lock, found from a hold (a capture or a release knows only the hold).
 _LOCK_HOLD_WALLET = Sql(
-    """SELECT h.wallet_id, w.available, w.held, o.operation, o.request_hash, o.result
+    """SELECT h.wallet_id, w.available, w.held, o.operation, o.request_hash, o.result,
+    w.monthly_spend_limit, w.watch_below, w.watch_above
     FROM holds AS h
     JOIN wallets AS w ON w.id = h.wallet_id
     LEFT OUTER JOIN ledger_operations AS o ON o.idempotency_key = :key
@@ -92,6 +94,7 @@ _HOLD_WITH_LOTS = Sql(
 # SQLite only: the lock and the reads that follow it, as one statement.
 _SQLITE_LOCK_WALLET_WITH_LOTS = Sql(
     """SELECT w.available, w.held, o.operation, o.request_hash, o.result,
+    w.monthly_spend_limit, w.watch_below, w.watch_above,
     l.id, l.source, l.remaining, l.expires_at, l.created_at
     FROM wallets AS w
     LEFT OUTER JOIN ledger_operations AS o ON o.idempotency_key = :key
@@ -100,6 +103,7 @@ _SQLITE_LOCK_WALLET_WITH_LOTS = Sql(
 )
 _SQLITE_LOCK_HOLD_WITH_LOTS = Sql(
     """SELECT h.wallet_id, w.available, w.held, o.operation, o.request_hash, o.result,
+    w.monthly_spend_limit, w.watch_below, w.watch_above,
     h.amount, h.status, h.generation_id, h.model,
     hl.lot_id, hl."position", hl.credits, l.expires_at, l.closed_reason
     FROM holds AS h
@@ -169,6 +173,16 @@ class WalletState(NamedTuple):
     operation: str | None
     request_hash: str | None
     result: str | None
+    # The owner's monthly spend limit, and the balance watch (tables.wallets).
+    spend_limit: int | None = None
+    watch_below: int | None = None
+    watch_above: int | None = None
+
+    def watched(self, available: int) -> bool:
+        """Whether ``available`` is outside the watch: the watchers want to see it."""
+        return (self.watch_below is not None and available < self.watch_below) or (
+            self.watch_above is not None and available > self.watch_above
+        )
 
 
 class HoldPart(NamedTuple):
@@ -317,11 +331,13 @@ class Driver:
             found, lot_rows = self.read((_LOCK_WALLET, params), (_OPEN_LOTS, params))
         else:
             found = self.read((_SQLITE_LOCK_WALLET_WITH_LOTS, params))[0]
-            lot_rows = [row[5:] for row in found if row[5] is not None]
+            lot_rows = [row[8:] for row in found if row[8] is not None]
         if not found:
             return None, []
         available, held, operation, request_hash, result = found[0][:5]
-        state = WalletState(wallet_id, int(available), int(held), operation, request_hash, result)
+        state = WalletState(
+            wallet_id, int(available), int(held), operation, request_hash, result, *found[0][5:8]
+        )
         return state, [self._lot_view(row) for row in lot_rows]
 
     def lock_hold_wallet(self, hold_id: str, key: str) -> tuple[WalletState | None, list[HoldPart]]:
@@ -333,11 +349,13 @@ class Driver:
             found, part_rows = self.read((_LOCK_HOLD_WALLET, params), (_HOLD_WITH_LOTS, params))
         else:
             found = self.read((_SQLITE_LOCK_HOLD_WITH_LOTS, params))[0]
-            part_rows = [row[6:] for row in found]
+            part_rows = [row[9:] for row in found]
         if not found:
             return None, []
         wallet_id, available, held, operation, request_hash, result = found[0][:6]
-        state = WalletState(wallet_id, int(available), int(held), operation, request_hash, result)
+        state = WalletState(
+            wallet_id, int(available), int(held), operation, request_hash, result, *found[0][6:9]
+        )
         return state, [
             HoldPart(
                 int(amount),

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy import Connection
 
@@ -135,9 +135,12 @@ class _Wallet:
         held: int,
         now: datetime,
         open_lots: list[LotView] | None = None,
+        state: repo.WalletState | None = None,
     ) -> None:
         self.driver = driver
         self.id = wallet_id
+        # The locked row's spend limit and balance watch (None: none).
+        self.state = state
         self.available = available
         self.held = held
         self.now = now
@@ -196,6 +199,13 @@ class _Wallet:
         for listener in listeners:
             after_commit(self.driver.conn, partial(listener, self.id, self.available, self.held))
 
+    def watch(self, watch: BalanceWatch | None) -> None:
+        """Show the new balance to ``watch`` when it left the wallet's watch
+        (once the operation's writes are sent: the watcher's own statements
+        run after them, in the same transaction)."""
+        if watch is not None and self.state is not None and self.state.watched(self.available):
+            watch(self.driver.conn, self.id, self.available)
+
 
 def _request_hash(operation: str, params: dict[str, Any]) -> str:
     payload = json.dumps([operation, params], sort_keys=True, default=str)
@@ -203,13 +213,42 @@ def _request_hash(operation: str, params: dict[str, Any]) -> str:
 
 
 BalanceListener = Callable[[str, int, int], None]
+
+
+class BalanceWatch(Protocol):
+    """Called in the transaction of a ledger operation that left the
+    wallet's ``available`` balance below its ``watch_below`` or above its
+    ``watch_above`` (tables.wallets): the credit controls start an auto
+    top-up or fire and re-arm balance alerts there, and set the watch anew.
+    Wallets without controls have no watch, and cost nothing."""
+
+    def __call__(self, conn: Connection, wallet_id: str, available: int) -> None: ...
+
+
+class SpendGuard(Protocol):
+    """Called by ``hold`` under the wallet's lock, before anything is written,
+    with the wallet's own monthly spend limit (None: none): raises to refuse
+    the hold. Concurrent holds of one wallet wait for the lock, so each guard
+    sees every hold committed before it."""
+
+    def __call__(self, conn: Connection, monthly_limit: int | None) -> None: ...
+
+
 # Owners whose wallet id a process keeps (``LedgerService.wallet_of``).
 OWNER_WALLETS_KEPT = 100_000
 
 
 class LedgerService:
-    def __init__(self, clock: Clock, *, balance_listeners: Iterable[BalanceListener] = ()) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        balance_listeners: Iterable[BalanceListener] = (),
+        watch: BalanceWatch | None = None,
+    ) -> None:
         self.clock = clock
+        # Shown, in the transaction, a balance that left its wallet's watch.
+        self.watch = watch
         # Called with (wallet_id, available, held) after a transaction that
         # changed the wallet commits: the events stream listens here.
         self.balance_listeners: tuple[BalanceListener, ...] = tuple(balance_listeners)
@@ -293,8 +332,11 @@ class LedgerService:
         generation_id: str | None = None,
         model: str | None = None,
         memo: str | None = None,
+        spend_guard: SpendGuard | None = None,
     ) -> HoldResult:
-        """Move ``credits`` from the wallet's lots (in burn order) into a hold."""
+        """Move ``credits`` from the wallet's lots (in burn order) into a hold.
+        ``spend_guard`` is asked first, under the wallet's lock (a retry of a
+        hold already made replays it without asking)."""
         _require_positive(credits, "a hold")
         now = self.clock.now()
         params = {
@@ -308,6 +350,8 @@ class LedgerService:
         )
         if replay is not None:
             return _load(HoldResult, replay)
+        if spend_guard is not None:
+            spend_guard(conn, None if wallet.state is None else wallet.state.spend_limit)
         spendable = self._spendable_lots(conn, wallet)
         if wallet.available < credits:
             raise InsufficientCredits(required=credits, available=wallet.available)
@@ -381,7 +425,7 @@ class LedgerService:
             state, _ = driver.lock_wallet(wallet_id, "")
             if state is None:  # pragma: no cover - lots always belong to a wallet
                 continue
-            wallet = _Wallet(driver, wallet_id, state.available, state.held, now)
+            wallet = _Wallet(driver, wallet_id, state.available, state.held, now, state=state)
             for lot_id, lot in repo.lots_by_id(conn, lot_ids).items():
                 remaining = int(lot.remaining)
                 # Re-checked under the lock: a hold may have emptied it meanwhile.
@@ -391,6 +435,7 @@ class LedgerService:
                     expired_credits += remaining
             wallet.flush(self.balance_listeners)
             driver.flush()
+            wallet.watch(self.watch)
         return ExpiryResult(lots=expired_lots, credits=expired_credits)
 
     def renew(
@@ -622,7 +667,7 @@ class LedgerService:
         found, open_lots = driver.lock_wallet(wallet_id, key, with_lots=with_lots)
         if found is None:
             raise WalletNotFound(wallet_id)
-        wallet = _Wallet(driver, wallet_id, found.available, found.held, now, open_lots)
+        wallet = _Wallet(driver, wallet_id, found.available, found.held, now, open_lots, found)
         return wallet, _replay(found, operation, key, params)
 
     def _finish(
@@ -638,6 +683,7 @@ class LedgerService:
             key, operation, _request_hash(operation, params), _as_dict(result), wallet.now
         )
         wallet.driver.flush()
+        wallet.watch(self.watch)
         return result
 
     def _new_lot(
@@ -709,7 +755,7 @@ class LedgerService:
         if found is None:
             raise HoldNotFound(hold_id)
         _require_key(key)
-        wallet = _Wallet(driver, found.wallet_id, found.available, found.held, now)
+        wallet = _Wallet(driver, found.wallet_id, found.available, found.held, now, state=found)
         replay = _replay(found, operation, key, params)
         if replay is not None:
             return _load(SettleResult, replay)

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
 
-from plasmaart.db.tables import notification_outbox
+from plasmaart.db.tables import notification_outbox, webhook_events
 
 
 def insert_message(
@@ -48,5 +48,36 @@ def insert_message(
         .on_conflict_do_nothing(index_elements=["cause_key"])
         # rowcount is not reliable for this statement under psycopg.
         .returning(notification_outbox.c.id)
+    )
+    return conn.execute(statement).first() is not None
+
+
+def insert_webhook_event(
+    conn: Connection,
+    *,
+    event_id: str,
+    cause_key: str,
+    user_id: str,
+    type: str,
+    payload: str,
+    webhook_url: str | None,
+    now: datetime,
+) -> bool:
+    """Insert a webhook event; False (and nothing written) when an event
+    with this ``cause_key`` exists."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(webhook_events)
+        .values(
+            id=event_id,
+            cause_key=cause_key,
+            user_id=user_id,
+            type=type,
+            payload=payload,
+            webhook_url=webhook_url,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["cause_key"])
+        .returning(webhook_events.c.id)
     )
     return conn.execute(statement).first() is not None

@@ -37,7 +37,7 @@ from plasmaart.generation.runner import EXTENSIONS
 from plasmaart.generation.service import Output
 from plasmaart.platform import Platform
 from plasmaart.web.auth import Principal, authenticate
-from plasmaart.web.dashboard import views
+from plasmaart.web.dashboard import credits_page, views
 from plasmaart.web.deps import PlatformDep
 from plasmaart.web.problems import http_problem
 
@@ -292,6 +292,7 @@ PLAIN_PAGES: tuple[tuple[str, PageSpec, View], ...] = (
     ("/create", PageSpec("create.html", "create", "Create"), views.create),
     ("/billing", PageSpec("billing.html", "billing", "Plan & billing"), views.billing),
     ("/team", PageSpec("team.html", "team", "Team"), views.team),
+    ("/credits", PageSpec("credits.html", "credits", "Credits"), credits_page.credits),
 )
 GENERATIONS = PageSpec("generations.html", "generations", "Generations")
 USAGE = PageSpec("usage.html", "usage", "Usage")
