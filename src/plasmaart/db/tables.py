@@ -686,6 +686,9 @@ sandbox_cards = Table(
     _ref("user_id", "users", primary_key=True),
     Column("declines", Boolean, nullable=False, server_default=false()),
     _updated_at(),
+    # While set, an off-session charge (an auto top-up) asks the customer to
+    # authenticate it, like Stripe's 3D Secure test cards (migration 0013).
+    Column("requires_action", Boolean, nullable=False, server_default=false()),
 )
 
 # --- Stripe (migration 0004) ---

@@ -245,6 +245,11 @@ def upgrade() -> None:
             "ix_generations_wallet_created", ["wallet_id", "created_at"], unique=False
         )
 
+    with op.batch_alter_table("sandbox_cards", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("requires_action", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
+
     with op.batch_alter_table("wallets", schema=None) as batch_op:
         batch_op.add_column(sa.Column("monthly_spend_limit", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("watch_below", sa.BigInteger(), nullable=True))
@@ -253,6 +258,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("sandbox_cards", schema=None) as batch_op:
+        batch_op.drop_column("requires_action")
     with op.batch_alter_table("wallets", schema=None) as batch_op:
         batch_op.drop_column("expiry_notice_days")
         batch_op.drop_column("watch_above")
