@@ -129,7 +129,10 @@ def checked_alerts(specs: Sequence[AlertSpec]) -> list[AlertSpec]:
             raise InvalidInput("must be between 1 and 100", field=f"{where}.percent")
         if spec in seen:
             name = "credits" if spec.credits is not None else "percent"
-            raise InvalidInput(f"the same alert as alerts.{seen[spec]}", field=f"{where}.{name}")
+            raise InvalidInput(
+                f"the same as alert {seen[spec] + 1} (alerts.{seen[spec]})",
+                field=f"{where}.{name}",
+            )
         seen[spec] = index
     return list(specs)
 
