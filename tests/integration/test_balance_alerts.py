@@ -444,6 +444,15 @@ def test_a_teams_alerts_are_its_owners_to_set(platform: Platform, client: TestCl
     (event,) = events(platform, owner, "credits.low")
     assert (event["data"]["team_id"], event["data"]["percent"]) == (team.id, 25)
     assert events(platform, member, "credits.low") == []
+    # The Credits page says whose alerts they are; the member's says nothing of it.
+    owner_page = client.get("/credits", headers=owner.auth)
+    assert owner_page.status_code == 200
+    assert "Crew spends this wallet" in owner_page.text
+    assert "25% of monthly credits" in owner_page.text
+    member_page = client.get("/credits", headers=member.auth)
+    assert member_page.status_code == 200
+    assert "spends this wallet" not in member_page.text
+    assert "data-alert-states" not in member_page.text  # no alerts of its own
 
 
 # -- a race ----------------------------------------------------------------------

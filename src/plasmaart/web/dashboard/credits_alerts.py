@@ -15,8 +15,11 @@ from plasmaart.web.dashboard.views import Frame
 
 
 def alerts_section(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
+    owned = [m.team for m in platform.teams.teams_of(conn, page.user.id) if m.role == "owner"]
     return {
         "balance_alerts": platform.balance_alerts.read(conn, page.wallet_id),
+        # A team spends its owner's wallet: the owner's alerts are the team's.
+        "alerts_team": owned[0] if owned else None,
         "max_alerts": MAX_ALERTS,
         "max_expiry_notice_days": MAX_EXPIRY_NOTICE_DAYS,
     }
