@@ -21,6 +21,7 @@ from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.changes.service import CatalogChangeService
 from plasmaart.clock import Clock, SystemClock
 from plasmaart.config import Settings, load_settings
+from plasmaart.controls.alerts import BalanceAlerts
 from plasmaart.controls.watch import WalletWatch
 from plasmaart.db.engine import create_database
 from plasmaart.db.migrate import database_revision, require_migrated, unreachable, upgrade
@@ -132,6 +133,17 @@ def bootstrap(
         links=links,
         caches=caches,
     )
+    # The owner's balance alerts (controls/alerts.py): a source of the balance watch.
+    balance_alerts = BalanceAlerts(
+        clock,
+        billing.plans,
+        outbox,
+        webhook_events,
+        wallet_watch,
+        default_expiry_notice_days=settings.expiry_notice_days,
+        billing_hooks=billing.hooks,
+    )
+    wallet_watch.watch_with([balance_alerts])
     teams = TeamService(
         clock,
         catalogs,
@@ -219,6 +231,7 @@ def bootstrap(
         outbox=outbox,
         webhook_events=webhook_events,
         wallet_watch=wallet_watch,
+        balance_alerts=balance_alerts,
         catalog_changes=catalog_changes,
         mailer=create_mailer(settings),
         wakeups=PollWakeups(events),

@@ -54,7 +54,11 @@ def run_notifications(platform: Platform, worker_id: str) -> NotificationsTick:
     with platform.db.write() as conn:
         now = platform.clock.now()
         queued += queue_expiry_notices(
-            conn, platform.outbox, now=now, within=timedelta(days=settings.expiry_notice_days)
+            conn,
+            platform.outbox,
+            now=now,
+            within=timedelta(days=settings.expiry_notice_days),
+            webhook_events=platform.webhook_events,
         )
         queued += queue_low_balance_notices(
             conn, platform.outbox, now=now, threshold=settings.low_balance_credits

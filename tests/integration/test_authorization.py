@@ -491,6 +491,18 @@ def own_balance(answer: Answer) -> None:
     assert answer.body["available"] == answer.available()
 
 
+def own_alerts(answer: Answer) -> None:
+    assert answer.body["wallet_id"] == answer.me.wallet_id
+    assert answer.body["available"] == answer.available()
+
+
+def team_alerts(answer: Answer) -> None:
+    assert (answer.body["wallet_id"], answer.body["team_id"]) == (
+        answer.world.owner.wallet_id,
+        answer.world.team_id,
+    )
+
+
 def own_ledger(answer: Answer) -> None:
     # API.md: the amounts of a wallet's entries add up to its available balance.
     assert answer.body["next_cursor"] is None
@@ -1082,6 +1094,29 @@ ROWS: tuple[Row, ...] = (
         body={"monthly_credit_cap": NEW_CAP},
         check=member_capped,
     ),
+    # balance alerts: the caller's own wallet, or (team_id) the team's, for its
+    # owner only (before the member leaves)
+    Row("GET /v1/balance-alerts", (U, 200, 200, 200, 200), about_caller=True, check=own_alerts),
+    Row(
+        "GET /v1/balance-alerts",
+        (U, 200, N, F, N),
+        url="/v1/balance-alerts?team_id={w.team_id}",
+        check=team_alerts,
+    ),
+    Row(
+        "PUT /v1/balance-alerts",
+        (U, 200, 200, 200, 200),
+        body={"alerts": [{"credits": 25}], "expiry_notice_days": 7},
+        about_caller=True,
+        check=own_alerts,
+    ),
+    Row(
+        "PUT /v1/balance-alerts",
+        (U, 200, N, F, N),
+        url="/v1/balance-alerts?team_id={w.team_id}",
+        body={"alerts": [{"percent": 10}]},
+        check=team_alerts,
+    ),
     # a member may not remove others; nobody removes the owner
     Row(
         "DELETE /v1/teams/{team_id}/members/{user_id}",
@@ -1205,6 +1240,7 @@ ROWS: tuple[Row, ...] = (
             "/billing",
             "/settings",
             "/notifications",
+            "/credits",
         )
     ),
     Row("GET /team", (303, 200, 200, 200, 200), check=dashboard_page),
@@ -1390,6 +1426,10 @@ SUSPENDED: dict[str, Expect] = {
     "GET /v1/ledger": 200,
     "GET /v1/usage /v1/usage?group_by=day": 200,
     "GET /v1/usage.csv": 200,
+    "GET /v1/balance-alerts": 200,
+    "GET /v1/balance-alerts /v1/balance-alerts?team_id={w.team_id}": 200,
+    "PUT /v1/balance-alerts": S,
+    "PUT /v1/balance-alerts /v1/balance-alerts?team_id={w.team_id}": S,
     "GET /v1/events": 200,
     "GET /v1/notifications": 200,
     "POST /v1/notifications/{notification_id}/read /v1/notifications/{w.notification_id}/read": S,
@@ -1417,6 +1457,7 @@ SUSPENDED: dict[str, Expect] = {
     "GET /settings": 200,
     "GET /notifications": 200,
     "GET /team": 200,
+    "GET /credits": 200,
     "GET /admin": 404,
     "GET /login": 303,
     "GET /forgot-password": 200,

@@ -3,11 +3,18 @@ balances that fell low. Each queues its notice through the outbox under a
 cause key, so a second pass, or a second worker, queues nothing new.
 
 * Credits about to expire: once per lot, when a lot with credits left
-  expires within the notice window.
-* A low balance: once per crossing. A wallet is armed while its available
-  credits are at or above the threshold and fires when they drop below it;
-  it is armed again once they are back up (a grant, a released hold). A
-  wallet that never had that many credits is never told it is low.
+  expires within the notice window: the wallet's own
+  (``wallets.expiry_notice_days``, set with its balance alerts; 0: never),
+  else the operator's (``PLASMAART_EXPIRY_NOTICE_DAYS``). The same pass
+  emits the webhook event ``credits.expiring``, once per lot.
+* A low balance, the operator's default (``PLASMAART_LOW_BALANCE_CREDITS``):
+  once per crossing. A wallet is armed while its available credits are at or
+  above the threshold and fires when they drop below it; it is armed again
+  once they are back up (a grant, a released hold). A wallet that never had
+  that many credits is never told it is low. A wallet whose owner set balance
+  alerts of their own (``controls.alerts``) is told by those only: its
+  crossing of the operator's threshold is marked, silently, so the operator's
+  notice does not come on top of the owner's, nor late once they are removed.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from typing import Any, ClassVar
 
 from sqlalchemy import Connection
 
+from plasmaart.controls.alerts import MAX_EXPIRY_NOTICE_DAYS
 from plasmaart.notify import repository as repo
 from plasmaart.outbox import Outbox
+from plasmaart.outbox.webhooks import WebhookEvents
 
 # Wallets or lots one pass looks at, so one pass stays short.
 BATCH = 500
@@ -51,18 +60,37 @@ class LowBalance:
 
 
 def queue_expiry_notices(
-    conn: Connection, outbox: Outbox, *, now: datetime, within: timedelta, limit: int = BATCH
+    conn: Connection,
+    outbox: Outbox,
+    *,
+    now: datetime,
+    within: timedelta,
+    webhook_events: WebhookEvents | None = None,
+    limit: int = BATCH,
 ) -> int:
     """Queue a notice for each user lot with credits left that expires
-    within ``within``; how many were queued."""
+    within its wallet's window (``within`` unless the wallet chose its own),
+    and emit its ``credits.expiring`` webhook event; how many were queued."""
     queued = 0
-    for lot in repo.expiring_lots(conn, now=now, within=within, limit=limit):
-        queued += outbox.enqueue(
-            conn,
-            cause_key=f"credits_expiring:{lot.id}",
-            user_id=lot.owner_id,
-            fact=CreditsExpiring(lot.id, lot.remaining, lot.expires_at),
-        )
+    lots = repo.expiring_lots(
+        conn,
+        now=now,
+        within=within,
+        wallet_windows=range(1, MAX_EXPIRY_NOTICE_DAYS + 1),
+        limit=limit,
+    )
+    for lot in lots:
+        fact = CreditsExpiring(lot.id, lot.remaining, lot.expires_at)
+        cause_key = f"credits_expiring:{lot.id}"
+        queued += outbox.enqueue(conn, cause_key=cause_key, user_id=lot.owner_id, fact=fact)
+        if webhook_events is not None:
+            webhook_events.emit(
+                conn,
+                cause_key=cause_key,
+                user_id=lot.owner_id,
+                type="credits.expiring",
+                data={**fact.data(), "wallet_id": lot.wallet_id},
+            )
     return queued
 
 
@@ -78,6 +106,8 @@ def queue_low_balance_notices(
     for wallet in repo.armed_wallets_below(conn, threshold=threshold, limit=limit):
         if not repo.fire_balance_alert(conn, wallet.id, now):
             continue  # another worker fired it first
+        if wallet.own_alerts:
+            continue  # its owner's alerts speak for it (marked, not told)
         queued += outbox.enqueue(
             conn,
             cause_key=f"low_balance:{wallet.id}:{wallet.crossings + 1}",

@@ -9,6 +9,7 @@ reads and delivers them.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Select,
     Update,
     and_,
+    case,
     exists,
     insert,
     literal,
@@ -30,11 +32,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from plasmaart.clock import as_utc
 from plasmaart.db.tables import (
+    Timestamp,
     balance_alerts,
     lots,
     notification_outbox,
     notifications,
     users,
+    wallet_alerts,
     wallets,
 )
 from plasmaart.eventbus import iso_utc
@@ -329,36 +333,61 @@ def email_of(conn: Connection, user_id: str) -> str | None:
 @dataclass(frozen=True)
 class ExpiringLot:
     id: str
+    wallet_id: str
     owner_id: str
     remaining: int
     expires_at: datetime
 
 
 def expiring_lots(
-    conn: Connection, *, now: datetime, within: timedelta, limit: int
+    conn: Connection,
+    *,
+    now: datetime,
+    within: timedelta,
+    wallet_windows: Iterable[int] = (),
+    limit: int,
 ) -> list[ExpiringLot]:
-    """Lots of personal wallets with credits left that expire within
-    ``within`` of ``now`` and were never noticed (no ``credits_expiring:<lot>``
-    message), soonest first."""
+    """Lots of personal wallets with credits left that expire within their
+    wallet's notice window of ``now`` and were never noticed (no
+    ``credits_expiring:<lot>`` message), soonest first.
+
+    A wallet's window is its ``expiry_notice_days`` when that is one of
+    ``wallet_windows`` (the days a wallet may choose), none when it is 0, and
+    ``within`` (the operator's default) otherwise."""
     noticed = exists().where(
         notification_outbox.c.cause_key == literal("credits_expiring:") + lots.c.id
     )
+    days = wallets.c.expiry_notice_days
+    windows = sorted({day for day in wallet_windows if day > 0})
+    default_cutoff = literal(now + within, Timestamp)
+    cutoff = (
+        case(
+            {day: literal(now + timedelta(days=day), Timestamp) for day in windows},
+            value=days,
+            else_=default_cutoff,
+        )
+        if windows
+        else default_cutoff
+    )
+    widest = max([within, *(timedelta(days=day) for day in windows)])
     rows = conn.execute(
-        select(lots.c.id, lots.c.remaining, lots.c.expires_at, wallets.c.owner_id)
+        select(lots.c.id, lots.c.wallet_id, lots.c.remaining, lots.c.expires_at, wallets.c.owner_id)
         .select_from(lots.join(wallets, wallets.c.id == lots.c.wallet_id))
         .where(
             wallets.c.owner_kind == "user",
+            or_(days.is_(None), days != 0),
             lots.c.remaining > 0,
             lots.c.closed_at.is_(None),
             lots.c.expires_at > now,
-            lots.c.expires_at <= now + within,
+            lots.c.expires_at <= now + widest,
+            lots.c.expires_at <= cutoff,
             ~noticed,
         )
         .order_by(lots.c.expires_at, lots.c.id)
         .limit(limit)
     )
     return [
-        ExpiringLot(row.id, row.owner_id, int(row.remaining), as_utc(row.expires_at))
+        ExpiringLot(row.id, row.wallet_id, row.owner_id, int(row.remaining), as_utc(row.expires_at))
         for row in rows
     ]
 
@@ -404,12 +433,21 @@ class LowWallet:
     available: int
     # How often it fell below the threshold before.
     crossings: int
+    # Whether its owner set balance alerts of their own (controls/alerts.py).
+    own_alerts: bool
 
 
 def armed_wallets_below(conn: Connection, *, threshold: int, limit: int) -> list[LowWallet]:
     """Armed personal wallets whose available credits are below ``threshold``."""
+    own_alerts = exists().where(wallet_alerts.c.wallet_id == wallets.c.id).label("own_alerts")
     rows = conn.execute(
-        select(wallets.c.id, wallets.c.owner_id, wallets.c.available, balance_alerts.c.crossings)
+        select(
+            wallets.c.id,
+            wallets.c.owner_id,
+            wallets.c.available,
+            balance_alerts.c.crossings,
+            own_alerts,
+        )
         .select_from(wallets.join(balance_alerts, balance_alerts.c.wallet_id == wallets.c.id))
         .where(
             wallets.c.owner_kind == "user",
@@ -419,7 +457,12 @@ def armed_wallets_below(conn: Connection, *, threshold: int, limit: int) -> list
         .order_by(wallets.c.id)
         .limit(limit)
     )
-    return [LowWallet(row.id, row.owner_id, int(row.available), int(row.crossings)) for row in rows]
+    return [
+        LowWallet(
+            row.id, row.owner_id, int(row.available), int(row.crossings), bool(row.own_alerts)
+        )
+        for row in rows
+    ]
 
 
 def fire_balance_alert(conn: Connection, wallet_id: str, now: datetime) -> bool:
