@@ -29,6 +29,7 @@ from plasmaart.web.api import (
     stripe_billing,
     teams,
     two_factor,
+    webhooks,
 )
 from plasmaart.web.edge import Edge
 from plasmaart.web.metrics import HttpMetrics
@@ -57,6 +58,7 @@ ROUTERS = (
     addresses,
     passwords,
     leaving,
+    webhooks,
 )
 
 

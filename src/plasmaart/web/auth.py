@@ -71,6 +71,10 @@ VERIFIED_ONLY = frozenset(
         "POST /v1/credit-purchases",
         "POST /v1/invitations/{token}/accept",
         "POST /v1/api-keys",
+        # Webhooks send data to an address the account names.
+        "POST /v1/webhook-endpoints",
+        "PATCH /v1/webhook-endpoints/{endpoint_id}",
+        "POST /v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/replay",
     }
 )
 
