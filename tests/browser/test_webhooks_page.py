@@ -116,7 +116,9 @@ def test_endpoints_are_added_rotated_replayed_and_deleted(
 
     page.on("dialog", accept)
     log_in(page, user.email)
-    expect(page.get_by_role("link", name="Webhooks", exact=True)).to_have_attribute("aria-current", "page")
+    expect(page.get_by_role("link", name="Webhooks", exact=True)).to_have_attribute(
+        "aria-current", "page"
+    )
     expect(page.locator("[data-no-endpoints]")).to_be_visible()
 
     # A refusal goes beside its field, and nothing is added.
