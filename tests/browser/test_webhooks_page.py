@@ -75,7 +75,7 @@ def failed_delivery(platform: Platform, user: TestUser, endpoint_id: str) -> tup
         conn.execute(
             update(webhook_events).where(webhook_events.c.id == event).values(fanned_out_at=now)
         )
-        delivery = "wd_browser_failed"
+        delivery = f"wd_{user.id[-20:]}"
         conn.execute(
             insert(webhook_deliveries).values(
                 id=delivery,
@@ -224,3 +224,24 @@ def test_the_page_needs_a_session(hooks_page: Page) -> None:
     hooks_page.goto("/webhooks")
     hooks_page.wait_for_url(re.compile(r"/login\?next=%2Fwebhooks$"))
     assert Path(urlsplit(hooks_page.url).path).name == "login"
+
+
+def test_the_page_fits_a_phone(browser: Browser, hooks_url: str, hooks_platform: Platform) -> None:
+    user = make_user(hooks_platform, "phone-hooks@example.com")
+    long_url = RECEIVER + "/" + "a-rather-long-path-segment-" * 6 + "?token=" + "x" * 60
+    endpoints = hooks_platform.webhook_endpoints
+    with hooks_platform.db.write() as conn:
+        endpoint = endpoints.create(
+            conn, user.id, endpoints.check_url(long_url), ["payment.failed"], "Phone"
+        )
+    failed_delivery(hooks_platform, user, endpoint.id)
+    made = browser.new_context(base_url=hooks_url, viewport={"width": 390, "height": 844})
+    try:
+        page = made.new_page()
+        log_in(page, user.email)
+        expect(page.locator("[data-delivery-log] tbody tr")).to_have_count(1)
+        width = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert width <= 0, f"/webhooks is {width} px wider than a phone"
+        screenshot(page, "phone-webhooks")
+    finally:
+        made.close()
