@@ -9,6 +9,7 @@ account deletion and the export do with webhooks."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import zipfile
@@ -34,6 +35,7 @@ from plasmaart.outbox.webhooks import EVENT_TYPES
 from plasmaart.platform import Platform
 from plasmaart.webhooks import signing
 from plasmaart.webhooks.endpoints import MAX_ENDPOINTS, WebhookEndpoints
+from tests.integration.test_security import Captured
 from tests.support.accounts import PASSWORD, TestUser, make_user
 from tests.support.platforms import api_client, running_platform, settings_for
 
@@ -686,3 +688,35 @@ def test_the_export_lists_endpoints_without_secrets(
     for hidden in (made["secret"], rotated.json()["secret"], secret):
         assert hidden.encode() not in everything
     assert set(EVENT_TYPES) >= set(EVENTS)
+
+
+@pytest.fixture
+def logged() -> Iterator[Captured]:
+    """Every log record, as production formats it (test_security.py's handler)."""
+    handler = Captured()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def test_no_webhook_secret_reaches_the_logs(
+    client: TestClient, ada: TestUser, logged: Captured
+) -> None:
+    made = create(client, ada)
+    path = f"/v1/webhook-endpoints/{made['id']}"
+    rotated = client.post(f"{path}/rotate-secret", headers=ada.auth).json()["secret"]
+    account = client.get("/v1/webhook-secret", headers=ada.auth).json()["secret"]
+    again = client.post("/v1/webhook-secret/rotate", headers=ada.auth).json()["secret"]
+    client.post(
+        "/v1/webhook-endpoints", json={"url": "http://[::1]/", "events": EVENTS}, headers=ada.auth
+    )
+    assert len(logged.lines) >= 5  # the requests were logged, so the check can fail
+    secrets = [made["secret"], rotated, account, again]
+    leaks = [line for line in logged.lines for secret in secrets if secret[6:] in line]
+    assert leaks == []
