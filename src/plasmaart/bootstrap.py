@@ -50,6 +50,7 @@ from plasmaart.outbox import Outbox
 from plasmaart.outbox.webhooks import WebhookEvents
 from plasmaart.platform import Platform
 from plasmaart.teams.service import TeamService
+from plasmaart.webhooks.endpoints import WebhookEndpoints
 
 log = logging.getLogger(__name__)
 
@@ -265,5 +266,8 @@ def bootstrap(
             generations,
             outbox,
             storage,
+        ),
+        webhook_endpoints=WebhookEndpoints(
+            clock, accounts, allow_private=settings.webhooks_allow_private
         ),
     )

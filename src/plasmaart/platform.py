@@ -44,6 +44,7 @@ from plasmaart.notify.notifications import NotificationService
 from plasmaart.outbox import Outbox
 from plasmaart.outbox.webhooks import WebhookEvents
 from plasmaart.teams.service import TeamService
+from plasmaart.webhooks.endpoints import WebhookEndpoints
 
 
 @dataclass
@@ -106,6 +107,8 @@ class Platform:
     # Leaving: the export of an account's data and its deletion (leaving/).
     account_export: AccountExport
     account_deletion: AccountDeletion
+    # Users' webhook endpoints, their secrets and delivery logs (webhooks/endpoints.py).
+    webhook_endpoints: WebhookEndpoints
 
     def close(self) -> None:
         self.principals.close()  # writes the keys' last uses it still holds

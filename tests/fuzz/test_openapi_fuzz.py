@@ -10,8 +10,10 @@ covered by the authorization matrix. SQLite and PostgreSQL both run.
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import schemathesis
@@ -31,6 +33,23 @@ from tests.support.accounts import TestUser, make_user
 # Cases per operation and caller: with ~60 operations and two callers this is
 # a few thousand requests per database.
 EXAMPLES = 50
+
+
+@pytest.fixture(autouse=True)
+def no_outside_names(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Webhook URLs are resolved when registered: the fuzzer's host names are
+    refused at once rather than looked up in DNS (slow, and not loopback)."""
+    asked: list[str] = []
+    resolve = socket.getaddrinfo
+
+    def loopback_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("localhost", "127.0.0.1", "::1"):
+            return resolve(host, *args, **kwargs)
+        asked.append(str(host))
+        raise socket.gaierror(socket.EAI_NONAME, "no outside names while fuzzing")
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+    return asked
 
 
 @pytest.fixture

@@ -56,6 +56,8 @@ from plasmaart.db.tables import (
     sessions,
     team_members,
     uploads,
+    webhook_deliveries,
+    webhook_endpoints,
 )
 from plasmaart.generation.service import Generation, GenerationRequest
 from plasmaart.notify.email import Letter, compose
@@ -132,6 +134,8 @@ class World:
     session_id: str  # a session of the owner's (``GET /v1/sessions``)
     payment_id: str  # the owner's Studio subscription's payment (it has a receipt)
     mail_name: str  # a message of the mail folder (the admin's Mail page)
+    webhook_endpoint_id: str = ""  # the owner's webhook endpoint
+    webhook_delivery_id: str = ""  # a failed delivery to it
 
     def caller(self, caller: Caller, row: Row) -> TestUser | None:
         if caller == "anonymous":
@@ -160,6 +164,8 @@ class World:
             "owner upload id": self.upload_id,
             "owner session id": self.session_id,
             "owner payment id": self.payment_id,
+            "owner webhook endpoint id": self.webhook_endpoint_id,
+            "owner webhook delivery id": self.webhook_delivery_id,
         }
 
 
@@ -247,7 +253,35 @@ def build_world(platform: Platform, client: TestClient) -> World:
         session_id=session.id,
         payment_id=subscribed.id,
         mail_name=mail_in_folder(platform),
+        **webhook_of(platform, owner),
     )
+
+
+def webhook_of(platform: Platform, owner: TestUser) -> dict[str, str]:
+    """An endpoint of the owner's with a failed delivery (written as the
+    dispatcher writes it)."""
+    endpoints = platform.webhook_endpoints
+    url = endpoints.check_url("https://93.184.215.14/matrix")
+    with platform.db.write() as conn:
+        endpoint = endpoints.create(conn, owner.id, url, ["payment.failed"])
+        event = platform.webhook_events.emit(
+            conn, cause_key="matrix", user_id=owner.id, type="payment.failed", data={}
+        )
+        now = platform.clock.now()
+        conn.execute(
+            webhook_deliveries.insert().values(
+                id="wd_matrix",
+                event_id=event,
+                endpoint_id=endpoint.id,
+                url=endpoint.url,
+                status="failed",
+                attempts=1,
+                next_attempt_at=now,
+                last_status_code=500,
+                created_at=now,
+            )
+        )
+    return {"webhook_endpoint_id": endpoint.id, "webhook_delivery_id": "wd_matrix"}
 
 
 def mail_in_folder(platform: Platform) -> str:
@@ -728,6 +762,37 @@ def owner_card_set(answer: Answer) -> None:
     assert answer.body == {"user_id": answer.world.owner.id, "declines": False}
 
 
+def endpoints_of(answer: Answer) -> set[str]:
+    with answer.platform.db.read() as conn:
+        rows = conn.execute(
+            select(webhook_endpoints.c.id).where(webhook_endpoints.c.user_id == answer.me.id)
+        )
+        return {row.id for row in rows}
+
+
+def endpoint_is_callers(answer: Answer) -> None:
+    assert answer.body["id"] in endpoints_of(answer)
+    assert answer.body["secret"].startswith("whsec_")
+
+
+def lists_own_endpoints(answer: Answer) -> None:
+    assert {e["id"] for e in answer.body["data"]} == endpoints_of(answer)
+
+
+def the_endpoint(answer: Answer) -> None:
+    assert answer.body["id"] == answer.world.webhook_endpoint_id
+    assert "secret" not in answer.body
+
+
+def replayed(answer: Answer) -> None:
+    assert (answer.body["status"], answer.body["attempts"]) == ("pending", 0)
+    assert answer.body["id"] != answer.world.webhook_delivery_id
+
+
+def a_secret(answer: Answer) -> None:
+    assert answer.body["secret"].startswith("whsec_")
+
+
 def dashboard_page(answer: Answer) -> None:
     # The dashboard's pages: anonymous visitors are sent to log in (and back);
     # anybody else gets the page, about themselves.
@@ -896,6 +961,68 @@ ROWS: tuple[Row, ...] = (
         (U, 200, N, N, N),
         url="/v1/api-keys/{w.spare_key_id}",
         check=spare_key_revoked,
+    ),
+    # outbound webhooks: the caller's own endpoints; anybody else's are 404
+    Row(
+        "POST /v1/webhook-endpoints",
+        (U, 201, 201, 201, 201),
+        body={"url": "https://93.184.215.14/mine", "events": ["topup.failed"]},
+        about_caller=True,
+        check=endpoint_is_callers,
+    ),
+    Row(
+        "GET /v1/webhook-endpoints",
+        (U, 200, 200, 200, 200),
+        about_caller=True,
+        check=lists_own_endpoints,
+    ),
+    Row(
+        "GET /v1/webhook-endpoints/{endpoint_id}",
+        (U, 200, N, N, N),
+        url="/v1/webhook-endpoints/{w.webhook_endpoint_id}",
+        check=the_endpoint,
+    ),
+    Row(
+        "PATCH /v1/webhook-endpoints/{endpoint_id}",
+        (U, 200, N, N, N),
+        url="/v1/webhook-endpoints/{w.webhook_endpoint_id}",
+        body={"description": "matrix"},
+        check=the_endpoint,
+    ),
+    Row(
+        "POST /v1/webhook-endpoints/{endpoint_id}/rotate-secret",
+        (U, 200, N, N, N),
+        url="/v1/webhook-endpoints/{w.webhook_endpoint_id}/rotate-secret",
+        check=a_secret,
+    ),
+    Row(
+        "GET /v1/webhook-endpoints/{endpoint_id}/deliveries",
+        (U, 200, N, N, N),
+        url="/v1/webhook-endpoints/{w.webhook_endpoint_id}/deliveries",
+    ),
+    Row(
+        "POST /v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/replay",
+        (U, 202, N, N, N),
+        url="/v1/webhook-endpoints/{w.webhook_endpoint_id}/deliveries/{w.webhook_delivery_id}"
+        "/replay",
+        check=replayed,
+    ),
+    Row(
+        "DELETE /v1/webhook-endpoints/{endpoint_id}",
+        (U, 200, N, N, N),
+        url="/v1/webhook-endpoints/{w.webhook_endpoint_id}",
+        check=the_endpoint,
+    ),
+    # the account's own secret, made on first use (the one write of that read)
+    Row(
+        "GET /v1/webhook-secret",
+        (U, 200, 200, 200, 200),
+        about_caller=True,
+        check=a_secret,
+        counted_in="webhook_secrets",
+    ),
+    Row(
+        "POST /v1/webhook-secret/rotate", (U, 200, 200, 200, 200), about_caller=True, check=a_secret
     ),
     # password reset: public, the same answer for any address; a forged link
     Row(
@@ -1240,6 +1367,7 @@ ROWS: tuple[Row, ...] = (
             "/billing",
             "/settings",
             "/notifications",
+            "/webhooks",
             "/credits",
         )
     ),
@@ -1378,6 +1506,22 @@ SUSPENDED: dict[str, Expect] = {
     "POST /v1/api-keys": S,
     "GET /v1/api-keys": 200,
     "DELETE /v1/api-keys/{key_id} /v1/api-keys/{w.spare_key_id}": S,
+    # webhooks: read, never changed
+    "POST /v1/webhook-endpoints": S,
+    "GET /v1/webhook-endpoints": 200,
+    "GET /v1/webhook-endpoints/{endpoint_id} /v1/webhook-endpoints/{w.webhook_endpoint_id}": 200,
+    "PATCH /v1/webhook-endpoints/{endpoint_id} /v1/webhook-endpoints/{w.webhook_endpoint_id}": S,
+    "POST /v1/webhook-endpoints/{endpoint_id}/rotate-secret "
+    "/v1/webhook-endpoints/{w.webhook_endpoint_id}/rotate-secret": S,
+    "GET /v1/webhook-endpoints/{endpoint_id}/deliveries "
+    "/v1/webhook-endpoints/{w.webhook_endpoint_id}/deliveries": 200,
+    "POST /v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/replay "
+    "/v1/webhook-endpoints/{w.webhook_endpoint_id}/deliveries/{w.webhook_delivery_id}/replay": S,
+    "DELETE /v1/webhook-endpoints/{endpoint_id} /v1/webhook-endpoints/{w.webhook_endpoint_id}": S,
+    "GET /v1/webhook-secret": 200,
+    "POST /v1/webhook-secret/rotate": S,
+    "GET /webhooks": 200,
+    "GET /credits": 200,
     "POST /v1/auth/password-reset": 202,
     "POST /v1/auth/password-reset/confirm": INVALID_TOKEN,
     "GET /v1/sessions": 200,
@@ -1457,7 +1601,6 @@ SUSPENDED: dict[str, Expect] = {
     "GET /settings": 200,
     "GET /notifications": 200,
     "GET /team": 200,
-    "GET /credits": 200,
     "GET /admin": 404,
     "GET /login": 303,
     "GET /forgot-password": 200,

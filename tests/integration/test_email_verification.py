@@ -291,6 +291,7 @@ BODIES = {
     "POST /v1/credit-purchases": {"pack": "pack-1000"},
     "POST /v1/invitations/{token}/accept": {},
     "POST /v1/api-keys": {"name": "laptop"},
+    "POST /v1/webhook-endpoints": {"url": "https://93.184.215.14/hook", "events": ["topup.failed"]},
 }
 
 

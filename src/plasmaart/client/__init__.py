@@ -65,6 +65,8 @@ from plasmaart.client.models import (
     VerificationSent,
 )
 from plasmaart.client.sync_client import Client
+from plasmaart.client.webhooks import WebhookVerificationError
+from plasmaart.client.webhooks import verify as verify_webhook
 
 __all__ = [
     "AccountSettings",
@@ -123,4 +125,6 @@ __all__ = [
     "UsageRow",
     "User",
     "VerificationSent",
+    "WebhookVerificationError",
+    "verify_webhook",
 ]

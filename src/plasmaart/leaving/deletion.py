@@ -142,6 +142,7 @@ class AccountDeletion:
         self.credentials.close_all_sessions(conn, user.id)
         repo.revoke_api_keys(conn, user.id, now)
         repo.delete_secrets(conn, user.id)
+        repo.delete_webhooks(conn, user.id)
         repo.delete_address_traces(conn, user_id=user.id, email=user.email)
         generations = repo.erase_generations(conn, user.id)
         repo.delete_notifications(conn, user.id)

@@ -51,6 +51,7 @@ TABLES = (
     "payments",
     "teams",
     "api_keys",
+    "webhook_endpoints",
     "sessions",
     "notifications",
 )
@@ -220,6 +221,7 @@ payments.json/.csv  every payment: subscriptions, renewals, upgrades, credit pac
                     with the amount in cents, the credits granted and the receipt number.
 teams.json/.csv     the teams you belong to, your role and monthly cap.
 api_keys.json/.csv  your API keys: name, prefix and dates (never the secret).
+webhook_endpoints.json/.csv  your webhook endpoints: URL, events, state (never the secret).
 sessions.json/.csv  your signed-in sessions: browser, address, dates.
 notifications.json/.csv  the notices shown to you in the dashboard.
 files.csv           every output and upload file ({files} in all).

@@ -37,6 +37,11 @@ from plasmaart.db.tables import (
     teams,
     uploads,
     users,
+    webhook_attempts,
+    webhook_deliveries,
+    webhook_endpoints,
+    webhook_events,
+    webhook_secrets,
 )
 
 Value = str | int | float | bool | None
@@ -210,6 +215,24 @@ _SECTIONS: Mapping[str, _Section] = {
             for name in ("id", "name", "prefix", "created_at", "last_used_at", "revoked_at")
         ),
         api_keys.c.user_id,
+    ),
+    "webhook_endpoints": _Section(
+        webhook_endpoints,
+        webhook_endpoints.c.id,
+        tuple(
+            webhook_endpoints.c[name]
+            for name in (
+                "id",
+                "created_at",
+                "url",
+                "events",
+                "description",
+                "enabled",
+                "disabled_at",
+                "disabled_reason",
+            )
+        ),
+        webhook_endpoints.c.user_id,
     ),
     "sessions": _Section(
         sessions,
@@ -391,6 +414,22 @@ def delete_secrets(conn: Connection, user_id: str) -> None:
     """Single-use links and recovery codes (the TOTP secret is on the user row)."""
     conn.execute(delete(account_tokens).where(account_tokens.c.user_id == user_id))
     conn.execute(delete(recovery_codes).where(recovery_codes.c.user_id == user_id))
+
+
+def delete_webhooks(conn: Connection, user_id: str) -> None:
+    """The account's webhooks: its events with their deliveries and attempts,
+    its endpoints (and any delivery left to them) and its own secret."""
+    events = select(webhook_events.c.id).where(webhook_events.c.user_id == user_id)
+    endpoints = select(webhook_endpoints.c.id).where(webhook_endpoints.c.user_id == user_id)
+    mine = or_(
+        webhook_deliveries.c.event_id.in_(events), webhook_deliveries.c.endpoint_id.in_(endpoints)
+    )
+    deliveries = select(webhook_deliveries.c.id).where(mine)
+    conn.execute(delete(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(deliveries)))
+    conn.execute(delete(webhook_deliveries).where(mine))
+    conn.execute(delete(webhook_events).where(webhook_events.c.user_id == user_id))
+    conn.execute(delete(webhook_endpoints).where(webhook_endpoints.c.user_id == user_id))
+    conn.execute(delete(webhook_secrets).where(webhook_secrets.c.user_id == user_id))
 
 
 def delete_address_traces(conn: Connection, *, user_id: str, email: str) -> None:

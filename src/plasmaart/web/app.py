@@ -30,6 +30,7 @@ from plasmaart.web.api import (
     stripe_billing,
     teams,
     two_factor,
+    webhooks,
 )
 from plasmaart.web.edge import Edge
 from plasmaart.web.metrics import HttpMetrics
@@ -59,6 +60,7 @@ ROUTERS = (
     passwords,
     leaving,
     balance_alerts,
+    webhooks,
 )
 
 

@@ -71,6 +71,9 @@ VERIFIED_ONLY = frozenset(
         "POST /v1/credit-purchases",
         "POST /v1/invitations/{token}/accept",
         "POST /v1/api-keys",
+        # Webhooks send data to an address the account names (an account
+        # without endpoints has none to change or replay to).
+        "POST /v1/webhook-endpoints",
     }
 )
 

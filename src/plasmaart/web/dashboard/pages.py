@@ -37,7 +37,7 @@ from plasmaart.generation.runner import EXTENSIONS
 from plasmaart.generation.service import Output
 from plasmaart.platform import Platform
 from plasmaart.web.auth import Principal, authenticate
-from plasmaart.web.dashboard import credits_page, views
+from plasmaart.web.dashboard import credits_page, views, webhooks_page
 from plasmaart.web.deps import PlatformDep
 from plasmaart.web.problems import http_problem
 
@@ -293,6 +293,7 @@ PLAIN_PAGES: tuple[tuple[str, PageSpec, View], ...] = (
     ("/billing", PageSpec("billing.html", "billing", "Plan & billing"), views.billing),
     ("/team", PageSpec("team.html", "team", "Team"), views.team),
     ("/credits", PageSpec("credits.html", "credits", "Credits"), credits_page.credits),
+    ("/webhooks", PageSpec("webhooks.html", "webhooks", "Webhooks"), webhooks_page.webhooks),
 )
 GENERATIONS = PageSpec("generations.html", "generations", "Generations")
 USAGE = PageSpec("usage.html", "usage", "Usage")
