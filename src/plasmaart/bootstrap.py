@@ -35,6 +35,7 @@ from plasmaart.generation.service import GenerationService
 from plasmaart.generation.submission import SubmissionService
 from plasmaart.generation.uploads import UploadService
 from plasmaart.generation.wakeups import PollWakeups
+from plasmaart.generation.webhook_events import GenerationWebhooks, signed_output_url
 from plasmaart.leaving.deletion import AccountDeletion
 from plasmaart.leaving.export import AccountExport
 from plasmaart.ledger.balance_events import BalanceEvents
@@ -131,6 +132,7 @@ def bootstrap(
         outbox=outbox,
         links=links,
         caches=caches,
+        webhook_events=webhook_events,
     )
     teams = TeamService(
         clock,
@@ -150,6 +152,11 @@ def bootstrap(
         teams,
         settings.provider,
         listeners=[GenerationEvents(events, db, teams)],
+        webhooks=GenerationWebhooks(
+            webhook_events,
+            signed_output_url(links, clock, lambda: signing_secret(settings)),
+            allow_private=settings.webhooks_allow_private,
+        ),
     )
     credentials = CredentialService(clock)
     # Codes are checked against wall time, never the sandbox test clock.
