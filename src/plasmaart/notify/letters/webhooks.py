@@ -19,10 +19,10 @@ def endpoint_disabled(fact: EndpointDisabled) -> Text:
         "deliveries that were still being retried were stopped.\n\n"
         f"The last attempt failed with: {fact.last_error}\n\n"
         "Check that the address is right and that your server answers our POST "
-        "requests with a 2xx status within 10 seconds. The delivery log of each "
-        "endpoint shows every attempt, and you can send any delivery again from it:\n\n"
-        f"{fact.manage_url}\n\n"
-        "To receive events again, add the endpoint anew once your server is ready.",
+        "requests with a 2xx status within 10 seconds. The endpoint's delivery log "
+        "shows every attempt. Once your server is ready, enable the endpoint again "
+        "on the Webhooks page, and send again from its log the deliveries you missed:\n\n"
+        f"{fact.manage_url}",
     )
 
 
