@@ -44,6 +44,7 @@ from plasmaart.ids import new_id
 from plasmaart.platform import Platform
 from plasmaart.webhooks.dispatcher import (
     FAILING_FOR,
+    LEASE,
     MAX_ATTEMPTS,
     RETRY_SCHEDULE,
     WebhookDispatcher,
@@ -857,3 +858,136 @@ def test_payments_nobody_listens_to_write_no_event(platform: Platform, client: T
     again = client.post("/v1/credit-purchases", json={"pack": "pack-1000"}, headers=ana.auth)
     assert again.status_code == 201
     assert count(platform, webhook_events) == 1
+
+
+def test_a_lease_left_by_a_dead_worker_is_taken_again(
+    platform: Platform, receiver: Receiver, clock: ManualClock
+) -> None:
+    ana = make_user(platform, "ana@example.com")
+    _, secret = add_endpoint(platform, ana.id, receiver.url, ["generation.succeeded"])
+    event_id = emit(platform, ana.id)
+    dead = dispatcher(platform)
+    dead.fan_out()
+    [claimed] = dead.claim("dead-worker")
+    # While the lease lasts nobody else takes it.
+    assert dispatcher(platform).run("other").claimed == 0
+    clock.advance(LEASE)
+    assert dispatcher(platform).run("other").succeeded == 1
+    # The dead worker's late attempt finds its lease gone: it changes nothing.
+    assert dead.attempt(claimed, "dead-worker")[0] == "lost"
+    [delivery] = deliveries(platform, event_id)
+    assert (delivery.status, delivery.attempts) == ("succeeded", 2)
+    assert [r.headers["webhook-id"] for r in receiver.received] == [event_id, event_id]
+    assert all(verify(secret, r) == [True] for r in receiver.received)
+
+
+def test_a_retry_goes_to_the_endpoint_url_as_it_is_now(
+    platform: Platform, receiver: Receiver, clock: ManualClock
+) -> None:
+    ana = make_user(platform, "ana@example.com")
+    hook, _ = add_endpoint(platform, ana.id, f"{receiver.url}/old", ["generation.succeeded"])
+    receiver.answers = [500]
+    emit(platform, ana.id)
+    dispatcher(platform).run(WORKER)
+    with platform.db.write() as conn:
+        conn.execute(
+            update(webhook_endpoints)
+            .where(webhook_endpoints.c.id == hook)
+            .values(url=f"{receiver.url}/new")
+        )
+    clock.advance(RETRY_SCHEDULE[0])
+    assert dispatcher(platform).run(WORKER).succeeded == 1
+    assert [r.path for r in receiver.received] == ["/old", "/new"]
+
+
+def test_an_endpoint_deleted_during_an_attempt_is_left_alone(
+    platform: Platform, receiver: Receiver
+) -> None:
+    ana = make_user(platform, "ana@example.com")
+    hook, _ = add_endpoint(platform, ana.id, receiver.url, ["generation.succeeded"])
+    emit(platform, ana.id)
+    run = dispatcher(platform)
+    run.fan_out()
+    [claimed] = run.claim(WORKER)
+    # Deleted with its log, as the endpoints API deletes it.
+    with platform.db.write() as conn:
+        conn.execute(webhook_deliveries.delete().where(webhook_deliveries.c.endpoint_id == hook))
+        conn.execute(webhook_endpoints.delete().where(webhook_endpoints.c.id == hook))
+    assert run.attempt(claimed, WORKER)[0] == "lost"
+    assert count(platform, webhook_attempts) == 0
+    assert count(platform, webhook_deliveries) == 0
+
+
+def test_an_endpoint_disabled_by_its_owner_gets_nothing_more(
+    platform: Platform, receiver: Receiver, clock: ManualClock
+) -> None:
+    ana = make_user(platform, "ana@example.com")
+    hook, _ = add_endpoint(platform, ana.id, receiver.url, ["generation.succeeded"])
+    receiver.answers = [500]
+    event_id = emit(platform, ana.id)
+    dispatcher(platform).run(WORKER)
+    with platform.db.write() as conn:
+        conn.execute(
+            update(webhook_endpoints)
+            .where(webhook_endpoints.c.id == hook)
+            .values(enabled=False, disabled_reason="disabled by you")
+        )
+    clock.advance(RETRY_SCHEDULE[0])
+    assert dispatcher(platform).run(WORKER).failed == 1
+    [delivery] = deliveries(platform, event_id)
+    assert (delivery.status, delivery.last_error) == ("failed", "the endpoint is disabled")
+    assert len(receiver.received) == 1
+    assert len(attempts(platform, delivery.id)) == 1
+
+
+def test_a_suspension_cancels_queued_jobs_with_their_events(
+    platform: Platform, client: TestClient, receiver: Receiver
+) -> None:
+    ana = make_user(platform, "ana@example.com", plan="studio")
+    add_endpoint(platform, ana.id, receiver.url, ["generation.canceled"])
+    queued = submit(client, ana, webhook_url=f"{receiver.url}/job").json()
+    with platform.db.write() as conn:
+        platform.suspensions.suspend(conn, ana.id, actor="cli", reason="testing")
+    assert webhook_delivery(platform).run(WORKER).succeeded == 2
+    assert sorted(r.path for r in receiver.received) == ["/", "/job"]
+    for got in receiver.received:
+        assert got.event["type"] == "generation.canceled"
+        assert got.event["data"]["id"] == queued["id"]
+        assert got.event["data"]["error"]["code"] == "account_suspended"
+    assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
+
+
+def test_a_hanging_endpoint_holds_up_no_other(
+    platform: Platform, receiver: Receiver, clock: ManualClock
+) -> None:
+    """A pass claims at most PER_DESTINATION deliveries of one endpoint: a
+    receiver that hangs holds two of the pass's threads, and the other
+    endpoint's deliveries go on in the others."""
+    ana = make_user(platform, "ana@example.com")
+    add_endpoint(platform, ana.id, f"{receiver.url}/slow", ["generation.succeeded"])
+    fast, _ = add_endpoint(platform, ana.id, f"{receiver.url}/fast", ["generation.succeeded"])
+    for _ in range(6):
+        emit(platform, ana.id)
+
+    def respond(method: str, target: str, headers: Mapping[str, str], body: bytes) -> Answer:
+        with receiver.lock:
+            receiver.received.append(Received(method, target, dict(headers), body))
+        if target == "/slow":
+            time.sleep(HANG_S)
+        return 200, {}, {}
+
+    receiver.respond = respond  # type: ignore[method-assign]
+    result = dispatcher(platform).run(WORKER, limit=8)
+    assert result.claimed == 4  # 2 of the slow endpoint's, 2 of the fast one's
+    assert (result.succeeded, result.retrying) == (2, 2)
+    fast_done = [
+        d for d in deliveries(platform) if d.endpoint_id == fast and d.status == "succeeded"
+    ]
+    assert len(fast_done) == 2
+    # The next passes deliver the rest of the fast endpoint's.
+    for _ in range(3):
+        dispatcher(platform).run(WORKER, limit=8)
+    fast_done = [
+        d for d in deliveries(platform) if d.endpoint_id == fast and d.status == "succeeded"
+    ]
+    assert len(fast_done) == 6

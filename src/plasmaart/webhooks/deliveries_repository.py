@@ -146,11 +146,23 @@ def _unleased(now: datetime) -> Any:
     )
 
 
-def due_delivery_ids(conn: Connection, now: datetime, *, limit: int) -> list[str]:
+@dataclass(frozen=True)
+class Due:
+    id: str
+    # Where it goes: its endpoint, or its URL when it has none.
+    destination: str
+
+
+def due_deliveries(conn: Connection, now: datetime, *, limit: int) -> list[Due]:
     """Pending deliveries due by ``now`` and not leased by a live worker,
     the longest waiting first (locked rows skipped on PostgreSQL)."""
     query = (
-        select(webhook_deliveries.c.id)
+        select(
+            webhook_deliveries.c.id,
+            func.coalesce(webhook_deliveries.c.endpoint_id, webhook_deliveries.c.url).label(
+                "destination"
+            ),
+        )
         .where(
             webhook_deliveries.c.status == "pending",
             webhook_deliveries.c.next_attempt_at <= now,
@@ -161,7 +173,7 @@ def due_delivery_ids(conn: Connection, now: datetime, *, limit: int) -> list[str
     )
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    return [row.id for row in conn.execute(query)]
+    return [Due(row.id, row.destination) for row in conn.execute(query)]
 
 
 def take_delivery(

@@ -84,6 +84,9 @@ LEASE = timedelta(minutes=2)
 # slow endpoint holds one thread, the others go on.
 BATCH = 32
 CONCURRENCY = 8
+# Deliveries to one endpoint (or URL) one pass claims at most: a receiver that
+# hangs holds that many threads for a pass, the others deliver.
+PER_DESTINATION = 2
 # Events one pass fans out.
 FAN_OUT_BATCH = 100
 STOPPED = "the endpoint is disabled"
@@ -202,12 +205,18 @@ class WebhookDispatcher:
     # -- claims and attempts ----------------------------------------------------------
 
     def claim(self, worker_id: str, *, limit: int = BATCH) -> list[Claimed]:
-        """Lease up to ``limit`` due deliveries, with the secrets that sign them."""
+        """Lease up to ``limit`` due deliveries, at most ``PER_DESTINATION``
+        to any one endpoint or URL, with the secrets that sign them."""
         claimed: list[Claimed] = []
+        per_destination: dict[str, int] = {}
         with self.db.write() as conn:
             now = self.clock.now()
-            for delivery_id in repo.due_delivery_ids(conn, now, limit=limit):
-                delivery = repo.take_delivery(conn, delivery_id, worker_id, now=now, lease=LEASE)
+            for due in repo.due_deliveries(conn, now, limit=limit * PER_DESTINATION):
+                if len(claimed) >= limit:
+                    break
+                if per_destination.get(due.destination, 0) >= PER_DESTINATION:
+                    continue
+                delivery = repo.take_delivery(conn, due.id, worker_id, now=now, lease=LEASE)
                 if delivery is None:
                     continue
                 if delivery.endpoint_id is None:
@@ -217,6 +226,7 @@ class WebhookDispatcher:
                 else:
                     secrets = _endpoint_secrets(delivery, now)
                 claimed.append(Claimed(delivery, delivery.url, secrets))
+                per_destination[due.destination] = per_destination.get(due.destination, 0) + 1
         return claimed
 
     def attempt(self, claimed: Claimed, worker_id: str) -> tuple[str, str | None]:
