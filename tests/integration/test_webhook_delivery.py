@@ -14,11 +14,13 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +44,7 @@ from plasmaart.db.tables import (
 )
 from plasmaart.ids import new_id
 from plasmaart.platform import Platform
+from plasmaart.webhooks import transport
 from plasmaart.webhooks.dispatcher import (
     FAILING_FOR,
     LEASE,
@@ -92,6 +95,11 @@ class Receiver(HttpFake):
         self.lock = threading.Lock()
         self.in_flight: set[str] = set()
         self.overlaps = 0
+
+    def wrap(self, context: ssl.SSLContext) -> None:
+        """Serve https with ``context`` (before the server starts)."""
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.url = self.url.replace("http://", "https://")
 
     def respond(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Answer:
         with self.lock:
@@ -991,3 +999,83 @@ def test_a_hanging_endpoint_holds_up_no_other(
         d for d in deliveries(platform) if d.endpoint_id == fast and d.status == "succeeded"
     ]
     assert len(fast_done) == 6
+
+
+def self_signed(host: str, directory: Path) -> tuple[Path, Path]:
+    """A certificate for ``host`` and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize(
+    ("certified", "succeeds"), [("hooks.example.test", True), ("other.example.test", False)]
+)
+def test_https_to_a_pinned_address_names_the_host(
+    platform: Platform, tmp_path: Path, certified: str, succeeds: bool
+) -> None:
+    """Over https the connection goes to the checked address, while the TLS
+    server name (SNI) and the certificate's check are the URL's host's: a
+    certificate for another name is refused."""
+    cert, key = self_signed(certified, tmp_path)
+    names: list[str | None] = []
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+
+    def heard(_sock: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> None:
+        names.append(name)
+
+    server_context.sni_callback = heard  # type: ignore[assignment]
+    client_context = ssl.create_default_context(cafile=str(cert))
+    ana = make_user(platform, "ana@example.com")
+    receiver = Receiver()
+    receiver.wrap(server_context)
+    with receiver:
+        port = urlsplit(receiver.url).port
+        url = f"https://hooks.example.test:{port}/tls"
+        _, secret = add_endpoint(platform, ana.id, url, ["generation.succeeded"])
+        emit(platform, ana.id)
+        run = dispatcher(
+            platform,
+            resolve=lambda _url: [ipaddress.IPv4Address("127.0.0.1")],
+            post=partial(transport.post, ssl_context=client_context),
+        )
+        result = run.run(WORKER)
+    assert names == ["hooks.example.test"]
+    if succeeds:
+        assert result.succeeded == 1
+        [got] = receiver.received
+        assert got.headers["host"] == f"hooks.example.test:{port}"
+        assert verify(secret, got) == [True]
+    else:
+        assert result.retrying == 1
+        assert receiver.received == []
+        [delivery] = deliveries(platform)
+        assert "certificate" in delivery.last_error.lower()
