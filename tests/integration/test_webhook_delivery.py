@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, insert, select, update
 
 from plasmaart.billing.sandbox import SandboxBackend
 from plasmaart.billing.tasks import run_billing_clock
+from plasmaart.client import Client
 from plasmaart.clock import ManualClock
 from plasmaart.db.tables import (
     generations,
@@ -55,6 +57,8 @@ from plasmaart.webhooks.dispatcher import (
 from plasmaart.worker import Worker, outbox_delivery, webhook_delivery
 from tests.support.accounts import TestUser, make_user
 from tests.support.http_fake import Answer, HttpFake
+from tests.support.live_server import WAIT_S, live_server
+from tests.support.pgserver import free_port
 from tests.support.platforms import api_client, running_platform, settings_for
 
 WORKER = "test-worker"
@@ -1079,3 +1083,56 @@ def test_https_to_a_pinned_address_names_the_host(
         assert receiver.received == []
         [delivery] = deliveries(platform)
         assert "certificate" in delivery.last_error.lower()
+
+
+def test_the_python_client_asks_for_a_webhook_and_the_worker_delivers_it(
+    database_url: str, clock: ManualClock, tmp_path: Path, receiver: Receiver
+) -> None:
+    """Over real HTTP: the client submits with ``webhook_url``, the worker
+    (its job slots and its webhook loop) runs the job and POSTs the event,
+    and the receiver downloads an output from the link in it."""
+    port = free_port()
+    settings = settings_for(
+        database_url,
+        tmp_path / "var",
+        webhooks_allow_private=True,
+        public_url=f"http://127.0.0.1:{port}",
+    )
+    with running_platform(settings, clock) as live:
+        ana = make_user(live, "ana@example.com", plan="studio")
+        worker = Worker(live, concurrency=2)
+        thread = worker.start_thread()
+        try:
+            with (
+                live_server(live, port=port) as base_url,
+                Client(base_url, ana.api_key, timeout=WAIT_S, backoff=0.05) as client,
+            ):
+                done = client.generate(
+                    "flux-schnell",
+                    "a red fox in snow",
+                    params=AT_ONCE,
+                    webhook_url=f"{receiver.url}/client",
+                    timeout=30,
+                )
+                assert done.status == "succeeded"
+                deadline = time.monotonic() + 15
+                while not receiver.received and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                [got] = receiver.received
+                event = got.event
+                assert event["type"] == "generation.succeeded"
+                assert event["data"]["id"] == done.id
+                with live.db.read() as conn:
+                    secret = conn.execute(
+                        select(webhook_secrets.c.secret).where(webhook_secrets.c.user_id == ana.id)
+                    ).scalar_one()
+                assert verify(secret, got) == [True]
+                link = event["data"]["outputs"][0]["url"]
+                assert link.startswith(f"http://127.0.0.1:{port}/v1/outputs/")
+                fetched = httpx.get(link, timeout=WAIT_S)  # no credentials
+                assert fetched.status_code == 200
+                assert fetched.content[:8] == b"\x89PNG\r\n\x1a\n"
+        finally:
+            worker.stop()
+            thread.join(timeout=30)
+        assert not thread.is_alive()
