@@ -60,6 +60,7 @@ from tests.support.http_fake import Answer, HttpFake
 from tests.support.live_server import WAIT_S, live_server
 from tests.support.pgserver import free_port
 from tests.support.platforms import api_client, running_platform, settings_for
+from tests.support.statements import Counts, StatementCounter
 
 WORKER = "test-worker"
 AT_ONCE = {"sandbox": {"delay_s": 0}}
@@ -1136,3 +1137,33 @@ def test_the_python_client_asks_for_a_webhook_and_the_worker_delivers_it(
             worker.stop()
             thread.join(timeout=30)
         assert not thread.is_alive()
+
+
+def test_the_end_of_a_job_gains_one_insert_only_when_someone_listens(
+    platform: Platform, client: TestClient
+) -> None:
+    """The statement budget of a job (tests/integration/test_statement_budgets.py)
+    holds without listeners; with a subscribed endpoint, or a webhook_url, the
+    job's end sends exactly one statement more (the event's INSERT), in the
+    same transactions."""
+    ana = make_user(platform, "ana@example.com", plan="studio")
+    worker = Worker(platform, concurrency=4)
+    worker.runner.sleep = lambda _seconds: None
+
+    def one_job(**body: Any) -> Counts:
+        assert submit(client, ana, **body).status_code == 201
+        claimed = worker.claim()
+        assert claimed is not None
+        with StatementCounter(platform.db.engine) as counts:
+            worker.runner.run(claimed)
+        return counts
+
+    one_job()  # warm-up
+    quiet = one_job()
+    with_url = one_job(webhook_url="http://127.0.0.1:9/hook")
+    add_endpoint(platform, ana.id, "http://127.0.0.1:9/", ["generation.succeeded"])
+    with_endpoint = one_job()
+    for heard in (with_url, with_endpoint):
+        assert (heard.transactions, heard.writes) == (quiet.transactions, quiet.writes)
+        assert heard.statements == quiet.statements + 1, heard.listing()
+    assert count(platform, webhook_events) == 2
