@@ -81,11 +81,12 @@ def webhook_delivery(platform: Platform) -> WebhookDispatcher:
     """The webhook dispatcher, as the worker runs it (tests run passes with it too)."""
     return WebhookDispatcher(
         platform.db,
-        # Real time: receivers check webhook-timestamp against their clocks.
-        platform.job_clock,
+        platform.clock,
         platform.outbox,
         platform.links,
         allow_private=platform.settings.webhooks_allow_private,
+        # Real time for webhook-timestamp: receivers check it against their clocks.
+        wall_clock=platform.job_clock,
     )
 
 

@@ -178,9 +178,10 @@ def dispatcher(platform: Platform, **options: Any) -> WebhookDispatcher:
     }
     return WebhookDispatcher(
         platform.db,
-        platform.job_clock,
+        platform.clock,
         platform.outbox,
         platform.links,
+        wall_clock=platform.job_clock,
         **{**defaults, **options},
     )
 
@@ -1167,3 +1168,26 @@ def test_the_end_of_a_job_gains_one_insert_only_when_someone_listens(
         assert (heard.transactions, heard.writes) == (quiet.transactions, quiet.writes)
         assert heard.statements == quiet.statements + 1, heard.listing()
     assert count(platform, webhook_events) == 2
+
+
+def test_the_sandbox_test_clock_moves_schedules_not_the_signed_timestamp(
+    platform: Platform, receiver: Receiver, clock: ManualClock
+) -> None:
+    """Under sandbox billing the platform runs on the test clock (moved by
+    /v1/admin/clock/advance): a retry falls due by it, as a replay or a
+    rotation's overlap does, but webhook-timestamp stays real time, which
+    receivers check against theirs."""
+    ana = make_user(platform, "ana@example.com")
+    _, secret = add_endpoint(platform, ana.id, receiver.url, ["generation.succeeded"])
+    receiver.answers = [500]
+    emit(platform, ana.id)
+    run = webhook_delivery(platform)
+    assert run.run(WORKER).retrying == 1
+    test_clock = platform.billing.test_clock
+    assert test_clock is not None
+    with platform.db.write() as conn:
+        test_clock.advance(conn, timedelta(days=1))
+    assert run.run(WORKER).succeeded == 1
+    stamps = [int(r.headers["webhook-timestamp"]) for r in receiver.received]
+    assert stamps == [int(clock.now().timestamp())] * 2
+    assert all(verify(secret, r) == [True] for r in receiver.received)

@@ -143,11 +143,16 @@ class WebhookDispatcher:
         connect_timeout_s: float = transport.CONNECT_TIMEOUT_S,
         read_timeout_s: float = transport.READ_TIMEOUT_S,
         concurrency: int = CONCURRENCY,
+        wall_clock: Clock | None = None,
     ) -> None:
         self.db = db
-        # Real time (the platform's job clock): receivers check
-        # ``webhook-timestamp`` against theirs.
+        # The platform's clock, as the endpoints API's (a replay is due at
+        # its "now", a rotation's overlap ends by it): schedules, leases,
+        # the endpoints' health.
         self.clock = clock
+        # Real time for ``webhook-timestamp``, which receivers check against
+        # theirs (the sandbox's test clock may be days ahead).
+        self.wall_clock = wall_clock or clock
         self.outbox = outbox
         self.links = links
         self.resolve: Resolver = resolve or partial(check_destination, allow_private=allow_private)
@@ -237,15 +242,14 @@ class WebhookDispatcher:
         if delivery.endpoint_id is not None and not delivery.endpoint_enabled:
             return self._stop(delivery, worker_id), None
         attempted_at = self.clock.now()
+        sent_at = int(self.wall_clock.now().timestamp())
         try:
             addresses = self.resolve(claimed.url)
         except UnsafeUrl as refused:
             outcome = Outcome(None, f"address refused: {refused}", 0)
         else:
             body = delivery.payload.encode()
-            headers = signing.headers(
-                list(claimed.secrets), delivery.event_id, int(attempted_at.timestamp()), body
-            )
+            headers = signing.headers(list(claimed.secrets), delivery.event_id, sent_at, body)
             outcome = self.post(
                 claimed.url,
                 addresses,

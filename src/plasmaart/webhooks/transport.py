@@ -31,6 +31,9 @@ READ_TIMEOUT_S = 10.0
 # Of the answer only its status matters; this much of its body is read.
 MAX_RESPONSE_BYTES = 64 * 1024
 USER_AGENT = "PlasmaArt-Webhooks/1"
+# The checked addresses an attempt tries, in order, at most (each may take
+# the connect timeout: an attempt stays well inside its lease).
+MAX_ADDRESSES = 4
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class PinnedBackend(httpcore.NetworkBackend):
     def __init__(self, addresses: Sequence[Address]) -> None:
         if not addresses:
             raise ValueError("a pinned connection needs an address")
-        self.addresses = tuple(addresses)
+        self.addresses = tuple(addresses)[:MAX_ADDRESSES]
         self._inner = httpcore.SyncBackend()
 
     def connect_tcp(
