@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import socket
 import ssl
 import threading
 import time
@@ -1191,3 +1192,44 @@ def test_the_sandbox_test_clock_moves_schedules_not_the_signed_timestamp(
     stamps = [int(r.headers["webhook-timestamp"]) for r in receiver.received]
     assert stamps == [int(clock.now().timestamp())] * 2
     assert all(verify(secret, r) == [True] for r in receiver.received)
+
+
+def test_an_endless_answer_is_not_read(platform: Platform) -> None:
+    """Of an answer only its status counts: a 2xx whose body never ends
+    succeeds, and the connection is dropped after the first 64 KiB (the
+    server sees it closed long before it could write 256 MiB)."""
+    ana = make_user(platform, "ana@example.com")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    written: list[int] = []
+    chunk = b"x" * 65536
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        sent = 0
+        with connection:
+            connection.settimeout(10)
+            connection.recv(65536)  # the request (small)
+            try:
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+                while sent < 256 * 1024 * 1024:
+                    connection.sendall(chunk)
+                    sent += len(chunk)
+            except OSError:
+                pass
+        written.append(sent)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    add_endpoint(platform, ana.id, f"http://127.0.0.1:{port}/", ["generation.succeeded"])
+    emit(platform, ana.id)
+    try:
+        assert dispatcher(platform).run(WORKER).succeeded == 1
+        thread.join(timeout=20)
+    finally:
+        listener.close()
+    assert not thread.is_alive()
+    assert written[0] < 256 * 1024 * 1024
+    [delivery] = deliveries(platform)
+    [attempt] = attempts(platform, delivery.id)
+    assert (attempt.status_code, attempt.error) == (200, None)

@@ -151,6 +151,8 @@ def post(
         error = None if status is not None else f"{type(exc).__name__}: {exc}"[:500]
     except httpcore.UnsupportedProtocol as exc:  # pragma: no cover - the URL was checked
         error = f"unsupported URL: {exc}"
+    except Exception as exc:  # what the receiver sent must never end the pass
+        error = None if status is not None else f"{type(exc).__name__}: {exc}"[:500]
     finally:
         pool.close()
     duration_ms = int((time.monotonic() - started) * 1000)
