@@ -36,6 +36,7 @@ from plasmaart.generation.service import GenerationService
 from plasmaart.generation.submission import SubmissionService
 from plasmaart.generation.uploads import UploadService
 from plasmaart.generation.wakeups import PollWakeups
+from plasmaart.generation.webhook_events import GenerationWebhooks, signed_output_url
 from plasmaart.leaving.deletion import AccountDeletion
 from plasmaart.leaving.export import AccountExport
 from plasmaart.ledger.balance_events import BalanceEvents
@@ -133,6 +134,7 @@ def bootstrap(
         outbox=outbox,
         links=links,
         caches=caches,
+        webhook_events=webhook_events,
     )
     # The owner's balance alerts (controls/alerts.py): a source of the balance watch.
     balance_alerts = BalanceAlerts(
@@ -163,6 +165,11 @@ def bootstrap(
         teams,
         settings.provider,
         listeners=[GenerationEvents(events, db, teams)],
+        webhooks=GenerationWebhooks(
+            webhook_events,
+            signed_output_url(links, clock, lambda: signing_secret(settings)),
+            allow_private=settings.webhooks_allow_private,
+        ),
     )
     credentials = CredentialService(clock)
     # Codes are checked against wall time, never the sandbox test clock.

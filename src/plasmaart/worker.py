@@ -30,10 +30,13 @@ from plasmaart.notify.delivery import DeliveryResult, OutboxDelivery
 from plasmaart.notify.email import sender_of
 from plasmaart.notify.notices import queue_expiry_notices, queue_low_balance_notices
 from plasmaart.platform import Platform
+from plasmaart.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 # How long an idle worker waits before looking at the queue again.
 CLAIM_IDLE_S = 0.2
+# How long the webhook loop waits when a pass found nothing to do.
+WEBHOOK_IDLE_S = 1.0
 # How often (in ticks of the billing clock) the worker looks for files of
 # deleted accounts left in storage by a crash.
 SWEEP_EVERY_TICKS = 60
@@ -75,6 +78,19 @@ def outbox_delivery(platform: Platform) -> OutboxDelivery:
         platform.mailer,
         sender=sender_of(platform.settings),
         support_email=platform.settings.support_email,
+    )
+
+
+def webhook_delivery(platform: Platform) -> WebhookDispatcher:
+    """The webhook dispatcher, as the worker runs it (tests run passes with it too)."""
+    return WebhookDispatcher(
+        platform.db,
+        platform.clock,
+        platform.outbox,
+        platform.links,
+        allow_private=platform.settings.webhooks_allow_private,
+        # Real time for webhook-timestamp: receivers check it against their clocks.
+        wall_clock=platform.job_clock,
     )
 
 
@@ -196,6 +212,24 @@ class Worker:
             platform.account_deletion.remove_files(platform.db)
         self.ticks += 1
 
+    def run_webhooks(self) -> None:
+        """The webhook loop, in a thread of its own beside the jobs and the
+        clock: a pass fans new events out and attempts due deliveries (a
+        slow receiver delays no job and no tick); idle passes wait
+        ``WEBHOOK_IDLE_S``."""
+        dispatcher = webhook_delivery(self.platform)
+        while not self.stop_event.is_set():
+            busy = False
+            try:
+                result = dispatcher.run(self.id)
+                busy = result.busy
+                if result.claimed:
+                    log.info("webhooks: %s", result)
+            except Exception:
+                log.exception("webhook delivery pass failed")
+            if not busy:
+                self.stop_event.wait(WEBHOOK_IDLE_S)
+
     def run(self) -> None:
         interval = self.platform.settings.clock_interval_s
         log.info(
@@ -210,6 +244,10 @@ class Worker:
         # process, whose events stay there).
         claimable = self.platform.wakeups.claimable
         self.platform.wakeups.start()
+        webhooks = threading.Thread(
+            target=self.run_webhooks, name="plasmaart-webhooks", daemon=True
+        )
+        webhooks.start()
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="plasmaart-job") as pool:
             while not self.stop_event.is_set():
                 if time.monotonic() >= next_tick:
@@ -235,6 +273,7 @@ class Worker:
                 claimable.wait(CLAIM_IDLE_S)
             # Leaving the with-block waits for running jobs, which stop at
             # their next poll and stay leased for whoever resumes them.
+        webhooks.join()
         self.runner.close()
         log.info("worker stopped")
 

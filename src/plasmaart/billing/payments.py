@@ -1,5 +1,6 @@
-"""Payments: recording each one (numbering its receipt, ``receipts.py``, and
-telling the payment listeners, ``hooks.py``), and the customer's payment
+"""Payments: recording each one (numbering its receipt, ``receipts.py``,
+telling the payment listeners, ``hooks.py``, and the payer's webhooks,
+``payment.succeeded`` / ``payment.failed``), and the customer's payment
 history. Every payment is written by the use case that moved the money
 (``subscriptions.py``, ``packs.py``), in its transaction."""
 
@@ -11,16 +12,25 @@ from sqlalchemy import Connection
 
 from plasmaart.billing import repository as repo
 from plasmaart.billing.hooks import BillingHooks
-from plasmaart.billing.receipts import ReceiptService
+from plasmaart.billing.receipts import ReceiptService, receipt_label
 from plasmaart.billing.repository import Payment, PaymentKind
 from plasmaart.catalog import CreditPack, PlanSpec
 from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.clock import Clock
+from plasmaart.db.values import WebhookEventType
+from plasmaart.eventbus import iso_utc
+from plasmaart.outbox.webhooks import WebhookEvents
 
 
 class PaymentService:
     def __init__(
-        self, clock: Clock, catalogs: Catalogs, hooks: BillingHooks, receipts: ReceiptService
+        self,
+        clock: Clock,
+        catalogs: Catalogs,
+        hooks: BillingHooks,
+        receipts: ReceiptService,
+        *,
+        webhook_events: WebhookEvents | None = None,
     ) -> None:
         self.clock = clock
         self.catalogs = catalogs
@@ -28,6 +38,8 @@ class PaymentService:
         self.hooks = hooks
         # Numbers every succeeded payment and queues its receipt (receipts.py).
         self.receipts = receipts
+        # Tells the payer's webhook endpoints of each payment (docs/webhooks.md).
+        self.webhook_events = webhook_events
 
     def history(
         self, conn: Connection, user_id: str, *, limit: int, before: str | None = None
@@ -88,4 +100,45 @@ class PaymentService:
         if payment.status == "succeeded":
             payment = self.receipts.issue(conn, payment, plan=plan)
         self.hooks.payment_recorded(conn, payment)
+        self._tell_webhooks(conn, payment)
         return payment
+
+    def _tell_webhooks(self, conn: Connection, payment: Payment) -> None:
+        """``payment.succeeded`` or ``payment.failed``, once per payment, for
+        the payer's endpoints subscribed to it (none: nothing is written)."""
+        events = self.webhook_events
+        if events is None:
+            return
+        event: WebhookEventType = (
+            "payment.succeeded" if payment.status == "succeeded" else "payment.failed"
+        )
+        if not events.wanted(conn, payment.user_id, event):
+            return
+        events.emit(
+            conn,
+            cause_key=f"payment:{payment.id}",
+            user_id=payment.user_id,
+            type=event,
+            data=payment_data(payment),
+        )
+
+
+def payment_data(payment: Payment) -> dict[str, object]:
+    """A payment as its webhook event carries it (``GET /v1/payments`` shows
+    the same facts)."""
+    number = payment.receipt_number if payment.status == "succeeded" else None
+    return {
+        "id": payment.id,
+        "kind": payment.kind,
+        "status": payment.status,
+        "amount_cents": payment.amount_cents,
+        "currency": payment.currency,
+        "credits": payment.credits,
+        "plan": payment.plan_id,
+        "pack": payment.pack_id,
+        "period_start": None if payment.period_start is None else iso_utc(payment.period_start),
+        "period_end": None if payment.period_end is None else iso_utc(payment.period_end),
+        "failure_reason": payment.failure_reason,
+        "receipt_number": None if number is None else receipt_label(number),
+        "created_at": iso_utc(payment.created_at),
+    }

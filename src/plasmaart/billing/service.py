@@ -38,6 +38,7 @@ from plasmaart.clock import Clock
 from plasmaart.ledger.service import LedgerService
 from plasmaart.links import Links
 from plasmaart.outbox import Outbox
+from plasmaart.outbox.webhooks import WebhookEvents
 
 
 class BillingService:
@@ -55,6 +56,7 @@ class BillingService:
         outbox: Outbox,
         links: Links,
         caches: CacheHub | None = None,
+        webhook_events: WebhookEvents | None = None,
     ) -> None:
         if "sandbox" not in backends:
             # ``plasmaart users create --plan`` subscribes through it whatever
@@ -70,7 +72,10 @@ class BillingService:
         self.plans = PlanService(clock, catalogs, grace_days=grace_days, caches=caches)
         # ``links``: where receipts point (the server's public address).
         self.receipts = ReceiptService(clock, catalogs, outbox, links)
-        self.payments = PaymentService(clock, catalogs, self.hooks, self.receipts)
+        # ``webhook_events``: every payment's payment.succeeded/failed event.
+        self.payments = PaymentService(
+            clock, catalogs, self.hooks, self.receipts, webhook_events=webhook_events
+        )
         self.clawbacks = ClawbackService(clock, ledger, self.hooks)
         self.subscriptions = SubscriptionService(
             clock, catalogs, ledger, self.plans, self.payments, self.backends, outbox=outbox

@@ -280,13 +280,15 @@ class AsyncClient:
         upload_id: str | None = None,
         team_id: str | None = None,
         params: Mapping[str, Any] | None = None,
+        webhook_url: str | None = None,
         idempotency_key: str | None = None,
     ) -> m.Generation:
         """Submit a generation: its credits are held and it is queued (see
         ``generate`` to also wait for it). Image-to-video models need
-        ``upload_id`` (see ``upload``) or an https ``image_url``."""
+        ``upload_id`` (see ``upload``) or an https ``image_url``. ``webhook_url``
+        receives its terminal event, signed with the account's webhook secret."""
         body = calls.generation_body(
-            model, prompt, num_outputs, image_url, upload_id, team_id, params
+            model, prompt, num_outputs, image_url, upload_id, team_id, params, webhook_url
         )
         return await self._send(calls.create_generation(body, idempotency_key))
 
@@ -300,6 +302,7 @@ class AsyncClient:
         upload_id: str | None = None,
         team_id: str | None = None,
         params: Mapping[str, Any] | None = None,
+        webhook_url: str | None = None,
         idempotency_key: str | None = None,
         wait: bool = True,
         timeout: float = 600.0,
@@ -321,6 +324,7 @@ class AsyncClient:
             upload_id=upload_id,
             team_id=team_id,
             params=params,
+            webhook_url=webhook_url,
             idempotency_key=idempotency_key or str(uuid.uuid4()),
         )
         if not wait:

@@ -501,11 +501,17 @@ def generation_body(
     upload_id: str | None,
     team_id: str | None,
     params: Mapping[str, Any] | None,
+    webhook_url: str | None = None,
 ) -> dict[str, Any]:
     """The body of a submission and of its quote (unset fields left out, so
     the server's defaults apply)."""
     body: dict[str, Any] = {"model": model, "prompt": prompt, "num_outputs": num_outputs}
-    optional = {"image_url": image_url, "upload_id": upload_id, "team_id": team_id}
+    optional = {
+        "image_url": image_url,
+        "upload_id": upload_id,
+        "team_id": team_id,
+        "webhook_url": webhook_url,
+    }
     body.update({name: value for name, value in optional.items() if value is not None})
     if params is not None:
         body["params"] = dict(params)

@@ -20,12 +20,14 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
 )
 
 from plasmaart.db.tables import generation_outputs, generations, uploads
+from plasmaart.outbox.repository import webhook_subscribed
 
 
 class GenerationRow(NamedTuple):
@@ -179,6 +181,7 @@ SUBMITTED_COLUMNS = (
     "provider",
     "idempotency_key",
     "created_at",
+    "webhook_url",
 )
 # Built once (SQLAlchemy then compiles it once per dialect): the job's values
 # as parameters, written only while the wallet's queued jobs are fewer than
@@ -232,6 +235,14 @@ def lock_generation(conn: Connection, generation_id: str) -> GenerationRow | Non
     return None if row is None else GenerationRow._make(row)
 
 
+class Finished(NamedTuple):
+    """A job just ended (``finish``), and whether its submitter has an
+    enabled webhook endpoint subscribed to the event of its end."""
+
+    row: GenerationRow
+    webhook_wanted: bool
+
+
 def finish(
     conn: Connection,
     generation_id: str,
@@ -243,10 +254,13 @@ def finish(
     error_code: str | None = None,
     error_message: str | None = None,
     provider_request_id: str | None = None,
-) -> GenerationRow | None:
+    webhook_event: tuple[str, str] | None = None,
+) -> Finished | None:
     """Move a job to a terminal state; only from queued or running (terminal
     states never change). The job as it is now, or None if it had ended.
-    ``provider_request_id``: the provider's request id, if not stored yet."""
+    ``provider_request_id``: the provider's request id, if not stored yet.
+    ``webhook_event``: (the submitter, the event of this end): the same
+    statement asks whether an endpoint of theirs wants it (no statement more)."""
     values: dict[str, Any] = {
         "status": status,
         "credits_charged": charged,
@@ -259,13 +273,16 @@ def finish(
     }
     if provider_request_id is not None:
         values["provider_request_id"] = provider_request_id
+    wanted = literal(False) if webhook_event is None else webhook_subscribed(*webhook_event)
     row = conn.execute(
         update(generations)
         .where(generations.c.id == generation_id, generations.c.status.in_(("queued", "running")))
         .values(**values)
-        .returning(*generations.c)
+        .returning(*generations.c, wanted.label("webhook_wanted"))
     ).one_or_none()
-    return None if row is None else GenerationRow._make(row)
+    if row is None:
+        return None
+    return Finished(GenerationRow._make(row[:-1]), bool(row[-1]))
 
 
 def request_cancel(conn: Connection, generation_id: str) -> None:

@@ -38,6 +38,7 @@ from plasmaart.generation.errors import ConcurrencyLimit, GenerationNotFound, Mo
 from plasmaart.generation.providers.sandbox import sandbox_errors
 from plasmaart.generation.repository import GenerationRow, OutputRow
 from plasmaart.generation.scheduling import virtual_start
+from plasmaart.generation.webhook_events import TERMINAL_EVENTS, GenerationWebhooks
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService, SettleResult
 from plasmaart.teams.service import TeamService, within_cap
@@ -57,6 +58,8 @@ class GenerationRequest:
     upload_id: str | None = None
     team_id: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    # Where this job's terminal event is POSTed (docs/webhooks.md).
+    webhook_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,7 @@ class GenerationService:
         provider_name: str,
         *,
         listeners: Iterable[GenerationListener] = (),
+        webhooks: GenerationWebhooks | None = None,
     ) -> None:
         self.clock = clock
         self.catalogs = catalogs
@@ -198,6 +202,8 @@ class GenerationService:
         self.provider_name = provider_name
         # Called after commit with the generation whenever it changes.
         self.listeners: tuple[GenerationListener, ...] = tuple(listeners)
+        # A job's ``webhook_url`` checked, and the events of its end emitted.
+        self.webhooks = webhooks
 
     # -- submission ------------------------------------------------------
     #
@@ -316,6 +322,7 @@ class GenerationService:
                 "provider": self.provider_name,
                 "idempotency_key": submission.idempotency_key,
                 "created_at": now,
+                "webhook_url": request.webhook_url,
             },
             plan.max_queued_jobs,
         )
@@ -432,12 +439,19 @@ class GenerationService:
         released: its submitter's account, or the account whose wallet it
         spends, is being deleted. A worker running it loses its lease (its
         next check-in finds the job ended) and stores nothing more. False
-        if the job had ended already."""
+        if the job had ended already. No webhook event: the account is
+        going, and its webhooks with it."""
         row = repo.lock_generation(conn, generation_id)
         if row is None or row.status not in ("queued", "running"):
             return False
         ended = self.end(
-            conn, row, outputs=(), otherwise="canceled", code="account_deleted", message=reason
+            conn,
+            row,
+            outputs=(),
+            otherwise="canceled",
+            code="account_deleted",
+            message=reason,
+            webhook=False,
         )
         return ended is not None
 
@@ -540,6 +554,7 @@ class GenerationService:
         code: str | None,
         message: str | None,
         provider_request_id: str | None = None,
+        webhook: bool = True,
     ) -> Ended | None:
         """The one way a job ends, however it ends (canceled while queued, an
         account suspended, or run by a worker to its end), in the caller's
@@ -547,8 +562,11 @@ class GenerationService:
         stored (all of them, recorded already), the rest of its hold released
         (all of it with none); succeeded if any output was stored, else
         ``otherwise`` (failed or canceled), with the error ``code`` and
-        ``message``. Announced once committed. None if the job had ended
-        already (the caller rolls back: the hold was settled then)."""
+        ``message``. Announced once committed, and told to the job's webhooks
+        (``webhook_events.py``: its ``webhook_url``, its submitter's
+        endpoints subscribed to the event) in this transaction unless
+        ``webhook`` is False. None if the job had ended already (the caller
+        rolls back: the hold was settled then)."""
         delivered = len(outputs)
         charged = delivered * int(job.credits_per_output)
         if charged:
@@ -564,19 +582,29 @@ class GenerationService:
                 conn, job.hold_id, idempotency_key=f"generation:{job.id}:release"
             )
         finished_at = self.clock.now()
-        ended = repo.finish(
+        status = "succeeded" if delivered else otherwise
+        listened = webhook and self.webhooks is not None
+        finished = repo.finish(
             conn,
             job.id,
-            status="succeeded" if delivered else otherwise,
+            status=status,
             charged=charged,
             balance_after=settled.balance_after,
             now=finished_at,
             error_code=code,
             error_message=None if message is None else message[:1000],
             provider_request_id=provider_request_id,
+            # Asked only when no webhook_url already makes the event due.
+            webhook_event=(job.user_id, TERMINAL_EVENTS[status])
+            if listened and job.webhook_url is None
+            else None,
         )
-        if ended is None:
+        if finished is None:
             return None
+        ended = finished.row
+        told = ended.webhook_url is not None or finished.webhook_wanted
+        if self.webhooks is not None and listened and told:
+            self.webhooks.emit_end(conn, ended, outputs)
         self.announce_row(conn, ended, outputs)
         return Ended(ended, settled, charged, finished_at)
 
@@ -647,6 +675,11 @@ class GenerationService:
             {"field": f, "message": m} for f, m in sandbox_errors(sandbox, request.num_outputs)
         ]
         errors += [{"field": f, "message": m} for f, m in param_errors(model, params)]
+        if request.webhook_url is not None:
+            if self.webhooks is None:
+                errors.append({"field": "webhook_url", "message": "webhooks are not available"})
+            else:
+                errors += self.webhooks.check_url(request.webhook_url)
         if errors:
             raise InvalidInput(errors[0]["message"], errors=errors)
         wallet = self._wallet(conn, user, request)

@@ -4,11 +4,12 @@ already queued one."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import ColumnElement, Connection, exists, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 
-from plasmaart.db.tables import notification_outbox, webhook_events
+from plasmaart.db.tables import notification_outbox, webhook_endpoints, webhook_events
 
 
 def insert_message(
@@ -81,3 +82,22 @@ def insert_webhook_event(
         .returning(webhook_events.c.id)
     )
     return conn.execute(statement).first() is not None
+
+
+def webhook_subscribed(user_id: Any, type: str) -> ColumnElement[bool]:
+    """Whether ``user_id`` (a value or a column) has an enabled endpoint whose
+    ``events`` (a JSON list of strings) names ``type``: an SQL expression, so
+    that a statement the cause sends anyway can carry it (``generation``'s
+    end of a job asks it in its UPDATE's RETURNING)."""
+    return exists(
+        select(webhook_endpoints.c.id).where(
+            webhook_endpoints.c.user_id == user_id,
+            webhook_endpoints.c.enabled == true(),
+            webhook_endpoints.c.events.contains(f'"{type}"', autoescape=True),
+        )
+    )
+
+
+def webhook_wanted(conn: Connection, user_id: str, type: str) -> bool:
+    """Whether an event ``type`` of ``user_id`` would reach an endpoint now."""
+    return bool(conn.execute(select(webhook_subscribed(user_id, type))).scalar())

@@ -34,6 +34,12 @@ class WebhookEvents:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
 
+    def wanted(self, conn: Connection, user_id: str, type: WebhookEventType) -> bool:
+        """Whether ``user_id`` has an enabled endpoint subscribed to ``type``
+        (one SELECT): a cause that only endpoints hear of emits only then,
+        so nobody's events pile up unheard."""
+        return repo.webhook_wanted(conn, user_id, type)
+
     def emit(
         self,
         conn: Connection,

@@ -22,6 +22,7 @@ from plasmaart.notify.letters import (
     receipts,
     twofa,
 )
+from plasmaart.notify.letters import webhooks as webhook_letters
 from plasmaart.outbox import Text
 
 # Each feature's module adds its TEXTS here: TEXTS.update(module.TEXTS).
@@ -33,3 +34,4 @@ TEXTS.update(receipts.TEXTS)
 TEXTS.update(invitations.TEXTS)
 TEXTS.update(leaving.TEXTS)
 TEXTS.update(alerts.TEXTS)
+TEXTS.update(webhook_letters.TEXTS)

@@ -37,6 +37,14 @@ class GenerationIn(StrictBody):
     upload_id: Annotated[str | None, Field(max_length=40)] = None
     team_id: Annotated[str | None, Field(max_length=40)] = None
     params: dict[str, Any] = Field(default_factory=dict)
+    webhook_url: Annotated[
+        str | None,
+        Field(
+            max_length=2000,
+            description="Where to POST this generation's terminal event, signed with the "
+            "account's webhook secret (docs/webhooks.md)",
+        ),
+    ] = None
 
     def request(self) -> GenerationRequest:
         return GenerationRequest(
@@ -47,6 +55,7 @@ class GenerationIn(StrictBody):
             upload_id=self.upload_id,
             team_id=self.team_id,
             params=self.params,
+            webhook_url=self.webhook_url,
         )
 
 
