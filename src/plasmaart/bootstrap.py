@@ -21,6 +21,7 @@ from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.changes.service import CatalogChangeService
 from plasmaart.clock import Clock, SystemClock
 from plasmaart.config import Settings, load_settings
+from plasmaart.controls.topup import AutoTopupService
 from plasmaart.controls.watch import WalletWatch
 from plasmaart.db.engine import create_database
 from plasmaart.db.migrate import database_revision, require_migrated, unreachable, upgrade
@@ -132,6 +133,11 @@ def bootstrap(
         links=links,
         caches=caches,
     )
+    auto_topups = AutoTopupService(
+        clock, catalogs, billing, outbox, webhook_events, links, wallet_watch
+    )
+    # The balance watch's sources: what each control wants to see of a balance.
+    wallet_watch.watch_with([auto_topups])
     teams = TeamService(
         clock,
         catalogs,
@@ -219,6 +225,7 @@ def bootstrap(
         outbox=outbox,
         webhook_events=webhook_events,
         wallet_watch=wallet_watch,
+        auto_topups=auto_topups,
         catalog_changes=catalog_changes,
         mailer=create_mailer(settings),
         wakeups=PollWakeups(events),

@@ -15,6 +15,7 @@ from plasmaart.web.api import (
     accounts,
     addresses,
     admin,
+    auto_topup,
     billing,
     catalog,
     catalog_changes,
@@ -57,6 +58,7 @@ ROUTERS = (
     addresses,
     passwords,
     leaving,
+    auto_topup,
 )
 
 

@@ -71,6 +71,7 @@ VERIFIED_ONLY = frozenset(
         "POST /v1/credit-purchases",
         "POST /v1/invitations/{token}/accept",
         "POST /v1/api-keys",
+        "PUT /v1/auto-topup",
     }
 )
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from plasmaart.notify.letters import addresses, invitations, leaving, passwords, receipts, twofa
+from plasmaart.notify.letters import topup as topup_letters
 from plasmaart.outbox import Text
 
 # Each feature's module adds its TEXTS here: TEXTS.update(module.TEXTS).
@@ -24,3 +25,4 @@ TEXTS.update(passwords.TEXTS)
 TEXTS.update(receipts.TEXTS)
 TEXTS.update(invitations.TEXTS)
 TEXTS.update(leaving.TEXTS)
+TEXTS.update(topup_letters.TEXTS)
