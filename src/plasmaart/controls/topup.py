@@ -194,9 +194,11 @@ class AutoTopupService:
             raise InvalidInput(f"unknown credit pack {pack_id!r}", field="pack") from None
         if enabled:
             if monthly_cap_cents < pack.price_cents:
+                currency = self.catalogs.base.currency.upper()
                 raise InvalidInput(
-                    f"a monthly cap of {monthly_cap_cents} cents is below the pack's price "
-                    f"({pack.price_cents} cents): no top-up could ever run",
+                    f"a monthly cap of {monthly_cap_cents / 100:,.2f} {currency} is below "
+                    f"the price of the pack ({pack.price_cents / 100:,.2f} {currency}): "
+                    "no top-up could ever run",
                     field="monthly_cap_cents",
                 )
             customer = self.billing.customer(conn, user_id)
