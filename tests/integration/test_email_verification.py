@@ -291,6 +291,12 @@ BODIES = {
     "POST /v1/credit-purchases": {"pack": "pack-1000"},
     "POST /v1/invitations/{token}/accept": {},
     "POST /v1/api-keys": {"name": "laptop"},
+    "PUT /v1/auto-topup": {
+        "enabled": True,
+        "threshold": 100,
+        "pack": "pack-1000",
+        "monthly_cap_cents": 3600,
+    },
 }
 
 
