@@ -514,3 +514,17 @@ def test_deleting_the_account_turns_it_off_before_the_forfeit(
     charge(platform)
     # The forfeit took the balance to 0, below the threshold: no run.
     assert runs(platform, kai) == []
+
+
+def test_a_suspended_account_is_never_charged(platform: Platform, client: TestClient) -> None:
+    kai = make_user(platform, "kai@example.com", credits=1100)
+    admin = make_user(platform, "admin@example.com", admin=True)
+    enable(client, kai)
+    spend(platform, kai, 200)  # a run is pending
+    with platform.db.write() as conn:
+        platform.suspensions.suspend(conn, kai.id, actor=admin.id, reason="chargebacks")
+    charge(platform)
+    assert runs(platform, kai) == [("failed", "the account is suspended: nothing was charged")]
+    assert available(platform, kai) == 900
+    with platform.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(payments)).scalar_one() == 0

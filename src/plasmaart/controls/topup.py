@@ -327,6 +327,11 @@ class AutoTopupService:
                 log.warning("auto top-up %s: the provider could not be asked: %s", run.id, exc)
                 counts["deferred"] += 1
                 continue
+            except Exception:
+                # One run that cannot be charged now must not hold up the others.
+                log.exception("auto top-up %s could not be charged", run.id)
+                counts["deferred"] += 1
+                continue
             with db.write() as conn:
                 status = self.finish(conn, run.id, outcome)
             if status is not None:
@@ -335,6 +340,9 @@ class AutoTopupService:
 
     def charge(self, conn: Connection, run: TopupRun) -> OffSessionOutcome:
         """Ask the billing backend to charge ``run`` off-session."""
+        if repo.user_is_suspended(conn, run.user_id):
+            # A suspended account is never charged (as its renewals are not).
+            return Declined("the account is suspended: nothing was charged")
         customer = Customer(run.user_id, run.wallet_id, repo.user_email(conn, run.user_id))
         pack = CreditPack(id=run.pack_id, credits=run.credits, price_cents=run.amount_cents)
         return self.billing.backend.charge_off_session(

@@ -147,6 +147,11 @@ def available_of(conn: Connection, wallet_id: str) -> int:
     return int(found or 0)
 
 
+def user_is_suspended(conn: Connection, user_id: str) -> bool:
+    status = conn.execute(select(users.c.status).where(users.c.id == user_id)).scalar_one()
+    return bool(status == "suspended")
+
+
 def user_email(conn: Connection, user_id: str) -> str:
     return str(conn.execute(select(users.c.email).where(users.c.id == user_id)).scalar_one())
 
