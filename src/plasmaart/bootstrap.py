@@ -134,7 +134,7 @@ def bootstrap(
         caches=caches,
     )
     auto_topups = AutoTopupService(
-        clock, catalogs, billing, outbox, webhook_events, links, wallet_watch
+        clock, catalogs, billing, outbox, webhook_events, links, wallet_watch, events=events
     )
     # The balance watch's sources: what each control wants to see of a balance.
     wallet_watch.watch_with([auto_topups])

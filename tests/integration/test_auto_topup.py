@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -33,6 +34,7 @@ from plasmaart.notify.email import StoredMail
 from plasmaart.platform import Platform
 from plasmaart.worker import Worker, outbox_delivery
 from tests.support.accounts import PASSWORD, TestUser, make_user
+from tests.support.platforms import running_platform, settings_for
 
 JAN_10 = datetime(2026, 1, 10, tzinfo=UTC)
 FEB_2 = datetime(2026, 2, 2, tzinfo=UTC)
@@ -528,3 +530,24 @@ def test_a_suspended_account_is_never_charged(platform: Platform, client: TestCl
     assert available(platform, kai) == 900
     with platform.db.read() as conn:
         assert conn.execute(select(func.count()).select_from(payments)).scalar_one() == 0
+
+
+def test_a_started_run_wakes_the_workers_of_other_processes(
+    platform: Platform, client: TestClient, database_url: str, clock: ManualClock, tmp_path: Path
+) -> None:
+    """On PostgreSQL a worker in another process hears the start (NOTIFY) and
+    charges at once; on SQLite (one process serves, events stay in it) the
+    other process's clock tick charges it."""
+    with running_platform(settings_for(database_url, tmp_path / "other"), clock) as other:
+        other.events.start(10)
+        assert other.auto_topups.wake.is_set() is False
+        kai = make_user(platform, "kai@example.com", credits=1100)
+        enable(client, kai)
+        spend(platform, kai, 200)
+        if platform.db.dialect == "postgresql":
+            assert other.auto_topups.wake.wait(10)
+        else:
+            assert other.auto_topups.wake.wait(0.5) is False
+        Worker(other).charge_topups()
+        assert other.auto_topups.wake.is_set() is False
+    assert available(platform, kai) == 1900

@@ -54,6 +54,7 @@ from plasmaart.controls.topup_repository import AutoTopup, TopupRun
 from plasmaart.controls.watch import Bounds, WalletWatch
 from plasmaart.db.engine import Database, after_commit
 from plasmaart.errors import DomainError, InvalidInput
+from plasmaart.eventbus import RESYNC, Event, EventBus, InProcessEventBus
 from plasmaart.ids import new_id
 from plasmaart.links import Links
 from plasmaart.outbox import Outbox
@@ -68,6 +69,23 @@ FAILURE_LIMIT = 3
 SETTINGS_PATH = "/credits#auto-topup"
 # Pending runs charged per pass of the worker.
 BATCH = 50
+# Where a started run is announced on the event bus (no user's address):
+# the worker of every process hears it (PostgreSQL: NOTIFY) and charges now.
+WAKEUP_ADDRESS = "worker:topup"
+STARTED_EVENT = "topup.started"
+
+
+class _WakeOnStart:
+    """The event bus listener that wakes this process's worker."""
+
+    address = WAKEUP_ADDRESS
+
+    def __init__(self, wake: threading.Event) -> None:
+        self.wake = wake
+
+    def __call__(self, event: Event) -> None:
+        if event.type in (STARTED_EVENT, RESYNC):
+            self.wake.set()
 
 
 class PaymentMethodRequired(DomainError):
@@ -131,6 +149,7 @@ class AutoTopupService:
         webhook_events: WebhookEvents,
         links: Links,
         watch: WalletWatch,
+        events: EventBus | None = None,
     ) -> None:
         self.clock = clock
         self.catalogs = catalogs
@@ -139,9 +158,13 @@ class AutoTopupService:
         self.webhook_events = webhook_events
         self.links = links
         self.watch = watch
-        # Set after a transaction that started a run commits: the worker's
-        # loop charges it at once instead of at its next clock tick.
+        # Set after a transaction that started a run commits, in this process
+        # or (through the event bus) another: the worker's loop charges it at
+        # once instead of at its next clock tick.
         self.wake = threading.Event()
+        self.events = events
+        if isinstance(events, InProcessEventBus):
+            events.add_listener(_WakeOnStart(self.wake))
         # A pack the customer pays themselves ends a wait for authentication.
         billing.hooks.listen_to_payments(self._payment_recorded)
 
@@ -305,8 +328,15 @@ class AutoTopupService:
             idempotency_key=f"topup:{run_id}",
             created_at=now,
         )
-        after_commit(conn, self.wake.set)
+        after_commit(conn, self._announce)
         return run_id
+
+    def _announce(self) -> None:
+        """A run started: wake the workers (best effort: the clock's tick
+        charges it anyway)."""
+        self.wake.set()
+        if self.events is not None:
+            self.events.publish([WAKEUP_ADDRESS], STARTED_EVENT, {})
 
     # -- charging (the worker) -----------------------------------------------------
 
