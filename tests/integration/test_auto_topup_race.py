@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from plasmaart.db.tables import payments, topup_runs
+from plasmaart.db.tables import auto_topups, payments, topup_runs
 from plasmaart.generation.service import Generation, GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.platform import Platform
@@ -77,3 +77,36 @@ def test_32_submissions_racing_across_the_threshold_buy_one_pack(
     assert statuses == ["succeeded"]
     assert packs == 1
     assert left == START - RACERS + 1000
+
+
+def test_concurrent_first_saves_of_one_wallet_all_succeed(
+    platform: Platform, client: TestClient
+) -> None:
+    """The settings row is created once, whichever save comes first: the
+    wallet's lock puts them one after the other."""
+    ava = make_user(platform, "ava@example.com", credits=5000)
+    savers = 8
+    start = threading.Barrier(savers, timeout=30)
+
+    def save(i: int) -> int:
+        start.wait()
+        answer = client.put(
+            "/v1/auto-topup",
+            json={
+                "enabled": True,
+                "threshold": 100 + i,
+                "pack": "pack-1000",
+                "monthly_cap_cents": 5000,
+            },
+            headers=ava.auth,
+        )
+        return answer.status_code
+
+    with ThreadPoolExecutor(savers) as pool:
+        statuses = list(pool.map(save, range(savers), timeout=120))
+    assert statuses == [200] * savers
+    final = client.get("/v1/auto-topup", headers=ava.auth).json()
+    assert 100 <= final["threshold"] < 100 + savers
+    with platform.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(auto_topups)).scalar_one() == 1
+        assert conn.execute(select(func.count()).select_from(topup_runs)).scalar_one() == 0

@@ -230,6 +230,7 @@ class AutoTopupService:
                     "no saved card to charge: buy a credit pack or subscribe once "
                     "(the card you pay with is saved for auto top-ups), then enable it"
                 )
+        available = repo.lock_wallet(conn, wallet_id)
         current = repo.settings_of(conn, wallet_id)
         values: dict[str, Any] = {
             "enabled": enabled,
@@ -249,7 +250,7 @@ class AutoTopupService:
             if run is not None and run.status == "action_required":
                 repo.release_run(conn, wallet_id, run.id)
         if enabled:
-            self.seen(conn, wallet_id, repo.available_of(conn, wallet_id))
+            self.seen(conn, wallet_id, available)
         self.watch.recompute(conn, wallet_id)
         return self.view(conn, wallet_id)
 

@@ -140,9 +140,13 @@ def payer_of_wallet(conn: Connection, wallet_id: str) -> str | None:
     return None if found is None else str(found)
 
 
-def available_of(conn: Connection, wallet_id: str) -> int:
+def lock_wallet(conn: Connection, wallet_id: str) -> int:
+    """Lock the wallet's row, as the ledger's operations do (PostgreSQL;
+    SQLite's writers are serial): saving the settings waits for a hold in
+    flight, and two saves of one wallet go one after the other. Its
+    available balance."""
     found = conn.execute(
-        select(wallets.c.available).where(wallets.c.id == wallet_id)
+        select(wallets.c.available).where(wallets.c.id == wallet_id).with_for_update()
     ).scalar_one_or_none()
     return int(found or 0)
 
