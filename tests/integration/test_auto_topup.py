@@ -264,7 +264,7 @@ def test_enabling_below_the_threshold_starts_a_run_now(
     platform: Platform, client: TestClient
 ) -> None:
     kai = make_user(platform, "kai@example.com", credits=300)
-    assert platform.auto_topups.wake.is_set() is False
+    platform.auto_topups.wake.clear()
     answer = enable(client, kai)
     assert answer["in_flight"] is True
     assert answer["last_run"]["status"] == "pending"
@@ -272,7 +272,7 @@ def test_enabling_below_the_threshold_starts_a_run_now(
     assert platform.auto_topups.wake.is_set() is True
     charge(platform)
     assert available(platform, kai) == 1300
-    assert platform.auto_topups.wake.is_set() is False
+    assert runs(platform, kai) == [("succeeded", None)]
 
 
 def test_turned_off_it_starts_nothing(platform: Platform, client: TestClient) -> None:
@@ -540,7 +540,7 @@ def test_a_started_run_wakes_the_workers_of_other_processes(
     other process's clock tick charges it."""
     with running_platform(settings_for(database_url, tmp_path / "other"), clock) as other:
         other.events.start(10)
-        assert other.auto_topups.wake.is_set() is False
+        other.auto_topups.wake.clear()  # (a listener's start may wake it: a resync)
         kai = make_user(platform, "kai@example.com", credits=1100)
         enable(client, kai)
         spend(platform, kai, 200)
@@ -549,5 +549,4 @@ def test_a_started_run_wakes_the_workers_of_other_processes(
         else:
             assert other.auto_topups.wake.wait(0.5) is False
         Worker(other).charge_topups()
-        assert other.auto_topups.wake.is_set() is False
     assert available(platform, kai) == 1900
