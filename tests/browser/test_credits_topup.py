@@ -110,13 +110,14 @@ def test_turning_auto_top_up_on_and_watching_it_buy(
     page.reload()
     action = section.locator("[data-topup-action]")
     expect(action).to_contain_text("Your bank asks you to confirm this top-up")
-    expect(section.locator("[data-topup-last]")).to_contain_text("Needs your confirmation")
+    expect(section.locator("[data-topup-last]")).to_contain_text("Needs confirming")
     screenshot(page, "credits-topup-action-required")
     with platform.db.write() as conn:
         sandbox.set_card(conn, ana.id, declines=False, requires_action=False)
     action.get_by_role("button", name="Buy 1,000 credits for $12").click()
     page.wait_for_load_state()
     expect(section.locator("[data-topup-action]")).to_have_count(0)
+    expect(section.locator("[data-topup-last]")).to_contain_text("Not charged")
     state = topup(page)
     assert state["in_flight"] is False
     answer = page.request.get("/v1/balance")

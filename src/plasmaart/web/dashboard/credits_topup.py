@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from plasmaart.controls.topup import FAILURE_LIMIT
+from plasmaart.controls.topup_repository import TopupRun
 from plasmaart.platform import Platform
 from plasmaart.web.dashboard.views import Frame
 
@@ -17,10 +18,22 @@ RUN_STATES = {
     "pending": ("Charging", "queued"),
     "succeeded": ("Bought", "succeeded"),
     "failed": ("Failed", "failed"),
-    "action_required": ("Needs your confirmation", "queued"),
+    "action_required": ("Needs confirming", "queued"),
 }
+# A run the bank asked to confirm, once the wait ended (the customer bought
+# a pack, or saved the settings): nothing more is asked of them.
+ASKED_THEN_SETTLED = ("Not charged", "canceled")
 # What the form proposes before anything is saved.
 DEFAULT_THRESHOLD = 100
+
+
+def _state(run: TopupRun | None, waiting: bool) -> tuple[str, str] | None:
+    """The last run's label and pill colour."""
+    if run is None:
+        return None
+    if run.status == "action_required" and not waiting:
+        return ASKED_THEN_SETTLED
+    return RUN_STATES[run.status]
 
 
 def topup(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
@@ -38,6 +51,6 @@ def topup(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
         "topup_cap": view.monthly_cap_cents if view.pack else (3 * pack.price_cents if pack else 0),
         "topup_limit": FAILURE_LIMIT,
         "topup_run": run,
-        "topup_run_state": None if run is None else RUN_STATES[run.status],
+        "topup_run_state": _state(run, waiting),
         "topup_waiting": waiting,
     }
