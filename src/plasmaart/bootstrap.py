@@ -22,6 +22,7 @@ from plasmaart.changes.service import CatalogChangeService
 from plasmaart.clock import Clock, SystemClock
 from plasmaart.config import Settings, load_settings
 from plasmaart.controls.alerts import BalanceAlerts
+from plasmaart.controls.topup import AutoTopupService
 from plasmaart.controls.watch import WalletWatch
 from plasmaart.db.engine import create_database
 from plasmaart.db.migrate import database_revision, require_migrated, unreachable, upgrade
@@ -146,7 +147,11 @@ def bootstrap(
         default_expiry_notice_days=settings.expiry_notice_days,
         billing_hooks=billing.hooks,
     )
-    wallet_watch.watch_with([balance_alerts])
+    auto_topups = AutoTopupService(
+        clock, catalogs, billing, outbox, webhook_events, links, wallet_watch, events=events
+    )
+    # The balance watch's sources: what each control wants to see of a balance.
+    wallet_watch.watch_with([balance_alerts, auto_topups])
     teams = TeamService(
         clock,
         catalogs,
@@ -240,6 +245,7 @@ def bootstrap(
         webhook_events=webhook_events,
         wallet_watch=wallet_watch,
         balance_alerts=balance_alerts,
+        auto_topups=auto_topups,
         catalog_changes=catalog_changes,
         mailer=create_mailer(settings),
         wakeups=PollWakeups(events),

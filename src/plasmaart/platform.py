@@ -24,6 +24,7 @@ from plasmaart.changes.service import CatalogChangeService
 from plasmaart.clock import Clock
 from plasmaart.config import Settings
 from plasmaart.controls.alerts import BalanceAlerts
+from plasmaart.controls.topup import AutoTopupService
 from plasmaart.controls.watch import WalletWatch
 from plasmaart.db.engine import Database
 from plasmaart.eventbus import EventBus
@@ -76,6 +77,8 @@ class Platform:
     wallet_watch: WalletWatch
     # The owner's balance alerts and expiry notice window (controls/alerts.py).
     balance_alerts: BalanceAlerts
+    # Auto top-up: settings, the trigger, off-session charging (controls/topup.py).
+    auto_topups: AutoTopupService
     catalog_changes: CatalogChangeService
     mailer: Mailer | None
     # Webhooks wake the worker polling a job (generation/wakeups.py).

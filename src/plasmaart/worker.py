@@ -196,6 +196,8 @@ class Worker:
         expired = expire_due_lots(platform.db, platform.ledger)
         if expired.lots:
             log.info("expired %d lots (%d credits)", expired.lots, expired.credits)
+        # Auto top-ups to charge (those left pending by a worker that died too).
+        self.charge_topups()
         # After renewals and expiry, whose notices it then delivers.
         notified = run_notifications(platform, self.id)
         if notified.queued or notified.delivery.claimed:
@@ -230,6 +232,12 @@ class Worker:
             if not busy:
                 self.stop_event.wait(WEBHOOK_IDLE_S)
 
+    def charge_topups(self) -> None:
+        """Charge the pending auto top-ups off-session (controls/topup.py)."""
+        charged = self.platform.auto_topups.charge_pending(self.platform.db)
+        if charged.total or charged.deferred:
+            log.info("auto top-ups: %s", charged)
+
     def run(self) -> None:
         interval = self.platform.settings.clock_interval_s
         log.info(
@@ -258,6 +266,12 @@ class Worker:
                         # end the worker; the next tick retries.
                         log.exception("worker tick failed")
                     next_tick = time.monotonic() + interval
+                elif self.platform.auto_topups.wake.is_set():
+                    # A run started in this process: charge it now, not at the tick.
+                    try:
+                        self.charge_topups()
+                    except Exception:
+                        log.exception("charging auto top-ups failed")
                 claimed: list[Claim] = []
                 claimable.clear()
                 try:

@@ -6,13 +6,16 @@ Two ``plasmaart serve --no-worker`` processes and two ``plasmaart worker``
 processes share one database. Client threads, each a creator with a seeded
 random generator, submit generations (a fifth of them told to fail by the
 sandbox provider, some to deliver only part of their outputs, some whose
-downloads are all refused, some with a delay), cancel their jobs, buy credit packs,
-change plans, and advance the sandbox test clock a day at a time (which runs
-renewals and expiries), on either API process, retrying a request that got no
-answer with the same ``Idempotency-Key`` and sometimes sending one twice on
-purpose. Meanwhile a worker is killed with SIGKILL every few seconds and
-started again (the job lease is short, so its jobs are taken over while the
-test runs), and once, mid-burst, an API process.
+downloads are all refused, some with a delay), cancel their jobs, buy credit
+packs, change plans, move their auto top-up's threshold (three of them have
+it on, one with a card whose bank asks to confirm each off-session charge;
+the workers charge the runs as balances cross it), and advance the sandbox
+test clock a day at a time (which runs renewals and expiries), on either API
+process, retrying a request that got no answer with the same
+``Idempotency-Key`` and sometimes sending one twice on purpose. Meanwhile a
+worker is killed with SIGKILL every few seconds and started again (the job
+lease is short, so its jobs are taken over while the test runs), and once,
+mid-burst, an API process.
 
 Checked at checkpoints (in one snapshot) and at the end: the journal sums to
 zero, every wallet's balance equals its entries and its lots, nothing is
@@ -22,7 +25,10 @@ charged; the credits charged equal the credits of the outputs delivered, and
 a job succeeded with what its sandbox params let arrive (all, or ``deliver``
 of them; never one whose downloads were refused); no job timed out (the test
 clock's jumps move billing time only); every 201 has its job, one per key;
-a refused submission left no job; every pack purchase was paid once per key.
+a refused submission left no job; every pack purchase was paid once per key;
+every auto top-up run ended, one at a time per wallet, a succeeded one paid
+once (its pack's payment), a failed or unconfirmed one never, and no
+calendar month of top-ups past its cap.
 On PostgreSQL the processes also share a real Redis (rate limits) and each
 creator holds an event stream on an API process: it must carry only their
 own generations, and the final state of every one of them, sent by worker
@@ -47,10 +53,11 @@ import httpx
 import pytest
 from sqlalchemy import Connection, func, select
 
+from plasmaart.billing.sandbox import SandboxBackend
 from plasmaart.bootstrap import bootstrap
 from plasmaart.config import Settings
 from plasmaart.db.engine import Database
-from plasmaart.db.tables import generation_outputs, generations, holds, payments
+from plasmaart.db.tables import generation_outputs, generations, holds, payments, topup_runs
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.platform import Platform
 from tests.support.accounts import TestUser, make_user
@@ -69,6 +76,15 @@ PLANS = ("starter", "pro", "studio")
 PACKS = ("pack-1000", "pack-3000")
 # (model, outputs allowed) a Starter plan can run: images, cheap.
 MODELS = (("flux-schnell", 4), ("flux-dev", 2), ("sd3-medium", 2))
+# The auto top-up of creators c0, c1 and c2: (pack, monthly cap in cents),
+# and whether the sandbox card asks to confirm each off-session charge.
+TOPUPS = {
+    0: ("pack-1000", 3600, False),
+    1: ("pack-1000", 100_000, True),
+    2: ("pack-3000", 100_000, False),
+}
+# How far below the balance a creator sets the threshold: a few jobs cross it.
+TOPUP_MARGIN = (0, 20)
 
 
 @dataclass
@@ -81,6 +97,7 @@ class Creator:
     accepted: dict[str, str] = field(default_factory=dict)  # key -> generation id
     refused: dict[str, int] = field(default_factory=dict)  # submission key -> status
     packs: set[str] = field(default_factory=set)  # pack keys answered 201
+    topup: tuple[str, int] | None = None  # (pack, cap cents) when auto top-up is on
     unanswered: int = 0
     violations: list[str] = field(default_factory=list)
 
@@ -155,7 +172,7 @@ class Creator:
                 )
                 if response is not None and response.status_code == 201:
                     self.packs.add(key)
-            elif roll < 0.95:
+            elif roll < 0.9:
                 self.ops["change plan"] += 1
                 self.call(
                     servers,
@@ -166,7 +183,9 @@ class Creator:
                     key=f"{self.name}-s{n}",
                     deadline=deadline,
                 )
-            else:
+            elif roll < 0.95 and self.topup is not None:
+                self.move_threshold(servers, pick, deadline)
+            elif roll >= 0.95:
                 self.ops["advance clock"] += 1
                 self.call(
                     servers,
@@ -178,6 +197,27 @@ class Creator:
                     key=f"{self.name}-c{n}",
                     deadline=deadline,
                 )
+
+    def move_threshold(
+        self, servers: list[ServerProcess], pick: random.Random, deadline: float
+    ) -> None:
+        """Set the auto top-up's threshold just under the balance: the next
+        few jobs take it below, and a worker buys a pack."""
+        assert self.topup is not None
+        balance = self.call(servers, pick, "GET", "/v1/balance", deadline=deadline)
+        if balance is None or balance.status_code != 200:
+            return
+        pack, cap = self.topup
+        threshold = max(0, int(balance.json()["available"]) - pick.randint(*TOPUP_MARGIN))
+        self.ops["move top-up threshold"] += 1
+        self.call(
+            servers,
+            pick,
+            "PUT",
+            "/v1/auto-topup",
+            body={"enabled": True, "threshold": threshold, "pack": pack, "monthly_cap_cents": cap},
+            deadline=deadline,
+        )
 
     def submit(
         self, servers: list[ServerProcess], pick: random.Random, key: str, deadline: float
@@ -317,10 +357,54 @@ def final_problems(conn: Connection, creators: list[Creator]) -> list[str]:
                 payments.c.user_id == creator.user.id,
                 payments.c.kind == "pack",
                 payments.c.status == "succeeded",
+                # The auto top-up's packs are checked by topup_problems.
+                payments.c.idempotency_key.not_like("topup:%"),
             )
         ).scalar_one()
         if paid != len(creator.packs):
             problems.append(f"{creator.name}: {paid} pack payments for {len(creator.packs)} keys")
+    return problems + topup_problems(conn, creators)
+
+
+def topup_problems(conn: Connection, creators: list[Creator]) -> list[str]:
+    """Every run ended; one at a time per wallet; a succeeded run paid once
+    (its pack's payment, linked), any other never; each month within the cap."""
+    problems: list[str] = []
+    paid = {
+        row.idempotency_key: row
+        for row in conn.execute(select(payments).where(payments.c.idempotency_key.like("topup:%")))
+    }
+    for creator in creators:
+        runs = conn.execute(
+            select(topup_runs)
+            .where(topup_runs.c.wallet_id == creator.user.wallet_id)
+            .order_by(topup_runs.c.created_at, topup_runs.c.id)
+        ).all()
+        if runs and creator.topup is None:
+            problems.append(f"{creator.name}: {len(runs)} runs without auto top-up")
+        spent: Counter[str] = Counter()
+        for before, run in zip([None, *runs], runs, strict=False):
+            payment = paid.pop(run.idempotency_key, None)
+            if run.status == "pending":
+                problems.append(f"{run.id}: still pending")
+            if before is not None and (
+                before.finished_at is None or run.created_at < before.finished_at
+            ):
+                problems.append(f"{run.id}: started while {before.id} was in flight")
+            if run.status == "succeeded":
+                if payment is None or run.payment_id != payment.id:
+                    problems.append(f"{run.id}: succeeded, payment {run.payment_id} / {payment}")
+                elif (payment.amount_cents, payment.credits) != (run.amount_cents, run.credits):
+                    problems.append(f"{run.id}: paid {payment.amount_cents} for {payment.credits}")
+                spent[f"{run.created_at:%Y-%m}"] += int(run.amount_cents)
+            elif payment is not None or run.payment_id is not None:
+                problems.append(f"{run.id}: {run.status}, yet paid")
+        if creator.topup is not None:
+            cap = creator.topup[1]
+            problems += [
+                f"{creator.name} {m}: {c} > cap {cap}" for m, c in spent.items() if c > cap
+            ]
+    problems += [f"payment {p.id} ({key}): no run" for key, p in paid.items()]
     return problems
 
 
@@ -381,6 +465,23 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
             )
             for n, plan in enumerate(("starter", "pro", "studio", "studio"))
         ]
+        sandbox = platform.billing.backend
+        assert isinstance(sandbox, SandboxBackend)
+        for n, (pack, cap, confirm) in TOPUPS.items():
+            creator = creators[n]
+            creator.topup = (pack, cap)
+            with platform.db.write() as conn:
+                sandbox.set_card(conn, creator.user.id, declines=False, requires_action=confirm)
+                available = platform.ledger.balance(conn, creator.user.wallet_id).available
+                platform.auto_topups.configure(
+                    conn,
+                    wallet_id=creator.user.wallet_id,
+                    user_id=creator.user.id,
+                    enabled=True,
+                    threshold=available - 5,  # the first jobs cross it
+                    pack_id=pack,
+                    monthly_cap_cents=cap,
+                )
         for server in servers:
             server.start()
         workers = [WorkerProcess(f"worker{n}", env, tmp_path, CONCURRENCY) for n in range(2)]
@@ -442,11 +543,13 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
             assert not thread.is_alive(), f"{thread.name} did not stop"
 
         def unfinished(conn: Connection) -> int:
-            return int(
-                conn.execute(
-                    select(func.count()).where(generations.c.status.not_in(TERMINAL))
-                ).scalar_one()
-            )
+            jobs = conn.execute(
+                select(func.count()).where(generations.c.status.not_in(TERMINAL))
+            ).scalar_one()
+            charging = conn.execute(
+                select(func.count()).where(topup_runs.c.status == "pending")
+            ).scalar_one()
+            return int(jobs) + int(charging)
 
         finish_by = time.monotonic() + FINISH_WITHIN_S
         while read_snapshot(platform.db, lambda conn: [str(unfinished(conn))]) != ["0"]:
@@ -466,10 +569,11 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
         ops = sum((c.ops for c in creators), Counter())
         with platform.db.read() as conn:
             statuses = Counter(row[0] for row in conn.execute(select(generations.c.status)))
+            topups = Counter(row[0] for row in conn.execute(select(topup_runs.c.status)))
         with capsys.disabled():
             print(  # noqa: T201 - the bank report is meant to be read
                 f"\nbank ({platform.db.dialect}): operations {dict(ops)}; "
-                f"jobs {dict(statuses)}; faults {dict(faults)}, "
+                f"jobs {dict(statuses)}; auto top-ups {dict(topups)}; faults {dict(faults)}, "
                 f"{sum(c.unanswered for c in creators)} requests without an answer; "
                 f"{checkpoints} checkpoints; "
                 f"{sum(len(listener.events) for listener in listeners)} events checked; "
@@ -483,6 +587,8 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
         assert checkpoints >= 3
         assert statuses["succeeded"] > 0, statuses
         assert statuses["failed"] > 0, statuses
+        assert topups["succeeded"] > 0, topups
+        assert topups["action_required"] > 0, topups
     finally:
         for listener in listeners:
             listener.close()

@@ -759,7 +759,24 @@ def owners_receipt(answer: Answer) -> None:
 
 
 def owner_card_set(answer: Answer) -> None:
-    assert answer.body == {"user_id": answer.world.owner.id, "declines": False}
+    assert answer.body == {
+        "user_id": answer.world.owner.id,
+        "declines": False,
+        "requires_action": False,
+    }
+
+
+def own_topup(answer: Answer) -> None:
+    assert answer.body["wallet_id"] == answer.me.wallet_id
+
+
+def team_topup(answer: Answer) -> None:
+    # A team spends its owner's wallet: the owner's auto top-up.
+    assert answer.body["wallet_id"] == answer.world.owner.wallet_id
+
+
+def topup_saved(answer: Answer) -> None:
+    assert (answer.body["enabled"], answer.body["threshold"]) == (True, 0)
 
 
 def endpoints_of(answer: Answer) -> set[str]:
@@ -861,6 +878,8 @@ U, F, N = UNAUTHENTICATED, FORBIDDEN, NOT_FOUND
 W = Refusal(403, "invitation_for_another_address")
 WRONG_PASSWORD = Refusal(403, "wrong_password")
 TEAM = "/v1/teams/{w.team_id}"
+# An auto top-up that never runs (nothing is below 0 credits).
+TOPUP = {"enabled": True, "threshold": 0, "pack": "pack-1000", "monthly_cap_cents": 1200}
 ONE_IMAGE = {"model": WORLD_MODEL, "prompt": "a matrix", "params": AT_ONCE}
 
 # Columns: anonymous, owner, other user, team member, admin. Rows run in this
@@ -1244,6 +1263,20 @@ ROWS: tuple[Row, ...] = (
         body={"alerts": [{"percent": 10}]},
         check=team_alerts,
     ),
+    # a team wallet's auto top-up is its owner's to see and set
+    Row(
+        "GET /v1/auto-topup",
+        (U, 200, N, F, N),
+        url="/v1/auto-topup?team_id={w.team_id}",
+        check=team_topup,
+    ),
+    Row(
+        "PUT /v1/auto-topup",
+        (U, 200, N, F, N),
+        url="/v1/auto-topup?team_id={w.team_id}",
+        body=TOPUP,
+        check=topup_saved,
+    ),
     # a member may not remove others; nobody removes the owner
     Row(
         "DELETE /v1/teams/{team_id}/members/{user_id}",
@@ -1328,6 +1361,14 @@ ROWS: tuple[Row, ...] = (
         body={"pack": "pack-1000"},
         about_caller=True,
         check=pack_bought,
+    ),
+    Row("GET /v1/auto-topup", (U, 200, 200, 200, 200), about_caller=True, check=own_topup),
+    Row(
+        "PUT /v1/auto-topup",
+        (U, 200, 200, 200, 200),
+        body=TOPUP,
+        about_caller=True,
+        check=topup_saved,
     ),
     Row("GET /v1/payments", (U, 200, 200, 200, 200), about_caller=True, check=own_payments),
     # a receipt is the payer's alone: a team member sees the wallet, not its
@@ -1586,6 +1627,10 @@ SUSPENDED: dict[str, Expect] = {
     # the one write of the account's billing it keeps: ending its subscription
     "DELETE /v1/subscription": 200,
     "POST /v1/credit-purchases": S,
+    "GET /v1/auto-topup": 200,
+    "GET /v1/auto-topup /v1/auto-topup?team_id={w.team_id}": 200,
+    "PUT /v1/auto-topup": S,
+    "PUT /v1/auto-topup /v1/auto-topup?team_id={w.team_id}": S,
     "GET /v1/payments": 200,
     "GET /v1/payments/{payment_id}/receipt /v1/payments/{w.payment_id}/receipt": 200,
     # the portal could change the plan or withdraw the stop: refused first

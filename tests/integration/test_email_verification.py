@@ -292,6 +292,12 @@ BODIES = {
     "POST /v1/invitations/{token}/accept": {},
     "POST /v1/api-keys": {"name": "laptop"},
     "POST /v1/webhook-endpoints": {"url": "https://93.184.215.14/hook", "events": ["topup.failed"]},
+    "PUT /v1/auto-topup": {
+        "enabled": True,
+        "threshold": 100,
+        "pack": "pack-1000",
+        "monthly_cap_cents": 3600,
+    },
 }
 
 

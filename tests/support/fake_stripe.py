@@ -16,7 +16,17 @@ bracketed keys decoded as Stripe does:
   card: 402 ``card_error``; ``expand[]=latest_invoice`` expands it);
 * ``GET /v1/invoices?subscription=``, ``GET /v1/invoices/{id}``,
   ``POST /v1/invoices/{id}/pay``,
-  ``GET /v1/invoice_payments?payment[payment_intent]=``.
+  ``GET /v1/invoice_payments?payment[payment_intent]=``;
+* ``GET /v1/customers/{id}`` (``invoice_settings.default_payment_method``),
+  ``GET /v1/customers/{id}/payment_methods`` (newest first): the cards a
+  Checkout saved (a subscription's, or a payment's made with
+  ``payment_intent_data[setup_future_usage]=off_session``);
+* ``POST /v1/payment_intents`` with ``confirm=true``: charges the card at
+  once; a declining customer's answers 402 ``card_error`` ``card_declined``,
+  and one whose card wants authentication (``requiring_action``) 402
+  ``card_error`` ``authentication_required`` when ``off_session=true`` (an
+  intent left ``requires_action`` otherwise), each error carrying the
+  ``payment_intent`` (status ``requires_payment_method``) as Stripe's does.
 
 Invoices are finalized when created, so each has its ``hosted_invoice_url``
 (a page of the fake's, ``/invoices/{id}``, standing for Stripe's
@@ -121,6 +131,10 @@ class FakeStripe(HttpFake):
         self.anchors: dict[str, datetime] = {}
         # Customers whose card declines every charge.
         self.declining: set[str] = set()
+        # Customers whose bank asks to authenticate each payment (3D Secure).
+        self.requiring_action: set[str] = set()
+        self.payment_methods: dict[str, dict[str, Any]] = {}
+        self.intents: dict[str, dict[str, Any]] = {}
         # Ids of the events a test delivered (the test's own bookkeeping).
         self.delivered: set[str] = set()
         # While set, every API call answers 500 (Stripe having a bad day).
@@ -180,6 +194,20 @@ class FakeStripe(HttpFake):
         parts = path.strip("/").split("/")[1:]  # without "v1"
         if method == "POST" and parts == ["customers"]:
             return 200, self._create_customer(params)
+        if method == "GET" and parts[:1] == ["customers"] and len(parts) in (2, 3):
+            customer = self.customers.get(parts[1])
+            if customer is None:
+                return _error(404, "invalid_request_error", "No such customer", "resource_missing")
+            if len(parts) == 2:
+                return 200, customer
+            if parts[2] != "payment_methods":
+                return _error(404, "invalid_request_error", f"Unrecognized request URL ({path})")
+            cards = [pm for pm in self.payment_methods.values() if pm["customer"] == parts[1]]
+            cards.sort(key=lambda pm: pm["created"], reverse=True)
+            limit = int(params.get("limit", 10))
+            return 200, self._list(cards[:limit], f"/v1/customers/{parts[1]}/payment_methods")
+        if method == "POST" and parts == ["payment_intents"]:
+            return self._create_intent(params)
         if method == "POST" and parts == ["products"]:
             if params["id"] in self.products:
                 return _error(
@@ -258,6 +286,7 @@ class FakeStripe(HttpFake):
             "object": "customer",
             "email": params.get("email"),
             "metadata": params.get("metadata", {}),
+            "invoice_settings": {"default_payment_method": None},
         }
         self.customers[customer["id"]] = customer
         return customer
@@ -291,6 +320,79 @@ class FakeStripe(HttpFake):
         }
         self.sessions[session_id] = session
         return session
+
+    def _create_intent(self, params: dict[str, Any]) -> tuple[int, Any]:
+        customer = params.get("customer")
+        method = self.payment_methods.get(params.get("payment_method", ""))
+        if customer not in self.customers:
+            return _error(400, "invalid_request_error", "No such customer", "resource_missing")
+        if method is None or method["customer"] != customer:
+            return _error(
+                400,
+                "invalid_request_error",
+                "The provided PaymentMethod is not attached to this customer",
+                "payment_method_invalid",
+            )
+        intent: dict[str, Any] = {
+            "id": new_id("pi"),
+            "object": "payment_intent",
+            "amount": int(params["amount"]),
+            "amount_received": 0,
+            "currency": params["currency"],
+            "customer": customer,
+            "payment_method": method["id"],
+            "description": params.get("description"),
+            "metadata": params.get("metadata", {}),
+            "off_session": params.get("off_session") == "true",
+            "status": "requires_confirmation",
+            "last_payment_error": None,
+            "created": self._now(),
+        }
+        self.intents[intent["id"]] = intent
+        if params.get("confirm") != "true":
+            return 200, intent
+        if customer in self.declining:
+            return self._intent_error(intent, "card_declined", "Your card was declined.")
+        if customer in self.requiring_action:
+            if intent["off_session"]:
+                return self._intent_error(
+                    intent,
+                    "authentication_required",
+                    "Your card was declined. This transaction requires authentication.",
+                )
+            intent["status"] = "requires_action"
+            return 200, intent
+        intent["status"] = "succeeded"
+        intent["amount_received"] = intent["amount"]
+        return 200, intent
+
+    def _intent_error(
+        self, intent: dict[str, Any], code: str, message: str
+    ) -> tuple[int, dict[str, Any]]:
+        """A failed confirmation as Stripe answers it: 402, the card error,
+        and the payment intent (left ``requires_payment_method``) in it."""
+        error = {
+            "type": "card_error",
+            "code": code,
+            "decline_code": code if code == "authentication_required" else "generic_decline",
+            "message": message,
+            "payment_method": self.payment_methods[intent["payment_method"]],
+        }
+        intent["status"] = "requires_payment_method"
+        intent["last_payment_error"] = dict(error)
+        return 402, {"error": {**error, "payment_intent": dict(intent)}}
+
+    def _save_card(self, customer: str) -> dict[str, Any]:
+        card = {
+            "id": new_id("pm"),
+            "object": "payment_method",
+            "type": "card",
+            "customer": customer,
+            "card": {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2030},
+            "created": self._now(),
+        }
+        self.payment_methods[card["id"]] = card
+        return card
 
     def _update_subscription(
         self, subscription: dict[str, Any], params: dict[str, Any]
@@ -342,8 +444,12 @@ class FakeStripe(HttpFake):
                 session["invoice"] = invoice["id"]
                 events.append(self.event("customer.subscription.created", subscription))
                 events.append(self.event("invoice.paid", invoice))
+                self._save_card(session["customer"])  # kept for the renewals
             else:
                 session["payment_intent"] = new_id("pi")
+                intent_data = session["payment_intent_data"]
+                if intent_data.get("setup_future_usage") == "off_session":
+                    self._save_card(session["customer"])
                 if session["invoice_creation"]["enabled"]:
                     invoice = self._one_time_invoice(session, int(line["unit_amount"]))
                     session["invoice"] = invoice["id"]
@@ -438,6 +544,12 @@ class FakeStripe(HttpFake):
                 "created": self._now(),
             }
             return [self.event("charge.dispute.created", dispute)]
+
+    def intent_succeeded(self, intent_id: str) -> list[dict[str, Any]]:
+        """What Stripe sends after a payment intent confirmed by the API
+        succeeded (an off-session charge): ``payment_intent.succeeded``."""
+        with self._lock:
+            return [self.event("payment_intent.succeeded", self.intents[intent_id])]
 
     def event(self, kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         """An event as Stripe sends it: a snapshot of ``obj`` now."""
@@ -631,6 +743,9 @@ class FakeStripe(HttpFake):
             if invoice.get("payment_intent") == payment_intent:
                 customer = invoice["customer"]
                 amount = int(invoice["amount_paid"])
+        intent = self.intents.get(payment_intent)
+        if intent is not None:
+            customer, amount = intent["customer"], int(intent["amount_received"])
         return {
             "id": new_id("ch"),
             "object": "charge",

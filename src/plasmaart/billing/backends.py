@@ -84,7 +84,19 @@ class Redirect:
     url: str
 
 
+@dataclass(frozen=True)
+class ActionRequired:
+    """An off-session charge the customer's bank wants authenticated (SCA,
+    3D Secure): nothing moved; the customer must pay on-session.
+    ``external_id``: the provider's id of the payment left waiting."""
+
+    reason: str
+    external_id: str | None = None
+
+
 ChargeOutcome = Paid | Declined
+# What charging a saved payment method with the customer away can answer.
+OffSessionOutcome = Paid | Declined | ActionRequired
 CheckoutOutcome = Paid | Declined | Redirect
 # When a plan change takes effect: at once (an upgrade, charged prorated now),
 # or at the period end (a downgrade, or withdrawing a scheduled change).
@@ -165,6 +177,24 @@ class BillingBackend(Protocol):
         """Collect the next period of ``subscription`` on ``plan`` (by the
         clock when ``renews_on_clock``; and when the customer pays a past-due
         subscription)."""
+        ...
+
+    def has_payment_method(self, conn: Connection, *, customer: Customer) -> bool:
+        """Whether ``customer`` has a payment method this backend can charge
+        off-session (an auto top-up may be enabled only then)."""
+        ...
+
+    def charge_off_session(
+        self,
+        conn: Connection,
+        *,
+        customer: Customer,
+        pack: CreditPack,
+        idempotency_key: str,
+    ) -> OffSessionOutcome:
+        """Charge ``pack.price_cents`` to the customer's saved payment method
+        with the customer away (an auto top-up). The same ``idempotency_key``
+        never charges twice: a retry after a crash gets the first answer."""
         ...
 
 

@@ -329,13 +329,27 @@ def card_declines(conn: Connection, user_id: str) -> bool:
     return bool(declines)
 
 
-def set_card(conn: Connection, user_id: str, *, declines: bool, now: datetime) -> None:
+def card_requires_action(conn: Connection, user_id: str) -> bool:
+    requires = conn.execute(
+        select(sandbox_cards.c.requires_action).where(sandbox_cards.c.user_id == user_id)
+    ).scalar_one_or_none()
+    return bool(requires)
+
+
+def set_card(
+    conn: Connection,
+    user_id: str,
+    *,
+    declines: bool,
+    now: datetime,
+    requires_action: bool | None = None,
+) -> None:
+    """``requires_action`` None: left as it is (False for a new card)."""
+    values: dict[str, Any] = {"declines": declines, "updated_at": now}
+    if requires_action is not None:
+        values["requires_action"] = requires_action
     result = conn.execute(
-        update(sandbox_cards)
-        .where(sandbox_cards.c.user_id == user_id)
-        .values(declines=declines, updated_at=now)
+        update(sandbox_cards).where(sandbox_cards.c.user_id == user_id).values(**values)
     )
     if result.rowcount == 0:
-        conn.execute(
-            insert(sandbox_cards).values(user_id=user_id, declines=declines, updated_at=now)
-        )
+        conn.execute(insert(sandbox_cards).values(user_id=user_id, **values))

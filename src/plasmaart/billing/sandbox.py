@@ -5,6 +5,9 @@ Like Stripe's test mode it has a test clock (``SandboxTestClock``, moved by
 (``POST /v1/admin/users/{id}/billing/sandbox-card {"declines": true}``): while
 a user's card declines, every sandbox charge of theirs fails, so renewals put
 the subscription past due and purchases answer 402 ``payment_failed``.
+Off-session charges (auto top-ups, ``charge_off_session``) also honour
+``{"requires_action": true}``: like Stripe's 3D Secure test cards, each asks
+the customer to authenticate it (docs/credits.md, Auto top-up).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from sqlalchemy import Connection
 
 from plasmaart.billing import repository as repo
 from plasmaart.billing.backends import (
+    ActionRequired,
     ChargeOutcome,
     CheckoutOutcome,
     Customer,
     Declined,
     Effective,
+    OffSessionOutcome,
     Paid,
 )
 from plasmaart.billing.repository import Subscription
@@ -27,6 +32,7 @@ from plasmaart.catalog import CreditPack, PlanSpec
 from plasmaart.clock import Clock
 
 DECLINED = "the sandbox card declines (an admin set it to)"
+AUTHENTICATION = "the sandbox card asks for authentication (an admin set it to)"
 
 
 class SandboxBackend:
@@ -96,14 +102,44 @@ class SandboxBackend:
     ) -> ChargeOutcome:
         return self._charge(conn, customer, amount_cents)
 
+    def has_payment_method(self, conn: Connection, *, customer: Customer) -> bool:  # noqa: ARG002
+        """Every sandbox customer has a card on file."""
+        return True
+
+    def charge_off_session(
+        self,
+        conn: Connection,
+        *,
+        customer: Customer,
+        pack: CreditPack,
+        idempotency_key: str,  # noqa: ARG002 - nothing external to deduplicate
+    ) -> OffSessionOutcome:
+        """Paid at once; declined while the card declines; authentication
+        asked while it ``requires_action`` (a decline wins over it)."""
+        charged = self._charge(conn, customer, pack.price_cents)
+        if isinstance(charged, Paid) and repo.card_requires_action(conn, customer.user_id):
+            return ActionRequired(AUTHENTICATION)
+        return charged
+
     # -- the sandbox's own controls ------------------------------------------
 
     def card_declines(self, conn: Connection, user_id: str) -> bool:
         return repo.card_declines(conn, user_id)
 
-    def set_card(self, conn: Connection, user_id: str, *, declines: bool) -> None:
-        """Make every charge of ``user_id`` decline (or succeed again)."""
-        repo.set_card(conn, user_id, declines=declines, now=self.clock.now())
+    def set_card(
+        self,
+        conn: Connection,
+        user_id: str,
+        *,
+        declines: bool,
+        requires_action: bool | None = None,
+    ) -> None:
+        """Make every charge of ``user_id`` decline (or succeed again);
+        ``requires_action``: off-session charges ask for authentication (None:
+        as before)."""
+        repo.set_card(
+            conn, user_id, declines=declines, now=self.clock.now(), requires_action=requires_action
+        )
 
     def _charge(self, conn: Connection, customer: Customer, amount_cents: int) -> Paid | Declined:
         if amount_cents and repo.card_declines(conn, customer.user_id):

@@ -13,6 +13,7 @@ from sqlalchemy import Connection
 
 from plasmaart.accounts import audit
 from plasmaart.accounts.service import AccountService
+from plasmaart.billing import repository as repo
 from plasmaart.billing.sandbox import SandboxBackend
 from plasmaart.billing.service import BillingService
 from plasmaart.billing.tasks import ClockReport, run_billing_clock
@@ -78,11 +79,18 @@ def set_sandbox_card(
     declines: bool,
     actor: str,
     now: datetime,
-) -> None:
-    """Make the user's sandbox card decline every charge, or succeed again."""
+    requires_action: bool | None = None,
+) -> bool:
+    """Make the user's sandbox card decline every charge, or succeed again;
+    ``requires_action``: its off-session charges (auto top-ups) ask for
+    authentication (None: left as it is). Whether it requires action now."""
     sandbox = billing.backend
     if not isinstance(sandbox, SandboxBackend):
         raise NotFound("Not Found")
     user = accounts.get(conn, user_id)
-    sandbox.set_card(conn, user.id, declines=declines)
-    _audit(conn, actor, "billing.sandbox_card", user.id, now, declines=declines)
+    sandbox.set_card(conn, user.id, declines=declines, requires_action=requires_action)
+    data: dict[str, Any] = {"declines": declines}
+    if requires_action is not None:
+        data["requires_action"] = requires_action
+    _audit(conn, actor, "billing.sandbox_card", user.id, now, **data)
+    return repo.card_requires_action(conn, user.id)

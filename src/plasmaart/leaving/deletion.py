@@ -44,6 +44,7 @@ from plasmaart.accounts.service import AccountService, User
 from plasmaart.billing.service import BillingService
 from plasmaart.billing.stripe.errors import BillingProviderError
 from plasmaart.clock import Clock
+from plasmaart.controls.topup import turn_off_for_deletion
 from plasmaart.db.engine import Database
 from plasmaart.errors import DomainError
 from plasmaart.generation.service import GenerationService
@@ -132,6 +133,8 @@ class AccountDeletion:
             ) from exc
         now = self.clock.now()
         wallet = self.ledger.wallet_of(conn, "user", user.id)
+        # Before anything moves its balance: no top-up for a forfeited wallet.
+        turn_off_for_deletion(conn, wallet, now)
         canceled = 0
         for job in repo.unfinished_jobs(conn, user_id=user.id, wallet_id=wallet):
             canceled += self.generations.end_for_deletion(conn, job.id, "account deleted")

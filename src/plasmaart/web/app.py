@@ -15,6 +15,7 @@ from plasmaart.web.api import (
     accounts,
     addresses,
     admin,
+    auto_topup,
     balance_alerts,
     billing,
     catalog,
@@ -61,6 +62,7 @@ ROUTERS = (
     leaving,
     balance_alerts,
     webhooks,
+    auto_topup,
 )
 
 

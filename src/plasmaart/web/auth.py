@@ -74,6 +74,7 @@ VERIFIED_ONLY = frozenset(
         # Webhooks send data to an address the account names (an account
         # without endpoints has none to change or replay to).
         "POST /v1/webhook-endpoints",
+        "PUT /v1/auto-topup",
     }
 )
 

@@ -25,11 +25,13 @@ from stripe.params import SubscriptionUpdateParams
 from stripe.params.checkout import SessionCreateParams
 
 from plasmaart.billing.backends import (
+    ActionRequired,
     ChargeOutcome,
     CheckoutOutcome,
     Customer,
     Declined,
     Effective,
+    OffSessionOutcome,
     Paid,
     Redirect,
 )
@@ -52,6 +54,11 @@ META_KIND = "plasmaart_kind"
 META_PLAN = "plasmaart_plan"
 META_PACK = "plasmaart_pack"
 META_KEY = "plasmaart_key"
+# The kind of an auto top-up's off-session payment intent.
+KIND_TOPUP = "topup"
+# What Stripe's error codes mean for an off-session charge: the bank wants
+# the customer to authenticate it (SCA), not a decline.
+AUTHENTICATION_CODES = frozenset({"authentication_required"})
 # Stripe answers in well under a second; a stuck connection must not hold
 # the request's database transaction for long.
 TIMEOUT_S = 20.0
@@ -68,6 +75,11 @@ def plan_of_product(product_id: str) -> str | None:
     if product_id.startswith(PLAN_PRODUCT_PREFIX):
         return product_id[len(PLAN_PRODUCT_PREFIX) :]
     return None
+
+
+def _id_of(value: Any) -> str:
+    """An expandable field's id, whether Stripe sent the id or the object."""
+    return str(value.get("id") if isinstance(value, Mapping) else value)
 
 
 def stripe_time(seconds: int) -> datetime:
@@ -188,13 +200,18 @@ class StripeBackend:
             **item,
             META_KEY: idempotency_key,
         }
+        # A pack's card is saved for off-session use (an auto top-up charges
+        # it later); a subscription's is saved by Checkout anyway, for renewals.
+        intent_data: dict[str, Any] = {"metadata": metadata}
+        if not subscription:
+            intent_data["setup_future_usage"] = "off_session"
         params: dict[str, Any] = {
             "mode": "subscription" if subscription else "payment",
             "customer": self.customer_id(conn, customer),
             "client_reference_id": customer.user_id,
             "line_items": [{"quantity": 1, "price_data": {"currency": self.currency, **price}}],
             "metadata": metadata,
-            "subscription_data" if subscription else "payment_intent_data": {"metadata": metadata},
+            "subscription_data" if subscription else "payment_intent_data": intent_data,
             "success_url": self._return("checkout=success"),
             "cancel_url": self._return("checkout=canceled"),
         }
@@ -360,6 +377,87 @@ class StripeBackend:
         return Paid(
             invoice_id, invoice_url=settled.hosted_invoice_url or invoice.hosted_invoice_url
         )
+
+    def has_payment_method(self, conn: Connection, *, customer: Customer) -> bool:
+        """A card saved at Stripe by an earlier Checkout (a pack's, saved
+        for off-session use; a subscription's)."""
+        return self._saved_card(conn, customer) is not None
+
+    def charge_off_session(
+        self,
+        conn: Connection,
+        *,
+        customer: Customer,
+        pack: CreditPack,
+        idempotency_key: str,
+    ) -> OffSessionOutcome:
+        """A PaymentIntent on the saved card, ``off_session`` and confirmed
+        at once, keyed by ``idempotency_key`` (a retry after a crash replays
+        Stripe's first answer: never a second charge). Stripe answers 402
+        ``authentication_required`` (the intent in the error) when the bank
+        wants the customer there: ``ActionRequired``; any other card error
+        is a decline."""
+        card = self._saved_card(conn, customer)
+        if card is None:
+            return Declined("no saved card: buy a pack once through Checkout to save one")
+        customer_id, payment_method = card
+        metadata = {
+            META_USER: customer.user_id,
+            META_WALLET: customer.wallet_id,
+            META_KIND: KIND_TOPUP,
+            META_PACK: pack.id,
+            META_KEY: idempotency_key,
+        }
+        try:
+            intent = self.client.v1.payment_intents.create(
+                params={
+                    "amount": pack.price_cents,
+                    "currency": self.currency,
+                    "customer": customer_id,
+                    "payment_method": payment_method,
+                    "off_session": True,
+                    "confirm": True,
+                    "description": f"Auto top-up: {pack.credits:,} PlasmaArt credits",
+                    "metadata": metadata,
+                },
+                options={"idempotency_key": f"topup:{idempotency_key}"},
+            )
+        except stripe.CardError as exc:
+            answer = exc.json_body if isinstance(exc.json_body, Mapping) else {}
+            body = answer.get("error") or {}
+            failed = body.get("payment_intent") or {}
+            intent_id = failed.get("id") if isinstance(failed, Mapping) else None
+            reason = exc.user_message or body.get("message") or "the card was declined"
+            if exc.code in AUTHENTICATION_CODES:
+                return ActionRequired(str(reason), None if intent_id is None else str(intent_id))
+            return Declined(str(reason))
+        except stripe.StripeError as exc:
+            raise self._unavailable(exc) from exc
+        if intent.status == "succeeded":
+            return Paid(str(intent.id), amount_cents=int(intent.amount_received or intent.amount))
+        if intent.status == "requires_action":
+            return ActionRequired("the bank asks the customer to authenticate", str(intent.id))
+        return Declined(f"the payment is {intent.status}")
+
+    def _saved_card(self, conn: Connection, customer: Customer) -> tuple[str, str] | None:
+        """(the Stripe customer, the payment method an off-session charge
+        uses): the customer's default, else the newest card attached."""
+        customer_id = repo.customer_id_of_user(conn, customer.user_id)
+        if customer_id is None:
+            return None
+        found = self._call(lambda: self.client.v1.customers.retrieve(customer_id))
+        settings = found.to_dict().get("invoice_settings") or {}
+        default = settings.get("default_payment_method")
+        if default:
+            return customer_id, str(_id_of(default))
+        cards = self._call(
+            lambda: self.client.v1.customers.payment_methods.list(
+                customer_id, params={"type": "card", "limit": 1}
+            )
+        )
+        if not cards.data:
+            return None
+        return customer_id, str(cards.data[0].id)
 
     # -- Stripe's own ------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from plasmaart.notify.letters import (
     receipts,
     twofa,
 )
+from plasmaart.notify.letters import topup as topup_letters
 from plasmaart.notify.letters import webhooks as webhook_letters
 from plasmaart.outbox import Text
 
@@ -35,3 +36,4 @@ TEXTS.update(invitations.TEXTS)
 TEXTS.update(leaving.TEXTS)
 TEXTS.update(alerts.TEXTS)
 TEXTS.update(webhook_letters.TEXTS)
+TEXTS.update(topup_letters.TEXTS)

@@ -149,11 +149,14 @@ class ClockOut(BaseModel):
 
 class SandboxCardIn(StrictBody):
     declines: bool
+    # Off-session charges (auto top-ups) ask for authentication; absent: unchanged.
+    requires_action: bool | None = None
 
 
 class SandboxCardOut(BaseModel):
     user_id: str
     declines: bool
+    requires_action: bool
 
 
 def _state(platform: Platform, subscription: Subscription | None) -> SubscriptionState:
@@ -458,15 +461,17 @@ def set_sandbox_card(
     user_id: str, body: SandboxCardIn, admin: AdminPrincipal, platform: PlatformDep
 ) -> SandboxCardOut:
     """Make the user's sandbox card decline every charge (renewals go past
-    due, purchases answer 402), or succeed again."""
+    due, purchases answer 402), or succeed again; ``requires_action``: its
+    off-session charges (auto top-ups) ask the customer to authenticate."""
     with platform.db.write() as conn:
-        sandbox_controls.set_sandbox_card(
+        requires_action = sandbox_controls.set_sandbox_card(
             conn,
             platform.billing,
             platform.accounts,
             user_id,
             declines=body.declines,
+            requires_action=body.requires_action,
             actor=admin.user.id,
             now=platform.clock.now(),
         )
-    return SandboxCardOut(user_id=user_id, declines=body.declines)
+    return SandboxCardOut(user_id=user_id, declines=body.declines, requires_action=requires_action)

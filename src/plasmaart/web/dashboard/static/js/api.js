@@ -87,6 +87,7 @@
       const value = el.value.trim();
       if (el.dataset.type === "int") body[el.name] = value === "" ? null : Number(value);
       else if (el.dataset.type === "int-or-null") body[el.name] = value === "" ? null : Number(value);
+      else if (el.dataset.type === "cents") body[el.name] = value === "" ? null : Math.round(Number(value) * 100);
       else body[el.name] = value;
     });
     return body;
