@@ -21,6 +21,7 @@ from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.changes.service import CatalogChangeService
 from plasmaart.clock import Clock, SystemClock
 from plasmaart.config import Settings, load_settings
+from plasmaart.controls.limits import SpendLimits
 from plasmaart.controls.watch import WalletWatch
 from plasmaart.db.engine import create_database
 from plasmaart.db.migrate import database_revision, require_migrated, unreachable, upgrade
@@ -142,6 +143,7 @@ def bootstrap(
         throttle=throttle,
         caches=caches,
     )
+    spend_limits = SpendLimits(clock)
     generations = GenerationService(
         clock,
         catalogs,
@@ -149,6 +151,7 @@ def bootstrap(
         billing.plans,
         teams,
         settings.provider,
+        limits=spend_limits,
         listeners=[GenerationEvents(events, db, teams)],
     )
     credentials = CredentialService(clock)
@@ -219,6 +222,7 @@ def bootstrap(
         outbox=outbox,
         webhook_events=webhook_events,
         wallet_watch=wallet_watch,
+        spend_limits=spend_limits,
         catalog_changes=catalog_changes,
         mailer=create_mailer(settings),
         wakeups=PollWakeups(events),

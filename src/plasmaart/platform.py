@@ -23,6 +23,7 @@ from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.changes.service import CatalogChangeService
 from plasmaart.clock import Clock
 from plasmaart.config import Settings
+from plasmaart.controls.limits import SpendLimits
 from plasmaart.controls.watch import WalletWatch
 from plasmaart.db.engine import Database
 from plasmaart.eventbus import EventBus
@@ -72,6 +73,8 @@ class Platform:
     webhook_events: WebhookEvents
     # The credit controls' balance watch, which the ledger calls (controls/watch.py).
     wallet_watch: WalletWatch
+    # Spend limits of wallets, API keys and team members (controls/limits.py).
+    spend_limits: SpendLimits
     catalog_changes: CatalogChangeService
     mailer: Mailer | None
     # Webhooks wake the worker polling a job (generation/wakeups.py).

@@ -26,6 +26,7 @@ from plasmaart.web.api import (
     leaving,
     ops,
     passwords,
+    spend_limits,
     stripe_billing,
     teams,
     two_factor,
@@ -57,6 +58,7 @@ ROUTERS = (
     addresses,
     passwords,
     leaving,
+    spend_limits,
 )
 
 
