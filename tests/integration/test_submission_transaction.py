@@ -183,7 +183,8 @@ def test_a_capped_member_is_checked_again_under_the_wallets_lock(
     # wallet's lock: after the lock, before the hold's writes.
     statements = [sql for _, sql in write.statements]
     (spend,) = [sql for sql in statements if "sum(CASE WHEN" in sql]
-    assert "generations.team_id" in spend and "generations.user_id" in spend
+    assert "generations.team_id" in spend
+    assert "generations.user_id" in spend
     lock = next(n for n, sql in enumerate(statements) if "FROM wallets" in sql)
     first_write = next(
         n for n, sql in enumerate(statements) if sql.startswith(("UPDATE", "INSERT"))
