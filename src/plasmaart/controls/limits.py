@@ -120,6 +120,12 @@ class SpendLimits:
         repo.set_monthly_limit(conn, wallet_id, monthly_credits)
         return self.wallet_limit(conn, wallet_id)
 
+    def member_spend(self, conn: Connection, team_id: str, user_id: str) -> int:
+        """What a member spent in the team this month (what the cap counts)."""
+        since = month_start(self.clock.now())
+        (spent,) = repo.spent(conn, SpendOf(team_id=team_id, user_id=user_id), [since])
+        return spent
+
     # -- keys --------------------------------------------------------------
 
     def key_spend(self, conn: Connection, key_ids: list[str]) -> dict[str, KeySpend]:

@@ -16,12 +16,13 @@ from typing import Any
 from sqlalchemy import Connection
 
 from plasmaart.platform import Platform
+from plasmaart.web.dashboard import limits_section
 from plasmaart.web.dashboard.views import Frame
 
 Section = Callable[[Connection, Platform, Frame], dict[str, Any]]
 
 # The sections' readers, in page order.
-SECTIONS: tuple[Section, ...] = ()
+SECTIONS: tuple[Section, ...] = (limits_section.limits,)
 
 
 def credits(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
