@@ -40,6 +40,7 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,10 @@ import pytest
 from sqlalchemy import Connection, func, select
 
 from plasmaart.bootstrap import bootstrap
+from plasmaart.clock import as_utc
 from plasmaart.config import Settings
 from plasmaart.db.engine import Database
-from plasmaart.db.tables import generation_outputs, generations, holds, payments
+from plasmaart.db.tables import generation_outputs, generations, holds, payments, wallets
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.platform import Platform
 from tests.support.accounts import TestUser, make_user
@@ -81,6 +83,10 @@ class Creator:
     accepted: dict[str, str] = field(default_factory=dict)  # key -> generation id
     refused: dict[str, int] = field(default_factory=dict)  # submission key -> status
     packs: set[str] = field(default_factory=set)  # pack keys answered 201
+    # The monthly spend limits sent (each at least the month's spending when
+    # sent, and never below the last one answered) and the first month limited.
+    limits_sent: list[int] = field(default_factory=list)
+    limited_from: str | None = None  # the resets_at of the first limit answered
     unanswered: int = 0
     violations: list[str] = field(default_factory=list)
 
@@ -129,8 +135,10 @@ class Creator:
         while not stop.is_set():
             n += 1
             roll = pick.random()
-            if roll < 0.6:
+            if roll < 0.57:
                 self.submit(servers, pick, f"{self.name}-g{n}", deadline)
+            elif roll < 0.6:
+                self.limit_spending(servers, pick, deadline)
             elif roll < 0.75 and self.accepted:
                 generation_id = pick.choice(sorted(self.accepted.values()))
                 self.ops["cancel"] += 1
@@ -179,6 +187,33 @@ class Creator:
                     deadline=deadline,
                 )
 
+    def limit_spending(
+        self, servers: list[ServerProcess], pick: random.Random, deadline: float
+    ) -> None:
+        """Set (or raise) the wallet's monthly spend limit a little above what
+        it spent this month: the submissions that follow meet it. Only this
+        thread submits for this creator, so the spending cannot grow between
+        the read and the write."""
+        self.ops["spend limit"] += 1
+        now = self.call(servers, pick, "GET", "/v1/spend-limit", deadline=deadline)
+        if now is None or now.status_code != 200:
+            return
+        current = now.json()
+        limit = current["spent"] + pick.randint(10, 80)
+        if current["monthly_credits"] is not None:
+            limit = max(limit, current["monthly_credits"])
+        self.limits_sent.append(limit)
+        answer = self.call(
+            servers,
+            pick,
+            "PUT",
+            "/v1/spend-limit",
+            body={"monthly_credits": limit},
+            deadline=deadline,
+        )
+        if answer is not None and answer.status_code == 200 and self.limited_from is None:
+            self.limited_from = answer.json()["resets_at"]
+
     def submit(
         self, servers: list[ServerProcess], pick: random.Random, key: str, deadline: float
     ) -> None:
@@ -214,6 +249,8 @@ class Creator:
                     self.violations.append(f"{key}: answered with two different jobs")
             elif response.status_code < 500:
                 self.refused[key] = response.status_code
+                if response.status_code == 402:
+                    self.ops[f"refused {response.json()['code']}"] += 1
 
 
 class Listener(threading.Thread):
@@ -321,7 +358,43 @@ def final_problems(conn: Connection, creators: list[Creator]) -> list[str]:
         ).scalar_one()
         if paid != len(creator.packs):
             problems.append(f"{creator.name}: {paid} pack payments for {len(creator.packs)} keys")
+    problems += limit_problems(conn, creators, jobs.values())
     return problems
+
+
+def limit_problems(conn: Connection, creators: list[Creator], jobs: Any) -> list[str]:
+    """No wallet spent more in a calendar month than its monthly limit: in
+    the months since its first limit, at most the highest limit it was sent,
+    and in the month now at most the limit it has now."""
+    problems: list[str] = []
+    for creator in creators:
+        limit = conn.execute(
+            select(wallets.c.monthly_spend_limit).where(wallets.c.id == creator.user.wallet_id)
+        ).scalar_one()
+        if creator.limited_from is None or limit is None:
+            continue
+        # The month the first limit was set in: the one before its reset.
+        first = _month_of(datetime.fromisoformat(creator.limited_from) - timedelta(days=1))
+        spent: Counter[datetime] = Counter()
+        for job in jobs:
+            if job.user_id == creator.user.id and job.status == "succeeded":
+                spent[_month_of(as_utc(job.created_at))] += int(job.credits_charged)
+        months = [month for month in spent if month >= first]
+        highest = max(creator.limits_sent)
+        problems += [
+            f"{creator.name}: spent {spent[month]} in {month:%Y-%m}, limits up to {highest}"
+            for month in months
+            if spent[month] > highest
+        ]
+        # Limits only ever rise (each is at least the one in force): the
+        # latest month is within the limit the wallet has now.
+        if months and spent[max(months)] > int(limit):
+            problems.append(f"{creator.name}: spent {spent[max(months)]}, limit {limit} now")
+    return problems
+
+
+def _month_of(moment: datetime) -> datetime:
+    return datetime(moment.year, moment.month, 1, tzinfo=UTC)
 
 
 def event_problems(conn: Connection, listeners: list[Listener]) -> list[str]:
@@ -483,6 +556,7 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
         assert checkpoints >= 3
         assert statuses["succeeded"] > 0, statuses
         assert statuses["failed"] > 0, statuses
+        assert ops["spend limit"] > 0, ops
     finally:
         for listener in listeners:
             listener.close()
