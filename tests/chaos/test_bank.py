@@ -7,7 +7,8 @@ processes share one database. Client threads, each a creator with a seeded
 random generator, submit generations (a fifth of them told to fail by the
 sandbox provider, some to deliver only part of their outputs, some whose
 downloads are all refused, some with a delay), cancel their jobs, buy credit packs,
-change plans, and advance the sandbox test clock a day at a time (which runs
+change plans, set (half of them) a monthly spend limit a little above what
+they spent, and advance the sandbox test clock a day at a time (which runs
 renewals and expiries), on either API process, retrying a request that got no
 answer with the same ``Idempotency-Key`` and sometimes sending one twice on
 purpose. Meanwhile a worker is killed with SIGKILL every few seconds and
@@ -22,7 +23,9 @@ charged; the credits charged equal the credits of the outputs delivered, and
 a job succeeded with what its sandbox params let arrive (all, or ``deliver``
 of them; never one whose downloads were refused); no job timed out (the test
 clock's jumps move billing time only); every 201 has its job, one per key;
-a refused submission left no job; every pack purchase was paid once per key.
+a refused submission left no job (``spend_limit_reached`` among the
+refusals); no wallet spent more in a month than its monthly spend limit;
+every pack purchase was paid once per key.
 On PostgreSQL the processes also share a real Redis (rate limits) and each
 creator holds an event stream on an API process: it must carry only their
 own generations, and the final state of every one of them, sent by worker
@@ -85,6 +88,7 @@ class Creator:
     packs: set[str] = field(default_factory=set)  # pack keys answered 201
     # The monthly spend limits sent (each at least the month's spending when
     # sent, and never below the last one answered) and the first month limited.
+    sets_limits: bool = False  # half of the creators do
     limits_sent: list[int] = field(default_factory=list)
     limited_from: str | None = None  # the resets_at of the first limit answered
     unanswered: int = 0
@@ -135,7 +139,7 @@ class Creator:
         while not stop.is_set():
             n += 1
             roll = pick.random()
-            if roll < 0.57:
+            if roll < 0.57 or (roll < 0.6 and not self.sets_limits):
                 self.submit(servers, pick, f"{self.name}-g{n}", deadline)
             elif roll < 0.6:
                 self.limit_spending(servers, pick, deadline)
@@ -199,7 +203,7 @@ class Creator:
         if now is None or now.status_code != 200:
             return
         current = now.json()
-        limit = current["spent"] + pick.randint(10, 80)
+        limit = current["spent"] + pick.randint(5, 60)
         if current["monthly_credits"] is not None:
             limit = max(limit, current["monthly_credits"])
         self.limits_sent.append(limit)
@@ -451,6 +455,7 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
                 f"c{n}",
                 SEED + n,
                 admin.auth,
+                sets_limits=n % 2 == 0,
             )
             for n, plan in enumerate(("starter", "pro", "studio", "studio"))
         ]
@@ -557,6 +562,7 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
         assert statuses["succeeded"] > 0, statuses
         assert statuses["failed"] > 0, statuses
         assert ops["spend limit"] > 0, ops
+        assert ops["refused spend_limit_reached"] > 0, ops
     finally:
         for listener in listeners:
             listener.close()
