@@ -77,7 +77,7 @@ def spent(platform: Platform, *conditions: Any) -> int:
 def test_a_race_never_passes_a_wallets_monthly_limit(platform: Platform) -> None:
     sam = make_user(platform, "sam@example.com", plan="pro", credits=1000)
     with platform.db.write() as conn:
-        platform.spend_limits.set_wallet_limit(conn, sam.wallet_id, 11)
+        platform.spend_limits.set_wallet_limit(conn, sam.wallet_id, 11, actor_id=sam.id)
         user = platform.accounts.get(conn, sam.id)
     accepted, refused = race(
         platform,

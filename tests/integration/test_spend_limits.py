@@ -7,6 +7,7 @@ boundary of its period."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from plasmaart.clock import ManualClock
-from plasmaart.db.tables import generations
+from plasmaart.db.tables import audit_log, generations
 from plasmaart.platform import Platform
 from tests.integration.test_generations_api import drain
 from tests.integration.test_teams import accept, create_team, invite
@@ -111,6 +112,17 @@ def test_the_spend_limit_api(client: TestClient, platform: Platform) -> None:
         "spent": 5,
         "resets_at": "2026-02-01T00:00:00Z",
     }
+    # Each change is in the audit log, with what it replaced (a refused one is not).
+    with platform.db.read() as conn:
+        changes = conn.execute(
+            select(audit_log.c.actor, audit_log.c.target, audit_log.c.data)
+            .where(audit_log.c.action == "credits.spend_limit")
+            .order_by(audit_log.c.id)
+        ).all()
+    assert [(a, t, json.loads(d)) for a, t, d in changes] == [
+        (sam.id, sam.wallet_id, {"before": None, "after": 20}),
+        (sam.id, sam.wallet_id, {"before": 20, "after": None}),
+    ]
     assert client.get("/v1/spend-limit").status_code == 401
 
 

@@ -24,6 +24,7 @@ from functools import partial
 
 from sqlalchemy import Connection
 
+from plasmaart.accounts import audit
 from plasmaart.accounts.credentials import KeyLimits
 from plasmaart.clock import Clock
 from plasmaart.controls import limits_repository as repo
@@ -108,16 +109,28 @@ class SpendLimits:
         return WalletLimit(repo.monthly_limit(conn, wallet_id), spent, next_month(now))
 
     def set_wallet_limit(
-        self, conn: Connection, wallet_id: str, monthly_credits: int | None
+        self, conn: Connection, wallet_id: str, monthly_credits: int | None, *, actor_id: str
     ) -> WalletLimit:
-        """Set (or, with None, remove) the wallet's monthly limit. A limit below
-        what was spent already refuses every submission until the month ends."""
+        """Set (or, with None, remove) the wallet's monthly limit, as
+        ``actor_id`` (audited). A limit below what was spent already refuses
+        every submission until the month ends."""
         if monthly_credits is not None and not 1 <= monthly_credits <= MAX_MONTHLY_LIMIT:
             raise InvalidInput(
                 f"must be between 1 and {MAX_MONTHLY_LIMIT}, or null for no limit",
                 field="monthly_credits",
             )
-        repo.set_monthly_limit(conn, wallet_id, monthly_credits)
+        before = repo.monthly_limit(conn, wallet_id)
+        if before != monthly_credits:
+            repo.set_monthly_limit(conn, wallet_id, monthly_credits)
+            audit.record(
+                conn,
+                actor=actor_id,
+                action="credits.spend_limit",
+                target=wallet_id,
+                reason=None,
+                now=self.clock.now(),
+                data={"before": before, "after": monthly_credits},
+            )
         return self.wallet_limit(conn, wallet_id)
 
     def member_spend(self, conn: Connection, team_id: str, user_id: str) -> int:

@@ -84,4 +84,7 @@ def put_spend_limit(
     that would take the month's spending past it answer 402 ``spend_limit_reached``."""
     with platform.db.write() as conn:
         wallet_id = controlled_wallet(conn, platform, principal.user, team_id)
-        return _out(platform.spend_limits.set_wallet_limit(conn, wallet_id, body.monthly_credits))
+        limit = platform.spend_limits.set_wallet_limit(
+            conn, wallet_id, body.monthly_credits, actor_id=principal.user.id
+        )
+        return _out(limit)
