@@ -203,7 +203,7 @@ class Creator:
         if now is None or now.status_code != 200:
             return
         current = now.json()
-        limit = current["spent"] + pick.randint(5, 60)
+        limit = current["spent"] + pick.randint(2, 25)
         if current["monthly_credits"] is not None:
             limit = max(limit, current["monthly_credits"])
         self.limits_sent.append(limit)
