@@ -22,6 +22,7 @@ from plasmaart.changes.service import CatalogChangeService
 from plasmaart.clock import Clock, SystemClock
 from plasmaart.config import Settings, load_settings
 from plasmaart.controls.alerts import BalanceAlerts
+from plasmaart.controls.limits import SpendLimits
 from plasmaart.controls.topup import AutoTopupService
 from plasmaart.controls.watch import WalletWatch
 from plasmaart.db.engine import create_database
@@ -162,6 +163,7 @@ def bootstrap(
         throttle=throttle,
         caches=caches,
     )
+    spend_limits = SpendLimits(clock)
     generations = GenerationService(
         clock,
         catalogs,
@@ -169,6 +171,7 @@ def bootstrap(
         billing.plans,
         teams,
         settings.provider,
+        limits=spend_limits,
         listeners=[GenerationEvents(events, db, teams)],
         webhooks=GenerationWebhooks(
             webhook_events,
@@ -246,6 +249,7 @@ def bootstrap(
         wallet_watch=wallet_watch,
         balance_alerts=balance_alerts,
         auto_topups=auto_topups,
+        spend_limits=spend_limits,
         catalog_changes=catalog_changes,
         mailer=create_mailer(settings),
         wakeups=PollWakeups(events),

@@ -24,6 +24,7 @@ from plasmaart.changes.service import CatalogChangeService
 from plasmaart.clock import Clock
 from plasmaart.config import Settings
 from plasmaart.controls.alerts import BalanceAlerts
+from plasmaart.controls.limits import SpendLimits
 from plasmaart.controls.topup import AutoTopupService
 from plasmaart.controls.watch import WalletWatch
 from plasmaart.db.engine import Database
@@ -79,6 +80,8 @@ class Platform:
     balance_alerts: BalanceAlerts
     # Auto top-up: settings, the trigger, off-session charging (controls/topup.py).
     auto_topups: AutoTopupService
+    # Spend limits of wallets, API keys and team members (controls/limits.py).
+    spend_limits: SpendLimits
     catalog_changes: CatalogChangeService
     mailer: Mailer | None
     # Webhooks wake the worker polling a job (generation/wakeups.py).

@@ -9,7 +9,8 @@ sandbox provider, some to deliver only part of their outputs, some whose
 downloads are all refused, some with a delay), cancel their jobs, buy credit
 packs, change plans, move their auto top-up's threshold (three of them have
 it on, one with a card whose bank asks to confirm each off-session charge;
-the workers charge the runs as balances cross it), and advance the sandbox
+the workers charge the runs as balances cross it), set (half of them) a
+monthly spend limit a little above what they spent, and advance the sandbox
 test clock a day at a time (which runs renewals and expiries), on either API
 process, retrying a request that got no answer with the same
 ``Idempotency-Key`` and sometimes sending one twice on purpose. Meanwhile a
@@ -25,10 +26,12 @@ charged; the credits charged equal the credits of the outputs delivered, and
 a job succeeded with what its sandbox params let arrive (all, or ``deliver``
 of them; never one whose downloads were refused); no job timed out (the test
 clock's jumps move billing time only); every 201 has its job, one per key;
-a refused submission left no job; every pack purchase was paid once per key;
-every auto top-up run ended, one at a time per wallet, a succeeded one paid
-once (its pack's payment), a failed or unconfirmed one never, and no
-calendar month of top-ups past its cap.
+a refused submission left no job (``spend_limit_reached`` among the
+refusals); no wallet spent more in a month than its monthly spend limit;
+every pack purchase was paid once per key; every auto top-up run ended, one
+at a time per wallet, a succeeded one paid once (its pack's payment), a
+failed or unconfirmed one never, and no calendar month of top-ups past its
+cap.
 On PostgreSQL the processes also share a real Redis (rate limits) and each
 creator holds an event stream on an API process: it must carry only their
 own generations, and the final state of every one of them, sent by worker
@@ -46,6 +49,7 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +59,17 @@ from sqlalchemy import Connection, func, select
 
 from plasmaart.billing.sandbox import SandboxBackend
 from plasmaart.bootstrap import bootstrap
+from plasmaart.clock import as_utc
 from plasmaart.config import Settings
 from plasmaart.db.engine import Database
-from plasmaart.db.tables import generation_outputs, generations, holds, payments, topup_runs
+from plasmaart.db.tables import (
+    generation_outputs,
+    generations,
+    holds,
+    payments,
+    topup_runs,
+    wallets,
+)
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.platform import Platform
 from tests.support.accounts import TestUser, make_user
@@ -98,6 +110,11 @@ class Creator:
     refused: dict[str, int] = field(default_factory=dict)  # submission key -> status
     packs: set[str] = field(default_factory=set)  # pack keys answered 201
     topup: tuple[str, int] | None = None  # (pack, cap cents) when auto top-up is on
+    # The monthly spend limits sent (each at least the month's spending when
+    # sent, and never below the last one answered) and the first month limited.
+    sets_limits: bool = False  # half of the creators do
+    limits_sent: list[int] = field(default_factory=list)
+    limited_from: str | None = None  # the resets_at of the first limit answered
     unanswered: int = 0
     violations: list[str] = field(default_factory=list)
 
@@ -146,8 +163,10 @@ class Creator:
         while not stop.is_set():
             n += 1
             roll = pick.random()
-            if roll < 0.6:
+            if roll < 0.57 or (roll < 0.6 and not self.sets_limits):
                 self.submit(servers, pick, f"{self.name}-g{n}", deadline)
+            elif roll < 0.6:
+                self.limit_spending(servers, pick, deadline)
             elif roll < 0.75 and self.accepted:
                 generation_id = pick.choice(sorted(self.accepted.values()))
                 self.ops["cancel"] += 1
@@ -219,6 +238,33 @@ class Creator:
             deadline=deadline,
         )
 
+    def limit_spending(
+        self, servers: list[ServerProcess], pick: random.Random, deadline: float
+    ) -> None:
+        """Set (or raise) the wallet's monthly spend limit a little above what
+        it spent this month: the submissions that follow meet it. Only this
+        thread submits for this creator, so the spending cannot grow between
+        the read and the write."""
+        self.ops["spend limit"] += 1
+        now = self.call(servers, pick, "GET", "/v1/spend-limit", deadline=deadline)
+        if now is None or now.status_code != 200:
+            return
+        current = now.json()
+        limit = current["spent"] + pick.randint(2, 25)
+        if current["monthly_credits"] is not None:
+            limit = max(limit, current["monthly_credits"])
+        self.limits_sent.append(limit)
+        answer = self.call(
+            servers,
+            pick,
+            "PUT",
+            "/v1/spend-limit",
+            body={"monthly_credits": limit},
+            deadline=deadline,
+        )
+        if answer is not None and answer.status_code == 200 and self.limited_from is None:
+            self.limited_from = answer.json()["resets_at"]
+
     def submit(
         self, servers: list[ServerProcess], pick: random.Random, key: str, deadline: float
     ) -> None:
@@ -254,6 +300,8 @@ class Creator:
                     self.violations.append(f"{key}: answered with two different jobs")
             elif response.status_code < 500:
                 self.refused[key] = response.status_code
+                if response.status_code == 402:
+                    self.ops[f"refused {response.json()['code']}"] += 1
 
 
 class Listener(threading.Thread):
@@ -363,6 +411,7 @@ def final_problems(conn: Connection, creators: list[Creator]) -> list[str]:
         ).scalar_one()
         if paid != len(creator.packs):
             problems.append(f"{creator.name}: {paid} pack payments for {len(creator.packs)} keys")
+    problems += limit_problems(conn, creators, jobs.values())
     return problems + topup_problems(conn, creators)
 
 
@@ -406,6 +455,41 @@ def topup_problems(conn: Connection, creators: list[Creator]) -> list[str]:
             ]
     problems += [f"payment {p.id} ({key}): no run" for key, p in paid.items()]
     return problems
+
+
+def limit_problems(conn: Connection, creators: list[Creator], jobs: Any) -> list[str]:
+    """No wallet spent more in a calendar month than its monthly limit: in
+    the months since its first limit, at most the highest limit it was sent,
+    and in the month now at most the limit it has now."""
+    problems: list[str] = []
+    for creator in creators:
+        limit = conn.execute(
+            select(wallets.c.monthly_spend_limit).where(wallets.c.id == creator.user.wallet_id)
+        ).scalar_one()
+        if creator.limited_from is None or limit is None:
+            continue
+        # The month the first limit was set in: the one before its reset.
+        first = _month_of(datetime.fromisoformat(creator.limited_from) - timedelta(days=1))
+        spent: Counter[datetime] = Counter()
+        for job in jobs:
+            if job.user_id == creator.user.id and job.status == "succeeded":
+                spent[_month_of(as_utc(job.created_at))] += int(job.credits_charged)
+        months = [month for month in spent if month >= first]
+        highest = max(creator.limits_sent)
+        problems += [
+            f"{creator.name}: spent {spent[month]} in {month:%Y-%m}, limits up to {highest}"
+            for month in months
+            if spent[month] > highest
+        ]
+        # Limits only ever rise (each is at least the one in force): the
+        # latest month is within the limit the wallet has now.
+        if months and spent[max(months)] > int(limit):
+            problems.append(f"{creator.name}: spent {spent[max(months)]}, limit {limit} now")
+    return problems
+
+
+def _month_of(moment: datetime) -> datetime:
+    return datetime(moment.year, moment.month, 1, tzinfo=UTC)
 
 
 def event_problems(conn: Connection, listeners: list[Listener]) -> list[str]:
@@ -462,6 +546,7 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
                 f"c{n}",
                 SEED + n,
                 admin.auth,
+                sets_limits=n % 2 == 0,
             )
             for n, plan in enumerate(("starter", "pro", "studio", "studio"))
         ]
@@ -589,6 +674,8 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
         assert statuses["failed"] > 0, statuses
         assert topups["succeeded"] > 0, topups
         assert topups["action_required"] > 0, topups
+        assert ops["spend limit"] > 0, ops
+        assert ops["refused spend_limit_reached"] > 0, ops
     finally:
         for listener in listeners:
             listener.close()

@@ -975,6 +975,13 @@ ROWS: tuple[Row, ...] = (
         about_caller=True,
         check=change_pending,
     ),
+    # a key's spend limits: the key's owner only (before its revocation)
+    Row(
+        "PATCH /v1/api-keys/{key_id}",
+        (U, 200, N, N, N),
+        url="/v1/api-keys/{w.spare_key_id}",
+        body={"daily_credit_limit": 900_000, "monthly_credit_limit": None},
+    ),
     Row(
         "DELETE /v1/api-keys/{key_id}",
         (U, 200, N, N, N),
@@ -1277,6 +1284,14 @@ ROWS: tuple[Row, ...] = (
         body=TOPUP,
         check=topup_saved,
     ),
+    # the team's wallet's spend limit: its owner's (while the member is in)
+    Row("GET /v1/spend-limit", (U, 200, N, F, N), url="/v1/spend-limit?team_id={w.team_id}"),
+    Row(
+        "PUT /v1/spend-limit",
+        (U, 200, N, F, N),
+        url="/v1/spend-limit?team_id={w.team_id}",
+        body={"monthly_credits": 900_000},
+    ),
     # a member may not remove others; nobody removes the owner
     Row(
         "DELETE /v1/teams/{team_id}/members/{user_id}",
@@ -1291,6 +1306,14 @@ ROWS: tuple[Row, ...] = (
     ),
     # credits: the caller's own wallet
     Row("GET /v1/balance", (U, 200, 200, 200, 200), about_caller=True, check=own_balance),
+    # spend limits: the caller's own wallet, or the team's for its owner only
+    Row("GET /v1/spend-limit", (U, 200, 200, 200, 200), about_caller=True),
+    Row(
+        "PUT /v1/spend-limit",
+        (U, 200, 200, 200, 200),
+        body={"monthly_credits": 900_000},
+        about_caller=True,
+    ),
     Row("GET /v1/ledger", (U, 200, 200, 200, 200), about_caller=True, check=own_ledger),
     Row(
         "GET /v1/usage",
@@ -1546,6 +1569,7 @@ SUSPENDED: dict[str, Expect] = {
     "DELETE /v1/me": S,
     "POST /v1/api-keys": S,
     "GET /v1/api-keys": 200,
+    "PATCH /v1/api-keys/{key_id} /v1/api-keys/{w.spare_key_id}": S,
     "DELETE /v1/api-keys/{key_id} /v1/api-keys/{w.spare_key_id}": S,
     # webhooks: read, never changed
     "POST /v1/webhook-endpoints": S,
@@ -1608,6 +1632,10 @@ SUSPENDED: dict[str, Expect] = {
     "DELETE /v1/teams/{team_id}/members/{user_id} " + TEAM + "/members/{w.owner.id}": S,
     "DELETE /v1/teams/{team_id}/members/{user_id} " + TEAM + "/members/{w.member.id}": S,
     "GET /v1/balance": 200,
+    "GET /v1/spend-limit": 200,
+    "PUT /v1/spend-limit": S,
+    "GET /v1/spend-limit /v1/spend-limit?team_id={w.team_id}": 200,
+    "PUT /v1/spend-limit /v1/spend-limit?team_id={w.team_id}": S,
     "GET /v1/ledger": 200,
     "GET /v1/usage /v1/usage?group_by=day": 200,
     "GET /v1/usage.csv": 200,

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, event, func, select
 
 from plasmaart.db.group_commit import GroupCommitError
 from plasmaart.db.tables import generations, holds
-from plasmaart.errors import DomainError, InvalidInput
+from plasmaart.errors import DomainError, SpendLimitReached
 from plasmaart.generation.errors import ConcurrencyLimit
 from plasmaart.generation.service import Generation, GenerationRequest, Submission
 from plasmaart.ledger.invariants import check_ledger
@@ -177,9 +177,19 @@ def test_a_capped_member_is_checked_again_under_the_wallets_lock(
         )
     assert answer.status_code == 201, answer.text
     _, write = the_submissions_write(transactions)
-    spend, insert = write.of("generation")
-    assert spend.startswith("SELECT coalesce(sum(coalesce(nullif(generations.credits_charged")
+    (insert,) = write.of("generation")
     assert insert.startswith("INSERT INTO generations")
+    # The member's spending is counted by the hold's spend guard, under the
+    # wallet's lock: after the lock, before the hold's writes.
+    statements = [sql for _, sql in write.statements]
+    (spend,) = [sql for sql in statements if "sum(CASE WHEN" in sql]
+    assert "generations.team_id" in spend
+    assert "generations.user_id" in spend
+    lock = next(n for n, sql in enumerate(statements) if "FROM wallets" in sql)
+    first_write = next(
+        n for n, sql in enumerate(statements) if sql.startswith(("UPDATE", "INSERT"))
+    )
+    assert lock < statements.index(spend) < first_write
     assert not [table for table in READ_STEP_TABLES if write.touches(table)]
 
 
@@ -272,7 +282,8 @@ def test_a_burst_never_passes_a_members_monthly_cap(client: TestClient, platform
         ),
     )
     assert accepted == 6
-    assert {type(r) for r in refused} == {InvalidInput}
+    assert {type(r) for r in refused} == {SpendLimitReached}
+    assert {r.limit for r in refused if isinstance(r, SpendLimitReached)} == {"member_monthly"}
     assert counts(platform, owner.wallet_id) == (6, 6, before - 6)
 
 

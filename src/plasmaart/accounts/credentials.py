@@ -19,7 +19,7 @@ from typing import Literal
 from sqlalchemy import Connection
 
 from plasmaart.accounts import credentials_repository as repo
-from plasmaart.accounts.credentials_repository import ApiKey, SessionInfo
+from plasmaart.accounts.credentials_repository import ApiKey, KeyLimits, SessionInfo
 from plasmaart.clock import Clock
 from plasmaart.errors import DomainError, InvalidInput, NotFound
 from plasmaart.ids import new_id
@@ -28,10 +28,12 @@ __all__ = [
     "API_KEYS_PER_USER",
     "API_KEY_PREFIX",
     "IDEMPOTENCY_RETENTION",
+    "MAX_KEY_CREDIT_LIMIT",
     "SESSION_LIFETIME",
     "SESSION_TOUCH_EVERY",
     "ApiKey",
     "CredentialService",
+    "KeyLimits",
     "LoginThrottled",
     "NewApiKey",
     "NewSession",
@@ -46,6 +48,8 @@ SESSION_TOUCH_EVERY = timedelta(minutes=5)
 API_KEY_PREFIX = "pa_live_"
 API_KEYS_PER_USER = 50
 API_KEY_NAME_MAX = 100
+# A key's daily and monthly credit limits: whole credits from 1 up to this.
+MAX_KEY_CREDIT_LIMIT = 10**12
 # Failed logins: at most this many per account, and per client address, in the window.
 LOGIN_WINDOW = timedelta(minutes=15)
 LOGIN_FAILURES_PER_EMAIL = 5
@@ -69,6 +73,17 @@ class LoginThrottled(DomainError):
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def key_credit_limit(value: int | None, field: str) -> int | None:
+    """A key's limit: a whole number of credits from 1 up, or None for none."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput("must be a whole number of credits or null", field=field)
+    if not 1 <= value <= MAX_KEY_CREDIT_LIMIT:
+        raise InvalidInput(f"must be between 1 and {MAX_KEY_CREDIT_LIMIT}", field=field)
+    return value
 
 
 def retry_after(failures: list[datetime], limit: int, now: datetime) -> int | None:
@@ -148,7 +163,18 @@ class CredentialService:
 
     # -- API keys --------------------------------------------------------
 
-    def create_api_key(self, conn: Connection, user_id: str, name: str) -> NewApiKey:
+    def create_api_key(
+        self,
+        conn: Connection,
+        user_id: str,
+        name: str,
+        *,
+        daily_credit_limit: int | None = None,
+        monthly_credit_limit: int | None = None,
+    ) -> NewApiKey:
+        """A new key, with its spend limits (None: none; docs/credits.md)."""
+        daily = key_credit_limit(daily_credit_limit, "daily_credit_limit")
+        monthly = key_credit_limit(monthly_credit_limit, "monthly_credit_limit")
         name = name.strip()
         if not 1 <= len(name) <= API_KEY_NAME_MAX:
             raise InvalidInput(
@@ -159,13 +185,34 @@ class CredentialService:
                 f"at most {API_KEYS_PER_USER} active keys; revoke one first", field="name"
             )
         secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
-        key = ApiKey(new_id("key"), name, secret[:16], self.clock.now(), None, None)
+        key = ApiKey(new_id("key"), name, secret[:16], self.clock.now(), None, None, daily, monthly)
         repo.insert_api_key(conn, key, user_id=user_id, secret_hash=digest(secret))
         return NewApiKey(key, secret)
 
     def list_api_keys(self, conn: Connection, user_id: str) -> list[ApiKey]:
         """The user's keys, newest first."""
         return repo.api_keys_of(conn, user_id)
+
+    def set_api_key_limits(
+        self,
+        conn: Connection,
+        user_id: str,
+        key_id: str,
+        *,
+        daily_credit_limit: int | None,
+        monthly_credit_limit: int | None,
+    ) -> ApiKey:
+        """Change one of the user's keys' spend limits (None: no limit); the
+        next request made with the key obeys them."""
+        daily = key_credit_limit(daily_credit_limit, "daily_credit_limit")
+        monthly = key_credit_limit(monthly_credit_limit, "monthly_credit_limit")
+        key = repo.api_key_of(conn, user_id, key_id)
+        if key is None:
+            raise NotFound(f"no API key {key_id!r}")
+        if key.revoked_at is not None:
+            raise InvalidInput("this key is revoked; its limits no longer matter", field="body")
+        repo.set_api_key_limits(conn, user_id, key_id, daily, monthly)
+        return replace(key, daily_credit_limit=daily, monthly_credit_limit=monthly)
 
     def revoke_api_key(self, conn: Connection, user_id: str, key_id: str) -> ApiKey:
         """Revoke one of the user's keys (revoking it again changes nothing)."""
@@ -181,6 +228,14 @@ class CredentialService:
     def user_of_api_key(self, conn: Connection, secret: str) -> tuple[str, str, bool] | None:
         """``(user_id, key_id, stale)`` for a live key, else None; ``stale`` says
         that ``last_used_at`` is due for a refresh (see ``touch_api_keys``)."""
+        found = self.live_api_key(conn, secret)
+        if found is None:
+            return None
+        user_id, limits, stale = found
+        return user_id, limits.key_id, stale
+
+    def live_api_key(self, conn: Connection, secret: str) -> tuple[str, KeyLimits, bool] | None:
+        """``(user_id, the key's limits, stale)`` for a live key, else None."""
         if not secret.startswith(API_KEY_PREFIX):
             return None
         key = repo.live_api_key(conn, digest(secret))
@@ -188,7 +243,8 @@ class CredentialService:
             return None
         last = key.last_used_at
         stale = last is None or last < self.clock.now() - SESSION_TOUCH_EVERY
-        return key.user_id, key.id, stale
+        limits = KeyLimits(key.id, key.daily_credit_limit, key.monthly_credit_limit)
+        return key.user_id, limits, stale
 
     def touch_api_keys(self, conn: Connection, used: Mapping[str, datetime]) -> None:
         """Record when each key was last used (one statement, many rows);

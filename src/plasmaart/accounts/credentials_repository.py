@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
 
@@ -35,6 +35,23 @@ class ApiKey:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    # Credits the key may spend per UTC day and per calendar month (None: no limit).
+    daily_credit_limit: int | None = None
+    monthly_credit_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """An API key's id and its spend limits: what a request made with it
+    carries (cached with the principal, accounts/principals.py)."""
+
+    key_id: str
+    daily: int | None = None
+    monthly: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.daily is not None or self.monthly is not None
 
 
 class LiveKey(NamedTuple):
@@ -43,6 +60,8 @@ class LiveKey(NamedTuple):
     id: str
     user_id: str
     last_used_at: datetime | None
+    daily_credit_limit: int | None = None
+    monthly_credit_limit: int | None = None
 
 
 # -- sessions ------------------------------------------------------------
@@ -135,7 +154,22 @@ def insert_api_key(conn: Connection, key: ApiKey, *, user_id: str, secret_hash: 
             prefix=key.prefix,
             secret_hash=secret_hash,
             created_at=key.created_at,
+            daily_credit_limit=key.daily_credit_limit,
+            monthly_credit_limit=key.monthly_credit_limit,
         )
+    )
+    invalidate(conn, f"user:{user_id}")
+
+
+def set_api_key_limits(
+    conn: Connection, user_id: str, key_id: str, daily: int | None, monthly: int | None
+) -> None:
+    """A key's spend limits; requests with it see them once the cached
+    principal is dropped (``user:<id>``)."""
+    conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.user_id == user_id)
+        .values(daily_credit_limit=daily, monthly_credit_limit=monthly)
     )
     invalidate(conn, f"user:{user_id}")
 
@@ -164,14 +198,24 @@ def revoke_api_key(conn: Connection, user_id: str, key_id: str, now: datetime) -
 
 def live_api_key(conn: Connection, secret_hash: str) -> LiveKey | None:
     row = conn.execute(
-        select(api_keys.c.id, api_keys.c.user_id, api_keys.c.last_used_at).where(
-            api_keys.c.secret_hash == secret_hash, api_keys.c.revoked_at.is_(None)
-        )
+        select(
+            api_keys.c.id,
+            api_keys.c.user_id,
+            api_keys.c.last_used_at,
+            api_keys.c.daily_credit_limit,
+            api_keys.c.monthly_credit_limit,
+        ).where(api_keys.c.secret_hash == secret_hash, api_keys.c.revoked_at.is_(None))
     ).one_or_none()
     if row is None:
         return None
     last = row.last_used_at
-    return LiveKey(row.id, row.user_id, None if last is None else as_utc(last))
+    return LiveKey(
+        row.id,
+        row.user_id,
+        None if last is None else as_utc(last),
+        _int_or_none(row.daily_credit_limit),
+        _int_or_none(row.monthly_credit_limit),
+    )
 
 
 def touch_api_keys(conn: Connection, used: Mapping[str, datetime]) -> None:
@@ -199,7 +243,13 @@ def _api_key(row: AnyRow) -> ApiKey:
         created_at=as_utc(row.created_at),
         last_used_at=None if row.last_used_at is None else as_utc(row.last_used_at),
         revoked_at=None if row.revoked_at is None else as_utc(row.revoked_at),
+        daily_credit_limit=_int_or_none(row.daily_credit_limit),
+        monthly_credit_limit=_int_or_none(row.monthly_credit_limit),
     )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 # -- failed logins -------------------------------------------------------

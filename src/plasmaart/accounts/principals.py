@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from plasmaart.accounts.credentials import (
     SESSION_TOUCH_EVERY,
     CredentialService,
+    KeyLimits,
     SessionInfo,
     digest,
 )
@@ -139,25 +140,26 @@ class Principals:
         self.credentials = credentials
         self.clock = clock
         self.last_used = LastUsed(db, credentials, clock)
-        self._keys: TtlLru[str, tuple[User, str]] = hub.cache("api_keys", self.MAX_KEYS)
+        self._keys: TtlLru[str, tuple[User, KeyLimits]] = hub.cache("api_keys", self.MAX_KEYS)
         self._sessions: TtlLru[str, tuple[User, SessionInfo]] = hub.cache(
             "sessions", self.MAX_SESSIONS
         )
 
-    def of_api_key(self, secret: str) -> tuple[User, str] | None:
-        """``(user, key id)`` of a live API key, else None."""
+    def of_api_key(self, secret: str) -> tuple[User, KeyLimits] | None:
+        """``(user, the key's id and spend limits)`` of a live API key, else
+        None. A change of the key's limits drops the entry (``user:<id>``)."""
 
-        def load() -> tuple[User, str] | None:
+        def load() -> tuple[User, KeyLimits] | None:
             with self.db.read() as conn:
-                found = self.credentials.user_of_api_key(conn, secret)
+                found = self.credentials.live_api_key(conn, secret)
                 if found is None:
                     return None
-                user_id, key_id, _stale = found
-                return self.accounts.get(conn, user_id), key_id
+                user_id, limits, _stale = found
+                return self.accounts.get(conn, user_id), limits
 
         found = cached(self.hub, self._keys, digest(secret), load, _key_tags)
         if found is not None:
-            self.last_used.used(found[1])
+            self.last_used.used(found[1].key_id)
         return found
 
     def of_session(self, token: str) -> tuple[User, SessionInfo] | None:

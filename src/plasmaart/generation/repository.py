@@ -26,7 +26,7 @@ from sqlalchemy import (
     update,
 )
 
-from plasmaart.db.tables import generation_outputs, generations, uploads
+from plasmaart.db.tables import generation_outputs, generations, uploads, wallets
 from plasmaart.outbox.repository import webhook_subscribed
 
 
@@ -142,6 +142,20 @@ def count_queued(conn: Connection, wallet_id: str) -> int:
     return int(conn.execute(_COUNT_QUEUED, {"wallet_id": wallet_id}).scalar_one())
 
 
+# The wallet's queued jobs and its owner's monthly spend limit, in the one
+# statement the read step already sent for the first.
+_QUEUED_AND_LIMIT = select(_COUNT_QUEUED.scalar_subquery(), wallets.c.monthly_spend_limit).where(
+    wallets.c.id == bindparam("wallet_id")
+)
+
+
+def queued_and_limit(conn: Connection, wallet_id: str) -> tuple[int, int | None]:
+    """How many of the wallet's jobs are queued, and its monthly spend limit
+    (None: none)."""
+    queued, limit = conn.execute(_QUEUED_AND_LIMIT, {"wallet_id": wallet_id}).one()
+    return int(queued), None if limit is None else int(limit)
+
+
 def queued_of_user(conn: Connection, user_id: str) -> list[str]:
     return list(
         conn.execute(
@@ -182,6 +196,7 @@ SUBMITTED_COLUMNS = (
     "idempotency_key",
     "created_at",
     "webhook_url",
+    "api_key_id",
 )
 # Built once (SQLAlchemy then compiles it once per dialect): the job's values
 # as parameters, written only while the wallet's queued jobs are fewer than
@@ -328,29 +343,6 @@ def upload_of(conn: Connection, user_id: str, upload_id: str) -> bool:
         ).scalar_one_or_none()
         is not None
     )
-
-
-def member_spend(conn: Connection, team_id: str, user_id: str, since: datetime) -> int:
-    """Credits a member spent (charged, or still held) in the team since ``since``."""
-    spent = conn.execute(
-        select(
-            func.coalesce(
-                func.sum(
-                    func.coalesce(
-                        func.nullif(generations.c.credits_charged, 0),
-                        generations.c.credits_held,
-                    )
-                ),
-                0,
-            )
-        ).where(
-            generations.c.team_id == team_id,
-            generations.c.user_id == user_id,
-            generations.c.created_at >= since,
-            generations.c.status.in_(("queued", "running", "succeeded")),
-        )
-    ).scalar_one()
-    return int(spent)
 
 
 def outputs_of(conn: Connection, generation_id: str) -> list[OutputRow]:

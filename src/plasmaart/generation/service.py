@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import Connection
 
+from plasmaart.accounts.credentials import KeyLimits
 from plasmaart.accounts.service import User
 from plasmaart.billing.plans import PlanService
 from plasmaart.catalog import (
@@ -31,8 +32,15 @@ from plasmaart.catalog import (
 )
 from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.clock import Clock, as_utc
+from plasmaart.controls.limits import MemberCap, Spender, SpendLimits
 from plasmaart.db.engine import after_commit
-from plasmaart.errors import Forbidden, InvalidInput, NotFound, needs_credits
+from plasmaart.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    SpendLimitReached,
+    needs_credits,
+)
 from plasmaart.generation import repository as repo
 from plasmaart.generation.errors import ConcurrencyLimit, GenerationNotFound, ModelNotInPlan
 from plasmaart.generation.providers.sandbox import sandbox_errors
@@ -41,7 +49,7 @@ from plasmaart.generation.scheduling import virtual_start
 from plasmaart.generation.webhook_events import TERMINAL_EVENTS, GenerationWebhooks
 from plasmaart.ids import new_id
 from plasmaart.ledger.service import LedgerService, SettleResult
-from plasmaart.teams.service import TeamService, within_cap
+from plasmaart.teams.service import TeamService
 
 QUEUE_FULL_RETRY_AFTER_S = 10
 # Who may cancel a team's generation besides its submitter: the roles that
@@ -60,6 +68,9 @@ class GenerationRequest:
     params: Mapping[str, Any] = field(default_factory=dict)
     # Where this job's terminal event is POSTed (docs/webhooks.md).
     webhook_url: str | None = None
+    # The API key the request came with (its id is recorded on the job, its
+    # spend limits checked: controls/limits.py); None from a session.
+    api_key: KeyLimits | None = None
 
 
 @dataclass(frozen=True)
@@ -158,9 +169,10 @@ class _Checked:
     credits: int
     params: dict[str, Any]
     sandbox: dict[str, Any]
-    # The member's monthly cap in the team paying, if any: checked in the
-    # read step, and again in the write step under the wallet's lock.
-    spend_cap: int | None = None
+    # Who spends (the wallet, the request's API key, the member's monthly
+    # cap in the team paying): the spend limits are checked in the read
+    # step, and again in the write step under the wallet's lock.
+    spender: Spender
 
 
 @dataclass(frozen=True)
@@ -191,10 +203,12 @@ class GenerationService:
         teams: TeamService,
         provider_name: str,
         *,
+        limits: SpendLimits,
         listeners: Iterable[GenerationListener] = (),
         webhooks: GenerationWebhooks | None = None,
     ) -> None:
         self.clock = clock
+        self.limits = limits
         self.catalogs = catalogs
         self.ledger = ledger
         self.plans = plans
@@ -239,16 +253,18 @@ class GenerationService:
     ) -> Generation | Submission:
         """The read step: the job already submitted under ``idempotency_key``,
         or the checked submission ready for ``write_submission``. Raises the
-        refusal (invalid input, model not in plan, team cap, full queue)."""
+        refusal (invalid input, model not in plan, a spend limit, full queue)."""
         if idempotency_key:
             existing = repo.by_idempotency_key(conn, user.id, idempotency_key)
             if existing is not None:
                 return self._load(conn, existing)
         now = self.clock.now()
         checked = self._check(conn, user, request, now)
-        queued = repo.count_queued(conn, checked.wallet_id)
+        queued, wallet_limit = repo.queued_and_limit(conn, checked.wallet_id)
         if queued >= checked.plan.max_queued_jobs:
             raise _queue_full(queued, checked.plan)
+        # Early and without locks; the write step's guard is what guarantees.
+        self.limits.check(conn, checked.spender, checked.credits, now, wallet_limit=wallet_limit)
         generation_id = new_id("gen")
         # The queue's terms are the catalog file's (announced changes leave them be).
         start = virtual_start(now, queue_boost_seconds(self.catalogs.base, checked.plan))
@@ -266,9 +282,10 @@ class GenerationService:
 
     def write_submission(self, conn: Connection, submission: Submission) -> Generation:
         """The write step, in the caller's write transaction (it never
-        commits, and leaves its events to ``after_commit``): the guarded hold,
-        the member's cap again under the wallet's lock, and the job inserted
-        only while the wallet's queue has room. Returns the job as written."""
+        commits, and leaves its events to ``after_commit``): the hold, whose
+        spend guard checks the spend limits under the wallet's lock, and the
+        job inserted only while the wallet's queue has room. Returns the job
+        as written."""
         checked, request = submission.checked, submission.request
         plan, model = checked.plan, checked.model
         generation_id = submission.generation_id
@@ -280,15 +297,10 @@ class GenerationService:
             generation_id=generation_id,
             model=model.id,
             memo=f"{model.name} x{request.num_outputs}",
+            # Under the wallet's lock: the wallet's other submissions are all
+            # counted now, or wait for this one (and the key's, on any wallet).
+            spend_guard=self.limits.guard(checked.spender, checked.credits, submission.now),
         )
-        if checked.spend_cap is not None and request.team_id is not None:
-            # The hold locked the team's wallet: the member's other
-            # submissions are all counted now, or wait for this one.
-            spent = repo.member_spend(
-                conn, request.team_id, submission.user_id, _month_start(submission.now)
-            )
-            if not within_cap(checked.spend_cap, spent, checked.credits):
-                raise _over_cap(checked.spend_cap, spent, checked.credits)
         now = submission.now
         params = json.dumps(checked.params, sort_keys=True)
         license_ = "commercial" if plan.commercial_license else "personal"
@@ -323,6 +335,7 @@ class GenerationService:
                 "idempotency_key": submission.idempotency_key,
                 "created_at": now,
                 "webhook_url": request.webhook_url,
+                "api_key_id": None if request.api_key is None else request.api_key.key_id,
             },
             plan.max_queued_jobs,
         )
@@ -378,10 +391,16 @@ class GenerationService:
         allowed, reason = available >= checked.credits, None
         if not allowed:
             reason = needs_credits(checked.credits, available)
-        queued = repo.count_queued(conn, checked.wallet_id)
+        queued, wallet_limit = repo.queued_and_limit(conn, checked.wallet_id)
         if queued >= checked.plan.max_queued_jobs:
             allowed = False
             reason = _queue_full(queued, checked.plan).detail
+        try:
+            self.limits.check(
+                conn, checked.spender, checked.credits, now, wallet_limit=wallet_limit
+            )
+        except SpendLimitReached as refused:
+            allowed, reason = False, refused.detail
         return Quote(checked.credits, available, available - checked.credits, allowed, reason)
 
     # -- cancel and reads --------------------------------------------------
@@ -693,15 +712,13 @@ class GenerationService:
                 cheapest.name if cheapest else None,
             )
         credits = quote_credits(model, request.num_outputs)
-        cap = None
+        capped = None
         if request.team_id is not None:
             member = self.teams.membership(conn, request.team_id, user.id)
-            cap = None if member is None else member.monthly_credit_cap
-            if cap is not None:
-                spent = repo.member_spend(conn, request.team_id, user.id, _month_start(now))
-                if not within_cap(cap, spent, credits):
-                    raise _over_cap(cap, spent, credits)
-        return _Checked(model, plan, wallet, credits, params, dict(sandbox), cap)
+            if member is not None and member.monthly_credit_cap is not None:
+                capped = MemberCap(request.team_id, user.id, member.monthly_credit_cap)
+        spender = Spender(wallet, request.api_key, capped)
+        return _Checked(model, plan, wallet, credits, params, dict(sandbox), spender)
 
     def _managed_team(self, conn: Connection, user: User, row: GenerationRow) -> frozenset[str]:
         """``row``'s team if ``user`` runs it, else nothing: what ``may_cancel``
@@ -742,10 +759,6 @@ def may_cancel(
     return user_id == submitter_id or (team_id is not None and team_id in managed_teams)
 
 
-def _month_start(now: datetime) -> datetime:
-    return datetime(now.year, now.month, 1, tzinfo=UTC)
-
-
 def _queue_full(queued: int, plan: PlanSpec) -> ConcurrencyLimit:
     return ConcurrencyLimit(
         f"{queued} generations are already queued; the {plan.name} plan queues at most "
@@ -753,16 +766,6 @@ def _queue_full(queued: int, plan: PlanSpec) -> ConcurrencyLimit:
         limit=plan.max_queued_jobs,
         # Queued jobs start within seconds to minutes; try again then.
         retry_after=QUEUE_FULL_RETRY_AFTER_S,
-    )
-
-
-def _over_cap(cap: int, spent: int, credits: int) -> InvalidInput:
-    return InvalidInput(
-        f"this would take your spending in this team to {spent + credits} credits "
-        f"this month; your cap is {cap}",
-        field="team_id",
-        cap=cap,
-        spent=spent,
     )
 
 

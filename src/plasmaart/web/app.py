@@ -28,6 +28,7 @@ from plasmaart.web.api import (
     leaving,
     ops,
     passwords,
+    spend_limits,
     stripe_billing,
     teams,
     two_factor,
@@ -63,6 +64,7 @@ ROUTERS = (
     balance_alerts,
     webhooks,
     auto_topup,
+    spend_limits,
 )
 
 

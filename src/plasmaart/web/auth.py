@@ -23,6 +23,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 
+from plasmaart.accounts.credentials import KeyLimits
 from plasmaart.accounts.service import User
 from plasmaart.errors import (
     AccountSuspended,
@@ -84,6 +85,8 @@ class Principal:
     user: User
     via: Literal["session", "api_key"]
     credential_id: str  # the session token's hash prefix or the API key id
+    # The API key's spend limits (via "api_key"), as cached with the principal.
+    api_key: KeyLimits | None = None
 
 
 def _bearer(request: Request) -> str | None:
@@ -112,8 +115,8 @@ def authenticate(request: Request, platform: Platform) -> Principal | None:
         key = platform.principals.of_api_key(token)
         if key is None:
             raise Unauthenticated("this API key is not valid (revoked or mistyped)")
-        user, key_id = key
-        principal = Principal(user, "api_key", key_id)
+        user, limits = key
+        principal = Principal(user, "api_key", limits.key_id, limits)
     else:
         cookie = cookie or ""  # not None here: one of the two was sent
         found = platform.principals.of_session(cookie)

@@ -7,10 +7,16 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
+from sqlalchemy import Connection
 
 from plasmaart.accounts.addresses import SignupAccepted
-from plasmaart.accounts.credentials import SESSION_LIFETIME, NewSession
+from plasmaart.accounts.credentials import (
+    MAX_KEY_CREDIT_LIMIT,
+    SESSION_LIFETIME,
+    ApiKey,
+    NewSession,
+)
 from plasmaart.accounts.second_factor import OtpInvalid, OtpRequired
 from plasmaart.accounts.service import EmailTaken, User, WrongCredentials
 from plasmaart.platform import Platform
@@ -49,8 +55,22 @@ class UserEnvelope(BaseModel):
     user: UserOut
 
 
+KeyLimit = Annotated[StrictInt | None, Field(ge=1, le=MAX_KEY_CREDIT_LIMIT)]
+
+
 class ApiKeyIn(StrictBody):
     name: Annotated[str, Field(min_length=1, max_length=100)]
+    daily_credit_limit: KeyLimit = Field(
+        default=None, description="Credits the key may spend per UTC day; null: no limit"
+    )
+    monthly_credit_limit: KeyLimit = Field(
+        default=None, description="Credits the key may spend per calendar month; null: no limit"
+    )
+
+
+class ApiKeyLimitsIn(StrictBody):
+    daily_credit_limit: KeyLimit = Field(description="Per UTC day; null: no limit")
+    monthly_credit_limit: KeyLimit = Field(description="Per calendar month (UTC); null: no limit")
 
 
 class ApiKeyOut(BaseModel):
@@ -60,6 +80,10 @@ class ApiKeyOut(BaseModel):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    daily_credit_limit: int | None
+    monthly_credit_limit: int | None
+    spent_today: int = Field(description="Credits charged or held today (UTC) with this key")
+    spent_this_month: int = Field(description="Credits charged or held this month with this key")
 
 
 class NewApiKeyOut(ApiKeyOut):
@@ -235,19 +259,62 @@ def create_api_key(
     """A new API key; the secret is in ``key`` and never shown again."""
     response.headers[SECRET_FIELDS_HEADER] = "key"
     with platform.db.write() as conn:
-        created = platform.credentials.create_api_key(conn, principal.user.id, body.name)
-    return NewApiKeyOut(
-        **ApiKeyOut.model_validate(created.key, from_attributes=True).model_dump(),
-        key=created.secret,
+        created = platform.credentials.create_api_key(
+            conn,
+            principal.user.id,
+            body.name,
+            daily_credit_limit=body.daily_credit_limit,
+            monthly_credit_limit=body.monthly_credit_limit,
+        )
+    return NewApiKeyOut(**_key_out(created.key).model_dump(), key=created.secret)
+
+
+def _key_out(key: ApiKey, today: int = 0, this_month: int = 0) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=key.id,
+        name=key.name,
+        prefix=key.prefix,
+        created_at=key.created_at,
+        last_used_at=key.last_used_at,
+        revoked_at=key.revoked_at,
+        daily_credit_limit=key.daily_credit_limit,
+        monthly_credit_limit=key.monthly_credit_limit,
+        spent_today=today,
+        spent_this_month=this_month,
     )
+
+
+def _keys_out(platform: Platform, conn: Connection, keys: list[ApiKey]) -> list[ApiKeyOut]:
+    """The keys with what each spent today and this month (one statement)."""
+    spends = platform.spend_limits.key_spend(conn, [key.id for key in keys])
+    return [_key_out(key, spends[key.id].today, spends[key.id].this_month) for key in keys]
 
 
 @router.get("/api-keys", response_model=ApiKeyList)
 def list_api_keys(principal: CurrentPrincipal, platform: PlatformDep) -> ApiKeyList:
-    """Your keys, newest first (never their secrets)."""
+    """Your keys, newest first (never their secrets), with their spend limits
+    and the credits spent with each today and this month."""
     with platform.db.read() as conn:
         keys = platform.credentials.list_api_keys(conn, principal.user.id)
-    return ApiKeyList(data=[ApiKeyOut.model_validate(key, from_attributes=True) for key in keys])
+        return ApiKeyList(data=_keys_out(platform, conn, keys))
+
+
+@router.patch("/api-keys/{key_id}", response_model=ApiKeyOut)
+def set_api_key_limits(
+    key_id: str, body: ApiKeyLimitsIn, principal: CurrentPrincipal, platform: PlatformDep
+) -> ApiKeyOut:
+    """Change a key's daily and monthly credit limits (null: no limit); the
+    next request made with the key obeys them."""
+    with platform.db.write() as conn:
+        key = platform.credentials.set_api_key_limits(
+            conn,
+            principal.user.id,
+            key_id,
+            daily_credit_limit=body.daily_credit_limit,
+            monthly_credit_limit=body.monthly_credit_limit,
+        )
+        (found,) = _keys_out(platform, conn, [key])
+    return found
 
 
 @router.delete("/api-keys/{key_id}", response_model=ApiKeyOut)
@@ -255,7 +322,8 @@ def revoke_api_key(key_id: str, principal: CurrentPrincipal, platform: PlatformD
     """Revoke a key at once; requests with it get 401 from now on."""
     with platform.db.write() as conn:
         key = platform.credentials.revoke_api_key(conn, principal.user.id, key_id)
-    return ApiKeyOut.model_validate(key, from_attributes=True)
+        (found,) = _keys_out(platform, conn, [key])
+    return found
 
 
 def me_out(platform: Platform, user: User) -> MeOut:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
@@ -201,7 +202,8 @@ def create_generation(
     key = None
     if http_key:
         key = hashlib.sha256(f"{principal.credential_id}\n{http_key}".encode()).hexdigest()
-    generation = platform.submissions.submit(principal.user, body.request(), idempotency_key=key)
+    request_ = replace(body.request(), api_key=principal.api_key)
+    generation = platform.submissions.submit(principal.user, request_, idempotency_key=key)
     # Written here, as FastAPI's own fast path writes a response model (the
     # same bytes): returned as a model, it would be validated a second time,
     # in a second hop to the thread pool, on the busiest route of the API.
@@ -217,7 +219,9 @@ def create_generation(
 )
 def quote(body: GenerationIn, principal: CurrentPrincipal, platform: PlatformDep) -> QuoteOut:
     """What the request would cost and whether it would be accepted; nothing is held."""
-    answer = platform.submissions.quote(principal.user, body.request())
+    answer = platform.submissions.quote(
+        principal.user, replace(body.request(), api_key=principal.api_key)
+    )
     return QuoteOut(
         credits=answer.credits,
         available=answer.available,

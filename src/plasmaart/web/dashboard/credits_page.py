@@ -16,14 +16,14 @@ from typing import Any
 from sqlalchemy import Connection
 
 from plasmaart.platform import Platform
-from plasmaart.web.dashboard import credits_topup
+from plasmaart.web.dashboard import credits_topup, limits_section
 from plasmaart.web.dashboard.credits_alerts import alerts_section
 from plasmaart.web.dashboard.views import Frame
 
 Section = Callable[[Connection, Platform, Frame], dict[str, Any]]
 
 # The sections' readers, in page order.
-SECTIONS: tuple[Section, ...] = (credits_topup.topup, alerts_section)
+SECTIONS: tuple[Section, ...] = (limits_section.limits, credits_topup.topup, alerts_section)
 
 
 def credits(conn: Connection, platform: Platform, page: Frame) -> dict[str, Any]:
