@@ -182,7 +182,7 @@ def test_declined_renewal_past_due_then_paid(platform: Platform, client: TestCli
     admin = make_user(platform, "root@example.com", admin=True)
     card = f"/v1/admin/users/{kai.id}/billing/sandbox-card"
     declining = client.post(card, json={"declines": True}, headers=admin.auth)
-    assert declining.json() == {"user_id": kai.id, "declines": True}
+    assert declining.json() == {"user_id": kai.id, "declines": True, "requires_action": False}
     moved = client.post("/v1/admin/clock/advance", json={"days": 31}, headers=admin.auth)
     assert (moved.json()["payment_failed"], moved.json()["renewed"]) == (1, 0)
     due = client.get("/v1/subscription", headers=kai.auth).json()
