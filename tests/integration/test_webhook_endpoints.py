@@ -178,15 +178,16 @@ def test_invalid_endpoints_are_refused_and_write_nothing(
     assert count(platform, webhook_endpoints) == 0
 
 
-@pytest.mark.parametrize("url", PRIVATE_URLS)
 def test_private_loopback_and_link_local_addresses_are_refused(
-    client: TestClient, platform: Platform, ada: TestUser, url: str
+    client: TestClient, platform: Platform, ada: TestUser
 ) -> None:
-    answer = client.post(
-        "/v1/webhook-endpoints", json={"url": url, "events": EVENTS}, headers=ada.auth
-    )
-    detail = refused(answer, 422, "invalid_input", "url")
-    assert "private, loopback or link-local" in detail
+    # One platform for every address (each is a request of its own).
+    for url in PRIVATE_URLS:
+        answer = client.post(
+            "/v1/webhook-endpoints", json={"url": url, "events": EVENTS}, headers=ada.auth
+        )
+        detail = refused(answer, 422, "invalid_input", "url")
+        assert "private, loopback or link-local" in detail, url
     assert count(platform, webhook_endpoints) == 0
 
 
@@ -212,16 +213,17 @@ def open_platform(database_url: str, clock: ManualClock, tmp_path: Path) -> Iter
         yield built
 
 
-@pytest.mark.parametrize("url", PRIVATE_URLS)
 def test_private_addresses_are_accepted_when_the_operator_allows_them(
-    open_platform: Platform, url: str
+    open_platform: Platform,
 ) -> None:
     carol = make_user(open_platform, "carol@example.com")
     with api_client(open_platform) as client:
-        made = create(client, carol, url=url)
-    assert made["url"] == url
-    # The scheme rule stays.
-    with api_client(open_platform) as client:
+        for url in PRIVATE_URLS:
+            made = create(client, carol, url=url, events=["topup.failed"])
+            assert made["url"] == url
+            # At most 20 endpoints an account: make room for the next one.
+            client.delete(f"/v1/webhook-endpoints/{made['id']}", headers=carol.auth)
+        # The scheme rule stays.
         answer = client.post(
             "/v1/webhook-endpoints",
             json={"url": "file:///etc/passwd", "events": EVENTS},
