@@ -405,15 +405,7 @@ class AutoTopupService:
                 conn,
                 cause_key=f"topup.action:{run.id}",
                 user_id=run.user_id,
-                fact=TopupActionRequired(
-                    run_id=run.id,
-                    wallet_id=run.wallet_id,
-                    pack=run.pack_id,
-                    credits=run.credits,
-                    amount_cents=run.amount_cents,
-                    currency=run.currency,
-                    url=url,
-                ),
+                fact=TopupActionRequired.about(run, url=url),
             )
             self._emit(conn, run, "action_required", outcome.reason, url)
             return "action_required"
@@ -464,12 +456,8 @@ class AutoTopupService:
                     conn,
                     cause_key=f"topup.disabled:{run.id}",
                     user_id=run.user_id,
-                    fact=TopupDisabled(
-                        run_id=run.id,
-                        wallet_id=run.wallet_id,
-                        reason=reason,
-                        failures=failures,
-                        settings_url=url,
+                    fact=TopupDisabled.about(
+                        run, reason=reason, failures=failures, settings_url=url
                     ),
                 )
         else:
@@ -479,13 +467,8 @@ class AutoTopupService:
                     conn,
                     cause_key=f"topup.failed:{run.id}",
                     user_id=run.user_id,
-                    fact=TopupFailed(
-                        run_id=run.id,
-                        wallet_id=run.wallet_id,
-                        pack=run.pack_id,
-                        credits=run.credits,
-                        amount_cents=run.amount_cents,
-                        currency=run.currency,
+                    fact=TopupFailed.about(
+                        run,
                         reason=reason,
                         failures=failures,
                         limit=FAILURE_LIMIT,

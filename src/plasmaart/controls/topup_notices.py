@@ -5,21 +5,36 @@ succeeds says so with its receipt (``billing.receipts``), like every payment."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
+
+from plasmaart.controls.topup_repository import TopupRun
 
 
 @dataclass(frozen=True)
-class TopupFailed:
-    """A run was declined (``reason``); ``failures`` in a row so far, the
-    auto top-up still on (it tries again when the balance next drops)."""
+class RunFact:
+    """A notice about one run: its pack, credits and price."""
 
-    kind: ClassVar[str] = "topup.failed"
     run_id: str
     wallet_id: str
     pack: str
     credits: int
     amount_cents: int
     currency: str
+
+    @classmethod
+    def about(cls, run: TopupRun, **rest: Any) -> Self:
+        """This notice about ``run``, with the notice's own fields in ``rest``."""
+        return cls(
+            run.id, run.wallet_id, run.pack_id, run.credits, run.amount_cents, run.currency, **rest
+        )
+
+
+@dataclass(frozen=True)
+class TopupFailed(RunFact):
+    """A run was declined (``reason``); ``failures`` in a row so far, the
+    auto top-up still on (it tries again when the balance next drops)."""
+
+    kind: ClassVar[str] = "topup.failed"
     reason: str
     failures: int
     limit: int
@@ -30,12 +45,10 @@ class TopupFailed:
 
 
 @dataclass(frozen=True)
-class TopupDisabled:
+class TopupDisabled(RunFact):
     """The ``failures``-th failure in a row turned the auto top-up off."""
 
     kind: ClassVar[str] = "topup.disabled"
-    run_id: str
-    wallet_id: str
     reason: str
     failures: int
     settings_url: str
@@ -45,17 +58,11 @@ class TopupDisabled:
 
 
 @dataclass(frozen=True)
-class TopupActionRequired:
+class TopupActionRequired(RunFact):
     """The bank asked the customer to authenticate the charge (SCA): nothing
     was charged; ``url`` is where they pay the pack themselves."""
 
     kind: ClassVar[str] = "topup.action_required"
-    run_id: str
-    wallet_id: str
-    pack: str
-    credits: int
-    amount_cents: int
-    currency: str
     url: str
 
     def data(self) -> dict[str, Any]:
