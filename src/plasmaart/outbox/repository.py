@@ -1,12 +1,12 @@
-"""The outbox writer's one statement: a message inserted unless its cause
-already queued one."""
+"""The outboxes' writes: a notice, or a webhook event, inserted unless its
+cause already queued one; and whether a webhook event would be heard."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, exists, select, true
+from sqlalchemy import ColumnElement, Connection, Table, exists, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 
 from plasmaart.db.tables import notification_outbox, webhook_endpoints, webhook_events
@@ -29,28 +29,22 @@ def insert_message(
 ) -> bool:
     """Insert a message due now; False (and nothing written) when a message
     with this ``cause_key`` exists."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = (
-        dialect.insert(notification_outbox)
-        .values(
-            id=message_id,
-            cause_key=cause_key,
-            user_id=user_id,
-            kind=kind,
-            title=title,
-            body=body,
-            data=data,
-            to_address=to_address,
-            in_app=in_app,
-            sensitive=sensitive,
-            created_at=now,
-            next_attempt_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["cause_key"])
-        # rowcount is not reliable for this statement under psycopg.
-        .returning(notification_outbox.c.id)
+    return _insert_once(
+        conn,
+        notification_outbox,
+        id=message_id,
+        cause_key=cause_key,
+        user_id=user_id,
+        kind=kind,
+        title=title,
+        body=body,
+        data=data,
+        to_address=to_address,
+        in_app=in_app,
+        sensitive=sensitive,
+        created_at=now,
+        next_attempt_at=now,
     )
-    return conn.execute(statement).first() is not None
 
 
 def insert_webhook_event(
@@ -66,20 +60,29 @@ def insert_webhook_event(
 ) -> bool:
     """Insert a webhook event; False (and nothing written) when an event
     with this ``cause_key`` exists."""
+    return _insert_once(
+        conn,
+        webhook_events,
+        id=event_id,
+        cause_key=cause_key,
+        user_id=user_id,
+        type=type,
+        payload=payload,
+        webhook_url=webhook_url,
+        created_at=now,
+    )
+
+
+def _insert_once(conn: Connection, table: Table, **values: Any) -> bool:
+    """Insert a row into ``table`` (an outbox: unique ``cause_key``, id
+    ``id``) unless one of its cause exists; whether it was written."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     statement = (
-        dialect.insert(webhook_events)
-        .values(
-            id=event_id,
-            cause_key=cause_key,
-            user_id=user_id,
-            type=type,
-            payload=payload,
-            webhook_url=webhook_url,
-            created_at=now,
-        )
+        dialect.insert(table)
+        .values(**values)
         .on_conflict_do_nothing(index_elements=["cause_key"])
-        .returning(webhook_events.c.id)
+        # rowcount is not reliable for this statement under psycopg.
+        .returning(table.c.id)
     )
     return conn.execute(statement).first() is not None
 
