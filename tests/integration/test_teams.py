@@ -14,6 +14,7 @@ from sqlalchemy import select, text, update
 
 from plasmaart.catalog import load_catalog
 from plasmaart.clock import ManualClock
+from plasmaart.controls.limits import within as within_cap
 from plasmaart.db.tables import audit_log, invitations, subscriptions
 from plasmaart.errors import InvalidInput
 from plasmaart.generation.service import TEAM_CANCEL_ROLES, may_cancel
@@ -27,7 +28,6 @@ from plasmaart.teams.service import (
     plan_allows_teams,
     seats_left,
     team_name,
-    within_cap,
 )
 from tests.support.accounts import TestUser as Caller
 from tests.support.accounts import make_user

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
@@ -44,6 +44,7 @@ from plasmaart.catalog import CreditPack
 from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.clock import Clock
 from plasmaart.controls import topup_repository as repo
+from plasmaart.controls.limits import month_start
 from plasmaart.controls.topup_notices import (
     TopupActionRequired,
     TopupCapReached,
@@ -128,12 +129,6 @@ class ChargeTick:
     @property
     def total(self) -> int:
         return self.succeeded + self.failed + self.action_required
-
-
-def month_start(now: datetime) -> datetime:
-    """The first instant of ``now``'s calendar month, UTC: the cap's month."""
-    now = now.astimezone(UTC)
-    return datetime(now.year, now.month, 1, tzinfo=UTC)
 
 
 class AutoTopupService:

@@ -112,7 +112,6 @@ __all__ = [
     "plan_allows_teams",
     "seats_left",
     "team_name",
-    "within_cap",
 ]
 
 T = TypeVar("T")
@@ -259,11 +258,6 @@ def monthly_credit_cap(value: int | None) -> int | None:
             f"must be between 0 and {MAX_MONTHLY_CREDIT_CAP}", field="monthly_credit_cap"
         )
     return value
-
-
-def within_cap(cap: int | None, spent_this_month: int, credits: int) -> bool:
-    """Whether a member who spent ``spent_this_month`` may spend ``credits`` more."""
-    return cap is None or spent_this_month + credits <= cap
 
 
 # -- the service ---------------------------------------------------------
