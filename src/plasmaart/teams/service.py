@@ -318,6 +318,20 @@ class TeamService:
         """The ids of everyone in the team now, its owner included."""
         return repo.member_ids(conn, team_id)
 
+    def controlled_wallet(
+        self, conn: Connection, user_id: str, team_id: str | None, what: str
+    ) -> str:
+        """The wallet whose credit controls (``what``: its limits, its auto
+        top-up, its alerts) the user sets: their own, or with ``team_id`` the
+        team's, for its owner only (a member: ``forbidden``; anyone else:
+        ``not_found``)."""
+        if team_id is None:
+            return self.ledger.wallet_of(conn, "user", user_id)
+        _, role = self._as_member(conn, team_id, user_id)
+        if role != "owner":
+            raise Forbidden(f"only the team's owner sets {what}")
+        return self.team_wallet(conn, team_id)
+
     def team_wallet(self, conn: Connection, team_id: str) -> str:
         """The wallet the team's generations spend: its owner's."""
         return _team_found(repo.team_wallet(conn, team_id), team_id)

@@ -11,13 +11,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection
 
 from plasmaart.controls.topup import TopupView
 from plasmaart.controls.topup_repository import TopupRun
-from plasmaart.errors import Forbidden
-from plasmaart.platform import Platform
-from plasmaart.web.auth import CurrentPrincipal, Principal
+from plasmaart.web.auth import CurrentPrincipal
 from plasmaart.web.deps import PlatformDep
 from plasmaart.web.schemas import StrictBody
 
@@ -100,20 +97,6 @@ def _out(view: TopupView) -> AutoTopupOut:
     )
 
 
-def controlled_wallet(
-    conn: Connection, platform: Platform, principal: Principal, team_id: str | None
-) -> str:
-    """The wallet a control endpoint acts on: the caller's own, or with
-    ``team_id`` the team's, for its owner only."""
-    if team_id is None:
-        return platform.teams.wallets_of(conn, principal.user.id)[0]
-    platform.teams.team_for_member(conn, team_id, principal.user.id)  # 404 unless a member
-    member = platform.teams.membership(conn, team_id, principal.user.id)
-    if member is None or member.role != "owner":
-        raise Forbidden("only the team's owner sets the team wallet's auto top-up")
-    return platform.teams.team_wallet(conn, team_id)
-
-
 @router.get("/auto-topup", response_model=AutoTopupOut)
 def get_auto_topup(
     principal: CurrentPrincipal, platform: PlatformDep, team_id: TeamQuery = None
@@ -121,7 +104,9 @@ def get_auto_topup(
     """The wallet's auto top-up: its settings, what it spent this month, its
     failures in a row and its last run."""
     with platform.db.read() as conn:
-        wallet_id = controlled_wallet(conn, platform, principal, team_id)
+        wallet_id = platform.teams.controlled_wallet(
+            conn, principal.user.id, team_id, "the team wallet's auto top-up"
+        )
         return _out(platform.auto_topups.view(conn, wallet_id))
 
 
@@ -135,7 +120,9 @@ def put_auto_topup(
     """Set the wallet's auto top-up. Enabling needs a payment method on file
     (422 ``payment_method_required``) and a cap of at least the pack's price."""
     with platform.db.write() as conn:
-        wallet_id = controlled_wallet(conn, platform, principal, team_id)
+        wallet_id = platform.teams.controlled_wallet(
+            conn, principal.user.id, team_id, "the team wallet's auto top-up"
+        )
         view = platform.auto_topups.configure(
             conn,
             wallet_id=wallet_id,

@@ -12,12 +12,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, StrictInt
-from sqlalchemy import Connection
 
 from plasmaart.controls.alerts import AlertSettings, AlertSpec, ExpiryNotice
-from plasmaart.errors import Forbidden, NotFound
-from plasmaart.platform import Platform
-from plasmaart.web.auth import CurrentPrincipal, Principal
+from plasmaart.web.auth import CurrentPrincipal
 from plasmaart.web.deps import PlatformDep
 from plasmaart.web.schemas import StrictBody
 
@@ -81,17 +78,6 @@ class BalanceAlertsOut(BaseModel):
     expiry_notice_days_in_force: int = Field(description="0: no expiry notice")
 
 
-def _wallet(conn: Connection, platform: Platform, principal: Principal, team_id: str | None) -> str:
-    if team_id is None:
-        return platform.teams.wallets_of(conn, principal.user.id)[0]
-    member = platform.teams.membership(conn, team_id, principal.user.id)
-    if member is None:
-        raise NotFound(f"no team {team_id!r}")
-    if member.role != "owner":
-        raise Forbidden("only the team's owner can set its balance alerts")
-    return platform.teams.team_wallet(conn, team_id)
-
-
 def _out(settings: AlertSettings, team_id: str | None) -> BalanceAlertsOut:
     return BalanceAlertsOut(
         wallet_id=settings.wallet_id,
@@ -124,7 +110,9 @@ def get_balance_alerts(
     """The wallet's balance alerts, each with its threshold in credits and
     whether it is armed, and its expiry notice window."""
     with platform.db.read() as conn:
-        wallet_id = _wallet(conn, platform, principal, team_id)
+        wallet_id = platform.teams.controlled_wallet(
+            conn, principal.user.id, team_id, "its balance alerts"
+        )
         settings = platform.balance_alerts.read(conn, wallet_id)
     return _out(settings, team_id)
 
@@ -147,6 +135,8 @@ def put_balance_alerts(
     )
     specs = [AlertSpec(credits=a.credits, percent=a.percent) for a in body.alerts]
     with platform.db.write() as conn:
-        wallet_id = _wallet(conn, platform, principal, team_id)
+        wallet_id = platform.teams.controlled_wallet(
+            conn, principal.user.id, team_id, "its balance alerts"
+        )
         settings = platform.balance_alerts.replace(conn, wallet_id, specs, expiry)
     return _out(settings, team_id)

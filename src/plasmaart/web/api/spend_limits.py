@@ -9,12 +9,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, StrictInt
-from sqlalchemy import Connection
 
-from plasmaart.accounts.service import User
 from plasmaart.controls.limits import MAX_MONTHLY_LIMIT, WalletLimit
-from plasmaart.errors import Forbidden, NotFound
-from plasmaart.platform import Platform
 from plasmaart.web.auth import CurrentPrincipal
 from plasmaart.web.deps import PlatformDep
 from plasmaart.web.schemas import StrictBody
@@ -44,19 +40,6 @@ class SpendLimitOut(BaseModel):
     resets_at: datetime = Field(description="When the month ends (UTC)")
 
 
-def controlled_wallet(conn: Connection, platform: Platform, user: User, team_id: str | None) -> str:
-    """The wallet a control endpoint acts on: the caller's own, or the
-    team's for its owner (a member: forbidden; anyone else: not found)."""
-    if team_id is None:
-        return platform.ledger.wallet_of(conn, "user", user.id)
-    member = platform.teams.membership(conn, team_id, user.id)
-    if member is None:
-        raise NotFound(f"no team {team_id!r}")
-    if member.role != "owner":
-        raise Forbidden("only the team's owner sets the limits of its wallet")
-    return platform.teams.team_wallet(conn, team_id)
-
-
 def _out(limit: WalletLimit) -> SpendLimitOut:
     return SpendLimitOut(
         monthly_credits=limit.monthly_credits, spent=limit.spent, resets_at=limit.resets_at
@@ -69,7 +52,9 @@ def get_spend_limit(
 ) -> SpendLimitOut:
     """The wallet's monthly spend limit, what it spent this month, and when that resets."""
     with platform.db.read() as conn:
-        wallet_id = controlled_wallet(conn, platform, principal.user, team_id)
+        wallet_id = platform.teams.controlled_wallet(
+            conn, principal.user.id, team_id, "the limits of its wallet"
+        )
         return _out(platform.spend_limits.wallet_limit(conn, wallet_id))
 
 
@@ -83,7 +68,9 @@ def put_spend_limit(
     """Set the wallet's monthly spend limit, or remove it with null. Submissions
     that would take the month's spending past it answer 402 ``spend_limit_reached``."""
     with platform.db.write() as conn:
-        wallet_id = controlled_wallet(conn, platform, principal.user, team_id)
+        wallet_id = platform.teams.controlled_wallet(
+            conn, principal.user.id, team_id, "the limits of its wallet"
+        )
         limit = platform.spend_limits.set_wallet_limit(
             conn, wallet_id, body.monthly_credits, actor_id=principal.user.id
         )
