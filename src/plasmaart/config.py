@@ -181,6 +181,25 @@ class Settings(BaseSettings):
     # thread that commits them together, each in its own savepoint
     # (docs/configuration.md#group-commit). No effect on PostgreSQL.
     group_commit: bool = True
+    # Production (docs/deployment.md). API processes `serve` starts on one
+    # port (`serve --workers N`); each has its own connections and caches.
+    web_workers: int = Field(default=1, ge=1, le=64)
+    # On SIGTERM an API process stops accepting, lets requests in flight
+    # finish for this long, and ends open event streams with a retry hint.
+    shutdown_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # On SIGTERM a worker takes no new job and lets its running jobs finish
+    # for this long; what is still running then is handed back to the queue.
+    worker_drain_s: float = Field(default=60.0, ge=0, le=3600)
+    # Addresses (IPs or CIDR networks, comma-separated; "*" for any) whose
+    # X-Forwarded-For / X-Forwarded-Proto are believed: the reverse proxy.
+    # Empty: only 127.0.0.1, as uvicorn does by default.
+    trusted_proxies: str = "127.0.0.1"
+    # How often a worker runs `ledger verify` and records the result for
+    # /metrics (docs/deployment.md#monitoring); 0: never.
+    ledger_verify_interval_s: float = Field(default=3600.0, ge=0)
+    # Where `backup` and `restore` find pg_dump / pg_restore / psql (None:
+    # PATH, then Debian's /usr/lib/postgresql/<version>/bin, newest first).
+    pg_bin_dir: Path | None = None
 
     @field_validator("database_url")
     @classmethod

@@ -56,7 +56,7 @@ def test_migrated_check_constraints_match_tables(db: Database) -> None:
 
 def test_database_is_at_head(db: Database) -> None:
     assert is_up_to_date(db)
-    assert head_revision() == "0013"
+    assert head_revision() == "0014"
 
 
 # -- upgrading a database that holds data ---------------------------------------

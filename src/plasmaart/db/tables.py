@@ -1075,3 +1075,21 @@ webhook_attempts = Table(
     Column("duration_ms", Integer, nullable=False, server_default="0"),
 )
 Index("ix_webhook_attempts_delivery", webhook_attempts.c.delivery_id, webhook_attempts.c.id)
+
+# Operations (docs/deployment.md#monitoring): each run of the scheduled
+# ledger verification, so that /metrics can say when it last passed.
+ledger_checks = Table(
+    "ledger_checks",
+    metadata,
+    _id(),
+    Column("started_at", Timestamp, nullable=False),
+    Column("finished_at", Timestamp, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("problems", Integer, nullable=False, server_default="0"),
+    # The first problems found, as `ledger verify` prints them (bounded).
+    Column("summary", Text, nullable=False, server_default=""),
+    # Which process ran it (host:pid), for the operator reading the table.
+    Column("checked_by", String(100), nullable=False, server_default=""),
+    CheckConstraint("problems >= 0", name="problems_not_negative"),
+)
+Index("ix_ledger_checks_finished", ledger_checks.c.finished_at)
