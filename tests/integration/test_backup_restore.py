@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -31,8 +32,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import boto3
 import httpx
 import pytest
+from moto.server import ThreadedMotoServer
 from sqlalchemy import create_engine, select, text
 from typer.testing import CliRunner
 
@@ -43,6 +46,7 @@ from plasmaart.config import Settings
 from plasmaart.db.engine import create_database
 from plasmaart.db.tables import generation_outputs, generations, users
 from plasmaart.ledger.invariants import check_ledger
+from plasmaart.media.storage import create_storage
 from tests.support.accounts import TestUser, make_user
 from tests.support.processes import ServerProcess, WorkerProcess, child_env
 
@@ -297,6 +301,14 @@ def test_backup_while_clients_submit_then_restore(
         assert "exists" in said
         assert manifest_of(archive) == manifest
 
+        # Not into a database the platform is using, even with --force.
+        code, said = invoke(monkeypatch, source_url, var_dir, "restore", str(archive), "--force")
+        assert code == 1, said
+        assert "stop the API and the workers" in said
+        assert server.process is not None
+        assert server.process.poll() is None
+        assert worker.process.poll() is None
+
         # Restore into a fresh database and media folder.
         restored_url = targets.new("fresh")
         restored_var = tmp_path / "restored-var"
@@ -386,4 +398,108 @@ def test_backup_while_clients_submit_then_restore(
             worker.close()
         server.close()
         platform.close()
+        targets.drop_all()
+
+
+REGION = "us-east-1"
+_buckets = itertools.count()
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 server on loopback, for the module."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> str:
+    """Offline credentials, a new bucket, and the settings that name it."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"plasmaart-backups-{next(_buckets)}"
+    client = boto3.session.Session().client("s3", endpoint_url=moto_endpoint, region_name=REGION)
+    client.create_bucket(Bucket=bucket)
+    monkeypatch.setenv("PLASMAART_S3_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("PLASMAART_S3_REGION", REGION)
+    monkeypatch.setenv("PLASMAART_S3_BUCKET", bucket)
+    return bucket
+
+
+def test_media_in_s3_stay_there_and_a_folder_backup_restores_into_s3(
+    request: pytest.FixtureRequest,
+    backend: str,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    s3_bucket: str,
+) -> None:
+    var_dir = tmp_path / "var"
+    platform = bootstrap(Settings(database_url=database_url, var_dir=var_dir), migrate=False)
+    try:
+        make_user(platform, "s3@example.com")
+        key = "outputs/2026/12/gen_s3/0.png"
+        platform.storage.put(key, PNG, "image/png", {"license": "commercial"})
+    finally:
+        platform.close()
+    targets = Targets(request, backend, tmp_path)
+    try:
+        # A backup of a media folder, restored where media live in S3: the
+        # objects are uploaded, described as they were stored.
+        folder_archive = tmp_path / "folder.tar.gz"
+        code, said = invoke(monkeypatch, database_url, var_dir, "backup", str(folder_archive))
+        assert code == 0, said
+        assert "media: 1 files" in said
+        in_s3_url = targets.new("s3")
+        monkeypatch.setenv("PLASMAART_STORAGE", "s3")
+        code, said = invoke(
+            monkeypatch, in_s3_url, tmp_path / "s3-var", "restore", str(folder_archive)
+        )
+        assert code == 0, said
+        assert f"media: 1 files restored into s3://{s3_bucket}" in said
+        storage = create_storage(Settings(database_url=in_s3_url, var_dir=tmp_path / "s3-var"))
+        assert storage.get(key) == PNG
+        stored = storage.stat(key)
+        assert stored.content_type == "image/png"
+        assert dict(stored.metadata) == {"license": "commercial"}
+
+        # A backup where media live in S3 leaves them there, and says so.
+        bucket_archive = tmp_path / "bucket.tar"
+        code, said = invoke(
+            monkeypatch, in_s3_url, tmp_path / "s3-var", "backup", str(bucket_archive)
+        )
+        assert code == 0, said
+        assert f"media: in the S3 bucket s3://{s3_bucket}, not in this archive" in said
+        manifest = manifest_of(bucket_archive)
+        assert manifest["media"] == "s3"
+        names = list(manifest["files"])  # type: ignore[call-overload]
+        assert names == [
+            "database/plasmaart.sqlite3" if backend == "sqlite" else "database/plasmaart.pgdump"
+        ]
+        code, said = invoke(
+            monkeypatch,
+            targets.new("again"),
+            tmp_path / "again-var",
+            "restore",
+            str(bucket_archive),
+        )
+        assert code == 0, said
+        assert f"media: not in this archive; they are in the S3 bucket s3://{s3_bucket}" in said
+        assert said.rstrip().endswith("the books balance")
+    finally:
         targets.drop_all()
