@@ -159,7 +159,10 @@ class ArchiveWriter:
     def __init__(self, path: Path, workdir: Path) -> None:
         self.path = path
         self._temp = workdir / "archive.partial"
-        self._file = self._temp.open("xb")
+        # Readable by this user only: it holds what the database holds.
+        self._file = os.fdopen(
+            os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb"
+        )
         self._tar = tarfile.open(fileobj=self._file, mode=_compression(path))  # noqa: SIM115 - closed by publish
         self.files: dict[str, Member] = {}
 
