@@ -23,6 +23,7 @@ import itertools
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -291,6 +292,7 @@ def test_backup_while_clients_submit_then_restore(
         assert "wrote" in made.stdout
         assert PASSWORD not in made.stdout + made.stderr
         assert not [p.name for p in archive.parent.iterdir() if p != archive], "leftovers"
+        assert stat.S_IMODE(archive.stat().st_mode) == 0o600
         manifest = manifest_of(archive)
         assert manifest["dialect"] == ("sqlite" if backend == "sqlite" else "postgresql")
         assert manifest["media"] == "local"
