@@ -366,7 +366,7 @@ def test_backup_while_clients_submit_then_restore(
         altered = rewritten(archive, tmp_path / "altered.tar", member=database_member)
         code, said = invoke(monkeypatch, untouched_url, untouched_var, "restore", str(altered))
         assert code == 1, said
-        assert "checksum" in said
+        assert "does not match its checksum in the manifest" in said
         other = "postgresql" if backend == "sqlite" else "sqlite"
         foreign = rewritten(
             archive,
