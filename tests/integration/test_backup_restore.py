@@ -41,6 +41,8 @@ from sqlalchemy import create_engine, select, text
 from typer.testing import CliRunner
 
 import plasmaart
+from plasmaart.backup import BackupError
+from plasmaart.backup.postgres import connection, find_tool
 from plasmaart.bootstrap import bootstrap
 from plasmaart.cli import app
 from plasmaart.config import Settings
@@ -386,6 +388,11 @@ def test_backup_while_clients_submit_then_restore(
         code, said = invoke(monkeypatch, untouched_url, untouched_var, "restore", str(future))
         assert code == 1, said
         assert "newer PlasmaArt" in said
+        cut = tmp_path / "cut.tar"
+        cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+        code, said = invoke(monkeypatch, untouched_url, untouched_var, "restore", str(cut))
+        assert code == 1, said
+        assert "cut short" in said or "damaged" in said
         assert not has_tables(untouched_url)
         assert not untouched_var.exists() or not any(untouched_var.rglob("*.png"))
         print(  # noqa: T201 - how long the scenario took, and what it carried
@@ -505,3 +512,54 @@ def test_media_in_s3_stay_there_and_a_folder_backup_restores_into_s3(
         assert said.rstrip().endswith("the books balance")
     finally:
         targets.drop_all()
+
+
+def test_a_failed_backup_leaves_no_archive(
+    backend: str, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database cannot be read: one error line, nothing at PATH, no
+    temporary files left beside it."""
+    if backend == "sqlite":
+        broken = tmp_path / "broken.db"
+        broken.write_bytes(b"this is not a SQLite database, " * 200)
+        url = f"sqlite:///{broken}"
+        expected = "the backup failed, no archive was written"
+    else:
+        url = with_password(database_url.rsplit("/", 1)[0] + "/no_such_database")
+        expected = "pg_dump failed"
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    code, said = invoke(monkeypatch, url, tmp_path / "var", "backup", str(folder / "x.tar"))
+    assert code == 1, said
+    assert said.startswith("error: "), said
+    assert expected in said
+    assert PASSWORD not in said
+    assert list(folder.iterdir()) == []
+
+
+def test_the_postgres_password_travels_in_the_environment_only() -> None:
+    uri, env = connection(
+        "postgresql://app%40x:p%40ss%3Aw0rd@[::1]:5433/plasma%20art?sslmode=require"
+        "&host=/var/run/postgresql"
+    )
+    assert env["PGPASSWORD"] == "p@ss:w0rd"
+    assert "p%40ss" not in uri
+    assert "w0rd" not in uri
+    assert uri == (
+        "postgresql://app%40x@[::1]:5433/plasma%20art?sslmode=require&host=%2Fvar%2Frun%2Fpostgresql"
+    )
+    uri, env = connection("postgresql+psycopg://app@db.internal/plasmaart")
+    assert uri == "postgresql://app@db.internal/plasmaart"
+    assert env.get("PGPASSWORD") == os.environ.get("PGPASSWORD")  # a .pgpass or the caller's
+
+
+def test_the_postgres_tools_are_found_in_pg_bin_dir_first(tmp_path: Path) -> None:
+    tool = tmp_path / "pg_dump"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    settings = Settings(database_url="postgresql://app@db/plasmaart", pg_bin_dir=tmp_path)
+    assert find_tool("pg_dump", settings) == tool
+    with pytest.raises(BackupError, match="psql is not in PLASMAART_PG_BIN_DIR"):
+        find_tool("psql", settings)
+    found = find_tool("pg_restore", Settings(database_url="postgresql://app@db/plasmaart"))
+    assert found.name == "pg_restore"

@@ -24,6 +24,7 @@ import json
 import os
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -243,7 +244,7 @@ class ArchiveReader:
         except KeyError:
             self._tar.close()
             raise BackupError(
-                f"{path} is not a PlasmaArt backup: it has no manifest.json"
+                f"{path} has no manifest.json: it is not a PlasmaArt backup, or it was cut short"
             ) from None
         except (tarfile.TarError, OSError, EOFError) as exc:
             self._tar.close()
@@ -293,7 +294,13 @@ class ArchiveReader:
         digest = hashlib.sha256()
         size = 0
         with source:
-            while chunk := source.read(_CHUNK):
+            while True:
+                try:
+                    chunk = source.read(_CHUNK)
+                except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                    raise BackupError(f"{self.path} is damaged: {exc}") from None
+                if not chunk:
+                    break
                 digest.update(chunk)
                 size += len(chunk)
                 target.write(chunk)

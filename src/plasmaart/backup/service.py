@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import mimetypes
 import os
+import sqlite3
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -111,9 +113,12 @@ def _media_files(root: Path) -> Iterator[tuple[str, Path]]:
             if name.startswith(".") and name.endswith(".tmp"):
                 continue
             path = Path(folder) / name
-            if path.is_symlink():
+            try:
+                regular = stat.S_ISREG(path.lstat().st_mode)
+            except FileNotFoundError:
                 continue
-            yield path.relative_to(root).as_posix(), path
+            if regular:  # not a link, a socket or a pipe
+                yield path.relative_to(root).as_posix(), path
 
 
 def back_up(settings: Settings, path: Path, say: Say) -> BackupResult:
@@ -124,6 +129,13 @@ def back_up(settings: Settings, path: Path, say: Say) -> BackupResult:
         raise BackupError(f"{path} exists: give a new file name (a backup never overwrites)")
     if not path.parent.is_dir():
         raise BackupError(f"{path.parent} is not a folder")
+    try:
+        return _write_archive(settings, path, say)
+    except (sqlite3.Error, OSError) as exc:
+        raise BackupError(f"the backup failed, no archive was written: {exc}") from None
+
+
+def _write_archive(settings: Settings, path: Path, say: Say) -> BackupResult:
     dialect = _dialect(settings)
     name = describe_database(settings.database_url)
     media: MediaSource = settings.storage
@@ -262,12 +274,17 @@ def _restore_media(
             guessed, _ = mimetypes.guess_type(key, strict=False)
             content_type = guessed or "application/octet-stream"
         metadata = description.get("metadata")
-        storage.put(
-            key,
-            reader.read_member(info, entry),
-            content_type,
-            {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {},
-        )
+        data = reader.read_member(info, entry)
+        try:
+            storage.put(
+                key,
+                data,
+                content_type,
+                {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {},
+            )
+        except Exception as exc:  # the storage's own error (S3's, the disk's) says why
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise BackupError(f"media: {key} could not be stored: {reason}") from None
         restored += 1
     return restored
 
@@ -339,26 +356,10 @@ def restore_backup(settings: Settings, path: Path, *, force: bool, say: Say) -> 
             f"archive: made {manifest.created_at} by PlasmaArt {manifest.plasmaart_version}, "
             f"{manifest.dialect} at revision {manifest.revision}, {media}; checksums match"
         )
-        restored = 0
-        if manifest.media == "local":
-            restored = _restore_media(settings, reader, descriptions)
-            where = (
-                f"s3://{settings.s3_bucket}/{settings.s3_prefix}".rstrip("/")
-                if settings.storage == "s3"
-                else str(settings.media_dir.absolute())
-            )
-            say(f"media: {restored} files restored into {where}")
-        else:
-            say(
-                f"media: not in this archive; they are in the S3 bucket "
-                f"{manifest.media_location} (restore it from its versions or replica if needed)"
-            )
-        replaced = "" if contents.empty else f" (replacing {contents.describe()})"
-        if manifest.dialect == "sqlite":
-            _restore_sqlite(settings, reader, manifest)
-        else:
-            _restore_postgres(settings, reader, manifest, clear=not contents.empty)
-        say(f"database: restored into {name}{replaced}")
+        try:
+            restored = _put_back(settings, reader, manifest, descriptions, contents, say)
+        except (sqlite3.Error, OSError) as exc:
+            raise BackupError(f"the restore failed: {exc}") from None
         try:
             migrated_from = _migrate(settings)
         except DatabaseNotReady as exc:
@@ -368,3 +369,36 @@ def restore_backup(settings: Settings, path: Path, *, force: bool, say: Say) -> 
         return RestoreResult(manifest, restored, migrated_from)
     finally:
         reader.close()
+
+
+def _put_back(
+    settings: Settings,
+    reader: ArchiveReader,
+    manifest: Manifest,
+    descriptions: dict[str, dict[str, object]],
+    contents: Contents,
+    say: Say,
+) -> int:
+    """The media, then the database; the media restored."""
+    name = describe_database(settings.database_url)
+    restored = 0
+    if manifest.media == "local":
+        restored = _restore_media(settings, reader, descriptions)
+        where = (
+            f"s3://{settings.s3_bucket}/{settings.s3_prefix}".rstrip("/")
+            if settings.storage == "s3"
+            else str(settings.media_dir.absolute())
+        )
+        say(f"media: {restored} files restored into {where}")
+    else:
+        say(
+            f"media: not in this archive; they are in the S3 bucket "
+            f"{manifest.media_location} (restore it from its versions or replica if needed)"
+        )
+    replaced = "" if contents.empty else f" (replacing {contents.describe()})"
+    if manifest.dialect == "sqlite":
+        _restore_sqlite(settings, reader, manifest)
+    else:
+        _restore_postgres(settings, reader, manifest, clear=not contents.empty)
+    say(f"database: restored into {name}{replaced}")
+    return restored
