@@ -47,6 +47,7 @@ from plasmaart.bootstrap import bootstrap
 from plasmaart.cli import app
 from plasmaart.config import Settings
 from plasmaart.db.engine import create_database
+from plasmaart.db.migrate import database_revision, head_revision, upgrade
 from plasmaart.db.tables import generation_outputs, generations, users
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.media.storage import create_storage
@@ -58,6 +59,8 @@ SUBMIT_EVERY_S = 0.6  # under the Studio plan's 120 requests a minute
 SUCCEEDED_BEFORE_BACKUP = 2
 WAIT_S = 40.0
 CLI_TIMEOUT_S = 60.0
+# A revision before the head: an archive of it is older than this code.
+OLDER_REVISION = "0013"
 
 
 @pytest.fixture(autouse=True)
@@ -473,14 +476,14 @@ def test_media_in_s3_stay_there_and_a_folder_backup_restores_into_s3(
         folder_archive = tmp_path / "folder.tar.gz"
         code, said = invoke(monkeypatch, database_url, var_dir, "backup", str(folder_archive))
         assert code == 0, said
-        assert "media: 1 files" in said
+        assert "media: 1 file," in said
         in_s3_url = targets.new("s3")
         monkeypatch.setenv("PLASMAART_STORAGE", "s3")
         code, said = invoke(
             monkeypatch, in_s3_url, tmp_path / "s3-var", "restore", str(folder_archive)
         )
         assert code == 0, said
-        assert f"media: 1 files restored into s3://{s3_bucket}" in said
+        assert f"media: 1 file restored into s3://{s3_bucket}" in said
         storage = create_storage(Settings(database_url=in_s3_url, var_dir=tmp_path / "s3-var"))
         assert storage.get(key) == PNG
         stored = storage.stat(key)
@@ -563,3 +566,50 @@ def test_the_postgres_tools_are_found_in_pg_bin_dir_first(tmp_path: Path) -> Non
         find_tool("psql", settings)
     found = find_tool("pg_restore", Settings(database_url="postgresql://app@db/plasmaart"))
     assert found.name == "pg_restore"
+
+
+def test_an_older_archive_replaces_a_newer_database_and_is_migrated(
+    request: pytest.FixtureRequest,
+    backend: str,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An archive of an older schema, restored with --force over a database
+    at the head (whose newer tables must not survive beside the restored
+    ones), is migrated to the head and its books verified."""
+    targets = Targets(request, backend, tmp_path)
+    try:
+        old_url = targets.new("old")
+        old = create_database(old_url, pool_size=1, group_commit=False)
+        try:
+            upgrade(old, OLDER_REVISION)
+        finally:
+            old.dispose()
+        archive = tmp_path / "old.tar"
+        code, said = invoke(monkeypatch, old_url, tmp_path / "old-var", "backup", str(archive))
+        assert code == 0, said
+        assert f"at revision {OLDER_REVISION}," in said
+        code, said = invoke(
+            monkeypatch, with_password(database_url), tmp_path / "var", "restore", str(archive)
+        )
+        assert code == 1, said
+        assert "not empty" in said
+        code, said = invoke(
+            monkeypatch,
+            with_password(database_url),
+            tmp_path / "var",
+            "restore",
+            str(archive),
+            "--force",
+        )
+        assert code == 0, said
+        assert f"migrated from revision {OLDER_REVISION} to {head_revision()}" in said
+        assert said.rstrip().endswith("the books balance")
+        db = create_database(database_url, pool_size=1, group_commit=False)
+        try:
+            assert database_revision(db) == head_revision()
+        finally:
+            db.dispose()
+    finally:
+        targets.drop_all()

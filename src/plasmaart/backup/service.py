@@ -104,6 +104,10 @@ def _size(count: int) -> str:
     return f"{value:.1f} GB"  # pragma: no cover - the loop returns
 
 
+def _files(count: int, kind: str = "") -> str:
+    return f"{count} {kind}file{'' if count == 1 else 's'}"
+
+
 def _media_files(root: Path) -> Iterator[tuple[str, Path]]:
     """Every object file and description under the media folder, in a stable
     order; files being written (``.name.xxx.tmp``) and links are left out."""
@@ -173,7 +177,7 @@ def _write_archive(settings: Settings, path: Path, say: Say) -> BackupResult:
                     files += not relative.startswith(".meta/")
                     total += added.size
                 gone = f"; {skipped} deleted while copying, left out" if skipped else ""
-                say(f"media: {files} files, {_size(total)} from {root}{gone}")
+                say(f"media: {_files(files)}, {_size(total)} from {root}{gone}")
                 location = str(root)
             else:
                 location = f"s3://{settings.s3_bucket}/{settings.s3_prefix}".rstrip("/")
@@ -347,7 +351,7 @@ def restore_backup(settings: Settings, path: Path, *, force: bool, say: Say) -> 
                 "replaces all of it: add --force to do so (nothing was changed)"
             )
         media = (
-            f"{manifest.media_files} media files"
+            f"{_files(manifest.media_files, 'media ')}"
             if manifest.media == "local"
             else f"media left in {manifest.media_location}"
         )
@@ -389,7 +393,7 @@ def _put_back(
             if settings.storage == "s3"
             else str(settings.media_dir.absolute())
         )
-        say(f"media: {restored} files restored into {where}")
+        say(f"media: {_files(restored)} restored into {where}")
     else:
         say(
             f"media: not in this archive; they are in the S3 bucket "
