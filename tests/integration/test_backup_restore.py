@@ -613,3 +613,41 @@ def test_an_older_archive_replaces_a_newer_database_and_is_migrated(
             db.dispose()
     finally:
         targets.drop_all()
+
+
+def test_a_restore_whose_books_do_not_balance_exits_1(
+    request: pytest.FixtureRequest,
+    backend: str,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ledger verification that ends a restore decides its exit code: a
+    database whose wallet says more than its journal is restored, and said
+    to be wrong."""
+    var_dir = tmp_path / "var"
+    platform = bootstrap(Settings(database_url=database_url, var_dir=var_dir), migrate=False)
+    try:
+        user = make_user(platform, "books@example.com", credits=100)
+    finally:
+        platform.close()
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE wallets SET available = available + 7 WHERE id = :id"),
+            {"id": user.wallet_id},
+        )
+    engine.dispose()
+    archive = tmp_path / "wrong.tar"
+    code, said = invoke(monkeypatch, database_url, var_dir, "backup", str(archive))
+    assert code == 0, said
+    targets = Targets(request, backend, tmp_path)
+    try:
+        target = targets.new("books")
+        code, said = invoke(monkeypatch, target, tmp_path / "books-var", "restore", str(archive))
+        assert code == 1, said
+        assert "database: restored into" in said
+        assert user.wallet_id in said
+        assert "the books balance" not in said
+    finally:
+        targets.drop_all()
