@@ -451,6 +451,60 @@ def ledger_verify() -> None:
 
 
 @app.command()
+def backup(
+    path: Annotated[
+        Path, typer.Argument(help="The archive to write (.tar; .tar.gz compresses); must not exist")
+    ],
+) -> None:
+    """Back up the database and the media folder into one archive, while the
+    platform runs (docs/deployment.md#backups).
+
+    SQLite is copied with its online backup API, PostgreSQL with pg_dump;
+    media in an S3 bucket stay there. Exit code 0: written; 1: refused or
+    failed (no archive is left at PATH); 2: bad configuration.
+    """
+    from plasmaart.backup import BackupError, back_up
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
+    try:
+        back_up(settings, path, say=typer.echo)
+    except (BackupError, DatabaseNotReady) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def restore(
+    path: Annotated[Path, typer.Argument(help="An archive written by plasmaart backup")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a database that is not empty")
+    ] = False,
+) -> None:
+    """Restore a backup into the configured database and media storage, then
+    run `ledger verify`. Stop the API and the workers first.
+
+    Refuses an archive that does not match its checksums, of the other
+    database dialect, or from a newer PlasmaArt, and a database that is not
+    empty unless --force. An older archive is migrated to this version.
+    Exit code 0: restored and the books balance; 1: refused, failed, or the
+    books do not balance; 2: bad configuration.
+    """
+    from plasmaart.backup import BackupError, restore_backup
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
+    try:
+        restore_backup(settings, path, force=force, say=typer.echo)
+    except (BackupError, DatabaseNotReady) as exc:
+        _fail(str(exc))
+    ledger_verify()
+
+
+@app.command()
 def generate(
     model: Annotated[str, typer.Option(help="Model id, e.g. flux-schnell")],
     prompt: Annotated[str, typer.Option(help="What to make")],
