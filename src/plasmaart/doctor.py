@@ -227,7 +227,9 @@ def check_billing(settings: Settings) -> list[Finding]:
         if settings.provider == "sandbox":
             sandboxy.append("the provider is the sandbox (customers would pay for placeholders)")
         if settings.stripe_api_base.rstrip("/") != STRIPE_API:
-            sandboxy.append(f"STRIPE_API_BASE is {settings.stripe_api_base}, not Stripe's API")
+            sandboxy.append(
+                f"PLASMAART_STRIPE_API_BASE is {settings.stripe_api_base}, not Stripe's API"
+            )
         if _is_loopback(urlsplit(settings.public_base_url).hostname):
             sandboxy.append(
                 f"customers are sent back to {settings.public_base_url}, this machine only"
@@ -608,7 +610,8 @@ def check_redis(settings: Settings) -> list[Finding]:
             Finding(
                 "error",
                 "redis",
-                f"{where} does not answer: {_one_line(exc)}; rate-limited requests would fail",
+                f"{where} does not answer: {_one_line(exc)}; rate limits fail open, so "
+                "nothing is limited",
                 "start Redis (systemctl start redis-server) or correct REDIS_URL",
             )
         ]

@@ -324,9 +324,9 @@ def test_an_unreachable_database_is_an_error(setup: dict[str, Any]) -> None:
 
 
 @pytest.mark.postgres
-def test_a_database_that_does_not_exist_says_so(healthy: dict[str, Any], pg_admin_url: str) -> None:
+def test_a_database_that_does_not_exist_says_so(setup: dict[str, Any], pg_admin_url: str) -> None:
     missing = pg_admin_url.rsplit("/", 1)[0] + "/no_such_database"
-    finding = broken(run(healthy, database_url=missing), "database")
+    finding = broken(run(setup, database_url=missing), "database")
     assert 'database "no_such_database" does not exist' in finding.message
     assert finding.fix.startswith("create the database")
 
