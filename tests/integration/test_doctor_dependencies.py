@@ -10,12 +10,15 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -528,3 +531,55 @@ def test_the_command_with_everything_broken_is_quick_and_exits_1(s3: S3, tmp_pat
     assert result.exit_code == 2
     assert result.output.startswith("error: invalid configuration:")
     assert "PLASMAART_SMTP_PORT" in result.output
+
+
+@pytest.fixture(scope="module")
+def untrusted_https(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """An https server on 127.0.0.1 with a self-signed certificate (no CA of
+    this machine signed it), answering every GET with 404; and its certificate."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}", cert
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_a_public_url_with_an_untrusted_certificate_is_an_error(
+    setup: dict[str, Any], untrusted_https: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, cert = untrusted_https
+    finding = broken(run(setup, public_url=url), "public url")
+    assert finding.message.startswith(f"{url}/readyz: the TLS certificate is not trusted: ")
+    assert "caddy trust" in finding.fix
+    # Trusted (the way `caddy trust` or a CA bundle does it), the server is
+    # reached, and found not to be PlasmaArt.
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    finding = broken(run(setup, public_url=url), "public url")
+    assert finding.message.startswith(f"{url}/readyz answers HTTP 404, but not as PlasmaArt")
