@@ -214,31 +214,33 @@ def migrate() -> None:
 
 
 @app.command()
-def doctor() -> None:
-    """Check this setup: catalog, database, storage, billing, provider, support address.
+def doctor(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the findings as JSON, for scripts")
+    ] = False,
+) -> None:
+    """Check this setup and every service it names: one table of findings and fixes.
 
-    Prints one line per finding. Exit code 0: nothing wrong (warnings
-    allowed); 1: an error; 2: bad configuration.
+    Checks the catalog, the database (reachable, migrated, its clock), Redis,
+    the media storage, SMTP, Stripe's keys, fal, the public URL and the
+    trusted proxies, at once, within a few seconds. Exit code 0: nothing
+    wrong (warnings allowed); 1: an error; 2: bad configuration.
     """
-    from plasmaart.doctor import diagnose
+    import shutil
+
+    from plasmaart.doctor import diagnose, render_json, render_table, summary
 
     try:
         settings = load_settings()
     except ConfigError as exc:
         _fail(str(exc), code=2)
     findings = diagnose(settings)
-    for finding in findings:
-        typer.echo(f"{finding.level:<8} {finding.topic}: {finding.message}")
-    errors = sum(finding.level == "error" for finding in findings)
-    warnings = sum(finding.level == "warning" for finding in findings)
-    if errors or warnings:
-        typer.echo(
-            f"{errors} error{'s' if errors != 1 else ''}, "
-            f"{warnings} warning{'s' if warnings != 1 else ''}"
-        )
+    if as_json:
+        typer.echo(render_json(findings))
     else:
-        typer.echo("all good")
-    if errors:
+        typer.echo(render_table(findings, shutil.get_terminal_size((120, 24)).columns))
+        typer.echo(summary(findings))
+    if any(finding.level == "error" for finding in findings):
         raise typer.Exit(1)
 
 

@@ -374,6 +374,9 @@ class S3Storage:
         endpoint_url: str | None = None,
         region: str | None = None,
         prefix: str = "",
+        connect_timeout_s: float = 5,
+        read_timeout_s: float = 60,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         if not bucket:
             raise ValueError("an S3 bucket name is required")
@@ -383,9 +386,9 @@ class S3Storage:
         from botocore.config import Config  # type: ignore[import-untyped, unused-ignore]
 
         config = Config(
-            retries={"mode": "standard", "total_max_attempts": self.MAX_ATTEMPTS},
-            connect_timeout=5,
-            read_timeout=60,
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
+            connect_timeout=connect_timeout_s,
+            read_timeout=read_timeout_s,
             # S3-compatible services behind a custom endpoint rarely have a
             # DNS name per bucket; AWS itself serves both styles.
             s3={"addressing_style": "path" if endpoint_url else "auto"},
