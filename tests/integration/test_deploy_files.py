@@ -234,8 +234,12 @@ def test_the_caddyfile_validates_and_is_formatted(tmp_path: Path) -> None:
         '"max_size":11534336',
         '"host":["art.example.com"]',
         '"path":["/metrics"]',
+        # A new connection per request: none is sent on one a stopping process closes.
+        '"keep_alive":{"enabled":false}',
     ):
         assert expected in adapted.replace(" ", ""), expected
+    # No passive health checks: one cut request would refuse every POST for a while.
+    assert "fail_duration" not in adapted
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
