@@ -116,7 +116,9 @@ def test_the_long_running_units_restart_and_stop_gracefully(name: str) -> None:
     assert one(unit, "Install", "WantedBy") == "multi-user.target"
 
 
-@pytest.mark.parametrize("unit_file", sorted(UNITS.glob("plasmaart-*.service")), ids=str)
+@pytest.mark.parametrize(
+    "unit_file", sorted(UNITS.glob("plasmaart-*.service")), ids=lambda path: path.name
+)
 def test_every_unit_is_hardened(unit_file: Path) -> None:
     unit = parse_unit(unit_file)
     expected = {
