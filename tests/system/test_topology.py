@@ -287,6 +287,19 @@ def topology(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             caddy.start()
             started.append(caddy.close)
             wait_for(serve.ready, START_WITHIN_S, "serve ready", serve.log)
+
+            # Ready as the guide checks it: https://…/readyz through Caddy,
+            # once its own health check has seen the API (a GET waits for it).
+            def proxied_ready() -> bool | None:
+                try:
+                    answer = httpx.get(
+                        f"{caddy.url}/readyz", verify=caddy.ssl_context(), timeout=30
+                    )
+                except httpx.TransportError:
+                    return None
+                return answer.status_code == 200 or None
+
+            wait_for(proxied_ready, START_WITHIN_S, "ready through Caddy", caddy.log)
             db = create_database(database_url, pool_size=4)
             started.append(db.dispose)
             yield Topology(env, workdir, db, s3, inbox, caddy, serve, workers)
