@@ -278,7 +278,7 @@ class Settings(BaseSettings):
 
 def env_name(field: str) -> str:
     """The environment variable an operator sets for ``field``."""
-    if field.upper() in _PLAIN_ENV.values() or field.startswith(ENV_PREFIX):
+    if field in _PLAIN_ENV.values() or field.startswith(ENV_PREFIX):
         return field
     return _PLAIN_ENV.get(field, ENV_PREFIX + field.upper())
 
