@@ -215,6 +215,26 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        # uvicorn would take a mistyped address as a name no peer ever has.
+        import ipaddress
+
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        if entries == ["*"]:
+            return "*"
+        for index, entry in enumerate(entries):
+            try:
+                network = ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (a comma-separated list, or *)"
+                ) from None
+            if "/" in entry:  # uvicorn reads a network strictly: 10.0.0.0/8
+                entries[index] = str(network)
+        return ",".join(entries) or "127.0.0.1"
+
     @field_validator("redis_url")
     @classmethod
     def _known_redis(cls, value: str | None) -> str | None:
