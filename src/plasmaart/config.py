@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # Where the Stripe client sends its API calls (tests point it at a local fake).
     stripe_api_base: str = "https://api.stripe.com"
     # Where Stripe sends the customer back after Checkout or the customer
-    # portal. None: this server's own address (host and port).
+    # portal. None: the public address (public_url, else host and port).
     stripe_return_url: str | None = None
     storage_dir: Path | None = None
     # Where media lives: the local folder (media_dir) or an S3-compatible bucket.
