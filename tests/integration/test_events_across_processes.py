@@ -70,7 +70,11 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
 def submit(base_url: str, user: TestUser, prompt: str, delay_s: float = 0.2) -> str:
     answer = httpx.post(
         f"{base_url}/v1/generations",
-        json={"model": "flux-schnell", "prompt": prompt, "params": {"sandbox": {"delay_s": delay_s}}},
+        json={
+            "model": "flux-schnell",
+            "prompt": prompt,
+            "params": {"sandbox": {"delay_s": delay_s}},
+        },
         headers=user.auth,
         timeout=WAIT_S,
     )
@@ -117,18 +121,14 @@ def test_a_session_revoked_in_one_process_is_refused_by_another_at_once(
 ) -> None:
     user = make_user(topology.platform, "session@example.com")
     with httpx.Client(base_url=topology.first.url, timeout=WAIT_S) as first:
-        logged_in = first.post(
-            "/v1/auth/login", json={"email": user.email, "password": PASSWORD}
-        )
+        logged_in = first.post("/v1/auth/login", json={"email": user.email, "password": PASSWORD})
         assert logged_in.status_code == 200, logged_in.text
         cookies = dict(first.cookies)
     with httpx.Client(base_url=topology.second.url, timeout=WAIT_S, cookies=cookies) as second:
         # The second process now keeps the session in its cache.
         for _ in range(3):
             assert second.get("/v1/me").status_code == 200
-        sessions = httpx.get(
-            f"{topology.first.url}/v1/sessions", headers=user.auth, timeout=WAIT_S
-        )
+        sessions = httpx.get(f"{topology.first.url}/v1/sessions", headers=user.auth, timeout=WAIT_S)
         assert sessions.status_code == 200, sessions.text
         (session,) = sessions.json()["data"]
         revoked = httpx.delete(

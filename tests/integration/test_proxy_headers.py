@@ -161,5 +161,6 @@ def test_the_trusted_proxies_are_addresses_or_networks(value: str, kept: str) ->
 
 
 def test_a_mistyped_proxy_address_is_refused() -> None:
-    with pytest.raises(ConfigError, match="PLASMAART_TRUSTED_PROXIES: .*'proxy.local' is not an IP"):
+    refused = r"PLASMAART_TRUSTED_PROXIES: .*'proxy\.local' is not an IP"
+    with pytest.raises(ConfigError, match=refused):
         load_settings(trusted_proxies="127.0.0.1,proxy.local")

@@ -231,7 +231,8 @@ def test_sighup_restarts_every_process_without_failing_a_request(served: Served)
     assert not loop.failures, loop.failures
     after = wait_for_children(served, WORKERS, within_s=5)
     assert not before & after, "every API process was replaced"
-    assert len(loop.submitted) >= 5 and loop.reads >= 5, (len(loop.submitted), loop.reads)
+    assert len(loop.submitted) >= 5, len(loop.submitted)
+    assert loop.reads >= 5, loop.reads
     # Each submission held its credits once; the books balance.
     with served.platform.db.read() as conn:
         assert check_ledger(conn) == []

@@ -101,9 +101,7 @@ def test_a_drained_worker_finishes_or_hands_back_its_jobs(
 
         def all_at_the_provider() -> bool | None:
             rows = jobs_now(platform.db).values()
-            return (
-                all(row.status == "running" and row.provider_request_id for row in rows) or None
-            )
+            return all(row.status == "running" and row.provider_request_id for row in rows) or None
 
         wait_for(all_at_the_provider, START_WITHIN_S, "three jobs running", first)
         first.process.send_signal(signal.SIGTERM)
