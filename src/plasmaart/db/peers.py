@@ -44,8 +44,10 @@ RESYNC: Final = b"r"
 _HELLO: Final = b"h"
 # A datagram's largest payload (the kernel allows about 200 kB by default).
 MAX_PAYLOAD: Final = 60_000
-# How long a send waits for a peer whose queue is full.
+# How long a send waits for a peer whose queue is full; a peer that made it
+# wait that long is skipped (and owed a resync) for STALLED_S.
 SEND_WAIT_S: Final = 0.2
+STALLED_S: Final = 1.0
 # How often the folder is listed again at most, and at least.
 RELIST_S: Final = 1.0
 # How often the receiving thread looks at its stop flag.
@@ -73,6 +75,7 @@ class PeerChannel:
         self._on_start: list[Callable[[], None]] = []
         self._peers: set[str] = set()
         self._owed: set[str] = set()  # peers that missed a message
+        self._stalled: dict[str, float] = {}  # peer: skipped until (monotonic)
         self._listed_at = -RELIST_S
         self._listed_mtime = -1
         self._sender: socket.socket | None = None
@@ -111,7 +114,11 @@ class PeerChannel:
         except OSError as exc:
             log.warning("cannot list the peer processes in %s: %s", self.folder, exc)
             return
+        now = time.monotonic()
         for peer in peers:
+            if self._stalled.get(peer, 0.0) > now:
+                self._owed.add(peer)  # it will resync once it reads again
+                continue
             if peer in self._owed and self._deliver(peer, RESYNC):
                 self._owed.discard(peer)
             if not self._deliver(peer, kind + payload) and peer in self._peers:
@@ -127,6 +134,7 @@ class PeerChannel:
         except (ConnectionRefusedError, FileNotFoundError):
             self._forget(peer, unlink=True)
         except TimeoutError:
+            self._stalled[peer] = time.monotonic() + STALLED_S
             log.warning("peer process %s is not reading its messages; it will resync", peer)
         except OSError as exc:
             if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
@@ -139,6 +147,7 @@ class PeerChannel:
         with self._lock:
             self._peers.discard(peer)
             self._owed.discard(peer)
+            self._stalled.pop(peer, None)
         if unlink:
             with contextlib.suppress(OSError):
                 (self.folder / peer).unlink()
