@@ -58,7 +58,6 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         with ThreadPoolExecutor(2) as starting:  # both start at once
             list(starting.map(ServerProcess.start, (first, second)))
         assert worker.process.poll() is None, worker.log()
-        assert isinstance(platform.events, LocalSocketEventBus)
         yield Topology(platform, first, second, worker)
     finally:
         for process in (first, second):
@@ -146,6 +145,7 @@ def test_a_session_revoked_in_one_process_is_refused_by_another_at_once(
 
 
 def test_every_process_has_its_socket_beside_the_database(topology: Topology) -> None:
+    assert isinstance(topology.platform.events, LocalSocketEventBus)
     folder = Path(str(topology.platform.db.engine.url.database) + "-peers")
     sockets = sorted(path.name for path in folder.glob("*.sock"))
     pids = {name.split("-")[0] for name in sockets}
