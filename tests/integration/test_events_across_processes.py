@@ -13,6 +13,7 @@ process, all real, on one database file.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,9 @@ import pytest
 
 from plasmaart.bootstrap import bootstrap
 from plasmaart.config import Settings
+from plasmaart.db.peers import EVENT as PEER_EVENT
+from plasmaart.db.peers import RESYNC as PEER_RESYNC
+from plasmaart.db.peers import SEND_WAIT_S, STALLED_S, SUFFIX, PeerChannel
 from plasmaart.eventbus import LocalSocketEventBus
 from plasmaart.platform import Platform
 from tests.support.accounts import PASSWORD, TestUser, make_user
@@ -153,3 +157,55 @@ def test_every_process_has_its_socket_beside_the_database(topology: Topology) ->
     for process in processes:
         assert process is not None
         assert str(process.pid) in pids, sockets
+
+
+def test_a_gone_process_is_forgotten_and_a_stuck_one_resyncs(tmp_path: Path) -> None:
+    """The channel itself: a socket left by a killed process is removed on
+    the next send; a process that does not read costs a sender at most one
+    wait a second, and hears ``resync`` when it reads again."""
+    folder = tmp_path / "db.sqlite-peers"
+    sender = PeerChannel(folder)
+    listener = PeerChannel(folder)
+    heard: list[tuple[bytes, bytes]] = []
+    listener.on(PEER_EVENT, lambda payload: heard.append((PEER_EVENT, payload)))
+    listener.on(PEER_RESYNC, lambda payload: heard.append((PEER_RESYNC, payload)))
+    listener.start()
+    # A socket whose process died without removing it.
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead.bind(str(folder / f"999999-dead{SUFFIX}"))
+    dead.close()
+    # A socket whose process is alive but never reads.
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stuck_name = f"999998-stuck{SUFFIX}"
+    stuck.bind(str(folder / stuck_name))
+    stuck.setblocking(False)
+    try:
+        started = time.monotonic()
+        for n in range(40):  # more than a socket's queue holds
+            sender.send(PEER_EVENT, str(n).encode())
+        # One wait of SEND_WAIT_S for the stuck peer, then skipped: not 40.
+        assert time.monotonic() - started < 4 * SEND_WAIT_S + 1
+        assert not (folder / f"999999-dead{SUFFIX}").exists(), "the dead socket was removed"
+        deadline = time.monotonic() + WAIT_S
+        while len(heard) < 40:
+            assert time.monotonic() < deadline, heard
+            time.sleep(0.01)
+        assert [payload for _kind, payload in heard] == [str(n).encode() for n in range(40)]
+        # The stuck process reads what it could hold, then the next message
+        # it gets is preceded by a resync.
+        queued = []
+        while True:
+            try:
+                queued.append(stuck.recv(100))
+            except BlockingIOError:
+                break
+        assert 0 < len(queued) < 40
+        time.sleep(STALLED_S)
+        sender.send(PEER_EVENT, b"after")
+        assert stuck.recv(100) == PEER_RESYNC
+        assert stuck.recv(100) == PEER_EVENT + b"after"
+    finally:
+        stuck.close()
+        listener.close()
+        sender.close()
+    assert not (folder / listener.name).exists(), "a closed channel removes its socket"
