@@ -14,6 +14,7 @@ process, all real, on one database file.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -209,3 +210,27 @@ def test_a_gone_process_is_forgotten_and_a_stuck_one_resyncs(tmp_path: Path) -> 
         listener.close()
         sender.close()
     assert not (folder / listener.name).exists(), "a closed channel removes its socket"
+
+
+def test_threads_starting_a_channel_at_once_bind_it_once(tmp_path: Path) -> None:
+    """The worker's loop and its wake-up listener start the bus together."""
+    for attempt in range(20):
+        channel = PeerChannel(tmp_path / f"db{attempt}.sqlite-peers")
+        failures: list[BaseException] = []
+
+        def start(channel: PeerChannel = channel, failures: list[BaseException] = failures) -> None:
+            try:
+                channel.start()
+            except BaseException as exc:  # an OSError: the name bound twice
+                failures.append(exc)
+
+        threads = [threading.Thread(target=start) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        try:
+            assert failures == []
+            assert channel.receiving
+        finally:
+            channel.close()

@@ -71,6 +71,8 @@ class PeerChannel:
         self.folder = folder
         self.name = f"{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
         self._lock = threading.Lock()
+        # Held through a start or a close: threads may start it at once.
+        self._life = threading.Lock()
         self._handlers: dict[bytes, list[Handler]] = {}
         self._on_start: list[Callable[[], None]] = []
         self._peers: set[str] = set()
@@ -193,6 +195,10 @@ class PeerChannel:
         """Bind this process's socket and receive (once). Raises ``OSError``
         when the folder or the socket cannot be made: a process that cannot
         hear the others must not run as if it did."""
+        with self._life:
+            self._start()
+
+    def _start(self) -> None:
         with self._lock:
             if self._receiver is not None:
                 return
@@ -222,6 +228,10 @@ class PeerChannel:
 
     def close(self) -> None:
         """Stop receiving and remove this process's socket (sending still works)."""
+        with self._life:
+            self._close()
+
+    def _close(self) -> None:
         with self._lock:
             receiver, self._receiver = self._receiver, None
             thread, self._thread = self._thread, None
