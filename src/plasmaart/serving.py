@@ -36,6 +36,7 @@ the replacement's worker starts before the old one hands its jobs back.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -56,6 +57,7 @@ from typing import Any
 import uvicorn
 
 from plasmaart.config import Settings
+from plasmaart.signals import SignalThread
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,9 @@ EXIT_MARGIN_S = 15.0
 YOUNG_S = 10.0
 RESPAWN_PAUSE_S = 2.0
 TICK_S = 0.2
+# How long a stopping process keeps connections it accepted but that have no
+# request under way yet, for that request to arrive.
+ACCEPTED_GRACE_S = 0.5
 READY = b"r"
 
 
@@ -92,21 +97,40 @@ class GracefulServer(uvicorn.Server):
     ) -> None:
         super().__init__(config)
         self._on_started = on_started
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
         if self.started and self._on_started is not None:
             self._on_started()
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting, then give the connections accepted just before a
+        moment to deliver their first request (uvicorn closes a connection
+        with no request under way at once, resetting one whose request is
+        still on its way), then uvicorn's graceful shutdown."""
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        await asyncio.sleep(ACCEPTED_GRACE_S)
+        await super().shutdown()
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: it only sets flags and wakes the loop, which ends
+        # the streams (taking locks here could wait forever on the main
+        # thread's own).
         first = not self.should_exit
         super().handle_exit(sig, frame)
-        if first:
-            streams = getattr(getattr(self.config.app, "state", None), "streams", None)
-            ended = streams.end_all() if streams is not None else 0
-            log.info(
-                "received signal %d: stopping gracefully (%d event stream(s) ended)", sig, ended
-            )
+        if first and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._end_streams, sig)
+
+    def _end_streams(self, sig: int) -> None:
+        streams = getattr(getattr(self.config.app, "state", None), "streams", None)
+        ended = streams.end_all() if streams is not None else 0
+        log.info("received signal %d: stopping gracefully (%d event stream(s) ended)", sig, ended)
 
     def run_quietly(self, sockets: list[socket.socket] | None = None) -> None:
         """``run``, then exit normally: uvicorn raises the signal it caught
@@ -121,12 +145,12 @@ def serve_one(app: Any, settings: Settings, *, host: str, port: int) -> None:
     SIGHUP is logged and ignored: a rolling restart needs a supervisor
     (``--workers 2`` or more)."""
 
-    def _hup(_signum: int, _frame: FrameType | None) -> None:
+    def _hup(_signum: int) -> None:
         log.warning("SIGHUP ignored: a rolling restart needs `serve --workers 2` or more")
 
-    signal.signal(signal.SIGHUP, _hup)
     config = uvicorn.Config(app, host=host, port=port, **uvicorn_options(settings))
-    GracefulServer(config).run_quietly()
+    with SignalThread({signal.SIGHUP: _hup}):
+        GracefulServer(config).run_quietly()
 
 
 # -- the supervisor ----------------------------------------------------------
@@ -195,13 +219,15 @@ class Supervisor:
 
     # -- signals -------------------------------------------------------------
 
-    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+    # On the signal thread (plasmaart/signals.py), not in a signal handler.
+
+    def _on_stop(self, signum: int) -> None:
         if not self._stopping.is_set():
             log.info("received signal %d: stopping the API processes", signum)
         self._stopping.set()
         self._wake.set()
 
-    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+    def _on_hup(self, _signum: int) -> None:
         log.info("received SIGHUP: restarting the API processes one by one")
         self._restart.set()
         self._wake.set()
@@ -327,38 +353,37 @@ class Supervisor:
 
     def run(self) -> int:
         """Until SIGTERM/SIGINT; the exit code (0 once every process stopped)."""
-        previous = {
-            signum: signal.signal(signum, handler)
-            for signum, handler in (
-                (signal.SIGTERM, self._on_stop),
-                (signal.SIGINT, self._on_stop),
-                (signal.SIGHUP, self._on_hup),
-            )
+        handlers: dict[int, Callable[[int], None]] = {
+            signal.SIGTERM: self._on_stop,
+            signal.SIGINT: self._on_stop,
+            signal.SIGHUP: self._on_hup,
         }
-        try:
+        with SignalThread(handlers):
             try:
-                self.start()
-            except StartFailed as failed:
-                if not self._stopping.is_set():
-                    log.error("could not start the API processes: %s", failed)
-                    self.stop_all()
-                    return 1
-            while not self._stopping.is_set():
-                self._wake.wait(TICK_S)
-                self._wake.clear()
-                if self._stopping.is_set():
-                    break
-                if self._restart.is_set():
-                    self._restart.clear()
-                    self.restart()
-                    continue
-                self._replace_dead()
-            self.stop_all()
-            return 0
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            self.sock.close()
+                return self._run()
+            finally:
+                self.sock.close()
+
+    def _run(self) -> int:
+        try:
+            self.start()
+        except StartFailed as failed:
+            if not self._stopping.is_set():
+                log.error("could not start the API processes: %s", failed)
+                self.stop_all()
+                return 1
+        while not self._stopping.is_set():
+            self._wake.wait(TICK_S)
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            if self._restart.is_set():
+                self._restart.clear()
+                self.restart()
+                continue
+            self._replace_dead()
+        self.stop_all()
+        return 0
 
     def stop_all(self) -> None:
         """SIGTERM every process at once, then wait for each."""

@@ -19,7 +19,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from types import FrameType
 
 from plasmaart.billing.tasks import run_billing_clock
 from plasmaart.generation import queue
@@ -30,6 +29,7 @@ from plasmaart.notify.delivery import DeliveryResult, OutboxDelivery
 from plasmaart.notify.email import sender_of
 from plasmaart.notify.notices import queue_expiry_notices, queue_low_balance_notices
 from plasmaart.platform import Platform
+from plasmaart.signals import SignalThread
 from plasmaart.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,6 @@ class Worker:
         self.ticks = 0
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._busy = 0
-        # Reentrant: a signal handler (run on the main thread) may take it.
         self._busy_lock = threading.RLock()
         self._busy_changed = threading.Condition(self._busy_lock)
         # The jobs running now, by id (what a drain hands back).
@@ -361,7 +360,8 @@ class Worker:
         signal hands them back at once."""
         drain = self.platform.settings.worker_drain_s if drain_s is None else drain_s
 
-        def _stop(signum: int, _frame: FrameType | None) -> None:
+        def _stop(signum: int) -> None:
+            # On a thread of its own (plasmaart/signals.py), not in the handler.
             if self.stop_event.is_set():
                 log.info("received signal %d again, handing running jobs back now", signum)
                 self._hand_back()
@@ -369,6 +369,5 @@ class Worker:
             log.info("received signal %d, draining (up to %.0fs)", signum, drain)
             self.stop(drain)
 
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
-        self.run()
+        with SignalThread({signal.SIGTERM: _stop, signal.SIGINT: _stop}):
+            self.run()
