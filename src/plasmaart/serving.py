@@ -123,9 +123,15 @@ class GracefulServer(uvicorn.Server):
         # thread's own).
         first = not self.should_exit
         super().handle_exit(sig, frame)
-        if first and self._loop is not None:
+        if first:
+            self.soon(self._end_streams, sig)
+
+    def soon(self, callback: Callable[..., object], *args: object) -> None:
+        """Run ``callback(*args)`` on the server's loop (safe in a signal
+        handler: it takes no lock); dropped before the loop runs."""
+        if self._loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed
-                self._loop.call_soon_threadsafe(self._end_streams, sig)
+                self._loop.call_soon_threadsafe(callback, *args)
 
     def _end_streams(self, sig: int) -> None:
         streams = getattr(getattr(self.config.app, "state", None), "streams", None)
@@ -145,12 +151,14 @@ def serve_one(app: Any, settings: Settings, *, host: str, port: int) -> None:
     SIGHUP is logged and ignored: a rolling restart needs a supervisor
     (``--workers 2`` or more)."""
 
-    def _hup(_signum: int) -> None:
-        log.warning("SIGHUP ignored: a rolling restart needs `serve --workers 2` or more")
-
     config = uvicorn.Config(app, host=host, port=port, **uvicorn_options(settings))
-    with SignalThread({signal.SIGHUP: _hup}):
-        GracefulServer(config).run_quietly()
+    server = GracefulServer(config)
+
+    def _hup(_signum: int, _frame: FrameType | None) -> None:
+        server.soon(log.warning, "SIGHUP ignored: a rolling restart needs `serve --workers 2`")
+
+    signal.signal(signal.SIGHUP, _hup)
+    server.run_quietly()
 
 
 # -- the supervisor ----------------------------------------------------------
