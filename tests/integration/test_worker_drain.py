@@ -114,7 +114,7 @@ def test_a_drained_worker_finishes_or_hands_back_its_jobs(
         log = first.log()
         assert code == 0, log
         assert "Traceback" not in log, log
-        # It waited for the drain (the long jobs were still running), not longer.
+        # It waited out the drain (the long jobs were still running), not longer.
         assert DRAIN_S - 0.5 <= drained_in < DRAIN_S + 10, drained_in
 
         at_exit = jobs_now(platform.db)
