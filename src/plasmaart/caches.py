@@ -19,9 +19,12 @@ bounded LRU caches (``TtlLru``) and drops an entry when a write changes it:
   its own connection and evicts what it hears. Entries live ``PG_TTL_S``;
   while the listener is not connected (starting, or reconnecting after a lost
   connection, which also clears every cache) they live ``SQLITE_TTL_S``.
-* On SQLite (one process, plus perhaps a CLI or a second server on the same
-  file) eviction is within the process only; another process sees a change
-  when its entry expires, after at most ``SQLITE_TTL_S``.
+* On a SQLite file the same scopes go, after the commit, as a datagram to
+  every other process of the file (``db/peers.py``): API processes, workers
+  and CLI commands on one machine. Entries live ``PG_TTL_S`` while this
+  process receives (its socket is bound: the API and the worker bind it at
+  start-up), ``SQLITE_TTL_S`` otherwise; a process that starts receiving, or
+  that may have missed a datagram, starts from an empty cache.
 
 A load that raced an eviction is not stored: each cache has an epoch bumped by
 every eviction, and a value read under an older epoch is returned but not
@@ -42,6 +45,9 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from plasmaart.db.engine import CACHE_CHANNEL, Database
 from plasmaart.db.listener import ListenerSettings, ListenerThread, listen
+from plasmaart.db.peers import CACHE as PEER_CACHE
+from plasmaart.db.peers import MAX_PAYLOAD as PEER_LIMIT
+from plasmaart.db.peers import RESYNC as PEER_RESYNC
 
 if TYPE_CHECKING:
     pass  # imported where it listens: SQLite never loads it
@@ -128,8 +134,8 @@ class TtlLru(Generic[K, V]):
 
 class CacheHub:
     """The caches of one process (one ``Database``), their TTL and their
-    invalidation: local after commit, and on PostgreSQL from every process
-    through LISTEN on ``plasmaart_cache``."""
+    invalidation: local after commit, and from every process through LISTEN
+    on ``plasmaart_cache`` (PostgreSQL) or the file's peer sockets (SQLite)."""
 
     POLL_S = 0.25  # how often the listener looks at its stop flag
     PING_S = 30.0
@@ -145,6 +151,14 @@ class CacheHub:
         self._listening = threading.Event()
         db.cache_origin = self.origin
         db.invalidation_listeners.append(self.evict)
+        peers = db.peers
+        if peers is not None:
+            db.invalidation_listeners.append(self._tell_peers)
+            peers.on(PEER_CACHE, self._dispatch)
+            everything = frozenset({EVERYTHING})
+            peers.on(PEER_RESYNC, lambda _payload: self.evict(everything))
+            # What changed before this process heard the others is unknown.
+            peers.on_start(lambda: self.evict(everything))
 
     def cache(self, name: str, max_size: int) -> TtlLru[Any, Any]:
         created: TtlLru[Any, Any] = TtlLru(name, max_size)
@@ -160,7 +174,8 @@ class CacheHub:
         """How long an entry may be served: long while another process's
         invalidations are heard, short otherwise."""
         if self.db.is_sqlite:
-            return SQLITE_TTL_S
+            peers = self.db.peers
+            return PG_TTL_S if peers is not None and peers.receiving else SQLITE_TTL_S
         if not self._listening.is_set():
             self.start()
             return SQLITE_TTL_S
@@ -180,9 +195,11 @@ class CacheHub:
     # -- the PostgreSQL listener ---------------------------------------------
 
     def start(self, wait: float = 0.0) -> None:
-        """Start listening (PostgreSQL; once) and wait up to ``wait`` seconds
-        until other processes' invalidations are heard."""
+        """Start listening (once) and wait up to ``wait`` seconds until other
+        processes' invalidations are heard (a SQLite file: at once)."""
         if self.db.is_sqlite:
+            if self.db.peers is not None:
+                self.db.peers.start()
             return
         self._listener.start()
         if wait > 0:
@@ -214,7 +231,17 @@ class CacheHub:
             on_payload=self._dispatch,
         )
 
-    def _dispatch(self, payload: str) -> None:
+    def _tell_peers(self, scopes: frozenset[str]) -> None:
+        """After a commit on a SQLite file: the other processes evict too."""
+        peers = self.db.peers
+        if peers is None:
+            return
+        payload = json.dumps({"o": self.origin, "s": sorted(scopes)}, separators=(",", ":"))
+        if len(payload.encode()) > PEER_LIMIT:
+            payload = json.dumps({"o": self.origin, "s": [EVERYTHING]}, separators=(",", ":"))
+        peers.send(PEER_CACHE, payload.encode())
+
+    def _dispatch(self, payload: str | bytes) -> None:
         try:
             message = json.loads(payload)
             origin = str(message["o"])

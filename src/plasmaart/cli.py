@@ -165,11 +165,16 @@ def _platform(
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (PLASMAART_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (PLASMAART_PORT)")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="API processes on the port (PLASMAART_WEB_WORKERS)"),
+    ] = None,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="No embedded worker")] = False,
 ) -> None:
-    """Serve the API and dashboard, with an embedded worker unless --no-worker."""
-    import uvicorn
-
+    """Serve the API and dashboard, with an embedded worker unless --no-worker.
+    With --workers N (N > 1) this process supervises N API processes:
+    SIGTERM stops them gracefully, SIGHUP restarts them one by one."""
+    from plasmaart import serving
     from plasmaart.doctor import support_address_warning
     from plasmaart.web.app import create_app
 
@@ -180,15 +185,49 @@ def serve(
         warning = support_address_warning(settings, host=host or settings.host)
         if warning:
             logging.getLogger("plasmaart.cli").warning(warning)
-        api = create_app(platform, embedded_worker=False if no_worker else None)
-        uvicorn.run(
-            api,
-            host=host or settings.host,
-            port=port or settings.port,
-            log_level=settings.log_level.lower(),
-            log_config=None,  # keep our structured logging
-            # Open event streams would otherwise hold a SIGTERM shutdown forever.
-            timeout_graceful_shutdown=5,
+        _hear_other_processes(platform)
+        count = workers or settings.web_workers
+        if count == 1:
+            api = create_app(platform, embedded_worker=False if no_worker else None)
+            serving.serve_one(api, settings, host=host or settings.host, port=port or settings.port)
+            return
+    # Several processes: the platform above checked the settings and migrated;
+    # each API process builds its own.
+    address = (host or settings.host, port or settings.port)
+    try:
+        sock = serving.bind(*address)
+    except OSError as exc:
+        _fail(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}")
+    logs.configure(settings.log_level, json_lines=settings.log_format)
+    try:
+        code = serving.Supervisor(
+            sock,
+            settings,
+            workers=count,
+            env=serving.child_environment(host=host, port=port),
+            embedded_worker=settings.embedded_worker and not no_worker,
+        ).run()
+    finally:
+        logs.shutdown()
+    if code:
+        raise typer.Exit(code)
+
+
+def _hear_other_processes(platform: Platform) -> None:
+    """On a SQLite file, bind the socket through which this process hears
+    the others (events, wake-ups, cache invalidations): refuse to start
+    without it rather than run deaf to them."""
+    peers = platform.db.peers
+    if peers is None:
+        return
+    try:
+        peers.start()
+    except OSError as exc:
+        _fail(
+            f"cannot open this process's socket in {peers.folder} "
+            f"({exc.strerror or exc}): the API and worker processes of a SQLite "
+            "database tell each other of events through it; make the folder "
+            "beside the database writable"
         )
 
 
@@ -199,10 +238,13 @@ def worker(
         typer.Option(min=1, max=256, help="Jobs at once (PLASMAART_WORKER_CONCURRENCY)"),
     ] = None,
 ) -> None:
-    """Run a worker in the foreground until SIGTERM (any number may run)."""
+    """Run a worker in the foreground until SIGTERM (any number may run).
+    SIGTERM or SIGINT drains it: no new job, the running ones finish within
+    PLASMAART_WORKER_DRAIN_S, the rest are handed back to the queue."""
     from plasmaart.worker import Worker
 
     with _platform(buffered_logs=True) as platform:
+        _hear_other_processes(platform)
         Worker(platform, concurrency).run_until_signalled()
 
 

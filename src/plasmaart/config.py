@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # Where the Stripe client sends its API calls (tests point it at a local fake).
     stripe_api_base: str = "https://api.stripe.com"
     # Where Stripe sends the customer back after Checkout or the customer
-    # portal. None: this server's own address (host and port).
+    # portal. None: the public address (public_url, else host and port).
     stripe_return_url: str | None = None
     storage_dir: Path | None = None
     # Where media lives: the local folder (media_dir) or an S3-compatible bucket.
@@ -214,6 +214,26 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        # uvicorn would take a mistyped address as a name no peer ever has.
+        import ipaddress
+
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        if entries == ["*"]:
+            return "*"
+        for index, entry in enumerate(entries):
+            try:
+                network = ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (a comma-separated list, or *)"
+                ) from None
+            if "/" in entry:  # uvicorn reads a network strictly: 10.0.0.0/8
+                entries[index] = str(network)
+        return ",".join(entries) or "127.0.0.1"
 
     @field_validator("redis_url")
     @classmethod

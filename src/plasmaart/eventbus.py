@@ -5,10 +5,14 @@ Anything may ``publish(user_ids, type, data)``, typically from an
 rolled back. The web layer ``subscribe``s one queue per open ``/v1/events``
 stream and writes what arrives as Server-Sent Events.
 
-Two implementations, chosen by the database (``create_event_bus``):
+Three implementations, chosen by the database (``create_event_bus``):
 
-* ``InProcessEventBus`` (SQLite, the one-process setup): a publish fans out
-  at once to this process's subscribers.
+* ``InProcessEventBus``: a publish fans out at once to this process's
+  subscribers (the base of the two others; alone, for a database no other
+  process can reach).
+* ``LocalSocketEventBus`` (a SQLite file): the same, plus one datagram to
+  each other process of the file (``db/peers.py``), which fans it out to its
+  own subscribers: API processes and workers on one machine hear each other.
 * ``PostgresEventBus``: a publish is a ``pg_notify`` on one channel, and one
   listener connection per process (a daemon thread) fans what it hears out to
   the local subscribers, so an event published by any API or worker process
@@ -36,6 +40,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from plasmaart.db.engine import Database
 from plasmaart.db.listener import ListenerSettings, ListenerThread, listen
+from plasmaart.db.peers import EVENT as PEER_EVENT
+from plasmaart.db.peers import MAX_PAYLOAD as PEER_LIMIT
+from plasmaart.db.peers import RESYNC as PEER_RESYNC
+from plasmaart.db.peers import PeerChannel
 
 if TYPE_CHECKING:
     pass  # imported where it listens: SQLite never loads it
@@ -164,6 +172,11 @@ class EventBus(Protocol):
         """Start receiving other processes' events (a no-op in-process)."""
         ...
 
+    @property
+    def listening(self) -> bool:
+        """Whether other processes' events reach this one now."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -251,6 +264,12 @@ class InProcessEventBus:
         if users:
             self._fan_out(users, make_event(type, data))
 
+    @property
+    def listening(self) -> bool:
+        """Whether events published from now on in any process reach this
+        one's subscribers (always: every publisher is in this process)."""
+        return True
+
     def start(self, wait: float = 5.0) -> None:
         """Nothing to start: every publisher is in this process."""
 
@@ -258,8 +277,9 @@ class InProcessEventBus:
         """Nothing to stop; open streams end with their connections."""
 
 
-def notify_payloads(users: list[str], event: Event) -> list[str]:
-    """NOTIFY payloads for ``event``, the user ids split so each fits."""
+def notify_payloads(users: list[str], event: Event, limit: int = NOTIFY_LIMIT) -> list[str]:
+    """NOTIFY payloads for ``event``, the user ids split so each fits
+    ``limit`` bytes."""
     head = f'{{"t":{_dumps(event.type)},"d":{event.data_json},"u":['
     payloads: list[str] = []
     chunk: list[str] = []
@@ -267,7 +287,7 @@ def notify_payloads(users: list[str], event: Event) -> list[str]:
     for user in users:
         encoded = _dumps(user)
         extra = len(encoded.encode()) + 1
-        if chunk and size + extra > NOTIFY_LIMIT:
+        if chunk and size + extra > limit:
             payloads.append(head + ",".join(chunk) + "]}")
             chunk, size = [], len(head.encode()) + 2
         chunk.append(encoded)
@@ -426,9 +446,57 @@ class PostgresEventBus(InProcessEventBus):
         self._fan_out(users, event)
 
 
+class LocalSocketEventBus(InProcessEventBus):
+    """A SQLite file's bus: local fan-out, and a datagram to each other
+    process of the file (``db/peers.py``), which fans it out in its turn."""
+
+    def __init__(self, peers: PeerChannel) -> None:
+        super().__init__()
+        self._peers = peers
+        peers.on(PEER_EVENT, self._dispatch)
+        peers.on(PEER_RESYNC, lambda _payload: self._fan_out_to_all(Event.resync("missed")))
+
+    @property
+    def listening(self) -> bool:
+        return self._peers.receiving
+
+    def publish(self, user_ids: Iterable[str], type: str, data: Mapping[str, Any]) -> None:
+        users = list(dict.fromkeys(user_ids))
+        if not users:
+            return
+        event = make_event(type, data)
+        self._fan_out(users, event)
+        for payload in notify_payloads(users, event, limit=PEER_LIMIT):
+            self._peers.send(PEER_EVENT, payload.encode())
+
+    def subscribe(self, user_id: str, *, capacity: int = SUBSCRIBER_CAPACITY) -> Subscription:
+        self._peers.start()  # normally started with the app already
+        return super().subscribe(user_id, capacity=capacity)
+
+    def start(self, wait: float = 5.0) -> None:
+        """Receive the other processes' events: bound at once, so nothing to
+        wait for (``wait`` is for PostgreSQL's listener). ``OSError`` if the
+        socket cannot be made beside the database."""
+        del wait
+        self._peers.start()
+
+    def close(self) -> None:
+        """Nothing to stop here: the database's channel closes with it."""
+
+    def _dispatch(self, payload: bytes) -> None:
+        try:
+            message = json.loads(payload)
+            event = Event(str(message["t"]), _dumps(message["d"]))
+            users = [str(user) for user in message["u"]]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed peer event: %.200r", payload)
+            return
+        self._fan_out(users, event)
+
+
 def create_event_bus(db: Database) -> EventBus:
-    """The bus for ``db``: LISTEN/NOTIFY on PostgreSQL, in-process on SQLite
-    (where API and worker share one process)."""
+    """The bus for ``db``: LISTEN/NOTIFY on PostgreSQL, local sockets
+    between the processes of a SQLite file."""
     if db.is_sqlite:
-        return InProcessEventBus()
+        return InProcessEventBus() if db.peers is None else LocalSocketEventBus(db.peers)
     return PostgresEventBus(db)

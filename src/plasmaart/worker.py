@@ -19,7 +19,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from types import FrameType
 
 from plasmaart.billing.tasks import run_billing_clock
 from plasmaart.generation import queue
@@ -30,6 +29,7 @@ from plasmaart.notify.delivery import DeliveryResult, OutboxDelivery
 from plasmaart.notify.email import sender_of
 from plasmaart.notify.notices import queue_expiry_notices, queue_low_balance_notices
 from plasmaart.platform import Platform
+from plasmaart.signals import SignalThread
 from plasmaart.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,14 @@ class Worker:
         self.ticks = 0
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._busy = 0
-        self._busy_lock = threading.Lock()
+        self._busy_lock = threading.RLock()
+        self._busy_changed = threading.Condition(self._busy_lock)
+        # The jobs running now, by id (what a drain hands back).
+        self._running: set[str] = set()
+        # Once set, running jobs hand themselves back at their next poll.
+        self._handing_back = threading.Event()
+        # How long a stop lets running jobs finish (``stop``).
+        self._drain_s = 0.0
         self.runner = JobRunner(
             db=platform.db,
             clock=platform.clock,
@@ -114,7 +121,7 @@ class Worker:
             generations=platform.generations,
             provider=platform.provider,
             storage=platform.storage,
-            stopping=self.stop_event.is_set,
+            stopping=self._handing_back.is_set,
             lease=timedelta(seconds=platform.settings.job_lease_s),
             job_clock=platform.job_clock,
             max_attempts=platform.settings.max_job_attempts,
@@ -182,8 +189,10 @@ class Worker:
                 "job %s failed in the worker", claimed.id, extra={"generation_id": claimed.id}
             )
         finally:
-            with self._busy_lock:
+            with self._busy_changed:
                 self._busy -= 1
+                self._running.discard(claimed.id)
+                self._busy_changed.notify_all()
             self.platform.wakeups.claimable.set()  # a slot is free: claim now
 
     def run_once(self) -> None:
@@ -281,33 +290,84 @@ class Worker:
                 if claimed:
                     with self._busy_lock:
                         self._busy += len(claimed)
+                        self._running.update(job.id for job in claimed)
                     for job in claimed:
                         pool.submit(self._run_job, job)
                     continue
                 claimable.wait(CLAIM_IDLE_S)
-            # Leaving the with-block waits for running jobs, which stop at
-            # their next poll and stay leased for whoever resumes them.
+            self._drain()
+            # Leaving the with-block waits for the jobs handed back, which
+            # stop at their next poll, free for whoever claims them next.
         webhooks.join()
         self.runner.close()
         log.info("worker stopped")
 
-    def stop(self) -> None:
+    def stop(self, drain_s: float = 0.0) -> None:
+        """Stop: no new claim, no more ticks; the running jobs may finish
+        for ``drain_s`` seconds, then whatever still runs is handed back
+        (at once with 0)."""
+        self._drain_s = max(drain_s, 0.0)
         self.stop_event.set()
-        # Jobs waiting for a webhook between polls see the stop now.
+        if self._drain_s == 0:
+            self._hand_back()
+        self.platform.wakeups.claimable.set()  # the loop sees the stop now
+
+    def _hand_back(self) -> None:
+        self._handing_back.set()
+        with self._busy_changed:
+            self._busy_changed.notify_all()  # a drain waiting ends now
+        # Jobs waiting for a webhook between polls see it now.
         self.platform.wakeups.wake_all()
+
+    def _drain(self) -> None:
+        """After the loop: wait up to the drain for the running jobs, then
+        hand back those still running. A job handed back keeps its hold and
+        its provider request; its lease is released, so another worker
+        resumes it at once, and the hand-back is not one of its attempts."""
+        deadline = time.monotonic() + self._drain_s
+        with self._busy_changed:
+            if self._busy and not self._handing_back.is_set():
+                log.info(
+                    "worker %s draining: %d job(s) running, waiting up to %.0fs",
+                    self.id,
+                    self._busy,
+                    self._drain_s,
+                )
+            while self._busy and not self._handing_back.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._busy_changed.wait(left)
+            left_running = sorted(self._running)
+        if left_running:
+            log.warning(
+                "worker %s handing back %d job(s) to the queue: %s",
+                self.id,
+                len(left_running),
+                ", ".join(left_running),
+            )
+        self._hand_back()
 
     def start_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, name="plasmaart-worker", daemon=True)
         thread.start()
         return thread
 
-    def run_until_signalled(self) -> None:
-        """Run in the foreground until SIGTERM or SIGINT, then finish the tick."""
+    def run_until_signalled(self, drain_s: float | None = None) -> None:
+        """Run in the foreground until SIGTERM or SIGINT, then drain: no new
+        claim, the running jobs finish within ``drain_s`` (by default
+        ``PLASMAART_WORKER_DRAIN_S``), the rest are handed back. A second
+        signal hands them back at once."""
+        drain = self.platform.settings.worker_drain_s if drain_s is None else drain_s
 
-        def _stop(signum: int, _frame: FrameType | None) -> None:
-            log.info("received signal %d, stopping", signum)
-            self.stop()
+        def _stop(signum: int) -> None:
+            # On a thread of its own (plasmaart/signals.py), not in the handler.
+            if self.stop_event.is_set():
+                log.info("received signal %d again, handing running jobs back now", signum)
+                self._hand_back()
+                return
+            log.info("received signal %d, draining (up to %.0fs)", signum, drain)
+            self.stop(drain)
 
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
-        self.run()
+        with SignalThread({signal.SIGTERM: _stop, signal.SIGINT: _stop}):
+            self.run()

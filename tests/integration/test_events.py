@@ -21,6 +21,7 @@ from plasmaart.eventbus import (
     NOTIFY_LIMIT,
     Event,
     InProcessEventBus,
+    LocalSocketEventBus,
     PostgresEventBus,
     notify_payloads,
 )
@@ -51,11 +52,9 @@ def server(platform: Platform, fast_heartbeat: None) -> Iterator[str]:
 def publisher(
     platform: Platform, database_url: str, clock: ManualClock, tmp_path: Path
 ) -> Iterator[Platform]:
-    """Where events are published from: on PostgreSQL another "process" (a
-    second Platform on the same database), on SQLite the same platform."""
-    if platform.db.is_sqlite:
-        yield platform
-        return
+    """Where events are published from: another "process" (a second Platform
+    on the same database: NOTIFY on PostgreSQL, the file's peer sockets on
+    SQLite)."""
     with running_platform(settings_for(database_url, tmp_path / "other"), clock) as other:
         yield other
 
@@ -130,7 +129,7 @@ def test_a_rolled_back_change_sends_no_event(platform: Platform, server: str) ->
 def test_events_from_another_process_reach_the_stream(
     platform: Platform, publisher: Platform, server: str
 ) -> None:
-    expected = InProcessEventBus if platform.db.is_sqlite else PostgresEventBus
+    expected = LocalSocketEventBus if platform.db.is_sqlite else PostgresEventBus
     assert type(platform.events) is expected
     assert type(publisher.events) is expected
     alice = make_user(platform, "alice@example.com")

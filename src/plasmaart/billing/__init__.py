@@ -41,7 +41,8 @@ def create_backends(
             clock,
             secret_key=secret_key,
             api_base=settings.stripe_api_base,
-            return_url=settings.stripe_return_url or f"http://{settings.host}:{settings.port}/",
+            # Customers come back to the public address (PLASMAART_PUBLIC_URL).
+            return_url=settings.stripe_return_url or f"{settings.public_base_url}/",
             currency=currency,
         )
     return backends

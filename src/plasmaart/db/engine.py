@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 
 from plasmaart.db.group_commit import DEFAULT_BATCH_LIMIT, GroupCommitWriter
+from plasmaart.db.peers import PeerChannel, peers_folder
 
 T = TypeVar("T")
 
@@ -131,6 +132,12 @@ class Database:
         self.invalidation_listeners: list[Callable[[frozenset[str]], None]] = []
         # Names this process in its invalidation NOTIFYs (set by CacheHub).
         self.cache_origin = ""
+        # SQLite: the other processes of the file, for events and cache
+        # invalidations (db/peers.py); PostgreSQL uses LISTEN/NOTIFY.
+        database = engine.url.database if self.is_sqlite else None
+        self.peers: PeerChannel | None = (
+            PeerChannel(peers_folder(database)) if database and database != ":memory:" else None
+        )
         self._group: GroupCommitWriter | None = None
         if group_commit and self.is_sqlite:
             self._group = GroupCommitWriter(
@@ -214,6 +221,8 @@ class Database:
     def dispose(self) -> None:
         if self._group is not None:
             self._group.close()
+        if self.peers is not None:
+            self.peers.close()
         self.engine.dispose()
 
 

@@ -160,12 +160,18 @@ def check_in(
 
 
 def hand_back(
-    conn: Connection, generation_id: str, token: int, request_id: str | None = None
+    conn: Connection,
+    generation_id: str,
+    token: int,
+    now: datetime,
+    request_id: str | None = None,
 ) -> bool:
-    """A worker stopping gracefully leaves its job (leased, at the provider,
-    whose ``request_id`` it stores if not stored yet) for whoever claims it
-    next: a clean hand-over does not count as one of the job's attempts."""
-    values: dict[str, object] = {"attempts": _g.c.attempts - 1}
+    """A worker stopping gracefully leaves its job (at the provider, whose
+    ``request_id`` it stores if not stored yet) for whoever claims it next:
+    its lease ends ``now``, so the next claim takes it at once (as a job
+    whose worker is gone, resumed under a new fencing token), and a clean
+    hand-over does not count as one of the job's attempts."""
+    values: dict[str, object] = {"attempts": _g.c.attempts - 1, "lease_expires_at": now}
     if request_id is not None:
         values["provider_request_id"] = request_id
     result = conn.execute(

@@ -328,10 +328,13 @@ class JobRunner:
         known_request: str = request_id
         while True:
             if self.stopping():
-                # Graceful shutdown: leave the job running at the provider;
-                # whoever claims it after the lease resumes from the request id.
+                # Graceful shutdown: leave the job running at the provider,
+                # its lease released; whoever claims it next resumes from
+                # the request id.
                 with self.db.write() as conn:
-                    queue_repo.hand_back(conn, claim.id, claim.token, ending.request_id)
+                    queue_repo.hand_back(
+                        conn, claim.id, claim.token, self._now(), ending.request_id
+                    )
                 _step(
                     "handed_back",
                     row.id,

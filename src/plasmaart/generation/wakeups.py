@@ -3,8 +3,9 @@
 A worker polls the provider for a running job every ``poll_interval_s``. When
 the provider calls back (fal's webhook, received by whichever API process
 fal reached), ``request_poll`` publishes ``generation.poll`` on the platform's
-event bus: in-process on SQLite (API and worker share the process), a NOTIFY
-on PostgreSQL, which every process's listener hears. The worker running that
+event bus: a datagram to each process of a SQLite file (eventbus.py
+``LocalSocketEventBus``), a NOTIFY on PostgreSQL, which every process's
+listener hears. The worker running that
 job ends its wait at once and polls; every other process ignores it.
 
 The event goes to an address that is not a user id (user ids are ``usr_…``),
@@ -26,7 +27,7 @@ from sqlalchemy import Connection
 
 from plasmaart.db.engine import after_commit
 from plasmaart.db.listener import ListenerThread
-from plasmaart.eventbus import RESYNC, Event, EventBus, PostgresEventBus
+from plasmaart.eventbus import RESYNC, Event, EventBus
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class PollWakeups:
     @property
     def listening(self) -> bool:
         """Whether wake-ups published from now on reach this process."""
-        if isinstance(self.events, PostgresEventBus) and not self.events.listening:
+        if not self.events.listening:
             return False
         return self._subscribed.is_set()
 

@@ -103,6 +103,8 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
         default_response_class=Default(FastJSONResponse),
     )
     app.state.platform = platform
+    # Open /v1/events streams, which a shutdown ends at once (plasmaart.serving).
+    app.state.streams = events.OpenStreams()
     app.state.metrics = HttpMetrics()
     # One pure ASGI edge (web/edge.py): request id, body limit, idempotency,
     # rate-limit and security headers, metrics and the access log.

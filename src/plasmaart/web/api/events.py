@@ -5,9 +5,9 @@ in-app notifications: ``GET /v1/notifications``,
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -30,6 +30,12 @@ router = APIRouter(prefix="/v1", tags=["events"])
 HEARTBEAT_S = 15.0
 RETRY_MS = 3000
 PING = b": ping\n\n"
+# When this process shuts down (a restart, a deploy), open streams end at once
+# with this retry hint: the client reconnects soon, to a process that serves.
+RETRY_ON_SHUTDOWN_MS = 1000
+SHUTDOWN_FRAME = f": server shutting down, reconnect\nretry: {RETRY_ON_SHUTDOWN_MS}\n\n".encode()
+# Queued to a stream's subscription to end it: a type no publisher can use.
+_END = Event("<end>", "null")
 
 _STREAM_DESCRIPTION = f"""Server-Sent Events for the caller, starting with `retry: {RETRY_MS}`.
 
@@ -39,7 +45,47 @@ object), `generation.updated` (a generation's id, status, credits, `balance_afte
 `queue_position` and error: fetch the generation for its outputs; the caller's own,
 and every generation of the caller's teams), and `resync`: events
 may have been missed (a slow client, a reconnect), so fetch the current state
-again. A `: ping` comment comes every {HEARTBEAT_S:g} seconds."""
+again. A `: ping` comment comes every {HEARTBEAT_S:g} seconds.
+
+When the server process shuts down (a restart, a deploy), the stream ends at
+once with `retry: {RETRY_ON_SHUTDOWN_MS}`: reconnect (with `Last-Event-ID`)
+and another process answers."""
+
+
+class OpenStreams:
+    """The event streams this process serves, so that a shutdown can end
+    them all at once (``end_all``, from any thread, a signal handler too)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: set[Subscription] = set()
+        self.ending = False
+
+    def add(self, subscription: Subscription) -> bool:
+        """Keep ``subscription``; False once the process is shutting down."""
+        with self._lock:
+            if self.ending:
+                return False
+            self._open.add(subscription)
+            return True
+
+    def discard(self, subscription: Subscription) -> None:
+        with self._lock:
+            self._open.discard(subscription)
+
+    def end_all(self) -> int:
+        """End every open stream (after what it has queued) and refuse new
+        ones; how many were open."""
+        with self._lock:
+            self.ending = True
+            streams = list(self._open)
+        for subscription in streams:
+            subscription.deliver(_END)
+        return len(streams)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._open)
 
 
 def sse_frame(event_id: int, event: Event) -> bytes:
@@ -47,8 +93,14 @@ def sse_frame(event_id: int, event: Event) -> bytes:
     return f"id: {event_id}\nevent: {event.type}\ndata: {event.data_json}\n\n".encode()
 
 
-async def event_stream(subscription: Subscription, *, resumed: bool) -> AsyncIterator[bytes]:
-    """The bytes of one stream: the retry hint, then events and heartbeats."""
+async def event_stream(
+    subscription: Subscription, *, resumed: bool, ending: bool = False
+) -> AsyncIterator[bytes]:
+    """The bytes of one stream: the retry hint, then events and heartbeats,
+    until the process shuts down (``ending``: it already is)."""
+    if ending:
+        yield SHUTDOWN_FRAME
+        return
     yield f"retry: {RETRY_MS}\n\n".encode()
     ids = itertools.count(1)
     if resumed:
@@ -56,6 +108,9 @@ async def event_stream(subscription: Subscription, *, resumed: bool) -> AsyncIte
         yield sse_frame(next(ids), Event.resync("reconnected"))
     while True:
         event = await subscription.next(HEARTBEAT_S)
+        if event is _END:
+            yield SHUTDOWN_FRAME
+            return
         yield PING if event is None else sse_frame(next(ids), event)
 
 
@@ -94,10 +149,17 @@ async def events(
     request: Request, principal: CurrentPrincipal, platform: PlatformDep
 ) -> StreamingResponse:
     bus = platform.events
+    streams: OpenStreams = request.app.state.streams
     subscription = bus.subscribe(principal.user.id)
+    open_now = streams.add(subscription)
     resumed = request.headers.get("last-event-id") is not None
+
+    def close() -> None:
+        streams.discard(subscription)
+        bus.unsubscribe(subscription)
+
     return _EventStreamResponse(
-        event_stream(subscription, resumed=resumed), partial(bus.unsubscribe, subscription)
+        event_stream(subscription, resumed=resumed, ending=not open_now), close
     )
 
 
