@@ -51,12 +51,8 @@ T = TypeVar("T")
 
 pytestmark = pytest.mark.postgres
 
-# `plasmaart serve --workers N` (N API processes sharing one port under one
-# supervisor, SIGHUP = rolling restart) is built on its own branch. Until it
-# is merged `serve` has no --workers option: this is False, serve runs one
-# API process, and the rolling-restart test fails on purpose (it asserts
-# this constant first). Flip it to True with the merge.
-SERVE_HAS_WORKERS = False
+# `plasmaart serve --workers 2`: two API processes on one port under one
+# supervisor (SIGHUP = rolling restart), as docs/deployment.md runs it.
 API_PROCESSES = 2
 WORKER_CONCURRENCY = 2
 # Short deadlines, so that the graceful stops are seen within the test.
@@ -124,8 +120,7 @@ class Serve:
         self._log: IO[bytes] = self.log_path.open("ab")
         command = [sys.executable, "-m", "plasmaart.cli", "serve"]
         command += ["--host", "127.0.0.1", "--port", str(self.port)]
-        if SERVE_HAS_WORKERS:
-            command += ["--workers", str(API_PROCESSES)]
+        command += ["--workers", str(API_PROCESSES)]
         self.process = subprocess.Popen(
             command, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT
         )
@@ -500,7 +495,6 @@ def test_metrics_behind_the_proxys_password(topology: Topology) -> None:
 
 
 def test_a_rolling_restart_fails_no_request_and_charges_once(topology: Topology) -> None:
-    assert SERVE_HAS_WORKERS, "needs `plasmaart serve --workers N` and its SIGHUP rolling restart"
     bea = creator(topology, "bea@example.com")
     before = balance(topology, bea.wallet_id)
     accepted: dict[str, float] = {}
