@@ -350,10 +350,10 @@ def test_several_processes_answer_for_the_whole_instance(
     (folder / "counter_999999.db").write_bytes(b"left by a previous run")
     # prepare_processes changes this process's environment and value class:
     # both are put back when the test ends.
-    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    monkeypatch.setenv(MULTIPROC_ENV, "")  # unset again at the end (empty: not set)
     monkeypatch.setattr(values, "ValueClass", values.ValueClass)
     prepare_processes(Settings(database_url=database_url, var_dir=var_dir), 1)
-    assert MULTIPROC_ENV not in os.environ  # one process: nothing to share
+    assert os.environ[MULTIPROC_ENV] == ""  # one process: nothing to share
     prepare_processes(Settings(database_url=database_url, var_dir=var_dir), 2)
     assert os.environ[MULTIPROC_ENV] == str(folder)
     assert list(folder.iterdir()) == []
