@@ -61,6 +61,11 @@ def _seconds(later: datetime, earlier: datetime) -> float:
     return max((as_utc(later) - as_utc(earlier)).total_seconds(), 0.0)
 
 
+def _epoch(value: datetime) -> float:
+    """Unix time of a database timestamp (naive ones are UTC: SQLite)."""
+    return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
+
+
 class BusinessMetrics(Collector):
     def __init__(self, platform: Platform, *, ttl_s: float = DEFAULT_TTL_S) -> None:
         self.platform = platform
@@ -234,22 +239,26 @@ class BusinessMetrics(Collector):
             oldest.add_metric(
                 [queue_class], _seconds(now, found.oldest_enqueued_at) if found else 0.0
             )
-        since = now - JOB_WINDOW
+        since = _epoch(now - JOB_WINDOW)
         waits: dict[str, list[float]] = defaultdict(list)
         finished: dict[tuple[str, str], int] = defaultdict(int)
         errors: dict[tuple[str, str], int] = defaultdict(int)
         durations: dict[str, list[float]] = defaultdict(list)
         for job in recent:
-            if job.started_at is not None and as_utc(job.started_at) >= since:
-                waits[job.queue_class].append(_seconds(job.started_at, job.enqueued_at))
-            if job.finished_at is None or as_utc(job.finished_at) < since:
+            began = None if job.started_at is None else _epoch(job.started_at)
+            if began is not None and began >= since:
+                waits[job.queue_class].append(max(began - _epoch(job.enqueued_at), 0.0))
+            if job.finished_at is None:
+                continue
+            ended = _epoch(job.finished_at)
+            if ended < since:
                 continue
             if job.status in TERMINAL_STATES:
                 finished[(job.model, job.status)] += 1
             if job.status == "failed":
                 errors[(job.model, job.error_code or "unknown")] += 1
-            if job.status == "succeeded" and job.started_at is not None:
-                durations[job.model].append(_seconds(job.finished_at, job.started_at))
+            if job.status == "succeeded" and began is not None:
+                durations[job.model].append(max(ended - began, 0.0))
         started = GaugeMetricFamily(
             "plasmaart_jobs_started_15m",
             "Jobs that started in the last 15 minutes, by queue class",
