@@ -412,3 +412,15 @@ def test_several_processes_answer_for_the_whole_instance(
     finally:
         for server in servers:
             server.close()
+
+
+def test_a_replaced_database_is_counted_again(platform: Platform, tmp_path: Path) -> None:
+    """A process whose database was replaced by an older one (a restore)
+    counts the journal it finds, not the one it read before."""
+    collector = BusinessMetrics(platform, ttl_s=0)
+    ann = make_user(platform, "ann@example.com", credits=30)
+    assert credits_of(parse_families(list(collector.collect())))["grant"] == 30
+    with platform.db.write() as conn:
+        conn.execute(journal_entries.delete().where(journal_entries.c.wallet_id == ann.wallet_id))
+        platform.ledger.grant(conn, ann.wallet_id, 4, source="promo", idempotency_key="after")
+    assert credits_of(parse_families(list(collector.collect())))["grant"] == 4

@@ -16,7 +16,9 @@ reads them again at each refresh until they appear, or for ``GRACE_S``
 seconds: an id missing longer was a rolled-back transaction (a gap a sequence
 never fills), or a transaction open longer than any the platform makes.
 Each refresh runs in one snapshot (``Database.snapshot``), so what it counts
-and what it finds missing are the same view of the journal.
+and what it finds missing are the same view of the journal. A refresh first
+checks that the entry at the cursor is still the one it read: if not, the
+database was replaced (a restore) and the sums start again from nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -62,6 +65,8 @@ class JournalTotals:
         self._entries: dict[Accounts, int] = {}
         # Missing id -> when it was first found missing (monotonic seconds).
         self._missing: dict[int, float] = {}
+        # The entry at the cursor, as it was read (journal_stamp).
+        self._stamp: tuple[Any, ...] | None = None
 
     @property
     def missing(self) -> int:
@@ -80,6 +85,13 @@ class JournalTotals:
         with self._lock:
             now = self._monotonic()
             self._recover_missing(conn, now)
+            if self.cursor and repo.journal_stamp(conn, self.cursor) != self._stamp:
+                # The entry the cursor stopped at is gone or another: the
+                # database was replaced (a restore). Count it again from the start.
+                self.cursor = 0
+                self._credits.clear()
+                self._entries.clear()
+                self._missing.clear()
             top = repo.journal_top(conn)
             if top > self.cursor:
                 flow = repo.journal_flow(conn, self.cursor, top)
@@ -88,6 +100,7 @@ class JournalTotals:
                 if flow.rows < top - self.cursor:
                     self._note_missing(conn, top, now)
                 self.cursor = top
+                self._stamp = repo.journal_stamp(conn, top)
             return FlowTotals(
                 dict(self._credits), dict(self._entries), self.cursor, len(self._missing)
             )

@@ -67,6 +67,15 @@ def journal_top(conn: Connection) -> int:
     return int(top or 0)
 
 
+def journal_stamp(conn: Connection, entry_id: int) -> tuple[Any, ...] | None:
+    """What identifies one entry (its wallet, kind, credits and time), to
+    tell that the entry a cursor stopped at is still the same one."""
+    row = conn.execute(
+        select(_j.c.wallet_id, _j.c.kind, _j.c.credits, _j.c.created_at).where(_j.c.id == entry_id)
+    ).one_or_none()
+    return None if row is None else (row.wallet_id, row.kind, int(row.credits), row.created_at)
+
+
 def journal_flow(conn: Connection, after: int, upto: int) -> FlowRange:
     """The entries with ``after < id <= upto``, summed by kind and accounts."""
     rows = conn.execute(
