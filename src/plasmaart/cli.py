@@ -482,11 +482,27 @@ def catalog_pricing(file: FileOption = False) -> None:
 
 @ledger_app.command("verify")
 def ledger_verify() -> None:
-    """Recompute every balance from the journal and lots; exit 1 on any difference."""
-    from plasmaart.ledger.invariants import check_ledger
+    """Recompute every balance from the journal and lots; exit 1 on any difference.
 
-    with _platform() as platform, platform.db.read() as conn:
-        problems = check_ledger(conn)
+    The result is recorded in ledger_checks, as the workers' scheduled runs are
+    (/metrics shows the newest)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from plasmaart.ledger.verification import LedgerVerification, default_checked_by
+
+    with _platform() as platform:
+        verification = LedgerVerification(
+            platform.db,
+            platform.job_clock,
+            interval_s=platform.settings.ledger_verify_interval_s,
+            checked_by=default_checked_by("cli"),
+        )
+        result = verification.check()
+        try:
+            verification.record(result)
+        except SQLAlchemyError as exc:
+            typer.echo(f"warning: result not recorded: {type(exc).__name__}", err=True)
+        problems = result.problems
     for line in problems:
         typer.echo(line, err=True)
     if problems:

@@ -25,6 +25,7 @@ from plasmaart.generation import queue
 from plasmaart.generation.queue import Claim
 from plasmaart.generation.runner import JobRunner
 from plasmaart.ledger.tasks import expire_due_lots
+from plasmaart.ledger.verification import LedgerVerification
 from plasmaart.notify.delivery import DeliveryResult, OutboxDelivery
 from plasmaart.notify.email import sender_of
 from plasmaart.notify.notices import queue_expiry_notices, queue_low_balance_notices
@@ -241,6 +242,15 @@ class Worker:
             if not busy:
                 self.stop_event.wait(WEBHOOK_IDLE_S)
 
+    def ledger_verification(self) -> LedgerVerification:
+        """The scheduled ledger verification (ledger/verification.py)."""
+        return LedgerVerification(
+            self.platform.db,
+            self.platform.job_clock,
+            interval_s=self.platform.settings.ledger_verify_interval_s,
+            checked_by=f"worker {self.id}",
+        )
+
     def charge_topups(self) -> None:
         """Charge the pending auto top-ups off-session (controls/topup.py)."""
         charged = self.platform.auto_topups.charge_pending(self.platform.db)
@@ -265,6 +275,11 @@ class Worker:
             target=self.run_webhooks, name="plasmaart-webhooks", daemon=True
         )
         webhooks.start()
+        # `ledger verify` on a schedule, once per interval across all workers.
+        verification = self.ledger_verification()
+        threading.Thread(
+            target=verification.loop, args=(self.stop_event,), name="plasmaart-ledger", daemon=True
+        ).start()
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="plasmaart-job") as pool:
             while not self.stop_event.is_set():
                 if time.monotonic() >= next_tick:

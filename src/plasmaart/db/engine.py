@@ -218,6 +218,23 @@ class Database:
             yield conn
             tx.rollback()
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read-only transaction whose statements all see one snapshot.
+
+        ``read()`` is one on SQLite (WAL), but on PostgreSQL at READ
+        COMMITTED each statement sees the commits made before it; readers
+        that compare several statements' results (``ledger verify``, the
+        journal's running sums of /metrics) need REPEATABLE READ there."""
+        if self.is_sqlite:
+            with self.read() as conn:
+                yield conn
+            return
+        options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+        with self.engine.connect().execution_options(**options) as conn, conn.begin() as tx:
+            yield conn
+            tx.rollback()
+
     def dispose(self) -> None:
         if self._group is not None:
             self._group.close()

@@ -34,6 +34,7 @@ from plasmaart.web.api import (
     two_factor,
     webhooks,
 )
+from plasmaart.web.business_metrics import BusinessMetrics
 from plasmaart.web.edge import Edge
 from plasmaart.web.metrics import HttpMetrics
 from plasmaart.web.responses import FastJSONResponse
@@ -105,7 +106,7 @@ def create_app(platform: Platform, *, embedded_worker: bool | None = None) -> Fa
     app.state.platform = platform
     # Open /v1/events streams, which a shutdown ends at once (plasmaart.serving).
     app.state.streams = events.OpenStreams()
-    app.state.metrics = HttpMetrics()
+    app.state.metrics = HttpMetrics(BusinessMetrics(platform))
     # One pure ASGI edge (web/edge.py): request id, body limit, idempotency,
     # rate-limit and security headers, metrics and the access log.
     app.add_middleware(Edge, platform=platform, metrics=app.state.metrics)

@@ -52,7 +52,8 @@ def readyz(platform: PlatformDep) -> Readiness | JSONResponse:
 
 @router.get("/metrics", response_class=Response)
 def metrics(request: Request) -> Response:
-    """Prometheus text exposition."""
+    """Prometheus text exposition: the HTTP metrics (of every API process)
+    and the business metrics (web/business_metrics.py)."""
     return Response(
-        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        generate_latest(request.app.state.metrics.exposition), media_type=CONTENT_TYPE_LATEST
     )
