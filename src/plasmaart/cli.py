@@ -192,7 +192,11 @@ def serve(
             serving.serve_one(api, settings, host=host or settings.host, port=port or settings.port)
             return
     # Several processes: the platform above checked the settings and migrated;
-    # each API process builds its own.
+    # each API process builds its own. They share one folder of HTTP metrics,
+    # so that whichever answers a scrape reports them all.
+    from plasmaart.web.metrics import prepare_processes
+
+    prepare_processes(settings, count)
     address = (host or settings.host, port or settings.port)
     try:
         sock = serving.bind(*address)
