@@ -218,21 +218,26 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxy_addresses(cls, value: str) -> str:
-        # uvicorn would take a mistyped address as a name no peer ever has.
+        # uvicorn would take a mistyped address as a name no peer ever has,
+        # and a network with host bits set matches nothing.
         import ipaddress
 
         entries = [entry.strip() for entry in value.split(",") if entry.strip()]
         if entries == ["*"]:
             return "*"
-        for index, entry in enumerate(entries):
+        if "*" in entries:
+            raise ValueError("mixes * with addresses: set either * or a list of addresses")
+        for entry in entries:
             try:
-                network = ipaddress.ip_network(entry, strict=False)
+                ipaddress.ip_network(entry, strict=True)
             except ValueError:
-                raise ValueError(
-                    f"{entry!r} is not an IP address or network (a comma-separated list, or *)"
-                ) from None
-            if "/" in entry:  # uvicorn reads a network strictly: 10.0.0.0/8
-                entries[index] = str(network)
+                try:
+                    network = ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{entry!r} is not an IP address or network (a comma-separated list, or *)"
+                    ) from None
+                raise ValueError(f"{entry!r} has host bits set (did you mean {network}?)") from None
         return ",".join(entries) or "127.0.0.1"
 
     @field_validator("redis_url")

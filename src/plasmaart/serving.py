@@ -301,6 +301,12 @@ class Supervisor:
         if child.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 child.process.send_signal(signal.SIGTERM)
+        return self._wait_child(child)
+
+    def _wait_child(self, child: _Child) -> int | None:
+        """Wait for a process told to stop (SIGKILL past the deadline). Never
+        a second SIGTERM: uvicorn takes it for "quit now" and would drop the
+        requests in flight, and one arriving while Python finalises kills."""
         try:
             return child.process.wait(timeout=self.stop_within_s)
         except subprocess.TimeoutExpired:
@@ -402,7 +408,7 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     child.process.send_signal(signal.SIGTERM)
         for child in running:
-            code = self._stop_child(child)
+            code = self._wait_child(child)
             log.info("API process %d stopped (exit %s)", child.pid, code)
         log.info("supervisor %d stopped", os.getpid())
 

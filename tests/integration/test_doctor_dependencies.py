@@ -44,7 +44,7 @@ from tests.support.processes import child_env
 from tests.support.redis_server import redis_server
 
 REGION = "us-east-1"
-BUCKET = "plasmaart-media"
+BUCKET = "plasmaart-doctor-checks"  # moto's servers in one process share buckets
 SMTP_USER, SMTP_PASSWORD = "doctor", "Let-Me-In-42"
 STRIPE_KEY, STRIPE_WEBHOOK_SECRET = "sk_test_DoctorKey0042", "whsec_DoctorSecret0042"
 FAL_KEY = "key-id:FalSecret0042"

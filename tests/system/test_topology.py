@@ -69,7 +69,7 @@ STOP_WITHIN_S = 15.0
 POLL_S = 0.05
 TERMINAL = ("succeeded", "failed", "canceled")
 
-BUCKET = "plasmaart-media"
+BUCKET = "plasmaart-topology"  # moto's servers in one process share buckets
 METRICS_USER = "prometheus"
 METRICS_PASSWORD = "scrape-" + uuid.uuid4().hex
 PASSWORD = "correct horse battery staple"
