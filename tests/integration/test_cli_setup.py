@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
@@ -63,12 +62,16 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
 
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """uvicorn.run and the worker's loop replaced: a serve or a worker that
-    gets this far returns at once (the worker records ``{"worker": True}``)."""
+    """The one API process's server and the worker's loop replaced: a serve
+    or a worker that gets this far returns at once (serve records its
+    ``host`` and ``port``, the worker ``{"worker": True}``)."""
+    from plasmaart import serving
     from plasmaart.worker import Worker
 
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda _app, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(
+        serving, "serve_one", lambda _app, _settings, **kwargs: calls.append(kwargs)
+    )
     monkeypatch.setattr(Worker, "run_until_signalled", lambda _self: calls.append({"worker": True}))
     return calls
 
