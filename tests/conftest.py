@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from hypothesis import settings
 from sqlalchemy import create_engine, text
 
+from plasmaart.accounts import passwords
 from plasmaart.clock import ManualClock
 from plasmaart.db.engine import Database, create_database
 from plasmaart.db.migrate import upgrade
@@ -35,6 +37,23 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 _counter = itertools.count()
+
+# argon2id at its cheapest cost (8 KiB, one pass) instead of the library's
+# recommended 64 MiB x 3 passes: a signup, a login or a test user costs
+# microseconds instead of 0.15-0.35 s on a 2-core machine (hundreds of times
+# in the suite). No test checks the cost itself: hashes are still argon2id,
+# verified and counted the same way (test_error_messages and
+# test_email_verification count the calls). Child processes (``plasmaart
+# serve``/``worker``) keep the production parameters, and verify these hashes
+# by the parameters written in them.
+TEST_PASSWORD_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cheap_password_hashing() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(passwords, "_hasher", TEST_PASSWORD_HASHER)
+        yield
 
 
 @pytest.fixture(scope="session")
