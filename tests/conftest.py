@@ -2,7 +2,8 @@
 
 Each backend is migrated once per session into a template (a file for
 SQLite, a template database for PostgreSQL); every test gets a fresh copy, so
-tests are isolated and see the schema the migrations build.
+tests are isolated and see the schema the migrations build. PostgreSQL's
+copies are made a little ahead, in the background (``TemplateClones``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from plasmaart.db.engine import Database, create_database
 from plasmaart.db.migrate import upgrade
 from plasmaart.ledger.service import LedgerService
 from plasmaart.platform import Platform
-from tests.support.pgserver import PgServer, start_server
+from tests.support.pgserver import PgServer, TemplateClones, start_server
 from tests.support.platforms import api_client, running_platform, settings_for
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -94,6 +95,16 @@ def pg_template(pg_admin_url: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def pg_clones(pg_admin_url: str, pg_template: str) -> Iterator[TemplateClones]:
+    """Copies of ``pg_template`` made in the background, one per test."""
+    clones = TemplateClones(pg_admin_url, pg_template)
+    try:
+        yield clones
+    finally:
+        clones.close()
+
+
+@pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
     database = create_database(f"sqlite:///{path}")
@@ -112,13 +123,8 @@ def new_database_url(request: pytest.FixtureRequest, backend: str, tmp_path: Pat
         shutil.copyfile(template, target)
         return f"sqlite:///{target}"
     admin_url: str = request.getfixturevalue("pg_admin_url")
-    template_name: str = request.getfixturevalue("pg_template")
-    name = f"t{os.getpid()}_{next(_counter)}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"'))
-    admin.dispose()
-    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+    clones: TemplateClones = request.getfixturevalue("pg_clones")
+    return admin_url.rsplit("/", 1)[0] + f"/{clones.take()}"
 
 
 @pytest.fixture(params=BACKENDS)

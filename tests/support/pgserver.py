@@ -10,11 +10,16 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import queue
 import shutil
 import socket
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy import create_engine, text
 
 
 def pg_bindir() -> Path:
@@ -116,3 +121,72 @@ def start_server(base: Path) -> PgServer:
     server = PgServer(pg_bindir(), datadir, free_port(), user)
     server.start()
     return server
+
+
+class TemplateClones:
+    """Fresh copies of a template database, made ahead of need: a thread
+    keeps ``ahead`` clones ready (``CREATE DATABASE … TEMPLATE``, 0.15-0.4 s
+    each on a 2-core machine), so the server copies while a test runs
+    instead of while the next one waits. Each clone is handed out once;
+    ``close`` stops the thread and drops the clones nobody took."""
+
+    WAIT_S = 120.0  # the longest ``take`` waits for a clone
+
+    def __init__(self, admin_url: str, template: str, *, ahead: int = 2) -> None:
+        self.template = template
+        self._prefix = f"t{os.getpid()}_"
+        self._admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self._ready: queue.Queue[str] = queue.Queue(maxsize=ahead)
+        self._stopping = threading.Event()
+        self._failure: Exception | None = None
+        self._made = 0
+        self._thread = threading.Thread(target=self._run, name="pg-template-clones", daemon=True)
+        self._thread.start()
+
+    def take(self) -> str:
+        """The name of a database nobody else was given, a copy of the template."""
+        deadline = time.monotonic() + self.WAIT_S
+        while True:
+            try:
+                return self._ready.get(timeout=0.05)
+            except queue.Empty:
+                if self._failure is not None:
+                    raise RuntimeError(f"cloning {self.template} failed") from self._failure
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"no clone of {self.template} within {self.WAIT_S} s"
+                    ) from None
+
+    def _run(self) -> None:
+        try:
+            with self._admin.connect() as conn:
+                while not self._stopping.is_set():
+                    name = f"{self._prefix}{self._made}"
+                    self._made += 1
+                    conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'))
+                    if not self._hand_over(name):
+                        conn.execute(text(f'DROP DATABASE "{name}"'))
+        except Exception as exc:  # raised in the test that waits for a clone
+            self._failure = exc
+
+    def _hand_over(self, name: str) -> bool:
+        """Put ``name`` in the queue once there is room; False if stopped first."""
+        while not self._stopping.is_set():
+            try:
+                self._ready.put(name, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=self.WAIT_S)
+        with self._admin.connect() as conn:
+            while True:
+                try:
+                    left = self._ready.get_nowait()
+                except queue.Empty:
+                    break
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{left}"'))
+        self._admin.dispose()
