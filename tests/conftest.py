@@ -22,9 +22,12 @@ from hypothesis import settings
 from sqlalchemy import create_engine, text
 
 from plasmaart.accounts import passwords
+from plasmaart.caches import CacheHub
 from plasmaart.clock import ManualClock
 from plasmaart.db.engine import Database, create_database
 from plasmaart.db.migrate import upgrade
+from plasmaart.eventbus import PostgresEventBus
+from plasmaart.generation.wakeups import PollWakeups
 from plasmaart.ledger.service import LedgerService
 from plasmaart.platform import Platform
 from tests.support.pgserver import PgServer, TemplateClones, start_server
@@ -54,6 +57,23 @@ TEST_PASSWORD_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 def _cheap_password_hashing() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(passwords, "_hasher", TEST_PASSWORD_HASHER)
+        yield
+
+
+# How often the listener threads look at their stop flag (production: 0.25 s
+# for the caches, 0.5 s for the event bus and the poll wake-ups). Closing a
+# platform joins these threads, so every PostgreSQL platform's close waited
+# half an interval on average, and a whole one at worst. Notifications are
+# delivered as they arrive either way; only stopping is quicker.
+TEST_STOP_CHECK_S = 0.02
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quick_listener_stops() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CacheHub, "POLL_S", TEST_STOP_CHECK_S)
+        patch.setattr(PostgresEventBus, "POLL_S", TEST_STOP_CHECK_S)
+        patch.setattr(PollWakeups, "STOP_CHECK_S", TEST_STOP_CHECK_S)
         yield
 
 
