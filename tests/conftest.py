@@ -144,7 +144,10 @@ def new_database_url(request: pytest.FixtureRequest, backend: str, tmp_path: Pat
         return f"sqlite:///{target}"
     admin_url: str = request.getfixturevalue("pg_admin_url")
     clones: TemplateClones = request.getfixturevalue("pg_clones")
-    return admin_url.rsplit("/", 1)[0] + f"/{clones.take()}"
+    name = clones.take()
+    # Dropped once whatever asked for it (a test, or a module's fixture) is over.
+    request.addfinalizer(lambda: clones.give_back(name))
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 @pytest.fixture(params=BACKENDS)
