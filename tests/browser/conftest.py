@@ -122,7 +122,9 @@ def mail_page(mail_context: BrowserContext) -> Page:
     return mail_context.new_page()
 
 
-@pytest.fixture(scope="module")
+# One Chromium for the browser tests (each test has a context of its own:
+# cookies and storage), closed when the package's last test ends.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
