@@ -297,6 +297,19 @@ def notify_payloads(users: list[str], event: Event, limit: int = NOTIFY_LIMIT) -
     return payloads
 
 
+def decode_payload(payload: str | bytes) -> tuple[list[str], Event] | None:
+    """The user ids and the event of a payload ``notify_payloads`` made (a
+    NOTIFY's or a peer's datagram); None, logged, if it is malformed."""
+    try:
+        message = json.loads(payload)
+        event = Event(str(message["t"]), _dumps(message["d"]))
+        users = [str(user) for user in message["u"]]
+    except (ValueError, KeyError, TypeError):
+        log.warning("ignored a malformed event payload: %.200r", payload)
+        return None
+    return users, event
+
+
 def listener_conninfo(db: Database) -> str:
     """The database URL in the form psycopg itself accepts."""
     url = db.engine.url.set(drivername="postgresql")
@@ -436,14 +449,9 @@ class PostgresEventBus(InProcessEventBus):
             self._fan_out_to_all(Event.resync("reconnected"))
 
     def _dispatch(self, payload: str) -> None:
-        try:
-            message = json.loads(payload)
-            event = Event(str(message["t"]), _dumps(message["d"]))
-            users = [str(user) for user in message["u"]]
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignored a malformed event payload: %.200s", payload)
-            return
-        self._fan_out(users, event)
+        decoded = decode_payload(payload)
+        if decoded is not None:
+            self._fan_out(*decoded)
 
 
 class LocalSocketEventBus(InProcessEventBus):
@@ -484,14 +492,9 @@ class LocalSocketEventBus(InProcessEventBus):
         """Nothing to stop here: the database's channel closes with it."""
 
     def _dispatch(self, payload: bytes) -> None:
-        try:
-            message = json.loads(payload)
-            event = Event(str(message["t"]), _dumps(message["d"]))
-            users = [str(user) for user in message["u"]]
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignored a malformed peer event: %.200r", payload)
-            return
-        self._fan_out(users, event)
+        decoded = decode_payload(payload)
+        if decoded is not None:
+            self._fan_out(*decoded)
 
 
 def create_event_bus(db: Database) -> EventBus:

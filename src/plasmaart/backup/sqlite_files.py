@@ -8,6 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
+from plasmaart.media.storage import fsync_directory
+
 # The files SQLite keeps beside a database: a stale one of the replaced
 # database would be read as part of the restored one.
 COMPANIONS = ("-wal", "-shm", "-journal")
@@ -38,14 +40,6 @@ def processes_using(path: Path) -> list[str]:
     return found
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def put_in_place(restored: Path, target: Path) -> None:
     """Replace ``target`` (if any) by the file ``restored``, in its folder:
     the companions of the old database go first, then one rename."""
@@ -56,4 +50,4 @@ def put_in_place(restored: Path, target: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             Path(f"{target}{suffix}").unlink()
     os.replace(restored, target)
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)

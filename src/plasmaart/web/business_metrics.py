@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -168,22 +168,18 @@ class BusinessMetrics(Collector):
                 simple["released"] += credits
             elif (source, target) == ("wallet", "expired"):
                 simple["expired"] += credits
-        granted_family = CounterMetricFamily(
+        granted_family = _by_kind(
             "plasmaart_credits_granted",
             "Credits granted into wallets, by journal entry kind "
             "(grant: plans, packs, promos; rollover; adjustment: an operator's)",
-            labels=["kind"],
+            granted,
         )
-        for kind, credits in sorted(granted.items()):
-            granted_family.add_metric([kind], credits)
-        removed_family = CounterMetricFamily(
+        removed_family = _by_kind(
             "plasmaart_credits_removed",
             "Credits taken out of wallets by clawbacks (refunds, disputes) and "
             "operators' downward adjustments",
-            labels=["kind"],
+            removed,
         )
-        for kind, credits in sorted(removed.items()):
-            removed_family.add_metric([kind], credits)
         helps = {
             "held": "Credits held for submitted generations",
             "captured": "Credits captured (charged) for delivered outputs",
@@ -416,3 +412,11 @@ class BusinessMetrics(Collector):
                 ),
             ]
         return families
+
+
+def _by_kind(name: str, documentation: str, credits: Mapping[str, int]) -> CounterMetricFamily:
+    """A counter family of credits labelled by journal entry kind."""
+    family = CounterMetricFamily(name, documentation, labels=["kind"])
+    for kind, amount in sorted(credits.items()):
+        family.add_metric([kind], amount)
+    return family
