@@ -48,6 +48,7 @@ import os
 import shutil
 import sqlite3
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -500,16 +501,29 @@ def capacity_table(submissions: Sequence[SubmissionRow], workers: Sequence[Worke
 def ratios_text(submissions: Sequence[SubmissionRow], workers: Sequence[WorkerRow]) -> str:
     """Each figure's ratio to its baseline, in words."""
     apis = [
-        f"{r.ratio:.0%} of the bare app's requests per second with {r.processes} API"
-        f" process{'es' if r.processes > 1 else ''} on {r.backend}"
+        f"{r.ratio:.0%} with {r.processes} API process{'es' if r.processes > 1 else ''}"
+        f" on {r.backend}"
         for r in submissions
     ]
     jobs = [
-        f"{w.rates.ratio:.1%} of {w.baseline_name}'s jobs per second at"
-        f" {w.concurrency} slots on {w.backend}"
+        f"{w.rates.ratio:.1%} of {w.baseline_name}'s at {w.concurrency} slots on {w.backend}"
         for w in workers
     ]
-    return "Submissions: " + "; ".join(apis) + ". Jobs: " + "; ".join(jobs) + "."
+    return (
+        "Submissions: " + ", ".join(apis) + " of the bare app's requests per second."
+        " Jobs: " + ", ".join(jobs) + "."
+    )
+
+
+def _bullet(*sentences: str) -> str:
+    """One Markdown list item, wrapped like ``docs.prose``."""
+    return textwrap.fill(
+        " ".join(sentence for sentence in sentences if sentence),
+        width=80,
+        initial_indent="- ",
+        subsequent_indent="  ",
+        break_on_hyphens=False,
+    )
 
 
 def _times(numerator: float, denominator: float) -> str:
@@ -585,40 +599,51 @@ def deployment_section(
         "Reading the table for a setup:",
         "\n".join(
             [
-                "- **API processes**: one per CPU (`PLASMAART_WEB_WORKERS`). A",
-                f"  submission costs about {per_submission} of one process's",
-                f"  time. Two processes carried {', '.join(scaling) or 'no figure'}:",
-                f"  here the load generator, the database and the processes share {cpus}",
-                "  CPUs, so a second process mostly adds a failover and room for slow",
-                "  requests; on a machine with CPUs to spare it adds throughput. Either",
-                "  way hundreds of submissions a second is far beyond what the",
-                "  providers behind them generate. Reads (balance, history, the",
-                "  dashboard) are cheaper: performance.md has the balance figures.",
-                f"- **Workers**: a worker turns a job over in about {per_job} at",
-                f"  the default concurrency; {args.concurrency} slots carried",
-                f"  {', '.join(more_slots) or 'no figure'}: with a provider that",
-                "  answers at once, slots only overlap the worker's waits on the",
-                "  database, and its CPU is the bound.",
-                "  With a real provider what bounds jobs per second is the provider's",
-                "  time: a worker runs `PLASMAART_WORKER_CONCURRENCY` jobs at once (4),",
-                "  so it finishes about `concurrency ÷ job duration` jobs a second: 4",
-                "  slots and 2-second images are 2 jobs/s, 60-second videos 4 a",
-                "  minute. Workers wait on the provider most of the time, so raise the",
-                "  concurrency (up to 256) before adding processes, and add worker",
-                "  units once a worker's CPU is busy (storing and watermarking outputs",
-                "  is its real work). The plans' per-wallet limits (`concurrency` in",
-                "  the catalog) still hold whatever the workers' slots.",
-                "- **The sandbox provider** renders its images in the worker",
-                f"  ({args.render_ms:.0f} ms of CPU for a flux-schnell image here), so a",
-                f"  sandbox install's workers carry at most about {sandbox_bound:.0f} jobs",
-                f"  a second on {cpus} CPUs, whatever their slots.",
-                "- **SQLite** serves one machine: its writes are committed together",
-                "  (group commit), and it carries the table's figures; PostgreSQL is",
-                "  for several machines and for more writers than one file lock can",
-                "  take.",
-                "- Measure your own: `make bench` (about 18 minutes on 2 CPUs), or",
-                "  `.venv/bin/python benchmarks/capacity.py --write-docs` alone (about",
-                "  3 minutes), rewrites performance.md and this table on your machine.",
+                _bullet(
+                    "**API processes**: one per CPU (`PLASMAART_WEB_WORKERS`). A",
+                    f"submission costs about {per_submission} of one process's time.",
+                    f"Two processes carried {', '.join(scaling) or 'no figure'}: here the",
+                    f"load generator, the database and the processes share {cpus} CPUs,",
+                    "so a second process adds a failover and room for slow requests",
+                    "more than throughput; on a machine with CPUs to spare it adds",
+                    "throughput. Either way hundreds of submissions a second is far",
+                    "beyond what the providers behind them generate. Reads (balance,",
+                    "history, the dashboard) are cheaper: performance.md has the",
+                    "balance figures.",
+                ),
+                _bullet(
+                    f"**Workers**: a worker turns a job over in about {per_job} at the",
+                    f"default concurrency; {args.concurrency} slots carried",
+                    f"{', '.join(more_slots) or 'no figure'}: with a provider that answers",
+                    "at once, slots only overlap the worker's waits on the database, and",
+                    "its CPU is the bound. With a real provider what bounds jobs per",
+                    "second is the provider's time: a worker runs",
+                    "`PLASMAART_WORKER_CONCURRENCY` jobs at once (4), so it finishes",
+                    "about `concurrency ÷ job duration` jobs a second: 4 slots and",
+                    "2-second images are 2 jobs/s, 60-second videos 4 a minute. Workers",
+                    "wait on the provider most of the time, so raise the concurrency",
+                    "(up to 256) before adding processes, and add worker units once a",
+                    "worker's CPU is busy (storing and watermarking outputs is its real",
+                    "work). The plans' per-wallet limits (`concurrency` in the catalog)",
+                    "still hold whatever the workers' slots.",
+                ),
+                _bullet(
+                    "**The sandbox provider** renders its images in the worker",
+                    f"({args.render_ms:.0f} ms of CPU for a flux-schnell image here), so",
+                    f"a sandbox install's workers carry at most about {sandbox_bound:.0f}",
+                    f"jobs a second on {cpus} CPUs, whatever their slots.",
+                ),
+                _bullet(
+                    "**SQLite** serves one machine: its writes are committed together",
+                    "(group commit), and it carries the table's figures; PostgreSQL is",
+                    "for several machines and for more writers than one file lock can",
+                    "take.",
+                ),
+                _bullet(
+                    "Measure your own: `make bench` (about 18 minutes on 2 CPUs), or",
+                    "`.venv/bin/python benchmarks/capacity.py --write-docs` alone (3 to",
+                    "4 minutes), rewrites performance.md and this table on your machine.",
+                ),
             ]
         ),
     )
