@@ -67,7 +67,7 @@ format: install-dev
 
 # Also needs the PostgreSQL server binaries, pgbench and wrk (Debian packages).
 # Every benchmark rewrites its own section of docs/performance.md; the options
-# keep the whole run under 15 minutes on a 2-CPU machine (benchmarks/README.md).
+# keep the whole run under 18 minutes on a 2-CPU machine (benchmarks/README.md).
 # ledger_queries.py exits 1 when an aim or a query plan check fails; its
 # section says which, and the benchmarks after it still run.
 bench: $(BENCH_STAMP)
@@ -77,6 +77,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/generations.py --seconds 2 --runs 3 --connections 16,64 --queue-runs 3 --jobs 300 --py-spy --write-docs
 	$(BIN)/python benchmarks/api_costs.py --seconds 2 --connections 16,64 --scaling 1,8 --scaling-seconds 1 --scaling-runs 2 --generations 30 --rounds 4 --write-docs
 	$(BIN)/python benchmarks/fairness.py --seconds 6 --runs 2 --write-docs
+	$(BIN)/python benchmarks/capacity.py --seconds 2 --runs 3 --jobs 200 --write-docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -20,7 +20,8 @@ a ``Worker`` as ``plasmaart worker`` does. ``--noop-provider`` gives the real
 app and the worker a provider that answers at once with a 1x1 PNG and a storage
 that discards (the platform's own cost of a job, without the sandbox's
 rendering); ``--embedded-worker`` runs the worker inside the real app, as
-``plasmaart serve`` does. ``--profile-out``
+``plasmaart serve`` does; ``--store-outputs`` keeps the media folder's storage
+with the no-op provider, and ``--concurrency`` sets the worker's job slots. ``--profile-out``
 profiles every thread of the server (the event loop and the threads that run
 sync endpoints) with cProfile on thread CPU time, and writes the merged stats
 there at shutdown, with the SQL statements and transactions the server sent.
@@ -309,23 +310,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--embedded-worker", action="store_true", help="plasmaart: run the worker in the server"
     )
+    parser.add_argument(
+        "--store-outputs",
+        action="store_true",
+        help="with --noop-provider: outputs stored in the media folder, not discarded",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, help="worker: its job slots (default: the setting's)"
+    )
     return parser.parse_args(argv)
 
 
-def _platform(settings: Settings, noop: bool) -> Platform:
+def _platform(settings: Settings, noop: bool, store_outputs: bool = False) -> Platform:
     platform = bootstrap(settings, migrate=False)
     if noop:
         platform.provider = NoopProvider()
-        platform.storage = DiscardStorage()
+        if not store_outputs:
+            platform.storage = DiscardStorage()
     return platform
 
 
-def run_worker(settings: Settings, noop: bool) -> int:
+def run_worker(
+    settings: Settings, noop: bool, store_outputs: bool = False, concurrency: int | None = None
+) -> int:
     """``plasmaart worker`` with this provider and storage, until SIGINT or SIGTERM."""
     logs.configure(settings.log_level, json_lines=settings.log_format, buffered=True)
-    platform = _platform(settings, noop)
+    platform = _platform(settings, noop, store_outputs)
     try:
-        Worker(platform).run_until_signalled()
+        Worker(platform, concurrency).run_until_signalled()
     finally:
         platform.close()
         logs.shutdown()
@@ -338,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     settings = _settings(args)
     if args.app == "worker":
-        return run_worker(settings, args.noop_provider)
+        return run_worker(settings, args.noop_provider, args.store_outputs, args.concurrency)
     counter: Counted | None = None
     if args.app == "plasmaart":
         # As `plasmaart serve` does: its JSON log lines (one access line per

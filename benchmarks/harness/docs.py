@@ -18,7 +18,7 @@ DOC_INTRO = """# Performance
 Throughput, latency and memory of PlasmaArt measured on one machine, each
 figure beside a baseline measured in the same run where there is one, so that
 the ratios mean more than the absolute numbers. `make bench` regenerates this
-file (in about 15 minutes on 2 CPUs): each benchmark in `benchmarks/` (see
+file (in about 18 minutes on 2 CPUs): each benchmark in `benchmarks/` (see
 `benchmarks/README.md`) rewrites its own section and its rows of the summary
 below, and leaves the others. Each section gives the command, the machine, the
 date, every run, the profile and, for each aim not met, what stands in the way.
