@@ -50,12 +50,14 @@ def test_buy_a_pack_then_open_its_receipt_from_the_mail(
         dialog.accept()
 
     page.once("dialog", accept)
-    with page.expect_response(lambda r: urlsplit(r.url).path == "/v1/credit-purchases") as paid:
+    # The page reloads itself once the purchase is made: wait for that load,
+    # or it would interrupt the navigation to the receipt below.
+    purchases = page.expect_response(lambda r: urlsplit(r.url).path == "/v1/credit-purchases")
+    with page.expect_navigation(), purchases as paid:
         page.get_by_role("button", name="Buy 1,000 credits").click()
     assert paid.value.status == 201, paid.value.text()
     assert len(questions) == 1
     assert "You pay $12 now" in questions[0]
-    page.wait_for_load_state()
 
     mail = inbox.wait_for(BUYER, subject="Your PlasmaArt receipt", timeout=15)
     text = text_of(mail)
