@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import secrets
 import shutil
 import socket
@@ -112,20 +111,6 @@ STREAM_READY_TIMEOUT = 10.0
 
 
 # -- the real processes: overhead per generation and memory -----------------------
-
-
-def _env(context: fixtures.Context, url: str, port: int, **extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PLASMAART_")}
-    env.update(
-        PLASMAART_DATABASE_URL=url,
-        PLASMAART_VAR_DIR=str(context.workdir / "var"),
-        PLASMAART_CATALOG_FILE=str(context.catalog),
-        PLASMAART_AUTO_MIGRATE="false",
-        PLASMAART_HOST="127.0.0.1",
-        PLASMAART_PORT=str(port),
-        **extra,
-    )
-    return env
 
 
 def plasmaart_command() -> str:
@@ -351,7 +336,7 @@ def measure_overhead(
     )
     with ExitStack() as stack:
         url = stack.enter_context(database.copy(f"overhead_{provider.replace('-', '')}"))
-        env = _env(context, url, port)
+        env = context.command_env(url, port)
         processes = [
             stack.enter_context(real_process(context, name, command, env))
             for name, command in _commands(context, url, port, separate=separate, noop=noop)

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import shutil
 import sqlite3
 import sys
@@ -65,7 +64,7 @@ from tests.support.pgserver import free_port
 
 from benchmarks.api_costs import plasmaart_command, sandbox_render_ms
 from benchmarks.generations import PGQUEUER_TEMPLATE, run_pgqueuer
-from benchmarks.harness import REPO, cli, docs, fixtures, postgres
+from benchmarks.harness import REPO, cli, comparison, docs, fixtures, postgres
 from benchmarks.harness.baselines import pgqueuer_enqueue
 from benchmarks.harness.load import MODEL, Load, LoadGenerator
 from benchmarks.harness.servers import (
@@ -76,10 +75,9 @@ from benchmarks.harness.servers import (
     wait_until_ready,
 )
 from benchmarks.harness.session import Facts, command_line, measuring, progress
-from benchmarks.harness.stats import Sides, median
+from benchmarks.harness.stats import Sides
 from plasmaart.config import Settings
 from plasmaart.db.tables import generations
-from plasmaart.generation.service import GenerationRequest
 
 SECTION_HEADING = "## Capacity: one API process, one worker process"
 DEPLOYMENT_DOC = REPO / "docs" / "deployment.md"
@@ -89,25 +87,8 @@ DEFAULT_CONCURRENCY = Settings.model_fields["worker_concurrency"].default
 # The API processes of each submission row: `serve --workers N`.
 API_PROCESSES = (1, 2)
 WARMUP_SECONDS = 1.0
-# Jobs queued per transaction while preparing the queue's database.
-SUBMIT_BATCH = 200
 # A worker run gives up when its jobs are not done after this plus 0.1 s a job.
 QUEUE_GRACE = 20.0
-
-
-def _env(context: fixtures.Context, url: str, port: int, **extra: str) -> dict[str, str]:
-    """The real commands' environment: the run's database, folder and catalog."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PLASMAART_")}
-    env.update(
-        PLASMAART_DATABASE_URL=url,
-        PLASMAART_VAR_DIR=str(context.workdir / "var"),
-        PLASMAART_CATALOG_FILE=str(context.catalog),
-        PLASMAART_AUTO_MIGRATE="false",
-        PLASMAART_HOST="127.0.0.1",
-        PLASMAART_PORT=str(port),
-        **extra,
-    )
-    return env
 
 
 def _count(url: str, *statuses: str) -> int:
@@ -126,7 +107,7 @@ def _count(url: str, *statuses: str) -> int:
 
 
 @dataclass
-class SubmissionRow:
+class SubmissionRow(comparison.LoadMedians):
     """One API setup's runs on one database, beside the bare app's."""
 
     backend: str
@@ -135,19 +116,6 @@ class SubmissionRow:
     plasmaart: list[Load] = field(default_factory=list)
     bare: list[Load] = field(default_factory=list)
 
-    def rps(self, side: Sequence[Load]) -> float:
-        return median(side, lambda load: load.per_second)
-
-    def p50(self, side: Sequence[Load]) -> float:
-        return median(side, lambda load: load.p50_ms)
-
-    def p99(self, side: Sequence[Load]) -> float:
-        return median(side, lambda load: load.p99_ms)
-
-    @property
-    def ratio(self) -> float:
-        return self.rps(self.plasmaart) / self.rps(self.bare)
-
 
 @contextmanager
 def real_serve(context: fixtures.Context, url: str, processes: int) -> Iterator[str]:
@@ -155,7 +123,7 @@ def real_serve(context: fixtures.Context, url: str, processes: int) -> Iterator[
     port = free_port()
     log_path = context.workdir / f"serve-{processes}-{port}.log"
     command = [plasmaart_command(), "serve", "--no-worker", "--workers", str(processes)]
-    env = _env(context, url, port)
+    env = context.command_env(url, port)
     with logged_process(
         f"plasmaart serve --workers {processes}", command, log_path, cwd=context.workdir, env=env
     ) as process:
@@ -230,11 +198,7 @@ def prepare_queue(
         people = fixtures.users_by_email(
             made, [fixtures.studio_email(index) for index in range(users)]
         )
-        for start in range(0, jobs, SUBMIT_BATCH):
-            with made.db.write() as conn:
-                for number in range(start, min(start + SUBMIT_BATCH, jobs)):
-                    request = GenerationRequest(MODEL, f"bench {number}")
-                    made.generations.submit(conn, people[number % users], request)
+        fixtures.queue_jobs(made, people, jobs, MODEL)
     finally:
         made.close()
     if database.server is None:

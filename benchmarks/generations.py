@@ -55,7 +55,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plasmaart.generation.service import GenerationRequest
 from plasmaart.worker import CLAIM_IDLE_S
 
 # Run as a script from the repository root: the repository goes on the path.
@@ -81,8 +80,6 @@ QUEUE_AIM = 1.0
 # Their versions go in the machine table.
 PACKAGES = ("fastapi", "starlette", "uvicorn", "pydantic", "pgqueuer")
 
-# Jobs queued per transaction while preparing the queue's database.
-SUBMIT_BATCH = 200
 SETUP_TIMEOUT = 120.0
 # A queue run gives up when the jobs are not done after this plus 0.1 s a job.
 QUEUE_GRACE = 60.0
@@ -136,11 +133,7 @@ def prepare_plasmaart_queue(
         people = fixtures.users_by_email(
             made, [fixtures.studio_email(index) for index in range(users)]
         )
-        for start in range(0, jobs, SUBMIT_BATCH):
-            with made.db.write() as conn:
-                for number in range(start, min(start + SUBMIT_BATCH, jobs)):
-                    request = GenerationRequest(MODEL, f"bench {number}")
-                    made.generations.submit(conn, people[number % users], request)
+        fixtures.queue_jobs(made, people, jobs, MODEL)
     finally:
         made.close()
 

@@ -95,17 +95,11 @@ def measure_once(
     return measured
 
 
-@dataclass
-class HttpComparison:
-    """The runs of both sides at one connection count, on one database."""
+class LoadMedians:
+    """The medians of a row's runs, PlasmaArt's beside the bare app's."""
 
-    backend: str  # "SQLite" or "PostgreSQL"
-    connections: int
-    plasmaart: list[Load] = field(default_factory=list)
-    bare: list[Load] = field(default_factory=list)
-    aim: float | None = None
-    # PlasmaArt's median p99 must be under this too, when set.
-    p99_aim_ms: float | None = None
+    plasmaart: list[Load]
+    bare: list[Load]
 
     def rps(self, side: Sequence[Load]) -> float:
         return median(side, lambda load: load.per_second)
@@ -119,6 +113,19 @@ class HttpComparison:
     @property
     def ratio(self) -> float:
         return self.rps(self.plasmaart) / self.rps(self.bare)
+
+
+@dataclass
+class HttpComparison(LoadMedians):
+    """The runs of both sides at one connection count, on one database."""
+
+    backend: str  # "SQLite" or "PostgreSQL"
+    connections: int
+    plasmaart: list[Load] = field(default_factory=list)
+    bare: list[Load] = field(default_factory=list)
+    aim: float | None = None
+    # PlasmaArt's median p99 must be under this too, when set.
+    p99_aim_ms: float | None = None
 
     @property
     def met(self) -> bool:

@@ -4,6 +4,7 @@ database that each run copies."""
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shutil
@@ -25,6 +26,7 @@ from plasmaart.catalog import load_catalog
 from plasmaart.catalog.loader import DEFAULT_CATALOG_PATH
 from plasmaart.config import load_settings
 from plasmaart.db.tables import wallets
+from plasmaart.generation.service import GenerationRequest
 from plasmaart.platform import Platform
 
 # Users log in with API keys here; the password only has to be valid.
@@ -57,6 +59,21 @@ class Context:
 
     def platform(self, url: str, *, migrate: bool = False) -> Platform:
         return bootstrap(load_settings(**self.settings(url)), migrate=migrate)
+
+    def command_env(self, url: str, port: int, **extra: str) -> dict[str, str]:
+        """The environment of a real ``plasmaart`` command on this run's
+        database, folder and catalog (no PLASMAART_* of the caller's)."""
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PLASMAART_")}
+        env.update(
+            PLASMAART_DATABASE_URL=url,
+            PLASMAART_VAR_DIR=str(self.workdir / "var"),
+            PLASMAART_CATALOG_FILE=str(self.catalog),
+            PLASMAART_AUTO_MIGRATE="false",
+            PLASMAART_HOST="127.0.0.1",
+            PLASMAART_PORT=str(port),
+            **extra,
+        )
+        return env
 
 
 def raised_catalog(workdir: Path, plans: Sequence[str], limits: Mapping[str, int]) -> Path:
@@ -195,3 +212,17 @@ def prepare_studio_database(
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
     return PreparedDatabase(backend, template, server), keys
+
+
+# Jobs queued per transaction by ``queue_jobs``.
+QUEUE_BATCH = 200
+
+
+def queue_jobs(platform: Platform, people: Sequence[User], jobs: int, model: str) -> None:
+    """``jobs`` generations of ``model`` submitted through the service,
+    round-robin over ``people``, ``QUEUE_BATCH`` to a transaction."""
+    for start in range(0, jobs, QUEUE_BATCH):
+        with platform.db.write() as conn:
+            for number in range(start, min(start + QUEUE_BATCH, jobs)):
+                request = GenerationRequest(model, f"bench {number}")
+                platform.generations.submit(conn, people[number % len(people)], request)
