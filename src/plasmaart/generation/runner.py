@@ -130,7 +130,10 @@ class LeaseKeeper:
                     if self._thread is threading.current_thread():
                         self._thread = None
                     return
-                self._changed.wait(runner.lease.total_seconds() / 3)
+                if self._changed.wait(runner.lease.total_seconds() / 3):
+                    # Woken because the jobs ended or it closes, not because
+                    # a third of a lease went by: look again, renew nothing.
+                    continue
                 now = runner._now()
                 jobs = [
                     (job_id, token)
