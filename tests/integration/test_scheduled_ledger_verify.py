@@ -25,7 +25,7 @@ from plasmaart.clock import ManualClock, as_utc
 from plasmaart.db.engine import create_database
 from plasmaart.db.tables import ledger_checks, wallets
 from plasmaart.ledger.invariants import check_ledger
-from plasmaart.ledger.verification import KEEP, LedgerVerification
+from plasmaart.ledger.verification import KEEP, SUMMARY_LINES, LedgerVerification, summarize
 from plasmaart.platform import Platform
 from tests.support.accounts import make_user
 from tests.support.platforms import api_client, running_platform, settings_for
@@ -233,3 +233,43 @@ def test_worker_processes_run_it_on_schedule(database_url: str, tmp_path: Path) 
     starts = [as_utc(row.started_at) for row in rows]
     assert all(b - a >= timedelta(seconds=1) for a, b in itertools.pairwise(starts))
     assert all(row.checked_by.startswith("worker ") for row in rows)
+
+
+def test_a_long_list_of_problems_is_kept_bounded() -> None:
+    problems = [f"wallet w{index}: balance off by {index}" for index in range(SUMMARY_LINES + 7)]
+    kept = summarize(problems).splitlines()
+    assert kept[:SUMMARY_LINES] == problems[:SUMMARY_LINES]
+    assert kept[-1] == "… and 7 more"
+    assert summarize([]) == "the books balance"
+
+
+def test_an_interval_of_zero_never_runs(platform: Platform) -> None:
+    never = LedgerVerification(platform.db, platform.job_clock, interval_s=0, checked_by="off")
+    stop = threading.Event()  # never set: the loop must return by itself
+    finished = threading.Thread(target=never.loop, args=(stop,), daemon=True)
+    finished.start()
+    finished.join(timeout=5)
+    assert not finished.is_alive()
+    assert checks(platform) == []
+
+
+def test_a_failing_run_is_logged_and_the_loop_goes_on(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduled = verification(platform, "flaky")
+    calls: list[int] = []
+    stop = threading.Event()
+
+    def run_if_due() -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise RuntimeError("the database went away")
+        stop.set()
+
+    monkeypatch.setattr(scheduled, "run_if_due", run_if_due)
+    # The wait after a failure is cut short by the stop flag's own wait.
+    monkeypatch.setattr("plasmaart.ledger.verification.POLL_S", 0.01)
+    with caplog.at_level(logging.ERROR, logger="plasmaart.ledger.verification"):
+        scheduled.loop(stop)
+    assert calls == [0, 1]
+    assert "scheduled ledger verification failed" in caplog.text
