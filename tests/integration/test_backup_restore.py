@@ -36,7 +36,6 @@ from pathlib import Path
 import boto3
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 from sqlalchemy import create_engine, select, text
 from typer.testing import CliRunner
 
@@ -53,6 +52,7 @@ from plasmaart.ledger.invariants import check_ledger
 from plasmaart.media.storage import create_storage
 from tests.support.accounts import TestUser, make_user
 from tests.support.processes import ServerProcess, WorkerProcess, child_env
+from tests.support.s3 import moto_server
 
 PASSWORD = "pw-never-printed-7c1e"
 SUBMIT_EVERY_S = 0.6  # under the Studio plan's 120 requests a minute
@@ -421,13 +421,8 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
     """moto's S3 server on loopback, for the module."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto.server import ThreadedMotoServer
 
 from plasmaart.config import ConfigError, Settings, load_settings
 from plasmaart.errors import DomainError
@@ -31,6 +30,7 @@ from plasmaart.media.storage import (
     StoredObject,
     create_storage,
 )
+from tests.support.s3 import moto_server
 
 REGION = "us-east-1"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
@@ -51,13 +51,8 @@ OFFLINE_AWS_ENVIRONMENT = {
 
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
