@@ -5,6 +5,7 @@ PostgreSQL). Every wait is bounded, so a lost event fails instead of hanging."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -413,3 +414,35 @@ def test_a_team_wallets_balance_goes_to_the_team_owner_and_owners_are_evicted_pa
         ([olga.id], {"available": 4, "held": 1}),
     ]
     assert lookups == [team_wallet, olga.wallet_id, team_wallet]
+
+
+def test_an_event_published_in_a_transaction_goes_out_with_its_commit_only(
+    platform: Platform, publisher: Platform
+) -> None:
+    """``publish_in``: a rolled-back transaction sends nothing; a committed
+    one sends its event, on PostgreSQL as a NOTIFY of the transaction itself
+    (so not through the publisher's sender thread, which a killed process
+    would take with it)."""
+    bus = platform.events
+    bus.start()
+
+    async def scenario() -> list[Event | None]:
+        subscription = bus.subscribe("usr_in_tx")
+        try:
+            with contextlib.suppress(RuntimeError), publisher.db.write() as conn:
+                publisher.events.publish_in(conn, ["usr_in_tx"], "generation.updated", {"n": 1})
+                raise RuntimeError("rolled back")
+            with publisher.db.write() as conn:
+                publisher.events.publish_in(conn, ["usr_in_tx"], "generation.updated", {"n": 2})
+                sent_before_commit = getattr(publisher.events, "_sent_seq", 0)
+            got = [await subscription.next(WAIT_S), await subscription.next(0.3)]
+            # Nothing went through the sender: the NOTIFY was the transaction's.
+            assert getattr(publisher.events, "_sent_seq", 0) == sent_before_commit
+            return got
+        finally:
+            bus.unsubscribe(subscription)
+
+    assert asyncio.run(scenario()) == [
+        Event("generation.updated", json.dumps({"n": 2}, separators=(",", ":"))),
+        None,
+    ]

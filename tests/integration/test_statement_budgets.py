@@ -57,7 +57,7 @@ BUDGETS: dict[tuple[str, str], Budget] = {
     ("hold+capture", "sqlite"):            Budget(transactions= 2, writes=2, statements=14),
     ("hold+capture", "postgres"):          Budget(transactions= 4, writes=2, statements=18),
     ("job", "sqlite"):                     Budget(transactions= 2, writes=2, statements=15),
-    ("job", "postgres"):                   Budget(transactions= 6, writes=3, statements=18),
+    ("job", "postgres"):                   Budget(transactions= 5, writes=3, statements=18),
 }
 # fmt: on
 

@@ -12,7 +12,6 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
 from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import Connection
@@ -33,7 +32,6 @@ from plasmaart.catalog import (
 from plasmaart.catalog.catalogs import Catalogs
 from plasmaart.clock import Clock, as_utc
 from plasmaart.controls.limits import MemberCap, Spender, SpendLimits
-from plasmaart.db.engine import after_commit
 from plasmaart.errors import (
     Forbidden,
     InvalidInput,
@@ -112,7 +110,9 @@ class Generation:
     cancel_requested: bool = False
 
 
-GenerationListener = Callable[[Generation], None]
+# Told of a generation's new state inside the transaction that wrote it; it
+# leaves whatever must wait for the commit to ``after_commit``.
+GenerationListener = Callable[[Connection, Generation], None]
 
 
 class ListFilters(TypedDict, total=False):
@@ -747,7 +747,7 @@ class GenerationService:
 
     def _announce(self, conn: Connection, generation: Generation) -> None:
         for listener in self.listeners:
-            after_commit(conn, partial(listener, generation))
+            listener(conn, generation)
 
 
 def may_cancel(
