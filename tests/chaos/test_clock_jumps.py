@@ -44,6 +44,7 @@ from plasmaart.db.tables import (
     payments,
     topup_runs,
 )
+from plasmaart.generation import queue
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.platform import Platform
@@ -232,10 +233,75 @@ def runs_of(platform: Platform, who: TestUser) -> list[Any]:
         )
 
 
+def test_a_lease_written_before_the_clock_jumped_back_is_brought_back(
+    platform: Platform, clock: ManualClock
+) -> None:
+    """In-process: a job claimed with a 60 s lease, then the clock jumps back
+    an hour. The lease now runs out an hour and a minute from "now"; a clock
+    pass brings it back to one lease from now (its token kept, so a live
+    holder goes on renewing it), and if nobody renews it, the next claim
+    after that takes the job over. A lease within bounds is left alone."""
+    lease = timedelta(seconds=60)
+    ivy = make_user(platform, "ivy@example.com", plan="pro")
+
+    def submit(n: int) -> str:
+        with platform.db.write() as conn:
+            return platform.generations.submit(
+                conn,
+                platform.accounts.get_by_email(conn, ivy.email),
+                GenerationRequest("flux-schnell", f"lease {n}", params={"seed": n}),
+            ).id
+
+    def claim(worker_id: str, now: datetime) -> list[queue.Claim]:
+        with platform.db.write() as conn:
+            return queue.claim_batch(
+                conn,
+                worker_id=worker_id,
+                now=now,
+                lease=lease,
+                busy_slots=0,
+                total_slots=1,
+                catalog=platform.catalogs.base,
+                plans=platform.billing.plans,
+            )
+
+    def lease_of(job_id: str) -> datetime:
+        with platform.db.read() as conn:
+            found = conn.execute(
+                select(generations.c.lease_expires_at).where(generations.c.id == job_id)
+            ).scalar_one()
+        return as_utc(found)
+
+    stranded, kept = submit(1), submit(2)
+    before = JAN_1 + timedelta(hours=12)
+    [first] = claim("dead-worker", before)
+    assert first.id == stranded
+    back = before - timedelta(hours=1)
+    clock.set(back)
+    [second] = claim("live-worker", back)  # claimed after the jump: in bounds
+    assert second.id == kept
+    Worker(platform).run_once()
+    assert lease_of(stranded) == back + lease
+    assert lease_of(kept) == back + lease  # untouched: it was one lease ahead
+    Worker(platform).run_once()  # a second pass moves nothing more
+    assert lease_of(stranded) == back + lease
+    # Nobody renews the dead worker's lease: one lease later, a claim takes
+    # its job over, with a newer fencing token.
+    assert claim("taker", back + lease - timedelta(seconds=1)) == []
+    [taken] = claim("taker", back + lease + timedelta(seconds=1))
+    assert (taken.id, taken.resumed) == (stranded, True)
+    assert taken.token > first.token
+
+
 # -- real processes: leases while the wall clock jumps --------------------------
 
 LEASE_S = 3
-CONCURRENCY = 3
+# The first worker's slots; the second has more slots than there are jobs,
+# so it always has one free for a takeover (the sandbox provider runs in
+# the workers, under their clock: a job it had before the jump back is ready
+# only when the clock catches up, and holds its slot until then).
+CONCURRENCY = 2
+SPARE_CONCURRENCY = 8
 # A takeover after a backwards jump: the clock pass's lease clamp (every
 # second here, PLASMAART_CLOCK_INTERVAL_S), then one lease, then a claim.
 TAKEOVER_WITHIN_S = 20.0
@@ -244,8 +310,8 @@ FINISH_WITHIN_S = 40.0
 POLL_S = 0.05
 TERMINAL = ("succeeded", "failed", "canceled")
 PROCESS_USERS = {"ivy@example.com": "studio", "ola@example.com": "pro"}
-# (user, outputs, provider delay in s): eight short jobs.
-PROCESS_JOBS = tuple((email, 1, 1 + n % 2) for n, email in enumerate(list(PROCESS_USERS) * 4))
+# (user, outputs, provider delay in s): six short jobs.
+PROCESS_JOBS = tuple((email, 1, 1 + n % 2) for n, email in enumerate(list(PROCESS_USERS) * 3))
 
 
 def jobs_now(db: Database) -> dict[str, Any]:
@@ -284,13 +350,13 @@ def provider_jobs_by_prompt(var_dir: Path) -> dict[str, list[str]]:
 def test_leases_survive_the_wall_clock_jumping(
     database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Two workers under one clock control (one machine's clock): one is
-    killed with jobs in flight and the clock jumps back minutes at once, so
-    its leases look minutes long; the other takes them over within seconds
-    (never a lease made immortal by the jump). A third starts, the clock
-    jumps forward (every lease looks expired: a takeover is fenced), then
-    back to real time. Every job ends, charged once for what it delivered,
-    the provider asked once per job; the books balance."""
+    """Two workers under one clock control (one machine's clock): the first
+    is killed with jobs in flight and the clock jumps back minutes at once,
+    so its leases look minutes long; the second takes them over within
+    seconds (never a lease made immortal by the jump). Then the clock jumps
+    forward (every lease looks expired: a takeover is fenced). Every job
+    ends, charged once for what it delivered, the provider asked once per
+    job; the books balance."""
     started = time.monotonic()
     var_dir = tmp_path / "var"
     control = ClockControl(tmp_path / "clock")
@@ -324,8 +390,7 @@ def test_leases_survive_the_wall_clock_jumping(
         env = control.env(child_env(database_url, var_dir))
         env["PLASMAART_JOB_LEASE_S"] = str(LEASE_S)
         first = WorkerProcess("first", env, tmp_path, CONCURRENCY)
-        second = WorkerProcess("second", env, tmp_path, CONCURRENCY)
-        workers += [first, second]
+        workers.append(first)
 
         def first_has_jobs_at_the_provider() -> list[Any] | None:
             mine = [
@@ -338,6 +403,8 @@ def test_leases_survive_the_wall_clock_jumping(
             return mine or None
 
         wait_for(first_has_jobs_at_the_provider, START_WITHIN_S, "jobs in flight", workers)
+        second = WorkerProcess("second", env, tmp_path, SPARE_CONCURRENCY)
+        workers.append(second)
         os.kill(first.pid, signal.SIGKILL)
         assert first.process.wait(timeout=10) == -signal.SIGKILL
         workers.remove(first)
@@ -353,11 +420,6 @@ def test_leases_survive_the_wall_clock_jumping(
         }
         assert orphaned, "the kill left no job in flight"
         jumped_at = time.monotonic()
-        # A worker with free slots (the sandbox provider runs in the workers,
-        # under their clock: the jobs it had before the jump are ready only
-        # when the clock catches up, so the second worker's slots stay busy).
-        third = WorkerProcess("third", env, tmp_path, CONCURRENCY)
-        workers.append(third)
 
         def taken_over() -> bool | None:
             rows = jobs_now(platform.db)
