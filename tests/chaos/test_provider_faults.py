@@ -3,7 +3,9 @@ and PostgreSQL: the platform with the fal provider and a real worker, against
 the fake fal (``tests/support/fake_fal.py``) told to hang, answer 500s,
 answer malformed JSON, deliver k of n outputs, or answer after the job's
 deadline, each lie chosen per request by a marker in its prompt, then a mixed
-burst of random lies with ``ProviderLies`` switching them on and off.
+burst of random lies with ``ProviderLies`` switching them on and off, and
+the harness driving ``plasmaart serve`` and ``plasmaart worker`` child
+processes (``fal_env``), as the bank test would.
 
 However the provider lies, every job ends in a terminal state, charged for
 exactly the outputs it stored (credits per output x outputs), which are
@@ -27,9 +29,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
+import pytest
 from sqlalchemy import select
 
-from plasmaart.clock import ManualClock
+from plasmaart.bootstrap import bootstrap
+from plasmaart.clock import ManualClock, SystemClock
+from plasmaart.config import Settings
 from plasmaart.db.tables import fal_webhooks, generation_outputs, generations, holds
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
@@ -37,10 +43,11 @@ from plasmaart.platform import Platform
 from plasmaart.worker import Worker
 from tests.support.accounts import TestUser, make_user
 from tests.support.fake_fal import Behaviour, FakeFal, Lie
-from tests.support.faults.provider import ProviderLies, random_lie
+from tests.support.faults.provider import ProviderLies, fal_env, random_lie
 from tests.support.live_server import live_server
 from tests.support.pgserver import free_port
 from tests.support.platforms import running_platform, settings_for
+from tests.support.processes import ServerProcess, WorkerProcess, child_env
 
 T = TypeVar("T")
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
@@ -169,8 +176,9 @@ def test_a_hang_is_bounded_by_the_client_timeout_retried_then_failed(
         at_result = submit(r, "elk " + Lie("hang", "result").marker())
         started = time.monotonic()
         assert r.worker.drain() == 3
-        # Each hang costs one client timeout, never the fake's 5 s hang.
-        assert time.monotonic() - started < 5.0
+        # Each hang costs one client timeout (some 12 of them here, 3 s), never
+        # the fake's 5 s hang (a minute in all).
+        assert time.monotonic() - started < 10.0
         outcome = settled(r)
     assert outcome[passes] == ("succeeded", None, 4)
     assert outcome[at_submit] == ("failed", "provider_unavailable", 0)
@@ -326,3 +334,70 @@ def test_a_burst_of_random_lies_ends_every_job_charged_for_what_arrived(
         f"\nprovider lies ({r.platform.db.dialect}): {len(jobs)} jobs, lies in prompts and "
         f"{sum(lies.told.values())} injected ({dict(lies.told)}): {dict(sorted(ends.items()))}"
     )
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_child_processes_reach_the_lying_fake_through_fal_env(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The harness as the bank test would use it: ``plasmaart serve`` and
+    ``plasmaart worker`` child processes configured by ``fal_env``, the fake
+    (and ``ProviderLies``) in this process, on the real clock. One database
+    is enough here: the cases above hold the charging on both."""
+    var_dir = tmp_path / "var"
+    setup = bootstrap(Settings(database_url=database_url, var_dir=var_dir), migrate=False)
+    with ExitStack() as stack:
+        stack.callback(setup.close)
+        fake = stack.enter_context(FakeFal(SystemClock()))
+        lies = ProviderLies(fake, random.Random(7), seconds=None, requests=1, hang_s=3.0)
+        user = make_user(setup, "child@example.com", plan="pro")
+        env = child_env(database_url, var_dir)
+        server = ServerProcess("api", env, tmp_path)
+        stack.callback(server.close)
+        server.env.update(fal_env(fake, timeout_s=0.5, webhook_url=f"{server.url}/v1/webhooks/fal"))
+        # The worker boots while the server does.
+        worker = WorkerProcess("worker", server.env, tmp_path, 4)
+        stack.callback(worker.close)
+        server.start()
+        prompts = [
+            "honest",
+            "hang " + Lie("hang", "status", times=1).marker(),
+            "500s " + Lie("error", "result", times=2).marker(),
+            "one of two " + Lie("partial", deliver=1).marker(),
+            "garbled webhook " + Lie("malformed", "webhook", shape="wrong").marker(),
+        ]
+        jobs = []
+        for n, prompt in enumerate([*prompts, "by the mode"]):
+            if n == len(prompts):
+                lies.inject()  # whichever lie it draws, told to this last one
+            answer = httpx.post(
+                f"{server.url}/v1/generations",
+                json={"model": "flux-dev", "prompt": prompt, "num_outputs": 2, "params": PARAMS},
+                headers={**user.auth, "Idempotency-Key": f"child-{n}"},
+                timeout=WAIT_S,
+            )
+            assert answer.status_code == 201, answer.text
+            jobs.append(answer.json()["id"])
+        time.sleep(0.5)
+        lies.heal()  # honest again: whatever the mode's lie was, its job ends soon
+
+        def ended() -> bool | None:
+            with setup.db.read() as conn:
+                states = conn.execute(
+                    select(generations.c.status).where(generations.c.id.in_(jobs))
+                ).scalars()
+                return all(state in TERMINAL for state in states) or None
+
+        wait_for(ended, "every job's end", timeout=30.0)
+        r = Rig(setup, fake, ManualClock(), Worker(setup, 1), user)
+        outcome = settled(r)
+    assert [outcome[job][::2] for job in jobs[:4]] == [
+        ("succeeded", 2),
+        ("succeeded", 2),
+        ("succeeded", 2),
+        ("succeeded", 1),
+    ]
+    served = fake.record()
+    garbled = served[row(r, jobs[4]).provider_request_id]
+    assert (outcome[jobs[4]][0], garbled.webhooks) == ("succeeded", (200,))
+    assert sum(lies.told.values()) == 1

@@ -167,10 +167,10 @@ class Lie:
     JSON; ``wrong``, JSON of the wrong shape) happen at ``stage`` (submit, the
     status poll, or the result; ``malformed`` also at ``webhook``: the body
     of its webhook, signed as fal signs), for its first ``times`` answers
-    there (None: every one). ``partial``: the result offers ``deliver`` outputs, fewer than
-    asked. ``late``: in progress for ``late_s`` seconds after its submission
-    whatever is polled or cancelled (a cancel is acknowledged and ignored),
-    then completed, its webhook sent."""
+    there (None: every one). ``partial``: the result offers ``deliver``
+    outputs, fewer than asked. ``late``: in progress for ``late_s`` seconds
+    after its submission whatever is polled or cancelled (a cancel is
+    acknowledged and ignored), then completed, its webhook sent."""
 
     kind: LieKind
     stage: Stage = "status"
