@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # polls every fal_poll_interval_s instead of every 0.25 s.
     fal_webhook_url: str | None = None
     fal_poll_interval_s: float = Field(default=5.0, gt=0, le=300)
+    # How long one call to fal (submit, status, result, cancel, a file's download)
+    # may wait for its answer; past it the call is retried like a 5xx.
+    fal_timeout_s: float = Field(default=30.0, gt=0, le=600)
     billing: Literal["sandbox", "stripe"] = "sandbox"
     # Where the Stripe client sends its API calls (tests point it at a local fake).
     stripe_api_base: str = "https://api.stripe.com"

@@ -59,12 +59,16 @@ def _handler_for(fake: HttpFake) -> type[BaseHTTPRequestHandler]:
             else:
                 data = json.dumps(answer).encode()
                 extra = {"Content-Type": "application/json", **extra}
-            self.send_response(status)
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                # The client gave up waiting (a fake told to hang): nobody to answer.
+                self.close_connection = True
 
         def do_GET(self) -> None:
             self._serve()

@@ -354,12 +354,20 @@ class JobRunner:
             except ProviderRejected as refused:
                 self._end(ending, "failed", "provider_rejected", str(refused))
                 return
-            except ProviderUnavailable:
-                # Still down after the retries: keep the job (and its lease)
-                # until the deadline, then give up like any timeout.
+            except ProviderUnavailable as down:
+                # Still down after the retries (5xx, no answer within the
+                # client's timeout, an answer we cannot read): keep the job
+                # (and its lease) until the wait deadline, then give up. Not a
+                # ``timeout``: the model was never slow, the provider never
+                # answered; its cancel is tried once.
                 if self._now() >= wait_until:
+                    self._cancel_quietly(lambda: model, known_request)
                     self._end(
-                        ending, "failed", "timeout", f"no result within {TIMEOUTS[model.kind]}"
+                        ending,
+                        "failed",
+                        "provider_unavailable",
+                        f"the provider did not answer usably within "
+                        f"{TIMEOUTS[model.kind]}; last: {down}",
                     )
                     return
                 if self._check_in(ending) and self._cancel(
@@ -473,6 +481,15 @@ class JobRunner:
         if not wanted:
             self._end(ending, "failed", "no_outputs", "the model returned no output")
             return
+        if len(wanted) < int(row.num_outputs):
+            # Charged for what arrives, as a batch told to deliver fewer is.
+            log.warning(
+                "the provider delivered %d of the %d outputs of %s",
+                len(wanted),
+                int(row.num_outputs),
+                row.id,
+                extra={"generation_id": row.id, "outputs_offered": len(wanted)},
+            )
         stored: set[int] = set()
         if not ending.first_attempt:  # an earlier attempt may have stored some
             with self.db.read() as conn:

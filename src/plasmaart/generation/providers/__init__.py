@@ -15,7 +15,10 @@ def create_provider(settings: Settings, clock: Clock) -> Provider:
         if not settings.fal_key:
             raise ConfigError("FAL_KEY: required when PLASMAART_PROVIDER=fal")
         return FalProvider(
-            settings.fal_key, base_url=settings.fal_base_url, jwks_url=settings.fal_jwks_url
+            settings.fal_key,
+            base_url=settings.fal_base_url,
+            jwks_url=settings.fal_jwks_url,
+            timeout=settings.fal_timeout_s,
         )
     from plasmaart.generation.providers.sandbox import SandboxProvider
 

@@ -160,6 +160,8 @@ class FalProvider:
                             f"fal output is larger than {MAX_DOWNLOAD_BYTES} bytes"
                         )
                     chunks.append(chunk)
+        except httpx_module().InvalidURL as exc:
+            raise ProviderRejected(f"fal output URL is not valid: {exc}") from exc
         except httpx_module().HTTPError as exc:
             raise ProviderUnavailable(f"fal download: {type(exc).__name__}: {exc}") from exc
         return b"".join(chunks)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from plasmaart.generation.providers.base import ProviderOutput, ProviderStatus
+from plasmaart.generation.providers.base import ProviderOutput, ProviderStatus, ProviderUnavailable
 
 
 def outputs_of(result: Mapping[str, object]) -> tuple[ProviderOutput, ...]:
@@ -68,10 +68,29 @@ def _type_from_url(url: str) -> str:
 
 
 def finished(result: Mapping[str, object]) -> ProviderStatus:
-    """Where a completed request stands: its outputs, or why there are none."""
+    """Where a completed request stands: its outputs, or why there are none.
+
+    A result with none of the fields fal puts files in (an ``images`` or
+    ``videos`` list, an ``image`` or ``video`` object) is not a result we can
+    read, not a model that made nothing: ``ProviderUnavailable``, so that the
+    worker reads it again (fal keeps a request's result) until its deadline."""
+    if not _has_files_field(result):
+        keys = ", ".join(sorted(str(key) for key in result)[:10]) or "none"
+        raise ProviderUnavailable(
+            f"fal result: the answer has no images or video (its keys: {keys})"
+        )
     outputs = outputs_of(result)
     if outputs:
         return ProviderStatus("succeeded", outputs=outputs)
     if isinstance(result.get("has_nsfw_concepts"), list) and result.get("images"):
         return ProviderStatus("failed", error="fal's safety checker withheld every output")
     return ProviderStatus("failed", error="fal returned no outputs")
+
+
+def _has_files_field(result: Mapping[str, object]) -> bool:
+    return (
+        isinstance(result.get("images"), list)
+        or isinstance(result.get("videos"), list)
+        or isinstance(result.get("image"), Mapping)
+        or isinstance(result.get("video"), Mapping)
+    )

@@ -15,11 +15,17 @@ the check but should not have could at most make one poll happen sooner.
 
 A request id we do not know (an old job, another deployment sharing the fal
 account) is recorded and acknowledged: answering it with an error would only
-make fal deliver it again.
+make fal deliver it again. So is a delivery fal signed whose body we cannot
+read (not JSON, not the shape of a fal webhook, or naming another request
+than its signed headers): fal would deliver the same bytes again on any
+answer but a 2xx, and they would never read better. It is recorded as
+``payload_error``, as when fal says it could not include the result, and
+wakes the job all the same: the worker reads the result from fal's API.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -27,7 +33,7 @@ from typing import Literal
 from sqlalchemy import Connection
 
 from plasmaart.clock import Clock
-from plasmaart.errors import DomainError, InvalidInput
+from plasmaart.errors import DomainError
 from plasmaart.generation.providers.base import ProviderUnavailable
 from plasmaart.generation.providers.fal import repository
 from plasmaart.generation.providers.fal.client import FalProvider
@@ -38,6 +44,8 @@ from plasmaart.generation.providers.fal.verification import (
     signed_by_fal,
 )
 from plasmaart.generation.wakeups import PollWakeups
+
+log = logging.getLogger(__name__)
 
 WebhookResult = Literal["succeeded", "failed", "payload_error"]
 WebhookOutcome = Literal["woken", "finished", "unknown_request"]
@@ -110,10 +118,10 @@ class FalWebhooks:
             # fal could not include the result; the worker's poll fetches it.
             return FalWebhook(request_id, "payload_error")
         except ValueError as exc:
-            raise InvalidInput(str(exc), field="body") from None
+            return _unreadable(request_id, str(exc))
         if parsed.request_id != request_id:
-            raise InvalidInput(
-                "the body's request_id is not the signed X-Fal-Webhook-Request-Id", field="body"
+            return _unreadable(
+                request_id, "the body's request_id is not the signed X-Fal-Webhook-Request-Id"
             )
         succeeded = parsed.status.state == "succeeded"
         return FalWebhook(request_id, "succeeded" if succeeded else "failed")
@@ -145,3 +153,13 @@ class FalWebhooks:
         if generation is not None and outcome == "woken":
             self.wakeups.request_poll(conn, generation.id)
         return Recorded(webhook.request_id, outcome, generation_id)
+
+
+def _unreadable(request_id: str, why: str) -> FalWebhook:
+    log.warning(
+        "fal webhook for %s is signed but unreadable (%s); acknowledged, the worker polls fal",
+        request_id,
+        why,
+        extra={"provider_request_id": request_id},
+    )
+    return FalWebhook(request_id, "payload_error")
