@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from plasmaart.clock import ManualClock
-from plasmaart.db.engine import Database, create_database
+from plasmaart.db.engine import PING_IDLE_S, Database, create_database
 from plasmaart.db.outage import Backoff, is_unavailable, kind_of
 from plasmaart.web.app import create_app
 from tests.conftest import new_database_url
@@ -28,6 +28,8 @@ from tests.support.pgserver import free_port
 from tests.support.platforms import running_platform, settings_for
 
 pytestmark = pytest.mark.postgres
+# A stall a test starts ends by itself after this long, whatever happens.
+SAFETY_RESUME_S = 15.0
 
 
 @pytest.fixture
@@ -135,12 +137,16 @@ def test_a_stalled_connection_is_cut_at_the_deadline(pg_url: str) -> None:
         with db.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
             proxy.stall()
+            # Bounded even without a deadline: the stall ends by itself.
+            safety = threading.Timer(SAFETY_RESUME_S, proxy.resume)
+            safety.start()
             started = time.monotonic()
             with pytest.raises(DBAPIError) as caught:
                 conn.execute(text("SELECT 2"))
             took = time.monotonic() - started
         assert 0.9 <= took < 2.0, took
         assert is_unavailable(caught.value)
+        safety.cancel()
         proxy.resume()
         # Work that may take long goes without a deadline: it waits out the stall.
         with db.engine.connect() as conn:
@@ -151,6 +157,25 @@ def test_a_stalled_connection_is_cut_at_the_deadline(pg_url: str) -> None:
                 assert conn.execute(text("SELECT 3")).scalar_one() == 3
     finally:
         proxy.resume()
+        db.dispose()
+        proxy.close()
+
+
+def test_connections_reset_while_idle_are_replaced_unseen(pg_url: str) -> None:
+    database = pg_url.rsplit("/", 1)[1]
+    port = int(pg_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = TcpProxy("127.0.0.1", port)
+    db = create_database(f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}", timeout_s=2)
+    try:
+        with db.read() as conn, db.read() as other:  # two pooled connections
+            conn.execute(text("SELECT 1"))
+            other.execute(text("SELECT 1"))
+        proxy.drop_all()  # a restart, a failover: every connection reset
+        time.sleep(PING_IDLE_S + 0.1)
+        for _ in range(2):
+            with db.read() as conn:
+                assert conn.execute(text("SELECT 2")).scalar_one() == 2
+    finally:
         db.dispose()
         proxy.close()
 
@@ -191,6 +216,17 @@ def proxied(pg_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, TcpProxy,
                 with platform.db.read() as conn:
                     return {"value": conn.execute(text("SELECT 1 / 0")).scalar_one()}
 
+            calls: list[int] = []
+
+            @app.post("/test/stall-once")
+            def stall_once() -> dict[str, int]:
+                # The database goes away after the key's claim, mid-request.
+                calls.append(1)
+                if len(calls) == 1:
+                    proxy.stall()
+                with platform.db.read() as conn:
+                    return {"calls": len(calls), "one": conn.execute(text("SELECT 1")).scalar_one()}
+
             with TestClient(app, raise_server_exceptions=False) as client:
                 yield client, proxy, user.api_key
     finally:
@@ -212,6 +248,9 @@ def test_the_api_answers_503_while_the_database_stalls(
     assert bug.json()["code"] == "internal_error"
 
     proxy.stall()
+    # Bounded even without a deadline: the stall ends by itself.
+    safety = threading.Timer(SAFETY_RESUME_S, proxy.resume)
+    safety.start()
     for method, path, headers, body in (
         ("GET", "/v1/balance", auth, None),
         ("POST", "/v1/generations", keyed, submission),
@@ -226,6 +265,7 @@ def test_the_api_answers_503_while_the_database_stalls(
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["code"] == "not_ready"
+    safety.cancel()
     proxy.resume()
 
     assert client.get("/readyz").status_code == 200
@@ -240,3 +280,27 @@ def test_the_api_answers_503_while_the_database_stalls(
     proxy.drop_all()
     time.sleep(1.1)
     assert client.get("/v1/balance", headers=auth).status_code == 200
+
+
+def test_a_key_claimed_before_the_outage_is_not_stuck_after_it(
+    proxied: tuple[TestClient, TcpProxy, str],
+) -> None:
+    client, proxy, api_key = proxied
+    keyed = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": "mid-outage"}
+    safety = threading.Timer(SAFETY_RESUME_S, proxy.resume)
+    safety.start()
+    try:
+        first = client.post("/test/stall-once", headers=keyed)
+    finally:
+        safety.cancel()
+        proxy.resume()
+    assert first.status_code == 503, first.text
+    assert first.json()["code"] == "unavailable"
+    # The record the outage kept from being forgotten is forgotten now: the
+    # retry runs (not "still running" until the takeover), then replays.
+    again = client.post("/test/stall-once", headers=keyed)
+    assert again.status_code == 200, again.text
+    assert again.json() == {"calls": 2, "one": 1}
+    replayed = client.post("/test/stall-once", headers=keyed)
+    assert replayed.headers.get("idempotent-replayed") == "true"
+    assert replayed.json() == {"calls": 2, "one": 1}
