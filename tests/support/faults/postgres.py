@@ -3,7 +3,7 @@
 faults that stop or restart it.
 
 ``FaultPostgres(base)`` runs initdb and ``pg_ctl start`` on a free loopback
-port (tests/support/pgserver.py does the same for the shared server);
+port (as tests/support/pgserver.py does for the shared server);
 ``stop`` and ``restart`` take pg_ctl's shutdown mode, ``immediate`` by
 default: every backend is killed at once, as in a crash, and the server
 replays its WAL at the next start. Unlike the shared server it runs with
@@ -13,12 +13,14 @@ answered. Every wait is bounded.
 
 from __future__ import annotations
 
+import os
+import pwd
 import time
 from pathlib import Path
 
 import psycopg
 
-from tests.support.pgserver import PgServer, start_server
+from tests.support.pgserver import PgServer, free_port, pg_bindir
 
 UP_WITHIN_S = 60.0
 
@@ -27,14 +29,25 @@ class FaultPostgres:
     """A PostgreSQL server a test may stop and restart at will."""
 
     def __init__(self, base: Path) -> None:
-        self._server: PgServer = start_server(base)
+        datadir = base / "pgdata"
+        user = None
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            user = "postgres"
+            account = pwd.getpwnam(user)
+            datadir.mkdir(mode=0o700, parents=True)
+            os.chown(datadir, account.pw_uid, account.pw_gid)
+            for parent in datadir.parents:  # the postgres user must reach it
+                if parent == Path("/"):
+                    break
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    os.chmod(parent, mode | 0o001)
+        self._server = PgServer(pg_bindir(), datadir, free_port(), user)
         self.port = self._server.port
-        self.running = True
-        # The shared server runs with synchronous_commit=off, which a crash
-        # (-m immediate) punishes by losing the last commits: a test would
-        # see answered writes vanish. Started again with it on (fsync stays
-        # off: the operating system's cache outlives a killed server).
-        self.stop("fast")
+        self._server._run(
+            "initdb", "-D", str(datadir), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"
+        )
+        self.running = False
         self.start()
 
     @property
@@ -70,6 +83,9 @@ class FaultPostgres:
 
     def start(self) -> None:
         """``pg_ctl start`` (same port, same options), returning once it accepts."""
+        # synchronous_commit on, unlike the shared server: with it off, a crash
+        # (-m immediate) loses the last commits, answered writes would vanish.
+        # fsync stays off: the operating system's cache outlives a killed server.
         options = (
             f"-p {self.port} -k {self._server.datadir} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c synchronous_commit=on -c full_page_writes=off "
