@@ -273,6 +273,9 @@ def check(stack: Stack, burst: Burst) -> None:
     slow = [answer for answer in burst.answers if answer.seconds > ANSWER_WITHIN_S]
     assert not slow, f"answers past the deadline: {slow[:10]}"
     assert stack.worker.process.poll() is None, f"the worker died:\n{stack.worker.log()}"
+    # An outage is a warning and its end an info line; a traceback is a bug.
+    for process in (stack.server, stack.worker):
+        assert "Traceback" not in process.log(), process.log()[-8000:]
     assert stack.server.process is not None
     assert stack.server.process.poll() is None
 
