@@ -36,14 +36,9 @@ class FaultPostgres:
             account = pwd.getpwnam(user)
             datadir.mkdir(mode=0o700, parents=True)
             os.chown(datadir, account.pw_uid, account.pw_gid)
-            for parent in datadir.parents:  # the postgres user must reach it
-                if parent == Path("/"):
-                    break
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    os.chmod(parent, mode | 0o001)
         self._server = PgServer(pg_bindir(), datadir, free_port(), user)
         self.port = self._server.port
+        self._reachable()
         self._server._run(
             "initdb", "-D", str(datadir), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"
         )
@@ -73,7 +68,21 @@ class FaultPostgres:
     def _conninfo(self, database: str) -> str:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={database} connect_timeout=2"
 
+    def _reachable(self) -> None:
+        """Let the postgres user reach the data directory: every parent
+        searchable. Again before each pg_ctl: a pytest run of the same user
+        elsewhere puts its base folder (/tmp/pytest-of-root) back to 0700."""
+        if self._server.user is None:
+            return
+        for parent in self._server.datadir.parents:
+            if parent == Path("/"):
+                break
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                os.chmod(parent, mode | 0o001)
+
     def _pg_ctl(self, *args: str) -> None:
+        self._reachable()
         self._server._run("pg_ctl", "-D", str(self._server.datadir), *args)
 
     def stop(self, mode: str = "immediate") -> None:
