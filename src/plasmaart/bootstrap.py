@@ -81,6 +81,7 @@ def bootstrap(
             busy_timeout_ms=settings.sqlite_busy_timeout_ms,
             pool_size=settings.db_pool_size,
             group_commit=settings.group_commit,
+            timeout_s=settings.db_timeout_s,
         )
     except OSError as exc:  # the SQLite file's folder cannot be made
         raise unreachable(settings.database_url, exc) from None

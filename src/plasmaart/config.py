@@ -180,6 +180,10 @@ class Settings(BaseSettings):
     # further copy counts as a flood; a seed sweep is not copies.
     fairuse_identical_prompts_allowed: int = Field(default=20, ge=1)
     db_pool_size: int = Field(default=10, ge=1)
+    # PostgreSQL: the longest a connection attempt, a statement or a commit
+    # waits for the server, and a request for a free pooled connection; past
+    # it the request answers 503 `unavailable` (docs/reliability.md).
+    db_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     # SQLite: concurrent writes (Database.run_write) go through one writer
     # thread that commits them together, each in its own savepoint
     # (docs/configuration.md#group-commit). No effect on PostgreSQL.

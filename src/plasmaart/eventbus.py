@@ -42,6 +42,7 @@ from sqlalchemy import Connection
 
 from plasmaart.db.engine import Database, after_commit
 from plasmaart.db.listener import ListenerSettings, ListenerThread, listen
+from plasmaart.db.outage import Backoff, is_unavailable
 from plasmaart.db.peers import EVENT as PEER_EVENT
 from plasmaart.db.peers import MAX_PAYLOAD as PEER_LIMIT
 from plasmaart.db.peers import RESYNC as PEER_RESYNC
@@ -360,6 +361,7 @@ class PostgresEventBus(InProcessEventBus):
         self._sender: threading.Thread | None = None
         self._in_flight = 0
         self._sent_seq = 0
+        self._outage = Backoff("event sender", logger=log)
 
     @property
     def listening(self) -> bool:
@@ -431,13 +433,18 @@ class PostgresEventBus(InProcessEventBus):
                         "SELECT pg_notify(%s, %s)", [(CHANNEL, payload) for _type, payload in batch]
                     )
                     conn.commit()
-            except Exception:
+            except Exception as exc:
                 # Events are best effort; the state they announce is committed.
-                log.exception(
-                    "could not publish %d event(s): %s",
-                    len(batch),
-                    ", ".join(sorted({type for type, _payload in batch})),
-                )
+                if is_unavailable(exc):  # an outage: said once, and once when it ends
+                    self._outage.failed(exc)
+                else:
+                    log.exception(
+                        "could not publish %d event(s): %s",
+                        len(batch),
+                        ", ".join(sorted({type for type, _payload in batch})),
+                    )
+            else:
+                self._outage.succeeded()
             finally:
                 with self._sent:
                     self._sent_seq += len(batch)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from plasmaart.billing.tasks import run_billing_clock
+from plasmaart.db.outage import Backoff, is_unavailable, kind_of
 from plasmaart.generation import queue
 from plasmaart.generation.queue import Claim
 from plasmaart.generation.runner import JobRunner
@@ -41,6 +42,9 @@ WEBHOOK_IDLE_S = 1.0
 # How often (in ticks of the billing clock) the worker looks for files of
 # deleted accounts left in storage by a crash.
 SWEEP_EVERY_TICKS = 60
+# The longest a worker's loop waits between attempts while the database is
+# unavailable (exponential backoff with jitter from 0.2 s).
+MAX_BACKOFF_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -182,13 +186,22 @@ class Worker:
     def _run_job(self, claimed: Claim) -> None:
         try:
             self.runner.run(claimed)
-        except Exception:
+        except Exception as exc:
             # The job stays leased; when the lease expires another claim
             # resumes it from its provider request id. Each claim counts one
             # of its attempts: past the cap (or its deadline) a claim ends it.
-            log.exception(
-                "job %s failed in the worker", claimed.id, extra={"generation_id": claimed.id}
-            )
+            if is_unavailable(exc):  # an outage, logged once by the loops
+                log.warning(
+                    "job %s interrupted, the database is unavailable (%s); resumed "
+                    "once its lease expires",
+                    claimed.id,
+                    kind_of(exc),
+                    extra={"generation_id": claimed.id},
+                )
+            else:
+                log.exception(
+                    "job %s failed in the worker", claimed.id, extra={"generation_id": claimed.id}
+                )
         finally:
             with self._busy_changed:
                 self._busy -= 1
@@ -242,15 +255,18 @@ class Worker:
         slow receiver delays no job and no tick); idle passes wait
         ``WEBHOOK_IDLE_S``."""
         dispatcher = webhook_delivery(self.platform)
+        backoff = Backoff("webhook delivery", longest_s=MAX_BACKOFF_S, logger=log)
         while not self.stop_event.is_set():
             busy = False
             try:
                 result = dispatcher.run(self.id)
+                backoff.succeeded()
                 busy = result.busy
                 if result.claimed:
                     log.info("webhooks: %s", result)
-            except Exception:
-                log.exception("webhook delivery pass failed")
+            except Exception as exc:
+                self.stop_event.wait(max(backoff.failed(exc), WEBHOOK_IDLE_S))
+                continue
             if not busy:
                 self.stop_event.wait(WEBHOOK_IDLE_S)
 
@@ -292,28 +308,33 @@ class Worker:
         threading.Thread(
             target=verification.loop, args=(self.stop_event,), name="plasmaart-ledger", daemon=True
         ).start()
+        # A database outage: the loop waits longer after each failure (up to
+        # MAX_BACKOFF_S), logs its start and end once, and resumes by itself.
+        backoff = Backoff(f"worker {self.id}", longest_s=MAX_BACKOFF_S, logger=log)
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="plasmaart-job") as pool:
             while not self.stop_event.is_set():
                 if time.monotonic() >= next_tick:
                     try:
                         self.run_once()
-                    except Exception:
+                    except Exception as exc:
                         # One failed tick (database restarting, say) must not
                         # end the worker; the next tick retries.
-                        log.exception("worker tick failed")
+                        backoff.failed(exc)
                     next_tick = time.monotonic() + interval
                 elif self.platform.auto_topups.wake.is_set():
                     # A run started in this process: charge it now, not at the tick.
                     try:
                         self.charge_topups()
-                    except Exception:
-                        log.exception("charging auto top-ups failed")
+                    except Exception as exc:
+                        backoff.failed(exc)
                 claimed: list[Claim] = []
                 claimable.clear()
                 try:
                     claimed = self.claim_many()
-                except Exception:
-                    log.exception("claiming a job failed")
+                    backoff.succeeded()
+                except Exception as exc:
+                    self.stop_event.wait(backoff.failed(exc))
+                    continue
                 if claimed:
                     with self._busy_lock:
                         self._busy += len(claimed)

@@ -40,6 +40,7 @@ from plasmaart.accounts.service import AccountService, User
 from plasmaart.caches import CacheHub, TtlLru, cached
 from plasmaart.clock import Clock
 from plasmaart.db.engine import Database
+from plasmaart.db.outage import Backoff, is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class LastUsed:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._outage = Backoff("API keys' last use", logger=log)
 
     def used(self, key_id: str) -> None:
         """Note a use of ``key_id`` now (a dictionary write, no I/O)."""
@@ -98,12 +100,18 @@ class LastUsed:
         try:
             with self.db.write() as conn:
                 self.credentials.touch_api_keys(conn, batch)
-        except SQLAlchemyError:
-            log.warning("could not record the last use of %d API keys", len(batch), exc_info=True)
+        except SQLAlchemyError as exc:
+            if is_unavailable(exc):  # an outage: said once, and once when it ends
+                self._outage.failed(exc)
+            else:
+                log.warning(
+                    "could not record the last use of %d API keys", len(batch), exc_info=True
+                )
             with self._lock:  # try again next time, unless newer uses came since
                 for key_id, at in batch.items():
                     self._pending.setdefault(key_id, at)
             return 0
+        self._outage.succeeded()
         return len(batch)
 
     def _run(self) -> None:

@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from plasmaart.billing import repository as repo
 from plasmaart.clock import Clock, OffsetClock
 from plasmaart.db.engine import Database, after_commit
+from plasmaart.db.outage import Backoff, is_unavailable
 from plasmaart.errors import InvalidInput
 from plasmaart.eventbus import (
     RESYNC,
@@ -86,6 +87,7 @@ class SandboxTestClock:
         self._refresh_s = refresh_s
         self._events = events
         self._lock = threading.Lock()
+        self._outage = Backoff("test clock reader", logger=log)
         self._stop = threading.Event()
         self._moved = threading.Event()
         self._reader: threading.Thread | None = None
@@ -181,10 +183,15 @@ class SandboxTestClock:
             with self._db.read() as conn:
                 self._clock.offset = timedelta(seconds=repo.clock_offset_seconds(conn))
             self.reads += 1
-        except SQLAlchemyError:
+        except SQLAlchemyError as exc:
             # The clock must not fail because the database hiccupped (or is
             # not migrated yet): keep the last offset, retry after refresh_s.
-            log.warning("could not read the test clock's offset", exc_info=True)
+            if is_unavailable(exc):  # an outage: said once, and once when it ends
+                self._outage.failed(exc)
+            else:
+                log.warning("could not read the test clock's offset", exc_info=True)
+        else:
+            self._outage.succeeded()
 
     def close(self) -> None:
         """Stop the reader and wait for it, so that it never holds a connection

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -25,6 +27,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 
 from plasmaart.db.group_commit import DEFAULT_BATCH_LIMIT, GroupCommitWriter
 from plasmaart.db.peers import PeerChannel, peers_folder
@@ -235,6 +238,18 @@ class Database:
             yield conn
             tx.rollback()
 
+    @contextmanager
+    def deadline(self, seconds: float | None) -> Iterator[None]:
+        """Round trips of this thread wait at most ``seconds`` for PostgreSQL
+        in the block (None: as long as they take; db/deadline.py)."""
+        if self.is_sqlite:
+            yield
+            return
+        from plasmaart.db.deadline import deadline
+
+        with deadline(seconds):
+            yield
+
     def dispose(self) -> None:
         if self._group is not None:
             self._group.close()
@@ -250,7 +265,11 @@ def create_database(
     pool_size: int = 10,
     group_commit: bool = True,
     group_commit_batch: int = DEFAULT_BATCH_LIMIT,
+    timeout_s: float = 10.0,
 ) -> Database:
+    """``timeout_s`` (PostgreSQL): the longest a connection attempt, a
+    statement or a commit waits for the server, and a request for a free
+    connection of the pool (``PLASMAART_DB_TIMEOUT_S``)."""
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -267,17 +286,80 @@ def create_database(
             # the batch before it: past that, something is wrong.
             write_timeout_s=2 * busy_timeout_ms / 1000 + 30,
         )
+    return Database(_postgres_engine(url, pool_size, timeout_s))
+
+
+def postgres_connect_args(timeout_s: float) -> dict[str, Any]:
+    """libpq's bounds on a connection (``timeout_s``: ``PLASMAART_DB_TIMEOUT_S``):
+    a connection attempt gives up after it, and the kernel gives up on a peer
+    that stops acknowledging (``tcp_user_timeout``, keepalives on an idle one)."""
+    whole = max(2, math.ceil(timeout_s))
+    return {
+        "connect_timeout": whole,
+        "keepalives": 1,
+        "keepalives_idle": max(1, whole // 2),
+        "keepalives_interval": 1,
+        "keepalives_count": max(1, whole // 2),
+        "tcp_user_timeout": int(timeout_s * 1000),
+    }
+
+
+def _postgres_engine(url: str, pool_size: int, timeout_s: float) -> Engine:
+    from plasmaart.db.deadline import watched_connect
+
     engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        # No pre-ping: it costs a round trip per checkout on the hot path.
-        # Connections are recycled hourly instead, and a connection that died
-        # with its server fails its transaction, which the caller retries.
+        # A request waits at most this long for a free connection (all of
+        # them stuck on a stalled server, say), then answers 503.
+        pool_timeout=timeout_s,
+        # Connections are recycled hourly; one that died with its server
+        # fails its transaction (a 503; SQLAlchemy then drops every older
+        # connection of the pool), and one left idle is pinged first.
         pool_recycle=3600,
         isolation_level="READ COMMITTED",
+        # What DATABASE_URL says itself (?connect_timeout=5) wins.
+        connect_args={
+            name: value
+            for name, value in postgres_connect_args(timeout_s).items()
+            if name not in make_url(url).query
+        },
     )
-    return Database(engine)
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        # Every round trip has a deadline (db/deadline.py).
+        return watched_connect(timeout_s, *cargs, **cparams)
+
+    _ping_when_idle(engine)
+    return engine
+
+
+# A pooled connection idle longer than this is pinged when checked out: one
+# that died while idle (a restart of the server) is replaced, not handed to
+# a request. A busy pool's connections are never that idle: no round trip
+# on the hot path.
+PING_IDLE_S = 1.0
+_CHECKED_IN_AT = "plasmaart_checked_in_at"
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_CHECKED_IN_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get(_CHECKED_IN_AT)
+        if idle_since is None or time.monotonic() - idle_since < PING_IDLE_S:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"idle connection is gone: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("idle connection is gone")
 
 
 def _sqlite_engine(url: str, database: str | None, pool_size: int) -> Engine:

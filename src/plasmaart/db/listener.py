@@ -8,8 +8,10 @@ It connects, LISTENs on the channel, says so (``listening`` set, then
 made before), and hands every notification's payload to ``on_payload``. A
 quiet connection is made to answer every ``ping_s`` seconds (a half-open TCP
 socket never errors on its own). When the connection fails it waits,
-doubling the wait from the first to the longest of ``backoff_s``, and starts
-again, until ``stopping`` is set. psycopg is imported here, when a thread
+doubling the wait (with jitter) from the first to the longest of
+``backoff_s``, and starts again, until ``stopping`` is set; an outage is
+logged when it starts and when it ends (db/outage.py ``Backoff``). Round
+trips have a deadline (db/deadline.py). psycopg is imported here, when a thread
 listens: SQLite never loads it.
 """
 
@@ -20,7 +22,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from plasmaart.db.outage import Backoff
+
 log = logging.getLogger(__name__)
+# The longest a listener's LISTEN or ping waits for the server's answer.
+PING_DEADLINE_S = 10.0
 
 
 class ListenerThread:
@@ -77,16 +83,22 @@ def listen(
     on_connected: Callable[[bool], None],
     on_payload: Callable[[str], None],
 ) -> None:
-    import psycopg
+
+    from plasmaart.db.deadline import watched_connect
 
     first_wait, longest_wait = settings.backoff_s
-    backoff = first_wait
+    # An outage is logged when it starts and when it ends, not per attempt.
+    backoff = Backoff(settings.what, first_s=first_wait, longest_s=longest_wait, logger=log)
     # True once notifications may have been missed: a dropped connection, or
     # a connect that failed.
     gap = False
     while not stopping.is_set():
+        wait = first_wait
         try:
-            with psycopg.connect(
+            # The ping (and LISTEN) get an answer within the deadline or the
+            # connection is cut: a stalled one is not listened on forever.
+            with watched_connect(
+                PING_DEADLINE_S,
                 conninfo,
                 autocommit=True,
                 connect_timeout=5,
@@ -94,7 +106,7 @@ def listen(
             ) as conn:
                 conn.execute(f"LISTEN {settings.channel}")
                 listening.set()
-                backoff = first_wait
+                backoff.succeeded()
                 on_connected(gap)
                 gap = False
                 quiet = 0.0
@@ -110,12 +122,9 @@ def listen(
         except Exception as exc:
             if stopping.is_set():
                 break
-            log.warning(
-                "%s lost its connection, retrying in %.1fs: %s", settings.what, backoff, exc
-            )
+            wait = backoff.failed(exc)
         finally:
             listening.clear()
         gap = True
-        if stopping.wait(backoff):
+        if stopping.wait(wait):
             break
-        backoff = min(backoff * 2, longest_wait)

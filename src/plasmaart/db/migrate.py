@@ -214,7 +214,8 @@ def upgrade(db: Database, revision: str = "head") -> None:
         return
     from alembic import command
 
-    with _migrating(db) as conn:
+    # A migration may take longer than PLASMAART_DB_TIMEOUT_S: no deadline.
+    with db.deadline(None), _migrating(db) as conn:
         command.upgrade(alembic_config(conn), revision)
 
 
@@ -222,5 +223,5 @@ def downgrade(db: Database, revision: str) -> None:
     """Undo migrations down to ``revision`` (for an operator rolling back a release)."""
     from alembic import command
 
-    with _migrating(db) as conn:
+    with db.deadline(None), _migrating(db) as conn:
         command.downgrade(alembic_config(conn), revision)

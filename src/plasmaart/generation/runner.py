@@ -38,6 +38,7 @@ from typing import TypeVar
 from plasmaart.catalog import Catalog, ModelSpec
 from plasmaart.clock import Clock, as_utc
 from plasmaart.db.engine import Database
+from plasmaart.db.outage import Backoff
 from plasmaart.generation import bounds, queue
 from plasmaart.generation import queue_repository as queue_repo
 from plasmaart.generation import repository as repo
@@ -96,6 +97,7 @@ class LeaseKeeper:
         self._changed = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._backoff = Backoff("lease renewal", logger=log)
 
     def keep(self, claim: queue.Claim, deadline: datetime) -> None:
         with self._lock:
@@ -147,8 +149,9 @@ class LeaseKeeper:
             try:
                 with runner.db.write() as conn:
                     kept = queue_repo.renew_many(conn, jobs, now + runner.lease)
-            except Exception:  # the next renewal tries again; the lease is 3 periods long
-                log.exception("could not renew the leases of %d job(s)", len(jobs))
+                self._backoff.succeeded()
+            except Exception as exc:  # the next renewal tries again; the lease is 3 periods long
+                self._backoff.failed(exc)  # an outage is logged once, a bug each time
                 continue
             with self._lock:
                 for job_id, _token in jobs:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from plasmaart.clock import Clock, as_utc
 from plasmaart.db.engine import Database
+from plasmaart.db.outage import Backoff
 from plasmaart.ids import new_id
 from plasmaart.ledger import checks_repository as repo
 from plasmaart.ledger.invariants import check_ledger
@@ -137,7 +138,9 @@ class LedgerVerification:
             due = self.due_at()
             if due is not None and self.clock.now() < due:
                 return None
-            result = self.run_now()
+            # A large journal may take longer than PLASMAART_DB_TIMEOUT_S.
+            with self.db.deadline(None):
+                result = self.run_now()
         if result.ok:
             log.info("scheduled ledger verify: the books balance")
         else:
@@ -177,6 +180,7 @@ class LedgerVerification:
         """Run the check whenever it is due, until ``stop`` is set."""
         if self.interval <= timedelta(0):
             return
+        backoff = Backoff("scheduled ledger verification", logger=log)
         while not stop.is_set():
             try:
                 self.run_if_due()
@@ -186,7 +190,9 @@ class LedgerVerification:
                     if due is None
                     else (due - self.clock.now()).total_seconds()
                 )
-            except Exception:
-                log.exception("scheduled ledger verification failed")
+            except Exception as exc:
+                backoff.failed(exc)  # an outage is logged once, a bug each time
                 wait = POLL_S
+            else:
+                backoff.succeeded()
             stop.wait(min(max(wait, 0.2), POLL_S))

@@ -29,15 +29,17 @@ import secrets
 import time
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from plasmaart.db.outage import is_unavailable, reason
 from plasmaart.logs import request_id
 from plasmaart.media.uploads import MAX_UPLOAD_BYTES, format_size
 from plasmaart.platform import Platform
 from plasmaart.web import idempotency
 from plasmaart.web.metrics import HttpMetrics
-from plasmaart.web.problems import problem
+from plasmaart.web.problems import database_unavailable, problem
 from plasmaart.web.rate_limit_guard import (
     COUNTED,
     EVIDENCE_BYTES,
@@ -136,6 +138,7 @@ class _Exchange:
         "started",
         "state",
         "status",
+        "unfinished",
     )
 
     def __init__(
@@ -174,6 +177,8 @@ class _Exchange:
         # A counted request's 422: the first bytes of its body, the evidence.
         self.invalid = False
         self.evidence: list[bytes] = []
+        # Answers whose record could not be written (web/idempotency.py).
+        self.unfinished: idempotency.Unfinished | None = None
 
     async def limited_receive(self) -> Message:
         message = await self.receive()
@@ -245,14 +250,18 @@ class _Exchange:
 
     async def finish_idempotency(self) -> None:
         self.finished = True
-        await run_in_threadpool(
-            idempotency.finish,
-            self.platform,
-            self.principal,
-            self.key,
-            self.start,
-            b"".join(self.chunks),
-        )
+        body = b"".join(self.chunks)
+        try:
+            await run_in_threadpool(
+                idempotency.finish, self.platform, self.principal, self.key, self.start, body
+            )
+        except SQLAlchemyError as exc:
+            if not is_unavailable(exc) or self.unfinished is None:
+                raise
+            # The database went away after the claim: the answer still goes
+            # out; its record is written at this process's next claim.
+            log.warning("idempotency record kept for later, the database is unavailable")
+            self.unfinished.add(self.principal, self.key, self.start, body)
 
 
 class Edge:
@@ -262,6 +271,7 @@ class Edge:
         self.app = app
         self.platform = platform
         self.metrics = metrics
+        self.unfinished = idempotency.Unfinished()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -356,9 +366,19 @@ class Edge:
         principal = idempotency.principal_of(scope)
         path = scope["path"]
         fingerprint = idempotency.fingerprint(path, scope.get("query_string", b""), body)
-        decision = await run_in_threadpool(
-            idempotency.claim, self.platform, principal, key, path, fingerprint
-        )
+        try:
+            if self.unfinished:
+                await run_in_threadpool(self.unfinished.retry, self.platform)
+            decision = await run_in_threadpool(
+                idempotency.claim, self.platform, principal, key, path, fingerprint
+            )
+        except SQLAlchemyError as exc:
+            if not is_unavailable(exc):
+                raise
+            log.warning("database unavailable on %s %s: %s", scope["method"], path, reason(exc))
+            await database_unavailable()(scope, exchange.receive, exchange.send_message)
+            return
+        exchange.unfinished = self.unfinished
         if decision is not None:
             await decision(scope, exchange.receive, exchange.send_message)
             return

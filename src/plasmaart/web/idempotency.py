@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
+from collections import deque
 from datetime import timedelta
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope
 
 from plasmaart.accounts.credentials import IDEMPOTENCY_RETENTION
+from plasmaart.db.outage import is_unavailable
 from plasmaart.platform import Platform
 from plasmaart.web import idempotency_repository as records
 from plasmaart.web.idempotency_repository import IdempotencyRecord
@@ -37,6 +41,7 @@ HEADER = b"idempotency-key"
 # so a replay says ``Idempotent-Secret-Withheld: true`` instead of the secret.
 SECRET_FIELDS_HEADER = "x-secret-fields"  # noqa: S105 - a header name
 MAX_KEY_LENGTH = 255
+log = logging.getLogger(__name__)
 
 
 def principal_of(scope: Scope) -> str:
@@ -175,3 +180,40 @@ def finish(
             headers=json.dumps(headers),
             body=body,
         )
+
+
+class Unfinished:
+    """Answers whose record ``finish`` could not write: the database went
+    away between the claim and the answer (a 503 whose record must be
+    forgotten, or a 2xx whose record must be stored). Kept in this process,
+    at most ``LIMIT``, and written by ``retry`` before its next claim, so
+    that a client's retry with the key, once the database is back, gets the
+    replay (or runs again) instead of "still running" until the takeover."""
+
+    LIMIT = 1000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: deque[tuple[str, str, Message | None, bytes]] = deque(maxlen=self.LIMIT)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, principal: str, key: str, start: Message | None, body: bytes) -> None:
+        with self._lock:
+            self._items.append((principal, key, start, body))
+
+    def retry(self, platform: Platform) -> None:
+        """Write the kept records; those the database still cannot take stay."""
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+        for index, (principal, key, start, body) in enumerate(items):
+            try:
+                finish(platform, principal, key, start, body)
+            except SQLAlchemyError as exc:
+                if is_unavailable(exc):
+                    with self._lock:
+                        self._items.extendleft(reversed(items[index:]))
+                    return
+                log.exception("could not write the idempotency record of a past answer")

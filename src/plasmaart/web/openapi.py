@@ -45,6 +45,7 @@ _DESCRIPTIONS = {
     "422": "Invalid input (`invalid_input`, with `errors`)",
     "429": "Too many requests (`rate_limited`, with `Retry-After`)",
     "500": "Internal error (`internal_error`)",
+    "503": "Service unavailable (`unavailable`, with `Retry-After`): the database is out of reach",
 }
 
 
@@ -72,7 +73,7 @@ def install(app: FastAPI) -> None:
         for path, operations in document.get("paths", {}).items():
             for method, operation in operations.items():
                 responses = operation.setdefault("responses", {})
-                statuses = ["422", "500"]
+                statuses = ["422", "500", "503"]
                 if path.startswith("/v1/"):
                     statuses += ["401", "403", "404"]
                 if method == "post":

@@ -10,9 +10,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from plasmaart.db.group_commit import GroupCommitError
+from plasmaart.db.outage import is_unavailable, reason
 from plasmaart.errors import DomainError
 from plasmaart.web.responses import FastJSONResponse
 
@@ -199,6 +201,19 @@ def _detail(errors: list[dict[str, str]]) -> str:
 UNAVAILABLE_RETRY_AFTER_S = 2
 
 
+def database_unavailable() -> JSONResponse:
+    """The 503 of a request that could not reach the database: nothing was
+    done, or (the connection lost during the commit) its outcome is unknown;
+    a retry under the same Idempotency-Key finds it either way."""
+    return problem(
+        503,
+        "unavailable",
+        "Service unavailable",
+        "the database is unavailable; try again shortly (with the same Idempotency-Key)",
+        {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+    )
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_request: Request, exc: DomainError) -> JSONResponse:
@@ -231,6 +246,18 @@ def install(app: FastAPI) -> None:
             "(with the same Idempotency-Key)",
             {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
         )
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        # The database out of reach (stopped, restarting, the connection cut
+        # or stalled past PLASMAART_DB_TIMEOUT_S): a 503 to retry, not a bug.
+        # Anything else a statement raised is one: the 500 below.
+        if not is_unavailable(exc):
+            raise exc
+        log.warning(
+            "database unavailable on %s %s: %s", request.method, request.url.path, reason(exc)
+        )
+        return database_unavailable()
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

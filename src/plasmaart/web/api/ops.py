@@ -9,10 +9,13 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from plasmaart.db.migrate import head_revision, probe_revision
+from plasmaart.db.outage import kind_of
 from plasmaart.web.deps import PlatformDep
-from plasmaart.web.problems import problem
+from plasmaart.web.problems import UNAVAILABLE_RETRY_AFTER_S, problem
 
 router = APIRouter(tags=["operations"])
+# The longest the readiness probe waits for the database's answer.
+READY_WITHIN_S = 3.0
 
 
 class Health(BaseModel):
@@ -34,10 +37,19 @@ def healthz() -> Health:
 @router.get("/readyz", response_model=Readiness, responses={503: {"description": "Not ready"}})
 def readyz(platform: PlatformDep) -> Readiness | JSONResponse:
     """The database answers and its schema is at the migrations' head."""
+    db = platform.db
     try:
-        revision = probe_revision(platform.db)
+        # Quick: a load balancer's probe gives up after a few seconds.
+        with db.deadline(min(READY_WITHIN_S, platform.settings.db_timeout_s)):
+            revision = probe_revision(db)
     except SQLAlchemyError as exc:
-        return problem(503, "not_ready", "Not ready", f"database unreachable: {type(exc).__name__}")
+        return problem(
+            503,
+            "not_ready",
+            "Not ready",
+            f"database unreachable ({kind_of(exc)}): {type(exc).__name__}",
+            {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+        )
     head = head_revision()
     if revision != head:
         return problem(
