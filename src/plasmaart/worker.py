@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from plasmaart.billing.tasks import run_billing_clock
+from plasmaart.db.disk_full import StorageFull
 from plasmaart.generation import queue
 from plasmaart.generation.queue import Claim
 from plasmaart.generation.runner import JobRunner
@@ -285,6 +286,8 @@ class Worker:
                 if time.monotonic() >= next_tick:
                     try:
                         self.run_once()
+                    except StorageFull:
+                        pass  # the disk is full: logged by db/disk_full.py; the next tick retries
                     except Exception:
                         # One failed tick (database restarting, say) must not
                         # end the worker; the next tick retries.
@@ -300,6 +303,8 @@ class Worker:
                 claimable.clear()
                 try:
                     claimed = self.claim_many()
+                except StorageFull:
+                    pass  # the disk is full: logged by db/disk_full.py; claimed when it has room
                 except Exception:
                     log.exception("claiming a job failed")
                 if claimed:

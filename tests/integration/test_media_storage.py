@@ -21,6 +21,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from plasmaart.config import ConfigError, Settings, load_settings
+from plasmaart.db.disk_full import StorageFull
 from plasmaart.errors import DomainError
 from plasmaart.media.storage import (
     LocalStorage,
@@ -286,7 +287,7 @@ def test_a_write_failing_midway_leaves_nothing_behind(
 
     # The bytes are in the temporary file when fsync fails.
     monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StorageFull, match="media storage is full"):
         storage.put(KEY, PNG, "image/png")
     monkeypatch.undo()
     assert not storage.exists(KEY)

@@ -39,6 +39,7 @@ from plasmaart.accounts.credentials import (
 from plasmaart.accounts.service import AccountService, User
 from plasmaart.caches import CacheHub, TtlLru, cached
 from plasmaart.clock import Clock
+from plasmaart.db.disk_full import StorageFull
 from plasmaart.db.engine import Database
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class LastUsed:
         try:
             with self.db.write() as conn:
                 self.credentials.touch_api_keys(conn, batch)
-        except SQLAlchemyError:
+        except (SQLAlchemyError, StorageFull):
             log.warning("could not record the last use of %d API keys", len(batch), exc_info=True)
             with self._lock:  # try again next time, unless newer uses came since
                 for key_id, at in batch.items():

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 
+from plasmaart.db.disk_full import WATCH as STORAGE_WATCH
 from plasmaart.db.group_commit import DEFAULT_BATCH_LIMIT, GroupCommitWriter
 from plasmaart.db.peers import PeerChannel, peers_folder
 
@@ -187,7 +188,9 @@ class Database:
         if self._group is None:
             with self.write() as conn:
                 return fn(conn)
-        return self._group.run(fn)
+        # A full disk: StorageFull (db/disk_full.py), nothing written.
+        with STORAGE_WATCH.translated("database"):
+            return self._group.run(fn)
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -197,7 +200,8 @@ class Database:
         succeeded, and are dropped on rollback (events, notifications). Scopes
         named with ``invalidate(conn, ...)`` are evicted from the caches first.
         """
-        with self._writer.connect() as conn:
+        # A full disk: StorageFull (db/disk_full.py), nothing written.
+        with STORAGE_WATCH.translated("database"), self._writer.connect() as conn:
             # conn.info outlives this checkout (it belongs to the pooled
             # connection), so the callbacks are always taken out of it.
             try:
