@@ -21,6 +21,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from plasmaart.config import ConfigError, Settings, load_settings
+from plasmaart.db.disk_full import WATCH as STORAGE_WATCH
 from plasmaart.db.disk_full import StorageFull
 from plasmaart.errors import DomainError
 from plasmaart.media.storage import (
@@ -292,6 +293,11 @@ def test_a_write_failing_midway_leaves_nothing_behind(
     monkeypatch.undo()
     assert not storage.exists(KEY)
     assert leftovers(tmp_path) == []
+    # Once there is room, the same write goes through (and the process no
+    # longer reports the media disk full).
+    storage.put(KEY, PNG, "image/png")
+    assert storage.get(KEY) == PNG
+    assert "media" not in STORAGE_WATCH.full()
 
 
 def test_a_failed_replace_keeps_the_previous_object_whole(

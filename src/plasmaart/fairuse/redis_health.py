@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,9 @@ class RedisHealth:
             )
 
 
-_BY_URL: dict[str, RedisHealth] = {}
+# Held by the limiters and counters that use them: a platform closed and
+# dropped (tests build many) takes its Redis's health with it.
+_BY_URL: weakref.WeakValueDictionary[str, RedisHealth] = weakref.WeakValueDictionary()
 _REGISTRY_LOCK = threading.Lock()
 
 
@@ -123,7 +126,8 @@ def health_for(url: str) -> RedisHealth:
     with _REGISTRY_LOCK:
         found = _BY_URL.get(url)
         if found is None:
-            found = _BY_URL[url] = RedisHealth()
+            found = RedisHealth()
+            _BY_URL[url] = found
         return found
 
 
@@ -136,9 +140,9 @@ def configured() -> bool:
 def unreachable() -> bool:
     """Whether a Redis this process uses is unreachable now."""
     with _REGISTRY_LOCK:
-        return any(not health.up for health in _BY_URL.values())
+        return any(not health.up for health in list(_BY_URL.values()))
 
 
 def fail_open_total() -> int:
     with _REGISTRY_LOCK:
-        return sum(health.fail_open_total for health in _BY_URL.values())
+        return sum(health.fail_open_total for health in list(_BY_URL.values()))
