@@ -10,20 +10,27 @@ file is written to a temporary name that is removed when the write fails.
 
 ``WATCH`` records, per process, which disks were found full and since when:
 the first refusal is logged as an error, then a summary at most every
-``LOG_EVERY_S`` while it lasts, and the first write that succeeds again says
-so (and how many writes were refused meanwhile). ``/readyz`` and ``/metrics``
-show it. Nothing needs a restart: the next write simply tries again.
+``LOG_EVERY_S`` while it lasts. The outage ends with the first write that
+succeeds ``QUIET_S`` after the last refusal, or with the first look (by
+``/readyz`` or ``/metrics``) that finds ``ROOM_BYTES`` free again on the
+disk's filesystem when its folder is known (SQLite's, the local media
+folder's); its end is logged too, with how many writes were refused. A
+nearly full disk takes some small writes and refuses larger ones: that is
+one outage, not many. Nothing needs a restart: the next write simply tries
+again.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from plasmaart.errors import DomainError
@@ -35,6 +42,10 @@ Where = Literal["database", "media"]
 RETRY_AFTER_S = 30
 # While a disk stays full, a summary is logged at most this often.
 LOG_EVERY_S = 60.0
+# A write that succeeds this long after the last refusal ends the outage.
+QUIET_S = 2.0
+# ... and so does this much free space found then on the disk's filesystem.
+ROOM_BYTES = 1 << 20
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _SQLITE_FULL = 13
 _POSTGRES_DISK_FULL = "53100"
@@ -82,6 +93,7 @@ def is_disk_full(exc: BaseException) -> bool:
 @dataclass
 class _State:
     since: float  # time.monotonic() of the first refusal
+    last: float  # of the last one
     refused: int = 0
     logged_at: float = 0.0
 
@@ -92,7 +104,14 @@ class StorageWatch:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._full: dict[str, _State] = {}
+        self._folders: dict[str, Path] = {}
         self.refused_total: dict[str, int] = {"database": 0, "media": 0}
+
+    def watch_folder(self, where: Where, folder: Path) -> None:
+        """Where ``where`` lives on this machine (its free space tells when
+        the disk has room again, even without a write)."""
+        with self._lock:
+            self._folders[where] = folder
 
     def refused(self, where: Where, exc: BaseException) -> StorageFull:
         """Record a write refused for want of room; the error to raise."""
@@ -102,8 +121,9 @@ class StorageWatch:
             state = self._full.get(where)
             first = state is None
             if state is None:
-                state = self._full[where] = _State(since=now, logged_at=now)
+                state = self._full[where] = _State(since=now, last=now, logged_at=now)
             state.refused += 1
+            state.last = now
             summary = not first and now - state.logged_at >= LOG_EVERY_S
             if summary:
                 state.logged_at = now
@@ -131,20 +151,26 @@ class StorageWatch:
         if where not in self._full:
             return
         with self._lock:
-            state = self._full.pop(where, None)
-        if state is not None:
-            log.warning(
-                "the %s disk takes writes again after %.1f s; %d write(s) were refused meanwhile",
-                where,
-                time.monotonic() - state.since,
-                state.refused,
-                extra={"storage": where, "storage_event": "recovered"},
-            )
+            state = self._full.get(where)
+            if state is None or time.monotonic() - state.last < QUIET_S:
+                return
+            del self._full[where]
+        _recovered(where, state, "takes writes again")
 
     def full(self) -> list[str]:
-        """The disks whose last write was refused for want of room."""
+        """The disks found full whose outage has not ended (see ``ok``)."""
+        now = time.monotonic()
+        ended: list[tuple[str, _State]] = []
         with self._lock:
-            return sorted(self._full)
+            for where, state in list(self._full.items()):
+                folder = self._folders.get(where)
+                if now - state.last >= QUIET_S and folder is not None and _has_room(folder):
+                    del self._full[where]
+                    ended.append((where, state))
+            found = sorted(self._full)
+        for where, state in ended:
+            _recovered(where, state, "has room again")
+        return found
 
     @contextmanager
     def translated(self, where: Where) -> Iterator[None]:
@@ -159,6 +185,28 @@ class StorageWatch:
                 raise self.refused(where, exc) from exc
             raise
         self.ok(where)
+
+
+def _has_room(folder: Path) -> bool:
+    # The folder may not be made yet: its nearest parent that is.
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize >= ROOM_BYTES
+
+
+def _recovered(where: str, state: _State, how: str) -> None:
+    log.warning(
+        "the %s disk %s after %.1f s; %d write(s) were refused meanwhile",
+        where,
+        how,
+        time.monotonic() - state.since,
+        state.refused,
+        extra={"storage": where, "storage_event": "recovered"},
+    )
 
 
 WATCH = StorageWatch()

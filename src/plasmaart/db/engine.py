@@ -139,6 +139,8 @@ class Database:
         self.peers: PeerChannel | None = (
             PeerChannel(peers_folder(database)) if database and database != ":memory:" else None
         )
+        if database and database != ":memory:":
+            STORAGE_WATCH.watch_folder("database", Path(database).parent)
         self._group: GroupCommitWriter | None = None
         if group_commit and self.is_sqlite:
             self._group = GroupCommitWriter(

@@ -149,6 +149,9 @@ class LeaseKeeper:
             try:
                 with runner.db.write() as conn:
                     kept = queue_repo.renew_many(conn, jobs, now + runner.lease)
+            except StorageFull:  # logged by db/disk_full.py; the next renewal tries again
+                log.warning("could not renew the leases of %d job(s): disk full", len(jobs))
+                continue
             except Exception:  # the next renewal tries again; the lease is 3 periods long
                 log.exception("could not renew the leases of %d job(s)", len(jobs))
                 continue

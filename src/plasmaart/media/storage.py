@@ -233,6 +233,7 @@ class LocalStorage:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
+        STORAGE_WATCH.watch_folder("media", self.root)
 
     def _inside_root(self, relative: str) -> Path:
         path = (self.root / relative).resolve()
