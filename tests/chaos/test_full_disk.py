@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -42,8 +43,10 @@ from plasmaart.db import disk_full
 from plasmaart.db.disk_full import WATCH, StorageFull
 from plasmaart.db.engine import create_database
 from plasmaart.db.tables import generation_outputs, generations, holds, payments
+from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.platform import Platform
+from plasmaart.worker import Worker
 from tests.support.accounts import TestUser, make_user
 from tests.support.faults.disk import DiskFull, SizeLimitedDir, size_limited_dir
 from tests.support.platforms import running_platform, settings_for
@@ -124,6 +127,74 @@ def test_a_write_too_large_for_the_disk_fails_alone_and_its_batch_commits(
                 assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
         finally:
             db.dispose()
+
+
+# -- the worker, the media folder's disk full (SQLite and PostgreSQL) ---------
+
+
+def test_a_worker_whose_media_disk_fills_hands_the_job_back_and_ends_it_once_there_is_room(
+    database_url: str, tmp_path: Path
+) -> None:
+    clock = ManualClock()
+    with ExitStack() as stack:
+        disk = stack.enter_context(size_limited_dir(8))
+        media = disk.path / "media"
+        settings = settings_for(database_url, tmp_path / "var", storage_dir=media)
+        platform = stack.enter_context(running_platform(settings, clock))
+        user = make_user(platform, "creator@example.com", plan="pro")
+        with platform.db.write() as conn:
+            job = platform.generations.submit(
+                conn,
+                platform.accounts.get(conn, user.id),
+                GenerationRequest(
+                    "flux-schnell", "a heron", num_outputs=2, params={"sandbox": {"delay_s": 0}}
+                ),
+            )
+        # Room for the first output (at most 480 KiB), not for the second.
+        disk.fill()
+        disk.make_room(700 << 10)
+        worker = Worker(platform, concurrency=1)
+        worker.runner.sleep = lambda _seconds: None
+
+        assert worker.drain() == 1
+        with platform.db.read() as conn:
+            row = conn.execute(select(generations).where(generations.c.id == job.id)).one()
+            kept = list(
+                conn.execute(
+                    select(generation_outputs).where(generation_outputs.c.generation_id == job.id)
+                )
+            )
+            hold = conn.execute(select(holds).where(holds.c.id == row.hold_id)).one()
+        # The first output was recorded before the second was fetched; the
+        # second's file is gone; nothing charged; the job waits a lease,
+        # this attempt counted (the next must read the first output back).
+        assert row.status == "running"
+        assert row.attempts == 1
+        assert [o.position for o in kept] == [0]
+        assert (hold.status, hold.captured) == ("pending", 0)
+        expected = {kept[0].storage_key, f".meta/{kept[0].storage_key}.json"}
+        assert media_files(media) == expected
+        assert worker.drain() == 0  # not before its time
+
+        disk.free()
+        clock.advance(timedelta(seconds=platform.settings.job_lease_s + 1))
+        assert worker.drain() == 1
+        with platform.db.read() as conn:
+            row = conn.execute(select(generations).where(generations.c.id == job.id)).one()
+            outputs = list(
+                conn.execute(
+                    select(generation_outputs).where(generation_outputs.c.generation_id == job.id)
+                )
+            )
+            assert check_ledger(conn) == []
+        assert row.status == "succeeded"
+        assert sorted(o.position for o in outputs) == [0, 1]
+        assert row.credits_charged == 2 * row.credits_per_output
+        assert media_files(media) == {o.storage_key for o in outputs} | {
+            f".meta/{o.storage_key}.json" for o in outputs
+        }
+        for output in outputs:
+            assert (media / output.storage_key).stat().st_size == output.size
 
 
 # -- real processes, a full disk mid-burst -----------------------------------
