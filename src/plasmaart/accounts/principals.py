@@ -99,8 +99,15 @@ class LastUsed:
         try:
             with self.db.write() as conn:
                 self.credentials.touch_api_keys(conn, batch)
-        except (SQLAlchemyError, StorageFull):
-            log.warning("could not record the last use of %d API keys", len(batch), exc_info=True)
+        except (SQLAlchemyError, StorageFull) as failed:
+            # A full disk is logged once by db/disk_full.py: no traceback.
+            full = isinstance(failed, StorageFull)
+            log.warning(
+                "could not record the last use of %d API keys%s",
+                len(batch),
+                ": disk full" if full else "",
+                exc_info=not full,
+            )
             with self._lock:  # try again next time, unless newer uses came since
                 for key_id, at in batch.items():
                     self._pending.setdefault(key_id, at)
