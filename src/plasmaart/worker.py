@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from plasmaart.billing.tasks import run_billing_clock
+from plasmaart.db.disk_full import StorageFull
 from plasmaart.db.outage import Backoff, is_unavailable, kind_of
 from plasmaart.generation import queue
 from plasmaart.generation.queue import Claim
@@ -316,6 +317,8 @@ class Worker:
                 if time.monotonic() >= next_tick:
                     try:
                         self.run_once()
+                    except StorageFull:
+                        pass  # the disk is full: logged by db/disk_full.py; the next tick retries
                     except Exception as exc:
                         # One failed tick (database restarting, say) must not
                         # end the worker; the next tick retries.
@@ -332,6 +335,8 @@ class Worker:
                 try:
                     claimed = self.claim_many()
                     backoff.succeeded()
+                except StorageFull:
+                    pass  # the disk is full: logged by db/disk_full.py; claimed when it has room
                 except Exception as exc:
                     self.stop_event.wait(backoff.failed(exc))
                     continue

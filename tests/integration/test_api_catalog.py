@@ -27,6 +27,7 @@ def test_healthz_and_readyz(client: TestClient, platform: Platform) -> None:
         "status": "ready",
         "database": platform.db.dialect,
         "migration": head_revision(),
+        "degraded": [],
     }
 
 

@@ -21,6 +21,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from plasmaart.config import ConfigError, Settings, load_settings
+from plasmaart.db import disk_full as full_disks
+from plasmaart.db.disk_full import WATCH as STORAGE_WATCH
+from plasmaart.db.disk_full import StorageFull
 from plasmaart.errors import DomainError
 from plasmaart.media.storage import (
     LocalStorage,
@@ -286,11 +289,18 @@ def test_a_write_failing_midway_leaves_nothing_behind(
 
     # The bytes are in the temporary file when fsync fails.
     monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StorageFull, match="media storage is full"):
         storage.put(KEY, PNG, "image/png")
     monkeypatch.undo()
     assert not storage.exists(KEY)
     assert leftovers(tmp_path) == []
+    assert "media" in STORAGE_WATCH.full()
+    # Once there is room, the same write goes through, and (past the quiet
+    # spell that ends an outage) the process no longer reports the disk full.
+    monkeypatch.setattr(full_disks, "QUIET_S", 0.0)
+    storage.put(KEY, PNG, "image/png")
+    assert storage.get(KEY) == PNG
+    assert "media" not in STORAGE_WATCH.full()
 
 
 def test_a_failed_replace_keeps_the_previous_object_whole(

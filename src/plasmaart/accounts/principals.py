@@ -39,6 +39,7 @@ from plasmaart.accounts.credentials import (
 from plasmaart.accounts.service import AccountService, User
 from plasmaart.caches import CacheHub, TtlLru, cached
 from plasmaart.clock import Clock
+from plasmaart.db.disk_full import StorageFull
 from plasmaart.db.engine import Database
 from plasmaart.db.outage import Backoff, is_unavailable
 
@@ -100,8 +101,11 @@ class LastUsed:
         try:
             with self.db.write() as conn:
                 self.credentials.touch_api_keys(conn, batch)
-        except SQLAlchemyError as exc:
-            if is_unavailable(exc):  # an outage: said once, and once when it ends
+        except (SQLAlchemyError, StorageFull) as exc:
+            if isinstance(exc, StorageFull):
+                # A full disk is logged once by db/disk_full.py: no traceback.
+                log.warning("could not record the last use of %d API keys: disk full", len(batch))
+            elif is_unavailable(exc):  # an outage: said once, and once when it ends
                 self._outage.failed(exc)
             else:
                 log.warning(

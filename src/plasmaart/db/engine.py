@@ -29,6 +29,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 
+from plasmaart.db.disk_full import WATCH as STORAGE_WATCH
 from plasmaart.db.group_commit import DEFAULT_BATCH_LIMIT, GroupCommitWriter
 from plasmaart.db.peers import PeerChannel, peers_folder
 
@@ -141,6 +142,8 @@ class Database:
         self.peers: PeerChannel | None = (
             PeerChannel(peers_folder(database)) if database and database != ":memory:" else None
         )
+        if database and database != ":memory:":
+            STORAGE_WATCH.watch_folder("database", Path(database).parent)
         self._group: GroupCommitWriter | None = None
         if group_commit and self.is_sqlite:
             self._group = GroupCommitWriter(
@@ -190,7 +193,9 @@ class Database:
         if self._group is None:
             with self.write() as conn:
                 return fn(conn)
-        return self._group.run(fn)
+        # A full disk: StorageFull (db/disk_full.py), nothing written.
+        with STORAGE_WATCH.translated("database"):
+            return self._group.run(fn)
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -200,7 +205,8 @@ class Database:
         succeeded, and are dropped on rollback (events, notifications). Scopes
         named with ``invalidate(conn, ...)`` are evicted from the caches first.
         """
-        with self._writer.connect() as conn:
+        # A full disk: StorageFull (db/disk_full.py), nothing written.
+        with STORAGE_WATCH.translated("database"), self._writer.connect() as conn:
             # conn.info outlives this checkout (it belongs to the pooled
             # connection), so the callbacks are always taken out of it.
             try:

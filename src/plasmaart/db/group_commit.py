@@ -10,9 +10,11 @@ IMMEDIATE``, runs each ``fn`` inside its own ``SAVEPOINT`` and commits once.
 Each function stays all-or-nothing: one that raises is rolled back to its
 savepoint alone (its ``after_commit`` callbacks dropped) and its exception is
 raised in its caller's thread once the batch committed; the others are not
-affected. If the transaction cannot begin or commit, or an error takes the
-whole transaction down, every item of the batch gets the error and nothing of
-it was written. A caller is answered only after the COMMIT: a crash before it
+affected. When one function's error takes the whole transaction down (SQLite
+rolls everything back on a full disk or an I/O error), that function gets its
+own error and the others run again, once, in the next batch, without it. If
+the transaction cannot begin or commit, every item of the batch gets the
+error and nothing of it was written. A caller is answered only after the COMMIT: a crash before it
 loses the batch, which no caller was told was accepted.
 
 A write that finds no batch running and none queued runs at once in its
@@ -78,7 +80,7 @@ class _BatchBroken(Exception):
 
 
 class _Item:
-    __slots__ = ("callbacks", "context", "done", "error", "fn", "result")
+    __slots__ = ("abandoned", "callbacks", "context", "done", "error", "fn", "rerun", "result")
 
     def __init__(self, fn: Callable[[Connection], Any]) -> None:
         self.fn = fn
@@ -89,6 +91,10 @@ class _Item:
         self.result: Any = None
         self.error: BaseException | None = None
         self.callbacks: Callbacks = []
+        # Run again once after another item's error broke its batch.
+        self.rerun = False
+        # Its caller stopped waiting (told it failed): never run it again.
+        self.abandoned = False
 
 
 class GroupCommitWriter:
@@ -212,6 +218,7 @@ class GroupCommitWriter:
                 if not (dead or late):
                     continue
                 waiting = item in self._queue
+                item.abandoned = True
                 if waiting:
                     # Never run it later: this caller is told it failed.
                     self._queue.remove(item)
@@ -335,6 +342,25 @@ class GroupCommitWriter:
         except BaseException as exc:
             # The next batch starts on a fresh connection.
             self._close_connection()
+            if isinstance(exc, _BatchBroken) and len(batch) > 1:
+                # One item's error took the transaction down: the others did
+                # nothing wrong, and run again (once) in the next batch.
+                again = [i for i in batch if i.error is None and not i.rerun and not i.abandoned]
+                for item in again:
+                    item.rerun = True
+                    item.result = None
+                    item.callbacks = []
+                if again:
+                    log.warning(
+                        "a write's error rolled back its whole batch (%s); running the "
+                        "%d other write(s) again",
+                        exc.cause,
+                        len(again),
+                    )
+                    with self._cond:
+                        self._queue.extendleft(reversed(again))
+                        self._cond.notify_all()
+                batch = [item for item in batch if item not in again]
             # Nothing of the batch was written: every item fails, those that
             # failed on their own with their own error.
             error = exc.cause if isinstance(exc, _BatchBroken) else exc
@@ -378,7 +404,11 @@ class GroupCommitWriter:
                 _execute(driver, f"ROLLBACK TO {_SAVEPOINT}")
                 _execute(driver, f"RELEASE {_SAVEPOINT}")
             except BaseException as failed:
-                raise _BatchBroken(failed) from exc
+                # This item fails with its own error (not the failed
+                # rollback's), and so do those of the batch that cannot run
+                # again.
+                item.error = exc
+                raise _BatchBroken(exc) from failed
             item.error = exc
             return
         item.callbacks = self._take_callbacks(conn)
@@ -388,6 +418,7 @@ class GroupCommitWriter:
             _execute(driver, f"RELEASE {_SAVEPOINT}")
         except BaseException as failed:
             item.callbacks = []
+            item.error = failed
             raise _BatchBroken(failed) from failed
         item.result = result
 

@@ -7,7 +7,8 @@ or in Redis when ``REDIS_URL`` is set, so that every API process of a
 deployment counts the same copies. Each counted submission is a member named
 by its generation id, so counting one submission twice (an idempotent replay)
 counts it once. Like the rate limiter, a Redis that cannot be reached fails
-OPEN: the submission goes on and is not counted (a warning is logged).
+OPEN: the submission goes on and is not counted (the outage is logged once,
+``fairuse/redis_health.py``).
 
 Signals found on the request path are not written there: ``PendingSignals``
 keeps them, with the time they happened, until the flusher
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from plasmaart.fairuse.redis_health import health_for
 from plasmaart.fairuse.rules import SignalKind
 
 if TYPE_CHECKING:
@@ -128,14 +130,16 @@ class RedisCopies:
         self._client = redis.Redis.from_url(
             redis_url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
         )
-        self._lock = threading.Lock()
-        self._last_warning = -WARN_EVERY_S
+        self._health = health_for(redis_url)
 
     def count(
         self, key: str, member: str, at: datetime, now: datetime, window: timedelta
     ) -> int | None:
         name = REDIS_PREFIX + key
         since, until = (now - window).timestamp(), now.timestamp()
+        if not self._health.should_try():
+            self._health.failed("identical-request counts", None)
+            return None
         try:
             pipe = self._client.pipeline(transaction=True)
             pipe.zadd(name, {member: at.timestamp()}, nx=True)
@@ -144,20 +148,13 @@ class RedisCopies:
             pipe.expire(name, int(window.total_seconds()) + 60)
             _, _, copies, _ = pipe.execute()
         except self._error as exc:
-            self._warn(exc)
+            self._health.failed("identical-request counts", exc)
             return None
+        self._health.succeeded()
         return int(copies)
 
     def close(self) -> None:
         self._client.close()
-
-    def _warn(self, exc: RedisError) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now - self._last_warning < WARN_EVERY_S:
-                return
-            self._last_warning = now
-        log.warning("fair-use counter store unreachable, copies go uncounted: %s", exc)
 
 
 def create_copy_counter(redis_url: str | None) -> MemoryCopies | RedisCopies:

@@ -186,13 +186,18 @@ def hand_back(
     token: int,
     now: datetime,
     request_id: str | None = None,
+    *,
+    counted: bool = False,
 ) -> bool:
     """A worker stopping gracefully leaves its job (at the provider, whose
     ``request_id`` it stores if not stored yet) for whoever claims it next:
     its lease ends ``now``, so the next claim takes it at once (as a job
     whose worker is gone, resumed under a new fencing token), and a clean
-    hand-over does not count as one of the job's attempts."""
-    values: dict[str, object] = {"attempts": _g.c.attempts - 1, "lease_expires_at": now}
+    hand-over does not count as one of the job's attempts (unless
+    ``counted``). A later ``now`` makes the job wait until then (a full disk)."""
+    values: dict[str, object] = {"lease_expires_at": now}
+    if not counted:
+        values["attempts"] = _g.c.attempts - 1
     if request_id is not None:
         values["provider_request_id"] = request_id
     result = conn.execute(

@@ -25,6 +25,7 @@ The prompt is never logged, only its length.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -37,6 +38,7 @@ from typing import TypeVar
 
 from plasmaart.catalog import Catalog, ModelSpec
 from plasmaart.clock import Clock, as_utc
+from plasmaart.db.disk_full import StorageFull
 from plasmaart.db.engine import Database
 from plasmaart.db.outage import Backoff
 from plasmaart.generation import bounds, queue
@@ -150,6 +152,9 @@ class LeaseKeeper:
                 with runner.db.write() as conn:
                     kept = queue_repo.renew_many(conn, jobs, now + runner.lease)
                 self._backoff.succeeded()
+            except StorageFull:  # logged by db/disk_full.py; the next renewal tries again
+                log.warning("could not renew the leases of %d job(s): disk full", len(jobs))
+                continue
             except Exception as exc:  # the next renewal tries again; the lease is 3 periods long
                 self._backoff.failed(exc)  # an outage is logged once, a bug each time
                 continue
@@ -266,11 +271,61 @@ class JobRunner:
     # -- the steps -----------------------------------------------------------
 
     def _run(self, claim: queue.Claim, row: GenerationRow, deadline: datetime) -> None:
+        ending = _Ending(claim, first_attempt=int(row.attempts) == 1)
+        try:
+            self._steps(ending, row, deadline)
+        except StorageFull as full:
+            self._storage_full(ending, row, full)
+
+    def _storage_full(self, ending: _Ending, row: GenerationRow, full: StorageFull) -> None:
+        """The disk under the database or the media folder is full: nothing
+        of the failed step was kept (its transaction rolled back, its file
+        removed), and nothing is charged for an output not stored. The
+        outputs copied but not yet recorded are removed too (the job copies
+        them again), and the job is handed back to the queue, claimable again
+        one lease from now, so that it ends once the disk has room. The
+        hand-back is not counted as an attempt, unless outputs of this first
+        attempt are recorded already (the next claim must read them back).
+        When the hand-back cannot be written either (the database's disk),
+        the job keeps its lease until it runs out, and the next claim resumes
+        it; a claim cannot be written while that disk is full either."""
+        claim = ending.claim
+        for output in ending.pending:
+            with contextlib.suppress(Exception):
+                self.storage.delete(output.storage_key)
+        ending.pending = []
+        retry_at = self._now() + self.lease
+        try:
+            with self.db.write() as conn:
+                handed = queue_repo.hand_back(
+                    conn,
+                    claim.id,
+                    claim.token,
+                    retry_at,
+                    ending.request_id,
+                    counted=ending.first_attempt and bool(ending.recorded),
+                )
+        except StorageFull:
+            handed = False
+        _step(
+            "storage_full",
+            row.id,
+            "job %s stopped: the %s disk is full; nothing charged for outputs not stored; %s",
+            row.id,
+            full.where,
+            f"handed back, tried again after {retry_at.isoformat(timespec='seconds')}"
+            if handed
+            else "its lease runs out and another claim resumes it",
+            storage=full.where,
+            handed_back=handed,
+        )
+
+    def _steps(self, ending: _Ending, row: GenerationRow, deadline: datetime) -> None:
+        claim = ending.claim
         if int(row.fencing_token) != claim.token or row.status != "running":
             raise LeaseLost
         request_id = row.provider_request_id
         attempts = int(row.attempts)
-        ending = _Ending(claim, first_attempt=attempts == 1)
         # Bounds that hold however often the job is claimed again, checked
         # before anything that could fail on every attempt.
         if attempts > self.max_attempts:

@@ -32,6 +32,7 @@ from types import MappingProxyType
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from plasmaart.config import ConfigError, Settings
+from plasmaart.db.disk_full import WATCH as STORAGE_WATCH
 from plasmaart.errors import NotFound
 
 if TYPE_CHECKING:
@@ -232,6 +233,7 @@ class LocalStorage:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
+        STORAGE_WATCH.watch_folder("media", self.root)
 
     def _inside_root(self, relative: str) -> Path:
         path = (self.root / relative).resolve()
@@ -270,14 +272,17 @@ class LocalStorage:
             "metadata": dict(stored.metadata),
         }
         existed = data_path.is_file()
-        _write_atomically(sidecar_path, json.dumps(description, sort_keys=True).encode())
-        try:
-            _write_atomically(data_path, data)
-        except BaseException:
-            if not existed:
-                with contextlib.suppress(OSError):
-                    sidecar_path.unlink()
-            raise
+        # A full disk: StorageFull (db/disk_full.py); the temporary files are
+        # removed, so nothing of the object is left.
+        with STORAGE_WATCH.translated("media"):
+            _write_atomically(sidecar_path, json.dumps(description, sort_keys=True).encode())
+            try:
+                _write_atomically(data_path, data)
+            except BaseException:
+                if not existed:
+                    with contextlib.suppress(OSError):
+                        sidecar_path.unlink()
+                raise
         return stored
 
     def _open(self, key: str) -> IO[bytes]:

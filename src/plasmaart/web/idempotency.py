@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope
 
 from plasmaart.accounts.credentials import IDEMPOTENCY_RETENTION
+from plasmaart.db.disk_full import StorageFull
 from plasmaart.db.outage import is_unavailable
 from plasmaart.platform import Platform
 from plasmaart.web import idempotency_repository as records
@@ -104,6 +105,16 @@ def claim(
     except IntegrityError:
         # Another request with this key claimed it between our read and insert.
         return _in_progress()
+    except StorageFull as full:
+        # The disk is full: nothing was claimed, the request is not run.
+        return problem(
+            full.status,
+            full.code,
+            full.title,
+            full.detail,
+            {"Retry-After": str(full.extra["retry_after"])},
+            **full.extra,
+        )
     return None
 
 
@@ -168,8 +179,26 @@ def finish(
         and int(start["status"]) != 429
         and not any(name.lower() == "set-cookie" for name, _ in headers)
     )
+    try:
+        _record_answer(platform, principal, key, start if keep else None, headers, body)
+    except StorageFull:
+        # The disk is full (logged by db/disk_full.py): the answer still goes
+        # out; the record stays "running" and a retry with this key is taken
+        # over after ``idempotency_takeover_s``, as after a crash (the
+        # handlers that write key their rows by it, so nothing runs twice).
+        return
+
+
+def _record_answer(
+    platform: Platform,
+    principal: str,
+    key: str,
+    start: Message | None,
+    headers: list[tuple[str, str]],
+    body: bytes,
+) -> None:
     with platform.db.write() as conn:
-        if not keep or start is None:
+        if start is None:
             records.forget(conn, principal, key)
             return
         records.store_answer(

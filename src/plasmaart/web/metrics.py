@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from plasmaart import __version__
 from plasmaart.config import Settings
+from plasmaart.web.degradation import DegradationCollector
 
 log = logging.getLogger(__name__)
 # prometheus_client's own variable: set, every metric lives in files there.
@@ -129,6 +130,8 @@ class HttpMetrics:
             self.exposition = CollectorRegistry()
             self.exposition.register(_LiveProcesses(folder))
             MultiProcessCollector(self.exposition, str(folder))  # type: ignore[no-untyped-call]
+        # A full disk, an unreachable Redis (web/degradation.py), as this process sees them.
+        self.exposition.register(DegradationCollector())
         # The business metrics (web/business_metrics.py), from this process only.
         self.business = business
         if business is not None:

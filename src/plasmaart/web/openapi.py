@@ -46,6 +46,7 @@ _DESCRIPTIONS = {
     "429": "Too many requests (`rate_limited`, with `Retry-After`)",
     "500": "Internal error (`internal_error`)",
     "503": "Service unavailable (`unavailable`, with `Retry-After`): the database is out of reach",
+    "507": "Insufficient storage (`storage_full`, with `Retry-After`): nothing was written",
 }
 
 
@@ -78,6 +79,8 @@ def install(app: FastAPI) -> None:
                     statuses += ["401", "403", "404"]
                 if method == "post":
                     statuses += ["409", "413"]
+                if method in ("post", "put", "patch", "delete"):
+                    statuses += ["507"]  # a full disk (db/disk_full.py)
                 for status in statuses:
                     responses.setdefault(status, {"description": _DESCRIPTIONS[status]})
                 # Every error answer is a problem, whatever FastAPI guessed.

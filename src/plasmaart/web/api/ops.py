@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from plasmaart.db.migrate import head_revision, probe_revision
 from plasmaart.db.outage import kind_of
+from plasmaart.web.degradation import degraded
 from plasmaart.web.deps import PlatformDep
 from plasmaart.web.problems import UNAVAILABLE_RETRY_AFTER_S, problem
 
@@ -26,6 +27,8 @@ class Readiness(BaseModel):
     status: str
     database: str
     migration: str | None
+    # What this process works without now (web/degradation.py): still ready.
+    degraded: list[str] = []
 
 
 @router.get("/healthz", response_model=Health)
@@ -59,7 +62,9 @@ def readyz(platform: PlatformDep) -> Readiness | JSONResponse:
             f"database schema at {revision or 'nothing'}, code needs {head}: "
             "run `plasmaart migrate`",
         )
-    return Readiness(status="ready", database=platform.db.dialect, migration=revision)
+    return Readiness(
+        status="ready", database=platform.db.dialect, migration=revision, degraded=degraded()
+    )
 
 
 @router.get("/metrics", response_class=Response)
