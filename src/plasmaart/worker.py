@@ -241,7 +241,7 @@ class Worker:
         with platform.db.write() as conn:
             platform.credentials.purge_expired_sessions(conn)
             platform.credentials.purge_login_failures(conn)
-            platform.credentials.purge_idempotency_records(conn)
+            platform.credentials.purge_idempotency_records(conn, platform.job_clock.now())
             platform.account_tokens.purge(conn)
             platform.throttle.purge(conn)
         # Files of deleted accounts a crash left in storage (leaving/deletion.py):

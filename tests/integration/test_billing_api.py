@@ -491,3 +491,19 @@ def test_the_admin_user_list_shows_the_plan_each_user_has(
     assert len(listed.json()["data"]) == 3 + 5
     # Plans read in one batch: not one query per user listed.
     assert counts.statements < 5, counts.listing()
+
+
+def test_a_clock_advance_sent_again_with_its_key_is_replayed_not_run_twice(
+    platform: Platform, client: TestClient
+) -> None:
+    """Idempotency keys age in real time, not on the test clock they move:
+    the advance's own three days must not expire its key (a client that lost
+    the answer and sent it again moved the clock six days)."""
+    admin = make_user(platform, "root@example.com", admin=True)
+    headers = {**admin.auth, "Idempotency-Key": "advance-once"}
+    first = client.post("/v1/admin/clock/advance", json={"days": 3}, headers=headers)
+    again = client.post("/v1/admin/clock/advance", json={"days": 3}, headers=headers)
+    assert (first.status_code, again.status_code) == (200, 200), again.text
+    assert again.json() == first.json()
+    assert at(first.json()["now"]) == JAN_1 + timedelta(days=3)
+    assert platform.clock.now() == JAN_1 + timedelta(days=3)

@@ -275,10 +275,11 @@ class CredentialService:
     def forget_login_failures(self, conn: Connection, email: str) -> None:
         repo.delete_login_failures_of(conn, email)
 
-    def purge_idempotency_records(self, conn: Connection) -> None:
+    def purge_idempotency_records(self, conn: Connection, now: datetime) -> None:
         """Forget replayable responses past their retention (24 hours promised;
-        kept twice as long)."""
-        repo.delete_idempotency_records_before(conn, self.clock.now() - 2 * IDEMPOTENCY_RETENTION)
+        kept twice as long). ``now`` is real time, never the sandbox's test
+        clock: moving billing time forward must not forget a key."""
+        repo.delete_idempotency_records_before(conn, now - 2 * IDEMPOTENCY_RETENTION)
 
     def purge_login_failures(self, conn: Connection) -> None:
         repo.delete_login_failures_before(conn, self.clock.now() - LOGIN_WINDOW)

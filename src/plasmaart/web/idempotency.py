@@ -88,8 +88,12 @@ async def read_body(receive: Receive) -> bytes:
 def claim(
     platform: Platform, principal: str, key: str, path: str, fingerprint: str
 ) -> ASGIApp | None:
-    """Insert a running record, or decide the answer from an existing one."""
-    now = platform.clock.now()
+    """Insert a running record, or decide the answer from an existing one.
+    Ages are real time (``job_clock``), not the sandbox's test clock: a
+    billing-time jump must neither expire a key nor take over a request
+    still running (a clock advance retried after a lost answer advanced
+    twice that way)."""
+    now = platform.job_clock.now()
     try:
         with platform.db.write() as conn:
             record = records.find(conn, principal, key)
