@@ -122,6 +122,10 @@ CHECKPOINT_EVERY_S = 4.0
 FAULT_EVERY_S = (2.0, 4.0)  # the schedule's moments
 CONCURRENCY = 3
 REQUEST_TIMEOUT_S = 10.0
+# A creator's jobs queued or running at once: with more, it waits for them
+# (the workers' pace bounds the load, so the queue stays short however long
+# the run, and the last jobs finish soon after the load stops).
+MAX_OPEN = 6
 # ``make soak``: operations to complete on each database (0: the short run),
 # and the hard cap on one database's run, whatever it reached.
 SOAK_OPS = int(os.environ.get("PLASMAART_SOAK_OPS", "0"))
@@ -257,6 +261,7 @@ class Creator:
     refusals: Counter[str] = field(default_factory=Counter)  # of those, refused, by code
     notes: Counter[str] = field(default_factory=Counter)
     accepted: dict[str, str] = field(default_factory=dict)  # key -> generation id
+    open: set[str] = field(default_factory=set)  # accepted, maybe not finished yet
     refused: dict[str, int] = field(default_factory=dict)  # submission key -> status
     packs: set[str] = field(default_factory=set)  # pack keys answered 201
     topup: tuple[str, int] | None = None  # (pack, cap cents) when auto top-up is on
@@ -306,12 +311,15 @@ class Creator:
             n = 0
             while not stop.is_set():
                 n += 1
-                self.step(client, admin, pick, n)
+                self.step(client, admin, pick, n, stop)
 
-    def step(self, client: Client, admin: Client, pick: random.Random, n: int) -> None:
+    def step(
+        self, client: Client, admin: Client, pick: random.Random, n: int, stop: threading.Event
+    ) -> None:
         roll = pick.random()
         if roll < 0.57 or (roll < 0.6 and not self.sets_limits):
-            self.submit(client, pick, f"{self.name}-g{n}")
+            if self.has_room(client, stop):
+                self.submit(client, pick, f"{self.name}-g{n}")
         elif roll < 0.6:
             self.limit_spending(client, pick)
         elif roll < 0.75 and self.accepted:
@@ -331,6 +339,28 @@ class Creator:
         elif roll >= 0.95:
             key = f"{self.name}-c{n}"
             self.attempt("advance clock", lambda: admin.advance_clock(1, idempotency_key=key))
+
+    def has_room(self, client: Client, stop: threading.Event) -> bool:
+        """Fewer than ``MAX_OPEN`` of its jobs are queued or running (read
+        over the API when it might be full); else it waits a moment."""
+        if len(self.open) < MAX_OPEN:
+            return True
+        still: set[str] = set()
+        for status in ("queued", "running"):
+
+            def listed(status: str = status) -> list[str]:
+                return [g.id for g in client.generations(status=status, page_size=200)]
+
+            found = self.attempt(None, listed)
+            if found is None or isinstance(found, ApiError):
+                return False
+            still.update(found)
+        self.open &= still
+        if len(self.open) < MAX_OPEN:
+            return True
+        self.notes["waits for its own jobs"] += 1
+        stop.wait(0.5)
+        return False
 
     def move_threshold(self, client: Client, pick: random.Random) -> None:
         """Set the auto top-up's threshold just under the balance: the next
@@ -398,6 +428,8 @@ class Creator:
                     self.refused[key] = answer.status
             elif self.accepted.setdefault(key, answer.id) != answer.id:
                 self.violations.append(f"{key}: answered with two different jobs")
+            else:
+                self.open.add(answer.id)
 
 
 class Listener(threading.Thread):
@@ -690,6 +722,7 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
     checkpoints = missed = 0
     checkpoint_problems: list[str] = []
     schedule: FaultSchedule | None = None
+    stop = threading.Event()  # the creators'
     try:
         admin = make_user(platform, "bank-admin@example.com", admin=True)
         creators = [
@@ -729,9 +762,8 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
             for listener in listeners:
                 listener.start()
                 assert listener.connected.wait(30), f"{listener.name} did not connect"
-        stop = threading.Event()
         threads = [
-            threading.Thread(target=c.run, args=(fleet.servers, stop), name=c.name)
+            threading.Thread(target=c.run, args=(fleet.servers, stop), name=c.name, daemon=True)
             for c in creators
         ]
         for thread in threads:
@@ -865,6 +897,7 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
         assert ops["spend limit"] > 0, ops
         assert figures.refusals.get("submit 402 spend_limit_reached", 0) > 0, figures.refusals
     finally:
+        stop.set()
         if schedule is not None:
             schedule.stop()
         for listener in listeners:
