@@ -122,9 +122,10 @@ CHECKPOINT_EVERY_S = 4.0
 FAULT_EVERY_S = (2.0, 4.0)  # the schedule's moments
 CONCURRENCY = 3
 REQUEST_TIMEOUT_S = 10.0
-# A creator's jobs queued or running at once: with more, it waits for them
-# (the workers' pace bounds the load, so the queue stays short however long
-# the run, and the last jobs finish soon after the load stops).
+# A creator's jobs queued or running at once: with more, it does another
+# kind of operation instead of a submission (the workers' pace bounds the
+# jobs, so the queue stays short however long the run, and the last jobs
+# finish soon after the load stops).
 MAX_OPEN = 6
 # ``make soak``: operations to complete on each database (0: the short run),
 # and the hard cap on one database's run, whatever it reached.
@@ -262,6 +263,7 @@ class Creator:
     notes: Counter[str] = field(default_factory=Counter)
     accepted: dict[str, str] = field(default_factory=dict)  # key -> generation id
     open: set[str] = field(default_factory=set)  # accepted, maybe not finished yet
+    counted_open_at: float = 0.0  # when ``open`` was last read over the API
     refused: dict[str, int] = field(default_factory=dict)  # submission key -> status
     packs: set[str] = field(default_factory=set)  # pack keys answered 201
     topup: tuple[str, int] | None = None  # (pack, cap cents) when auto top-up is on
@@ -272,6 +274,7 @@ class Creator:
     limited_from: str | None = None  # the resets_at of the first limit answered
     violations: list[str] = field(default_factory=list)
     wire: Wire | None = None
+    admin_client: Client | None = None
 
     def attempt(self, kind: str | None, action: Callable[[], T]) -> T | ApiError | None:
         """One call through the client: its answer or its refusal (an
@@ -286,6 +289,8 @@ class Creator:
             answer = error
             if kind is not None:
                 self.refusals[f"{kind} {error.status} {error.code}"] += 1
+            if error.code == "account_suspended":
+                self.reinstate()
         except TransportError:
             self.notes["given up without an answer"] += 1
             return None
@@ -295,6 +300,13 @@ class Creator:
         if kind is not None:
             self.ops[kind] += 1
         return answer
+
+    def reinstate(self) -> None:
+        """The fair-use checks suspended this creator (its plan changes and
+        quick cancellations score as abuse): an operator reinstates it."""
+        if self.admin_client is not None:
+            admin = self.admin_client
+            self.attempt("reinstate", lambda: admin.reinstate_user(self.user.id))
 
     def run(self, servers: list[ServerProcess], stop: threading.Event) -> None:
         pick = random.Random(self.seed)
@@ -308,18 +320,21 @@ class Creator:
             Client(servers[0].url, self.user.api_key, **options) as client,
             Client(servers[0].url, self.admin.api_key, **options) as admin,
         ):
+            self.admin_client = admin
             n = 0
             while not stop.is_set():
                 n += 1
-                self.step(client, admin, pick, n, stop)
+                self.step(client, admin, pick, n)
 
-    def step(
-        self, client: Client, admin: Client, pick: random.Random, n: int, stop: threading.Event
-    ) -> None:
+    def step(self, client: Client, admin: Client, pick: random.Random, n: int) -> None:
         roll = pick.random()
-        if roll < 0.57 or (roll < 0.6 and not self.sets_limits):
-            if self.has_room(client, stop):
-                self.submit(client, pick, f"{self.name}-g{n}")
+        submits = roll < 0.57 or (roll < 0.6 and not self.sets_limits)
+        if submits and not self.has_room(client):
+            # Its jobs are waiting for the workers: another kind of operation.
+            self.notes["another operation instead of a submission"] += 1
+            submits, roll = False, 0.6 + 0.4 * pick.random()
+        if submits:
+            self.submit(client, pick, f"{self.name}-g{n}")
         elif roll < 0.6:
             self.limit_spending(client, pick)
         elif roll < 0.75 and self.accepted:
@@ -340,11 +355,14 @@ class Creator:
             key = f"{self.name}-c{n}"
             self.attempt("advance clock", lambda: admin.advance_clock(1, idempotency_key=key))
 
-    def has_room(self, client: Client, stop: threading.Event) -> bool:
+    def has_room(self, client: Client) -> bool:
         """Fewer than ``MAX_OPEN`` of its jobs are queued or running (read
-        over the API when it might be full); else it waits a moment."""
+        over the API when it might be full, at most twice a second)."""
         if len(self.open) < MAX_OPEN:
             return True
+        if time.monotonic() - self.counted_open_at < 0.5:
+            return False
+        self.counted_open_at = time.monotonic()
         still: set[str] = set()
         for status in ("queued", "running"):
 
@@ -356,11 +374,7 @@ class Creator:
                 return False
             still.update(found)
         self.open &= still
-        if len(self.open) < MAX_OPEN:
-            return True
-        self.notes["waits for its own jobs"] += 1
-        stop.wait(0.5)
-        return False
+        return len(self.open) < MAX_OPEN
 
     def move_threshold(self, client: Client, pick: random.Random) -> None:
         """Set the auto top-up's threshold just under the balance: the next
@@ -780,7 +794,7 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
                     continue
                 checkpoints += 1
 
-        checker = threading.Thread(target=checkpoint, name="checkpoints")
+        checker = threading.Thread(target=checkpoint, name="checkpoints", daemon=True)
         checker.start()
         schedule = FaultSchedule(bank_faults(bank), seed=SEED, every=FAULT_EVERY_S)
         schedule.start()
