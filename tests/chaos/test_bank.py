@@ -697,6 +697,11 @@ def event_problems(conn: Connection, listeners: list[Listener]) -> list[str]:
     return problems
 
 
+def _kind_of(problem: str) -> str:
+    """A violation as the soak's table lists it: its first line, cut short."""
+    return problem.splitlines()[0][:200]
+
+
 def unfinished(conn: Connection) -> int:
     """Jobs not terminal and auto top-up runs still charging."""
     jobs = conn.execute(
@@ -888,6 +893,7 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
             wire_5xx=sum(len(w.violations) for w in wires),
             violations=len(problems),
             non_terminal=non_terminal,
+            problems=list(dict.fromkeys(_kind_of(problem) for problem in problems))[:5],
             duration_s=time.monotonic() - started,
             chaos_s=chaos_s,
             finish_s=finish_s,
