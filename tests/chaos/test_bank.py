@@ -1,22 +1,28 @@
 """The bank test, after Jepsen's: the whole platform under concurrent clients
-and crashes, with the ledger's invariants checked while it runs and at the
-end, on SQLite and PostgreSQL.
+and faults, with the ledger's invariants checked while it runs and at the
+end, on SQLite and PostgreSQL. Short in ``make test`` (20 s of chaos, up to
+60 s on a busy machine until everything it asserts it covered happened);
+long in ``make soak`` (until ``PLASMAART_SOAK_OPS`` operations on each
+database).
 
 Two ``plasmaart serve --no-worker`` processes and two ``plasmaart worker``
-processes share one database. Client threads, each a creator with a seeded
-random generator, submit generations (a fifth of them told to fail by the
-sandbox provider, some to deliver only part of their outputs, some whose
-downloads are all refused, some with a delay), cancel their jobs, buy credit
-packs, change plans, move their auto top-up's threshold (three of them have
-it on, one with a card whose bank asks to confirm each off-session charge;
-the workers charge the runs as balances cross it), set (half of them) a
-monthly spend limit a little above what they spent, and advance the sandbox
-test clock a day at a time (which runs renewals and expiries), on either API
-process, retrying a request that got no answer with the same
-``Idempotency-Key`` and sometimes sending one twice on purpose. Meanwhile a
-worker is killed with SIGKILL every few seconds and started again (the job
-lease is short, so its jobs are taken over while the test runs), and once,
-mid-burst, an API process.
+processes share one database. Creator threads, each with a seeded random
+generator, drive them through the Python client (``plasmaart.client.Client``
+with a retry policy patient enough to ride out an outage: every request goes
+through its retries, ``Retry-After`` and ``Idempotency-Key``, each attempt to
+either API process at random). They submit generations (a fifth of them told
+to fail by the sandbox provider, some to deliver only part of their outputs,
+some whose downloads are all refused, some with a delay), cancel their jobs,
+buy credit packs, change plans, move their auto top-up's threshold (three of
+them have it on, one with a card whose bank asks to confirm each off-session
+charge; the workers charge the runs as balances cross it), set (half of them)
+a monthly spend limit a little above what they spent, and advance the sandbox
+test clock a day at a time (which runs renewals and expiries); one submission
+in ten is sent twice on purpose with its key. Meanwhile a fault schedule
+(``tests/support/faults/schedule.py``) injects the faults of ``bank_faults``
+at seeded random moments: today a worker killed with SIGKILL every few
+seconds (the job lease is short, so its jobs are taken over while the test
+runs) and an API process killed (once in the short run).
 
 Checked at checkpoints (in one snapshot) and at the end: the journal sums to
 zero, every wallet's balance equals its entries and its lots, nothing is
@@ -31,17 +37,22 @@ refusals); no wallet spent more in a month than its monthly spend limit;
 every pack purchase was paid once per key; every auto top-up run ended, one
 at a time per wallet, a succeeded one paid once (its pack's payment), a
 failed or unconfirmed one never, and no calendar month of top-ups past its
-cap.
+cap. No 5xx: neither one the client finally raises, nor one on the wire
+other than a 503 ``unavailable`` (documented for an outage, counted apart).
 On PostgreSQL the processes also share a real Redis (rate limits) and each
 creator holds an event stream on an API process: it must carry only their
 own generations, and the final state of every one of them, sent by worker
-processes through LISTEN/NOTIFY. A report of what was done and injected is
-printed.
+processes through LISTEN/NOTIFY (after a ``resync``, the listener reads the
+creator's generations again over the API, and the states it read count as
+delivered). The run's figures are printed (and, for ``make soak``, written
+into docs/reliability.md: ``tests/support/soak.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import threading
 import time
@@ -51,14 +62,24 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 from sqlalchemy import Connection, func, select
+from sqlalchemy.exc import DBAPIError
 
 from plasmaart.billing.sandbox import SandboxBackend
 from plasmaart.bootstrap import bootstrap
+from plasmaart.client import (
+    ApiError,
+    Client,
+    PlasmaArtError,
+    RetryPolicy,
+    ServerError,
+    SpendLimit,
+    TransportError,
+)
 from plasmaart.clock import as_utc
 from plasmaart.config import Settings
 from plasmaart.db.engine import Database
@@ -73,16 +94,49 @@ from plasmaart.db.tables import (
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.platform import Platform
 from tests.support.accounts import TestUser, make_user
-from tests.support.processes import ServerProcess, WorkerProcess, child_env
+from tests.support.faults.processes import ApiKill, Fleet, WorkerKill
+from tests.support.faults.schedule import FaultSchedule, Planned
+from tests.support.processes import ServerProcess, child_env
 from tests.support.redis_server import redis_server
+from tests.support.soak import Figures
+
+T = TypeVar("T")
 
 SEED = 7_2026
-RUN_S = 20.0  # the chaos phase
-FINISH_WITHIN_S = 90.0  # then every job must end
+RUN_S = 20.0  # the short run's chaos phase, at least
+# ... and on a busy machine longer, up to RUN_MAX_S, until each kind of
+# operation, a spend limit's refusal, the API kill and three worker kills
+# have happened (what the short run asserts it covered).
+RUN_MAX_S = 60.0
+OPERATIONS = (
+    "submit",
+    "cancel",
+    "buy pack",
+    "change plan",
+    "advance clock",
+    "move top-up threshold",
+    "spend limit",
+)
+FINISH_WITHIN_S = 180.0  # then every job must end (a bound: on a quiet machine, seconds)
 CHECKPOINT_EVERY_S = 4.0
-WORKER_KILL_EVERY_S = (2.0, 4.0)
+FAULT_EVERY_S = (2.0, 4.0)  # the schedule's moments
 CONCURRENCY = 3
 REQUEST_TIMEOUT_S = 10.0
+# A creator's jobs queued or running at once: with more, it does another
+# kind of operation instead of a submission (the workers' pace bounds the
+# jobs, so the queue stays short however long the run, and the last jobs
+# finish soon after the load stops).
+MAX_OPEN = 6
+# ``make soak``: operations to complete on each database (0: the short run),
+# and the hard cap on one database's run, whatever it reached.
+SOAK_OPS = int(os.environ.get("PLASMAART_SOAK_OPS", "0"))
+SOAK_MAX_S = float(os.environ.get("PLASMAART_SOAK_MAX_S", "2700"))
+SOAK_FINISH_WITHIN_S = 300.0
+SOAK_REPORT_DIR = os.environ.get("PLASMAART_SOAK_REPORT_DIR")
+# Patient enough to ride out a database restart (503 ``unavailable`` with
+# Retry-After 2, or no answer) and a killed API process: about 20 s of
+# retries, each wait jittered, a Retry-After up to 10 s honoured.
+PATIENT = RetryPolicy(max_retries=12, backoff=0.2, max_backoff=3.0, max_retry_after=10.0)
 TERMINAL = ("succeeded", "failed", "canceled")
 PLANS = ("starter", "pro", "studio")
 PACKS = ("pack-1000", "pack-3000")
@@ -100,13 +154,116 @@ TOPUP_MARGIN = (0, 20)
 
 
 @dataclass
+class Bank:
+    """One run's setting: the database the test reads (``database_url``;
+    the processes use ``env["DATABASE_URL"]``, which a fault may route
+    through a proxy), the processes' environment, the fleet, and what to
+    close at the end (``resources``)."""
+
+    dialect: str
+    soak: bool
+    database_url: str
+    env: dict[str, str]
+    tmp_path: Path
+    resources: ExitStack
+    fleet: Fleet | None = None
+
+
+def prepare(bank: Bank) -> None:
+    """What the processes need besides the database, started before them:
+    a fault that needs its own server (a dedicated PostgreSQL, a proxy in
+    front of the database, a size-limited filesystem, a fake provider)
+    starts it here on ``bank.resources`` and points ``bank.env`` at it.
+
+    The multi-node setup: on PostgreSQL the API processes share their rate
+    limits through Redis and receive the workers' events through
+    LISTEN/NOTIFY. (On SQLite, events stay in the process that made them.)"""
+    if bank.dialect == "postgresql":
+        bank.env["REDIS_URL"] = bank.resources.enter_context(redis_server())
+
+
+def bank_faults(bank: Bank) -> list[Planned]:
+    """The faults mixed into this run, per database: each a ``Planned``
+    (a ``Fault``, its weight, how long it stays in, at most how many times).
+    API process 1 holds the event streams and is never killed."""
+    assert bank.fleet is not None
+    faults = [
+        Planned(WorkerKill(bank.fleet, seed=SEED), weight=3, lasts=(0.0, 0.5)),
+        # The short run kills an API process once, early.
+        Planned(
+            ApiKill(bank.fleet, 0), weight=1 if bank.soak else 3, at_most=None if bank.soak else 1
+        ),
+    ]
+    if bank.dialect == "postgresql":
+        pass  # PostgreSQL's own faults go here
+    else:
+        pass  # SQLite's own faults go here
+    return faults
+
+
+class Wire(httpx.BaseTransport):
+    """The transport of a creator's clients: sends each attempt to one of
+    the API processes at random (one may be down: the client's retry goes
+    elsewhere) and sees every answer's status. A 503 ``unavailable`` is
+    documented (an outage; counted); any other 5xx is a violation, even if
+    a retry then succeeded."""
+
+    def __init__(self, servers: list[ServerProcess], seed: int) -> None:
+        self.servers = servers
+        self.inner = httpx.HTTPTransport()
+        self._pick = random.Random(seed)
+        self.attempts = 0
+        self.unanswered = 0
+        self.documented_503 = 0
+        self.violations: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        server = self._pick.choice(self.servers)
+        request.url = request.url.copy_with(port=server.port)
+        request.headers["Host"] = f"127.0.0.1:{server.port}"
+        self.attempts += 1
+        try:
+            response = self.inner.handle_request(request)
+        except httpx.TransportError:
+            self.unanswered += 1
+            raise
+        if response.status_code < 500:
+            return response
+        raw = b"".join(response.stream)  # type: ignore[union-attr]
+        response.close()
+        code = None
+        with contextlib.suppress(ValueError, AttributeError):
+            code = json.loads(raw).get("code")
+        if response.status_code == 503 and code == "unavailable":
+            self.documented_503 += 1
+        else:
+            self.violations.append(
+                f"{request.method} {request.url.path} on the wire: "
+                f"{response.status_code} {raw[:300]!r}"
+            )
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=httpx.ByteStream(raw),
+            extensions=response.extensions,
+        )
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass
 class Creator:
     user: TestUser
     name: str
     seed: int
-    admin_auth: dict[str, str]
-    ops: Counter[str] = field(default_factory=Counter)
+    admin: TestUser
+    ops: Counter[str] = field(default_factory=Counter)  # completed operations by kind
+    refusals: Counter[str] = field(default_factory=Counter)  # of those, refused, by code
+    notes: Counter[str] = field(default_factory=Counter)
     accepted: dict[str, str] = field(default_factory=dict)  # key -> generation id
+    open: set[str] = field(default_factory=set)  # accepted, maybe not finished yet
+    counted_open_at: float = 0.0  # when ``open`` was last read over the API
     refused: dict[str, int] = field(default_factory=dict)  # submission key -> status
     packs: set[str] = field(default_factory=set)  # pack keys answered 201
     topup: tuple[str, int] | None = None  # (pack, cap cents) when auto top-up is on
@@ -115,159 +272,143 @@ class Creator:
     sets_limits: bool = False  # half of the creators do
     limits_sent: list[int] = field(default_factory=list)
     limited_from: str | None = None  # the resets_at of the first limit answered
-    unanswered: int = 0
     violations: list[str] = field(default_factory=list)
+    wire: Wire | None = None
+    admin_client: Client | None = None
 
-    def call(
-        self,
-        servers: list[ServerProcess],
-        pick: random.Random,
-        method: str,
-        path: str,
-        *,
-        body: dict[str, Any] | None = None,
-        key: str | None = None,
-        auth: dict[str, str] | None = None,
-        deadline: float,
-    ) -> httpx.Response | None:
-        """One request on a random API process; one that gets no answer is
-        sent again (with the same key) until it does or the deadline passes."""
-        headers = dict(auth or self.user.auth)
-        if key:
-            headers["Idempotency-Key"] = key
-        while time.monotonic() < deadline:
-            server = pick.choice(servers)
-            try:
-                response = httpx.request(
-                    method,
-                    f"{server.url}{path}",
-                    json=body,
-                    headers=headers,
-                    timeout=REQUEST_TIMEOUT_S,
-                )
-            except httpx.TransportError:
-                self.unanswered += 1
-                time.sleep(0.05)
-                continue
-            if response.status_code == 409 and response.json().get("in_progress"):
-                time.sleep(0.1)  # the key's first request died with its server
-                continue
-            if response.status_code >= 500:
-                self.violations.append(f"{method} {path}: {response.status_code} {response.text}")
-            return response
-        return None
+    def attempt(self, kind: str | None, action: Callable[[], T]) -> T | ApiError | None:
+        """One call through the client: its answer or its refusal (an
+        operation of ``kind`` completed), or None when the client gave up
+        without an answer, or raised a 5xx (a violation)."""
+        try:
+            answer: T | ApiError = action()
+        except ServerError as error:
+            self.violations.append(f"{kind}: the client raised {error.status} {error.code}")
+            return None
+        except ApiError as error:
+            answer = error
+            if kind is not None:
+                self.refusals[f"{kind} {error.status} {error.code}"] += 1
+            if error.code == "account_suspended":
+                self.reinstate()
+        except TransportError:
+            self.notes["given up without an answer"] += 1
+            return None
+        except PlasmaArtError as error:
+            self.violations.append(f"{kind}: {error!r}")
+            return None
+        if kind is not None:
+            self.ops[kind] += 1
+        return answer
 
-    def run(self, servers: list[ServerProcess], stop: threading.Event, deadline: float) -> None:
+    def reinstate(self) -> None:
+        """The fair-use checks suspended this creator (its plan changes and
+        quick cancellations score as abuse): an operator reinstates it."""
+        if self.admin_client is not None:
+            admin = self.admin_client
+            self.attempt("reinstate", lambda: admin.reinstate_user(self.user.id))
+
+    def run(self, servers: list[ServerProcess], stop: threading.Event) -> None:
         pick = random.Random(self.seed)
-        n = 0
-        while not stop.is_set():
-            n += 1
-            roll = pick.random()
-            if roll < 0.57 or (roll < 0.6 and not self.sets_limits):
-                self.submit(servers, pick, f"{self.name}-g{n}", deadline)
-            elif roll < 0.6:
-                self.limit_spending(servers, pick, deadline)
-            elif roll < 0.75 and self.accepted:
-                generation_id = pick.choice(sorted(self.accepted.values()))
-                self.ops["cancel"] += 1
-                self.call(
-                    servers,
-                    pick,
-                    "POST",
-                    f"/v1/generations/{generation_id}/cancel",
-                    deadline=deadline,
-                )
-            elif roll < 0.85:
-                key = f"{self.name}-p{n}"
-                self.ops["buy pack"] += 1
-                response = self.call(
-                    servers,
-                    pick,
-                    "POST",
-                    "/v1/credit-purchases",
-                    body={"pack": pick.choice(PACKS)},
-                    key=key,
-                    deadline=deadline,
-                )
-                if response is not None and response.status_code == 201:
-                    self.packs.add(key)
-            elif roll < 0.9:
-                self.ops["change plan"] += 1
-                self.call(
-                    servers,
-                    pick,
-                    "PATCH",
-                    "/v1/subscription",
-                    body={"plan": pick.choice(PLANS)},
-                    key=f"{self.name}-s{n}",
-                    deadline=deadline,
-                )
-            elif roll < 0.95 and self.topup is not None:
-                self.move_threshold(servers, pick, deadline)
-            elif roll >= 0.95:
-                self.ops["advance clock"] += 1
-                self.call(
-                    servers,
-                    pick,
-                    "POST",
-                    "/v1/admin/clock/advance",
-                    body={"days": 1},
-                    auth=self.admin_auth,
-                    key=f"{self.name}-c{n}",
-                    deadline=deadline,
-                )
+        self.wire = Wire(servers, self.seed + 1_000)
+        options: dict[str, Any] = {
+            "timeout": REQUEST_TIMEOUT_S,
+            "retry": PATIENT,
+            "transport": self.wire,
+        }
+        with (
+            Client(servers[0].url, self.user.api_key, **options) as client,
+            Client(servers[0].url, self.admin.api_key, **options) as admin,
+        ):
+            self.admin_client = admin
+            n = 0
+            while not stop.is_set():
+                n += 1
+                self.step(client, admin, pick, n)
 
-    def move_threshold(
-        self, servers: list[ServerProcess], pick: random.Random, deadline: float
-    ) -> None:
+    def step(self, client: Client, admin: Client, pick: random.Random, n: int) -> None:
+        roll = pick.random()
+        submits = roll < 0.57 or (roll < 0.6 and not self.sets_limits)
+        if submits and not self.has_room(client):
+            # Its jobs are waiting for the workers: another kind of operation.
+            self.notes["another operation instead of a submission"] += 1
+            submits, roll = False, 0.6 + 0.4 * pick.random()
+        if submits:
+            self.submit(client, pick, f"{self.name}-g{n}")
+        elif roll < 0.6:
+            self.limit_spending(client, pick)
+        elif roll < 0.75 and self.accepted:
+            generation_id = pick.choice(sorted(self.accepted.values()))
+            self.attempt("cancel", lambda: client.cancel_generation(generation_id))
+        elif roll < 0.85:
+            key = f"{self.name}-p{n}"
+            pack = pick.choice(PACKS)
+            bought = self.attempt("buy pack", lambda: client.buy_credits(pack, idempotency_key=key))
+            if bought is not None and not isinstance(bought, ApiError):
+                self.packs.add(key)
+        elif roll < 0.9:
+            plan = pick.choice(PLANS)
+            self.attempt("change plan", lambda: client.change_plan(plan))
+        elif roll < 0.95 and self.topup is not None:
+            self.move_threshold(client, pick)
+        elif roll >= 0.95:
+            key = f"{self.name}-c{n}"
+            self.attempt("advance clock", lambda: admin.advance_clock(1, idempotency_key=key))
+
+    def has_room(self, client: Client) -> bool:
+        """Fewer than ``MAX_OPEN`` of its jobs are queued or running (read
+        over the API when it might be full, at most twice a second)."""
+        if len(self.open) < MAX_OPEN:
+            return True
+        if time.monotonic() - self.counted_open_at < 0.5:
+            return False
+        self.counted_open_at = time.monotonic()
+        still: set[str] = set()
+        for status in ("queued", "running"):
+
+            def listed(status: str = status) -> list[str]:
+                return [g.id for g in client.generations(status=status, page_size=200)]
+
+            found = self.attempt(None, listed)
+            if found is None or isinstance(found, ApiError):
+                return False
+            still.update(found)
+        self.open &= still
+        return len(self.open) < MAX_OPEN
+
+    def move_threshold(self, client: Client, pick: random.Random) -> None:
         """Set the auto top-up's threshold just under the balance: the next
         few jobs take it below, and a worker buys a pack."""
         assert self.topup is not None
-        balance = self.call(servers, pick, "GET", "/v1/balance", deadline=deadline)
-        if balance is None or balance.status_code != 200:
+        balance = self.attempt(None, client.balance)
+        if balance is None or isinstance(balance, ApiError):
             return
         pack, cap = self.topup
-        threshold = max(0, int(balance.json()["available"]) - pick.randint(*TOPUP_MARGIN))
-        self.ops["move top-up threshold"] += 1
-        self.call(
-            servers,
-            pick,
-            "PUT",
-            "/v1/auto-topup",
-            body={"enabled": True, "threshold": threshold, "pack": pack, "monthly_cap_cents": cap},
-            deadline=deadline,
+        threshold = max(0, balance.available - pick.randint(*TOPUP_MARGIN))
+        self.attempt(
+            "move top-up threshold",
+            lambda: client.set_auto_topup(
+                enabled=True, threshold=threshold, pack=pack, monthly_cap_cents=cap
+            ),
         )
 
-    def limit_spending(
-        self, servers: list[ServerProcess], pick: random.Random, deadline: float
-    ) -> None:
+    def limit_spending(self, client: Client, pick: random.Random) -> None:
         """Set (or raise) the wallet's monthly spend limit a little above what
         it spent this month: the submissions that follow meet it. Only this
         thread submits for this creator, so the spending cannot grow between
         the read and the write."""
-        self.ops["spend limit"] += 1
-        now = self.call(servers, pick, "GET", "/v1/spend-limit", deadline=deadline)
-        if now is None or now.status_code != 200:
+        now = self.attempt(None, client.spend_limit)
+        if now is None or isinstance(now, ApiError):
             return
-        current = now.json()
-        limit = current["spent"] + pick.randint(2, 25)
-        if current["monthly_credits"] is not None:
-            limit = max(limit, current["monthly_credits"])
+        limit = now.spent + pick.randint(2, 25)
+        if now.monthly_credits is not None:
+            limit = max(limit, now.monthly_credits)
         self.limits_sent.append(limit)
-        answer = self.call(
-            servers,
-            pick,
-            "PUT",
-            "/v1/spend-limit",
-            body={"monthly_credits": limit},
-            deadline=deadline,
-        )
-        if answer is not None and answer.status_code == 200 and self.limited_from is None:
-            self.limited_from = answer.json()["resets_at"]
+        answer = self.attempt("spend limit", lambda: client.set_spend_limit(limit))
+        if isinstance(answer, SpendLimit) and self.limited_from is None:
+            self.limited_from = answer.resets_at.isoformat()
 
-    def submit(
-        self, servers: list[ServerProcess], pick: random.Random, key: str, deadline: float
-    ) -> None:
+    def submit(self, client: Client, pick: random.Random, key: str) -> None:
         model, most = pick.choice(MODELS)
         outputs = pick.randint(1, most)
         sandbox: dict[str, Any] = {
@@ -279,62 +420,99 @@ class Creator:
             sandbox["fail_download"] = True
         elif fault < 0.25 and outputs > 1:
             sandbox["deliver"] = pick.randint(1, outputs - 1)
-        body = {
-            "model": model,
-            "prompt": f"{key}: a lighthouse in a storm",
-            "num_outputs": outputs,
-            "params": {"sandbox": sandbox},
-        }
-        self.ops["submit"] += 1
-        for attempt in range(2 if pick.random() < 0.1 else 1):
-            if attempt:
-                self.ops["deliberate retry"] += 1
-            response = self.call(
-                servers, pick, "POST", "/v1/generations", body=body, key=key, deadline=deadline
+        prompt = f"{key}: a lighthouse in a storm"
+
+        def send() -> Any:
+            return client.create_generation(
+                model,
+                prompt,
+                num_outputs=outputs,
+                params={"sandbox": sandbox},
+                idempotency_key=key,
             )
-            if response is None:
+
+        for repeat in range(2 if pick.random() < 0.1 else 1):
+            if repeat:
+                self.notes["submissions sent twice on purpose"] += 1
+            answer = self.attempt(None if repeat else "submit", send)
+            if answer is None:
                 return
-            if response.status_code == 201:
-                generation_id = response.json()["id"]
-                if self.accepted.setdefault(key, generation_id) != generation_id:
-                    self.violations.append(f"{key}: answered with two different jobs")
-            elif response.status_code < 500:
-                self.refused[key] = response.status_code
-                if response.status_code == 402:
-                    self.ops[f"refused {response.json()['code']}"] += 1
+            if isinstance(answer, ApiError):
+                if key not in self.accepted:
+                    self.refused[key] = answer.status
+            elif self.accepted.setdefault(key, answer.id) != answer.id:
+                self.violations.append(f"{key}: answered with two different jobs")
+            else:
+                self.open.add(answer.id)
 
 
 class Listener(threading.Thread):
     """One creator's ``/v1/events`` stream on an API process: the
-    ``generation.updated`` events it receives, as (generation id, status)."""
+    ``generation.updated`` events it receives, as (generation id, status).
+    After a ``resync`` (the process's database listener reconnected: events
+    may have been missed), or a stream that broke, it reads the creator's
+    generations again over the API (``reread``: the finished states it saw)
+    and goes on."""
+
+    MAX_RECONNECTS = 1_000
 
     def __init__(self, server: ServerProcess, creator: Creator) -> None:
         super().__init__(name=f"events-{creator.name}", daemon=True)
         self.url = f"{server.url}/v1/events"
         self.creator = creator
         self.events: list[tuple[str, str]] = []
+        self.reread: set[tuple[str, str]] = set()
+        self.resyncs = 0
+        self.reconnects = 0
+        self.errors: list[str] = []
         self.connected = threading.Event()
+        self.closing = threading.Event()
         self.http = httpx.Client(timeout=httpx.Timeout(10.0, read=None))
+        self.reader = Client(
+            server.url, creator.user.api_key, timeout=REQUEST_TIMEOUT_S, retry=PATIENT
+        )
 
     def run(self) -> None:
+        while not self.closing.is_set() and self.reconnects <= self.MAX_RECONNECTS:
+            with contextlib.suppress(httpx.HTTPError):
+                self.follow()
+            if self.closing.is_set():
+                return
+            # The stream broke: what it missed is read over the API.
+            self.reconnects += 1
+            self.read_again()
+            self.closing.wait(0.5)
+
+    def follow(self) -> None:
         event = None
+        with self.http.stream("GET", self.url, headers=self.creator.user.auth) as response:
+            self.connected.set()
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    event = line.removeprefix("event:").strip()
+                elif line.startswith("data:") and event == "generation.updated":
+                    data = json.loads(line.removeprefix("data:"))
+                    self.events.append((data["id"], data["status"]))
+                elif line.startswith("data:") and event == "resync":
+                    self.resyncs += 1
+                    self.read_again()
+                elif not line:
+                    event = None
+
+    def read_again(self) -> None:
         try:
-            with self.http.stream("GET", self.url, headers=self.creator.user.auth) as response:
-                self.connected.set()
-                for line in response.iter_lines():
-                    if line.startswith("event:"):
-                        event = line.removeprefix("event:").strip()
-                    elif line.startswith("data:") and event == "generation.updated":
-                        data = json.loads(line.removeprefix("data:"))
-                        self.events.append((data["id"], data["status"]))
-                    elif not line:
-                        event = None
-        except httpx.HTTPError:
-            pass  # closed by the test at the end
+            for generation in self.reader.generations(page_size=200):
+                if generation.status in TERMINAL:
+                    self.reread.add((generation.id, generation.status))
+        except PlasmaArtError as error:
+            if not self.closing.is_set():
+                self.errors.append(f"{self.name}: reading again after a resync: {error!r}")
 
     def close(self) -> None:
+        self.closing.set()
         self.http.close()
-        self.join(timeout=10)
+        self.join(timeout=30)
+        self.reader.close()
 
 
 def read_snapshot(db: Database, check: Callable[[Connection], list[str]]) -> list[str]:
@@ -495,7 +673,8 @@ def _month_of(moment: datetime) -> datetime:
 def event_problems(conn: Connection, listeners: list[Listener]) -> list[str]:
     """Each creator's stream carried only their own generations, and the final
     state of every one of them (from worker processes, through PostgreSQL
-    LISTEN/NOTIFY to the API process holding the stream)."""
+    LISTEN/NOTIFY to the API process holding the stream), or, after a
+    resync, the listener read it over the API."""
     problems: list[str] = []
     for listener in listeners:
         user_id = listener.creator.user.id
@@ -512,32 +691,57 @@ def event_problems(conn: Connection, listeners: list[Listener]) -> list[str]:
         problems += [
             f"{listener.name}: no {status} event for {gid}"
             for gid, status in own.items()
-            if (gid, status) not in seen
+            if (gid, status) not in seen and (gid, status) not in listener.reread
         ]
+        problems += listener.errors
     return problems
+
+
+def _kind_of(problem: str) -> str:
+    """A violation as the soak's table lists it: its first line, cut short."""
+    return problem.splitlines()[0][:200]
+
+
+def unfinished(conn: Connection) -> int:
+    """Jobs not terminal and auto top-up runs still charging."""
+    jobs = conn.execute(
+        select(func.count()).where(generations.c.status.not_in(TERMINAL))
+    ).scalar_one()
+    charging = conn.execute(
+        select(func.count()).where(topup_runs.c.status == "pending")
+    ).scalar_one()
+    return int(jobs) + int(charging)
 
 
 def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     started = time.monotonic()
     var_dir = tmp_path / "var"
-    platform: Platform = bootstrap(
-        Settings(database_url=database_url, var_dir=var_dir), migrate=False
-    )
-    env = child_env(database_url, var_dir)
-    env.update(PLASMAART_JOB_LEASE_S="3", PLASMAART_IDEMPOTENCY_TAKEOVER_S="2")
     resources = ExitStack()
-    # The multi-node setup: on PostgreSQL the API processes share their rate
-    # limits through Redis and receive the workers' events through
-    # LISTEN/NOTIFY. (On SQLite, events stay in the process that made them.)
-    multi_node = platform.db.dialect == "postgresql"
-    if multi_node:
-        env["REDIS_URL"] = resources.enter_context(redis_server())
-    servers = [ServerProcess(f"api{n}", env, tmp_path) for n in range(2)]
-    workers: list[WorkerProcess] = []
+    bank = Bank(
+        dialect="postgresql" if database_url.startswith("postgresql") else "sqlite",
+        soak=SOAK_OPS > 0,
+        database_url=database_url,
+        env=child_env(database_url, var_dir),
+        tmp_path=tmp_path,
+        resources=resources,
+    )
+    bank.env.update(PLASMAART_JOB_LEASE_S="3", PLASMAART_IDEMPOTENCY_TAKEOVER_S="2")
+    prepare(bank)
+    platform: Platform = bootstrap(
+        Settings(database_url=bank.database_url, var_dir=var_dir), migrate=False
+    )
+    fleet = bank.fleet = Fleet(
+        bank.env,
+        tmp_path,
+        [ServerProcess(f"api{n}", bank.env, tmp_path) for n in range(2)],
+        concurrency=CONCURRENCY,
+    )
     listeners: list[Listener] = []
-    faults: Counter[str] = Counter()
-    checkpoints = 0
+    creators: list[Creator] = []
+    checkpoints = missed = 0
     checkpoint_problems: list[str] = []
+    schedule: FaultSchedule | None = None
+    stop = threading.Event()  # the creators'
     try:
         admin = make_user(platform, "bank-admin@example.com", admin=True)
         creators = [
@@ -545,7 +749,7 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
                 make_user(platform, f"bank{n}@example.com", plan=plan, credits=2_000),
                 f"c{n}",
                 SEED + n,
-                admin.auth,
+                admin,
                 sets_limits=n % 2 == 0,
             )
             for n, plan in enumerate(("starter", "pro", "studio", "studio"))
@@ -567,19 +771,18 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
                     pack_id=pack,
                     monthly_cap_cents=cap,
                 )
-        for server in servers:
+        for server in fleet.servers:
             server.start()
-        workers = [WorkerProcess(f"worker{n}", env, tmp_path, CONCURRENCY) for n in range(2)]
-        if multi_node:
+        for n in range(2):
+            fleet.start_worker(n)
+        if bank.dialect == "postgresql":
             # On the API process that is never killed, so no event is missed.
-            listeners = [Listener(servers[1], creator) for creator in creators]
+            listeners = [Listener(fleet.servers[1], creator) for creator in creators]
             for listener in listeners:
                 listener.start()
                 assert listener.connected.wait(30), f"{listener.name} did not connect"
-        stop = threading.Event()
-        deadline = time.monotonic() + RUN_S + 30
         threads = [
-            threading.Thread(target=c.run, args=(servers, stop, deadline), name=c.name)
+            threading.Thread(target=c.run, args=(fleet.servers, stop), name=c.name, daemon=True)
             for c in creators
         ]
         for thread in threads:
@@ -587,64 +790,69 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
         checker_stop = threading.Event()
 
         def checkpoint() -> None:
-            nonlocal checkpoints
+            nonlocal checkpoints, missed
             while not checker_stop.wait(CHECKPOINT_EVERY_S):
-                checkpoint_problems.extend(read_snapshot(platform.db, check_ledger))
+                try:
+                    checkpoint_problems.extend(read_snapshot(platform.db, check_ledger))
+                except DBAPIError:
+                    missed += 1  # the database is away (a fault): the next one checks
+                    continue
                 checkpoints += 1
 
-        checker = threading.Thread(target=checkpoint, name="checkpoints")
+        checker = threading.Thread(target=checkpoint, name="checkpoints", daemon=True)
         checker.start()
-        chaos = random.Random(SEED)
-        chaos_ends = time.monotonic() + RUN_S
-        next_kill = time.monotonic() + chaos.uniform(*WORKER_KILL_EVERY_S)
-        api_killed = False
-        restarting: threading.Thread | None = None
-        while time.monotonic() < chaos_ends:
-            time.sleep(0.05)
-            now = time.monotonic()
-            if now >= next_kill:
-                victim = chaos.randrange(len(workers))
-                workers[victim].close()
-                faults["worker SIGKILL"] += 1
-                workers[victim] = WorkerProcess(
-                    f"worker{victim}-{faults['worker SIGKILL']}", env, tmp_path, CONCURRENCY
-                )
-                next_kill = now + chaos.uniform(*WORKER_KILL_EVERY_S)
-            if not api_killed and now >= chaos_ends - RUN_S / 2:
-                servers[0].kill()
-                faults["API SIGKILL"] += 1
-                api_killed = True
-                # Started again beside the chaos (its start-up takes seconds);
-                # meanwhile the clients use the other API process.
-                restarting = threading.Thread(target=servers[0].start, name="api0-restart")
-                restarting.start()
-        if restarting is not None:
-            restarting.join(timeout=90)
+        schedule = FaultSchedule(bank_faults(bank), seed=SEED, every=FAULT_EVERY_S)
+        schedule.start()
+
+        def completed() -> int:
+            return sum(sum(c.ops.values()) for c in creators)
+
+        def covered() -> bool:
+            ops = sum((c.ops for c in creators), Counter())
+            refusals = sum((c.refusals for c in creators), Counter())
+            return (
+                all(ops[kind] for kind in OPERATIONS)
+                and refusals["submit 402 spend_limit_reached"] > 0
+                and schedule.injected["API SIGKILL"] > 0
+                and schedule.injected["worker SIGKILL"] >= 3
+            )
+
+        chaos_began = time.monotonic()
+        chaos_ends = chaos_began + (SOAK_MAX_S if bank.soak else RUN_MAX_S)
+        while time.monotonic() < chaos_ends and not schedule.errors:
+            time.sleep(0.25)
+            if not any(thread.is_alive() for thread in threads):
+                break
+            if bank.soak and completed() >= SOAK_OPS:
+                break
+            if not bank.soak and time.monotonic() - chaos_began >= RUN_S and covered():
+                break
+        schedule.stop()  # every fault healed
         stop.set()
-        checker_stop.set()
-        checker.join(timeout=60)
         for thread in threads:
-            thread.join(timeout=max(deadline - time.monotonic(), 1))
+            # A call in flight finishes within its retries.
+            thread.join(timeout=120)
             assert not thread.is_alive(), f"{thread.name} did not stop"
+        checker_stop.set()
+        checker.join(timeout=120)
 
-        def unfinished(conn: Connection) -> int:
-            jobs = conn.execute(
-                select(func.count()).where(generations.c.status.not_in(TERMINAL))
-            ).scalar_one()
-            charging = conn.execute(
-                select(func.count()).where(topup_runs.c.status == "pending")
-            ).scalar_one()
-            return int(jobs) + int(charging)
-
-        finish_by = time.monotonic() + FINISH_WITHIN_S
+        chaos_s = time.monotonic() - chaos_began
+        backlog = read_snapshot(platform.db, lambda conn: [str(unfinished(conn))])[0]
+        finish_began = time.monotonic()
+        finish_by = finish_began + (SOAK_FINISH_WITHIN_S if bank.soak else FINISH_WITHIN_S)
         while read_snapshot(platform.db, lambda conn: [str(unfinished(conn))]) != ["0"]:
-            for worker in workers:
+            for worker in fleet.workers:
                 assert worker.process.poll() is None, f"{worker.name} exited:\n{worker.log()}"
             if time.monotonic() > finish_by:
                 break
             time.sleep(0.2)
 
-        problems = checkpoint_problems + [v for c in creators for v in c.violations]
+        finish_s = time.monotonic() - finish_began
+        problems = checkpoint_problems + [f"fault schedule: {e}" for e in schedule.errors]
+        for creator in creators:
+            problems += creator.violations
+            if creator.wire is not None:
+                problems += creator.wire.violations
         problems += read_snapshot(platform.db, lambda conn: final_problems(conn, creators))
         if listeners:
             time.sleep(2)  # the last jobs' events are on their way
@@ -652,34 +860,71 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
                 listener.close()
             problems += read_snapshot(platform.db, lambda conn: event_problems(conn, listeners))
         ops = sum((c.ops for c in creators), Counter())
+        if bank.soak and sum(ops.values()) < SOAK_OPS:
+            problems.append(
+                f"stopped at the hard cap ({SOAK_MAX_S:.0f} s) with "
+                f"{sum(ops.values())} of {SOAK_OPS} operations"
+            )
+        wires = [c.wire for c in creators if c.wire is not None]
         with platform.db.read() as conn:
             statuses = Counter(row[0] for row in conn.execute(select(generations.c.status)))
             topups = Counter(row[0] for row in conn.execute(select(topup_runs.c.status)))
+            non_terminal = unfinished(conn)
+        figures = Figures(
+            database=bank.dialect,
+            mode="soak" if bank.soak else "short",
+            target=SOAK_OPS or None,
+            operations=dict(ops),
+            refusals=dict(sum((c.refusals for c in creators), Counter())),
+            notes={
+                **sum((c.notes for c in creators), Counter()),
+                "jobs and top-ups unfinished when the load stopped": int(backlog),
+            },
+            faults=dict(schedule.injected),
+            jobs=dict(statuses),
+            topups=dict(topups),
+            checkpoints=checkpoints,
+            checkpoints_missed=missed,
+            events_checked=sum(len(listener.events) for listener in listeners),
+            resyncs=sum(listener.resyncs for listener in listeners),
+            attempts=sum(w.attempts for w in wires),
+            unanswered=sum(w.unanswered for w in wires),
+            documented_503=sum(w.documented_503 for w in wires),
+            wire_5xx=sum(len(w.violations) for w in wires),
+            violations=len(problems),
+            non_terminal=non_terminal,
+            problems=list(dict.fromkeys(_kind_of(problem) for problem in problems))[:5],
+            duration_s=time.monotonic() - started,
+            chaos_s=chaos_s,
+            finish_s=finish_s,
+        )
+        if SOAK_REPORT_DIR:
+            figures.write(Path(SOAK_REPORT_DIR))
         with capsys.disabled():
-            print(  # noqa: T201 - the bank report is meant to be read
-                f"\nbank ({platform.db.dialect}): operations {dict(ops)}; "
-                f"jobs {dict(statuses)}; auto top-ups {dict(topups)}; faults {dict(faults)}, "
-                f"{sum(c.unanswered for c in creators)} requests without an answer; "
-                f"{checkpoints} checkpoints; "
-                f"{sum(len(listener.events) for listener in listeners)} events checked; "
-                f"violations: {len(problems)}; "
-                f"{time.monotonic() - started:.1f} s"
-            )
-        logs = "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in [*servers, *workers])
+            print(f"\n{figures.line()}")  # noqa: T201 - the bank report is meant to be read
+        logs = "\n".join(
+            f"--- {p.name}\n{p.log()[-3000:]}" for p in [*fleet.servers, *fleet.workers]
+        )
         assert not problems, "\n".join(problems[:50]) + "\n" + logs
         assert ops["submit"] > 20
-        assert faults["worker SIGKILL"] >= 3
+        assert schedule.injected["worker SIGKILL"] >= 3
+        assert schedule.injected["API SIGKILL"] >= 1
         assert checkpoints >= 3
         assert statuses["succeeded"] > 0, statuses
         assert statuses["failed"] > 0, statuses
         assert topups["succeeded"] > 0, topups
         assert topups["action_required"] > 0, topups
         assert ops["spend limit"] > 0, ops
-        assert ops["refused spend_limit_reached"] > 0, ops
+        assert figures.refusals.get("submit 402 spend_limit_reached", 0) > 0, figures.refusals
     finally:
+        stop.set()
+        if schedule is not None:
+            schedule.stop()
         for listener in listeners:
             listener.close()
-        for process in [*workers, *servers]:
-            process.close()
+        for creator in creators:
+            if creator.wire is not None:
+                creator.wire.close()
+        fleet.close()
         platform.close()
         resources.close()

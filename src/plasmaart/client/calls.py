@@ -343,6 +343,95 @@ def usage_csv(since: Instant | None, until: Instant | None) -> Call[None]:
     return Call("GET", "/v1/usage.csv", _nothing, _query(since=since, until=until))
 
 
+# -- billing ------------------------------------------------------------------------
+
+
+def _subscribed(body: Any) -> m.Subscription | m.Checkout:
+    # Under Stripe billing: 200 {checkout_url}, a page to pay at.
+    if isinstance(body, dict) and "checkout_url" in body:
+        return m.decode(m.Checkout, body)
+    return m.decode(m.Subscription, body)
+
+
+def _purchased(body: Any) -> m.CreditPurchase | m.Checkout:
+    if isinstance(body, dict) and "checkout_url" in body:
+        return m.decode(m.Checkout, body)
+    return m.decode(m.CreditPurchase, body)
+
+
+def subscription() -> Call[m.Subscription]:
+    return Call("GET", "/v1/subscription", _one(m.Subscription))
+
+
+def subscribe(plan: str, key: str | None) -> Call[m.Subscription | m.Checkout]:
+    return Call("POST", "/v1/subscription", _subscribed, body={"plan": plan}, idempotency_key=key)
+
+
+def change_plan(plan: str, prorate_at: Instant | None) -> Call[m.Subscription]:
+    body: dict[str, Any] = {"plan": plan}
+    if prorate_at is not None:
+        body["prorate_at"] = _instant(prorate_at)
+    return Call("PATCH", "/v1/subscription", _one(m.Subscription), body=body)
+
+
+def cancel_subscription() -> Call[m.Subscription]:
+    return Call("DELETE", "/v1/subscription", _one(m.Subscription))
+
+
+def pay_subscription(key: str | None) -> Call[m.Subscription]:
+    return Call("POST", "/v1/subscription/pay", _one(m.Subscription), idempotency_key=key)
+
+
+def preview_subscription(plan: str, key: str | None) -> Call[m.SubscriptionPreview]:
+    return Call(
+        "POST",
+        "/v1/subscription/preview",
+        _one(m.SubscriptionPreview),
+        body={"plan": plan},
+        idempotency_key=key,
+    )
+
+
+def buy_credits(pack: str, key: str | None) -> Call[m.CreditPurchase | m.Checkout]:
+    return Call(
+        "POST", "/v1/credit-purchases", _purchased, body={"pack": pack}, idempotency_key=key
+    )
+
+
+def payments(cursor: str | None, size: int) -> Call[m.Page[m.Payment]]:
+    return Call("GET", "/v1/payments", _page(m.Payment), _query(cursor=cursor, limit=size))
+
+
+def spend_limit(team_id: str | None) -> Call[m.SpendLimit]:
+    return Call("GET", "/v1/spend-limit", _one(m.SpendLimit), _query(team_id=team_id))
+
+
+def set_spend_limit(monthly_credits: int | None, team_id: str | None) -> Call[m.SpendLimit]:
+    return Call(
+        "PUT",
+        "/v1/spend-limit",
+        _one(m.SpendLimit),
+        _query(team_id=team_id),
+        body={"monthly_credits": monthly_credits},
+    )
+
+
+def auto_topup(team_id: str | None) -> Call[m.AutoTopup]:
+    return Call("GET", "/v1/auto-topup", _one(m.AutoTopup), _query(team_id=team_id))
+
+
+def set_auto_topup(
+    enabled: bool, threshold: int, pack: str, monthly_cap_cents: int, team_id: str | None
+) -> Call[m.AutoTopup]:
+    body = {
+        "enabled": enabled,
+        "threshold": threshold,
+        "pack": pack,
+        "monthly_cap_cents": monthly_cap_cents,
+    }
+    return Call("PUT", "/v1/auto-topup", _one(m.AutoTopup), _query(team_id=team_id), body=body)
+
+
 # -- teams -------------------------------------------------------------------------
 
 
@@ -480,6 +569,26 @@ def adjust_credits(
         body["expires_at"] = _instant(expires_at)
     path = f"/v1/admin/users/{_segment(user_id)}/credits"
     return Call("POST", path, _one(m.CreditAdjustment), body=body, idempotency_key=key)
+
+
+def advance_clock(days: int, key: str | None) -> Call[m.ClockAdvance]:
+    return Call(
+        "POST",
+        "/v1/admin/clock/advance",
+        _one(m.ClockAdvance),
+        body={"days": days},
+        idempotency_key=key,
+    )
+
+
+def set_sandbox_card(
+    user_id: str, declines: bool, requires_action: bool | None, key: str | None
+) -> Call[m.SandboxCard]:
+    body: dict[str, Any] = {"declines": declines}
+    if requires_action is not None:
+        body["requires_action"] = requires_action
+    path = f"/v1/admin/users/{_segment(user_id)}/billing/sandbox-card"
+    return Call("POST", path, _one(m.SandboxCard), body=body, idempotency_key=key)
 
 
 # -- events ------------------------------------------------------------------------------

@@ -52,6 +52,9 @@ class Subscription:
     cancel_at_period_end: bool  # ends at the period end instead of renewing
     pending_plan: str | None
     cancel_reason: str | None = None  # requested | account_suspended
+    # While past due: when the account falls to Free unless the renewal is
+    # paid (only in the answers of the subscription's own calls).
+    grace_ends_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,130 @@ class UsageRow:
     generations: int
     outputs: int
     credits: int
+
+
+# -- billing -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """Under Stripe billing, subscribing and buying a pack answer a hosted
+    checkout page to pay at; the purchase applies once Stripe confirms it."""
+
+    checkout_url: str
+
+
+@dataclass(frozen=True)
+class SubscriptionPreview:
+    """What subscribing or changing to ``plan`` charges and grants now."""
+
+    plan: str
+    change: str  # subscribe | upgrade | downgrade | resume
+    amount_cents: int  # charged now
+    currency: str
+    credits_now: int  # granted now (an upgrade's expire at the period end)
+    takes_effect: str  # now | period_end
+    renews_at: datetime
+    renews_amount_cents: int
+    # An upgrade: pass it as ``prorate_at`` to ``change_plan`` to be charged
+    # exactly these amounts (within 15 minutes).
+    prorated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CreditPurchase:
+    payment_id: str
+    pack: str
+    credits: int
+    balance: int  # available credits right after the purchase
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Payment:
+    id: str
+    created_at: datetime
+    kind: str  # subscription | renewal | upgrade | pack
+    status: str  # succeeded | failed
+    description: str
+    plan: str | None
+    pack: str | None
+    amount_cents: int
+    currency: str
+    credits: int
+    period_start: datetime | None
+    period_end: datetime | None
+    failure_reason: str | None
+    receipt_number: str | None = None
+    receipt_url: str | None = None
+    hosted_invoice_url: str | None = None
+
+
+@dataclass(frozen=True)
+class SpendLimit:
+    """A wallet's own monthly spend limit (None: none), what it spent this
+    calendar month (UTC; charged or still held) and when that resets."""
+
+    monthly_credits: int | None
+    spent: int
+    resets_at: datetime
+
+
+@dataclass(frozen=True)
+class TopupRun:
+    id: str
+    status: str  # pending | succeeded | failed | action_required
+    created_at: datetime
+    finished_at: datetime | None
+    pack: str
+    credits: int
+    amount_cents: int
+    currency: str
+    payment_id: str | None
+    failure_reason: str | None
+    action_url: str | None  # action_required: where the customer confirms
+
+
+@dataclass(frozen=True)
+class AutoTopup:
+    """A wallet's auto top-up: buy ``pack`` when the available balance drops
+    below ``threshold``, spending at most ``monthly_cap_cents`` a month."""
+
+    wallet_id: str
+    enabled: bool
+    threshold: int
+    pack: str | None
+    monthly_cap_cents: int
+    currency: str
+    spent_this_month_cents: int
+    failures: int  # in a row
+    disabled_reason: str | None
+    in_flight: bool
+    last_run: TopupRun | None
+
+
+@dataclass(frozen=True)
+class ClockAdvance:
+    """The sandbox test clock moved (admins, sandbox billing only), and what
+    fell due: renewals, failed payments, downgrades, cancellations, grace
+    periods ended, lots expired."""
+
+    now: datetime
+    offset_days: float
+    renewed: int
+    downgraded: int
+    payment_failed: int
+    canceled: int
+    grace_ended: int
+    expired_lots: int
+    expired_credits: int
+
+
+@dataclass(frozen=True)
+class SandboxCard:
+    user_id: str
+    declines: bool
+    requires_action: bool
 
 
 # -- teams -------------------------------------------------------------------

@@ -53,10 +53,12 @@ class Client:
         max_retries: int = 4,
         backoff: float = 0.5,
         max_retry_after: float = 60.0,
+        retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._policy = RetryPolicy(
+        # A whole policy (``max_backoff`` too) replaces the three numbers.
+        self._policy = retry or RetryPolicy(
             max_retries=max_retries, backoff=backoff, max_retry_after=max_retry_after
         )
         self._sleep = sleep
@@ -481,6 +483,91 @@ class Client:
             return False
         return False
 
+    # -- billing ----------------------------------------------------------------------------
+
+    def subscription(self) -> m.Subscription:
+        """Your subscription (``status`` ``none`` without one; ``grace_ends_at``
+        while past due)."""
+        return self._send(calls.subscription())
+
+    def subscribe(
+        self, plan: str, *, idempotency_key: str | None = None
+    ) -> m.Subscription | m.Checkout:
+        """Subscribe to a paid plan. Sandbox billing charges the card on file
+        and answers the active subscription; Stripe answers a ``Checkout``
+        to pay at (the subscription starts once Stripe confirms it)."""
+        return self._send(calls.subscribe(plan, idempotency_key))
+
+    def change_plan(self, plan: str, *, prorate_at: Instant | None = None) -> m.Subscription:
+        """Upgrade now (prorated), or downgrade at the period end
+        (``pending_plan``). Your current plan withdraws a scheduled downgrade
+        or cancellation (resumes the subscription). ``prorate_at``: the
+        ``prorated_at`` of a ``preview_subscription`` to be charged exactly
+        what it showed."""
+        return self._send(calls.change_plan(plan, prorate_at))
+
+    def preview_subscription(
+        self, plan: str, *, idempotency_key: str | None = None
+    ) -> m.SubscriptionPreview:
+        """What subscribing or changing to ``plan`` would charge and grant
+        now, and the next renewal; nothing is charged."""
+        return self._send(calls.preview_subscription(plan, idempotency_key))
+
+    def cancel_subscription(self) -> m.Subscription:
+        """Cancel at the period end (``cancel_at_period_end``), then Free;
+        ``change_plan`` to the current plan resumes it before then."""
+        return self._send(calls.cancel_subscription())
+
+    def pay_subscription(self, *, idempotency_key: str | None = None) -> m.Subscription:
+        """Pay the failed renewal of a past-due subscription."""
+        return self._send(calls.pay_subscription(idempotency_key))
+
+    def buy_credits(
+        self, pack: str, *, idempotency_key: str | None = None
+    ) -> m.CreditPurchase | m.Checkout:
+        """Buy a credit pack (``credit_packs()``), on any plan. Sandbox: paid
+        and added at once; Stripe: a ``Checkout``. One purchase per
+        ``idempotency_key``, however often the request is sent."""
+        return self._send(calls.buy_credits(pack, idempotency_key))
+
+    def payments(
+        self, *, limit: int | None = None, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> Iterator[m.Payment]:
+        """What you paid, newest first, each with its receipt's number and page."""
+        return self._walk(calls.payments, limit, page_size)
+
+    def spend_limit(self, *, team_id: str | None = None) -> m.SpendLimit:
+        """Your wallet's monthly spend limit (with ``team_id``: the team's,
+        for its owner) and what it spent this month."""
+        return self._send(calls.spend_limit(team_id))
+
+    def set_spend_limit(
+        self, monthly_credits: int | None, *, team_id: str | None = None
+    ) -> m.SpendLimit:
+        """Set the wallet's monthly spend limit (None removes it); past it,
+        submissions raise ``ApiError`` 402 ``spend_limit_reached``."""
+        return self._send(calls.set_spend_limit(monthly_credits, team_id))
+
+    def auto_topup(self, *, team_id: str | None = None) -> m.AutoTopup:
+        """The wallet's auto top-up, what it spent this month and its last run."""
+        return self._send(calls.auto_topup(team_id))
+
+    def set_auto_topup(
+        self,
+        *,
+        enabled: bool,
+        threshold: int,
+        pack: str,
+        monthly_cap_cents: int,
+        team_id: str | None = None,
+    ) -> m.AutoTopup:
+        """Buy ``pack`` whenever the available balance drops below
+        ``threshold``, at most ``monthly_cap_cents`` a month. Enabling needs
+        a saved card (Stripe; else ``InvalidInputError`` ``payment_method_required``)."""
+        return self._send(
+            calls.set_auto_topup(enabled, threshold, pack, monthly_cap_cents, team_id)
+        )
+
     # -- teams ----------------------------------------------------------------------------
 
     def create_team(self, name: str, *, idempotency_key: str | None = None) -> m.Team:
@@ -604,6 +691,26 @@ class Client:
         """Grant (``amount`` > 0) or take back (< 0, never below zero)."""
         return self._send(
             calls.adjust_credits(user_id, amount, reason, expires_at, idempotency_key)
+        )
+
+    def advance_clock(self, days: int, *, idempotency_key: str | None = None) -> m.ClockAdvance:
+        """Move the sandbox test clock ``days`` forward for every process and
+        run what fell due (admins, sandbox billing only; else ``NotFoundError``)."""
+        return self._send(calls.advance_clock(days, idempotency_key))
+
+    def set_sandbox_card(
+        self,
+        user_id: str,
+        *,
+        declines: bool,
+        requires_action: bool | None = None,
+        idempotency_key: str | None = None,
+    ) -> m.SandboxCard:
+        """Make a user's sandbox card decline every charge, or succeed again;
+        ``requires_action``: its off-session charges (auto top-ups) ask to
+        confirm (admins, sandbox billing only)."""
+        return self._send(
+            calls.set_sandbox_card(user_id, declines, requires_action, idempotency_key)
         )
 
     # -- events -------------------------------------------------------------------------------
