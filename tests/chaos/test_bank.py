@@ -94,8 +94,13 @@ from plasmaart.db.tables import (
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.platform import Platform
 from tests.support.accounts import TestUser, make_user
+from tests.support.faults.clock import ClockControl, ClockJump
+from tests.support.faults.disk import DiskFull, SizeLimitedDir, size_limited_dir
+from tests.support.faults.postgres import FaultPostgres, PostgresOutage, PostgresRestart
 from tests.support.faults.processes import ApiKill, Fleet, WorkerKill
+from tests.support.faults.redis import RedisHung, RedisServer, RedisStopped, restartable_redis
 from tests.support.faults.schedule import FaultSchedule, Planned
+from tests.support.faults.tcp_proxy import ConnectionsDropped, ConnectionsStalled, TcpProxy
 from tests.support.processes import ServerProcess, child_env
 from tests.support.redis_server import redis_server
 from tests.support.soak import Figures
@@ -133,6 +138,10 @@ SOAK_OPS = int(os.environ.get("PLASMAART_SOAK_OPS", "0"))
 SOAK_MAX_S = float(os.environ.get("PLASMAART_SOAK_MAX_S", "2700"))
 SOAK_FINISH_WITHIN_S = 300.0
 SOAK_REPORT_DIR = os.environ.get("PLASMAART_SOAK_REPORT_DIR")
+# The soak's PostgreSQL deadline (a stalled connection is cut after it) and
+# the size of the SQLite leg's filesystem (its database; media stay apart).
+SOAK_DB_TIMEOUT_S = 2
+SOAK_DISK_MB = 512
 # Patient enough to ride out a database restart (503 ``unavailable`` with
 # Retry-After 2, or no answer) and a killed API process: about 20 s of
 # retries, each wait jittered, a Retry-After up to 10 s honoured.
@@ -167,6 +176,12 @@ class Bank:
     tmp_path: Path
     resources: ExitStack
     fleet: Fleet | None = None
+    # The soak's own servers and controls (``prepare``).
+    postgres: FaultPostgres | None = None
+    proxy: TcpProxy | None = None
+    redis: RedisServer | None = None
+    disk: SizeLimitedDir | None = None
+    clock: ClockControl | None = None
 
 
 def prepare(bank: Bank) -> None:
@@ -177,9 +192,38 @@ def prepare(bank: Bank) -> None:
 
     The multi-node setup: on PostgreSQL the API processes share their rate
     limits through Redis and receive the workers' events through
-    LISTEN/NOTIFY. (On SQLite, events stay in the process that made them.)"""
+    LISTEN/NOTIFY. (On SQLite, events stay in the process that made them.)
+
+    The soak injects more: on PostgreSQL the processes use a server of the
+    test's own (stopped and restarted at will), through a TCP proxy (which
+    cuts and stalls their connections), and a Redis it can kill or hang; on
+    SQLite the database lives on a size-limited filesystem it fills up; on
+    both, the processes' wall clock is under a ``ClockControl``."""
     if bank.dialect == "postgresql":
-        bank.env["REDIS_URL"] = bank.resources.enter_context(redis_server())
+        if not bank.soak:
+            bank.env["REDIS_URL"] = bank.resources.enter_context(redis_server())
+            return
+        redis = bank.redis = bank.resources.enter_context(restartable_redis())
+        bank.env["REDIS_URL"] = redis.url
+        server = bank.postgres = FaultPostgres(bank.tmp_path / "faulty-postgres")
+        bank.resources.callback(server.close)
+        bank.database_url = server.create_database("bank")
+        proxy = bank.proxy = TcpProxy("127.0.0.1", server.port)
+        bank.resources.callback(proxy.close)
+        bank.env["DATABASE_URL"] = server.url_of("bank", port=proxy.port)
+        bank.env["PLASMAART_DB_TIMEOUT_S"] = str(SOAK_DB_TIMEOUT_S)
+    elif bank.soak:
+        disk = bank.disk = bank.resources.enter_context(size_limited_dir(SOAK_DISK_MB))
+        bank.database_url = f"sqlite:///{disk.path / 'bank.db'}"
+        bank.env["DATABASE_URL"] = bank.database_url
+    if bank.soak:
+        migrated = bootstrap(
+            Settings(database_url=bank.database_url, var_dir=bank.tmp_path / "migrate"),
+            migrate=True,
+        )
+        migrated.close()
+        bank.clock = ClockControl(bank.tmp_path / "clock")
+        bank.env.update(bank.clock.env(bank.env))
 
 
 def bank_faults(bank: Bank) -> list[Planned]:
@@ -194,10 +238,33 @@ def bank_faults(bank: Bank) -> list[Planned]:
             ApiKill(bank.fleet, 0), weight=1 if bank.soak else 3, at_most=None if bank.soak else 1
         ),
     ]
+    if not bank.soak:
+        return faults
+    assert bank.clock is not None
+    # Small jumps: the sandbox provider and the jobs' steps measure time on
+    # the wall clock, and the run checks that no job timed out.
+    faults.append(
+        Planned(
+            ClockJump(bank.clock, random.Random(SEED + 100), min_s=5, max_s=30),
+            weight=1,
+            lasts=(1.0, 5.0),
+        )
+    )
     if bank.dialect == "postgresql":
-        pass  # PostgreSQL's own faults go here
+        assert bank.postgres is not None
+        assert bank.proxy is not None
+        assert bank.redis is not None
+        faults += [
+            Planned(PostgresRestart(bank.postgres), weight=1, lasts=(0.0, 0.5)),
+            Planned(PostgresOutage(bank.postgres), weight=1, lasts=(1.0, 4.0)),
+            Planned(ConnectionsDropped(bank.proxy), weight=1, lasts=(0.0, 0.5)),
+            Planned(ConnectionsStalled(bank.proxy, 3.0), weight=1, lasts=(0.0, 0.5)),
+            Planned(RedisStopped(bank.redis), weight=1, lasts=(1.0, 5.0)),
+            Planned(RedisHung(bank.redis), weight=1, lasts=(0.5, 3.0)),
+        ]
     else:
-        pass  # SQLite's own faults go here
+        assert bank.disk is not None
+        faults.append(Planned(DiskFull(bank.disk), weight=2, lasts=(1.0, 5.0)))
     return faults
 
 
