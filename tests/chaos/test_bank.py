@@ -54,6 +54,8 @@ import contextlib
 import json
 import os
 import random
+import shutil
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -205,7 +207,11 @@ def prepare(bank: Bank) -> None:
             return
         redis = bank.redis = bank.resources.enter_context(restartable_redis())
         bank.env["REDIS_URL"] = redis.url
-        server = bank.postgres = FaultPostgres(bank.tmp_path / "faulty-postgres")
+        # Not under pytest's folder: another pytest run of root's resets it
+        # to 0700, which locks the postgres user out of its data directory.
+        base = Path(tempfile.mkdtemp(prefix="plasmaart-soak-postgres-"))
+        bank.resources.callback(shutil.rmtree, base, ignore_errors=True)
+        server = bank.postgres = FaultPostgres(base)
         bank.resources.callback(server.close)
         bank.database_url = server.create_database("bank")
         proxy = bank.proxy = TcpProxy("127.0.0.1", server.port)
@@ -271,9 +277,9 @@ def bank_faults(bank: Bank) -> list[Planned]:
 class Wire(httpx.BaseTransport):
     """The transport of a creator's clients: sends each attempt to one of
     the API processes at random (one may be down: the client's retry goes
-    elsewhere) and sees every answer's status. A 503 ``unavailable`` is
-    documented (an outage; counted); any other 5xx is a violation, even if
-    a retry then succeeded."""
+    elsewhere) and sees every answer's status. A 503 ``unavailable`` (an
+    outage) and a 507 ``storage_full`` (a full disk) are documented (counted);
+    any other 5xx is a violation, even if a retry then succeeded."""
 
     def __init__(self, servers: list[ServerProcess], seed: int) -> None:
         self.servers = servers
@@ -282,6 +288,7 @@ class Wire(httpx.BaseTransport):
         self.attempts = 0
         self.unanswered = 0
         self.documented_503 = 0
+        self.documented_507 = 0
         self.violations: list[str] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -303,6 +310,8 @@ class Wire(httpx.BaseTransport):
             code = json.loads(raw).get("code")
         if response.status_code == 503 and code == "unavailable":
             self.documented_503 += 1
+        elif response.status_code == 507 and code == "storage_full":
+            self.documented_507 += 1
         else:
             self.violations.append(
                 f"{request.method} {request.url.path} on the wire: "
@@ -350,8 +359,13 @@ class Creator:
         try:
             answer: T | ApiError = action()
         except ServerError as error:
-            self.violations.append(f"{kind}: the client raised {error.status} {error.code}")
-            return None
+            if (error.status, error.code) != (507, "storage_full"):
+                self.violations.append(f"{kind}: the client raised {error.status} {error.code}")
+                return None
+            # The disk is full (a fault): refused, nothing written, documented.
+            answer = error
+            if kind is not None:
+                self.refusals[f"{kind} {error.status} {error.code}"] += 1
         except ApiError as error:
             answer = error
             if kind is not None:
@@ -957,6 +971,7 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
             attempts=sum(w.attempts for w in wires),
             unanswered=sum(w.unanswered for w in wires),
             documented_503=sum(w.documented_503 for w in wires),
+            documented_507=sum(w.documented_507 for w in wires),
             wire_5xx=sum(len(w.violations) for w in wires),
             violations=len(problems),
             non_terminal=non_terminal,

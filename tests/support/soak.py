@@ -52,6 +52,7 @@ class Figures:
     duration_s: float  # the whole run, set-up and checks included
     chaos_s: float = 0.0  # the clients and faults, until the target (or the short run's 20 s)
     finish_s: float = 0.0  # then until every job and top-up ended
+    documented_507: int = 0  # 507 `storage_full` answers (a full disk), refusals
     problems: list[str] = field(default_factory=list)  # the first violations, distinct
     machine: str = field(default_factory=lambda: f"{platform.machine()}, {_cpus()} CPUs")
     finished_at: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M"))
@@ -72,7 +73,8 @@ class Figures:
             f"refused {self.refusals}; {self.notes}; jobs {self.jobs}; "
             f"auto top-ups {self.topups}; faults {self.faults}; "
             f"{self.attempts} requests sent, {self.unanswered} without an answer, "
-            f"{self.documented_503} documented 503s, {self.wire_5xx} other 5xx; "
+            f"{self.documented_503} documented 503s, {self.documented_507} documented 507s, "
+            f"{self.wire_5xx} other 5xx; "
             f"{self.checkpoints} checkpoints ({self.checkpoints_missed} missed), "
             f"{self.events_checked} events checked, {self.resyncs} resyncs; "
             f"{self.non_terminal} not terminal; violations: {self.violations}; "
@@ -105,7 +107,7 @@ def render(runs: list[Figures]) -> str:
     """The generated part of the soak section: a table, a row per database."""
     head = (
         "| database | operations (target) | by kind | faults injected | checks | "
-        "5xx outside documented 503s | violations | not terminal at the end | duration |"
+        "5xx outside documented 503s and 507s | violations | not terminal at the end | duration |"
     )
     rule = "|---|---:|---|---|---|---:|---:|---:|---:|"
     rows = []
@@ -119,6 +121,8 @@ def render(runs: list[Figures]) -> str:
             f"; {run.unanswered:,} requests without an answer, "
             f"{run.documented_503:,} answered 503 `unavailable`"
         )
+        if run.documented_507:
+            faults += f", {run.documented_507:,} answered 507 `storage_full`"
         checks = (
             f"{run.checkpoints:,} checkpoints ({run.checkpoints_missed} missed) + the end; "
             f"{run.events_checked:,} events, {run.resyncs} resyncs"
