@@ -60,6 +60,30 @@ def _cheap_password_hashing() -> Iterator[None]:
         yield
 
 
+# fsync of files on the temporary folder's filesystem is skipped in this
+# process: every output and upload is written atomically with two fsyncs (the
+# file, then its folder), 4-15 ms each on this shared disk, and a test's files
+# are thrown away with it (a power cut is nothing a test can see). The writes,
+# renames and their order are unchanged; a test can still make fsync fail
+# (test_media_storage patches over this). Files on any other filesystem (a
+# size-limited image a fault test mounts) are fsynced for real, so a full
+# disk is met at fsync as in production. Child processes fsync as always.
+_TEMP_DEVICE = os.stat(tempfile.gettempdir()).st_dev
+_real_fsync = os.fsync
+
+
+def _fsync_off_temp_disk(fd: int) -> None:
+    if os.fstat(fd).st_dev != _TEMP_DEVICE:
+        _real_fsync(fd)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_fsync_on_throwaway_files() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fsync", _fsync_off_temp_disk)
+        yield
+
+
 # How often the listener threads look at their stop flag (production: 0.25 s
 # for the caches, 0.5 s for the event bus and the poll wake-ups). Closing a
 # platform joins these threads, so every PostgreSQL platform's close waited
