@@ -14,11 +14,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from hypothesis import settings
+from PIL import Image
 from sqlalchemy import create_engine, text
 
 from plasmaart.accounts import passwords
@@ -81,6 +83,32 @@ def _fsync_off_temp_disk(fd: int) -> None:
 def _no_fsync_on_throwaway_files() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(os, "fsync", _fsync_off_temp_disk)
+        yield
+
+
+# PNGs written in the test process are deflated at zlib level 1 instead of
+# the default 6 (or the level asked): the sandbox's pictures (render, then
+# the watermark's re-encode) cost 0.6 s each at 1344x768 on this machine and
+# 0.14 s at level 1, and the suite makes hundreds. The pixels, text chunks
+# and ICC profile are the same, the files a little larger (still lossless
+# PNG); no test asserts a compression level or a size, and a level of 0 is
+# kept. Child processes compress as in production.
+TEST_PNG_COMPRESS_LEVEL = 1
+Image.preinit()  # registers the PNG plugin
+_png_save = Image.SAVE["PNG"]
+
+
+def _quick_png_save(im: Image.Image, fp: Any, filename: Any, *args: Any, **kwargs: Any) -> None:
+    level = im.encoderinfo.get("compress_level", -1)
+    if level < 0 or level > TEST_PNG_COMPRESS_LEVEL:
+        im.encoderinfo = {**im.encoderinfo, "compress_level": TEST_PNG_COMPRESS_LEVEL}
+    _png_save(im, fp, filename, *args, **kwargs)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quick_png_compression() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(Image.SAVE, "PNG", _quick_png_save)
         yield
 
 
