@@ -14,11 +14,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from hypothesis import settings
+from PIL import Image
 from sqlalchemy import create_engine, text
 
 from plasmaart.accounts import passwords
@@ -57,6 +59,56 @@ TEST_PASSWORD_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 def _cheap_password_hashing() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(passwords, "_hasher", TEST_PASSWORD_HASHER)
+        yield
+
+
+# fsync of files on the temporary folder's filesystem is skipped in this
+# process: every output and upload is written atomically with two fsyncs (the
+# file, then its folder), 4-15 ms each on this shared disk, and a test's files
+# are thrown away with it (a power cut is nothing a test can see). The writes,
+# renames and their order are unchanged; a test can still make fsync fail
+# (test_media_storage patches over this). Files on any other filesystem (a
+# size-limited image a fault test mounts) are fsynced for real, so a full
+# disk is met at fsync as in production. Child processes fsync as always.
+_TEMP_DEVICE = os.stat(tempfile.gettempdir()).st_dev
+_real_fsync = os.fsync
+
+
+def _fsync_off_temp_disk(fd: int) -> None:
+    if os.fstat(fd).st_dev != _TEMP_DEVICE:
+        _real_fsync(fd)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_fsync_on_throwaway_files() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fsync", _fsync_off_temp_disk)
+        yield
+
+
+# PNGs written in the test process are deflated at zlib level 1 instead of
+# the default 6 (or the level asked): the sandbox's pictures (render, then
+# the watermark's re-encode) cost 0.6 s each at 1344x768 on this machine and
+# 0.14 s at level 1, and the suite makes hundreds. The pixels, text chunks
+# and ICC profile are the same, the files a little larger (still lossless
+# PNG); no test asserts a compression level or a size, and a level of 0 is
+# kept. Child processes compress as in production.
+TEST_PNG_COMPRESS_LEVEL = 1
+Image.preinit()  # registers the PNG plugin
+_png_save = Image.SAVE["PNG"]
+
+
+def _quick_png_save(im: Image.Image, fp: Any, filename: Any, *args: Any, **kwargs: Any) -> None:
+    level = im.encoderinfo.get("compress_level", -1)
+    if level < 0 or level > TEST_PNG_COMPRESS_LEVEL:
+        im.encoderinfo = {**im.encoderinfo, "compress_level": TEST_PNG_COMPRESS_LEVEL}
+    _png_save(im, fp, filename, *args, **kwargs)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quick_png_compression() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(Image.SAVE, "PNG", _quick_png_save)
         yield
 
 
