@@ -85,7 +85,7 @@ _OPEN_LOTS = Sql(
 # The hold and its allocations, one row per lot it drew from.
 _HOLD_WITH_LOTS = Sql(
     """SELECT h.amount, h.status, h.generation_id, h.model,
-    hl.lot_id, hl."position", hl.credits, l.expires_at, l.closed_reason
+    hl.lot_id, hl."position", hl.credits, l.expires_at, l.closed_reason, l.remaining
     FROM holds AS h
     JOIN hold_lots AS hl ON hl.hold_id = h.id
     JOIN lots AS l ON l.id = hl.lot_id
@@ -105,7 +105,7 @@ _SQLITE_LOCK_HOLD_WITH_LOTS = Sql(
     """SELECT h.wallet_id, w.available, w.held, o.operation, o.request_hash, o.result,
     w.monthly_spend_limit, w.watch_below, w.watch_above,
     h.amount, h.status, h.generation_id, h.model,
-    hl.lot_id, hl."position", hl.credits, l.expires_at, l.closed_reason
+    hl.lot_id, hl."position", hl.credits, l.expires_at, l.closed_reason, l.remaining
     FROM holds AS h
     JOIN wallets AS w ON w.id = h.wallet_id
     LEFT OUTER JOIN ledger_operations AS o ON o.idempotency_key = :key
@@ -197,6 +197,8 @@ class HoldPart(NamedTuple):
     credits: int
     expires_at: datetime | None
     closed_reason: str | None
+    # What the lot itself still holds (read under the wallet's lock).
+    remaining: int
 
 
 class Driver:
@@ -367,6 +369,7 @@ class Driver:
                 int(credits),
                 self.read_time(expires_at),
                 closed_reason,
+                int(remaining),
             )
             for (
                 amount,
@@ -378,6 +381,7 @@ class Driver:
                 credits,
                 expires_at,
                 closed_reason,
+                remaining,
             ) in part_rows
         ]
 

@@ -732,10 +732,17 @@ class LedgerService:
         kind: str,
         reason: str,
         memo: str | None = None,
+        *,
+        unswept: int = 0,
     ) -> None:
+        """Close the lot, taking ``credits`` out of the wallet with it; with
+        ``unswept``, what the lot itself still held (read under the wallet's
+        lock) expires first, as its own entry."""
         to_account = "issuance" if kind == "clawback" else "expired"
+        if unswept:
+            wallet.move(kind, "wallet", to_account, unswept, lot_id=lot_id)
         wallet.move(kind, "wallet", to_account, credits, lot_id=lot_id, memo=memo)
-        repo.close_lot(conn, lot_id, reason=reason, expired=credits, now=wallet.now)
+        repo.close_lot(conn, lot_id, reason=reason, expired=unswept + credits, now=wallet.now)
 
     def _settle(
         self,
@@ -816,6 +823,11 @@ class LedgerService:
                 ):
                     # The lot expired while its credits were held: they come
                     # back and expire at once, as an explicit expiry entry.
+                    # A lot past its expiry that no sweep nor renewal has
+                    # closed yet still holds credits of its own: closing it
+                    # empties it, so they expire here too, as the sweep would
+                    # have expired them (else the lot loses them while the
+                    # wallet's balance keeps them).
                     self._expire_lot(
                         conn,
                         wallet,
@@ -824,6 +836,7 @@ class LedgerService:
                         "expire",
                         "expired",
                         memo="released after its lot expired",
+                        unswept=lot.remaining,
                     )
                     expired_total += part
                 else:
