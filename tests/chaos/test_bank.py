@@ -902,6 +902,7 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
         chaos_ends = chaos_began + (SOAK_MAX_S if bank.soak else RUN_MAX_S)
         while time.monotonic() < chaos_ends and not schedule.errors:
             time.sleep(0.25)
+            fleet.restart_exited()
             if not any(thread.is_alive() for thread in threads):
                 break
             if bank.soak and completed() >= SOAK_OPS:
@@ -922,14 +923,14 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
         finish_began = time.monotonic()
         finish_by = finish_began + (SOAK_FINISH_WITHIN_S if bank.soak else FINISH_WITHIN_S)
         while read_snapshot(platform.db, lambda conn: [str(unfinished(conn))]) != ["0"]:
-            for worker in fleet.workers:
-                assert worker.process.poll() is None, f"{worker.name} exited:\n{worker.log()}"
+            fleet.restart_exited()
             if time.monotonic() > finish_by:
                 break
             time.sleep(0.2)
 
         finish_s = time.monotonic() - finish_began
         problems = checkpoint_problems + [f"fault schedule: {e}" for e in schedule.errors]
+        problems += fleet.problems
         for creator in creators:
             problems += creator.violations
             if creator.wire is not None:
@@ -960,6 +961,9 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
             notes={
                 **sum((c.notes for c in creators), Counter()),
                 "jobs and top-ups unfinished when the load stopped": int(backlog),
+                "processes started again after exiting at start-up (the database away)": (
+                    fleet.restarted
+                ),
             },
             faults=dict(schedule.injected),
             jobs=dict(statuses),
