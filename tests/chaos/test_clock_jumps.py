@@ -303,8 +303,10 @@ LEASE_S = 3
 CONCURRENCY = 2
 SPARE_CONCURRENCY = 8
 # A takeover after a backwards jump: the clock pass's lease clamp (every
-# second here, PLASMAART_CLOCK_INTERVAL_S), then one lease, then a claim.
-TAKEOVER_WITHIN_S = 20.0
+# second here, PLASMAART_CLOCK_INTERVAL_S), then one lease, then a claim: a
+# few seconds, 17 s once under a load of 25; well short of the jump back
+# (at least 120 s), which a stranded job would wait out.
+TAKEOVER_WITHIN_S = 60.0
 START_WITHIN_S = 30.0
 FINISH_WITHIN_S = 40.0
 POLL_S = 0.05
