@@ -198,10 +198,10 @@ def test_500s_are_retried_then_fail_the_job_if_they_last(
         assert r.worker.drain() == 3
         outcome = settled(r)
         assert r.fake.submit_lies.count("submit:error") >= 2  # retried before giving up
+        error = row(r, at_result).error_message
     assert outcome[passes] == ("succeeded", None, 4)
     assert outcome[at_submit] == ("failed", "provider_unavailable", 0)
     assert outcome[at_result] == ("failed", "provider_unavailable", 0)
-    error = row(r, at_result).error_message
     assert "HTTP 500" in error, error
 
 
@@ -242,10 +242,11 @@ def test_k_of_n_outputs_are_charged_for_k(
         balance = r.platform.ledger
         with r.platform.db.read() as conn:
             available = balance.balance(conn, r.user.wallet_id).available
+        charged = row(r, one_of_four)
     assert outcome[one_of_four] == ("succeeded", None, 1)
     assert outcome[none_of_two] == ("failed", "generation_failed", 0)
-    assert (row(r, one_of_four).credits_charged, available) == (5, 5000 - 5)
-    served = r.fake.record()[row(r, one_of_four).provider_request_id]
+    assert (charged.credits_charged, available) == (5, 5000 - 5)
+    served = r.fake.record()[charged.provider_request_id]
     assert (served.asked, served.offered, served.downloads) == (4, 1, (0,))
 
 
@@ -391,6 +392,7 @@ def test_child_processes_reach_the_lying_fake_through_fal_env(
         wait_for(ended, "every job's end", timeout=30.0)
         r = Rig(setup, fake, ManualClock(), Worker(setup, 1), user)
         outcome = settled(r)
+        garbled_request = row(r, jobs[4]).provider_request_id
     assert [outcome[job][::2] for job in jobs[:4]] == [
         ("succeeded", 2),
         ("succeeded", 2),
@@ -398,6 +400,6 @@ def test_child_processes_reach_the_lying_fake_through_fal_env(
         ("succeeded", 1),
     ]
     served = fake.record()
-    garbled = served[row(r, jobs[4]).provider_request_id]
+    garbled = served[garbled_request]
     assert (outcome[jobs[4]][0], garbled.webhooks) == ("succeeded", (200,))
     assert sum(lies.told.values()) == 1
