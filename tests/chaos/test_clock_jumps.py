@@ -16,16 +16,14 @@ jumps while jobs run: see ``test_leases_survive_the_wall_clock_jumping``.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -35,7 +33,6 @@ from plasmaart.billing.sandbox import SandboxBackend
 from plasmaart.bootstrap import bootstrap
 from plasmaart.clock import ManualClock, as_utc
 from plasmaart.config import Settings
-from plasmaart.db.engine import Database
 from plasmaart.db.tables import (
     generation_outputs,
     generations,
@@ -53,8 +50,7 @@ from tests.support.accounts import TestUser, make_user
 from tests.support.faults.clock import ClockControl, ClockJump
 from tests.support.matrix import Snapshot, changes, snapshot
 from tests.support.processes import WorkerProcess, child_env
-
-T = TypeVar("T")
+from tests.support.worker_runs import jobs_now, sandbox_jobs_by_prompt, wait_for_workers
 
 JAN_1 = datetime(2026, 1, 1, tzinfo=UTC)
 FEB_1 = datetime(2026, 2, 1, tzinfo=UTC)
@@ -309,44 +305,10 @@ SPARE_CONCURRENCY = 8
 TAKEOVER_WITHIN_S = 60.0
 START_WITHIN_S = 30.0
 FINISH_WITHIN_S = 40.0
-POLL_S = 0.05
 TERMINAL = ("succeeded", "failed", "canceled")
 PROCESS_USERS = {"ivy@example.com": "studio", "ola@example.com": "pro"}
 # (user, outputs, provider delay in s): six short jobs.
 PROCESS_JOBS = tuple((email, 1, 1 + n % 2) for n, email in enumerate(list(PROCESS_USERS) * 3))
-
-
-def jobs_now(db: Database) -> dict[str, Any]:
-    with db.read() as conn:
-        return {row.id: row for row in conn.execute(select(generations))}
-
-
-def wait_for(
-    check: Callable[[], T | None], within_s: float, what: str, workers: list[WorkerProcess]
-) -> T:
-    """Poll ``check`` until it returns something; fail with the workers' logs
-    after ``within_s`` or when one of them exited."""
-    deadline = time.monotonic() + within_s
-    while True:
-        found = check()
-        if found is not None:
-            return found
-        for worker in workers:
-            code = worker.process.poll()
-            if code is not None:
-                pytest.fail(f"{worker.name} exited ({code}) before {what}:\n{worker.log()}")
-        if time.monotonic() >= deadline:
-            logs = "\n".join(f"--- {w.name}\n{w.log()[-3000:]}" for w in workers)
-            pytest.fail(f"not {what} within {within_s:g} s\n{logs}")
-        time.sleep(POLL_S)
-
-
-def provider_jobs_by_prompt(var_dir: Path) -> dict[str, list[str]]:
-    """The sandbox provider's jobs (request ids), by prompt."""
-    found: dict[str, list[str]] = defaultdict(list)
-    for path in sorted((var_dir / "sandbox").glob("*.json")):
-        found[json.loads(path.read_bytes())["prompt"]].append(path.stem)
-    return found
 
 
 def test_leases_survive_the_wall_clock_jumping(
@@ -404,7 +366,7 @@ def test_leases_survive_the_wall_clock_jumping(
             ]
             return mine or None
 
-        wait_for(first_has_jobs_at_the_provider, START_WITHIN_S, "jobs in flight", workers)
+        wait_for_workers(first_has_jobs_at_the_provider, START_WITHIN_S, "jobs in flight", workers)
         second = WorkerProcess("second", env, tmp_path, SPARE_CONCURRENCY)
         workers.append(second)
         os.kill(first.pid, signal.SIGKILL)
@@ -431,7 +393,9 @@ def test_leases_survive_the_wall_clock_jumping(
             )
             return True if done else None
 
-        wait_for(taken_over, TAKEOVER_WITHIN_S, "the dead worker's jobs taken over", workers)
+        wait_for_workers(
+            taken_over, TAKEOVER_WITHIN_S, "the dead worker's jobs taken over", workers
+        )
         takeover_s = time.monotonic() - jumped_at
         phases = {"killed": jumped_at - started, "taken over": time.monotonic() - started}
 
@@ -447,7 +411,7 @@ def test_leases_survive_the_wall_clock_jumping(
             rows = jobs_now(platform.db)
             return rows if all(row.status in TERMINAL for row in rows.values()) else None
 
-        final = wait_for(all_terminal, FINISH_WITHIN_S, "every job terminal", workers)
+        final = wait_for_workers(all_terminal, FINISH_WITHIN_S, "every job terminal", workers)
         phases["all terminal"] = time.monotonic() - started
 
         with platform.db.read() as conn:
@@ -472,7 +436,7 @@ def test_leases_survive_the_wall_clock_jumping(
             balances = {
                 wallet: platform.ledger.balance(conn, wallet).available for wallet in initial
             }
-        provider = provider_jobs_by_prompt(var_dir)
+        provider = sandbox_jobs_by_prompt(var_dir)
         charged: Counter[str] = Counter()
         orphans = 0
         for gid, row in final.items():

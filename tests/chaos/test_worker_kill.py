@@ -16,32 +16,28 @@ books balanced, and the second worker must stop cleanly on SIGTERM.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
 
 from plasmaart.bootstrap import bootstrap
 from plasmaart.config import Settings
-from plasmaart.db.engine import Database
 from plasmaart.db.tables import generation_outputs, generations, holds, journal_entries
 from plasmaart.generation.service import GenerationRequest
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.platform import Platform
 from tests.support.accounts import make_user
 from tests.support.processes import WorkerProcess, child_env
-
-T = TypeVar("T")
+from tests.support.worker_runs import jobs_now, sandbox_jobs_by_prompt, wait_for_workers
 
 # Every wait is bounded. The first includes the worker's start-up (imports,
 # connecting) and the first job finishing; the second, a dozen 1-3 s jobs on
@@ -49,7 +45,6 @@ T = TypeVar("T")
 KILL_WITHIN_S = 30.0
 FINISH_WITHIN_S = 45.0
 STOP_WITHIN_S = 10.0
-POLL_S = 0.05
 # Job slots per worker process: the kill waits until all of them are busy.
 CONCURRENCY = 3
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -84,39 +79,6 @@ JOBS = (
     Job("sol@example.com", "flux-schnell", 1, 2),
     Job("pat@example.com", "flux-schnell", 1, 1),
 )
-
-
-def jobs_now(db: Database) -> dict[str, Any]:
-    with db.read() as conn:
-        return {row.id: row for row in conn.execute(select(generations))}
-
-
-def wait_until(
-    check: Callable[[], T | None], within_s: float, what: str, workers: list[WorkerProcess]
-) -> T:
-    """Poll ``check`` until it returns something; fail (with the live workers'
-    logs) after ``within_s`` or as soon as a worker that should run has exited."""
-    deadline = time.monotonic() + within_s
-    while True:
-        found = check()
-        if found is not None:
-            return found
-        for worker in workers:
-            code = worker.process.poll()
-            if code is not None:
-                pytest.fail(f"{worker.name} worker exited ({code}) before {what}:\n{worker.log()}")
-        if time.monotonic() >= deadline:
-            logs = "\n".join(f"--- {w.name}\n{w.log()[-4000:]}" for w in workers)
-            pytest.fail(f"not {what} within {within_s:g} s\n{logs}")
-        time.sleep(POLL_S)
-
-
-def sandbox_jobs_by_prompt(var_dir: Path) -> dict[str, list[str]]:
-    """The provider's jobs (request ids), by prompt: one file per submission."""
-    found: dict[str, list[str]] = defaultdict(list)
-    for path in sorted((var_dir / "sandbox").glob("*.json")):
-        found[json.loads(path.read_bytes())["prompt"]].append(path.stem)
-    return found
 
 
 def test_a_killed_workers_jobs_finish_charged_once(
@@ -175,7 +137,7 @@ def test_a_killed_workers_jobs_finish_charged_once(
                 return rows
             return None
 
-        wait_until(in_flight_with_some_done, KILL_WITHIN_S, "jobs in flight", [first])
+        wait_for_workers(in_flight_with_some_done, KILL_WITHIN_S, "jobs in flight", [first])
         os.kill(first.pid, signal.SIGKILL)
         killed_after = time.monotonic() - started
         assert first.process.wait(timeout=STOP_WITHIN_S) == -signal.SIGKILL
@@ -210,7 +172,7 @@ def test_a_killed_workers_jobs_finish_charged_once(
             rows = jobs_now(platform.db)
             return rows if all(row.status in TERMINAL for row in rows.values()) else None
 
-        final = wait_until(all_terminal, FINISH_WITHIN_S, "every job terminal", [second])
+        final = wait_for_workers(all_terminal, FINISH_WITHIN_S, "every job terminal", [second])
         finished_after = time.monotonic() - started
 
         # Graceful shutdown: SIGTERM ends an idle worker at once, exit code 0.
