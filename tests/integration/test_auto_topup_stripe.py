@@ -11,6 +11,7 @@ more, and a refund of the top-up claws it back."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,30 @@ def test_stripe_unreachable_leaves_the_run_pending_until_it_answers(
     charge(platform)
     assert last_run(client, kai)["status"] == "succeeded"
     assert available(platform, kai) == 1900
+
+
+def test_a_run_retried_after_a_newer_card_was_saved_names_the_first_card(
+    platform: Platform, client: TestClient, fake: FakeStripe, clock: ManualClock
+) -> None:
+    """A worker charged the run and died; before the retry, a pack bought on
+    Checkout saved a newer card. The retry names the card the first attempt
+    named (the same key with another card is refused by Stripe, and the run
+    stayed pending for ever): one payment, the run succeeded."""
+    kai = make_user(platform, "kai@example.com", credits=100)
+    buy_through_checkout(client, fake, kai)
+    assert enable(client, kai).status_code == 200
+    spend(platform, kai, 200, "s1")  # below the threshold: a run
+    with platform.db.read() as conn:
+        run = platform.auto_topups.view(conn, kai.wallet_id).last_run
+        assert run is not None
+        platform.auto_topups.charge(conn, run)  # charged; the worker died
+    clock.advance(timedelta(minutes=5))
+    buy_through_checkout(client, fake, kai)  # a second card, newer
+    assert len(fake.payment_methods) == 2
+    charge(platform)
+    intents = fake.calls_to("POST", "/v1/payment_intents")
+    assert len(intents) == 2
+    assert len({c.params["payment_method"] for c in intents}) == 1
+    assert len(fake.intents) == 1
+    assert last_run(client, kai)["status"] == "succeeded"
+    assert available(platform, kai) == 900 + 1000 + 1000

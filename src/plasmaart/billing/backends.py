@@ -191,10 +191,13 @@ class BillingBackend(Protocol):
         customer: Customer,
         pack: CreditPack,
         idempotency_key: str,
+        cards_as_of: datetime | None = None,
     ) -> OffSessionOutcome:
         """Charge ``pack.price_cents`` to the customer's saved payment method
         with the customer away (an auto top-up). The same ``idempotency_key``
-        never charges twice: a retry after a crash gets the first answer."""
+        never charges twice: a retry after a crash gets the first answer.
+        ``cards_as_of`` (when the charge was decided) keeps the card chosen
+        the same across retries: a card saved after it is not used."""
         ...
 
 

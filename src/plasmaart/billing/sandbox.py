@@ -113,6 +113,7 @@ class SandboxBackend:
         customer: Customer,
         pack: CreditPack,
         idempotency_key: str,  # noqa: ARG002 - nothing external to deduplicate
+        cards_as_of: datetime | None = None,  # noqa: ARG002 - one card per user
     ) -> OffSessionOutcome:
         """Paid at once; declined while the card declines; authentication
         asked while it ``requires_action`` (a decline wins over it)."""

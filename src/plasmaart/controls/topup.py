@@ -372,7 +372,11 @@ class AutoTopupService:
         customer = Customer(run.user_id, run.wallet_id, repo.user_email(conn, run.user_id))
         pack = CreditPack(id=run.pack_id, credits=run.credits, price_cents=run.amount_cents)
         return self.billing.backend.charge_off_session(
-            conn, customer=customer, pack=pack, idempotency_key=run.idempotency_key
+            conn,
+            customer=customer,
+            pack=pack,
+            idempotency_key=run.idempotency_key,
+            cards_as_of=run.created_at,
         )
 
     def finish(self, conn: Connection, run_id: str, outcome: OffSessionOutcome) -> str | None:

@@ -390,6 +390,7 @@ class StripeBackend:
         customer: Customer,
         pack: CreditPack,
         idempotency_key: str,
+        cards_as_of: datetime | None = None,
     ) -> OffSessionOutcome:
         """A PaymentIntent on the saved card, ``off_session`` and confirmed
         at once, keyed by ``idempotency_key`` (a retry after a crash replays
@@ -397,7 +398,7 @@ class StripeBackend:
         ``authentication_required`` (the intent in the error) when the bank
         wants the customer there: ``ActionRequired``; any other card error
         is a decline."""
-        card = self._saved_card(conn, customer)
+        card = self._saved_card(conn, customer, cards_as_of)
         if card is None:
             return Declined("no saved card: buy a pack once through Checkout to save one")
         customer_id, payment_method = card
@@ -439,9 +440,16 @@ class StripeBackend:
             return ActionRequired("the bank asks the customer to authenticate", str(intent.id))
         return Declined(f"the payment is {intent.status}")
 
-    def _saved_card(self, conn: Connection, customer: Customer) -> tuple[str, str] | None:
+    def _saved_card(
+        self, conn: Connection, customer: Customer, as_of: datetime | None = None
+    ) -> tuple[str, str] | None:
         """(the Stripe customer, the payment method an off-session charge
-        uses): the customer's default, else the newest card attached."""
+        uses): the customer's default, else the newest card attached (by
+        ``as_of`` when given: the newest saved by then, else the oldest).
+        A retry of a charge must name the card its first attempt named: the
+        same idempotency key with another ``payment_method`` is refused by
+        Stripe (``idempotency_error``), and an auto top-up retried after a
+        pack's Checkout had saved a newer card stayed pending for ever."""
         customer_id = repo.customer_id_of_user(conn, customer.user_id)
         if customer_id is None:
             return None
@@ -452,12 +460,17 @@ class StripeBackend:
             return customer_id, str(_id_of(default))
         cards = self._call(
             lambda: self.client.v1.customers.payment_methods.list(
-                customer_id, params={"type": "card", "limit": 1}
+                customer_id, params={"type": "card", "limit": 1 if as_of is None else 100}
             )
         )
         if not cards.data:
             return None
-        return customer_id, str(cards.data[0].id)
+        if as_of is None:
+            return customer_id, str(cards.data[0].id)
+        # Newest first. Stripe's clock and ours may differ by seconds: when no
+        # card predates the run, the oldest is as stable a choice.
+        before = [card for card in cards.data if int(card.created) <= as_of.timestamp()]
+        return customer_id, str((before[0] if before else cards.data[-1]).id)
 
     # -- Stripe's own ------------------------------------------------------------
 
