@@ -204,6 +204,18 @@ class Worker:
         if billing.total:
             log.info("billing clock: %s", dict(billing.steps))
         expired = expire_due_lots(platform.db, platform.ledger)
+        # Leases the wall clock jumped away from (generation/queue.py).
+        clamped = queue.clamp_runaway_leases(
+            platform.db, now=platform.job_clock.now(), lease=self.runner.lease
+        )
+        if clamped:
+            log.warning(
+                "%d job lease(s) ran out more than a lease from now (the clock jumped "
+                "back?): brought back to %gs from now: %s",
+                len(clamped),
+                self.runner.lease.total_seconds(),
+                ", ".join(clamped),
+            )
         if expired.lots:
             log.info("expired %d lots (%d credits)", expired.lots, expired.credits)
         # Auto top-ups to charge (those left pending by a worker that died too).

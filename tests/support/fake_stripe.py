@@ -45,6 +45,12 @@ refuses it: the first request's answer is never passed off as another's.
 The simulation part (``pay_checkout``, ``renew``, ``end``, ``portal``,
 ``refund``, ``dispute``) moves the fake's state as Stripe would and returns
 the events Stripe would send; ``signed`` signs one for the webhook.
+
+Every event the fake makes is kept in ``events`` (in the order made, each
+with its ``created``), as Stripe keeps them for its redeliveries: ``storm``
+sends every event of the last hour again, in a random order, each freshly
+signed, over HTTP to a webhook URL (a live server, a child process), and
+reports what each delivery was answered.
 """
 
 from __future__ import annotations
@@ -53,13 +59,16 @@ import hashlib
 import hmac
 import itertools
 import json
+import random
 import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+import httpx
 
 from plasmaart.billing.periods import period_end_after
 from plasmaart.clock import Clock
@@ -72,6 +81,47 @@ _ids = itertools.count(1)
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_fake{next(_ids):06d}"
+
+
+# How far back a storm reaches by default: the last hour.
+STORM_WINDOW = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Redelivery:
+    """One delivery of a storm and what the webhook answered."""
+
+    event_id: str
+    event_type: str
+    status: int  # 0: no answer (the connection failed or timed out)
+    body: Any
+
+
+@dataclass(frozen=True)
+class Storm:
+    """What a storm sent (in its order) and the answers."""
+
+    deliveries: tuple[Redelivery, ...]
+
+    @property
+    def sent(self) -> int:
+        return len(self.deliveries)
+
+    def statuses(self) -> dict[int, int]:
+        """How many deliveries were answered with each status."""
+        found: dict[int, int] = {}
+        for delivery in self.deliveries:
+            found[delivery.status] = found.get(delivery.status, 0) + 1
+        return found
+
+    def outcomes(self) -> dict[str, int]:
+        """How many 2xx answers named each ``outcome`` (``duplicate``, ...)."""
+        found: dict[str, int] = {}
+        for delivery in self.deliveries:
+            if 200 <= delivery.status < 300 and isinstance(delivery.body, dict):
+                name = str(delivery.body.get("outcome"))
+                found[name] = found.get(name, 0) + 1
+        return found
 
 
 @dataclass(frozen=True)
@@ -137,6 +187,8 @@ class FakeStripe(HttpFake):
         self.intents: dict[str, dict[str, Any]] = {}
         # Ids of the events a test delivered (the test's own bookkeeping).
         self.delivered: set[str] = set()
+        # Every event made, in order: what a storm sends again.
+        self.events: list[dict[str, Any]] = []
         # While set, every API call answers 500 (Stripe having a bad day).
         self.outage = False
         # Per idempotency key: the first request (method, path, parameters)
@@ -552,8 +604,9 @@ class FakeStripe(HttpFake):
             return [self.event("payment_intent.succeeded", self.intents[intent_id])]
 
     def event(self, kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """An event as Stripe sends it: a snapshot of ``obj`` now."""
-        return {
+        """An event as Stripe sends it: a snapshot of ``obj`` now (kept in
+        ``events``)."""
+        made = {
             "id": new_id("evt"),
             "object": "event",
             "api_version": "2026-10-28.endive",
@@ -563,6 +616,50 @@ class FakeStripe(HttpFake):
             "type": kind,
             "data": {"object": json.loads(json.dumps(obj))},
         }
+        with self._lock:
+            self.events.append(made)
+        return made
+
+    def recent_events(self, within: timedelta = STORM_WINDOW) -> list[dict[str, Any]]:
+        """The events made in the last ``within`` (by their ``created``), oldest first."""
+        since = self._now() - within.total_seconds()
+        with self._lock:
+            return [event for event in self.events if event["created"] >= since]
+
+    def storm(
+        self,
+        url: str,
+        rng: random.Random,
+        *,
+        within: timedelta = STORM_WINDOW,
+        new_ids: bool = False,
+        timeout_s: float = 10.0,
+    ) -> Storm:
+        """Send every event of the last ``within`` again to the webhook at
+        ``url`` (``.../v1/webhooks/stripe``), shuffled by ``rng``, each
+        signed now, one after another over one HTTP connection, as Stripe's
+        redeliveries do (same event ids, same bodies). ``new_ids``: each
+        under a new event id instead (the same change told again by another
+        event, which only the objects' own ids can recognise)."""
+        chosen = self.recent_events(within)
+        rng.shuffle(chosen)
+        if new_ids:
+            chosen = [{**event, "id": new_id("evt")} for event in chosen]
+        answers = []
+        with httpx.Client(timeout=timeout_s) as http:
+            for event in chosen:
+                payload, headers = self.signed(event)
+                try:
+                    response = http.post(url, content=payload, headers=headers)
+                except httpx.HTTPError:
+                    answers.append(Redelivery(event["id"], event["type"], 0, None))
+                    continue
+                try:
+                    body: Any = response.json()
+                except ValueError:
+                    body = response.text
+                answers.append(Redelivery(event["id"], event["type"], response.status_code, body))
+        return Storm(tuple(answers))
 
     def signed(
         self,

@@ -11,6 +11,16 @@ of the worker is conditional on that token, so a worker whose lease expired
 Leases and deadlines are in real time (the platform's job clock), never the
 billing test clock: ``now`` is that clock; ``recorded_at``, the time shown to
 users (``started_at``), is the platform's clock.
+
+A lease is written as "now + one lease" by the clock of the worker that
+holds it, and renewed every third of a lease. So no lease can legitimately
+run out more than one lease from now: one that does was written before the
+wall clock jumped back (or by a worker whose clock runs ahead). If its
+worker died, nobody would take its job over until the clock caught up
+again, minutes or hours later. The workers' clock pass therefore brings
+such leases back to one lease from now (``clamp_runaway_leases``): a live
+holder renews it in time as usual (its token is untouched), a dead one's
+job is taken over one lease later.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from sqlalchemy import Connection
 
 from plasmaart.billing.plans import PlanService
 from plasmaart.catalog import Catalog
+from plasmaart.db.engine import Database
 from plasmaart.generation import queue_repository as queue_repo
 from plasmaart.generation.bounds import deadline_for
 from plasmaart.generation.repository import GenerationRow
@@ -134,3 +145,15 @@ def _wallet_limits(
         wallet_id: WalletLimits(plan.concurrency.jobs, plan.concurrency.video_jobs)
         for wallet_id, plan in plans.plans_of(conn, wallets).items()
     }
+
+
+def clamp_runaway_leases(db: Database, *, now: datetime, lease: timedelta) -> list[str]:
+    """Bring every lease that runs out more than ``lease`` after ``now`` back
+    to ``now + lease``; the ids of the jobs whose lease moved. One read when
+    there is none (the usual case), no write."""
+    limit = now + lease
+    with db.read() as conn:
+        if not queue_repo.lease_beyond(conn, limit):
+            return []
+    with db.write() as conn:
+        return queue_repo.clamp_leases(conn, limit, limit)

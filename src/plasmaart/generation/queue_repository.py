@@ -114,6 +114,27 @@ def mark_claimed(
     return {job.id: job for job in map(GenerationRow._make, rows)}
 
 
+def lease_beyond(conn: Connection, beyond: datetime) -> bool:
+    """Whether a running job's lease runs out after ``beyond``."""
+    found = conn.execute(
+        select(_g.c.id).where(_g.c.status == "running", _g.c.lease_expires_at > beyond).limit(1)
+    ).first()
+    return found is not None
+
+
+def clamp_leases(conn: Connection, beyond: datetime, until: datetime) -> list[str]:
+    """Move every running job's lease that runs out after ``beyond`` to
+    ``until`` (its fencing token untouched); the ids of those moved."""
+    return list(
+        conn.execute(
+            update(_g)
+            .where(_g.c.status == "running", _g.c.lease_expires_at > beyond)
+            .values(lease_expires_at=until)
+            .returning(_g.c.id)
+        ).scalars()
+    )
+
+
 def renew_many(conn: Connection, jobs: Sequence[tuple[str, int]], until: datetime) -> set[str]:
     """Extend the leases of ``jobs`` (id, fencing token) in one statement; the
     ids of those still ours."""

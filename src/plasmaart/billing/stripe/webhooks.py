@@ -461,7 +461,10 @@ class StripeWebhooks:
         link = repo.subscription_link(conn, state.id)
         if link.last_event_created is not None and event.created < link.last_event_created:
             return False
-        repo.set_last_event_created(conn, state.id, event.created, self.clock.now())
+        if link.last_event_created is None or event.created > link.last_event_created:
+            # Only a newer event moves the mark: one as old as the newest
+            # (the same change told again) leaves the row untouched.
+            repo.set_last_event_created(conn, state.id, event.created, self.clock.now())
         if state.status in ("canceled", "incomplete_expired"):
             if subscription.status == "canceled":
                 return False
