@@ -708,15 +708,18 @@ def stripe_pack_problems(conn: Connection, creator: Creator) -> list[str]:
 
 def stripe_plan_problems(conn: Connection, creator: Creator) -> list[str]:
     """Stripe billing: the creator's one subscription is as Stripe has it,
-    every change told by webhook applied: active, the plan Stripe bills
-    (from the next period on, after a downgrade: the pending plan), the
-    period Stripe's (every renewal arrived)."""
+    every change told by webhook applied: its status (active; or canceled:
+    an account suspended by fair use for cycling plans stops its renewal,
+    and the next period end ends it), the plan Stripe bills (from the next
+    period on, after a downgrade: the pending plan), the period Stripe's
+    (every renewal arrived)."""
     assert creator.stripe is not None
     assert creator.subscription_id is not None
     with creator.stripe.fake._lock:
         theirs = creator.stripe.fake.subscriptions[creator.subscription_id]
         item = theirs["items"]["data"][0]
         billed = plan_of_product(str(item["price"]["product"]))
+        status = str(theirs["status"])
         period_end = datetime.fromtimestamp(item["current_period_end"], UTC)
     rows = conn.execute(
         select(subscriptions).where(subscriptions.c.user_id == creator.user.id)
@@ -725,8 +728,8 @@ def stripe_plan_problems(conn: Connection, creator: Creator) -> list[str]:
         return [f"{creator.name}: {len(rows)} subscriptions"]
     [ours] = rows
     found = (ours.status, ours.pending_plan or ours.plan_id, as_utc(ours.current_period_end))
-    if found != ("active", billed, period_end):
-        return [f"{creator.name}: subscription {found}, Stripe's {billed} to {period_end}"]
+    if found != (status, billed, period_end):
+        return [f"{creator.name}: subscription {found}, Stripe's {(status, billed, period_end)}"]
     return []
 
 
