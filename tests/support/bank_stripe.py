@@ -39,6 +39,19 @@ DELIVERY_TRIES = 40
 DELIVERY_PAUSE_S = 0.25
 
 
+class NewIdStorm(WebhookStorm):
+    """A storm whose every event comes under a new id (``new_ids=True``),
+    a kind of its own in the schedule: it may come while a storm of the
+    same ids is still going, as two of Stripe's storms do."""
+
+    kind = "webhook storm, new ids"
+
+    def __init__(
+        self, fake: FakeStripe, webhook_urls: Sequence[str], rng: random.Random, **options: Any
+    ) -> None:
+        super().__init__(fake, webhook_urls, rng, new_ids=True, **options)
+
+
 class StripeClock:
     """The wall clock in whole seconds, as Stripe tells time (its timestamps
     are integers): the fake reckons a subscription's next period from the
