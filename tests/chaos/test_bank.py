@@ -129,9 +129,10 @@ CHECKPOINT_EVERY_S = 4.0
 FAULT_EVERY_S = (2.0, 4.0)  # the schedule's moments
 CONCURRENCY = 3
 REQUEST_TIMEOUT_S = 10.0
-# A creator's jobs queued or running at once: with more, it waits for them
-# (the workers' pace bounds the load, so the queue stays short however long
-# the run, and the last jobs finish soon after the load stops).
+# A creator's jobs queued or running at once: with more, it does another
+# kind of operation instead of a submission (the workers' pace bounds the
+# jobs, so the queue stays short however long the run, and the last jobs
+# finish soon after the load stops).
 MAX_OPEN = 6
 # ``make soak``: operations to complete on each database (0: the short run),
 # and the hard cap on one database's run, whatever it reached.
@@ -317,6 +318,7 @@ class Creator:
     notes: Counter[str] = field(default_factory=Counter)
     accepted: dict[str, str] = field(default_factory=dict)  # key -> generation id
     open: set[str] = field(default_factory=set)  # accepted, maybe not finished yet
+    counted_open_at: float = 0.0  # when ``open`` was last read over the API
     refused: dict[str, int] = field(default_factory=dict)  # submission key -> status
     packs: set[str] = field(default_factory=set)  # pack keys answered 201
     topup: tuple[str, int] | None = None  # (pack, cap cents) when auto top-up is on
@@ -327,6 +329,7 @@ class Creator:
     limited_from: str | None = None  # the resets_at of the first limit answered
     violations: list[str] = field(default_factory=list)
     wire: Wire | None = None
+    admin_client: Client | None = None
     # Stripe billing: Stripe's side, the creator's customer and subscription
     # there, and the Checkout sessions of the packs it bought (by key).
     stripe: StripeSide | None = None
@@ -347,6 +350,8 @@ class Creator:
             answer = error
             if kind is not None:
                 self.refusals[f"{kind} {error.status} {error.code}"] += 1
+            if error.code == "account_suspended":
+                self.reinstate()
         except TransportError:
             self.notes["given up without an answer"] += 1
             return None
@@ -356,6 +361,13 @@ class Creator:
         if kind is not None:
             self.ops[kind] += 1
         return answer
+
+    def reinstate(self) -> None:
+        """The fair-use checks suspended this creator (its plan changes and
+        quick cancellations score as abuse): an operator reinstates it."""
+        if self.admin_client is not None:
+            admin = self.admin_client
+            self.attempt("reinstate", lambda: admin.reinstate_user(self.user.id))
 
     def run(self, servers: list[ServerProcess], stop: threading.Event) -> None:
         pick = random.Random(self.seed)
@@ -369,18 +381,21 @@ class Creator:
             Client(servers[0].url, self.user.api_key, **options) as client,
             Client(servers[0].url, self.admin.api_key, **options) as admin,
         ):
+            self.admin_client = admin
             n = 0
             while not stop.is_set():
                 n += 1
-                self.step(client, admin, pick, n, stop)
+                self.step(client, admin, pick, n)
 
-    def step(
-        self, client: Client, admin: Client, pick: random.Random, n: int, stop: threading.Event
-    ) -> None:
+    def step(self, client: Client, admin: Client, pick: random.Random, n: int) -> None:
         roll = pick.random()
-        if roll < 0.57 or (roll < 0.6 and not self.sets_limits):
-            if self.has_room(client, stop):
-                self.submit(client, pick, f"{self.name}-g{n}")
+        submits = roll < 0.57 or (roll < 0.6 and not self.sets_limits)
+        if submits and not self.has_room(client):
+            # Its jobs are waiting for the workers: another kind of operation.
+            self.notes["another operation instead of a submission"] += 1
+            submits, roll = False, 0.6 + 0.4 * pick.random()
+        if submits:
+            self.submit(client, pick, f"{self.name}-g{n}")
         elif roll < 0.6:
             self.limit_spending(client, pick)
         elif roll < 0.75 and self.accepted:
@@ -406,9 +421,8 @@ class Creator:
             else:
                 # The API changes it at Stripe; what Stripe then sends arrives
                 # (also when the answer was lost).
-                before = self.stripe.state_of(self.subscription_id)
                 self.attempt("change plan", lambda: client.change_plan(plan))
-                self.stripe.echo_change(self.subscription_id, before, pick)
+                self.stripe.tell_changes(self.subscription_id, pick)
         elif roll < 0.95 and self.topup is not None:
             self.move_threshold(client, pick)
         elif roll >= 0.95:
@@ -419,14 +433,21 @@ class Creator:
                 # Stripe's clock: the subscription's period ends, renewed.
                 self.stripe.renew(self.subscription_id, pick)
                 self.ops["advance clock"] += 1
+        if self.stripe is not None and self.subscription_id is not None:
+            # What the platform changed at Stripe meanwhile (a suspension's
+            # cancellation at the period end, a reinstatement), told.
+            self.stripe.tell_changes(self.subscription_id, pick)
         if self.stripe is not None and self.customer_id is not None and self.topup is not None:
             self.stripe.tell_charges(self.customer_id, pick)
 
-    def has_room(self, client: Client, stop: threading.Event) -> bool:
+    def has_room(self, client: Client) -> bool:
         """Fewer than ``MAX_OPEN`` of its jobs are queued or running (read
-        over the API when it might be full); else it waits a moment."""
+        over the API when it might be full, at most twice a second)."""
         if len(self.open) < MAX_OPEN:
             return True
+        if time.monotonic() - self.counted_open_at < 0.5:
+            return False
+        self.counted_open_at = time.monotonic()
         still: set[str] = set()
         for status in ("queued", "running"):
 
@@ -438,11 +459,7 @@ class Creator:
                 return False
             still.update(found)
         self.open &= still
-        if len(self.open) < MAX_OPEN:
-            return True
-        self.notes["waits for its own jobs"] += 1
-        stop.wait(0.5)
-        return False
+        return len(self.open) < MAX_OPEN
 
     def move_threshold(self, client: Client, pick: random.Random) -> None:
         """Set the auto top-up's threshold just under the balance: the next
@@ -870,6 +887,7 @@ def subscribe_through_stripe(
             subscribed = client.subscription()
             assert (subscribed.plan, subscribed.status) == (plan, "active"), subscribed
         creator.subscription_id = stripe.fake.subscription_of(session)
+        stripe.told(creator.subscription_id)
         creator.customer_id = str(stripe.fake.sessions[session]["customer"])
     for n, (_, _, confirm) in TOPUPS.items():
         customer = creators[n].customer_id
@@ -901,19 +919,18 @@ def last_storm(platform: Platform, stripe: StripeSide) -> list[str]:
     )
     if set(outcomes) - {"duplicate"}:
         problems.append(f"last storm: outcomes {dict(outcomes)}")
-    problems += [
-        f"last storm changed {change}"[:2000]
-        for change in changes(before, business_state(platform))
-    ]
+    middle = business_state(platform)
+    problems += [f"last storm changed {change}"[:2000] for change in changes(before, middle)]
     renamed = WebhookStorm(
         stripe.fake, urls[1:], random.Random(SEED + 201), within=FULL_STORM, new_ids=True
     )
     renamed.inject()
     problems += [f"last storm, new ids: {failure}" for failure in renamed.failures()]
     after = business_state(platform)
-    events_before, events_after = before.pop("stripe_events"), after.pop("stripe_events")
+    # Compared with what the first storm left (the same, unless it changed something).
+    events_before, events_after = middle.pop("stripe_events"), after.pop("stripe_events")
     problems += [
-        f"last storm, new ids, changed {change}"[:2000] for change in changes(before, after)
+        f"last storm, new ids, changed {change}"[:2000] for change in changes(middle, after)
     ]
     if len(events_after) != len(events_before) + made:
         problems.append(f"last storm, new ids: {len(events_after) - len(events_before)} recorded")
@@ -928,6 +945,11 @@ def stripe_notes(stripe: StripeSide) -> dict[str, int]:
         **{f"webhooks {outcome}": n for outcome, n in stripe.outcomes.items()},
         **stripe.storm_counts(),
     }
+
+
+def _kind_of(problem: str) -> str:
+    """A violation as the soak's table lists it: its first line, cut short."""
+    return problem.splitlines()[0][:200]
 
 
 def unfinished(conn: Connection) -> int:
@@ -1036,7 +1058,7 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
                     continue
                 checkpoints += 1
 
-        checker = threading.Thread(target=checkpoint, name="checkpoints")
+        checker = threading.Thread(target=checkpoint, name="checkpoints", daemon=True)
         checker.start()
         schedule = FaultSchedule(bank_faults(bank), seed=SEED, every=FAULT_EVERY_S)
         schedule.start()
@@ -1142,6 +1164,7 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
             wire_5xx=sum(len(w.violations) for w in wires),
             violations=len(problems),
             non_terminal=non_terminal,
+            problems=list(dict.fromkeys(_kind_of(problem) for problem in problems))[:5],
             duration_s=time.monotonic() - started,
             chaos_s=chaos_s,
             finish_s=finish_s,

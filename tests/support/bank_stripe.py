@@ -80,6 +80,8 @@ class StripeSide:
     told_intents: set[str] = field(default_factory=set)
     storms: list[WebhookStorm] = field(default_factory=list)  # the schedule's
     last_storms: list[WebhookStorm] = field(default_factory=list)  # after the run
+    # Per subscription: its state when Stripe's events last told it.
+    _told: dict[str, tuple[str, str | None, bool, str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def webhook_urls(self) -> list[str]:
@@ -144,26 +146,35 @@ class StripeSide:
         self.deliver(self.fake.pay_checkout(session_id), pick)
         return True
 
-    def state_of(self, subscription_id: str) -> tuple[str, str | None, bool]:
+    def state_of(self, subscription_id: str) -> tuple[str, str | None, bool, str]:
         """What an event would tell of a subscription: its price, latest
-        invoice and cancellation at the period end."""
+        invoice, cancellation at the period end and status."""
         with self.fake._lock:
             subscription = self.fake.subscriptions[subscription_id]
             return (
                 str(subscription["items"]["data"][0]["price"]["id"]),
                 subscription["latest_invoice"],
                 bool(subscription["cancel_at_period_end"]),
+                str(subscription["status"]),
             )
 
-    def echo_change(
-        self, subscription_id: str, before: tuple[str, str | None, bool], pick: random.Random
-    ) -> int:
-        """After a change of plan through the API (answered or not), what
-        Stripe sends if the subscription changed: the subscription as it is
-        now, and the invoice the change made (a proration, paid). The number
-        of events sent."""
-        after = self.state_of(subscription_id)
-        if after == before:
+    def told(self, subscription_id: str) -> None:
+        """Stripe's events told the subscription as it is now."""
+        with self._lock:
+            self._told[subscription_id] = self.state_of(subscription_id)
+
+    def tell_changes(self, subscription_id: str, pick: random.Random) -> int:
+        """What Stripe sends when the platform changed the subscription at
+        Stripe since it was last told (a plan change through the API,
+        answered or not; a suspension's cancellation at the period end; a
+        reinstatement's withdrawal of it): the subscription as it is now,
+        and the invoice the change made (a proration, paid). The number of
+        events sent."""
+        now = self.state_of(subscription_id)
+        with self._lock:
+            before = self._told.get(subscription_id)
+            self._told[subscription_id] = now
+        if before is None or now == before:
             return 0
         with self.fake._lock:
             events = [
@@ -171,15 +182,17 @@ class StripeSide:
                     "customer.subscription.updated", self.fake.subscriptions[subscription_id]
                 )
             ]
-            if after[1] != before[1] and after[1] is not None:
-                events.append(self.fake.event("invoice.paid", self.fake.invoices[after[1]]))
+            if now[1] != before[1] and now[1] is not None:
+                events.append(self.fake.event("invoice.paid", self.fake.invoices[now[1]]))
         self.deliver(events, pick)
         return len(events)
 
     def renew(self, subscription_id: str, pick: random.Random) -> None:
         """The subscription's period ends at Stripe: the next one starts and
         is invoiced and charged; the events delivered."""
+        self.tell_changes(subscription_id, pick)  # what changed before, told first
         self.deliver(self.fake.period_ends(subscription_id), pick)
+        self.told(subscription_id)
 
     def tell_charges(self, customer_id: str, pick: random.Random) -> None:
         """The off-session charges of ``customer_id`` that succeeded (the

@@ -52,6 +52,7 @@ class Figures:
     duration_s: float  # the whole run, set-up and checks included
     chaos_s: float = 0.0  # the clients and faults, until the target (or the short run's 20 s)
     finish_s: float = 0.0  # then until every job and top-up ended
+    problems: list[str] = field(default_factory=list)  # the first violations, distinct
     machine: str = field(default_factory=lambda: f"{platform.machine()}, {_cpus()} CPUs")
     finished_at: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M"))
 
@@ -131,8 +132,16 @@ def render(runs: list[Figures]) -> str:
         )
     when = max((run.finished_at for run in runs), default="")
     machine = runs[0].machine if runs else ""
-    intro = f"The last `make soak`, {when} UTC, on this machine ({machine}):"
-    return "\n".join([intro, "", head, rule, *rows])
+    intro = f"The last soak, {when} UTC, on this machine ({machine}):"
+    found = [
+        f"- {DATABASES.get(run.database, run.database)}: "
+        + "; ".join(f"`{p}`" for p in run.problems)
+        for run in runs
+        if run.problems
+    ]
+    if found:
+        found.insert(0, "\nThe violations found (the first of each kind):\n")
+    return "\n".join([intro, "", head, rule, *rows, *found])
 
 
 def rewrite(text: str, generated: str) -> str:

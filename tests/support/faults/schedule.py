@@ -95,6 +95,7 @@ class FaultSchedule:
         self.skipped: Counter[str] = Counter()
         self.errors: list[str] = []
         self.timeline: list[Moment] = []
+        self.drawn: list[tuple[str, float]] = []  # (kind, how long it stays in), in order
 
     @property
     def kinds(self) -> list[str]:
@@ -153,6 +154,7 @@ class FaultSchedule:
             chosen = self._draws.choices(candidates, weights=[p.weight for p in candidates])[0]
             lasts = self._draws.uniform(*chosen.lasts)
             kind = chosen.fault.kind
+            self.drawn.append((kind, lasts))
             with self._lock:
                 busy = kind in self._in
                 if not busy:
