@@ -46,6 +46,21 @@ processes through LISTEN/NOTIFY (after a ``resync``, the listener reads the
 creator's generations again over the API, and the states it read count as
 delivered). The run's figures are printed (and, for ``make soak``, written
 into docs/reliability.md: ``tests/support/soak.py``).
+
+``PLASMAART_BANK_BILLING=stripe`` (``sandbox`` by default) bills through
+Stripe instead: the fake Stripe on loopback (``tests/support/bank_stripe.py``
+plays Stripe's side). The creators subscribe through the API's Checkout,
+which the fake pays; a pack bought is the API's Checkout paid at the fake; a
+plan change is the API's call, which changes the subscription at the fake; a
+clock advance is the fake ending the creator's period (a renewal); auto
+top-ups are off-session charges at the fake (c1's card wants
+authentication). Each time, the events Stripe would send are delivered,
+signed, to a random API process's webhook, and every change the platform
+made at Stripe is told back. Webhook storms (the last minute's events again,
+with the same ids or new ones) join the faults. Checked besides: one pack
+payment per paid checkout, each subscription as Stripe has it, every
+delivery answered 2xx, and after the run a storm of every event changes
+none of the business tables.
 """
 
 from __future__ import annotations
