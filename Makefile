@@ -87,10 +87,14 @@ bench: $(BENCH_STAMP)
 # failed; the exit status is the test's). See docs/reliability.md, The soak.
 PLASMAART_SOAK_OPS ?= 10000
 PLASMAART_SOAK_MAX_S ?= 2700
+# sandbox, or stripe: the processes bill through the fake Stripe, its webhooks
+# delivered as they happen, webhook storms among the faults.
+PLASMAART_BANK_BILLING ?= sandbox
 SOAK_DIR := .soak
 soak: install-test
 	rm -rf $(SOAK_DIR)
 	PLASMAART_SOAK_OPS=$(PLASMAART_SOAK_OPS) PLASMAART_SOAK_MAX_S=$(PLASMAART_SOAK_MAX_S) \
+	PLASMAART_BANK_BILLING=$(PLASMAART_BANK_BILLING) \
 	PLASMAART_SOAK_REPORT_DIR=$(SOAK_DIR) timeout $$((2 * ($(PLASMAART_SOAK_MAX_S) + 600))) \
 	$(BIN)/python -m pytest tests/chaos/test_bank.py -p no:cacheprovider -q -s; \
 	status=$$?; $(BIN)/python -m tests.support.soak $(SOAK_DIR) && exit $$status

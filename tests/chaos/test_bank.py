@@ -46,6 +46,21 @@ processes through LISTEN/NOTIFY (after a ``resync``, the listener reads the
 creator's generations again over the API, and the states it read count as
 delivered). The run's figures are printed (and, for ``make soak``, written
 into docs/reliability.md: ``tests/support/soak.py``).
+
+``PLASMAART_BANK_BILLING=stripe`` (``sandbox`` by default) bills through
+Stripe instead: the fake Stripe on loopback (``tests/support/bank_stripe.py``
+plays Stripe's side). The creators subscribe through the API's Checkout,
+which the fake pays; a pack bought is the API's Checkout paid at the fake; a
+plan change is the API's call, which changes the subscription at the fake; a
+clock advance is the fake ending the creator's period (a renewal); auto
+top-ups are off-session charges at the fake (c1's card wants
+authentication). Each time, the events Stripe would send are delivered,
+signed, to a random API process's webhook, and every change the platform
+made at Stripe is told back. Webhook storms (the last minute's events again,
+with the same ids or new ones) join the faults. Checked besides: one pack
+payment per paid checkout, each subscription as Stripe has it, every
+delivery answered 2xx, and after the run a storm of every event changes
+none of the business tables.
 """
 
 from __future__ import annotations
@@ -72,9 +87,11 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import DBAPIError
 
 from plasmaart.billing.sandbox import SandboxBackend
+from plasmaart.billing.stripe.backend import plan_of_product
 from plasmaart.bootstrap import bootstrap
 from plasmaart.client import (
     ApiError,
+    Checkout,
     Client,
     PlasmaArtError,
     RetryPolicy,
@@ -90,19 +107,24 @@ from plasmaart.db.tables import (
     generations,
     holds,
     payments,
+    subscriptions,
     topup_runs,
     wallets,
 )
 from plasmaart.ledger.invariants import check_ledger
 from plasmaart.platform import Platform
 from tests.support.accounts import TestUser, make_user
+from tests.support.bank_stripe import NewIdStorm, StripeClock, StripeSide, session_of
+from tests.support.fake_stripe import FakeStripe
 from tests.support.faults.clock import ClockControl, ClockJump
 from tests.support.faults.disk import DiskFull, SizeLimitedDir, size_limited_dir
 from tests.support.faults.postgres import FaultPostgres, PostgresOutage, PostgresRestart
 from tests.support.faults.processes import ApiKill, Fleet, WorkerKill
 from tests.support.faults.redis import RedisHung, RedisServer, RedisStopped, restartable_redis
 from tests.support.faults.schedule import FaultSchedule, Planned
+from tests.support.faults.stripe import WebhookStorm
 from tests.support.faults.tcp_proxy import ConnectionsDropped, ConnectionsStalled, TcpProxy
+from tests.support.matrix import changes, snapshot
 from tests.support.processes import ServerProcess, child_env
 from tests.support.redis_server import redis_server
 from tests.support.soak import Figures
@@ -144,6 +166,37 @@ SOAK_REPORT_DIR = os.environ.get("PLASMAART_SOAK_REPORT_DIR")
 # the size of the SQLite leg's filesystem (its database; media stay apart).
 SOAK_DB_TIMEOUT_S = 2
 SOAK_DISK_MB = 512
+# How the processes bill: through the sandbox backend (its cards, its test
+# clock), or through Stripe (the fake Stripe on loopback, its webhooks
+# delivered to the API processes, webhook storms among the faults).
+BILLING = os.environ.get("PLASMAART_BANK_BILLING", "sandbox")
+if BILLING not in ("sandbox", "stripe"):
+    raise ValueError(f"PLASMAART_BANK_BILLING={BILLING!r}: sandbox or stripe")
+# A storm during the run sends the events of the last STORM_WITHIN again
+# (Stripe's is an hour's; the run's hour is shorter); the last one, after
+# the run, every event the fake made.
+STORM_WITHIN = timedelta(seconds=float(os.environ.get("PLASMAART_BANK_STORM_WITHIN_S", "60")))
+FULL_STORM = timedelta(days=1)
+# The business tables a last full storm must leave as they were.
+BUSINESS_TABLES = (
+    "wallets",
+    "lots",
+    "holds",
+    "hold_lots",
+    "journal_entries",
+    "ledger_operations",
+    "subscriptions",
+    "payments",
+    "receipt_numbers",
+    "stripe_customers",
+    "stripe_subscriptions",
+    "stripe_events",
+    "stripe_clawbacks",
+    "auto_topups",
+    "topup_runs",
+    "generations",
+    "audit_log",
+)
 # Patient enough to ride out a database restart (503 ``unavailable`` with
 # Retry-After 2, or no answer) and a killed API process: about 20 s of
 # retries, each wait jittered, a Retry-After up to 10 s honoured.
@@ -184,6 +237,8 @@ class Bank:
     redis: RedisServer | None = None
     disk: SizeLimitedDir | None = None
     clock: ClockControl | None = None
+    billing: str = "sandbox"  # or "stripe"
+    stripe: StripeSide | None = None
 
 
 def prepare(bank: Bank) -> None:
@@ -200,24 +255,12 @@ def prepare(bank: Bank) -> None:
     test's own (stopped and restarted at will), through a TCP proxy (which
     cuts and stalls their connections), and a Redis it can kill or hang; on
     SQLite the database lives on a size-limited filesystem it fills up; on
-    both, the processes' wall clock is under a ``ClockControl``."""
-    if bank.dialect == "postgresql":
-        if not bank.soak:
-            bank.env["REDIS_URL"] = bank.resources.enter_context(redis_server())
-            return
-        redis = bank.redis = bank.resources.enter_context(restartable_redis())
-        bank.env["REDIS_URL"] = redis.url
-        # Not under pytest's folder: another pytest run of root's resets it
-        # to 0700, which locks the postgres user out of its data directory.
-        base = Path(tempfile.mkdtemp(prefix="plasmaart-soak-postgres-"))
-        bank.resources.callback(shutil.rmtree, base, ignore_errors=True)
-        server = bank.postgres = FaultPostgres(base)
-        bank.resources.callback(server.close)
-        bank.database_url = server.create_database("bank")
-        proxy = bank.proxy = TcpProxy("127.0.0.1", server.port)
-        bank.resources.callback(proxy.close)
-        bank.env["DATABASE_URL"] = server.url_of("bank", port=proxy.port)
-        bank.env["PLASMAART_DB_TIMEOUT_S"] = str(SOAK_DB_TIMEOUT_S)
+    both, the processes' wall clock is under a ``ClockControl``. Billed
+    through Stripe, the fake Stripe starts here too."""
+    if bank.dialect == "postgresql" and not bank.soak:
+        bank.env["REDIS_URL"] = bank.resources.enter_context(redis_server())
+    elif bank.dialect == "postgresql":
+        prepare_faulty_postgres(bank)
     elif bank.soak:
         disk = bank.disk = bank.resources.enter_context(size_limited_dir(SOAK_DISK_MB))
         bank.database_url = f"sqlite:///{disk.path / 'bank.db'}"
@@ -230,6 +273,30 @@ def prepare(bank: Bank) -> None:
         migrated.close()
         bank.clock = ClockControl(bank.tmp_path / "clock")
         bank.env.update(bank.clock.env(bank.env))
+    if bank.billing == "stripe":
+        fake = bank.resources.enter_context(FakeStripe(StripeClock()))
+        bank.stripe = StripeSide(fake)
+        bank.env.update(
+            {f"PLASMAART_{name.upper()}": str(v) for name, v in fake.platform_settings().items()}
+        )
+
+
+def prepare_faulty_postgres(bank: Bank) -> None:
+    """The soak's PostgreSQL leg: a server of the test's own behind a TCP
+    proxy, and a Redis the faults can kill and hang."""
+    redis = bank.redis = bank.resources.enter_context(restartable_redis())
+    bank.env["REDIS_URL"] = redis.url
+    # Not under pytest's folder: another pytest run of root's resets it to
+    # 0700, which locks the postgres user out of its data directory.
+    base = Path(tempfile.mkdtemp(prefix="plasmaart-soak-postgres-"))
+    bank.resources.callback(shutil.rmtree, base, ignore_errors=True)
+    server = bank.postgres = FaultPostgres(base)
+    bank.resources.callback(server.close)
+    bank.database_url = server.create_database("bank")
+    proxy = bank.proxy = TcpProxy("127.0.0.1", server.port)
+    bank.resources.callback(proxy.close)
+    bank.env["DATABASE_URL"] = server.url_of("bank", port=proxy.port)
+    bank.env["PLASMAART_DB_TIMEOUT_S"] = str(SOAK_DB_TIMEOUT_S)
 
 
 def bank_faults(bank: Bank) -> list[Planned]:
@@ -244,6 +311,15 @@ def bank_faults(bank: Bank) -> list[Planned]:
             ApiKill(bank.fleet, 0), weight=1 if bank.soak else 3, at_most=None if bank.soak else 1
         ),
     ]
+    if bank.stripe is not None:
+        # Stripe sending the last minute's events again, in any order, to
+        # both API processes: as they were (the same ids), or each under a
+        # new id (the same change told again by another event).
+        urls = [server.url + "/v1/webhooks/stripe" for server in bank.fleet.servers]
+        for n, kind in enumerate((WebhookStorm, NewIdStorm)):
+            storm = kind(bank.stripe.fake, urls, random.Random(SEED + 100 + n), within=STORM_WITHIN)
+            bank.stripe.storms.append(storm)
+            faults.append(Planned(storm, weight=1))
     if not bank.soak:
         return faults
     assert bank.clock is not None
@@ -351,6 +427,12 @@ class Creator:
     violations: list[str] = field(default_factory=list)
     wire: Wire | None = None
     admin_client: Client | None = None
+    # Stripe billing: Stripe's side, the creator's customer and subscription
+    # there, and the Checkout sessions of the packs it bought (by key).
+    stripe: StripeSide | None = None
+    customer_id: str | None = None
+    subscription_id: str | None = None
+    checkouts: dict[str, str] = field(default_factory=dict)
 
     def attempt(self, kind: str | None, action: Callable[[], T]) -> T | ApiError | None:
         """One call through the client: its answer or its refusal (an
@@ -427,14 +509,38 @@ class Creator:
             bought = self.attempt("buy pack", lambda: client.buy_credits(pack, idempotency_key=key))
             if bought is not None and not isinstance(bought, ApiError):
                 self.packs.add(key)
+                if self.stripe is not None:
+                    # The customer pays the checkout; Stripe's events arrive.
+                    if not isinstance(bought, Checkout):
+                        self.violations.append(f"{key}: bought without a checkout: {bought}")
+                        return
+                    session = self.checkouts.setdefault(key, session_of(bought.checkout_url))
+                    self.stripe.pay(session, self.user.id, pick)
         elif roll < 0.9:
             plan = pick.choice(PLANS)
-            self.attempt("change plan", lambda: client.change_plan(plan))
+            if self.stripe is None or self.subscription_id is None:
+                self.attempt("change plan", lambda: client.change_plan(plan))
+            else:
+                # The API changes it at Stripe; what Stripe then sends arrives
+                # (also when the answer was lost).
+                self.attempt("change plan", lambda: client.change_plan(plan))
+                self.stripe.tell_changes(self.subscription_id, pick)
         elif roll < 0.95 and self.topup is not None:
             self.move_threshold(client, pick)
         elif roll >= 0.95:
-            key = f"{self.name}-c{n}"
-            self.attempt("advance clock", lambda: admin.advance_clock(1, idempotency_key=key))
+            if self.stripe is None or self.subscription_id is None:
+                key = f"{self.name}-c{n}"
+                self.attempt("advance clock", lambda: admin.advance_clock(1, idempotency_key=key))
+            else:
+                # Stripe's clock: the subscription's period ends, renewed.
+                self.stripe.renew(self.subscription_id, pick)
+                self.ops["advance clock"] += 1
+        if self.stripe is not None and self.subscription_id is not None:
+            # What the platform changed at Stripe meanwhile (a suspension's
+            # cancellation at the period end, a reinstatement), told.
+            self.stripe.tell_changes(self.subscription_id, pick)
+        if self.stripe is not None and self.customer_id is not None and self.topup is not None:
+            self.stripe.tell_charges(self.customer_id, pick)
 
     def has_room(self, client: Client) -> bool:
         """Fewer than ``MAX_OPEN`` of its jobs are queued or running (read
@@ -668,10 +774,76 @@ def final_problems(conn: Connection, creators: list[Creator]) -> list[str]:
                 payments.c.idempotency_key.not_like("topup:%"),
             )
         ).scalar_one()
-        if paid != len(creator.packs):
+        if creator.stripe is None and paid != len(creator.packs):
             problems.append(f"{creator.name}: {paid} pack payments for {len(creator.packs)} keys")
+        if creator.stripe is not None:
+            problems += stripe_pack_problems(conn, creator)
+            problems += stripe_plan_problems(conn, creator)
     problems += limit_problems(conn, creators, jobs.values())
     return problems + topup_problems(conn, creators)
+
+
+def stripe_pack_problems(conn: Connection, creator: Creator) -> list[str]:
+    """Stripe billing: each pack answered got its Checkout session, paid
+    once; each paid session granted one payment (its payment intent's),
+    never two, and no payment came from anything else."""
+    assert creator.stripe is not None
+    fake = creator.stripe.fake
+    problems = [f"{key}: answered, no checkout" for key in creator.packs - set(creator.checkouts)]
+    intents: Counter[str] = Counter()
+    for key, session_id in creator.checkouts.items():
+        session = fake.sessions.get(session_id)
+        if session is None or session["payment_status"] != "paid":
+            problems.append(f"{key}: checkout {session_id} not paid at Stripe")
+            continue
+        intents[str(session["payment_intent"])] += 1
+    problems += [f"{intent}: {n} checkouts" for intent, n in intents.items() if n > 1]
+    granted = Counter(
+        str(row.external_id)
+        for row in conn.execute(
+            select(payments.c.external_id).where(
+                payments.c.user_id == creator.user.id,
+                payments.c.kind == "pack",
+                payments.c.status == "succeeded",
+                payments.c.idempotency_key.not_like("topup:%"),
+            )
+        )
+    )
+    problems += [f"{creator.name} {intent}: {n} payments" for intent, n in granted.items() if n > 1]
+    problems += [
+        f"{creator.name} {i}: paid at Stripe, no payment" for i in intents if i not in granted
+    ]
+    problems += [
+        f"{creator.name} {i}: a payment, no checkout paid" for i in granted if i not in intents
+    ]
+    return problems
+
+
+def stripe_plan_problems(conn: Connection, creator: Creator) -> list[str]:
+    """Stripe billing: the creator's one subscription is as Stripe has it,
+    every change told by webhook applied: its status (active; or canceled:
+    an account suspended by fair use for cycling plans stops its renewal,
+    and the next period end ends it), the plan Stripe bills (from the next
+    period on, after a downgrade: the pending plan), the period Stripe's
+    (every renewal arrived)."""
+    assert creator.stripe is not None
+    assert creator.subscription_id is not None
+    with creator.stripe.fake._lock:
+        theirs = creator.stripe.fake.subscriptions[creator.subscription_id]
+        item = theirs["items"]["data"][0]
+        billed = plan_of_product(str(item["price"]["product"]))
+        status = str(theirs["status"])
+        period_end = datetime.fromtimestamp(item["current_period_end"], UTC)
+    rows = conn.execute(
+        select(subscriptions).where(subscriptions.c.user_id == creator.user.id)
+    ).all()
+    if len(rows) != 1:
+        return [f"{creator.name}: {len(rows)} subscriptions"]
+    [ours] = rows
+    found = (ours.status, ours.pending_plan or ours.plan_id, as_utc(ours.current_period_end))
+    if found != (status, billed, period_end):
+        return [f"{creator.name}: subscription {found}, Stripe's {(status, billed, period_end)}"]
+    return []
 
 
 def topup_problems(conn: Connection, creators: list[Creator]) -> list[str]:
@@ -778,6 +950,105 @@ def event_problems(conn: Connection, listeners: list[Listener]) -> list[str]:
     return problems
 
 
+def configure_topups(platform: Platform, creators: list[Creator]) -> None:
+    """The auto top-up of the creators in ``TOPUPS``, the threshold just
+    under their balance (the first jobs cross it)."""
+    for n, (pack, cap, _) in TOPUPS.items():
+        creator = creators[n]
+        creator.topup = (pack, cap)
+        with platform.db.write() as conn:
+            available = platform.ledger.balance(conn, creator.user.wallet_id).available
+            platform.auto_topups.configure(
+                conn,
+                wallet_id=creator.user.wallet_id,
+                user_id=creator.user.id,
+                enabled=True,
+                threshold=available - 5,
+                pack_id=pack,
+                monthly_cap_cents=cap,
+            )
+
+
+def subscribe_through_stripe(
+    stripe: StripeSide,
+    servers: list[ServerProcess],
+    creators: list[Creator],
+    plans: tuple[str, ...],
+) -> None:
+    """Each creator subscribes as a customer does: the API's Checkout, the
+    customer paying it at Stripe (which saves the card the auto top-ups
+    charge), Stripe's events delivered; the creator whose sandbox card asks
+    to confirm has a card at Stripe whose bank asks to authenticate."""
+    for creator, plan in zip(creators, plans, strict=True):
+        pick = random.Random(creator.seed + 2_000)
+        with Client(servers[0].url, creator.user.api_key, timeout=REQUEST_TIMEOUT_S) as client:
+            checkout = client.subscribe(plan, idempotency_key=f"{creator.name}-subscribe")
+            assert isinstance(checkout, Checkout), checkout
+            session = session_of(checkout.checkout_url)
+            assert stripe.pay(session, creator.user.id, pick)
+            subscribed = client.subscription()
+            assert (subscribed.plan, subscribed.status) == (plan, "active"), subscribed
+        creator.subscription_id = stripe.fake.subscription_of(session)
+        stripe.told(creator.subscription_id)
+        creator.customer_id = str(stripe.fake.sessions[session]["customer"])
+    for n, (_, _, confirm) in TOPUPS.items():
+        customer = creators[n].customer_id
+        if confirm and customer is not None:
+            stripe.fake.requiring_action.add(customer)
+
+
+def business_state(platform: Platform) -> dict[str, list[tuple[Any, ...]]]:
+    state = snapshot(platform)
+    return {table: state[table] for table in BUSINESS_TABLES}
+
+
+def last_storm(platform: Platform, stripe: StripeSide) -> list[str]:
+    """Every event Stripe made, again, shuffled, to both API processes (each
+    a duplicate: nothing changes), then under new ids to one (recorded as
+    events, nothing else changes). The problems found."""
+    urls = stripe.webhook_urls()
+    made = len(stripe.fake.recent_events(FULL_STORM))
+    before = business_state(platform)
+    same = WebhookStorm(stripe.fake, urls, random.Random(SEED + 200), within=FULL_STORM)
+    same.inject()
+    problems = [f"last storm: {failure}" for failure in same.failures()]
+    if same.sent != made * len(urls):
+        problems.append(f"last storm: sent {same.sent} of {made} events x {len(urls)}")
+    outcomes = Counter(
+        d.body.get("outcome") if isinstance(d.body, dict) else None
+        for storm in same.storms
+        for d in storm.deliveries
+    )
+    if set(outcomes) - {"duplicate"}:
+        problems.append(f"last storm: outcomes {dict(outcomes)}")
+    middle = business_state(platform)
+    problems += [f"last storm changed {change}"[:2000] for change in changes(before, middle)]
+    renamed = WebhookStorm(
+        stripe.fake, urls[1:], random.Random(SEED + 201), within=FULL_STORM, new_ids=True
+    )
+    renamed.inject()
+    problems += [f"last storm, new ids: {failure}" for failure in renamed.failures()]
+    after = business_state(platform)
+    # Compared with what the first storm left (the same, unless it changed something).
+    events_before, events_after = middle.pop("stripe_events"), after.pop("stripe_events")
+    problems += [
+        f"last storm, new ids, changed {change}"[:2000] for change in changes(middle, after)
+    ]
+    if len(events_after) != len(events_before) + made:
+        problems.append(f"last storm, new ids: {len(events_after) - len(events_before)} recorded")
+    stripe.last_storms = [same, renamed]
+    return problems
+
+
+def stripe_notes(stripe: StripeSide) -> dict[str, int]:
+    return {
+        "webhook deliveries": stripe.deliveries,
+        "webhook deliveries sent again": stripe.retried,
+        **{f"webhooks {outcome}": n for outcome, n in stripe.outcomes.items()},
+        **stripe.storm_counts(),
+    }
+
+
 def _kind_of(problem: str) -> str:
     """A violation as the soak's table lists it: its first line, cut short."""
     return problem.splitlines()[0][:200]
@@ -805,11 +1076,15 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
         env=child_env(database_url, var_dir),
         tmp_path=tmp_path,
         resources=resources,
+        billing=BILLING,
     )
     bank.env.update(PLASMAART_JOB_LEASE_S="3", PLASMAART_IDEMPOTENCY_TAKEOVER_S="2")
     prepare(bank)
+    stripe = bank.stripe
+    billing_settings = {} if stripe is None else stripe.fake.platform_settings()
     platform: Platform = bootstrap(
-        Settings(database_url=bank.database_url, var_dir=var_dir), migrate=False
+        Settings(database_url=bank.database_url, var_dir=var_dir, **billing_settings),
+        migrate=False,
     )
     fleet = bank.fleet = Fleet(
         bank.env,
@@ -821,39 +1096,44 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
     creators: list[Creator] = []
     checkpoints = missed = 0
     checkpoint_problems: list[str] = []
+    final_storm: list[str] = []
     schedule: FaultSchedule | None = None
     stop = threading.Event()  # the creators'
     try:
         admin = make_user(platform, "bank-admin@example.com", admin=True)
+        plans = ("starter", "pro", "studio", "studio")
         creators = [
             Creator(
-                make_user(platform, f"bank{n}@example.com", plan=plan, credits=2_000),
+                # Under Stripe billing they subscribe through Checkout below.
+                make_user(
+                    platform,
+                    f"bank{n}@example.com",
+                    plan=plan if stripe is None else None,
+                    credits=2_000,
+                ),
                 f"c{n}",
                 SEED + n,
                 admin,
                 sets_limits=n % 2 == 0,
+                stripe=stripe,
             )
-            for n, plan in enumerate(("starter", "pro", "studio", "studio"))
+            for n, plan in enumerate(plans)
         ]
-        sandbox = platform.billing.backend
-        assert isinstance(sandbox, SandboxBackend)
-        for n, (pack, cap, confirm) in TOPUPS.items():
-            creator = creators[n]
-            creator.topup = (pack, cap)
-            with platform.db.write() as conn:
-                sandbox.set_card(conn, creator.user.id, declines=False, requires_action=confirm)
-                available = platform.ledger.balance(conn, creator.user.wallet_id).available
-                platform.auto_topups.configure(
-                    conn,
-                    wallet_id=creator.user.wallet_id,
-                    user_id=creator.user.id,
-                    enabled=True,
-                    threshold=available - 5,  # the first jobs cross it
-                    pack_id=pack,
-                    monthly_cap_cents=cap,
-                )
+        if stripe is None:
+            sandbox = platform.billing.backend
+            assert isinstance(sandbox, SandboxBackend)
+            for n, (_, _, confirm) in TOPUPS.items():
+                with platform.db.write() as conn:
+                    sandbox.set_card(
+                        conn, creators[n].user.id, declines=False, requires_action=confirm
+                    )
+            configure_topups(platform, creators)
         for server in fleet.servers:
             server.start()
+        if stripe is not None:
+            stripe.urls = [server.url for server in fleet.servers]
+            subscribe_through_stripe(stripe, fleet.servers, creators, plans)
+            configure_topups(platform, creators)
         for n in range(2):
             fleet.start_worker(n)
         if bank.dialect == "postgresql":
@@ -896,6 +1176,10 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
                 and refusals["submit 402 spend_limit_reached"] > 0
                 and schedule.injected["API SIGKILL"] > 0
                 and schedule.injected["worker SIGKILL"] >= 3
+                and (
+                    stripe is None
+                    or all(stripe.storm_counts()[k] for k in ("same-id storms", "new-id storms"))
+                )
             )
 
         chaos_began = time.monotonic()
@@ -929,8 +1213,15 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
             time.sleep(0.2)
 
         finish_s = time.monotonic() - finish_began
+        if stripe is not None:
+            # Stripe's last word: every event it ever sent, again, shuffled,
+            # to both API processes, then under new ids: nothing changes.
+            final_storm = last_storm(platform, stripe)
         problems = checkpoint_problems + [f"fault schedule: {e}" for e in schedule.errors]
         problems += fleet.problems
+        if stripe is not None:
+            problems += stripe.violations + final_storm
+            problems += stripe.storm_problems(lambda url: url.startswith(fleet.servers[0].url))
         for creator in creators:
             problems += creator.violations
             if creator.wire is not None:
@@ -954,7 +1245,7 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
             non_terminal = unfinished(conn)
         figures = Figures(
             database=bank.dialect,
-            mode="soak" if bank.soak else "short",
+            mode=("soak" if bank.soak else "short") + (", Stripe" if stripe else ""),
             target=SOAK_OPS or None,
             operations=dict(ops),
             refusals=dict(sum((c.refusals for c in creators), Counter())),
@@ -964,6 +1255,7 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
                 "processes started again after exiting at start-up (the database away)": (
                     fleet.restarted
                 ),
+                **({} if stripe is None else stripe_notes(stripe)),
             },
             faults=dict(schedule.injected),
             jobs=dict(statuses),
@@ -1002,6 +1294,13 @@ def test_the_bank(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixtu
         assert topups["action_required"] > 0, topups
         assert ops["spend limit"] > 0, ops
         assert figures.refusals.get("submit 402 spend_limit_reached", 0) > 0, figures.refusals
+        if stripe is not None:
+            assert schedule.injected["webhook storm"] > 0, schedule.injected
+            assert schedule.injected["webhook storm, new ids"] > 0, schedule.injected
+            counts = stripe.storm_counts()
+            assert counts["same-id storms"] > 0, counts
+            assert counts["new-id storms"] > 0, counts
+            assert stripe.outcomes["applied"] > 0, stripe.outcomes
     finally:
         stop.set()
         if schedule is not None:

@@ -127,8 +127,9 @@ def render(runs: list[Figures]) -> str:
             f"{run.checkpoints:,} checkpoints ({run.checkpoints_missed} missed) + the end; "
             f"{run.events_checked:,} events, {run.resyncs} resyncs"
         )
+        billing = ", Stripe billing" if run.mode.endswith("Stripe") else ""
         rows.append(
-            f"| {DATABASES.get(run.database, run.database)} | {run.total:,} ({target}) | "
+            f"| {DATABASES.get(run.database, run.database)}{billing} | {run.total:,} ({target}) | "
             f"{by_kind} | {faults} | {checks} | {run.wire_5xx} | {run.violations} | "
             f"{run.non_terminal} | {run.duration_s / 60:.1f} min "
             f"({run.rate:.1f} operations/s of chaos) |"
