@@ -18,6 +18,9 @@ from tests.browser.conftest import screenshot
 from tests.support.accounts import PASSWORD, make_user
 
 NEW_PASSWORD = "a long browser password"
+# How long a video job may take to show as succeeded: the sandbox draws and
+# encodes it (about 12 s here, more on a loaded machine).
+VIDEO_MS = 90_000
 
 
 def log_in(page: Page, email: str, password: str = PASSWORD, next_path: str = "/") -> None:
@@ -186,7 +189,7 @@ def test_image_to_video_with_an_upload(
     page.get_by_role("button", name="Generate").click()
     page.wait_for_url(re.compile(r"/generations$"))
     card = page.locator(".gen-card", has_text="the sea starts to move")
-    expect(card.locator('[data-field="status"]')).to_have_text("succeeded")
+    expect(card.locator('[data-field="status"]')).to_have_text("succeeded", timeout=VIDEO_MS)
     expect(card.locator("video")).to_have_count(1)
     expect(card.get_by_role("link", name="Download")).to_have_attribute(
         "href", re.compile(r"^/v1/outputs/.+/content$")
