@@ -128,11 +128,18 @@ def test_sqlite_locked_is_unavailable_a_constraint_is_not(tmp_path: Path) -> Non
         second.dispose()
 
 
-def test_a_stalled_connection_is_cut_at_the_deadline(pg_url: str) -> None:
+def behind_a_proxy(pg_url: str) -> tuple[TcpProxy, str]:
+    """A ``TcpProxy`` in front of ``pg_url``'s server, and the URL of the
+    same database through it."""
     database = pg_url.rsplit("/", 1)[1]
     port = int(pg_url.rsplit(":", 1)[1].split("/")[0])
     proxy = TcpProxy("127.0.0.1", port)
-    db = create_database(f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}", timeout_s=1)
+    return proxy, f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}"
+
+
+def test_a_stalled_connection_is_cut_at_the_deadline(pg_url: str) -> None:
+    proxy, url = behind_a_proxy(pg_url)
+    db = create_database(url, timeout_s=1)
     try:
         with db.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -162,10 +169,8 @@ def test_a_stalled_connection_is_cut_at_the_deadline(pg_url: str) -> None:
 
 
 def test_connections_reset_while_idle_are_replaced_unseen(pg_url: str) -> None:
-    database = pg_url.rsplit("/", 1)[1]
-    port = int(pg_url.rsplit(":", 1)[1].split("/")[0])
-    proxy = TcpProxy("127.0.0.1", port)
-    db = create_database(f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}", timeout_s=2)
+    proxy, url = behind_a_proxy(pg_url)
+    db = create_database(url, timeout_s=2)
     try:
         with db.read() as conn, db.read() as other:  # two pooled connections
             conn.execute(text("SELECT 1"))
@@ -201,10 +206,7 @@ def test_backoff_grows_and_says_an_outage_once(caplog: pytest.LogCaptureFixture)
 
 @pytest.fixture
 def proxied(pg_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, TcpProxy, str]]:
-    database = pg_url.rsplit("/", 1)[1]
-    port = int(pg_url.rsplit(":", 1)[1].split("/")[0])
-    proxy = TcpProxy("127.0.0.1", port)
-    url = f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}"
+    proxy, url = behind_a_proxy(pg_url)
     settings = settings_for(url, tmp_path / "var", db_timeout_s=1.0)
     try:
         with running_platform(settings, ManualClock()) as platform:
